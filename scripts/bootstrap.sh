@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Create .venv (Python 3.11+) and install Tidedesk into it; re-installs only when pyproject.toml changed.
+# Usage: scripts/bootstrap.sh [extra]   e.g. "test" installs the test tools too.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extra="${1:-}"
+py="${PYTHON:-}"
+if [ -z "$py" ]; then
+  for cand in python3.11 python3.12 python3.13 python3; do
+    if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+      py="$cand"; break
+    fi
+  done
+fi
+[ -n "$py" ] || { echo "Tidedesk needs Python 3.11 or newer on PATH (set PYTHON=/path/to/python3.11)" >&2; exit 1; }
+if [ ! -x .venv/bin/python ]; then
+  "$py" -m venv .venv
+fi
+stamp=".venv/.tidedesk-installed${extra:+-$extra}"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+  if [ -n "$extra" ]; then
+    .venv/bin/python -m pip install -q -e ".[$extra]"
+  else
+    .venv/bin/python -m pip install -q -e .
+  fi
+  touch "$stamp"
+fi

@@ -1,0 +1,266 @@
+"""The session/presence store seam: atomic counters, atomic agent-slot claims, waiting queues,
+presence, expiring keys and a capped recent-history stream per conversation.
+
+:class:`MemoryStore` is the embedded implementation; ``tidedesk.redisstore.RedisStore`` the
+cluster one. Both pass ``tests/test_store_contract.py``. Every method is a coroutine and every
+multi-step change is atomic (the memory store never awaits in the middle of one; Redis uses Lua).
+``now`` is always passed in by the caller, so expiry is testable with fixed times.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+# How long a client-made message id is remembered for idempotent acks (the database's unique
+# key catches anything older).
+CLIENT_ID_TTL_SECS = 24 * 3600
+# Messages kept per conversation in the recent-history stream used by ``resume``.
+HISTORY_STREAM_LEN = 200
+
+
+@dataclass(frozen=True)
+class AgentLoad:
+    agent_id: str
+    status: str  # online | away | offline
+    open_chats: int
+    max_chats: int
+    last_assigned_at: float  # for "ties go to the one idle longest"
+    pools: tuple[str, ...]
+    name: str = ""
+
+    @property
+    def has_room(self) -> bool:
+        return self.status == "online" and self.open_chats < self.max_chats
+
+
+class Store(abc.ABC):
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    # -- sequence numbers and idempotency --------------------------------------------------
+    @abc.abstractmethod
+    async def assign_seq(self, conv_id: str, client_id: str, now: float) -> tuple[int, bool] | None:
+        """Atomically give ``client_id`` its seq: ``(seq, True)`` the first time, ``(same seq,
+        False)`` after. ``None`` when the conversation's counter is unknown (never seeded, or
+        the store lost it): call :meth:`seed_seq` with the database's highest seq and retry."""
+
+    @abc.abstractmethod
+    async def seed_seq(self, conv_id: str, floor: int) -> None:
+        """Make the counter at least ``floor`` (never lowers it)."""
+
+    @abc.abstractmethod
+    async def last_seq(self, conv_id: str) -> int | None: ...
+
+    # -- expiring keys (sessions) -----------------------------------------------------------
+    @abc.abstractmethod
+    async def kv_set(self, key: str, value: str, ttl_s: float, now: float) -> None: ...
+
+    @abc.abstractmethod
+    async def kv_get(self, key: str, now: float, touch_ttl_s: float | None = None) -> str | None:
+        """The value, or None if missing/expired; ``touch_ttl_s`` slides the expiry."""
+
+    @abc.abstractmethod
+    async def kv_delete(self, key: str) -> None: ...
+
+    # -- presence ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def presence_add(self, who: str, conn: str, node_id: str, ttl_s: float,
+                           now: float) -> None:
+        """``who`` is ``visitor:<id>`` or ``agent:<id>``; ``conn`` a connection id."""
+
+    @abc.abstractmethod
+    async def presence_remove(self, who: str, conn: str) -> int:
+        """Forget one connection; returns how many connections ``who`` still has."""
+
+    @abc.abstractmethod
+    async def presence_nodes(self, who: str, now: float) -> set[str]:
+        """Node ids where ``who`` has live connections."""
+
+    # -- agents and ownership ---------------------------------------------------------------
+    @abc.abstractmethod
+    async def agent_update(self, agent_id: str, *, status: str, pools: tuple[str, ...],
+                           max_chats: int, name: str, now: float) -> None: ...
+
+    @abc.abstractmethod
+    async def agent_get(self, agent_id: str) -> AgentLoad | None: ...
+
+    @abc.abstractmethod
+    async def agents_in_pool(self, pool: str) -> list[AgentLoad]: ...
+
+    @abc.abstractmethod
+    async def claim(self, conv_id: str, agent_id: str, now: float) -> bool:
+        """Atomically: if the conversation has no owner and the agent is online with a free
+        slot, make the agent its owner and count the chat. Never two owners, never over limit."""
+
+    @abc.abstractmethod
+    async def release(self, conv_id: str) -> str | None:
+        """Remove the owner (returned) and free their slot; idempotent."""
+
+    @abc.abstractmethod
+    async def owner(self, conv_id: str) -> str | None: ...
+
+    @abc.abstractmethod
+    async def agent_conversations(self, agent_id: str) -> list[str]: ...
+
+    # -- waiting queues ---------------------------------------------------------------------
+    @abc.abstractmethod
+    async def enqueue(self, pool: str, conv_id: str, vip: bool, now: float) -> None:
+        """Idempotent; VIPs wait ahead of everyone else, FIFO within each class."""
+
+    @abc.abstractmethod
+    async def dequeue(self, pool: str, conv_id: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def waiting(self, pool: str) -> list[tuple[str, float]]:
+        """``(conv_id, enqueued_at)`` in serving order."""
+
+    # -- recent history ---------------------------------------------------------------------
+    @abc.abstractmethod
+    async def history_append(self, conv_id: str, message: dict[str, Any]) -> None: ...
+
+    @abc.abstractmethod
+    async def history(self, conv_id: str) -> list[dict[str, Any]]:
+        """The capped recent messages of a conversation, in seq order."""
+
+
+class MemoryStore(Store):
+    """Single-process store. Atomicity comes from never awaiting inside an operation."""
+
+    def __init__(self) -> None:
+        self._counters: dict[str, int] = {}
+        self._client_ids: dict[tuple[str, str], tuple[int, float]] = {}
+        self._kv: dict[str, tuple[str, float]] = {}
+        self._presence: dict[str, dict[str, tuple[str, float]]] = defaultdict(dict)
+        self._agents: dict[str, AgentLoad] = {}
+        self._owners: dict[str, str] = {}
+        self._queues: dict[str, dict[str, tuple[int, float, int]]] = defaultdict(dict)
+        self._queue_counter = 0
+        self._history: dict[str, list[dict[str, Any]]] = defaultdict(list)
+
+    async def assign_seq(self, conv_id: str, client_id: str, now: float) -> tuple[int, bool] | None:
+        key = (conv_id, client_id)
+        known = self._client_ids.get(key)
+        if known is not None and known[1] > now:
+            return known[0], False
+        if conv_id not in self._counters:
+            return None
+        self._counters[conv_id] += 1
+        seq = self._counters[conv_id]
+        self._client_ids[key] = (seq, now + CLIENT_ID_TTL_SECS)
+        return seq, True
+
+    async def seed_seq(self, conv_id: str, floor: int) -> None:
+        self._counters[conv_id] = max(self._counters.get(conv_id, 0), floor)
+
+    async def last_seq(self, conv_id: str) -> int | None:
+        return self._counters.get(conv_id)
+
+    async def kv_set(self, key: str, value: str, ttl_s: float, now: float) -> None:
+        self._kv[key] = (value, now + ttl_s)
+
+    async def kv_get(self, key: str, now: float, touch_ttl_s: float | None = None) -> str | None:
+        item = self._kv.get(key)
+        if item is None:
+            return None
+        if item[1] <= now:
+            del self._kv[key]
+            return None
+        if touch_ttl_s is not None:
+            self._kv[key] = (item[0], now + touch_ttl_s)
+        return item[0]
+
+    async def kv_delete(self, key: str) -> None:
+        self._kv.pop(key, None)
+
+    async def presence_add(self, who: str, conn: str, node_id: str, ttl_s: float,
+                           now: float) -> None:
+        self._presence[who][conn] = (node_id, now + ttl_s)
+
+    async def presence_remove(self, who: str, conn: str) -> int:
+        conns = self._presence.get(who, {})
+        conns.pop(conn, None)
+        if not conns:
+            self._presence.pop(who, None)
+        return len(conns)
+
+    async def presence_nodes(self, who: str, now: float) -> set[str]:
+        return {node for node, expires in self._presence.get(who, {}).values() if expires > now}
+
+    async def agent_update(self, agent_id: str, *, status: str, pools: tuple[str, ...],
+                           max_chats: int, name: str, now: float) -> None:
+        old = self._agents.get(agent_id)
+        self._agents[agent_id] = AgentLoad(
+            agent_id=agent_id, status=status, open_chats=old.open_chats if old else 0,
+            max_chats=max_chats, last_assigned_at=old.last_assigned_at if old else now,
+            pools=pools, name=name,
+        )
+
+    async def agent_get(self, agent_id: str) -> AgentLoad | None:
+        return self._agents.get(agent_id)
+
+    async def agents_in_pool(self, pool: str) -> list[AgentLoad]:
+        return [a for a in self._agents.values() if pool in a.pools]
+
+    async def claim(self, conv_id: str, agent_id: str, now: float) -> bool:
+        agent = self._agents.get(agent_id)
+        if agent is None or conv_id in self._owners or not agent.has_room:
+            return False
+        self._owners[conv_id] = agent_id
+        self._agents[agent_id] = _replace(agent, open_chats=agent.open_chats + 1,
+                                          last_assigned_at=now)
+        return True
+
+    async def release(self, conv_id: str) -> str | None:
+        agent_id = self._owners.pop(conv_id, None)
+        if agent_id is not None and agent_id in self._agents:
+            agent = self._agents[agent_id]
+            self._agents[agent_id] = _replace(agent, open_chats=max(0, agent.open_chats - 1))
+        return agent_id
+
+    async def owner(self, conv_id: str) -> str | None:
+        return self._owners.get(conv_id)
+
+    async def agent_conversations(self, agent_id: str) -> list[str]:
+        return sorted(c for c, a in self._owners.items() if a == agent_id)
+
+    async def enqueue(self, pool: str, conv_id: str, vip: bool, now: float) -> None:
+        q = self._queues[pool]
+        if conv_id not in q:
+            self._queue_counter += 1
+            q[conv_id] = (0 if vip else 1, now, self._queue_counter)
+
+    async def dequeue(self, pool: str, conv_id: str) -> bool:
+        return self._queues[pool].pop(conv_id, None) is not None
+
+    async def waiting(self, pool: str) -> list[tuple[str, float]]:
+        q = self._queues.get(pool, {})
+        order = sorted(q.items(), key=lambda kv: (kv[1][0], kv[1][2]))
+        return [(conv_id, entry[1]) for conv_id, entry in order]
+
+    async def history_append(self, conv_id: str, message: dict[str, Any]) -> None:
+        items = self._history[conv_id]
+        if any(m["seq"] == message["seq"] for m in items[-HISTORY_STREAM_LEN:]):
+            return
+        items.append(json.loads(json.dumps(message)))
+        items.sort(key=lambda m: m["seq"])
+        del items[:-HISTORY_STREAM_LEN]
+
+    async def history(self, conv_id: str) -> list[dict[str, Any]]:
+        return list(self._history.get(conv_id, []))
+
+
+def _replace(agent: AgentLoad, **changes: Any) -> AgentLoad:
+    from dataclasses import replace
+
+    return replace(agent, **changes)
