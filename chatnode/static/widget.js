@@ -1,0 +1,820 @@
+/*! Tidedesk visitor widget — one <script src="https://HOST/widget.js" data-lang="en"> tag.
+ *
+ * Adds a launcher button and a chat panel inside a Shadow DOM, so the page's styles and the
+ * widget's styles never meet. No framework, no build step.
+ *
+ * Script-tag options (all optional):
+ *   data-lang   "en" | "zh-CN"  (default: the browser's language)
+ *   data-name, data-email       visitor details a signed-in shop already knows
+ *   data-tags   comma-separated routing tags, e.g. "vip"
+ *   data-open   "true" opens the panel on load
+ *
+ * Delivery rules (see docs/ui.md): messages are kept by seq and rendered in seq order; a seq seen
+ * twice is dropped; a hole in the seqs is asked for with `resume`; after every (re)connect the
+ * widget sends `resume` with the last contiguous seq it holds and re-sends every unacknowledged
+ * message with its original client-made id, so the server's idempotency makes retries safe.
+ */
+(function () {
+  "use strict";
+  if (window.Tidedesk && window.Tidedesk.version) return; // loaded twice: keep the first
+
+  var script = document.currentScript;
+  if (!script) {
+    var all = document.querySelectorAll('script[src*="widget.js"]');
+    script = all[all.length - 1] || null;
+  }
+  var ds = (script && script.dataset) || {};
+  var ORIGIN = new URL((script && script.src) || location.href, location.href).origin;
+  var WS_ORIGIN = ORIGIN.replace(/^http/, "ws");
+  var KEY = "tidedesk:" + ORIGIN + ":";
+
+  // Reconnect backoff: full range doubles from 0.5 s up to 30 s; the delay is drawn from the
+  // upper half of the range (equal jitter) so a node drain does not bring every client back at once.
+  var BACKOFF_BASE_MS = 500;
+  var BACKOFF_MAX_MS = 30000;
+  // Without an ack this long the socket is presumed dead (half-open TCP) and is replaced.
+  var ACK_TIMEOUT_MS = 12000;
+  // A hole in the seqs that a resume did not fill within this long is accepted (e.g. seqs taken
+  // by agents' private notes, which visitors never receive).
+  var GAP_WAIT_MS = 2500;
+  var TYPING_RESEND_MS = 3000; // keep "typing on" alive without flooding the rate limit
+  var TYPING_IDLE_MS = 2500; // no keystroke this long: send "typing off"
+  var TYPING_SHOW_MS = 7000; // hide the agent's typing indicator if no "off" ever comes
+
+  var I18N = {
+    en: {
+      launcher: "Chat with us",
+      title: "Chat with us",
+      close: "Close chat",
+      otherLang: "中文",
+      otherLangLabel: "切换到中文",
+      placeholder: "Write a message…",
+      send: "Send",
+      connecting: "Connecting…",
+      connected: "Connected",
+      reconnecting: "Reconnecting in {s}s…",
+      reconnectNow: "Retry now",
+      offlineNet: "You are offline. We will reconnect when your connection is back.",
+      queued: "Waiting for an agent…",
+      position: "You are number {n} in line.",
+      positionShort: "#{n} in line",
+      assigned: "You are chatting with {name}.",
+      assignedShort: "{name}",
+      agent: "Agent",
+      you: "You",
+      typing: "{name} is typing…",
+      closed: "This conversation has ended. Write again if you need anything else.",
+      pending: "Sending…",
+      failed: "Not sent yet — will retry",
+      welcome: "Hi! Ask us anything — we usually reply in a few minutes.",
+      offlineTitle: "We are offline right now",
+      offlineIntro: "Leave a message and we will answer by email.",
+      name: "Name",
+      email: "Email",
+      message: "Message",
+      submit: "Send message",
+      offlineThanks: "Thank you! We received your message and will reply by email.",
+      emailRequired: "Please enter your email so we can answer you.",
+      messageRequired: "Please write a message.",
+      busy: "We are very busy. Please wait — you keep your place in line.",
+      error: "Something went wrong: {m}",
+      unread: "{n} unread",
+    },
+    "zh-CN": {
+      launcher: "在线客服",
+      title: "在线客服",
+      close: "关闭对话窗口",
+      otherLang: "EN",
+      otherLangLabel: "Switch to English",
+      placeholder: "输入消息…",
+      send: "发送",
+      connecting: "正在连接…",
+      connected: "已连接",
+      reconnecting: "{s} 秒后重新连接…",
+      reconnectNow: "立即重试",
+      offlineNet: "网络已断开，恢复后将自动重新连接。",
+      queued: "正在等待客服…",
+      position: "您前面还有排队，当前排在第 {n} 位。",
+      positionShort: "排队第 {n} 位",
+      assigned: "客服 {name} 正在为您服务。",
+      assignedShort: "{name}",
+      agent: "客服",
+      you: "我",
+      typing: "{name} 正在输入…",
+      closed: "本次对话已结束。如需帮助，请再次发送消息。",
+      pending: "发送中…",
+      failed: "尚未发送，将自动重试",
+      welcome: "您好！有任何问题都可以问我们，通常几分钟内回复。",
+      offlineTitle: "客服暂时不在线",
+      offlineIntro: "请留言，我们会通过邮件回复您。",
+      name: "姓名",
+      email: "邮箱",
+      message: "留言",
+      submit: "提交留言",
+      offlineThanks: "谢谢！我们已收到您的留言，会通过邮件回复。",
+      emailRequired: "请填写邮箱，以便我们回复您。",
+      messageRequired: "请填写留言内容。",
+      busy: "当前咨询人数较多，请稍候，您的排队位置会保留。",
+      error: "出错了：{m}",
+      unread: "{n} 条未读",
+    },
+  };
+
+  function pickLang(v) {
+    v = String(v || "").toLowerCase();
+    return v.indexOf("zh") === 0 ? "zh-CN" : "en";
+  }
+
+  // ---- storage (may be unavailable: private mode, sandboxed iframes) ----
+  function load(k) {
+    try { return window.localStorage.getItem(KEY + k); } catch (e) { return null; }
+  }
+  function save(k, v) {
+    try {
+      if (v === null || v === undefined) window.localStorage.removeItem(KEY + k);
+      else window.localStorage.setItem(KEY + k, String(v));
+    } catch (e) { /* storage full or blocked: the widget still works for this page view */ }
+  }
+
+  function newId() {
+    if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
+    var b = new Uint8Array(16);
+    crypto.getRandomValues(b);
+    return Array.prototype.map.call(b, function (x) { return (x + 256).toString(16).slice(1); }).join("");
+  }
+
+  /** Reconnect delay for attempt n (0-based): equal jitter over an exponentially growing cap. */
+  function backoffMs(n, rnd) {
+    var cap = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * Math.pow(2, Math.min(n, 16)));
+    return Math.round(cap / 2 + rnd * (cap / 2));
+  }
+
+  // ---- state ----
+  var S = {
+    lang: pickLang(load("lang") || ds.lang || navigator.language),
+    open: load("open") === "1" || ds.open === "true",
+    token: load("token"),
+    visitorId: load("visitor_id"),
+    conversationId: load("conversation_id"),
+    agentName: load("agent_name") || "",
+    convState: null, // queued | assigned | closed | offline
+    position: null,
+    conn: "idle", // idle | connecting | online | reconnecting | offline
+    reconnectAt: 0,
+    attempt: 0,
+    failedOpens: 0,
+    msgs: {}, // seq -> message frame
+    top: 0, // highest seq such that every seq up to it is held (or accepted as a hole)
+    maxSeq: 0,
+    outbox: [], // unacked own messages, in send order: {id, body, ts, sentAt}
+    agentTyping: false,
+    unread: 0,
+    lastReadSent: 0,
+    offlineSent: false,
+    notice: null,
+  };
+  var ws = null;
+  var reconnectTimer = null;
+  var tickTimer = null;
+  var gapTimer = null;
+  var ackTimer = null;
+  var typingOffTimer = null;
+  var typingShowTimer = null;
+  var typingSentAt = 0;
+  var readTimer = null;
+
+  function t(key, vars) {
+    var s = (I18N[S.lang] && I18N[S.lang][key]) || I18N.en[key] || key;
+    if (vars) Object.keys(vars).forEach(function (k) { s = s.split("{" + k + "}").join(vars[k]); });
+    return s;
+  }
+
+  // ---- DOM ----
+  function h(tag, attrs, kids) {
+    var el = document.createElement(tag);
+    if (attrs) Object.keys(attrs).forEach(function (k) {
+      var v = attrs[k];
+      if (v === null || v === undefined || v === false) return;
+      if (k === "text") el.textContent = v;
+      else if (k.slice(0, 2) === "on") el.addEventListener(k.slice(2), v);
+      else el.setAttribute(k, v === true ? "" : v);
+    });
+    (kids || []).forEach(function (c) { if (c) el.appendChild(typeof c === "string" ? document.createTextNode(c) : c); });
+    return el;
+  }
+
+  var CSS = [
+    ":host{all:initial;position:fixed;right:20px;bottom:20px;z-index:2147483000;",
+    "font-family:system-ui,-apple-system,'Segoe UI',Roboto,'Helvetica Neue',Arial,'Noto Sans CJK SC','PingFang SC','Microsoft YaHei',sans-serif;",
+    "font-size:14px;line-height:1.45;color:#1f2933;-webkit-font-smoothing:antialiased}",
+    "*{box-sizing:border-box}",
+    "button,input,textarea{font:inherit;color:inherit}",
+    ".launcher{position:relative;width:56px;height:56px;border-radius:50%;border:0;cursor:pointer;",
+    "background:#0f766e;color:#fff;box-shadow:0 6px 20px rgba(15,118,110,.35);display:flex;align-items:center;justify-content:center;",
+    "transition:transform .15s ease}",
+    ".launcher:hover{transform:scale(1.05)}.launcher:focus-visible{outline:3px solid #99f6e4;outline-offset:2px}",
+    ".launcher svg{width:26px;height:26px}",
+    ".badge{position:absolute;top:-2px;right:-2px;min-width:20px;height:20px;padding:0 6px;border-radius:10px;",
+    "background:#dc2626;color:#fff;font-size:12px;font-weight:600;line-height:20px;text-align:center}",
+    ".panel{position:absolute;right:0;bottom:72px;width:370px;height:560px;max-height:calc(100vh - 110px);",
+    "background:#fff;border-radius:14px;box-shadow:0 12px 40px rgba(15,23,42,.22);display:flex;flex-direction:column;overflow:hidden}",
+    ".panel[hidden]{display:none}",
+    "header{background:#0f766e;color:#fff;padding:14px 14px 12px 16px;display:flex;align-items:flex-start;gap:10px}",
+    ".htext{flex:1;min-width:0}",
+    ".title{font-size:16px;font-weight:600;margin:0}",
+    ".sub{font-size:12.5px;opacity:.9;margin-top:2px;display:flex;align-items:center;gap:6px;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}",
+    ".dot{width:8px;height:8px;border-radius:50%;background:#fbbf24;flex:none}",
+    ".dot[data-state=online]{background:#4ade80}.dot[data-state=offline]{background:#f87171}",
+    ".hbtn{background:rgba(255,255,255,.14);border:0;color:#fff;border-radius:8px;height:30px;min-width:30px;padding:0 9px;cursor:pointer;font-size:12.5px}",
+    ".hbtn:hover{background:rgba(255,255,255,.26)}",
+    ".banner{padding:8px 14px;font-size:12.5px;background:#fef3c7;color:#78350f;display:flex;gap:8px;align-items:center}",
+    ".banner[hidden]{display:none}.banner[data-kind=offline]{background:#fee2e2;color:#7f1d1d}",
+    ".banner button{margin-left:auto;border:0;background:none;text-decoration:underline;cursor:pointer;color:inherit;padding:0}",
+    ".log{flex:1;overflow-y:auto;padding:14px 14px 6px;background:#f8fafc;display:flex;flex-direction:column;gap:6px}",
+    ".note{align-self:center;text-align:center;font-size:12.5px;color:#52606d;background:#eef2f6;border-radius:10px;padding:6px 10px;max-width:92%}",
+    ".note.queue{background:#e0f2f1;color:#134e4a}",
+    ".row{display:flex;flex-direction:column;max-width:80%}",
+    ".row.mine{align-self:flex-end;align-items:flex-end}.row.theirs{align-self:flex-start}",
+    ".who{font-size:11.5px;color:#7b8794;margin:4px 4px 2px}",
+    ".bubble{padding:8px 12px;border-radius:14px;white-space:pre-wrap;word-wrap:break-word;overflow-wrap:anywhere}",
+    ".mine .bubble{background:#0f766e;color:#fff;border-bottom-right-radius:4px}",
+    ".theirs .bubble{background:#fff;border:1px solid #e4e7eb;border-bottom-left-radius:4px}",
+    ".meta{font-size:11px;color:#9aa5b1;margin:2px 4px 0}",
+    ".pending .bubble{opacity:.65}",
+    ".typing{font-size:12px;color:#52606d;padding:2px 16px 6px;background:#f8fafc;min-height:22px}",
+    ".typing[hidden]{display:block;visibility:hidden}",
+    ".composer{display:flex;gap:8px;padding:10px;border-top:1px solid #e4e7eb;background:#fff}",
+    ".composer[hidden],.offline[hidden]{display:none}",
+    "textarea{flex:1;resize:none;border:1px solid #cbd2d9;border-radius:10px;padding:8px 10px;height:40px;max-height:120px;outline:none}",
+    "textarea:focus,input:focus{border-color:#0f766e;box-shadow:0 0 0 3px rgba(15,118,110,.15)}",
+    ".send{border:0;border-radius:10px;background:#0f766e;color:#fff;padding:0 14px;font-weight:600;cursor:pointer}",
+    ".send:disabled{background:#9aa5b1;cursor:default}",
+    ".offline{padding:14px 16px;border-top:1px solid #e4e7eb;background:#fff;display:flex;flex-direction:column;gap:8px}",
+    ".offline h3{margin:0;font-size:15px}.offline p{margin:0;color:#52606d;font-size:13px}",
+    ".offline label{font-size:12.5px;color:#3e4c59;display:flex;flex-direction:column;gap:3px}",
+    ".offline input,.offline textarea{border:1px solid #cbd2d9;border-radius:8px;padding:7px 9px;outline:none;height:auto;width:100%}",
+    ".offline textarea{height:70px}",
+    ".offline .err{color:#b91c1c;font-size:12.5px;min-height:1em}",
+    ".offline .send{height:38px}",
+    ".sr{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0)}",
+    "@media (max-width:480px){:host{right:12px;bottom:12px}.panel{position:fixed;inset:0;width:auto;height:auto;max-height:none;border-radius:0}}",
+  ].join("");
+
+  var host = h("div", { id: "tidedesk-widget", "data-tidedesk": "widget" });
+  var root = host.attachShadow({ mode: "open" });
+  var ui = {};
+
+  function build() {
+    root.appendChild(h("style", { text: CSS }));
+    ui.badge = h("span", { class: "badge", hidden: true, "data-testid": "td-badge" });
+    ui.launcher = h("button", {
+      class: "launcher", type: "button", "data-testid": "td-launcher", onclick: function () { setOpen(!S.open); },
+    }, [svgIcon(), ui.badge]);
+    ui.title = h("h2", { class: "title", "data-testid": "td-title" });
+    ui.dot = h("span", { class: "dot", "data-testid": "td-conn", "aria-hidden": "true" });
+    ui.subText = h("span", { "data-testid": "td-status" });
+    ui.langBtn = h("button", {
+      class: "hbtn", type: "button", "data-testid": "td-lang",
+      onclick: function () { setLanguage(S.lang === "en" ? "zh-CN" : "en"); },
+    });
+    ui.closeBtn = h("button", {
+      class: "hbtn", type: "button", "data-testid": "td-close", text: "✕", onclick: function () { setOpen(false); },
+    });
+    ui.bannerText = h("span", { "data-testid": "td-banner-text" });
+    ui.bannerBtn = h("button", { type: "button", onclick: function () { reconnectNow(); } });
+    ui.banner = h("div", { class: "banner", hidden: true, "data-testid": "td-banner", role: "status" }, [ui.bannerText, ui.bannerBtn]);
+    ui.log = h("div", { class: "log", "data-testid": "td-log", role: "log", "aria-live": "polite" });
+    ui.typing = h("div", { class: "typing", hidden: true, "data-testid": "td-typing" });
+    ui.input = h("textarea", {
+      rows: "1", "data-testid": "td-input",
+      onkeydown: function (e) {
+        if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); submitComposer(); }
+      },
+      oninput: onTyping,
+    });
+    ui.sendBtn = h("button", { class: "send", type: "button", "data-testid": "td-send", onclick: submitComposer });
+    ui.composer = h("div", { class: "composer" }, [ui.input, ui.sendBtn]);
+    ui.offName = h("input", { type: "text", autocomplete: "name", "data-testid": "td-off-name" });
+    ui.offEmail = h("input", { type: "email", autocomplete: "email", "data-testid": "td-off-email" });
+    ui.offMsg = h("textarea", { "data-testid": "td-off-message" });
+    ui.offErr = h("div", { class: "err", role: "alert" });
+    ui.offTitle = h("h3");
+    ui.offIntro = h("p");
+    ui.offNameL = h("span"); ui.offEmailL = h("span"); ui.offMsgL = h("span");
+    ui.offSubmit = h("button", { class: "send", type: "submit", "data-testid": "td-off-submit" });
+    ui.offline = h("form", {
+      class: "offline", hidden: true, "data-testid": "td-offline-form", novalidate: true,
+      onsubmit: function (e) { e.preventDefault(); submitOffline(); },
+    }, [ui.offTitle, ui.offIntro,
+      h("label", null, [ui.offNameL, ui.offName]),
+      h("label", null, [ui.offEmailL, ui.offEmail]),
+      h("label", null, [ui.offMsgL, ui.offMsg]),
+      ui.offErr, ui.offSubmit]);
+    ui.panel = h("section", { class: "panel", hidden: true, "data-testid": "td-panel", role: "dialog" }, [
+      h("header", null, [h("div", { class: "htext" }, [ui.title, h("div", { class: "sub" }, [ui.dot, ui.subText])]), ui.langBtn, ui.closeBtn]),
+      ui.banner, ui.log, ui.typing, ui.composer, ui.offline,
+    ]);
+    root.appendChild(ui.panel);
+    root.appendChild(ui.launcher);
+    (document.body || document.documentElement).appendChild(host);
+  }
+
+  function svgIcon() {
+    var ns = "http://www.w3.org/2000/svg";
+    var svg = document.createElementNS(ns, "svg");
+    svg.setAttribute("viewBox", "0 0 24 24");
+    svg.setAttribute("aria-hidden", "true");
+    var p = document.createElementNS(ns, "path");
+    p.setAttribute("fill", "currentColor");
+    p.setAttribute("d", "M4 4h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2H9l-5 4v-4a2 2 0 0 1-2-2V6a2 2 0 0 1 2-2zm3 6.5a1.5 1.5 0 1 0 0 .01zm5 0a1.5 1.5 0 1 0 0 .01zm5 0a1.5 1.5 0 1 0 0 .01z");
+    svg.appendChild(p);
+    return svg;
+  }
+
+  // ---- rendering ----
+  function fmtTime(ts) {
+    var d = new Date(ts * 1000);
+    return ("0" + d.getHours()).slice(-2) + ":" + ("0" + d.getMinutes()).slice(-2);
+  }
+
+  function renderChrome() {
+    host.setAttribute("lang", S.lang);
+    ui.launcher.setAttribute("aria-label", t("launcher"));
+    ui.launcher.title = t("launcher");
+    ui.title.textContent = t("title");
+    ui.langBtn.textContent = t("otherLang");
+    ui.langBtn.setAttribute("aria-label", t("otherLangLabel"));
+    ui.langBtn.title = t("otherLangLabel");
+    ui.closeBtn.setAttribute("aria-label", t("close"));
+    ui.input.placeholder = t("placeholder");
+    ui.input.setAttribute("aria-label", t("placeholder"));
+    ui.sendBtn.textContent = t("send");
+    ui.offTitle.textContent = t("offlineTitle");
+    ui.offIntro.textContent = t("offlineIntro");
+    ui.offNameL.textContent = t("name");
+    ui.offEmailL.textContent = t("email");
+    ui.offMsgL.textContent = t("message");
+    ui.offSubmit.textContent = t("submit");
+    ui.panel.setAttribute("aria-label", t("title"));
+    renderStatus();
+    renderLog();
+  }
+
+  function renderStatus() {
+    ui.dot.setAttribute("data-state", S.conn);
+    host.setAttribute("data-conn", S.conn);
+    host.setAttribute("data-state", S.convState || "");
+    var sub;
+    if (S.conn === "offline") sub = t("offlineNet");
+    else if (S.conn !== "online") sub = t("connecting");
+    else if (S.convState === "assigned" && S.agentName) sub = t("assignedShort", { name: S.agentName });
+    else if (S.convState === "queued" && S.position) sub = t("positionShort", { n: S.position });
+    else if (S.convState === "queued") sub = t("queued");
+    else if (S.convState === "offline") sub = t("offlineTitle");
+    else sub = t("connected");
+    ui.subText.textContent = sub;
+
+    var banner = null, kind = "", btn = false;
+    if (S.conn === "offline") { banner = t("offlineNet"); kind = "offline"; }
+    else if (S.conn === "reconnecting") {
+      banner = t("reconnecting", { s: Math.max(1, Math.ceil((S.reconnectAt - Date.now()) / 1000)) });
+      btn = true;
+    } else if (S.conn === "connecting" && S.attempt > 0) banner = t("connecting");
+    ui.banner.hidden = !banner;
+    ui.banner.setAttribute("data-kind", kind);
+    ui.bannerText.textContent = banner || "";
+    ui.bannerBtn.hidden = !btn;
+    ui.bannerBtn.textContent = t("reconnectNow");
+
+    var offlineForm = S.convState === "offline" && !S.offlineSent;
+    ui.offline.hidden = !offlineForm;
+    ui.composer.hidden = offlineForm;
+    ui.typing.hidden = !S.agentTyping;
+    ui.typing.textContent = S.agentTyping ? t("typing", { name: S.agentName || t("agent") }) : "";
+    ui.badge.hidden = !S.unread || S.open;
+    ui.badge.textContent = String(S.unread);
+    ui.badge.setAttribute("aria-label", t("unread", { n: S.unread }));
+  }
+
+  function renderLog() {
+    var log = ui.log;
+    var nearBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 60;
+    log.textContent = "";
+    log.appendChild(h("div", { class: "note", text: t("welcome") }));
+    var seqs = Object.keys(S.msgs).map(Number).sort(function (a, b) { return a - b; });
+    var lastWho = null;
+    seqs.forEach(function (seq) {
+      var m = S.msgs[seq];
+      lastWho = appendMsg(m, false, lastWho);
+    });
+    S.outbox.forEach(function (m) { lastWho = appendMsg(m, true, lastWho); });
+    if (S.convState === "queued" && S.position) {
+      log.appendChild(h("div", { class: "note queue", "data-testid": "td-queue", text: t("position", { n: S.position }) }));
+    } else if (S.convState === "queued") {
+      log.appendChild(h("div", { class: "note queue", "data-testid": "td-queue", text: t("queued") }));
+    } else if (S.convState === "assigned" && S.agentName) {
+      log.appendChild(h("div", { class: "note", "data-testid": "td-assigned", text: t("assigned", { name: S.agentName }) }));
+    } else if (S.convState === "closed") {
+      log.appendChild(h("div", { class: "note", "data-testid": "td-closed", text: t("closed") }));
+    }
+    if (S.offlineSent) log.appendChild(h("div", { class: "note", "data-testid": "td-offline-thanks", text: t("offlineThanks") }));
+    if (S.notice) log.appendChild(h("div", { class: "note", "data-testid": "td-notice", text: S.notice }));
+    if (nearBottom || !S._rendered) log.scrollTop = log.scrollHeight;
+    S._rendered = true;
+  }
+
+  function appendMsg(m, pending, lastWho) {
+    if (m.from === "system") {
+      ui.log.appendChild(h("div", { class: "note", "data-testid": "td-msg", "data-seq": m.seq, "data-from": "system", text: m.body }));
+      return null;
+    }
+    var mine = m.from === "visitor";
+    var who = mine ? "visitor" : (m.name || S.agentName || t("agent"));
+    var row = h("div", {
+      class: "row " + (mine ? "mine" : "theirs") + (pending ? " pending" : ""),
+      "data-testid": "td-msg", "data-seq": pending ? null : m.seq, "data-id": m.id, "data-from": m.from,
+      "data-pending": pending ? "true" : null,
+    });
+    if (!mine && who !== lastWho) row.appendChild(h("div", { class: "who", text: who }));
+    row.appendChild(h("div", { class: "bubble", "data-testid": "td-body", text: m.body }));
+    var meta = pending ? (m.failed ? t("failed") : t("pending")) : fmtTime(m.ts || Date.now() / 1000);
+    row.appendChild(h("div", { class: "meta", text: meta }));
+    ui.log.appendChild(row);
+    return who;
+  }
+
+  // ---- message bookkeeping ----
+  function advanceTop() {
+    while (S.msgs[S.top + 1]) S.top += 1;
+  }
+
+  function addMessage(m) {
+    if (typeof m.seq !== "number" || m.seq < 1) return;
+    if (m.conversation_id && S.conversationId && m.conversation_id !== S.conversationId) return;
+    if (m.private) return; // never for visitors; belt and braces
+    // A message we sent that comes back (echo or resume) confirms the pending copy.
+    dropFromOutbox(m.id);
+    if (S.msgs[m.seq]) return; // seen already: a resume overlapping what we hold
+    S.msgs[m.seq] = m;
+    if (m.seq > S.maxSeq) S.maxSeq = m.seq;
+    if (m.from === "agent" && m.name) { S.agentName = m.name; save("agent_name", m.name); }
+    if (m.from === "agent") {
+      S.agentTyping = false;
+      if (!S.open || document.hidden) S.unread += 1;
+    }
+    advanceTop();
+    if (S.maxSeq > S.top) askForGap();
+    scheduleRead();
+  }
+
+  function askForGap() {
+    if (gapTimer) return;
+    send({ type: "resume", after_seq: S.top });
+    gapTimer = setTimeout(function () {
+      gapTimer = null;
+      if (S.maxSeq > S.top) {
+        // The resume did not fill it: the hole is not ours to see. Step over it.
+        while (S.top < S.maxSeq && !S.msgs[S.top + 1]) S.top += 1;
+        advanceTop();
+        if (S.maxSeq > S.top) askForGap();
+      }
+    }, GAP_WAIT_MS);
+  }
+
+  function dropFromOutbox(id) {
+    if (!id) return false;
+    for (var i = 0; i < S.outbox.length; i++) {
+      if (S.outbox[i].id === id) { S.outbox.splice(i, 1); saveOutbox(); return true; }
+    }
+    return false;
+  }
+
+  function saveOutbox() {
+    save("outbox", S.outbox.length ? JSON.stringify(S.outbox.map(function (m) {
+      return { id: m.id, body: m.body, ts: m.ts, from: "visitor" };
+    })) : null);
+  }
+
+  function resetConversation() {
+    S.msgs = {}; S.top = 0; S.maxSeq = 0;
+    S.agentTyping = false; S.position = null; S.offlineSent = false;
+  }
+
+  // ---- connection ----
+  function send(obj) {
+    if (ws && ws.readyState === 1) { ws.send(JSON.stringify(obj)); return true; }
+    return false;
+  }
+
+  function setConn(c) { S.conn = c; renderStatus(); }
+
+  function ensureVisitor() {
+    if (S.token) return Promise.resolve(S.token);
+    var body = { locale: S.lang };
+    if (ds.name) body.name = ds.name;
+    if (ds.email) body.email = ds.email;
+    if (ds.tags) body.tags = ds.tags.split(",").map(function (x) { return x.trim(); }).filter(Boolean);
+    return fetch(ORIGIN + "/api/v1/visitors", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+    }).then(function (r) {
+      return r.json().catch(function () { return {}; }).then(function (j) {
+        if (!r.ok) throw new Error((j.error && j.error.message) || ("HTTP " + r.status));
+        S.token = j.token; S.visitorId = j.visitor_id;
+        save("token", j.token); save("visitor_id", j.visitor_id);
+        return j.token;
+      });
+    });
+  }
+
+  function connect() {
+    if (ws) return;
+    if (reconnectTimer) { clearTimeout(reconnectTimer); reconnectTimer = null; }
+    if (!navigator.onLine) { setConn("offline"); return; }
+    setConn("connecting");
+    ensureVisitor().then(openSocket, function (err) {
+      S.notice = t("error", { m: err.message });
+      renderLog();
+      scheduleReconnect();
+    });
+  }
+
+  function openSocket(token) {
+    if (ws) return;
+    var sock = new WebSocket(WS_ORIGIN + "/ws/visitor?token=" + encodeURIComponent(token));
+    ws = sock;
+    var opened = false;
+    sock.onopen = function () { opened = true; S.failedOpens = 0; };
+    sock.onmessage = function (ev) {
+      if (sock !== ws) return;
+      var f;
+      try { f = JSON.parse(ev.data); } catch (e) { return; }
+      onFrame(f);
+    };
+    sock.onclose = function (ev) {
+      if (sock !== ws) return;
+      ws = null;
+      clearTimeout(ackTimer); ackTimer = null;
+      if (!opened) S.failedOpens += 1;
+      if (ev.code === 4401) { forgetVisitor(); scheduleReconnect(0); return; }
+      if (S.failedOpens >= 3) probeToken();
+      scheduleReconnect();
+    };
+  }
+
+  /** Drop the socket without waiting for a closing handshake that may never come. */
+  function dropSocket() {
+    if (!ws) return;
+    var sock = ws;
+    ws = null;
+    sock.onopen = sock.onmessage = sock.onclose = sock.onerror = null;
+    try { sock.close(); } catch (e) { /* already closed */ }
+    clearTimeout(ackTimer); ackTimer = null;
+  }
+
+  function forgetVisitor() {
+    S.token = null; S.visitorId = null; S.conversationId = null;
+    save("token", null); save("visitor_id", null); save("conversation_id", null);
+    resetConversation();
+  }
+
+  /** The upgrade keeps failing: ask over HTTP whether our token is still valid. */
+  function probeToken() {
+    if (!S.conversationId || !S.token) return;
+    fetch(ORIGIN + "/api/v1/conversations/" + encodeURIComponent(S.conversationId) + "/messages?after_seq=0&limit=1", {
+      headers: { Authorization: "Bearer " + S.token },
+    }).then(function (r) {
+      if (r.status === 401 || r.status === 403) { forgetVisitor(); reconnectNow(); }
+    }, function () { /* still unreachable: keep backing off */ });
+  }
+
+  function scheduleReconnect(delay) {
+    if (reconnectTimer || ws) return;
+    if (!navigator.onLine) { setConn("offline"); return; }
+    var d = delay !== undefined ? delay : backoffMs(S.attempt, Math.random());
+    S.attempt += 1;
+    S.reconnectAt = Date.now() + d;
+    setConn("reconnecting");
+    reconnectTimer = setTimeout(function () { reconnectTimer = null; connect(); }, d);
+    if (!tickTimer) tickTimer = setInterval(function () {
+      if (S.conn === "reconnecting") renderStatus(); else { clearInterval(tickTimer); tickTimer = null; }
+    }, 1000);
+  }
+
+  function reconnectNow() {
+    if (reconnectTimer) { clearTimeout(reconnectTimer); reconnectTimer = null; }
+    S.attempt = 0;
+    if (!ws) connect();
+  }
+
+  function onFrame(f) {
+    switch (f.type) {
+      case "hello":
+        S.attempt = 0; S.notice = null;
+        if (f.conversation_id !== S.conversationId) {
+          resetConversation();
+          S.conversationId = f.conversation_id;
+          save("conversation_id", f.conversation_id);
+        }
+        if (f.visitor_id) { S.visitorId = f.visitor_id; save("visitor_id", f.visitor_id); }
+        setConvState(f.state);
+        S.conn = "online";
+        if ((f.last_seq || 0) > S.top) send({ type: "resume", after_seq: S.top });
+        S.outbox.forEach(function (m) { m.failed = false; transmit(m); });
+        renderStatus(); renderLog();
+        break;
+      case "message":
+        addMessage(f);
+        renderStatus(); renderLog();
+        break;
+      case "ack":
+        onAck(f);
+        break;
+      case "queue":
+        S.position = f.position;
+        if (S.convState !== "queued") S.convState = "queued";
+        renderStatus(); renderLog();
+        break;
+      case "assigned":
+        if (f.agent && f.agent.name) { S.agentName = f.agent.name; save("agent_name", f.agent.name); }
+        S.position = null;
+        setConvState("assigned");
+        break;
+      case "state":
+        setConvState(f.state);
+        break;
+      case "typing":
+        S.agentTyping = !!f.on;
+        clearTimeout(typingShowTimer);
+        if (S.agentTyping) typingShowTimer = setTimeout(function () { S.agentTyping = false; renderStatus(); }, TYPING_SHOW_MS);
+        renderStatus();
+        break;
+      case "reconnect":
+        // The node is draining: leave now, come back after the delay it chose for us.
+        dropSocket();
+        scheduleReconnect(Math.max(0, f.after_ms || 0));
+        break;
+      case "error":
+        S.notice = f.code === "busy" || f.code === "overloaded" ? t("busy") : t("error", { m: f.message || f.code });
+        renderLog();
+        break;
+      default:
+        break; // newer server, older widget: ignore what we do not know
+    }
+  }
+
+  function setConvState(st) {
+    if (!st) return;
+    var prev = S.convState;
+    S.convState = st;
+    if (st !== "queued") S.position = null;
+    if (st === "closed" || st === "offline") S.agentTyping = false;
+    if (prev === "closed" && st !== "closed") S.notice = null;
+    renderStatus(); renderLog();
+  }
+
+  function onAck(f) {
+    for (var i = 0; i < S.outbox.length; i++) {
+      var m = S.outbox[i];
+      if (m.id !== f.id) continue;
+      S.outbox.splice(i, 1);
+      saveOutbox();
+      if (typeof f.seq === "number" && !S.msgs[f.seq]) {
+        S.msgs[f.seq] = {
+          type: "message", conversation_id: S.conversationId, seq: f.seq, id: m.id,
+          from: "visitor", body: m.body, ts: m.ts,
+        };
+        if (f.seq > S.maxSeq) S.maxSeq = f.seq;
+        advanceTop();
+        if (S.maxSeq > S.top) askForGap();
+      }
+      break;
+    }
+    armAckTimer();
+    renderLog();
+  }
+
+  function armAckTimer() {
+    clearTimeout(ackTimer); ackTimer = null;
+    if (!S.outbox.length || !ws) return;
+    ackTimer = setTimeout(function () {
+      // No ack for a long time on an "open" socket: assume it is dead and start over.
+      S.outbox.forEach(function (m) { m.failed = true; });
+      renderLog();
+      dropSocket();
+      scheduleReconnect(0);
+    }, ACK_TIMEOUT_MS);
+  }
+
+  function transmit(m) {
+    if (send({ type: "message", id: m.id, body: m.body })) { m.sentAt = Date.now(); if (!ackTimer) armAckTimer(); }
+  }
+
+  function sendMessage(body) {
+    body = String(body || "").trim();
+    if (!body) return false;
+    var m = { id: newId(), body: body, ts: Date.now() / 1000, from: "visitor" };
+    S.outbox.push(m);
+    saveOutbox();
+    stopTyping();
+    transmit(m);
+    if (!ws && !reconnectTimer) connect();
+    renderLog();
+    ui.log.scrollTop = ui.log.scrollHeight;
+    return m.id;
+  }
+
+  function submitComposer() {
+    if (sendMessage(ui.input.value)) ui.input.value = "";
+    ui.input.focus();
+  }
+
+  function submitOffline() {
+    var email = ui.offEmail.value.trim(), body = ui.offMsg.value.trim(), name = ui.offName.value.trim();
+    if (!email || email.indexOf("@") < 1) { ui.offErr.textContent = t("emailRequired"); ui.offEmail.focus(); return; }
+    if (!body) { ui.offErr.textContent = t("messageRequired"); ui.offMsg.focus(); return; }
+    ui.offErr.textContent = "";
+    // The contract has no "update visitor" call, so the contact details travel with the message
+    // (the ticket an agent opens shows them in full).
+    var head = (name ? t("name") + ": " + name + "\n" : "") + t("email") + ": " + email + "\n\n";
+    sendMessage(head + body);
+    S.offlineSent = true;
+    ui.offMsg.value = "";
+    renderStatus(); renderLog();
+  }
+
+  function onTyping() {
+    var now = Date.now();
+    if (now - typingSentAt > TYPING_RESEND_MS) { if (send({ type: "typing", on: true })) typingSentAt = now; }
+    clearTimeout(typingOffTimer);
+    typingOffTimer = setTimeout(stopTyping, TYPING_IDLE_MS);
+  }
+
+  function stopTyping() {
+    clearTimeout(typingOffTimer);
+    if (typingSentAt) { send({ type: "typing", on: false }); typingSentAt = 0; }
+  }
+
+  function scheduleRead() {
+    if (readTimer || !S.open || document.hidden) return;
+    readTimer = setTimeout(function () {
+      readTimer = null;
+      if (S.open && !document.hidden && S.top > S.lastReadSent && send({ type: "read", seq: S.top })) S.lastReadSent = S.top;
+    }, 400);
+  }
+
+  // ---- public actions ----
+  function setOpen(open) {
+    S.open = !!open;
+    save("open", S.open ? "1" : null);
+    ui.panel.hidden = !S.open;
+    ui.launcher.setAttribute("aria-expanded", String(S.open));
+    if (S.open) {
+      S.unread = 0;
+      if (!ws && !reconnectTimer) connect();
+      scheduleRead();
+      renderLog();
+      ui.log.scrollTop = ui.log.scrollHeight;
+      setTimeout(function () { try { ui.input.focus(); } catch (e) { /* hidden */ } }, 0);
+    }
+    renderStatus();
+  }
+
+  function setLanguage(lang) {
+    S.lang = pickLang(lang);
+    save("lang", S.lang);
+    renderChrome();
+  }
+
+  // ---- start ----
+  function start() {
+    build();
+    try {
+      var saved = JSON.parse(load("outbox") || "[]");
+      if (Array.isArray(saved)) S.outbox = saved.filter(function (m) { return m && m.id && m.body; });
+    } catch (e) { S.outbox = []; }
+    renderChrome();
+    setOpen(S.open);
+    // A returning visitor reconnects at once so agent replies arrive even with the panel closed;
+    // a new one gets a session only when they open the panel (no empty chats for every page view).
+    if (S.token && !ws) connect();
+    window.addEventListener("offline", function () { dropSocket(); if (reconnectTimer) { clearTimeout(reconnectTimer); reconnectTimer = null; } setConn("offline"); });
+    window.addEventListener("online", function () { if (S.token || S.open) reconnectNow(); else setConn("idle"); });
+    document.addEventListener("visibilitychange", function () { if (!document.hidden) { scheduleRead(); if (S.open) { S.unread = 0; renderStatus(); } } });
+  }
+
+  window.Tidedesk = {
+    version: "1",
+    open: function () { setOpen(true); },
+    close: function () { setOpen(false); },
+    toggle: function () { setOpen(!S.open); },
+    setLanguage: setLanguage,
+    send: sendMessage,
+    get state() {
+      return { conn: S.conn, conversation: S.convState, position: S.position, agent: S.agentName, lastSeq: S.top, pending: S.outbox.length, lang: S.lang };
+    },
+    _backoffMs: backoffMs,
+  };
+
+  if (document.body) start();
+  else document.addEventListener("DOMContentLoaded", start);
+})();
