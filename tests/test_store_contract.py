@@ -1,0 +1,503 @@
+"""One contract for the store seam, run against MemoryStore and RedisStore.
+
+The Redis runs use the real server on 127.0.0.1:6379 with a key prefix unique to each test, and
+delete every key under that prefix afterwards (never FLUSHALL: the server is shared).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tidedesk.redisstore import RedisStore
+from tidedesk.store import CLIENT_ID_TTL_SECS, HISTORY_STREAM_LEN, MemoryStore, Store
+
+REDIS_URL = os.environ.get("TIDEDESK_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+Body = Callable[[Store], Awaitable[None]]
+Runner = Callable[[Body], None]
+
+
+async def _delete_prefix(prefix: str) -> None:
+    r = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        keys = [k async for k in r.scan_iter(match=prefix + "*", count=500)]
+        if keys:
+            await r.delete(*keys)
+    finally:
+        await r.aclose()
+
+
+def _runner(kind: str) -> Runner:
+    def run(body: Body) -> None:
+        async def main() -> None:
+            prefix = f"tidedesk-test:{uuid.uuid4().hex}:"
+            store: Store = MemoryStore() if kind == "memory" else RedisStore(REDIS_URL, prefix)
+            await store.start()
+            try:
+                await body(store)
+            finally:
+                await store.close()
+                if kind == "redis":
+                    await _delete_prefix(prefix)
+
+        asyncio.run(main())
+
+    return run
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def run(request: pytest.FixtureRequest) -> Runner:
+    """Call ``run(async_body)``: a fresh, empty store inside a fresh event loop."""
+    return _runner(request.param)
+
+
+# -- sequence numbers ---------------------------------------------------------------------
+
+def test_assign_seq_is_none_until_seeded(run: Runner) -> None:
+    async def body(s: Store) -> None:
+        assert await s.assign_seq("c1", "m1", now=0) is None
+        assert await s.last_seq("c1") is None
+        await s.seed_seq("c1", 0)
+        assert await s.last_seq("c1") == 0
+        assert await s.assign_seq("c1", "m1", now=0) == (1, True)
+        assert await s.last_seq("c1") == 1
+        assert await s.assign_seq("c2", "m1", now=0) is None  # counters are per conversation
+
+    run(body)
+
+
+def test_assign_seq_is_idempotent_on_client_id(run: Runner) -> None:
+    async def body(s: Store) -> None:
+        await s.seed_seq("c", 40)
+        assert await s.assign_seq("c", "a", now=1) == (41, True)
+        assert await s.assign_seq("c", "b", now=2) == (42, True)
+        assert await s.assign_seq("c", "a", now=3) == (41, False)
+        assert await s.assign_seq("c", "b", now=4) == (42, False)
+        assert await s.last_seq("c") == 42
+        # the same client id in another conversation is another message
+        await s.seed_seq("d", 0)
+        assert await s.assign_seq("d", "a", now=5) == (1, True)
+        # a client id is remembered for CLIENT_ID_TTL_SECS, then the database's key takes over
+        assert await s.assign_seq("c", "a", now=1 + CLIENT_ID_TTL_SECS - 1) == (41, False)
+        assert await s.assign_seq("c", "a", now=1 + CLIENT_ID_TTL_SECS + 1) == (43, True)
+
+    run(body)
+
+
+def test_seed_seq_never_lowers(run: Runner) -> None:
+    async def body(s: Store) -> None:
+        await s.seed_seq("c", 10)
+        await s.seed_seq("c", 3)
+        assert await s.last_seq("c") == 10
+        assert await s.assign_seq("c", "x", now=0) == (11, True)
+        await s.seed_seq("c", 11)
+        assert await s.assign_seq("c", "y", now=0) == (12, True)
+        await s.seed_seq("c", 100)
+        assert await s.assign_seq("c", "z", now=0) == (101, True)
+
+    run(body)
+
+
+def test_concurrent_assign_seq_hands_out_each_seq_once(run: Runner) -> None:
+    async def body(s: Store) -> None:
+        await s.seed_seq("c", 0)
+        ids = [f"m{i}" for i in range(60)] * 2  # every id twice, all at once
+        results = await asyncio.gather(*(s.assign_seq("c", m, now=0) for m in ids))
+        by_id: dict[str, set[int]] = {}
+        fresh = 0
+        for m, res in zip(ids, results, strict=True):
+            assert res is not None
+            by_id.setdefault(m, set()).add(res[0])
+            fresh += res[1]
+        assert fresh == 60
+        assert all(len(seqs) == 1 for seqs in by_id.values())
+        assert sorted(next(iter(v)) for v in by_id.values()) == list(range(1, 61))
+
+    run(body)
+
+
+# -- expiring keys ------------------------------------------------------------------------
+
+def test_kv_expires_at_ttl(run: Runner) -> None:
+    async def body(s: Store) -> None:
+        assert await s.kv_get("k", now=0) is None
+        await s.kv_set("k", "v1", ttl_s=10, now=100)
+        assert await s.kv_get("k", now=105) == "v1"
+        assert await s.kv_get("k", now=109.999) == "v1"
+        assert await s.kv_get("k", now=110) is None
+        assert await s.kv_get("k", now=105) is None  # expired means gone
+        await s.kv_set("k", "v2", ttl_s=10, now=200)
+        await s.kv_set("k", "v3", ttl_s=5, now=201)  # overwriting resets value and TTL
+        assert await s.kv_get("k", now=205) == "v3"
+        assert await s.kv_get("k", now=206) is None
+
+    run(body)
+
+
+def test_kv_touch_slides_the_expiry(run: Runner) -> None:
+    async def body(s: Store) -> None:
+        await s.kv_set("sess", "data ünïcode", ttl_s=10, now=0)
+        assert await s.kv_get("sess", now=8, touch_ttl_s=10) == "data ünïcode"
+        assert await s.kv_get("sess", now=15) == "data ünïcode"  # would have expired at 10
+        assert await s.kv_get("sess", now=17, touch_ttl_s=10) == "data ünïcode"
+        assert await s.kv_get("sess", now=26.5) == "data ünïcode"
+        assert await s.kv_get("sess", now=27) is None
+        assert await s.kv_get("sess", now=27, touch_ttl_s=10) is None  # no resurrection
+
+    run(body)
+
+
+def test_kv_delete(run: Runner) -> None:
+    async def body(s: Store) -> None:
+        await s.kv_set("a", "1", ttl_s=60, now=0)
+        await s.kv_set("b", "2", ttl_s=60, now=0)
+        await s.kv_delete("a")
+        await s.kv_delete("a")
+        await s.kv_delete("never-set")
+        assert await s.kv_get("a", now=1) is None
+        assert await s.kv_get("b", now=1) == "2"
+
+    run(body)
+
+
+# -- presence -----------------------------------------------------------------------------
+
+def test_presence(run: Runner) -> None:
+    async def body(s: Store) -> None:
+        assert await s.presence_nodes("agent:1", now=0) == set()
+        await s.presence_add("agent:1", "conn-a", "node-1", ttl_s=30, now=0)
+        await s.presence_add("agent:1", "conn-b", "node-2", ttl_s=60, now=0)
+        await s.presence_add("agent:1", "conn-c", "node-2", ttl_s=60, now=0)
+        await s.presence_add("visitor:9", "conn-z", "node-3", ttl_s=60, now=0)
+        assert await s.presence_nodes("agent:1", now=10) == {"node-1", "node-2"}
+        assert await s.presence_nodes("agent:1", now=30) == {"node-2"}  # conn-a timed out
+        await s.presence_add("agent:1", "conn-a", "node-1", ttl_s=30, now=40)  # heartbeat
+        assert await s.presence_nodes("agent:1", now=50) == {"node-1", "node-2"}
+        assert await s.presence_remove("agent:1", "conn-b") == 2
+        assert await s.presence_remove("agent:1", "conn-b") == 2  # idempotent
+        assert await s.presence_nodes("agent:1", now=50) == {"node-1", "node-2"}
+        assert await s.presence_remove("agent:1", "conn-c") == 1
+        assert await s.presence_nodes("agent:1", now=50) == {"node-1"}
+        assert await s.presence_remove("agent:1", "conn-a") == 0
+        assert await s.presence_nodes("agent:1", now=50) == set()
+        assert await s.presence_remove("nobody", "conn") == 0
+        assert await s.presence_nodes("visitor:9", now=50) == {"node-3"}
+
+    run(body)
+
+
+# -- agents and ownership -----------------------------------------------------------------
+
+async def _agent(s: Store, agent_id: str, *, max_chats: int = 3, status: str = "online",
+                 pools: tuple[str, ...] = ("general",), now: float = 0) -> None:
+    await s.agent_update(agent_id, status=status, pools=pools, max_chats=max_chats,
+                         name=f"Agent {agent_id}", now=now)
+
+
+def test_agent_update_and_pools(run: Runner) -> None:
+    async def body(s: Store) -> None:
+        assert await s.agent_get("a1") is None
+        await _agent(s, "a1", pools=("general", "experts"), now=5)
+        await _agent(s, "a2", pools=("general",), status="away", max_chats=1, now=6)
+        a1 = await s.agent_get("a1")
+        assert a1 is not None
+        assert (a1.status, a1.open_chats, a1.max_chats, a1.last_assigned_at, a1.name) == (
+            "online", 0, 3, 5, "Agent a1")
+        assert set(a1.pools) == {"general", "experts"} and a1.has_room
+        assert {a.agent_id for a in await s.agents_in_pool("general")} == {"a1", "a2"}
+        assert {a.agent_id for a in await s.agents_in_pool("experts")} == {"a1"}
+        assert await s.agents_in_pool("nobody-here") == []
+        # moving pools leaves the old one; open chats and last assignment survive an update
+        assert await s.claim("c1", "a1", now=7)
+        await _agent(s, "a1", pools=("training",), max_chats=5, status="away", now=8)
+        a1 = await s.agent_get("a1")
+        assert a1 is not None
+        assert (a1.status, a1.open_chats, a1.max_chats, a1.last_assigned_at, a1.pools) == (
+            "away", 1, 5, 7, ("training",))
+        assert {a.agent_id for a in await s.agents_in_pool("general")} == {"a2"}
+        assert await s.agents_in_pool("experts") == []
+        assert [a.agent_id for a in await s.agents_in_pool("training")] == ["a1"]
+
+    run(body)
+
+
+def test_claim_rules(run: Runner) -> None:
+    async def body(s: Store) -> None:
+        assert not await s.claim("c0", "ghost", now=0)  # unknown agent
+        await _agent(s, "away", status="away")
+        await _agent(s, "off", status="offline")
+        assert not await s.claim("c0", "away", now=0)
+        assert not await s.claim("c0", "off", now=0)
+        await _agent(s, "a", max_chats=2)
+        assert await s.claim("c1", "a", now=10)
+        assert not await s.claim("c1", "a", now=11)  # already owned, even by the same agent
+        assert await s.claim("c2", "a", now=12)
+        assert not await s.claim("c3", "a", now=13)  # at the limit
+        agent = await s.agent_get("a")
+        assert agent is not None
+        assert (agent.open_chats, agent.last_assigned_at, agent.has_room) == (2, 12, False)
+        assert await s.owner("c1") == "a" and await s.owner("c3") is None
+        assert await s.agent_conversations("a") == ["c1", "c2"]
+        assert await s.agent_conversations("away") == []
+
+    run(body)
+
+
+def test_release_is_idempotent_and_frees_the_slot(run: Runner) -> None:
+    async def body(s: Store) -> None:
+        await _agent(s, "a", max_chats=1)
+        assert await s.release("c1") is None
+        assert await s.claim("c1", "a", now=1)
+        assert not await s.claim("c2", "a", now=2)
+        assert await s.release("c1") == "a"
+        assert await s.release("c1") is None
+        assert await s.owner("c1") is None
+        assert await s.agent_conversations("a") == []
+        agent = await s.agent_get("a")
+        assert agent is not None and agent.open_chats == 0
+        assert await s.claim("c2", "a", now=3)
+        assert await s.agent_conversations("a") == ["c2"]
+
+    run(body)
+
+
+def test_concurrent_claims_never_exceed_the_limit(run: Runner) -> None:
+    async def body(s: Store) -> None:
+        await _agent(s, "a", max_chats=3)
+        results = await asyncio.gather(*(s.claim(f"c{i}", "a", now=i) for i in range(50)))
+        assert sum(results) == 3
+        won = sorted(f"c{i}" for i, ok in enumerate(results) if ok)
+        assert await s.agent_conversations("a") == won
+        agent = await s.agent_get("a")
+        assert agent is not None and agent.open_chats == 3
+        # claims and releases interleaved at once still balance
+        ops = [s.release(c) for c in won] + [s.claim(f"d{i}", "a", now=99) for i in range(20)]
+        await asyncio.gather(*ops)
+        agent = await s.agent_get("a")
+        assert agent is not None
+        assert agent.open_chats == len(await s.agent_conversations("a")) <= 3
+
+    run(body)
+
+
+def test_two_agents_racing_for_one_conversation(run: Runner) -> None:
+    async def body(s: Store) -> None:
+        for round_ in range(10):
+            await _agent(s, f"x{round_}")
+            await _agent(s, f"y{round_}")
+            conv = f"conv{round_}"
+            x, y = await asyncio.gather(s.claim(conv, f"x{round_}", now=0),
+                                        s.claim(conv, f"y{round_}", now=0))
+            assert x != y
+            winner, loser = (f"x{round_}", f"y{round_}") if x else (f"y{round_}", f"x{round_}")
+            assert await s.owner(conv) == winner
+            loser_load = await s.agent_get(loser)
+            assert loser_load is not None and loser_load.open_chats == 0
+
+    run(body)
+
+
+# -- waiting queues -----------------------------------------------------------------------
+
+def test_queue_is_vip_first_then_fifo_and_idempotent(run: Runner) -> None:
+    async def body(s: Store) -> None:
+        assert await s.waiting("general") == []
+        await s.enqueue("general", "a", vip=False, now=1)
+        await s.enqueue("general", "b", vip=True, now=2)
+        await s.enqueue("general", "c", vip=False, now=3)
+        await s.enqueue("general", "a", vip=True, now=4)  # already waiting: no change
+        await s.enqueue("general", "d", vip=True, now=5)
+        await s.enqueue("experts", "e", vip=False, now=6)
+        assert await s.waiting("general") == [("b", 2), ("d", 5), ("a", 1), ("c", 3)]
+        assert await s.dequeue("general", "d")
+        assert not await s.dequeue("general", "d")
+        assert not await s.dequeue("general", "e")  # waits in another pool
+        assert await s.waiting("general") == [("b", 2), ("a", 1), ("c", 3)]
+        await s.enqueue("general", "d", vip=False, now=7)  # back, at the end of its class
+        assert await s.waiting("general") == [("b", 2), ("a", 1), ("c", 3), ("d", 7)]
+        assert await s.waiting("experts") == [("e", 6)]
+
+    run(body)
+
+
+def test_queue_fifo_follows_arrival_not_the_clock(run: Runner) -> None:
+    async def body(s: Store) -> None:
+        # Routers' clocks differ: serving order is the order the store saw, times are kept.
+        await s.enqueue("p", "late-clock", vip=False, now=100.5)
+        await s.enqueue("p", "early-clock", vip=False, now=99.25)
+        assert await s.waiting("p") == [("late-clock", 100.5), ("early-clock", 99.25)]
+
+    run(body)
+
+
+_queue_ops = st.lists(
+    st.tuples(st.sampled_from(["enqueue", "dequeue"]), st.sampled_from("abcdefgh"),
+              st.booleans()),
+    max_size=40,
+)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=_queue_ops)
+def test_queue_order_matches_the_model(run: Runner, ops: list[tuple[str, str, bool]]) -> None:
+    """Property: whatever the sequence of enqueues and dequeues, ``waiting`` is VIPs in arrival
+    order, then the rest in arrival order, each entry keeping the time of its first enqueue."""
+
+    async def body(s: Store) -> None:
+        model: dict[str, tuple[bool, int, float]] = {}
+        for step, (op, conv, vip) in enumerate(ops):
+            if op == "enqueue":
+                await s.enqueue("pool", conv, vip=vip, now=float(step))
+                model.setdefault(conv, (vip, step, float(step)))
+            else:
+                assert await s.dequeue("pool", conv) == (conv in model)
+                model.pop(conv, None)
+        expected = sorted(model.items(), key=lambda kv: (not kv[1][0], kv[1][1]))
+        assert await s.waiting("pool") == [(conv, at) for conv, (_, _, at) in expected]
+
+    run(body)
+
+
+# -- recent history -----------------------------------------------------------------------
+
+def _msg(seq: int, body: str = "") -> dict[str, Any]:
+    return {"seq": seq, "id": f"m{seq}", "from": "visitor", "body": body or f"hello {seq}",
+            "ts": 1700000000.25 + seq, "meta": {"tags": ["vip"], "ünï": None}}
+
+
+def test_history_is_seq_ordered_and_deduped(run: Runner) -> None:
+    async def body(s: Store) -> None:
+        assert await s.history("c") == []
+        for seq in (3, 1, 2, 5):
+            await s.history_append("c", _msg(seq))
+        await s.history_append("c", _msg(2, "a redelivery must not replace the first"))
+        await s.history_append("other", _msg(1))
+        assert await s.history("c") == [_msg(1), _msg(2), _msg(3), _msg(5)]
+        assert await s.history("other") == [_msg(1)]
+
+    run(body)
+
+
+def test_history_is_capped_to_the_newest(run: Runner) -> None:
+    async def body(s: Store) -> None:
+        total = HISTORY_STREAM_LEN + 37
+        for seq in range(1, total + 1):
+            await s.history_append("c", _msg(seq))
+        await s.history_append("c", _msg(2))  # older than everything kept: stays out
+        hist = await s.history("c")
+        assert [m["seq"] for m in hist] == list(range(total - HISTORY_STREAM_LEN + 1, total + 1))
+        assert hist[-1] == _msg(total)
+
+    run(body)
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seqs=st.lists(st.integers(1, HISTORY_STREAM_LEN + 40), min_size=1,
+                     max_size=HISTORY_STREAM_LEN + 60))
+def test_history_keeps_the_newest_distinct_seqs(run: Runner, seqs: list[int]) -> None:
+    """Property: the stream holds the HISTORY_STREAM_LEN highest distinct seqs ever appended,
+    in order, each with the body it was first appended with."""
+
+    async def body(s: Store) -> None:
+        first: dict[int, str] = {}
+        for i, seq in enumerate(seqs):
+            await s.history_append("c", _msg(seq, f"v{i}"))
+            first.setdefault(seq, f"v{i}")
+        kept = sorted(first)[-HISTORY_STREAM_LEN:]
+        assert await s.history("c") == [_msg(seq, first[seq]) for seq in kept]
+
+    run(body)
+
+
+# -- Redis only: real TTLs and lost or stale counters --------------------------------------
+
+@pytest.mark.redis
+def test_redis_sets_real_ttls() -> None:
+    async def body(s: Store) -> None:
+        assert isinstance(s, RedisStore)
+        r = s._r
+        p = s._prefix
+        await s.kv_set("sess", "v", ttl_s=30, now=0)
+        assert 29_000 < await r.pttl(p + "kv:sess") <= 30_000
+        await s.kv_get("sess", now=1, touch_ttl_s=300)
+        assert 299_000 < await r.pttl(p + "kv:sess") <= 300_000
+        await s.presence_add("agent:1", "c1", "n1", ttl_s=45, now=0)
+        await s.presence_add("agent:1", "c2", "n1", ttl_s=20, now=0)  # never shortens
+        assert 44_000 < await r.pttl(p + "presence:agent:1") <= 45_000
+        await s.seed_seq("c", 0)
+        await s.assign_seq("c", "m", now=0)
+        await s.history_append("c", _msg(1))
+        for key in ("seq:c", "cid:1:c:m", "hist:c"):
+            assert await r.pttl(p + key) > 3600_000, key
+
+    _runner("redis")(body)
+
+
+@pytest.mark.redis
+def test_redis_lost_counter_is_reseeded_and_never_repeats() -> None:
+    async def body(s: Store) -> None:
+        assert isinstance(s, RedisStore)
+        await s.seed_seq("c", 0)
+        for i in range(5):
+            await s.assign_seq("c", f"m{i}", now=0)
+        await s._r.delete(s._prefix + "seq:c")  # what a Redis restart without persistence does
+        assert await s.assign_seq("c", "m9", now=0) is None
+        assert await s.last_seq("c") is None
+        await s.seed_seq("c", 5)  # the caller's database max
+        assert await s.assign_seq("c", "m9", now=0) == (6, True)
+
+    _runner("redis")(body)
+
+
+@pytest.mark.redis
+def test_redis_counter_from_another_run_counts_as_unknown() -> None:
+    """A Redis restored from an old snapshot brings back a stale counter: it must not be used."""
+
+    async def body(s: Store) -> None:
+        assert isinstance(s, RedisStore)
+        key = s._prefix + "seq:c"
+        await s.seed_seq("c", 0)
+        for i in range(5):
+            await s.assign_seq("c", f"m{i}", now=0)
+        await s._r.hset(key, mapping={"n": 3, "epoch": "0123abcd"})  # snapshot of another run
+        assert await s.assign_seq("c", "m9", now=0) is None
+        assert await s.last_seq("c") is None
+        await s.seed_seq("c", 2)  # database behind the stale counter: the larger one wins
+        assert await s.last_seq("c") == 3
+        await s.seed_seq("c", 5)
+        assert await s.assign_seq("c", "m9", now=0) == (6, True)
+        assert await s.assign_seq("c", "m1", now=0) == (2, False)  # remembered ids still count
+
+    _runner("redis")(body)
+
+
+@pytest.mark.redis
+def test_redis_stores_sharing_a_prefix_share_state() -> None:
+    """Two routers are two clients: claims through both still never over-assign."""
+
+    async def body(s: Store) -> None:
+        assert isinstance(s, RedisStore)
+        other = RedisStore(REDIS_URL, s._prefix)
+        try:
+            await _agent(s, "a", max_chats=4)
+            results = await asyncio.gather(
+                *(st_.claim(f"c{i}", "a", now=0) for i in range(40)
+                  for st_ in ((s, other)[i % 2],)))
+            assert sum(results) == 4
+            agent = await other.agent_get("a")
+            assert agent is not None and agent.open_chats == 4
+        finally:
+            await other.close()
+
+    _runner("redis")(body)
