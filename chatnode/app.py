@@ -1,0 +1,176 @@
+"""The chat node: application factory and lifecycle (start, readiness, drain)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import tornado.web
+
+from chatnode import http, websockets
+from chatnode.hub import Hub
+from chatnode.service import PRESENCE_TTL_SECS, ChatService
+from tidedesk import metrics
+from tidedesk.auth import TokenService
+from tidedesk.broker import Broker, node_queue
+from tidedesk.crypto import FieldCipher
+from tidedesk.settings import Settings
+from tidedesk.storage import Storage
+from tidedesk.store import Store
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+# Presence is refreshed well within its TTL so a live connection never looks gone.
+HEARTBEAT_SECS = PRESENCE_TTL_SECS / 3
+# Draining: clients are told to reconnect at a random moment within this window (no stampede
+# on the remaining nodes), then the node waits this long at most for in-flight work.
+DRAIN_SPREAD_SECS = 3.0
+DRAIN_TIMEOUT_SECS = 20.0
+
+PAGES = {"/demo": "demo.html", "/console": "console.html", "/supervisor": "supervisor.html",
+         "/widget.js": "widget.js"}
+
+
+class PageHandler(tornado.web.RequestHandler):
+    """Serves one file of the static folder at a fixed path (with a clear 404 if absent)."""
+
+    def initialize(self, filename: str) -> None:
+        self.filename = filename
+
+    def get(self) -> None:
+        path = STATIC_DIR / self.filename
+        if not path.is_file():
+            self.set_status(404)
+            self.finish({"error": {"code": "not_found",
+                                   "message": f"{self.filename} is not installed"}})
+            return
+        if self.filename.endswith(".js"):
+            self.set_header("Content-Type", "application/javascript; charset=utf-8")
+            self.set_header("Access-Control-Allow-Origin", "*")
+        else:
+            self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        self.finish(path.read_bytes())
+
+
+class IndexHandler(tornado.web.RequestHandler):
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.finish(
+            "<!doctype html><meta charset=utf-8><title>Tidedesk</title>"
+            "<style>body{font:16px system-ui,sans-serif;max-width:40rem;margin:3rem auto}</style>"
+            "<h1>Tidedesk</h1><ul>"
+            "<li><a href=/demo>Widget demo (a shop page with the chat widget)</a></li>"
+            "<li><a href=/console>Agent console</a></li>"
+            "<li><a href=/supervisor>Supervisor view</a></li>"
+            "<li><a href=/api/v1/openapi.json>API (OpenAPI)</a></li></ul>")
+
+
+class ChatNode:
+    def __init__(self, *, settings: Settings, broker: Broker, store: Store, storage: Storage,
+                 pools: tuple[str, ...], clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.store = store
+        self.storage = storage
+        self.pools = pools
+        self.hub = Hub()
+        self.service = ChatService(
+            settings=settings, broker=broker, store=store, storage=storage,
+            tokens=TokenService(settings.jwt_secret, settings.access_token_ttl_s,
+                                settings.refresh_token_ttl_s),
+            cipher=FieldCipher(settings.aes_key), clock=clock)
+        self.started = False
+        self.draining = False
+        self.inflight: set[asyncio.Future[Any]] = set()
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    def readiness(self) -> tuple[bool, str]:
+        if not self.started:
+            return False, "starting"
+        if self.draining:
+            return False, "draining"
+        if not self.broker.ready:
+            return False, "broker unavailable"
+        if not self.store.ready:
+            return False, "session store unavailable"
+        return True, "ok"
+
+    async def start(self) -> None:
+        await self.broker.declare_node_queue(self.settings.node_id)
+        await self.broker.consume(node_queue(self.settings.node_id), self.hub.on_delivery,
+                                  prefetch=200)
+        self._heartbeat = asyncio.create_task(self._heartbeat_loop())
+        self.started = True
+        metrics.READY.set(1)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECS)
+            try:
+                now = self.service.clock()
+                for who, conn in self.hub.connections():
+                    await self.store.presence_add(who, conn.conn_id, self.settings.node_id,
+                                                  PRESENCE_TTL_SECS, now)
+            except Exception:
+                log.exception("presence heartbeat failed; next one retries")
+
+    async def drain(self, spread_s: float = DRAIN_SPREAD_SECS,
+                    timeout_s: float = DRAIN_TIMEOUT_SECS) -> None:
+        """Not ready → tell every client to reconnect (spread over ``spread_s``) → wait for
+        in-flight messages to be confirmed and acked → stop consuming."""
+        self.draining = True
+        metrics.READY.set(0)
+        loop = asyncio.get_running_loop()
+        conns = self.hub.connections()
+        for _, conn in conns:
+            after_ms = int(random.uniform(0, spread_s) * 1000)
+            conn.send({"type": "reconnect", "after_ms": after_ms})
+            loop.call_later(after_ms / 1000 + 0.5, conn.close, 1012, "node draining")
+        deadline = loop.time() + spread_s + timeout_s
+        while (self.inflight or self.hub.count()) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        await self.broker.stop_consuming()
+        log.info("drained", extra={"connections_left": self.hub.count()})
+
+    def make_app(self, **extra: Any) -> tornado.web.Application:
+        s = self.settings
+        deps = {"service": self.service, "node": self}
+        ws_deps = {"service": self.service, "hub": self.hub, "node": self}
+        routes: list[Any] = [
+            (r"/", IndexHandler),
+            (r"/healthz", http.HealthHandler, deps),
+            (r"/readyz", http.ReadyHandler, deps),
+            (r"/metrics", http.MetricsHandler, deps),
+            (r"/api/v1/openapi.json", http.OpenApiHandler, deps),
+            (r"/api/v1/visitors", http.VisitorsHandler, deps),
+            (r"/api/v1/auth/login", http.LoginHandler, deps),
+            (r"/api/v1/auth/refresh", http.RefreshHandler, deps),
+            (r"/api/v1/me", http.MeHandler, deps),
+            (r"/api/v1/conversations/([0-9a-f]{1,32})/messages", http.MessagesHandler, deps),
+            (r"/api/v1/agents", http.AgentsHandler, deps),
+            (r"/api/v1/canned", http.CannedHandler, deps),
+            (r"/api/v1/supervisor/overview", http.SupervisorHandler, deps),
+            (r"/ws/visitor", websockets.VisitorSocket, ws_deps),
+            (r"/ws/agent", websockets.AgentSocket, ws_deps),
+            (r"/static/(.*)", tornado.web.StaticFileHandler, {"path": str(STATIC_DIR)}),
+        ]
+        routes += [(path, PageHandler, {"filename": name}) for path, name in PAGES.items()]
+        return tornado.web.Application(
+            routes,
+            default_handler_class=http.NotFoundHandler,
+            default_handler_args=deps,
+            websocket_ping_interval=s.ws_ping_interval_s or None,
+            websocket_ping_timeout=s.ws_ping_timeout_s,
+            websocket_max_message_size=s.ws_max_message_size,
+            xheaders=True,
+            **extra,
+        )

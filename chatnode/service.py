@@ -1,0 +1,264 @@
+"""What chat-node handlers call: visitors, agents, messages, resume. Handlers stay thin.
+
+Every method raises :class:`ServiceError` (an HTTP status, a machine code and a message that
+says what to change) for anything a client can get wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tidedesk.auth import AuthError, Principal, TokenService, verify_password, verify_totp
+from tidedesk.broker import INBOUND_QUEUE, Broker, BrokerUnavailable
+from tidedesk.crypto import FieldCipher
+from tidedesk.delivery import deliver
+from tidedesk.i18n import LOCALES
+from tidedesk.resume import plan_resume, reseed_floor
+from tidedesk.settings import Settings
+from tidedesk.storage import Storage
+from tidedesk.store import Store
+
+log = logging.getLogger(__name__)
+
+TAG_RE = re.compile(r"^[a-z0-9_\-]{1,32}$")
+MAX_TAGS = 20
+# Presence entries expire unless the node's heartbeat refreshes them (a crashed node's
+# connections stop counting after this long).
+PRESENCE_TTL_SECS = 90.0
+
+
+class ServiceError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class VisitorSession:
+    visitor_id: str
+    conversation_id: str
+    state: str
+    pool: str
+    locale: str
+    name: str
+    tags: tuple[str, ...]
+
+
+class ChatService:
+    def __init__(self, *, settings: Settings, broker: Broker, store: Store, storage: Storage,
+                 tokens: TokenService, cipher: FieldCipher,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.store = store
+        self.storage = storage
+        self.tokens = tokens
+        self.cipher = cipher
+        self.clock = clock
+        self.node_id = settings.node_id
+
+    # -- authentication ------------------------------------------------------------------------
+    def principal(self, token: str | None, expected: str) -> Principal:
+        try:
+            return self.tokens.decode(token, expected)
+        except AuthError as exc:
+            raise ServiceError(401, exc.code, exc.message) from None
+
+    async def login(self, email: Any, password: Any, totp: Any) -> dict[str, Any]:
+        if not isinstance(email, str) or not isinstance(password, str):
+            raise ServiceError(400, "invalid_body", "send {\"email\": str, \"password\": str, "
+                               "\"totp\"?: str}")
+        agent = await self.storage.agent_by_email(email)
+        if agent is None or not agent.active or not verify_password(agent.password_hash,
+                                                                    password):
+            raise ServiceError(401, "invalid_credentials", "wrong email or password")
+        if agent.totp_secret:
+            if totp is None or totp == "":
+                raise ServiceError(401, "totp_required", "this account uses two-factor sign-in: "
+                                   "send the 6-digit code from your authenticator as 'totp'")
+            if not isinstance(totp, str) or not verify_totp(agent.totp_secret, totp):
+                raise ServiceError(401, "invalid_totp", "the two-factor code is wrong or expired")
+        await self.storage.audit(f"agent:{agent.id}", "auth.login", agent.email)
+        return self.tokens.agent_tokens(str(agent.id), agent.role)
+
+    async def refresh(self, refresh_token: Any) -> dict[str, Any]:
+        if not isinstance(refresh_token, str):
+            raise ServiceError(400, "invalid_body", "send {\"refresh_token\": str}")
+        principal = self.principal(refresh_token, "refresh")
+        agent = await self.storage.agent(principal.id)
+        if agent is None or not agent.active:
+            raise ServiceError(401, "invalid_token", "this account no longer exists")
+        return self.tokens.agent_tokens(str(agent.id), agent.role)
+
+    async def agent_for(self, principal: Principal) -> Any:
+        agent = await self.storage.agent(principal.id)
+        if agent is None or not agent.active:
+            raise ServiceError(401, "invalid_token", "this account no longer exists")
+        return agent
+
+    # -- visitors --------------------------------------------------------------------------------
+    async def create_visitor(self, body: dict[str, Any]) -> dict[str, str]:
+        allowed = {"name", "email", "tags", "locale"}
+        unknown = set(body) - allowed
+        if unknown:
+            raise ServiceError(400, "invalid_body", f"unknown field(s) {', '.join(sorted(unknown))}"
+                               f"; allowed: {', '.join(sorted(allowed))}")
+        name = body.get("name", "")
+        if not isinstance(name, str) or len(name) > 120:
+            raise ServiceError(400, "invalid_field", "'name' must be a string of at most 120 "
+                               "characters")
+        email = body.get("email")
+        if email is not None and (not isinstance(email, str) or len(email) > 254
+                                  or "@" not in email):
+            raise ServiceError(400, "invalid_field", "'email' must be an e-mail address")
+        tags = body.get("tags", [])
+        if (not isinstance(tags, list) or len(tags) > MAX_TAGS
+                or not all(isinstance(t, str) and TAG_RE.match(t) for t in tags)):
+            raise ServiceError(400, "invalid_field", f"'tags' must be a list of at most {MAX_TAGS}"
+                               " tags of 1-32 characters a-z 0-9 _ -")
+        locale = body.get("locale", "en")
+        if locale not in LOCALES:
+            raise ServiceError(400, "invalid_field", f"'locale' must be one of "
+                               f"{', '.join(LOCALES)}")
+        email_enc = self.cipher.encrypt(email, context="visitor.email") if email else None
+        visitor_id = await self.storage.create_visitor(name=name.strip(), email_enc=email_enc,
+                                                       tags=sorted(set(tags)), locale=locale)
+        return {"visitor_id": visitor_id, "token": self.tokens.visitor_token(visitor_id)}
+
+    async def open_visitor_session(self, visitor_id: str) -> tuple[VisitorSession, bool]:
+        """The visitor's open conversation (a new one is announced to the routers)."""
+        visitor = await self.storage.visitor(visitor_id)
+        if visitor is None:
+            raise ServiceError(401, "invalid_token", "unknown visitor; create a new one with "
+                               "POST /api/v1/visitors")
+        conv, created = await self.storage.current_conversation(visitor_id)
+        if created:
+            await self.store.seed_seq(conv.id, 0)
+            await self.publish({"kind": "opened", "conversation_id": conv.id,
+                                "visitor_id": visitor_id, "tags": list(visitor.tag_list)})
+        await self.store.kv_set(f"session:visitor:{visitor_id}", conv.id,
+                                self.settings.session_ttl_s, self.clock())
+        return VisitorSession(visitor_id, conv.id, conv.state, conv.pool, visitor.locale,
+                              visitor.name, visitor.tag_list), created
+
+    async def queue_position(self, pool: str, conv_id: str) -> int | None:
+        for position, (waiting_id, _) in enumerate(await self.store.waiting(pool), start=1):
+            if waiting_id == conv_id:
+                return position
+        return None
+
+    # -- messages ----------------------------------------------------------------------------
+    async def publish(self, event: dict[str, Any]) -> None:
+        await self.broker.publish(INBOUND_QUEUE, json.dumps(event, ensure_ascii=False).encode())
+
+    async def last_seq(self, conv_id: str) -> int:
+        seq = await self.store.last_seq(conv_id)
+        if seq is None:
+            seq = await self.storage.max_seq(conv_id)
+        return seq
+
+    async def ingest(self, *, conv_id: str, visitor_id: str, client_id: str, body: str,
+                     sender_type: str, sender_id: str, name: str, private: bool = False) -> int:
+        """Give the message its seq and hand it to the routers; returns the seq once durable.
+
+        Raises :class:`BrokerUnavailable` when it could not be confirmed: the client must send
+        it again with the same id (it will get the same seq)."""
+        now = self.clock()
+        assigned = await self.store.assign_seq(conv_id, client_id, now)
+        if assigned is None:
+            floor = reseed_floor(await self.storage.max_seq(conv_id), conversation_is_new=False)
+            await self.store.seed_seq(conv_id, floor)
+            assigned = await self.store.assign_seq(conv_id, client_id, now)
+            if assigned is None:
+                raise BrokerUnavailable("the session store lost the sequence counter; retry")
+        seq, _first_time = assigned
+        await self.publish({
+            "kind": "message", "conversation_id": conv_id, "visitor_id": visitor_id,
+            "seq": seq, "id": client_id, "from": sender_type, "sender_id": sender_id,
+            "name": name, "body": body, "ts": now, "private": private,
+        })
+        return seq
+
+    async def resume(self, conv_id: str, after_seq: int, *,
+                     include_private: bool) -> list[dict[str, Any]]:
+        plan = plan_resume(after_seq, await self.store.history(conv_id),
+                           include_private=include_private)
+        if not plan.from_database:
+            return list(plan.messages)
+        return await self.storage.messages(conv_id, after_seq=after_seq, limit=500,
+                                           include_private=include_private)
+
+    async def relay(self, who: str, frame: dict[str, Any]) -> None:
+        """Best-effort ephemeral frames (typing, read): straight to the peer's nodes."""
+        try:
+            await deliver(self.broker, self.store, who, frame, self.clock())
+        except BrokerUnavailable:
+            log.info("ephemeral frame dropped: broker unavailable", extra={"to": who})
+
+    # -- agents ------------------------------------------------------------------------------
+    async def agent_can_see(self, principal: Principal, conv_id: str) -> Any:
+        """The conversation, if this agent owns it (or is a supervisor); else ServiceError 403."""
+        conv = await self.storage.conversation(conv_id)
+        if conv is None:
+            raise ServiceError(404, "not_found", f"no conversation {conv_id!r}")
+        if principal.is_supervisor:
+            return conv
+        owner = await self.store.owner(conv_id)
+        if owner != principal.id and conv.agent_id != principal.id:
+            raise ServiceError(403, "forbidden", "this conversation is not assigned to you")
+        return conv
+
+    async def agent_status(self, agent: Any, status: str) -> None:
+        await self.publish({"kind": "agent_status", "agent_id": str(agent.id), "status": status,
+                            "pools": list(agent.pool_list), "max_chats": agent.max_chats,
+                            "name": agent.name})
+
+    async def agent_hello(self, agent: Any) -> dict[str, Any]:
+        convs = await self.storage.open_conversations_for_agent(str(agent.id))
+        items = []
+        for conv in convs:
+            visitor = await self.storage.visitor(conv.visitor_id)
+            items.append({
+                "conversation_id": conv.id, "state": conv.state,
+                "visitor": {"id": conv.visitor_id, "name": visitor.name if visitor else "",
+                            "tags": list(visitor.tag_list) if visitor else [],
+                            "locale": visitor.locale if visitor else "en"},
+                "last_seq": await self.last_seq(conv.id),
+            })
+        return {"type": "hello", "agent_id": str(agent.id), "name": agent.name,
+                "role": agent.role, "conversations": items}
+
+    async def agents_overview(self) -> list[dict[str, Any]]:
+        out = []
+        for agent in await self.storage.list_agents():
+            load = await self.store.agent_get(str(agent.id))
+            out.append({"id": str(agent.id), "name": agent.name, "role": agent.role,
+                        "status": load.status if load else "offline",
+                        "open_chats": load.open_chats if load else 0,
+                        "max_chats": agent.max_chats, "pools": list(agent.pool_list)})
+        return out
+
+    async def queues_overview(self, pools: tuple[str, ...]) -> dict[str, list[dict[str, Any]]]:
+        now = self.clock()
+        out: dict[str, list[dict[str, Any]]] = {}
+        for pool in pools:
+            waiting = await self.store.waiting(pool)
+            convs = {c.id: c for c in await self.storage.conversations([c for c, _ in waiting])}
+            items = []
+            for conv_id, enqueued_at in waiting:
+                conv = convs.get(conv_id)
+                visitor = await self.storage.visitor(conv.visitor_id) if conv else None
+                items.append({"conversation_id": conv_id,
+                              "visitor_name": visitor.name if visitor else "",
+                              "vip": "vip" in (visitor.tag_list if visitor else ()),
+                              "waiting_s": round(max(0.0, now - enqueued_at), 1)})
+            out[pool] = items
+        return out

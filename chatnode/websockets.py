@@ -1,0 +1,271 @@
+"""WebSocket handlers for visitors and agents (PROTOCOL.md). They parse, authorise, call the
+:class:`~chatnode.service.ChatService` and write frames; rules live in the service."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Any
+from urllib.parse import urlparse
+
+from tornado.websocket import WebSocketClosedError, WebSocketHandler
+
+from chatnode.hub import Hub
+from chatnode.service import PRESENCE_TTL_SECS, ChatService, ServiceError, VisitorSession
+from tidedesk import metrics, wire
+from tidedesk.auth import Principal
+from tidedesk.broker import BrokerUnavailable
+from tidedesk.ratelimit import TokenBucket
+
+log = logging.getLogger(__name__)
+
+
+class _Socket(WebSocketHandler):
+    role = "?"
+
+    def initialize(self, service: ChatService, hub: Hub, node: Any) -> None:
+        self.service = service
+        self.hub = hub
+        self.node = node
+        self.conn_id = uuid.uuid4().hex
+        self.who = ""
+        self.registered = False
+        self.bucket = TokenBucket.per_window(service.settings.rate_limit_per_10s, 10.0,
+                                             time.monotonic())
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    # Origin check: browsers only (non-browser clients send no Origin header).
+    def check_origin(self, origin: str) -> bool:
+        allowed = self.service.settings.allowed_origins
+        if "*" in allowed:
+            return True
+        if origin.rstrip("/") in {o.rstrip("/") for o in allowed}:
+            return True
+        return urlparse(origin).netloc.lower() == self.request.host.lower()
+
+    def send(self, frame: dict[str, Any]) -> None:
+        try:
+            self.write_message(wire.encode(frame))
+        except WebSocketClosedError:
+            pass
+
+    def fail(self, code: str, message: str, close_code: int | None = None,
+             frame_id: str | None = None) -> None:
+        metrics.WS_ERRORS.labels(code=code).inc()
+        frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
+        if frame_id is not None:
+            frame["id"] = frame_id
+        self.send(frame)
+        if close_code is not None:
+            self.close(close_code, code)
+
+    def token(self) -> str | None:
+        return self.get_query_argument("token", None)
+
+    def refuse_if_draining(self) -> bool:
+        if self.node.draining:
+            self.fail("draining", "this node is shutting down; connect again",
+                      wire.CLOSE_TRY_AGAIN_LATER)
+            return True
+        return False
+
+    async def register(self, who: str) -> None:
+        self.who = who
+        self.hub.register(who, self)
+        self.registered = True
+        metrics.CONNECTIONS.labels(role=self.role).inc()
+        await self.service.store.presence_add(who, self.conn_id, self.service.node_id,
+                                              PRESENCE_TTL_SECS, self.service.clock())
+
+    async def on_message(self, message: str | bytes) -> None:
+        if not self.registered:
+            return
+        if not self.bucket.take(time.monotonic()):
+            self.fail("rate_limited", "too many frames; slow down and reconnect in a few "
+                      "seconds", wire.CLOSE_RATE_LIMITED)
+            return
+        try:
+            frame = wire.parse_frame(message, role=self.role,
+                                     max_body_chars=self.service.settings.max_body_chars)
+            await self.handle(frame)
+        except wire.FrameError as exc:
+            self.fail(exc.code, exc.message, exc.close_code, exc.frame_id)
+        except ServiceError as exc:
+            close = wire.CLOSE_FORBIDDEN if exc.status == 403 and self.role == "visitor" else None
+            self.fail(exc.code, exc.message, close)
+        except BrokerUnavailable:
+            self.fail("try_again", "the service is busy; nothing was stored, send it again")
+
+    async def handle(self, frame: wire.Frame) -> None:
+        raise NotImplementedError
+
+    def send_message(self, conv_id: str, frame: wire.Frame, *, visitor_id: str,
+                     sender_type: str, sender_id: str, name: str, private: bool = False) -> None:
+        """Seq is taken here, in frame order; the confirm and the ack run concurrently."""
+        task = asyncio.ensure_future(self._ingest_and_ack(
+            conv_id, frame.data["id"], frame.data["body"], visitor_id=visitor_id,
+            sender_type=sender_type, sender_id=sender_id, name=name, private=private))
+        self.tasks.add(task)
+        self.node.inflight.add(task)
+        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self.node.inflight.discard)
+
+    async def _ingest_and_ack(self, conv_id: str, client_id: str, body: str, **kw: Any) -> None:
+        try:
+            seq = await self.service.ingest(conv_id=conv_id, client_id=client_id, body=body, **kw)
+        except BrokerUnavailable:
+            self.fail("try_again", "not stored: the service is busy; send it again with the "
+                      "same id", frame_id=client_id)
+            return
+        except Exception:
+            log.exception("ingest failed", extra={"conversation_id": conv_id})
+            self.fail("try_again", "not stored; send it again with the same id",
+                      frame_id=client_id)
+            return
+        metrics.MESSAGES_IN.labels(role=self.role).inc()
+        self.send({"type": "ack", "id": client_id, "seq": seq})
+
+    async def send_resume(self, conv_id: str, after_seq: int, include_private: bool) -> None:
+        for msg in await self.service.resume(conv_id, after_seq, include_private=include_private):
+            if self.hub.mark_sent(self.conn_id, msg):
+                self.send(msg)
+
+    def on_close(self) -> None:
+        if self.registered:
+            self.registered = False
+            metrics.CONNECTIONS.labels(role=self.role).dec()
+            self.hub.unregister(self.who, self)
+            task = asyncio.ensure_future(self.after_close())
+            self.node.inflight.add(task)
+            task.add_done_callback(self.node.inflight.discard)
+
+    async def after_close(self) -> None:
+        await self.service.store.presence_remove(self.who, self.conn_id)
+
+
+class VisitorSocket(_Socket):
+    role = "visitor"
+    session: VisitorSession
+
+    async def open(self, *args: str, **kwargs: str) -> None:
+        if self.refuse_if_draining():
+            return
+        try:
+            principal = self.service.principal(self.token(), "visitor")
+            self.session, _ = await self.service.open_visitor_session(principal.id)
+        except ServiceError as exc:
+            self.fail(exc.code, exc.message, wire.CLOSE_NOT_AUTHENTICATED)
+            return
+        except BrokerUnavailable:
+            self.fail("unavailable", "the service is busy; connect again shortly",
+                      wire.CLOSE_TRY_AGAIN_LATER)
+            return
+        await self.register(f"visitor:{principal.id}")
+        await self.send_hello()
+
+    async def send_hello(self) -> None:
+        s = self.session
+        self.send({"type": "hello", "visitor_id": s.visitor_id, "conversation_id":
+                   s.conversation_id, "last_seq": await self.service.last_seq(s.conversation_id),
+                   "state": s.state})
+        if s.state == "queued":
+            position = await self.service.queue_position(s.pool, s.conversation_id)
+            if position is not None:
+                self.send({"type": "queue", "position": position})
+        elif s.state == "assigned":
+            owner = await self.service.store.owner(s.conversation_id)
+            if owner is not None:
+                load = await self.service.store.agent_get(owner)
+                self.send({"type": "assigned", "agent": {"id": owner,
+                                                         "name": load.name if load else ""}})
+
+    async def handle(self, frame: wire.Frame) -> None:
+        s = self.session
+        named = frame.conversation_id
+        if named is not None and named != s.conversation_id:
+            raise ServiceError(403, "forbidden", "you can only write to your own conversation")
+        if frame.type == "message":
+            conv = await self.service.storage.conversation(s.conversation_id)
+            if conv is not None and conv.state == "closed":
+                # The agent closed the chat: writing again starts a new conversation.
+                self.session, _ = await self.service.open_visitor_session(s.visitor_id)
+                s = self.session
+                await self.send_hello()
+            self.send_message(s.conversation_id, frame, visitor_id=s.visitor_id,
+                              sender_type="visitor", sender_id=s.visitor_id, name=s.name)
+        elif frame.type == "resume":
+            await self.send_resume(s.conversation_id, frame.data["after_seq"], False)
+        elif frame.type in ("typing", "read"):
+            owner = await self.service.store.owner(s.conversation_id)
+            if owner is not None:
+                relay = {k: v for k, v in frame.data.items() if k in ("type", "on", "seq")}
+                relay.update(conversation_id=s.conversation_id, **{"from": "visitor"})
+                await self.service.relay(f"agent:{owner}", relay)
+        elif frame.type == "ping":
+            self.send({"type": "pong"})
+
+
+class AgentSocket(_Socket):
+    role = "agent"
+    principal: Principal
+    agent: Any
+
+    async def open(self, *args: str, **kwargs: str) -> None:
+        if self.refuse_if_draining():
+            return
+        try:
+            self.principal = self.service.principal(self.token(), "access")
+            self.agent = await self.service.agent_for(self.principal)
+            await self.service.agent_status(self.agent, "online")
+        except ServiceError as exc:
+            self.fail(exc.code, exc.message, wire.CLOSE_NOT_AUTHENTICATED)
+            return
+        except BrokerUnavailable:
+            self.fail("unavailable", "the service is busy; connect again shortly",
+                      wire.CLOSE_TRY_AGAIN_LATER)
+            return
+        await self.register(f"agent:{self.principal.id}")
+        self.send(await self.service.agent_hello(self.agent))
+
+    async def handle(self, frame: wire.Frame) -> None:
+        if frame.type == "ping":
+            self.send({"type": "pong"})
+            return
+        if frame.type == "status":
+            await self.service.agent_status(self.agent, frame.data["status"])
+            return
+        conv_id = frame.conversation_id
+        assert conv_id is not None  # parse_frame requires it for every other type
+        conv = await self.service.agent_can_see(self.principal, conv_id)
+        if frame.type in ("message", "note"):
+            if conv.state == "closed" and frame.type == "message":
+                raise ServiceError(409, "conversation_closed", "this conversation is closed")
+            self.send_message(conv_id, frame, visitor_id=conv.visitor_id, sender_type="agent",
+                              sender_id=self.principal.id, name=self.agent.name,
+                              private=frame.type == "note")
+        elif frame.type == "resume":
+            await self.send_resume(conv_id, frame.data["after_seq"], True)
+        elif frame.type in ("typing", "read"):
+            relay = {k: v for k, v in frame.data.items() if k in ("type", "on", "seq")}
+            relay.update(conversation_id=conv_id, **{"from": "agent"})
+            await self.service.relay(f"visitor:{conv.visitor_id}", relay)
+        elif frame.type == "close":
+            await self.service.publish({"kind": "close", "conversation_id": conv_id,
+                                        "by": f"agent:{self.principal.id}"})
+        elif frame.type == "transfer":
+            event = {"kind": "transfer", "conversation_id": conv_id, "by": self.principal.id}
+            if frame.data.get("to_agent") is not None:
+                event["to_agent"] = str(frame.data["to_agent"])
+            else:
+                event["to_pool"] = frame.data["to_pool"]
+            await self.service.publish(event)
+
+    async def after_close(self) -> None:
+        remaining = await self.service.store.presence_remove(self.who, self.conn_id)
+        if remaining == 0:
+            try:
+                await self.service.agent_status(self.agent, "offline")
+            except BrokerUnavailable:
+                log.warning("could not mark agent offline", extra={"agent": self.principal.id})

@@ -1,0 +1,1 @@
+"""Router nodes: consume what chat nodes publish, store history in batches, route chats."""

@@ -1,0 +1,387 @@
+"""The router: consumes the inbound queue, stores history in batches, routes chats and sends
+deliveries to the chat nodes where the recipients are connected.
+
+Inbound events (JSON objects with ``kind``), published by chat nodes:
+
+- ``message``: ``conversation_id, visitor_id, seq, id, from, sender_id, name, body, ts, private``
+- ``opened``: ``conversation_id, visitor_id, tags`` (a new conversation wants an agent)
+- ``close``: ``conversation_id, by``
+- ``transfer``: ``conversation_id, by, to_agent | to_pool``
+- ``agent_status``: ``agent_id, status, pools, max_chats, name``
+
+Deliveries (to ``node_queue(node)``): ``{"to": "visitor:<id>" | "agent:<id>", "frame": {...}}``.
+
+Any number of routers may run side by side: every state change that two routers could race on is
+an atomic store operation (claim, release, dequeue), and storing is idempotent on the client id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from routernode.routing import RoutingConfig, anyone_online, choose_agent, fallback_due
+from tidedesk import metrics
+from tidedesk.broker import INBOUND_QUEUE, Broker, Envelope, node_queue
+from tidedesk.storage import Storage
+from tidedesk.store import Store
+
+log = logging.getLogger(__name__)
+
+# A history batch is written when it holds this many rows or its oldest row waited this long.
+BATCH_MAX_ROWS = 100
+BATCH_MAX_WAIT_SECS = 0.05
+# How often waiting queues are checked for fallbacks and drained (safety net across routers).
+QUEUE_TICK_SECS = 1.0
+# Presence entries live this long unless refreshed by the chat node's heartbeat.
+CLAIM_RETRIES = 5
+
+
+class Batcher:
+    """Collects rows and writes them with one ``insert_many`` per batch (≤100 rows / ≤50 ms).
+
+    ``add`` returns once the row's batch is committed; it raises if the commit failed, so the
+    caller does not acknowledge the broker and the message is redelivered.
+    """
+
+    def __init__(self, storage: Storage, max_rows: int = BATCH_MAX_ROWS,
+                 max_wait_s: float = BATCH_MAX_WAIT_SECS) -> None:
+        self._storage = storage
+        self._max_rows = max_rows
+        self._max_wait_s = max_wait_s
+        self._rows: list[dict[str, Any]] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def add(self, row: dict[str, Any]) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._rows.append(row)
+        self._waiters.append(fut)
+        if len(self._rows) >= self._max_rows:
+            self._flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._max_wait_s, self._flush)
+        await fut
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        rows, waiters = self._rows, self._waiters
+        self._rows, self._waiters = [], []
+        if rows:
+            asyncio.ensure_future(self._write(rows, waiters))
+
+    async def _write(self, rows: list[dict[str, Any]], waiters: list[asyncio.Future[None]]) -> None:
+        started = time.perf_counter()
+        try:
+            await self._storage.insert_messages(rows)
+        except Exception as exc:
+            log.warning("history batch failed; messages stay in the broker",
+                        extra={"rows": len(rows), "error": str(exc)})
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        metrics.DB_WRITE_LATENCY.observe(time.perf_counter() - started)
+        metrics.BATCH_SIZE.observe(len(rows))
+        metrics.MESSAGES_STORED.inc(len(rows))
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+
+class Router:
+    def __init__(self, *, broker: Broker, store: Store, storage: Storage,
+                 routing: RoutingConfig, max_waiting_per_pool: int = 500,
+                 prefetch: int = 200, clock: Callable[[], float] = time.time) -> None:
+        self.broker = broker
+        self.store = store
+        self.storage = storage
+        self.routing = routing
+        self.max_waiting_per_pool = max_waiting_per_pool
+        self.prefetch = prefetch
+        self.clock = clock
+        self.batcher = Batcher(storage)
+        self._tick_task: asyncio.Task[None] | None = None
+        self._visitor_of: dict[str, str] = {}
+        self._sent_position: dict[str, int] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.recover()
+        await self.broker.consume(INBOUND_QUEUE, self.handle, prefetch=self.prefetch)
+        self._tick_task = asyncio.create_task(self._tick_loop())
+
+    async def stop(self) -> None:
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+            await asyncio.gather(self._tick_task, return_exceptions=True)
+
+    async def recover(self) -> None:
+        """Put chats the database says are waiting back in the queues (after a store restart)."""
+
+        def work() -> list[Any]:
+            conv = self.storage.main["Conversation"]
+            with self.storage.main.db.connection_context():
+                return list(conv.select().where(conv.state == "queued").order_by(conv.created_at))
+
+        for row in await self.storage.run(work):
+            visitor = await self.storage.visitor(row.visitor_id)
+            vip = self.routing.is_vip(visitor.tag_list if visitor else ())
+            self._visitor_of[row.id] = row.visitor_id
+            await self.store.enqueue(row.pool, row.id, vip, row.created_at)
+
+    # -- consuming ---------------------------------------------------------------------------
+    async def handle(self, envelope: Envelope) -> None:
+        try:
+            event = json.loads(envelope.body)
+            kind = event["kind"]
+        except (ValueError, KeyError, TypeError):
+            log.error("dropping undecodable inbound message", extra={"body": envelope.body[:200]})
+            return
+        handler = getattr(self, f"on_{kind}", None)
+        if handler is None:
+            log.error("dropping inbound message of unknown kind", extra={"kind": kind})
+            return
+        metrics.ROUTER_INFLIGHT.inc()
+        try:
+            await handler(event)
+        finally:
+            metrics.ROUTER_INFLIGHT.dec()
+
+    async def deliver(self, who: str, frame: dict[str, Any]) -> None:
+        nodes = await self.store.presence_nodes(who, self.clock())
+        if not nodes:
+            return
+        body = json.dumps({"to": who, "frame": frame}, ensure_ascii=False).encode()
+        for node in nodes:
+            await self.broker.publish(node_queue(node), body)
+
+    async def on_message(self, event: dict[str, Any]) -> None:
+        conv_id = event["conversation_id"]
+        row = {
+            "conversation_id": conv_id, "seq": int(event["seq"]), "client_id": event["id"],
+            "sender_type": event["from"], "sender_id": str(event.get("sender_id", "")),
+            "sender_name": event.get("name", ""), "body": event["body"],
+            "private": bool(event.get("private", False)), "ts": float(event["ts"]),
+        }
+        await self.batcher.add(row)
+        frame = {"type": "message", "conversation_id": conv_id, "seq": row["seq"],
+                 "id": row["client_id"], "from": row["sender_type"], "body": row["body"],
+                 "ts": row["ts"]}
+        if row["sender_name"]:
+            frame["name"] = row["sender_name"]
+        if row["private"]:
+            frame["private"] = True
+        await self.store.history_append(conv_id, frame)
+        if not row["private"]:
+            await self.deliver(f"visitor:{event['visitor_id']}", frame)
+        owner = await self.store.owner(conv_id)
+        if owner is not None:
+            await self.deliver(f"agent:{owner}", frame)
+
+    async def on_opened(self, event: dict[str, Any]) -> None:
+        conv_id, visitor_id = event["conversation_id"], event["visitor_id"]
+        tags = tuple(event.get("tags") or ())
+        self._visitor_of[conv_id] = visitor_id
+        if await self.store.owner(conv_id) is not None:
+            return  # redelivered: already routed
+        rule = self.routing.rule_for(tags)
+        await self.route(conv_id, visitor_id, rule.pool, vip=self.routing.is_vip(tags),
+                         fallback=rule.fallback)
+
+    async def on_agent_status(self, event: dict[str, Any]) -> None:
+        agent_id = str(event["agent_id"])
+        pools = tuple(event.get("pools") or ())
+        await self.store.agent_update(agent_id, status=event["status"], pools=pools,
+                                      max_chats=int(event.get("max_chats", 3)),
+                                      name=event.get("name", ""), now=self.clock())
+        if event["status"] != "online":
+            return
+        # Chats the database gives this agent but the store forgot (store restart) are theirs.
+        for conv in await self.storage.open_conversations_for_agent(agent_id):
+            if await self.store.owner(conv.id) is None:
+                await self.store.claim(conv.id, agent_id, self.clock())
+        for pool in pools:
+            await self.drain(pool)
+
+    async def on_close(self, event: dict[str, Any]) -> None:
+        conv_id = event["conversation_id"]
+        conv = await self.storage.conversation(conv_id)
+        if conv is None or conv.state == "closed":
+            return
+        owner = await self.store.release(conv_id)
+        await self.store.dequeue(conv.pool, conv_id)
+        await self.storage.update_conversation(conv_id, state="closed")
+        await self.storage.audit(str(event.get("by", "")), "conversation.close", conv_id)
+        await self.deliver(f"visitor:{conv.visitor_id}", {"type": "state", "state": "closed"})
+        agent_id = owner or conv.agent_id
+        if agent_id:
+            await self.deliver(f"agent:{agent_id}", {"type": "closed", "conversation_id": conv_id})
+        await self._drain_pools_of(agent_id)
+        await self.broadcast_positions(conv.pool)
+
+    async def on_transfer(self, event: dict[str, Any]) -> None:
+        conv_id, by = event["conversation_id"], str(event.get("by", ""))
+        conv = await self.storage.conversation(conv_id)
+        if conv is None or conv.state == "closed":
+            await self.deliver(f"agent:{by}", {"type": "error", "code": "transfer_failed",
+                                               "message": "the conversation is closed"})
+            return
+        old = await self.store.owner(conv_id)
+        to_agent, to_pool = event.get("to_agent"), event.get("to_pool")
+        if to_agent is not None:
+            to_agent = str(to_agent)
+            target = await self.store.agent_get(to_agent)
+            if target is None or not target.has_room or to_agent == old:
+                await self.deliver(f"agent:{by}", {
+                    "type": "error", "code": "transfer_failed",
+                    "message": "that agent is not online or has no free slot; pick another "
+                               "agent or transfer to a pool"})
+                return
+            await self.store.release(conv_id)
+            if not await self.store.claim(conv_id, to_agent, self.clock()):
+                if old is not None:
+                    await self.store.claim(conv_id, old, self.clock())
+                await self.deliver(f"agent:{by}", {"type": "error", "code": "transfer_failed",
+                                                   "message": "the agent became busy; try again"})
+                return
+            await self._announce_assignment(conv_id, conv.visitor_id, to_agent, conv.pool)
+        else:
+            await self.store.release(conv_id)
+            await self.route(conv_id, conv.visitor_id, str(to_pool),
+                             vip=False, fallback=None)
+        await self.storage.audit(by, "conversation.transfer", conv_id,
+                                 {"from": old, "to_agent": to_agent, "to_pool": to_pool})
+        if old is not None and old != to_agent:
+            await self.deliver(f"agent:{old}", {"type": "unassigned", "conversation_id": conv_id})
+            await self._drain_pools_of(old)
+
+    # -- routing -----------------------------------------------------------------------------
+    async def route(self, conv_id: str, visitor_id: str, pool: str, *, vip: bool,
+                    fallback: str | None) -> None:
+        """Assign now, else queue (with the busy answer past the limit), else offline ticket."""
+        self._visitor_of[conv_id] = visitor_id
+        if await self._try_assign(conv_id, visitor_id, pool):
+            return
+        agents = await self.store.agents_in_pool(pool)
+        if fallback is not None:
+            agents += await self.store.agents_in_pool(fallback)
+        if not anyone_online(agents):
+            await self.storage.update_conversation(conv_id, state="offline", pool=pool)
+            await self.storage.open_ticket(conv_id, visitor_id)
+            await self.deliver(f"visitor:{visitor_id}", {"type": "state", "state": "offline"})
+            return
+        await self.store.enqueue(pool, conv_id, vip, self.clock())
+        await self.storage.update_conversation(conv_id, state="queued", pool=pool, agent_id=None)
+        await self.deliver(f"visitor:{visitor_id}", {"type": "state", "state": "queued"})
+        waiting = await self.store.waiting(pool)
+        if len(waiting) > self.max_waiting_per_pool:
+            position = 1 + [c for c, _ in waiting].index(conv_id)
+            await self.deliver(f"visitor:{visitor_id}", {"type": "busy", "position": position})
+        await self.broadcast_positions(pool)
+
+    async def _try_assign(self, conv_id: str, visitor_id: str, pool: str) -> bool:
+        for _ in range(CLAIM_RETRIES):
+            agent = choose_agent(await self.store.agents_in_pool(pool))
+            if agent is None:
+                return False
+            if await self.store.claim(conv_id, agent.agent_id, self.clock()):
+                await self._announce_assignment(conv_id, visitor_id, agent.agent_id, pool)
+                return True
+            if await self.store.owner(conv_id) is not None:
+                return True  # another router assigned it
+        return False
+
+    async def _announce_assignment(self, conv_id: str, visitor_id: str, agent_id: str,
+                                   pool: str) -> None:
+        await self.storage.update_conversation(conv_id, state="assigned", agent_id=agent_id,
+                                               pool=pool)
+        metrics.ASSIGNMENTS.labels(pool=pool).inc()
+        self._sent_position.pop(conv_id, None)
+        agent = await self.store.agent_get(agent_id)
+        visitor = await self.storage.visitor(visitor_id)
+        await self.deliver(f"visitor:{visitor_id}", {
+            "type": "assigned", "agent": {"id": agent_id, "name": agent.name if agent else ""}})
+        await self.deliver(f"visitor:{visitor_id}", {"type": "state", "state": "assigned"})
+        await self.deliver(f"agent:{agent_id}", {
+            "type": "assigned", "conversation_id": conv_id,
+            "visitor": {"id": visitor_id, "name": visitor.name if visitor else "",
+                        "tags": list(visitor.tag_list) if visitor else [],
+                        "locale": visitor.locale if visitor else "en"},
+            "last_seq": await self.store.last_seq(conv_id) or 0,
+        })
+
+    async def drain(self, pool: str) -> None:
+        """Serve the pool's queue head-first while an agent has a free slot."""
+        changed = False
+        for _ in range(1000):  # bounded: one pass can never loop forever
+            waiting = await self.store.waiting(pool)
+            if not waiting:
+                break
+            conv_id = waiting[0][0]
+            if await self.store.owner(conv_id) is not None:
+                await self.store.dequeue(pool, conv_id)
+                changed = True
+                continue
+            agent = choose_agent(await self.store.agents_in_pool(pool))
+            if agent is None:
+                break
+            if not await self.store.claim(conv_id, agent.agent_id, self.clock()):
+                continue  # raced with another router; look again
+            await self.store.dequeue(pool, conv_id)
+            changed = True
+            visitor_id = await self._visitor_id(conv_id)
+            await self._announce_assignment(conv_id, visitor_id, agent.agent_id, pool)
+        if changed:
+            await self.broadcast_positions(pool)
+
+    async def _drain_pools_of(self, agent_id: str | None) -> None:
+        if agent_id is None:
+            return
+        agent = await self.store.agent_get(agent_id)
+        for pool in agent.pools if agent else ():
+            await self.drain(pool)
+
+    async def _visitor_id(self, conv_id: str) -> str:
+        visitor_id = self._visitor_of.get(conv_id)
+        if visitor_id is None:
+            conv = await self.storage.conversation(conv_id)
+            visitor_id = conv.visitor_id if conv else ""
+            self._visitor_of[conv_id] = visitor_id
+        return visitor_id
+
+    async def broadcast_positions(self, pool: str) -> None:
+        waiting = await self.store.waiting(pool)
+        metrics.WAITING.labels(pool=pool).set(len(waiting))
+        for position, (conv_id, _) in enumerate(waiting, start=1):
+            if self._sent_position.get(conv_id) == position:
+                continue
+            self._sent_position[conv_id] = position
+            await self.deliver(f"visitor:{await self._visitor_id(conv_id)}",
+                               {"type": "queue", "position": position})
+
+    async def tick(self) -> None:
+        """Move chats that waited too long to their fallback pool, then drain every pool."""
+        now = self.clock()
+        for pool in self.routing.pools:
+            rule = self.routing.rule_for_pool(pool)
+            for conv_id, enqueued_at in await self.store.waiting(pool):
+                target = fallback_due(rule, enqueued_at, now)
+                if target and await self.store.dequeue(pool, conv_id):
+                    visitor_id = await self._visitor_id(conv_id)
+                    await self.route(conv_id, visitor_id, target, vip=False, fallback=None)
+            await self.drain(pool)
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(QUEUE_TICK_SECS)
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("queue tick failed; next tick retries")

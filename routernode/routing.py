@@ -1,0 +1,176 @@
+"""Routing decisions (pure: no I/O, no clock; ``now`` is passed in).
+
+Rules come from YAML, first match wins::
+
+    vip_tags: [vip]            # visitors with these tags wait ahead of everyone else
+    rules:
+      - name: vip
+        match: {tags: [vip]}   # any of these tags
+        pool: experts
+        fallback: general      # optional
+        max_wait_s: 60         # optional: after this long in the queue, move to the fallback
+      - name: everyone         # no 'match': matches every visitor
+        pool: general
+
+Within a pool the online agent with the fewest open chats under their limit gets the chat, ties
+to the one idle longest (earliest last assignment), then the lowest id for determinism.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+DEFAULT_POOL = "general"
+
+
+class RoutingConfigError(ValueError):
+    """The routing YAML is invalid; the message names the field."""
+
+
+class AgentLike(Protocol):
+    @property
+    def agent_id(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def open_chats(self) -> int: ...
+    @property
+    def max_chats(self) -> int: ...
+    @property
+    def last_assigned_at(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    pool: str
+    tags: frozenset[str] = frozenset()
+    fallback: str | None = None
+    max_wait_s: float | None = None
+
+    def matches(self, tags: Iterable[str]) -> bool:
+        return not self.tags or bool(self.tags & set(tags))
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    rules: tuple[Rule, ...]
+    vip_tags: frozenset[str] = frozenset({"vip"})
+
+    @property
+    def pools(self) -> tuple[str, ...]:
+        seen: dict[str, None] = {}
+        for rule in self.rules:
+            seen[rule.pool] = None
+            if rule.fallback:
+                seen[rule.fallback] = None
+        seen.setdefault(DEFAULT_POOL, None)
+        return tuple(seen)
+
+    def rule_for(self, tags: Iterable[str]) -> Rule:
+        tag_set = set(tags)
+        for rule in self.rules:
+            if rule.matches(tag_set):
+                return rule
+        return Rule(name="default", pool=DEFAULT_POOL)
+
+    def rule_for_pool(self, pool: str) -> Rule | None:
+        """The first rule that sends visitors to ``pool`` (for its fallback and max wait)."""
+        for rule in self.rules:
+            if rule.pool == pool:
+                return rule
+        return None
+
+    def is_vip(self, tags: Iterable[str]) -> bool:
+        return bool(self.vip_tags & set(tags))
+
+
+DEFAULT_RULES: dict[str, Any] = {
+    "vip_tags": ["vip"],
+    "rules": [
+        {"name": "vip", "match": {"tags": ["vip"]}, "pool": "experts", "fallback": "general",
+         "max_wait_s": 60},
+        {"name": "new", "match": {"tags": ["new"]}, "pool": "training", "fallback": "general",
+         "max_wait_s": 120},
+        {"name": "everyone", "pool": "general"},
+    ],
+}
+
+
+def _name(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise RoutingConfigError(f"{field}: must be a non-empty string")
+    return value.strip()
+
+
+def parse_rules(data: Any) -> RoutingConfig:
+    if not isinstance(data, dict):
+        raise RoutingConfigError("routing file: expected a mapping with 'rules'")
+    unknown = set(data) - {"rules", "vip_tags"}
+    if unknown:
+        raise RoutingConfigError(f"routing file: unknown key(s) {', '.join(sorted(unknown))}; "
+                                 "allowed: rules, vip_tags")
+    raw_rules = data.get("rules")
+    if not isinstance(raw_rules, list) or not raw_rules:
+        raise RoutingConfigError("rules: must be a non-empty list")
+    rules = []
+    for i, raw in enumerate(raw_rules):
+        where = f"rules[{i}]"
+        if not isinstance(raw, dict):
+            raise RoutingConfigError(f"{where}: must be a mapping")
+        unknown = set(raw) - {"name", "match", "pool", "fallback", "max_wait_s"}
+        if unknown:
+            raise RoutingConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
+                                     "allowed: name, match, pool, fallback, max_wait_s")
+        pool = _name(raw.get("pool"), f"{where}.pool")
+        tags: frozenset[str] = frozenset()
+        match = raw.get("match")
+        if match is not None:
+            if not isinstance(match, dict) or set(match) != {"tags"}:
+                raise RoutingConfigError(f"{where}.match: must be {{tags: [tag, ...]}}")
+            if not isinstance(match["tags"], list) or not match["tags"]:
+                raise RoutingConfigError(f"{where}.match.tags: must be a non-empty list")
+            tags = frozenset(_name(t, f"{where}.match.tags") for t in match["tags"])
+        fallback = raw.get("fallback")
+        if fallback is not None:
+            fallback = _name(fallback, f"{where}.fallback")
+            if fallback == pool:
+                raise RoutingConfigError(f"{where}.fallback: must differ from pool {pool!r}")
+        max_wait = raw.get("max_wait_s")
+        if max_wait is not None:
+            if isinstance(max_wait, bool) or not isinstance(max_wait, int | float) or max_wait < 0:
+                raise RoutingConfigError(f"{where}.max_wait_s: must be a number of seconds >= 0")
+            if fallback is None:
+                raise RoutingConfigError(f"{where}.max_wait_s: needs a 'fallback' pool")
+            max_wait = float(max_wait)
+        name = _name(raw.get("name", f"rule{i}"), f"{where}.name")
+        rules.append(Rule(name=name, pool=pool, tags=tags, fallback=fallback,
+                          max_wait_s=max_wait))
+    vip = data.get("vip_tags", ["vip"])
+    if not isinstance(vip, list):
+        raise RoutingConfigError("vip_tags: must be a list of tags")
+    return RoutingConfig(rules=tuple(rules),
+                         vip_tags=frozenset(_name(t, "vip_tags") for t in vip))
+
+
+def choose_agent(agents: Sequence[AgentLike]) -> AgentLike | None:
+    """The online agent with the fewest open chats under their limit; ties: idle longest."""
+    free = [a for a in agents
+            if a.status == "online" and a.open_chats < a.max_chats]
+    if not free:
+        return None
+    return min(free, key=lambda a: (a.open_chats, a.last_assigned_at, a.agent_id))
+
+
+def anyone_online(agents: Iterable[AgentLike]) -> bool:
+    """Someone who could answer later (online or away): otherwise the chat becomes a ticket."""
+    return any(a.status in ("online", "away") for a in agents)
+
+
+def fallback_due(rule: Rule | None, enqueued_at: float, now: float) -> str | None:
+    """The pool to move a waiting chat to, once it has waited longer than the rule allows."""
+    if rule is None or rule.fallback is None or rule.max_wait_s is None:
+        return None
+    return rule.fallback if now - enqueued_at >= rule.max_wait_s else None

@@ -1,0 +1,25 @@
+"""Sending a frame to a visitor or agent wherever they are connected (any chat node)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tidedesk.broker import Broker, node_queue
+from tidedesk.store import Store
+
+
+def delivery_body(who: str, frame: dict[str, Any]) -> bytes:
+    return json.dumps({"to": who, "frame": frame}, ensure_ascii=False).encode()
+
+
+async def deliver(broker: Broker, store: Store, who: str, frame: dict[str, Any],
+                  now: float) -> int:
+    """Publish ``frame`` to the delivery queue of every node where ``who`` is connected;
+    returns how many nodes that was (0: nobody to tell, they will resume on reconnect)."""
+    nodes = await store.presence_nodes(who, now)
+    if nodes:
+        body = delivery_body(who, frame)
+        for node in nodes:
+            await broker.publish(node_queue(node), body)
+    return len(nodes)

@@ -1,0 +1,28 @@
+"""Prometheus metrics shared by chat nodes and routers (names start with ``tidedesk_``)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CONNECTIONS = Gauge("tidedesk_connections", "Open WebSocket connections", ["role"])
+MESSAGES_IN = Counter("tidedesk_messages_in_total", "Messages accepted from clients", ["role"])
+MESSAGES_OUT = Counter("tidedesk_messages_out_total", "Message frames sent to clients")
+MESSAGES_STORED = Counter("tidedesk_messages_stored_total", "Message rows committed by routers")
+DELIVERY_LATENCY = Histogram(
+    "tidedesk_delivery_latency_seconds", "Ingest to delivered-to-socket latency",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+HTTP_LATENCY = Histogram(
+    "tidedesk_http_request_duration_seconds", "HTTP request latency", ["handler", "method"],
+)
+HTTP_ERRORS = Counter("tidedesk_http_errors_total", "HTTP 4xx/5xx answers", ["status"])
+WS_ERRORS = Counter("tidedesk_ws_errors_total", "Error frames sent", ["code"])
+BATCH_SIZE = Histogram(
+    "tidedesk_router_batch_size", "Rows per history batch",
+    buckets=(1, 2, 5, 10, 20, 50, 100),
+)
+DB_WRITE_LATENCY = Histogram("tidedesk_db_write_seconds", "Batch insert + commit latency")
+ROUTER_INFLIGHT = Gauge("tidedesk_router_inflight", "Inbound messages being processed")
+ASSIGNMENTS = Counter("tidedesk_assignments_total", "Chats assigned to agents", ["pool"])
+WAITING = Gauge("tidedesk_waiting_visitors", "Visitors waiting for an agent", ["pool"])
+READY = Gauge("tidedesk_ready", "1 when this process takes traffic, 0 while starting/draining")

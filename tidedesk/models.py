@@ -1,0 +1,187 @@
+"""Storage models (peewee) and the database set-up shared by chat nodes and routers.
+
+No foreign keys: messages are sharded by conversation over several databases, while agents,
+visitors, conversations, tickets, canned responses and the audit log live in the first one
+(the "main" shard). Each shard gets its own model classes (:func:`bind_models`), so shards can
+be used from several threads at once without peewee's global binding.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlparse
+
+import peewee as pw
+from playhouse.pool import PooledMySQLDatabase
+
+SCHEMA_VERSION = 1
+
+
+def now_ts() -> float:
+    return time.time()
+
+
+class _Base(pw.Model):
+    pass
+
+
+class Agent(_Base):
+    email = pw.CharField(max_length=254, unique=True)
+    name = pw.CharField(max_length=120)
+    password_hash = pw.CharField(max_length=255)
+    totp_secret = pw.CharField(max_length=64, null=True)
+    role = pw.CharField(max_length=16, default="agent")  # agent | supervisor | admin
+    pools = pw.CharField(max_length=255, default="general")  # comma-separated
+    max_chats = pw.IntegerField(default=3)
+    active = pw.BooleanField(default=True)
+    created_at = pw.DoubleField(default=now_ts)
+
+    @property
+    def pool_list(self) -> tuple[str, ...]:
+        return tuple(p for p in (x.strip() for x in self.pools.split(",")) if p)
+
+
+class Visitor(_Base):
+    id = pw.CharField(max_length=32, primary_key=True)
+    name = pw.CharField(max_length=120, default="")
+    email_enc = pw.TextField(null=True)  # AES-256-GCM, see tidedesk.crypto
+    tags = pw.CharField(max_length=255, default="")
+    locale = pw.CharField(max_length=8, default="en")
+    created_at = pw.DoubleField(default=now_ts)
+
+    @property
+    def tag_list(self) -> tuple[str, ...]:
+        return tuple(t for t in self.tags.split(",") if t)
+
+
+class Conversation(_Base):
+    id = pw.CharField(max_length=32, primary_key=True)
+    visitor_id = pw.CharField(max_length=32, index=True)
+    state = pw.CharField(max_length=16, default="queued")  # queued|assigned|closed|offline
+    pool = pw.CharField(max_length=64, default="general")
+    agent_id = pw.CharField(max_length=32, null=True, index=True)
+    created_at = pw.DoubleField(default=now_ts)
+    updated_at = pw.DoubleField(default=now_ts)
+
+
+class Message(_Base):
+    conversation_id = pw.CharField(max_length=32)
+    seq = pw.IntegerField()
+    client_id = pw.CharField(max_length=64)
+    sender_type = pw.CharField(max_length=8)  # visitor | agent | system
+    sender_id = pw.CharField(max_length=32, default="")
+    sender_name = pw.CharField(max_length=120, default="")
+    body = pw.TextField()
+    private = pw.BooleanField(default=False)
+    ts = pw.DoubleField()
+
+    class Meta:
+        indexes = (
+            (("conversation_id", "client_id"), True),  # idempotency: stored once per client id
+            (("conversation_id", "seq"), False),
+        )
+
+
+class Ticket(_Base):
+    conversation_id = pw.CharField(max_length=32, unique=True)
+    visitor_id = pw.CharField(max_length=32)
+    status = pw.CharField(max_length=16, default="open")
+    created_at = pw.DoubleField(default=now_ts)
+
+
+class CannedResponse(_Base):
+    shortcut = pw.CharField(max_length=64, unique=True)
+    body = pw.TextField()
+
+
+class AuditLog(_Base):
+    ts = pw.DoubleField(default=now_ts)
+    actor = pw.CharField(max_length=120)
+    action = pw.CharField(max_length=64)
+    target = pw.CharField(max_length=255, default="")
+    detail = pw.TextField(default="")
+
+
+class SchemaVersion(_Base):
+    version = pw.IntegerField()
+
+
+MAIN_MODELS: tuple[type[_Base], ...] = (
+    Agent, Visitor, Conversation, Ticket, CannedResponse, AuditLog, SchemaVersion, Message,
+)
+SHARD_MODELS: tuple[type[_Base], ...] = (Message, SchemaVersion)
+
+
+@dataclass
+class Shard:
+    """One database and model classes bound to it."""
+
+    db: pw.Database
+    models: dict[str, type[pw.Model]]
+
+    def __getitem__(self, name: str) -> Any:
+        return self.models[name]
+
+
+def open_database(url: str, pool_size: int = 4) -> pw.Database:
+    """``sqlite:///path`` or ``mysql://user:pass@host:port/db``."""
+    parsed = urlparse(url)
+    if parsed.scheme == "sqlite":
+        # sqlite:///relative/path or sqlite:////absolute/path
+        path = unquote(parsed.path[1:])
+        if path in ("", ":memory:", "/:memory:"):
+            path = ":memory:"
+        else:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return pw.SqliteDatabase(
+            path, check_same_thread=False,
+            pragmas={"journal_mode": "wal", "synchronous": "normal", "busy_timeout": 5000},
+        )
+    if parsed.scheme in ("mysql", "mysql+pool"):
+        options = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+        return PooledMySQLDatabase(
+            parsed.path.lstrip("/") or "tidedesk",
+            host=parsed.hostname or "127.0.0.1",
+            port=parsed.port or 3306,
+            user=unquote(parsed.username or "root"),
+            password=unquote(parsed.password or ""),
+            charset=options.get("charset", "utf8mb4"),
+            max_connections=pool_size,
+            stale_timeout=300,
+            timeout=10,
+            connect_timeout=5,
+        )
+    raise ValueError(f"unsupported database URL {url!r}: use sqlite:/// or mysql://")
+
+
+def bind_models(db: pw.Database, main: bool) -> Shard:
+    """Model classes of their own for ``db`` (subclasses, so the base classes stay unbound)."""
+    models: dict[str, type[pw.Model]] = {}
+    for base in MAIN_MODELS if main else SHARD_MODELS:
+        meta = type("Meta", (), {"database": db, "table_name": base._meta.table_name})
+        models[base.__name__] = type(base.__name__, (base,), {"Meta": meta,
+                                                              "__module__": __name__})
+    return Shard(db=db, models=models)
+
+
+def shard_index(conv_id: str, shard_count: int) -> int:
+    """Stable shard of a conversation: crc32 of its id (same answer in every process)."""
+    return zlib.crc32(conv_id.encode()) % shard_count
+
+
+def migrate(shard: Shard) -> int:
+    """Create or upgrade the schema of one shard; returns the schema version now in place."""
+    db = shard.db
+    with db.connection_context():
+        db.create_tables(list(shard.models.values()), safe=True)
+        version_model = shard.models["SchemaVersion"]
+        row = version_model.select().order_by(version_model.version.desc()).first()
+        current = row.version if row else 0
+        # Upgrades from older versions go here, one step at a time.
+        if current < SCHEMA_VERSION:
+            version_model.create(version=SCHEMA_VERSION)
+        return SCHEMA_VERSION

@@ -1,0 +1,295 @@
+"""History and directory storage: the peewee database(s) behind an async API.
+
+Blocking peewee calls run in a thread pool (one thread for SQLite, which serialises writes
+anyway; ``db_pool_size`` threads for MySQL/MariaDB) so the Tornado loop never waits on disk.
+Messages are sharded by conversation (:func:`tidedesk.models.shard_index`); everything else
+lives in the first database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import peewee as pw
+
+from tidedesk.models import Shard, bind_models, migrate, open_database, shard_index
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Largest page a client may ask for in one history request.
+MAX_PAGE = 500
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def message_frame(row: Any) -> dict[str, Any]:
+    """A stored message as the wire's ``message`` frame."""
+    frame: dict[str, Any] = {
+        "type": "message",
+        "conversation_id": row.conversation_id,
+        "seq": row.seq,
+        "id": row.client_id,
+        "from": row.sender_type,
+        "body": row.body,
+        "ts": row.ts,
+    }
+    if row.sender_name:
+        frame["name"] = row.sender_name
+    if row.private:
+        frame["private"] = True
+    return frame
+
+
+class Storage:
+    def __init__(self, urls: Sequence[str], pool_size: int = 4) -> None:
+        if not urls:
+            raise ValueError("at least one database URL is needed")
+        self.shards: list[Shard] = [
+            bind_models(open_database(url, pool_size), main=(i == 0)) for i, url in enumerate(urls)
+        ]
+        self.main = self.shards[0]
+        sqlite = isinstance(self.main.db, pw.SqliteDatabase)
+        self._executor = ThreadPoolExecutor(
+            max_workers=1 if sqlite else pool_size, thread_name_prefix="tidedesk-db"
+        )
+
+    # -- plumbing ---------------------------------------------------------------------------
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    def shard_for(self, conv_id: str) -> Shard:
+        return self.shards[shard_index(conv_id, len(self.shards))]
+
+    def migrate_all(self) -> int:
+        version = 0
+        for shard in self.shards:
+            version = migrate(shard)
+        return version
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        for shard in self.shards:
+            if not shard.db.is_closed():
+                shard.db.close()
+
+    # -- agents -----------------------------------------------------------------------------
+    def create_agent_sync(self, *, email: str, name: str, password_hash: str, role: str,
+                          pools: Iterable[str], max_chats: int, totp_secret: str | None) -> Any:
+        agent = self.main["Agent"]
+        with self.main.db.connection_context():
+            return agent.create(email=email.lower(), name=name, password_hash=password_hash,
+                                role=role, pools=",".join(pools), max_chats=max_chats,
+                                totp_secret=totp_secret)
+
+    def agent_by_email_sync(self, email: str) -> Any:
+        agent = self.main["Agent"]
+        with self.main.db.connection_context():
+            return agent.get_or_none(agent.email == email.strip().lower())
+
+    def agent_sync(self, agent_id: int | str) -> Any:
+        agent = self.main["Agent"]
+        try:
+            key = int(agent_id)
+        except (TypeError, ValueError):
+            return None
+        with self.main.db.connection_context():
+            return agent.get_or_none(agent.id == key)
+
+    def list_agents_sync(self) -> list[Any]:
+        agent = self.main["Agent"]
+        with self.main.db.connection_context():
+            return list(agent.select().order_by(agent.id))
+
+    async def agent_by_email(self, email: str) -> Any:
+        return await self.run(self.agent_by_email_sync, email)
+
+    async def agent(self, agent_id: int | str) -> Any:
+        return await self.run(self.agent_sync, agent_id)
+
+    async def list_agents(self) -> list[Any]:
+        return await self.run(self.list_agents_sync)
+
+    # -- visitors and conversations ----------------------------------------------------------
+    async def create_visitor(self, *, name: str, email_enc: str | None, tags: Sequence[str],
+                             locale: str) -> str:
+        def work() -> str:
+            visitor_id = new_id()
+            with self.main.db.connection_context():
+                self.main["Visitor"].create(id=visitor_id, name=name, email_enc=email_enc,
+                                            tags=",".join(tags), locale=locale)
+            return visitor_id
+
+        return await self.run(work)
+
+    async def visitor(self, visitor_id: str) -> Any:
+        def work() -> Any:
+            model = self.main["Visitor"]
+            with self.main.db.connection_context():
+                return model.get_or_none(model.id == visitor_id)
+
+        return await self.run(work)
+
+    async def current_conversation(self, visitor_id: str) -> tuple[Any, bool]:
+        """The visitor's open conversation, or a new one (``created`` True) if none is open."""
+
+        def work() -> tuple[Any, bool]:
+            conv = self.main["Conversation"]
+            with self.main.db.connection_context():
+                row = (conv.select()
+                       .where((conv.visitor_id == visitor_id) & (conv.state != "closed"))
+                       .order_by(conv.created_at.desc()).first())
+                if row is not None:
+                    return row, False
+                return conv.create(id=new_id(), visitor_id=visitor_id, state="queued"), True
+
+        return await self.run(work)
+
+    async def conversation(self, conv_id: str) -> Any:
+        def work() -> Any:
+            conv = self.main["Conversation"]
+            with self.main.db.connection_context():
+                return conv.get_or_none(conv.id == conv_id)
+
+        return await self.run(work)
+
+    async def update_conversation(self, conv_id: str, **fields: Any) -> None:
+        def work() -> None:
+            conv = self.main["Conversation"]
+            with self.main.db.connection_context():
+                conv.update(updated_at=time.time(), **fields).where(conv.id == conv_id).execute()
+
+        await self.run(work)
+
+    async def conversations(self, conv_ids: Sequence[str]) -> list[Any]:
+        def work() -> list[Any]:
+            conv = self.main["Conversation"]
+            if not conv_ids:
+                return []
+            with self.main.db.connection_context():
+                return list(conv.select().where(conv.id.in_(list(conv_ids))))
+
+        return await self.run(work)
+
+    async def open_conversations_for_agent(self, agent_id: str) -> list[Any]:
+        def work() -> list[Any]:
+            conv = self.main["Conversation"]
+            with self.main.db.connection_context():
+                return list(conv.select().where((conv.agent_id == agent_id)
+                                                & (conv.state == "assigned"))
+                            .order_by(conv.created_at))
+
+        return await self.run(work)
+
+    async def open_ticket(self, conv_id: str, visitor_id: str) -> None:
+        def work() -> None:
+            ticket = self.main["Ticket"]
+            with self.main.db.connection_context():
+                ticket.insert(conversation_id=conv_id, visitor_id=visitor_id).on_conflict_ignore(
+                ).execute()
+
+        await self.run(work)
+
+    async def tickets(self) -> list[Any]:
+        def work() -> list[Any]:
+            ticket = self.main["Ticket"]
+            with self.main.db.connection_context():
+                return list(ticket.select().order_by(ticket.created_at.desc()))
+
+        return await self.run(work)
+
+    # -- messages ---------------------------------------------------------------------------
+    def insert_messages_sync(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Store a batch atomically; rows whose (conversation, client id) exists are dropped."""
+        by_shard: dict[int, list[dict[str, Any]]] = {}
+        for row in rows:
+            by_shard.setdefault(shard_index(row["conversation_id"], len(self.shards)),
+                                []).append(row)
+        for index, shard_rows in by_shard.items():
+            shard = self.shards[index]
+            with shard.db.connection_context(), shard.db.atomic():
+                shard["Message"].insert_many(shard_rows).on_conflict_ignore().execute()
+
+    async def insert_messages(self, rows: Sequence[dict[str, Any]]) -> None:
+        await self.run(self.insert_messages_sync, rows)
+
+    async def messages(self, conv_id: str, *, after_seq: int | None = None,
+                       before_seq: int | None = None, limit: int = 100,
+                       include_private: bool = False) -> list[dict[str, Any]]:
+        """Messages in seq order: after ``after_seq`` (oldest first), or the newest ``limit``
+        before ``before_seq``."""
+        limit = max(1, min(limit, MAX_PAGE))
+
+        def work() -> list[dict[str, Any]]:
+            shard = self.shard_for(conv_id)
+            msg = shard["Message"]
+            query = msg.select().where(msg.conversation_id == conv_id)
+            if not include_private:
+                query = query.where(msg.private == False)  # noqa: E712 - peewee expression
+            with shard.db.connection_context():
+                if before_seq is not None:
+                    rows = list(query.where(msg.seq < before_seq)
+                                .order_by(msg.seq.desc()).limit(limit))
+                    rows.reverse()
+                else:
+                    rows = list(query.where(msg.seq > (after_seq or 0))
+                                .order_by(msg.seq).limit(limit))
+            return [message_frame(r) for r in rows]
+
+        return await self.run(work)
+
+    async def max_seq(self, conv_id: str) -> int:
+        def work() -> int:
+            shard = self.shard_for(conv_id)
+            msg = shard["Message"]
+            with shard.db.connection_context():
+                value = (msg.select(pw.fn.MAX(msg.seq))
+                         .where(msg.conversation_id == conv_id).scalar())
+            return int(value or 0)
+
+        return await self.run(work)
+
+    async def count_messages(self, conv_id: str) -> int:
+        def work() -> int:
+            shard = self.shard_for(conv_id)
+            msg = shard["Message"]
+            with shard.db.connection_context():
+                return int(msg.select().where(msg.conversation_id == conv_id).count())
+
+        return await self.run(work)
+
+    # -- canned responses and audit ----------------------------------------------------------
+    async def canned(self) -> list[dict[str, Any]]:
+        def work() -> list[dict[str, Any]]:
+            model = self.main["CannedResponse"]
+            with self.main.db.connection_context():
+                return [{"id": r.id, "shortcut": r.shortcut, "body": r.body}
+                        for r in model.select().order_by(model.shortcut)]
+
+        return await self.run(work)
+
+    def seed_canned_sync(self, items: dict[str, str]) -> None:
+        model = self.main["CannedResponse"]
+        with self.main.db.connection_context():
+            for shortcut, body in items.items():
+                model.insert(shortcut=shortcut, body=body).on_conflict_ignore().execute()
+
+    def audit_sync(self, actor: str, action: str, target: str = "",
+                   detail: dict[str, Any] | None = None) -> None:
+        with self.main.db.connection_context():
+            self.main["AuditLog"].create(actor=actor, action=action, target=target,
+                                         detail=json.dumps(detail or {}, sort_keys=True))
+
+    async def audit(self, actor: str, action: str, target: str = "",
+                    detail: dict[str, Any] | None = None) -> None:
+        await self.run(self.audit_sync, actor, action, target, detail)
