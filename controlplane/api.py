@@ -1,0 +1,230 @@
+"""REST API (Tornado): PROTOCOL.md's control-plane paths, plus ``/healthz``, ``/metrics`` and the
+``GET /v1/audit`` extension. Handlers parse, authorise, call :class:`ControlPlane`, write.
+
+Who did it: the ``by`` field of the body, else the ``X-Tidedesk-Actor`` header, else
+``token@<client address>``. Why: the ``reason`` field. Both land in the audit list.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+
+import tornado.web
+
+from controlplane.alerts import PayloadError
+from controlplane.service import ControlPlane
+from controlplane.state import MAX_PIN_TTL_S, OverrideError, UnknownPolicy
+
+MAX_BODY_BYTES = 1024 * 1024  # Alertmanager groups can be large, but not this large
+DEFAULT_LIST_LIMIT = 50
+MAX_LIST_LIMIT = 1000
+
+
+class ApiError(Exception):
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.headers = headers or {}
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    needs_token = True
+
+    def initialize(self, cp: ControlPlane, token: str) -> None:
+        self.cp = cp
+        self.token = token
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+
+    def prepare(self) -> None:
+        if not self.needs_token:
+            return
+        header = self.request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            raise ApiError(
+                401, "unauthorized", "send Authorization: Bearer <token>",
+                {"WWW-Authenticate": 'Bearer realm="tidedesk-controlplane"'},
+            )  # fmt: skip
+        if not hmac.compare_digest(given.strip().encode(), self.token.encode()):
+            raise ApiError(
+                401, "unauthorized", "the bearer token is not valid",
+                {"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )  # fmt: skip
+
+    def write_json(self, status: int, body: Any) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(body))
+
+    def body_json(self, required: bool = True) -> dict[str, Any]:
+        if len(self.request.body) > MAX_BODY_BYTES:
+            raise ApiError(413, "too_large", f"body must be at most {MAX_BODY_BYTES} bytes")
+        if not self.request.body.strip():
+            if required:
+                raise ApiError(400, "bad_request", "send a JSON object body")
+            return {}
+        try:
+            doc = json.loads(self.request.body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(400, "bad_json", f"body is not valid JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise ApiError(400, "bad_request", "body must be a JSON object")
+        return doc
+
+    def actor(self, body: dict[str, Any]) -> tuple[str, str]:
+        who = body.get("by") or self.request.headers.get("X-Tidedesk-Actor")
+        if who is not None and (not isinstance(who, str) or len(who) > 200):
+            raise ApiError(400, "bad_request", "by must be a string of at most 200 characters")
+        why = body.get("reason", "")
+        if not isinstance(why, str) or len(why) > 1000:
+            raise ApiError(400, "bad_request", "reason must be a string of at most 1000 characters")
+        return who or f"token@{self.request.remote_ip}", why
+
+    def limit_arg(self) -> int:
+        raw = self.get_query_argument("limit", str(DEFAULT_LIST_LIMIT))
+        try:
+            n = int(raw)
+        except ValueError:
+            n = 0
+        if not 1 <= n <= MAX_LIST_LIMIT:
+            raise ApiError(400, "bad_limit", f"limit must be 1..{MAX_LIST_LIMIT}, got {raw!r}")
+        return n
+
+    def policy_arg(self) -> str | None:
+        name = self.get_query_argument("policy", "") or None
+        if name is not None and name not in self.cp.state.names():
+            raise ApiError(404, "unknown_policy", f"no policy named {name!r}")
+        return name
+
+    def _as_api_error(self, e: BaseException | None) -> ApiError | None:
+        if isinstance(e, ApiError):
+            return e
+        if isinstance(e, UnknownPolicy):
+            return ApiError(404, "unknown_policy", f"no policy named {e.args[0]!r}; see /v1/status")
+        return None
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if self._as_api_error(value) is None:  # a user's mistake is not a server error
+            super().log_exception(typ, value, tb)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc_info = kwargs.get("exc_info")
+        err = self._as_api_error(exc_info[1] if exc_info else None)
+        if err is not None:
+            self.set_status(err.status)
+            for k, v in err.headers.items():
+                self.set_header(k, v)
+            code, message = err.code, err.message
+        else:
+            codes = {404: "not_found", 405: "method_not_allowed"}
+            code = codes.get(status_code, "internal_error" if status_code >= 500 else "bad_request")
+            message = self._reason if status_code < 500 else "internal error; see the daemon's log"
+        self.finish(json.dumps({"error": {"code": code, "message": message}}))
+
+
+class HealthHandler(BaseHandler):
+    needs_token = False
+
+    def get(self) -> None:
+        self.write_json(200, {"status": "ok"})
+
+
+class MetricsHandler(BaseHandler):
+    needs_token = False
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.finish(self.cp.telemetry.render())
+
+
+class StatusHandler(BaseHandler):
+    def get(self) -> None:
+        self.write_json(200, {"policies": self.cp.status()})
+
+
+class PinHandler(BaseHandler):
+    def post(self, name: str) -> None:
+        body = self.body_json()
+        replicas, ttl = body.get("replicas"), body.get("ttl_s")
+        if isinstance(replicas, bool) or not isinstance(replicas, int):
+            raise ApiError(400, "bad_request", "replicas must be a whole number")
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+            raise ApiError(
+                400, "bad_request", f"ttl_s must be a number of seconds (1..{MAX_PIN_TTL_S})"
+            )
+        who, why = self.actor(body)
+        try:
+            status = self.cp.pin(name, replicas, float(ttl), who, why)
+        except OverrideError as exc:
+            raise ApiError(400, "bad_request", str(exc)) from None
+        self.write_json(200, {"policy": status})
+
+    def delete(self, name: str) -> None:
+        who, why = self.actor(self.body_json(required=False))
+        self.write_json(200, {"policy": self.cp.unpin(name, who, why)})
+
+
+class PauseHandler(BaseHandler):
+    def post(self, name: str) -> None:
+        who, why = self.actor(self.body_json(required=False))
+        self.write_json(200, {"policy": self.cp.pause(name, who, why)})
+
+
+class ResumeHandler(BaseHandler):
+    def post(self, name: str) -> None:
+        who, why = self.actor(self.body_json(required=False))
+        self.write_json(200, {"policy": self.cp.resume(name, who, why)})
+
+
+class DecisionsHandler(BaseHandler):
+    def get(self) -> None:
+        decisions = self.cp.decisions(self.policy_arg(), self.limit_arg())
+        self.write_json(200, {"decisions": decisions})
+
+
+class AuditHandler(BaseHandler):
+    def get(self) -> None:
+        self.write_json(200, {"audit": self.cp.audit(self.policy_arg(), self.limit_arg())})
+
+
+class AlertsHandler(BaseHandler):
+    def post(self) -> None:
+        body = self.body_json()
+        try:
+            result = self.cp.receive_alerts(body)
+        except PayloadError as exc:
+            raise ApiError(400, "bad_alert_payload", str(exc)) from None
+        self.write_json(200, result)
+
+
+class NotFoundHandler(BaseHandler):
+    needs_token = False
+
+    def prepare(self) -> None:
+        raise ApiError(404, "not_found", f"no such path {self.request.path}")
+
+
+def make_app(cp: ControlPlane, token: str) -> tornado.web.Application:
+    deps = {"cp": cp, "token": token}
+    name = r"([A-Za-z0-9][A-Za-z0-9_.-]*)"
+    return tornado.web.Application(
+        [
+            (r"/healthz", HealthHandler, deps),
+            (r"/metrics", MetricsHandler, deps),
+            (r"/v1/status", StatusHandler, deps),
+            (rf"/v1/policies/{name}/pin", PinHandler, deps),
+            (rf"/v1/policies/{name}/pause", PauseHandler, deps),
+            (rf"/v1/policies/{name}/resume", ResumeHandler, deps),
+            (r"/v1/decisions", DecisionsHandler, deps),
+            (r"/v1/audit", AuditHandler, deps),
+            (r"/v1/alerts", AlertsHandler, deps),
+        ],
+        default_handler_class=NotFoundHandler,
+        default_handler_args=deps,
+    )

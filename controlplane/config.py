@@ -1,0 +1,133 @@
+"""Daemon settings, read once at start-up from the command line and an injectable environment.
+
+A bad value raises :class:`ConfigError` whose message names the option, the variable or the
+policy field; the daemon prints it on one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from controlplane.policy import Policy, PolicyError, parse_policies
+
+DEFAULT_LISTEN = "127.0.0.1:8090"
+DEFAULT_PROMETHEUS_URL = "http://127.0.0.1:9090"
+DEFAULT_NOMAD_ADDR = "http://127.0.0.1:4646"
+TOKEN_ENV = "TIDEDESK_CONTROLPLANE_TOKEN"
+MIN_TOKEN_CHARS = 16  # a shorter bearer token is guessable
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Settings:
+    policies: tuple[Policy, ...]
+    policies_file: Path
+    host: str
+    port: int
+    prometheus_url: str
+    token: str
+    nomad_addr: str
+    nomad_token: str | None
+    state_file: Path | None
+    log_level: str
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tidedesk controlplane",
+        description="Autoscale Docker Swarm services and Nomad task groups from Prometheus "
+        "metrics, with a REST API for pins, pauses and Alertmanager alerts.",
+    )
+    p.add_argument("--policies", metavar="FILE", help="policy YAML file (required; "
+                   "or TIDEDESK_CONTROLPLANE_POLICIES)")
+    p.add_argument("--listen", metavar="HOST:PORT", default=None,
+                   help=f"REST API address (default {DEFAULT_LISTEN})")
+    p.add_argument("--prometheus", metavar="URL", default=None,
+                   help=f"Prometheus base URL (default $TIDEDESK_PROMETHEUS_URL or "
+                   f"{DEFAULT_PROMETHEUS_URL})")
+    p.add_argument("--token-file", metavar="FILE", default=None,
+                   help=f"file holding the API bearer token, e.g. /run/secrets/... "
+                   f"(else ${TOKEN_ENV})")
+    p.add_argument("--nomad-addr", metavar="URL", default=None,
+                   help=f"Nomad HTTP API (default $NOMAD_ADDR or {DEFAULT_NOMAD_ADDR}); "
+                   "token from $NOMAD_TOKEN")
+    p.add_argument("--state-file", metavar="FILE", default=None,
+                   help="JSON file keeping pins, pauses, actions and the audit list across "
+                   "restarts (default: memory only)")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p  # fmt: skip
+
+
+def parse_listen(raw: str) -> tuple[str, int]:
+    host, sep, port = raw.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--listen: expected HOST:PORT such as {DEFAULT_LISTEN}, got {raw!r}")
+    return host.strip("[]"), int(port)
+
+
+def _url(raw: str, option: str) -> str:
+    parsed = urlparse(raw)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ConfigError(f"{option}: expected an http(s):// URL, got {raw!r}")
+    return raw.rstrip("/")
+
+
+def load_settings(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
+    policies_path = args.policies or env.get("TIDEDESK_CONTROLPLANE_POLICIES")
+    if not policies_path:
+        raise ConfigError("--policies: give the policy YAML file")
+    path = Path(policies_path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--policies: cannot read {path}: {exc}") from None
+    try:
+        policies = parse_policies(text)
+    except PolicyError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--token-file: cannot read {args.token_file}: {exc}") from None
+        source = "--token-file"
+    else:
+        token = env.get(TOKEN_ENV, "").strip()
+        source = TOKEN_ENV
+    if not token:
+        raise ConfigError(f"{TOKEN_ENV}: set it, or pass --token-file (e.g. a Docker secret)")
+    if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
+        raise ConfigError(
+            f"{source}: the token needs at least {MIN_TOKEN_CHARS} characters and no spaces"
+        )
+
+    host, port = parse_listen(args.listen or DEFAULT_LISTEN)
+    prometheus = _url(
+        args.prometheus or env.get("TIDEDESK_PROMETHEUS_URL") or DEFAULT_PROMETHEUS_URL,
+        "--prometheus",
+    )
+    nomad_addr = _url(args.nomad_addr or env.get("NOMAD_ADDR") or DEFAULT_NOMAD_ADDR,
+                      "--nomad-addr")  # fmt: skip
+    state_file = Path(args.state_file) if args.state_file else None
+    if state_file is not None and not state_file.parent.is_dir():
+        raise ConfigError(f"--state-file: directory {state_file.parent} does not exist")
+    return Settings(
+        policies=policies,
+        policies_file=path,
+        host=host,
+        port=port,
+        prometheus_url=prometheus,
+        token=token,
+        nomad_addr=nomad_addr,
+        nomad_token=env.get("NOMAD_TOKEN") or None,
+        state_file=state_file,
+        log_level=args.log_level,
+    )

@@ -1,0 +1,118 @@
+"""One evaluation of one policy: read the target, fetch metrics, decide, act, record.
+
+The controller only wires the seams (target, metrics source, pure decision, state). Any failure
+of a target or of Prometheus is recorded in the status and the log and ends that evaluation; it
+never escapes to the scheduler. Evaluations of one policy never overlap (a lock per policy), so
+an alert-triggered run and a scheduled run are serialised.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from controlplane.decision import decide
+from controlplane.metrics_source import Fetch, MetricsSource
+from controlplane.state import ControlPlaneState
+from controlplane.target import Target, TargetError
+from controlplane.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+
+class Controller:
+    def __init__(
+        self,
+        state: ControlPlaneState,
+        metrics: MetricsSource,
+        targets: Mapping[str, Target],
+        telemetry: Telemetry,
+        clock: Callable[[], float] = time.time,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self.state = state
+        self._metrics = metrics
+        self._targets = targets
+        self._telemetry = telemetry
+        self._clock = clock
+        self._on_change = on_change or (lambda: None)
+        self._locks = {name: threading.Lock() for name in state.names()}
+
+    def evaluate(self, name: str, trigger: str = "schedule") -> dict[str, Any] | None:
+        """Run one evaluation; returns the recorded decision, or None if it could not decide."""
+        with self._locks[name]:
+            started = time.monotonic()
+            try:
+                return self._evaluate(name, trigger)
+            except Exception as exc:  # a bug here must not kill the scheduler's job
+                log.exception("evaluation failed", extra={"policy": name})
+                self.state.record_error(name, "internal", repr(exc), self._clock())
+                self._telemetry.errors.labels(name, "internal").inc()
+                return None
+            finally:
+                self._telemetry.duration.labels(name).observe(time.monotonic() - started)
+                self._on_change()
+
+    def _evaluate(self, name: str, trigger: str) -> dict[str, Any] | None:
+        now = self._clock()
+        self.state.expire_pins(now)
+        policy = self.state.policy(name)
+        target = self._targets[policy.driver]
+        try:
+            current = target.read(policy)
+        except TargetError as exc:
+            log.warning("target read failed", extra={"policy": name, "error": str(exc)})
+            self.state.record_error(name, "target_read", str(exc), now)
+            self._telemetry.errors.labels(name, "target_read").inc()
+            return None
+        try:
+            fetch = self._metrics.fetch(policy, now)
+        except Exception as exc:  # the source's own error handling failed: no data at all
+            log.exception("metrics source failed", extra={"policy": name})
+            fetch = Fetch(samples={}, errors={c.name: repr(exc) for c in policy.checks})
+        if fetch.errors:
+            self._telemetry.errors.labels(name, "metrics").inc()
+        history = self.state.history(name)
+        decision = decide(current, fetch.samples, policy, history, now)
+        pin = history.pin if history.pin is not None and history.pin.until > now else None
+        who = f"pin by {pin.by}" if pin is not None else "autoscaler"
+        outcome, note = "hold", ""
+        if decision.changes and history.pause is None:
+            if policy.dry_run:
+                outcome, note = "dry_run", "dry-run: nothing was changed"
+            else:
+                try:
+                    result = target.scale(policy, decision.desired, decision.reason)
+                except TargetError as exc:
+                    outcome, note = "error", str(exc)
+                    log.warning("scale failed", extra={"policy": name, "error": str(exc)})
+                    self.state.record_error(name, "scale", str(exc), now)
+                    self._telemetry.errors.labels(name, "scale").inc()
+                else:
+                    outcome, note = ("scaled", "") if result.applied else ("declined", result.note)
+                    if result.applied:
+                        self._telemetry.actions.labels(name, decision.direction).inc()
+        entry = self.state.record_evaluation(
+            name, current, decision, trigger=trigger, outcome=outcome, who=who, note=note,
+            metric_errors=dict(fetch.errors), now=now,
+        )  # fmt: skip
+        log.info(
+            "decision",
+            extra={
+                "policy": name,
+                "trigger": trigger,
+                "outcome": outcome,
+                "desired": decision.desired,
+                "reason": decision.reason,
+            },
+        )
+        t = self._telemetry
+        t.current.labels(name).set(current.desired)
+        t.desired.labels(name).set(decision.desired)
+        t.decisions.labels(name, decision.direction).inc()
+        t.paused.labels(name).set(1 if history.pause is not None else 0)
+        t.pinned.labels(name).set(1 if pin is not None else 0)
+        return entry

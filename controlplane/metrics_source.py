@@ -1,0 +1,92 @@
+"""Where metric samples come from: Prometheus's HTTP API through prometheus-api-client.
+
+For each check, one range query over the window the decision needs (the longest ``for`` or the
+scale-down stabilisation), so "held for 60 s" is judged on what Prometheus recorded, not on how
+often the daemon happened to look. A query must return one series; an error or a wrong shape
+becomes an error message for that check (the check then has no data: it never scales down).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+import requests
+from prometheus_api_client import PrometheusConnect
+from prometheus_api_client.exceptions import PrometheusApiClientException
+from urllib3.util.retry import Retry
+
+from controlplane.decision import Sample
+from controlplane.policy import Policy
+
+log = logging.getLogger(__name__)
+
+PROMETHEUS_TIMEOUT_S = 5  # seconds for one query; the loop must keep its rhythm
+MIN_STEP_S = 1.0  # seconds: finest range-query resolution asked for
+MAX_POINTS = 120  # points per range query; the step grows for long windows
+
+
+@dataclass(frozen=True)
+class Fetch:
+    samples: Mapping[str, Sequence[Sample]]
+    errors: Mapping[str, str] = field(default_factory=dict)  # check name -> what went wrong
+
+
+class MetricsSource(Protocol):
+    def fetch(self, policy: Policy, now: float) -> Fetch: ...
+
+
+def query_step(policy: Policy) -> float:
+    window = policy.metrics_window_s
+    return max(MIN_STEP_S, min(policy.interval_s, window / MAX_POINTS if window else MIN_STEP_S))
+
+
+class PrometheusSource:
+    def __init__(self, url: str, timeout_s: float = PROMETHEUS_TIMEOUT_S) -> None:
+        self._timeout = timeout_s
+        # No retries with back-off: a down Prometheus must fail fast and show in the status.
+        self._prom = PrometheusConnect(
+            url=url.rstrip("/"), disable_ssl=True, retry=Retry(total=0), timeout=timeout_s
+        )
+
+    def fetch(self, policy: Policy, now: float) -> Fetch:
+        step = query_step(policy)
+        start = now - policy.metrics_window_s
+        samples: dict[str, list[Sample]] = {}
+        errors: dict[str, str] = {}
+        for check in policy.checks:
+            try:
+                result = self._prom.custom_query_range(
+                    check.query,
+                    start_time=datetime.fromtimestamp(start, UTC),
+                    end_time=datetime.fromtimestamp(now, UTC),
+                    step=f"{step:g}",
+                    params={"timeout": f"{self._timeout:g}s"},
+                    timeout=self._timeout,
+                )
+            except (PrometheusApiClientException, requests.RequestException, ValueError) as exc:
+                errors[check.name] = f"prometheus query failed: {exc}"
+                log.warning(
+                    "prometheus query failed",
+                    extra={"policy": policy.name, "check": check.name, "error": str(exc)},
+                )
+                continue
+            if len(result) > 1:
+                errors[check.name] = (
+                    f"query returned {len(result)} series; aggregate it to one (e.g. sum(...))"
+                )
+                continue
+            series: list[Sample] = []
+            for point in result[0].get("values", []) if result else []:
+                try:
+                    t, v = float(point[0]), float(point[1])
+                except (TypeError, ValueError, IndexError):
+                    continue
+                if math.isfinite(v):
+                    series.append(Sample(t, v))
+            samples[check.name] = series
+        return Fetch(samples=samples, errors=errors)
