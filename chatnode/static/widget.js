@@ -204,9 +204,11 @@
   }
 
   var CSS = [
-    ":host{all:initial;position:fixed;right:20px;bottom:20px;z-index:2147483000;",
-    "font-family:system-ui,-apple-system,'Segoe UI',Roboto,'Helvetica Neue',Arial,'Noto Sans CJK SC','PingFang SC','Microsoft YaHei',sans-serif;",
-    "font-size:14px;line-height:1.45;color:#1f2933;-webkit-font-smoothing:antialiased}",
+    // Everything that inherits is set on .tdw, not on the host: the page's own rules (even a bare
+    // `* {...}`) can style the host element, but nothing inside the shadow root.
+    ".tdw{font-family:system-ui,-apple-system,'Segoe UI',Roboto,'Helvetica Neue',Arial,'Noto Sans CJK SC','PingFang SC','Microsoft YaHei',sans-serif;",
+    "font-size:14px;line-height:1.45;color:#1f2933;letter-spacing:normal;word-spacing:normal;text-transform:none;text-align:left;",
+    "font-weight:400;font-style:normal;white-space:normal;-webkit-font-smoothing:antialiased}",
     "*{box-sizing:border-box}",
     "button,input,textarea{font:inherit;color:inherit}",
     ".launcher{position:relative;width:56px;height:56px;border-radius:50%;border:0;cursor:pointer;",
@@ -257,10 +259,15 @@
     ".offline .err{color:#b91c1c;font-size:12.5px;min-height:1em}",
     ".offline .send{height:38px}",
     ".sr{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0)}",
-    "@media (max-width:480px){:host{right:12px;bottom:12px}.panel{position:fixed;inset:0;width:auto;height:auto;max-height:none;border-radius:0}}",
+    "@media (max-width:480px){.panel{position:fixed;inset:0;width:auto;height:auto;max-height:none;border-radius:0}}",
   ].join("");
 
-  var host = h("div", { id: "tidedesk-widget", "data-tidedesk": "widget" });
+  var host = h("tidedesk-widget", {
+    id: "tidedesk-widget", "data-tidedesk": "widget",
+    // Inline !important beats any page rule that could move or hide the host.
+    style: "all:initial!important;display:block!important;position:fixed!important;right:20px!important;" +
+      "bottom:20px!important;z-index:2147483000!important;width:auto!important;height:auto!important",
+  });
   var root = host.attachShadow({ mode: "open" });
   var ui = {};
 
@@ -314,8 +321,7 @@
       h("header", null, [h("div", { class: "htext" }, [ui.title, h("div", { class: "sub" }, [ui.dot, ui.subText])]), ui.langBtn, ui.closeBtn]),
       ui.banner, ui.log, ui.typing, ui.composer, ui.offline,
     ]);
-    root.appendChild(ui.panel);
-    root.appendChild(ui.launcher);
+    root.appendChild(h("div", { class: "tdw" }, [ui.panel, ui.launcher]));
     (document.body || document.documentElement).appendChild(host);
   }
 
@@ -460,6 +466,8 @@
     if (m.from === "agent" && m.name) { S.agentName = m.name; save("agent_name", m.name); }
     if (m.from === "agent") {
       S.agentTyping = false;
+      // An agent's reply means someone has the chat, even if the "assigned" frame was missed.
+      if (S.convState === "queued" && m.seq > S.top) { S.convState = "assigned"; S.position = null; }
       if (!S.open || document.hidden) S.unread += 1;
     }
     advanceTop();
@@ -653,13 +661,32 @@
         dropSocket();
         scheduleReconnect(Math.max(0, f.after_ms || 0));
         break;
+      case "busy":
+        S.position = f.position || S.position;
+        S.notice = t("busy");
+        renderStatus(); renderLog();
+        break;
       case "error":
-        S.notice = f.code === "busy" || f.code === "overloaded" ? t("busy") : t("error", { m: f.message || f.code });
-        renderLog();
+        onError(f);
         break;
       default:
         break; // newer server, older widget: ignore what we do not know
     }
+  }
+
+  function onError(f) {
+    var m = null;
+    for (var i = 0; i < S.outbox.length; i++) if (f.id && S.outbox[i].id === f.id) m = S.outbox[i];
+    if (m && f.code === "try_again") {
+      // Not stored: send it again with the same id (the server dedupes on it).
+      m.failed = true;
+      setTimeout(function () { if (S.outbox.indexOf(m) >= 0) transmit(m); }, 1000 + Math.random() * 1000);
+      renderLog();
+      return;
+    }
+    if (m) { dropFromOutbox(m.id); ui.input.value = ui.input.value || m.body; }
+    S.notice = f.code === "busy" || f.code === "unavailable" ? t("busy") : t("error", { m: f.message || f.code });
+    renderLog();
   }
 
   function setConvState(st) {

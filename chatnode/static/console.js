@@ -1,0 +1,809 @@
+/* Tidedesk agent console. No framework: one state object, render functions, one WebSocket.
+ *
+ * Per conversation the console keeps messages by seq (a seq seen twice is dropped, a hole is
+ * asked for with `resume`), the unacknowledged messages it sent (re-sent with the same id after a
+ * reconnect), and the lowest seq loaded so older history can be fetched with `before_seq`.
+ */
+(function () {
+  "use strict";
+  var BACKOFF_BASE_MS = 500;
+  var BACKOFF_MAX_MS = 30000;
+  var ACK_TIMEOUT_MS = 12000; // no ack this long on an open socket: presume it dead, reconnect
+  var GAP_WAIT_MS = 2500; // a hole a resume did not fill is accepted after this long
+  var PAGE = 30; // messages per history page
+  var TYPING_RESEND_MS = 3000;
+  var TYPING_IDLE_MS = 2500;
+  var TYPING_SHOW_MS = 7000;
+  var CLOSE_CONFIRM_MS = 4000;
+  var LANG_KEY = "tidedesk.console.lang";
+  var STATUS_KEY = "tidedesk.console.status";
+  var READ_KEY = "tidedesk.console.read.";
+
+  var I18N = {
+    en: {
+      consoleName: "Agent console", signInTitle: "Sign in", signInIntro: "Use your Tidedesk agent account.",
+      email: "Email", password: "Password", totp: "Authentication code",
+      totpIntro: "Enter the 6-digit code from your authenticator app.", signIn: "Sign in", back: "Back",
+      fillBoth: "Enter your email and password.", totpMissing: "Enter the code from your authenticator app.",
+      totpWrong: "That code is not right. Codes change every 30 seconds — try the current one.",
+      badCredentials: "Email or password is not right.", tooMany: "Too many attempts. Wait a minute and try again.",
+      networkError: "Cannot reach the server. Check your connection.",
+      supervisor: "Supervisor view", online: "Online", away: "Away", offline: "Offline", signOut: "Sign out",
+      myChats: "My chats", noChatTitle: "No chat selected",
+      noChatHint: "New chats appear on the left as soon as they are assigned to you.",
+      noChats: "No open chats. Stay online and new visitors will be routed to you.",
+      transfer: "Transfer", closeChat: "Close chat", confirmClose: "Click again to close",
+      reply: "Reply", privateNote: "Private note", canned: "Canned responses", send: "Send",
+      addNote: "Add note", chatClosed: "This conversation is closed.", dismiss: "Remove from list",
+      transferTitle: "Transfer this chat", toAgent: "To an agent", toPool: "To a pool", cancel: "Cancel",
+      noAgents: "No other agents.", pool: "Pool {p}",
+      replyPlaceholder: "Write a reply — Enter sends, Shift+Enter adds a line, / for canned responses",
+      notePlaceholder: "Private note — only agents see it",
+      connConnected: "Connected", connConnecting: "Connecting…", connReconnecting: "Reconnecting in {s}s…",
+      connOffline: "Offline — waiting for the network",
+      visitor: "Visitor", typing: "typing…", earlier: "Load earlier messages", noteLabel: "Private note",
+      sending: "Sending…", unsent: "Not sent yet — will retry", you: "You",
+      newChat: "New chat: {name}", transferredAway: "Chat with {name} was transferred.",
+      chatEnded: "Chat with {name} was closed.", conv: "Conversation {id}", lang: "Language: {l}",
+      noCanned: "No canned responses yet.", error: "Error: {m}", loadFailed: "Could not load history: {m}",
+      chatsLoad: "{n} / {max}", sessionExpired: "Your session expired. Sign in again.",
+    },
+    "zh-CN": {
+      consoleName: "客服工作台", signInTitle: "登录", signInIntro: "使用您的 Tidedesk 客服账号登录。",
+      email: "邮箱", password: "密码", totp: "动态验证码",
+      totpIntro: "请输入身份验证器应用中的 6 位验证码。", signIn: "登录", back: "返回",
+      fillBoth: "请输入邮箱和密码。", totpMissing: "请输入身份验证器中的验证码。",
+      totpWrong: "验证码不正确。验证码每 30 秒更新一次，请输入当前的验证码。",
+      badCredentials: "邮箱或密码不正确。", tooMany: "尝试次数过多，请稍后再试。",
+      networkError: "无法连接服务器，请检查网络。",
+      supervisor: "主管视图", online: "在线", away: "离开", offline: "离线", signOut: "退出登录",
+      myChats: "我的对话", noChatTitle: "未选择对话", noChatHint: "新对话分配给您后会立即出现在左侧。",
+      noChats: "暂无进行中的对话。保持在线，新访客会被分配给您。",
+      transfer: "转接", closeChat: "结束对话", confirmClose: "再次点击以结束",
+      reply: "回复", privateNote: "内部备注", canned: "快捷回复", send: "发送",
+      addNote: "添加备注", chatClosed: "此对话已结束。", dismiss: "从列表移除",
+      transferTitle: "转接此对话", toAgent: "转给客服", toPool: "转到分组", cancel: "取消",
+      noAgents: "没有其他客服。", pool: "分组 {p}",
+      replyPlaceholder: "输入回复 — Enter 发送，Shift+Enter 换行，输入 / 使用快捷回复",
+      notePlaceholder: "内部备注 — 仅客服可见",
+      connConnected: "已连接", connConnecting: "正在连接…", connReconnecting: "{s} 秒后重新连接…",
+      connOffline: "网络已断开，等待恢复",
+      visitor: "访客", typing: "正在输入…", earlier: "加载更早的消息", noteLabel: "内部备注",
+      sending: "发送中…", unsent: "尚未发送，将自动重试", you: "我",
+      newChat: "新对话：{name}", transferredAway: "与 {name} 的对话已转接。",
+      chatEnded: "与 {name} 的对话已结束。", conv: "对话 {id}", lang: "语言：{l}",
+      noCanned: "暂无快捷回复。", error: "错误：{m}", loadFailed: "无法加载历史消息：{m}",
+      chatsLoad: "{n} / {max}", sessionExpired: "登录已过期，请重新登录。",
+    },
+  };
+
+  function pickLang(v) { return String(v || "").toLowerCase().indexOf("zh") === 0 ? "zh-CN" : "en"; }
+  function lsGet(k) { try { return localStorage.getItem(k); } catch (e) { return null; } }
+  function lsSet(k, v) { try { if (v === null) localStorage.removeItem(k); else localStorage.setItem(k, v); } catch (e) { /* ignore */ } }
+
+  var S = {
+    lang: pickLang(lsGet(LANG_KEY) || navigator.language),
+    me: null,
+    status: lsGet(STATUS_KEY) || "online",
+    conn: "idle",
+    attempt: 0,
+    reconnectAt: 0,
+    chats: {}, // conversation_id -> chat
+    current: null,
+    canned: [],
+    mode: "reply",
+    ackOwner: {}, // message id -> conversation_id
+  };
+  var ws = null, reconnectTimer = null, tickTimer = null, ackTimer = null;
+  var typingSentAt = 0, typingConv = null, typingOffTimer = null;
+  var login = null;
+
+  function t(key, vars) {
+    var s = (I18N[S.lang] && I18N[S.lang][key]) || I18N.en[key] || key;
+    if (vars) Object.keys(vars).forEach(function (k) { s = s.split("{" + k + "}").join(vars[k]); });
+    return s;
+  }
+  function $(sel, root) { return (root || document).querySelector(sel); }
+  function $$(sel, root) { return Array.prototype.slice.call((root || document).querySelectorAll(sel)); }
+  function h(tag, attrs, kids) {
+    var el = document.createElement(tag);
+    if (attrs) Object.keys(attrs).forEach(function (k) {
+      var v = attrs[k];
+      if (v === null || v === undefined || v === false) return;
+      if (k === "text") el.textContent = v;
+      else if (k === "class") el.className = v;
+      else if (k.slice(0, 2) === "on") el.addEventListener(k.slice(2), v);
+      else el.setAttribute(k, v === true ? "" : v);
+    });
+    (kids || []).forEach(function (c) { if (c) el.appendChild(typeof c === "string" ? document.createTextNode(c) : c); });
+    return el;
+  }
+  function newId() {
+    if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
+    var b = new Uint8Array(16); crypto.getRandomValues(b);
+    return Array.prototype.map.call(b, function (x) { return (x + 256).toString(16).slice(1); }).join("");
+  }
+  function backoffMs(n, rnd) {
+    var cap = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * Math.pow(2, Math.min(n, 16)));
+    return Math.round(cap / 2 + rnd * (cap / 2));
+  }
+  function fmtTime(ts) {
+    var d = new Date(ts * 1000);
+    return ("0" + d.getHours()).slice(-2) + ":" + ("0" + d.getMinutes()).slice(-2);
+  }
+  function toast(text) {
+    var el = h("div", { class: "toast", role: "status", text: text, "data-testid": "toast" });
+    document.body.appendChild(el);
+    setTimeout(function () { el.remove(); }, 4000);
+  }
+
+  // ---------------------------------------------------------------- language
+  function applyLang() {
+    document.documentElement.lang = S.lang;
+    $$("[data-i18n]").forEach(function (el) { el.textContent = t(el.getAttribute("data-i18n")); });
+    $$("[data-lang-select]").forEach(function (el) { el.value = S.lang; });
+    document.title = "Tidedesk — " + t("consoleName");
+    if (login) login.translate();
+    if (S.me) { renderTop(); renderList(); renderChat(); }
+  }
+  function setLang(l) { S.lang = pickLang(l); lsSet(LANG_KEY, S.lang); applyLang(); }
+
+  // ---------------------------------------------------------------- chats
+  function visitorName(chat) {
+    var v = chat.visitor || {};
+    return v.name || (t("visitor") + " " + String(v.id || chat.id).slice(-4).toUpperCase());
+  }
+  function readSeq(cid) { return Number(lsGet(READ_KEY + cid) || 0); }
+
+  function getChat(cid, visitor, state) {
+    var c = S.chats[cid];
+    if (!c) {
+      c = S.chats[cid] = {
+        id: cid, visitor: visitor || {}, state: state || "assigned", msgs: {}, top: null, low: null,
+        maxSeq: 0, hasMore: false, loadingOlder: false, outbox: [], unread: 0, typing: false,
+        typingTimer: null, gapTimer: null, lastActivity: Date.now(), closeArmed: false, draft: "",
+      };
+    } else {
+      if (visitor) c.visitor = visitor;
+      if (state) c.state = state;
+    }
+    return c;
+  }
+
+  /** Start following a conversation whose newest seq is lastSeq: load its latest page. */
+  function follow(c, lastSeq) {
+    if (c.top === null) {
+      var from = Math.max(0, (lastSeq || 0) - PAGE);
+      c.top = from; c.low = from + 1; c.hasMore = from > 0; c.maxSeq = Math.max(c.maxSeq, from);
+    }
+    if ((lastSeq || 0) > c.top || c.maxSeq > c.top) send({ type: "resume", conversation_id: c.id, after_seq: c.top });
+  }
+
+  function addMessage(f) {
+    var c = S.chats[f.conversation_id];
+    if (!c || typeof f.seq !== "number") return;
+    if (f.id) dropOutbox(c, f.id);
+    if (c.msgs[f.seq]) return;
+    if (c.top === null) { c.top = f.seq - 1; c.low = f.seq; c.hasMore = f.seq > 1; }
+    c.msgs[f.seq] = f;
+    if (f.seq < c.low) c.low = f.seq;
+    if (f.seq > c.maxSeq) c.maxSeq = f.seq;
+    if (f.from === "visitor") {
+      c.typing = false;
+      var reading = S.current === c.id && !document.hidden;
+      if (!reading && f.seq > readSeq(c.id)) c.unread += 1;
+    }
+    if (f.seq > c.top) c.lastActivity = Date.now();
+    advance(c);
+  }
+
+  function advance(c) {
+    while (c.msgs[c.top + 1]) c.top += 1;
+    if (c.maxSeq > c.top && !c.gapTimer) {
+      send({ type: "resume", conversation_id: c.id, after_seq: c.top });
+      c.gapTimer = setTimeout(function () {
+        c.gapTimer = null;
+        if (c.maxSeq > c.top) {
+          while (c.top < c.maxSeq && !c.msgs[c.top + 1]) c.top += 1;
+          advance(c);
+          renderChat();
+        }
+      }, GAP_WAIT_MS);
+    }
+  }
+
+  function dropOutbox(c, id) {
+    for (var i = 0; i < c.outbox.length; i++) if (c.outbox[i].id === id) { c.outbox.splice(i, 1); delete S.ackOwner[id]; return true; }
+    return false;
+  }
+
+  function markRead(c) {
+    c.unread = 0;
+    if (c.top) lsSet(READ_KEY + c.id, String(Math.max(c.top, readSeq(c.id))));
+  }
+
+  function loadOlder(c) {
+    if (!c.hasMore || c.loadingOlder) return;
+    c.loadingOlder = true;
+    var log = $("[data-log]");
+    var prevHeight = log.scrollHeight, prevTop = log.scrollTop;
+    TDAuth.api("/api/v1/conversations/" + encodeURIComponent(c.id) + "/messages?before_seq=" + c.low + "&limit=" + PAGE)
+      .then(function (j) {
+        var got = (j && j.messages) || [];
+        got.forEach(function (m) {
+          if (typeof m.seq !== "number" || c.msgs[m.seq]) return;
+          m.conversation_id = m.conversation_id || c.id;
+          c.msgs[m.seq] = m;
+          if (m.seq < c.low) c.low = m.seq;
+        });
+        if (got.length < PAGE || c.low <= 1) c.hasMore = false;
+        c.loadingOlder = false;
+        if (S.current === c.id) {
+          renderLog(c, true);
+          log.scrollTop = log.scrollHeight - prevHeight + prevTop; // keep what the agent was reading in place
+        }
+      }, function (err) {
+        c.loadingOlder = false;
+        toast(t("loadFailed", { m: err.message }));
+      });
+  }
+
+  // ---------------------------------------------------------------- socket
+  function send(obj) {
+    if (ws && ws.readyState === 1) { ws.send(JSON.stringify(obj)); return true; }
+    return false;
+  }
+  function setConn(c) { S.conn = c; renderConn(); }
+
+  function connect() {
+    if (ws || !TDAuth.session) return;
+    if (reconnectTimer) { clearTimeout(reconnectTimer); reconnectTimer = null; }
+    if (!navigator.onLine) { setConn("offline"); return; }
+    setConn("connecting");
+    TDAuth.ensureFresh().then(function (sess) {
+      if (ws) return;
+      var proto = location.protocol === "https:" ? "wss:" : "ws:";
+      var sock = new WebSocket(proto + "//" + location.host + "/ws/agent?token=" + encodeURIComponent(sess.access_token));
+      ws = sock;
+      sock.onmessage = function (ev) {
+        if (sock !== ws) return;
+        var f; try { f = JSON.parse(ev.data); } catch (e) { return; }
+        onFrame(f);
+      };
+      sock.onclose = function (ev) {
+        if (sock !== ws) return;
+        ws = null; clearTimeout(ackTimer); ackTimer = null;
+        if (ev.code === 4401) {
+          TDAuth.refresh().then(function () { scheduleReconnect(0); }, function () { signedOut(t("sessionExpired")); });
+          return;
+        }
+        if (ev.code === 4403) { toast(t("error", { m: ev.reason || "forbidden" })); }
+        scheduleReconnect();
+      };
+    }, function (err) {
+      if (err.status === 401) signedOut(t("sessionExpired")); else scheduleReconnect();
+    });
+  }
+
+  function dropSocket() {
+    if (!ws) return;
+    var sock = ws; ws = null;
+    sock.onmessage = sock.onclose = sock.onerror = null;
+    try { sock.close(); } catch (e) { /* closed */ }
+    clearTimeout(ackTimer); ackTimer = null;
+  }
+
+  function scheduleReconnect(delay) {
+    if (reconnectTimer || ws || !TDAuth.session) return;
+    if (!navigator.onLine) { setConn("offline"); return; }
+    var d = delay !== undefined ? delay : backoffMs(S.attempt, Math.random());
+    S.attempt += 1;
+    S.reconnectAt = Date.now() + d;
+    setConn("reconnecting");
+    reconnectTimer = setTimeout(function () { reconnectTimer = null; connect(); }, d);
+    if (!tickTimer) tickTimer = setInterval(function () {
+      if (S.conn === "reconnecting") renderConn(); else { clearInterval(tickTimer); tickTimer = null; }
+    }, 1000);
+  }
+
+  function reconnectNow() {
+    if (reconnectTimer) { clearTimeout(reconnectTimer); reconnectTimer = null; }
+    S.attempt = 0;
+    connect();
+  }
+
+  function onFrame(f) {
+    var c;
+    switch (f.type) {
+      case "hello": {
+        S.attempt = 0;
+        setConn("online");
+        send({ type: "status", status: S.status });
+        var seen = {};
+        (f.conversations || []).forEach(function (it) {
+          seen[it.conversation_id] = true;
+          c = getChat(it.conversation_id, it.visitor, it.state || "assigned");
+          follow(c, it.last_seq);
+        });
+        Object.keys(S.chats).forEach(function (cid) {
+          // Closed or transferred while we were away.
+          if (!seen[cid] && S.chats[cid].state !== "closed") S.chats[cid].state = "closed";
+        });
+        Object.keys(S.chats).forEach(function (cid) {
+          S.chats[cid].outbox.forEach(function (m) { m.failed = false; transmit(S.chats[cid], m); });
+        });
+        if (!S.current) {
+          var first = sortedChats()[0];
+          if (first) S.current = first.id;
+        }
+        renderList(); renderChat();
+        break;
+      }
+      case "assigned":
+        c = getChat(f.conversation_id, f.visitor, "assigned");
+        follow(c, f.last_seq);
+        c.lastActivity = Date.now();
+        if (!S.current) S.current = c.id;
+        toast(t("newChat", { name: visitorName(c) }));
+        renderList(); renderChat();
+        break;
+      case "message":
+        addMessage(f);
+        renderList();
+        if (S.current === f.conversation_id) { renderLog(S.chats[f.conversation_id]); renderTyping(); }
+        break;
+      case "ack":
+        onAck(f);
+        break;
+      case "typing":
+        c = S.chats[f.conversation_id];
+        if (!c) break;
+        c.typing = !!f.on;
+        clearTimeout(c.typingTimer);
+        if (c.typing) c.typingTimer = setTimeout(function () { c.typing = false; renderList(); renderTyping(); }, TYPING_SHOW_MS);
+        renderList(); renderTyping();
+        break;
+      case "closed":
+        c = S.chats[f.conversation_id];
+        if (!c) break;
+        c.state = "closed"; c.typing = false;
+        renderList(); renderChat();
+        break;
+      case "unassigned":
+        c = S.chats[f.conversation_id];
+        if (!c) break;
+        toast(t("transferredAway", { name: visitorName(c) }));
+        removeChat(c.id);
+        break;
+      case "state":
+        c = S.chats[f.conversation_id];
+        if (c && f.state) { c.state = f.state; renderList(); renderChat(); }
+        break;
+      case "reconnect":
+        dropSocket();
+        scheduleReconnect(Math.max(0, f.after_ms || 0));
+        break;
+      case "error":
+        toast(t("error", { m: f.message || f.code }));
+        break;
+      default:
+        break;
+    }
+  }
+
+  function onAck(f) {
+    var cid = S.ackOwner[f.id];
+    var c = cid && S.chats[cid];
+    if (!c) return;
+    for (var i = 0; i < c.outbox.length; i++) {
+      var m = c.outbox[i];
+      if (m.id !== f.id) continue;
+      c.outbox.splice(i, 1);
+      delete S.ackOwner[f.id];
+      if (typeof f.seq === "number" && !c.msgs[f.seq]) {
+        c.msgs[f.seq] = {
+          type: "message", conversation_id: c.id, seq: f.seq, id: m.id, from: "agent", body: m.body,
+          ts: m.ts, private: m.private, name: S.me && S.me.name,
+        };
+        if (f.seq > c.maxSeq) c.maxSeq = f.seq;
+        if (c.top === null) { c.top = f.seq - 1; c.low = f.seq; }
+        advance(c);
+      }
+      break;
+    }
+    armAckTimer();
+    renderList();
+    if (S.current === c.id) renderLog(c);
+  }
+
+  function anyPending() {
+    return Object.keys(S.chats).some(function (cid) { return S.chats[cid].outbox.length > 0; });
+  }
+  function armAckTimer() {
+    clearTimeout(ackTimer); ackTimer = null;
+    if (!ws || !anyPending()) return;
+    ackTimer = setTimeout(function () {
+      Object.keys(S.chats).forEach(function (cid) { S.chats[cid].outbox.forEach(function (m) { m.failed = true; }); });
+      renderChat();
+      dropSocket();
+      scheduleReconnect(0);
+    }, ACK_TIMEOUT_MS);
+  }
+
+  function transmit(c, m) {
+    var frame = { type: m.private ? "note" : "message", conversation_id: c.id, id: m.id, body: m.body };
+    if (send(frame) && !ackTimer) armAckTimer();
+  }
+
+  function sendCurrent() {
+    var c = S.chats[S.current];
+    var input = $("[data-input]");
+    var body = input.value.trim();
+    if (!c || !body || c.state === "closed") return;
+    var m = { id: newId(), body: body, ts: Date.now() / 1000, private: S.mode === "note" };
+    c.outbox.push(m);
+    S.ackOwner[m.id] = c.id;
+    input.value = ""; c.draft = "";
+    stopTyping();
+    hideCanned();
+    transmit(c, m);
+    markRead(c);
+    renderLog(c); renderList();
+    var log = $("[data-log]"); log.scrollTop = log.scrollHeight;
+  }
+
+  function onInputTyping() {
+    var c = S.chats[S.current];
+    if (!c || S.mode === "note") return;
+    var now = Date.now();
+    if (typingConv !== c.id || now - typingSentAt > TYPING_RESEND_MS) {
+      if (typingConv && typingConv !== c.id) stopTyping();
+      if (send({ type: "typing", conversation_id: c.id, on: true })) { typingSentAt = now; typingConv = c.id; }
+    }
+    clearTimeout(typingOffTimer);
+    typingOffTimer = setTimeout(stopTyping, TYPING_IDLE_MS);
+  }
+  function stopTyping() {
+    clearTimeout(typingOffTimer);
+    if (typingConv) send({ type: "typing", conversation_id: typingConv, on: false });
+    typingConv = null; typingSentAt = 0;
+  }
+
+  function removeChat(cid) {
+    delete S.chats[cid];
+    lsSet(READ_KEY + cid, null);
+    if (S.current === cid) { S.current = null; var first = sortedChats()[0]; if (first) S.current = first.id; }
+    renderList(); renderChat();
+  }
+
+  // ---------------------------------------------------------------- rendering
+  function sortedChats() {
+    return Object.keys(S.chats).map(function (k) { return S.chats[k]; }).sort(function (a, b) {
+      var ac = a.state === "closed" ? 1 : 0, bc = b.state === "closed" ? 1 : 0;
+      if (ac !== bc) return ac - bc;
+      return b.lastActivity - a.lastActivity;
+    });
+  }
+
+  function lastMessage(c) {
+    var best = null;
+    Object.keys(c.msgs).forEach(function (k) { var m = c.msgs[k]; if (!best || m.seq > best.seq) best = m; });
+    if (c.outbox.length) return c.outbox[c.outbox.length - 1];
+    return best;
+  }
+
+  function renderConn() {
+    var el = $("[data-testid=conn]");
+    if (!el) return;
+    el.setAttribute("data-state", S.conn);
+    var text = S.conn === "online" ? t("connConnected")
+      : S.conn === "offline" ? t("connOffline")
+      : S.conn === "reconnecting" ? t("connReconnecting", { s: Math.max(1, Math.ceil((S.reconnectAt - Date.now()) / 1000)) })
+      : t("connConnecting");
+    $("[data-conn-text]").textContent = text;
+  }
+
+  function renderTop() {
+    $("[data-me-name]").textContent = S.me.name || S.me.email;
+    $("[data-status]").value = S.status;
+    $("[data-status-dot]").className = "dot " + S.status;
+    $("[data-supervisor-link]").hidden = !(S.me.role === "supervisor" || S.me.role === "admin");
+    renderConn();
+  }
+
+  function renderList() {
+    var ul = $("[data-chat-list]");
+    ul.textContent = "";
+    var list = sortedChats();
+    var open = list.filter(function (c) { return c.state !== "closed"; }).length;
+    $("[data-chat-count]").textContent = S.me && S.me.max_chats ? "(" + t("chatsLoad", { n: open, max: S.me.max_chats }) + ")" : "(" + open + ")";
+    if (!list.length) ul.appendChild(h("li", { class: "empty-list", text: t("noChats") }));
+    var totalUnread = 0;
+    list.forEach(function (c) {
+      totalUnread += c.unread;
+      var name = visitorName(c);
+      var last = lastMessage(c);
+      var preview = c.typing ? t("typing") : last ? (last.private ? "🔒 " : last.from === "agent" ? t("you") + ": " : "") + last.body : "";
+      var tags = (c.visitor.tags || []).map(function (tg) { return h("span", { class: "tag" + (tg === "vip" ? " vip" : ""), text: tg }); });
+      var li = h("li", {
+        class: "chat-item" + (c.id === S.current ? " active" : "") + (c.state === "closed" ? " closed" : ""),
+        "data-testid": "chat-item", "data-conversation": c.id, "data-unread": String(c.unread),
+        onclick: function () { selectChat(c.id); },
+      }, [
+        h("div", { class: "avatar", text: name.slice(0, 1).toUpperCase() }),
+        h("div", { class: "ci-main" }, [
+          h("div", { class: "ci-name" }, [name].concat(tags, c.state === "closed" ? [h("span", { class: "tag closed", text: t("chatClosed").replace(/[.。]$/, "") })] : [])),
+          h("div", { class: "ci-preview" + (c.typing ? " typing" : ""), text: preview }),
+        ]),
+        c.unread ? h("span", { class: "unread", "data-testid": "unread", text: String(c.unread) }) : h("span"),
+      ]);
+      ul.appendChild(li);
+    });
+    document.title = (totalUnread ? "(" + totalUnread + ") " : "") + "Tidedesk — " + t("consoleName");
+  }
+
+  function selectChat(cid) {
+    var prev = S.chats[S.current];
+    if (prev) prev.draft = $("[data-input]").value;
+    if (S.current !== cid) stopTyping();
+    S.current = cid;
+    var c = S.chats[cid];
+    if (c) markRead(c);
+    renderList(); renderChat();
+    var input = $("[data-input]");
+    input.value = (c && c.draft) || "";
+    if (c && c.state !== "closed") input.focus();
+  }
+
+  function renderChat() {
+    var c = S.chats[S.current];
+    $("[data-empty]").hidden = !!c;
+    $("[data-head]").hidden = !c;
+    $("[data-log]").hidden = !c;
+    $("[data-composer]").hidden = !c || c.state === "closed";
+    $("[data-closed-bar]").hidden = !c || c.state !== "closed";
+    if (!c) { $("[data-typing]").hidden = true; return; }
+    var name = visitorName(c);
+    $("[data-head-avatar]").textContent = name.slice(0, 1).toUpperCase();
+    var nameEl = $("[data-head-name]");
+    nameEl.textContent = name;
+    (c.visitor.tags || []).forEach(function (tg) { nameEl.appendChild(h("span", { class: "tag" + (tg === "vip" ? " vip" : ""), text: tg })); });
+    var sub = [t("conv", { id: c.id })];
+    if (c.visitor.locale) sub.push(t("lang", { l: c.visitor.locale }));
+    if (c.visitor.email) sub.push(c.visitor.email);
+    $("[data-head-sub]").textContent = sub.join(" · ");
+    var closeBtn = $("[data-close]");
+    closeBtn.hidden = c.state === "closed";
+    $("[data-transfer]").hidden = c.state === "closed";
+    closeBtn.textContent = c.closeArmed ? t("confirmClose") : t("closeChat");
+    closeBtn.classList.toggle("confirming", !!c.closeArmed);
+    var input = $("[data-input]");
+    input.placeholder = S.mode === "note" ? t("notePlaceholder") : t("replyPlaceholder");
+    $("[data-composer]").classList.toggle("note-mode", S.mode === "note");
+    $$("[data-mode]").forEach(function (b) { b.classList.toggle("active", b.getAttribute("data-mode") === S.mode); });
+    $("[data-send]").textContent = S.mode === "note" ? t("addNote") : t("send");
+    renderLog(c, true);
+    renderTyping();
+  }
+
+  function renderTyping() {
+    var c = S.chats[S.current];
+    var el = $("[data-typing]");
+    el.hidden = !(c && c.typing && c.state !== "closed");
+    el.textContent = c && c.typing ? visitorName(c) + " " + t("typing") : "";
+  }
+
+  function renderLog(c, keepScroll) {
+    if (!c || S.current !== c.id) return;
+    var log = $("[data-log]");
+    var nearBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 80;
+    var scrollTop = log.scrollTop;
+    log.textContent = "";
+    if (c.hasMore) log.appendChild(h("button", {
+      class: "btn earlier", type: "button", "data-testid": "load-earlier", text: t("earlier"),
+      onclick: function () { loadOlder(c); },
+    }));
+    var seqs = Object.keys(c.msgs).map(Number).sort(function (a, b) { return a - b; });
+    seqs.forEach(function (seq) { log.appendChild(msgEl(c, c.msgs[seq], false)); });
+    c.outbox.forEach(function (m) { log.appendChild(msgEl(c, m, true)); });
+    if (!document.hidden) markRead(c);
+    if (nearBottom || !keepScroll) log.scrollTop = log.scrollHeight;
+    else log.scrollTop = scrollTop;
+  }
+
+  function msgEl(c, m, pending) {
+    if (m.from === "system") return h("div", { class: "sys", "data-testid": "msg", "data-seq": m.seq, "data-from": "system", text: m.body });
+    var from = pending ? "agent" : m.from;
+    var cls = "msg " + from + (m.private ? " note" : "") + (pending ? " pending" : "");
+    var who = from === "visitor" ? visitorName(c) : (m.name || (S.me && S.me.name) || "");
+    var meta = pending ? (m.failed ? t("unsent") : t("sending"))
+      : (m.private ? "🔒 " + t("noteLabel") + " · " : "") + who + " · " + fmtTime(m.ts || Date.now() / 1000);
+    return h("div", {
+      class: cls, "data-testid": "msg", "data-seq": pending ? null : m.seq, "data-id": m.id, "data-from": from,
+      "data-private": m.private ? "true" : null, "data-pending": pending ? "true" : null,
+    }, [h("div", { class: "bubble", "data-testid": "msg-body", text: m.body }), h("div", { class: "meta", text: meta })]);
+  }
+
+  // ---------------------------------------------------------------- canned responses
+  var cannedSel = 0, cannedItems = [];
+  function showCanned(filter) {
+    var box = $("[data-canned]");
+    var f = String(filter || "").toLowerCase();
+    cannedItems = S.canned.filter(function (c) {
+      return !f || c.shortcut.toLowerCase().indexOf(f) === 0 || c.body.toLowerCase().indexOf(f) >= 0;
+    });
+    box.textContent = "";
+    if (!cannedItems.length) {
+      if (filter) { hideCanned(); return; }
+      box.appendChild(h("div", { class: "muted", style: "padding:8px", text: t("noCanned") }));
+    }
+    cannedSel = Math.min(cannedSel, Math.max(0, cannedItems.length - 1));
+    cannedItems.forEach(function (c, i) {
+      box.appendChild(h("div", {
+        class: "canned-item" + (i === cannedSel ? " sel" : ""), "data-testid": "canned-item",
+        onmousedown: function (e) { e.preventDefault(); insertCanned(c); },
+      }, [h("b", { text: "/" + c.shortcut }), h("span", { text: c.body })]));
+    });
+    box.hidden = false;
+  }
+  function hideCanned() { $("[data-canned]").hidden = true; cannedItems = []; cannedSel = 0; }
+  function insertCanned(c) {
+    var input = $("[data-input]");
+    input.value = input.value.replace(/^\/\S*\s?/, "");
+    input.value = input.value ? c.body + " " + input.value : c.body;
+    hideCanned();
+    input.focus();
+    input.setSelectionRange(input.value.length, input.value.length);
+  }
+
+  // ---------------------------------------------------------------- transfer dialog
+  var transferChoice = null;
+  function openTransfer() {
+    var c = S.chats[S.current];
+    if (!c) return;
+    var dlg = $("[data-transfer-dialog]");
+    transferChoice = null;
+    TDAuth.api("/api/v1/agents").then(function (j) {
+      var agents = ((j && j.agents) || []).filter(function (a) { return !S.me || a.id !== S.me.id; });
+      var pools = {};
+      (S.me.pools || []).forEach(function (p) { pools[p] = true; });
+      ((j && j.agents) || []).forEach(function (a) { (a.pools || []).forEach(function (p) { pools[p] = true; }); });
+      var ao = $("[data-agent-opts]"), po = $("[data-pool-opts]");
+      ao.textContent = ""; po.textContent = "";
+      if (!agents.length) ao.appendChild(h("div", { class: "muted", text: t("noAgents") }));
+      agents.forEach(function (a) {
+        ao.appendChild(option("agent", a.id, [
+          h("span", { class: "dot " + (a.status || "offline") }),
+          h("span", { class: "grow", text: a.name }),
+          h("span", { class: "muted", text: (t(a.status) || a.status) + " · " + a.open_chats + "/" + a.max_chats }),
+        ]));
+      });
+      Object.keys(pools).sort().forEach(function (p) { po.appendChild(option("pool", p, [h("span", { class: "grow", text: t("pool", { p: p }) })])); });
+      dlg.showModal();
+    }, function (err) { toast(t("error", { m: err.message })); });
+  }
+  function option(kind, value, kids) {
+    var input = h("input", {
+      type: "radio", name: "transfer-target", value: value, "data-kind": kind,
+      onchange: function () { transferChoice = { kind: kind, value: value }; },
+    });
+    return h("label", { class: "opt", "data-testid": "transfer-" + kind, "data-value": value }, [input].concat(kids));
+  }
+  function doTransfer() {
+    var c = S.chats[S.current];
+    if (!c || !transferChoice) return;
+    var f = { type: "transfer", conversation_id: c.id };
+    if (transferChoice.kind === "agent") f.to_agent = transferChoice.value; else f.to_pool = transferChoice.value;
+    send(f);
+    $("[data-transfer-dialog]").close();
+  }
+
+  // ---------------------------------------------------------------- start / sign-in
+  function signedOut(message) {
+    dropSocket();
+    if (reconnectTimer) { clearTimeout(reconnectTimer); reconnectTimer = null; }
+    TDAuth.logout();
+    S.me = null; S.chats = {}; S.current = null;
+    $("#app").hidden = true;
+    $("#login").hidden = false;
+    login = TDAuth.mountLogin($("#login-form"), t, start);
+    if (message) $("[data-testid=login-error]").textContent = message;
+  }
+
+  function start() {
+    TDAuth.api("/api/v1/me").then(function (me) {
+      S.me = me;
+      $("#login").hidden = true;
+      $("#app").hidden = false;
+      applyLang();
+      connect();
+      TDAuth.api("/api/v1/canned").then(function (j) { S.canned = (j && j.canned) || []; }, function () { S.canned = []; });
+    }, function (err) {
+      if (err.status === 401) signedOut(); else { toast(t("error", { m: err.message })); setTimeout(start, 3000); }
+    });
+  }
+
+  function wire() {
+    $$("[data-lang-select]").forEach(function (el) { el.addEventListener("change", function () { setLang(el.value); }); });
+    $("[data-status]").addEventListener("change", function (e) {
+      S.status = e.target.value;
+      lsSet(STATUS_KEY, S.status);
+      send({ type: "status", status: S.status });
+      renderTop();
+    });
+    $("[data-logout]").addEventListener("click", function () {
+      send({ type: "status", status: "offline" });
+      lsSet(STATUS_KEY, null); S.status = "online";
+      signedOut();
+    });
+    var input = $("[data-input]");
+    input.addEventListener("keydown", function (e) {
+      var box = $("[data-canned]");
+      if (!box.hidden && cannedItems.length) {
+        if (e.key === "ArrowDown" || e.key === "ArrowUp") {
+          e.preventDefault();
+          cannedSel = (cannedSel + (e.key === "ArrowDown" ? 1 : cannedItems.length - 1)) % cannedItems.length;
+          showCanned(input.value.charAt(0) === "/" ? input.value.slice(1) : "");
+          return;
+        }
+        if (e.key === "Enter" || e.key === "Tab") { e.preventDefault(); insertCanned(cannedItems[cannedSel]); return; }
+        if (e.key === "Escape") { hideCanned(); return; }
+      }
+      if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); sendCurrent(); }
+    });
+    input.addEventListener("input", function () {
+      var v = input.value;
+      if (/^\/\S*$/.test(v)) showCanned(v.slice(1)); else if (!$("[data-canned]").hidden && v.charAt(0) === "/") hideCanned();
+      onInputTyping();
+    });
+    input.addEventListener("blur", function () { setTimeout(hideCanned, 150); });
+    $("[data-send]").addEventListener("click", sendCurrent);
+    $("[data-canned-btn]").addEventListener("mousedown", function (e) { e.preventDefault(); });
+    $("[data-canned-btn]").addEventListener("click", function () {
+      if ($("[data-canned]").hidden) { input.focus(); showCanned(""); } else hideCanned();
+    });
+    $$("[data-mode]").forEach(function (b) {
+      b.addEventListener("click", function () {
+        if (S.mode !== b.getAttribute("data-mode")) stopTyping();
+        S.mode = b.getAttribute("data-mode"); renderChat(); input.focus();
+      });
+    });
+    $("[data-close]").addEventListener("click", function () {
+      var c = S.chats[S.current];
+      if (!c) return;
+      if (!c.closeArmed) {
+        // Two clicks instead of a blocking confirm(): cheap to undo, hard to do by accident.
+        c.closeArmed = true; renderChat();
+        setTimeout(function () { c.closeArmed = false; if (S.current === c.id) renderChat(); }, CLOSE_CONFIRM_MS);
+        return;
+      }
+      c.closeArmed = false;
+      send({ type: "close", conversation_id: c.id });
+    });
+    $("[data-dismiss]").addEventListener("click", function () { if (S.current) removeChat(S.current); });
+    $("[data-transfer]").addEventListener("click", openTransfer);
+    $("[data-cancel]").addEventListener("click", function () { $("[data-transfer-dialog]").close(); });
+    $("[data-do-transfer]").addEventListener("click", doTransfer);
+    $("[data-log]").addEventListener("scroll", function (e) {
+      var c = S.chats[S.current];
+      if (c && e.target.scrollTop < 40) loadOlder(c);
+    });
+    window.addEventListener("offline", function () {
+      dropSocket();
+      if (reconnectTimer) { clearTimeout(reconnectTimer); reconnectTimer = null; }
+      setConn("offline");
+    });
+    window.addEventListener("online", function () { if (TDAuth.session) reconnectNow(); });
+    document.addEventListener("visibilitychange", function () {
+      var c = S.chats[S.current];
+      if (!document.hidden && c) { markRead(c); renderList(); }
+    });
+    TDAuth.onChange(function (sess) { if (!sess && S.me) signedOut(t("sessionExpired")); });
+  }
+
+  wire();
+  applyLang();
+  if (TDAuth.session) start(); else signedOut();
+
+  window.TidedeskConsole = { get state() { return S; }, setLang: setLang, reconnectNow: reconnectNow };
+})();
