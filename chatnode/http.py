@@ -39,10 +39,9 @@ class JsonHandler(RequestHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, ServiceError):
             code, message = exc.code, exc.message
-        elif isinstance(exc, HTTPError) and exc.log_message and status_code < 500:
-            code, message = getattr(exc, "code", "bad_request"), exc.log_message
         elif status_code == 404:
-            code, message = "not_found", f"no such path {self.request.path}; see /api/v1/openapi.json"
+            code = "not_found"
+            message = f"no such path {self.request.path}; see /api/v1/openapi.json"
         elif status_code == 405:
             code, message = "method_not_allowed", f"{self.request.method} is not allowed here"
         elif status_code < 500:

@@ -44,7 +44,7 @@ _AGENT = {
                    "open_chats": {"type": "integer"}, "max_chats": {"type": "integer"},
                    "pools": {"type": "array", "items": {"type": "string"}}},
 }
-_BEARER = [{"bearer": []}]
+_BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
 def openapi_document() -> dict[str, Any]:
@@ -115,7 +115,8 @@ def openapi_document() -> dict[str, Any]:
                     {"name": "limit", "in": "query",
                      "schema": {"type": "integer", "minimum": 1, "maximum": 500}}],
                 "responses": {"200": _json({"type": "object", "properties": {
-                    "messages": {"type": "array", "items": {"$ref": "#/components/schemas/Message"}}}},
+                    "messages": {"type": "array",
+                                 "items": {"$ref": "#/components/schemas/Message"}}}},
                     "messages"), **_errors(400, 401, 403, 404)}}},
             "/api/v1/agents": {"get": {"summary": "agents with status and load",
                                        "security": _BEARER,

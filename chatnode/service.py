@@ -142,12 +142,16 @@ class ChatService:
         conv, created = await self.storage.current_conversation(visitor_id)
         if created:
             await self.store.seed_seq(conv.id, 0)
-            await self.publish({"kind": "opened", "conversation_id": conv.id,
-                                "visitor_id": visitor_id, "tags": list(visitor.tag_list)})
         await self.store.kv_set(f"session:visitor:{visitor_id}", conv.id,
                                 self.settings.session_ttl_s, self.clock())
         return VisitorSession(visitor_id, conv.id, conv.state, conv.pool, visitor.locale,
                               visitor.name, visitor.tag_list), created
+
+    async def announce_opened(self, session: VisitorSession) -> None:
+        """Ask the routers for an agent. Call after the visitor's presence is registered and
+        hello is sent, so the routing answer can neither get lost nor overtake hello."""
+        await self.publish({"kind": "opened", "conversation_id": session.conversation_id,
+                            "visitor_id": session.visitor_id, "tags": list(session.tags)})
 
     async def queue_position(self, pool: str, conv_id: str) -> int | None:
         for position, (waiting_id, _) in enumerate(await self.store.waiting(pool), start=1):

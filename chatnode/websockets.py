@@ -154,18 +154,26 @@ class VisitorSocket(_Socket):
             return
         try:
             principal = self.service.principal(self.token(), "visitor")
-            self.session, _ = await self.service.open_visitor_session(principal.id)
+            self.session, created = await self.service.open_visitor_session(principal.id)
         except ServiceError as exc:
             self.fail(exc.code, exc.message, wire.CLOSE_NOT_AUTHENTICATED)
             return
+        await self.register(f"visitor:{principal.id}")
+        waiting = await self.send_hello()
+        # A queued chat that is in no queue was never announced (say the broker was down when
+        # it was created): announcing is idempotent, so ask again.
+        if created or (self.session.state == "queued" and not waiting):
+            await self.announce_opened()
+
+    async def announce_opened(self) -> None:
+        try:
+            await self.service.announce_opened(self.session)
         except BrokerUnavailable:
             self.fail("unavailable", "the service is busy; connect again shortly",
                       wire.CLOSE_TRY_AGAIN_LATER)
-            return
-        await self.register(f"visitor:{principal.id}")
-        await self.send_hello()
 
-    async def send_hello(self) -> None:
+    async def send_hello(self) -> bool:
+        """Send hello (and the queue position or agent); True if the chat is in a queue."""
         s = self.session
         self.send({"type": "hello", "visitor_id": s.visitor_id, "conversation_id":
                    s.conversation_id, "last_seq": await self.service.last_seq(s.conversation_id),
@@ -174,12 +182,14 @@ class VisitorSocket(_Socket):
             position = await self.service.queue_position(s.pool, s.conversation_id)
             if position is not None:
                 self.send({"type": "queue", "position": position})
+                return True
         elif s.state == "assigned":
             owner = await self.service.store.owner(s.conversation_id)
             if owner is not None:
                 load = await self.service.store.agent_get(owner)
                 self.send({"type": "assigned", "agent": {"id": owner,
                                                          "name": load.name if load else ""}})
+        return False
 
     async def handle(self, frame: wire.Frame) -> None:
         s = self.session
@@ -190,9 +200,11 @@ class VisitorSocket(_Socket):
             conv = await self.service.storage.conversation(s.conversation_id)
             if conv is not None and conv.state == "closed":
                 # The agent closed the chat: writing again starts a new conversation.
-                self.session, _ = await self.service.open_visitor_session(s.visitor_id)
+                self.session, created = await self.service.open_visitor_session(s.visitor_id)
                 s = self.session
                 await self.send_hello()
+                if created:
+                    await self.announce_opened()
             self.send_message(s.conversation_id, frame, visitor_id=s.visitor_id,
                               sender_type="visitor", sender_id=s.visitor_id, name=s.name)
         elif frame.type == "resume":

@@ -56,6 +56,7 @@ class Batcher:
         self._rows: list[dict[str, Any]] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._writes: set[asyncio.Future[None]] = set()
 
     async def add(self, row: dict[str, Any]) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -74,7 +75,9 @@ class Batcher:
         rows, waiters = self._rows, self._waiters
         self._rows, self._waiters = [], []
         if rows:
-            asyncio.ensure_future(self._write(rows, waiters))
+            task = asyncio.ensure_future(self._write(rows, waiters))
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
 
     async def _write(self, rows: list[dict[str, Any]], waiters: list[asyncio.Future[None]]) -> None:
         started = time.perf_counter()

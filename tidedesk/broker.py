@@ -86,6 +86,7 @@ class _Item:
 class _Queue:
     items: asyncio.Queue[_Item] = field(default_factory=asyncio.Queue)
     consumers: list[asyncio.Task[None]] = field(default_factory=list)
+    busy: set[asyncio.Task[None]] = field(default_factory=set)  # consumers inside a handler
 
 
 class MemoryBroker(Broker):
@@ -148,8 +149,11 @@ class MemoryBroker(Broker):
             q.consumers.append(asyncio.create_task(self._consume_loop(q, handler)))
 
     async def _consume_loop(self, q: _Queue, handler: Handler) -> None:
-        while True:
+        me = asyncio.current_task()
+        assert me is not None
+        while me in q.consumers:  # stop_consuming removes us; a running handler finishes first
             item = await q.items.get()
+            q.busy.add(me)
             try:
                 await handler(Envelope(item.body, item.redelivered))
             except asyncio.CancelledError:
@@ -162,13 +166,17 @@ class MemoryBroker(Broker):
                 await asyncio.sleep(0.05)  # a failing handler must not spin the loop
                 q.items.put_nowait(item)
                 continue
+            finally:
+                q.busy.discard(me)
             if item.confirmed is not None and not item.confirmed.done():
                 item.confirmed.set_result(None)
 
     async def stop_consuming(self) -> None:
         tasks = [t for q in self._queues.values() for t in q.consumers]
+        busy = {t for q in self._queues.values() for t in q.busy}
         for q in self._queues.values():
             q.consumers.clear()
         for t in tasks:
-            t.cancel()
+            if t not in busy:  # idle consumers stop now; busy ones after their handler
+                t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -10,6 +10,7 @@ import re
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from tidedesk import logs
 from tidedesk.settings import Settings, SettingsError, load_settings
@@ -18,7 +19,7 @@ log = logging.getLogger("tidedesk")
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
 
 
-def _settings(args: argparse.Namespace, **overrides: object) -> Settings:
+def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
     return load_settings(config_file=args.config, **overrides)
 
 
@@ -156,11 +157,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "controlplane":
         from controlplane.daemon import main as controlplane_main
 
-        return controlplane_main(argv[1:])
+        return int(controlplane_main(argv[1:]))
     if argv and argv[0] == "simulate":
         from controlplane.simulate import main as simulate_main
 
-        return simulate_main(argv[1:])
+        return int(simulate_main(argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         if args.command in ("dev", "chatnode", "router"):

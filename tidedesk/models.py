@@ -143,7 +143,7 @@ def open_database(url: str, pool_size: int = 4) -> pw.Database:
         )
     if parsed.scheme in ("mysql", "mysql+pool"):
         options = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
-        return PooledMySQLDatabase(
+        mysql: pw.Database = PooledMySQLDatabase(
             parsed.path.lstrip("/") or "tidedesk",
             host=parsed.hostname or "127.0.0.1",
             port=parsed.port or 3306,
@@ -155,6 +155,7 @@ def open_database(url: str, pool_size: int = 4) -> pw.Database:
             timeout=10,
             connect_timeout=5,
         )
+        return mysql
     raise ValueError(f"unsupported database URL {url!r}: use sqlite:/// or mysql://")
 
 
@@ -178,7 +179,7 @@ def migrate(shard: Shard) -> int:
     db = shard.db
     with db.connection_context():
         db.create_tables(list(shard.models.values()), safe=True)
-        version_model = shard.models["SchemaVersion"]
+        version_model: Any = shard.models["SchemaVersion"]
         row = version_model.select().order_by(version_model.version.desc()).first()
         current = row.version if row else 0
         # Upgrades from older versions go here, one step at a time.

@@ -111,7 +111,7 @@ class Field:
 # Every setting, its default and what it means. The README's configuration table mirrors this.
 FIELDS: tuple[Field, ...] = (
     Field("host", "127.0.0.1", _parse_str, "address the HTTP server binds to"),
-    Field("port", 8080, _parse_int(1, 65535), "HTTP port of the chat node / embedded server"),
+    Field("port", 8080, _parse_int(0, 65535), "HTTP port (0 = any free port)"),
     Field("data_dir", "var", _parse_str, "where embedded mode keeps SQLite and generated keys"),
     Field("database_url", None, _parse_list,
           "history database(s); comma-separated list = shards. Default: SQLite in data_dir"),
@@ -253,9 +253,11 @@ def load_settings(
                 f"TIDEDESK_DATABASE_URL: {url!r} is not a sqlite:// or mysql:// URL"
             )
     if values["broker_url"] and not values["broker_url"].startswith(("amqp://", "amqps://")):
-        raise SettingsError(f"TIDEDESK_BROKER_URL: expected amqp://..., got {values['broker_url']!r}")
+        raise SettingsError(
+            f"TIDEDESK_BROKER_URL: expected amqp://..., got {values['broker_url']!r}")
     if values["redis_url"] and not values["redis_url"].startswith(("redis://", "rediss://")):
-        raise SettingsError(f"TIDEDESK_REDIS_URL: expected redis://..., got {values['redis_url']!r}")
+        raise SettingsError(
+            f"TIDEDESK_REDIS_URL: expected redis://..., got {values['redis_url']!r}")
     if not values["node_id"]:
         values["node_id"] = f"{socket.gethostname()}-{os.getpid()}"
     if values["jwt_secret"] is None:

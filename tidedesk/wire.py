@@ -90,7 +90,8 @@ def parse_frame(raw: str | bytes, *, role: str, max_body_chars: int) -> Frame:
 
     if kind in ("message", "note"):
         frame_id = data.get("id") if isinstance(data.get("id"), str) else None
-        client_id = _require(data, "id", str, "a client-made unique id (1-64 of A-Z a-z 0-9 . _ : -)")
+        client_id = _require(data, "id", str,
+                             "a client-made unique id (1-64 of A-Z a-z 0-9 . _ : -)")
         if not CLIENT_ID_RE.match(client_id):
             raise FrameError("invalid_field", "'id' must be 1-64 characters of A-Z a-z 0-9 . _ : -",
                              frame_id=frame_id)

@@ -1,0 +1,472 @@
+"""The cluster implementation of the broker seam, on RabbitMQ through pika.
+
+Adapter: pika's ``AsyncioConnection`` on the running event loop, not ``TornadoConnection``.
+Tornado 6's IOLoop is a thin wrapper over the asyncio loop, so in a chat node both adapters end
+up registering the same socket with the same loop; the asyncio one also serves router nodes
+(which run no Tornado application), works under ``asyncio.run`` in tests and the benchmark, and
+gives one code path to reason about instead of two.
+
+Guarantees, as the seam's contract asks:
+
+- ``publish`` uses publisher confirms and persistent messages (``delivery_mode=2``). Publishes
+  are pipelined: each one is written at once and awaits its own future, resolved by the
+  broker's ``basic.ack`` for its delivery tag (``multiple=True`` settles every tag up to it).
+  A ``basic.nack``, a lost connection before the confirm, a connection blocked by a resource
+  alarm or no confirm within ``confirm_timeout_s`` raise :class:`BrokerUnavailable`; publish
+  never returns for a message RabbitMQ has not taken responsibility for.
+- Topology is declared idempotently on every (re)connect: the durable inbound queue and every
+  node queue declared so far. Node queues are durable (deliveries survive a broker restart)
+  and carry ``x-expires``, so a dead node's queue disappears ``node_queue_ttl_ms`` after its
+  last consumer went away.
+- The connection is supervised: when it is lost, ``ready`` turns False, pending publishes fail,
+  and a background task reconnects with exponential backoff and jitter, re-declares the
+  topology and restarts every consumer. While it is down, ``publish`` raises at once.
+- ``consume`` opens one channel per consumer with ``basic_qos(prefetch)``; a handler that
+  returns gets its message acked, one that raises gets it nacked with ``requeue=True``
+  (RabbitMQ then redelivers it with ``redelivered`` set). Decoding is the handler's business.
+  Messages whose handler was running when the connection dropped are redelivered as well.
+
+Inbound queue type: ``classic`` (durable) by default. ``quorum`` is accepted too, but RabbitMQ
+4.x gives quorum queues a default delivery limit of 20 and then drops the message; a router that
+keeps failing during a database outage would lose messages, so set a ``delivery-limit`` policy
+of -1 before choosing it. An existing queue must keep its type (RabbitMQ refuses a redeclare
+with other arguments, and start-up logs that as an error).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pika
+import pika.exceptions
+from pika import spec
+from pika.adapters.asyncio_connection import AsyncioConnection
+from pika.channel import Channel
+
+from tidedesk.broker import (
+    INBOUND_QUEUE,
+    Broker,
+    BrokerUnavailable,
+    Envelope,
+    Handler,
+    node_queue,
+)
+
+log = logging.getLogger(__name__)
+
+# Heartbeat asked for unless the URL sets one: a silently dead TCP link is noticed within
+# about two intervals (RabbitMQ's default, 60 s, would leave publishers hanging for minutes).
+DEFAULT_HEARTBEAT_SECS = 15
+# A failing handler's message goes back after this pause, so a broken router does not spin.
+REQUEUE_DELAY_SECS = 0.05
+# How often unconfirmed publishes are checked against confirm_timeout_s.
+CONFIRM_SWEEP_SECS = 0.5
+
+_PERSISTENT = pika.BasicProperties(delivery_mode=2)
+
+
+def _settle(fut: asyncio.Future[None], result: None) -> None:
+    if not fut.done():
+        fut.set_result(result)
+
+
+async def _cancel(chan: _Chan, consumer_tag: str) -> None:
+    await chan.call(lambda cb: chan.ch.basic_cancel(consumer_tag, cb))
+
+
+class _Chan:
+    """A pika channel whose callback-style calls can be awaited; they fail when it closes."""
+
+    def __init__(self, ch: Channel) -> None:
+        self.ch = ch
+        self.closed: BaseException | None = None
+        self._ops: set[asyncio.Future[Any]] = set()
+        ch.add_on_close_callback(self._on_close)
+
+    def _on_close(self, _ch: Channel, exc: BaseException) -> None:
+        self.closed = exc
+        for fut in self._ops:
+            if not fut.done():
+                fut.set_exception(BrokerUnavailable(f"RabbitMQ channel closed: {exc}"))
+
+    async def call(self, start: Callable[[Callable[[Any], None]], Any]) -> Any:
+        """Run ``start(callback)`` and wait for the callback's frame."""
+        if self.closed is not None or not self.ch.is_open:
+            raise BrokerUnavailable(f"RabbitMQ channel closed: {self.closed}")
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def done(frame: Any) -> None:
+            if not fut.done():
+                fut.set_result(frame)
+
+        self._ops.add(fut)
+        try:
+            try:
+                start(done)
+            except pika.exceptions.AMQPError as exc:
+                raise BrokerUnavailable(f"RabbitMQ call failed: {exc!r}") from exc
+            return await fut
+        finally:
+            self._ops.discard(fut)
+
+    def close(self) -> None:
+        if self.ch.is_open:
+            self.ch.close()
+
+
+@dataclass
+class _Session:
+    """One connection's worth of state; replaced wholesale on reconnect."""
+
+    conn: AsyncioConnection
+    lost: asyncio.Future[BaseException]
+    pub: _Chan | None = None
+    next_tag: int = 1
+    # delivery tag -> (future, monotonic deadline); oldest first, as tags only grow.
+    pending: OrderedDict[int, tuple[asyncio.Future[None], float]] = field(
+        default_factory=OrderedDict)
+    blocked: bool = False
+
+    def fail_pending(self, why: str) -> None:
+        while self.pending:
+            _, (fut, _) = self.pending.popitem(last=False)
+            if not fut.done():
+                fut.set_exception(BrokerUnavailable(why))
+
+
+@dataclass(eq=False)
+class _Subscription:
+    queue: str
+    handler: Handler
+    prefetch: int
+    session: _Session | None = None
+    chan: _Chan | None = None
+    tag: str | None = None
+
+
+class RabbitBroker(Broker):
+    """:class:`~tidedesk.broker.Broker` on RabbitMQ (``amqp://`` or ``amqps://`` URL).
+
+    ``start`` launches the connection supervisor and returns after the first attempt, connected
+    or not (``ready`` tells which; it keeps retrying). ``consume`` and ``declare_node_queue``
+    called while disconnected are remembered and carried out as soon as the connection opens.
+    """
+
+    def __init__(self, url: str, *, node_queue_ttl_ms: int = 60000,
+                 inbound_queue: str = INBOUND_QUEUE, inbound_queue_type: str = "classic",
+                 confirm_timeout_s: float = 10.0, reconnect_min_s: float = 0.2,
+                 reconnect_max_s: float = 10.0) -> None:
+        if inbound_queue_type not in ("classic", "quorum"):
+            raise ValueError(f"inbound_queue_type must be classic or quorum, "
+                             f"got {inbound_queue_type!r}")
+        self._params = pika.URLParameters(url)
+        if "heartbeat=" not in url:
+            self._params.heartbeat = DEFAULT_HEARTBEAT_SECS
+        self._node_queue_ttl_ms = node_queue_ttl_ms
+        self._inbound_queue = inbound_queue
+        self._inbound_queue_type = inbound_queue_type
+        self._confirm_timeout_s = confirm_timeout_s
+        self._reconnect_min_s = reconnect_min_s
+        self._reconnect_max_s = reconnect_max_s
+        self._session: _Session | None = None
+        self._ready = False
+        self._closing = False
+        self._node_queues: set[str] = set()
+        self._subs: list[_Subscription] = []
+        self._running: set[asyncio.Task[None]] = set()
+        self._setup_lock = asyncio.Lock()
+        self._supervisor: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._supervisor is not None:
+            return
+        self._closing = False
+        first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._supervisor = asyncio.create_task(self._supervise(first), name="rabbitmq-supervisor")
+        self._sweeper = asyncio.create_task(self._sweep_confirms(), name="rabbitmq-confirms")
+        await first
+
+    async def close(self) -> None:
+        self._closing = True
+        await self.stop_consuming()
+        self._ready = False
+        session = self._session
+        if session is not None:
+            session.fail_pending("broker closed")
+            if session.conn.is_open:
+                session.conn.close()
+            if not session.lost.done():
+                try:
+                    await asyncio.wait_for(asyncio.shield(session.lost), 5)
+                except TimeoutError:
+                    log.warning("RabbitMQ connection did not close in time")
+        for task in (self._supervisor, self._sweeper):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        self._supervisor = self._sweeper = None
+        self._session = None
+
+    @property
+    def ready(self) -> bool:
+        s = self._session
+        return self._ready and s is not None and not s.blocked
+
+    async def _supervise(self, first: asyncio.Future[None]) -> None:
+        delay = self._reconnect_min_s
+        while not self._closing:
+            session: _Session | None = None
+            try:
+                session = await self._connect()
+                async with self._setup_lock:
+                    await self._declare_topology(session)
+                    for sub in list(self._subs):
+                        await self._start_subscription(session, sub)
+                    self._ready = True
+            except Exception as exc:  # whatever went wrong, the answer is: retry later
+                self._ready = False
+                log.warning("RabbitMQ connection failed: %s; retrying in %.1f s", exc, delay,
+                            extra={"retry_in_s": delay})
+                if session is not None and session.conn.is_open:
+                    session.conn.close()
+                if not first.done():
+                    first.set_result(None)
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, self._reconnect_max_s)
+                continue
+            log.info("RabbitMQ connected")
+            delay = self._reconnect_min_s
+            if not first.done():
+                first.set_result(None)
+            why = await session.lost
+            self._ready = False
+            if not self._closing:
+                log.warning("RabbitMQ connection lost: %s; reconnecting", why)
+
+    async def _connect(self) -> _Session:
+        loop = asyncio.get_running_loop()
+        opened: asyncio.Future[AsyncioConnection] = loop.create_future()
+        lost: asyncio.Future[BaseException] = loop.create_future()
+        holder: list[_Session] = []
+
+        def on_open(conn: Any) -> None:
+            if not opened.done():
+                opened.set_result(conn)
+
+        def on_open_error(_conn: Any, exc: BaseException) -> None:
+            if not opened.done():
+                opened.set_exception(BrokerUnavailable(f"cannot connect to RabbitMQ: {exc!r}"))
+
+        def on_close(_conn: Any, exc: BaseException) -> None:
+            if holder:
+                holder[0].fail_pending(f"RabbitMQ connection lost before the confirm: {exc!r}")
+            if not lost.done():
+                lost.set_result(exc)
+
+        conn = AsyncioConnection(self._params, on_open_callback=on_open,
+                                 on_open_error_callback=on_open_error,
+                                 on_close_callback=on_close, custom_ioloop=loop)
+        await opened
+        session = _Session(conn=conn, lost=lost)
+        holder.append(session)
+        self._session = session
+
+        def on_blocked(_conn: Any, _frame: Any) -> None:
+            log.warning("RabbitMQ blocks publishers (resource alarm)")
+            session.blocked = True
+
+        def on_unblocked(_conn: Any, _frame: Any) -> None:
+            log.info("RabbitMQ unblocked publishers")
+            session.blocked = False
+
+        conn.add_on_connection_blocked_callback(on_blocked)
+        conn.add_on_connection_unblocked_callback(on_unblocked)
+        pub = await self._open_channel(session)
+        await pub.call(lambda cb: pub.ch.confirm_delivery(
+            lambda frame: self._on_confirm(session, frame), callback=cb))
+
+        def on_pub_closed(_ch: Channel, exc: BaseException) -> None:
+            # Without its confirm channel the connection is useless: start over.
+            session.fail_pending(f"RabbitMQ publish channel closed: {exc!r}")
+            if session.conn.is_open and not self._closing:
+                session.conn.close()
+
+        pub.ch.add_on_close_callback(on_pub_closed)
+        session.pub = pub
+        return session
+
+    async def _open_channel(self, session: _Session) -> _Chan:
+        loop = asyncio.get_running_loop()
+        opened: asyncio.Future[None] = loop.create_future()
+        try:
+            ch = session.conn.channel(on_open_callback=lambda _ch: _settle(opened, None))
+        except pika.exceptions.AMQPError as exc:
+            raise BrokerUnavailable(f"cannot open a RabbitMQ channel: {exc!r}") from exc
+        chan = _Chan(ch)
+
+        def on_close(_ch: Channel, exc: BaseException) -> None:
+            if not opened.done():
+                opened.set_exception(BrokerUnavailable(f"RabbitMQ channel closed: {exc!r}"))
+
+        ch.add_on_close_callback(on_close)
+        await opened
+        return chan
+
+    async def _declare_topology(self, session: _Session) -> None:
+        assert session.pub is not None
+        pub = session.pub
+        await pub.call(lambda cb: pub.ch.queue_declare(
+            self._inbound_queue, durable=True,
+            arguments={"x-queue-type": self._inbound_queue_type}, callback=cb))
+        for name in sorted(self._node_queues):
+            await self._declare_node_queue(session, name)
+
+    async def _declare_node_queue(self, session: _Session, name: str) -> None:
+        assert session.pub is not None
+        pub = session.pub
+        await pub.call(lambda cb: pub.ch.queue_declare(
+            name, durable=True,
+            arguments={"x-queue-type": "classic", "x-expires": self._node_queue_ttl_ms},
+            callback=cb))
+
+    async def declare_node_queue(self, node_id: str) -> None:
+        name = node_queue(node_id)
+        self._node_queues.add(name)
+        async with self._setup_lock:
+            session = self._session
+            if self._ready and session is not None:
+                await self._declare_node_queue(session, name)
+
+    # -- publishing -----------------------------------------------------------------------------
+    async def publish(self, queue: str, body: bytes) -> None:
+        session = self._session
+        if not self._ready or session is None or session.pub is None:
+            raise BrokerUnavailable("RabbitMQ is not connected; retry later")
+        if session.blocked:
+            raise BrokerUnavailable("RabbitMQ is blocking publishers (resource alarm); retry")
+        try:
+            session.pub.ch.basic_publish("", queue, body, _PERSISTENT)
+        except pika.exceptions.AMQPError as exc:
+            raise BrokerUnavailable(f"RabbitMQ publish failed: {exc!r}") from exc
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        session.pending[session.next_tag] = (fut, time.monotonic() + self._confirm_timeout_s)
+        session.next_tag += 1
+        await fut
+
+    def _on_confirm(self, session: _Session, frame: Any) -> None:
+        method = frame.method
+        tag: int = method.delivery_tag
+        settled: list[asyncio.Future[None]] = []
+        pending = session.pending
+        if method.multiple:
+            while pending:
+                first = next(iter(pending))
+                if first > tag:
+                    break
+                settled.append(pending.popitem(last=False)[1][0])
+        elif tag in pending:
+            settled.append(pending.pop(tag)[0])
+        nack = isinstance(method, spec.Basic.Nack)
+        for fut in settled:
+            if fut.done():
+                continue
+            if nack:
+                fut.set_exception(BrokerUnavailable("RabbitMQ refused the message (nack); retry"))
+            else:
+                fut.set_result(None)
+
+    async def _sweep_confirms(self) -> None:
+        while True:
+            await asyncio.sleep(CONFIRM_SWEEP_SECS)
+            session = self._session
+            if session is None:
+                continue
+            now = time.monotonic()
+            pending = session.pending
+            while pending:
+                tag = next(iter(pending))
+                fut, deadline = pending[tag]
+                if deadline > now:
+                    break
+                del pending[tag]
+                if not fut.done():
+                    fut.set_exception(BrokerUnavailable("RabbitMQ did not confirm in time; retry"))
+
+    # -- consuming ------------------------------------------------------------------------------
+    async def consume(self, queue: str, handler: Handler, prefetch: int = 100) -> None:
+        sub = _Subscription(queue, handler, max(1, prefetch))
+        self._subs.append(sub)
+        async with self._setup_lock:
+            session = self._session
+            if self._ready and session is not None and sub.session is not session:
+                try:
+                    await self._start_subscription(session, sub)
+                except BrokerUnavailable:
+                    self._subs.remove(sub)
+                    raise
+
+    async def _start_subscription(self, session: _Session, sub: _Subscription) -> None:
+        chan = await self._open_channel(session)
+        await chan.call(lambda cb: chan.ch.basic_qos(prefetch_count=sub.prefetch, callback=cb))
+
+        def on_message(_ch: Channel, method: Any, _props: Any, body: bytes) -> None:
+            task = asyncio.create_task(self._handle(sub, chan, method.delivery_tag,
+                                                    Envelope(body, bool(method.redelivered))))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+        def on_cancelled(_frame: Any) -> None:
+            if sub in self._subs:
+                log.warning("RabbitMQ cancelled the consumer of %s (queue deleted?)", sub.queue)
+
+        chan.ch.add_on_cancel_callback(on_cancelled)
+        tag_holder: list[str] = []
+        await chan.call(lambda cb: tag_holder.append(chan.ch.basic_consume(
+            sub.queue, on_message, auto_ack=False, callback=cb)))
+        sub.session, sub.chan, sub.tag = session, chan, tag_holder[0]
+
+    async def _handle(self, sub: _Subscription, chan: _Chan, tag: int, env: Envelope) -> None:
+        try:
+            await sub.handler(env)
+        except Exception:
+            log.exception("handler failed; message requeued", extra={"queue": sub.queue})
+            await asyncio.sleep(REQUEUE_DELAY_SECS)
+            ok = False
+        else:
+            ok = True
+        if chan.closed is not None or not chan.ch.is_open:
+            return  # the connection went; RabbitMQ redelivers the message
+        try:
+            if ok:
+                chan.ch.basic_ack(tag)
+            else:
+                chan.ch.basic_nack(tag, requeue=True)
+        except pika.exceptions.AMQPError as exc:
+            log.warning("could not settle a message on %s: %r", sub.queue, exc)
+
+    async def stop_consuming(self) -> None:
+        subs, self._subs = self._subs, []
+        for sub in subs:
+            chan, tag = sub.chan, sub.tag
+            if chan is not None and tag is not None and chan.ch.is_open:
+                try:
+                    await asyncio.wait_for(_cancel(chan, tag), 5)
+                except (BrokerUnavailable, TimeoutError) as exc:
+                    log.warning("could not cancel the consumer of %s: %r", sub.queue, exc)
+        # Handlers already running finish and settle their messages on their channels.
+        await asyncio.gather(*self._running, return_exceptions=True)
+        for sub in subs:
+            if sub.chan is not None:
+                sub.chan.close()
