@@ -299,7 +299,7 @@ class RabbitBroker(Broker):
 
         def on_pub_closed(_ch: Channel, exc: BaseException) -> None:
             # Without its confirm channel the connection is useless: start over.
-            session.fail_pending(f"RabbitMQ publish channel closed: {exc!r}")
+            session.fail_pending(f"RabbitMQ channel closed before the confirm: {exc!r}")
             if session.conn.is_open and not self._closing:
                 session.conn.close()
 

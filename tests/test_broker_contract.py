@@ -1,0 +1,560 @@
+"""One contract for the broker seam, run against MemoryBroker and RabbitBroker.
+
+RabbitMQ runs use the real server on 127.0.0.1:5672 (guest/guest) with queue names unique to
+each test, deleted afterwards. Queue names come from the fixture: ``ctx.inbound`` is this
+test's inbound queue (publish waits for the consumer's ack on the memory broker, for the
+broker's confirm on RabbitMQ), ``ctx.node(name)`` a node id whose queue is plain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pika
+import pika.exceptions
+import pytest
+
+from tidedesk.broker import (
+    Broker,
+    BrokerUnavailable,
+    Envelope,
+    MemoryBroker,
+    node_queue,
+)
+from tidedesk.rabbitmq import RabbitBroker
+
+AMQP_HOST = os.environ.get("TIDEDESK_TEST_AMQP_HOST", "127.0.0.1")
+AMQP_PORT = int(os.environ.get("TIDEDESK_TEST_AMQP_PORT", "5672"))
+AMQP_URL = f"amqp://guest:guest@{AMQP_HOST}:{AMQP_PORT}/%2F"
+
+
+def _blocking() -> pika.BlockingConnection:
+    return pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+
+
+def _delete_queues(names: list[str]) -> None:
+    conn = _blocking()
+    try:
+        ch = conn.channel()
+        for name in names:
+            ch.queue_delete(name)
+    finally:
+        conn.close()
+
+
+def _queue_exists(name: str) -> bool:
+    conn = _blocking()
+    try:
+        conn.channel().queue_declare(name, passive=True)
+        return True
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        assert exc.reply_code == 404
+        return False
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
+@dataclass
+class Ctx:
+    kind: str
+    tag: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    brokers: list[Broker] = field(default_factory=list)
+
+    @property
+    def inbound(self) -> str:
+        return f"tidedesk-test.{self.tag}.inbound"
+
+    def node(self, name: str) -> str:
+        return f"test-{self.tag}-{name}"
+
+    def queues(self) -> list[str]:
+        return [self.inbound] + [node_queue(self.node(n)) for n in ("a", "b", "c")]
+
+    async def broker(self, **kwargs: Any) -> Broker:
+        """A started broker; closed by the runner. Several share the same queues on RabbitMQ."""
+        b: Broker
+        if self.kind == "memory":
+            b = MemoryBroker(confirm_on_ack=(self.inbound,), confirm_timeout_s=5)
+        else:
+            b = RabbitBroker(kwargs.pop("url", AMQP_URL), inbound_queue=self.inbound,
+                             reconnect_min_s=0.05, reconnect_max_s=0.5, **kwargs)
+        self.brokers.append(b)
+        await b.start()
+        return b
+
+
+Body = Callable[[Ctx], Awaitable[None]]
+Runner = Callable[[Body], None]
+
+
+def _runner(kind: str) -> Runner:
+    def run(body: Body) -> None:
+        ctx = Ctx(kind)
+
+        async def main() -> None:
+            try:
+                await asyncio.wait_for(body(ctx), 30)
+            finally:
+                for b in ctx.brokers:
+                    await b.close()
+
+        try:
+            asyncio.run(main())
+        finally:
+            if kind == "rabbitmq":
+                _delete_queues(ctx.queues())
+
+    return run
+
+
+@pytest.fixture(params=["memory", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
+def run(request: pytest.FixtureRequest) -> Runner:
+    return _runner(request.param)
+
+
+class Collector:
+    """A handler that records envelopes and lets a test wait for a count."""
+
+    def __init__(self) -> None:
+        self.seen: list[Envelope] = []
+        self._changed = asyncio.Event()
+
+    async def __call__(self, env: Envelope) -> None:
+        self.seen.append(env)
+        self._changed.set()
+
+    @property
+    def bodies(self) -> list[bytes]:
+        return [e.body for e in self.seen]
+
+    async def wait_for(self, n: int, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.seen) < n:
+            self._changed.clear()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"got {len(self.seen)} of {n} messages")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+
+
+# -- the contract ---------------------------------------------------------------------------
+
+def test_ready_after_start_and_not_after_close(run: Runner) -> None:
+    async def body(ctx: Ctx) -> None:
+        b = await ctx.broker()
+        assert b.ready
+        await b.close()
+        assert not b.ready
+        with pytest.raises(BrokerUnavailable):
+            await b.publish(node_queue(ctx.node("a")), b"after close")
+        with pytest.raises(BrokerUnavailable):
+            await b.publish(ctx.inbound, b"after close")
+
+    run(body)
+
+
+def test_publish_consume_ack(run: Runner) -> None:
+    async def body(ctx: Ctx) -> None:
+        b = await ctx.broker()
+        await b.declare_node_queue(ctx.node("a"))
+        q = node_queue(ctx.node("a"))
+        sent = [f"m{i}".encode() for i in range(20)]
+        for m in sent:
+            await b.publish(q, m)
+        got = Collector()
+        await b.consume(q, got, prefetch=1)
+        await got.wait_for(20)
+        assert got.bodies == sent  # one consumer, prefetch 1: publish order
+        assert not any(e.redelivered for e in got.seen)
+        await b.stop_consuming()
+        # everything was acknowledged: a new consumer finds nothing
+        again = Collector()
+        await b.consume(q, again, prefetch=10)
+        await asyncio.sleep(0.3)
+        assert again.seen == []
+
+    run(body)
+
+
+def test_inbound_publish_returns_once_safe(run: Runner) -> None:
+    """Consume first: on the memory broker publish waits for this consumer's ack."""
+
+    async def body(ctx: Ctx) -> None:
+        b = await ctx.broker()
+        got = Collector()
+        await b.consume(ctx.inbound, got, prefetch=10)
+        sent = {f"in{i}".encode() for i in range(30)}
+        await asyncio.gather(*(b.publish(ctx.inbound, m) for m in sent))
+        await got.wait_for(len(sent))
+        assert set(got.bodies) == sent and len(got.bodies) == len(sent)
+
+    run(body)
+
+
+def test_raising_handler_gets_the_message_redelivered(run: Runner) -> None:
+    async def body(ctx: Ctx) -> None:
+        b = await ctx.broker()
+        await b.declare_node_queue(ctx.node("a"))
+        q = node_queue(ctx.node("a"))
+        seen: list[tuple[bytes, bool]] = []
+        done = asyncio.Event()
+        failed: set[bytes] = set()
+
+        async def flaky(env: Envelope) -> None:
+            seen.append((env.body, env.redelivered))
+            if env.body not in failed:
+                failed.add(env.body)
+                raise RuntimeError("database hiccup")
+            if len({m for m, _ in seen}) == 3 and len(seen) >= 6:
+                done.set()
+
+        await b.consume(q, flaky, prefetch=5)
+        for m in (b"x", b"y", b"z"):
+            await b.publish(q, m)
+        await asyncio.wait_for(done.wait(), 10)
+        await asyncio.sleep(0.2)  # nothing further arrives: the second attempts were acked
+        for m in (b"x", b"y", b"z"):
+            assert [r for body_, r in seen if body_ == m] == [False, True]
+
+    run(body)
+
+
+def test_prefetch_bounds_concurrency(run: Runner) -> None:
+    async def body(ctx: Ctx) -> None:
+        b = await ctx.broker()
+        await b.declare_node_queue(ctx.node("a"))
+        q = node_queue(ctx.node("a"))
+        active = peak = finished = 0
+
+        async def slow(env: Envelope) -> None:
+            nonlocal active, peak, finished
+            active += 1
+            peak = max(peak, active)
+            await asyncio.sleep(0.03)
+            active -= 1
+            finished += 1
+
+        for i in range(24):
+            await b.publish(q, str(i).encode())
+        await b.consume(q, slow, prefetch=3)
+        deadline = time.monotonic() + 10
+        while finished < 24 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert finished == 24
+        assert peak == 3
+
+    run(body)
+
+
+def test_stop_consuming_lets_running_handlers_finish(run: Runner) -> None:
+    async def body(ctx: Ctx) -> None:
+        b = await ctx.broker()
+        await b.declare_node_queue(ctx.node("a"))
+        q = node_queue(ctx.node("a"))
+        gate = asyncio.Event()
+        started: list[bytes] = []
+        finished: list[bytes] = []
+
+        async def held(env: Envelope) -> None:
+            started.append(env.body)
+            await gate.wait()
+            finished.append(env.body)
+
+        await b.publish(q, b"one")
+        await b.publish(q, b"two")
+        await b.consume(q, held, prefetch=2)
+        while len(started) < 2:
+            await asyncio.sleep(0.01)
+        stopping = asyncio.create_task(b.stop_consuming())
+        await asyncio.sleep(0.2)
+        assert not stopping.done()  # waits for the running handlers
+        await b.publish(q, b"three")  # not taken by the stopped consumer
+        gate.set()
+        await asyncio.wait_for(stopping, 5)
+        assert sorted(finished) == [b"one", b"two"]
+        await asyncio.sleep(0.2)
+        assert sorted(started) == [b"one", b"two"]
+        later = Collector()
+        await b.consume(q, later, prefetch=10)
+        await later.wait_for(1)
+        await asyncio.sleep(0.2)
+        assert later.bodies == [b"three"]  # one and two were acked, not redelivered
+
+    run(body)
+
+
+def test_node_queues_are_separate_and_declaring_is_idempotent(run: Runner) -> None:
+    async def body(ctx: Ctx) -> None:
+        b = await ctx.broker()
+        for _ in range(2):
+            await b.declare_node_queue(ctx.node("a"))
+            await b.declare_node_queue(ctx.node("b"))
+        to_a, to_b = Collector(), Collector()
+        await b.consume(node_queue(ctx.node("a")), to_a, prefetch=10)
+        await b.consume(node_queue(ctx.node("b")), to_b, prefetch=10)
+        await b.publish(node_queue(ctx.node("a")), b"for a")
+        await b.publish(node_queue(ctx.node("b")), b"for b1")
+        await b.publish(node_queue(ctx.node("b")), b"for b2")
+        await to_a.wait_for(1)
+        await to_b.wait_for(2)
+        await asyncio.sleep(0.1)
+        assert to_a.bodies == [b"for a"]
+        assert to_b.bodies == [b"for b1", b"for b2"]
+
+    run(body)
+
+
+def test_two_brokers_share_the_inbound_queue(run: Runner) -> None:
+    """Chat node and router are two processes on RabbitMQ; on the memory broker, one object."""
+
+    async def body(ctx: Ctx) -> None:
+        chat = await ctx.broker()
+        router = chat if ctx.kind == "memory" else await ctx.broker()
+        got = Collector()
+        await router.consume(ctx.inbound, got, prefetch=50)
+        sent = [f"c{i}".encode() for i in range(100)]
+        await asyncio.gather(*(chat.publish(ctx.inbound, m) for m in sent))
+        await got.wait_for(100)
+        assert sorted(got.bodies) == sorted(sent)
+
+    run(body)
+
+
+# -- RabbitMQ only: topology, outages and confirms -----------------------------------------
+
+rabbit = _runner("rabbitmq")
+
+
+@pytest.mark.rabbitmq
+def test_rabbit_topology_is_durable_and_messages_persistent() -> None:
+    async def body(ctx: Ctx) -> None:
+        b = await ctx.broker()
+        await b.declare_node_queue(ctx.node("a"))
+        await b.publish(node_queue(ctx.node("a")), b"persist me")
+        await b.publish(ctx.inbound, b"inbound")
+        await b.close()
+        conn = _blocking()
+        try:
+            ch = conn.channel()
+            for name in (ctx.inbound, node_queue(ctx.node("a"))):
+                # redeclaring with durable=True and no other args would fail if they differed
+                ok = ch.queue_declare(name, passive=True)
+                assert ok.method.message_count == 1
+                method, props, _ = ch.basic_get(name, auto_ack=True)
+                assert method is not None and props.delivery_mode == 2
+        finally:
+            conn.close()
+
+    rabbit(body)
+
+
+@pytest.mark.rabbitmq
+def test_rabbit_node_queue_expires_when_its_node_is_gone() -> None:
+    async def body(ctx: Ctx) -> None:
+        b = await ctx.broker(node_queue_ttl_ms=300)
+        await b.declare_node_queue(ctx.node("a"))
+        assert _queue_exists(node_queue(ctx.node("a")))
+        await b.close()
+        # Look only once: a passive declare counts as use and would renew the lease.
+        await asyncio.sleep(1.5)
+        assert not _queue_exists(node_queue(ctx.node("a")))
+
+    rabbit(body)
+
+
+@pytest.mark.rabbitmq
+def test_rabbit_unreachable_broker_is_not_ready_and_publish_raises() -> None:
+    async def body(ctx: Ctx) -> None:
+        b = await ctx.broker(url="amqp://guest:guest@127.0.0.1:9/%2F")  # discard port: refused
+        assert not b.ready
+        t0 = time.monotonic()
+        with pytest.raises(BrokerUnavailable):
+            await b.publish(ctx.inbound, b"nowhere")
+        assert time.monotonic() - t0 < 0.1
+        await b.declare_node_queue(ctx.node("a"))  # remembered for when it connects
+        await b.consume(ctx.inbound, Collector())
+
+    rabbit(body)
+
+
+class Proxy:
+    """A TCP proxy in front of RabbitMQ that a test can cut and restore."""
+
+    def __init__(self) -> None:
+        self.up = True
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._links: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Proxy]:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        try:
+            yield self
+        finally:
+            self.cut()
+            self._server.close()
+            await self._server.wait_closed()
+            for t in self._tasks:
+                t.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+
+    async def _accept(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        if not self.up:
+            w.transport.abort()
+            return
+        ur, uw = await asyncio.open_connection(AMQP_HOST, AMQP_PORT)
+        self._links.append((w, uw))
+        for src, dst in ((r, uw), (ur, w)):
+            t = asyncio.create_task(self._pipe(src, dst))
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            dst.transport.abort()
+
+    def cut(self) -> None:
+        self.up = False
+        for w, uw in self._links:
+            w.transport.abort()
+            uw.transport.abort()
+        self._links.clear()
+
+    def restore(self) -> None:
+        self.up = True
+
+
+async def _until(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.rabbitmq
+def test_rabbit_reconnects_and_resumes_consuming() -> None:
+    async def body(ctx: Ctx) -> None:
+        async with Proxy().running() as proxy:
+            b = await ctx.broker(url=proxy.url)
+            assert b.ready
+            await b.declare_node_queue(ctx.node("a"))
+            q = node_queue(ctx.node("a"))
+            got = Collector()
+            await b.consume(q, got, prefetch=10)
+            await b.publish(q, b"before")
+            await got.wait_for(1)
+            proxy.cut()
+            await _until(lambda: not b.ready, 5, "ready stayed True after the connection died")
+            t0 = time.monotonic()
+            with pytest.raises(BrokerUnavailable):
+                await b.publish(q, b"while down")
+            assert time.monotonic() - t0 < 0.1  # at once, not after a timeout
+            proxy.restore()
+            await _until(lambda: b.ready, 10, "did not reconnect")
+            await b.publish(q, b"after")
+            await got.wait_for(2)
+            assert got.bodies == [b"before", b"after"]
+
+    rabbit(body)
+
+
+@pytest.mark.rabbitmq
+def test_rabbit_in_flight_publishes_fail_or_are_stored_never_lost() -> None:
+    """Cut the connection under a burst: each publish returns or raises BrokerUnavailable, and
+    every one that returned is in the queue afterwards."""
+
+    async def body(ctx: Ctx) -> None:
+        async with Proxy().running() as proxy:
+            b = await ctx.broker(url=proxy.url)
+            await b.declare_node_queue(ctx.node("a"))
+            q = node_queue(ctx.node("a"))
+            confirmed: list[bytes] = []
+            errors: list[BaseException] = []
+
+            async def stream(n: int) -> None:
+                # keeps one publish in flight until the broker fails it
+                for i in range(100_000):
+                    m = f"s{n}-{i}".encode()
+                    try:
+                        await b.publish(q, m)
+                    except Exception as exc:
+                        errors.append(exc)
+                        return
+                    confirmed.append(m)
+
+            streams = [asyncio.create_task(stream(n)) for n in range(50)]
+            await _until(lambda: len(confirmed) >= 500, 10, "no confirms arrived")
+            proxy.cut()
+            await asyncio.wait_for(asyncio.gather(*streams), 10)
+            assert len(errors) == 50
+            assert all(isinstance(e, BrokerUnavailable) for e in errors), errors[:3]
+            in_flight = [e for e in errors if "before the confirm" in str(e)]
+            assert in_flight, "the cut caught no publish in flight"
+            await b.close()
+        stored: set[bytes] = set()
+        conn = _blocking()
+        try:
+            ch = conn.channel()
+            while True:
+                method, _, data = ch.basic_get(q, auto_ack=True)
+                if method is None:
+                    break
+                stored.add(data)
+        finally:
+            conn.close()
+        assert set(confirmed) <= stored
+
+    rabbit(body)
+
+
+@pytest.mark.rabbitmq
+def test_rabbit_confirms_settle_by_tag_multiple_and_nack() -> None:
+    """The confirm bookkeeping on its own: ``multiple`` acks settle every tag up to theirs."""
+
+    async def body(ctx: Ctx) -> None:
+        b = await ctx.broker()
+        assert isinstance(b, RabbitBroker)
+        session = b._session
+        assert session is not None
+        loop = asyncio.get_running_loop()
+        futs = {tag: loop.create_future() for tag in range(1000, 1006)}
+        for tag, fut in futs.items():
+            session.pending[tag] = (fut, time.monotonic() + 60)
+
+        def frame(method: Any) -> Any:
+            return type("Frame", (), {"method": method})()
+
+        b._on_confirm(session, frame(pika.spec.Basic.Ack(delivery_tag=1003, multiple=True)))
+        assert [futs[t].done() for t in sorted(futs)] == [True] * 4 + [False] * 2
+        b._on_confirm(session, frame(pika.spec.Basic.Nack(delivery_tag=1005, multiple=False)))
+        assert futs[1005].done() and isinstance(futs[1005].exception(), BrokerUnavailable)
+        assert not futs[1004].done()
+        b._on_confirm(session, frame(pika.spec.Basic.Ack(delivery_tag=1004, multiple=False)))
+        assert all(f.done() for f in futs.values())
+        assert [f.exception() for t, f in sorted(futs.items()) if t < 1005] == [None] * 5
+        assert 1000 not in session.pending and 1005 not in session.pending
+
+    rabbit(body)
