@@ -1,0 +1,176 @@
+"""Browser tests: Debian's Chromium, driven by Playwright (sync API), against a real embedded
+Tidedesk server started per test module (``tidedesk dev`` in a subprocess, SQLite in tmp).
+
+Playwright cannot download its own browsers here; the tests use /usr/bin/chromium, installed by
+scripts/system-deps.sh. A missing Chromium fails the tests with that instruction, never skips.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = os.environ.get("TIDEDESK_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+SCREENSHOTS = ROOT / "artifacts" / "screenshots"
+DEMO_EMAIL = "demo@tidedesk.local"
+DEMO_PASSWORD = "tidedesk-demo"
+DEMO_NAME = "Demo Agent"
+# Starting the embedded server (SQLite migrations, demo seed) takes about a second.
+SERVER_START_TIMEOUT_SECS = 30.0
+# Default wait for something to appear in a page (deliveries are in-process: milliseconds).
+UI_TIMEOUT_MS = 8000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _tidedesk_cmd() -> list[str]:
+    script = ROOT / ".venv" / "bin" / "tidedesk"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "tidedesk.cli"]
+
+
+@dataclass
+class Server:
+    base_url: str
+    data_dir: Path
+    env: dict[str, str]
+    log_path: Path
+
+    def create_agent(self, *, email: str, password: str, name: str, pools: str = "general",
+                     max_chats: int = 1, role: str = "agent", totp: bool = False) -> str | None:
+        """Create an agent with the real CLI; returns the TOTP secret when ``totp``."""
+        cmd = [*_tidedesk_cmd(), "admin", "create-agent", "--email", email, "--password",
+               password, "--name", name, "--pools", pools, "--max-chats", str(max_chats),
+               "--role", role]
+        if totp:
+            cmd.append("--totp")
+        done = subprocess.run(cmd, env=self.env, cwd=ROOT, capture_output=True, text=True,
+                              timeout=60, check=False)
+        if done.returncode != 0:
+            pytest.fail(f"tidedesk admin create-agent failed ({done.returncode}):\n"
+                        f"{done.stdout}\n{done.stderr}")
+        match = re.search(r"TOTP secret:\s*([A-Z2-7]+)", done.stdout)
+        return match.group(1) if match else None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no server log)"
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], server: Server) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_SECS
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"tidedesk dev exited with {proc.returncode} while starting:\n"
+                        f"{server.log_tail()}")
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"tidedesk dev did not become ready within {SERVER_START_TIMEOUT_SECS}s:\n"
+                f"{server.log_tail()}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A real embedded server (chat node + router + SQLite) on a free loopback port."""
+    data_dir = tmp_path_factory.mktemp("tidedesk")
+    port = _free_port()
+    env = dict(os.environ)
+    env.update({
+        "TIDEDESK_PORT": str(port), "TIDEDESK_HOST": "127.0.0.1",
+        "TIDEDESK_DATA_DIR": str(data_dir), "TIDEDESK_LOG_FORMAT": "text",
+        "TIDEDESK_DEMO_AGENT_EMAIL": DEMO_EMAIL, "TIDEDESK_DEMO_AGENT_PASSWORD": DEMO_PASSWORD,
+    })
+    for key in ("TIDEDESK_BROKER_URL", "TIDEDESK_REDIS_URL", "TIDEDESK_DATABASE_URL"):
+        env.pop(key, None)  # embedded mode, whatever the developer's shell says
+    log_path = data_dir / "server.log"
+    base = f"http://127.0.0.1:{port}"
+    srv = Server(base_url=base, data_dir=data_dir, env=env, log_path=log_path)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([*_tidedesk_cmd(), "dev"], env=env, cwd=ROOT, stdout=log,
+                                stderr=subprocess.STDOUT)
+    try:
+        _wait_ready(base, proc, srv)
+        yield srv
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"Chromium is missing ({CHROMIUM} not found): the browser tests drive "
+                    "Debian's chromium. Run scripts/system-deps.sh (as root) to install it.")
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        try:
+            b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        except PlaywrightError as exc:
+            pytest.fail(f"Chromium at {CHROMIUM} did not start ({exc}). "
+                        "Run scripts/system-deps.sh to (re)install Debian's chromium.")
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def new_context(browser: Any) -> Iterator[Any]:
+    """Factory for isolated browser contexts (own storage, own network switch), closed after."""
+    made: list[Any] = []
+
+    def make(**kwargs: Any) -> Any:
+        kwargs.setdefault("viewport", {"width": 1180, "height": 760})
+        kwargs.setdefault("locale", "en-US")
+        ctx = browser.new_context(**kwargs)
+        ctx.set_default_timeout(UI_TIMEOUT_MS)
+        made.append(ctx)
+        return ctx
+
+    yield make
+    for ctx in made:
+        with contextlib.suppress(Exception):
+            ctx.close()
+
+
+def screenshot(page: Any, name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path))
+    return path

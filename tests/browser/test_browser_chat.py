@@ -1,0 +1,181 @@
+"""The widget and the console hold a chat in a real Chromium against a real embedded server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyotp
+import pytest
+from playwright.sync_api import expect
+
+from tests.browser.conftest import DEMO_EMAIL, DEMO_NAME, DEMO_PASSWORD, Server, screenshot
+from tests.browser.ui_pages import Console, Widget
+
+pytestmark = pytest.mark.browser
+
+
+def _agent(new_context: Any, server: Server) -> Console:
+    return Console(new_context().new_page(), server.base_url).sign_in(DEMO_EMAIL, DEMO_PASSWORD)
+
+
+def test_visitor_and_agent_chat_both_ways(server: Server, new_context: Any) -> None:
+    agent = _agent(new_context, server)
+    visitor = Widget(new_context().new_page(), server.base_url).open()
+
+    visitor.send("Hello, is the oak side table in stock?")
+    # The chat reaches the console live, with an unread count, without a reload.
+    item = agent.chat_items().filter(has_text="oak side table")
+    expect(item).to_have_count(1)
+    agent.open_chat_with("oak side table")
+    agent.expect_message("Hello, is the oak side table in stock?")
+    expect(visitor.host).to_have_attribute("data-state", "assigned")
+    expect(visitor.page.get_by_test_id("td-status")).to_have_text(DEMO_NAME)
+
+    # Typing indicators both ways.
+    agent.composer().fill("Yes")
+    expect(visitor.page.get_by_test_id("td-typing")).to_contain_text("typing")
+    agent.composer().press("Enter")
+    visitor.expect_message("Yes")
+    visitor.page.get_by_test_id("td-input").fill("Great")
+    expect(agent.page.get_by_test_id("chat-typing")).to_contain_text("typing")
+    visitor.page.get_by_test_id("td-input").press("Enter")
+    agent.expect_message("Great")
+
+    # Canned response picked with "/" in the composer.
+    agent.composer().fill("/ship")
+    expect(agent.page.get_by_test_id("canned-item")).to_have_count(1)
+    agent.composer().press("Enter")
+    expect(agent.composer()).to_have_value(
+        "Orders ship within 24 hours; you will get a tracking link by e-mail.")
+    agent.composer().press("Enter")
+    visitor.expect_message("Orders ship within 24 hours")
+
+    # A private note: agents see it, the visitor never does.
+    agent.page.get_by_test_id("mode-note").click()
+    agent.send("VIP customer, offer free delivery")
+    expect(agent.page.locator("[data-private=true]")).to_have_count(1)
+    agent.page.get_by_test_id("mode-reply").click()
+    agent.send("Delivery is free for you today.")
+    visitor.expect_message("Delivery is free for you today.")
+    expect(visitor.bodies().filter(has_text="VIP customer")).to_have_count(0)
+
+    # Every message once, in seq order, on both sides.
+    agent.expect_all_acked()
+    expect(visitor.page.locator("tidedesk-widget [data-pending=true]")).to_have_count(0)
+    seen = visitor.messages()
+    assert [body for _, _, body in seen] == [
+        "Hello, is the oak side table in stock?", "Yes", "Great",
+        "Orders ship within 24 hours; you will get a tracking link by e-mail.",
+        "Delivery is free for you today."]
+    seqs = [seq for seq, _, _ in seen]
+    assert all(isinstance(s, int) for s in seqs) and seqs == sorted(set(seqs))
+    console_seqs = [m[0] for m in agent.messages()]
+    assert console_seqs == sorted(set(console_seqs)) and len(console_seqs) == 6
+
+    screenshot(visitor.page, "widget-chat")
+    screenshot(agent.page, "console-chat")
+    agent.close_current_chat()
+    expect(visitor.page.get_by_test_id("td-closed")).to_be_visible()
+
+
+def test_offline_visitor_gets_missed_messages_once_in_order(server: Server,
+                                                            new_context: Any) -> None:
+    agent = _agent(new_context, server)
+    visitor_ctx = new_context()
+    visitor = Widget(visitor_ctx.new_page(), server.base_url).open()
+    visitor.send("Hi, I am on a train")
+    agent.open_chat_with("on a train")
+    agent.send("Welcome aboard")
+    visitor.expect_message("Welcome aboard")
+
+    visitor_ctx.set_offline(True)
+    expect(visitor.host).to_have_attribute("data-conn", "offline")
+    expect(visitor.page.get_by_test_id("td-banner")).to_be_visible()
+    # Written while offline: shown as pending, sent (once) after the reconnect.
+    visitor.send("Tunnel!")
+    expect(visitor.page.locator("tidedesk-widget [data-pending=true]")).to_have_count(1)
+    for text in ("first while away", "second while away", "third while away"):
+        agent.send(text)
+    agent.expect_all_acked()
+    visitor.page.wait_for_timeout(500)
+    expect(visitor.bodies().filter(has_text="while away")).to_have_count(0)
+
+    visitor_ctx.set_offline(False)
+    expect(visitor.host).to_have_attribute("data-conn", "online")
+    visitor.expect_message("third while away")
+    agent.expect_message("Tunnel!")
+    expect(visitor.page.locator("tidedesk-widget [data-pending=true]")).to_have_count(0)
+    visitor.page.wait_for_timeout(300)  # anything shown twice would show up by now
+
+    bodies = [body for _, _, body in visitor.messages()]
+    assert bodies[:2] == ["Hi, I am on a train", "Welcome aboard"]
+    assert sorted(bodies[2:]) == sorted(
+        ["Tunnel!", "first while away", "second while away", "third while away"])
+    away = [b for b in bodies if "while away" in b]
+    assert away == ["first while away", "second while away", "third while away"]
+    seqs = [seq for seq, _, _ in visitor.messages()]
+    assert seqs == sorted(set(seqs)) and None not in seqs
+    assert [b for _, _, b, _ in agent.messages()].count("Tunnel!") == 1
+    agent.close_current_chat()
+
+
+def test_switching_language_changes_interface_text(server: Server, new_context: Any) -> None:
+    visitor = Widget(new_context().new_page(), server.base_url)
+    visitor.page.goto(server.base_url + "/demo")
+    visitor.page.get_by_test_id("td-launcher").click()
+    title = visitor.page.get_by_test_id("td-title")
+    expect(title).to_have_text("Chat with us")
+    expect(visitor.page.get_by_test_id("td-send")).to_have_text("Send")
+    visitor.page.get_by_test_id("td-lang").click()
+    expect(title).to_have_text("在线客服")
+    expect(visitor.page.get_by_test_id("td-send")).to_have_text("发送")
+    expect(visitor.page.get_by_test_id("td-input")).to_have_attribute("placeholder", "输入消息…")
+    screenshot(visitor.page, "widget-zh-CN")
+    visitor.page.get_by_test_id("td-lang").click()
+    expect(title).to_have_text("Chat with us")
+
+    # Without data-lang the widget follows the browser's language.
+    zh_ctx = new_context(locale="zh-CN")
+    zh_page = zh_ctx.new_page()
+    zh_page.route(server.base_url + "/plain-shop", lambda route: route.fulfill(
+        content_type="text/html",
+        body="<!doctype html><meta charset=utf-8><p>Shop</p><script src='/widget.js'></script>"))
+    zh_page.goto(server.base_url + "/plain-shop")
+    zh_page.get_by_test_id("td-launcher").click()
+    expect(zh_page.get_by_test_id("td-title")).to_have_text("在线客服")
+
+    # The console: sign-in page and the signed-in view.
+    page = new_context().new_page()
+    page.goto(server.base_url + "/console")
+    expect(page.get_by_test_id("login-submit")).to_have_text("Sign in")
+    page.get_by_test_id("login-lang").select_option("zh-CN")
+    expect(page.get_by_test_id("login-submit")).to_have_text("登录")
+    console = Console(page, server.base_url).sign_in(DEMO_EMAIL, DEMO_PASSWORD)
+    expect(page.locator("[data-i18n=myChats]")).to_have_text("我的对话")
+    expect(page.get_by_test_id("conn")).to_contain_text("已连接")
+    screenshot(page, "console-zh-CN")
+    page.get_by_test_id("lang").select_option("en")
+    expect(page.locator("[data-i18n=myChats]")).to_have_text("My chats")
+    console.expect_online()
+
+
+def test_agent_with_two_factor_signs_in_with_totp_step(server: Server,
+                                                       new_context: Any) -> None:
+    secret = server.create_agent(email="twofa@example.com", password="correct-horse-1",
+                                 name="Tina Two-Factor", pools="training", totp=True)
+    assert secret
+    page = new_context().new_page()
+    page.goto(server.base_url + "/console")
+    page.get_by_test_id("login-email").fill("twofa@example.com")
+    page.get_by_test_id("login-password").fill("correct-horse-1")
+    page.get_by_test_id("login-submit").click()
+    expect(page.get_by_test_id("login-totp")).to_be_visible()
+    page.get_by_test_id("login-totp").fill("000000" if pyotp.TOTP(secret).now() != "000000"
+                                          else "111111")
+    page.get_by_test_id("login-submit").click()
+    expect(page.get_by_test_id("login-error")).to_contain_text("code")
+    console = Console(page, server.base_url)
+    page.get_by_test_id("login-totp").fill(pyotp.TOTP(secret).now())
+    page.get_by_test_id("login-submit").click()
+    console.expect_online()
+    expect(page.get_by_test_id("me-name")).to_have_text("Tina Two-Factor")
