@@ -1,0 +1,107 @@
+"""The ``tidedesk`` command, run as a real process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+TIDEDESK = [sys.executable, "-m", "tidedesk.cli"]
+
+
+def run(args: list[str], data_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TIDEDESK_")}
+    full_env.update(TIDEDESK_DATA_DIR=str(data_dir), **env)
+    return subprocess.run(TIDEDESK + args, capture_output=True, text=True, env=full_env,
+                          timeout=60, check=False)
+
+
+@pytest.mark.parametrize("args", [
+    [], ["dev"], ["chatnode"], ["router"], ["migrate"], ["admin"], ["admin", "create-agent"],
+    ["admin", "list-agents"],
+], ids=lambda a: " ".join(a) or "top")
+def test_help_everywhere(tmp_path: Path, args: list[str]) -> None:
+    out = run([*args, "--help"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "usage: tidedesk" in out.stdout
+
+
+def test_create_and_list_agents(tmp_path: Path) -> None:
+    out = run(["admin", "create-agent", "--email", "mia@shop.test", "--password", "s3cret-pw",
+               "--name", "Mia", "--pools", "general,experts", "--max-chats", "4", "--totp"],
+              tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "TOTP secret: " in out.stdout and "otpauth://totp/" in out.stdout
+    listed = run(["admin", "list-agents"], tmp_path)
+    assert "mia@shop.test" in listed.stdout and "general,experts" in listed.stdout
+    again = run(["admin", "create-agent", "--email", "mia@shop.test", "--password", "s3cret-pw",
+                 "--name", "Mia"], tmp_path)
+    assert again.returncode == 2 and "exists already" in again.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--email", "not-an-email", "--password", "longenough", "--name", "X"], "--email"),
+    (["--email", "a@b.c", "--password", "short", "--name", "X"], "--password"),
+    (["--email", "a@b.c", "--password", "longenough", "--name", "X", "--max-chats", "0"],
+     "--max-chats"),
+    (["--email", "a@b.c", "--password", "longenough", "--name", "X", "--pools", " , "],
+     "--pools"),
+], ids=["email", "password", "max-chats", "pools"])
+def test_create_agent_refuses_bad_input_without_traceback(tmp_path: Path, args: list[str],
+                                                          message: str) -> None:
+    out = run(["admin", "create-agent", *args], tmp_path)
+    assert out.returncode == 2
+    assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_bad_setting_fails_start_naming_the_key(tmp_path: Path) -> None:
+    out = run(["dev"], tmp_path, TIDEDESK_PORT="http")
+    assert out.returncode == 2
+    assert "TIDEDESK_PORT" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_chatnode_without_cluster_urls_says_what_to_set(tmp_path: Path) -> None:
+    out = run(["chatnode"], tmp_path)
+    assert out.returncode == 2 and "TIDEDESK_BROKER_URL" in out.stderr
+
+
+def test_migrate_is_idempotent(tmp_path: Path) -> None:
+    for _ in range(2):
+        out = run(["migrate"], tmp_path)
+        assert out.returncode == 0 and "schema at version" in out.stdout
+
+
+def test_dev_prints_where_everything_is_and_serves(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDEDESK_")}
+    env.update(TIDEDESK_DATA_DIR=str(tmp_path), TIDEDESK_PORT=str(port),
+               TIDEDESK_DEMO_AGENT_EMAIL="owner@shop.test")
+    proc = subprocess.Popen(TIDEDESK + ["dev"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("tidedesk dev did not become ready in 30 s")
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    for text in (f"http://127.0.0.1:{port}/demo", f"http://127.0.0.1:{port}/console",
+                 "/api/v1/openapi.json", "owner@shop.test"):
+        assert text in out
