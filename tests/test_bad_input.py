@@ -89,7 +89,7 @@ def test_foreign_origin_is_refused(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with embedded(tmp_path, GENERAL_ONLY,
                             allowed_origins="https://shop.example") as rt:
-            status, data = await Http(rt).request("POST", "/api/v1/visitors", {})
+            _, data = await Http(rt).request("POST", "/api/v1/visitors", {})
             token = data["token"]
             with pytest.raises(Exception, match="403"):
                 await ws(rt, "/ws/visitor", token, origin="https://evil.example")

@@ -85,7 +85,7 @@ def test_dev_prints_where_everything_is_and_serves(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TIDEDESK_")}
     env.update(TIDEDESK_DATA_DIR=str(tmp_path), TIDEDESK_PORT=str(port),
                TIDEDESK_DEMO_AGENT_EMAIL="owner@shop.test")
-    proc = subprocess.Popen(TIDEDESK + ["dev"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen([*TIDEDESK, "dev"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
     try:
         deadline = time.monotonic() + 30

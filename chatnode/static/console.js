@@ -523,7 +523,7 @@
       totalUnread += c.unread;
       var name = visitorName(c);
       var last = lastMessage(c);
-      var preview = c.typing ? t("typing") : last ? (last.private ? "🔒 " : last.from === "agent" ? t("you") + ": " : "") + last.body : "";
+      var preview = c.typing ? t("typing") : last ? (last.private ? t("noteLabel") + ": " : last.from === "agent" ? t("you") + ": " : "") + last.body : "";
       var tags = (c.visitor.tags || []).map(function (tg) { return h("span", { class: "tag" + (tg === "vip" ? " vip" : ""), text: tg }); });
       var li = h("li", {
         class: "chat-item" + (c.id === S.current ? " active" : "") + (c.state === "closed" ? " closed" : ""),
@@ -617,7 +617,7 @@
     var cls = "msg " + from + (m.private ? " note" : "") + (pending ? " pending" : "");
     var who = from === "visitor" ? visitorName(c) : (m.name || (S.me && S.me.name) || "");
     var meta = pending ? (m.failed ? t("unsent") : t("sending"))
-      : (m.private ? "🔒 " + t("noteLabel") + " · " : "") + who + " · " + fmtTime(m.ts || Date.now() / 1000);
+      : (m.private ? t("noteLabel") + " · " : "") + who + " · " + fmtTime(m.ts || Date.now() / 1000);
     return h("div", {
       class: cls, "data-testid": "msg", "data-seq": pending ? null : m.seq, "data-id": m.id, "data-from": from,
       "data-private": m.private ? "true" : null, "data-pending": pending ? "true" : null,

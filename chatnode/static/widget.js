@@ -218,7 +218,7 @@
     ".launcher svg{width:26px;height:26px}",
     ".badge{position:absolute;top:-2px;right:-2px;min-width:20px;height:20px;padding:0 6px;border-radius:10px;",
     "background:#dc2626;color:#fff;font-size:12px;font-weight:600;line-height:20px;text-align:center}",
-    ".panel{position:absolute;right:0;bottom:72px;width:370px;height:560px;max-height:calc(100vh - 110px);",
+    ".panel{position:fixed;right:20px;bottom:92px;width:370px;height:560px;max-height:calc(100vh - 110px);",
     "background:#fff;border-radius:14px;box-shadow:0 12px 40px rgba(15,23,42,.22);display:flex;flex-direction:column;overflow:hidden}",
     ".panel[hidden]{display:none}",
     "header{background:#0f766e;color:#fff;padding:14px 14px 12px 16px;display:flex;align-items:flex-start;gap:10px}",
