@@ -396,6 +396,7 @@
     ui.offline.hidden = !offlineForm;
     ui.composer.hidden = offlineForm;
     ui.typing.hidden = !S.agentTyping;
+    ui.typing.style.display = offlineForm ? "none" : "";
     ui.typing.textContent = S.agentTyping ? t("typing", { name: S.agentName || t("agent") }) : "";
     ui.badge.hidden = !S.unread || S.open;
     ui.badge.textContent = String(S.unread);

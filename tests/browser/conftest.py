@@ -100,8 +100,11 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], server: Server) -> None
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A real embedded server (chat node + router + SQLite) on a free loopback port."""
+def server(request: pytest.FixtureRequest,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A real embedded server (chat node + router + SQLite) on a free loopback port.
+
+    A test module may set ``SERVER_ENV = {"TIDEDESK_...": "..."}`` to change settings."""
     data_dir = tmp_path_factory.mktemp("tidedesk")
     port = _free_port()
     env = dict(os.environ)
@@ -112,6 +115,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     })
     for key in ("TIDEDESK_BROKER_URL", "TIDEDESK_REDIS_URL", "TIDEDESK_DATABASE_URL"):
         env.pop(key, None)  # embedded mode, whatever the developer's shell says
+    env.update(getattr(request.module, "SERVER_ENV", {}))
     log_path = data_dir / "server.log"
     base = f"http://127.0.0.1:{port}"
     srv = Server(base_url=base, data_dir=data_dir, env=env, log_path=log_path)

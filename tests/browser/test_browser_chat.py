@@ -13,6 +13,10 @@ from tests.browser.ui_pages import Console, Widget
 
 pytestmark = pytest.mark.browser
 
+# The scroll-back test writes 40 messages at once; the default limit (30 frames / 10 s) would
+# rightly throttle that.
+SERVER_ENV = {"TIDEDESK_RATE_LIMIT_PER_10S": "1000"}
+
 
 def _agent(new_context: Any, server: Server) -> Console:
     return Console(new_context().new_page(), server.base_url).sign_in(DEMO_EMAIL, DEMO_PASSWORD)
@@ -179,3 +183,52 @@ def test_agent_with_two_factor_signs_in_with_totp_step(server: Server,
     page.get_by_test_id("login-submit").click()
     console.expect_online()
     expect(page.get_by_test_id("me-name")).to_have_text("Tina Two-Factor")
+
+
+def test_console_reconnects_and_resumes(server: Server, new_context: Any) -> None:
+    agent_ctx = new_context()
+    agent = Console(agent_ctx.new_page(), server.base_url).sign_in(DEMO_EMAIL, DEMO_PASSWORD)
+    visitor = Widget(new_context().new_page(), server.base_url).open()
+    visitor.send("Are you still there?")
+    agent.open_chat_with("still there")
+
+    agent_ctx.set_offline(True)
+    expect(agent.page.get_by_test_id("conn")).to_have_attribute("data-state", "offline")
+    for text in ("one", "two", "three"):
+        visitor.send(f"visitor says {text}")
+    expect(visitor.page.locator("tidedesk-widget [data-pending=true]")).to_have_count(0)
+    agent.page.wait_for_timeout(300)
+    expect(agent.log_bodies().filter(has_text="visitor says")).to_have_count(0)
+
+    agent_ctx.set_offline(False)
+    agent.expect_online()
+    expect(agent.log_bodies().filter(has_text="visitor says")).to_have_count(3)
+    bodies = [b for _, _, b, _ in agent.messages()]
+    assert bodies == ["Are you still there?", "visitor says one", "visitor says two",
+                      "visitor says three"]
+    agent.send("Back again, sorry!")
+    visitor.expect_message("Back again, sorry!")
+    agent.close_current_chat()
+
+
+def test_console_history_scrolls_back(server: Server, new_context: Any) -> None:
+    agent = Console(new_context().new_page(), server.base_url).sign_in(DEMO_EMAIL, DEMO_PASSWORD)
+    visitor = Widget(new_context().new_page(), server.base_url).open()
+    visitor.send("message 01")
+    agent.open_chat_with("message 01")
+    for i in range(2, 41):
+        visitor.page.evaluate("n => window.Tidedesk.send('message ' + n)", f"{i:02d}")
+    agent.expect_message("message 40")
+
+    # A fresh console (say, after a reload) shows the newest page and loads older ones on demand.
+    page = new_context().new_page()
+    fresh = Console(page, server.base_url).sign_in(DEMO_EMAIL, DEMO_PASSWORD)
+    fresh.open_chat_with("message 40")
+    fresh.expect_message("message 40")
+    expect(fresh.log_bodies()).to_have_count(30)
+    page.get_by_test_id("load-earlier").click()
+    expect(fresh.log_bodies()).to_have_count(40)
+    expect(page.get_by_test_id("load-earlier")).to_have_count(0)
+    bodies = [b for _, _, b, _ in fresh.messages()]
+    assert bodies == [f"message {i:02d}" for i in range(1, 41)]
+    fresh.close_current_chat()

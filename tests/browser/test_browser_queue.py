@@ -16,6 +16,24 @@ from tests.browser.ui_pages import Console, Widget
 pytestmark = pytest.mark.browser
 
 
+def test_offline_form_when_nobody_is_online(server: Server, new_context: Any) -> None:
+    visitor = Widget(new_context().new_page(), server.base_url).open()
+    expect(visitor.host).to_have_attribute("data-state", "offline")
+    form = visitor.page.get_by_test_id("td-offline-form")
+    expect(form).to_be_visible()
+    visitor.page.get_by_test_id("td-off-message").fill("Do you ship to Norway?")
+    visitor.page.get_by_test_id("td-off-submit").click()
+    expect(form).to_contain_text("email")  # asks for the address it needs to answer
+    visitor.page.get_by_test_id("td-off-name").fill("Ingrid")
+    visitor.page.get_by_test_id("td-off-email").fill("ingrid@example.no")
+    visitor.page.get_by_test_id("td-off-submit").click()
+    expect(visitor.page.get_by_test_id("td-offline-thanks")).to_be_visible()
+    expect(form).to_be_hidden()
+    expect(visitor.page.locator("tidedesk-widget [data-pending=true]")).to_have_count(0)
+    visitor.expect_message("Do you ship to Norway?")
+    screenshot(visitor.page, "widget-offline-form")
+
+
 def test_second_visitor_sees_queue_position_then_assignment(server: Server,
                                                             new_context: Any) -> None:
     server.create_agent(email="solo@example.com", password="solo-password-1", name="Sam Solo",
