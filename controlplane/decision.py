@@ -246,7 +246,8 @@ def evaluate_check(
                     check.name, "hold", v, base,
                     f"{desc}: below the band for {dur:.0f}s of {down_for:.0f}s",
                 )  # fmt: skip
-            want = max(wanted_at(s.value) for s in _window(series, now - down_for))
+            recent = _window(series, now - down_for) or series[-1:]
+            want = max(wanted_at(s.value) for s in recent)
             return CheckVerdict(
                 check.name, "down", v, want, f"{desc}: wants {want} (highest in {down_for:.0f}s)"
             )

@@ -1,0 +1,294 @@
+"""``tidedesk simulate``: replay a load trace through the real decision module.
+
+The trace is a CSV with header ``t,load`` (``t`` in seconds from the start, ``load`` in the unit
+of the policy's first check; each row holds until the next). Only that first check is simulated.
+A ``target`` check sees the load as the service total; an ``upper``/``lower`` check sees the load
+per ready replica. Every ``interval`` the simulator calls :func:`controlplane.decision.decide`
+with the samples seen so far, applies the decision at once (new replicas take load after the
+start-up delay; a scale-down removes the newest replicas) and accounts, second by second:
+
+* replica-hours (replicas that exist, ready or not),
+* the replica-hours of a static deployment sized for the peak (``ceil(peak / capacity)``),
+* SLO minutes: time when the load exceeded the ready replicas' capacity,
+* actions: how many times the replica count changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import sys
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from controlplane.decision import Action, History, ReplicaState, Sample, clamp, decide
+from controlplane.policy import Policy, PolicyError, parse_duration, parse_policies
+
+ACCOUNTING_STEP_S = 1.0  # seconds of simulated time per accounting step
+
+
+class SimulationError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class TracePoint:
+    t: float
+    load: float
+
+
+@dataclass
+class SimulationResult:
+    policy: str
+    duration_hours: float
+    peak_load: float
+    capacity_per_replica: float
+    startup_delay_s: float
+    static_replicas: int
+    replica_hours: float
+    static_peak_replica_hours: float
+    slo_minutes: float
+    actions: int
+    max_replicas: int
+    timeline: list[tuple[float, float, int, int]]  # (t, load, replicas, ready), per interval
+
+    def summary(self) -> dict[str, Any]:
+        saved = 1 - self.replica_hours / self.static_peak_replica_hours
+        return {
+            "policy": self.policy,
+            "replica_hours": round(self.replica_hours, 2),
+            "static_peak_replica_hours": round(self.static_peak_replica_hours, 2),
+            "slo_minutes": round(self.slo_minutes, 2),
+            "actions": self.actions,
+            "saved_percent": round(100 * saved, 1),
+            "peak_load": self.peak_load,
+            "static_replicas": self.static_replicas,
+            "max_replicas": self.max_replicas,
+            "duration_hours": round(self.duration_hours, 2),
+            "capacity_per_replica": self.capacity_per_replica,
+            "startup_delay_s": self.startup_delay_s,
+        }
+
+
+def parse_trace(text: str, source: str = "trace") -> list[TracePoint]:
+    rows = list(csv.reader(text.splitlines()))
+    if not rows or [c.strip() for c in rows[0]] != ["t", "load"]:
+        raise SimulationError(f"{source}: line 1: header must be 't,load'")
+    points: list[TracePoint] = []
+    for lineno, row in enumerate(rows[1:], start=2):
+        if not row or not "".join(row).strip():
+            continue
+        if len(row) != 2:
+            raise SimulationError(f"{source}: line {lineno}: expected 2 columns, got {len(row)}")
+        try:
+            t, load = float(row[0]), float(row[1])
+        except ValueError:
+            raise SimulationError(f"{source}: line {lineno}: t and load must be numbers") from None
+        if not (math.isfinite(t) and math.isfinite(load)) or load < 0 or t < 0:
+            raise SimulationError(f"{source}: line {lineno}: t and load must be >= 0")
+        if points and t <= points[-1].t:
+            raise SimulationError(f"{source}: line {lineno}: t must increase")
+        points.append(TracePoint(t, load))
+    if len(points) < 2:
+        raise SimulationError(f"{source}: needs at least two rows")
+    return points
+
+
+def simulate(
+    policy: Policy,
+    trace: Sequence[TracePoint],
+    capacity: float,
+    startup_delay_s: float,
+) -> SimulationResult:
+    check = policy.checks[0]
+    sim_policy = dataclasses.replace(policy, checks=(check,))
+    t0, t_end = trace[0].t, trace[-1].t
+    peak = max(p.load for p in trace)
+    static = max(1, math.ceil(peak / capacity - 1e-9))
+    initial = clamp(math.ceil(trace[0].load / capacity - 1e-9), policy)
+    starts: list[float] = [t0 - startup_delay_s - policy.warmup_s] * initial
+    actions: list[Action] = []
+    autoscaled: int | None = None
+    window = policy.metrics_window_s + policy.interval_s
+    series: deque[Sample] = deque()
+    replica_s = slo_s = 0.0
+    n_actions = 0
+    max_replicas = initial
+    timeline: list[tuple[float, float, int, int]] = []
+    idx = 0
+    next_eval = t0
+    now = t0
+    while now < t_end:
+        while idx + 1 < len(trace) and trace[idx + 1].t <= now:
+            idx += 1
+        load = trace[idx].load
+        if now >= next_eval:
+            ready = sum(1 for s in starts if s + startup_delay_s <= now)
+            value = load if check.target is not None else load / max(ready, 1)
+            series.append(Sample(now, value))
+            while series and series[0].t < now - window:
+                series.popleft()
+            history = History(actions=tuple(actions[-5:]), autoscaled=autoscaled)
+            current = ReplicaState(desired=len(starts), started_at=tuple(starts))
+            decision = decide(current, {check.name: list(series)}, sim_policy, history, now)
+            if decision.changes:
+                n_actions += 1
+                actions.append(Action(now, len(starts), decision.desired))
+                if decision.desired > len(starts):
+                    starts.extend([now] * (decision.desired - len(starts)))
+                else:
+                    starts.sort()
+                    del starts[decision.desired :]
+                max_replicas = max(max_replicas, len(starts))
+            autoscaled = decision.desired
+            timeline.append((now - t0, load, len(starts), ready))
+            next_eval += policy.interval_s
+        step = min(ACCOUNTING_STEP_S, t_end - now)
+        ready = sum(1 for s in starts if s + startup_delay_s <= now)
+        replica_s += len(starts) * step
+        if load > ready * capacity + 1e-9:
+            slo_s += step
+        now += step
+    duration_h = (t_end - t0) / 3600.0
+    return SimulationResult(
+        policy=policy.name,
+        duration_hours=duration_h,
+        peak_load=peak,
+        capacity_per_replica=capacity,
+        startup_delay_s=startup_delay_s,
+        static_replicas=static,
+        replica_hours=replica_s / 3600.0,
+        static_peak_replica_hours=static * duration_h,
+        slo_minutes=slo_s / 60.0,
+        actions=n_actions,
+        max_replicas=max_replicas,
+        timeline=timeline,
+    )
+
+
+def plot(result: SimulationResult, out: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hours = [t / 3600.0 for t, *_ in result.timeline]
+    load = [r[1] for r in result.timeline]
+    replicas = [r[2] for r in result.timeline]
+    capacity = [r[3] * result.capacity_per_replica for r in result.timeline]
+    fig, ax = plt.subplots(figsize=(11, 5))
+    ax.plot(hours, load, color="tab:blue", linewidth=0.9, label="load")
+    ax.step(hours, capacity, where="post", color="tab:green", linewidth=1.1,
+            label="ready capacity")  # fmt: skip
+    ax.set_xlabel("hours")
+    ax.set_ylabel("load")
+    ax2 = ax.twinx()
+    ax2.step(hours, replicas, where="post", color="tab:orange", linewidth=1.1, label="replicas")
+    ax2.set_ylabel("replicas")
+    ax2.set_ylim(0, max(replicas) * 1.15 + 1)
+    lines = ax.get_lines() + ax2.get_lines()
+    ax.legend(lines, [str(line.get_label()) for line in lines], loc="upper left")
+    s = result.summary()
+    ax.set_title(
+        f"{title}: {s['replica_hours']} replica-h vs {s['static_peak_replica_hours']} static, "
+        f"SLO {s['slo_minutes']} min, {s['actions']} actions"
+    )
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tidedesk simulate",
+        description="Replay a load trace (CSV t,load) through the control plane's decision "
+        "module and report replica-hours, SLO minutes and scale actions.",
+    )
+    p.add_argument("--policy", required=True, metavar="FILE", help="policy YAML file")
+    p.add_argument("--trace", required=True, metavar="FILE.csv", help="CSV with header t,load")
+    p.add_argument("--name", help="which policy of the file (default: the first)")
+    p.add_argument("--capacity", type=float, metavar="LOAD",
+                   help="load one ready replica serves (default: the policy's "
+                   "simulation.capacity_per_replica)")
+    p.add_argument("--startup-delay", metavar="DURATION",
+                   help="time before a new replica takes load, e.g. 30s (default: the policy's "
+                   "simulation.startup_delay)")
+    p.add_argument("--json", metavar="OUT", help="write the figures as JSON")
+    p.add_argument("--plot", metavar="OUT.png", help="draw load, capacity and replicas")
+    return p  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> SimulationResult:
+    try:
+        policies = parse_policies(Path(args.policy).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SimulationError(f"--policy: cannot read {args.policy}: {exc}") from None
+    except PolicyError as exc:
+        raise SimulationError(f"{args.policy}: {exc}") from None
+    if args.name:
+        chosen = [p for p in policies if p.name == args.name]
+        if not chosen:
+            names = ", ".join(p.name for p in policies)
+            raise SimulationError(f"--name: no policy {args.name!r} (have: {names})")
+        policy = chosen[0]
+    else:
+        policy = policies[0]
+    try:
+        trace = parse_trace(Path(args.trace).read_text(encoding="utf-8"), args.trace)
+    except OSError as exc:
+        raise SimulationError(f"--trace: cannot read {args.trace}: {exc}") from None
+    capacity = args.capacity or policy.simulation.capacity_per_replica
+    if capacity is None or capacity <= 0:
+        raise SimulationError(
+            "--capacity: give the load one replica serves, or set "
+            "simulation.capacity_per_replica in the policy"
+        )
+    delay = policy.simulation.startup_delay_s
+    if args.startup_delay is not None:
+        try:
+            delay = parse_duration(args.startup_delay, "--startup-delay")
+        except PolicyError as exc:
+            raise SimulationError(str(exc)) from None
+    return simulate(policy, trace, capacity, delay)
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    try:
+        result = run(args)
+    except SimulationError as exc:
+        print(f"tidedesk simulate: {exc}", file=sys.stderr)
+        return 2
+    summary = result.summary()
+    print(
+        f"policy {summary['policy']}: {summary['duration_hours']} h, peak load "
+        f"{summary['peak_load']:g}, {summary['capacity_per_replica']:g} per replica\n"
+        f"  replica-hours            {summary['replica_hours']}\n"
+        f"  static peak ({summary['static_replicas']} replicas)  "
+        f"{summary['static_peak_replica_hours']}  (saved {summary['saved_percent']}%)\n"
+        f"  SLO minutes              {summary['slo_minutes']}\n"
+        f"  scale actions            {summary['actions']}  (max {summary['max_replicas']} replicas)"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    if args.plot:
+        try:
+            plot(result, Path(args.plot), Path(args.trace).stem)
+        except ImportError:
+            print("tidedesk simulate: --plot needs matplotlib: pip install 'tidedesk[plot]'",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        except OSError as exc:
+            print(f"tidedesk simulate: --plot: cannot write {args.plot}: {exc}", file=sys.stderr)
+            return 2
+    return 0

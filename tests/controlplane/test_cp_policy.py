@@ -1,0 +1,144 @@
+"""Policy files and the daemon's start-up configuration: a bad value is refused by name."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from controlplane import daemon
+from controlplane.policy import (
+    DEFAULT_INTERVAL_S,
+    DEFAULT_SCALE_DOWN_COOLDOWN_S,
+    DEFAULT_SCALE_UP_WAIT_S,
+    DEFAULT_UP_MAX_PERCENT,
+    DEFAULT_WARMUP_S,
+    PolicyError,
+    parse_duration,
+    parse_policies,
+)
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "controlplane" / "examples" / "policies.yml"
+
+GOOD = """
+policies:
+  - name: chat
+    service: tidedesk_chatnode
+    driver: swarm
+    min: 1
+    max: 5
+    checks:
+      - name: conns
+        query: sum(x)
+        target: 100
+"""
+
+
+def test_example_file_parses_with_documented_defaults() -> None:
+    policies = parse_policies(EXAMPLE.read_text())
+    assert [p.name for p in policies] == ["chatnode", "routernode"]
+    router = policies[1]
+    assert router.driver == "nomad" and router.group == "router"
+    assert router.interval_s == DEFAULT_INTERVAL_S == 15
+    assert router.warmup_s == DEFAULT_WARMUP_S == 30
+    assert router.scale_up_wait_s == DEFAULT_SCALE_UP_WAIT_S == 300
+    assert router.scale_down_cooldown_s == DEFAULT_SCALE_DOWN_COOLDOWN_S == 600
+    assert router.up_max_percent == DEFAULT_UP_MAX_PERCENT == 20
+    assert router.down_max_step == 1 and not router.dry_run
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"), [(30, 30.0), ("500ms", 0.5), ("30s", 30.0), ("5m", 300.0), ("1h", 3600.0)]
+)
+def test_durations(raw: object, seconds: float) -> None:
+    assert parse_duration(raw, "x") == seconds
+
+
+BAD = [
+    ("driver: swarm", "driver: kubernetes", "policies[0].driver"),
+    ("min: 1", "min: 9", "policies[0].min"),
+    ("max: 5", "max: five", "policies[0].max"),
+    ("target: 100", "target: -1", "policies[0].checks[0].target"),
+    ("target: 100", "upper: 1", "policies[0].checks[0].lower"),
+    ("target: 100", "upper: 1\n        lower: 2", "policies[0].checks[0].lower"),
+    ("query: sum(x)", "for: 1m", "policies[0].checks[0].query"),
+    ("min: 1", "min: 1\n    interval: soon", "policies[0].interval"),
+    ("min: 1", "min: 1\n    colour: blue", "policies[0].colour"),
+    ("min: 1", "min: 1\n    step: {up_max_percent: 0}", "policies[0].step.up_max_percent"),
+    ("min: 1", "min: 1\n    dry_run: maybe", "policies[0].dry_run"),
+    ("name: chat", "name: 'bad name!'", "policies[0].name"),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "field"), BAD, ids=[b[2] + ":" + b[1] for b in BAD])
+def test_bad_policy_names_the_field(old: str, new: str, field: str) -> None:
+    with pytest.raises(PolicyError) as err:
+        parse_policies(GOOD.replace(old, new))
+    assert err.value.field == field
+    assert str(err.value).startswith(field + ": ")
+
+
+def test_duplicate_names_and_empty_file() -> None:
+    body = GOOD.split("policies:\n")[1]
+    with pytest.raises(PolicyError, match=r"policies\[1\]\.name: duplicate"):
+        parse_policies("policies:\n" + body + body)
+    with pytest.raises(PolicyError, match="policies: expected a non-empty list"):
+        parse_policies("")
+    with pytest.raises(PolicyError, match="not valid YAML"):
+        parse_policies("policies: [")
+
+
+def run_daemon(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "controlplane", *args],
+        capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", **env},
+    )  # fmt: skip
+
+
+def test_help_works() -> None:
+    done = run_daemon(["--help"], {})
+    assert done.returncode == 0
+    assert "tidedesk controlplane" in done.stdout and "--policies" in done.stdout
+    assert daemon.main(["--help"]) == 0
+
+
+def test_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "p.yml"
+    bad.write_text(GOOD.replace("max: 5", "max: 0"))
+    token = {"TIDEDESK_CONTROLPLANE_TOKEN": "x" * 20}
+    cases = [
+        (["--policies", str(bad)], token, "policies[0].max"),
+        (["--policies", str(tmp_path / "missing.yml")], token, "--policies"),
+        ([], token, "--policies"),
+    ]
+    good = tmp_path / "good.yml"
+    good.write_text(GOOD)
+    cases += [
+        (["--policies", str(good)], {}, "TIDEDESK_CONTROLPLANE_TOKEN"),
+        (["--policies", str(good)], {"TIDEDESK_CONTROLPLANE_TOKEN": "short"},
+         "TIDEDESK_CONTROLPLANE_TOKEN"),
+        (["--policies", str(good), "--token-file", str(tmp_path / "nope")], {}, "--token-file"),
+        (["--policies", str(good), "--listen", "8090"], token, "--listen"),
+        (["--policies", str(good), "--prometheus", "localhost:9090"], token, "--prometheus"),
+        (["--policies", str(good), "--nomad-addr", "nomad"], token, "--nomad-addr"),
+    ]  # fmt: skip
+    for args, env, field in cases:
+        done = run_daemon(args, env)
+        assert done.returncode == 2, (args, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and field in lines[0], (args, done.stderr)
+        assert "Traceback" not in done.stderr
+
+
+def test_token_file_is_read(tmp_path: Path) -> None:
+    """A Docker secret file works as the token source (seen by a start-up reaching --listen)."""
+    good = tmp_path / "good.yml"
+    good.write_text(GOOD)
+    secret = tmp_path / "token"
+    secret.write_text("s" * 24 + "\n")
+    done = run_daemon(
+        ["--policies", str(good), "--token-file", str(secret), "--listen", "bad"], {}
+    )
+    assert done.returncode == 2 and "--listen" in done.stderr

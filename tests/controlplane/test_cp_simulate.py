@@ -1,0 +1,54 @@
+"""`tidedesk simulate` on the two shipped traces, and its refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from controlplane.simulate import SimulationError, main, parse_trace
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "controlplane" / "examples"
+POLICY = EXAMPLES / "policies.yml"
+
+
+@pytest.mark.parametrize("trace", ["diurnal_flash_sale", "noisy_steady"])
+def test_simulate_example_traces(trace: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out, png = tmp_path / "out.json", tmp_path / "out.png"
+    args = ["--policy", str(POLICY), "--trace", str(EXAMPLES / "traces" / f"{trace}.csv")]
+    assert main([*args, "--json", str(out), "--plot", str(png)]) == 0
+    figures = json.loads(out.read_text())
+    for key in ("replica_hours", "static_peak_replica_hours", "slo_minutes", "actions"):
+        assert key in figures
+    assert figures["replica_hours"] < figures["static_peak_replica_hours"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "replica-hours" in capsys.readouterr().out
+    if trace == "noisy_steady":
+        # noise inside the dead band and single-sample spikes/dips never move the count
+        assert figures["actions"] == 0
+    else:
+        # the flash sale is followed up and the evening is scaled back down
+        assert figures["actions"] >= 10
+        assert figures["slo_minutes"] < 30
+
+
+def test_options_override_the_policy(tmp_path: Path) -> None:
+    out = tmp_path / "o.json"
+    trace = str(EXAMPLES / "traces" / "noisy_steady.csv")
+    assert main(["--policy", str(POLICY), "--trace", trace, "--capacity", "60",
+                 "--startup-delay", "1m", "--json", str(out)]) == 0  # fmt: skip
+    assert json.loads(out.read_text())["static_replicas"] == 15
+
+
+def test_bad_inputs_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = tmp_path / "t.csv"
+    trace.write_text("time,value\n0,1\n")
+    assert main(["--policy", str(POLICY), "--trace", str(trace)]) == 2
+    assert "header must be 't,load'" in capsys.readouterr().err
+    assert main(["--policy", str(POLICY), "--trace", str(trace), "--name", "nope"]) == 2
+    assert main(["--help"]) == 0
+    with pytest.raises(SimulationError, match="line 3: t must increase"):
+        parse_trace("t,load\n5,1\n5,2\n")
+    with pytest.raises(SimulationError, match="line 2: t and load must be numbers"):
+        parse_trace("t,load\nx,1\n")
