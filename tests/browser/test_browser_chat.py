@@ -81,6 +81,13 @@ def test_visitor_and_agent_chat_both_ways(server: Server, new_context: Any) -> N
     agent.close_current_chat()
     expect(visitor.page.get_by_test_id("td-closed")).to_be_visible()
 
+    # Writing again after the close starts a new conversation, which reaches the console live.
+    visitor.send("Sorry, one more question")
+    expect(visitor.host).to_have_attribute("data-state", "assigned")
+    agent.open_chat_with("one more question")
+    agent.expect_message("Sorry, one more question")
+    agent.close_current_chat()
+
 
 def test_offline_visitor_gets_missed_messages_once_in_order(server: Server,
                                                             new_context: Any) -> None:
@@ -232,3 +239,47 @@ def test_console_history_scrolls_back(server: Server, new_context: Any) -> None:
     bodies = [b for _, _, b, _ in fresh.messages()]
     assert bodies == [f"message {i:02d}" for i in range(1, 41)]
     fresh.close_current_chat()
+
+
+def test_transfer_to_another_agent(server: Server, new_context: Any) -> None:
+    server.create_agent(email="bea@example.com", password="bea-password-1", name="Bea Backup",
+                        pools="general", max_chats=3)
+    demo = _agent(new_context, server)
+    visitor = Widget(new_context().new_page(), server.base_url).open()
+    visitor.send("Can I change my delivery address?")
+    demo.open_chat_with("delivery address")
+    bea = Console(new_context().new_page(), server.base_url).sign_in(
+        "bea@example.com", "bea-password-1")
+
+    demo.page.get_by_test_id("transfer").click()
+    dialog = demo.page.get_by_test_id("transfer-dialog")
+    expect(dialog).to_be_visible()
+    target = dialog.get_by_test_id("transfer-agent").filter(has_text="Bea Backup")
+    expect(target).to_contain_text("Online")
+    expect(dialog.get_by_test_id("transfer-pool")).to_have_count(3)
+    target.click()
+    demo.page.get_by_test_id("do-transfer").click()
+
+    # Gone from the first console, live in the second one, with its history.
+    expect(demo.chat_items().filter(has_text="delivery address")).to_have_count(0)
+    bea.open_chat_with("delivery address")
+    bea.expect_message("Can I change my delivery address?")
+    bea.send("Yes, what is the new address?")
+    visitor.expect_message("Yes, what is the new address?")
+    expect(visitor.page.get_by_test_id("td-status")).to_have_text("Bea Backup")
+    bea.close_current_chat()
+
+
+def test_console_refreshes_access_token_before_it_expires(server: Server,
+                                                         new_context: Any) -> None:
+    page = new_context().new_page()
+    page.clock.install()
+    console = Console(page, server.base_url).sign_in(DEMO_EMAIL, DEMO_PASSWORD)
+    before = page.evaluate("() => JSON.parse(localStorage['tidedesk.agent.session'])")
+    with page.expect_response(lambda r: r.url.endswith("/api/v1/auth/refresh")) as answer:
+        page.clock.fast_forward("14:00")  # access tokens live 15 minutes by default
+    assert answer.value.status == 200
+    after = page.evaluate("() => JSON.parse(localStorage['tidedesk.agent.session'])")
+    assert after["issued_at"] > before["issued_at"]
+    assert after["expires_at"] > before["expires_at"]
+    console.expect_online()

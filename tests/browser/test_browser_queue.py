@@ -73,7 +73,10 @@ def test_second_visitor_sees_queue_position_then_assignment(server: Server,
     expect(second.page.get_by_test_id("td-assigned")).to_have_text(
         "You are chatting with Sam Solo.")
     expect(second.page.get_by_test_id("td-queue")).to_have_count(0)
+    waiting_chat = agent.chat_items().filter(has_text="Anyone there?")
+    expect(waiting_chat.get_by_test_id("unread")).to_have_text("1")
     agent.open_chat_with("Anyone there?")
+    expect(waiting_chat.get_by_test_id("unread")).to_have_count(0)
     agent.send("Sorry for the wait!")
     second.expect_message("Sorry for the wait!")
     expect(sv.get_by_test_id("count-waiting")).to_have_text("0")
