@@ -8,6 +8,8 @@ command -v prometheus >/dev/null || need+=(prometheus)
 command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)
 command -v dockerd >/dev/null || need+=(docker.io)
 command -v debootstrap >/dev/null || need+=(debootstrap)
+# the control-plane Swarm tests import a tiny image holding only a static busybox
+dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v chromium >/dev/null || need+=(chromium)
 [ -d /usr/share/fonts/opentype/noto ] || need+=(fonts-noto-cjk)
 if [ ${#need[@]} -gt 0 ]; then
