@@ -1,0 +1,99 @@
+"""The daemon against a real single-node Docker Swarm: up on a high metric, down after the
+cool-down, and an outside `docker service scale` undone at the next evaluation."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from cp_servers import (
+    Exporter,
+    Prometheus,
+    daemon,
+    docker,
+    swarm_replicas,
+    swarm_running,
+    wait_until,
+)
+
+from controlplane.policy import Check, Policy
+from controlplane.swarm_target import SwarmTarget
+from controlplane.target import TargetError
+
+pytestmark = [pytest.mark.docker, pytest.mark.prometheus, pytest.mark.slow]
+
+COOLDOWN_S = 3
+
+
+def policy_yaml(service: str) -> str:
+    return f"""
+policies:
+  - name: chat
+    service: {service}
+    driver: swarm
+    min: 1
+    max: 4
+    interval: 1s
+    warmup: 1s
+    scale_up_wait: 2s
+    scale_down_cooldown: {COOLDOWN_S}s
+    scale_down_stabilization: 2s
+    step: {{up_max_percent: 100, down_max: 1}}
+    checks:
+      - name: load
+        query: sum(tidedesk_cptest_load{{case="swarm"}})
+        target: 10
+        for: 1s
+"""
+
+
+def set_load(prometheus: Prometheus, exporter: Exporter, value: float) -> None:
+    exporter.set("swarm", value)
+    prometheus.wait_for('sum(tidedesk_cptest_load{case="swarm"})', value)
+
+
+def test_swarm_target_reads_tasks(swarm_service: str) -> None:
+    target = SwarmTarget()
+    p = Policy(name="p", service=swarm_service, driver="swarm", min=1, max=3,
+               checks=(Check("x", "up", target=1),))  # fmt: skip
+    wait_until(lambda: len(target.read(p).started_at) == 1, 60, "the task to run")
+    state = target.read(p)
+    assert state.desired == 1 and abs(time.time() - state.started_at[0]) < 120
+    assert target.scale(p, 2, "test").applied
+    wait_until(lambda: len(target.read(p).started_at) == 2, 60, "two tasks")
+    missing = Policy(name="m", service="cptest-missing", driver="swarm", min=1, max=3,
+                     checks=(Check("x", "up", target=1),))  # fmt: skip
+    with pytest.raises(TargetError, match="not found"):
+        target.read(missing)
+
+
+def test_daemon_scales_a_swarm_service(
+    tmp_path: Path, swarm_service: str, prometheus: Prometheus, exporter: Exporter
+) -> None:
+    set_load(prometheus, exporter, 5)
+    with daemon(tmp_path, policy_yaml(swarm_service), prometheus.url) as d:
+        wait_until(lambda: d.decisions("chat"), 20, "a first decision")
+        assert swarm_replicas(swarm_service) == 1
+
+        set_load(prometheus, exporter, 35)  # wants ceil(35 / 10) = 4: 1 -> 2 -> 4
+        wait_until(lambda: swarm_replicas(swarm_service) == 4, 60, "scale-up to 4")
+        wait_until(lambda: swarm_running(swarm_service) == 4, 60, "4 running tasks")
+        ups = [a for a in d.audit("chat") if a["action"] == "scale_up"]
+        assert [u["detail"]["desired"] for u in reversed(ups)] == [2, 4]
+
+        # Someone scales by hand: the daemon notices and restores its own count.
+        docker("service", "scale", "--detach", f"{swarm_service}=1")
+        wait_until(lambda: (d.status("chat")["last_drift"] or {}).get("observed") == 1, 30,
+                   "the drift to be noticed")  # fmt: skip
+        wait_until(lambda: swarm_replicas(swarm_service) == 4, 30, "the count restored")
+        assert any(a["action"] == "drift" for a in d.audit("chat"))
+
+        set_load(prometheus, exporter, 5)  # wants 1: one step at a time, a cool-down apart
+        wait_until(lambda: swarm_replicas(swarm_service) == 1, 90, "scale-down to 1")
+        downs = [a for a in reversed(d.audit("chat")) if a["action"] == "scale_down"]
+        assert [x["detail"]["desired"] for x in downs][-3:] == [3, 2, 1]
+        gaps = [b["at_unix"] - a["at_unix"] for a, b in zip(downs, downs[1:], strict=False)]
+        assert all(g >= COOLDOWN_S for g in gaps), gaps
+        text = d.request("GET", "/metrics", token=None).text
+        assert 'tidedesk_controlplane_scale_actions_total{direction="down",policy="chat"}' in text
