@@ -558,3 +558,25 @@ def test_rabbit_confirms_settle_by_tag_multiple_and_nack() -> None:
         assert 1000 not in session.pending and 1005 not in session.pending
 
     rabbit(body)
+
+
+@pytest.mark.rabbitmq
+def test_rabbit_unconfirmed_in_time_or_blocked_raises() -> None:
+    async def body(ctx: Ctx) -> None:
+        b = await ctx.broker()
+        assert isinstance(b, RabbitBroker)
+        session = b._session
+        assert session is not None
+        late: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        session.pending[10_000] = (late, time.monotonic() - 1)  # its deadline has passed
+        with pytest.raises(BrokerUnavailable):
+            await asyncio.wait_for(late, 2)  # the sweep settles it
+        session.blocked = True  # what connection.blocked (a resource alarm) does
+        assert not b.ready
+        with pytest.raises(BrokerUnavailable):
+            await b.publish(ctx.inbound, b"blocked")
+        session.blocked = False
+        assert b.ready
+        await b.publish(ctx.inbound, b"unblocked")
+
+    rabbit(body)

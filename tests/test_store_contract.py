@@ -501,3 +501,19 @@ def test_redis_stores_sharing_a_prefix_share_state() -> None:
             await other.close()
 
     _runner("redis")(body)
+
+
+@pytest.mark.redis
+def test_redis_unreachable_is_not_ready() -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    async def main() -> None:
+        store = RedisStore("redis://127.0.0.1:9/0", "tidedesk-test:unreachable:", timeout_s=1)
+        try:
+            with pytest.raises(RedisConnectionError):
+                await store.start()
+            assert not store.ready
+        finally:
+            await store.close()
+
+    asyncio.run(main())
