@@ -101,7 +101,9 @@ class NomadDouble:
             if g["Name"] == group:
                 g["Count"] = count
         running = [
-            a for a in self.allocs[key] if a["TaskGroup"] == group and a["ClientStatus"] == "running"
+            a
+            for a in self.allocs[key]
+            if a["TaskGroup"] == group and a["ClientStatus"] == "running"
         ]
         for a in running[count:]:
             a["ClientStatus"], a["DesiredStatus"] = "complete", "stop"

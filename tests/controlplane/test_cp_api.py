@@ -68,11 +68,11 @@ def setup(
 
 
 def count(double: NomadDouble) -> int:
-    return double.count("router", "g")
+    return int(double.count("router", "g"))
 
 
 def test_auth_and_errors(setup: Any) -> None:
-    start, load, _ = setup
+    start, _load, _ = setup
     d = start()
     assert d.request("GET", "/healthz", token=None).status_code == 200
     metrics = d.request("GET", "/metrics", token=None)
@@ -123,8 +123,8 @@ def test_pin_holds_then_expires(setup: Any) -> None:
     load(15)
     d = start()
     wait_until(lambda: count(double) == 2, 20, "autoscaled to 2")
-    r = d.request("POST", "/v1/policies/router/pin",
-                  json={"replicas": 6, "ttl_s": 4, "by": "alice", "reason": "load test"})  # fmt: skip
+    body = {"replicas": 6, "ttl_s": 4, "by": "alice", "reason": "load test"}
+    r = d.request("POST", "/v1/policies/router/pin", json=body)
     assert r.status_code == 200 and r.json()["policy"]["pin"]["by"] == "alice"
     wait_until(lambda: count(double) == 6, 10, "pinned count")
     assert d.status("router")["pinned"] is True
@@ -243,7 +243,8 @@ def test_errors_are_recorded_and_the_loop_goes_on(
         assert "not found" in ghost["last_error"]["message"]
         assert count(nomad_double) == 3
         text = d.request("GET", "/metrics", token=None).text
-        assert 'tidedesk_controlplane_evaluation_errors_total{policy="ghost",stage="target_read"}' in text
+        errors = 'tidedesk_controlplane_evaluation_errors_total{policy="ghost",stage="target_read"}'
+        assert errors in text
         assert d.proc.poll() is None
 
 

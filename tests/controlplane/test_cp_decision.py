@@ -73,10 +73,10 @@ CASES = [
     Case("empty series never scales down", replicas(6), {"conns": []}, 6, "hold",
          reason_has="no data"),
     Case("condition younger than `for` waits", replicas(4),
-         {"conns": steady(420, 600) + [Sample(NOW, 900)]}, 4, "hold",
+         {"conns": [*steady(420, 600), Sample(NOW, 900)]}, 4, "hold",
          reason_has="above the band for 0s of 60s"),
     Case("a single quiet sample does not scale down", replicas(6),
-         {"conns": steady(600)[:-1] + [Sample(NOW, 100)]}, 6, "hold"),
+         {"conns": [*steady(600)[:-1], Sample(NOW, 100)]}, 6, "hold"),
     Case("scale-down goes to the highest count wanted in the window", replicas(8),
          {"conns": steady(150, 600)[:-4] + [Sample(NOW - 45 + i * 15, 480) for i in range(4)]},
          5, "down", policy=policy(down_max_step=5), reason_has="highest in 120s"),
@@ -181,7 +181,9 @@ def situations(draw: st.DrawFn) -> tuple[ReplicaState, dict[str, list[Sample]], 
 
 @settings(max_examples=300, deadline=None)
 @given(situations())
-def test_never_outside_min_max(s: tuple[ReplicaState, dict[str, list[Sample]], Policy, History]) -> None:
+def test_never_outside_min_max(
+    s: tuple[ReplicaState, dict[str, list[Sample]], Policy, History],
+) -> None:
     current, samples, pol, hist = s
     d = decide(current, samples, pol, hist, NOW)
     assert pol.min <= d.desired <= pol.max

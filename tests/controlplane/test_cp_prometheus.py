@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
@@ -32,7 +33,7 @@ def test_reads_the_exporter_through_prometheus(
     assert fetch.errors == {}
     series = fetch.samples["load"]
     assert series and series[-1].value == 42
-    assert all(a.t < b.t for a, b in zip(series, series[1:], strict=False))
+    assert all(a.t < b.t for a, b in itertools.pairwise(series))
 
 
 def test_errors_are_reported_not_raised(prometheus: Prometheus, exporter: Exporter) -> None:

@@ -14,7 +14,9 @@ POLICY = EXAMPLES / "policies.yml"
 
 
 @pytest.mark.parametrize("trace", ["diurnal_flash_sale", "noisy_steady"])
-def test_simulate_example_traces(trace: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_simulate_example_traces(
+    trace: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out, png = tmp_path / "out.json", tmp_path / "out.png"
     args = ["--policy", str(POLICY), "--trace", str(EXAMPLES / "traces" / f"{trace}.csv")]
     assert main([*args, "--json", str(out), "--plot", str(png)]) == 0

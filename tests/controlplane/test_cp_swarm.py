@@ -3,6 +3,7 @@ cool-down, and an outside `docker service scale` undone at the next evaluation."
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 
@@ -93,7 +94,7 @@ def test_daemon_scales_a_swarm_service(
         wait_until(lambda: swarm_replicas(swarm_service) == 1, 90, "scale-down to 1")
         downs = [a for a in reversed(d.audit("chat")) if a["action"] == "scale_down"]
         assert [x["detail"]["desired"] for x in downs][-3:] == [3, 2, 1]
-        gaps = [b["at_unix"] - a["at_unix"] for a, b in zip(downs, downs[1:], strict=False)]
+        gaps = [b["at_unix"] - a["at_unix"] for a, b in itertools.pairwise(downs)]
         assert all(g >= COOLDOWN_S for g in gaps), gaps
         text = d.request("GET", "/metrics", token=None).text
         assert 'tidedesk_controlplane_scale_actions_total{direction="down",policy="chat"}' in text
