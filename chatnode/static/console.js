@@ -14,6 +14,7 @@
   var TYPING_RESEND_MS = 3000;
   var TYPING_IDLE_MS = 2500;
   var TYPING_SHOW_MS = 7000;
+  var TYPING_OVERTAKE_MS = 1000;
   var CLOSE_CONFIRM_MS = 4000;
   var LANG_KEY = "tidedesk.console.lang";
   var STATUS_KEY = "tidedesk.console.status";
@@ -189,7 +190,8 @@
     if (f.seq < c.low) c.low = f.seq;
     if (f.seq > c.maxSeq) c.maxSeq = f.seq;
     if (f.from === "visitor") {
-      c.typing = false;
+      // Typing frames are relayed faster than stored messages: a very recent "on" still stands.
+      if (Date.now() - (c.typingAt || 0) > TYPING_OVERTAKE_MS) c.typing = false;
       var reading = S.current === c.id && !document.hidden;
       if (!reading && f.seq > readSeq(c.id)) c.unread += 1;
     }
@@ -359,6 +361,7 @@
         c = S.chats[f.conversation_id];
         if (!c) break;
         c.typing = !!f.on;
+        c.typingAt = Date.now();
         clearTimeout(c.typingTimer);
         if (c.typing) c.typingTimer = setTimeout(function () { c.typing = false; renderList(); renderTyping(); }, TYPING_SHOW_MS);
         renderList(); renderTyping();
@@ -671,23 +674,27 @@
       var ao = $("[data-agent-opts]"), po = $("[data-pool-opts]");
       ao.textContent = ""; po.textContent = "";
       if (!agents.length) ao.appendChild(h("div", { class: "muted", text: t("noAgents") }));
+      agents.sort(function (a, b) { return (a.status === "online" ? 0 : 1) - (b.status === "online" ? 0 : 1) || a.name.localeCompare(b.name); });
       agents.forEach(function (a) {
+        // The server only hands a chat to an online agent with a free slot; say so up front.
+        var free = a.status === "online" && a.open_chats < a.max_chats;
         ao.appendChild(option("agent", a.id, [
           h("span", { class: "dot " + (a.status || "offline") }),
           h("span", { class: "grow", text: a.name }),
           h("span", { class: "muted", text: (t(a.status) || a.status) + " · " + a.open_chats + "/" + a.max_chats }),
-        ]));
+        ], !free));
       });
       Object.keys(pools).sort().forEach(function (p) { po.appendChild(option("pool", p, [h("span", { class: "grow", text: t("pool", { p: p }) })])); });
+      $("[data-do-transfer]").disabled = true;
       dlg.showModal();
     }, function (err) { toast(t("error", { m: err.message })); });
   }
-  function option(kind, value, kids) {
+  function option(kind, value, kids, disabled) {
     var input = h("input", {
-      type: "radio", name: "transfer-target", value: value, "data-kind": kind,
-      onchange: function () { transferChoice = { kind: kind, value: value }; },
+      type: "radio", name: "transfer-target", value: value, "data-kind": kind, disabled: !!disabled,
+      onchange: function () { transferChoice = { kind: kind, value: value }; $("[data-do-transfer]").disabled = false; },
     });
-    return h("label", { class: "opt", "data-testid": "transfer-" + kind, "data-value": value }, [input].concat(kids));
+    return h("label", { class: "opt" + (disabled ? " disabled" : ""), "data-testid": "transfer-" + kind, "data-value": value }, [input].concat(kids));
   }
   function doTransfer() {
     var c = S.chats[S.current];

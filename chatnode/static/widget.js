@@ -40,6 +40,7 @@
   var TYPING_RESEND_MS = 3000; // keep "typing on" alive without flooding the rate limit
   var TYPING_IDLE_MS = 2500; // no keystroke this long: send "typing off"
   var TYPING_SHOW_MS = 7000; // hide the agent's typing indicator if no "off" ever comes
+  var TYPING_OVERTAKE_MS = 1000; // a "typing on" this recent outranks a message that arrives after it
 
   var I18N = {
     en: {
@@ -168,7 +169,9 @@
     maxSeq: 0,
     outbox: [], // unacked own messages, in send order: {id, body, ts, sentAt}
     agentTyping: false,
+    typingAt: 0,
     unread: 0,
+    readSeq: Number(load("read_seq") || 0), // agent messages up to here were seen with the panel open
     lastReadSent: 0,
     offlineSent: false,
     notice: null,
@@ -215,7 +218,8 @@
     "background:#0f766e;color:#fff;box-shadow:0 6px 20px rgba(15,118,110,.35);display:flex;align-items:center;justify-content:center;",
     "transition:transform .15s ease}",
     ".launcher:hover{transform:scale(1.05)}.launcher:focus-visible{outline:3px solid #99f6e4;outline-offset:2px}",
-    ".launcher svg{width:26px;height:26px}",
+    ".launcher svg{width:26px;height:26px}.launcher .i-close{display:none;width:30px;height:30px}",
+    ".launcher.open .i-chat{display:none}.launcher.open .i-close{display:block}",
     ".badge{position:absolute;top:-2px;right:-2px;min-width:20px;height:20px;padding:0 6px;border-radius:10px;",
     "background:#dc2626;color:#fff;font-size:12px;font-weight:600;line-height:20px;text-align:center}",
     ".panel{position:fixed;right:20px;bottom:92px;width:370px;height:560px;max-height:calc(100vh - 110px);",
@@ -259,7 +263,7 @@
     ".offline .err{color:#b91c1c;font-size:12.5px;min-height:1em}",
     ".offline .send{height:38px}",
     ".sr{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0)}",
-    "@media (max-width:480px){.panel{position:fixed;inset:0;width:auto;height:auto;max-height:none;border-radius:0}}",
+    "@media (max-width:480px){.launcher.open{display:none}.panel{position:fixed;inset:0;width:auto;height:auto;max-height:none;border-radius:0}}",
   ].join("");
 
   var host = h("tidedesk-widget", {
@@ -276,7 +280,8 @@
     ui.badge = h("span", { class: "badge", hidden: true, "data-testid": "td-badge" });
     ui.launcher = h("button", {
       class: "launcher", type: "button", "data-testid": "td-launcher", onclick: function () { setOpen(!S.open); },
-    }, [svgIcon(), ui.badge]);
+    }, [svgIcon("i-chat", "M4 4h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2H9l-5 4v-4a2 2 0 0 1-2-2V6a2 2 0 0 1 2-2zm3 6.5a1.5 1.5 0 1 0 0 .01zm5 0a1.5 1.5 0 1 0 0 .01zm5 0a1.5 1.5 0 1 0 0 .01z"),
+      svgIcon("i-close", "M7.4 8.6 12 13.2l4.6-4.6L18 10l-6 6-6-6z"), ui.badge]);
     ui.title = h("h2", { class: "title", "data-testid": "td-title" });
     ui.dot = h("span", { class: "dot", "data-testid": "td-conn", "aria-hidden": "true" });
     ui.subText = h("span", { "data-testid": "td-status" });
@@ -325,14 +330,15 @@
     (document.body || document.documentElement).appendChild(host);
   }
 
-  function svgIcon() {
+  function svgIcon(cls, d) {
     var ns = "http://www.w3.org/2000/svg";
     var svg = document.createElementNS(ns, "svg");
     svg.setAttribute("viewBox", "0 0 24 24");
     svg.setAttribute("aria-hidden", "true");
+    svg.setAttribute("class", cls);
     var p = document.createElementNS(ns, "path");
     p.setAttribute("fill", "currentColor");
-    p.setAttribute("d", "M4 4h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2H9l-5 4v-4a2 2 0 0 1-2-2V6a2 2 0 0 1 2-2zm3 6.5a1.5 1.5 0 1 0 0 .01zm5 0a1.5 1.5 0 1 0 0 .01zm5 0a1.5 1.5 0 1 0 0 .01z");
+    p.setAttribute("d", d);
     svg.appendChild(p);
     return svg;
   }
@@ -345,7 +351,7 @@
 
   function renderChrome() {
     host.setAttribute("lang", S.lang);
-    ui.launcher.setAttribute("aria-label", t("launcher"));
+    ui.launcher.setAttribute("aria-label", S.open ? t("close") : t("launcher"));
     ui.launcher.title = t("launcher");
     ui.title.textContent = t("title");
     ui.langBtn.textContent = t("otherLang");
@@ -466,10 +472,12 @@
     if (m.seq > S.maxSeq) S.maxSeq = m.seq;
     if (m.from === "agent" && m.name) { S.agentName = m.name; save("agent_name", m.name); }
     if (m.from === "agent") {
-      S.agentTyping = false;
+      // A reply ends the typing indicator, unless "typing on" came after it was sent (the relay
+      // of typing frames is faster than the delivery of stored messages).
+      if (Date.now() - S.typingAt > TYPING_OVERTAKE_MS) S.agentTyping = false;
       // An agent's reply means someone has the chat, even if the "assigned" frame was missed.
       if (S.convState === "queued" && m.seq > S.top) { S.convState = "assigned"; S.position = null; }
-      if (!S.open || document.hidden) S.unread += 1;
+      if ((!S.open || document.hidden) && m.seq > S.readSeq) S.unread += 1;
     }
     advanceTop();
     if (S.maxSeq > S.top) askForGap();
@@ -507,6 +515,7 @@
   function resetConversation() {
     S.msgs = {}; S.top = 0; S.maxSeq = 0;
     S.agentTyping = false; S.position = null; S.offlineSent = false;
+    S.readSeq = 0; S.unread = 0; save("read_seq", null);
   }
 
   // ---- connection ----
@@ -653,6 +662,7 @@
         break;
       case "typing":
         S.agentTyping = !!f.on;
+        S.typingAt = Date.now();
         clearTimeout(typingShowTimer);
         if (S.agentTyping) typingShowTimer = setTimeout(function () { S.agentTyping = false; renderStatus(); }, TYPING_SHOW_MS);
         renderStatus();
@@ -782,8 +792,16 @@
     if (typingSentAt) { send({ type: "typing", on: false }); typingSentAt = 0; }
   }
 
+  function markRead() {
+    if (!S.open || document.hidden) return;
+    S.unread = 0;
+    if (S.maxSeq > S.readSeq) { S.readSeq = S.maxSeq; save("read_seq", S.readSeq); }
+  }
+
   function scheduleRead() {
-    if (readTimer || !S.open || document.hidden) return;
+    if (!S.open || document.hidden) return;
+    markRead();
+    if (readTimer) return;
     readTimer = setTimeout(function () {
       readTimer = null;
       if (S.open && !document.hidden && S.top > S.lastReadSent && send({ type: "read", seq: S.top })) S.lastReadSent = S.top;
@@ -796,8 +814,10 @@
     save("open", S.open ? "1" : null);
     ui.panel.hidden = !S.open;
     ui.launcher.setAttribute("aria-expanded", String(S.open));
+    ui.launcher.classList.toggle("open", S.open);
+    ui.launcher.setAttribute("aria-label", S.open ? t("close") : t("launcher"));
     if (S.open) {
-      S.unread = 0;
+      markRead();
       if (!ws && !reconnectTimer) connect();
       scheduleRead();
       renderLog();
@@ -827,7 +847,7 @@
     if (S.token && !ws) connect();
     window.addEventListener("offline", function () { dropSocket(); if (reconnectTimer) { clearTimeout(reconnectTimer); reconnectTimer = null; } setConn("offline"); });
     window.addEventListener("online", function () { if (S.token || S.open) reconnectNow(); else setConn("idle"); });
-    document.addEventListener("visibilitychange", function () { if (!document.hidden) { scheduleRead(); if (S.open) { S.unread = 0; renderStatus(); } } });
+    document.addEventListener("visibilitychange", function () { if (!document.hidden) { scheduleRead(); renderStatus(); } });
   }
 
   window.Tidedesk = {

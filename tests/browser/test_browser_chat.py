@@ -283,3 +283,35 @@ def test_console_refreshes_access_token_before_it_expires(server: Server,
     assert after["issued_at"] > before["issued_at"]
     assert after["expires_at"] > before["expires_at"]
     console.expect_online()
+
+
+def test_widget_keeps_its_chat_across_reloads_and_counts_unread(server: Server,
+                                                              new_context: Any) -> None:
+    agent = _agent(new_context, server)
+    visitor = Widget(new_context().new_page(), server.base_url).open()
+    visitor.send("Checking my basket")
+    agent.open_chat_with("my basket")
+    agent.send("Take your time")
+    visitor.expect_message("Take your time")
+    before = visitor.messages()
+
+    # Same token, same conversation, same transcript (once each) after a reload.
+    visitor.page.reload()
+    expect(visitor.page.get_by_test_id("td-panel")).to_be_visible()  # stays open
+    expect(visitor.host).to_have_attribute("data-conn", "online")
+    visitor.expect_message("Take your time")
+    assert visitor.messages() == before
+    expect(agent.chat_items()).to_have_count(1)
+
+    # Panel closed: replies raise the launcher's badge; opening clears it.
+    visitor.page.get_by_test_id("td-close").click()
+    agent.send("Your basket is saved")
+    agent.send("for 24 hours")
+    badge = visitor.page.get_by_test_id("td-badge")
+    expect(badge).to_have_text("2")
+    visitor.page.reload()  # seen nothing new yet: still two unread
+    expect(visitor.page.get_by_test_id("td-badge")).to_have_text("2")
+    visitor.page.get_by_test_id("td-launcher").click()
+    expect(visitor.page.get_by_test_id("td-badge")).to_be_hidden()
+    visitor.expect_message("for 24 hours")
+    agent.close_current_chat()
