@@ -2,8 +2,10 @@
 
 Not a test: it prints figures and never fails on timing. All three modes publish persistent
 messages to the same kind of durable classic queue the chat nodes publish to, on the same
-machine, in one run; every repetition runs the modes back to back, so the ratios compare like
-with like. The queue is purged between runs and deleted at the end.
+machine, in one run; every repetition runs all modes back to back (in rotating order), so the
+ratios compare like with like even when the machine is shared. The client's CPU time per
+message is printed too: unlike rates, it hardly depends on what else the machine is doing.
+The queue is purged between runs and deleted at the end.
 
 - pipelined:  ``RabbitBroker.publish`` from W concurrent senders (W publishes always in flight),
               each awaiting its own confirm; this is what a busy chat node does.
@@ -12,17 +14,21 @@ with like. The queue is purged between runs and deleted at the end.
                every message, though it promised nothing about them).
 - wait-each:  ``RabbitBroker.publish`` from one sender, one message at a time.
 
-Usage: ``python benchmarks/broker_confirms.py [--url amqp://...] [--messages 20000]
-[--wait-each-messages 1000] [--windows 256,1024] [--reps 5] [--body-bytes 256]``
+Usage: ``python benchmarks/broker_confirms.py [--url amqp://...] [--messages 10000]
+[--wait-each-messages 500] [--windows 256,1024] [--reps 15] [--body-bytes 256]
+[--queue-type classic|quorum] [--no-coalesce]``
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import os
 import statistics
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pika
@@ -112,24 +118,29 @@ async def main(args: argparse.Namespace) -> None:
     if not broker.ready:
         raise SystemExit(f"RabbitMQ at {args.url} is not reachable")
     conn, ch = await _raw_channel(args.url, not args.no_coalesce)
-    rates: dict[str, list[float]] = {f"pipelined w={w}": [] for w in windows}
-    rates["unconfirmed"] = []
-    rates["wait-each"] = []
+    n, n_each = args.messages, args.wait_each_messages
+    modes: dict[str, tuple[int, Callable[[], Awaitable[float]]]] = {
+        **{f"pipelined w={w}": (n, functools.partial(pipelined, broker, queue, n, w, body))
+           for w in windows},
+        "unconfirmed": (n, lambda: unconfirmed(ch, queue, n, body)),
+        "wait-each": (n_each, lambda: wait_each(broker, queue, n_each, body)),
+    }
+    rates: dict[str, list[float]] = {name: [] for name in modes}
+    cpu_us: dict[str, list[float]] = {name: [] for name in modes}
+    load_before = os.getloadavg()[0]
     try:
-        # warm-up: connections, queue files, JIT-free but cache-warm paths
-        await pipelined(broker, queue, 2000, windows[0], body)
+        await pipelined(broker, queue, 2000, windows[0], body)  # warm-up
         await unconfirmed(ch, queue, 2000, body)
         await _purge(ch, queue)
+        names = list(modes)
         for rep in range(args.reps):
-            for w in windows:
-                rates[f"pipelined w={w}"].append(
-                    await pipelined(broker, queue, args.messages, w, body))
+            # rotate the order so that drift on a shared machine hits every mode alike
+            for name in names[rep % len(names):] + names[:rep % len(names)]:
+                count, run = modes[name]
+                cpu0 = time.process_time()
+                rates[name].append(await run())
+                cpu_us[name].append((time.process_time() - cpu0) / count * 1e6)
                 await _purge(ch, queue)
-            rates["unconfirmed"].append(await unconfirmed(ch, queue, args.messages, body))
-            await _purge(ch, queue)
-            rates["wait-each"].append(
-                await wait_each(broker, queue, args.wait_each_messages, body))
-            await _purge(ch, queue)
             print(f"repetition {rep + 1}/{args.reps} done", flush=True)
     finally:
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -140,13 +151,13 @@ async def main(args: argparse.Namespace) -> None:
 
     print()
     print(f"RabbitMQ publish rate, persistent {args.body_bytes}-byte messages to a durable "
-          f"{args.queue_type} queue, frames {'one by one' if args.no_coalesce else 'coalesced'}; "
-          f"{args.reps} repetitions, median [min .. max] msg/s")
-    print(f"  ({args.messages} messages per pipelined/unconfirmed run, "
-          f"{args.wait_each_messages} per wait-each run)")
-    for name, values in rates.items():
-        print(f"  {name:<18} {_spread(values)}")
-    print("Ratios, per repetition (median [min .. max]):")
+          f"{args.queue_type} queue, frames {'one by one' if args.no_coalesce else 'coalesced'}")
+    print(f"{args.reps} repetitions of {n} messages ({n_each} for wait-each), modes interleaved; "
+          f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"  {'mode':<18} {'msg/s median [min .. max]':>36}   client CPU us/msg (median)")
+    for name in modes:
+        print(f"  {name:<18} {_spread(rates[name]):>36}   {statistics.median(cpu_us[name]):6.1f}")
+    print("Ratios within each repetition, median [min .. max]:")
     for w in windows:
         pipe = rates[f"pipelined w={w}"]
         vs_unconf = [p / u for p, u in zip(pipe, rates["unconfirmed"], strict=True)]
@@ -158,11 +169,11 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--url", default="amqp://guest:guest@127.0.0.1:5672/%2F")
-    parser.add_argument("--messages", type=int, default=20000)
-    parser.add_argument("--wait-each-messages", type=int, default=1000)
+    parser.add_argument("--messages", type=int, default=10000)
+    parser.add_argument("--wait-each-messages", type=int, default=500)
     parser.add_argument("--windows", default="256,1024",
                         help="comma-separated numbers of publishes in flight (>= 200)")
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--body-bytes", type=int, default=256)
     parser.add_argument("--queue-type", choices=("classic", "quorum"), default="classic",
                         help="type of the inbound queue (classic is the production default)")
