@@ -14,6 +14,8 @@ from chatnode.openapi import openapi_document
 from chatnode.service import ChatService, ServiceError
 from tidedesk import metrics
 from tidedesk.auth import Principal
+from tidedesk.errors import Unavailable
+from tidedesk.i18n import text
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,8 @@ class JsonHandler(RequestHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, ServiceError):
             code, message = exc.code, exc.message
+        elif isinstance(exc, Unavailable):
+            code, message = "busy", text("unavailable", self.locale_hint())
         elif status_code == 404:
             code = "not_found"
             message = f"no such path {self.request.path}; see /api/v1/openapi.json"
@@ -55,11 +59,25 @@ class JsonHandler(RequestHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, ServiceError):
             status_code = exc.status
+        elif isinstance(exc, Unavailable):
+            status_code = 503
+            self.set_header("Retry-After", "5")
         super().send_error(status_code, **kwargs)
 
+    def locale_hint(self) -> str:
+        """zh-CN when the body or the browser asks for Chinese, else English."""
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError:
+            body = {}
+        if isinstance(body, dict) and body.get("locale") == "zh-CN":
+            return "zh-CN"
+        accept = self.request.headers.get("Accept-Language", "")
+        return "zh-CN" if accept.lower().startswith("zh") else "en"
+
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if isinstance(value, ServiceError):
-            return  # an expected client error, answered with JSON
+        if isinstance(value, ServiceError | Unavailable):
+            return  # expected: a client error, or a backend outage answered with 503 busy
         super().log_exception(typ, value, tb)
 
     def on_finish(self) -> None:

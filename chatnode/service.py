@@ -18,6 +18,7 @@ from tidedesk.auth import AuthError, Principal, TokenService, verify_password, v
 from tidedesk.broker import INBOUND_QUEUE, Broker, BrokerUnavailable
 from tidedesk.crypto import FieldCipher
 from tidedesk.delivery import deliver
+from tidedesk.errors import Unavailable
 from tidedesk.i18n import LOCALES
 from tidedesk.resume import plan_resume, reseed_floor
 from tidedesk.settings import Settings
@@ -204,7 +205,7 @@ class ChatService:
         """Best-effort ephemeral frames (typing, read): straight to the peer's nodes."""
         try:
             await deliver(self.broker, self.store, who, frame, self.clock())
-        except BrokerUnavailable:
+        except Unavailable:
             log.info("ephemeral frame dropped: broker unavailable", extra={"to": who})
 
     # -- agents ------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -16,10 +17,21 @@ from chatnode.hub import Hub
 from chatnode.service import PRESENCE_TTL_SECS, ChatService, ServiceError, VisitorSession
 from tidedesk import metrics, wire
 from tidedesk.auth import Principal
-from tidedesk.broker import BrokerUnavailable
+from tidedesk.errors import Unavailable
+from tidedesk.i18n import text
 from tidedesk.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
+
+
+def message_id(raw: str | bytes) -> str | None:
+    """The client id of a raw frame, if it has one (so an error can name the message)."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    value = data.get("id") if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
 
 
 class _Socket(WebSocketHandler):
@@ -95,8 +107,9 @@ class _Socket(WebSocketHandler):
         except ServiceError as exc:
             close = wire.CLOSE_FORBIDDEN if exc.status == 403 and self.role == "visitor" else None
             self.fail(exc.code, exc.message, close)
-        except BrokerUnavailable:
-            self.fail("try_again", "the service is busy; nothing was stored, send it again")
+        except Unavailable:
+            self.fail("try_again", "the service is busy; nothing was stored, send it again",
+                      frame_id=message_id(message))
 
     async def handle(self, frame: wire.Frame) -> None:
         raise NotImplementedError
@@ -115,7 +128,7 @@ class _Socket(WebSocketHandler):
     async def _ingest_and_ack(self, conv_id: str, client_id: str, body: str, **kw: Any) -> None:
         try:
             seq = await self.service.ingest(conv_id=conv_id, client_id=client_id, body=body, **kw)
-        except BrokerUnavailable:
+        except Unavailable:
             self.fail("try_again", "not stored: the service is busy; send it again with the "
                       "same id", frame_id=client_id)
             return
@@ -158,6 +171,11 @@ class VisitorSocket(_Socket):
         except ServiceError as exc:
             self.fail(exc.code, exc.message, wire.CLOSE_NOT_AUTHENTICATED)
             return
+        except Unavailable:
+            # The polite answer: the widget shows it and reconnects a little later.
+            lang = self.get_query_argument("lang", "en")
+            self.fail("busy", text("unavailable", lang), wire.CLOSE_TRY_AGAIN_LATER)
+            return
         await self.register(f"visitor:{principal.id}")
         waiting = await self.send_hello()
         # A queued chat that is in no queue was never announced (say the broker was down when
@@ -168,7 +186,7 @@ class VisitorSocket(_Socket):
     async def announce_opened(self) -> None:
         try:
             await self.service.announce_opened(self.session)
-        except BrokerUnavailable:
+        except Unavailable:
             self.fail("unavailable", "the service is busy; connect again shortly",
                       wire.CLOSE_TRY_AGAIN_LATER)
 
@@ -234,7 +252,7 @@ class AgentSocket(_Socket):
         except ServiceError as exc:
             self.fail(exc.code, exc.message, wire.CLOSE_NOT_AUTHENTICATED)
             return
-        except BrokerUnavailable:
+        except Unavailable:
             self.fail("unavailable", "the service is busy; connect again shortly",
                       wire.CLOSE_TRY_AGAIN_LATER)
             return
@@ -279,5 +297,5 @@ class AgentSocket(_Socket):
         if remaining == 0:
             try:
                 await self.service.agent_status(self.agent, "offline")
-            except BrokerUnavailable:
+            except Unavailable:
                 log.warning("could not mark agent offline", extra={"agent": self.principal.id})

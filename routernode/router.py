@@ -26,7 +26,9 @@ from typing import Any
 
 from routernode.routing import RoutingConfig, anyone_online, choose_agent, fallback_due
 from tidedesk import metrics
-from tidedesk.broker import INBOUND_QUEUE, Broker, Envelope, node_queue
+from tidedesk.broker import INBOUND_QUEUE, Broker, Envelope
+from tidedesk.delivery import deliver
+from tidedesk.errors import Unavailable
 from tidedesk.storage import Storage
 from tidedesk.store import Store
 
@@ -37,8 +39,11 @@ BATCH_MAX_ROWS = 100
 BATCH_MAX_WAIT_SECS = 0.05
 # How often waiting queues are checked for fallbacks and drained (safety net across routers).
 QUEUE_TICK_SECS = 1.0
-# Presence entries live this long unless refreshed by the chat node's heartbeat.
+# A claim lost to another router is retried this many times with fresh loads.
 CLAIM_RETRIES = 5
+# When a backend is down, a handler holds its message this long before giving it back to the
+# broker: the prefetch window fills up, so the broker stops sending and nothing spins.
+UNAVAILABLE_BACKOFF_SECS = 1.0
 
 
 class Batcher:
@@ -154,16 +159,16 @@ class Router:
         metrics.ROUTER_INFLIGHT.inc()
         try:
             await handler(event)
+        except Unavailable as exc:
+            log.warning("backend unavailable; message goes back to the broker",
+                        extra={"kind": kind, "error": str(exc)})
+            await asyncio.sleep(UNAVAILABLE_BACKOFF_SECS)
+            raise
         finally:
             metrics.ROUTER_INFLIGHT.dec()
 
     async def deliver(self, who: str, frame: dict[str, Any]) -> None:
-        nodes = await self.store.presence_nodes(who, self.clock())
-        if not nodes:
-            return
-        body = json.dumps({"to": who, "frame": frame}, ensure_ascii=False).encode()
-        for node in nodes:
-            await self.broker.publish(node_queue(node), body)
+        await deliver(self.broker, self.store, who, frame, self.clock())
 
     async def on_message(self, event: dict[str, Any]) -> None:
         conv_id = event["conversation_id"]

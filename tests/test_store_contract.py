@@ -504,15 +504,22 @@ def test_redis_stores_sharing_a_prefix_share_state() -> None:
 
 
 @pytest.mark.redis
-def test_redis_unreachable_is_not_ready() -> None:
-    from redis.exceptions import ConnectionError as RedisConnectionError
+def test_redis_unreachable_is_not_ready_and_opens_the_breaker() -> None:
+    from tidedesk.errors import StoreUnavailable
 
     async def main() -> None:
         store = RedisStore("redis://127.0.0.1:9/0", "tidedesk-test:unreachable:", timeout_s=1)
         try:
-            with pytest.raises(RedisConnectionError):
+            with pytest.raises(StoreUnavailable, match="Redis is unavailable"):
                 await store.start()
             assert not store.ready
+            for _ in range(10):
+                with pytest.raises(StoreUnavailable):
+                    await store.last_seq("c")
+            # Open: fails at once without trying the network.
+            assert store.breaker.current_state == "open"
+            with pytest.raises(StoreUnavailable, match="circuit open"):
+                await store.last_seq("c")
         finally:
             await store.close()
 

@@ -24,6 +24,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from tidedesk.errors import Unavailable
+
 log = logging.getLogger(__name__)
 
 INBOUND_QUEUE = "tidedesk.inbound"
@@ -34,7 +36,7 @@ def node_queue(node_id: str) -> str:
     return NODE_QUEUE_PREFIX + node_id
 
 
-class BrokerUnavailable(RuntimeError):
+class BrokerUnavailable(Unavailable):
     """The message could not be confirmed; the sender must retry (never treat as sent)."""
 
 

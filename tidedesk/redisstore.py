@@ -35,9 +35,10 @@ reusing it would repeat seqs. So each counter carries the ``run_id`` of the Redi
 seeded it (its *epoch*); a counter from another run_id (a restart, or a failover to a replica)
 counts as unknown. :meth:`seed_seq` keeps the larger of the stale value and the floor.
 
-Redis errors (``redis.exceptions.ConnectionError`` / ``TimeoutError``) propagate to the caller,
-which wraps the store in a circuit breaker; ``ready`` is False after such an error until a call
-succeeds again.
+Redis errors (``redis.exceptions.ConnectionError`` / ``TimeoutError``) reach the caller as
+:class:`~tidedesk.errors.StoreUnavailable`, behind a circuit breaker (pybreaker: after
+``BREAKER_FAIL_MAX`` failures in a row calls fail at once for ``BREAKER_RESET_SECS``); ``ready`` is
+False after such an error until a call succeeds again.
 """
 
 from __future__ import annotations
@@ -48,11 +49,13 @@ import math
 from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar, cast
 
+import pybreaker
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
 
+from tidedesk.errors import StoreUnavailable
 from tidedesk.store import CLIENT_ID_TTL_SECS, HISTORY_STREAM_LEN, AgentLoad, Store
 
 # A counter nobody used for a week expires; the next message re-seeds it from the database.
@@ -213,6 +216,11 @@ return 1
 """
 
 
+# Circuit breaker: this many connection failures in a row open it for this long.
+BREAKER_FAIL_MAX = 5
+BREAKER_RESET_SECS = 5.0
+
+
 def _ms(seconds: float) -> int:
     """A Redis TTL in milliseconds; at least 1 (0 or less would be an error or a delete)."""
     return max(1, math.ceil(seconds * 1000))
@@ -228,10 +236,14 @@ def _tracked(
         self = args[0]
         assert isinstance(self, RedisStore)
         try:
-            result = await fn(*args, **kwargs)
-        except (RedisConnectionError, RedisTimeoutError):
+            with self.breaker.calling():
+                result = await fn(*args, **kwargs)
+        except pybreaker.CircuitBreakerError:
             self._ready = False
-            raise
+            raise StoreUnavailable("Redis is unavailable (circuit open); retry shortly") from None
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            self._ready = False
+            raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
         self._ready = True
         return result
 
@@ -257,6 +269,9 @@ class RedisStore(Store):
         )
         self._r: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self._ready = True
+        self.breaker = pybreaker.CircuitBreaker(
+            fail_max=BREAKER_FAIL_MAX, reset_timeout=BREAKER_RESET_SECS, name="redis",
+            exclude=[lambda exc: not isinstance(exc, RedisConnectionError | RedisTimeoutError)])
         reg = self._r.register_script
         self._assign_seq = reg(_ASSIGN_SEQ)
         self._seed_seq = reg(_SEED_SEQ)

@@ -18,7 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import peewee as pw
+import pybreaker
 
+from tidedesk.errors import StorageUnavailable
 from tidedesk.models import Shard, bind_models, migrate, open_database, shard_index
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,16 @@ T = TypeVar("T")
 
 # Largest page a client may ask for in one history request.
 MAX_PAGE = 500
+# Circuit breaker: after this many database failures in a row, stop calling the database for
+# this long and fail at once (routers then hold their messages in the broker).
+BREAKER_FAIL_MAX = 5
+BREAKER_RESET_SECS = 5.0
+_DB_DOWN = (pw.OperationalError, pw.InterfaceError)
+
+
+def _not_a_db_outage(exc: BaseException) -> bool:
+    """Only connection-level errors open the breaker; a unique-key clash is not an outage."""
+    return not isinstance(exc, _DB_DOWN)
 
 
 def new_id() -> str:
@@ -62,11 +74,27 @@ class Storage:
         self._executor = ThreadPoolExecutor(
             max_workers=1 if sqlite else pool_size, thread_name_prefix="tidedesk-db"
         )
+        self.breaker = pybreaker.CircuitBreaker(
+            fail_max=BREAKER_FAIL_MAX, reset_timeout=BREAKER_RESET_SECS,
+            exclude=[_not_a_db_outage], name="database")
 
     # -- plumbing ---------------------------------------------------------------------------
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking database function in the pool, behind the circuit breaker.
+
+        Raises :class:`StorageUnavailable` when the database is down or the breaker is open."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
+        try:
+            return await loop.run_in_executor(self._executor, self.breaker.call, fn, *args)
+        except pybreaker.CircuitBreakerError:
+            raise StorageUnavailable("the database is unavailable (circuit open); retry "
+                                     "shortly") from None
+        except _DB_DOWN as exc:
+            raise StorageUnavailable(f"the database is unavailable: {exc}") from exc
+
+    @property
+    def available(self) -> bool:
+        return self.breaker.current_state != pybreaker.STATE_OPEN
 
     def shard_for(self, conv_id: str) -> Shard:
         return self.shards[shard_index(conv_id, len(self.shards))]
