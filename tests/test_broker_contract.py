@@ -84,7 +84,9 @@ class Ctx:
         if self.kind == "memory":
             b = MemoryBroker(confirm_on_ack=(self.inbound,), confirm_timeout_s=5)
         else:
+            queue_type = "quorum" if self.kind == "rabbitmq-quorum" else "classic"
             b = RabbitBroker(kwargs.pop("url", AMQP_URL), inbound_queue=self.inbound,
+                             inbound_queue_type=queue_type,
                              reconnect_min_s=0.05, reconnect_max_s=0.5, **kwargs)
         self.brokers.append(b)
         await b.start()
@@ -109,14 +111,16 @@ def _runner(kind: str) -> Runner:
         try:
             asyncio.run(main())
         finally:
-            if kind == "rabbitmq":
+            if kind.startswith("rabbitmq"):
                 _delete_queues(ctx.queues())
 
     return run
 
 
-@pytest.fixture(params=["memory", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
+@pytest.fixture(params=["memory", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
+                        pytest.param("rabbitmq-quorum", marks=pytest.mark.rabbitmq)])
 def run(request: pytest.FixtureRequest) -> Runner:
+    """``rabbitmq-quorum``: the inbound queue is a quorum queue (node queues stay classic)."""
     return _runner(request.param)
 
 
