@@ -36,6 +36,7 @@ with other arguments, and start-up logs that as an error).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -317,7 +318,12 @@ class RabbitBroker(Broker):
         conn = AsyncioConnection(self._params, on_open_callback=on_open,
                                  on_open_error_callback=on_open_error,
                                  on_close_callback=on_close, custom_ioloop=loop)
-        await opened
+        try:
+            await opened
+        except asyncio.CancelledError:  # close() during the handshake: do not leave it running
+            with contextlib.suppress(pika.exceptions.AMQPError):
+                conn.close()
+            raise
         if self._coalesce:
             coalesce_writes(conn)
         session = _Session(conn=conn, lost=lost)
