@@ -58,6 +58,39 @@ class Server:
     data_dir: Path
     env: dict[str, str]
     log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start ``tidedesk dev`` and wait until /readyz answers 200."""
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([*_tidedesk_cmd(), "dev"], env=self.env, cwd=ROOT,
+                                         stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_SECS
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"tidedesk dev exited with {self.proc.returncode} while starting:\n"
+                            f"{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.base_url + "/readyz", timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.1)
+        pytest.fail(f"tidedesk dev did not become ready within {SERVER_START_TIMEOUT_SECS}s:\n"
+                    f"{self.log_tail()}")
+
+    def stop(self) -> None:
+        """SIGTERM (the server drains: clients are told to reconnect), then wait for the exit."""
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
 
     def create_agent(self, *, email: str, password: str, name: str, pools: str = "general",
                      max_chats: int = 1, role: str = "agent", totp: bool = False) -> str | None:
@@ -82,23 +115,6 @@ class Server:
             return "(no server log)"
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], server: Server) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_SECS
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"tidedesk dev exited with {proc.returncode} while starting:\n"
-                        f"{server.log_tail()}")
-        try:
-            with urllib.request.urlopen(url + "/readyz", timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"tidedesk dev did not become ready within {SERVER_START_TIMEOUT_SECS}s:\n"
-                f"{server.log_tail()}")
-
-
 @pytest.fixture(scope="module")
 def server(request: pytest.FixtureRequest,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
@@ -116,22 +132,13 @@ def server(request: pytest.FixtureRequest,
     for key in ("TIDEDESK_BROKER_URL", "TIDEDESK_REDIS_URL", "TIDEDESK_DATABASE_URL"):
         env.pop(key, None)  # embedded mode, whatever the developer's shell says
     env.update(getattr(request.module, "SERVER_ENV", {}))
-    log_path = data_dir / "server.log"
-    base = f"http://127.0.0.1:{port}"
-    srv = Server(base_url=base, data_dir=data_dir, env=env, log_path=log_path)
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([*_tidedesk_cmd(), "dev"], env=env, cwd=ROOT, stdout=log,
-                                stderr=subprocess.STDOUT)
+    srv = Server(base_url=f"http://127.0.0.1:{port}", data_dir=data_dir, env=env,
+                 log_path=data_dir / "server.log")
     try:
-        _wait_ready(base, proc, srv)
+        srv.start()
         yield srv
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        srv.stop()
 
 
 @pytest.fixture(scope="session")
