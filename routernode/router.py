@@ -116,6 +116,7 @@ class Router:
         self.clock = clock
         self.batcher = Batcher(storage)
         self._tick_task: asyncio.Task[None] | None = None
+        self.started = False
         self._visitor_of: dict[str, str] = {}
         self._sent_position: dict[str, int] = {}
 
@@ -124,6 +125,18 @@ class Router:
         await self.recover()
         await self.broker.consume(INBOUND_QUEUE, self.handle, prefetch=self.prefetch)
         self._tick_task = asyncio.create_task(self._tick_loop())
+        self.started = True
+
+    def readiness(self) -> tuple[bool, str]:
+        if not self.started:
+            return False, "starting"
+        if not self.broker.ready:
+            return False, "broker unavailable"
+        if not self.store.ready:
+            return False, "session store unavailable"
+        if not self.storage.available:
+            return False, "database unavailable"
+        return True, "ok"
 
     async def stop(self) -> None:
         if self._tick_task is not None:

@@ -9,9 +9,11 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import tornado.web
 import yaml
 from tornado.httpserver import HTTPServer
 
+from chatnode import http
 from chatnode.app import ChatNode
 from routernode.router import Router
 from routernode.routing import DEFAULT_RULES, RoutingConfig, RoutingConfigError, parse_rules
@@ -58,7 +60,7 @@ def make_store(settings: Settings) -> Store:
     if settings.redis_url:
         from tidedesk.redisstore import RedisStore
 
-        return RedisStore(settings.redis_url)
+        return RedisStore(settings.redis_url, prefix=settings.redis_prefix)
     return MemoryStore()
 
 
@@ -69,6 +71,16 @@ def seed_demo(storage: Storage, settings: Settings, pools: tuple[str, ...]) -> N
                                   password_hash=hash_password(settings.demo_agent_password),
                                   role="admin", pools=pools, max_chats=3, totp_secret=None)
     storage.seed_canned_sync(DEMO_CANNED)
+
+
+def health_app(router: Router) -> tornado.web.Application:
+    """A router's own small HTTP server: /healthz, /readyz and /metrics for Prometheus."""
+    deps = {"service": None, "node": router}
+    return tornado.web.Application([
+        (r"/healthz", http.HealthHandler, deps),
+        (r"/readyz", http.ReadyHandler, deps),
+        (r"/metrics", http.MetricsHandler, deps),
+    ], default_handler_class=http.NotFoundHandler, default_handler_args=deps)
 
 
 class Runtime:
@@ -102,15 +114,18 @@ class Runtime:
             self.node = ChatNode(settings=self.settings, broker=self.broker, store=self.store,
                                  storage=self.storage, pools=self.routing.pools)
             await self.node.start()
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host or self.settings.host,
-                       self.settings.port if port is None else port))
-            sock.listen(1024)
-            sock.setblocking(False)
-            self.server = HTTPServer(self.node.make_app(), xheaders=True)
-            self.server.add_sockets([sock])
-            self.port = sock.getsockname()[1]
+            app = self.node.make_app()
+        else:
+            assert self.router is not None
+            app = health_app(self.router)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host or self.settings.host, self.settings.port if port is None else port))
+        sock.listen(1024)
+        sock.setblocking(False)
+        self.server = HTTPServer(app, xheaders=True)
+        self.server.add_sockets([sock])
+        self.port = sock.getsockname()[1]
 
     async def stop(self, drain: bool = True) -> None:
         if self.node is not None and drain:

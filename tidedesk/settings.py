@@ -118,6 +118,7 @@ FIELDS: tuple[Field, ...] = (
     Field("db_pool_size", 4, _parse_int(1, 64), "connections per database (2-3x cores)"),
     Field("broker_url", None, _parse_optional_str, "amqp:// URL; unset = in-process broker"),
     Field("redis_url", None, _parse_optional_str, "redis:// URL; unset = in-process store"),
+    Field("redis_prefix", "tidedesk:", _parse_str, "prefix of every Redis key (shared servers)"),
     Field("node_id", "", _parse_str, "this chat node's id (default: hostname-pid)"),
     Field("jwt_secret", None, _parse_optional_str,
           "HMAC key for agent and visitor tokens (default: generated into data_dir)"),
@@ -156,6 +157,7 @@ class Settings:
     db_pool_size: int
     broker_url: str | None
     redis_url: str | None
+    redis_prefix: str
     node_id: str
     jwt_secret: str
     aes_key: str
