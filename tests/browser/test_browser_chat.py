@@ -315,3 +315,33 @@ def test_widget_keeps_its_chat_across_reloads_and_counts_unread(server: Server,
     expect(visitor.page.get_by_test_id("td-badge")).to_be_hidden()
     visitor.expect_message("for 24 hours")
     agent.close_current_chat()
+
+
+def test_status_switch_reaches_the_server_and_survives_a_reload(server: Server,
+                                                                new_context: Any) -> None:
+    agent = _agent(new_context, server)
+    page = agent.page
+
+    def server_side_status() -> str:
+        token = page.evaluate(
+            "() => JSON.parse(localStorage['tidedesk.agent.session']).access_token")
+        answer = page.request.get(server.base_url + "/api/v1/agents",
+                                  headers={"Authorization": f"Bearer {token}"})
+        return {a["name"]: a["status"] for a in answer.json()["agents"]}[DEMO_NAME]
+
+    def wait_for_status(expected: str) -> None:
+        for _ in range(100):
+            if server_side_status() == expected:
+                return
+            page.wait_for_timeout(50)
+        assert server_side_status() == expected
+
+    wait_for_status("online")
+    page.get_by_test_id("status").select_option("away")
+    wait_for_status("away")
+    page.reload()
+    agent.expect_online()
+    expect(page.get_by_test_id("status")).to_have_value("away")
+    wait_for_status("away")
+    page.get_by_test_id("status").select_option("online")
+    wait_for_status("online")
