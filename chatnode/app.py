@@ -14,7 +14,7 @@ import tornado.web
 
 from chatnode import http, websockets
 from chatnode.hub import Hub
-from chatnode.service import PRESENCE_TTL_SECS, ChatService
+from chatnode.service import ChatService
 from tidedesk import metrics
 from tidedesk.auth import TokenService
 from tidedesk.broker import Broker, node_queue
@@ -26,8 +26,6 @@ from tidedesk.store import Store
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
-# Presence is refreshed well within its TTL so a live connection never looks gone.
-HEARTBEAT_SECS = PRESENCE_TTL_SECS / 3
 # Draining: clients are told to reconnect at a random moment within this window (no stampede
 # on the remaining nodes), then the node waits this long at most for in-flight work.
 DRAIN_SPREAD_SECS = 3.0
@@ -111,15 +109,28 @@ class ChatNode:
         metrics.READY.set(1)
 
     async def _heartbeat_loop(self) -> None:
+        # Refreshed three times per TTL, so a live connection never looks gone.
+        ttl = self.settings.presence_ttl_s
         while True:
-            await asyncio.sleep(HEARTBEAT_SECS)
+            await asyncio.sleep(ttl / 3)
             try:
-                now = self.service.clock()
-                for who, conn in self.hub.connections():
-                    await self.store.presence_add(who, conn.conn_id, self.settings.node_id,
-                                                  PRESENCE_TTL_SECS, now)
-            except Exception:
-                log.exception("presence heartbeat failed; next one retries")
+                await self.heartbeat(ttl)
+            except Exception as exc:
+                log.warning("presence heartbeat failed; next one retries",
+                            extra={"error": str(exc)})
+
+    async def heartbeat(self, ttl: float) -> None:
+        """Refresh presence; re-announce agents the store forgot (it restarted empty), so they
+        get chats again and take back the ones the database says are theirs."""
+        now = self.service.clock()
+        announced: set[str] = set()
+        for who, conn in self.hub.connections():
+            await self.store.presence_add(who, conn.conn_id, self.settings.node_id, ttl, now)
+            agent = getattr(conn, "agent", None)
+            if who.startswith("agent:") and agent is not None and who not in announced:
+                announced.add(who)
+                if await self.store.agent_get(who.split(":", 1)[1]) is None:
+                    await self.service.agent_status(agent, "online")
 
     async def drain(self, spread_s: float = DRAIN_SPREAD_SECS,
                     timeout_s: float = DRAIN_TIMEOUT_SECS) -> None:

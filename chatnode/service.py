@@ -29,9 +29,6 @@ log = logging.getLogger(__name__)
 
 TAG_RE = re.compile(r"^[a-z0-9_\-]{1,32}$")
 MAX_TAGS = 20
-# Presence entries expire unless the node's heartbeat refreshes them (a crashed node's
-# connections stop counting after this long).
-PRESENCE_TTL_SECS = 90.0
 
 
 class ServiceError(Exception):

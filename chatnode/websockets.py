@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from chatnode.hub import Hub
-from chatnode.service import PRESENCE_TTL_SECS, ChatService, ServiceError, VisitorSession
+from chatnode.service import ChatService, ServiceError, VisitorSession
 from tidedesk import metrics, wire
 from tidedesk.auth import Principal
 from tidedesk.errors import Unavailable
@@ -89,7 +89,8 @@ class _Socket(WebSocketHandler):
         self.registered = True
         metrics.CONNECTIONS.labels(role=self.role).inc()
         await self.service.store.presence_add(who, self.conn_id, self.service.node_id,
-                                              PRESENCE_TTL_SECS, self.service.clock())
+                                              self.service.settings.presence_ttl_s,
+                                              self.service.clock())
 
     async def on_message(self, message: str | bytes) -> None:
         if not self.registered:
@@ -162,6 +163,13 @@ class VisitorSocket(_Socket):
     role = "visitor"
     session: VisitorSession
 
+    def send(self, frame: dict[str, Any]) -> None:
+        # Track the conversation's state from what the routers tell the visitor, so sending a
+        # message needs no database read (messages keep flowing while the database is down).
+        if frame.get("type") == "state" and isinstance(frame.get("state"), str):
+            self.session.state = frame["state"]
+        super().send(frame)
+
     async def open(self, *args: str, **kwargs: str) -> None:
         if self.refuse_if_draining():
             return
@@ -215,8 +223,7 @@ class VisitorSocket(_Socket):
         if named is not None and named != s.conversation_id:
             raise ServiceError(403, "forbidden", "you can only write to your own conversation")
         if frame.type == "message":
-            conv = await self.service.storage.conversation(s.conversation_id)
-            if conv is not None and conv.state == "closed":
+            if s.state == "closed":
                 # The agent closed the chat: writing again starts a new conversation.
                 self.session, created = await self.service.open_visitor_session(s.visitor_id)
                 s = self.session
@@ -241,6 +248,28 @@ class AgentSocket(_Socket):
     role = "agent"
     principal: Principal
     agent: Any
+
+    def initialize(self, service: ChatService, hub: Hub, node: Any) -> None:
+        super().initialize(service, hub, node)
+        # conversation id → visitor id of the chats this console was given (hello, assigned):
+        # with the store's owner check they let an agent write without a database read.
+        self.visitors: dict[str, str] = {}
+
+    def send(self, frame: dict[str, Any]) -> None:
+        if frame.get("type") == "assigned" and isinstance(frame.get("visitor"), dict):
+            self.visitors[frame["conversation_id"]] = frame["visitor"].get("id", "")
+        elif frame.get("type") == "hello":
+            for item in frame.get("conversations", []):
+                self.visitors[item["conversation_id"]] = item["visitor"]["id"]
+        super().send(frame)
+
+    async def conversation(self, conv_id: str) -> tuple[str, str]:
+        """(visitor id, state) of a conversation this agent may act on; ServiceError if not."""
+        visitor_id = self.visitors.get(conv_id)
+        if visitor_id and await self.service.store.owner(conv_id) == self.principal.id:
+            return visitor_id, "assigned"
+        conv = await self.service.agent_can_see(self.principal, conv_id)
+        return conv.visitor_id, conv.state
 
     async def open(self, *args: str, **kwargs: str) -> None:
         if self.refuse_if_draining():
@@ -268,11 +297,11 @@ class AgentSocket(_Socket):
             return
         conv_id = frame.conversation_id
         assert conv_id is not None  # parse_frame requires it for every other type
-        conv = await self.service.agent_can_see(self.principal, conv_id)
+        visitor_id, state = await self.conversation(conv_id)
         if frame.type in ("message", "note"):
-            if conv.state == "closed" and frame.type == "message":
+            if state == "closed" and frame.type == "message":
                 raise ServiceError(409, "conversation_closed", "this conversation is closed")
-            self.send_message(conv_id, frame, visitor_id=conv.visitor_id, sender_type="agent",
+            self.send_message(conv_id, frame, visitor_id=visitor_id, sender_type="agent",
                               sender_id=self.principal.id, name=self.agent.name,
                               private=frame.type == "note")
         elif frame.type == "resume":
@@ -280,7 +309,7 @@ class AgentSocket(_Socket):
         elif frame.type in ("typing", "read"):
             relay = {k: v for k, v in frame.data.items() if k in ("type", "on", "seq")}
             relay.update(conversation_id=conv_id, **{"from": "agent"})
-            await self.service.relay(f"visitor:{conv.visitor_id}", relay)
+            await self.service.relay(f"visitor:{visitor_id}", relay)
         elif frame.type == "close":
             await self.service.publish({"kind": "close", "conversation_id": conv_id,
                                         "by": f"agent:{self.principal.id}"})

@@ -39,6 +39,9 @@ BATCH_MAX_ROWS = 100
 BATCH_MAX_WAIT_SECS = 0.05
 # How often waiting queues are checked for fallbacks and drained (safety net across routers).
 QUEUE_TICK_SECS = 1.0
+# Every this many ticks, chats the database says are waiting are put back in the queues (they
+# vanish when the store restarts empty); enqueueing is idempotent.
+RECOVER_EVERY_TICKS = 10
 # A claim lost to another router is retried this many times with fresh loads.
 CLAIM_RETRIES = 5
 # When a backend is down, a handler holds its message this long before giving it back to the
@@ -400,9 +403,15 @@ class Router:
             await self.drain(pool)
 
     async def _tick_loop(self) -> None:
+        ticks = 0
         while True:
             await asyncio.sleep(QUEUE_TICK_SECS)
+            ticks += 1
             try:
+                if ticks % RECOVER_EVERY_TICKS == 0:
+                    await self.recover()
                 await self.tick()
+            except Unavailable as exc:
+                log.warning("queue tick skipped: %s", exc)
             except Exception:
                 log.exception("queue tick failed; next tick retries")

@@ -52,7 +52,7 @@ def make_broker(settings: Settings) -> Broker:
     if settings.broker_url:
         from tidedesk.rabbitmq import RabbitBroker
 
-        return RabbitBroker(settings.broker_url)
+        return RabbitBroker(settings.broker_url, confirm_timeout_s=settings.ack_timeout_s)
     return MemoryBroker(confirm_timeout_s=settings.ack_timeout_s)
 
 

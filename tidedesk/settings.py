@@ -132,6 +132,9 @@ FIELDS: tuple[Field, ...] = (
     Field("access_token_ttl_s", 900, _parse_int(60, 86400), "agent access token lifetime"),
     Field("refresh_token_ttl_s", 7 * 86400, _parse_int(300, 90 * 86400), "refresh token life"),
     Field("session_ttl_s", 1800, _parse_int(60, 86400), "sliding TTL of visitor sessions"),
+    Field("presence_ttl_s", 90.0, _parse_float(3, 3600),
+          "a connection counts as present this long after its node's last heartbeat "
+          "(heartbeat every third of it)"),
     Field("ws_ping_interval_s", 20.0, _parse_float(0, 3600), "WebSocket ping interval (0=off)"),
     Field("ws_ping_timeout_s", 30.0, _parse_float(1, 3600), "close after this long without pong"),
     Field("ws_max_message_size", 65536, _parse_int(1024, 16 * 1024 * 1024),
@@ -168,6 +171,7 @@ class Settings:
     access_token_ttl_s: int
     refresh_token_ttl_s: int
     session_ttl_s: int
+    presence_ttl_s: float
     ws_ping_interval_s: float
     ws_ping_timeout_s: float
     ws_max_message_size: int
