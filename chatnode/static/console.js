@@ -47,7 +47,7 @@
       newChat: "New chat: {name}", transferredAway: "Chat with {name} was transferred.",
       chatEnded: "Chat with {name} was closed.", conv: "Conversation {id}", lang: "Language: {l}",
       noCanned: "No canned responses yet.", error: "Error: {m}", loadFailed: "Could not load history: {m}",
-      chatsLoad: "{n} / {max}", sessionExpired: "Your session expired. Sign in again.",
+      chatsLoad: "{n} / {max}", sessionExpired: "Your session expired. Sign in again.", seen: "Seen",
     },
     "zh-CN": {
       consoleName: "客服工作台", signInTitle: "登录", signInIntro: "使用您的 Tidedesk 客服账号登录。",
@@ -74,7 +74,7 @@
       newChat: "新对话：{name}", transferredAway: "与 {name} 的对话已转接。",
       chatEnded: "与 {name} 的对话已结束。", conv: "对话 {id}", lang: "语言：{l}",
       noCanned: "暂无快捷回复。", error: "错误：{m}", loadFailed: "无法加载历史消息：{m}",
-      chatsLoad: "{n} / {max}", sessionExpired: "登录已过期，请重新登录。",
+      chatsLoad: "{n} / {max}", sessionExpired: "登录已过期，请重新登录。", seen: "已读",
     },
   };
 
@@ -366,6 +366,13 @@
         if (c.typing) c.typingTimer = setTimeout(function () { c.typing = false; renderList(); renderTyping(); }, TYPING_SHOW_MS);
         renderList(); renderTyping();
         break;
+      case "read":
+        // The visitor has seen everything up to this seq.
+        c = S.chats[f.conversation_id];
+        if (!c || typeof f.seq !== "number" || f.seq <= (c.visitorRead || 0)) break;
+        c.visitorRead = f.seq;
+        if (S.current === c.id) renderLog(c, true);
+        break;
       case "closed":
         c = S.chats[f.conversation_id];
         if (!c) break;
@@ -607,20 +614,25 @@
       onclick: function () { loadOlder(c); },
     }));
     var seqs = Object.keys(c.msgs).map(Number).sort(function (a, b) { return a - b; });
-    seqs.forEach(function (seq) { log.appendChild(msgEl(c, c.msgs[seq], false)); });
+    var seenSeq = 0;
+    seqs.forEach(function (seq) {
+      var m = c.msgs[seq];
+      if (m.from === "agent" && !m.private && seq <= (c.visitorRead || 0)) seenSeq = seq;
+    });
+    seqs.forEach(function (seq) { log.appendChild(msgEl(c, c.msgs[seq], false, seq === seenSeq)); });
     c.outbox.forEach(function (m) { log.appendChild(msgEl(c, m, true)); });
     if (!document.hidden) markRead(c);
     if (nearBottom || !keepScroll) log.scrollTop = log.scrollHeight;
     else log.scrollTop = scrollTop;
   }
 
-  function msgEl(c, m, pending) {
+  function msgEl(c, m, pending, seen) {
     if (m.from === "system") return h("div", { class: "sys", "data-testid": "msg", "data-seq": m.seq, "data-from": "system", text: m.body });
     var from = pending ? "agent" : m.from;
     var cls = "msg " + from + (m.private ? " note" : "") + (pending ? " pending" : "");
     var who = from === "visitor" ? visitorName(c) : (m.name || (S.me && S.me.name) || "");
     var meta = pending ? (m.failed ? t("unsent") : t("sending"))
-      : (m.private ? t("noteLabel") + " · " : "") + who + " · " + fmtTime(m.ts || Date.now() / 1000);
+      : (m.private ? t("noteLabel") + " · " : "") + who + " · " + fmtTime(m.ts || Date.now() / 1000) + (seen ? " · " + t("seen") : "");
     return h("div", {
       class: cls, "data-testid": "msg", "data-seq": pending ? null : m.seq, "data-id": m.id, "data-from": from,
       "data-private": m.private ? "true" : null, "data-pending": pending ? "true" : null,

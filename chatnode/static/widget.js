@@ -515,7 +515,7 @@
   function resetConversation() {
     S.msgs = {}; S.top = 0; S.maxSeq = 0;
     S.agentTyping = false; S.position = null; S.offlineSent = false;
-    S.readSeq = 0; S.unread = 0; save("read_seq", null);
+    S.readSeq = 0; S.unread = 0; S.lastReadSent = 0; save("read_seq", null);
   }
 
   // ---- connection ----
@@ -804,7 +804,7 @@
     if (readTimer) return;
     readTimer = setTimeout(function () {
       readTimer = null;
-      if (S.open && !document.hidden && S.top > S.lastReadSent && send({ type: "read", seq: S.top })) S.lastReadSent = S.top;
+      if (S.open && !document.hidden && S.maxSeq > S.lastReadSent && send({ type: "read", seq: S.maxSeq })) S.lastReadSent = S.maxSeq;
     }, 400);
   }
 

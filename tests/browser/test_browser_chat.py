@@ -62,6 +62,9 @@ def test_visitor_and_agent_chat_both_ways(server: Server, new_context: Any) -> N
     agent.send("Delivery is free for you today.")
     visitor.expect_message("Delivery is free for you today.")
     expect(visitor.bodies().filter(has_text="VIP customer")).to_have_count(0)
+    # The widget reports what the visitor has read; the console marks it.
+    last = agent.page.get_by_test_id("chat-log").get_by_test_id("msg").last
+    expect(last).to_contain_text("Seen")
 
     # Every message once, in seq order, on both sides.
     agent.expect_all_acked()
