@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 
 TAG_RE = re.compile(r"^[a-z0-9_\-]{1,32}$")
 MAX_TAGS = 20
+# Password guessing: after this many failed sign-ins for one e-mail within the window, further
+# attempts are refused until the window has passed (HAProxy limits per client address too).
+LOGIN_MAX_FAILURES = 10
+LOGIN_WINDOW_SECS = 300.0
 
 
 class ServiceError(Exception):
@@ -74,16 +78,28 @@ class ChatService:
         if not isinstance(email, str) or not isinstance(password, str):
             raise ServiceError(400, "invalid_body", "send {\"email\": str, \"password\": str, "
                                "\"totp\"?: str}")
+        failures_key = f"login-failures:{email.strip().lower()}"
+        now = self.clock()
+        failures = int(await self.store.kv_get(failures_key, now) or 0)
+        if failures >= LOGIN_MAX_FAILURES:
+            raise ServiceError(429, "rate_limited", "too many failed sign-ins for this account; "
+                               f"wait {int(LOGIN_WINDOW_SECS // 60)} minutes and try again")
+
+        async def refuse(code: str, message: str) -> ServiceError:
+            await self.store.kv_set(failures_key, str(failures + 1), LOGIN_WINDOW_SECS, now)
+            return ServiceError(401, code, message)
+
         agent = await self.storage.agent_by_email(email)
         if agent is None or not agent.active or not verify_password(agent.password_hash,
                                                                     password):
-            raise ServiceError(401, "invalid_credentials", "wrong email or password")
+            raise await refuse("invalid_credentials", "wrong email or password")
         if agent.totp_secret:
             if totp is None or totp == "":
                 raise ServiceError(401, "totp_required", "this account uses two-factor sign-in: "
                                    "send the 6-digit code from your authenticator as 'totp'")
             if not isinstance(totp, str) or not verify_totp(agent.totp_secret, totp):
-                raise ServiceError(401, "invalid_totp", "the two-factor code is wrong or expired")
+                raise await refuse("invalid_totp", "the two-factor code is wrong or expired")
+        await self.store.kv_delete(failures_key)
         await self.storage.audit(f"agent:{agent.id}", "auth.login", agent.email)
         return self.tokens.agent_tokens(str(agent.id), agent.role)
 

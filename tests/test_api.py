@@ -46,6 +46,26 @@ def test_totp_sign_in_and_refresh(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+def test_password_guessing_is_throttled_per_account(tmp_path: Path) -> None:
+    from chatnode.service import LOGIN_MAX_FAILURES
+
+    async def scenario() -> None:
+        async with embedded(tmp_path, GENERAL_ONLY) as rt:
+            add_agent(rt, "pat@shop.test")
+            add_agent(rt, "quinn@shop.test")
+            http = Http(rt)
+            wrong = {"email": "pat@shop.test", "password": "guess"}
+            for _ in range(LOGIN_MAX_FAILURES):
+                assert (await http.request("POST", "/api/v1/auth/login", wrong))[0] == 401
+            status, data = await http.request("POST", "/api/v1/auth/login",
+                                              {**wrong, "password": "password1"})
+            assert status == 429 and data["error"]["code"] == "rate_limited"
+            # Other accounts are not affected.
+            assert await login(rt, "quinn@shop.test")
+
+    asyncio.run(scenario())
+
+
 def test_supervisor_overview_needs_the_role(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with embedded(tmp_path, GENERAL_ONLY) as rt:
