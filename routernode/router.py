@@ -296,7 +296,7 @@ class Router:
         agents = await self.store.agents_in_pool(pool)
         if fallback is not None:
             agents += await self.store.agents_in_pool(fallback)
-        if not anyone_online(agents):
+        if not anyone_online(agents) or not self.routing.is_open(self.clock()):
             await self.storage.update_conversation(conv_id, state="offline", pool=pool)
             await self.storage.open_ticket(conv_id, visitor_id)
             await self.deliver(f"visitor:{visitor_id}", {"type": "state", "state": "offline"})

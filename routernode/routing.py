@@ -12,15 +12,25 @@ Rules come from YAML, first match wins::
       - name: everyone         # no 'match': matches every visitor
         pool: general
 
+Optional business hours (outside them every new chat becomes an offline ticket)::
+
+    business_hours:
+      timezone: Asia/Shanghai      # IANA name
+      days: [mon, tue, wed, thu, fri]
+      open: "09:00"
+      close: "18:00"               # may be before open: hours that span midnight
+
 Within a pool the online agent with the fewest open chats under their limit gets the chat, ties
 to the one idle longest (earliest last assignment), then the lowest id for determinism.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 DEFAULT_POOL = "general"
 
@@ -54,10 +64,35 @@ class Rule:
         return not self.tags or bool(self.tags & set(tags))
 
 
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@dataclass(frozen=True)
+class BusinessHours:
+    timezone: str
+    days: frozenset[int]  # 0 = Monday
+    open_minute: int
+    close_minute: int
+
+    def is_open(self, now: float) -> bool:
+        local = dt.datetime.fromtimestamp(now, ZoneInfo(self.timezone))
+        minute = local.hour * 60 + local.minute
+        if self.open_minute <= self.close_minute:
+            return local.weekday() in self.days and self.open_minute <= minute < self.close_minute
+        # Spans midnight: the evening belongs to today, the small hours to yesterday's shift.
+        if minute >= self.open_minute:
+            return local.weekday() in self.days
+        return minute < self.close_minute and (local.weekday() - 1) % 7 in self.days
+
+
 @dataclass(frozen=True)
 class RoutingConfig:
     rules: tuple[Rule, ...]
     vip_tags: frozenset[str] = frozenset({"vip"})
+    hours: BusinessHours | None = None
+
+    def is_open(self, now: float) -> bool:
+        return self.hours is None or self.hours.is_open(now)
 
     @property
     def pools(self) -> tuple[str, ...]:
@@ -108,10 +143,10 @@ def _name(value: Any, field: str) -> str:
 def parse_rules(data: Any) -> RoutingConfig:
     if not isinstance(data, dict):
         raise RoutingConfigError("routing file: expected a mapping with 'rules'")
-    unknown = set(data) - {"rules", "vip_tags"}
+    unknown = set(data) - {"rules", "vip_tags", "business_hours"}
     if unknown:
         raise RoutingConfigError(f"routing file: unknown key(s) {', '.join(sorted(unknown))}; "
-                                 "allowed: rules, vip_tags")
+                                 "allowed: rules, vip_tags, business_hours")
     raw_rules = data.get("rules")
     if not isinstance(raw_rules, list) or not raw_rules:
         raise RoutingConfigError("rules: must be a non-empty list")
@@ -151,8 +186,45 @@ def parse_rules(data: Any) -> RoutingConfig:
     vip = data.get("vip_tags", ["vip"])
     if not isinstance(vip, list):
         raise RoutingConfigError("vip_tags: must be a list of tags")
+    hours = data.get("business_hours")
     return RoutingConfig(rules=tuple(rules),
-                         vip_tags=frozenset(_name(t, "vip_tags") for t in vip))
+                         vip_tags=frozenset(_name(t, "vip_tags") for t in vip),
+                         hours=None if hours is None else _parse_hours(hours))
+
+
+def _minute(value: Any, field: str) -> int:
+    text = str(value)
+    try:
+        hour, minute = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise RoutingConfigError(f"{field}: expected HH:MM, got {value!r}") from None
+    if not (0 <= hour < 24 and 0 <= minute < 60):
+        raise RoutingConfigError(f"{field}: expected HH:MM, got {value!r}")
+    return hour * 60 + minute
+
+
+def _parse_hours(raw: Any) -> BusinessHours:
+    where = "business_hours"
+    if not isinstance(raw, dict):
+        raise RoutingConfigError(f"{where}: must be a mapping with timezone, days, open, close")
+    unknown = set(raw) - {"timezone", "days", "open", "close"}
+    if unknown:
+        raise RoutingConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
+                                 "allowed: timezone, days, open, close")
+    tz = _name(raw.get("timezone", "UTC"), f"{where}.timezone")
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise RoutingConfigError(f"{where}.timezone: unknown time zone {tz!r} (use an IANA "
+                                 "name like Europe/Berlin)") from None
+    days = raw.get("days", list(DAYS[:5]))
+    if not isinstance(days, list) or not days or not all(d in DAYS for d in days):
+        raise RoutingConfigError(f"{where}.days: must be a list of {', '.join(DAYS)}")
+    open_minute = _minute(raw.get("open"), f"{where}.open")
+    close_minute = _minute(raw.get("close"), f"{where}.close")
+    if open_minute == close_minute:
+        raise RoutingConfigError(f"{where}: open and close must differ")
+    return BusinessHours(tz, frozenset(DAYS.index(d) for d in days), open_minute, close_minute)
 
 
 def choose_agent(agents: Sequence[AgentLike]) -> AgentLike | None:

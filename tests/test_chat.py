@@ -253,3 +253,32 @@ def test_transfer_to_another_agent_and_private_notes(tmp_path: Path) -> None:
                 await c.close()
 
     run(scenario())
+
+
+def test_outside_business_hours_a_waiting_chat_becomes_a_ticket(tmp_path: Path) -> None:
+    """An agent who is free still answers; nobody free outside hours means a ticket, not a
+    queue."""
+    import datetime as dt
+
+    now = dt.datetime.now(dt.UTC)
+    opens = (now + dt.timedelta(hours=2)).strftime("%H:%M")
+    closes = (now + dt.timedelta(hours=3)).strftime("%H:%M")
+    routing = GENERAL_ONLY + (f"business_hours: {{timezone: UTC, open: '{opens}', "
+                              f"close: '{closes}', days: [mon, tue, wed, thu, fri, sat, sun]}}\n")
+
+    async def scenario() -> None:
+        async with embedded(tmp_path, routing) as rt:
+            add_agent(rt, "rae@shop.test", max_chats=1)
+            agent = await agent_socket(rt, "rae@shop.test")
+            await asyncio.sleep(0.1)
+            _, _, first = await new_visitor(rt)
+            await first.wait_type("assigned")
+            _, _, second = await new_visitor(rt)
+            await second.wait_type("state", state="offline")
+            assert not second.of_type("queue")
+            conv = second.of_type("hello")[0]["conversation_id"]
+            assert [t.conversation_id for t in await rt.storage.tickets()] == [conv]
+            for c in (first, second, agent):
+                await c.close()
+
+    run(scenario())

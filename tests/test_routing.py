@@ -103,3 +103,57 @@ def test_fallback_after_max_wait() -> None:
     assert fallback_due(rule, enqueued_at=100, now=159) is None
     assert fallback_due(rule, enqueued_at=100, now=160) == "general"
     assert fallback_due(SEED.rule_for([]), enqueued_at=0, now=10**6) is None
+
+
+HOURS = {"rules": [{"pool": "general"}],
+         "business_hours": {"timezone": "Asia/Shanghai", "days": ["mon", "tue", "wed", "thu",
+                                                                  "fri"],
+                            "open": "09:00", "close": "18:00"}}
+
+
+def _at(iso: str) -> float:
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    return dt.datetime.fromisoformat(iso).replace(tzinfo=ZoneInfo("Asia/Shanghai")).timestamp()
+
+
+@pytest.mark.parametrize(("when", "is_open"), [
+    ("2026-11-30T09:00", True),   # Monday, opening minute
+    ("2026-11-30T17:59", True),
+    ("2026-11-30T18:00", False),  # closing minute is closed
+    ("2026-11-30T08:59", False),
+    ("2026-11-28T12:00", False),  # Saturday
+], ids=["opens", "last-minute", "closes", "early", "weekend"])
+def test_business_hours(when: str, is_open: bool) -> None:
+    assert parse_rules(HOURS).is_open(_at(when)) is is_open
+
+
+@pytest.mark.parametrize(("when", "is_open"), [
+    ("2026-11-27T22:00", True),   # Friday evening shift
+    ("2026-11-28T03:00", True),   # small hours of Saturday belong to Friday's shift
+    ("2026-11-28T22:00", False),  # no Saturday shift
+    ("2026-11-27T12:00", False),
+], ids=["evening", "after-midnight", "no-shift", "midday"])
+def test_business_hours_across_midnight(when: str, is_open: bool) -> None:
+    night = {**HOURS, "business_hours": {**HOURS["business_hours"], "days": ["fri"],
+                                         "open": "20:00", "close": "06:00"}}
+    assert parse_rules(night).is_open(_at(when)) is is_open
+
+
+def test_no_business_hours_means_always_open() -> None:
+    assert SEED.is_open(0) and SEED.is_open(1.8e9)
+
+
+@pytest.mark.parametrize(("hours", "field"), [
+    ("9-5", "business_hours: must be a mapping"),
+    ({"timezone": "Mars/Olympus", "open": "09:00", "close": "17:00"}, "timezone"),
+    ({"open": "9am", "close": "17:00"}, "business_hours.open"),
+    ({"open": "09:00", "close": "25:00"}, "business_hours.close"),
+    ({"open": "09:00", "close": "09:00"}, "must differ"),
+    ({"open": "09:00", "close": "17:00", "days": ["funday"]}, "business_hours.days"),
+    ({"open": "09:00", "close": "17:00", "lunch": "12:00"}, "unknown key"),
+], ids=["not-mapping", "timezone", "open", "close", "same", "days", "unknown"])
+def test_bad_business_hours(hours: object, field: str) -> None:
+    with pytest.raises(RoutingConfigError, match=field):
+        parse_rules({"rules": [{"pool": "general"}], "business_hours": hours})
