@@ -54,3 +54,21 @@ def test_bad_inputs_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         parse_trace("t,load\n5,1\n5,2\n")
     with pytest.raises(SimulationError, match="line 2: t and load must be numbers"):
         parse_trace("t,load\nx,1\n")
+
+
+def test_threshold_check_sees_load_per_ready_replica(tmp_path: Path) -> None:
+    policy = tmp_path / "p.yml"
+    policy.write_text(
+        "policies:\n  - name: cpu\n    service: s\n    driver: swarm\n    min: 1\n    max: 10\n"
+        "    scale_up_wait: 1m\n    scale_down_cooldown: 2m\n    scale_down_stabilization: 2m\n"
+        "    checks:\n      - {name: cpu, query: q, upper: 0.7, lower: 0.3, for: 30s}\n"
+        "    simulation: {capacity_per_replica: 1.0, startup_delay: 20s}\n"
+    )
+    trace = tmp_path / "t.csv"
+    rows = [f"{t},{2.0 if 600 <= t < 3000 else 0.5}" for t in range(0, 3600 * 2, 60)]
+    trace.write_text("t,load\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "o.json"
+    assert main(["--policy", str(policy), "--trace", str(trace), "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    # 2.0 load at 0.7 per replica needs 3 replicas; it grows there and shrinks back afterwards
+    assert figures["max_replicas"] >= 3 and figures["actions"] >= 4
