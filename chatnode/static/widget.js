@@ -37,6 +37,7 @@
   // A hole in the seqs that a resume did not fill within this long is accepted (e.g. seqs taken
   // by agents' private notes, which visitors never receive).
   var GAP_WAIT_MS = 2500;
+  var ARCHIVE_MAX = 100; // earlier conversations' messages kept on screen after a new one starts
   var TYPING_RESEND_MS = 3000; // keep "typing on" alive without flooding the rate limit
   var TYPING_IDLE_MS = 2500; // no keystroke this long: send "typing off"
   var TYPING_SHOW_MS = 7000; // hide the agent's typing indicator if no "off" ever comes
@@ -80,6 +81,7 @@
       busy: "We are very busy. Please wait — you keep your place in line.",
       error: "Something went wrong: {m}",
       unread: "{n} unread",
+      newConversation: "New conversation",
     },
     "zh-CN": {
       launcher: "在线客服",
@@ -118,6 +120,7 @@
       busy: "当前咨询人数较多，请稍候，您的排队位置会保留。",
       error: "出错了：{m}",
       unread: "{n} 条未读",
+      newConversation: "新的对话",
     },
   };
 
@@ -168,6 +171,7 @@
     top: 0, // highest seq such that every seq up to it is held (or accepted as a hole)
     maxSeq: 0,
     outbox: [], // unacked own messages, in send order: {id, body, ts, sentAt}
+    archive: [], // messages of earlier conversations shown in this page view
     agentTyping: false,
     typingAt: 0,
     unread: 0,
@@ -414,8 +418,13 @@
     var nearBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 60;
     log.textContent = "";
     log.appendChild(h("div", { class: "note", text: t("welcome") }));
-    var seqs = Object.keys(S.msgs).map(Number).sort(function (a, b) { return a - b; });
     var lastWho = null;
+    if (S.archive.length) {
+      S.archive.forEach(function (m) { lastWho = appendMsg(m, false, lastWho, true); });
+      log.appendChild(h("div", { class: "note", "data-testid": "td-new-conversation", text: t("newConversation") }));
+      lastWho = null;
+    }
+    var seqs = sortedSeqs();
     seqs.forEach(function (seq) {
       var m = S.msgs[seq];
       lastWho = appendMsg(m, false, lastWho);
@@ -436,16 +445,18 @@
     S._rendered = true;
   }
 
-  function appendMsg(m, pending, lastWho) {
+  function appendMsg(m, pending, lastWho, archived) {
+    var testid = archived ? "td-old-msg" : "td-msg";
+    var seq = pending || archived ? null : m.seq;
     if (m.from === "system") {
-      ui.log.appendChild(h("div", { class: "note", "data-testid": "td-msg", "data-seq": m.seq, "data-from": "system", text: m.body }));
+      ui.log.appendChild(h("div", { class: "note", "data-testid": testid, "data-seq": seq, "data-from": "system", text: m.body }));
       return null;
     }
     var mine = m.from === "visitor";
     var who = mine ? "visitor" : (m.name || S.agentName || t("agent"));
     var row = h("div", {
       class: "row " + (mine ? "mine" : "theirs") + (pending ? " pending" : ""),
-      "data-testid": "td-msg", "data-seq": pending ? null : m.seq, "data-id": m.id, "data-from": m.from,
+      "data-testid": testid, "data-seq": seq, "data-id": m.id, "data-from": m.from,
       "data-pending": pending ? "true" : null,
     });
     if (!mine && who !== lastWho) row.appendChild(h("div", { class: "who", text: who }));
@@ -457,6 +468,16 @@
   }
 
   // ---- message bookkeeping ----
+  function sortedSeqs() {
+    return Object.keys(S.msgs).map(Number).sort(function (a, b) { return a - b; });
+  }
+
+  /** Keep the transcript of a finished conversation on screen above the new one (this page view only). */
+  function archiveConversation() {
+    var old = sortedSeqs().map(function (seq) { return S.msgs[seq]; });
+    S.archive = S.archive.concat(old).slice(-ARCHIVE_MAX);
+  }
+
   function advanceTop() {
     while (S.msgs[S.top + 1]) S.top += 1;
   }
@@ -629,6 +650,7 @@
       case "hello":
         S.attempt = 0; S.notice = null;
         if (f.conversation_id !== S.conversationId) {
+          if (S.conversationId) archiveConversation();
           resetConversation();
           S.conversationId = f.conversation_id;
           save("conversation_id", f.conversation_id);

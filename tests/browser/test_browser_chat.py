@@ -87,6 +87,9 @@ def test_visitor_and_agent_chat_both_ways(server: Server, new_context: Any) -> N
     # Writing again after the close starts a new conversation, which reaches the console live.
     visitor.send("Sorry, one more question")
     expect(visitor.host).to_have_attribute("data-state", "assigned")
+    expect(visitor.page.get_by_test_id("td-new-conversation")).to_be_visible()
+    expect(visitor.page.get_by_test_id("td-old-msg")).to_have_count(5)  # the first chat stays
+    assert [body for _, _, body in visitor.messages()] == ["Sorry, one more question"]
     agent.open_chat_with("one more question")
     agent.expect_message("Sorry, one more question")
     agent.close_current_chat()
