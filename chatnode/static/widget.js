@@ -234,7 +234,7 @@
     ".title{font-size:16px;font-weight:600;margin:0}",
     ".sub{font-size:12.5px;opacity:.9;margin-top:2px;display:flex;align-items:center;gap:6px;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}",
     ".dot{width:8px;height:8px;border-radius:50%;background:#fbbf24;flex:none}",
-    ".dot[data-state=online]{background:#4ade80}.dot[data-state=offline]{background:#f87171}",
+    ".dot[data-state=online]{background:#4ade80}.dot[data-state=nobody]{background:#cbd2d9}.dot[data-state=offline]{background:#f87171}",
     ".hbtn{background:rgba(255,255,255,.14);border:0;color:#fff;border-radius:8px;height:30px;min-width:30px;padding:0 9px;cursor:pointer;font-size:12.5px}",
     ".hbtn:hover{background:rgba(255,255,255,.26)}",
     ".banner{padding:8px 14px;font-size:12.5px;background:#fef3c7;color:#78350f;display:flex;gap:8px;align-items:center}",
@@ -377,7 +377,8 @@
   }
 
   function renderStatus() {
-    ui.dot.setAttribute("data-state", S.conn);
+    // Green means "connected and someone can answer"; grey when connected but nobody is online.
+    ui.dot.setAttribute("data-state", S.conn === "online" && S.convState === "offline" ? "nobody" : S.conn);
     host.setAttribute("data-conn", S.conn);
     host.setAttribute("data-state", S.convState || "");
     var sub;
@@ -402,7 +403,9 @@
     ui.bannerBtn.hidden = !btn;
     ui.bannerBtn.textContent = t("reconnectNow");
 
-    var offlineForm = S.convState === "offline" && !S.offlineSent;
+    // The form until the visitor has left a message (also after a reload: their message is resumed).
+    var offlineForm = S.convState === "offline" && !S.offlineSent && !S.outbox.length &&
+      !sortedSeqs().some(function (seq) { return S.msgs[seq].from === "visitor"; });
     ui.offline.hidden = !offlineForm;
     ui.composer.hidden = offlineForm;
     ui.typing.hidden = !S.agentTyping;

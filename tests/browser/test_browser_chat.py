@@ -351,3 +351,26 @@ def test_status_switch_reaches_the_server_and_survives_a_reload(server: Server,
     wait_for_status("away")
     page.get_by_test_id("status").select_option("online")
     wait_for_status("online")
+
+
+# (name, attempt, random draw, expected delay in ms)
+BACKOFF_CASES = [
+    ("first retry, earliest", 0, 0.0, 250),
+    ("first retry, latest", 0, 1.0, 500),
+    ("fourth retry, earliest", 3, 0.0, 2000),
+    ("fourth retry, middle", 3, 0.5, 3000),
+    ("capped at 30 s", 6, 1.0, 30000),
+    ("a huge attempt count stays capped", 1000, 0.0, 15000),
+]
+
+
+def test_widget_reconnect_backoff_schedule(server: Server, new_context: Any) -> None:
+    """Equal jitter: a random delay in [cap/2, cap], cap = min(30 s, 0.5 s * 2^attempt)."""
+    page = new_context().new_page()
+    page.goto(server.base_url + "/demo")
+    got = page.evaluate("cases => cases.map(([, n, r]) => window.Tidedesk._backoffMs(n, r))",
+                        BACKOFF_CASES)
+    wrong = [(name, expected, ms) for (name, _, _, expected), ms in zip(BACKOFF_CASES, got,
+                                                                          strict=True)
+             if ms != expected]
+    assert not wrong, f"(case, expected ms, got ms): {wrong}"
