@@ -7,13 +7,10 @@ field), 1 when the API address cannot be bound.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
 import sys
-import time
-from typing import Any
 
 from controlplane.api import make_app
 from controlplane.config import ConfigError, Settings, build_parser, load_settings
@@ -23,39 +20,14 @@ from controlplane.service import ControlPlane
 from controlplane.state import ControlPlaneState
 from controlplane.swarm_target import SwarmTarget
 from controlplane.target import Target
+from tidedesk import logs
 
 log = logging.getLogger(__name__)
 
-_STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message"}
-
-
-class JsonLineFormatter(logging.Formatter):
-    """One JSON object per line with the ``extra`` fields, ready for ELK."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        doc: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for key, value in vars(record).items():
-            if key not in _STANDARD_ATTRS and not key.startswith("_"):
-                doc[key] = value
-        if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc, default=str)
-
-
 def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLineFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    """JSON lines like every Tidedesk process; the scheduler's chatter stays at WARNING."""
+    logs.configure(level, "json")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
-    logging.getLogger("tornado.access").setLevel(logging.WARNING)
 
 
 def build_control_plane(settings: Settings) -> ControlPlane:
