@@ -550,22 +550,30 @@
 
   function setConn(c) { S.conn = c; renderStatus(); }
 
+  var creatingVisitor = null; // one POST /visitors at a time, however many connects race
+
   function ensureVisitor() {
     if (S.token) return Promise.resolve(S.token);
+    if (creatingVisitor) return creatingVisitor;
     var body = { locale: S.lang };
     if (ds.name) body.name = ds.name;
     if (ds.email) body.email = ds.email;
     if (ds.tags) body.tags = ds.tags.split(",").map(function (x) { return x.trim(); }).filter(Boolean);
-    return fetch(ORIGIN + "/api/v1/visitors", {
+    creatingVisitor = fetch(ORIGIN + "/api/v1/visitors", {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
     }).then(function (r) {
       return r.json().catch(function () { return {}; }).then(function (j) {
-        if (!r.ok) throw new Error((j.error && j.error.message) || ("HTTP " + r.status));
+        if (!r.ok) {
+          var err = new Error((j.error && j.error.message) || ("HTTP " + r.status));
+          err.status = r.status;
+          throw err;
+        }
         S.token = j.token; S.visitorId = j.visitor_id;
         save("token", j.token); save("visitor_id", j.visitor_id);
         return j.token;
       });
-    });
+    }).finally(function () { creatingVisitor = null; });
+    return creatingVisitor;
   }
 
   function connect() {
@@ -574,8 +582,11 @@
     if (!navigator.onLine) { setConn("offline"); return; }
     setConn("connecting");
     ensureVisitor().then(openSocket, function (err) {
-      S.notice = t("error", { m: err.message });
-      renderLog();
+      // A network failure is already told by the reconnect banner; a refusal needs its reason.
+      if (err.status) {
+        S.notice = err.status === 429 || err.status === 503 ? t("busy") : t("error", { m: err.message });
+        renderLog();
+      }
       scheduleReconnect();
     });
   }
