@@ -374,3 +374,15 @@ def test_widget_reconnect_backoff_schedule(server: Server, new_context: Any) -> 
                                                                           strict=True)
              if ms != expected]
     assert not wrong, f"(case, expected ms, got ms): {wrong}"
+
+
+def test_widget_with_a_stale_token_starts_over(server: Server, new_context: Any) -> None:
+    """A token the server no longer accepts (close 4401) is dropped and a new visitor made."""
+    ctx = new_context()
+    ctx.add_init_script(
+        "if (!sessionStorage.seeded) { sessionStorage.seeded = 1;"
+        " localStorage.setItem('tidedesk:' + location.origin + ':token', 'not-a-valid-token'); }")
+    visitor = Widget(ctx.new_page(), server.base_url).open()
+    token = visitor.page.evaluate(
+        "() => localStorage.getItem('tidedesk:' + location.origin + ':token')")
+    assert token and token != "not-a-valid-token"
