@@ -144,7 +144,7 @@ class Alertmanager:
         config = workdir / "alertmanager.yml"
         config.write_text(
             "route:\n  receiver: controlplane\n  group_by: [alertname, service]\n"
-            "  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\n"
+            "  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 3s\n"
             "receivers:\n  - name: controlplane\n    webhook_configs:\n"
             f"      - url: '{webhook_url}'\n"
             "        send_resolved: true\n"
