@@ -183,12 +183,9 @@ class ChatService:
             seq = await self.storage.max_seq(conv_id)
         return seq
 
-    async def ingest(self, *, conv_id: str, visitor_id: str, client_id: str, body: str,
-                     sender_type: str, sender_id: str, name: str, private: bool = False) -> int:
-        """Give the message its seq and hand it to the routers; returns the seq once durable.
-
-        Raises :class:`BrokerUnavailable` when it could not be confirmed: the client must send
-        it again with the same id (it will get the same seq)."""
+    async def assign_seq(self, conv_id: str, client_id: str) -> int:
+        """The message's seq (the same one again for a repeated client id), re-seeding the
+        counter from the database when the store lost it."""
         now = self.clock()
         assigned = await self.store.assign_seq(conv_id, client_id, now)
         if assigned is None:
@@ -197,13 +194,19 @@ class ChatService:
             assigned = await self.store.assign_seq(conv_id, client_id, now)
             if assigned is None:
                 raise BrokerUnavailable("the session store lost the sequence counter; retry")
-        seq, _first_time = assigned
+        return assigned[0]
+
+    async def publish_message(self, *, conv_id: str, seq: int, visitor_id: str, client_id: str,
+                              body: str, sender_type: str, sender_id: str, name: str,
+                              private: bool = False) -> None:
+        """Hand the message to the routers; returns once it is durable. Raises
+        :class:`BrokerUnavailable` otherwise: the client must send it again with the same id
+        (it will get the same seq, and the router stores it once)."""
         await self.publish({
             "kind": "message", "conversation_id": conv_id, "visitor_id": visitor_id,
             "seq": seq, "id": client_id, "from": sender_type, "sender_id": sender_id,
-            "name": name, "body": body, "ts": now, "private": private,
+            "name": name, "body": body, "ts": self.clock(), "private": private,
         })
-        return seq
 
     async def resume(self, conv_id: str, after_seq: int, *,
                      include_private: bool) -> list[dict[str, Any]]:

@@ -46,7 +46,6 @@ class _Socket(WebSocketHandler):
         self.registered = False
         self.bucket = TokenBucket.per_window(service.settings.rate_limit_per_10s, 10.0,
                                              time.monotonic())
-        self.tasks: set[asyncio.Task[None]] = set()
 
     # Origin check: browsers only (non-browser clients send no Origin header).
     def check_origin(self, origin: str) -> bool:
@@ -115,20 +114,21 @@ class _Socket(WebSocketHandler):
     async def handle(self, frame: wire.Frame) -> None:
         raise NotImplementedError
 
-    def send_message(self, conv_id: str, frame: wire.Frame, *, visitor_id: str,
-                     sender_type: str, sender_id: str, name: str, private: bool = False) -> None:
-        """Seq is taken here, in frame order; the confirm and the ack run concurrently."""
-        task = asyncio.ensure_future(self._ingest_and_ack(
-            conv_id, frame.data["id"], frame.data["body"], visitor_id=visitor_id,
-            sender_type=sender_type, sender_id=sender_id, name=name, private=private))
-        self.tasks.add(task)
-        self.node.inflight.add(task)
-        task.add_done_callback(self.tasks.discard)
+    async def send_message(self, conv_id: str, frame: wire.Frame, **kw: Any) -> None:
+        """The seq is taken here, in frame order (Tornado hands us one frame at a time); the
+        broker confirm and the ack then run concurrently, so a client can pipeline."""
+        client_id = frame.data["id"]
+        seq = await self.service.assign_seq(conv_id, client_id)
+        task = asyncio.ensure_future(self._publish_and_ack(
+            conv_id=conv_id, seq=seq, client_id=client_id, body=frame.data["body"], **kw))
+        self.node.inflight.add(task)  # holds the reference; draining waits for these
         task.add_done_callback(self.node.inflight.discard)
 
-    async def _ingest_and_ack(self, conv_id: str, client_id: str, body: str, **kw: Any) -> None:
+    async def _publish_and_ack(self, *, conv_id: str, seq: int, client_id: str,
+                               **kw: Any) -> None:
         try:
-            seq = await self.service.ingest(conv_id=conv_id, client_id=client_id, body=body, **kw)
+            await self.service.publish_message(conv_id=conv_id, seq=seq, client_id=client_id,
+                                               **kw)
         except Unavailable:
             self.fail("try_again", "not stored: the service is busy; send it again with the "
                       "same id", frame_id=client_id)
@@ -230,7 +230,7 @@ class VisitorSocket(_Socket):
                 await self.send_hello()
                 if created:
                     await self.announce_opened()
-            self.send_message(s.conversation_id, frame, visitor_id=s.visitor_id,
+            await self.send_message(s.conversation_id, frame, visitor_id=s.visitor_id,
                               sender_type="visitor", sender_id=s.visitor_id, name=s.name)
         elif frame.type == "resume":
             await self.send_resume(s.conversation_id, frame.data["after_seq"], False)
@@ -301,7 +301,7 @@ class AgentSocket(_Socket):
         if frame.type in ("message", "note"):
             if state == "closed" and frame.type == "message":
                 raise ServiceError(409, "conversation_closed", "this conversation is closed")
-            self.send_message(conv_id, frame, visitor_id=visitor_id, sender_type="agent",
+            await self.send_message(conv_id, frame, visitor_id=visitor_id, sender_type="agent",
                               sender_id=self.principal.id, name=self.agent.name,
                               private=frame.type == "note")
         elif frame.type == "resume":
