@@ -242,6 +242,7 @@ class Router:
         owner = await self.store.release(conv_id)
         await self.store.dequeue(conv.pool, conv_id)
         await self.storage.update_conversation(conv_id, state="closed")
+        self._forget(conv_id)
         await self.storage.audit(str(event.get("by", "")), "conversation.close", conv_id)
         await self.deliver(f"visitor:{conv.visitor_id}", {"type": "state", "state": "closed"})
         agent_id = owner or conv.agent_id
@@ -299,6 +300,7 @@ class Router:
         if not anyone_online(agents) or not self.routing.is_open(self.clock()):
             await self.storage.update_conversation(conv_id, state="offline", pool=pool)
             await self.storage.open_ticket(conv_id, visitor_id)
+            self._forget(conv_id)
             await self.deliver(f"visitor:{visitor_id}", {"type": "state", "state": "offline"})
             return
         await self.store.enqueue(pool, conv_id, vip, self.clock())
@@ -371,6 +373,11 @@ class Router:
         agent = await self.store.agent_get(agent_id)
         for pool in agent.pools if agent else ():
             await self.drain(pool)
+
+    def _forget(self, conv_id: str) -> None:
+        """Drop the per-conversation caches of a chat that will never wait again."""
+        self._visitor_of.pop(conv_id, None)
+        self._sent_position.pop(conv_id, None)
 
     async def _visitor_id(self, conv_id: str) -> str:
         visitor_id = self._visitor_of.get(conv_id)
