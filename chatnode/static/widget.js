@@ -270,17 +270,27 @@
     "@media (max-width:480px){.launcher.open{display:none}.panel{position:fixed;inset:0;width:auto;height:auto;max-height:none;border-radius:0}}",
   ].join("");
 
-  var host = h("tidedesk-widget", {
-    id: "tidedesk-widget", "data-tidedesk": "widget",
-    // Inline !important beats any page rule that could move or hide the host.
-    style: "all:initial!important;display:block!important;position:fixed!important;right:20px!important;" +
-      "bottom:20px!important;z-index:2147483000!important;width:auto!important;height:auto!important",
+  var host = h("tidedesk-widget", { id: "tidedesk-widget", "data-tidedesk": "widget" });
+  // Inline !important beats any page rule that could move or hide the host. Set through the
+  // CSSOM (not a style attribute), which a strict Content-Security-Policy allows.
+  [["all", "initial"], ["display", "block"], ["position", "fixed"], ["right", "20px"], ["bottom", "20px"],
+    ["z-index", "2147483000"], ["width", "auto"], ["height", "auto"]].forEach(function (d) {
+    host.style.setProperty(d[0], d[1], "important");
   });
   var root = host.attachShadow({ mode: "open" });
   var ui = {};
 
   function build() {
-    root.appendChild(h("style", { text: CSS }));
+    // A constructed stylesheet needs no 'unsafe-inline' in the shop's CSP; <style> is the fallback.
+    var sheet = null;
+    try {
+      if (root.adoptedStyleSheets !== undefined && typeof CSSStyleSheet === "function") {
+        sheet = new CSSStyleSheet();
+        sheet.replaceSync(CSS);
+        root.adoptedStyleSheets = [sheet];
+      }
+    } catch (e) { sheet = null; }
+    if (!sheet) root.appendChild(h("style", { text: CSS }));
     ui.badge = h("span", { class: "badge", hidden: true, "data-testid": "td-badge" });
     ui.launcher = h("button", {
       class: "launcher", type: "button", "data-testid": "td-launcher", onclick: function () { setOpen(!S.open); },

@@ -39,7 +39,7 @@ SERVER_START_TIMEOUT_SECS = 30.0
 UI_TIMEOUT_MS = 8000
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -122,7 +122,7 @@ def server(request: pytest.FixtureRequest,
 
     A test module may set ``SERVER_ENV = {"TIDEDESK_...": "..."}`` to change settings."""
     data_dir = tmp_path_factory.mktemp("tidedesk")
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ)
     env.update({
         "TIDEDESK_PORT": str(port), "TIDEDESK_HOST": "127.0.0.1",

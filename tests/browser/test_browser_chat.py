@@ -386,3 +386,4 @@ def test_widget_with_a_stale_token_starts_over(server: Server, new_context: Any)
     token = visitor.page.evaluate(
         "() => localStorage.getItem('tidedesk:' + location.origin + ':token')")
     assert token and token != "not-a-valid-token"
+
