@@ -190,6 +190,7 @@
     if (f.seq < c.low) c.low = f.seq;
     if (f.seq > c.maxSeq) c.maxSeq = f.seq;
     if (f.from === "visitor") {
+      if (f.seq > (c.maxVisitorSeq || 0)) c.maxVisitorSeq = f.seq;
       // Typing frames are relayed faster than stored messages: a very recent "on" still stands.
       if (Date.now() - (c.typingAt || 0) > TYPING_OVERTAKE_MS) c.typing = false;
       var reading = S.current === c.id && !document.hidden;
@@ -222,6 +223,10 @@
   function markRead(c) {
     c.unread = 0;
     if (c.top) lsSet(READ_KEY + c.id, String(Math.max(c.top, readSeq(c.id))));
+    // Tell the visitor (their widget shows "Seen"); only when a newer visitor message was shown.
+    if (S.current === c.id && !document.hidden && c.state !== "closed" && (c.maxVisitorSeq || 0) > (c.readSent || 0)) {
+      if (send({ type: "read", conversation_id: c.id, seq: c.maxVisitorSeq })) c.readSent = c.maxVisitorSeq;
+    }
   }
 
   function loadOlder(c) {

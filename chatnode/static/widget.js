@@ -82,6 +82,7 @@
       error: "Something went wrong: {m}",
       unread: "{n} unread",
       newConversation: "New conversation",
+      seen: "Seen",
     },
     "zh-CN": {
       launcher: "在线客服",
@@ -121,6 +122,7 @@
       error: "出错了：{m}",
       unread: "{n} 条未读",
       newConversation: "新的对话",
+      seen: "已读",
     },
   };
 
@@ -438,9 +440,11 @@
       lastWho = null;
     }
     var seqs = sortedSeqs();
+    var seenSeq = 0;
+    seqs.forEach(function (seq) { if (S.msgs[seq].from === "visitor" && seq <= (S.agentRead || 0)) seenSeq = seq; });
     seqs.forEach(function (seq) {
       var m = S.msgs[seq];
-      lastWho = appendMsg(m, false, lastWho);
+      lastWho = appendMsg(m, false, lastWho, false, seq === seenSeq);
     });
     S.outbox.forEach(function (m) { lastWho = appendMsg(m, true, lastWho); });
     if (S.convState === "queued" && S.position) {
@@ -458,7 +462,7 @@
     S._rendered = true;
   }
 
-  function appendMsg(m, pending, lastWho, archived) {
+  function appendMsg(m, pending, lastWho, archived, seen) {
     var testid = archived ? "td-old-msg" : "td-msg";
     var seq = pending || archived ? null : m.seq;
     if (m.from === "system") {
@@ -474,7 +478,7 @@
     });
     if (!mine && who !== lastWho) row.appendChild(h("div", { class: "who", text: who }));
     row.appendChild(h("div", { class: "bubble", "data-testid": "td-body", text: m.body }));
-    var meta = pending ? (m.failed ? t("failed") : t("pending")) : fmtTime(m.ts || Date.now() / 1000);
+    var meta = pending ? (m.failed ? t("failed") : t("pending")) : fmtTime(m.ts || Date.now() / 1000) + (seen ? " · " + t("seen") : "");
     row.appendChild(h("div", { class: "meta", text: meta }));
     ui.log.appendChild(row);
     return who;
@@ -549,7 +553,7 @@
   function resetConversation() {
     S.msgs = {}; S.top = 0; S.maxSeq = 0;
     S.agentTyping = false; S.position = null; S.offlineSent = false;
-    S.readSeq = 0; S.unread = 0; S.lastReadSent = 0; save("read_seq", null);
+    S.readSeq = 0; S.unread = 0; S.lastReadSent = 0; S.agentRead = 0; save("read_seq", null);
   }
 
   // ---- connection ----
@@ -705,6 +709,10 @@
         break;
       case "state":
         setConvState(f.state);
+        break;
+      case "read":
+        // The agent has seen the visitor's messages up to this seq.
+        if (typeof f.seq === "number" && f.seq > (S.agentRead || 0)) { S.agentRead = f.seq; renderLog(); }
         break;
       case "typing":
         S.agentTyping = !!f.on;

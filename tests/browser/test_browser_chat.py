@@ -44,6 +44,7 @@ def test_visitor_and_agent_chat_both_ways(server: Server, new_context: Any) -> N
     expect(agent.page.get_by_test_id("chat-typing")).to_contain_text("typing")
     visitor.page.get_by_test_id("td-input").press("Enter")
     agent.expect_message("Great")
+    expect(visitor.page.get_by_test_id("td-msg").filter(has_text="Great")).to_contain_text("Seen")
 
     # Canned response picked with "/" in the composer.
     agent.composer().fill("/ship")
