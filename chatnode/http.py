@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tornado.web import HTTPError, RequestHandler
 
 from chatnode.openapi import openapi_document
+from chatnode.origins import origin_allowed
 from chatnode.service import ChatService, ServiceError
 from tidedesk import metrics
 from tidedesk.auth import Principal
@@ -124,6 +125,27 @@ class JsonHandler(RequestHandler):
         return value
 
 
+class CorsMixin(JsonHandler):
+    """For the endpoints a widget on a shop's own site calls (another origin than ours):
+    answers preflights and allows the origins of ``TIDEDESK_ALLOWED_ORIGINS``."""
+
+    CORS_METHODS = "GET, POST, OPTIONS"
+
+    def prepare(self) -> None:
+        origin = self.request.headers.get("Origin")
+        if origin and origin_allowed(origin, self.service.settings.allowed_origins,
+                                     self.request.host):
+            self.set_header("Access-Control-Allow-Origin", origin)
+            self.set_header("Vary", "Origin")
+            self.set_header("Access-Control-Allow-Headers", "Content-Type, Authorization")
+            self.set_header("Access-Control-Allow-Methods", self.CORS_METHODS)
+            self.set_header("Access-Control-Max-Age", "600")
+
+    def options(self, *args: str) -> None:
+        self.set_status(204)
+        self.finish()
+
+
 class NotFoundHandler(JsonHandler):
     def prepare(self) -> None:
         raise HTTPError(404)
@@ -151,7 +173,7 @@ class OpenApiHandler(JsonHandler):
         self.write_json(openapi_document())
 
 
-class VisitorsHandler(JsonHandler):
+class VisitorsHandler(CorsMixin):
     async def post(self) -> None:
         self.write_json(await self.service.create_visitor(self.json_body()), 201)
 
@@ -176,7 +198,7 @@ class MeHandler(JsonHandler):
                          "max_chats": agent.max_chats, "totp": bool(agent.totp_secret)})
 
 
-class MessagesHandler(JsonHandler):
+class MessagesHandler(CorsMixin):
     async def get(self, conv_id: str) -> None:
         token = self.bearer()
         include_private = False

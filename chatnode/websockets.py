@@ -9,11 +9,11 @@ import logging
 import time
 import uuid
 from typing import Any
-from urllib.parse import urlparse
 
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from chatnode.hub import Hub
+from chatnode.origins import origin_allowed
 from chatnode.service import ChatService, ServiceError, VisitorSession
 from tidedesk import metrics, wire
 from tidedesk.auth import Principal
@@ -49,12 +49,7 @@ class _Socket(WebSocketHandler):
 
     # Origin check: browsers only (non-browser clients send no Origin header).
     def check_origin(self, origin: str) -> bool:
-        allowed = self.service.settings.allowed_origins
-        if "*" in allowed:
-            return True
-        if origin.rstrip("/") in {o.rstrip("/") for o in allowed}:
-            return True
-        return urlparse(origin).netloc.lower() == self.request.host.lower()
+        return origin_allowed(origin, self.service.settings.allowed_origins, self.request.host)
 
     def send(self, frame: dict[str, Any]) -> None:
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 from pathlib import Path
+from typing import Any
 
 import pyotp
 
@@ -168,5 +169,33 @@ def test_visitor_email_is_encrypted_at_rest(tmp_path: Path) -> None:
             cipher = FieldCipher(rt.settings.aes_key)
             assert cipher.decrypt(row.email_enc, "visitor.email") == "vera@example.com"
             assert cipher.decrypt(row.email_enc, "other.field") is None  # bound to its field
+
+    asyncio.run(scenario())
+
+
+def test_cors_lets_allowed_shop_sites_create_visitors(tmp_path: Path) -> None:
+    from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+
+    async def scenario() -> None:
+        async with embedded(tmp_path, GENERAL_ONLY,
+                            allowed_origins="https://shop.example") as rt:
+            client = AsyncHTTPClient()
+            url = f"http://127.0.0.1:{rt.port}/api/v1/visitors"
+
+            async def preflight(origin: str) -> Any:
+                return await client.fetch(HTTPRequest(url, method="OPTIONS", headers={
+                    "Origin": origin, "Access-Control-Request-Method": "POST",
+                    "Access-Control-Request-Headers": "content-type"}), raise_error=False)
+
+            ok: Any = await preflight("https://shop.example")
+            assert ok.code == 204
+            assert ok.headers["Access-Control-Allow-Origin"] == "https://shop.example"
+            assert "POST" in ok.headers["Access-Control-Allow-Methods"]
+            evil: Any = await preflight("https://evil.example")
+            assert "Access-Control-Allow-Origin" not in evil.headers
+            created = await client.fetch(HTTPRequest(
+                url, method="POST", body="{}", headers={"Origin": "https://shop.example"}))
+            assert created.code == 201
+            assert created.headers["Access-Control-Allow-Origin"] == "https://shop.example"
 
     asyncio.run(scenario())

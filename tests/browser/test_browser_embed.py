@@ -72,10 +72,6 @@ def test_widget_styles_itself_under_a_strict_csp(shop: str, new_context: Any) ->
     assert [p for p in problems if "Content Security Policy" in p] == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server: POST /api/v1/visitors answers no CORS preflight and sends no "
-    "Access-Control-Allow-Origin for TIDEDESK_ALLOWED_ORIGINS, so a widget on another site "
-    "cannot create its visitor (see the UI report to the lead)"))
 def test_widget_on_another_site_chats_with_an_agent(server: Server, shop: str,
                                                     new_context: Any) -> None:
     agent = Console(new_context().new_page(), server.base_url).sign_in(DEMO_EMAIL, DEMO_PASSWORD)
