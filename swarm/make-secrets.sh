@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Create the files docker-stack.yml turns into Swarm secrets, in DIR (default ./secrets):
+#   jwt_secret, aes_key (base64 of 32 bytes), db_password, broker_password, controlplane_token,
+#   tls.pem (certificate + key for HAProxy; self-signed for CN=$TLS_CN unless tls.pem exists).
+# Existing files are kept, so this is safe to run again. Replace tls.pem with your real
+# certificate chain + key (one PEM file) for production.
+set -euo pipefail
+dir="${1:-secrets}"
+cn="${TLS_CN:-localhost}"
+command -v openssl >/dev/null || { echo "make-secrets.sh: needs openssl (apt-get install openssl)" >&2; exit 1; }
+mkdir -p "$dir"; chmod 700 "$dir"
+umask 077
+make() { # name command...
+  local f="$dir/$1"; shift
+  if [ -s "$f" ]; then echo "kept    $f"; return; fi
+  "$@" >"$f"; echo "created $f"
+}
+# Hex and base64 only: the values go into URLs and config files without quoting trouble.
+make jwt_secret         openssl rand -hex 32
+make aes_key            openssl rand -base64 32
+make db_password        openssl rand -hex 24
+make broker_password    openssl rand -hex 24
+make controlplane_token openssl rand -hex 24
+if [ -s "$dir/tls.pem" ]; then
+  echo "kept    $dir/tls.pem"
+else
+  tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 \
+    -subj "/CN=$cn" -addext "subjectAltName=DNS:$cn" \
+    -keyout "$tmp/key.pem" -out "$tmp/cert.pem" 2>/dev/null
+  cat "$tmp/cert.pem" "$tmp/key.pem" >"$dir/tls.pem"
+  echo "created $dir/tls.pem (self-signed for $cn)"
+fi
