@@ -38,6 +38,7 @@ WHEELHOUSE=build/wheelhouse
 PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
 INFRA_PACKAGES=(redis-server rabbitmq-server mariadb-server haproxy prometheus prometheus-alertmanager)
 
+mkdir -p "$CACHE_DIR" 2>/dev/null || { CACHE_DIR=build/cache; mkdir -p "$CACHE_DIR"; }
 export DOCKER_BUILDKIT=0 # the legacy builder needs no buildx plugin and no network
 start=$(date +%s)
 say() { printf '[build-images %3ss] %s\n' "$(( $(date +%s) - start ))" "$*"; }

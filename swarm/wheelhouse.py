@@ -19,22 +19,18 @@ import zipfile
 from pathlib import Path
 
 try:
-    from packaging.markers import default_environment
-    from packaging.requirements import Requirement
-    from packaging.utils import canonicalize_name
+    from packaging import markers, requirements, utils
 except ImportError:  # pip vendors packaging; good enough when the test extras are not installed
-    from pip._vendor.packaging.markers import default_environment  # type: ignore[no-redef]
-    from pip._vendor.packaging.requirements import Requirement  # type: ignore[no-redef]
-    from pip._vendor.packaging.utils import canonicalize_name  # type: ignore[no-redef]
+    from pip._vendor.packaging import markers, requirements, utils  # type: ignore[no-redef]
 
 MAX_ROUNDS = 5  # dependency chains that only the target needs are short; stop a runaway loop
 
 
 def wheel_names(house: Path) -> set[str]:
-    return {canonicalize_name(w.name.split("-")[0]) for w in house.glob("*.whl")}
+    return {utils.canonicalize_name(w.name.split("-")[0]) for w in house.glob("*.whl")}
 
 
-def requirements(wheel: Path) -> list[str]:
+def requires_dist(wheel: Path) -> list[str]:
     with zipfile.ZipFile(wheel) as z:
         meta = next(n for n in z.namelist() if re.fullmatch(r"[^/]+\.dist-info/METADATA", n))
         text = z.read(meta).decode("utf-8", "replace")
@@ -47,11 +43,11 @@ def missing_for(house: Path, env: dict[str, str]) -> list[str]:
     have = wheel_names(house)
     missing: dict[str, str] = {}
     for wheel in sorted(house.glob("*.whl")):
-        for line in requirements(wheel):
-            req = Requirement(line)
+        for line in requires_dist(wheel):
+            req = requirements.Requirement(line)
             if req.marker is not None and not req.marker.evaluate({**env, "extra": ""}):
                 continue
-            name = canonicalize_name(req.name)
+            name = utils.canonicalize_name(req.name)
             if name not in have:
                 missing[name] = f"{req.name}{req.specifier}"
     return sorted(missing.values())
@@ -69,7 +65,7 @@ def main() -> int:
     pip = [sys.executable, "-m", "pip", "-q"]
     subprocess.run([*pip, "wheel", "--find-links", str(args.house), args.project,
                     "-w", str(args.house)], check=True)
-    env = {**default_environment(), "python_full_version": args.python,
+    env = {**markers.default_environment(), "python_full_version": args.python,
            "python_version": ".".join(args.python.split(".")[:2])}
     for _ in range(MAX_ROUNDS):
         missing = missing_for(args.house, env)

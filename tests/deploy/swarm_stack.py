@@ -1,0 +1,314 @@
+"""The Tidedesk stack on the local single-node Swarm, for the end-to-end test.
+
+Everything here drives the real ``docker`` CLI. The stack has its own name (``tidedesk-e2e``),
+published ports picked free at start, and is removed at the end; nothing else on the daemon
+(other people's services, the swarm itself) is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tests.deploy.chat_clients import http_json
+
+REPO = Path(__file__).resolve().parents[2]
+STACK = "tidedesk-e2e"
+BUILD_TIMEOUT_S = 540  # a fresh machine: debootstrap + apt + wheels + docker build
+TEST_IMAGES = {
+    "TIDEDESK_IMAGE": "tidedesk/tidedesk:local",
+    "REDIS_IMAGE": "tidedesk-test/redis:bookworm",
+    "RABBITMQ_IMAGE": "tidedesk-test/rabbitmq:bookworm",
+    "MARIADB_IMAGE": "tidedesk-test/mariadb:bookworm",
+    "HAPROXY_IMAGE": "tidedesk-test/haproxy:bookworm",
+    "PROMETHEUS_IMAGE": "tidedesk-test/prometheus:bookworm",
+    "ALERTMANAGER_IMAGE": "tidedesk-test/alertmanager:bookworm",
+}
+SERVICES = ("haproxy", "chatnode", "routernode", "controlplane", "redis", "rabbitmq", "mariadb",
+            "prometheus", "alertmanager")
+AGENT_EMAIL = "e2e-agent@tidedesk.test"
+AGENT_PASSWORD = "e2e-agent-password"
+
+# The test's policy: the shipped one's shape with short waits, so a scale-up, a drift restore
+# and a scale-down fit in a few minutes. Load = open WebSockets; 15 per chat node.
+CONNECTIONS_PER_NODE = 15
+POLICIES = f"""
+policies:
+  - name: chatnode
+    service: {STACK}_chatnode
+    driver: swarm
+    min: 2
+    max: 4
+    interval: 5s
+    warmup: 10s
+    scale_up_wait: 20s
+    scale_down_cooldown: 30s
+    scale_down_stabilization: 20s
+    step: {{up_max_percent: 100, up_min: 1, down_max: 2}}
+    checks:
+      - name: connections
+        query: >-
+          sum(tidedesk_connections{{service="chatnode"}})
+          or (sum(up{{service="chatnode"}} == 1) * 0)
+        target: {CONNECTIONS_PER_NODE}
+        for: 10s
+"""
+# Load visitors are tagged `load` and go to a pool nobody serves: they hold a WebSocket (the
+# load) without queueing in front of the conversations the test follows.
+ROUTING = """
+rules:
+  - name: load
+    match: {tags: [load]}
+    pool: overflow
+  - name: everyone
+    pool: general
+"""
+
+T = TypeVar("T")
+
+
+def docker(*args: str, timeout: float = 60, check: bool = True) -> str:
+    done = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout,
+                          check=False)
+    if check and done.returncode != 0:
+        raise RuntimeError(f"docker {' '.join(args)} failed: {done.stderr.strip()[-2000:]}")
+    return done.stdout
+
+
+def wait_until(what: str, probe: Callable[[], T | None], timeout: float, every: float = 1.0) -> T:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = probe()
+        except Exception as exc:  # a probe of a starting stack fails in many ways
+            last, value = exc, None
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}"
+                         + (f" (last error: {last})" if last else ""))
+
+
+def _docker_answers() -> bool:
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=20,
+                              check=False).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def ensure_swarm(workdir: Path) -> None:
+    """dockerd running (started here if needed, and left running) and this node a manager."""
+    if shutil.which("docker") is None or shutil.which("dockerd") is None:
+        raise RuntimeError("docker.io is not installed (scripts/system-deps.sh installs it)")
+    if not _docker_answers():
+        log = (workdir / "dockerd.log").open("wb")
+        subprocess.Popen(["dockerd"], stdout=log, stderr=subprocess.STDOUT,
+                         start_new_session=True)
+        wait_until("dockerd to answer", _docker_answers, 90)
+    state = docker("info", "--format", "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}")
+    if state.split()[0] != "active":
+        docker("swarm", "init", "--advertise-addr", "127.0.0.1")
+    elif state.split()[1] != "true":
+        raise RuntimeError("this node is in a swarm but not a manager; cannot deploy stacks")
+
+
+def build_images() -> float:
+    started = time.monotonic()
+    done = subprocess.run([str(REPO / "swarm" / "build-images.sh")], cwd=REPO,
+                          capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"swarm/build-images.sh failed:\n{done.stdout[-3000:]}\n"
+                           f"{done.stderr[-3000:]}")
+    return time.monotonic() - started
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Stack:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.passed = False
+        self.ports = {name: free_port() for name in ("http", "https", "controlplane", "prom")}
+        secrets = workdir / "secrets"
+        subprocess.run([str(REPO / "swarm" / "make-secrets.sh"), str(secrets)], check=True,
+                       capture_output=True, timeout=60)
+        self.token = (secrets / "controlplane_token").read_text().strip()
+        # Prometheus as shipped, but scraping and evaluating every 5 s.
+        prom = (REPO / "prometheus" / "prometheus.yml").read_text()
+        prom = prom.replace("scrape_interval: 15s", "scrape_interval: 5s")
+        prom = prom.replace("evaluation_interval: 15s", "evaluation_interval: 5s")
+        (workdir / "prometheus.yml").write_text(prom)
+        (workdir / "policies.yml").write_text(POLICIES)
+        (workdir / "routing.yml").write_text(ROUTING)
+        self.env = {
+            **os.environ,
+            **TEST_IMAGES,
+            "TIDEDESK_SECRETS_DIR": str(secrets),
+            "PROMETHEUS_CONFIG": str(workdir / "prometheus.yml"),
+            "TIDEDESK_POLICIES_CONFIG": str(workdir / "policies.yml"),
+            "TIDEDESK_ROUTING_CONFIG": str(workdir / "routing.yml"),
+            "HTTP_PORT": str(self.ports["http"]),
+            "HTTPS_PORT": str(self.ports["https"]),
+            "CONTROLPLANE_PORT": str(self.ports["controlplane"]),
+            "PROMETHEUS_PORT": str(self.ports["prom"]),
+            # HAProxy ramps a new replica's weight up over slowstart; 30 s in production, 5 s
+            # here so the test can see new connections land on new replicas quickly.
+            "CHATNODE_SLOWSTART": "5s",
+        }
+
+    # --- addresses ----------------------------------------------------------------------------
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.ports['http']}"
+
+    @property
+    def https(self) -> str:
+        return f"https://127.0.0.1:{self.ports['https']}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.ports['http']}"
+
+    @property
+    def wss(self) -> str:
+        return f"wss://127.0.0.1:{self.ports['https']}"
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def deploy(self) -> None:
+        done = subprocess.run(
+            ["docker", "stack", "deploy", "--resolve-image", "never", "-c",
+             str(REPO / "docker-stack.yml"), STACK],
+            cwd=REPO, env=self.env, capture_output=True, text=True, timeout=120, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"docker stack deploy failed: {done.stderr[-3000:]}")
+
+    @staticmethod
+    def remove() -> None:
+        """Remove the stack and its volumes, so the next deploy starts from nothing (RabbitMQ
+        and MariaDB keep the first password they were given in their data)."""
+        label = f"label=com.docker.stack.namespace={STACK}"
+        if STACK in docker("stack", "ls", "--format", "{{.Name}}", check=False).split():
+            docker("stack", "rm", STACK, check=False)
+        wait_until("the stack's containers to stop",
+                   lambda: not docker("ps", "-q", "--filter", label).split(), 90)
+        leftovers = docker("ps", "-aq", "--filter", label).split()  # exited tasks of this stack
+        if leftovers:
+            docker("rm", "-f", *leftovers, check=False)
+        wait_until(
+            "the stack's network to go",
+            lambda: STACK + "_tidedesk" not in docker("network", "ls", "--format", "{{.Name}}"),
+            60,
+        )
+        volumes = docker("volume", "ls", "-q", "--filter", label).split()
+        if volumes:
+            docker("volume", "rm", *volumes, check=False)
+
+    def wait_ready(self, timeout: float) -> None:
+        def all_running() -> bool:
+            return all(self.running(s) >= max(1, self.replicas(s)) for s in SERVICES)
+
+        wait_until("every service of the stack to run", all_running, timeout, every=2)
+        wait_until("HAProxy to reach a ready chat node",
+                   lambda: http_json("GET", self.http + "/readyz", timeout=3)[0] == 200,
+                   timeout, every=2)
+        wait_until("the control plane to answer",
+                   lambda: self.controlplane("GET", "/v1/status")[0] == 200, timeout, every=2)
+
+    # --- what runs ----------------------------------------------------------------------------
+    @staticmethod
+    def replicas(service: str) -> int:
+        out = docker("service", "inspect", f"{STACK}_{service}", "--format",
+                     "{{.Spec.Mode.Replicated.Replicas}}")
+        return int(out.strip() or 0)
+
+    @staticmethod
+    def tasks(service: str) -> list[dict[str, Any]]:
+        out = docker("service", "ps", f"{STACK}_{service}", "--no-trunc", "--format",
+                     "{{json .}}")
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    @classmethod
+    def running(cls, service: str) -> int:
+        return sum(1 for t in cls.tasks(service)
+                   if t.get("DesiredState") == "Running"
+                   and str(t.get("CurrentState", "")).startswith("Running"))
+
+    @classmethod
+    def running_task_ids(cls, service: str) -> set[str]:
+        return {str(t["ID"]) for t in cls.tasks(service)
+                if t.get("DesiredState") == "Running"
+                and str(t.get("CurrentState", "")).startswith("Running")}
+
+    @staticmethod
+    def updating(service: str) -> bool:
+        out = docker("service", "inspect", f"{STACK}_{service}", "--format",
+                     "{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}")
+        return out.strip() in ("updating", "rollback_started")
+
+    @staticmethod
+    def containers(service: str) -> list[str]:
+        out = docker("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={STACK}_"
+                     f"{service}")
+        return out.split()
+
+    def create_agent(self) -> None:
+        cid = self.containers("chatnode")[0]
+        out = docker("exec", cid, "tidedesk-entrypoint", "admin", "create-agent", "--email",
+                     AGENT_EMAIL, "--password", AGENT_PASSWORD, "--name", "E2E Agent", "--pools",
+                     "general", "--max-chats", "50", timeout=60, check=False)
+        if "created agent" not in out and "exists already" not in out:
+            raise RuntimeError(f"creating the agent failed: {out}")
+
+    # --- APIs ---------------------------------------------------------------------------------
+    def controlplane(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        return http_json(method, f"http://127.0.0.1:{self.ports['controlplane']}{path}", body,
+                         token=self.token, timeout=5)
+
+    def prom(self, query: str) -> list[dict[str, Any]]:
+        url = (f"http://127.0.0.1:{self.ports['prom']}/api/v1/query?"
+               + urllib.parse.urlencode({"query": query}))
+        status, data = http_json("GET", url, timeout=5)
+        assert status == 200, data
+        return list(data["data"]["result"])
+
+    def connections_by_instance(self) -> dict[str, float]:
+        return {r["metric"]["instance"]: float(r["value"][1])
+                for r in self.prom('sum by (instance) (tidedesk_connections{service="chatnode"})')}
+
+    def haproxy_servers_up(self) -> int:
+        result = self.prom('count(haproxy_server_status{proxy="chatnodes",state="UP"} == 1)')
+        return int(float(result[0]["value"][1])) if result else 0
+
+    # --- evidence -----------------------------------------------------------------------------
+    def save_artifacts(self, dest: Path) -> None:
+        dest.mkdir(parents=True, exist_ok=True)
+        for service in SERVICES:
+            name = f"{STACK}_{service}"
+            (dest / f"ps-{service}.txt").write_text(
+                docker("service", "ps", "--no-trunc", name, check=False, timeout=30))
+            done = subprocess.run(["docker", "service", "logs", "--timestamps", "--tail", "400",
+                                   name], capture_output=True, text=True, timeout=60,
+                                  check=False)
+            (dest / f"logs-{service}.txt").write_text(done.stdout + done.stderr)
+        for path in ("/v1/decisions?limit=200", "/v1/status"):
+            try:
+                _, data = self.controlplane("GET", path)
+                text = json.dumps(data, indent=2)
+            except OSError as exc:
+                text = f"control plane unreachable: {exc}"
+            name = path.strip("/").split("?")[0].replace("/", "-")
+            (dest / f"controlplane-{name}.json").write_text(text)
