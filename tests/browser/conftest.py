@@ -35,8 +35,9 @@ DEMO_PASSWORD = "tidedesk-demo"
 DEMO_NAME = "Demo Agent"
 # Starting the embedded server (SQLite migrations, demo seed) takes about a second.
 SERVER_START_TIMEOUT_SECS = 30.0
-# Default wait for something to appear in a page (deliveries are in-process: milliseconds).
-UI_TIMEOUT_MS = 8000
+# Default wait for something to appear in a page. Deliveries take milliseconds; the margin is for
+# a loaded CI machine, and costs nothing when things work.
+UI_TIMEOUT_MS = 10000
 
 
 def free_port() -> int:
@@ -147,7 +148,9 @@ def browser() -> Iterator[Any]:
         pytest.fail(f"Chromium is missing ({CHROMIUM} not found): the browser tests drive "
                     "Debian's chromium. Run scripts/system-deps.sh (as root) to install it.")
     from playwright.sync_api import Error as PlaywrightError
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=UI_TIMEOUT_MS)
 
     with sync_playwright() as pw:
         try:

@@ -337,7 +337,7 @@ def test_status_switch_reaches_the_server_and_survives_a_reload(server: Server,
         return {a["name"]: a["status"] for a in answer.json()["agents"]}[DEMO_NAME]
 
     def wait_for_status(expected: str) -> None:
-        for _ in range(100):
+        for _ in range(200):
             if server_side_status() == expected:
                 return
             page.wait_for_timeout(50)
