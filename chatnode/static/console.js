@@ -48,6 +48,7 @@
       chatEnded: "Chat with {name} was closed.", conv: "Conversation {id}", lang: "Language: {l}",
       noCanned: "No canned responses yet.", error: "Error: {m}", loadFailed: "Could not load history: {m}",
       chatsLoad: "{n} / {max}", sessionExpired: "Your session expired. Sign in again.", seen: "Seen",
+      enableNotifications: "Enable notifications",
     },
     "zh-CN": {
       consoleName: "客服工作台", signInTitle: "登录", signInIntro: "使用您的 Tidedesk 客服账号登录。",
@@ -75,6 +76,7 @@
       chatEnded: "与 {name} 的对话已结束。", conv: "对话 {id}", lang: "语言：{l}",
       noCanned: "暂无快捷回复。", error: "错误：{m}", loadFailed: "无法加载历史消息：{m}",
       chatsLoad: "{n} / {max}", sessionExpired: "登录已过期，请重新登录。", seen: "已读",
+      enableNotifications: "开启桌面通知",
     },
   };
 
@@ -352,10 +354,14 @@
         c.lastActivity = Date.now();
         if (!S.current) S.current = c.id;
         toast(t("newChat", { name: visitorName(c) }));
+        notify(t("newChat", { name: visitorName(c) }), c.id);
         renderList(); renderChat();
         break;
       case "message":
         addMessage(f);
+        if (f.from === "visitor" && document.hidden && S.chats[f.conversation_id] && f.seq > readSeq(f.conversation_id)) {
+          notify(visitorName(S.chats[f.conversation_id]) + ": " + f.body, f.conversation_id);
+        }
         renderList();
         if (S.current === f.conversation_id) { renderLog(S.chats[f.conversation_id]); renderTyping(); }
         break;
@@ -491,6 +497,21 @@
     renderList(); renderChat();
   }
 
+  // ---------------------------------------------------------------- notifications
+  // A console in a background tab must still get noticed: a system notification when the tab is
+  // hidden (after the agent allowed it with the top-bar button), the unread total in the title.
+  function notify(text, cid) {
+    if (!document.hidden || !("Notification" in window) || Notification.permission !== "granted") return;
+    try {
+      var n = new Notification("Tidedesk", { body: text.slice(0, 140), tag: "tidedesk-" + cid });
+      n.onclick = function () { window.focus(); selectChat(cid); n.close(); };
+    } catch (e) { /* some browsers only allow notifications from a service worker */ }
+  }
+  function renderNotifyButton() {
+    var b = $("[data-notify]");
+    b.hidden = !("Notification" in window) || Notification.permission !== "default";
+  }
+
   // ---------------------------------------------------------------- rendering
   function sortedChats() {
     return Object.keys(S.chats).map(function (k) { return S.chats[k]; }).sort(function (a, b) {
@@ -523,6 +544,7 @@
     $("[data-status]").value = S.status;
     $("[data-status-dot]").className = "dot " + S.status;
     $("[data-supervisor-link]").hidden = !(S.me.role === "supervisor" || S.me.role === "admin");
+    renderNotifyButton();
     renderConn();
   }
 
@@ -803,6 +825,9 @@
       }
       c.closeArmed = false;
       send({ type: "close", conversation_id: c.id });
+    });
+    $("[data-notify]").addEventListener("click", function () {
+      Notification.requestPermission().then(renderNotifyButton, renderNotifyButton);
     });
     $("[data-dismiss]").addEventListener("click", function () { if (S.current) removeChat(S.current); });
     $("[data-transfer]").addEventListener("click", openTransfer);
