@@ -504,7 +504,7 @@
     if (m.conversation_id && S.conversationId && m.conversation_id !== S.conversationId) return;
     if (m.private) return; // never for visitors; belt and braces
     // A message we sent that comes back (echo or resume) confirms the pending copy.
-    dropFromOutbox(m.id);
+    if (m.from === "visitor") dropFromOutbox(m.id);
     if (S.msgs[m.seq]) return; // seen already: a resume overlapping what we hold
     S.msgs[m.seq] = m;
     if (m.seq > S.maxSeq) S.maxSeq = m.seq;
