@@ -43,6 +43,7 @@ False after such an error until a call succeeds again.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -243,6 +244,11 @@ def _tracked(
             raise StoreUnavailable("Redis is unavailable (circuit open); retry shortly") from None
         except (RedisConnectionError, RedisTimeoutError) as exc:
             self._ready = False
+            # Idle pooled connections may be dead too (Redis restarted): drop them, so the
+            # calls after Redis is back use fresh ones instead of failing one by one and
+            # opening the breaker again.
+            with contextlib.suppress(Exception):
+                await self._r.connection_pool.disconnect(inuse_connections=False)
             raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
         self._ready = True
         return result
