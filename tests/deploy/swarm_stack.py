@@ -295,15 +295,25 @@ class Stack:
 
     # --- evidence -----------------------------------------------------------------------------
     def save_artifacts(self, dest: Path) -> None:
+        """`docker service ps`, every task container's log, the control plane's decisions."""
         dest.mkdir(parents=True, exist_ok=True)
         for service in SERVICES:
             name = f"{STACK}_{service}"
             (dest / f"ps-{service}.txt").write_text(
                 docker("service", "ps", "--no-trunc", name, check=False, timeout=30))
-            done = subprocess.run(["docker", "service", "logs", "--timestamps", "--tail", "400",
-                                   name], capture_output=True, text=True, timeout=60,
-                                  check=False)
-            (dest / f"logs-{service}.txt").write_text(done.stdout + done.stderr)
+            # Per container (exited ones too): `docker service logs` can hang on gone tasks.
+            logs = []
+            for cid in docker("ps", "-aq", "--filter",
+                              f"label=com.docker.swarm.service.name={name}",
+                              check=False).split():
+                try:
+                    done = subprocess.run(["docker", "logs", "--timestamps", "--tail", "400",
+                                           cid], capture_output=True, text=True, timeout=20,
+                                          check=False)
+                    logs.append(f"===== container {cid}\n{done.stdout}{done.stderr}")
+                except subprocess.TimeoutExpired:
+                    logs.append(f"===== container {cid}: docker logs timed out")
+            (dest / f"logs-{service}.txt").write_text("\n".join(logs))
         for path in ("/v1/decisions?limit=200", "/v1/status"):
             try:
                 _, data = self.controlplane("GET", path)
