@@ -15,6 +15,8 @@
 ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS install
+# Lets swarm/build-images.sh remove this stage's leftovers (the legacy builder keeps them).
+LABEL tidedesk.stage=install
 COPY build/wheelhouse /wheelhouse
 RUN python3 -m venv /opt/tidedesk \
  && /opt/tidedesk/bin/pip install --no-cache-dir --no-index --find-links /wheelhouse tidedesk \

@@ -48,9 +48,10 @@ command -v docker >/dev/null || { echo "build-images.sh: docker is not installed
 docker info >/dev/null 2>&1 || { echo "build-images.sh: dockerd is not answering (start it: dockerd &)" >&2; exit 1; }
 
 rootfs="$CACHE_DIR/rootfs-$SUITE"
+rootfs_fresh=0
 ensure_rootfs() {
   # One debootstrap, cached: later builds (and the infra image) start from this directory.
-  if [ -f "$rootfs/.complete" ] && [ "$FORCE" = 0 ]; then return; fi
+  if [ -f "$rootfs/.complete" ] && { [ "$FORCE" = 0 ] || [ "$rootfs_fresh" = 1 ]; }; then return; fi
   command -v debootstrap >/dev/null || { echo "build-images.sh: debootstrap is not installed (apt-get install debootstrap)" >&2; exit 1; }
   [ "$(id -u)" = 0 ] || { echo "build-images.sh: debootstrap needs root" >&2; exit 1; }
   rm -rf "$rootfs"; mkdir -p "$CACHE_DIR"
@@ -63,6 +64,12 @@ ensure_rootfs() {
   printf 'APT::Install-Recommends "false";\nAPT::Install-Suggests "false";\n' >"$rootfs/etc/apt/apt.conf.d/90tidedesk"
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
   touch "$rootfs/.complete"
+  rootfs_fresh=1
+}
+
+image_id() { docker image inspect -f '{{.Id}}' "$1" 2>/dev/null || true; }
+drop_replaced() { # old-id tag: remove our previous image once the tag points elsewhere
+  if [ -n "$1" ] && [ "$1" != "$(image_id "$2")" ]; then docker rmi "$1" >/dev/null 2>&1 || true; fi
 }
 
 import_rootfs() { # dir tag
@@ -111,8 +118,10 @@ if [ "$TIDEDESK_ONLY" = 0 ]; then
     tag="$TEST_PREFIX/$name:$SUITE"
     if have_image "$tag"; then say "$tag exists"; continue; fi
     say "docker build $tag"
+    old_id=$(image_id "$tag")
     docker build -q --build-arg "INFRA_IMAGE=$INFRA_IMAGE" -t "$tag" "swarm/images/$name" >/dev/null 2>&1 \
       || docker build --build-arg "INFRA_IMAGE=$INFRA_IMAGE" -t "$tag" "swarm/images/$name"
+    drop_replaced "$old_id" "$tag"
   done
 fi
 
@@ -130,8 +139,12 @@ else
     || { grep -v "is ignored: it is neither" "$CACHE_DIR/wheelhouse.log" | tail -20 >&2; exit 1; }
   grep "^wheelhouse:" "$CACHE_DIR/wheelhouse.log" || true
   say "docker build $TIDEDESK_IMAGE (FROM $BASE_IMAGE)"
+  old_id=$(image_id "$TIDEDESK_IMAGE")
   docker build -q --build-arg "BASE_IMAGE=$BASE_IMAGE" --label "tidedesk.source-hash=$hash" \
     -t "$TIDEDESK_IMAGE" . >"$CACHE_DIR/tidedesk-build.log" 2>&1 \
     || { tail -30 "$CACHE_DIR/tidedesk-build.log" >&2; exit 1; }
+  drop_replaced "$old_id" "$TIDEDESK_IMAGE"
+  stale=$(docker images -q -f dangling=true -f label=tidedesk.stage=install)
+  [ -z "$stale" ] || docker rmi $stale >/dev/null 2>&1 || true
 fi
 say "done"
