@@ -30,6 +30,8 @@ STATIC_DIR = Path(__file__).parent / "static"
 # on the remaining nodes), then the node waits this long at most for in-flight work.
 DRAIN_SPREAD_SECS = 3.0
 DRAIN_TIMEOUT_SECS = 20.0
+# How often a node checks that the session store still knows it (see _heartbeat_loop).
+STORE_CHECK_SECS = 1.0
 
 PAGES = {"/demo": "demo.html", "/console": "console.html", "/supervisor": "supervisor.html",
          "/widget.js": "widget.js"}
@@ -88,6 +90,7 @@ class ChatNode:
         self.draining = False
         self.inflight: set[asyncio.Future[Any]] = set()
         self._heartbeat: asyncio.Task[None] | None = None
+        self._marker = f"heartbeat:{settings.node_id}"
 
     def readiness(self) -> tuple[bool, str]:
         if not self.started:
@@ -109,12 +112,20 @@ class ChatNode:
         metrics.READY.set(1)
 
     async def _heartbeat_loop(self) -> None:
-        # Refreshed three times per TTL, so a live connection never looks gone.
+        # Refreshed three times per TTL, so a live connection never looks gone; and at once
+        # when the store no longer holds this node's marker (it restarted empty), so online
+        # agents are announced again within a second, not up to a third of the TTL later
+        # (until then the routers see nobody online and turn new chats into tickets).
         ttl = self.settings.presence_ttl_s
+        loop = asyncio.get_running_loop()
+        due = loop.time() + ttl / 3
         while True:
-            await asyncio.sleep(ttl / 3)
+            await asyncio.sleep(min(STORE_CHECK_SECS, ttl / 3))
             try:
-                await self.heartbeat(ttl)
+                if loop.time() >= due or await self.store.kv_get(
+                        self._marker, self.service.clock()) is None:
+                    await self.heartbeat(ttl)
+                    due = loop.time() + ttl / 3
             except Exception as exc:
                 log.warning("presence heartbeat failed; next one retries",
                             extra={"error": str(exc)})
@@ -131,6 +142,7 @@ class ChatNode:
                 announced.add(who)
                 if await self.store.agent_get(who.split(":", 1)[1]) is None:
                     await self.service.agent_status(agent, "online")
+        await self.store.kv_set(self._marker, "1", ttl, now)
 
     async def drain(self, spread_s: float = DRAIN_SPREAD_SECS,
                     timeout_s: float = DRAIN_TIMEOUT_SECS) -> None:
