@@ -273,6 +273,20 @@ class Stack:
         if "created agent" not in out and "exists already" not in out:
             raise RuntimeError(f"creating the agent failed: {out}")
 
+    def post_alert(self, alertname: str, service: str) -> None:
+        """Fire an alert into the stack's Alertmanager, from inside the overlay network."""
+        body = json.dumps([{"labels": {"alertname": alertname, "service": service,
+                                       "severity": "warning"},
+                            "annotations": {"summary": "fired by the end-to-end test"}}])
+        code = ("import sys, urllib.request; urllib.request.urlopen(urllib.request.Request("
+                "'http://alertmanager:9093/api/v2/alerts', data=sys.argv[1].encode(), "
+                "headers={'Content-Type': 'application/json'}), timeout=10)")
+        docker("exec", self.containers("chatnode")[0], "python3", "-c", code, body, timeout=30)
+
+    def alerts_received(self, policy: str) -> list[dict[str, Any]]:
+        _, data = self.controlplane("GET", "/v1/status")
+        return [a for p in data["policies"] if p["name"] == policy for a in p["alerts"]]
+
     # --- APIs ---------------------------------------------------------------------------------
     def controlplane(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         return http_json(method, f"http://127.0.0.1:{self.ports['controlplane']}{path}", body,

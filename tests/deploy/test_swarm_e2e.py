@@ -5,7 +5,8 @@ the control plane corrects.
 Phases (each bounded; the whole test, image builds included, stays under 12 minutes):
 
 1. Build the images offline (swarm/build-images.sh), deploy the stack as ``tidedesk-e2e``.
-2. An agent (over TLS 1.3, wss://) and four visitors (ws://) chat through HAProxy.
+2. An agent (over TLS 1.3, wss://) and four visitors (ws://) chat through HAProxy; an alert
+   fired into Alertmanager reaches the control plane's webhook and triggers an evaluation.
 3. Load: 60 more visitor WebSockets, 4x the policy's 15 per node. The control plane scales the
    chat nodes 2 -> 4; HAProxy finds the new replicas through DNS and sends them new connections
    (four more followed visitors, counted per node from each node's own /metrics).
@@ -192,7 +193,10 @@ def assert_nothing_missed(s: Stack, agent: ResilientClient, token: str,
 
 
 async def run_scenario(s: Stack) -> None:
-    # --- 2. chat through HAProxy -------------------------------------------------------------
+    # --- 2. chat through HAProxy; an alert reaches the control plane --------------------------
+    # Alertmanager -> POST /v1/alerts with the bearer token from the secret; checked below,
+    # while the chat runs (Alertmanager waits group_wait = 10 s before its first notification).
+    await asyncio.to_thread(s.post_alert, "TidedeskE2E", "chatnode")
     agent, token = await new_agent(s)
     chatter = Chatter(agent)
     followed: list[ResilientClient] = []
@@ -208,6 +212,11 @@ async def run_scenario(s: Stack) -> None:
                 - {seq for _, seq in v.acked.values()} for v in followed)
 
         await wait_for("visitors and the agent to chat both ways", chat_both_ways, 20, 0.5)
+        await wait_for("Alertmanager to deliver the alert to the control plane",
+                       lambda: any(a["alertname"] == "TidedeskE2E"
+                                   for a in s.alerts_received("chatnode")), 60)
+        assert any(d.get("trigger") == "alert:TidedeskE2E" for d in decisions(s)), \
+            "the alert did not trigger an evaluation of the chatnode policy"
         nodes_before = set(await wait_for(
             "Prometheus to see the chat nodes' connections",
             lambda: (c := s.connections_by_instance()) and len(c) == 2 and c, 60))
