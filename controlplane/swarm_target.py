@@ -82,9 +82,9 @@ class SwarmTarget:
         # with "update out of sequence", so read again and retry once.
         last: Exception | None = None
         for _ in range(2):
-            svc = self._service(policy.service)
+            self._service(policy.service)  # a clear error if it does not exist
             try:
-                svc.scale(replicas)
+                self._set_replicas(policy.service, replicas)
                 log.info(
                     "scaled swarm service",
                     extra={"service": policy.service, "replicas": replicas, "why": message},
@@ -93,3 +93,20 @@ class SwarmTarget:
             except (docker.errors.DockerException, OSError) as exc:
                 last = exc
         raise TargetError(f"scaling swarm service {policy.service!r} to {replicas}: {last}")
+
+    def _set_replicas(self, name: str, replicas: int) -> None:
+        """Send the service's spec back exactly as stored, with only the replica count changed.
+
+        The SDK's ``Service.scale`` rebuilds the task template with Docker's defaults filled in;
+        Swarm sees a changed spec and restarts every running task (every chat node would drain
+        on each scale-up). ``docker service scale`` does what this does."""
+        api = self._docker().api
+        info = api.inspect_service(name)
+        spec = info["Spec"]
+        api.update_service(
+            name, info["Version"]["Index"],
+            task_template=spec.get("TaskTemplate"), name=spec.get("Name"),
+            labels=spec.get("Labels"), mode={"Replicated": {"Replicas": replicas}},
+            update_config=spec.get("UpdateConfig"), rollback_config=spec.get("RollbackConfig"),
+            networks=spec.get("Networks"), endpoint_spec=spec.get("EndpointSpec"),
+        )

@@ -61,8 +61,19 @@ def test_swarm_target_reads_tasks(swarm_service: str) -> None:
     wait_until(lambda: len(target.read(p).started_at) == 1, 60, "the task to run")
     state = target.read(p)
     assert state.desired == 1 and abs(time.time() - state.started_at[0]) < 120
+    import docker as docker_sdk
+
+    svc = docker_sdk.from_env().services.get(swarm_service)
+    before = {t["ID"] for t in svc.tasks(filters={"desired-state": "running"})}
+    template = svc.attrs["Spec"]["TaskTemplate"]
     assert target.scale(p, 2, "test").applied
     wait_until(lambda: len(target.read(p).started_at) == 2, 60, "two tasks")
+    # Scaling leaves the running task alone (no rolling restart of the service) and changes
+    # nothing in the spec but the count.
+    svc.reload()
+    after = {t["ID"] for t in svc.tasks(filters={"desired-state": "running"})}
+    assert before < after, (before, after)
+    assert svc.attrs["Spec"]["TaskTemplate"] == template
     missing = Policy(name="m", service="cptest-missing", driver="swarm", min=1, max=3,
                      checks=(Check("x", "up", target=1),))  # fmt: skip
     with pytest.raises(TargetError, match="not found"):

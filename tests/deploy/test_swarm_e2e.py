@@ -286,13 +286,9 @@ async def run_scenario(s: Stack) -> None:
     # Checked last, so every guarantee above has been shown either way. Adding replicas must
     # leave the running ones alone: a restart drains every client of the tier at the very
     # moment a flash sale needs it.
-    if restarted_by_scale_up:
-        pytest.xfail(
-            f"known bug: scaling up restarted the running chat nodes "
-            f"{sorted(restarted_by_scale_up)}. controlplane/swarm_target.py calls the docker "
-            "SDK's Service.scale(), which sends the spec read with insertDefaults=true; Swarm "
-            "sees a changed task template and rolls every task. Fix: update_service() with the "
-            "spec as stored (inspect_service() without defaults) and only Replicas changed.")
+    assert not restarted_by_scale_up, (
+        f"scaling up restarted the running chat nodes {sorted(restarted_by_scale_up)}: the "
+        "Swarm target must send the stored spec back with only the replica count changed")
 
 
 def test_deploy_scale_drain_redeploy(stack: Stack) -> None:
