@@ -36,6 +36,8 @@ def message_id(raw: str | bytes) -> str | None:
 
 class _Socket(WebSocketHandler):
     role = "?"
+    # Agents resume every chat they hold when they reconnect: they get more frames per window.
+    rate_factor = 1
 
     def initialize(self, service: ChatService, hub: Hub, node: Any) -> None:
         self.service = service
@@ -44,8 +46,8 @@ class _Socket(WebSocketHandler):
         self.conn_id = uuid.uuid4().hex
         self.who = ""
         self.registered = False
-        self.bucket = TokenBucket.per_window(service.settings.rate_limit_per_10s, 10.0,
-                                             time.monotonic())
+        self.bucket = TokenBucket.per_window(
+            service.settings.rate_limit_per_10s * self.rate_factor, 10.0, time.monotonic())
 
     # Origin check: browsers only (non-browser clients send no Origin header).
     def check_origin(self, origin: str) -> bool:
@@ -241,6 +243,7 @@ class VisitorSocket(_Socket):
 
 class AgentSocket(_Socket):
     role = "agent"
+    rate_factor = 4
     principal: Principal
     agent: Any
 

@@ -42,7 +42,9 @@ def test_database_url_list_means_shards(tmp_path: Path) -> None:
     ({"TIDEDESK_DATABASE_URL": "postgres://x"}, "TIDEDESK_DATABASE_URL"),
     ({"TIDEDESK_AES_KEY": "c2hvcnQ="}, "TIDEDESK_AES_KEY: expected base64 of exactly 32"),
     ({"TIDEDESK_PROT": "8080"}, "unknown environment variable.*TIDEDESK_PROT"),
-], ids=["port-word", "port-range", "log-level", "broker", "redis", "database", "aes", "typo"])
+    ({"TIDEDESK_WS_PING_TIMEOUT_S": "60"}, "TIDEDESK_WS_PING_TIMEOUT_S: 60.0 is longer"),
+], ids=["port-word", "port-range", "log-level", "broker", "redis", "database", "aes", "typo",
+        "ping-timeout"])
 def test_bad_values_name_the_key(tmp_path: Path, env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         load_settings(env={"TIDEDESK_DATA_DIR": str(tmp_path), **env})

@@ -136,11 +136,13 @@ FIELDS: tuple[Field, ...] = (
           "a connection counts as present this long after its node's last heartbeat "
           "(heartbeat every third of it)"),
     Field("ws_ping_interval_s", 20.0, _parse_float(0, 3600), "WebSocket ping interval (0=off)"),
-    Field("ws_ping_timeout_s", 30.0, _parse_float(1, 3600), "close after this long without pong"),
+    Field("ws_ping_timeout_s", 20.0, _parse_float(1, 3600),
+          "close after this long without pong (at most the ping interval)"),
     Field("ws_max_message_size", 65536, _parse_int(1024, 16 * 1024 * 1024),
           "largest WebSocket frame accepted, in bytes"),
     Field("max_body_chars", 4000, _parse_int(1, 100000), "longest chat message body"),
-    Field("rate_limit_per_10s", 30, _parse_int(1, 10000), "frames a connection may send per 10 s"),
+    Field("rate_limit_per_10s", 30, _parse_int(1, 10000),
+          "frames a visitor connection may send per 10 s (agents: 4x, they resume many chats)"),
     Field("ack_timeout_s", 10.0, _parse_float(0.1, 300), "give up waiting for a broker confirm"),
     Field("max_waiting_per_pool", 500, _parse_int(1, 1000000),
           "visitors waiting in one pool before new ones get the busy answer"),
@@ -277,6 +279,11 @@ def load_settings(
             values["data_dir"], "aes.key", lambda: base64.b64encode(os.urandom(32)).decode()
         )
     _check_aes_key(values["aes_key"])
+    if 0 < values["ws_ping_interval_s"] < values["ws_ping_timeout_s"]:
+        raise SettingsError(
+            f"TIDEDESK_WS_PING_TIMEOUT_S: {values['ws_ping_timeout_s']} is longer than "
+            f"TIDEDESK_WS_PING_INTERVAL_S ({values['ws_ping_interval_s']}); Tornado allows at "
+            "most the interval")
     return Settings(**values)
 
 
