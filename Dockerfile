@@ -38,8 +38,8 @@ ENV PATH=/opt/tidedesk/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sb
 USER 10001:10001
 WORKDIR /var/lib/tidedesk
 EXPOSE 8080
-# Chat nodes (and `dev`) answer /readyz on TIDEDESK_PORT; other roles set HEALTHCHECK_URL or
-# disable the check in their service definition (routers serve no HTTP).
+# Chat nodes, routers and `dev` answer /readyz on TIDEDESK_PORT; the control plane sets
+# HEALTHCHECK_URL (its API port) in its service definition.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 CMD ["tidedesk-healthcheck"]
 # Chat nodes drain on SIGTERM (~3 s of reconnects, up to ~20 s of in-flight work): give them 30 s.
 STOPSIGNAL SIGTERM
