@@ -142,7 +142,9 @@ def server(request: pytest.FixtureRequest,
         srv.stop()
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an asyncio loop running in the main
+# thread while it is open, and the rest of the suite calls asyncio.run().
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not os.path.exists(CHROMIUM):
         pytest.fail(f"Chromium is missing ({CHROMIUM} not found): the browser tests drive "
