@@ -26,3 +26,8 @@ ROUTER_INFLIGHT = Gauge("tidedesk_router_inflight", "Inbound messages being proc
 ASSIGNMENTS = Counter("tidedesk_assignments_total", "Chats assigned to agents", ["pool"])
 WAITING = Gauge("tidedesk_waiting_visitors", "Visitors waiting for an agent", ["pool"])
 READY = Gauge("tidedesk_ready", "1 when this process takes traffic, 0 while starting/draining")
+
+# A labelled series exists only once used; a fresh chat node must still report 0 connections,
+# or sum(tidedesk_connections) and per-node views miss it until its first client.
+for _role in ("visitor", "agent"):
+    CONNECTIONS.labels(role=_role)
