@@ -18,11 +18,14 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=".venv/.tidedesk-installed${extra:+-$extra}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "installing Tidedesk into .venv (first run or pyproject.toml changed) ..." >&2
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-  if [ -n "$extra" ]; then
-    .venv/bin/python -m pip install -q -e ".[$extra]"
-  else
-    .venv/bin/python -m pip install -q -e .
+  # pip's build warnings would bury the start-up message: keep them in a log unless it fails.
+  log=.venv/pip-install.log
+  if ! .venv/bin/python -m pip install -q -e ".${extra:+[$extra]}" >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "pip install failed (log above, also in $log)" >&2
+    exit 1
   fi
   touch "$stamp"
 fi
