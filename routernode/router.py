@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import peewee as pw
+
 from routernode.routing import RoutingConfig, anyone_online, choose_agent, fallback_due
 from tidedesk import metrics
 from tidedesk.broker import INBOUND_QUEUE, Broker, Envelope
@@ -149,16 +151,19 @@ class Router:
     async def recover(self) -> None:
         """Put chats the database says are waiting back in the queues (after a store restart)."""
 
-        def work() -> list[Any]:
+        def work() -> list[tuple[Any, tuple[str, ...]]]:
+            """Waiting conversations with their visitor's tags, in one query."""
             conv = self.storage.main["Conversation"]
+            visitor = self.storage.main["Visitor"]
             with self.storage.main.db.connection_context():
-                return list(conv.select().where(conv.state == "queued").order_by(conv.created_at))
+                rows = (conv.select(conv, visitor.tags)
+                        .join(visitor, pw.JOIN.LEFT_OUTER, on=(conv.visitor_id == visitor.id))
+                        .where(conv.state == "queued").order_by(conv.created_at).objects())
+                return [(r, tuple(t for t in (r.tags or "").split(",") if t)) for r in rows]
 
-        for row in await self.storage.run(work):
-            visitor = await self.storage.visitor(row.visitor_id)
-            vip = self.routing.is_vip(visitor.tag_list if visitor else ())
+        for row, tags in await self.storage.run(work):
             self._visitor_of[row.id] = row.visitor_id
-            await self.store.enqueue(row.pool, row.id, vip, row.created_at)
+            await self.store.enqueue(row.pool, row.id, self.routing.is_vip(tags), row.created_at)
 
     # -- consuming ---------------------------------------------------------------------------
     async def handle(self, envelope: Envelope) -> None:

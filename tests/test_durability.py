@@ -26,7 +26,10 @@ def test_restart_keeps_history_seqs_and_the_queue(tmp_path: Path) -> None:
             _, queued_token, queued = await new_visitor(rt, name="patient")
             queued_conv = queued.of_type("hello")[0]["conversation_id"]
             await queued.wait_type("queue")
-            for c in (visitor, queued, agent):
+            _, _, vip = await new_visitor(rt, name="vip", tags=["vip"])
+            await vip.wait_type("queue", position=1)  # a VIP goes ahead of the earlier visitor
+            await queued.wait_type("queue", position=2)
+            for c in (visitor, queued, vip, agent):
                 await c.close()
             return token, conv_id, last, queued_token, queued_conv
 
@@ -42,11 +45,11 @@ def test_restart_keeps_history_seqs_and_the_queue(tmp_path: Path) -> None:
             # A new message never reuses a seq, even though the counter lived in memory.
             after = await visitor.say("after restart")
             assert after["seq"] > last
-            # The waiting visitor is still waiting, first in line.
+            # The waiting visitor is still waiting, still behind the VIP.
             queued = await ws(rt, "/ws/visitor", queued_token)
             q_hello = await queued.wait_type("hello")
             assert (q_hello["conversation_id"], q_hello["state"]) == (queued_conv, "queued")
-            assert (await queued.wait_type("queue"))["position"] == 1
+            assert (await queued.wait_type("queue"))["position"] == 2
             await visitor.close()
             await queued.close()
 
