@@ -22,7 +22,7 @@ from tidedesk.errors import Unavailable
 from tidedesk.i18n import LOCALES
 from tidedesk.resume import plan_resume, reseed_floor
 from tidedesk.settings import Settings
-from tidedesk.storage import Storage
+from tidedesk.storage import Storage, visitor_summary
 from tidedesk.store import Store
 
 log = logging.getLogger(__name__)
@@ -244,14 +244,12 @@ class ChatService:
 
     async def agent_hello(self, agent: Any) -> dict[str, Any]:
         convs = await self.storage.open_conversations_for_agent(str(agent.id))
+        visitors = await self.storage.visitors([c.visitor_id for c in convs])
         items = []
         for conv in convs:
-            visitor = await self.storage.visitor(conv.visitor_id)
             items.append({
                 "conversation_id": conv.id, "state": conv.state,
-                "visitor": {"id": conv.visitor_id, "name": visitor.name if visitor else "",
-                            "tags": list(visitor.tag_list) if visitor else [],
-                            "locale": visitor.locale if visitor else "en"},
+                "visitor": visitor_summary(conv.visitor_id, visitors.get(conv.visitor_id)),
                 "last_seq": await self.last_seq(conv.id),
             })
         return {"type": "hello", "agent_id": str(agent.id), "name": agent.name,
@@ -273,10 +271,11 @@ class ChatService:
         for pool in pools:
             waiting = await self.store.waiting(pool)
             convs = {c.id: c for c in await self.storage.conversations([c for c, _ in waiting])}
+            visitors = await self.storage.visitors([c.visitor_id for c in convs.values()])
             items = []
             for conv_id, enqueued_at in waiting:
                 conv = convs.get(conv_id)
-                visitor = await self.storage.visitor(conv.visitor_id) if conv else None
+                visitor = visitors.get(conv.visitor_id) if conv else None
                 items.append({"conversation_id": conv_id,
                               "visitor_name": visitor.name if visitor else "",
                               "vip": "vip" in (visitor.tag_list if visitor else ()),

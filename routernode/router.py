@@ -31,7 +31,7 @@ from tidedesk import metrics
 from tidedesk.broker import INBOUND_QUEUE, Broker, Envelope
 from tidedesk.delivery import deliver
 from tidedesk.errors import Unavailable
-from tidedesk.storage import Storage
+from tidedesk.storage import Storage, visitor_summary
 from tidedesk.store import Store
 
 log = logging.getLogger(__name__)
@@ -342,9 +342,7 @@ class Router:
         await self.deliver(f"visitor:{visitor_id}", {"type": "state", "state": "assigned"})
         await self.deliver(f"agent:{agent_id}", {
             "type": "assigned", "conversation_id": conv_id,
-            "visitor": {"id": visitor_id, "name": visitor.name if visitor else "",
-                        "tags": list(visitor.tag_list) if visitor else [],
-                        "locale": visitor.locale if visitor else "en"},
+            "visitor": visitor_summary(visitor_id, visitor),
             "last_seq": await self.store.last_seq(conv_id) or 0,
         })
 

@@ -73,6 +73,12 @@ def message_frame(row: Any) -> dict[str, Any]:
     return frame
 
 
+def visitor_summary(visitor_id: str, row: Any) -> dict[str, Any]:
+    """What agents are told about a visitor (``assigned`` frames, agent ``hello``)."""
+    return {"id": visitor_id, "name": row.name if row else "",
+            "tags": list(row.tag_list) if row else [], "locale": row.locale if row else "en"}
+
+
 class Storage:
     def __init__(self, urls: Sequence[str], pool_size: int = 4) -> None:
         if not urls:
@@ -176,6 +182,18 @@ class Storage:
             model = self.main["Visitor"]
             with self.main.db.connection_context():
                 return model.get_or_none(model.id == visitor_id)
+
+        return await self.run(work)
+
+    async def visitors(self, visitor_ids: Sequence[str]) -> dict[str, Any]:
+        """Visitors by id, in one query."""
+
+        def work() -> dict[str, Any]:
+            model = self.main["Visitor"]
+            if not visitor_ids:
+                return {}
+            with self.main.db.connection_context():
+                return {v.id: v for v in model.select().where(model.id.in_(list(visitor_ids)))}
 
         return await self.run(work)
 
