@@ -285,7 +285,7 @@ class Router:
         else:
             await self.store.release(conv_id)
             await self.route(conv_id, conv.visitor_id, str(to_pool),
-                             vip=False, fallback=None)
+                             vip=await self._is_vip(conv.visitor_id), fallback=None)
         await self.storage.audit(by, "conversation.transfer", conv_id,
                                  {"from": old, "to_agent": to_agent, "to_pool": to_pool})
         if old is not None and old != to_agent:
@@ -377,6 +377,11 @@ class Router:
         for pool in agent.pools if agent else ():
             await self.drain(pool)
 
+    async def _is_vip(self, visitor_id: str) -> bool:
+        """A VIP keeps their priority when moved to another pool (fallback, transfer)."""
+        visitor = await self.storage.visitor(visitor_id)
+        return self.routing.is_vip(visitor.tag_list if visitor else ())
+
     def _forget(self, conv_id: str) -> None:
         """Drop the per-conversation caches of a chat that will never wait again."""
         self._visitor_of.pop(conv_id, None)
@@ -409,7 +414,8 @@ class Router:
                 target = fallback_due(rule, enqueued_at, now)
                 if target and await self.store.dequeue(pool, conv_id):
                     visitor_id = await self._visitor_id(conv_id)
-                    await self.route(conv_id, visitor_id, target, vip=False, fallback=None)
+                    await self.route(conv_id, visitor_id, target,
+                                     vip=await self._is_vip(visitor_id), fallback=None)
             await self.drain(pool)
 
     async def _tick_loop(self) -> None:

@@ -282,3 +282,39 @@ def test_outside_business_hours_a_waiting_chat_becomes_a_ticket(tmp_path: Path) 
                 await c.close()
 
     run(scenario())
+
+
+def test_vip_falls_back_after_max_wait_and_keeps_priority(tmp_path: Path) -> None:
+    routing = """
+vip_tags: [vip]
+rules:
+  - name: vip
+    match: {tags: [vip]}
+    pool: experts
+    fallback: general
+    max_wait_s: 1
+  - name: everyone
+    pool: general
+"""
+
+    async def scenario() -> None:
+        async with embedded(tmp_path, routing) as rt:
+            add_agent(rt, "sam@shop.test", max_chats=1)  # general only; nobody in experts
+            agent = await agent_socket(rt, "sam@shop.test")
+            await asyncio.sleep(0.1)
+            _, _, first = await new_visitor(rt)
+            await first.wait_type("assigned")
+            _, _, regular = await new_visitor(rt)
+            await regular.wait_type("queue", position=1)
+            _, _, vip = await new_visitor(rt, tags=["vip"])
+            await vip.wait_type("queue", position=1)  # first in the experts queue
+            # After max_wait_s it moves to general, still ahead of the regular visitor.
+            await regular.wait_type("queue", position=2, timeout=5)
+            assert [c for c, _ in await rt.store.waiting("general")] == [
+                vip.of_type("hello")[0]["conversation_id"],
+                regular.of_type("hello")[0]["conversation_id"]]
+            assert await rt.store.waiting("experts") == []
+            for c in (first, regular, vip, agent):
+                await c.close()
+
+    run(scenario())
