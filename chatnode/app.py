@@ -15,6 +15,7 @@ import tornado.web
 from chatnode import http, websockets
 from chatnode.hub import Hub
 from chatnode.service import ChatService
+from routernode.routing import RoutingConfig
 from tidedesk import metrics
 from tidedesk.auth import TokenService
 from tidedesk.broker import Broker, node_queue
@@ -74,12 +75,12 @@ class IndexHandler(tornado.web.RequestHandler):
 
 class ChatNode:
     def __init__(self, *, settings: Settings, broker: Broker, store: Store, storage: Storage,
-                 pools: tuple[str, ...], clock: Callable[[], float] = time.time) -> None:
+                 routing: RoutingConfig, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.broker = broker
         self.store = store
         self.storage = storage
-        self.pools = pools
+        self.routing = routing
         self.hub = Hub()
         self.service = ChatService(
             settings=settings, broker=broker, store=store, storage=storage,

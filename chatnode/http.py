@@ -243,7 +243,7 @@ class SupervisorHandler(JsonHandler):
             raise ServiceError(403, "forbidden", "the supervisor view needs the supervisor or "
                                "admin role")
         agents = await self.service.agents_overview()
-        queues = await self.service.queues_overview(self.node.pools)
+        queues = await self.service.queues_overview(self.node.routing)
         self.write_json({
             "agents": agents, "queues": queues,
             "counts": {"online_agents": sum(a["status"] == "online" for a in agents),

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from routernode.routing import RoutingConfig
 from tidedesk.auth import AuthError, Principal, TokenService, verify_password, verify_totp
 from tidedesk.broker import INBOUND_QUEUE, Broker, BrokerUnavailable
 from tidedesk.crypto import FieldCipher
@@ -265,10 +266,10 @@ class ChatService:
                         "max_chats": agent.max_chats, "pools": list(agent.pool_list)})
         return out
 
-    async def queues_overview(self, pools: tuple[str, ...]) -> dict[str, list[dict[str, Any]]]:
+    async def queues_overview(self, routing: RoutingConfig) -> dict[str, list[dict[str, Any]]]:
         now = self.clock()
         out: dict[str, list[dict[str, Any]]] = {}
-        for pool in pools:
+        for pool in routing.pools:
             waiting = await self.store.waiting(pool)
             convs = {c.id: c for c in await self.storage.conversations([c for c, _ in waiting])}
             visitors = await self.storage.visitors([c.visitor_id for c in convs.values()])
@@ -278,7 +279,7 @@ class ChatService:
                 visitor = visitors.get(conv.visitor_id) if conv else None
                 items.append({"conversation_id": conv_id,
                               "visitor_name": visitor.name if visitor else "",
-                              "vip": "vip" in (visitor.tag_list if visitor else ()),
+                              "vip": routing.is_vip(visitor.tag_list if visitor else ()),
                               "waiting_s": round(max(0.0, now - enqueued_at), 1)})
             out[pool] = items
         return out

@@ -112,7 +112,7 @@ class Runtime:
             await self.router.start()
         if self.role in ("dev", "chatnode"):
             self.node = ChatNode(settings=self.settings, broker=self.broker, store=self.store,
-                                 storage=self.storage, pools=self.routing.pools)
+                                 storage=self.storage, routing=self.routing)
             await self.node.start()
             app = self.node.make_app()
         else:
