@@ -149,7 +149,9 @@ class ChatService:
         return {"visitor_id": visitor_id, "token": self.tokens.visitor_token(visitor_id)}
 
     async def open_visitor_session(self, visitor_id: str) -> tuple[VisitorSession, bool]:
-        """The visitor's open conversation (a new one is announced to the routers)."""
+        """The visitor's open conversation, and whether it was created now (then the caller
+        announces it with :meth:`announce_opened`). The visitor's session is the signed token
+        plus this row: nothing else is kept for it."""
         visitor = await self.storage.visitor(visitor_id)
         if visitor is None:
             raise ServiceError(401, "invalid_token", "unknown visitor; create a new one with "
@@ -157,8 +159,6 @@ class ChatService:
         conv, created = await self.storage.current_conversation(visitor_id)
         if created:
             await self.store.seed_seq(conv.id, 0)
-        await self.store.kv_set(f"session:visitor:{visitor_id}", conv.id,
-                                self.settings.session_ttl_s, self.clock())
         return VisitorSession(visitor_id, conv.id, conv.state, conv.pool, visitor.locale,
                               visitor.name, visitor.tag_list), created
 

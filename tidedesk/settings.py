@@ -131,7 +131,6 @@ FIELDS: tuple[Field, ...] = (
     Field("demo_agent_password", "tidedesk-demo", _parse_str, "embedded mode's demo agent"),
     Field("access_token_ttl_s", 900, _parse_int(60, 86400), "agent access token lifetime"),
     Field("refresh_token_ttl_s", 7 * 86400, _parse_int(300, 90 * 86400), "refresh token life"),
-    Field("session_ttl_s", 1800, _parse_int(60, 86400), "sliding TTL of visitor sessions"),
     Field("presence_ttl_s", 90.0, _parse_float(3, 3600),
           "a connection counts as present this long after its node's last heartbeat "
           "(heartbeat every third of it)"),
@@ -172,7 +171,6 @@ class Settings:
     demo_agent_password: str
     access_token_ttl_s: int
     refresh_token_ttl_s: int
-    session_ttl_s: int
     presence_ttl_s: float
     ws_ping_interval_s: float
     ws_ping_timeout_s: float

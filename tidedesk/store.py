@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 import json
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 # How long a client-made message id is remembered for idempotent acks (the database's unique
@@ -217,7 +217,7 @@ class MemoryStore(Store):
         if agent is None or conv_id in self._owners or not agent.has_room:
             return False
         self._owners[conv_id] = agent_id
-        self._agents[agent_id] = _replace(agent, open_chats=agent.open_chats + 1,
+        self._agents[agent_id] = replace(agent, open_chats=agent.open_chats + 1,
                                           last_assigned_at=now)
         return True
 
@@ -225,7 +225,7 @@ class MemoryStore(Store):
         agent_id = self._owners.pop(conv_id, None)
         if agent_id is not None and agent_id in self._agents:
             agent = self._agents[agent_id]
-            self._agents[agent_id] = _replace(agent, open_chats=max(0, agent.open_chats - 1))
+            self._agents[agent_id] = replace(agent, open_chats=max(0, agent.open_chats - 1))
         return agent_id
 
     async def owner(self, conv_id: str) -> str | None:
@@ -259,8 +259,3 @@ class MemoryStore(Store):
     async def history(self, conv_id: str) -> list[dict[str, Any]]:
         return list(self._history.get(conv_id, []))
 
-
-def _replace(agent: AgentLoad, **changes: Any) -> AgentLoad:
-    from dataclasses import replace
-
-    return replace(agent, **changes)
