@@ -479,8 +479,10 @@ def test_rabbit_reconnects_and_resumes_consuming() -> None:
             proxy.restore()
             await _until(lambda: b.ready, 10, "did not reconnect")
             await b.publish(q, b"after")
-            await got.wait_for(2)
-            assert got.bodies == [b"before", b"after"]
+            await _until(lambda: b"after" in got.bodies, 10, "nothing consumed after reconnecting")
+            # At least once: "before" comes again when its ack died with the connection.
+            assert list(dict.fromkeys(got.bodies)) == [b"before", b"after"]
+            assert got.bodies.count(b"before") <= 2
 
     rabbit(body)
 

@@ -163,6 +163,22 @@ def decisions(s: Stack) -> list[dict]:  # type: ignore[type-arg]
     return list(data["decisions"])
 
 
+NOTHING_MISSED_WITHIN_S = 30.0
+
+
+def eventually(within_s: float, check, *args) -> None:  # type: ignore[no-untyped-def]
+    """Run ``check`` until it passes; after ``within_s`` its last AssertionError stands."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            check(*args)
+            return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(1.0)
+
+
 def assert_nothing_missed(s: Stack, agent: ResilientClient, token: str,
                           visitors: list[ResilientClient]) -> None:
     """Every acked message stored once; every client shown every stored message."""
@@ -187,9 +203,12 @@ def assert_nothing_missed(s: Stack, agent: ResilientClient, token: str,
                                         f"{sorted(mine - set(by_id))[:5]}")
             shown = set(client.conversations[conv].seen)
             missed = seqs - shown
+            which = [(m["seq"], m.get("from"), m.get("id"), m.get("ts"))
+                     for m in stored if m["seq"] in missed][:5]
             assert not missed, (f"{client.name} missed seqs {sorted(missed)[:10]} of {conv} "
                                 f"(stored {len(seqs)}, shown {len(shown)}, "
-                                f"connects {client.connects})")
+                                f"connects {client.connects}, connected {client.connected}): "
+                                f"{which}")
 
 
 async def run_scenario(s: Stack) -> None:
@@ -270,7 +289,6 @@ async def run_scenario(s: Stack) -> None:
         await asyncio.sleep(2 * CHAT_EVERY_S)  # a round of messages after the scale-down
         await chatter.stop()
         await asyncio.gather(*(c.wait_acked(30) for c in [*followed, agent]))
-        await asyncio.sleep(3)  # the last deliveries
         drained = sum(c.reconnect_frames for c in [*followed, agent])
 
         assert drained > 0, "no followed client was on a drained node (reconnect frames)"
@@ -280,7 +298,10 @@ async def run_scenario(s: Stack) -> None:
         unexpected = [e for c in [*followed, agent] for e in c.errors
                       if e.get("code") not in ("try_again", "draining")]
         assert not unexpected, f"error frames: {unexpected[:5]}"
-        await asyncio.to_thread(assert_nothing_missed, s, agent, token, followed)
+        # An ack means "durable in RabbitMQ"; the router stores and delivers a moment later,
+        # longer on a busy 2-core machine. Converged within the bound, or the last miss fails.
+        await asyncio.to_thread(eventually, NOTHING_MISSED_WITHIN_S, assert_nothing_missed,
+                                s, agent, token, followed)
         log.warning("drained clients: %d reconnect frames; connects: %s", drained,
                     {c.name: c.connects for c in [*followed, agent] if c.connects > 1})
     # Checked last, so every guarantee above has been shown either way. Adding replicas must
