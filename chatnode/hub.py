@@ -8,7 +8,6 @@ redelivery from the broker never shows a message twice.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import OrderedDict, defaultdict
@@ -16,6 +15,7 @@ from typing import Any, Protocol
 
 from tidedesk import metrics
 from tidedesk.broker import Envelope
+from tidedesk.envelopes import EnvelopeError, decode_delivery
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +84,11 @@ class Hub:
 
     async def on_delivery(self, envelope: Envelope) -> None:
         try:
-            data = json.loads(envelope.body)
-            who, frame = data["to"], data["frame"]
-        except (ValueError, KeyError, TypeError):
-            log.error("dropping undecodable delivery", extra={"body": envelope.body[:200]})
+            who, frame = decode_delivery(envelope.body)
+        except EnvelopeError as exc:
+            # Acknowledged and dropped: redelivering it would fail the same way forever.
+            metrics.ENVELOPES_REJECTED.labels(queue="delivery").inc()
+            log.error("dropping undecodable delivery",
+                      extra={"error": str(exc), "body": envelope.body[:200]})
             return
         self.send(who, frame)

@@ -6,19 +6,25 @@ says what to change) for anything a client can get wrong.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from routernode.routing import RoutingConfig
 from tidedesk.auth import AuthError, Principal, TokenService, verify_password, verify_totp
 from tidedesk.broker import INBOUND_QUEUE, Broker, BrokerUnavailable
 from tidedesk.crypto import FieldCipher
 from tidedesk.delivery import deliver
+from tidedesk.envelopes import (
+    InboundEvent,
+    MessageEvent,
+    Sender,
+    encode_inbound,
+    event_from_mapping,
+)
 from tidedesk.errors import Unavailable
 from tidedesk.i18n import LOCALES
 from tidedesk.resume import plan_resume, reseed_floor
@@ -175,8 +181,12 @@ class ChatService:
         return None
 
     # -- messages ----------------------------------------------------------------------------
-    async def publish(self, event: dict[str, Any]) -> None:
-        await self.broker.publish(INBOUND_QUEUE, json.dumps(event, ensure_ascii=False).encode())
+    async def publish(self, event: InboundEvent | dict[str, Any]) -> None:
+        """Hand an event to the routers (binary envelope, ``tidedesk.envelopes``); a mapping
+        is checked against the schema first."""
+        if isinstance(event, dict):
+            event = event_from_mapping(event)
+        await self.broker.publish(INBOUND_QUEUE, encode_inbound(event))
 
     async def last_seq(self, conv_id: str) -> int:
         seq = await self.store.last_seq(conv_id)
@@ -203,11 +213,10 @@ class ChatService:
         """Hand the message to the routers; returns once it is durable. Raises
         :class:`BrokerUnavailable` otherwise: the client must send it again with the same id
         (it will get the same seq, and the router stores it once)."""
-        await self.publish({
-            "kind": "message", "conversation_id": conv_id, "visitor_id": visitor_id,
-            "seq": seq, "id": client_id, "from": sender_type, "sender_id": sender_id,
-            "name": name, "body": body, "ts": self.clock(), "private": private,
-        })
+        await self.publish(MessageEvent(
+            conversation_id=conv_id, visitor_id=visitor_id, seq=seq, id=client_id,
+            from_=cast(Sender, sender_type), sender_id=sender_id, name=name, body=body,
+            ts=self.clock(), private=private))
 
     async def resume(self, conv_id: str, after_seq: int, *,
                      include_private: bool) -> list[dict[str, Any]]:

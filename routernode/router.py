@@ -1,7 +1,7 @@
 """The router: consumes the inbound queue, stores history in batches, routes chats and sends
 deliveries to the chat nodes where the recipients are connected.
 
-Inbound events (JSON objects with ``kind``), published by chat nodes:
+Inbound events, published by chat nodes (schema and binary encoding: ``tidedesk.envelopes``):
 
 - ``message``: ``conversation_id, visitor_id, seq, id, from, sender_id, name, body, ts, private``
 - ``opened``: ``conversation_id, visitor_id, tags`` (a new conversation wants an agent)
@@ -9,7 +9,11 @@ Inbound events (JSON objects with ``kind``), published by chat nodes:
 - ``transfer``: ``conversation_id, by, to_agent | to_pool``
 - ``agent_status``: ``agent_id, status, pools, max_chats, name``
 
-Deliveries (to ``node_queue(node)``): ``{"to": "visitor:<id>" | "agent:<id>", "frame": {...}}``.
+Deliveries (to ``node_queue(node)``): a frame for ``visitor:<id>`` or ``agent:<id>``.
+
+An envelope that does not follow the schema is logged, counted
+(``tidedesk_envelopes_rejected_total``) and acknowledged: redelivering it would fail the same way
+forever and hold up the queue.
 
 Any number of routers may run side by side: every state change that two routers could race on is
 an atomic store operation (claim, release, dequeue), and storing is idempotent on the client id.
@@ -18,7 +22,6 @@ an atomic store operation (claim, release, dequeue), and storing is idempotent o
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -30,6 +33,15 @@ from routernode.routing import RoutingConfig, anyone_online, choose_agent, fallb
 from tidedesk import metrics
 from tidedesk.broker import INBOUND_QUEUE, Broker, Envelope
 from tidedesk.delivery import deliver
+from tidedesk.envelopes import (
+    AgentStatusEvent,
+    CloseEvent,
+    EnvelopeError,
+    MessageEvent,
+    OpenedEvent,
+    TransferEvent,
+    decode_inbound,
+)
 from tidedesk.errors import Unavailable
 from tidedesk.storage import Storage, visitor_summary
 from tidedesk.store import Store
@@ -127,6 +139,9 @@ class Router:
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
+        for pool in self.routing.pools:  # series exist (at 0) before the first chat
+            metrics.ASSIGNMENTS.labels(pool=pool)
+            metrics.WAITING.labels(pool=pool)
         await self.recover()
         await self.broker.consume(INBOUND_QUEUE, self.handle, prefetch=self.prefetch)
         self._tick_task = asyncio.create_task(self._tick_loop())
@@ -168,18 +183,18 @@ class Router:
     # -- consuming ---------------------------------------------------------------------------
     async def handle(self, envelope: Envelope) -> None:
         try:
-            event = json.loads(envelope.body)
-            kind = event["kind"]
-        except (ValueError, KeyError, TypeError):
-            log.error("dropping undecodable inbound message", extra={"body": envelope.body[:200]})
+            event = decode_inbound(envelope.body)
+        except EnvelopeError as exc:
+            metrics.ENVELOPES_REJECTED.labels(queue="inbound").inc()
+            log.error("dropping undecodable inbound message",
+                      extra={"error": str(exc), "body": envelope.body[:200]})
             return
-        handler = getattr(self, f"on_{kind}", None)
-        if handler is None:
-            log.error("dropping inbound message of unknown kind", extra={"kind": kind})
-            return
+        kind = event.KIND
+        handler = getattr(self, f"on_{kind}")
         metrics.ROUTER_INFLIGHT.inc()
         try:
             await handler(event)
+            metrics.ROUTER_EVENTS.labels(kind=kind).inc()
         except Unavailable as exc:
             log.warning("backend unavailable; message goes back to the broker",
                         extra={"kind": kind, "error": str(exc)})
@@ -191,13 +206,13 @@ class Router:
     async def deliver(self, who: str, frame: dict[str, Any]) -> None:
         await deliver(self.broker, self.store, who, frame, self.clock())
 
-    async def on_message(self, event: dict[str, Any]) -> None:
-        conv_id = event["conversation_id"]
+    async def on_message(self, event: MessageEvent) -> None:
+        conv_id = event.conversation_id
         row = {
-            "conversation_id": conv_id, "seq": int(event["seq"]), "client_id": event["id"],
-            "sender_type": event["from"], "sender_id": str(event.get("sender_id", "")),
-            "sender_name": event.get("name", ""), "body": event["body"],
-            "private": bool(event.get("private", False)), "ts": float(event["ts"]),
+            "conversation_id": conv_id, "seq": event.seq, "client_id": event.id,
+            "sender_type": event.from_, "sender_id": event.sender_id,
+            "sender_name": event.name, "body": event.body,
+            "private": event.private, "ts": event.ts,
         }
         await self.batcher.add(row)
         frame = {"type": "message", "conversation_id": conv_id, "seq": row["seq"],
@@ -209,14 +224,14 @@ class Router:
             frame["private"] = True
         await self.store.history_append(conv_id, frame)
         if not row["private"]:
-            await self.deliver(f"visitor:{event['visitor_id']}", frame)
+            await self.deliver(f"visitor:{event.visitor_id}", frame)
         owner = await self.store.owner(conv_id)
         if owner is not None:
             await self.deliver(f"agent:{owner}", frame)
 
-    async def on_opened(self, event: dict[str, Any]) -> None:
-        conv_id, visitor_id = event["conversation_id"], event["visitor_id"]
-        tags = tuple(event.get("tags") or ())
+    async def on_opened(self, event: OpenedEvent) -> None:
+        conv_id, visitor_id = event.conversation_id, event.visitor_id
+        tags = event.tags
         self._visitor_of[conv_id] = visitor_id
         if await self.store.owner(conv_id) is not None:
             return  # redelivered: already routed
@@ -224,13 +239,13 @@ class Router:
         await self.route(conv_id, visitor_id, rule.pool, vip=self.routing.is_vip(tags),
                          fallback=rule.fallback)
 
-    async def on_agent_status(self, event: dict[str, Any]) -> None:
-        agent_id = str(event["agent_id"])
-        pools = tuple(event.get("pools") or ())
-        await self.store.agent_update(agent_id, status=event["status"], pools=pools,
-                                      max_chats=int(event.get("max_chats", 3)),
-                                      name=event.get("name", ""), now=self.clock())
-        if event["status"] != "online":
+    async def on_agent_status(self, event: AgentStatusEvent) -> None:
+        agent_id = event.agent_id
+        pools = event.pools
+        await self.store.agent_update(agent_id, status=event.status, pools=pools,
+                                      max_chats=event.max_chats, name=event.name,
+                                      now=self.clock())
+        if event.status != "online":
             return
         # Chats the database gives this agent but the store forgot (store restart) are theirs.
         for conv in await self.storage.open_conversations_for_agent(agent_id):
@@ -239,8 +254,8 @@ class Router:
         for pool in pools:
             await self.drain(pool)
 
-    async def on_close(self, event: dict[str, Any]) -> None:
-        conv_id = event["conversation_id"]
+    async def on_close(self, event: CloseEvent) -> None:
+        conv_id = event.conversation_id
         conv = await self.storage.conversation(conv_id)
         if conv is None or conv.state == "closed":
             return
@@ -248,7 +263,7 @@ class Router:
         await self.store.dequeue(conv.pool, conv_id)
         await self.storage.update_conversation(conv_id, state="closed")
         self._forget(conv_id)
-        await self.storage.audit(str(event.get("by", "")), "conversation.close", conv_id)
+        await self.storage.audit(event.by, "conversation.close", conv_id)
         await self.deliver(f"visitor:{conv.visitor_id}", {"type": "state", "state": "closed"})
         agent_id = owner or conv.agent_id
         if agent_id:
@@ -256,17 +271,16 @@ class Router:
         await self._drain_pools_of(agent_id)
         await self.broadcast_positions(conv.pool)
 
-    async def on_transfer(self, event: dict[str, Any]) -> None:
-        conv_id, by = event["conversation_id"], str(event.get("by", ""))
+    async def on_transfer(self, event: TransferEvent) -> None:
+        conv_id, by = event.conversation_id, event.by
         conv = await self.storage.conversation(conv_id)
         if conv is None or conv.state == "closed":
             await self.deliver(f"agent:{by}", {"type": "error", "code": "transfer_failed",
                                                "message": "the conversation is closed"})
             return
         old = await self.store.owner(conv_id)
-        to_agent, to_pool = event.get("to_agent"), event.get("to_pool")
+        to_agent, to_pool = event.to_agent, event.to_pool
         if to_agent is not None:
-            to_agent = str(to_agent)
             target = await self.store.agent_get(to_agent)
             if target is None or not target.has_room or to_agent == old:
                 await self.deliver(f"agent:{by}", {
@@ -410,7 +424,11 @@ class Router:
         now = self.clock()
         for pool in self.routing.pools:
             rule = self.routing.rule_for_pool(pool)
-            for conv_id, enqueued_at in await self.store.waiting(pool):
+            waiting = await self.store.waiting(pool)
+            # Every router reports the shared queue's length each tick (dashboards take max()),
+            # so the gauge is fresh even when another router served the queue.
+            metrics.WAITING.labels(pool=pool).set(len(waiting))
+            for conv_id, enqueued_at in waiting:
                 target = fallback_due(rule, enqueued_at, now)
                 if target and await self.store.dequeue(pool, conv_id):
                     visitor_id = await self._visitor_id(conv_id)

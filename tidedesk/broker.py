@@ -21,9 +21,11 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from tidedesk import metrics
 from tidedesk.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,20 @@ NODE_QUEUE_PREFIX = "tidedesk.node."
 
 def node_queue(node_id: str) -> str:
     return NODE_QUEUE_PREFIX + node_id
+
+
+def queue_label(queue: str) -> str:
+    """The metrics label of a queue: ``delivery`` (a node queue) or ``inbound``."""
+    return "delivery" if queue.startswith(NODE_QUEUE_PREFIX) else "inbound"
+
+
+def observe_publish(queue: str, started: float, ok: bool) -> None:
+    """Record one publish: its confirm latency (since ``started``, perf_counter) or a failure."""
+    if ok:
+        metrics.PUBLISH_CONFIRM_LATENCY.labels(queue=queue_label(queue)).observe(
+            time.perf_counter() - started)
+    else:
+        metrics.PUBLISH_FAILURES.labels(queue=queue_label(queue)).inc()
 
 
 class BrokerUnavailable(Unavailable):
@@ -133,7 +149,9 @@ class MemoryBroker(Broker):
 
     async def publish(self, queue: str, body: bytes) -> None:
         if not self._running:
+            observe_publish(queue, 0.0, ok=False)
             raise BrokerUnavailable("the in-process broker is not running")
+        started = time.perf_counter()
         confirmed: asyncio.Future[None] | None = None
         if queue in self._confirm_on_ack:
             confirmed = asyncio.get_running_loop().create_future()
@@ -142,8 +160,10 @@ class MemoryBroker(Broker):
             try:
                 await asyncio.wait_for(asyncio.shield(confirmed), self._confirm_timeout_s)
             except TimeoutError:
+                observe_publish(queue, started, ok=False)
                 # Still queued, so it will be stored; but we cannot say so yet.
                 raise BrokerUnavailable("not confirmed in time; retry with the same id") from None
+        observe_publish(queue, started, ok=True)
 
     async def consume(self, queue: str, handler: Handler, prefetch: int = 100) -> None:
         q = self._queue(queue)

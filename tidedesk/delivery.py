@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from tidedesk import metrics
 from tidedesk.broker import Broker, node_queue
+from tidedesk.envelopes import encode_delivery
 from tidedesk.store import Store
-
-
-def delivery_body(who: str, frame: dict[str, Any]) -> bytes:
-    return json.dumps({"to": who, "frame": frame}, ensure_ascii=False).encode()
 
 
 async def deliver(broker: Broker, store: Store, who: str, frame: dict[str, Any],
@@ -19,7 +16,8 @@ async def deliver(broker: Broker, store: Store, who: str, frame: dict[str, Any],
     returns how many nodes that was (0: nobody to tell, they will resume on reconnect)."""
     nodes = await store.presence_nodes(who, now)
     if nodes:
-        body = delivery_body(who, frame)
+        body = encode_delivery(who, frame)
         for node in nodes:
             await broker.publish(node_queue(node), body)
+        metrics.DELIVERIES.inc(len(nodes))
     return len(nodes)

@@ -25,6 +25,20 @@ DB_WRITE_LATENCY = Histogram("tidedesk_db_write_seconds", "Batch insert + commit
 ROUTER_INFLIGHT = Gauge("tidedesk_router_inflight", "Inbound messages being processed")
 ASSIGNMENTS = Counter("tidedesk_assignments_total", "Chats assigned to agents", ["pool"])
 WAITING = Gauge("tidedesk_waiting_visitors", "Visitors waiting for an agent", ["pool"])
+PUBLISH_CONFIRM_LATENCY = Histogram(
+    "tidedesk_publish_confirm_seconds",
+    "Publish until the broker confirmed (RabbitMQ confirm; in-process: the router's ack)",
+    ["queue"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+)
+PUBLISH_FAILURES = Counter(
+    "tidedesk_publish_failures_total", "Publishes the broker did not confirm", ["queue"])
+ENVELOPES_REJECTED = Counter(
+    "tidedesk_envelopes_rejected_total",
+    "Broker envelopes dropped (acked) because they do not follow the schema", ["queue"])
+ROUTER_EVENTS = Counter(
+    "tidedesk_router_events_total", "Inbound events handled by routers", ["kind"])
+DELIVERIES = Counter(
+    "tidedesk_deliveries_published_total", "Frames published to chat nodes' delivery queues")
 READY = Gauge("tidedesk_ready", "1 when this process takes traffic, 0 while starting/draining")
 
 # A labelled series exists only once used; a fresh chat node must still report 0 connections,

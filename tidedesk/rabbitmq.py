@@ -58,6 +58,7 @@ from tidedesk.broker import (
     Envelope,
     Handler,
     node_queue,
+    observe_publish,
 )
 
 log = logging.getLogger(__name__)
@@ -398,6 +399,15 @@ class RabbitBroker(Broker):
 
     # -- publishing -----------------------------------------------------------------------------
     async def publish(self, queue: str, body: bytes) -> None:
+        started = time.perf_counter()
+        try:
+            await self._publish(queue, body)
+        except BrokerUnavailable:
+            observe_publish(queue, started, ok=False)
+            raise
+        observe_publish(queue, started, ok=True)
+
+    async def _publish(self, queue: str, body: bytes) -> None:
         session = self._session
         if not self._ready or session is None or session.pub is None:
             raise BrokerUnavailable("RabbitMQ is not connected; retry later")

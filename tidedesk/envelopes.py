@@ -1,0 +1,282 @@
+"""Broker envelopes between chat nodes and routers: one schema, a compact binary encoding.
+
+Two kinds of envelope cross RabbitMQ (or the in-process broker):
+
+- inbound events, chat node → router (``INBOUND_QUEUE``): :data:`InboundEvent`, one
+  :class:`msgspec.Struct` per kind (message, opened, close, transfer, agent_status);
+- deliveries, router or chat node → the chat node of a recipient (``node_queue(node)``): who it
+  is for and the WebSocket frame to send them (:func:`encode_delivery`).
+
+Encoding: one version byte, :data:`BINARY_V1`, then MessagePack of array-like Structs (field
+values in declaration order, no key names; the kind is a small integer tag in the first slot).
+Decoding checks the schema (types, required fields, allowed values) and raises
+:class:`EnvelopeError` naming what is wrong; a consumer logs, counts and drops such a message
+rather than redelivering it forever.
+
+Rolling upgrades: the previous version of Tidedesk put plain JSON objects (``{"kind": ...}``
+and ``{"to": ..., "frame": ...}``) on the same queues. A JSON object starts with ``{`` (or white
+space), never with the version byte, so :func:`decode_inbound` and :func:`decode_delivery` read
+both; the JSON form goes through the same schema check. New fields must be added at the end of
+a Struct with a default, so an envelope written by an older node still decodes.
+
+Why msgspec and not Protocol Buffers: see ``docs/envelopes.md`` (schema in Python, checked on
+decode, no protoc step, and faster than the JSON it replaces).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Literal
+
+import msgspec
+
+# First byte of every binary envelope. A JSON envelope (older nodes) starts with "{".
+BINARY_V1 = b"\x01"
+
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+Recipient = Annotated[str, msgspec.Meta(pattern=r"^(visitor|agent):.+")]
+Sender = Literal["visitor", "agent", "system"]
+
+
+class EnvelopeError(ValueError):
+    """An envelope that does not follow the schema; the message says what is wrong."""
+
+
+class _Event(msgspec.Struct, array_like=True, frozen=True, tag_field="kind"):
+    KIND: ClassVar[str]
+
+
+class MessageEvent(_Event, tag=1, frozen=True):
+    """A chat message with its seq, handed to the routers once (ts: ingest time, unix s)."""
+
+    KIND: ClassVar[str] = "message"
+    conversation_id: str
+    visitor_id: str
+    seq: NonNegative
+    id: str
+    from_: Sender = msgspec.field(name="from")
+    sender_id: str
+    name: str
+    body: str
+    ts: float
+    private: bool = False
+
+
+class OpenedEvent(_Event, tag=2, frozen=True):
+    KIND: ClassVar[str] = "opened"
+    conversation_id: str
+    visitor_id: str
+    tags: tuple[str, ...] = ()
+
+
+class CloseEvent(_Event, tag=3, frozen=True):
+    KIND: ClassVar[str] = "close"
+    conversation_id: str
+    by: str = ""
+
+
+class TransferEvent(_Event, tag=4, frozen=True):
+    KIND: ClassVar[str] = "transfer"
+    conversation_id: str
+    by: str = ""
+    to_agent: str | None = None
+    to_pool: str | None = None
+
+
+class AgentStatusEvent(_Event, tag=5, frozen=True):
+    KIND: ClassVar[str] = "agent_status"
+    agent_id: str
+    status: Literal["online", "away", "offline"]
+    pools: tuple[str, ...] = ()
+    max_chats: NonNegative = 3
+    name: str = ""
+
+
+InboundEvent = MessageEvent | OpenedEvent | CloseEvent | TransferEvent | AgentStatusEvent
+EVENT_TYPES: dict[str, type[_Event]] = {
+    cls.KIND: cls for cls in (MessageEvent, OpenedEvent, CloseEvent, TransferEvent,
+                              AgentStatusEvent)}
+
+
+class MessageFrame(msgspec.Struct, array_like=True, frozen=True):
+    """The ``message`` frame of PROTOCOL.md, the bulk of all deliveries, without key names."""
+
+    conversation_id: str
+    seq: NonNegative
+    id: str
+    from_: Sender = msgspec.field(name="from")
+    body: str
+    ts: float
+    name: str = ""
+    private: bool = False
+
+
+class _Delivery(msgspec.Struct, array_like=True, frozen=True):
+    to: Recipient
+    # Any other frame (state, queue, assigned, typing ...) travels as a MessagePack map.
+    frame: MessageFrame | dict[str, Any]
+
+
+_MESSAGE_FRAME_KEYS = frozenset({"type", "conversation_id", "seq", "id", "from", "body", "ts",
+                                 "name", "private"})
+
+_encoder = msgspec.msgpack.Encoder()
+_inbound_decoder = msgspec.msgpack.Decoder(InboundEvent)
+_delivery_decoder = msgspec.msgpack.Decoder(_Delivery)
+
+
+def _is_json(body: bytes) -> bool:
+    return body.lstrip()[:1] == b"{"
+
+
+def _load_json(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise EnvelopeError(f"not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise EnvelopeError("a JSON envelope must be an object")
+    return data
+
+
+def _field_path(message: str, cls: type[msgspec.Struct] | None, offset: int) -> str:
+    """msgspec names array slots (`$[3]`); say which field that is."""
+    match = re.search(r"`\$\[(\d+)\]", message)
+    if cls is None or match is None:
+        return message
+    fields = msgspec.structs.fields(cls)
+    index = int(match.group(1)) - offset
+    if not 0 <= index < len(fields):
+        return message
+    return message[:match.start()] + f"`{fields[index].encode_name}`" + \
+        message[match.end() + 1:]
+
+
+def _binary_event_type(payload: bytes) -> type[_Event] | None:
+    try:
+        raw = msgspec.msgpack.decode(payload)
+    except msgspec.DecodeError:
+        return None
+    if isinstance(raw, list) and raw:
+        for cls in EVENT_TYPES.values():
+            if cls.__struct_config__.tag == raw[0]:
+                return cls
+    return None
+
+
+def _wrong_format(body: bytes) -> EnvelopeError:
+    return EnvelopeError(f"unknown envelope format (first byte {body[:1]!r}); expected "
+                         f"{BINARY_V1!r} (binary v1) or a JSON object")
+
+
+# -- inbound events --------------------------------------------------------------------------
+def event_from_mapping(data: Mapping[str, Any]) -> InboundEvent:
+    """The event a JSON-style mapping describes (``{"kind": "message", ...}``), checked against
+    the schema; raises :class:`EnvelopeError`. Unknown keys are ignored (newer senders)."""
+    kind = data.get("kind")
+    cls = EVENT_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise EnvelopeError(f"unknown event kind {kind!r}; expected one of "
+                            f"{', '.join(EVENT_TYPES)}")
+    values: list[Any] = [cls.__struct_config__.tag]
+    for field in msgspec.structs.fields(cls):
+        if field.encode_name in data:
+            values.append(data[field.encode_name])
+        elif field.required:
+            raise EnvelopeError(f"{kind} event without {field.encode_name!r}")
+        else:
+            values.append(field.default if field.default is not msgspec.NODEFAULT
+                          else field.default_factory())
+    try:
+        event: InboundEvent = msgspec.convert(values, type=cls)  # type: ignore[assignment]
+    except msgspec.ValidationError as exc:
+        raise EnvelopeError(f"{kind} event: {_field_path(str(exc), cls, 1)}") from None
+    return event
+
+
+def event_to_mapping(event: InboundEvent) -> dict[str, Any]:
+    """The JSON-style mapping of an event (what older nodes sent; used for logs and tests)."""
+    out: dict[str, Any] = {"kind": event.KIND}
+    for field in msgspec.structs.fields(event):
+        out[field.encode_name] = getattr(event, field.name)
+    mapping: dict[str, Any] = json.loads(json.dumps(out))  # tuples become lists, as on the wire
+    return mapping
+
+
+def encode_inbound(event: InboundEvent) -> bytes:
+    return BINARY_V1 + _encoder.encode(event)
+
+
+def encode_inbound_json(event: InboundEvent) -> bytes:
+    """The envelope as the previous version wrote it (JSON); for upgrade tests and benchmarks."""
+    return json.dumps(event_to_mapping(event), ensure_ascii=False).encode()
+
+
+def decode_inbound(body: bytes) -> InboundEvent:
+    """Binary v1 or legacy JSON → a schema-checked event; :class:`EnvelopeError` otherwise."""
+    if body[:1] == BINARY_V1:
+        try:
+            event: InboundEvent = _inbound_decoder.decode(body[1:])
+        except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
+            cls = _binary_event_type(body[1:])
+            kind = cls.KIND if cls is not None else "inbound"
+            raise EnvelopeError(f"binary {kind} event: {_field_path(str(exc), cls, 1)}"
+                                ) from None
+        return event
+    if _is_json(body):
+        return event_from_mapping(_load_json(body))
+    raise _wrong_format(body)
+
+
+# -- deliveries ------------------------------------------------------------------------------
+def encode_delivery(who: str, frame: dict[str, Any]) -> bytes:
+    """``frame`` for ``who`` (``visitor:<id>`` / ``agent:<id>``). Message frames go as a
+    key-less :class:`MessageFrame`; any other frame as a map (its keys are few and short)."""
+    body: MessageFrame | dict[str, Any] = frame
+    if frame.get("type") == "message" and frame.keys() <= _MESSAGE_FRAME_KEYS:
+        body = MessageFrame(frame["conversation_id"], frame["seq"], frame["id"], frame["from"],
+                            frame["body"], frame["ts"], frame.get("name", ""),
+                            frame.get("private", False))
+    return BINARY_V1 + _encoder.encode(_Delivery(who, body))
+
+
+def encode_delivery_json(who: str, frame: dict[str, Any]) -> bytes:
+    """A delivery as the previous version wrote it (JSON)."""
+    return json.dumps({"to": who, "frame": frame}, ensure_ascii=False).encode()
+
+
+def _message_frame_dict(m: MessageFrame) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "message", "conversation_id": m.conversation_id,
+                             "seq": m.seq, "id": m.id, "from": m.from_, "body": m.body,
+                             "ts": m.ts}
+    if m.name:
+        frame["name"] = m.name
+    if m.private:
+        frame["private"] = True
+    return frame
+
+
+def decode_delivery(body: bytes) -> tuple[str, dict[str, Any]]:
+    """(who, frame) of a delivery, binary v1 or legacy JSON; :class:`EnvelopeError` when the
+    recipient or the frame does not follow the schema."""
+    if body[:1] == BINARY_V1:
+        try:
+            delivery = _delivery_decoder.decode(body[1:])
+        except msgspec.DecodeError as exc:
+            raise EnvelopeError(f"binary delivery: {exc}") from None
+    elif _is_json(body):
+        data = _load_json(body)
+        try:
+            delivery = msgspec.convert([data.get("to"), data.get("frame")], type=_Delivery)
+        except msgspec.ValidationError as exc:
+            raise EnvelopeError(f"JSON delivery: {exc}") from None
+    else:
+        raise _wrong_format(body)
+    frame = delivery.frame
+    if isinstance(frame, MessageFrame):
+        return delivery.to, _message_frame_dict(frame)
+    if not isinstance(frame.get("type"), str):
+        raise EnvelopeError("delivery frame without a string 'type'")
+    return delivery.to, frame
