@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -13,7 +14,7 @@ from tornado.web import HTTPError, RequestHandler
 from chatnode.openapi import openapi_document
 from chatnode.origins import origin_allowed
 from chatnode.service import ChatService, ServiceError
-from tidedesk import metrics
+from tidedesk import logs, metrics
 from tidedesk.auth import Principal
 from tidedesk.errors import Unavailable
 from tidedesk.i18n import text
@@ -23,7 +24,25 @@ log = logging.getLogger(__name__)
 MAX_JSON_BYTES = 64 * 1024
 
 
-class JsonHandler(RequestHandler):
+class RequestIds(RequestHandler):
+    """Mixin for every handler: the answer carries ``X-Request-ID`` (the client's or proxy's
+    when it is a sane id, else a new one), and so does every log line of the request or of the
+    WebSocket connection, as ``request_id`` (``tidedesk.logs``)."""
+
+    @functools.cached_property
+    def request_id(self) -> str:
+        return logs.request_id_from(self.request.headers.get("X-Request-ID"))
+
+    def clear(self) -> None:
+        # Tornado calls clear() before anything else and again before an error answer, so the
+        # header survives send_error. Binding here also replaces the ids a previous request on
+        # the same keep-alive connection left behind.
+        super().clear()
+        self.set_header("X-Request-ID", self.request_id)
+        logs.bind(request_id=self.request_id, conversation_id=None)
+
+
+class JsonHandler(RequestIds):
     def initialize(self, service: ChatService, node: Any) -> None:
         self.service = service
         self.node = node
@@ -200,6 +219,7 @@ class MeHandler(JsonHandler):
 
 class MessagesHandler(CorsMixin):
     async def get(self, conv_id: str) -> None:
+        logs.bind(conversation_id=conv_id)
         token = self.bearer()
         include_private = False
         try:

@@ -213,6 +213,7 @@ class ChatService:
         """Hand the message to the routers; returns once it is durable. Raises
         :class:`BrokerUnavailable` otherwise: the client must send it again with the same id
         (it will get the same seq, and the router stores it once)."""
+        log.debug("message ingested", extra={"seq": seq, "client_id": client_id})
         await self.publish(MessageEvent(
             conversation_id=conv_id, visitor_id=visitor_id, seq=seq, id=client_id,
             from_=cast(Sender, sender_type), sender_id=sender_id, name=name, body=body,

@@ -12,10 +12,11 @@ from typing import Any
 
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
+from chatnode.http import RequestIds
 from chatnode.hub import Hub
 from chatnode.origins import origin_allowed
 from chatnode.service import ChatService, ServiceError, VisitorSession
-from tidedesk import metrics, wire
+from tidedesk import logs, metrics, wire
 from tidedesk.auth import Principal
 from tidedesk.errors import Unavailable
 from tidedesk.i18n import text
@@ -34,7 +35,7 @@ def message_id(raw: str | bytes) -> str | None:
     return value if isinstance(value, str) else None
 
 
-class _Socket(WebSocketHandler):
+class _Socket(RequestIds, WebSocketHandler):
     role = "?"
     # Agents resume every chat they hold when they reconnect: they get more frames per window.
     rate_factor = 1
@@ -216,6 +217,7 @@ class VisitorSocket(_Socket):
 
     async def handle(self, frame: wire.Frame) -> None:
         s = self.session
+        logs.bind(conversation_id=s.conversation_id)  # this frame's task and what it starts
         named = frame.conversation_id
         if named is not None and named != s.conversation_id:
             raise ServiceError(403, "forbidden", "you can only write to your own conversation")
@@ -295,6 +297,7 @@ class AgentSocket(_Socket):
             return
         conv_id = frame.conversation_id
         assert conv_id is not None  # parse_frame requires it for every other type
+        logs.bind(conversation_id=conv_id)  # this frame's task and what it starts
         visitor_id, state = await self.conversation(conv_id)
         if frame.type in ("message", "note"):
             if state == "closed" and frame.type == "message":

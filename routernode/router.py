@@ -30,7 +30,7 @@ from typing import Any
 import peewee as pw
 
 from routernode.routing import RoutingConfig, anyone_online, choose_agent, fallback_due
-from tidedesk import metrics
+from tidedesk import logs, metrics
 from tidedesk.broker import INBOUND_QUEUE, Broker, Envelope
 from tidedesk.delivery import deliver
 from tidedesk.envelopes import (
@@ -192,16 +192,19 @@ class Router:
         kind = event.KIND
         handler = getattr(self, f"on_{kind}")
         metrics.ROUTER_INFLIGHT.inc()
-        try:
-            await handler(event)
-            metrics.ROUTER_EVENTS.labels(kind=kind).inc()
-        except Unavailable as exc:
-            log.warning("backend unavailable; message goes back to the broker",
-                        extra={"kind": kind, "error": str(exc)})
-            await asyncio.sleep(UNAVAILABLE_BACKOFF_SECS)
-            raise
-        finally:
-            metrics.ROUTER_INFLIGHT.dec()
+        # Every log line of this event names its conversation (the memory broker runs many
+        # events in one task, hence a context that is undone, not a bind).
+        with logs.context(conversation_id=getattr(event, "conversation_id", None)):
+            try:
+                await handler(event)
+                metrics.ROUTER_EVENTS.labels(kind=kind).inc()
+            except Unavailable as exc:
+                log.warning("backend unavailable; message goes back to the broker",
+                            extra={"kind": kind, "error": str(exc)})
+                await asyncio.sleep(UNAVAILABLE_BACKOFF_SECS)
+                raise
+            finally:
+                metrics.ROUTER_INFLIGHT.dec()
 
     async def deliver(self, who: str, frame: dict[str, Any]) -> None:
         await deliver(self.broker, self.store, who, frame, self.clock())
@@ -215,6 +218,7 @@ class Router:
             "private": event.private, "ts": event.ts,
         }
         await self.batcher.add(row)
+        log.debug("message stored", extra={"seq": event.seq, "client_id": event.id})
         frame = {"type": "message", "conversation_id": conv_id, "seq": row["seq"],
                  "id": row["client_id"], "from": row["sender_type"], "body": row["body"],
                  "ts": row["ts"]}

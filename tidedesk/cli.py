@@ -168,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides = {k: getattr(args, k) for k in ("port", "host")
                          if getattr(args, k, None) is not None}
             settings = _settings(args, **overrides)
-            logs.configure(settings.log_level, settings.log_format)
+            logs.configure(settings.log_level, settings.log_format, node_id=settings.node_id)
             if args.command == "chatnode" and settings.embedded:
                 raise SettingsError("tidedesk chatnode needs TIDEDESK_BROKER_URL and "
                                     "TIDEDESK_REDIS_URL (use 'tidedesk dev' for one process)")

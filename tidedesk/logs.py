@@ -1,14 +1,78 @@
-"""Logging set-up: JSON lines (ready for ELK) or plain text, with structured extra fields."""
+"""Logging set-up: JSON lines (ready for ELK) or plain text, with structured extra fields.
+
+Every line carries the process's ``node_id`` and, when known, the ``request_id`` and
+``conversation_id`` of the work it belongs to. Those two live in context variables: a handler
+binds them once (:func:`bind` for an HTTP request or a WebSocket connection, whose tasks inherit
+them; :func:`context` for one envelope or frame) and every log call below it gets them, without
+passing them around. A field given explicitly in ``extra=`` wins.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
+import re
 import sys
 import time
-from typing import Any
+import uuid
+from collections.abc import Iterator
+from typing import Any, TextIO
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
+
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "tidedesk_request_id", default=None)
+CONVERSATION_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "tidedesk_conversation_id", default=None)
+_VARS = {"request_id": REQUEST_ID, "conversation_id": CONVERSATION_ID}
+
+# An incoming X-Request-ID is kept when it looks like an id (what proxies and tracing tools
+# send); anything else (too long, spaces, control characters) is replaced by a fresh one, so a
+# client cannot inject text into the logs.
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def request_id_from(header: str | None) -> str:
+    """The request id to use: the incoming ``X-Request-ID`` if it is a sane id, else a new one."""
+    if header and _REQUEST_ID_RE.match(header):
+        return header
+    return uuid.uuid4().hex
+
+
+def bind(**ids: str | None) -> None:
+    """Set ``request_id`` / ``conversation_id`` for the current task and the tasks it starts."""
+    for key, value in ids.items():
+        _VARS[key].set(value)
+
+
+@contextlib.contextmanager
+def context(**ids: str | None) -> Iterator[None]:
+    """Like :func:`bind`, undone on exit (for a loop that handles one item after another)."""
+    tokens = [(_VARS[key], _VARS[key].set(value)) for key, value in ids.items()]
+    try:
+        yield
+    finally:
+        for var, token in reversed(tokens):
+            var.reset(token)
+
+
+class ContextFilter(logging.Filter):
+    """Adds ``node_id`` and the bound ids to every record passing through a handler."""
+
+    def __init__(self, node_id: str | None = None) -> None:
+        super().__init__()
+        self.node_id = node_id
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.node_id and not hasattr(record, "node_id"):
+            record.node_id = self.node_id
+        for key, var in _VARS.items():
+            value = var.get()
+            if value is not None and not hasattr(record, key):
+                setattr(record, key, value)
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -28,8 +92,11 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str, ensure_ascii=False)
 
 
-def configure(level: str = "INFO", fmt: str = "json") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+def configure(level: str = "INFO", fmt: str = "json", node_id: str | None = None,
+              stream: TextIO | None = None) -> None:
+    """Send every log record to ``stream`` (stderr) as JSON lines or text, at ``level``."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.addFilter(ContextFilter(node_id))
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

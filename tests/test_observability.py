@@ -1,0 +1,194 @@
+"""Observability on a real embedded server: /metrics after real traffic, and JSON log lines
+with node, request and conversation ids (the router role's /metrics: tests/test_envelopes.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from websockets.asyncio.client import connect
+
+from tests.clients import Http, WsClient, add_agent, agent_socket, embedded, new_visitor
+from tidedesk import logs
+
+GENERAL_ONLY = "vip_tags: [vip]\nrules:\n  - name: everyone\n    pool: general\n"
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def parse_metrics(text: str) -> Samples:
+    """Every sample of a Prometheus text page, keyed by (name, sorted labels)."""
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+async def scrape(port: int) -> Samples:
+    resp = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/metrics")
+    assert resp.headers["Content-Type"].startswith("text/plain")
+    return parse_metrics(resp.body.decode())
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def moved(before: Samples, after: Samples, name: str, **labels: str) -> float:
+    return value(after, name, **labels) - value(before, name, **labels)
+
+
+def test_metrics_move_with_real_traffic(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with embedded(tmp_path, GENERAL_ONLY) as rt:
+            assert rt.port is not None
+            add_agent(rt, "ann@shop.test", max_chats=1)
+            before = await scrape(rt.port)
+            agent = await agent_socket(rt, "ann@shop.test")
+            await asyncio.sleep(0.1)  # the router takes the agent's status first
+            _, _, vera = await new_visitor(rt, name="Vera")
+            assigned = await agent.wait_type("assigned")
+            conv_id = assigned["conversation_id"]
+            _, _, wim = await new_visitor(rt, name="Wim")  # the agent's only slot is taken
+            await wim.wait_type("queue", position=1)
+            status, _ = await Http(rt).request("POST", "/api/v1/visitors", {"nope": 1})
+            assert status == 400
+
+            assert (await vera.say("Where is my parcel?"))["type"] == "ack"
+            await agent.wait_type("message", seq=1)
+            assert (await agent.say("On its way.", conversation_id=conv_id))["type"] == "ack"
+            await vera.wait_type("message", seq=2)
+            await asyncio.sleep(0.1)  # the agent's own copy of its reply
+            during = await scrape(rt.port)
+
+            assert moved(before, during, "tidedesk_connections", role="visitor") == 2
+            assert moved(before, during, "tidedesk_connections", role="agent") == 1
+            assert moved(before, during, "tidedesk_messages_in_total", role="visitor") == 1
+            assert moved(before, during, "tidedesk_messages_in_total", role="agent") == 1
+            # Both messages reach both sides (an agent sees its own reply come back).
+            assert moved(before, during, "tidedesk_messages_out_total") == 4
+            assert moved(before, during, "tidedesk_delivery_latency_seconds_count") == 4
+            assert moved(before, during, "tidedesk_http_request_duration_seconds_count",
+                         handler="VisitorsHandler", method="POST") == 3
+            assert moved(before, during, "tidedesk_http_errors_total", status="400") == 1
+            assert moved(before, during, "tidedesk_publish_confirm_seconds_count",
+                         queue="inbound") >= 2
+            assert moved(before, during, "tidedesk_publish_confirm_seconds_count",
+                         queue="delivery") >= 4
+            assert moved(before, during, "tidedesk_router_batch_size_sum") == 2
+            assert moved(before, during, "tidedesk_router_batch_size_count") >= 1
+            assert moved(before, during, "tidedesk_db_write_seconds_count") >= 1
+            assert moved(before, during, "tidedesk_messages_stored_total") == 2
+            assert moved(before, during, "tidedesk_assignments_total", pool="general") == 1
+            assert value(during, "tidedesk_waiting_visitors", pool="general") == 1
+            assert moved(before, during, "tidedesk_router_events_total", kind="message") == 2
+            assert moved(before, during, "tidedesk_deliveries_published_total") >= 4
+
+            for client in (vera, wim, agent):
+                await client.close()
+            await asyncio.sleep(0.2)
+            after = await scrape(rt.port)
+            assert moved(before, after, "tidedesk_connections", role="visitor") == 0
+            assert moved(before, after, "tidedesk_connections", role="agent") == 0
+
+    asyncio.run(scenario())
+
+
+@pytest.fixture
+def json_log() -> Iterator[io.StringIO]:
+    """The process's log output as JSON lines at DEBUG, as ``tidedesk dev`` would write it."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    buf = io.StringIO()
+    logs.configure("DEBUG", "json", node_id="node-under-test", stream=buf)
+    try:
+        yield buf
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+
+
+def log_lines(buf: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in buf.getvalue().splitlines() if line.strip()]
+
+
+def test_log_lines_carry_node_request_and_conversation_ids(
+        tmp_path: Path, json_log: io.StringIO) -> None:
+    async def scenario() -> None:
+        async with embedded(tmp_path, GENERAL_ONLY) as rt:
+            base = f"http://127.0.0.1:{rt.port}"
+            client = AsyncHTTPClient()
+
+            async def post_visitor(headers: dict[str, str]) -> Any:
+                return await client.fetch(HTTPRequest(
+                    base + "/api/v1/visitors", method="POST", body=b'{"nope": 1}',
+                    headers={"Content-Type": "application/json", **headers}), raise_error=False)
+
+            # An incoming id is honoured, on the answer (even an error) and in the access log.
+            resp = await post_visitor({"X-Request-ID": "req-abc-1"})
+            assert resp.code == 400
+            assert resp.headers["X-Request-ID"] == "req-abc-1"
+            access = [r for r in log_lines(json_log) if r["logger"] == "tornado.access"]
+            assert access and access[-1]["request_id"] == "req-abc-1"
+            assert access[-1]["node_id"] == "node-under-test"
+            # None, or one that is not an id: a fresh one, never the client's text.
+            for headers in ({}, {"X-Request-ID": "two words\tand a tab"}):
+                resp = await post_visitor(headers)
+                made = resp.headers["X-Request-ID"]
+                assert len(made) == 32 and made != headers.get("X-Request-ID")
+
+            # A WebSocket connection keeps its upgrade's id; each frame adds its conversation.
+            status, data = await Http(rt).request("POST", "/api/v1/visitors", {"name": "Vera"})
+            assert status == 201
+            conn = await connect(f"ws://127.0.0.1:{rt.port}/ws/visitor?token={data['token']}",
+                                 additional_headers={"X-Request-ID": "ws-conn-7"})
+            assert conn.response is not None
+            assert conn.response.headers["X-Request-ID"] == "ws-conn-7"
+            vera = WsClient(conn)
+            conv_id = (await vera.wait_type("hello"))["conversation_id"]
+            ack = await vera.say("hello there")
+            assert ack["type"] == "ack"
+            await vera.close()
+            await asyncio.sleep(0.1)
+
+            lines = log_lines(json_log)
+            ingested = [r for r in lines if r["msg"] == "message ingested"]
+            assert len(ingested) == 1
+            assert ingested[0]["request_id"] == "ws-conn-7"
+            assert ingested[0]["conversation_id"] == conv_id
+            assert ingested[0]["node_id"] == "node-under-test"
+            stored = [r for r in lines if r["msg"] == "message stored"]
+            assert len(stored) == 1 and stored[0]["conversation_id"] == conv_id
+            assert all(r["level"] in ("debug", "info", "warning", "error") for r in lines)
+
+    asyncio.run(scenario())
+
+
+def test_log_level_comes_from_settings(tmp_path: Path) -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    buf = io.StringIO()
+    try:
+        logs.configure("WARNING", "json", node_id="n1", stream=buf)
+        log = logging.getLogger("tidedesk.test")
+        log.info("not at warning level")
+        with logs.context(conversation_id="c42", request_id="r7"):
+            log.warning("kept", extra={"seq": 3})
+        log.warning("outside")
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    lines = log_lines(buf)
+    assert [r["msg"] for r in lines] == ["kept", "outside"]
+    assert lines[0]["conversation_id"] == "c42" and lines[0]["request_id"] == "r7"
+    assert lines[0]["seq"] == 3 and lines[0]["node_id"] == "n1"
+    assert "conversation_id" not in lines[1]
