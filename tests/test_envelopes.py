@@ -1,0 +1,250 @@
+"""Broker envelopes (tidedesk/envelopes.py): round trips, schema errors, JSON from older nodes;
+then a real chat node and router on RabbitMQ reading JSON envelopes queued by an older version,
+dropping poison messages without getting stuck, and showing it all on their /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pika
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.clients import login, new_visitor, ws
+from tests.cluster import cluster
+from tests.prom import moved, scrape, value
+from tidedesk.broker import INBOUND_QUEUE, node_queue
+from tidedesk.envelopes import (
+    BINARY_V1,
+    AgentStatusEvent,
+    CloseEvent,
+    EnvelopeError,
+    InboundEvent,
+    MessageEvent,
+    OpenedEvent,
+    TransferEvent,
+    decode_delivery,
+    decode_inbound,
+    encode_delivery,
+    encode_delivery_json,
+    encode_inbound,
+    encode_inbound_json,
+    event_from_mapping,
+)
+
+EVENTS: dict[str, InboundEvent] = {
+    "message": MessageEvent("c1", "v1", 7, "m-1", "visitor", "v1", "Vera", "Hi!", 1.7e9),
+    "private note": MessageEvent("c1", "v1", 8, "m-2", "agent", "3", "Ann", "VIP", 1.7e9, True),
+    "opened": OpenedEvent("c1", "v1", ("vip", "new")),
+    "close": CloseEvent("c1", "agent:3"),
+    "transfer to pool": TransferEvent("c1", "3", to_pool="experts"),
+    "transfer to agent": TransferEvent("c1", "3", to_agent="4"),
+    "agent status": AgentStatusEvent("3", "away", ("general",), 5, "Ann"),
+}
+
+FRAMES: dict[str, tuple[str, dict[str, Any]]] = {
+    "message": ("agent:3", {"type": "message", "conversation_id": "c1", "seq": 2, "id": "m",
+                            "from": "agent", "body": "您好", "ts": 1.7e9, "name": "Ann"}),
+    "private message": ("agent:3", {"type": "message", "conversation_id": "c1", "seq": 3,
+                                    "id": "n", "from": "agent", "body": "x", "ts": 1.0,
+                                    "private": True}),
+    "message with a future field": ("visitor:v1", {
+        "type": "message", "conversation_id": "c1", "seq": 2, "id": "m", "from": "agent",
+        "body": "b", "ts": 1.0, "reactions": ["+1"]}),
+    "state": ("visitor:v1", {"type": "state", "state": "queued"}),
+    "assigned": ("agent:3", {"type": "assigned", "conversation_id": "c1", "last_seq": 0,
+                             "visitor": {"id": "v1", "name": "Vera", "tags": ["vip"]}}),
+    "typing": ("visitor:v1", {"type": "typing", "on": True, "conversation_id": "c1",
+                              "from": "agent"}),
+}
+
+
+@pytest.mark.parametrize("name", EVENTS)
+def test_events_round_trip_in_binary_and_in_the_json_of_older_nodes(name: str) -> None:
+    event = EVENTS[name]
+    binary = encode_inbound(event)
+    assert binary[:1] == BINARY_V1
+    assert decode_inbound(binary) == event
+    legacy = encode_inbound_json(event)
+    assert json.loads(legacy)["kind"] == event.KIND
+    assert decode_inbound(legacy) == event
+    assert decode_inbound(b"  \n" + legacy) == event  # leading white space is still JSON
+    assert len(binary) < len(legacy)
+
+
+@pytest.mark.parametrize("name", FRAMES)
+def test_deliveries_round_trip_in_binary_and_json(name: str) -> None:
+    who, frame = FRAMES[name]
+    for body in (encode_delivery(who, frame), encode_delivery_json(who, frame)):
+        assert decode_delivery(body) == (who, frame)
+    assert len(encode_delivery(who, frame)) < len(encode_delivery_json(who, frame))
+
+
+@given(body=st.text(max_size=300), name=st.text(max_size=40),
+       seq=st.integers(min_value=0, max_value=2**53), ts=st.floats(allow_nan=False),
+       private=st.booleans())
+def test_any_message_survives_both_encodings(body: str, name: str, seq: int, ts: float,
+                                             private: bool) -> None:
+    event = MessageEvent("c", "v", seq, "id", "agent", "3", name, body, ts, private)
+    assert decode_inbound(encode_inbound(event)) == event
+    frame = {"type": "message", "conversation_id": "c", "seq": seq, "id": "id",
+             "from": "agent", "body": body, "ts": ts, "name": name, "private": private}
+    who, got = decode_delivery(encode_delivery("visitor:v", frame))
+    expected = {k: v for k, v in frame.items()
+                if (k, v) not in (("name", ""), ("private", False))}
+    assert who == "visitor:v" and got == expected
+
+
+def _binary(*values: Any) -> bytes:
+    return BINARY_V1 + msgspec.msgpack.encode(list(values))
+
+
+BAD_INBOUND: dict[str, tuple[bytes, str]] = {
+    "empty": (b"", "unknown envelope format"),
+    "neither binary nor JSON": (b"hello", "unknown envelope format"),
+    "JSON array": (b"[1, 2]", "unknown envelope format"),
+    "broken JSON": (b'{"kind": ', "not valid JSON"),
+    "JSON without kind": (b'{"conversation_id": "c"}', "unknown event kind None"),
+    "JSON unknown kind": (b'{"kind": "explode"}', "unknown event kind 'explode'"),
+    "JSON missing field": (b'{"kind": "close"}', "close event without 'conversation_id'"),
+    "JSON seq as text": (encode_inbound_json(EVENTS["message"]).replace(b'"seq": 7',
+                                                                        b'"seq": "7"'),
+                         "Expected `int`, got `str` - at `seq`"),
+    "JSON negative seq": (encode_inbound_json(EVENTS["message"]).replace(b'"seq": 7',
+                                                                         b'"seq": -1'),
+                          "Expected `int` >= 0 - at `seq`"),
+    "JSON unknown sender": (encode_inbound_json(EVENTS["message"]).replace(b'"visitor", "s',
+                                                                           b'"robot", "s'),
+                            "Invalid enum value 'robot' - at `from`"),
+    "binary not msgpack": (BINARY_V1 + b"\xc1", "binary inbound event"),
+    "binary unknown tag": (_binary(99, "c"), "binary inbound event"),
+    "binary too short": (_binary(3), "binary close event"),
+    "binary wrong status": (_binary(5, "3", "asleep"),
+                            "Invalid enum value 'asleep' - at `status`"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_INBOUND)
+def test_bad_inbound_envelopes_are_refused_with_a_clear_reason(name: str) -> None:
+    body, reason = BAD_INBOUND[name]
+    with pytest.raises(EnvelopeError) as err:
+        decode_inbound(body)
+    assert reason in str(err.value)
+
+
+BAD_DELIVERIES: dict[str, tuple[bytes, str]] = {
+    "recipient without role": (encode_delivery("bob", {"type": "state"}), "regex"),
+    "frame without type": (encode_delivery_json("visitor:v", {"on": True}), "'type'"),
+    "JSON without frame": (b'{"to": "visitor:v"}', "JSON delivery"),
+    "binary frame a list": (_binary("visitor:v", [1, 2]), "binary delivery"),
+    "not an envelope": (b"\x00\x01", "unknown envelope format"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_DELIVERIES)
+def test_bad_deliveries_are_refused_with_a_clear_reason(name: str) -> None:
+    body, reason = BAD_DELIVERIES[name]
+    with pytest.raises(EnvelopeError) as err:
+        decode_delivery(body)
+    assert reason in str(err.value)
+
+
+def test_events_from_mappings_ignore_unknown_keys_and_fill_defaults() -> None:
+    event = event_from_mapping({"kind": "opened", "conversation_id": "c", "visitor_id": "v",
+                                "added_in_v9": 1})
+    assert event == OpenedEvent("c", "v", ())
+
+
+def _publish(url: str, queue: str, *bodies: bytes) -> None:
+    """What an older (or broken) node would put on a queue: raw bodies, persistent."""
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        ch = conn.channel()
+        for body in bodies:
+            ch.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2))
+    finally:
+        conn.close()
+
+
+@pytest.mark.mariadb
+@pytest.mark.redis
+@pytest.mark.rabbitmq
+@pytest.mark.slow
+def test_cluster_reads_older_json_envelopes_drops_poison_and_reports_metrics(
+        tmp_path: Path) -> None:
+    with cluster(tmp_path, shards=1) as c:
+        c.add_agent("ann@shop.test")
+        node = c.start("chatnode", "node1")
+        router = c.start("router", "router1")
+        url = c.env["TIDEDESK_BROKER_URL"]
+
+        async def scenario() -> None:
+            node_before, router_before = await scrape(node.port), await scrape(router.port)
+            agent = await ws(node, "/ws/agent", await login(node, "ann@shop.test"))  # type: ignore[arg-type]
+            await agent.wait_type("hello")
+            await asyncio.sleep(0.3)
+            visitor_id, _, visitor = await new_visitor(node)  # type: ignore[arg-type]
+            conv_id = (await agent.wait_type("assigned", timeout=10))["conversation_id"]
+            assert (await visitor.say("first, through the new chat node"))["type"] == "ack"
+            await agent.wait_type("message", seq=1)
+
+            # Poison: never redelivered (it would fail again), never blocking what follows.
+            _publish(url, INBOUND_QUEUE, BINARY_V1 + b"\xc1", b'{"kind": "message"}',
+                     b"not an envelope")
+            _publish(url, node_queue("node1"), BINARY_V1 + b"garbage")
+            # Rolling upgrade: JSON an older chat node queued, and an older router's delivery.
+            legacy = MessageEvent(conv_id, visitor_id, 2, "legacy-1", "visitor", visitor_id,
+                                  "", "queued by an older chat node", time.time())
+            _publish(url, INBOUND_QUEUE, encode_inbound_json(legacy))
+            _publish(url, node_queue("node1"), encode_delivery_json(
+                f"visitor:{visitor_id}", {"type": "typing", "on": True,
+                                          "conversation_id": conv_id, "from": "agent"}))
+            got = await agent.wait_type("message", seq=2, timeout=10)
+            assert got["body"] == "queued by an older chat node" and got["id"] == "legacy-1"
+            await visitor.wait_type("typing", on=True)
+            assert await c.storage.count_messages(conv_id) == 2
+
+            await asyncio.sleep(0.5)  # a requeued poison message would be counted again
+            node_after, router_after = await scrape(node.port), await scrape(router.port)
+            assert moved(router_before, router_after, "tidedesk_envelopes_rejected_total",
+                         queue="inbound") == 3
+            assert moved(node_before, node_after, "tidedesk_envelopes_rejected_total",
+                         queue="delivery") == 1
+            # The router role's own metrics moved with the traffic.
+            assert moved(router_before, router_after, "tidedesk_router_events_total",
+                         kind="message") == 2
+            assert moved(router_before, router_after, "tidedesk_router_events_total",
+                         kind="opened") == 1
+            assert moved(router_before, router_after, "tidedesk_router_batch_size_sum") == 2
+            assert moved(router_before, router_after, "tidedesk_db_write_seconds_count") >= 1
+            assert moved(router_before, router_after, "tidedesk_assignments_total",
+                         pool="general") == 1
+            assert (router_before.keys() | router_after.keys()) >= {
+                ("tidedesk_waiting_visitors", (("pool", "general"),))}
+            assert moved(router_before, router_after, "tidedesk_publish_confirm_seconds_count",
+                         queue="delivery") >= 4
+            # ... and the chat node's.
+            assert value(node_after, "tidedesk_connections", role="visitor") == 1
+            assert value(node_after, "tidedesk_connections", role="agent") == 1
+            assert moved(node_before, node_after, "tidedesk_messages_in_total",
+                         role="visitor") == 1
+            assert moved(node_before, node_after, "tidedesk_messages_out_total") >= 3
+            assert moved(node_before, node_after,
+                         "tidedesk_delivery_latency_seconds_count") >= 3
+            assert moved(node_before, node_after, "tidedesk_publish_confirm_seconds_count",
+                         queue="inbound") >= 3  # agent status, opened, message
+            assert moved(node_before, node_after, "tidedesk_http_request_duration_seconds_count",
+                         handler="LoginHandler", method="POST") == 1
+            await visitor.close()
+            await agent.close()
+
+        asyncio.run(scenario())
+        router_log = router.log_path.read_text()
+        assert router_log.count("dropping undecodable inbound message") == 3
+        assert "dropping undecodable delivery" in node.log_path.read_text()
