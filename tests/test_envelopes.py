@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -105,53 +106,40 @@ def _binary(*values: Any) -> bytes:
     return BINARY_V1 + msgspec.msgpack.encode(list(values))
 
 
-BAD_INBOUND: dict[str, tuple[bytes, str]] = {
-    "empty": (b"", "unknown envelope format"),
-    "neither binary nor JSON": (b"hello", "unknown envelope format"),
-    "JSON array": (b"[1, 2]", "unknown envelope format"),
-    "broken JSON": (b'{"kind": ', "not valid JSON"),
-    "JSON without kind": (b'{"conversation_id": "c"}', "unknown event kind None"),
-    "JSON unknown kind": (b'{"kind": "explode"}', "unknown event kind 'explode'"),
-    "JSON missing field": (b'{"kind": "close"}', "close event without 'conversation_id'"),
-    "JSON seq as text": (encode_inbound_json(EVENTS["message"]).replace(b'"seq": 7',
-                                                                        b'"seq": "7"'),
-                         "Expected `int`, got `str` - at `seq`"),
-    "JSON negative seq": (encode_inbound_json(EVENTS["message"]).replace(b'"seq": 7',
-                                                                         b'"seq": -1'),
-                          "Expected `int` >= 0 - at `seq`"),
-    "JSON unknown sender": (encode_inbound_json(EVENTS["message"]).replace(b'"visitor", "s',
-                                                                           b'"robot", "s'),
-                            "Invalid enum value 'robot' - at `from`"),
-    "binary not msgpack": (BINARY_V1 + b"\xc1", "binary inbound event"),
-    "binary unknown tag": (_binary(99, "c"), "binary inbound event"),
-    "binary too short": (_binary(3), "binary close event"),
-    "binary wrong status": (_binary(5, "3", "asleep"),
+_IN, _OUT = decode_inbound, decode_delivery
+BAD: dict[str, tuple[Callable[[bytes], object], bytes, str]] = {
+    "empty": (_IN, b"", "unknown envelope format"),
+    "neither binary nor JSON": (_IN, b"hello", "unknown envelope format"),
+    "JSON array": (_IN, b"[1, 2]", "unknown envelope format"),
+    "broken JSON": (_IN, b'{"kind": ', "not valid JSON"),
+    "JSON without kind": (_IN, b'{"conversation_id": "c"}', "unknown event kind None"),
+    "JSON unknown kind": (_IN, b'{"kind": "explode"}', "unknown event kind 'explode'"),
+    "JSON missing field": (_IN, b'{"kind": "close"}', "close event without 'conversation_id'"),
+    "JSON seq as text": (_IN, encode_inbound_json(EVENTS["message"]).replace(
+        b'"seq": 7', b'"seq": "7"'), "Expected `int`, got `str` - at `seq`"),
+    "JSON negative seq": (_IN, encode_inbound_json(EVENTS["message"]).replace(
+        b'"seq": 7', b'"seq": -1'), "Expected `int` >= 0 - at `seq`"),
+    "JSON unknown sender": (_IN, encode_inbound_json(EVENTS["message"]).replace(
+        b'"visitor", "s', b'"robot", "s'), "Invalid enum value 'robot' - at `from`"),
+    "binary not msgpack": (_IN, BINARY_V1 + b"\xc1", "binary inbound event"),
+    "binary unknown tag": (_IN, _binary(99, "c"), "binary inbound event"),
+    "binary too short": (_IN, _binary(3), "binary close event"),
+    "binary wrong status": (_IN, _binary(5, "3", "asleep"),
                             "Invalid enum value 'asleep' - at `status`"),
+    "delivery to no role": (_OUT, encode_delivery("bob", {"type": "state"}), "regex"),
+    "delivery frame without type": (_OUT, encode_delivery_json("visitor:v", {"on": True}),
+                                    "'type'"),
+    "JSON delivery without frame": (_OUT, b'{"to": "visitor:v"}', "JSON delivery"),
+    "binary delivery frame a list": (_OUT, _binary("visitor:v", [1, 2]), "binary delivery"),
+    "delivery not an envelope": (_OUT, b"\x00\x01", "unknown envelope format"),
 }
 
 
-@pytest.mark.parametrize("name", BAD_INBOUND)
-def test_bad_inbound_envelopes_are_refused_with_a_clear_reason(name: str) -> None:
-    body, reason = BAD_INBOUND[name]
+@pytest.mark.parametrize("name", BAD)
+def test_bad_envelopes_are_refused_with_a_clear_reason(name: str) -> None:
+    decode, body, reason = BAD[name]
     with pytest.raises(EnvelopeError) as err:
-        decode_inbound(body)
-    assert reason in str(err.value)
-
-
-BAD_DELIVERIES: dict[str, tuple[bytes, str]] = {
-    "recipient without role": (encode_delivery("bob", {"type": "state"}), "regex"),
-    "frame without type": (encode_delivery_json("visitor:v", {"on": True}), "'type'"),
-    "JSON without frame": (b'{"to": "visitor:v"}', "JSON delivery"),
-    "binary frame a list": (_binary("visitor:v", [1, 2]), "binary delivery"),
-    "not an envelope": (b"\x00\x01", "unknown envelope format"),
-}
-
-
-@pytest.mark.parametrize("name", BAD_DELIVERIES)
-def test_bad_deliveries_are_refused_with_a_clear_reason(name: str) -> None:
-    body, reason = BAD_DELIVERIES[name]
-    with pytest.raises(EnvelopeError) as err:
-        decode_delivery(body)
+        decode(body)
     assert reason in str(err.value)
 
 
