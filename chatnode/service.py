@@ -22,8 +22,8 @@ from tidedesk.envelopes import (
     InboundEvent,
     MessageEvent,
     Sender,
-    encode_inbound,
     event_from_mapping,
+    inbound_encoder,
 )
 from tidedesk.errors import Unavailable
 from tidedesk.i18n import LOCALES
@@ -73,6 +73,7 @@ class ChatService:
         self.cipher = cipher
         self.clock = clock
         self.node_id = settings.node_id
+        self._encode = inbound_encoder(settings.envelope_format)
 
     # -- authentication ------------------------------------------------------------------------
     def principal(self, token: str | None, expected: str) -> Principal:
@@ -186,7 +187,7 @@ class ChatService:
         is checked against the schema first."""
         if isinstance(event, dict):
             event = event_from_mapping(event)
-        await self.broker.publish(INBOUND_QUEUE, encode_inbound(event))
+        await self.broker.publish(INBOUND_QUEUE, self._encode(event))
 
     async def last_seq(self, conv_id: str) -> int:
         seq = await self.store.last_seq(conv_id)
@@ -231,7 +232,8 @@ class ChatService:
     async def relay(self, who: str, frame: dict[str, Any]) -> None:
         """Best-effort ephemeral frames (typing, read): straight to the peer's nodes."""
         try:
-            await deliver(self.broker, self.store, who, frame, self.clock())
+            await deliver(self.broker, self.store, who, frame, self.clock(),
+                          self.settings.envelope_format)
         except Unavailable:
             log.info("ephemeral frame dropped: broker unavailable", extra={"to": who})
 

@@ -106,6 +106,7 @@ class Batcher:
         try:
             await self._storage.insert_messages(rows)
         except Exception as exc:
+            metrics.DB_WRITE_FAILURES.inc()
             log.warning("history batch failed; messages stay in the broker",
                         extra={"rows": len(rows), "error": str(exc)})
             for fut in waiters:
@@ -123,7 +124,8 @@ class Batcher:
 class Router:
     def __init__(self, *, broker: Broker, store: Store, storage: Storage,
                  routing: RoutingConfig, max_waiting_per_pool: int = 500,
-                 prefetch: int = 200, clock: Callable[[], float] = time.time) -> None:
+                 prefetch: int = 200, clock: Callable[[], float] = time.time,
+                 envelope_format: str = "binary") -> None:
         self.broker = broker
         self.store = store
         self.storage = storage
@@ -131,6 +133,7 @@ class Router:
         self.max_waiting_per_pool = max_waiting_per_pool
         self.prefetch = prefetch
         self.clock = clock
+        self.envelope_format = envelope_format  # what deliveries are written in
         self.batcher = Batcher(storage)
         self._tick_task: asyncio.Task[None] | None = None
         self.started = False
@@ -146,6 +149,7 @@ class Router:
         await self.broker.consume(INBOUND_QUEUE, self.handle, prefetch=self.prefetch)
         self._tick_task = asyncio.create_task(self._tick_loop())
         self.started = True
+        metrics.READY.set(1)  # a router process reports it too (a chat node sets it as well)
 
     def readiness(self) -> tuple[bool, str]:
         if not self.started:
@@ -207,7 +211,7 @@ class Router:
                 metrics.ROUTER_INFLIGHT.dec()
 
     async def deliver(self, who: str, frame: dict[str, Any]) -> None:
-        await deliver(self.broker, self.store, who, frame, self.clock())
+        await deliver(self.broker, self.store, who, frame, self.clock(), self.envelope_format)
 
     async def on_message(self, event: MessageEvent) -> None:
         conv_id = event.conversation_id

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.clients import login, new_visitor, ws
+from tests.clients import add_agent, agent_socket, embedded, login, new_visitor, ws
 from tests.cluster import cluster
 from tests.prom import moved, scrape, value
 from tidedesk.broker import INBOUND_QUEUE, node_queue
@@ -32,11 +32,13 @@ from tidedesk.envelopes import (
     TransferEvent,
     decode_delivery,
     decode_inbound,
+    delivery_encoder,
     encode_delivery,
     encode_delivery_json,
     encode_inbound,
     encode_inbound_json,
     event_from_mapping,
+    inbound_encoder,
 )
 
 EVENTS: dict[str, InboundEvent] = {
@@ -149,6 +151,36 @@ def test_events_from_mappings_ignore_unknown_keys_and_fill_defaults() -> None:
     assert event == OpenedEvent("c", "v", ())
 
 
+def test_json_format_writes_what_older_routers_read() -> None:
+    for name, event in EVENTS.items():
+        body = inbound_encoder("json")(event)
+        assert json.loads(body)["kind"] == event.KIND, name  # what the old router parsed
+        assert inbound_encoder("binary")(event)[:1] == BINARY_V1
+    who, frame = FRAMES["message"]
+    assert json.loads(delivery_encoder("json")(who, frame)) == {"to": who, "frame": frame}
+    assert delivery_encoder("binary")(who, frame)[:1] == BINARY_V1
+
+
+def test_embedded_server_chats_with_json_envelopes(tmp_path: Path) -> None:
+    """TIDEDESK_ENVELOPE_FORMAT=json (the first step of a rolling upgrade) works end to end."""
+    async def scenario() -> None:
+        async with embedded(tmp_path, envelope_format="json") as rt:
+            assert rt.router is not None and rt.router.envelope_format == "json"
+            add_agent(rt, "ann@shop.test", pools=("general", "experts", "training"))
+            agent = await agent_socket(rt, "ann@shop.test")
+            await asyncio.sleep(0.1)
+            _, _, visitor = await new_visitor(rt)
+            conv_id = (await agent.wait_type("assigned"))["conversation_id"]
+            assert (await visitor.say("hello in JSON"))["seq"] == 1
+            assert (await agent.wait_type("message", seq=1))["body"] == "hello in JSON"
+            assert (await agent.say("hi", conversation_id=conv_id))["seq"] == 2
+            await visitor.wait_type("message", seq=2)
+            await visitor.close()
+            await agent.close()
+
+    asyncio.run(scenario())
+
+
 def _publish(url: str, queue: str, *bodies: bytes) -> None:
     """What an older (or broken) node would put on a queue: raw bodies, persistent."""
     conn = pika.BlockingConnection(pika.URLParameters(url))
@@ -205,6 +237,8 @@ def test_cluster_reads_older_json_envelopes_drops_poison_and_reports_metrics(
             assert moved(node_before, node_after, "tidedesk_envelopes_rejected_total",
                          queue="delivery") == 1
             # The router role's own metrics moved with the traffic.
+            assert value(router_after, "tidedesk_ready") == 1
+            assert value(router_after, "tidedesk_db_write_failures_total") == 0
             assert moved(router_before, router_after, "tidedesk_router_events_total",
                          kind="message") == 2
             assert moved(router_before, router_after, "tidedesk_router_events_total",

@@ -37,14 +37,16 @@ def test_database_url_list_means_shards(tmp_path: Path) -> None:
     ({"TIDEDESK_PORT": "eighty"}, "TIDEDESK_PORT: expected an integer"),
     ({"TIDEDESK_PORT": "70000"}, "TIDEDESK_PORT: must be between"),
     ({"TIDEDESK_LOG_LEVEL": "LOUD"}, "TIDEDESK_LOG_LEVEL: must be one of"),
+    ({"TIDEDESK_ENVELOPE_FORMAT": "protobuf"},
+     "TIDEDESK_ENVELOPE_FORMAT: must be one of binary, json"),
     ({"TIDEDESK_BROKER_URL": "http://x"}, "TIDEDESK_BROKER_URL: expected amqp"),
     ({"TIDEDESK_REDIS_URL": "x"}, "TIDEDESK_REDIS_URL: expected redis"),
     ({"TIDEDESK_DATABASE_URL": "postgres://x"}, "TIDEDESK_DATABASE_URL"),
     ({"TIDEDESK_AES_KEY": "c2hvcnQ="}, "TIDEDESK_AES_KEY: expected base64 of exactly 32"),
     ({"TIDEDESK_PROT": "8080"}, "unknown environment variable.*TIDEDESK_PROT"),
     ({"TIDEDESK_WS_PING_TIMEOUT_S": "60"}, "TIDEDESK_WS_PING_TIMEOUT_S: 60.0 is longer"),
-], ids=["port-word", "port-range", "log-level", "broker", "redis", "database", "aes", "typo",
-        "ping-timeout"])
+], ids=["port-word", "port-range", "log-level", "envelope-format", "broker", "redis", "database",
+        "aes", "typo", "ping-timeout"])
 def test_bad_values_name_the_key(tmp_path: Path, env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         load_settings(env={"TIDEDESK_DATA_DIR": str(tmp_path), **env})

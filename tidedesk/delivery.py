@@ -6,17 +6,18 @@ from typing import Any
 
 from tidedesk import metrics
 from tidedesk.broker import Broker, node_queue
-from tidedesk.envelopes import encode_delivery
+from tidedesk.envelopes import delivery_encoder
 from tidedesk.store import Store
 
 
 async def deliver(broker: Broker, store: Store, who: str, frame: dict[str, Any],
-                  now: float) -> int:
+                  now: float, envelope_format: str = "binary") -> int:
     """Publish ``frame`` to the delivery queue of every node where ``who`` is connected;
-    returns how many nodes that was (0: nobody to tell, they will resume on reconnect)."""
+    returns how many nodes that was (0: nobody to tell, they will resume on reconnect).
+    ``envelope_format``: ``binary`` (v1) or ``json`` (docs/envelopes.md)."""
     nodes = await store.presence_nodes(who, now)
     if nodes:
-        body = encode_delivery(who, frame)
+        body = delivery_encoder(envelope_format)(who, frame)
         for node in nodes:
             await broker.publish(node_queue(node), body)
         metrics.DELIVERIES.inc(len(nodes))

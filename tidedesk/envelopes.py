@@ -242,6 +242,11 @@ def decode_inbound(body: bytes) -> InboundEvent:
     raise _wrong_format(body)
 
 
+def inbound_encoder(envelope_format: str) -> Callable[[InboundEvent], bytes]:
+    """The inbound encoder for ``TIDEDESK_ENVELOPE_FORMAT`` (``binary`` or ``json``)."""
+    return encode_inbound_json if envelope_format == "json" else encode_inbound
+
+
 # -- deliveries ------------------------------------------------------------------------------
 def encode_delivery(who: str, frame: dict[str, Any]) -> bytes:
     """``frame`` for ``who`` (``visitor:<id>`` / ``agent:<id>``). Message frames go as a
@@ -257,6 +262,11 @@ def encode_delivery(who: str, frame: dict[str, Any]) -> bytes:
 def encode_delivery_json(who: str, frame: dict[str, Any]) -> bytes:
     """A delivery as the previous version wrote it (JSON)."""
     return json.dumps({"to": who, "frame": frame}, ensure_ascii=False).encode()
+
+
+def delivery_encoder(envelope_format: str) -> Callable[[str, dict[str, Any]], bytes]:
+    """The delivery encoder for ``TIDEDESK_ENVELOPE_FORMAT`` (``binary`` or ``json``)."""
+    return encode_delivery_json if envelope_format == "json" else encode_delivery
 
 
 def _message_frame_dict(m: MessageFrame) -> dict[str, Any]:

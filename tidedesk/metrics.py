@@ -22,6 +22,8 @@ BATCH_SIZE = Histogram(
     buckets=(1, 2, 5, 10, 20, 50, 100),
 )
 DB_WRITE_LATENCY = Histogram("tidedesk_db_write_seconds", "Batch insert + commit latency")
+DB_WRITE_FAILURES = Counter(
+    "tidedesk_db_write_failures_total", "History batches whose insert failed (rows redelivered)")
 ROUTER_INFLIGHT = Gauge("tidedesk_router_inflight", "Inbound messages being processed")
 ASSIGNMENTS = Counter("tidedesk_assignments_total", "Chats assigned to agents", ["pool"])
 WAITING = Gauge("tidedesk_waiting_visitors", "Visitors waiting for an agent", ["pool"])

@@ -108,7 +108,8 @@ class Runtime:
         if self.role in ("dev", "router"):
             self.router = Router(broker=self.broker, store=self.store, storage=self.storage,
                                  routing=self.routing,
-                                 max_waiting_per_pool=self.settings.max_waiting_per_pool)
+                                 max_waiting_per_pool=self.settings.max_waiting_per_pool,
+                                 envelope_format=self.settings.envelope_format)
             await self.router.start()
         if self.role in ("dev", "chatnode"):
             self.node = ChatNode(settings=self.settings, broker=self.broker, store=self.store,

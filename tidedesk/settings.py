@@ -145,6 +145,9 @@ FIELDS: tuple[Field, ...] = (
     Field("ack_timeout_s", 10.0, _parse_float(0.1, 300), "give up waiting for a broker confirm"),
     Field("max_waiting_per_pool", 500, _parse_int(1, 1000000),
           "visitors waiting in one pool before new ones get the busy answer"),
+    Field("envelope_format", "binary", _parse_choice("binary", "json"),
+          "what this node writes to the broker: binary v1, or json for a rolling upgrade from "
+          "a version before binary envelopes (docs/envelopes.md); both are always read"),
     Field("log_level", "INFO", _parse_choice("DEBUG", "INFO", "WARNING", "ERROR"), "log level"),
     Field("log_format", "json", _parse_choice("json", "text"), "JSON lines or plain text"),
 )
@@ -179,6 +182,7 @@ class Settings:
     rate_limit_per_10s: int
     ack_timeout_s: float
     max_waiting_per_pool: int
+    envelope_format: str
     log_level: str
     log_format: str
 
