@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from websockets.asyncio.client import connect
 
 from tests.clients import Http, WsClient, add_agent, agent_socket, embedded, new_visitor
-from tests.prom import moved, scrape, value
+from tests.prom import moved, parse_metrics, scrape, value
 from tidedesk import logs
+from tidedesk.broker import INBOUND_QUEUE, BrokerUnavailable, MemoryBroker, node_queue
 
 GENERAL_ONLY = "vip_tags: [vip]\nrules:\n  - name: everyone\n    pool: general\n"
 
@@ -166,3 +168,25 @@ def test_log_level_comes_from_settings(tmp_path: Path) -> None:
     assert lines[0]["conversation_id"] == "c42" and lines[0]["request_id"] == "r7"
     assert lines[0]["seq"] == 3 and lines[0]["node_id"] == "n1"
     assert "conversation_id" not in lines[1]
+
+
+def test_publish_confirms_and_failures_are_counted_by_queue() -> None:
+    async def scenario() -> None:
+        broker = MemoryBroker(confirm_timeout_s=0.05)
+        before = parse_metrics(generate_latest().decode())
+        with pytest.raises(BrokerUnavailable):
+            await broker.publish(node_queue("n1"), b"not started yet")
+        await broker.start()
+        with pytest.raises(BrokerUnavailable):  # no router acknowledges it in time
+            await broker.publish(INBOUND_QUEUE, b"nobody consumes")
+        await broker.publish(node_queue("n1"), b"fine")
+        await broker.close()
+        after = parse_metrics(generate_latest().decode())
+        assert moved(before, after, "tidedesk_publish_failures_total", queue="delivery") == 1
+        assert moved(before, after, "tidedesk_publish_failures_total", queue="inbound") == 1
+        assert moved(before, after, "tidedesk_publish_confirm_seconds_count",
+                     queue="delivery") == 1
+        assert moved(before, after, "tidedesk_publish_confirm_seconds_count",
+                     queue="inbound") == 0
+
+    asyncio.run(scenario())

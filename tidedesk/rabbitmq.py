@@ -403,9 +403,9 @@ class RabbitBroker(Broker):
         try:
             await self._publish(queue, body)
         except BrokerUnavailable:
-            observe_publish(queue, started, ok=False)
+            observe_publish(queue, None)
             raise
-        observe_publish(queue, started, ok=True)
+        observe_publish(queue, started)
 
     async def _publish(self, queue: str, body: bytes) -> None:
         session = self._session
