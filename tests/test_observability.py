@@ -7,6 +7,12 @@ import asyncio
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +23,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from websockets.asyncio.client import connect
 
 from tests.clients import Http, WsClient, add_agent, agent_socket, embedded, new_visitor
+from tests.cluster import free_port
 from tests.prom import moved, parse_metrics, scrape, value
 from tidedesk import logs
 from tidedesk.broker import INBOUND_QUEUE, BrokerUnavailable, MemoryBroker, node_queue
@@ -190,3 +197,39 @@ def test_publish_confirms_and_failures_are_counted_by_queue() -> None:
                      queue="inbound") == 0
 
     asyncio.run(scenario())
+
+
+def test_tidedesk_dev_writes_json_lines_at_the_level_of_its_settings(tmp_path: Path) -> None:
+    """The real command: TIDEDESK_LOG_LEVEL=WARNING keeps info lines out, and the warning of a
+    refused request carries the node and request ids."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDEDESK_")}
+    env.update(TIDEDESK_DATA_DIR=str(tmp_path), TIDEDESK_PORT=str(port),
+               TIDEDESK_LOG_LEVEL="WARNING", TIDEDESK_NODE_ID="dev-node-9")
+    proc = subprocess.Popen([sys.executable, "-m", "tidedesk.cli", "dev"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/readyz", timeout=1):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "tidedesk dev did not become ready in 30 s"
+                time.sleep(0.2)
+        request = urllib.request.Request(
+            base + "/api/v1/visitors", data=b"[]", method="POST",
+            headers={"Content-Type": "application/json", "X-Request-ID": "cli-req-5"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=5)
+        assert refused.value.code == 400
+        assert refused.value.headers["X-Request-ID"] == "cli-req-5"
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    lines = [json.loads(line) for line in err.splitlines() if line.strip()]
+    assert lines and all(r["level"] in ("warning", "error") for r in lines), lines
+    refused_line = [r for r in lines if r.get("request_id") == "cli-req-5"]
+    assert len(refused_line) == 1 and refused_line[0]["node_id"] == "dev-node-9"
+    assert "400 POST /api/v1/visitors" in refused_line[0]["msg"]
