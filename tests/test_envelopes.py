@@ -60,6 +60,9 @@ FRAMES: dict[str, tuple[str, dict[str, Any]]] = {
     "message with a future field": ("visitor:v1", {
         "type": "message", "conversation_id": "c1", "seq": 2, "id": "m", "from": "agent",
         "body": "b", "ts": 1.0, "reactions": ["+1"]}),
+    "message without ts (sent as a map)": ("visitor:v1", {
+        "type": "message", "conversation_id": "c1", "seq": 2, "id": "m", "from": "agent",
+        "body": "b"}),
     "state": ("visitor:v1", {"type": "state", "state": "queued"}),
     "assigned": ("agent:3", {"type": "assigned", "conversation_id": "c1", "last_seq": 0,
                              "visitor": {"id": "v1", "name": "Vera", "tags": ["vip"]}}),

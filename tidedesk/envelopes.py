@@ -120,8 +120,9 @@ class _Delivery(msgspec.Struct, array_like=True, frozen=True):
     frame: MessageFrame | dict[str, Any]
 
 
-_MESSAGE_FRAME_KEYS = frozenset({"type", "conversation_id", "seq", "id", "from", "body", "ts",
-                                 "name", "private"})
+_MESSAGE_FRAME_REQUIRED = frozenset({"type", "conversation_id", "seq", "id", "from", "body",
+                                     "ts"})
+_MESSAGE_FRAME_KEYS = _MESSAGE_FRAME_REQUIRED | {"name", "private"}
 
 _encoder = msgspec.msgpack.Encoder()
 _inbound_decoder = msgspec.msgpack.Decoder(InboundEvent)
@@ -252,7 +253,8 @@ def encode_delivery(who: str, frame: dict[str, Any]) -> bytes:
     """``frame`` for ``who`` (``visitor:<id>`` / ``agent:<id>``). Message frames go as a
     key-less :class:`MessageFrame`; any other frame as a map (its keys are few and short)."""
     body: MessageFrame | dict[str, Any] = frame
-    if frame.get("type") == "message" and frame.keys() <= _MESSAGE_FRAME_KEYS:
+    if (frame.get("type") == "message"
+            and _MESSAGE_FRAME_REQUIRED <= frame.keys() <= _MESSAGE_FRAME_KEYS):
         body = MessageFrame(frame["conversation_id"], frame["seq"], frame["id"], frame["from"],
                             frame["body"], frame["ts"], frame.get("name", ""),
                             frame.get("private", False))
