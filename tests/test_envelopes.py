@@ -126,6 +126,10 @@ BAD: dict[str, tuple[Callable[[bytes], object], bytes, str]] = {
         b'"seq": 7', b'"seq": -1'), "Expected `int` >= 0 - at `seq`"),
     "JSON unknown sender": (_IN, encode_inbound_json(EVENTS["message"]).replace(
         b'"visitor", "s', b'"robot", "s'), "Invalid enum value 'robot' - at `from`"),
+    "transfer to nowhere": (_IN, b'{"kind": "transfer", "conversation_id": "c", "by": "3"}',
+                            "exactly one of to_agent and to_pool"),
+    "binary transfer to both": (_IN, _binary(4, "c", "3", "4", "general"),
+                                "exactly one of to_agent and to_pool"),
     "binary not msgpack": (_IN, BINARY_V1 + b"\xc1", "binary inbound event"),
     "binary unknown tag": (_IN, _binary(99, "c"), "binary inbound event"),
     "binary too short": (_IN, _binary(3), "binary close event"),

@@ -85,6 +85,10 @@ class TransferEvent(_Event, tag=4, frozen=True):
     to_agent: str | None = None
     to_pool: str | None = None
 
+    def __post_init__(self) -> None:  # on decode, msgspec turns this into a ValidationError
+        if (self.to_agent is None) == (self.to_pool is None):
+            raise ValueError("a transfer names exactly one of to_agent and to_pool")
+
 
 class AgentStatusEvent(_Event, tag=5, frozen=True):
     KIND: ClassVar[str] = "agent_status"
