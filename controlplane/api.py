@@ -1,5 +1,6 @@
 """REST API (Tornado): PROTOCOL.md's control-plane paths, plus ``/healthz``, ``/metrics`` and the
-``GET /v1/audit`` extension. Handlers parse, authorise, call :class:`ControlPlane`, write.
+``GET /v1/audit`` and ``/v1/events`` (scheduled capacity) extensions. Handlers parse,
+authorise, call :class:`ControlPlane`, write.
 
 Who did it: the ``by`` field of the body, else the ``X-Tidedesk-Actor`` header, else
 ``token@<client address>``. Why: the ``reason`` field. Both land in the audit list.
@@ -15,7 +16,13 @@ import tornado.web
 
 from controlplane.alerts import PayloadError
 from controlplane.service import ControlPlane
-from controlplane.state import MAX_PIN_TTL_S, OverrideError, UnknownPolicy
+from controlplane.state import (
+    MAX_PIN_TTL_S,
+    Conflict,
+    OverrideError,
+    UnknownEvent,
+    UnknownPolicy,
+)
 
 MAX_BODY_BYTES = 1024 * 1024  # Alertmanager groups can be large, but not this large
 DEFAULT_LIST_LIMIT = 50
@@ -107,6 +114,12 @@ class BaseHandler(tornado.web.RequestHandler):
             return e
         if isinstance(e, UnknownPolicy):
             return ApiError(404, "unknown_policy", f"no policy named {e.args[0]!r}; see /v1/status")
+        if isinstance(e, UnknownEvent):
+            return ApiError(404, "unknown_event", f"no event named {e.args[0]!r}; see /v1/events")
+        if isinstance(e, Conflict):
+            return ApiError(409, "conflict", str(e))
+        if isinstance(e, OverrideError):
+            return ApiError(400, "bad_request", str(e))
         return None
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
@@ -182,6 +195,23 @@ class ResumeHandler(BaseHandler):
         self.write_json(200, {"policy": self.cp.resume(name, who, why)})
 
 
+class EventsHandler(BaseHandler):
+    def get(self) -> None:
+        self.write_json(200, {"events": self.cp.events()})
+
+    def post(self) -> None:
+        body = self.body_json()
+        who, why = self.actor(body)
+        event, replaced = self.cp.add_event(body, who, why)
+        self.write_json(200 if replaced else 201, {"event": event})
+
+
+class EventHandler(BaseHandler):
+    def delete(self, name: str) -> None:
+        who, why = self.actor(self.body_json(required=False))
+        self.write_json(200, {"event": self.cp.delete_event(name, who, why)})
+
+
 class DecisionsHandler(BaseHandler):
     def get(self) -> None:
         decisions = self.cp.decisions(self.policy_arg(), self.limit_arg())
@@ -221,6 +251,8 @@ def make_app(cp: ControlPlane, token: str) -> tornado.web.Application:
             (rf"/v1/policies/{name}/pin", PinHandler, deps),
             (rf"/v1/policies/{name}/pause", PauseHandler, deps),
             (rf"/v1/policies/{name}/resume", ResumeHandler, deps),
+            (r"/v1/events", EventsHandler, deps),
+            (rf"/v1/events/{name}", EventHandler, deps),
             (r"/v1/decisions", DecisionsHandler, deps),
             (r"/v1/audit", AuditHandler, deps),
             (r"/v1/alerts", AlertsHandler, deps),
