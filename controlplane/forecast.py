@@ -108,6 +108,7 @@ class Forecast:
     level: float
     error: float | None  # weighted absolute percentage error over the last hour, as a ratio
     lead_s: float
+    hold_s: float = 0.0
 
     def to_dict(self) -> dict[str, float | None]:
         return {
@@ -116,6 +117,7 @@ class Forecast:
             "level": round(self.level, 3),
             "error_ratio": None if self.error is None else round(self.error, 4),
             "lead_s": self.lead_s,
+            "hold_s": self.hold_s,
         }
 
 
@@ -147,7 +149,8 @@ def forecast(
             peak, peak_at = season, t - now
     if peak is None:
         return None
-    return Forecast(peak * level, peak_at, level, model.error(recent, level, now), lead_s)
+    error = model.error(recent, level, now)
+    return Forecast(peak * level, peak_at, level, error, lead_s, hold_s)
 
 
 def replicas_for(fc: Forecast, target: float, margin: float) -> int:
