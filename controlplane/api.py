@@ -8,6 +8,7 @@ Who did it: the ``by`` field of the body, else the ``X-Tidedesk-Actor`` header, 
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 from typing import Any
@@ -41,9 +42,9 @@ class ApiError(Exception):
 class BaseHandler(tornado.web.RequestHandler):
     needs_token = True
 
-    def initialize(self, cp: ControlPlane, token: str) -> None:
+    def initialize(self, cp: ControlPlane, token_sha256: bytes) -> None:
         self.cp = cp
-        self.token = token
+        self.token_sha256 = token_sha256
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
@@ -59,7 +60,8 @@ class BaseHandler(tornado.web.RequestHandler):
                 401, "unauthorized", "send Authorization: Bearer <token>",
                 {"WWW-Authenticate": 'Bearer realm="tidedesk-controlplane"'},
             )  # fmt: skip
-        if not hmac.compare_digest(given.strip().encode(), self.token.encode()):
+        given_sha256 = hashlib.sha256(given.strip().encode()).digest()
+        if not hmac.compare_digest(given_sha256, self.token_sha256):
             raise ApiError(
                 401, "unauthorized", "the bearer token is not valid",
                 {"WWW-Authenticate": 'Bearer error="invalid_token"'},
@@ -240,8 +242,9 @@ class NotFoundHandler(BaseHandler):
         raise ApiError(404, "not_found", f"no such path {self.request.path}")
 
 
-def make_app(cp: ControlPlane, token: str) -> tornado.web.Application:
-    deps = {"cp": cp, "token": token}
+def make_app(cp: ControlPlane, token_sha256: bytes) -> tornado.web.Application:
+    """The API; bearer tokens are checked against ``token_sha256`` (the token is never kept)."""
+    deps = {"cp": cp, "token_sha256": token_sha256}
     name = r"([A-Za-z0-9][A-Za-z0-9_.-]*)"
     return tornado.web.Application(
         [

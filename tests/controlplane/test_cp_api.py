@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 from cp_nomad_double import NomadDouble
-from cp_servers import Daemon, Exporter, Prometheus, daemon, free_port, wait_until
+from cp_servers import TOKEN, Daemon, Exporter, Prometheus, daemon, free_port, wait_until
+
+from controlplane.config import hash_token
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
 
@@ -336,3 +338,21 @@ def test_events_from_the_policies_file_are_read_only(
                 "end": "2030-01-02T11:00:00Z", "min_replicas": {"router": 2}}  # fmt: skip
         assert d.request("POST", "/v1/events", json=body).status_code == 409
         assert d.status("router")["events"][0]["name"] == "launch"
+
+
+def test_token_secret_formats(
+    tmp_path: Path, nomad_double: NomadDouble, prometheus: Prometheus
+) -> None:
+    """The fixtures store TOKEN's sha256; an older deployment's plain token still works."""
+    nomad_double.add_job("router", {"g": 1})
+    args = (tmp_path, policies("token"), prometheus.url, nomad_double.address)
+    with daemon(*args, token_secret=TOKEN) as d:
+        assert d.request("GET", "/v1/status").status_code == 200
+        assert d.request("GET", "/v1/status", token=hash_token(TOKEN)).status_code == 401
+        wait_until(lambda: "stored in plain text" in d.log_path.read_text(), 10, "the warning")
+    with daemon(*args) as d:
+        assert d.request("GET", "/v1/status").status_code == 200
+        # the hash itself is not a token: stealing the secret does not open the API
+        assert d.request("GET", "/v1/status", token=hash_token(TOKEN)).status_code == 401
+        assert d.request("GET", "/v1/status", token=TOKEN + "x").status_code == 401
+        assert "stored in plain text" not in d.log_path.read_text()
