@@ -40,6 +40,7 @@ FORECAST_GRID_S = 60.0  # seconds between the history points the forecast sees (
 # --compare: step = the seed's +N % then wait; proportional = HPA-like; scheduled and predictive
 # add the calendar's or the forecast's floor to proportional; combined adds both.
 COMPARE_STRATEGIES = ("step", "proportional", "scheduled", "predictive", "combined")
+LINE_STYLES = ("-", "--", "-.", ":")  # strategies that agree for a while stay distinguishable
 
 
 class SimulationError(ValueError):
@@ -363,12 +364,12 @@ def plot_compare(results: Sequence[SimulationResult], out: Path, title: str) -> 
         keep = [i for i, h in enumerate(hours) if lo <= h <= hi]
         ax.plot([hours[i] for i in keep], [load[i] for i in keep], color="black",
                 linewidth=1.0, label="load")  # fmt: skip
-        for r in results:
+        for n, r in enumerate(results):
             s = r.summary()
             ax.step(
                 [r.timeline[i][0] / 3600.0 for i in keep],
                 [r.timeline[i][3] * r.capacity_per_replica for i in keep],
-                where="post", linewidth=1.0,
+                where="post", linewidth=1.2, linestyle=LINE_STYLES[n % len(LINE_STYLES)],
                 label=f"{r.policy}: {s['replica_hours']} replica-h, SLO {s['slo_minutes']} min, "
                 f"{s['actions']} actions",
             )  # fmt: skip
