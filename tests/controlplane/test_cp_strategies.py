@@ -95,6 +95,25 @@ def test_scheduled_floor_window() -> None:
 # --- properties -------------------------------------------------------------------------------
 @settings(max_examples=300, deadline=None)
 @given(
+    st.floats(-7200, 7200), st.floats(1, 7200), st.floats(0, 3600), st.integers(0, 40),
+    st.integers(0, 40),
+)  # fmt: skip
+def test_a_schedule_holds_from_start_minus_lead_until_the_end(
+    start: float, length: float, lead: float, floor: int, n: int
+) -> None:
+    event = ScheduledEvent("e", NOW + start, NOW + start + length, lead, (("chat", floor),))
+    active = NOW + start - lead <= NOW < NOW + start + length
+    got = scheduled_floor([event], "chat", NOW)
+    assert (got is not None) == active
+    pol = policy(min=0, max=40)
+    d = decide(replicas(n), {}, pol, History(autoscaled=n), NOW,
+               () if got is None else (Floor(got.replicas, "schedule", "e"),))  # fmt: skip
+    assert d.desired == (max(floor, n) if active else n)  # no data: the floor alone moves it
+
+
+
+@settings(max_examples=300, deadline=None)
+@given(
     st.integers(0, 40),
     st.floats(0, 20000),
     st.floats(1, 300),
