@@ -1,5 +1,6 @@
 """REST API (Tornado): PROTOCOL.md's control-plane paths, plus ``/healthz``, ``/metrics`` and the
-``GET /v1/audit`` extension. Handlers parse, authorise, call :class:`ControlPlane`, write.
+``GET /v1/audit`` and ``/v1/events`` (scheduled capacity) extensions. Handlers parse,
+authorise, call :class:`ControlPlane`, write.
 
 Who did it: the ``by`` field of the body, else the ``X-Tidedesk-Actor`` header, else
 ``token@<client address>``. Why: the ``reason`` field. Both land in the audit list.
@@ -7,6 +8,7 @@ Who did it: the ``by`` field of the body, else the ``X-Tidedesk-Actor`` header, 
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 from typing import Any
@@ -15,7 +17,13 @@ import tornado.web
 
 from controlplane.alerts import PayloadError
 from controlplane.service import ControlPlane
-from controlplane.state import MAX_PIN_TTL_S, OverrideError, UnknownPolicy
+from controlplane.state import (
+    MAX_PIN_TTL_S,
+    Conflict,
+    OverrideError,
+    UnknownEvent,
+    UnknownPolicy,
+)
 
 MAX_BODY_BYTES = 1024 * 1024  # Alertmanager groups can be large, but not this large
 DEFAULT_LIST_LIMIT = 50
@@ -34,9 +42,9 @@ class ApiError(Exception):
 class BaseHandler(tornado.web.RequestHandler):
     needs_token = True
 
-    def initialize(self, cp: ControlPlane, token: str) -> None:
+    def initialize(self, cp: ControlPlane, token_sha256: bytes) -> None:
         self.cp = cp
-        self.token = token
+        self.token_sha256 = token_sha256
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
@@ -52,7 +60,8 @@ class BaseHandler(tornado.web.RequestHandler):
                 401, "unauthorized", "send Authorization: Bearer <token>",
                 {"WWW-Authenticate": 'Bearer realm="tidedesk-controlplane"'},
             )  # fmt: skip
-        if not hmac.compare_digest(given.strip().encode(), self.token.encode()):
+        given_sha256 = hashlib.sha256(given.strip().encode()).digest()
+        if not hmac.compare_digest(given_sha256, self.token_sha256):
             raise ApiError(
                 401, "unauthorized", "the bearer token is not valid",
                 {"WWW-Authenticate": 'Bearer error="invalid_token"'},
@@ -107,6 +116,12 @@ class BaseHandler(tornado.web.RequestHandler):
             return e
         if isinstance(e, UnknownPolicy):
             return ApiError(404, "unknown_policy", f"no policy named {e.args[0]!r}; see /v1/status")
+        if isinstance(e, UnknownEvent):
+            return ApiError(404, "unknown_event", f"no event named {e.args[0]!r}; see /v1/events")
+        if isinstance(e, Conflict):
+            return ApiError(409, "conflict", str(e))
+        if isinstance(e, OverrideError):
+            return ApiError(400, "bad_request", str(e))
         return None
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
@@ -182,6 +197,23 @@ class ResumeHandler(BaseHandler):
         self.write_json(200, {"policy": self.cp.resume(name, who, why)})
 
 
+class EventsHandler(BaseHandler):
+    def get(self) -> None:
+        self.write_json(200, {"events": self.cp.events()})
+
+    def post(self) -> None:
+        body = self.body_json()
+        who, why = self.actor(body)
+        event, replaced = self.cp.add_event(body, who, why)
+        self.write_json(200 if replaced else 201, {"event": event})
+
+
+class EventHandler(BaseHandler):
+    def delete(self, name: str) -> None:
+        who, why = self.actor(self.body_json(required=False))
+        self.write_json(200, {"event": self.cp.delete_event(name, who, why)})
+
+
 class DecisionsHandler(BaseHandler):
     def get(self) -> None:
         decisions = self.cp.decisions(self.policy_arg(), self.limit_arg())
@@ -210,8 +242,9 @@ class NotFoundHandler(BaseHandler):
         raise ApiError(404, "not_found", f"no such path {self.request.path}")
 
 
-def make_app(cp: ControlPlane, token: str) -> tornado.web.Application:
-    deps = {"cp": cp, "token": token}
+def make_app(cp: ControlPlane, token_sha256: bytes) -> tornado.web.Application:
+    """The API; bearer tokens are checked against ``token_sha256`` (the token is never kept)."""
+    deps = {"cp": cp, "token_sha256": token_sha256}
     name = r"([A-Za-z0-9][A-Za-z0-9_.-]*)"
     return tornado.web.Application(
         [
@@ -221,6 +254,8 @@ def make_app(cp: ControlPlane, token: str) -> tornado.web.Application:
             (rf"/v1/policies/{name}/pin", PinHandler, deps),
             (rf"/v1/policies/{name}/pause", PauseHandler, deps),
             (rf"/v1/policies/{name}/resume", ResumeHandler, deps),
+            (r"/v1/events", EventsHandler, deps),
+            (rf"/v1/events/{name}", EventHandler, deps),
             (r"/v1/decisions", DecisionsHandler, deps),
             (r"/v1/audit", AuditHandler, deps),
             (r"/v1/alerts", AlertsHandler, deps),

@@ -7,6 +7,8 @@ policy field; the daemon prints it on one line and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,11 @@ DEFAULT_PROMETHEUS_URL = "http://127.0.0.1:9090"
 DEFAULT_NOMAD_ADDR = "http://127.0.0.1:4646"
 TOKEN_ENV = "TIDEDESK_CONTROLPLANE_TOKEN"
 MIN_TOKEN_CHARS = 16  # a shorter bearer token is guessable
+# The secret may hold the token's SHA-256 instead of the token: "sha256:<64 hex digits>". A fast
+# hash is enough because the token is long and random (make-secrets.sh: 192 bits), so nobody can
+# search its space; argon2 would only cost every API call tens of milliseconds and 64 MiB.
+TOKEN_HASH_PREFIX = "sha256:"
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
 class ConfigError(ValueError):
@@ -32,7 +39,8 @@ class Settings:
     host: str
     port: int
     prometheus_url: str
-    token: str
+    token_sha256: bytes  # SHA-256 digest of the bearer token; the token itself is not kept
+    token_is_plain: bool  # the secret held the token itself (accepted, with a warning)
     nomad_addr: str
     nomad_token: str | None
     state_file: Path | None
@@ -53,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"Prometheus base URL (default $TIDEDESK_PROMETHEUS_URL or "
                    f"{DEFAULT_PROMETHEUS_URL})")
     p.add_argument("--token-file", metavar="FILE", default=None,
-                   help=f"file holding the API bearer token, e.g. /run/secrets/... "
-                   f"(else ${TOKEN_ENV})")
+                   help=f"file holding the API bearer token's hash as sha256:<64 hex> (or the "
+                   f"token itself), e.g. /run/secrets/... (else ${TOKEN_ENV})")
     p.add_argument("--nomad-addr", metavar="URL", default=None,
                    help=f"Nomad HTTP API (default $NOMAD_ADDR or {DEFAULT_NOMAD_ADDR}); "
                    "token from $NOMAD_TOKEN")
@@ -77,6 +85,33 @@ def _url(raw: str, option: str) -> str:
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise ConfigError(f"{option}: expected an http(s):// URL, got {raw!r}")
     return raw.rstrip("/")
+
+
+def hash_token(token: str) -> str:
+    """What to store instead of ``token``: ``sha256:<hex>``."""
+    return TOKEN_HASH_PREFIX + hashlib.sha256(token.encode()).hexdigest()
+
+
+def token_digest(raw: str, source: str) -> tuple[bytes, bool]:
+    """The SHA-256 digest to check bearer tokens against, and whether ``raw`` was a plain token.
+
+    ``raw`` is ``sha256:<64 hex digits>`` (preferred) or, as older deployments have it, the
+    token itself (at least MIN_TOKEN_CHARS characters, no spaces).
+    """
+    if raw.lower().startswith(TOKEN_HASH_PREFIX):
+        hexdigest = raw[len(TOKEN_HASH_PREFIX) :]
+        if not _HEX64.match(hexdigest):
+            raise ConfigError(
+                f"{source}: after 'sha256:' give the 64 hex digits of the token's SHA-256 "
+                "(printf %s \"$TOKEN\" | sha256sum)"
+            )
+        return bytes.fromhex(hexdigest), False
+    if len(raw) < MIN_TOKEN_CHARS or any(c.isspace() for c in raw):
+        raise ConfigError(
+            f"{source}: the token needs at least {MIN_TOKEN_CHARS} characters and no spaces "
+            "(or store its hash as sha256:<64 hex digits>)"
+        )
+    return hashlib.sha256(raw.encode()).digest(), True
 
 
 def load_settings(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
@@ -104,10 +139,7 @@ def load_settings(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         source = TOKEN_ENV
     if not token:
         raise ConfigError(f"{TOKEN_ENV}: set it, or pass --token-file (e.g. a Docker secret)")
-    if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
-        raise ConfigError(
-            f"{source}: the token needs at least {MIN_TOKEN_CHARS} characters and no spaces"
-        )
+    digest, plain = token_digest(token, source)
 
     host, port = parse_listen(args.listen or DEFAULT_LISTEN)
     prometheus = _url(
@@ -125,7 +157,8 @@ def load_settings(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         host=host,
         port=port,
         prometheus_url=prometheus,
-        token=token,
+        token_sha256=digest,
+        token_is_plain=plain,
         nomad_addr=nomad_addr,
         nomad_token=env.get("NOMAD_TOKEN") or None,
         state_file=state_file,

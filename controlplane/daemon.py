@@ -44,7 +44,7 @@ def build_control_plane(settings: Settings) -> ControlPlane:
 
 
 async def serve(cp: ControlPlane, settings: Settings) -> int:
-    app = make_app(cp, settings.token)
+    app = make_app(cp, settings.token_sha256)
     try:
         server = app.listen(settings.port, address=settings.host)
     except OSError as exc:
@@ -88,6 +88,11 @@ def main(argv: list[str]) -> int:
         print(f"tidedesk controlplane: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    if settings.token_is_plain:
+        log.warning(
+            "the API token is stored in plain text; store its hash instead "
+            "(sha256:<64 hex digits>, see docs/controlplane.md)"
+        )
     cp = build_control_plane(settings)
     try:
         cp.load()

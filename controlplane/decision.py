@@ -33,8 +33,19 @@ Rules, in the order they apply:
 5. **Waits** - after a scale-up nothing happens for ``scale_up_wait`` ("add 20 %, observe 5
    minutes"); after a scale-down no further scale-down for ``scale_down_cooldown`` (a scale-up is
    still allowed: a flash sale must not wait for a cool-down).
-6. **Steps** - up by at most ``max(up_min_step, ceil(base x up_max_percent / 100))``, down by at
-   most ``down_max_step``; the result is always within ``[min, max]``.
+6. **Steps** - the winning ``up`` check's strategy bounds the scale-up:
+
+   * ``step`` (the seed's conservative choice): up by at most
+     ``max(up_min_step, ceil(base x up_max_percent / 100))``, then ``scale_up_wait``.
+   * ``proportional`` (as the Kubernetes HPA and the Nomad Autoscaler's target-value): straight
+     to the wanted count ``ceil(current x metric / target)``, bounded by the up-policy: within any
+     ``up_policy.period`` at most ``+percent`` % of the count at the start of the period or
+     ``+replicas``, whichever is larger; no ``scale_up_wait``.
+
+   Down by at most ``down_max_step``, under the same stabilisation for both strategies.
+7. **Floors** - a scheduled event or the forecast may raise the count to a floor (``floors``).
+   A floor only raises: it never lowers the reactive answer. Pause and pin stand above floors.
+   The result is always within ``[min, max]``.
 """
 
 from __future__ import annotations
@@ -117,6 +128,15 @@ class History:
 
 
 @dataclass(frozen=True)
+class Floor:
+    """A lower bound from outside the checks: a scheduled event or the load forecast."""
+
+    replicas: int
+    source: Literal["schedule", "forecast"]
+    reason: str
+
+
+@dataclass(frozen=True)
 class CheckVerdict:
     check: str
     vote: Vote
@@ -165,6 +185,12 @@ def clamp(n: int, policy: Policy) -> int:
 def up_step_limit(base: int, policy: Policy) -> int:
     """Most replicas one scale-up may add: a percentage of ``base``, at least ``up_min_step``."""
     return max(policy.up_min_step, math.ceil(base * policy.up_max_percent / 100.0 - _EPS))
+
+
+def period_start_count(actions: Sequence[Action], base: int, now: float, period_s: float) -> int:
+    """The count at the start of the up-policy period ending at ``now``."""
+    inside = [a for a in actions if a.at > now - period_s]
+    return inside[0].previous if inside else base
 
 
 def remaining_wait(last_at: float | None, wait_s: float, now: float) -> float:
@@ -324,6 +350,7 @@ def decide(
     policy: Policy,
     history: History,
     now: float,
+    floors: Sequence[Floor] = (),
 ) -> Decision:
     """The desired replica count for ``policy`` now; see the module docstring for the rules."""
     cur = current.desired
@@ -361,9 +388,11 @@ def decide(
     wait_down = remaining_wait(_last(history.actions, "down"), policy.scale_down_cooldown_s, now)
     vote: Vote = "hold"
     wanted = base
+    strategy = policy.strategy
     if ups:
         best = max(ups, key=lambda v: v.wanted or 0)
         vote, wanted = "up", best.wanted or base
+        strategy = policy.strategy_of(best.check)
         notes.append(f"{best.check} {best.reason}")
     elif downs and len(downs) == len(verdicts):
         best = max(downs, key=lambda v: v.wanted or 0)
@@ -377,7 +406,16 @@ def decide(
             notes.append(f"{', '.join(v.check for v in downs)} would scale down; others hold")
 
     new = base
-    if vote in ("up", "down") and wait_up > 0:
+    if vote == "up" and strategy == "proportional":
+        up = policy.up_policy
+        start = period_start_count(history.actions, base, now, up.period_s)
+        cap = start + up.limit(start)
+        new = max(base, min(wanted, cap))
+        if new < wanted:
+            notes.append(
+                f"up-policy: at most +{up.limit(start)} from {start} per {up.period_s:g}s"
+            )
+    elif vote in ("up", "down") and wait_up > 0:
         notes.append(f"waiting {wait_up:.0f}s more after the last scale-up")
     elif vote == "down" and wait_down > 0:
         notes.append(f"scale-down cool-down: {wait_down:.0f}s left")
@@ -400,4 +438,10 @@ def decide(
     if new < cur and missing and new < clamp(cur, policy):
         new = clamp(cur, policy)
         notes.append(f"keeping {new}: not lowering the count while {missing[0]} has no data")
+    if floors:
+        top = max(floors, key=lambda f: f.replicas)
+        lifted = clamp(top.replicas, policy)
+        if lifted > new:
+            new = lifted
+            notes.append(f"{top.source} floor {lifted}: {top.reason}")
     return _decision(cur, new, "; ".join(notes) or "nothing to do", drift, verdicts)

@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 PROMETHEUS_TIMEOUT_S = 5  # seconds for one query; the loop must keep its rhythm
 MIN_STEP_S = 1.0  # seconds: finest range-query resolution asked for
 MAX_POINTS = 120  # points per range query; the step grows for long windows
+# History for the forecast: the finest step (dividing a day) that keeps a range query under
+# Prometheus's 11,000 points per series.
+HISTORY_STEPS_S = (60.0, 120.0, 180.0, 300.0, 600.0, 900.0, 1800.0, 3600.0)
+HISTORY_MAX_POINTS = 10_000
 
 
 @dataclass(frozen=True)
@@ -36,13 +40,28 @@ class Fetch:
     errors: Mapping[str, str] = field(default_factory=dict)  # check name -> what went wrong
 
 
+class MetricsError(Exception):
+    """A query failed or returned the wrong shape; the message says which."""
+
+
 class MetricsSource(Protocol):
     def fetch(self, policy: Policy, now: float) -> Fetch: ...
+
+    def series(self, query: str, start: float, end: float, step: float) -> list[Sample]:
+        """One series from a range query (empty when the query matches nothing)."""
+        ...
 
 
 def query_step(policy: Policy) -> float:
     window = policy.metrics_window_s
     return max(MIN_STEP_S, min(policy.interval_s, window / MAX_POINTS if window else MIN_STEP_S))
+
+
+def history_step(lookback_s: float) -> float:
+    for step in HISTORY_STEPS_S:
+        if lookback_s / step <= HISTORY_MAX_POINTS:
+            return step
+    return HISTORY_STEPS_S[-1]
 
 
 class PrometheusSource:
@@ -53,6 +72,32 @@ class PrometheusSource:
             url=url.rstrip("/"), disable_ssl=True, retry=Retry(total=0), timeout=timeout_s
         )
 
+    def series(self, query: str, start: float, end: float, step: float) -> list[Sample]:
+        try:
+            result = self._prom.custom_query_range(
+                query,
+                start_time=datetime.fromtimestamp(start, UTC),
+                end_time=datetime.fromtimestamp(end, UTC),
+                step=f"{step:g}",
+                params={"timeout": f"{self._timeout:g}s"},
+                timeout=self._timeout,
+            )
+        except (PrometheusApiClientException, requests.RequestException, ValueError) as exc:
+            raise MetricsError(f"prometheus query failed: {exc}") from None
+        if len(result) > 1:
+            raise MetricsError(
+                f"query returned {len(result)} series; aggregate it to one (e.g. sum(...))"
+            )
+        series: list[Sample] = []
+        for point in result[0].get("values", []) if result else []:
+            try:
+                t, v = float(point[0]), float(point[1])
+            except (TypeError, ValueError, IndexError):
+                continue
+            if math.isfinite(v):
+                series.append(Sample(t, v))
+        return series
+
     def fetch(self, policy: Policy, now: float) -> Fetch:
         step = query_step(policy)
         start = now - policy.metrics_window_s
@@ -60,33 +105,11 @@ class PrometheusSource:
         errors: dict[str, str] = {}
         for check in policy.checks:
             try:
-                result = self._prom.custom_query_range(
-                    check.query,
-                    start_time=datetime.fromtimestamp(start, UTC),
-                    end_time=datetime.fromtimestamp(now, UTC),
-                    step=f"{step:g}",
-                    params={"timeout": f"{self._timeout:g}s"},
-                    timeout=self._timeout,
-                )
-            except (PrometheusApiClientException, requests.RequestException, ValueError) as exc:
-                errors[check.name] = f"prometheus query failed: {exc}"
+                samples[check.name] = self.series(check.query, start, now, step)
+            except MetricsError as exc:
+                errors[check.name] = str(exc)
                 log.warning(
                     "prometheus query failed",
                     extra={"policy": policy.name, "check": check.name, "error": str(exc)},
                 )
-                continue
-            if len(result) > 1:
-                errors[check.name] = (
-                    f"query returned {len(result)} series; aggregate it to one (e.g. sum(...))"
-                )
-                continue
-            series: list[Sample] = []
-            for point in result[0].get("values", []) if result else []:
-                try:
-                    t, v = float(point[0]), float(point[1])
-                except (TypeError, ValueError, IndexError):
-                    continue
-                if math.isfinite(v):
-                    series.append(Sample(t, v))
-            samples[check.name] = series
         return Fetch(samples=samples, errors=errors)

@@ -12,13 +12,17 @@ Durations are written as a number of seconds or a string with a unit (``500ms``,
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from typing import Any, Literal
 
 import yaml
+
+from controlplane.schedule import DEFAULT_EVENT_LEAD_S, MAX_EVENT_LENGTH_S, ScheduledEvent
 
 # Defaults (the seed's "add 20%, observe 5 minutes"; HPA-like stabilisation).
 DEFAULT_INTERVAL_S = 15.0  # seconds between two evaluations of one policy
@@ -32,12 +36,25 @@ DEFAULT_UP_MAX_PERCENT = 20.0  # a scale-up adds at most 20 % of the current cou
 DEFAULT_UP_MIN_STEP = 1  # ... but at least one replica
 DEFAULT_DOWN_MAX_STEP = 1  # a scale-down removes at most one replica at a time
 DEFAULT_SIM_STARTUP_DELAY_S = 30.0  # simulator: seconds before a new replica takes load
+# Proportional strategy's up-policy (the HPA default): per period at most +100 % or +4 replicas,
+# whichever is larger.
+DEFAULT_UP_POLICY_PERCENT = 100.0
+DEFAULT_UP_POLICY_REPLICAS = 4
+DEFAULT_UP_POLICY_PERIOD_S = 15.0
+# Predictive pre-scaling.
+DEFAULT_PREDICT_LOOKBACK_S = 14 * 86400.0  # two weeks: the same weekday twice, every time of day
+DEFAULT_PREDICT_MARGIN = 0.1  # head-room over the forecast peak
+DEFAULT_PREDICT_STARTUP_S = 30.0  # seconds from "scale" to a replica's first request
+DEFAULT_PREDICT_REFRESH_S = 600.0  # seconds between two history queries to Prometheus
+
+Strategy = Literal["step", "proportional"]
+STRATEGIES: tuple[Strategy, ...] = ("step", "proportional")
 
 Driver = Literal["swarm", "nomad"]
 DRIVERS: tuple[Driver, ...] = ("swarm", "nomad")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
 class PolicyError(ValueError):
@@ -64,6 +81,7 @@ class Check:
     target: float | None = None
     upper: float | None = None
     lower: float | None = None
+    strategy: Strategy | None = None  # None: the policy's strategy
 
     @property
     def mode(self) -> Literal["target", "thresholds"]:
@@ -76,6 +94,33 @@ class Simulation:
 
     capacity_per_replica: float | None = None
     startup_delay_s: float = DEFAULT_SIM_STARTUP_DELAY_S
+    trace_start: float = 0.0  # unix time of the trace's t=0 (places scheduled events and seasons)
+    metrics_lag_s: float = 0.0  # the decision sees the load this many seconds late (scrapes)
+    history_s: float = 0.0  # the trace's first seconds are history only, not simulated
+
+
+@dataclass(frozen=True)
+class UpPolicy:
+    """The proportional strategy's bound: per ``period_s``, at most ``+percent`` % of the count at
+    the start of the period or ``+replicas``, whichever is larger."""
+
+    percent: float = DEFAULT_UP_POLICY_PERCENT
+    replicas: int = DEFAULT_UP_POLICY_REPLICAS
+    period_s: float = DEFAULT_UP_POLICY_PERIOD_S
+
+    def limit(self, start_count: int) -> int:
+        return max(self.replicas, math.ceil(start_count * self.percent / 100.0 - 1e-9))
+
+
+@dataclass(frozen=True)
+class Predictive:
+    """Predictive pre-scaling from the history of one ``target`` check (see forecast.py)."""
+
+    check: str
+    lookback_s: float = DEFAULT_PREDICT_LOOKBACK_S
+    margin: float = DEFAULT_PREDICT_MARGIN
+    startup_s: float = DEFAULT_PREDICT_STARTUP_S
+    refresh_s: float = DEFAULT_PREDICT_REFRESH_S
 
 
 @dataclass(frozen=True)
@@ -99,6 +144,23 @@ class Policy:
     group: str | None = None  # Nomad task group; None means "the job's only group"
     namespace: str | None = None  # Nomad namespace
     simulation: Simulation = field(default_factory=Simulation)
+    strategy: Strategy = "step"  # default for checks that name none
+    up_policy: UpPolicy = field(default_factory=UpPolicy)
+    predictive: Predictive | None = None
+    events: tuple[ScheduledEvent, ...] = ()  # from the file's `events`, those naming this policy
+
+    def strategy_of(self, check_name: str) -> Strategy:
+        for c in self.checks:
+            if c.name == check_name and c.strategy is not None:
+                return c.strategy
+        return self.strategy
+
+    @property
+    def predict_lead_s(self) -> float:
+        """How far ahead prediction looks: start-up, warm-up, and one evaluation interval."""
+        if self.predictive is None:
+            return 0.0
+        return self.predictive.startup_s + self.warmup_s + self.interval_s
 
     @property
     def metrics_window_s(self) -> float:
@@ -125,6 +187,21 @@ class Policy:
                 "down_max": self.down_max_step,
             },
             "dry_run": self.dry_run,
+            "strategy": self.strategy,
+            "up_policy": {
+                "percent": self.up_policy.percent,
+                "replicas": self.up_policy.replicas,
+                "period_s": self.up_policy.period_s,
+            },
+            "predictive": None
+            if self.predictive is None
+            else {
+                "check": self.predictive.check,
+                "lookback_s": self.predictive.lookback_s,
+                "margin": self.predictive.margin,
+                "startup_s": self.predictive.startup_s,
+                "lead_s": self.predict_lead_s,
+            },
             "checks": [
                 {
                     k: v
@@ -135,6 +212,7 @@ class Policy:
                         ("target", c.target),
                         ("upper", c.upper),
                         ("lower", c.lower),
+                        ("strategy", c.strategy),
                     )
                     if v is not None
                 }
@@ -144,7 +222,7 @@ class Policy:
 
 
 def parse_duration(raw: object, where: str) -> float:
-    """Seconds from ``30``, ``2.5``, ``"500ms"``, ``"30s"``, ``"5m"`` or ``"1h"``."""
+    """Seconds from ``30``, ``2.5``, ``"500ms"``, ``"30s"``, ``"5m"``, ``"1h"`` or ``"7d"``."""
     if isinstance(raw, bool):
         raise PolicyError(where, f"expected a duration like 30s or 5m, got {raw!r}")
     if isinstance(raw, int | float):
@@ -152,7 +230,7 @@ def parse_duration(raw: object, where: str) -> float:
     elif isinstance(raw, str):
         m = _DURATION_RE.match(raw)
         if m is None:
-            raise PolicyError(where, f"expected a duration like 30s, 5m or 1h, got {raw!r}")
+            raise PolicyError(where, f"expected a duration like 30s, 5m, 1h or 7d, got {raw!r}")
         value = float(m.group(1)) * _UNIT_S[m.group(2)]
     else:
         raise PolicyError(where, f"expected a duration like 30s or 5m, got {raw!r}")
@@ -195,14 +273,63 @@ def _reject_unknown(raw: Mapping[str, Any], known: set[str], where: str) -> None
             raise PolicyError(path, f"unknown field (allowed: {allowed})")
 
 
-_CHECK_KEYS = {"name", "query", "for", "target", "upper", "lower"}
+def _named(
+    data: Mapping[str, Any], known: set[str], required: Sequence[str], where: str
+) -> str:
+    """Check a mapping's keys and return its ``name``, which must be a usable identifier."""
+    _reject_unknown(data, known, where)
+    for key in ("name", *required):
+        if key not in data:
+            raise PolicyError(f"{where}.{key}", "missing")
+    name = _str(data["name"], f"{where}.name")
+    if not _NAME_RE.match(name):
+        raise PolicyError(
+            f"{where}.name", f"use letters, digits, '.', '_' or '-' (max 63), got {name!r}"
+        )
+    return name
+
+
+def parse_time(raw: object, where: str) -> float:
+    """Unix seconds from an ISO 8601 date-time with a zone (``2026-11-28T20:00:00+08:00``)."""
+    if isinstance(raw, datetime):
+        when = raw
+    elif isinstance(raw, str):
+        try:
+            when = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise PolicyError(
+                where, f"expected a date-time like 2026-11-28T20:00:00Z, got {raw!r}"
+            ) from None
+    elif isinstance(raw, date):
+        raise PolicyError(where, f"give a time of day and a zone, e.g. {raw}T20:00:00Z")
+    else:
+        raise PolicyError(where, f"expected a date-time like 2026-11-28T20:00:00Z, got {raw!r}")
+    if when.tzinfo is None:
+        # YAML turns a zone-less timestamp into a naive UTC datetime; a string stays naive.
+        if isinstance(raw, datetime):
+            when = when.replace(tzinfo=UTC)
+        else:
+            raise PolicyError(where, f"add a time zone (Z or +08:00) to {raw!r}")
+    return when.timestamp()
+
+
+def _strategy(raw: object, where: str) -> Strategy:
+    if raw not in STRATEGIES:
+        raise PolicyError(where, f"must be one of {', '.join(STRATEGIES)}; got {raw!r}")
+    return raw
+
+
+_CHECK_KEYS = {"name", "query", "for", "target", "upper", "lower", "strategy"}
 _POLICY_KEYS = {
     "name", "service", "driver", "min", "max", "interval", "warmup", "scale_up_wait",
     "scale_down_cooldown", "scale_down_stabilization", "tolerance", "step", "dry_run",
-    "checks", "group", "namespace", "simulation",
+    "checks", "group", "namespace", "simulation", "strategy", "up_policy", "predictive",
 }  # fmt: skip
 _STEP_KEYS = {"up_max_percent", "up_min", "down_max"}
-_SIM_KEYS = {"capacity_per_replica", "startup_delay"}
+_SIM_KEYS = {"capacity_per_replica", "startup_delay", "trace_start", "metrics_lag", "history"}
+_UP_POLICY_KEYS = {"percent", "replicas", "period"}
+_PREDICT_KEYS = {"check", "lookback", "margin", "startup", "refresh"}
+_EVENT_KEYS = {"name", "start", "end", "lead", "min_replicas"}
 
 
 def parse_check(raw: object, where: str) -> Check:
@@ -234,20 +361,87 @@ def parse_check(raw: object, where: str) -> Check:
             raise PolicyError(
                 f"{where}.lower", f"must be below upper ({upper:g}) to leave a dead band"
             )
-    return Check(name=name, query=query, for_s=for_s, target=target, upper=upper, lower=lower)
+    strategy = None if "strategy" not in data else _strategy(data["strategy"], f"{where}.strategy")
+    return Check(
+        name=name, query=query, for_s=for_s, target=target, upper=upper, lower=lower,
+        strategy=strategy,
+    )  # fmt: skip
+
+
+def parse_up_policy(raw: object, where: str) -> UpPolicy:
+    data = _mapping(raw, where)
+    _reject_unknown(data, _UP_POLICY_KEYS, where)
+    percent = _number(data.get("percent", DEFAULT_UP_POLICY_PERCENT), f"{where}.percent")
+    if percent <= 0:
+        raise PolicyError(f"{where}.percent", f"must be greater than 0, got {percent:g}")
+    period = parse_duration(data.get("period", DEFAULT_UP_POLICY_PERIOD_S), f"{where}.period")
+    if period <= 0:
+        raise PolicyError(f"{where}.period", "must be greater than 0")
+    replicas = _int(data.get("replicas", DEFAULT_UP_POLICY_REPLICAS), f"{where}.replicas", 1)
+    return UpPolicy(percent=percent, replicas=replicas, period_s=period)
+
+
+def parse_predictive(raw: object, where: str, checks: Sequence[Check]) -> Predictive:
+    data = _mapping(raw, where)
+    _reject_unknown(data, _PREDICT_KEYS, where)
+    targets = [c.name for c in checks if c.target is not None]
+    if not targets:
+        raise PolicyError(where, "needs a check with a target (a service total to forecast)")
+    check = _str(data.get("check", targets[0]), f"{where}.check")
+    if check not in targets:
+        have = ", ".join(targets)
+        raise PolicyError(f"{where}.check", f"name a check with a target ({have}), not {check!r}")
+    lookback = parse_duration(data.get("lookback", DEFAULT_PREDICT_LOOKBACK_S), f"{where}.lookback")
+    if lookback < 86400:
+        raise PolicyError(f"{where}.lookback", "must be at least 1d (24h) for a daily season")
+    margin = _number(data.get("margin", DEFAULT_PREDICT_MARGIN), f"{where}.margin")
+    if not 0 <= margin <= 1:
+        raise PolicyError(f"{where}.margin", f"must be in [0, 1], got {margin:g}")
+    refresh = parse_duration(data.get("refresh", DEFAULT_PREDICT_REFRESH_S), f"{where}.refresh")
+    return Predictive(
+        check=check,
+        lookback_s=lookback,
+        margin=margin,
+        startup_s=parse_duration(
+            data.get("startup", DEFAULT_PREDICT_STARTUP_S), f"{where}.startup"
+        ),
+        refresh_s=max(refresh, 1.0),
+    )
+
+
+def parse_event(
+    raw: object, where: str, bounds: Mapping[str, tuple[int, int]], source: str = "file"
+) -> ScheduledEvent:
+    """One planned event; ``bounds`` maps each policy name to its ``(min, max)``."""
+    data = _mapping(raw, where)
+    name = _named(data, _EVENT_KEYS, ("start", "end", "min_replicas"), where)
+    start = parse_time(data["start"], f"{where}.start")
+    end = parse_time(data["end"], f"{where}.end")
+    if end <= start:
+        raise PolicyError(f"{where}.end", "must be after start")
+    if end - start > MAX_EVENT_LENGTH_S:
+        raise PolicyError(f"{where}.end", "an event lasts at most 14 days; raise min instead")
+    lead = parse_duration(data.get("lead", DEFAULT_EVENT_LEAD_S), f"{where}.lead")
+    reps = _mapping(data["min_replicas"], f"{where}.min_replicas")
+    if not reps:
+        raise PolicyError(f"{where}.min_replicas", "name at least one policy, e.g. {chatnode: 12}")
+    replicas: list[tuple[str, int]] = []
+    for policy, n in reps.items():
+        at = f"{where}.min_replicas.{policy}"
+        if policy not in bounds:
+            known = ", ".join(sorted(bounds))
+            raise PolicyError(at, f"no policy named {policy!r} (have: {known})")
+        lo, hi = bounds[policy]
+        count = _int(n, at, 0)
+        if not lo <= count <= hi:
+            raise PolicyError(at, f"must be within the policy's bounds [{lo}, {hi}], got {count}")
+        replicas.append((str(policy), count))
+    return ScheduledEvent(name, start, end, lead, tuple(replicas), source=source)
 
 
 def parse_policy(raw: object, where: str) -> Policy:
     data = _mapping(raw, where)
-    _reject_unknown(data, _POLICY_KEYS, where)
-    for key in ("name", "service", "driver", "min", "max", "checks"):
-        if key not in data:
-            raise PolicyError(f"{where}.{key}", "missing")
-    name = _str(data["name"], f"{where}.name")
-    if not _NAME_RE.match(name):
-        raise PolicyError(
-            f"{where}.name", f"use letters, digits, '.', '_' or '-' (max 63), got {name!r}"
-        )
+    name = _named(data, _POLICY_KEYS, ("service", "driver", "min", "max", "checks"), where)
     driver = data["driver"]
     if driver not in DRIVERS:
         raise PolicyError(f"{where}.driver", f"must be one of swarm, nomad; got {driver!r}")
@@ -288,6 +482,15 @@ def parse_policy(raw: object, where: str) -> Policy:
         raise PolicyError(f"{where}.dry_run", f"expected true or false, got {dry_run!r}")
     group = data.get("group")
     namespace = data.get("namespace")
+    lag = parse_duration(sim.get("metrics_lag", 0), f"{where}.simulation.metrics_lag")
+    trace_start = (
+        0.0 if "trace_start" not in sim
+        else parse_time(sim["trace_start"], f"{where}.simulation.trace_start")
+    )  # fmt: skip
+    predictive = (
+        None if data.get("predictive") is None
+        else parse_predictive(data["predictive"], f"{where}.predictive", checks)
+    )  # fmt: skip
     return Policy(
         name=name,
         service=_str(data["service"], f"{where}.service"),
@@ -323,7 +526,13 @@ def parse_policy(raw: object, where: str) -> Policy:
                 sim.get("startup_delay", DEFAULT_SIM_STARTUP_DELAY_S),
                 f"{where}.simulation.startup_delay",
             ),
+            trace_start=trace_start,
+            metrics_lag_s=lag,
+            history_s=parse_duration(sim.get("history", 0), f"{where}.simulation.history"),
         ),
+        strategy=_strategy(data.get("strategy", "step"), f"{where}.strategy"),
+        up_policy=parse_up_policy(data.get("up_policy", {}), f"{where}.up_policy"),
+        predictive=predictive,
     )
 
 
@@ -336,7 +545,7 @@ def parse_policies(text: str) -> tuple[Policy, ...]:
         where = f"line {mark.line + 1}" if mark is not None else "file"
         raise PolicyError(where, f"not valid YAML ({getattr(exc, 'problem', exc)})") from None
     top = _mapping(doc if doc is not None else {}, "policies file")
-    _reject_unknown(top, {"policies"}, "")
+    _reject_unknown(top, {"policies", "events"}, "")
     raw = top.get("policies")
     if not isinstance(raw, Sequence) or isinstance(raw, str) or not raw:
         raise PolicyError("policies", "expected a non-empty list of policies")
@@ -346,4 +555,15 @@ def parse_policies(text: str) -> tuple[Policy, ...]:
         if p.name in seen:
             raise PolicyError(f"policies[{i}].name", f"duplicate policy name {p.name!r}")
         seen.add(p.name)
-    return policies
+    raw_events = top.get("events") or []
+    if not isinstance(raw_events, Sequence) or isinstance(raw_events, str):
+        raise PolicyError("events", "expected a list of events")
+    bounds = {p.name: (p.min, p.max) for p in policies}
+    events = [parse_event(e, f"events[{i}]", bounds) for i, e in enumerate(raw_events)]
+    for i, e in enumerate(events):
+        if e.name in [x.name for x in events[:i]]:
+            raise PolicyError(f"events[{i}].name", f"duplicate event name {e.name!r}")
+    return tuple(
+        dataclasses.replace(p, events=tuple(e for e in events if e.floor_for(p.name) is not None))
+        for p in policies
+    )

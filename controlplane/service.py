@@ -7,6 +7,7 @@ policy keeps runs from overlapping).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -22,7 +23,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from controlplane.alerts import parse_payload, policies_for
 from controlplane.controller import Controller
 from controlplane.metrics_source import MetricsSource
-from controlplane.state import ControlPlaneState
+from controlplane.policy import PolicyError, parse_event
+from controlplane.state import ControlPlaneState, OverrideError
 from controlplane.target import Target
 from controlplane.telemetry import Telemetry
 
@@ -122,6 +124,33 @@ class ControlPlane:
             self.save()
             self.evaluate_soon(name, "resume")
         return self.state.status_of(name, self._clock())
+
+    def events(self) -> list[dict[str, Any]]:
+        return self.state.events(self._clock())
+
+    def add_event(self, raw: dict[str, Any], who: str, why: str) -> tuple[dict[str, Any], bool]:
+        """Validate and add (or replace) a scheduled event; returns it and whether it replaced
+        one. A bad field raises :class:`OverrideError` naming it."""
+        fields = {k: v for k, v in raw.items() if k not in ("by", "reason")}
+        try:
+            event = parse_event(fields, "body", self.state.bounds(), source="api")
+        except PolicyError as exc:
+            raise OverrideError(str(exc)) from None
+        event = dataclasses.replace(event, by=who, reason=why)
+        now = self._clock()
+        replaced = self.state.add_event(event, who, why, now)
+        self.save()
+        for policy, _ in event.replicas:
+            self.evaluate_soon(policy, f"event:{event.name}")
+        return event.to_dict(now), replaced
+
+    def delete_event(self, name: str, who: str, why: str) -> dict[str, Any]:
+        now = self._clock()
+        event = self.state.delete_event(name, who, why, now)
+        self.save()
+        for policy, _ in event.replicas:
+            self.evaluate_soon(policy, f"event_deleted:{name}")
+        return event.to_dict(now)
 
     def decisions(self, policy: str | None, limit: int) -> list[dict[str, Any]]:
         return self.state.decisions(policy, limit)

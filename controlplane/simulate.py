@@ -16,6 +16,7 @@ start-up delay; a scale-down removes the newest replicas) and accounts, second b
 from __future__ import annotations
 
 import argparse
+import bisect
 import csv
 import dataclasses
 import json
@@ -27,10 +28,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from controlplane.decision import Action, History, ReplicaState, Sample, clamp, decide
-from controlplane.policy import Policy, PolicyError, parse_duration, parse_policies
+from controlplane import forecast as forecast_module
+from controlplane.decision import Action, Floor, History, ReplicaState, Sample, clamp, decide
+from controlplane.floors import planned_floors
+from controlplane.forecast import SeasonalModel
+from controlplane.policy import Policy, PolicyError, Predictive, parse_duration, parse_policies
 
 ACCOUNTING_STEP_S = 1.0  # seconds of simulated time per accounting step
+FLAP_WINDOW_S = 600.0  # a scale-down undone by a scale-up within 10 minutes counts as a flap
+FORECAST_GRID_S = 60.0  # seconds between the history points the forecast sees (a range step)
+# --compare: step = the seed's +N % then wait; proportional = HPA-like; scheduled and predictive
+# add the calendar's or the forecast's floor to proportional; combined adds both.
+COMPARE_STRATEGIES = ("step", "proportional", "scheduled", "predictive", "combined")
+LINE_STYLES = ("-", "--", "-.", ":")  # strategies that agree for a while stay distinguishable
 
 
 class SimulationError(ValueError):
@@ -56,6 +66,7 @@ class SimulationResult:
     slo_minutes: float
     actions: int
     max_replicas: int
+    flaps: int
     timeline: list[tuple[float, float, int, int]]  # (t, load, replicas, ready), per interval
 
     def summary(self) -> dict[str, Any]:
@@ -66,6 +77,7 @@ class SimulationResult:
             "static_peak_replica_hours": round(self.static_peak_replica_hours, 2),
             "slo_minutes": round(self.slo_minutes, 2),
             "actions": self.actions,
+            "flaps": self.flaps,
             "saved_percent": round(100 * saved, 1),
             "peak_load": self.peak_load,
             "static_replicas": self.static_replicas,
@@ -100,28 +112,63 @@ def parse_trace(text: str, source: str = "trace") -> list[TracePoint]:
     return points
 
 
+def _load_at(times: Sequence[float], trace: Sequence[TracePoint], t: float) -> float:
+    i = bisect.bisect_right(times, t) - 1
+    return trace[max(i, 0)].load
+
+
 def simulate(
     policy: Policy,
     trace: Sequence[TracePoint],
     capacity: float,
     startup_delay_s: float,
+    label: str | None = None,
 ) -> SimulationResult:
+    """Replay ``trace`` through ``decide``; the first ``simulation.history`` seconds are history.
+
+    Decisions see absolute time ``simulation.trace_start + t`` (scheduled events and seasons are
+    placed by it) and the load ``simulation.metrics_lag`` seconds late (Prometheus scrapes). A
+    replica added at ``t`` serves from ``t + startup_delay_s``.
+    """
     check = policy.checks[0]
     sim_policy = dataclasses.replace(policy, checks=(check,))
-    t0, t_end = trace[0].t, trace[-1].t
-    peak = max(p.load for p in trace)
+    if policy.predictive is not None and policy.predictive.check != check.name:
+        sim_policy = dataclasses.replace(
+            sim_policy, predictive=dataclasses.replace(policy.predictive, check=check.name)
+        )
+    sim = policy.simulation
+    origin = sim.trace_start
+    times = [p.t for p in trace]
+    t0, t_end = trace[0].t + sim.history_s, trace[-1].t
+    if t0 >= t_end:
+        raise SimulationError(
+            f"simulation.history ({sim.history_s:g}s) leaves nothing of the trace to simulate"
+        )
+    peak = max(p.load for p in trace if p.t >= t0)
+    peak = max(peak, _load_at(times, trace, t0))
     static = max(1, math.ceil(peak / capacity - 1e-9))
-    initial = clamp(math.ceil(trace[0].load / capacity - 1e-9), policy)
+    initial = clamp(math.ceil(_load_at(times, trace, t0) / capacity - 1e-9), policy)
     starts: list[float] = [t0 - startup_delay_s - policy.warmup_s] * initial
+    model: SeasonalModel | None = None
+    if sim_policy.predictive is not None and check.target is not None:
+        grid = [
+            Sample(origin + t, _load_at(times, trace, t))
+            for t in _grid(trace[0].t, t_end, FORECAST_GRID_S)
+        ]
+        model = SeasonalModel(grid, FORECAST_GRID_S)
+    recent: deque[Sample] = deque()
+    past_floors: deque[tuple[float, int]] = deque()
+    next_grid = t0 - forecast_module.ERROR_WINDOW_S
     actions: list[Action] = []
     autoscaled: int | None = None
     window = policy.metrics_window_s + policy.interval_s
     series: deque[Sample] = deque()
     replica_s = slo_s = 0.0
-    n_actions = 0
+    n_actions = flaps = 0
+    last_down: float | None = None
     max_replicas = initial
     timeline: list[tuple[float, float, int, int]] = []
-    idx = 0
+    idx = bisect.bisect_right(times, t0) - 1
     next_eval = t0
     now = t0
     while now < t_end:
@@ -130,16 +177,40 @@ def simulate(
         load = trace[idx].load
         if now >= next_eval:
             ready = sum(1 for s in starts if s + startup_delay_s <= now)
-            value = load if check.target is not None else load / max(ready, 1)
-            series.append(Sample(now, value))
-            while series and series[0].t < now - window:
+            seen = _load_at(times, trace, now - sim.metrics_lag_s)
+            value = seen if check.target is not None else seen / max(ready, 1)
+            series.append(Sample(origin + now, value))
+            while series and series[0].t < origin + now - window:
                 series.popleft()
+            floors: tuple[Floor, ...] = ()
+            if model is not None or sim_policy.events:
+                while next_grid <= now - sim.metrics_lag_s:
+                    recent.append(Sample(origin + next_grid, _load_at(times, trace, next_grid)))
+                    next_grid += FORECAST_GRID_S
+                while recent and recent[0].t < origin + now - forecast_module.ERROR_WINDOW_S:
+                    recent.popleft()
+                planned = planned_floors(
+                    sim_policy, sim_policy.events, model, recent, origin + now, past_floors
+                )
+                floors = planned.floors
+                if planned.forecast_replicas is not None:
+                    past_floors.append((origin + now, planned.forecast_replicas))
+                    while past_floors[0][0] < origin + now - policy.scale_down_stabilization_s:
+                        past_floors.popleft()
             history = History(actions=tuple(actions[-5:]), autoscaled=autoscaled)
-            current = ReplicaState(desired=len(starts), started_at=tuple(starts))
-            decision = decide(current, {check.name: list(series)}, sim_policy, history, now)
+            current = ReplicaState(
+                desired=len(starts), started_at=tuple(origin + s for s in starts)
+            )
+            decision = decide(
+                current, {check.name: list(series)}, sim_policy, history, origin + now, floors
+            )
             if decision.changes:
                 n_actions += 1
-                actions.append(Action(now, len(starts), decision.desired))
+                if decision.direction == "down":
+                    last_down = now
+                elif last_down is not None and now - last_down <= FLAP_WINDOW_S:
+                    flaps += 1
+                actions.append(Action(origin + now, len(starts), decision.desired))
                 if decision.desired > len(starts):
                     starts.extend([now] * (decision.desired - len(starts)))
                 else:
@@ -157,7 +228,7 @@ def simulate(
         now += step
     duration_h = (t_end - t0) / 3600.0
     return SimulationResult(
-        policy=policy.name,
+        policy=label or policy.name,
         duration_hours=duration_h,
         peak_load=peak,
         capacity_per_replica=capacity,
@@ -168,8 +239,80 @@ def simulate(
         slo_minutes=slo_s / 60.0,
         actions=n_actions,
         max_replicas=max_replicas,
+        flaps=flaps,
         timeline=timeline,
     )
+
+
+def _grid(start: float, end: float, step: float) -> list[float]:
+    first = math.ceil(start / step) * step
+    return [first + i * step for i in range(int((end - first) // step) + 1)]
+
+
+def variant(policy: Policy, name: str) -> Policy:
+    """The policy as one strategy of ``--compare`` sees it (see COMPARE_STRATEGIES)."""
+    checks = tuple(dataclasses.replace(c, strategy=None) for c in policy.checks)
+    plain = dataclasses.replace(policy, checks=checks, events=(), predictive=None)
+    if name == "step":
+        return dataclasses.replace(plain, strategy="step")
+    prop = dataclasses.replace(plain, strategy="proportional")
+    if name == "proportional":
+        return prop
+    if name in ("scheduled", "combined") and not policy.events:
+        raise SimulationError(
+            f"--compare {name}: the policy file has no events for policy {policy.name!r}"
+        )
+    predictive = policy.predictive
+    if name in ("predictive", "combined") and predictive is None:
+        target = next((c.name for c in policy.checks if c.target is not None), None)
+        if target is None:
+            raise SimulationError(f"--compare {name}: policy {policy.name!r} has no target check")
+        predictive = Predictive(check=target)
+    if name == "scheduled":
+        return dataclasses.replace(prop, events=policy.events)
+    if name == "predictive":
+        return dataclasses.replace(prop, predictive=predictive)
+    if name == "combined":
+        return dataclasses.replace(prop, events=policy.events, predictive=predictive)
+    names = ", ".join(COMPARE_STRATEGIES)
+    raise SimulationError(f"--compare: unknown strategy {name!r} (choose from {names})")
+
+
+def compare(
+    policy: Policy,
+    trace: Sequence[TracePoint],
+    capacity: float,
+    startup_delay_s: float,
+    names: Sequence[str],
+) -> list[SimulationResult]:
+    variants = [variant(policy, n) for n in names]  # all errors before the first long run
+    return [
+        simulate(v, trace, capacity, startup_delay_s, label=n)
+        for v, n in zip(variants, names, strict=True)
+    ]
+
+
+def comparison_table(results: Sequence[SimulationResult]) -> str:
+    head = (
+        "| strategy | replica-hours | share of static peak | SLO minutes | SLO share of time "
+        "| actions | flaps | max replicas |"
+    )
+    rows = [head, "|" + " --- |" * 8]
+    for r in results:
+        share = r.replica_hours / r.static_peak_replica_hours
+        slo_share = r.slo_minutes / (r.duration_hours * 60) if r.duration_hours else 0.0
+        rows.append(
+            f"| {r.policy} | {r.replica_hours:.1f} | {100 * share:.1f}% | {r.slo_minutes:.2f} "
+            f"| {100 * slo_share:.2f}% | {r.actions} | {r.flaps} | {r.max_replicas} |"
+        )
+    r0 = results[0]
+    rows.append(
+        f"\nstatic peak: {r0.static_replicas} replicas x {r0.duration_hours:.1f} h = "
+        f"{r0.static_peak_replica_hours:.1f} replica-hours; peak load {r0.peak_load:g}, "
+        f"{r0.capacity_per_replica:g} per replica, start-up {r0.startup_delay_s:g}s; "
+        f"a flap is a scale-down undone within {FLAP_WINDOW_S / 60:g} min"
+    )
+    return "\n".join(rows)
 
 
 def plot(result: SimulationResult, out: Path, title: str) -> None:
@@ -204,6 +347,43 @@ def plot(result: SimulationResult, out: Path, title: str) -> None:
     plt.close(fig)
 
 
+def plot_compare(results: Sequence[SimulationResult], out: Path, title: str) -> None:
+    """One figure: the load and each strategy's ready capacity, the whole run and a zoom on the
+    busiest moment."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base = results[0].timeline
+    hours = [t / 3600.0 for t, *_ in base]
+    load = [r[1] for r in base]
+    peak_at = hours[max(range(len(load)), key=load.__getitem__)]
+    fig, (full, zoom) = plt.subplots(2, 1, figsize=(12, 8))
+    for ax, (lo, hi) in ((full, (hours[0], hours[-1])), (zoom, (peak_at - 0.75, peak_at + 1.5))):
+        keep = [i for i, h in enumerate(hours) if lo <= h <= hi]
+        ax.plot([hours[i] for i in keep], [load[i] for i in keep], color="black",
+                linewidth=1.0, label="load")  # fmt: skip
+        for n, r in enumerate(results):
+            s = r.summary()
+            ax.step(
+                [r.timeline[i][0] / 3600.0 for i in keep],
+                [r.timeline[i][3] * r.capacity_per_replica for i in keep],
+                where="post", linewidth=1.2, linestyle=LINE_STYLES[n % len(LINE_STYLES)],
+                label=f"{r.policy}: {s['replica_hours']} replica-h, SLO {s['slo_minutes']} min, "
+                f"{s['actions']} actions",
+            )  # fmt: skip
+        ax.set_xlabel("hours")
+        ax.set_ylabel("load / ready capacity")
+    full.legend(loc="upper left", fontsize=8)
+    full.set_title(f"{title}: ready capacity by strategy (static peak "
+                   f"{results[0].static_peak_replica_hours:.0f} replica-h)")  # fmt: skip
+    zoom.set_title("around the peak")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tidedesk simulate",
@@ -219,12 +399,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--startup-delay", metavar="DURATION",
                    help="time before a new replica takes load, e.g. 30s (default: the policy's "
                    "simulation.startup_delay)")
+    p.add_argument("--compare", metavar="LIST",
+                   help="compare strategies on the trace, e.g. step,proportional,scheduled,"
+                   f"predictive (choose from {', '.join(COMPARE_STRATEGIES)})")
     p.add_argument("--json", metavar="OUT", help="write the figures as JSON")
     p.add_argument("--plot", metavar="OUT.png", help="draw load, capacity and replicas")
     return p  # fmt: skip
 
 
-def run(args: argparse.Namespace) -> SimulationResult:
+def run(args: argparse.Namespace) -> list[SimulationResult]:
     try:
         policies = parse_policies(Path(args.policy).read_text(encoding="utf-8"))
     except OSError as exc:
@@ -255,7 +438,13 @@ def run(args: argparse.Namespace) -> SimulationResult:
             delay = parse_duration(args.startup_delay, "--startup-delay")
         except PolicyError as exc:
             raise SimulationError(str(exc)) from None
-    return simulate(policy, trace, capacity, delay)
+    if args.compare:
+        strategies = [n.strip() for n in args.compare.split(",") if n.strip()]
+        if not strategies:
+            choices = ", ".join(COMPARE_STRATEGIES)
+            raise SimulationError(f"--compare: name strategies from {choices}")
+        return compare(policy, trace, capacity, delay, strategies)
+    return [simulate(policy, trace, capacity, delay)]
 
 
 def main(argv: list[str]) -> int:
@@ -265,25 +454,33 @@ def main(argv: list[str]) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     try:
-        result = run(args)
+        results = run(args)
     except SimulationError as exc:
         print(f"tidedesk simulate: {exc}", file=sys.stderr)
         return 2
-    summary = result.summary()
-    print(
-        f"policy {summary['policy']}: {summary['duration_hours']} h, peak load "
-        f"{summary['peak_load']:g}, {summary['capacity_per_replica']:g} per replica\n"
-        f"  replica-hours            {summary['replica_hours']}\n"
-        f"  static peak ({summary['static_replicas']} replicas)  "
-        f"{summary['static_peak_replica_hours']}  (saved {summary['saved_percent']}%)\n"
-        f"  SLO minutes              {summary['slo_minutes']}\n"
-        f"  scale actions            {summary['actions']}  (max {summary['max_replicas']} replicas)"
-    )
+    if args.compare:
+        print(comparison_table(results))
+        figures: Any = [r.summary() for r in results]
+    else:
+        summary = figures = results[0].summary()
+        print(
+            f"policy {summary['policy']}: {summary['duration_hours']} h, peak load "
+            f"{summary['peak_load']:g}, {summary['capacity_per_replica']:g} per replica\n"
+            f"  replica-hours            {summary['replica_hours']}\n"
+            f"  static peak ({summary['static_replicas']} replicas)  "
+            f"{summary['static_peak_replica_hours']}  (saved {summary['saved_percent']}%)\n"
+            f"  SLO minutes              {summary['slo_minutes']}\n"
+            f"  scale actions            {summary['actions']}  "
+            f"(max {summary['max_replicas']} replicas)"
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
     if args.plot:
         try:
-            plot(result, Path(args.plot), Path(args.trace).stem)
+            if args.compare:
+                plot_compare(results, Path(args.plot), Path(args.trace).stem)
+            else:
+                plot(results[0], Path(args.plot), Path(args.trace).stem)
         except ImportError:
             print("tidedesk simulate: --plot needs matplotlib: pip install 'tidedesk[plot]'",
                   file=sys.stderr)  # fmt: skip

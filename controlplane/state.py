@@ -9,21 +9,24 @@ autoscaled counts, the audit list) through the daemon's optional state file.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from controlplane.decision import Action, Decision, History, Pause, Pin, ReplicaState
 from controlplane.policy import Policy
+from controlplane.schedule import ScheduledEvent, iso, upcoming
 
 AUDIT_LIMIT = 2000  # entries kept in memory (and in the state file)
 DECISIONS_LIMIT = 500  # decisions kept per policy
 ACTIONS_LIMIT = 200  # scaling actions kept per policy (cool-downs only need the last ones)
 ALERTS_LIMIT = 20  # recent alerts shown per policy
 MAX_PIN_TTL_S = 7 * 24 * 3600  # a pin longer than a week is a config change, not an override
+EVENTS_LIMIT = 200  # scheduled events kept (API-made ones; ended ones are dropped first)
+ENDED_EVENT_KEEP_S = 7 * 24 * 3600  # an API event is forgotten a week after its end
 
 
 class UnknownPolicy(KeyError):
@@ -34,8 +37,12 @@ class OverrideError(ValueError):
     """An override request that cannot be honoured; the message says what to change."""
 
 
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+class Conflict(OverrideError):
+    """The request clashes with the configuration (e.g. an event defined in the policies file)."""
+
+
+class UnknownEvent(KeyError):
+    pass
 
 
 @dataclass
@@ -51,6 +58,9 @@ class PolicyState:
     last_drift: dict[str, Any] | None = None
     decisions: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=DECISIONS_LIMIT))
     alerts: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=ALERTS_LIMIT))
+    floors: dict[str, Any] = field(default_factory=dict)  # last evaluation's floors, by source
+    forecast: dict[str, Any] | None = None  # last forecast, its error and the replicas it wants
+    active_events: frozenset[str] = frozenset()  # events whose floor held at the last evaluation
 
 
 class ControlPlaneState:
@@ -58,6 +68,9 @@ class ControlPlaneState:
         self._lock = threading.RLock()
         self._policies = {p.name: PolicyState(p) for p in policies}
         self._audit: deque[dict[str, Any]] = deque(maxlen=AUDIT_LIMIT)
+        self._events: dict[str, ScheduledEvent] = {
+            e.name: e for s in self._policies.values() for e in s.policy.events
+        }
 
     # --- reading -------------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -129,6 +142,10 @@ class ControlPlaneState:
             "last_drift": s.last_drift,
             "alerts": list(reversed(s.alerts)),
             "checks": [] if last is None else last["checks"],
+            "strategy": p.strategy,
+            "events": [e.to_dict(now) for e in upcoming(list(self._events.values()), p.name, now)],
+            "floors": dict(s.floors),
+            "forecast": s.forecast,
         }
 
     def decisions(self, policy: str | None, limit: int) -> list[dict[str, Any]]:
@@ -144,6 +161,80 @@ class ControlPlaneState:
         with self._lock:
             items = [a for a in reversed(self._audit) if policy is None or a["policy"] == policy]
             return items[:limit]
+
+    # --- scheduled events ----------------------------------------------------------------------
+    def events_for(self, name: str) -> tuple[ScheduledEvent, ...]:
+        with self._lock:
+            return tuple(e for e in self._events.values() if e.floor_for(name) is not None)
+
+    def events(self, now: float) -> list[dict[str, Any]]:
+        with self._lock:
+            return [e.to_dict(now) for e in sorted(self._events.values(), key=lambda e: e.start)]
+
+    def bounds(self) -> dict[str, tuple[int, int]]:
+        return {n: (s.policy.min, s.policy.max) for n, s in self._policies.items()}
+
+    def add_event(self, event: ScheduledEvent, who: str, why: str, now: float) -> bool:
+        """Add or replace an API event; True when it replaced one of the same name."""
+        with self._lock:
+            old = self._events.get(event.name)
+            if old is not None and old.source == "file":
+                raise Conflict(
+                    f"event {event.name!r} is defined in the policies file; edit it there "
+                    "or choose another name"
+                )
+            if event.end <= now:
+                raise OverrideError(f"end must be in the future (now is {iso(now)})")
+            for name, e in list(self._events.items()):
+                if e.source == "api" and e.end < now - ENDED_EVENT_KEEP_S:
+                    del self._events[name]
+            if old is None and len(self._events) >= EVENTS_LIMIT:
+                raise OverrideError(f"at most {EVENTS_LIMIT} events; delete ended ones first")
+            self._events[event.name] = event
+            action = "event_update" if old is not None else "event_add"
+            for policy, n in event.replicas:
+                self._record_audit(
+                    now, who, action, policy, why, event=event.name, min_replicas=n,
+                    start=iso(event.start), end=iso(event.end), lead_s=event.lead_s,
+                )  # fmt: skip
+            return old is not None
+
+    def delete_event(self, name: str, who: str, why: str, now: float) -> ScheduledEvent:
+        with self._lock:
+            event = self._events.get(name)
+            if event is None:
+                raise UnknownEvent(name)
+            if event.source == "file":
+                raise Conflict(f"event {name!r} is defined in the policies file; remove it there")
+            del self._events[name]
+            for policy, _ in event.replicas:
+                self._record_audit(now, who, "event_delete", policy, why, event=name)
+            return event
+
+    def record_floors(
+        self,
+        name: str,
+        floors: dict[str, Any],
+        forecast: dict[str, Any] | None,
+        active_events: frozenset[str],
+        now: float,
+    ) -> None:
+        """What raised (or could raise) the floor at this evaluation; event floors that start or
+        stop holding are audited."""
+        with self._lock:
+            s = self._get(name)
+            s.floors, s.forecast = floors, forecast
+            for event in sorted(active_events - s.active_events):
+                self._record_audit(
+                    now, "schedule", "event_floor_raised", name,
+                    f"scheduled event {event} holds the floor", event=event,
+                )  # fmt: skip
+            for event in sorted(s.active_events - active_events):
+                self._record_audit(
+                    now, "schedule", "event_floor_released", name,
+                    f"scheduled event {event} no longer holds the floor", event=event,
+                )  # fmt: skip
+            s.active_events = active_events
 
     # --- overrides -----------------------------------------------------------------------------
     def _record_audit(
@@ -330,6 +421,7 @@ class ControlPlaneState:
                     for name, s in self._policies.items()
                 },
                 "audit": list(self._audit),
+                "events": [e.to_state() for e in self._events.values() if e.source == "api"],
             }
 
     def restore(self, data: dict[str, Any]) -> None:
@@ -360,3 +452,9 @@ class ControlPlaneState:
                 )
             self._audit.clear()
             self._audit.extend(data.get("audit") or [])
+            bounds = self.bounds()
+            for raw_event in data.get("events") or []:
+                event = ScheduledEvent.from_state(raw_event)
+                known = tuple((p, n) for p, n in event.replicas if p in bounds)
+                if known and event.name not in self._events:  # the file's events win
+                    self._events[event.name] = dataclasses.replace(event, replicas=known)

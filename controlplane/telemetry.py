@@ -34,7 +34,7 @@ class Telemetry:
         )
         self.errors = Counter(
             "tidedesk_controlplane_evaluation_errors_total",
-            "Evaluation errors by stage (target_read, metrics, scale)",
+            "Evaluation errors by stage (target_read, metrics, forecast, scale)",
             ["policy", "stage"],
             registry=self.registry,
         )
@@ -60,6 +60,25 @@ class Telemetry:
         self.pinned = Gauge(
             "tidedesk_controlplane_policy_pinned",
             "1 while the policy is pinned",
+            ["policy"],
+            registry=self.registry,
+        )
+
+        self.floor = Gauge(
+            "tidedesk_controlplane_floor_replicas",
+            "Floor under the decision by source (schedule, forecast); 0 when none",
+            ["policy", "source"],
+            registry=self.registry,
+        )
+        self.forecast_peak = Gauge(
+            "tidedesk_controlplane_forecast_peak",
+            "Highest load the forecast expects over its look-ahead, in the check's unit",
+            ["policy"],
+            registry=self.registry,
+        )
+        self.forecast_error = Gauge(
+            "tidedesk_controlplane_forecast_error_ratio",
+            "Forecast error over the last hour: sum |forecast - actual| / sum actual",
             ["policy"],
             registry=self.registry,
         )

@@ -58,7 +58,7 @@ job "tidedesk-controlplane" {
           "controlplane",
           "--policies=/local/policies.yml",
           "--listen=0.0.0.0:8090",
-          "--token-file=/secrets/controlplane_token",
+          "--token-file=/secrets/controlplane_token_sha256",
           "--state-file=/alloc/data/controlplane-state.json",
         ]
         ports = ["http"]
@@ -80,9 +80,10 @@ job "tidedesk-controlplane" {
       }
 
       template {
-        destination = "secrets/controlplane_token"
+        # The token's hash only (sha256:<hex>); Alertmanager (infra job) holds the token.
+        destination = "secrets/controlplane_token_sha256"
         change_mode = "restart"
-        data        = "{{ with nomadVar \"nomad/jobs\" }}{{ .controlplane_token }}{{ end }}"
+        data        = "{{ with nomadVar \"nomad/jobs\" }}{{ .controlplane_token_sha256 }}{{ end }}"
       }
 
       # The same policies as swarm/policies.yml, with driver nomad and the job/group names.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create the files docker-stack.yml turns into Swarm secrets, in DIR (default ./secrets):
-#   jwt_secret, aes_key (base64 of 32 bytes), db_password, broker_password, controlplane_token,
+#   jwt_secret, aes_key (base64 of 32 bytes), db_password, broker_password, controlplane_token
+#   (for you and Alertmanager), controlplane_token_sha256 (its hash: all the control plane keeps),
 #   tls.pem (certificate + key for HAProxy; self-signed for CN=$TLS_CN unless tls.pem exists).
 # Existing files are kept, so this is safe to run again. Replace tls.pem with your real
 # certificate chain + key (one PEM file) for production.
@@ -21,6 +22,10 @@ make aes_key            openssl rand -base64 32
 make db_password        openssl rand -hex 24
 make broker_password    openssl rand -hex 24
 make controlplane_token openssl rand -hex 24
+# The control plane only needs the token's hash; made from the token above (also for an older
+# secrets directory that has only controlplane_token).
+token_hash() { printf 'sha256:%s\n' "$(tr -d '\n' <"$dir/controlplane_token" | openssl dgst -sha256 -r | cut -d' ' -f1)"; }
+make controlplane_token_sha256 token_hash
 if [ -s "$dir/tls.pem" ]; then
   echo "kept    $dir/tls.pem"
 else

@@ -22,6 +22,8 @@ from typing import Any
 import requests
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
+from controlplane.config import hash_token
+
 TOKEN = "cp-test-token-0123456789"
 TINY_IMAGE = "tidedesk-test-tiny:latest"
 ALERT_SERVICE = "cpalert-job"  # the `service` label of the test alert rule
@@ -256,14 +258,17 @@ class Daemon:
         nomad_addr: str = "http://127.0.0.1:9",
         port: int | None = None,
         extra_args: tuple[str, ...] = (),
+        token_secret: str | None = None,
     ) -> None:
+        """``token_secret`` is what the daemon's secret holds: by default TOKEN's hash."""
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.policies = workdir / f"policies-{self.port}.yml"
         self.policies.write_text(policies_yaml)
         self.log_path = workdir / f"daemon-{self.port}.log"
         self.log = self.log_path.open("wb")
-        env = {**os.environ, "TIDEDESK_CONTROLPLANE_TOKEN": TOKEN}
+        secret = token_secret if token_secret is not None else hash_token(TOKEN)
+        env = {**os.environ, "TIDEDESK_CONTROLPLANE_TOKEN": secret}
         self.proc = subprocess.Popen(
             [
                 sys.executable, "-m", "controlplane",

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 from cp_nomad_double import NomadDouble
-from cp_servers import Daemon, Exporter, Prometheus, daemon, free_port, wait_until
+from cp_servers import TOKEN, Daemon, Exporter, Prometheus, daemon, free_port, wait_until
+
+from controlplane.config import hash_token
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
 
@@ -254,11 +256,103 @@ def test_state_file_keeps_pins_across_restarts(
     nomad_double.add_job("router", {"g": 1})
     state = tmp_path / "state.json"
     args = (tmp_path, policies("restart"), prometheus.url, nomad_double.address)
+    event = {"name": "later", "start": "2030-01-02T10:00:00Z", "end": "2030-01-02T11:00:00Z",
+             "min_replicas": {"router": 2}}  # fmt: skip
     with daemon(*args, extra_args=("--state-file", str(state))) as d:
         d.request("POST", "/v1/policies/router/pin", json={"replicas": 3, "ttl_s": 600})
+        assert d.request("POST", "/v1/events", json=event).status_code == 201
         wait_until(lambda: count(nomad_double) == 3, 10, "pinned")
     assert state.exists()
     with daemon(*args, extra_args=("--state-file", str(state))) as d:
         st = d.status("router")
         assert st["pinned"] and st["pin"]["replicas"] == 3
+        assert [e["name"] for e in st["events"]] == ["later"]
         assert any(a["action"] == "pin" for a in d.audit("router"))
+
+
+def test_scheduled_events_raise_the_floor_and_are_audited(setup: Any) -> None:
+    start, load, double = setup
+    load(15)
+    d = start()
+    wait_until(lambda: count(double) == 2, 20, "autoscaled to 2")
+    now = time.time()
+
+    def at(offset: float) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + offset))
+
+    bad = [
+        ({"start": at(60), "end": at(120), "min_replicas": {"router": 5}}, "body.name: missing"),
+        ({"name": "s", "start": "tomorrow", "end": at(120), "min_replicas": {"router": 5}},
+         "body.start: expected a date-time"),
+        ({"name": "s", "start": at(60), "end": at(30), "min_replicas": {"router": 5}},
+         "body.end: must be after start"),
+        ({"name": "s", "start": at(60), "end": at(120), "min_replicas": {"router": 50}},
+         "body.min_replicas.router: must be within the policy's bounds [1, 8]"),
+        ({"name": "s", "start": at(60), "end": at(120), "min_replicas": {"nope": 2}},
+         "body.min_replicas.nope: no policy named 'nope'"),
+        ({"name": "s", "start": at(-120), "end": at(-60), "min_replicas": {"router": 2}},
+         "end must be in the future"),
+    ]  # fmt: skip
+    for body, says in bad:
+        r = d.request("POST", "/v1/events", json=body)
+        assert r.status_code == 400 and says in r.json()["error"]["message"], r.text
+    # starts in 60 s with a 90 s lead: the floor holds at once
+    sale = {"name": "sale", "start": at(60), "end": at(3600), "lead": "90s",
+            "min_replicas": {"router": 5}, "by": "carol", "reason": "newsletter"}  # fmt: skip
+    r = d.request("POST", "/v1/events", json=sale)
+    assert r.status_code == 201 and r.json()["event"]["active"] is True
+    wait_until(lambda: count(double) == 5, 10, "the event's floor")
+    st = d.status("router")
+    assert st["events"][0]["name"] == "sale" and st["floors"]["schedule"]["replicas"] == 5
+    assert "scheduled event sale" in st["last_decision"]["reason"]
+    assert d.request("POST", "/v1/events", json=sale).status_code == 200  # replaced
+    assert [e["name"] for e in d.request("GET", "/v1/events").json()["events"]] == ["sale"]
+    r = d.request("DELETE", "/v1/events/sale", json={"reason": "cancelled"})
+    assert r.status_code == 200
+    wait_until(lambda: count(double) == 2, 20, "released after the event is gone")
+    assert d.request("DELETE", "/v1/events/sale").status_code == 404
+    audit = [(a["action"], a["who"]) for a in d.audit("router")]
+    for entry in [("event_add", "carol"), ("event_update", "carol"), ("event_floor_raised",
+                  "schedule"), ("event_floor_released", "schedule")]:  # fmt: skip
+        assert entry in audit, audit
+    assert any(a == "event_delete" for a, _ in audit)
+    text = d.request("GET", "/metrics", token=None).text
+    assert 'tidedesk_controlplane_floor_replicas{policy="router",source="schedule"}' in text
+
+
+def test_events_from_the_policies_file_are_read_only(
+    tmp_path: Path, nomad_double: NomadDouble, prometheus: Prometheus
+) -> None:
+    nomad_double.add_job("router", {"g": 1})
+    yaml = policies("file-events") + (
+        "events:\n  - name: launch\n    start: 2030-01-01T10:00:00Z\n"
+        "    end: 2030-01-01T12:00:00Z\n    min_replicas: {router: 4}\n"
+    )
+    with daemon(tmp_path, yaml, prometheus.url, nomad_double.address) as d:
+        events = d.request("GET", "/v1/events").json()["events"]
+        assert events[0]["name"] == "launch" and events[0]["source"] == "file"
+        assert events[0]["lead_s"] == 300 and events[0]["active"] is False
+        r = d.request("DELETE", "/v1/events/launch")
+        assert r.status_code == 409 and "policies file" in r.json()["error"]["message"]
+        body = {"name": "launch", "start": "2030-01-02T10:00:00Z",
+                "end": "2030-01-02T11:00:00Z", "min_replicas": {"router": 2}}  # fmt: skip
+        assert d.request("POST", "/v1/events", json=body).status_code == 409
+        assert d.status("router")["events"][0]["name"] == "launch"
+
+
+def test_token_secret_formats(
+    tmp_path: Path, nomad_double: NomadDouble, prometheus: Prometheus
+) -> None:
+    """The fixtures store TOKEN's sha256; an older deployment's plain token still works."""
+    nomad_double.add_job("router", {"g": 1})
+    args = (tmp_path, policies("token"), prometheus.url, nomad_double.address)
+    with daemon(*args, token_secret=TOKEN) as d:
+        assert d.request("GET", "/v1/status").status_code == 200
+        assert d.request("GET", "/v1/status", token=hash_token(TOKEN)).status_code == 401
+        wait_until(lambda: "stored in plain text" in d.log_path.read_text(), 10, "the warning")
+    with daemon(*args) as d:
+        assert d.request("GET", "/v1/status").status_code == 200
+        # the hash itself is not a token: stealing the secret does not open the API
+        assert d.request("GET", "/v1/status", token=hash_token(TOKEN)).status_code == 401
+        assert d.request("GET", "/v1/status", token=TOKEN + "x").status_code == 401
+        assert "stored in plain text" not in d.log_path.read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from controlplane import daemon
+from controlplane.config import ConfigError, hash_token, token_digest
 from controlplane.policy import (
     DEFAULT_INTERVAL_S,
     DEFAULT_SCALE_DOWN_COOLDOWN_S,
@@ -50,7 +52,8 @@ def test_example_file_parses_with_documented_defaults() -> None:
 
 
 @pytest.mark.parametrize(
-    ("raw", "seconds"), [(30, 30.0), ("500ms", 0.5), ("30s", 30.0), ("5m", 300.0), ("1h", 3600.0)]
+    ("raw", "seconds"),
+    [(30, 30.0), ("500ms", 0.5), ("30s", 30.0), ("5m", 300.0), ("1h", 3600.0), ("7d", 604800.0)],
 )
 def test_durations(raw: object, seconds: float) -> None:
     assert parse_duration(raw, "x") == seconds
@@ -69,6 +72,37 @@ BAD = [
     ("min: 1", "min: 1\n    step: {up_max_percent: 0}", "policies[0].step.up_max_percent"),
     ("min: 1", "min: 1\n    dry_run: maybe", "policies[0].dry_run"),
     ("name: chat", "name: 'bad name!'", "policies[0].name"),
+    ("min: 1", "min: 1\n    strategy: fast", "policies[0].strategy"),
+    ("target: 100", "target: 100\n        strategy: hpa", "policies[0].checks[0].strategy"),
+    ("min: 1", "min: 1\n    up_policy: {percent: 0}", "policies[0].up_policy.percent"),
+    ("min: 1", "min: 1\n    up_policy: {period: 0s}", "policies[0].up_policy.period"),
+    ("min: 1", "min: 1\n    up_policy: {replicas: 0}", "policies[0].up_policy.replicas"),
+    ("min: 1", "min: 1\n    predictive: {check: nope}", "policies[0].predictive.check"),
+    ("min: 1", "min: 1\n    predictive: {lookback: 2h}", "policies[0].predictive.lookback"),
+    ("min: 1", "min: 1\n    predictive: {margin: 2}", "policies[0].predictive.margin"),
+    ("min: 1", "min: 1\n    simulation: {trace_start: 2026-11-20}",
+     "policies[0].simulation.trace_start"),
+]
+
+EVENT = """
+events:
+  - name: sale
+    start: 2026-11-27T20:00:00+08:00
+    end: 2026-11-27T21:00:00+08:00
+    lead: 10m
+    min_replicas: {chat: 4}
+"""
+BAD_EVENTS = [
+    ("name: sale", "name: 'a sale'", "events[0].name"),
+    ("start: 2026-11-27T20:00:00+08:00", "start: '2026-11-27 20:00'", "events[0].start"),
+    ("start: 2026-11-27T20:00:00+08:00", "start: 2026-11-27", "events[0].start"),
+    ("end: 2026-11-27T21:00:00+08:00", "end: 2026-11-27T19:00:00+08:00", "events[0].end"),
+    ("end: 2026-11-27T21:00:00+08:00", "end: 2026-12-27T21:00:00+08:00", "events[0].end"),
+    ("lead: 10m", "lead: soon", "events[0].lead"),
+    ("{chat: 4}", "{chat: 9}", "events[0].min_replicas.chat"),
+    ("{chat: 4}", "{router: 2}", "events[0].min_replicas.router"),
+    ("{chat: 4}", "{}", "events[0].min_replicas"),
+    ("    lead: 10m\n", "", "events[0].lead"),  # not an error: the default lead
 ]
 
 
@@ -78,6 +112,38 @@ def test_bad_policy_names_the_field(old: str, new: str, field: str) -> None:
         parse_policies(GOOD.replace(old, new))
     assert err.value.field == field
     assert str(err.value).startswith(field + ": ")
+
+
+@pytest.mark.parametrize(("old", "new", "field"), BAD_EVENTS[:-1],
+                         ids=[b[2] + ":" + b[1] for b in BAD_EVENTS[:-1]])  # fmt: skip
+def test_bad_event_names_the_field(old: str, new: str, field: str) -> None:
+    with pytest.raises(PolicyError) as err:
+        parse_policies(GOOD + EVENT.replace(old, new))
+    assert err.value.field == field
+
+
+def test_events_and_strategies_parse() -> None:
+    text = GOOD.replace("min: 1", "min: 1\n    strategy: proportional\n    predictive: {}")
+    (p,) = parse_policies(text + EVENT.replace("    lead: 10m\n", ""))
+    (event,) = p.events
+    assert event.start == 1_795_780_800.0 and event.end - event.start == 3600
+    assert event.lead_s == 300 and event.floor_for("chat") == 4
+    assert p.strategy == "proportional" and p.up_policy.limit(3) == 4 and p.up_policy.limit(9) == 9
+    assert p.predictive is not None and p.predictive.check == "conns"
+    assert p.predict_lead_s == 30 + 30 + 15  # start-up + warm-up + one interval
+    black_friday = EXAMPLE.with_name("black_friday.yml")
+    (bf,) = parse_policies(black_friday.read_text())
+    assert bf.events[0].name == "black-friday-flash-sale" and bf.simulation.history_s == 7 * 86400
+
+
+def test_token_secret_is_a_hash_or_a_long_token() -> None:
+    digest, plain = token_digest(hash_token("t" * 30), "X")
+    assert not plain and digest == hashlib.sha256(b"t" * 30).digest()
+    assert token_digest("t" * 30, "X") == (digest, True)
+    assert token_digest(hash_token("t" * 30).upper().replace("SHA256", "sha256"), "X")[0] == digest
+    for bad, says in [("sha256:" + "g" * 64, "64 hex digits"), ("short", "at least 16")]:
+        with pytest.raises(ConfigError, match=f"^X: .*{says}"):
+            token_digest(bad, "X")
 
 
 def test_duplicate_names_and_empty_file() -> None:
@@ -120,6 +186,8 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
         (["--policies", str(good)], {"TIDEDESK_CONTROLPLANE_TOKEN": "short"},
          "TIDEDESK_CONTROLPLANE_TOKEN"),
         (["--policies", str(good), "--token-file", str(tmp_path / "nope")], {}, "--token-file"),
+        (["--policies", str(good)], {"TIDEDESK_CONTROLPLANE_TOKEN": "sha256:abc"},
+         "TIDEDESK_CONTROLPLANE_TOKEN: after 'sha256:' give the 64 hex digits"),
         (["--policies", str(good), "--listen", "8090"], token, "--listen"),
         (["--policies", str(good), "--prometheus", "localhost:9090"], token, "--prometheus"),
         (["--policies", str(good), "--nomad-addr", "nomad"], token, "--nomad-addr"),
@@ -137,7 +205,7 @@ def test_token_file_is_read(tmp_path: Path) -> None:
     good = tmp_path / "good.yml"
     good.write_text(GOOD)
     secret = tmp_path / "token"
-    secret.write_text("s" * 24 + "\n")
+    secret.write_text(hash_token("s" * 24) + "\n")
     done = run_daemon(
         ["--policies", str(good), "--token-file", str(secret), "--listen", "bad"], {}
     )

@@ -72,3 +72,40 @@ def test_threshold_check_sees_load_per_ready_replica(tmp_path: Path) -> None:
     figures = json.loads(out.read_text())
     # 2.0 load at 0.7 per replica needs 3 replicas; it grows there and shrinks back afterwards
     assert figures["max_replicas"] >= 3 and figures["actions"] >= 4
+
+
+BLACK_FRIDAY = EXAMPLES / "black_friday.yml"
+BLACK_FRIDAY_TRACE = EXAMPLES / "traces" / "black_friday.csv"
+
+
+def test_compare_on_the_black_friday_trace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The acceptance test of issue 9, on the shipped trace (7 days of history, then the day)."""
+    out, png = tmp_path / "cmp.json", tmp_path / "cmp.png"
+    assert main(["--policy", str(BLACK_FRIDAY), "--trace", str(BLACK_FRIDAY_TRACE),
+                 "--compare", "step,proportional,scheduled,predictive",
+                 "--json", str(out), "--plot", str(png)]) == 0  # fmt: skip
+    table = capsys.readouterr().out
+    assert table.startswith("| strategy | replica-hours")
+    rows = {r["policy"]: r for r in json.loads(out.read_text())}
+    assert list(rows) == ["step", "proportional", "scheduled", "predictive"]
+    day_minutes = 24 * 60
+    assert all(r["duration_hours"] == 24 for r in rows.values())  # history is not simulated
+    step = rows["step"]["slo_minutes"]
+    for name in ("proportional", "scheduled", "predictive"):
+        assert rows[name]["slo_minutes"] < step, (name, rows[name], step)
+    best = min(("proportional", "scheduled", "predictive"), key=lambda n: rows[n]["slo_minutes"])
+    b = rows[best]
+    assert b["slo_minutes"] <= 0.01 * day_minutes, b
+    assert b["replica_hours"] <= 0.35 * b["static_peak_replica_hours"], b
+    assert all(r["flaps"] <= 1 for r in rows.values()), rows
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_refuses_what_it_cannot_do(capsys: pytest.CaptureFixture[str]) -> None:
+    trace = str(EXAMPLES / "traces" / "noisy_steady.csv")
+    assert main(["--policy", str(POLICY), "--trace", trace, "--compare", "step,scheduled"]) == 2
+    assert "no events for policy 'chatnode'" in capsys.readouterr().err
+    assert main(["--policy", str(POLICY), "--trace", trace, "--compare", "step,magic"]) == 2
+    assert "unknown strategy 'magic'" in capsys.readouterr().err

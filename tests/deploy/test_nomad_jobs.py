@@ -22,6 +22,7 @@ import hcl2
 import pytest
 import yaml
 
+from controlplane.config import hash_token, token_digest
 from controlplane.policy import parse_policies
 from tests.deploy.conftest import REPO, require
 from tidedesk.settings import load_settings
@@ -33,7 +34,8 @@ NOMAD_VARS = {
     "nomad/jobs": {"jwt_secret": "j" * 32,
                    "aes_key": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",  # 32 bytes
                    "db_password": "dbpw", "broker_password": "mqpw",
-                   "controlplane_token": "t" * 32, "tls_pem": "(pem)"},
+                   "controlplane_token": "t" * 32, "tls_pem": "(pem)",
+                   "controlplane_token_sha256": hash_token("t" * 32)},
     "nomad/jobs/tidedesk-controlplane": {"nomad_token": "nomad-acl-token"},
 }
 SERVICES = {name: [("10.0.0.11", 21001), ("10.0.0.12", 21002)] for name in (
@@ -231,6 +233,19 @@ def test_alertmanager_template_passes_amtool(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     hooks = yaml.safe_load(text)["receivers"][0]["webhook_configs"]
     assert hooks[0]["url"] == "http://10.0.0.11:21001/v1/alerts"
+
+
+def test_controlplane_keeps_only_the_token_hash_and_alertmanager_the_token() -> None:
+    secret = template_for("tidedesk-controlplane", "controlplane", "controlplane",
+                          "secrets/controlplane_token_sha256")
+    task = tasks(groups(job_named("tidedesk-controlplane"))["controlplane"])["controlplane"]
+    config = task["config"][0] if isinstance(task["config"], list) else task["config"]
+    assert "--token-file=/secrets/controlplane_token_sha256" in config["args"]
+    digest, plain = token_digest(secret, "secret")
+    assert not plain and digest == token_digest("t" * 32, "token")[0]
+    am = template_for("tidedesk-infra", "alertmanager", "alertmanager",
+                      "secrets/controlplane_token")
+    assert am == "t" * 32
 
 
 def test_controlplane_policies_parse_and_match_the_jobs() -> None:
