@@ -129,6 +129,18 @@ def test_every_alert_says_what_is_wrong_and_what_to_do() -> None:
                 assert value.strip('"') in SEVERITIES, f"alertmanager.yml matches {matcher}"
 
 
+def test_every_alert_is_routed_to_the_control_plane() -> None:
+    """amtool routes the label set of every alert the unit tests fire."""
+    label_sets = {tuple(sorted({"alertname": case["alertname"], **alert["exp_labels"]}.items()))
+                  for _, case in alert_cases() for alert in case["exp_alerts"]}
+    amtool = require("amtool", "prometheus-alertmanager")
+    for labels in sorted(label_sets):
+        done = run(amtool, "config", "routes", "test",
+                   f"--config.file={PROM / 'alertmanager.yml'}",
+                   "--verify.receivers=controlplane", *(f"{k}={v}" for k, v in labels))
+        assert done.returncode == 0, f"{dict(labels)}: {done.stdout}{done.stderr}"
+
+
 def test_every_tidedesk_job_is_found_through_docker_dns() -> None:
     config = yaml.safe_load((PROM / "prometheus.yml").read_text())
     jobs = {j["job_name"]: j for j in config["scrape_configs"]}
