@@ -183,6 +183,9 @@ class ReadyHandler(JsonHandler):
 
 class MetricsHandler(JsonHandler):
     def get(self) -> None:
+        # tidedesk_ready follows /readyz at every scrape (a router that lost RabbitMQ or
+        # MariaDB shows 0, not the 1 it set when it started).
+        metrics.READY.set(1 if self.node.readiness()[0] else 0)
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(generate_latest())
 

@@ -86,6 +86,20 @@ def test_metrics_move_with_real_traffic(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+def test_ready_gauge_follows_readiness_at_every_scrape(tmp_path: Path) -> None:
+    """A process that loses its broker reports tidedesk_ready 0, like /readyz (503)."""
+    async def scenario() -> None:
+        async with embedded(tmp_path, GENERAL_ONLY) as rt:
+            assert rt.port is not None
+            assert value(await scrape(rt.port), "tidedesk_ready") == 1
+            await rt.broker.close()
+            status, body = await Http(rt).request("GET", "/readyz")
+            assert (status, body["reason"]) == (503, "broker unavailable")
+            assert value(await scrape(rt.port), "tidedesk_ready") == 0
+
+    asyncio.run(scenario())
+
+
 @pytest.fixture
 def json_log() -> Iterator[io.StringIO]:
     """The process's log output as JSON lines at DEBUG, as ``tidedesk dev`` would write it."""

@@ -47,3 +47,6 @@ READY = Gauge("tidedesk_ready", "1 when this process takes traffic, 0 while star
 # or sum(tidedesk_connections) and per-node views miss it until its first client.
 for _role in ("visitor", "agent"):
     CONNECTIONS.labels(role=_role)
+# Born at 0 too, so increase() sees a process's first rejected envelope.
+for _queue in ("inbound", "delivery"):
+    ENVELOPES_REJECTED.labels(queue=_queue)
