@@ -372,6 +372,17 @@ job "tidedesk-infra" {
                     type: Bearer
                     credentials_file: /secrets/controlplane_token
         {{- end }}
+        # The same inhibit rules as prometheus/alertmanager.yml (a test keeps them equal).
+        inhibit_rules:
+          - source_matchers: [alertname="TidedeskNoChatNodeUp"]
+            target_matchers: [service="chatnode", severity="warning"]
+            equal: [service]
+          - source_matchers: [alertname="TidedeskNoRouterUp"]
+            target_matchers: [service="routernode", alertname!="TidedeskNoRouterUp"]
+            equal: [service]
+          - source_matchers: [alertname="TidedeskDeliverySLOBurn"]
+            target_matchers: [alertname="TidedeskHighDeliveryLatency"]
+            equal: [service]
         EOT
       }
 

@@ -231,8 +231,12 @@ def test_alertmanager_template_passes_amtool(tmp_path: Path) -> None:
                            str(tmp_path / "alertmanager.yml")],
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
-    hooks = yaml.safe_load(text)["receivers"][0]["webhook_configs"]
+    config = yaml.safe_load(text)
+    hooks = config["receivers"][0]["webhook_configs"]
     assert hooks[0]["url"] == "http://10.0.0.11:21001/v1/alerts"
+    shipped = yaml.safe_load((REPO / "prometheus" / "alertmanager.yml").read_text())
+    assert config["inhibit_rules"] == shipped["inhibit_rules"], \
+        "nomad/infra.nomad.hcl's Alertmanager must inhibit like prometheus/alertmanager.yml"
 
 
 def test_controlplane_keeps_only_the_token_hash_and_alertmanager_the_token() -> None:
