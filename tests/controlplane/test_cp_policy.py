@@ -210,3 +210,13 @@ def test_token_file_is_read(tmp_path: Path) -> None:
         ["--policies", str(good), "--token-file", str(secret), "--listen", "bad"], {}
     )
     assert done.returncode == 2 and "--listen" in done.stderr
+
+
+def test_the_swarm_stack_policies_parse_and_catch_up_proportionally() -> None:
+    """swarm/policies.yml is what `docker stack deploy` runs (the e2e test uses its own)."""
+    shipped = Path(__file__).resolve().parents[2] / "swarm" / "policies.yml"
+    policies = {p.name: p for p in parse_policies(shipped.read_text())}
+    assert set(policies) == {"chatnode", "routernode"}
+    assert policies["chatnode"].strategy == "proportional", \
+        "chat nodes must catch up with a surprise flash sale within a minute or two"
+    assert all(p.service == f"tidedesk_{p.name}" for p in policies.values())
