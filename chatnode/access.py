@@ -33,7 +33,7 @@ REST: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/v1/me"): AGENTS,
     ("POST", "/api/v1/me/totp"): AGENTS,
     ("POST", "/api/v1/me/totp/confirm"): AGENTS,
-    ("DELETE", "/api/v1/me/totp"): AGENTS,
+    ("POST", "/api/v1/me/totp/disable"): AGENTS,
     ("GET", "/api/v1/conversations/{id}/messages"): AGENTS | VISITOR,
     ("GET", "/api/v1/agents"): AGENTS,
     ("POST", "/api/v1/agents/{id}/role"): ADMINS,

@@ -181,6 +181,7 @@ class ChatNode:
             (r"/api/v1/me", http.MeHandler, deps),
             (r"/api/v1/me/totp", http.TotpHandler, deps),
             (r"/api/v1/me/totp/confirm", http.TotpConfirmHandler, deps),
+            (r"/api/v1/me/totp/disable", http.TotpDisableHandler, deps),
             (r"/api/v1/conversations/([0-9a-f]{1,32})/messages", http.MessagesHandler, deps),
             (r"/api/v1/agents", http.AgentsHandler, deps),
             (r"/api/v1/agents/([0-9]{1,18})/role", http.AgentRoleHandler, deps),

@@ -98,10 +98,14 @@ class JsonHandler(RequestHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
+        # Headers go here: send_error clears them before calling us.
         if isinstance(exc, ServiceError):
             code, message = exc.code, exc.message
+            if exc.retry_after is not None:
+                self.set_header("Retry-After", str(exc.retry_after))
         elif isinstance(exc, Unavailable):
             code, message = "busy", text("unavailable", self.locale_hint())
+            self.set_header("Retry-After", "5")
         elif status_code == 404:
             code = "not_found"
             message = f"no such path {self.request.path}; see /api/v1/openapi.json"
@@ -118,11 +122,8 @@ class JsonHandler(RequestHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, ServiceError):
             status_code = exc.status
-            if exc.retry_after is not None:
-                self.set_header("Retry-After", str(exc.retry_after))
         elif isinstance(exc, Unavailable):
             status_code = 503
-            self.set_header("Retry-After", "5")
         super().send_error(status_code, **kwargs)
 
     def locale_hint(self) -> str:
@@ -276,16 +277,20 @@ class TotpHandler(JsonHandler):
     async def post(self) -> None:
         self.write_json(await self.service.totp_enrol(self.agent()))
 
-    async def delete(self) -> None:
-        self.write_json(await self.service.totp_disable(self.agent(),
-                                                        self.json_body().get("code")))
-
 
 class TotpConfirmHandler(JsonHandler):
     route = "/api/v1/me/totp/confirm"
 
     async def post(self) -> None:
         self.write_json(await self.service.totp_confirm(self.agent(),
+                                                        self.json_body().get("code")))
+
+
+class TotpDisableHandler(JsonHandler):
+    route = "/api/v1/me/totp/disable"
+
+    async def post(self) -> None:
+        self.write_json(await self.service.totp_disable(self.agent(),
                                                         self.json_body().get("code")))
 
 

@@ -136,18 +136,19 @@ def _document() -> dict[str, Any]:
                     "properties": {"refresh_token": {"type": "string"}}}}}},
                 "responses": {"200": _json({"type": "object"}, "signed out"),
                               **_errors(400, 401)}}},
-            "/api/v1/me/totp": {
-                "post": {"summary": "start two-factor enrolment: secret, otpauth URI, QR code",
-                         "security": _BEARER,
-                         "responses": {"200": _json({"type": "object", "properties": {
-                             "secret": {"type": "string"}, "otpauth_uri": {"type": "string"},
-                             "qr_svg": {"type": "string", "description": "data: URI"},
-                             "expires_in": {"type": "integer"}}}, "enrolment"),
-                             **_errors(401, 403)}},
-                "delete": {"summary": "turn two-factor sign-in off (needs a current code)",
-                           "security": _BEARER, "requestBody": _CODE_BODY,
-                           "responses": {"200": _json({"type": "object"}, "off"),
-                                         **_errors(400, 401, 403, 409)}}},
+            "/api/v1/me/totp": {"post": {
+                "summary": "start two-factor enrolment: secret, otpauth URI, QR code",
+                "security": _BEARER,
+                "responses": {"200": _json({"type": "object", "properties": {
+                    "secret": {"type": "string"}, "otpauth_uri": {"type": "string"},
+                    "qr_svg": {"type": "string", "description": "data: URI"},
+                    "expires_in": {"type": "integer"}}}, "enrolment"),
+                    **_errors(401, 403)}}},
+            "/api/v1/me/totp/disable": {"post": {
+                "summary": "turn two-factor sign-in off (needs a current code)",
+                "security": _BEARER, "requestBody": _CODE_BODY,
+                "responses": {"200": _json({"type": "object"}, "off"),
+                              **_errors(400, 401, 403, 409)}}},
             "/api/v1/me/totp/confirm": {"post": {
                 "summary": "finish enrolment with the code the authenticator shows",
                 "security": _BEARER, "requestBody": _CODE_BODY,

@@ -123,10 +123,9 @@ FIELDS: tuple[Field, ...] = (
     Field("jwt_secret", None, _parse_optional_str,
           "HMAC key for agent and visitor tokens (default: generated into data_dir)"),
     Field("aes_key", None, _parse_optional_str,
-          "base64 of 32 bytes, AES-256-GCM key for visitor fields (default: aes_key_file, "
-          "else generated into data_dir)"),
-    Field("aes_key_file", None, _parse_optional_str,
-          "file holding the AES key (a Docker/Nomad secret, e.g. /run/secrets/tidedesk_aes_key)"),
+          "base64 of 32 bytes, AES-256-GCM key for visitor fields and bodies (default: "
+          "generated into data_dir; in Docker TIDEDESK_AES_KEY_FILE=/run/secrets/... via the "
+          "image's entrypoint)"),
     Field("aes_previous_keys", (), _parse_list,
           "older AES keys (base64, comma-separated) still accepted for reading until "
           "'tidedesk admin rotate-key' has re-encrypted everything"),
@@ -183,7 +182,6 @@ class Settings:
     node_id: str
     jwt_secret: str
     aes_key: str
-    aes_key_file: str | None
     aes_previous_keys: tuple[str, ...]
     encrypt_message_bodies: bool
     login_lock_after: int
@@ -296,8 +294,9 @@ def load_settings(
         values["jwt_secret"] = _generated_secret(
             values["data_dir"], "jwt.key", lambda: secrets.token_urlsafe(48)
         )
-    if values["aes_key"] is None and values["aes_key_file"]:
-        values["aes_key"] = _read_secret_file("aes_key_file", values["aes_key_file"])
+    if len(values["jwt_secret"]) < 32:
+        raise SettingsError("TIDEDESK_JWT_SECRET: use at least 32 characters (HS256 needs a "
+                            "256-bit key), e.g. the output of: openssl rand -hex 32")
     if values["aes_key"] is None:
         import base64
 
@@ -313,17 +312,6 @@ def load_settings(
             f"TIDEDESK_WS_PING_INTERVAL_S ({values['ws_ping_interval_s']}); Tornado allows at "
             "most the interval")
     return Settings(**values)
-
-
-def _read_secret_file(key: str, path: str) -> str:
-    try:
-        value = Path(path).read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SettingsError(f"{_env_name(key)}: cannot read {path} "
-                            f"({getattr(exc, 'strerror', None) or exc})") from None
-    if not value:
-        raise SettingsError(f"{_env_name(key)}: {path} is empty")
-    return value
 
 
 def _check_aes_key(key: str, value: str) -> None:

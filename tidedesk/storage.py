@@ -309,11 +309,8 @@ class Storage:
         for row in rows:
             by_shard.setdefault(shard_index(row["conversation_id"], len(self.shards)),
                                 []).append(row)
-        if self.encrypt_bodies:
-            assert self.cipher is not None
-            cipher = self.cipher
-            by_shard = {i: [{**r, "body": cipher.encrypt(r["body"], BODY_CONTEXT)} for r in rs]
-                        for i, rs in by_shard.items()}
+        if self.cipher is not None:
+            by_shard = {i: [self._seal_row(r) for r in rs] for i, rs in by_shard.items()}
         for index, shard_rows in by_shard.items():
             shard = self.shards[index]
             sql = _insert_ignore_sql(shard.db)
@@ -324,6 +321,17 @@ class Storage:
                 # the database's own work per row.
                 db: Any = shard.db  # peewee's cursor() is untyped
                 db.cursor().executemany(sql, params)
+
+    def _seal_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A visitor's name is kept only encrypted on the visitor, never beside a message;
+        bodies are encrypted when ``encrypt_bodies`` is on."""
+        assert self.cipher is not None
+        changes: dict[str, Any] = {}
+        if row["sender_type"] == "visitor":
+            changes["sender_name"] = ""
+        if self.encrypt_bodies:
+            changes["body"] = self.cipher.encrypt(row["body"], BODY_CONTEXT)
+        return {**row, **changes} if changes else row
 
     async def insert_messages(self, rows: Sequence[dict[str, Any]]) -> None:
         await self.run(self.insert_messages_sync, rows)
