@@ -20,10 +20,12 @@ from tidedesk.auth import (
     ROLES,
     AuthError,
     Principal,
+    RefreshFamily,
     TokenService,
     new_token_id,
     new_totp_secret,
     qr_svg_data_uri,
+    refresh_verdict,
     signin_wait,
     totp_uri,
     verify_password,
@@ -56,6 +58,10 @@ class ServiceError(Exception):
         self.code = code
         self.message = message
         self.retry_after = retry_after
+
+
+# The store's value for an ended sign-in (kept as long as its refresh token could live).
+REVOKED = "revoked"
 
 
 def _family_key(family: str) -> str:
@@ -129,9 +135,29 @@ class ChatService:
     async def check_not_revoked(self, principal: Principal) -> None:
         """An agent token's sign-in must still be live (not signed out, not revoked by a
         reused refresh token)."""
-        if await self.store.kv_get(_family_key(principal.family), self.clock()) is None:
+        if await self.family_state(principal.family) is None:
             raise ServiceError(401, "token_revoked", "this sign-in has ended (signed out, or "
                                "revoked); sign in again")
+
+    async def family_state(self, family: str) -> str | None:
+        """The store's value for a sign-in, or None once it has ended. A store that lost the
+        value (it restarted) asks the database whether the sign-in was ended and, if not, takes
+        it back, so a Redis or embedded-process restart signs nobody out."""
+        key, now = _family_key(family), self.clock()
+        raw = await self.store.kv_get(key, now)
+        if raw is None:
+            if await self.storage.sign_in_revoked(family):
+                await self.store.kv_set(key, REVOKED, self.tokens.refresh_ttl_s, now)
+                return None
+            await self.store.kv_swap(key, None, RefreshFamily("").encode(),
+                                     self.tokens.refresh_ttl_s, now)
+            raw = await self.store.kv_get(key, now)
+        return None if raw in (None, REVOKED) else raw
+
+    async def end_sign_in(self, family: str, agent_id: str, reason: str) -> None:
+        await self.storage.revoke_sign_in(family, agent_id, reason)
+        await self.store.kv_set(_family_key(family), REVOKED, self.tokens.refresh_ttl_s,
+                                self.clock())
 
     async def login(self, email: Any, password: Any, totp: Any, *, ip: str = "") -> dict[str, Any]:
         if not isinstance(email, str) or not isinstance(password, str):
@@ -182,7 +208,8 @@ class ChatService:
     async def _issue(self, agent: Any, family: str) -> dict[str, Any]:
         jti = new_token_id()
         now = self.clock()
-        await self.store.kv_set(_family_key(family), jti, self.tokens.refresh_ttl_s, now)
+        await self.store.kv_set(_family_key(family), RefreshFamily(jti).encode(),
+                                self.tokens.refresh_ttl_s, now)
         return self.tokens.agent_tokens(str(agent.id), agent.role, family=family, jti=jti,
                                         now=now)
 
@@ -197,17 +224,25 @@ class ChatService:
             raise ServiceError(401, "invalid_token", "this account no longer exists")
         key, now = _family_key(principal.family), self.clock()
         jti = new_token_id()
-        if not principal.jti or not await self.store.kv_swap(
-                key, principal.jti, jti, self.tokens.refresh_ttl_s, now):
-            if await self.store.kv_get(key, now) is not None:
-                await self.store.kv_delete(key)
-                await self.storage.audit(f"agent:{agent.id}", "auth.refresh_reused",
-                                         agent.email, {"family": principal.family})
-                raise ServiceError(401, "token_reused", "this refresh token was used before: "
-                                   "the sign-in is revoked everywhere; sign in again")
-            raise ServiceError(401, "token_revoked", "this sign-in has ended; sign in again")
-        return self.tokens.agent_tokens(str(agent.id), agent.role, family=principal.family,
-                                        jti=jti, now=now)
+        for _ in range(2):  # a lost race re-reads once: the winner made it a sibling's token
+            raw = await self.family_state(principal.family)
+            verdict = refresh_verdict(RefreshFamily.decode(raw), principal.jti, now)
+            if verdict != "rotate":
+                break
+            if await self.store.kv_swap(key, raw, RefreshFamily(jti, principal.jti, now).encode(),
+                                        self.tokens.refresh_ttl_s, now):
+                return self.tokens.agent_tokens(str(agent.id), agent.role,
+                                                family=principal.family, jti=jti, now=now)
+        if verdict == "sibling":
+            raise ServiceError(401, "token_rotated", "this refresh token was replaced a moment "
+                               "ago (another tab refreshed): use the tokens it received")
+        if verdict == "reused":
+            await self.end_sign_in(principal.family, principal.id, "refresh_reused")
+            await self.storage.audit(f"agent:{agent.id}", "auth.refresh_reused", agent.email,
+                                     {"family": principal.family})
+            raise ServiceError(401, "token_reused", "this refresh token was used before: the "
+                               "sign-in is revoked everywhere; sign in again")
+        raise ServiceError(401, "token_revoked", "this sign-in has ended; sign in again")
 
     async def logout(self, refresh_token: Any, bearer: str | None) -> None:
         """End a sign-in (its family): by its refresh token, or by its access token."""
@@ -218,7 +253,7 @@ class ChatService:
         else:
             raise ServiceError(400, "invalid_body", "send {\"refresh_token\": str}, or the "
                                "access token as 'Authorization: Bearer <token>'")
-        await self.store.kv_delete(_family_key(principal.family))
+        await self.end_sign_in(principal.family, principal.id, "logout")
         await self.storage.audit(f"agent:{principal.id}", "auth.logout", "",
                                  {"family": principal.family})
 

@@ -18,7 +18,15 @@ import pytest
 from chatnode import access
 from tests.clients import Http, WsClient, add_agent, agent_socket, embedded, login, new_visitor, ws
 from tests.test_chat import GENERAL_ONLY
-from tidedesk.auth import TokenService, signin_wait, verify_totp
+from tidedesk import auth
+from tidedesk.auth import (
+    REFRESH_GRACE_SECS,
+    RefreshFamily,
+    TokenService,
+    refresh_verdict,
+    signin_wait,
+    verify_totp,
+)
 from tidedesk.runtime import Runtime
 
 
@@ -197,7 +205,24 @@ def test_every_websocket_action_refuses_bad_credentials(tmp_path: Path) -> None:
 
 # -- tokens ---------------------------------------------------------------------------------
 
-def test_refresh_rotates_and_a_reused_token_revokes_the_sign_in(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("family", "jti", "now", "verdict"), [
+    (None, "a", 0, "revoked"),
+    (RefreshFamily("a"), "a", 0, "rotate"),
+    (RefreshFamily("b", "a", 100.0), "b", 100, "rotate"),
+    (RefreshFamily("b", "a", 100.0), "a", 100 + REFRESH_GRACE_SECS, "sibling"),
+    (RefreshFamily("b", "a", 100.0), "a", 100.1 + REFRESH_GRACE_SECS, "reused"),
+    (RefreshFamily("c", "b", 100.0), "a", 100, "reused"),  # older than the previous one
+    (RefreshFamily("a"), "", 0, "reused"),
+], ids=["gone", "live", "live-after-rotation", "sibling-in-grace", "spent", "older", "no-jti"])
+def test_refresh_verdict(family: RefreshFamily | None, jti: str, now: float,
+                         verdict: str) -> None:
+    assert refresh_verdict(family, jti, now) == verdict
+    if family is not None:
+        assert RefreshFamily.decode(family.encode()) == family
+
+
+def test_refresh_rotates_and_a_reused_token_revokes_the_sign_in(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async def scenario() -> None:
         async with embedded(tmp_path, GENERAL_ONLY) as rt:
             add_agent(rt, "rae@shop.test")
@@ -205,12 +230,20 @@ def test_refresh_rotates_and_a_reused_token_revokes_the_sign_in(tmp_path: Path) 
             http = Http(rt)
             creds = {"email": "rae@shop.test", "password": "password1"}
             _, first = await http.request("POST", "/api/v1/auth/login", creds)
-            status, second = await http.request("POST", "/api/v1/auth/refresh",
-                                                {"refresh_token": first["refresh_token"]})
-            assert status == 200 and second["refresh_token"] != first["refresh_token"]
+            # Two tabs refresh at once with the same token: one wins, the other is told to
+            # use its sibling's tokens, and the sign-in lives on.
+            results = await asyncio.gather(*(http.request(
+                "POST", "/api/v1/auth/refresh", {"refresh_token": first["refresh_token"]})
+                for _ in range(2)))
+            [(status, second)] = [r for r in results if r[0] == 200]
+            [(_, lost)] = [r for r in results if r[0] != 200]
+            assert lost["error"]["code"] == "token_rotated"
+            assert second["refresh_token"] != first["refresh_token"]
             assert (await http.request("GET", "/api/v1/me",
                                        token=second["access_token"]))[0] == 200
-            # The spent token again: someone copied it. The whole sign-in ends.
+            # After the grace window, the spent token again means someone copied it: the
+            # whole sign-in ends.
+            monkeypatch.setattr(auth, "REFRESH_GRACE_SECS", 0.0)
             status, data = await http.request("POST", "/api/v1/auth/refresh",
                                               {"refresh_token": first["refresh_token"]})
             assert (status, data["error"]["code"]) == (401, "token_reused")
@@ -238,6 +271,36 @@ def test_refresh_rotates_and_a_reused_token_revokes_the_sign_in(tmp_path: Path) 
             assert admin_id
 
     run(scenario())
+
+
+def test_a_restart_that_empties_the_store_signs_nobody_in_or_out(tmp_path: Path) -> None:
+    creds = {"email": "sam@shop.test", "password": "password1"}
+
+    async def before() -> tuple[dict[str, Any], dict[str, Any]]:
+        async with embedded(tmp_path, GENERAL_ONLY) as rt:
+            add_agent(rt, "sam@shop.test")
+            http = Http(rt)
+            kept = (await http.request("POST", "/api/v1/auth/login", creds))[1]
+            ended = (await http.request("POST", "/api/v1/auth/login", creds))[1]
+            assert (await http.request("POST", "/api/v1/auth/logout", {},
+                                       token=ended["access_token"]))[0] == 200
+            return kept, ended
+
+    async def after(kept: dict[str, Any], ended: dict[str, Any]) -> None:
+        async with embedded(tmp_path, GENERAL_ONLY) as rt:  # a new, empty in-process store
+            http = Http(rt)
+            assert (await http.request("GET", "/api/v1/me", token=kept["access_token"]))[0] == 200
+            status, fresh = await http.request("POST", "/api/v1/auth/refresh",
+                                               {"refresh_token": kept["refresh_token"]})
+            assert status == 200
+            assert (await http.request("GET", "/api/v1/me", token=fresh["access_token"]))[0] == 200
+            for call in (http.request("GET", "/api/v1/me", token=ended["access_token"]),
+                         http.request("POST", "/api/v1/auth/refresh",
+                                      {"refresh_token": ended["refresh_token"]})):
+                status, data = await call
+                assert (status, data["error"]["code"]) == (401, "token_revoked")
+
+    asyncio.run(after(*asyncio.run(before())))
 
 
 def test_totp_enrolment_with_qr_code_then_sign_in_needs_it(tmp_path: Path) -> None:

@@ -26,6 +26,10 @@ from argon2.exceptions import InvalidHashError, VerificationError
 SIGNIN_FREE_FAILURES = 2
 SIGNIN_MAX_DELAY_SECS = 60.0
 TOTP_ISSUER = "Tidedesk"
+# Two tabs of one console share a sign-in and may refresh at the same moment: the loser presents
+# the token the winner just spent. Within this window that is not taken for theft (the loser is
+# told to use the new tokens its sibling stored); later, a spent token revokes the sign-in.
+REFRESH_GRACE_SECS = 20.0
 
 ROLES = ("agent", "supervisor", "admin")
 _hasher = PasswordHasher()
@@ -84,6 +88,41 @@ def qr_svg_data_uri(text: str) -> str:
 
     svg = segno.make(text, error="m").svg_inline(scale=4)
     return "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode()
+
+
+@dataclass(frozen=True)
+class RefreshFamily:
+    """What the store keeps per sign-in: the live refresh token id, the one it replaced and
+    when (for :data:`REFRESH_GRACE_SECS`). ``current`` empty: the store had lost the family
+    (it restarted) and took it back from a token it had not seen revoked; the next refresh
+    token presented becomes the live one."""
+
+    current: str
+    previous: str = ""
+    rotated_at: float = 0.0
+
+    def encode(self) -> str:
+        return f"{self.current}|{self.previous}|{self.rotated_at!r}"
+
+    @classmethod
+    def decode(cls, raw: str | None) -> RefreshFamily | None:
+        if raw is None:
+            return None
+        current, _, rest = raw.partition("|")
+        previous, _, at = rest.partition("|")
+        return cls(current, previous, float(at or 0))
+
+
+def refresh_verdict(family: RefreshFamily | None, jti: str, now: float) -> str:
+    """``rotate`` (the live token), ``revoked`` (the sign-in ended), ``sibling`` (the token
+    just replaced, within the grace window) or ``reused`` (a spent token: revoke)."""
+    if family is None:
+        return "revoked"
+    if not family.current or (jti and jti == family.current):
+        return "rotate"  # the live token; or the store lost the family and took it back
+    if jti and jti == family.previous and now - family.rotated_at <= REFRESH_GRACE_SECS:
+        return "sibling"
+    return "reused"
 
 
 def new_token_id() -> str:
@@ -150,6 +189,8 @@ class TokenService:
                             f"got a {claims.get('typ')} token")
         if expected == "visitor":
             return Principal("visitor", str(claims["sub"]))
+        if not claims.get("fam") or (expected == "refresh" and not claims.get("jti")):
+            raise AuthError("invalid_token", "this token is from an older version; sign in again")
         role = str(claims.get("role", "agent"))
         if role not in ROLES:
             raise AuthError("invalid_token", "the token names no known role; sign in again")

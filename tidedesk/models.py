@@ -110,12 +110,23 @@ class AuditLog(_Base):
     detail = pw.TextField(default="")
 
 
+class RevokedSignIn(_Base):
+    """Ended sign-ins (token families): the store holds them for speed, this for when the
+    store lost them (a Redis or embedded-process restart)."""
+
+    family = pw.CharField(max_length=32, primary_key=True)
+    agent_id = pw.CharField(max_length=32)
+    reason = pw.CharField(max_length=32)
+    revoked_at = pw.DoubleField(default=now_ts)
+
+
 class SchemaVersion(_Base):
     version = pw.IntegerField()
 
 
 MAIN_MODELS: tuple[type[_Base], ...] = (
-    Agent, Visitor, Conversation, Ticket, CannedResponse, AuditLog, SchemaVersion, Message,
+    Agent, Visitor, Conversation, Ticket, CannedResponse, AuditLog, RevokedSignIn, SchemaVersion,
+    Message,
 )
 SHARD_MODELS: tuple[type[_Base], ...] = (Message, SchemaVersion)
 

@@ -435,6 +435,24 @@ class Storage:
 
         return await self.run(work)
 
+    # -- ended sign-ins ---------------------------------------------------------------------------
+    async def revoke_sign_in(self, family: str, agent_id: str, reason: str) -> None:
+        def work() -> None:
+            model = self.main["RevokedSignIn"]
+            with self.main.db.connection_context():
+                model.insert(family=family, agent_id=agent_id, reason=reason,
+                             revoked_at=time.time()).on_conflict_ignore().execute()
+
+        await self.run(work)
+
+    async def sign_in_revoked(self, family: str) -> bool:
+        def work() -> bool:
+            model = self.main["RevokedSignIn"]
+            with self.main.db.connection_context():
+                return model.get_or_none(model.family == family) is not None
+
+        return await self.run(work)
+
     # -- agents: changes made through the API ------------------------------------------------
     async def update_agent(self, agent_id: int | str, **fields: Any) -> bool:
         """Change an agent's ``role``, ``totp_secret`` ...; False if there is no such agent."""
