@@ -183,7 +183,9 @@ class ChatService:
             await self.store.kv_set(last_key, repr(now), s.login_lock_s, now)
             await self.storage.audit(f"ip:{ip}", "auth.login_failed", account,
                                      {"reason": code, "failures": count})
-            if count == s.login_lock_after:
+            if count >= s.login_lock_after:
+                # The count's window began at the first failure: hold it for the whole lock.
+                await self.store.kv_set(count_key, str(count), s.login_lock_s, now)
                 await self.storage.audit("system", "auth.locked", account,
                                          {"for_s": s.login_lock_s})
             return ServiceError(401, code, message)

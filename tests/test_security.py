@@ -34,6 +34,14 @@ def run(coro: Any) -> None:
     asyncio.run(coro)
 
 
+def clear_of_window_edge(needed_s: float = 8.0) -> None:
+    """Rate limits count per calendar minute: start a counting test early enough in one that
+    its requests do not straddle two."""
+    left = 60 - time.time() % 60
+    if left < needed_s:
+        time.sleep(left + 0.05)
+
+
 # -- pure decisions ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("failures", "since_last", "wait"), [
@@ -376,6 +384,8 @@ def test_admin_changes_a_role_and_it_is_audited(tmp_path: Path) -> None:
 # -- rate limits -----------------------------------------------------------------------------
 
 def test_rate_limits_per_address_and_per_token(tmp_path: Path) -> None:
+    clear_of_window_edge()
+
     async def scenario() -> None:
         async with embedded(tmp_path, GENERAL_ONLY, rate_limit_ip_per_min=8,
                             rate_limit_token_per_min=3) as rt:
@@ -403,6 +413,8 @@ def test_rate_limits_per_address_and_per_token(tmp_path: Path) -> None:
 
 
 def test_rate_limited_answer_carries_retry_after(tmp_path: Path) -> None:
+    clear_of_window_edge()
+
     async def scenario() -> None:
         async with embedded(tmp_path, GENERAL_ONLY, rate_limit_ip_per_min=1) as rt:
             from tornado.httpclient import AsyncHTTPClient
@@ -496,3 +508,38 @@ def test_rotate_key_reencrypts_with_the_new_key(tmp_path: Path) -> None:
     asyncio.run(read_with_new_key_only())
     assert json.dumps(SECRETS["email"]).strip('"').encode() not in _database_bytes(
         tmp_path / "data")
+
+
+@pytest.mark.mariadb
+@pytest.mark.redis
+@pytest.mark.rabbitmq
+@pytest.mark.slow
+def test_cluster_nodes_share_sign_ins_and_rate_limits_through_redis(tmp_path: Path) -> None:
+    from tests.cluster import cluster
+
+    with cluster(tmp_path, shards=1) as c:
+        c.env["TIDEDESK_RATE_LIMIT_IP_PER_MIN"] = "6"
+        c.add_agent("cora@shop.test")
+        node1 = c.start("chatnode", "node1")
+        node2 = c.start("chatnode", "node2")
+
+        clear_of_window_edge()
+
+        async def scenario() -> None:
+            h1, h2 = Http(node1), Http(node2)  # type: ignore[arg-type]
+            creds = {"email": "cora@shop.test", "password": "password1"}
+            _, tokens = await h1.request("POST", "/api/v1/auth/login", creds)  # 1
+            status, fresh = await h2.request("POST", "/api/v1/auth/refresh",  # 2
+                                             {"refresh_token": tokens["refresh_token"]})
+            assert status == 200
+            assert (await h2.request("POST", "/api/v1/auth/logout",  # 3
+                                     {"refresh_token": fresh["refresh_token"]}))[0] == 200
+            status, data = await h1.request("GET", "/api/v1/me",  # 4: the other node knows
+                                            token=fresh["access_token"])
+            assert (status, data["error"]["code"]) == (401, "token_revoked")
+            assert (await h2.request("POST", "/api/v1/visitors", {}))[0] == 201  # 5
+            assert (await h1.request("POST", "/api/v1/visitors", {}))[0] == 201  # 6
+            status, data = await h2.request("POST", "/api/v1/visitors", {})  # 7: one count
+            assert (status, data["error"]["code"]) == (429, "rate_limited")
+
+        asyncio.run(scenario())
