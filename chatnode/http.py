@@ -30,8 +30,6 @@ class JsonHandler(RequestHandler):
     route = ""
     # Probes and scrapes (health, readiness, metrics) are not rate limited.
     rate_limited = True
-    # Endpoints a widget on a shop's own site calls: CORS for TIDEDESK_ALLOWED_ORIGINS.
-    cors = False
     CORS_METHODS = "GET, POST, OPTIONS"
 
     def initialize(self, service: ChatService, node: Any) -> None:
@@ -81,6 +79,19 @@ class JsonHandler(RequestHandler):
             self.set_header("Access-Control-Allow-Headers", "Content-Type, Authorization")
             self.set_header("Access-Control-Allow-Methods", self.CORS_METHODS)
             self.set_header("Access-Control-Max-Age", "600")
+
+    @property
+    def cors(self) -> bool:
+        """The REST API answers the sites of TIDEDESK_ALLOWED_ORIGINS (and our own host): a
+        widget on a shop's site, or an integration with a bearer token (no cookies are used,
+        so this lends a foreign page no credentials)."""
+        return self.route.startswith("/api/")
+
+    def options(self, *args: str) -> None:
+        if not self.cors:
+            raise HTTPError(405)
+        self.set_status(204)
+        self.finish()
 
     def agent(self) -> Principal:
         """The signed-in agent (routes whose rule admits agents only)."""
@@ -183,17 +194,6 @@ class JsonHandler(RequestHandler):
         return value
 
 
-class CorsMixin(JsonHandler):
-    """For the endpoints a widget on a shop's own site calls (another origin than ours):
-    answers preflights and allows the origins of ``TIDEDESK_ALLOWED_ORIGINS``."""
-
-    cors = True
-
-    def options(self, *args: str) -> None:
-        self.set_status(204)
-        self.finish()
-
-
 class NotFoundHandler(JsonHandler):
     def prepare(self) -> None:  # type: ignore[override]
         raise HTTPError(404)
@@ -229,7 +229,7 @@ class OpenApiHandler(JsonHandler):
         self.write_json(openapi_document())
 
 
-class VisitorsHandler(CorsMixin):
+class VisitorsHandler(JsonHandler):
     route = "/api/v1/visitors"
 
     async def post(self) -> None:
@@ -294,7 +294,7 @@ class TotpDisableHandler(JsonHandler):
                                                         self.json_body().get("code")))
 
 
-class MessagesHandler(CorsMixin):
+class MessagesHandler(JsonHandler):
     route = "/api/v1/conversations/{id}/messages"
 
     async def get(self, conv_id: str) -> None:

@@ -205,5 +205,16 @@ def test_cors_lets_allowed_shop_sites_create_visitors(tmp_path: Path) -> None:
                 url, method="POST", body="{}", headers={"Origin": "https://shop.example"}))
             assert created.code == 201
             assert created.headers["Access-Control-Allow-Origin"] == "https://shop.example"
+            # The whole REST API answers allowed sites (bearer tokens, no cookies) ...
+            me: Any = await client.fetch(HTTPRequest(
+                url.replace("visitors", "me"), method="OPTIONS", headers={
+                    "Origin": "https://shop.example", "Access-Control-Request-Method": "GET",
+                    "Access-Control-Request-Headers": "authorization"}), raise_error=False)
+            assert me.code == 204 and "Authorization" in me.headers["Access-Control-Allow-Headers"]
+            # ... and probes are no API.
+            probe: Any = await client.fetch(HTTPRequest(
+                url.replace("/api/v1/visitors", "/healthz"), method="OPTIONS",
+                headers={"Origin": "https://shop.example"}), raise_error=False)
+            assert probe.code == 405 and "Access-Control-Allow-Origin" not in probe.headers
 
     asyncio.run(scenario())
