@@ -433,6 +433,7 @@ def test_rate_limited_answer_carries_retry_after(tmp_path: Path) -> None:
 
 # -- encryption at rest ---------------------------------------------------------------------
 
+TOTP_SEED = "JBSWY3DPEHPK3PXPQUOKKASEEDXYZ234"
 SECRETS = {"name": "Zelda Quimby", "email": "zelda.quimby@example.org", "phone": "+44 20 7946 0958"}
 
 
@@ -444,6 +445,11 @@ def test_visitor_fields_and_bodies_are_never_stored_in_the_clear(tmp_path: Path)
     async def scenario() -> None:
         async with embedded(tmp_path, GENERAL_ONLY, encrypt_message_bodies=True) as rt:
             add_agent(rt, "enc@shop.test")
+            add_agent(rt, "seed@shop.test", totp_secret=TOTP_SEED)
+            status, _ = await Http(rt).request("POST", "/api/v1/auth/login", {
+                "email": "seed@shop.test", "password": "password1",
+                "totp": pyotp.TOTP(TOTP_SEED).now()})
+            assert status == 200  # the seed is read back from its ciphertext
             agent = await agent_socket(rt, "enc@shop.test")
             await asyncio.sleep(0.1)
             visitor_id, token, visitor = await new_visitor(rt, **SECRETS)
@@ -462,7 +468,7 @@ def test_visitor_fields_and_bodies_are_never_stored_in_the_clear(tmp_path: Path)
             await agent.close()
         stored = _database_bytes(tmp_path / "data")
         assert stored
-        for secret in [*SECRETS.values(), "quokka"]:
+        for secret in [*SECRETS.values(), "quokka", TOTP_SEED]:
             assert secret.encode() not in stored, secret
 
     run(scenario())

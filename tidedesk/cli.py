@@ -107,9 +107,18 @@ Press Ctrl-C to stop.""", flush=True)
     return 0
 
 
+def _storage(settings: Settings) -> Any:
+    """The directory with the deployment's key, so TOTP seeds are stored encrypted."""
+    from tidedesk.crypto import FieldCipher
+    from tidedesk.storage import Storage
+
+    return Storage(settings.database_url,
+                   cipher=FieldCipher(settings.aes_key, settings.aes_previous_keys),
+                   encrypt_bodies=settings.encrypt_message_bodies)
+
+
 def _create_agent(args: argparse.Namespace) -> int:
     from tidedesk.auth import hash_password, new_totp_secret
-    from tidedesk.storage import Storage
 
     if not EMAIL_RE.match(args.email):
         raise SettingsError("--email: expected an e-mail address like agent@example.com")
@@ -120,7 +129,7 @@ def _create_agent(args: argparse.Namespace) -> int:
     pools = [p.strip() for p in args.pools.split(",") if p.strip()]
     if not pools:
         raise SettingsError("--pools: give at least one pool, e.g. --pools general")
-    storage = Storage(_settings(args).database_url)
+    storage = _storage(_settings(args))
     try:
         storage.migrate_all()
         if storage.agent_by_email_sync(args.email) is not None:
@@ -144,9 +153,7 @@ def _create_agent(args: argparse.Namespace) -> int:
 
 
 def _list_agents(args: argparse.Namespace) -> int:
-    from tidedesk.storage import Storage
-
-    storage = Storage(_settings(args).database_url)
+    storage = _storage(_settings(args))
     try:
         storage.migrate_all()
         agents = storage.list_agents_sync()
@@ -160,13 +167,8 @@ def _list_agents(args: argparse.Namespace) -> int:
 
 
 def _rotate_key(args: argparse.Namespace) -> int:
-    from tidedesk.crypto import FieldCipher
-    from tidedesk.storage import Storage
-
-    settings = _settings(args)
-    cipher = FieldCipher(settings.aes_key, settings.aes_previous_keys)
-    storage = Storage(settings.database_url, cipher=cipher,
-                      encrypt_bodies=settings.encrypt_message_bodies)
+    storage = _storage(_settings(args))
+    cipher = storage.cipher
     try:
         storage.migrate_all()
         try:
@@ -177,7 +179,8 @@ def _rotate_key(args: argparse.Namespace) -> int:
     finally:
         storage.close()
     print(f"re-encrypted with key {cipher.key_id}: {counts['visitor_fields']} visitor field(s), "
-          f"{counts['message_bodies']} message bod(ies)")
+          f"{counts['agent_secrets']} TOTP secret(s), {counts['message_bodies']} message "
+          "bod(ies)")
     return 0
 
 

@@ -33,7 +33,10 @@ class Agent(_Base):
     email = pw.CharField(max_length=254, unique=True)
     name = pw.CharField(max_length=120)
     password_hash = pw.CharField(max_length=255)
+    # The TOTP seed: encrypted in totp_secret_enc (tidedesk.crypto) when the storage has a key;
+    # totp_secret holds it only from schema 1 or a storage without a key.
     totp_secret = pw.CharField(max_length=64, null=True)
+    totp_secret_enc = pw.TextField(null=True)
     role = pw.CharField(max_length=16, default="agent")  # agent | supervisor | admin
     pools = pw.CharField(max_length=255, default="general")  # comma-separated
     max_chats = pw.IntegerField(default=3)
@@ -212,6 +215,7 @@ def migrate(shard: Shard) -> int:
         if 0 < current < 2 and "Visitor" in shard.models:
             _add_columns(db, "visitor", {"name_enc": pw.TextField(null=True),
                                          "phone_enc": pw.TextField(null=True)})
+            _add_columns(db, "agent", {"totp_secret_enc": pw.TextField(null=True)})
         if current < SCHEMA_VERSION:
             version_model.create(version=SCHEMA_VERSION)
         return SCHEMA_VERSION

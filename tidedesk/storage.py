@@ -59,6 +59,7 @@ def new_id() -> str:
 # Associated data of each encrypted field (a value moved to another column does not decrypt).
 VISITOR_FIELDS = {"name": "visitor.name", "email": "visitor.email", "phone": "visitor.phone"}
 BODY_CONTEXT = "message.body"
+TOTP_CONTEXT = "agent.totp_secret"
 
 
 def message_frame(row: Any, body: str | None = None) -> dict[str, Any]:
@@ -144,18 +145,33 @@ class Storage:
                 shard.db.close()
 
     # -- agents -----------------------------------------------------------------------------
+    def _totp_fields(self, secret: str | None) -> dict[str, Any]:
+        """The columns that store a TOTP seed: encrypted when we hold a key."""
+        if self.cipher is None:
+            return {"totp_secret": secret, "totp_secret_enc": None}
+        return {"totp_secret": None, "totp_secret_enc":
+                self.cipher.encrypt(secret, TOTP_CONTEXT) if secret else None}
+
+    def _open_agent(self, row: Any) -> Any:
+        """Put the plaintext TOTP seed in ``totp_secret`` (not saved). A seed we cannot decrypt
+        (no key here) still reads as set, so 'has 2FA' stays true and sign-in fails closed."""
+        if row is not None and row.totp_secret_enc:
+            plain = self.cipher.decrypt(row.totp_secret_enc, TOTP_CONTEXT) if self.cipher else None
+            row.totp_secret = plain or "!undecryptable"
+        return row
+
     def create_agent_sync(self, *, email: str, name: str, password_hash: str, role: str,
                           pools: Iterable[str], max_chats: int, totp_secret: str | None) -> Any:
         agent = self.main["Agent"]
         with self.main.db.connection_context():
-            return agent.create(email=email.lower(), name=name, password_hash=password_hash,
-                                role=role, pools=",".join(pools), max_chats=max_chats,
-                                totp_secret=totp_secret)
+            return self._open_agent(agent.create(
+                email=email.lower(), name=name, password_hash=password_hash, role=role,
+                pools=",".join(pools), max_chats=max_chats, **self._totp_fields(totp_secret)))
 
     def agent_by_email_sync(self, email: str) -> Any:
         agent = self.main["Agent"]
         with self.main.db.connection_context():
-            return agent.get_or_none(agent.email == email.strip().lower())
+            return self._open_agent(agent.get_or_none(agent.email == email.strip().lower()))
 
     def agent_sync(self, agent_id: int | str) -> Any:
         agent = self.main["Agent"]
@@ -164,12 +180,12 @@ class Storage:
         except (TypeError, ValueError):
             return None
         with self.main.db.connection_context():
-            return agent.get_or_none(agent.id == key)
+            return self._open_agent(agent.get_or_none(agent.id == key))
 
     def list_agents_sync(self) -> list[Any]:
         agent = self.main["Agent"]
         with self.main.db.connection_context():
-            return list(agent.select().order_by(agent.id))
+            return [self._open_agent(a) for a in agent.select().order_by(agent.id)]
 
     async def agent_by_email(self, email: str) -> Any:
         return await self.run(self.agent_by_email_sync, email)
@@ -456,6 +472,8 @@ class Storage:
     # -- agents: changes made through the API ------------------------------------------------
     async def update_agent(self, agent_id: int | str, **fields: Any) -> bool:
         """Change an agent's ``role``, ``totp_secret`` ...; False if there is no such agent."""
+        if "totp_secret" in fields:
+            fields.update(self._totp_fields(fields.pop("totp_secret")))
 
         def work() -> bool:
             agent = self.main["Agent"]
@@ -471,12 +489,13 @@ class Storage:
     # -- key rotation ---------------------------------------------------------------------------
     def rotate_key_sync(self, batch: int = 500) -> dict[str, int]:
         """Re-encrypt with the cipher's current key every value made with another key, encrypt
-        names still in the clear, and (with ``encrypt_bodies``) bodies still in the clear.
+        names and TOTP seeds still in the clear, and (with ``encrypt_bodies``) bodies still in
+        the clear.
         Returns how many values changed, by kind. Safe to run again or to interrupt."""
         if self.cipher is None:
             raise ValueError("rotate-key needs a cipher")
         cipher = self.cipher
-        counts = {"visitor_fields": 0, "message_bodies": 0}
+        counts = {"visitor_fields": 0, "agent_secrets": 0, "message_bodies": 0}
 
         def reseal(stored: str | None, context: str) -> str | None:
             if not stored or not cipher.needs_rotation(stored):
@@ -509,6 +528,17 @@ class Storage:
                         if changes:
                             counts["visitor_fields"] += len(changes) - ("name" in changes)
                             visitor.update(**changes).where(visitor.id == row.id).execute()
+        agent = self.main["Agent"]
+        with self.main.db.connection_context(), self.main.db.atomic():
+            for row in agent.select():
+                stored = row.totp_secret_enc
+                new = reseal(stored, TOTP_CONTEXT)
+                if new is None and row.totp_secret and not stored:
+                    new = cipher.encrypt(row.totp_secret, TOTP_CONTEXT)
+                if new is not None:
+                    counts["agent_secrets"] += 1
+                    agent.update(totp_secret=None, totp_secret_enc=new).where(
+                        agent.id == row.id).execute()
         for shard in self.shards:
             msg = shard["Message"]
             with shard.db.connection_context():
