@@ -109,7 +109,10 @@ class JsonHandler(RequestHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        # Headers go here: send_error clears them before calling us.
+        # Headers go here: send_error clears them before calling us (CORS too, or a page on
+        # an allowed site could not read why it was refused).
+        if self.cors and self.service is not None:
+            self.cors_headers()
         if isinstance(exc, ServiceError):
             code, message = exc.code, exc.message
             if exc.retry_after is not None:

@@ -211,6 +211,10 @@ def test_cors_lets_allowed_shop_sites_create_visitors(tmp_path: Path) -> None:
                     "Origin": "https://shop.example", "Access-Control-Request-Method": "GET",
                     "Access-Control-Request-Headers": "authorization"}), raise_error=False)
             assert me.code == 204 and "Authorization" in me.headers["Access-Control-Allow-Headers"]
+            refused = await client.fetch(HTTPRequest(url.replace("visitors", "me"), headers={
+                "Origin": "https://shop.example"}), raise_error=False)
+            assert refused.code == 401  # and the page may read why
+            assert refused.headers["Access-Control-Allow-Origin"] == "https://shop.example"
             # ... and probes are no API.
             probe: Any = await client.fetch(HTTPRequest(
                 url.replace("/api/v1/visitors", "/healthz"), method="OPTIONS",
