@@ -11,9 +11,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tornado.web import HTTPError, RequestHandler
 
 from chatnode import access
+from chatnode.errors import ServiceError
 from chatnode.openapi import openapi_document
 from chatnode.origins import origin_allowed
-from chatnode.service import ChatService, ServiceError
+from chatnode.service import ChatService
 from tidedesk import metrics
 from tidedesk.auth import Principal
 from tidedesk.errors import Unavailable
@@ -58,7 +59,7 @@ class JsonHandler(RequestHandler):
             raise ServiceError(403, "forbidden", "this endpoint has no access rule")
         if "public" in rule:
             return
-        self.principal = await self.service.authenticate(self.bearer(), rule)
+        self.principal = await self.service.accounts.authenticate(self.bearer(), rule)
         if self.rate_limited:
             await self.limit("token", f"{self.principal.kind}:{self.principal.id}",
                              self.service.settings.rate_limit_token_per_min)
@@ -244,7 +245,7 @@ class LoginHandler(JsonHandler):
 
     async def post(self) -> None:
         body = self.json_body()
-        self.write_json(await self.service.login(body.get("email"), body.get("password"),
+        self.write_json(await self.service.accounts.login(body.get("email"), body.get("password"),
                                                  body.get("totp"),
                                                  ip=self.request.remote_ip or ""))
 
@@ -253,14 +254,14 @@ class RefreshHandler(JsonHandler):
     route = "/api/v1/auth/refresh"
 
     async def post(self) -> None:
-        self.write_json(await self.service.refresh(self.json_body().get("refresh_token")))
+        self.write_json(await self.service.accounts.refresh(self.json_body().get("refresh_token")))
 
 
 class LogoutHandler(JsonHandler):
     route = "/api/v1/auth/logout"
 
     async def post(self) -> None:
-        await self.service.logout(self.json_body().get("refresh_token"), self.bearer())
+        await self.service.accounts.logout(self.json_body().get("refresh_token"), self.bearer())
         self.write_json({"signed_out": True})
 
 
@@ -278,14 +279,14 @@ class TotpHandler(JsonHandler):
     route = "/api/v1/me/totp"
 
     async def post(self) -> None:
-        self.write_json(await self.service.totp_enrol(self.agent()))
+        self.write_json(await self.service.accounts.totp_enrol(self.agent()))
 
 
 class TotpConfirmHandler(JsonHandler):
     route = "/api/v1/me/totp/confirm"
 
     async def post(self) -> None:
-        self.write_json(await self.service.totp_confirm(self.agent(),
+        self.write_json(await self.service.accounts.totp_confirm(self.agent(),
                                                         self.json_body().get("code")))
 
 
@@ -293,7 +294,7 @@ class TotpDisableHandler(JsonHandler):
     route = "/api/v1/me/totp/disable"
 
     async def post(self) -> None:
-        self.write_json(await self.service.totp_disable(self.agent(),
+        self.write_json(await self.service.accounts.totp_disable(self.agent(),
                                                         self.json_body().get("code")))
 
 
@@ -331,7 +332,7 @@ class AgentRoleHandler(JsonHandler):
     route = "/api/v1/agents/{id}/role"
 
     async def post(self, agent_id: str) -> None:
-        self.write_json(await self.service.set_role(self.agent(), agent_id,
+        self.write_json(await self.service.accounts.set_role(self.agent(), agent_id,
                                                     self.json_body().get("role")))
 
 

@@ -13,9 +13,10 @@ from typing import Any
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from chatnode import access
+from chatnode.errors import ServiceError
 from chatnode.hub import Hub
 from chatnode.origins import origin_allowed
-from chatnode.service import ChatService, ServiceError, VisitorSession
+from chatnode.service import ChatService, VisitorSession
 from tidedesk import metrics, wire
 from tidedesk.auth import Principal
 from tidedesk.errors import Unavailable
@@ -297,7 +298,7 @@ class AgentSocket(_Socket):
             return
         try:
             self.principal = self.service.principal(self.token(), "access")
-            await self.service.check_not_revoked(self.principal)
+            await self.service.accounts.check_not_revoked(self.principal)
             if await self.refuse_if_limited(f"agent:{self.principal.id}"):
                 return
             self.agent = await self.service.agent_for(self.principal)
