@@ -42,6 +42,10 @@ def _family_key(family: str) -> str:
     return f"refresh-family:{family}"
 
 
+def _role_key(agent_id: str) -> str:
+    return f"role-changed:{agent_id}"
+
+
 class Accounts:
     def __init__(self, *, settings: Settings, store: Store, storage: Storage,
                  tokens: TokenService, clock: Callable[[], float] = time.time) -> None:
@@ -86,7 +90,7 @@ class Accounts:
             assert first is not None
             raise ServiceError(401, first.code, first.message)
         if principal.kind == "agent":
-            await self.check_not_revoked(principal)
+            await self.check_live(principal)
             if principal.role not in who:
                 raise ServiceError(403, "forbidden", f"this needs the role {describe(who)}; "
                                    f"you are {principal.role}")
@@ -99,12 +103,17 @@ class Accounts:
             return False
         return True
 
-    async def check_not_revoked(self, principal: Principal) -> None:
+    async def check_live(self, principal: Principal) -> None:
         """An agent token's sign-in must still be live (not signed out, not revoked by a
-        reused refresh token)."""
+        reused refresh token), and the token must postdate the agent's last role change (it
+        names the role it was issued with: a demoted supervisor refreshes to the new role)."""
         if await self.family_state(principal.family) is None:
             raise ServiceError(401, "token_revoked", "this sign-in has ended (signed out, or "
                                "revoked); sign in again")
+        changed = await self.store.kv_get(_role_key(principal.id), self.clock())
+        if changed is not None and principal.issued_at < int(float(changed)):
+            raise ServiceError(401, "token_stale", "your role changed since this token was "
+                               "issued: refresh it (POST /api/v1/auth/refresh)")
 
     async def family_state(self, family: str) -> str | None:
         """The store's value for a sign-in, or None once it has ended. A store that lost the
@@ -275,6 +284,11 @@ class Accounts:
             raise ServiceError(409, "last_admin_guard", "you cannot take the admin role from "
                                "yourself; ask another admin")
         await self.storage.update_agent(target.id, role=role)
+        # Access tokens issued before now name the old role: refused until refreshed. Kept
+        # as long as such a token can live; refresh reads the role from the database.
+        now = self.clock()
+        await self.store.kv_set(_role_key(str(target.id)), repr(now),
+                                self.tokens.access_ttl_s + 60, now)
         await self.storage.audit(f"agent:{principal.id}", "agent.role_changed", target.email,
                                  {"from": target.role, "to": role})
         return {"id": str(target.id), "role": role}

@@ -298,7 +298,7 @@ class AgentSocket(_Socket):
             return
         try:
             self.principal = self.service.principal(self.token(), "access")
-            await self.service.accounts.check_not_revoked(self.principal)
+            await self.service.accounts.check_live(self.principal)
             if await self.refuse_if_limited(f"agent:{self.principal.id}"):
                 return
             self.agent = await self.service.agent_for(self.principal)

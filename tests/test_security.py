@@ -357,6 +357,9 @@ def test_admin_changes_a_role_and_it_is_audited(tmp_path: Path) -> None:
             agent_id = add_agent(rt, "ben@shop.test")
             http = Http(rt)
             token = await login(rt, "ada@shop.test")
+            _, before = await http.request("POST", "/api/v1/auth/login",
+                                           {"email": "ben@shop.test", "password": "password1"})
+            await asyncio.sleep(1.0)  # tokens carry whole seconds
             status, data = await http.request("POST", f"/api/v1/agents/{agent_id}/role",
                                               {"role": "boss"}, token=token)
             assert (status, data["error"]["code"]) == (400, "invalid_field")
@@ -370,9 +373,16 @@ def test_admin_changes_a_role_and_it_is_audited(tmp_path: Path) -> None:
             status, data = await http.request("POST", "/api/v1/agents/999/role",
                                               {"role": "agent"}, token=token)
             assert status == 404
-            ben = await login(rt, "ben@shop.test")
+            # Ben's token from before names the old role: refused until refreshed.
+            status, data = await http.request("GET", "/api/v1/me",
+                                              token=before["access_token"])
+            assert (status, data["error"]["code"]) == (401, "token_stale")
+            client = await ws(rt, "/ws/agent", before["access_token"])
+            assert (await asyncio.wait_for(client.closed, 5))[0] == 4401
+            _, fresh = await http.request("POST", "/api/v1/auth/refresh",
+                                          {"refresh_token": before["refresh_token"]})
             assert (await http.request("GET", "/api/v1/supervisor/overview",
-                                       token=ben))[0] == 200
+                                       token=fresh["access_token"]))[0] == 200
             _, audit = await http.request("GET", "/api/v1/audit?action=agent.", token=token)
             [entry] = audit["entries"]
             assert (entry["actor"], entry["target"], entry["detail"]) == (

@@ -136,6 +136,7 @@ class Principal:
     role: str = "visitor"
     family: str = ""  # agent tokens: the sign-in they belong to
     jti: str = ""  # refresh tokens: this token's id within the family
+    issued_at: int = 0  # the token's iat (whole seconds)
 
     @property
     def is_supervisor(self) -> bool:
@@ -195,4 +196,4 @@ class TokenService:
         if role not in ROLES:
             raise AuthError("invalid_token", "the token names no known role; sign in again")
         return Principal("agent", str(claims["sub"]), role, str(claims.get("fam", "")),
-                         str(claims.get("jti", "")))
+                         str(claims.get("jti", "")), int(claims.get("iat", 0)))
