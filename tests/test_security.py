@@ -147,6 +147,11 @@ def test_every_rest_endpoint_refuses_bad_credentials(tmp_path: Path) -> None:
                 got, data = await http.request(method, url, body, token=good)
                 assert got not in (401, 403), (method, path, data)
             assert checked >= 40
+            # The served OpenAPI document tells every operation's rule.
+            _, doc = await http.request("GET", "/api/v1/openapi.json")
+            for (method, path), rule in access.REST.items():
+                op = doc["paths"][path][method.lower()]
+                assert op["x-tidedesk-access"] == access.describe(rule), (method, path)
             for c in clients:
                 await c.close()
 
