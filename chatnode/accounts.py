@@ -33,6 +33,9 @@ from tidedesk.store import Store
 
 # A TOTP secret offered by enrolment waits this long for its confirming code.
 TOTP_PENDING_SECS = 600
+# A code that signed in is refused after that for as long as it could still verify (its 30 s
+# step plus one step of drift either side).
+TOTP_USED_SECS = 120
 ROLE_NAMES = ", ".join(ROLES)
 # The store's value for an ended sign-in (kept as long as its refresh token could live).
 REVOKED = "revoked"
@@ -139,6 +142,9 @@ class Accounts:
         if not isinstance(email, str) or not isinstance(password, str):
             raise ServiceError(400, "invalid_body", "send {\"email\": str, \"password\": str, "
                                "\"totp\"?: str}")
+        if len(email) > 254 or len(password) > 1024:
+            raise ServiceError(400, "invalid_field", "'email' has at most 254 characters and "
+                               "'password' at most 1024")
         account = email.strip().lower()
         count_key, last_key = f"login-failures:{account}", f"login-last-failure:{account}"
         s = self.settings
@@ -176,6 +182,11 @@ class Accounts:
                                    "send the 6-digit code from your authenticator as 'totp'")
             if not isinstance(totp, str) or not verify_totp(agent.totp_secret, totp, now):
                 raise await refuse("invalid_totp", "the two-factor code is wrong or expired")
+            # A code seen on its way (shoulder, proxy log) must not sign in a second time.
+            if not await self.store.kv_swap(f"totp-used:{agent.id}:{totp.strip()}", None, "1",
+                                            TOTP_USED_SECS, now):
+                raise await refuse("invalid_totp", "this code was used already; wait for the "
+                                   "next one in your authenticator")
         await self.store.kv_delete(count_key)
         await self.store.kv_delete(last_key)
         family = new_token_id()

@@ -342,9 +342,12 @@ def test_totp_enrolment_with_qr_code_then_sign_in_needs_it(tmp_path: Path) -> No
             creds = {"email": "tess@shop.test", "password": "password1"}
             status, data = await http.request("POST", "/api/v1/auth/login", creds)
             assert (status, data["error"]["code"]) == (401, "totp_required")
-            status, _ = await http.request("POST", "/api/v1/auth/login",
-                                           {**creds, "totp": totp.now()})
+            code = totp.now()
+            status, _ = await http.request("POST", "/api/v1/auth/login", {**creds, "totp": code})
             assert status == 200
+            status, data = await http.request("POST", "/api/v1/auth/login",
+                                              {**creds, "totp": code})
+            assert (status, data["error"]["code"]) == (401, "invalid_totp")  # no replay
             assert (await http.request("POST", "/api/v1/me/totp/disable",
                                        {"code": totp.now()}, token=token))[0] == 200
             assert (await http.request("POST", "/api/v1/auth/login", creds))[0] == 200
