@@ -291,6 +291,8 @@ class Accounts:
         target = await self.storage.agent(agent_id)
         if target is None:
             raise ServiceError(404, "not_found", f"no agent {agent_id!r}")
+        if role == target.role:
+            return {"id": str(target.id), "role": role}  # nothing changes, no token goes stale
         if str(target.id) == principal.id and role != "admin":
             raise ServiceError(409, "last_admin_guard", "you cannot take the admin role from "
                                "yourself; ask another admin")

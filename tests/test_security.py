@@ -378,6 +378,10 @@ def test_admin_changes_a_role_and_it_is_audited(tmp_path: Path) -> None:
             status, data = await http.request("POST", f"/api/v1/agents/{admin_id}/role",
                                               {"role": "agent"}, token=token)
             assert status == 409  # no admin demotes themselves
+            status, _ = await http.request("POST", f"/api/v1/agents/{admin_id}/role",
+                                           {"role": "admin"}, token=token)
+            assert status == 200  # no change: nothing audited, the token stays good
+            assert (await http.request("GET", "/api/v1/me", token=token))[0] == 200
             status, data = await http.request("POST", "/api/v1/agents/999/role",
                                               {"role": "agent"}, token=token)
             assert status == 404
