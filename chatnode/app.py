@@ -19,7 +19,6 @@ from routernode.routing import RoutingConfig
 from tidedesk import metrics
 from tidedesk.auth import TokenService
 from tidedesk.broker import Broker, node_queue
-from tidedesk.crypto import FieldCipher
 from tidedesk.settings import Settings
 from tidedesk.storage import Storage
 from tidedesk.store import Store
@@ -85,8 +84,8 @@ class ChatNode:
         self.service = ChatService(
             settings=settings, broker=broker, store=store, storage=storage,
             tokens=TokenService(settings.jwt_secret, settings.access_token_ttl_s,
-                                settings.refresh_token_ttl_s),
-            cipher=FieldCipher(settings.aes_key), clock=clock)
+                                settings.refresh_token_ttl_s, settings.visitor_token_ttl_s),
+            clock=clock)
         self.started = False
         self.draining = False
         self.inflight: set[asyncio.Future[Any]] = set()
@@ -178,11 +177,17 @@ class ChatNode:
             (r"/api/v1/visitors", http.VisitorsHandler, deps),
             (r"/api/v1/auth/login", http.LoginHandler, deps),
             (r"/api/v1/auth/refresh", http.RefreshHandler, deps),
+            (r"/api/v1/auth/logout", http.LogoutHandler, deps),
             (r"/api/v1/me", http.MeHandler, deps),
+            (r"/api/v1/me/totp", http.TotpHandler, deps),
+            (r"/api/v1/me/totp/confirm", http.TotpConfirmHandler, deps),
+            (r"/api/v1/me/totp/disable", http.TotpDisableHandler, deps),
             (r"/api/v1/conversations/([0-9a-f]{1,32})/messages", http.MessagesHandler, deps),
             (r"/api/v1/agents", http.AgentsHandler, deps),
+            (r"/api/v1/agents/([0-9]{1,18})/role", http.AgentRoleHandler, deps),
             (r"/api/v1/canned", http.CannedHandler, deps),
             (r"/api/v1/supervisor/overview", http.SupervisorHandler, deps),
+            (r"/api/v1/audit", http.AuditHandler, deps),
             (r"/ws/visitor", websockets.VisitorSocket, ws_deps),
             (r"/ws/agent", websockets.AgentSocket, ws_deps),
             (r"/static/(.*)", tornado.web.StaticFileHandler, {"path": str(STATIC_DIR)}),

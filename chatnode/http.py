@@ -11,13 +11,16 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tornado.web import HTTPError, RequestHandler
 
+from chatnode import access
+from chatnode.errors import ServiceError
 from chatnode.openapi import openapi_document
 from chatnode.origins import origin_allowed
-from chatnode.service import ChatService, ServiceError
+from chatnode.service import ChatService
 from tidedesk import logs, metrics
 from tidedesk.auth import Principal
 from tidedesk.errors import Unavailable
 from tidedesk.i18n import text
+from tidedesk.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +46,77 @@ class RequestIds(RequestHandler):
 
 
 class JsonHandler(RequestIds):
+    # The OpenAPI path of this handler: with the method, its row in chatnode.access.REST.
+    route = ""
+    # Probes and scrapes (health, readiness, metrics) are not rate limited.
+    rate_limited = True
+    CORS_METHODS = "GET, POST, OPTIONS"
+
     def initialize(self, service: ChatService, node: Any) -> None:
         self.service = service
         self.node = node
         self._started = time.perf_counter()
+        self.principal: Principal | None = None
+
+    async def prepare(self) -> None:
+        """CORS headers, the per-address rate limit, then the access rule of this route and
+        method (401/403), then the per-principal rate limit. Handlers then use
+        ``self.principal``."""
+        if self.cors:
+            self.cors_headers()
+        if self.request.method == "OPTIONS":
+            return
+        if self.rate_limited:
+            await self.limit("ip", self.request.remote_ip or "?",
+                             self.service.settings.rate_limit_ip_per_min)
+        implemented = getattr(type(self), self.request.method.lower(), None) is not getattr(
+            RequestHandler, self.request.method.lower(), None)
+        if not implemented:
+            return  # Tornado answers 405
+        rule = access.REST.get((self.request.method, self.route))
+        if rule is None:  # fail closed: a route nobody wrote an access rule for
+            raise ServiceError(403, "forbidden", "this endpoint has no access rule")
+        if "public" in rule:
+            return
+        self.principal = await self.service.accounts.authenticate(self.bearer(), rule)
+        if self.rate_limited:
+            await self.limit("token", f"{self.principal.kind}:{self.principal.id}",
+                             self.service.settings.rate_limit_token_per_min)
+
+    async def limit(self, scope: str, key: str, per_min: int) -> None:
+        wait = await RateLimiter(self.service.store, self.service.clock).hit(scope, key, per_min)
+        if wait is not None:
+            raise ServiceError(429, "rate_limited", f"too many requests from this "
+                               f"{'address' if scope == 'ip' else 'token'}; wait {wait} s",
+                               retry_after=wait)
+
+    def cors_headers(self) -> None:
+        origin = self.request.headers.get("Origin")
+        if origin and origin_allowed(origin, self.service.settings.allowed_origins,
+                                     self.request.host):
+            self.set_header("Access-Control-Allow-Origin", origin)
+            self.set_header("Vary", "Origin")
+            self.set_header("Access-Control-Allow-Headers", "Content-Type, Authorization")
+            self.set_header("Access-Control-Allow-Methods", self.CORS_METHODS)
+            self.set_header("Access-Control-Max-Age", "600")
+
+    @property
+    def cors(self) -> bool:
+        """The REST API answers the sites of TIDEDESK_ALLOWED_ORIGINS (and our own host): a
+        widget on a shop's site, or an integration with a bearer token (no cookies are used,
+        so this lends a foreign page no credentials)."""
+        return self.route.startswith("/api/")
+
+    def options(self, *args: str) -> None:
+        if not self.cors:
+            raise HTTPError(405)
+        self.set_status(204)
+        self.finish()
+
+    def agent(self) -> Principal:
+        """The signed-in agent (routes whose rule admits agents only)."""
+        assert self.principal is not None and self.principal.kind == "agent"
+        return self.principal
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
@@ -59,10 +129,17 @@ class JsonHandler(RequestIds):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
+        # Headers go here: send_error clears them before calling us (CORS too, or a page on
+        # an allowed site could not read why it was refused).
+        if self.cors and self.service is not None:
+            self.cors_headers()
         if isinstance(exc, ServiceError):
             code, message = exc.code, exc.message
+            if exc.retry_after is not None:
+                self.set_header("Retry-After", str(exc.retry_after))
         elif isinstance(exc, Unavailable):
             code, message = "busy", text("unavailable", self.locale_hint())
+            self.set_header("Retry-After", "5")
         elif status_code == 404:
             code = "not_found"
             message = f"no such path {self.request.path}; see /api/v1/openapi.json"
@@ -81,7 +158,6 @@ class JsonHandler(RequestIds):
             status_code = exc.status
         elif isinstance(exc, Unavailable):
             status_code = 503
-            self.set_header("Retry-After", "5")
         super().send_error(status_code, **kwargs)
 
     def locale_hint(self) -> str:
@@ -128,9 +204,6 @@ class JsonHandler(RequestIds):
             return header[7:].strip()
         return None
 
-    def agent_principal(self) -> Principal:
-        return self.service.principal(self.bearer(), "access")
-
     def int_arg(self, name: str, default: int | None, lo: int, hi: int) -> int | None:
         raw = self.get_query_argument(name, None)
         if raw is None:
@@ -144,44 +217,29 @@ class JsonHandler(RequestIds):
         return value
 
 
-class CorsMixin(JsonHandler):
-    """For the endpoints a widget on a shop's own site calls (another origin than ours):
-    answers preflights and allows the origins of ``TIDEDESK_ALLOWED_ORIGINS``."""
-
-    CORS_METHODS = "GET, POST, OPTIONS"
-
-    def prepare(self) -> None:
-        origin = self.request.headers.get("Origin")
-        if origin and origin_allowed(origin, self.service.settings.allowed_origins,
-                                     self.request.host):
-            self.set_header("Access-Control-Allow-Origin", origin)
-            self.set_header("Vary", "Origin")
-            self.set_header("Access-Control-Allow-Headers", "Content-Type, Authorization")
-            self.set_header("Access-Control-Allow-Methods", self.CORS_METHODS)
-            self.set_header("Access-Control-Max-Age", "600")
-
-    def options(self, *args: str) -> None:
-        self.set_status(204)
-        self.finish()
-
-
 class NotFoundHandler(JsonHandler):
-    def prepare(self) -> None:
+    def prepare(self) -> None:  # type: ignore[override]
         raise HTTPError(404)
 
 
 class HealthHandler(JsonHandler):
+    route, rate_limited = "/healthz", False
+
     def get(self) -> None:
         self.write_json({"status": "ok"})
 
 
 class ReadyHandler(JsonHandler):
+    route, rate_limited = "/readyz", False
+
     def get(self) -> None:
         ready, reason = self.node.readiness()
         self.write_json({"ready": ready, "reason": reason}, 200 if ready else 503)
 
 
 class MetricsHandler(JsonHandler):
+    route, rate_limited = "/metrics", False
+
     def get(self) -> None:
         # tidedesk_ready follows /readyz at every scrape (a router that lost RabbitMQ or
         # MariaDB shows 0, not the 1 it set when it started).
@@ -191,51 +249,90 @@ class MetricsHandler(JsonHandler):
 
 
 class OpenApiHandler(JsonHandler):
+    route = "/api/v1/openapi.json"
+
     def get(self) -> None:
         self.write_json(openapi_document())
 
 
-class VisitorsHandler(CorsMixin):
+class VisitorsHandler(JsonHandler):
+    route = "/api/v1/visitors"
+
     async def post(self) -> None:
         self.write_json(await self.service.create_visitor(self.json_body()), 201)
 
 
 class LoginHandler(JsonHandler):
+    route = "/api/v1/auth/login"
+
     async def post(self) -> None:
         body = self.json_body()
-        self.write_json(await self.service.login(body.get("email"), body.get("password"),
-                                                 body.get("totp")))
+        self.write_json(await self.service.accounts.login(body.get("email"), body.get("password"),
+                                                 body.get("totp"),
+                                                 ip=self.request.remote_ip or ""))
 
 
 class RefreshHandler(JsonHandler):
+    route = "/api/v1/auth/refresh"
+
     async def post(self) -> None:
-        self.write_json(await self.service.refresh(self.json_body().get("refresh_token")))
+        self.write_json(await self.service.accounts.refresh(self.json_body().get("refresh_token")))
+
+
+class LogoutHandler(JsonHandler):
+    route = "/api/v1/auth/logout"
+
+    async def post(self) -> None:
+        await self.service.accounts.logout(self.json_body().get("refresh_token"), self.bearer())
+        self.write_json({"signed_out": True})
 
 
 class MeHandler(JsonHandler):
+    route = "/api/v1/me"
+
     async def get(self) -> None:
-        agent = await self.service.agent_for(self.agent_principal())
+        agent = await self.service.agent_for(self.agent())
         self.write_json({"id": str(agent.id), "name": agent.name, "email": agent.email,
                          "role": agent.role, "pools": list(agent.pool_list),
                          "max_chats": agent.max_chats, "totp": bool(agent.totp_secret)})
 
 
-class MessagesHandler(CorsMixin):
+class TotpHandler(JsonHandler):
+    route = "/api/v1/me/totp"
+
+    async def post(self) -> None:
+        self.write_json(await self.service.accounts.totp_enrol(self.agent()))
+
+
+class TotpConfirmHandler(JsonHandler):
+    route = "/api/v1/me/totp/confirm"
+
+    async def post(self) -> None:
+        self.write_json(await self.service.accounts.totp_confirm(self.agent(),
+                                                        self.json_body().get("code")))
+
+
+class TotpDisableHandler(JsonHandler):
+    route = "/api/v1/me/totp/disable"
+
+    async def post(self) -> None:
+        self.write_json(await self.service.accounts.totp_disable(self.agent(),
+                                                        self.json_body().get("code")))
+
+
+class MessagesHandler(JsonHandler):
+    route = "/api/v1/conversations/{id}/messages"
+
     async def get(self, conv_id: str) -> None:
         logs.bind(conversation_id=conv_id)
-        token = self.bearer()
-        include_private = False
-        try:
-            principal = self.service.principal(token, "access")
-        except ServiceError:
-            # Visitors may read their own conversation with their visitor token.
-            visitor = self.service.principal(token, "visitor")
+        principal = self.principal
+        assert principal is not None
+        if principal.kind == "visitor":
             conv = await self.service.storage.conversation(conv_id)
-            if conv is None or conv.visitor_id != visitor.id:
-                raise ServiceError(403, "forbidden", "this is not your conversation") from None
+            if conv is None or conv.visitor_id != principal.id:
+                raise ServiceError(403, "forbidden", "this is not your conversation")
         else:
             await self.service.agent_can_see(principal, conv_id)
-            include_private = True
         after = self.int_arg("after_seq", None, 0, 2**53)
         before = self.int_arg("before_seq", None, 1, 2**53)
         if after is not None and before is not None:
@@ -243,28 +340,36 @@ class MessagesHandler(CorsMixin):
         limit = self.int_arg("limit", 100, 1, 500) or 100
         messages = await self.service.storage.messages(
             conv_id, after_seq=after, before_seq=before, limit=limit,
-            include_private=include_private)
+            include_private=principal.kind == "agent")
         self.write_json({"messages": messages})
 
 
 class AgentsHandler(JsonHandler):
+    route = "/api/v1/agents"
+
     async def get(self) -> None:
-        self.agent_principal()
         self.write_json({"agents": await self.service.agents_overview()})
 
 
+class AgentRoleHandler(JsonHandler):
+    route = "/api/v1/agents/{id}/role"
+
+    async def post(self, agent_id: str) -> None:
+        self.write_json(await self.service.accounts.set_role(self.agent(), agent_id,
+                                                    self.json_body().get("role")))
+
+
 class CannedHandler(JsonHandler):
+    route = "/api/v1/canned"
+
     async def get(self) -> None:
-        self.agent_principal()
         self.write_json({"canned": await self.service.storage.canned()})
 
 
 class SupervisorHandler(JsonHandler):
+    route = "/api/v1/supervisor/overview"
+
     async def get(self) -> None:
-        principal = self.agent_principal()
-        if not principal.is_supervisor:
-            raise ServiceError(403, "forbidden", "the supervisor view needs the supervisor or "
-                               "admin role")
         agents = await self.service.agents_overview()
         queues = await self.service.queues_overview(self.node.routing)
         self.write_json({
@@ -273,3 +378,17 @@ class SupervisorHandler(JsonHandler):
                        "open_conversations": sum(a["open_chats"] for a in agents),
                        "waiting": sum(len(q) for q in queues.values())},
         })
+
+
+class AuditHandler(JsonHandler):
+    route = "/api/v1/audit"
+
+    async def get(self) -> None:
+        limit = self.int_arg("limit", 100, 1, 500) or 100
+        before = self.int_arg("before_id", None, 1, 2**53)
+        action = self.get_query_argument("action", None)
+        if action is not None and not action.replace(".", "").replace("_", "").isalnum():
+            raise ServiceError(400, "invalid_query", "'action' is an action name or prefix "
+                               "like auth. or agent.role_changed")
+        self.write_json({"entries": await self.service.storage.audit_log(
+            limit=limit, before_id=before, action=action)})

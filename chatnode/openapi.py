@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from chatnode import access
 from tidedesk import __version__
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -47,7 +48,30 @@ _AGENT = {
 _BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
+_CODE_BODY = {"content": {"application/json": {"schema": {
+    "type": "object", "required": ["code"], "properties": {"code": {"type": "string"}}}}}}
+_AUDIT_ENTRY = {
+    "type": "object",
+    "properties": {"id": {"type": "integer"}, "ts": {"type": "number"},
+                   "actor": {"type": "string"}, "action": {"type": "string"},
+                   "target": {"type": "string"}, "detail": {"type": "object"}},
+}
+
+
 def openapi_document() -> dict[str, Any]:
+    """The document, each operation marked with who may call it (``x-tidedesk-access``, from
+    :data:`chatnode.access.REST`) and a 429 answer where rate limits apply."""
+    doc = _document()
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            rule = access.REST[(method.upper(), path)]
+            op["x-tidedesk-access"] = access.describe(rule)
+            if path not in ("/healthz", "/readyz", "/metrics"):
+                op["responses"].update(_errors(429))
+    return doc
+
+
+def _document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "Tidedesk chat node", "version": __version__,
@@ -81,6 +105,7 @@ def openapi_document() -> dict[str, Any]:
                     "type": "object", "additionalProperties": False, "properties": {
                         "name": {"type": "string", "maxLength": 120},
                         "email": {"type": "string", "format": "email"},
+                        "phone": {"type": "string", "pattern": "^\\+?[0-9 ().\\-]{3,32}$"},
                         "tags": {"type": "array", "maxItems": 20,
                                  "items": {"type": "string", "pattern": "^[a-z0-9_-]{1,32}$"}},
                         "locale": {"enum": ["en", "zh-CN"]}}}}}},
@@ -100,7 +125,35 @@ def openapi_document() -> dict[str, Any]:
                 "requestBody": {"content": {"application/json": {"schema": {
                     "type": "object", "required": ["refresh_token"],
                     "properties": {"refresh_token": {"type": "string"}}}}}},
-                "responses": {"200": _json(_TOKENS, "refreshed"), **_errors(400, 401)}}},
+                "responses": {"200": _json(_TOKENS, "refreshed (the old refresh token is spent; "
+                                                    "using it again revokes the sign-in)"),
+                              **_errors(400, 401)}}},
+            "/api/v1/auth/logout": {"post": {
+                "summary": "end a sign-in: its refresh token in the body, or its access token "
+                           "as bearer",
+                "requestBody": {"content": {"application/json": {"schema": {
+                    "type": "object",
+                    "properties": {"refresh_token": {"type": "string"}}}}}},
+                "responses": {"200": _json({"type": "object"}, "signed out"),
+                              **_errors(400, 401)}}},
+            "/api/v1/me/totp": {"post": {
+                "summary": "start two-factor enrolment: secret, otpauth URI, QR code",
+                "security": _BEARER,
+                "responses": {"200": _json({"type": "object", "properties": {
+                    "secret": {"type": "string"}, "otpauth_uri": {"type": "string"},
+                    "qr_svg": {"type": "string", "description": "data: URI"},
+                    "expires_in": {"type": "integer"}}}, "enrolment"),
+                    **_errors(401, 403)}}},
+            "/api/v1/me/totp/disable": {"post": {
+                "summary": "turn two-factor sign-in off (needs a current code)",
+                "security": _BEARER, "requestBody": _CODE_BODY,
+                "responses": {"200": _json({"type": "object"}, "off"),
+                              **_errors(400, 401, 403, 409)}}},
+            "/api/v1/me/totp/confirm": {"post": {
+                "summary": "finish enrolment with the code the authenticator shows",
+                "security": _BEARER, "requestBody": _CODE_BODY,
+                "responses": {"200": _json({"type": "object"}, "on"),
+                              **_errors(400, 401, 403, 409)}}},
             "/api/v1/me": {"get": {"summary": "the signed-in agent", "security": _BEARER,
                                    "responses": {"200": _json(_AGENT, "agent"),
                                                  **_errors(401)}}},
@@ -122,6 +175,27 @@ def openapi_document() -> dict[str, Any]:
                                        "security": _BEARER,
                                        "responses": {"200": _json({"type": "object"}, "agents"),
                                                      **_errors(401)}}},
+            "/api/v1/agents/{id}/role": {"post": {
+                "summary": "change an agent's role (admin)", "security": _BEARER,
+                "parameters": [{"name": "id", "in": "path", "required": True,
+                                "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"}}],
+                "requestBody": {"content": {"application/json": {"schema": {
+                    "type": "object", "required": ["role"],
+                    "properties": {"role": {"enum": ["agent", "supervisor", "admin"]}}}}}},
+                "responses": {"200": _json({"type": "object"}, "changed"),
+                              **_errors(400, 401, 403, 404, 409)}}},
+            "/api/v1/audit": {"get": {
+                "summary": "the audit log, newest first (admin)", "security": _BEARER,
+                "parameters": [
+                    {"name": "limit", "in": "query",
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+                    {"name": "before_id", "in": "query",
+                     "schema": {"type": "integer", "minimum": 1}},
+                    {"name": "action", "in": "query", "schema": {"type": "string"},
+                     "description": "an action or prefix: auth., 2fa., agent., conversation."}],
+                "responses": {"200": _json({"type": "object", "properties": {
+                    "entries": {"type": "array", "items": _AUDIT_ENTRY}}}, "entries"),
+                    **_errors(400, 401, 403)}}},
             "/api/v1/canned": {"get": {"summary": "canned responses", "security": _BEARER,
                                        "responses": {"200": _json({"type": "object"}, "canned"),
                                                      **_errors(401)}}},

@@ -1,7 +1,8 @@
 """What chat-node handlers call: visitors, agents, messages, resume. Handlers stay thin.
 
 Every method raises :class:`ServiceError` (an HTTP status, a machine code and a message that
-says what to change) for anything a client can get wrong.
+says what to change) for anything a client can get wrong. Sign-in, tokens, the second factor
+and roles are :class:`~chatnode.accounts.Accounts` (``service.accounts``).
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+from chatnode.accounts import Accounts
+from chatnode.errors import ServiceError
 from routernode.routing import RoutingConfig
-from tidedesk.auth import AuthError, Principal, TokenService, verify_password, verify_totp
+from tidedesk.auth import Principal, TokenService
 from tidedesk.broker import INBOUND_QUEUE, Broker, BrokerUnavailable
-from tidedesk.crypto import FieldCipher
 from tidedesk.delivery import deliver
 from tidedesk.envelopes import (
     InboundEvent,
@@ -36,18 +38,7 @@ log = logging.getLogger(__name__)
 
 TAG_RE = re.compile(r"^[a-z0-9_\-]{1,32}$")
 MAX_TAGS = 20
-# Password guessing: after this many failed sign-ins for one e-mail within the window, further
-# attempts are refused until the window has passed (HAProxy limits per client address too).
-LOGIN_MAX_FAILURES = 10
-LOGIN_WINDOW_SECS = 300.0
-
-
-class ServiceError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+PHONE_RE = re.compile(r"^\+?[0-9 ().\-]{3,32}$")
 
 
 @dataclass
@@ -63,72 +54,28 @@ class VisitorSession:
 
 class ChatService:
     def __init__(self, *, settings: Settings, broker: Broker, store: Store, storage: Storage,
-                 tokens: TokenService, cipher: FieldCipher,
-                 clock: Callable[[], float] = time.time) -> None:
+                 tokens: TokenService, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.broker = broker
         self.store = store
         self.storage = storage
         self.tokens = tokens
-        self.cipher = cipher
         self.clock = clock
         self.node_id = settings.node_id
         self._encode = inbound_encoder(settings.envelope_format)
+        self.accounts = Accounts(settings=settings, store=store, storage=storage, tokens=tokens,
+                                 clock=clock)
 
-    # -- authentication ------------------------------------------------------------------------
+    # -- authentication (chatnode/accounts.py) ------------------------------------------------
     def principal(self, token: str | None, expected: str) -> Principal:
-        try:
-            return self.tokens.decode(token, expected)
-        except AuthError as exc:
-            raise ServiceError(401, exc.code, exc.message) from None
-
-    async def login(self, email: Any, password: Any, totp: Any) -> dict[str, Any]:
-        if not isinstance(email, str) or not isinstance(password, str):
-            raise ServiceError(400, "invalid_body", "send {\"email\": str, \"password\": str, "
-                               "\"totp\"?: str}")
-        failures_key = f"login-failures:{email.strip().lower()}"
-        now = self.clock()
-        failures = int(await self.store.kv_get(failures_key, now) or 0)
-        if failures >= LOGIN_MAX_FAILURES:
-            raise ServiceError(429, "rate_limited", "too many failed sign-ins for this account; "
-                               f"wait {int(LOGIN_WINDOW_SECS // 60)} minutes and try again")
-
-        async def refuse(code: str, message: str) -> ServiceError:
-            await self.store.kv_set(failures_key, str(failures + 1), LOGIN_WINDOW_SECS, now)
-            return ServiceError(401, code, message)
-
-        agent = await self.storage.agent_by_email(email)
-        if agent is None or not agent.active or not verify_password(agent.password_hash,
-                                                                    password):
-            raise await refuse("invalid_credentials", "wrong email or password")
-        if agent.totp_secret:
-            if totp is None or totp == "":
-                raise ServiceError(401, "totp_required", "this account uses two-factor sign-in: "
-                                   "send the 6-digit code from your authenticator as 'totp'")
-            if not isinstance(totp, str) or not verify_totp(agent.totp_secret, totp):
-                raise await refuse("invalid_totp", "the two-factor code is wrong or expired")
-        await self.store.kv_delete(failures_key)
-        await self.storage.audit(f"agent:{agent.id}", "auth.login", agent.email)
-        return self.tokens.agent_tokens(str(agent.id), agent.role)
-
-    async def refresh(self, refresh_token: Any) -> dict[str, Any]:
-        if not isinstance(refresh_token, str):
-            raise ServiceError(400, "invalid_body", "send {\"refresh_token\": str}")
-        principal = self.principal(refresh_token, "refresh")
-        agent = await self.storage.agent(principal.id)
-        if agent is None or not agent.active:
-            raise ServiceError(401, "invalid_token", "this account no longer exists")
-        return self.tokens.agent_tokens(str(agent.id), agent.role)
+        return self.accounts.principal(token, expected)
 
     async def agent_for(self, principal: Principal) -> Any:
-        agent = await self.storage.agent(principal.id)
-        if agent is None or not agent.active:
-            raise ServiceError(401, "invalid_token", "this account no longer exists")
-        return agent
+        return await self.accounts.agent_for(principal)
 
     # -- visitors --------------------------------------------------------------------------------
     async def create_visitor(self, body: dict[str, Any]) -> dict[str, str]:
-        allowed = {"name", "email", "tags", "locale"}
+        allowed = {"name", "email", "phone", "tags", "locale"}
         unknown = set(body) - allowed
         if unknown:
             raise ServiceError(400, "invalid_body", f"unknown field(s) {', '.join(sorted(unknown))}"
@@ -141,6 +88,10 @@ class ChatService:
         if email is not None and (not isinstance(email, str) or len(email) > 254
                                   or "@" not in email):
             raise ServiceError(400, "invalid_field", "'email' must be an e-mail address")
+        phone = body.get("phone")
+        if phone is not None and (not isinstance(phone, str) or not PHONE_RE.match(phone)):
+            raise ServiceError(400, "invalid_field", "'phone' must be a phone number: 3-32 of "
+                               "digits, spaces and + ( ) . -")
         tags = body.get("tags", [])
         if (not isinstance(tags, list) or len(tags) > MAX_TAGS
                 or not all(isinstance(t, str) and TAG_RE.match(t) for t in tags)):
@@ -150,9 +101,9 @@ class ChatService:
         if locale not in LOCALES:
             raise ServiceError(400, "invalid_field", f"'locale' must be one of "
                                f"{', '.join(LOCALES)}")
-        email_enc = self.cipher.encrypt(email, context="visitor.email") if email else None
-        visitor_id = await self.storage.create_visitor(name=name.strip(), email_enc=email_enc,
-                                                       tags=sorted(set(tags)), locale=locale)
+        visitor_id = await self.storage.create_visitor(name=name.strip(), email=email,
+                                                       phone=phone, tags=sorted(set(tags)),
+                                                       locale=locale)
         return {"visitor_id": visitor_id, "token": self.tokens.visitor_token(visitor_id)}
 
     async def open_visitor_session(self, visitor_id: str) -> tuple[VisitorSession, bool]:
@@ -254,6 +205,20 @@ class ChatService:
         await self.publish({"kind": "agent_status", "agent_id": str(agent.id), "status": status,
                             "pools": list(agent.pool_list), "max_chats": agent.max_chats,
                             "name": agent.name})
+
+    async def transfer(self, principal: Principal, conv_id: str, to_agent: Any,
+                       to_pool: Any) -> None:
+        event: dict[str, Any] = {"kind": "transfer", "conversation_id": conv_id,
+                                 "by": principal.id}
+        if to_agent is not None:
+            event["to_agent"] = str(to_agent)
+        else:
+            event["to_pool"] = to_pool
+        # Audited first: if the database is down nothing happens and the agent retries, so
+        # no transfer goes unrecorded.
+        await self.storage.audit(f"agent:{principal.id}", "conversation.transfer", conv_id,
+                                 {k: event[k] for k in ("to_agent", "to_pool") if k in event})
+        await self.publish(event)
 
     async def agent_hello(self, agent: Any) -> dict[str, Any]:
         convs = await self.storage.open_conversations_for_agent(str(agent.id))

@@ -12,15 +12,17 @@ from typing import Any
 
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
+from chatnode import access
+from chatnode.errors import ServiceError
 from chatnode.http import RequestIds
 from chatnode.hub import Hub
 from chatnode.origins import origin_allowed
-from chatnode.service import ChatService, ServiceError, VisitorSession
+from chatnode.service import ChatService, VisitorSession
 from tidedesk import logs, metrics, wire
 from tidedesk.auth import Principal
 from tidedesk.errors import Unavailable
 from tidedesk.i18n import text
-from tidedesk.ratelimit import TokenBucket
+from tidedesk.ratelimit import RateLimiter, TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,25 @@ class _Socket(RequestIds, WebSocketHandler):
                       wire.CLOSE_TRY_AGAIN_LATER)
             return True
         return False
+
+    async def refuse_if_limited(self, who: str) -> bool:
+        """Connection attempts count against the client address's and the principal's
+        per-minute limits (the same counters as REST requests): 4429 when over."""
+        limiter = RateLimiter(self.service.store, self.service.clock)
+        s = self.service.settings
+        for scope, key, per_min in (("ip", self.request.remote_ip or "?",
+                                     s.rate_limit_ip_per_min),
+                                    ("token", who, s.rate_limit_token_per_min)):
+            wait = await limiter.hit(scope, key, per_min)
+            if wait is not None:
+                self.fail("rate_limited", f"too many connections; connect again in {wait} s",
+                          wire.CLOSE_RATE_LIMITED)
+                return True
+        return False
+
+    def frame_allowed(self, frame: wire.Frame, who: str) -> None:
+        if not access.allowed(access.WS.get((self.role, frame.type)), who):
+            raise ServiceError(403, "forbidden", f"a {who} may not send '{frame.type}' here")
 
     async def register(self, who: str) -> None:
         self.who = who
@@ -173,6 +194,8 @@ class VisitorSocket(_Socket):
             return
         try:
             principal = self.service.principal(self.token(), "visitor")
+            if await self.refuse_if_limited(f"visitor:{principal.id}"):
+                return
             self.session, created = await self.service.open_visitor_session(principal.id)
         except ServiceError as exc:
             self.fail(exc.code, exc.message, wire.CLOSE_NOT_AUTHENTICATED)
@@ -216,6 +239,7 @@ class VisitorSocket(_Socket):
         return False
 
     async def handle(self, frame: wire.Frame) -> None:
+        self.frame_allowed(frame, "visitor")
         s = self.session
         logs.bind(conversation_id=s.conversation_id)  # this frame's task and what it starts
         named = frame.conversation_id
@@ -276,6 +300,9 @@ class AgentSocket(_Socket):
             return
         try:
             self.principal = self.service.principal(self.token(), "access")
+            await self.service.accounts.check_live(self.principal)
+            if await self.refuse_if_limited(f"agent:{self.principal.id}"):
+                return
             self.agent = await self.service.agent_for(self.principal)
             await self.service.agent_status(self.agent, "online")
         except ServiceError as exc:
@@ -289,6 +316,7 @@ class AgentSocket(_Socket):
         self.send(await self.service.agent_hello(self.agent))
 
     async def handle(self, frame: wire.Frame) -> None:
+        self.frame_allowed(frame, self.principal.role)
         if frame.type == "ping":
             self.send({"type": "pong"})
             return
@@ -315,12 +343,8 @@ class AgentSocket(_Socket):
             await self.service.publish({"kind": "close", "conversation_id": conv_id,
                                         "by": f"agent:{self.principal.id}"})
         elif frame.type == "transfer":
-            event = {"kind": "transfer", "conversation_id": conv_id, "by": self.principal.id}
-            if frame.data.get("to_agent") is not None:
-                event["to_agent"] = str(frame.data["to_agent"])
-            else:
-                event["to_pool"] = frame.data["to_pool"]
-            await self.service.publish(event)
+            await self.service.transfer(self.principal, conv_id, frame.data.get("to_agent"),
+                                        frame.data.get("to_pool"))
 
     async def after_close(self) -> None:
         remaining = await self.service.store.presence_remove(self.who, self.conn_id)

@@ -47,22 +47,28 @@ def test_totp_sign_in_and_refresh(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
-def test_password_guessing_is_throttled_per_account(tmp_path: Path) -> None:
-    from chatnode.service import LOGIN_MAX_FAILURES
-
+def test_password_guessing_is_slowed_then_locked_per_account(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with embedded(tmp_path, GENERAL_ONLY) as rt:
+        async with embedded(tmp_path, GENERAL_ONLY, login_lock_after=4) as rt:
             add_agent(rt, "pat@shop.test")
             add_agent(rt, "quinn@shop.test")
             http = Http(rt)
             wrong = {"email": "pat@shop.test", "password": "guess"}
-            for _ in range(LOGIN_MAX_FAILURES):
+            right = {**wrong, "password": "password1"}
+            for _ in range(3):  # two free failures, the third starts the delays
                 assert (await http.request("POST", "/api/v1/auth/login", wrong))[0] == 401
-            status, data = await http.request("POST", "/api/v1/auth/login",
-                                              {**wrong, "password": "password1"})
-            assert status == 429 and data["error"]["code"] == "rate_limited"
+            status, data = await http.request("POST", "/api/v1/auth/login", right)
+            assert status == 429 and data["error"]["code"] == "rate_limited", data
+            await asyncio.sleep(1.05)  # the first delay is 1 s
+            assert (await http.request("POST", "/api/v1/auth/login", wrong))[0] == 401
+            # Four failures: locked, even with the right password.
+            status, data = await http.request("POST", "/api/v1/auth/login", right)
+            assert status == 429 and data["error"]["code"] == "account_locked", data
             # Other accounts are not affected.
             assert await login(rt, "quinn@shop.test")
+            _, audit = await http.request("GET", "/api/v1/audit?action=auth.",
+                                          token=await login(rt, "quinn@shop.test"))
+            assert audit["error"]["code"] == "forbidden"  # an agent is not an admin
 
     asyncio.run(scenario())
 
@@ -103,7 +109,9 @@ def test_openapi_describes_exactly_the_rest_routes(tmp_path: Path) -> None:
             for rule in app.wildcard_router.rules:
                 pattern = rule.matcher.regex.pattern.rstrip("$")
                 if pattern.startswith(("/api/", "/healthz", "/readyz", "/metrics")):
-                    routed.add(re.sub(r"\(\[0-9a-f\]\{1,32\}\)", "{id}", pattern))
+                    path = re.sub(r"\([^)]*\)", "{id}", pattern)
+                    routed.add(path)
+                    assert rule.target.route == path  # its row in chatnode.access.REST
             documented = set(openapi_document()["paths"])
             assert routed == documented
             status, served = await Http(rt).request("GET", "/api/v1/openapi.json")
@@ -197,5 +205,20 @@ def test_cors_lets_allowed_shop_sites_create_visitors(tmp_path: Path) -> None:
                 url, method="POST", body="{}", headers={"Origin": "https://shop.example"}))
             assert created.code == 201
             assert created.headers["Access-Control-Allow-Origin"] == "https://shop.example"
+            # The whole REST API answers allowed sites (bearer tokens, no cookies) ...
+            me: Any = await client.fetch(HTTPRequest(
+                url.replace("visitors", "me"), method="OPTIONS", headers={
+                    "Origin": "https://shop.example", "Access-Control-Request-Method": "GET",
+                    "Access-Control-Request-Headers": "authorization"}), raise_error=False)
+            assert me.code == 204 and "Authorization" in me.headers["Access-Control-Allow-Headers"]
+            refused = await client.fetch(HTTPRequest(url.replace("visitors", "me"), headers={
+                "Origin": "https://shop.example"}), raise_error=False)
+            assert refused.code == 401  # and the page may read why
+            assert refused.headers["Access-Control-Allow-Origin"] == "https://shop.example"
+            # ... and probes are no API.
+            probe: Any = await client.fetch(HTTPRequest(
+                url.replace("/api/v1/visitors", "/healthz"), method="OPTIONS",
+                headers={"Origin": "https://shop.example"}), raise_error=False)
+            assert probe.code == 405 and "Access-Control-Allow-Origin" not in probe.headers
 
     asyncio.run(scenario())

@@ -72,3 +72,60 @@ def test_breaker_opens_when_the_database_is_unreachable() -> None:
         asyncio.run(scenario())
     finally:
         storage.close()
+
+
+def test_schema_1_upgrades_and_sensitive_fields_are_only_ciphertext_in_the_tables() -> None:
+    import base64
+
+    from tidedesk.crypto import FieldCipher
+
+    secrets = ["Legacy Larry", "Zelda Quimby", "zelda@example.org", "+44 20 7946 0958",
+               "quokka card 4242"]
+    with databases(1) as urls:
+        name = urls[0].rsplit("/", 1)[1]
+        plain = Storage(urls, pool_size=1)
+        try:
+            plain.migrate_all()
+        finally:
+            plain.close()
+        conn = pymysql.connect(host="127.0.0.1", user="root", password="", database=name,
+                               autocommit=True)
+        try:
+            with conn.cursor() as cur:  # back to schema 1, with a visitor of that time
+                cur.execute("ALTER TABLE visitor DROP COLUMN name_enc, DROP COLUMN phone_enc")
+                cur.execute("UPDATE schemaversion SET version = 1")
+                cur.execute("INSERT INTO visitor (id, name, tags, locale, created_at) "
+                            "VALUES ('old', 'Legacy Larry', '', 'en', 0)")
+            storage = Storage(urls, pool_size=1, encrypt_bodies=True,
+                              cipher=FieldCipher(base64.b64encode(b"k" * 32).decode()))
+            try:
+                assert storage.migrate_all() == 2
+
+                async def scenario() -> None:
+                    vid = await storage.create_visitor(name="Zelda Quimby",
+                                                       email="zelda@example.org",
+                                                       phone="+44 20 7946 0958", tags=[],
+                                                       locale="en")
+                    conv = new_id()
+                    await storage.insert_messages([{**row(conv, 1, "a"), "sender_name": "Zelda",
+                                                    "body": "quokka card 4242"}])
+                    assert (await storage.messages(conv))[0]["body"] == "quokka card 4242"
+                    assert (await storage.visitor(vid)).phone == "+44 20 7946 0958"
+                    assert (await storage.visitor("old")).name == "Legacy Larry"
+
+                asyncio.run(scenario())
+                assert storage.rotate_key_sync() == {"visitor_fields": 1, "agent_secrets": 0,
+                                                     "message_bodies": 0}
+            finally:
+                storage.close()
+            with conn.cursor() as cur:
+                dump = []
+                for table in ("visitor", "message", "auditlog"):
+                    cur.execute(f"SELECT * FROM `{table}`")
+                    dump += [str(v) for r in cur.fetchall() for v in r]
+            text = "\n".join(dump)
+            assert "v2:" in text
+            for secret in secrets:
+                assert secret not in text, secret
+        finally:
+            conn.close()

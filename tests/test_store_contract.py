@@ -156,6 +156,39 @@ def test_kv_touch_slides_the_expiry(run: Runner) -> None:
     run(body)
 
 
+def test_kv_incr_counts_in_a_fixed_window(run: Runner) -> None:
+    async def body(s: Store) -> None:
+        assert await s.kv_incr("n", ttl_s=10, now=100) == 1
+        assert await s.kv_incr("n", ttl_s=10, now=105) == 2
+        assert await s.kv_incr("n", ttl_s=10, now=109.9) == 3  # the window is not extended
+        assert await s.kv_get("n", now=109.9) == "3"
+        assert await s.kv_incr("n", ttl_s=10, now=110) == 1  # a new window
+        assert await s.kv_get("n", now=119.9) == "1"
+        assert await s.kv_get("n", now=120) is None
+        assert await s.kv_incr("other", ttl_s=10, now=110) == 1
+
+    run(body)
+
+
+def test_kv_swap_is_compare_and_set(run: Runner) -> None:
+    async def body(s: Store) -> None:
+        assert await s.kv_swap("fam", None, "a", ttl_s=10, now=0)
+        assert not await s.kv_swap("fam", None, "b", ttl_s=10, now=1)  # exists
+        assert not await s.kv_swap("fam", "x", "b", ttl_s=10, now=1)  # wrong value
+        assert await s.kv_get("fam", now=1) == "a"
+        assert await s.kv_swap("fam", "a", "b", ttl_s=10, now=5)
+        assert not await s.kv_swap("fam", "a", "c", ttl_s=10, now=6)  # a reused old value
+        assert await s.kv_get("fam", now=14.9) == "b"  # the swap gave a fresh TTL
+        assert not await s.kv_swap("fam", "b", "c", ttl_s=10, now=15)  # expired = missing
+        assert await s.kv_swap("fam", None, "d", ttl_s=10, now=15)
+        # Concurrent swaps from one value: exactly one wins.
+        results = await asyncio.gather(*(s.kv_swap("fam", "d", f"e{i}", ttl_s=10, now=16)
+                                         for i in range(8)))
+        assert sum(results) == 1
+
+    run(body)
+
+
 def test_kv_delete(run: Runner) -> None:
     async def body(s: Store) -> None:
         await s.kv_set("a", "1", ttl_s=60, now=0)

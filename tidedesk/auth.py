@@ -1,11 +1,17 @@
 """Passwords (argon2), TOTP second factor (pyotp) and signed tokens (PyJWT, HS256).
 
 Token kinds (claim ``typ``): ``access`` and ``refresh`` for agents, ``visitor`` for visitors.
+Agent tokens carry a family id (``fam``): one sign-in is one family; every refresh rotates the
+refresh token within it (``jti``), and the chat service keeps the family's current ``jti`` in the
+store so a reused refresh token, or a signed-out family, is refused (docs/security.md).
+Everything here is pure (no store, no clock but the one passed in).
 """
 
 from __future__ import annotations
 
+import base64
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +19,17 @@ import jwt
 import pyotp
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+
+# Failed sign-ins for one account: the first SIGNIN_FREE_FAILURES cost nothing; after that each
+# further attempt must wait twice as long as the one before (1 s, 2 s, 4 s ... at most
+# SIGNIN_MAX_DELAY_SECS) after the last failure; lock_after failures lock the account for a while.
+SIGNIN_FREE_FAILURES = 2
+SIGNIN_MAX_DELAY_SECS = 60.0
+TOTP_ISSUER = "Tidedesk"
+# Two tabs of one console share a sign-in and may refresh at the same moment: the loser presents
+# the token the winner just spent. Within this window that is not taken for theft (the loser is
+# told to use the new tokens its sibling stored); later, a spent token revokes the sign-in.
+REFRESH_GRACE_SECS = 20.0
 
 ROLES = ("agent", "supervisor", "admin")
 _hasher = PasswordHasher()
@@ -48,11 +65,78 @@ def verify_totp(secret: str, code: str, now: float | None = None) -> bool:
     return pyotp.TOTP(secret).verify(code.strip(), for_time=now, valid_window=1)
 
 
+def signin_wait(failures: int, last_failure: float, now: float, *, lock_after: int,
+                lock_s: float) -> float:
+    """Seconds before the next sign-in attempt may be tried (0 = now), after ``failures``
+    failed attempts, the last at ``last_failure``. Growing delays, then a lock of ``lock_s``."""
+    if failures >= lock_after:
+        return max(0.0, last_failure + lock_s - now)
+    if failures <= SIGNIN_FREE_FAILURES:
+        return 0.0
+    delay = min(SIGNIN_MAX_DELAY_SECS, 2.0 ** (failures - SIGNIN_FREE_FAILURES - 1))
+    return max(0.0, last_failure + delay - now)
+
+
+def totp_uri(secret: str, email: str) -> str:
+    """The ``otpauth://`` URI authenticator apps read (from the QR code or typed in)."""
+    return pyotp.TOTP(secret).provisioning_uri(name=email, issuer_name=TOTP_ISSUER)
+
+
+def qr_svg_data_uri(text: str) -> str:
+    """A QR code of ``text`` as an SVG ``data:`` URI, ready for an ``<img src>``."""
+    import segno
+
+    svg = segno.make(text, error="m").svg_inline(scale=4)
+    return "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode()
+
+
+@dataclass(frozen=True)
+class RefreshFamily:
+    """What the store keeps per sign-in: the live refresh token id, the one it replaced and
+    when (for :data:`REFRESH_GRACE_SECS`). ``current`` empty: the store had lost the family
+    (it restarted) and took it back from a token it had not seen revoked; the next refresh
+    token presented becomes the live one."""
+
+    current: str
+    previous: str = ""
+    rotated_at: float = 0.0
+
+    def encode(self) -> str:
+        return f"{self.current}|{self.previous}|{self.rotated_at!r}"
+
+    @classmethod
+    def decode(cls, raw: str | None) -> RefreshFamily | None:
+        if raw is None:
+            return None
+        current, _, rest = raw.partition("|")
+        previous, _, at = rest.partition("|")
+        return cls(current, previous, float(at or 0))
+
+
+def refresh_verdict(family: RefreshFamily | None, jti: str, now: float) -> str:
+    """``rotate`` (the live token), ``revoked`` (the sign-in ended), ``sibling`` (the token
+    just replaced, within the grace window) or ``reused`` (a spent token: revoke)."""
+    if family is None:
+        return "revoked"
+    if not family.current or (jti and jti == family.current):
+        return "rotate"  # the live token; or the store lost the family and took it back
+    if jti and jti == family.previous and now - family.rotated_at <= REFRESH_GRACE_SECS:
+        return "sibling"
+    return "reused"
+
+
+def new_token_id() -> str:
+    return uuid.uuid4().hex
+
+
 @dataclass(frozen=True)
 class Principal:
     kind: str  # agent | visitor
     id: str
     role: str = "visitor"
+    family: str = ""  # agent tokens: the sign-in they belong to
+    jti: str = ""  # refresh tokens: this token's id within the family
+    issued_at: int = 0  # the token's iat (whole seconds)
 
     @property
     def is_supervisor(self) -> bool:
@@ -60,28 +144,33 @@ class Principal:
 
 
 class TokenService:
-    def __init__(self, secret: str, access_ttl_s: int, refresh_ttl_s: int) -> None:
+    def __init__(self, secret: str, access_ttl_s: int, refresh_ttl_s: int,
+                 visitor_ttl_s: int = 30 * 86400) -> None:
         self._secret = secret
         self.access_ttl_s = access_ttl_s
         self.refresh_ttl_s = refresh_ttl_s
+        self.visitor_ttl_s = visitor_ttl_s
 
     def _encode(self, claims: dict[str, Any]) -> str:
         return jwt.encode(claims, self._secret, algorithm=_ALGORITHM)
 
-    def agent_tokens(self, agent_id: str, role: str, now: float | None = None) -> dict[str, Any]:
+    def agent_tokens(self, agent_id: str, role: str, *, family: str, jti: str,
+                     now: float | None = None) -> dict[str, Any]:
+        """An access token and the refresh token ``jti`` of sign-in ``family``."""
         now = time.time() if now is None else now
-        base = {"sub": agent_id, "role": role, "iat": int(now)}
+        base = {"sub": agent_id, "role": role, "iat": int(now), "fam": family}
         return {
             "access_token": self._encode({**base, "typ": "access",
                                           "exp": int(now + self.access_ttl_s)}),
-            "refresh_token": self._encode({**base, "typ": "refresh",
+            "refresh_token": self._encode({**base, "typ": "refresh", "jti": jti,
                                            "exp": int(now + self.refresh_ttl_s)}),
             "expires_in": self.access_ttl_s,
         }
 
     def visitor_token(self, visitor_id: str, now: float | None = None) -> str:
         now = time.time() if now is None else now
-        return self._encode({"sub": visitor_id, "typ": "visitor", "iat": int(now)})
+        return self._encode({"sub": visitor_id, "typ": "visitor", "iat": int(now),
+                             "exp": int(now + self.visitor_ttl_s)})
 
     def decode(self, token: str | None, expected: str) -> Principal:
         """The principal of a valid token of kind ``expected``; :class:`AuthError` otherwise."""
@@ -90,7 +179,7 @@ class TokenService:
                             "'Authorization: Bearer <token>' header")
         try:
             claims = jwt.decode(token, self._secret, algorithms=[_ALGORITHM],
-                                options={"require": ["sub", "typ"]})
+                                options={"require": ["sub", "typ", "exp"]})
         except jwt.ExpiredSignatureError:
             raise AuthError("token_expired", "the token has expired; sign in or refresh "
                             "again") from None
@@ -101,4 +190,10 @@ class TokenService:
                             f"got a {claims.get('typ')} token")
         if expected == "visitor":
             return Principal("visitor", str(claims["sub"]))
-        return Principal("agent", str(claims["sub"]), str(claims.get("role", "agent")))
+        if not claims.get("fam") or (expected == "refresh" and not claims.get("jti")):
+            raise AuthError("invalid_token", "this token is from an older version; sign in again")
+        role = str(claims.get("role", "agent"))
+        if role not in ROLES:
+            raise AuthError("invalid_token", "the token names no known role; sign in again")
+        return Principal("agent", str(claims["sub"]), role, str(claims.get("fam", "")),
+                         str(claims.get("jti", "")), int(claims.get("iat", 0)))

@@ -65,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--totp", action="store_true", help="require a TOTP second factor")
     ls = admin.add_parser("list-agents", help="list agents", description="List all agents.")
     _add_config(ls)
+    rk = admin.add_parser(
+        "rotate-key", help="re-encrypt stored visitor fields (and bodies) with the current key",
+        description="Re-encrypt with TIDEDESK_AES_KEY every value written with a key listed in "
+                    "TIDEDESK_AES_PREVIOUS_KEYS, encrypt names still stored in the clear, and "
+                    "(with TIDEDESK_ENCRYPT_MESSAGE_BODIES) message bodies in the clear. Safe "
+                    "to run again or to interrupt; afterwards the previous keys can be removed.")
+    _add_config(rk)
 
     sub.add_parser("controlplane", help="run the autoscaling control plane", add_help=False)
     sub.add_parser("simulate", help="replay a load trace through a scaling policy",
@@ -100,9 +107,18 @@ Press Ctrl-C to stop.""", flush=True)
     return 0
 
 
+def _storage(settings: Settings) -> Any:
+    """The directory with the deployment's key, so TOTP seeds are stored encrypted."""
+    from tidedesk.crypto import FieldCipher
+    from tidedesk.storage import Storage
+
+    return Storage(settings.database_url,
+                   cipher=FieldCipher(settings.aes_key, settings.aes_previous_keys),
+                   encrypt_bodies=settings.encrypt_message_bodies)
+
+
 def _create_agent(args: argparse.Namespace) -> int:
     from tidedesk.auth import hash_password, new_totp_secret
-    from tidedesk.storage import Storage
 
     if not EMAIL_RE.match(args.email):
         raise SettingsError("--email: expected an e-mail address like agent@example.com")
@@ -113,7 +129,7 @@ def _create_agent(args: argparse.Namespace) -> int:
     pools = [p.strip() for p in args.pools.split(",") if p.strip()]
     if not pools:
         raise SettingsError("--pools: give at least one pool, e.g. --pools general")
-    storage = Storage(_settings(args).database_url)
+    storage = _storage(_settings(args))
     try:
         storage.migrate_all()
         if storage.agent_by_email_sync(args.email) is not None:
@@ -122,23 +138,22 @@ def _create_agent(args: argparse.Namespace) -> int:
         agent = storage.create_agent_sync(
             email=args.email, name=args.name, password_hash=hash_password(args.password),
             role=args.role, pools=pools, max_chats=args.max_chats, totp_secret=secret)
-        storage.audit_sync("cli", "agent.create", args.email, {"role": args.role})
+        storage.audit_sync("cli", "agent.create", args.email,
+                           {"role": args.role, "totp": bool(secret)})
     finally:
         storage.close()
     print(f"created agent {agent.id} <{args.email}> role={args.role} pools={','.join(pools)} "
           f"max_chats={args.max_chats}")
     if secret:
-        import pyotp
+        from tidedesk.auth import totp_uri
 
-        uri = pyotp.TOTP(secret).provisioning_uri(name=args.email, issuer_name="Tidedesk")
+        uri = totp_uri(secret, args.email)
         print(f"TOTP secret: {secret}\nTOTP URI: {uri}")
     return 0
 
 
 def _list_agents(args: argparse.Namespace) -> int:
-    from tidedesk.storage import Storage
-
-    storage = Storage(_settings(args).database_url)
+    storage = _storage(_settings(args))
     try:
         storage.migrate_all()
         agents = storage.list_agents_sync()
@@ -148,6 +163,24 @@ def _list_agents(args: argparse.Namespace) -> int:
     for a in agents:
         print(f"{a.id:>4}  {a.email:<32} {a.name:<20} {a.role:<10} {a.max_chats:>3}  "
               f"{a.pools}  {'yes' if a.totp_secret else 'no'}")
+    return 0
+
+
+def _rotate_key(args: argparse.Namespace) -> int:
+    storage = _storage(_settings(args))
+    cipher = storage.cipher
+    try:
+        storage.migrate_all()
+        try:
+            counts = storage.rotate_key_sync()
+        except ValueError as exc:
+            raise SettingsError(f"TIDEDESK_AES_PREVIOUS_KEYS: {exc}") from None
+        storage.audit_sync("cli", "admin.rotate_key", cipher.key_id, counts)
+    finally:
+        storage.close()
+    print(f"re-encrypted with key {cipher.key_id}: {counts['visitor_fields']} visitor field(s), "
+          f"{counts['agent_secrets']} TOTP secret(s), {counts['message_bodies']} message "
+          "bod(ies)")
     return 0
 
 
@@ -187,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "admin":
             if args.admin_command == "create-agent":
                 return _create_agent(args)
+            if args.admin_command == "rotate-key":
+                return _rotate_key(args)
             return _list_agents(args)
     except SettingsError as exc:
         print(f"tidedesk: error: {exc}", file=sys.stderr)

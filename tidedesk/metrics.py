@@ -16,6 +16,8 @@ HTTP_LATENCY = Histogram(
     "tidedesk_http_request_duration_seconds", "HTTP request latency", ["handler", "method"],
 )
 HTTP_ERRORS = Counter("tidedesk_http_errors_total", "HTTP 4xx/5xx answers", ["status"])
+RATE_LIMITED = Counter("tidedesk_rate_limited_total",
+                       "Requests and connections refused by a rate limit", ["scope"])
 WS_ERRORS = Counter("tidedesk_ws_errors_total", "Error frames sent", ["code"])
 BATCH_SIZE = Histogram(
     "tidedesk_router_batch_size", "Rows per history batch",

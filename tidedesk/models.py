@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 import peewee as pw
 from playhouse.pool import PooledMySQLDatabase
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def now_ts() -> float:
@@ -33,7 +33,10 @@ class Agent(_Base):
     email = pw.CharField(max_length=254, unique=True)
     name = pw.CharField(max_length=120)
     password_hash = pw.CharField(max_length=255)
+    # The TOTP seed: encrypted in totp_secret_enc (tidedesk.crypto) when the storage has a key;
+    # totp_secret holds it only from schema 1 or a storage without a key.
     totp_secret = pw.CharField(max_length=64, null=True)
+    totp_secret_enc = pw.TextField(null=True)
     role = pw.CharField(max_length=16, default="agent")  # agent | supervisor | admin
     pools = pw.CharField(max_length=255, default="general")  # comma-separated
     max_chats = pw.IntegerField(default=3)
@@ -47,8 +50,12 @@ class Agent(_Base):
 
 class Visitor(_Base):
     id = pw.CharField(max_length=32, primary_key=True)
+    # Plaintext only from schema 1 or a Storage without a cipher; otherwise "" and name_enc
+    # holds it. The *_enc columns are AES-256-GCM with the key id beside (tidedesk.crypto).
     name = pw.CharField(max_length=120, default="")
-    email_enc = pw.TextField(null=True)  # AES-256-GCM, see tidedesk.crypto
+    name_enc = pw.TextField(null=True)
+    email_enc = pw.TextField(null=True)
+    phone_enc = pw.TextField(null=True)
     tags = pw.CharField(max_length=255, default="")
     locale = pw.CharField(max_length=8, default="en")
     created_at = pw.DoubleField(default=now_ts)
@@ -106,12 +113,23 @@ class AuditLog(_Base):
     detail = pw.TextField(default="")
 
 
+class RevokedSignIn(_Base):
+    """Ended sign-ins (token families): the store holds them for speed, this for when the
+    store lost them (a Redis or embedded-process restart)."""
+
+    family = pw.CharField(max_length=32, primary_key=True)
+    agent_id = pw.CharField(max_length=32)
+    reason = pw.CharField(max_length=32)
+    revoked_at = pw.DoubleField(default=now_ts)
+
+
 class SchemaVersion(_Base):
     version = pw.IntegerField()
 
 
 MAIN_MODELS: tuple[type[_Base], ...] = (
-    Agent, Visitor, Conversation, Ticket, CannedResponse, AuditLog, SchemaVersion, Message,
+    Agent, Visitor, Conversation, Ticket, CannedResponse, AuditLog, RevokedSignIn, SchemaVersion,
+    Message,
 )
 SHARD_MODELS: tuple[type[_Base], ...] = (Message, SchemaVersion)
 
@@ -174,6 +192,17 @@ def shard_index(conv_id: str, shard_count: int) -> int:
     return zlib.crc32(conv_id.encode()) % shard_count
 
 
+def _add_columns(db: pw.Database, table: str, columns: dict[str, pw.Field]) -> None:
+    from playhouse.migrate import MySQLMigrator, SchemaMigrator, SqliteMigrator
+    from playhouse.migrate import migrate as run_migrations
+
+    migrator: SchemaMigrator = (SqliteMigrator(db) if isinstance(db, pw.SqliteDatabase)
+                                else MySQLMigrator(db))
+    present = {c.name for c in db.get_columns(table)}
+    run_migrations(*(migrator.add_column(table, name, field)
+                     for name, field in columns.items() if name not in present))
+
+
 def migrate(shard: Shard) -> int:
     """Create or upgrade the schema of one shard; returns the schema version now in place."""
     db = shard.db
@@ -183,6 +212,10 @@ def migrate(shard: Shard) -> int:
         row = version_model.select().order_by(version_model.version.desc()).first()
         current = row.version if row else 0
         # Upgrades from older versions go here, one step at a time.
+        if 0 < current < 2 and "Visitor" in shard.models:
+            _add_columns(db, "visitor", {"name_enc": pw.TextField(null=True),
+                                         "phone_enc": pw.TextField(null=True)})
+            _add_columns(db, "agent", {"totp_secret_enc": pw.TextField(null=True)})
         if current < SCHEMA_VERSION:
             version_model.create(version=SCHEMA_VERSION)
         return SCHEMA_VERSION

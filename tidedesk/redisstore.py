@@ -127,6 +127,33 @@ end
 return item[1]
 """
 
+# KEYS: kv. ARGV: now, expires_at if new, ttl ms if new. A fixed window: expiry set once.
+_KV_INCR = """
+local item = redis.call('HMGET', KEYS[1], 'v', 'exp')
+if not item[1] or tonumber(item[2]) <= tonumber(ARGV[1]) then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'v', '1', 'exp', ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return 1
+end
+return redis.call('HINCRBY', KEYS[1], 'v', 1)
+"""
+
+# KEYS: kv. ARGV: now, expected ('' = missing), has_expected ('1'/'0'), value, expires_at, ttl ms.
+_KV_SWAP = """
+local item = redis.call('HMGET', KEYS[1], 'v', 'exp')
+local live = item[1] and tonumber(item[2]) > tonumber(ARGV[1])
+if ARGV[3] == '1' then
+  if not live or item[1] ~= ARGV[2] then return 0 end
+elseif live then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'v', ARGV[4], 'exp', ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+return 1
+"""
+
 # KEYS: presence. ARGV: conn, "<exp>|<node>", now, ttl ms. Drops expired connections on the way.
 _PRESENCE_ADD = """
 local all = redis.call('HGETALL', KEYS[1])
@@ -284,6 +311,8 @@ class RedisStore(Store):
         self._last_seq = reg(_LAST_SEQ)
         self._kv_set = reg(_KV_SET)
         self._kv_get = reg(_KV_GET)
+        self._kv_incr = reg(_KV_INCR)
+        self._kv_swap = reg(_KV_SWAP)
         self._presence_add = reg(_PRESENCE_ADD)
         self._presence_remove = reg(_PRESENCE_REMOVE)
         self._claim = reg(_CLAIM)
@@ -353,6 +382,20 @@ class RedisStore(Store):
     @_tracked
     async def kv_delete(self, key: str) -> None:
         await self._r.delete(self._k("kv", key))
+
+    @_tracked
+    async def kv_incr(self, key: str, ttl_s: float, now: float) -> int:
+        return int(await self._kv_incr(keys=[self._k("kv", key)],
+                                       args=[repr(now), repr(now + ttl_s), _ms(ttl_s)]))
+
+    @_tracked
+    async def kv_swap(self, key: str, expected: str | None, value: str, ttl_s: float,
+                      now: float) -> bool:
+        res = await self._kv_swap(
+            keys=[self._k("kv", key)],
+            args=[repr(now), expected or "", "0" if expected is None else "1", value,
+                  repr(now + ttl_s), _ms(ttl_s)])
+        return bool(int(res))
 
     # -- presence ---------------------------------------------------------------------------
     @_tracked

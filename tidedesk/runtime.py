@@ -19,6 +19,7 @@ from routernode.router import Router
 from routernode.routing import DEFAULT_RULES, RoutingConfig, RoutingConfigError, parse_rules
 from tidedesk.auth import hash_password
 from tidedesk.broker import Broker, MemoryBroker
+from tidedesk.crypto import FieldCipher
 from tidedesk.settings import Settings, SettingsError
 from tidedesk.storage import Storage
 from tidedesk.store import MemoryStore, Store
@@ -93,7 +94,9 @@ class Runtime:
         self.routing = load_routing(settings)
         self.broker = broker or make_broker(settings)
         self.store = store or make_store(settings)
-        self.storage = Storage(settings.database_url, settings.db_pool_size)
+        self.storage = Storage(settings.database_url, settings.db_pool_size,
+                               cipher=FieldCipher(settings.aes_key, settings.aes_previous_keys),
+                               encrypt_bodies=settings.encrypt_message_bodies)
         self.node: ChatNode | None = None
         self.router: Router | None = None
         self.server: HTTPServer | None = None

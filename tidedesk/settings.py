@@ -123,7 +123,22 @@ FIELDS: tuple[Field, ...] = (
     Field("jwt_secret", None, _parse_optional_str,
           "HMAC key for agent and visitor tokens (default: generated into data_dir)"),
     Field("aes_key", None, _parse_optional_str,
-          "base64 of 32 bytes, AES-256-GCM key for visitor fields (default: generated)"),
+          "base64 of 32 bytes, AES-256-GCM key for visitor fields and bodies (default: "
+          "generated into data_dir; in Docker TIDEDESK_AES_KEY_FILE=/run/secrets/... via the "
+          "image's entrypoint)"),
+    Field("aes_previous_keys", (), _parse_list,
+          "older AES keys (base64, comma-separated) still accepted for reading until "
+          "'tidedesk admin rotate-key' has re-encrypted everything"),
+    Field("encrypt_message_bodies", False, _parse_bool,
+          "also encrypt chat message bodies at rest (AES-256-GCM)"),
+    Field("login_lock_after", 10, _parse_int(1, 1000),
+          "failed sign-ins to one account before it is locked (growing delays before that)"),
+    Field("login_lock_s", 900, _parse_int(1, 86400), "how long a locked account stays locked"),
+    Field("rate_limit_ip_per_min", 1200, _parse_int(0, 10_000_000),
+          "REST requests + WebSocket connects per client address per minute (0 = no limit)"),
+    Field("rate_limit_token_per_min", 600, _parse_int(0, 10_000_000),
+          "REST requests + WebSocket connects per signed-in agent or visitor per minute "
+          "(0 = no limit)"),
     Field("allowed_origins", (), _parse_list,
           "sites allowed to open WebSockets (scheme://host[:port]); empty = same host only"),
     Field("routing_file", None, _parse_optional_str, "routing rules YAML (default: built in)"),
@@ -131,6 +146,8 @@ FIELDS: tuple[Field, ...] = (
     Field("demo_agent_password", "tidedesk-demo", _parse_str, "embedded mode's demo agent"),
     Field("access_token_ttl_s", 900, _parse_int(60, 86400), "agent access token lifetime"),
     Field("refresh_token_ttl_s", 7 * 86400, _parse_int(300, 90 * 86400), "refresh token life"),
+    Field("visitor_token_ttl_s", 30 * 86400, _parse_int(60, 365 * 86400),
+          "visitor token lifetime (then the widget starts a new visitor)"),
     Field("presence_ttl_s", 90.0, _parse_float(3, 3600),
           "a connection counts as present this long after its node's last heartbeat "
           "(heartbeat every third of it)"),
@@ -168,12 +185,19 @@ class Settings:
     node_id: str
     jwt_secret: str
     aes_key: str
+    aes_previous_keys: tuple[str, ...]
+    encrypt_message_bodies: bool
+    login_lock_after: int
+    login_lock_s: int
+    rate_limit_ip_per_min: int
+    rate_limit_token_per_min: int
     allowed_origins: tuple[str, ...]
     routing_file: str | None
     demo_agent_email: str
     demo_agent_password: str
     access_token_ttl_s: int
     refresh_token_ttl_s: int
+    visitor_token_ttl_s: int
     presence_ttl_s: float
     ws_ping_interval_s: float
     ws_ping_timeout_s: float
@@ -274,13 +298,18 @@ def load_settings(
         values["jwt_secret"] = _generated_secret(
             values["data_dir"], "jwt.key", lambda: secrets.token_urlsafe(48)
         )
+    if len(values["jwt_secret"]) < 32:
+        raise SettingsError("TIDEDESK_JWT_SECRET: use at least 32 characters (HS256 needs a "
+                            "256-bit key), e.g. the output of: openssl rand -hex 32")
     if values["aes_key"] is None:
         import base64
 
         values["aes_key"] = _generated_secret(
             values["data_dir"], "aes.key", lambda: base64.b64encode(os.urandom(32)).decode()
         )
-    _check_aes_key(values["aes_key"])
+    _check_aes_key("aes_key", values["aes_key"])
+    for old in values["aes_previous_keys"]:
+        _check_aes_key("aes_previous_keys", old)
     if 0 < values["ws_ping_interval_s"] < values["ws_ping_timeout_s"]:
         raise SettingsError(
             f"TIDEDESK_WS_PING_TIMEOUT_S: {values['ws_ping_timeout_s']} is longer than "
@@ -289,7 +318,7 @@ def load_settings(
     return Settings(**values)
 
 
-def _check_aes_key(value: str) -> None:
+def _check_aes_key(key: str, value: str) -> None:
     import base64
     import binascii
 
@@ -298,4 +327,5 @@ def _check_aes_key(value: str) -> None:
     except (binascii.Error, ValueError):
         raw = b""
     if len(raw) != 32:
-        raise SettingsError("TIDEDESK_AES_KEY: expected base64 of exactly 32 bytes (AES-256)")
+        raise SettingsError(f"{_env_name(key)}: expected base64 of exactly 32 bytes (AES-256), "
+                            "e.g. the output of: head -c 32 /dev/urandom | base64")

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import peewee as pw
 import pybreaker
 
+from tidedesk.crypto import FieldCipher
 from tidedesk.errors import StorageUnavailable
 from tidedesk.models import Shard, bind_models, migrate, open_database, shard_index
 
@@ -55,15 +56,21 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-def message_frame(row: Any) -> dict[str, Any]:
-    """A stored message as the wire's ``message`` frame."""
+# Associated data of each encrypted field (a value moved to another column does not decrypt).
+VISITOR_FIELDS = {"name": "visitor.name", "email": "visitor.email", "phone": "visitor.phone"}
+BODY_CONTEXT = "message.body"
+TOTP_CONTEXT = "agent.totp_secret"
+
+
+def message_frame(row: Any, body: str | None = None) -> dict[str, Any]:
+    """A stored message as the wire's ``message`` frame (``body``: the decrypted text)."""
     frame: dict[str, Any] = {
         "type": "message",
         "conversation_id": row.conversation_id,
         "seq": row.seq,
         "id": row.client_id,
         "from": row.sender_type,
-        "body": row.body,
+        "body": row.body if body is None else body,
         "ts": row.ts,
     }
     if row.sender_name:
@@ -80,9 +87,18 @@ def visitor_summary(visitor_id: str, row: Any) -> dict[str, Any]:
 
 
 class Storage:
-    def __init__(self, urls: Sequence[str], pool_size: int = 4) -> None:
+    """``cipher``: visitors' name, e-mail and phone are stored encrypted with it (and message
+    bodies too with ``encrypt_bodies``); rows read back carry the plaintext in ``name``,
+    ``email`` and ``phone``. Without one, names are stored in the clear (tools, benchmarks)."""
+
+    def __init__(self, urls: Sequence[str], pool_size: int = 4, *,
+                 cipher: FieldCipher | None = None, encrypt_bodies: bool = False) -> None:
         if not urls:
             raise ValueError("at least one database URL is needed")
+        if encrypt_bodies and cipher is None:
+            raise ValueError("encrypt_bodies needs a cipher")
+        self.cipher = cipher
+        self.encrypt_bodies = encrypt_bodies
         self.shards: list[Shard] = [
             bind_models(open_database(url, pool_size), main=(i == 0)) for i, url in enumerate(urls)
         ]
@@ -129,18 +145,33 @@ class Storage:
                 shard.db.close()
 
     # -- agents -----------------------------------------------------------------------------
+    def _totp_fields(self, secret: str | None) -> dict[str, Any]:
+        """The columns that store a TOTP seed: encrypted when we hold a key."""
+        if self.cipher is None:
+            return {"totp_secret": secret, "totp_secret_enc": None}
+        return {"totp_secret": None, "totp_secret_enc":
+                self.cipher.encrypt(secret, TOTP_CONTEXT) if secret else None}
+
+    def _open_agent(self, row: Any) -> Any:
+        """Put the plaintext TOTP seed in ``totp_secret`` (not saved). A seed we cannot decrypt
+        (no key here) still reads as set, so 'has 2FA' stays true and sign-in fails closed."""
+        if row is not None and row.totp_secret_enc:
+            plain = self.cipher.decrypt(row.totp_secret_enc, TOTP_CONTEXT) if self.cipher else None
+            row.totp_secret = plain or "!undecryptable"
+        return row
+
     def create_agent_sync(self, *, email: str, name: str, password_hash: str, role: str,
                           pools: Iterable[str], max_chats: int, totp_secret: str | None) -> Any:
         agent = self.main["Agent"]
         with self.main.db.connection_context():
-            return agent.create(email=email.lower(), name=name, password_hash=password_hash,
-                                role=role, pools=",".join(pools), max_chats=max_chats,
-                                totp_secret=totp_secret)
+            return self._open_agent(agent.create(
+                email=email.lower(), name=name, password_hash=password_hash, role=role,
+                pools=",".join(pools), max_chats=max_chats, **self._totp_fields(totp_secret)))
 
     def agent_by_email_sync(self, email: str) -> Any:
         agent = self.main["Agent"]
         with self.main.db.connection_context():
-            return agent.get_or_none(agent.email == email.strip().lower())
+            return self._open_agent(agent.get_or_none(agent.email == email.strip().lower()))
 
     def agent_sync(self, agent_id: int | str) -> Any:
         agent = self.main["Agent"]
@@ -149,12 +180,12 @@ class Storage:
         except (TypeError, ValueError):
             return None
         with self.main.db.connection_context():
-            return agent.get_or_none(agent.id == key)
+            return self._open_agent(agent.get_or_none(agent.id == key))
 
     def list_agents_sync(self) -> list[Any]:
         agent = self.main["Agent"]
         with self.main.db.connection_context():
-            return list(agent.select().order_by(agent.id))
+            return [self._open_agent(a) for a in agent.select().order_by(agent.id)]
 
     async def agent_by_email(self, email: str) -> Any:
         return await self.run(self.agent_by_email_sync, email)
@@ -166,13 +197,34 @@ class Storage:
         return await self.run(self.list_agents_sync)
 
     # -- visitors and conversations ----------------------------------------------------------
-    async def create_visitor(self, *, name: str, email_enc: str | None, tags: Sequence[str],
-                             locale: str) -> str:
+    def _seal(self, value: str | None, field: str) -> str | None:
+        if not value or self.cipher is None:
+            return None
+        return self.cipher.encrypt(value, VISITOR_FIELDS[field])
+
+    def _open_visitor(self, row: Any) -> Any:
+        """Put the plaintext of the encrypted fields on the row (not saved)."""
+        if row is None:
+            return None
+        for field, context in VISITOR_FIELDS.items():
+            stored = getattr(row, f"{field}_enc")
+            plain = (self.cipher.decrypt(stored, context) if stored and self.cipher else None)
+            if plain is None and field == "name":
+                plain = row.name  # schema 1, or stored without a cipher
+            setattr(row, field, plain or ("" if field == "name" else None))
+        return row
+
+    async def create_visitor(self, *, name: str, email: str | None, tags: Sequence[str],
+                             locale: str, phone: str | None = None) -> str:
+        plain_name = "" if self.cipher is not None else name
+        fields = {"name_enc": self._seal(name, "name"), "email_enc": self._seal(email, "email"),
+                  "phone_enc": self._seal(phone, "phone")}
+
         def work() -> str:
             visitor_id = new_id()
             with self.main.db.connection_context():
-                self.main["Visitor"].create(id=visitor_id, name=name, email_enc=email_enc,
-                                            tags=",".join(tags), locale=locale)
+                self.main["Visitor"].create(id=visitor_id, name=plain_name, tags=",".join(tags),
+                                            locale=locale, **fields)
             return visitor_id
 
         return await self.run(work)
@@ -181,7 +233,7 @@ class Storage:
         def work() -> Any:
             model = self.main["Visitor"]
             with self.main.db.connection_context():
-                return model.get_or_none(model.id == visitor_id)
+                return self._open_visitor(model.get_or_none(model.id == visitor_id))
 
         return await self.run(work)
 
@@ -193,7 +245,8 @@ class Storage:
             if not visitor_ids:
                 return {}
             with self.main.db.connection_context():
-                return {v.id: v for v in model.select().where(model.id.in_(list(visitor_ids)))}
+                return {v.id: self._open_visitor(v)
+                        for v in model.select().where(model.id.in_(list(visitor_ids)))}
 
         return await self.run(work)
 
@@ -272,6 +325,8 @@ class Storage:
         for row in rows:
             by_shard.setdefault(shard_index(row["conversation_id"], len(self.shards)),
                                 []).append(row)
+        if self.cipher is not None:
+            by_shard = {i: [self._seal_row(r) for r in rs] for i, rs in by_shard.items()}
         for index, shard_rows in by_shard.items():
             shard = self.shards[index]
             sql = _insert_ignore_sql(shard.db)
@@ -282,6 +337,17 @@ class Storage:
                 # the database's own work per row.
                 db: Any = shard.db  # peewee's cursor() is untyped
                 db.cursor().executemany(sql, params)
+
+    def _seal_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A visitor's name is kept only encrypted on the visitor, never beside a message;
+        bodies are encrypted when ``encrypt_bodies`` is on."""
+        assert self.cipher is not None
+        changes: dict[str, Any] = {}
+        if row["sender_type"] == "visitor":
+            changes["sender_name"] = ""
+        if self.encrypt_bodies:
+            changes["body"] = self.cipher.encrypt(row["body"], BODY_CONTEXT)
+        return {**row, **changes} if changes else row
 
     async def insert_messages(self, rows: Sequence[dict[str, Any]]) -> None:
         await self.run(self.insert_messages_sync, rows)
@@ -307,9 +373,17 @@ class Storage:
                 else:
                     rows = list(query.where(msg.seq > (after_seq or 0))
                                 .order_by(msg.seq).limit(limit))
-            return [message_frame(r) for r in rows]
+            return [message_frame(r, self._open_body(r.body)) for r in rows]
 
         return await self.run(work)
+
+    def _open_body(self, stored: str) -> str:
+        """The plaintext of a body written encrypted (even if encryption was turned off since);
+        a body that merely looks like a sealed value is shown as it is."""
+        if self.cipher is None or not stored.startswith("v"):
+            return stored
+        plain = self.cipher.decrypt(stored, BODY_CONTEXT)
+        return stored if plain is None else plain
 
     async def max_seq(self, conv_id: str) -> int:
         def work() -> int:
@@ -356,3 +430,136 @@ class Storage:
     async def audit(self, actor: str, action: str, target: str = "",
                     detail: dict[str, Any] | None = None) -> None:
         await self.run(self.audit_sync, actor, action, target, detail)
+
+    async def audit_log(self, *, limit: int = 100, before_id: int | None = None,
+                        action: str | None = None) -> list[dict[str, Any]]:
+        """Audit entries newest first; ``before_id`` pages back, ``action`` filters by prefix
+        (``auth.`` = every sign-in event)."""
+        limit = max(1, min(limit, MAX_PAGE))
+
+        def work() -> list[dict[str, Any]]:
+            model = self.main["AuditLog"]
+            query = model.select().order_by(model.id.desc()).limit(limit)
+            if before_id is not None:
+                query = query.where(model.id < before_id)
+            if action:
+                query = query.where(model.action.startswith(action))
+            with self.main.db.connection_context():
+                return [{"id": r.id, "ts": r.ts, "actor": r.actor, "action": r.action,
+                         "target": r.target, "detail": json.loads(r.detail or "{}")}
+                        for r in query]
+
+        return await self.run(work)
+
+    # -- ended sign-ins ---------------------------------------------------------------------------
+    async def revoke_sign_in(self, family: str, agent_id: str, reason: str) -> None:
+        def work() -> None:
+            model = self.main["RevokedSignIn"]
+            with self.main.db.connection_context():
+                model.insert(family=family, agent_id=agent_id, reason=reason,
+                             revoked_at=time.time()).on_conflict_ignore().execute()
+
+        await self.run(work)
+
+    async def sign_in_revoked(self, family: str) -> bool:
+        def work() -> bool:
+            model = self.main["RevokedSignIn"]
+            with self.main.db.connection_context():
+                return model.get_or_none(model.family == family) is not None
+
+        return await self.run(work)
+
+    # -- agents: changes made through the API ------------------------------------------------
+    async def update_agent(self, agent_id: int | str, **fields: Any) -> bool:
+        """Change an agent's ``role``, ``totp_secret`` ...; False if there is no such agent."""
+        if "totp_secret" in fields:
+            fields.update(self._totp_fields(fields.pop("totp_secret")))
+
+        def work() -> bool:
+            agent = self.main["Agent"]
+            try:
+                key = int(agent_id)
+            except (TypeError, ValueError):
+                return False
+            with self.main.db.connection_context():
+                return bool(agent.update(**fields).where(agent.id == key).execute())
+
+        return await self.run(work)
+
+    # -- key rotation ---------------------------------------------------------------------------
+    def rotate_key_sync(self, batch: int = 500) -> dict[str, int]:
+        """Re-encrypt with the cipher's current key every value made with another key, encrypt
+        names and TOTP seeds still in the clear, and (with ``encrypt_bodies``) bodies still in
+        the clear.
+        Returns how many values changed, by kind. Safe to run again or to interrupt."""
+        if self.cipher is None:
+            raise ValueError("rotate-key needs a cipher")
+        cipher = self.cipher
+        counts = {"visitor_fields": 0, "agent_secrets": 0, "message_bodies": 0}
+
+        def reseal(stored: str | None, context: str) -> str | None:
+            if not stored or not cipher.needs_rotation(stored):
+                return None
+            plain = cipher.decrypt(stored, context)
+            if plain is None:
+                raise ValueError(f"a {context} value was made with a key that is neither "
+                                 "TIDEDESK_AES_KEY nor in TIDEDESK_AES_PREVIOUS_KEYS")
+            return cipher.encrypt(plain, context)
+
+        visitor = self.main["Visitor"]
+        with self.main.db.connection_context():
+            last = ""
+            while True:
+                rows = list(visitor.select().where(visitor.id > last)
+                            .order_by(visitor.id).limit(batch))
+                if not rows:
+                    break
+                last = rows[-1].id
+                with self.main.db.atomic():
+                    for row in rows:
+                        changes: dict[str, Any] = {}
+                        for field, context in VISITOR_FIELDS.items():
+                            new = reseal(getattr(row, f"{field}_enc"), context)
+                            if new is not None:
+                                changes[f"{field}_enc"] = new
+                        if row.name and not row.name_enc:
+                            changes.update(name="", name_enc=cipher.encrypt(row.name,
+                                                                            VISITOR_FIELDS["name"]))
+                        if changes:
+                            counts["visitor_fields"] += len(changes) - ("name" in changes)
+                            visitor.update(**changes).where(visitor.id == row.id).execute()
+        agent = self.main["Agent"]
+        with self.main.db.connection_context(), self.main.db.atomic():
+            for row in agent.select():
+                stored = row.totp_secret_enc
+                new = reseal(stored, TOTP_CONTEXT)
+                if new is None and row.totp_secret and not stored:
+                    new = cipher.encrypt(row.totp_secret, TOTP_CONTEXT)
+                if new is not None:
+                    counts["agent_secrets"] += 1
+                    agent.update(totp_secret=None, totp_secret_enc=new).where(
+                        agent.id == row.id).execute()
+        for shard in self.shards:
+            msg = shard["Message"]
+            with shard.db.connection_context():
+                last_id = 0
+                while True:
+                    rows = list(msg.select(msg.id, msg.body).where(msg.id > last_id)
+                                .order_by(msg.id).limit(batch))
+                    if not rows:
+                        break
+                    last_id = rows[-1].id
+                    with shard.db.atomic():
+                        for row in rows:
+                            sealed = row.body.startswith(("v1:", "v2:")) and cipher.decrypt(
+                                row.body, BODY_CONTEXT) is not None
+                            if sealed:
+                                new = reseal(row.body, BODY_CONTEXT)
+                            elif self.encrypt_bodies:
+                                new = cipher.encrypt(row.body, BODY_CONTEXT)
+                            else:
+                                new = None
+                            if new is not None:
+                                counts["message_bodies"] += 1
+                                msg.update(body=new).where(msg.id == row.id).execute()
+        return counts

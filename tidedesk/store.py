@@ -73,6 +73,19 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def kv_delete(self, key: str) -> None: ...
 
+    @abc.abstractmethod
+    async def kv_incr(self, key: str, ttl_s: float, now: float) -> int:
+        """Add one to a counter and return it. A missing or expired counter starts at 1 and
+        expires ``ttl_s`` after ``now``; later increments keep that expiry (a fixed window, as
+        rate limits and failed sign-ins need). :meth:`kv_get` reads it as a decimal string."""
+
+    @abc.abstractmethod
+    async def kv_swap(self, key: str, expected: str | None, value: str, ttl_s: float,
+                      now: float) -> bool:
+        """Atomically: if the key holds ``expected`` (``None``: missing or expired), set it to
+        ``value`` with a fresh TTL and return True; else change nothing and return False.
+        Refresh-token rotation uses it, so two uses of one token cannot both win."""
+
     # -- presence ---------------------------------------------------------------------------
     @abc.abstractmethod
     async def presence_add(self, who: str, conn: str, node_id: str, ttl_s: float,
@@ -182,6 +195,24 @@ class MemoryStore(Store):
 
     async def kv_delete(self, key: str) -> None:
         self._kv.pop(key, None)
+
+    async def kv_incr(self, key: str, ttl_s: float, now: float) -> int:
+        item = self._kv.get(key)
+        if item is None or item[1] <= now:
+            self._kv[key] = ("1", now + ttl_s)
+            return 1
+        count = int(item[0]) + 1
+        self._kv[key] = (str(count), item[1])
+        return count
+
+    async def kv_swap(self, key: str, expected: str | None, value: str, ttl_s: float,
+                      now: float) -> bool:
+        item = self._kv.get(key)
+        current = item[0] if item is not None and item[1] > now else None
+        if current != expected:
+            return False
+        self._kv[key] = (value, now + ttl_s)
+        return True
 
     async def presence_add(self, who: str, conn: str, node_id: str, ttl_s: float,
                            now: float) -> None:

@@ -19,6 +19,9 @@ CLOSE_FORBIDDEN = 4403
 CLOSE_RATE_LIMITED = 4429
 CLOSE_TRY_AGAIN_LATER = 1013
 
+# Largest seq a client may name: JavaScript's largest exact integer (and far below what the
+# databases' 64-bit columns hold, so a huge number is refused here instead of crashing a query).
+MAX_SEQ = 2**53 - 1
 CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
 AGENT_STATUSES = ("online", "away", "offline")
 
@@ -103,14 +106,14 @@ def parse_frame(raw: str | bytes, *, role: str, max_body_chars: int) -> Frame:
                              f"{max_body_chars}: split the message", frame_id=frame_id)
     elif kind == "resume":
         after = _require(data, "after_seq", int, "the last seq you saw (an integer >= 0)")
-        if after < 0:
-            raise FrameError("invalid_field", "'after_seq' must be >= 0")
+        if not 0 <= after <= MAX_SEQ:
+            raise FrameError("invalid_field", f"'after_seq' must be between 0 and {MAX_SEQ}")
     elif kind == "typing":
         _require(data, "on", bool, "true or false")
     elif kind == "read":
         seq = _require(data, "seq", int, "the seq read (an integer >= 0)")
-        if seq < 0:
-            raise FrameError("invalid_field", "'seq' must be >= 0")
+        if not 0 <= seq <= MAX_SEQ:
+            raise FrameError("invalid_field", f"'seq' must be between 0 and {MAX_SEQ}")
     elif kind == "status":
         status = _require(data, "status", str, "online, away or offline")
         if status not in AGENT_STATUSES:

@@ -76,14 +76,19 @@
       listeners.forEach(function (f) { f(session); });
       return session;
     }, function (err) {
-      var other = load();
-      if (other && other.refresh_token !== before.refresh_token && other.expires_at > Date.now()) {
-        session = other; // another tab refreshed first
-        schedule();
-        return session;
-      }
-      if (err.status === 401 || err.status === 403) { store(null); listeners.forEach(function (f) { f(null); }); }
-      throw err;
+      // token_rotated: another tab refreshed with the same token a moment ago; its new tokens
+      // may reach localStorage a little after our answer, so look again shortly.
+      var wait = err.code === "token_rotated" ? 700 : 0;
+      return new Promise(function (r) { setTimeout(r, wait); }).then(function () {
+        var other = load();
+        if (other && other.refresh_token !== before.refresh_token && other.expires_at > Date.now()) {
+          session = other; // another tab refreshed first
+          schedule();
+          return session;
+        }
+        if (err.status === 401 || err.status === 403) { store(null); listeners.forEach(function (f) { f(null); }); }
+        throw err;
+      });
     }).finally(function () { refreshing = null; });
     return refreshing;
   }
@@ -132,6 +137,16 @@
   }
 
   function logout() { clearTimeout(timer); store(null); }
+
+  /** The sign-out button: end the sign-in on the server too (every tab's refresh token). */
+  function revoke() {
+    if (session && session.refresh_token) {
+      fetch("/api/v1/auth/logout", { method: "POST", keepalive: true,
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ refresh_token: session.refresh_token }) }).catch(function () {});
+    }
+    logout();
+  }
 
   /**
    * Build the sign-in form into `container`. `t(key)` translates; `done()` runs after sign-in.
@@ -214,6 +229,7 @@
     ensureFresh: ensureFresh,
     api: api,
     logout: logout,
+    revoke: revoke,
     mountLogin: mountLogin,
     onChange: function (f) { listeners.push(f); },
   };

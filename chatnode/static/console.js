@@ -780,6 +780,7 @@
     $("[data-logout]").addEventListener("click", function () {
       send({ type: "status", status: "offline" });
       lsSet(STATUS_KEY, null); S.status = "online";
+      TDAuth.revoke();
       signedOut();
     });
     var input = $("[data-input]");

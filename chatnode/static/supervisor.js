@@ -156,7 +156,7 @@
       applyLang();
     });
   });
-  $("[data-logout]").addEventListener("click", showLogin);
+  $("[data-logout]").addEventListener("click", function () { TDAuth.revoke(); showLogin(); });
   document.addEventListener("visibilitychange", function () { if (!document.hidden && TDAuth.session && !$("#app").hidden) poll(); });
   setInterval(function () { if (last && !document.hidden) render(); }, 1000);
   applyLang();

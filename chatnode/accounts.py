@@ -1,0 +1,307 @@
+"""Agents' accounts: sign-in (growing delays, lock), tokens (rotation, reuse detection,
+sign-out), the TOTP second factor and roles. Handlers stay thin; the pure decisions live in
+:mod:`tidedesk.auth`; the state lives in the store seam (Redis in a cluster) and the database.
+See docs/security.md.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from chatnode.access import describe
+from chatnode.errors import ServiceError
+from tidedesk.auth import (
+    ROLES,
+    AuthError,
+    Principal,
+    RefreshFamily,
+    TokenService,
+    new_token_id,
+    new_totp_secret,
+    qr_svg_data_uri,
+    refresh_verdict,
+    signin_wait,
+    totp_uri,
+    verify_password,
+    verify_totp,
+)
+from tidedesk.settings import Settings
+from tidedesk.storage import Storage
+from tidedesk.store import Store
+
+# A TOTP secret offered by enrolment waits this long for its confirming code.
+TOTP_PENDING_SECS = 600
+# A code that signed in is refused after that for as long as it could still verify (its 30 s
+# step plus one step of drift either side).
+TOTP_USED_SECS = 120
+ROLE_NAMES = ", ".join(ROLES)
+# The store's value for an ended sign-in (kept as long as its refresh token could live).
+REVOKED = "revoked"
+
+
+def _family_key(family: str) -> str:
+    return f"refresh-family:{family}"
+
+
+def _role_key(agent_id: str) -> str:
+    return f"role-changed:{agent_id}"
+
+
+class Accounts:
+    def __init__(self, *, settings: Settings, store: Store, storage: Storage,
+                 tokens: TokenService, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.store = store
+        self.storage = storage
+        self.tokens = tokens
+        self.clock = clock
+
+    def principal(self, token: str | None, expected: str) -> Principal:
+        """The principal of a valid token of kind ``expected``; 401 otherwise."""
+        try:
+            return self.tokens.decode(token, expected)
+        except AuthError as exc:
+            raise ServiceError(401, exc.code, exc.message) from None
+
+    async def agent_for(self, principal: Principal) -> Any:
+        agent = await self.storage.agent(principal.id)
+        if agent is None or not agent.active:
+            raise ServiceError(401, "invalid_token", "this account no longer exists")
+        return agent
+
+    async def authenticate(self, token: str | None, who: frozenset[str]) -> Principal:
+        """The principal of ``token`` if it may act as one of ``who`` (agent roles and/or
+        ``visitor``): 401 for a missing, expired, forged or signed-out token, 403 for a valid
+        token of the wrong kind or role."""
+        kinds = (["access"] if who - {"visitor"} else []) + (["visitor"] if "visitor" in who
+                                                             else [])
+        principal: Principal | None = None
+        first: AuthError | None = None
+        for kind in kinds:
+            try:
+                principal = self.tokens.decode(token, kind)
+                break
+            except AuthError as exc:
+                first = first or exc
+        if principal is None:
+            wrong_kind = first is not None and first.code == "invalid_token" and any(
+                self._decodes(token, k) for k in ("access", "visitor"))
+            if wrong_kind:
+                raise ServiceError(403, "forbidden", f"this needs {describe(who)} credentials")
+            assert first is not None
+            raise ServiceError(401, first.code, first.message)
+        if principal.kind == "agent":
+            await self.check_live(principal)
+            if principal.role not in who:
+                raise ServiceError(403, "forbidden", f"this needs the role {describe(who)}; "
+                                   f"you are {principal.role}")
+        return principal
+
+    def _decodes(self, token: str | None, kind: str) -> bool:
+        try:
+            self.tokens.decode(token, kind)
+        except AuthError:
+            return False
+        return True
+
+    async def check_live(self, principal: Principal) -> None:
+        """An agent token's sign-in must still be live (not signed out, not revoked by a
+        reused refresh token), and the token must postdate the agent's last role change (it
+        names the role it was issued with: a demoted supervisor refreshes to the new role)."""
+        if await self.family_state(principal.family) is None:
+            raise ServiceError(401, "token_revoked", "this sign-in has ended (signed out, or "
+                               "revoked); sign in again")
+        changed = await self.store.kv_get(_role_key(principal.id), self.clock())
+        if changed is not None and principal.issued_at < int(float(changed)):
+            raise ServiceError(401, "token_stale", "your role changed since this token was "
+                               "issued: refresh it (POST /api/v1/auth/refresh)")
+
+    async def family_state(self, family: str) -> str | None:
+        """The store's value for a sign-in, or None once it has ended. A store that lost the
+        value (it restarted) asks the database whether the sign-in was ended and, if not, takes
+        it back, so a Redis or embedded-process restart signs nobody out."""
+        key, now = _family_key(family), self.clock()
+        raw = await self.store.kv_get(key, now)
+        if raw is None:
+            if await self.storage.sign_in_revoked(family):
+                await self.store.kv_set(key, REVOKED, self.tokens.refresh_ttl_s, now)
+                return None
+            await self.store.kv_swap(key, None, RefreshFamily("").encode(),
+                                     self.tokens.refresh_ttl_s, now)
+            raw = await self.store.kv_get(key, now)
+        return None if raw in (None, REVOKED) else raw
+
+    async def end_sign_in(self, family: str, agent_id: str, reason: str) -> None:
+        await self.storage.revoke_sign_in(family, agent_id, reason)
+        await self.store.kv_set(_family_key(family), REVOKED, self.tokens.refresh_ttl_s,
+                                self.clock())
+
+    async def login(self, email: Any, password: Any, totp: Any, *, ip: str = "") -> dict[str, Any]:
+        if not isinstance(email, str) or not isinstance(password, str):
+            raise ServiceError(400, "invalid_body", "send {\"email\": str, \"password\": str, "
+                               "\"totp\"?: str}")
+        if len(email) > 254 or len(password) > 1024:
+            raise ServiceError(400, "invalid_field", "'email' has at most 254 characters and "
+                               "'password' at most 1024")
+        account = email.strip().lower()
+        count_key, last_key = f"login-failures:{account}", f"login-last-failure:{account}"
+        s = self.settings
+        now = self.clock()
+        failures = int(await self.store.kv_get(count_key, now) or 0)
+        last = float(await self.store.kv_get(last_key, now) or 0)
+        wait = signin_wait(failures, last, now, lock_after=s.login_lock_after,
+                           lock_s=s.login_lock_s)
+        if wait > 0:
+            locked = failures >= s.login_lock_after
+            raise ServiceError(429, "account_locked" if locked else "rate_limited",
+                               ("too many failed sign-ins: this account is locked; "
+                                if locked else "too many failed sign-ins; ")
+                               + f"try again in {int(wait) + 1} s", retry_after=int(wait) + 1)
+
+        async def refuse(code: str, message: str) -> ServiceError:
+            count = await self.store.kv_incr(count_key, s.login_lock_s, now)
+            await self.store.kv_set(last_key, repr(now), s.login_lock_s, now)
+            await self.storage.audit(f"ip:{ip}", "auth.login_failed", account,
+                                     {"reason": code, "failures": count})
+            if count >= s.login_lock_after:
+                # The count's window began at the first failure: hold it for the whole lock.
+                await self.store.kv_set(count_key, str(count), s.login_lock_s, now)
+                await self.storage.audit("system", "auth.locked", account,
+                                         {"for_s": s.login_lock_s})
+            return ServiceError(401, code, message)
+
+        agent = await self.storage.agent_by_email(email)
+        if agent is None or not agent.active or not verify_password(agent.password_hash,
+                                                                    password):
+            raise await refuse("invalid_credentials", "wrong email or password")
+        if agent.totp_secret:
+            if totp is None or totp == "":
+                raise ServiceError(401, "totp_required", "this account uses two-factor sign-in: "
+                                   "send the 6-digit code from your authenticator as 'totp'")
+            if not isinstance(totp, str) or not verify_totp(agent.totp_secret, totp, now):
+                raise await refuse("invalid_totp", "the two-factor code is wrong or expired")
+            # A code seen on its way (shoulder, proxy log) must not sign in a second time.
+            if not await self.store.kv_swap(f"totp-used:{agent.id}:{totp.strip()}", None, "1",
+                                            TOTP_USED_SECS, now):
+                raise await refuse("invalid_totp", "this code was used already; wait for the "
+                                   "next one in your authenticator")
+        await self.store.kv_delete(count_key)
+        await self.store.kv_delete(last_key)
+        family = new_token_id()
+        await self.storage.audit(f"agent:{agent.id}", "auth.login", agent.email,
+                                 {"ip": ip, "family": family})
+        return await self._issue(agent, family)
+
+    async def _issue(self, agent: Any, family: str) -> dict[str, Any]:
+        jti = new_token_id()
+        now = self.clock()
+        await self.store.kv_set(_family_key(family), RefreshFamily(jti).encode(),
+                                self.tokens.refresh_ttl_s, now)
+        return self.tokens.agent_tokens(str(agent.id), agent.role, family=family, jti=jti,
+                                        now=now)
+
+    async def refresh(self, refresh_token: Any) -> dict[str, Any]:
+        """Rotate: the refresh token is spent and a new pair issued. A refresh token used a
+        second time means it was copied: the whole sign-in (family) is revoked."""
+        if not isinstance(refresh_token, str):
+            raise ServiceError(400, "invalid_body", "send {\"refresh_token\": str}")
+        principal = self.principal(refresh_token, "refresh")
+        agent = await self.storage.agent(principal.id)
+        if agent is None or not agent.active:
+            raise ServiceError(401, "invalid_token", "this account no longer exists")
+        key, now = _family_key(principal.family), self.clock()
+        jti = new_token_id()
+        for _ in range(2):  # a lost race re-reads once: the winner made it a sibling's token
+            raw = await self.family_state(principal.family)
+            verdict = refresh_verdict(RefreshFamily.decode(raw), principal.jti, now)
+            if verdict != "rotate":
+                break
+            if await self.store.kv_swap(key, raw, RefreshFamily(jti, principal.jti, now).encode(),
+                                        self.tokens.refresh_ttl_s, now):
+                return self.tokens.agent_tokens(str(agent.id), agent.role,
+                                                family=principal.family, jti=jti, now=now)
+        if verdict == "sibling":
+            raise ServiceError(401, "token_rotated", "this refresh token was replaced a moment "
+                               "ago (another tab refreshed): use the tokens it received")
+        if verdict == "reused":
+            await self.end_sign_in(principal.family, principal.id, "refresh_reused")
+            await self.storage.audit(f"agent:{agent.id}", "auth.refresh_reused", agent.email,
+                                     {"family": principal.family})
+            raise ServiceError(401, "token_reused", "this refresh token was used before: the "
+                               "sign-in is revoked everywhere; sign in again")
+        raise ServiceError(401, "token_revoked", "this sign-in has ended; sign in again")
+
+    async def logout(self, refresh_token: Any, bearer: str | None) -> None:
+        """End a sign-in (its family): by its refresh token, or by its access token."""
+        if isinstance(refresh_token, str):
+            principal = self.principal(refresh_token, "refresh")
+        elif refresh_token is None and bearer:
+            principal = self.principal(bearer, "access")
+        else:
+            raise ServiceError(400, "invalid_body", "send {\"refresh_token\": str}, or the "
+                               "access token as 'Authorization: Bearer <token>'")
+        await self.end_sign_in(principal.family, principal.id, "logout")
+        await self.storage.audit(f"agent:{principal.id}", "auth.logout", "",
+                                 {"family": principal.family})
+
+    # -- two-factor enrolment -----------------------------------------------------------------
+    async def totp_enrol(self, principal: Principal) -> dict[str, Any]:
+        """A new secret, its otpauth URI and QR code; active once confirmed with a code."""
+        agent = await self.agent_for(principal)
+        secret = new_totp_secret()
+        await self.store.kv_set(f"totp-pending:{agent.id}", secret, TOTP_PENDING_SECS,
+                                self.clock())
+        uri = totp_uri(secret, agent.email)
+        await self.storage.audit(f"agent:{agent.id}", "2fa.enrol_started", agent.email)
+        return {"secret": secret, "otpauth_uri": uri, "qr_svg": qr_svg_data_uri(uri),
+                "expires_in": TOTP_PENDING_SECS}
+
+    async def totp_confirm(self, principal: Principal, code: Any) -> dict[str, Any]:
+        agent = await self.agent_for(principal)
+        now = self.clock()
+        secret = await self.store.kv_get(f"totp-pending:{agent.id}", now)
+        if secret is None:
+            raise ServiceError(409, "no_enrolment", "start with POST /api/v1/me/totp (an "
+                               f"enrolment is kept for {TOTP_PENDING_SECS // 60} minutes)")
+        if not isinstance(code, str) or not verify_totp(secret, code, now):
+            raise ServiceError(400, "invalid_totp", "the code does not match: send the 6-digit "
+                               "code your authenticator shows now as 'code'")
+        await self.storage.update_agent(agent.id, totp_secret=secret)
+        await self.store.kv_delete(f"totp-pending:{agent.id}")
+        await self.storage.audit(f"agent:{agent.id}", "2fa.enabled", agent.email)
+        return {"totp": True}
+
+    async def totp_disable(self, principal: Principal, code: Any) -> dict[str, Any]:
+        agent = await self.agent_for(principal)
+        if not agent.totp_secret:
+            raise ServiceError(409, "totp_off", "two-factor sign-in is not on for this account")
+        if not isinstance(code, str) or not verify_totp(agent.totp_secret, code, self.clock()):
+            raise ServiceError(400, "invalid_totp", "send the current 6-digit code as 'code' "
+                               "to turn two-factor sign-in off")
+        await self.storage.update_agent(agent.id, totp_secret=None)
+        await self.storage.audit(f"agent:{agent.id}", "2fa.disabled", agent.email)
+        return {"totp": False}
+
+    # -- administration -------------------------------------------------------------------------
+    async def set_role(self, principal: Principal, agent_id: str, role: Any) -> dict[str, Any]:
+        if role not in ROLES:
+            raise ServiceError(400, "invalid_field", f"'role' must be one of {ROLE_NAMES}")
+        target = await self.storage.agent(agent_id)
+        if target is None:
+            raise ServiceError(404, "not_found", f"no agent {agent_id!r}")
+        if role == target.role:
+            return {"id": str(target.id), "role": role}  # nothing changes, no token goes stale
+        if str(target.id) == principal.id and role != "admin":
+            raise ServiceError(409, "last_admin_guard", "you cannot take the admin role from "
+                               "yourself; ask another admin")
+        await self.storage.update_agent(target.id, role=role)
+        # Access tokens issued before now name the old role: refused until refreshed. Kept
+        # as long as such a token can live; refresh reads the role from the database.
+        now = self.clock()
+        await self.store.kv_set(_role_key(str(target.id)), repr(now),
+                                self.tokens.access_ttl_s + 60, now)
+        await self.storage.audit(f"agent:{principal.id}", "agent.role_changed", target.email,
+                                 {"from": target.role, "to": role})
+        return {"id": str(target.id), "role": role}
