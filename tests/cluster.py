@@ -10,8 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +17,7 @@ from pathlib import Path
 import redis
 
 from tests.mariadb import databases
+from tests.ready import wait_ready
 from tidedesk.auth import hash_password
 from tidedesk.storage import Storage
 
@@ -62,21 +61,9 @@ class Proc:
         return self
 
     def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.popen is not None
-            if self.popen.poll() is not None:
-                raise AssertionError(f"{self.name} exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz",
-                                            timeout=1) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"{self.name} not ready in {timeout}s: "
-                             f"{self.log_path.read_text()[-3000:]}")
+        assert self.popen is not None
+        wait_ready(f"http://127.0.0.1:{self.port}", self.popen, self.name,
+                   log=self.log_path.read_text, timeout=timeout)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.popen is not None and self.popen.poll() is None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.ready import wait_ready
 
 TIDEDESK = [sys.executable, "-m", "tidedesk.cli"]
 
@@ -88,16 +88,7 @@ def test_dev_prints_where_everything_is_and_serves(tmp_path: Path) -> None:
     proc = subprocess.Popen([*TIDEDESK, "dev"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            pytest.fail("tidedesk dev did not become ready in 30 s")
+        wait_ready(f"http://127.0.0.1:{port}", proc, "tidedesk dev")
     finally:
         proc.terminate()
         out, err = proc.communicate(timeout=30)

@@ -14,7 +14,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +25,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
+
+from tests.ready import wait_ready
 
 # Close codes a fuzzed connection may end with: PROTOCOL.md's, "message too big" (1009) and
 # Tornado's for a malformed WebSocket message (1007). Never 1011 (server error).
@@ -74,15 +75,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                                 stdout=out, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/readyz", timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.fail(f"tidedesk dev did not start: {log.read_text()[-2000:]}")
-                time.sleep(0.2)
+        wait_ready(base, proc, "tidedesk dev", log=log.read_text)
         srv = Server(base, proc, log, "")
         srv.admin_token = srv.post("/api/v1/auth/login", {
             "email": "demo@tidedesk.local", "password": "tidedesk-demo"})["access_token"]

@@ -10,7 +10,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from websockets.asyncio.client import connect
 from tests.clients import Http, WsClient, add_agent, agent_socket, embedded, new_visitor
 from tests.cluster import free_port
 from tests.prom import moved, parse_metrics, scrape, value
+from tests.ready import wait_ready
 from tidedesk import logs
 from tidedesk.broker import INBOUND_QUEUE, BrokerUnavailable, MemoryBroker, node_queue
 
@@ -224,14 +224,7 @@ def test_tidedesk_dev_writes_json_lines_at_the_level_of_its_settings(tmp_path: P
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/readyz", timeout=1):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "tidedesk dev did not become ready in 30 s"
-                time.sleep(0.2)
+        wait_ready(base, proc, "tidedesk dev")
         request = urllib.request.Request(
             base + "/api/v1/visitors", data=b"[]", method="POST",
             headers={"Content-Type": "application/json", "X-Request-ID": "cli-req-5"})

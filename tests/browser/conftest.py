@@ -13,15 +13,14 @@ import re
 import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.ready import wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("TIDEDESK_CHROMIUM", "/usr/bin/chromium")
@@ -66,20 +65,8 @@ class Server:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([*_tidedesk_cmd(), "dev"], env=self.env, cwd=ROOT,
                                          stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_SECS
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"tidedesk dev exited with {self.proc.returncode} while starting:\n"
-                            f"{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.base_url + "/readyz", timeout=1) as resp:
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.1)
-        pytest.fail(f"tidedesk dev did not become ready within {SERVER_START_TIMEOUT_SECS}s:\n"
-                    f"{self.log_tail()}")
+        wait_ready(self.base_url, self.proc, "tidedesk dev", log=self.log_tail,
+                   timeout=SERVER_START_TIMEOUT_SECS)
 
     def stop(self) -> None:
         """SIGTERM (the server drains: clients are told to reconnect), then wait for the exit."""
