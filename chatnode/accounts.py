@@ -7,7 +7,7 @@ See docs/security.md.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from chatnode.access import describe
@@ -49,14 +49,41 @@ def _role_key(agent_id: str) -> str:
     return f"role-changed:{agent_id}"
 
 
+# Sent to every chat node where an agent is connected when one of their sign-ins ends or their
+# role changes; each node closes the sockets it applies to (see ``session_end_applies``).
+SESSION_ENDED = "session_ended"
+
+Notify = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+def session_end_applies(principal: Principal, notice: dict[str, Any]) -> tuple[str, str] | None:
+    """(error code, message) to close a socket opened with ``principal`` after ``notice``,
+    or None when the notice is about another sign-in (pure)."""
+    if notice.get("reason") == "role_changed":
+        if principal.issued_at < int(notice.get("before", 0)):
+            return "token_stale", ("your role changed: refresh your token "
+                                   "(POST /api/v1/auth/refresh) and connect again")
+        return None
+    if notice.get("family") == principal.family:
+        return "token_revoked", "this sign-in has ended (signed out, or revoked); sign in again"
+    return None
+
+
+async def _no_notify(who: str, frame: dict[str, Any]) -> None:
+    return None
+
+
 class Accounts:
     def __init__(self, *, settings: Settings, store: Store, storage: Storage,
-                 tokens: TokenService, clock: Callable[[], float] = time.time) -> None:
+                 tokens: TokenService, clock: Callable[[], float] = time.time,
+                 notify: Notify = _no_notify) -> None:
         self.settings = settings
         self.store = store
         self.storage = storage
         self.tokens = tokens
         self.clock = clock
+        # Best effort, to the agent's open sockets; REST and new connections check the store.
+        self.notify = notify
 
     def principal(self, token: str | None, expected: str) -> Principal:
         """The principal of a valid token of kind ``expected``; 401 otherwise."""
@@ -137,6 +164,8 @@ class Accounts:
         await self.storage.revoke_sign_in(family, agent_id, reason)
         await self.store.kv_set(_family_key(family), REVOKED, self.tokens.refresh_ttl_s,
                                 self.clock())
+        await self.notify(f"agent:{agent_id}", {"type": SESSION_ENDED, "reason": reason,
+                                                 "family": family})
 
     async def login(self, email: Any, password: Any, totp: Any, *, ip: str = "") -> dict[str, Any]:
         if not isinstance(email, str) or not isinstance(password, str):
@@ -302,6 +331,8 @@ class Accounts:
         now = self.clock()
         await self.store.kv_set(_role_key(str(target.id)), repr(now),
                                 self.tokens.access_ttl_s + 60, now)
+        await self.notify(f"agent:{target.id}", {"type": SESSION_ENDED, "reason": "role_changed",
+                                                  "before": now})
         await self.storage.audit(f"agent:{principal.id}", "agent.role_changed", target.email,
                                  {"from": target.role, "to": role})
         return {"id": str(target.id), "role": role}

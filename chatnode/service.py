@@ -64,7 +64,7 @@ class ChatService:
         self.node_id = settings.node_id
         self._encode = inbound_encoder(settings.envelope_format)
         self.accounts = Accounts(settings=settings, store=store, storage=storage, tokens=tokens,
-                                 clock=clock)
+                                 clock=clock, notify=self.relay)
 
     # -- authentication (chatnode/accounts.py) ------------------------------------------------
     def principal(self, token: str | None, expected: str) -> Principal:

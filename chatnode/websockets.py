@@ -13,6 +13,7 @@ from typing import Any
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from chatnode import access
+from chatnode.accounts import SESSION_ENDED, session_end_applies
 from chatnode.errors import ServiceError
 from chatnode.http import RequestIds
 from chatnode.hub import Hub
@@ -280,6 +281,11 @@ class AgentSocket(_Socket):
         self.visitors: dict[str, str] = {}
 
     def send(self, frame: dict[str, Any]) -> None:
+        if frame.get("type") == SESSION_ENDED:  # a notice for this node, not for the console
+            ended = session_end_applies(self.principal, frame)
+            if ended is not None:
+                self.fail(*ended, close_code=wire.CLOSE_NOT_AUTHENTICATED)
+            return
         if frame.get("type") == "assigned" and isinstance(frame.get("visitor"), dict):
             self.visitors[frame["conversation_id"]] = frame["visitor"].get("id", "")
         elif frame.get("type") == "hello":

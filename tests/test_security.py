@@ -16,6 +16,7 @@ import pyotp
 import pytest
 
 from chatnode import access
+from chatnode.accounts import session_end_applies
 from tests.clients import Http, WsClient, add_agent, agent_socket, embedded, login, new_visitor, ws
 from tests.test_chat import GENERAL_ONLY
 from tidedesk import auth
@@ -401,6 +402,58 @@ def test_admin_changes_a_role_and_it_is_audited(tmp_path: Path) -> None:
                 f"agent:{admin_id}", "ben@shop.test", {"from": "agent", "to": "supervisor"})
 
     run(scenario())
+
+
+def test_ending_a_sign_in_or_changing_the_role_closes_open_sockets(tmp_path: Path) -> None:
+    """Signing out (or a reused refresh token) closes that sign-in's open consoles with 4401;
+    another sign-in of the same agent stays; a role change closes every older socket."""
+    async def scenario() -> None:
+        async with embedded(tmp_path, GENERAL_ONLY) as rt:
+            add_agent(rt, "ada@shop.test", role="admin")
+            agent_id = add_agent(rt, "ben@shop.test")
+            http = Http(rt)
+            admin = await login(rt, "ada@shop.test")
+            _, laptop = await http.request("POST", "/api/v1/auth/login",
+                                           {"email": "ben@shop.test", "password": "password1"})
+            phone = await login(rt, "ben@shop.test")
+            on_laptop = await ws(rt, "/ws/agent", laptop["access_token"])
+            on_phone = await ws(rt, "/ws/agent", phone)
+            for client in (on_laptop, on_phone):
+                await client.wait_type("hello")
+
+            status, _ = await http.request("POST", "/api/v1/auth/logout",
+                                           {"refresh_token": laptop["refresh_token"]})
+            assert status in (200, 204)
+            assert (await asyncio.wait_for(on_laptop.closed, 5))[0] == 4401
+            assert on_laptop.frames[-1]["code"] == "token_revoked"
+            await asyncio.sleep(0.2)
+            assert not on_phone.closed.done(), "another sign-in of the same agent was closed"
+
+            await asyncio.sleep(1.0)  # tokens carry whole seconds
+            status, _ = await http.request("POST", f"/api/v1/agents/{agent_id}/role",
+                                           {"role": "supervisor"}, token=admin)
+            assert status == 200
+            assert (await asyncio.wait_for(on_phone.closed, 5))[0] == 4401
+            assert on_phone.frames[-1]["code"] == "token_stale"
+            assert not any(f["type"] == "session_ended"
+                           for f in on_laptop.frames + on_phone.frames), "internal notice leaked"
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(("notice", "family", "issued_at", "closes"), [
+    ({"reason": "logout", "family": "f1"}, "f1", 100, "token_revoked"),
+    ({"reason": "refresh_reused", "family": "f1"}, "f1", 100, "token_revoked"),
+    ({"reason": "logout", "family": "f2"}, "f1", 100, None),
+    ({"reason": "role_changed", "before": 100.5}, "f1", 99, "token_stale"),
+    ({"reason": "role_changed", "before": 100.5}, "f1", 100, None),  # issued after (same second)
+    ({"reason": "role_changed", "before": 100.5}, "f1", 101, None),
+])
+def test_session_end_applies(notice: dict[str, Any], family: str, issued_at: int,
+                             closes: str | None) -> None:
+    principal = auth.Principal("agent", "7", "agent", family=family, issued_at=issued_at)
+    ended = session_end_applies(principal, {"type": "session_ended", **notice})
+    assert (ended[0] if ended else None) == closes
 
 
 # -- rate limits -----------------------------------------------------------------------------
