@@ -557,3 +557,21 @@ def test_redis_unreachable_is_not_ready_and_opens_the_breaker() -> None:
             await store.close()
 
     asyncio.run(main())
+
+
+def test_memory_store_does_not_keep_what_expired() -> None:
+    """Redis expires keys by itself; the embedded store must not grow by every client id and
+    rate-limit window it ever saw (one entry per message and per address-minute otherwise)."""
+    async def body() -> None:
+        store = MemoryStore()
+        await store.seed_seq("c1", 0)
+        for i in range(5000):
+            now = float(i)  # one write a second; each expires 2 s later
+            await store.kv_set(f"rl:ip:10.0.0.{i}", "1", 2, now)
+            await store.kv_incr(f"login-failures:{i}", 2, now)
+            assert await store.assign_seq("c1", f"m{i}", now * CLIENT_ID_TTL_SECS) is not None
+        assert len(store._kv) < 2100 and len(store._client_ids) < 1100
+        assert await store.kv_get("rl:ip:10.0.0.4999", 4999.5) == "1"  # the live ones stay
+        assert await store.assign_seq("c1", "m4999", 4999 * CLIENT_ID_TTL_SECS) == (5000, False)
+
+    asyncio.run(body())

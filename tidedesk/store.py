@@ -147,13 +147,31 @@ class Store(abc.ABC):
         """The capped recent messages of a conversation, in seq order."""
 
 
+_SWEEP_MIN = 1024
+
+
+class _Expiring(dict[Any, tuple[Any, float]]):
+    """A dict of (value, expires_at) that drops its expired entries whenever it has doubled
+    since the last sweep (amortised O(1) per write), as Redis expires keys on its own: else an
+    embedded server would keep every client id and rate-limit window it ever saw."""
+
+    sweep_at = _SWEEP_MIN
+
+    def put(self, key: Any, value: Any, expires_at: float, now: float) -> None:
+        self[key] = (value, expires_at)
+        if len(self) >= self.sweep_at:
+            for k in [k for k, (_, exp) in self.items() if exp <= now]:
+                del self[k]
+            self.sweep_at = max(_SWEEP_MIN, 2 * len(self))
+
+
 class MemoryStore(Store):
     """Single-process store. Atomicity comes from never awaiting inside an operation."""
 
     def __init__(self) -> None:
         self._counters: dict[str, int] = {}
-        self._client_ids: dict[tuple[str, str], tuple[int, float]] = {}
-        self._kv: dict[str, tuple[str, float]] = {}
+        self._client_ids = _Expiring()  # (conversation, client id) -> (seq, expires_at)
+        self._kv = _Expiring()  # key -> (value, expires_at)
         self._presence: dict[str, dict[str, tuple[str, float]]] = defaultdict(dict)
         self._agents: dict[str, AgentLoad] = {}
         self._owners: dict[str, str] = {}
@@ -170,7 +188,7 @@ class MemoryStore(Store):
             return None
         self._counters[conv_id] += 1
         seq = self._counters[conv_id]
-        self._client_ids[key] = (seq, now + CLIENT_ID_TTL_SECS)
+        self._client_ids.put(key, seq, now + CLIENT_ID_TTL_SECS, now)
         return seq, True
 
     async def seed_seq(self, conv_id: str, floor: int) -> None:
@@ -180,7 +198,7 @@ class MemoryStore(Store):
         return self._counters.get(conv_id)
 
     async def kv_set(self, key: str, value: str, ttl_s: float, now: float) -> None:
-        self._kv[key] = (value, now + ttl_s)
+        self._kv.put(key, value, now + ttl_s, now)
 
     async def kv_get(self, key: str, now: float, touch_ttl_s: float | None = None) -> str | None:
         item = self._kv.get(key)
@@ -199,7 +217,7 @@ class MemoryStore(Store):
     async def kv_incr(self, key: str, ttl_s: float, now: float) -> int:
         item = self._kv.get(key)
         if item is None or item[1] <= now:
-            self._kv[key] = ("1", now + ttl_s)
+            self._kv.put(key, "1", now + ttl_s, now)
             return 1
         count = int(item[0]) + 1
         self._kv[key] = (str(count), item[1])
@@ -211,7 +229,7 @@ class MemoryStore(Store):
         current = item[0] if item is not None and item[1] > now else None
         if current != expected:
             return False
-        self._kv[key] = (value, now + ttl_s)
+        self._kv.put(key, value, now + ttl_s, now)
         return True
 
     async def presence_add(self, who: str, conn: str, node_id: str, ttl_s: float,
