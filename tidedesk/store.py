@@ -13,7 +13,7 @@ import abc
 import json
 from collections import defaultdict
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 # How long a client-made message id is remembered for idempotent acks (the database's unique
 # key catches anything older).
@@ -150,14 +150,18 @@ class Store(abc.ABC):
 _SWEEP_MIN = 1024
 
 
-class _Expiring(dict[Any, tuple[Any, float]]):
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+class _Expiring(dict[_K, tuple[_V, float]]):
     """A dict of (value, expires_at) that drops its expired entries whenever it has doubled
     since the last sweep (amortised O(1) per write), as Redis expires keys on its own: else an
     embedded server would keep every client id and rate-limit window it ever saw."""
 
     sweep_at = _SWEEP_MIN
 
-    def put(self, key: Any, value: Any, expires_at: float, now: float) -> None:
+    def put(self, key: _K, value: _V, expires_at: float, now: float) -> None:
         self[key] = (value, expires_at)
         if len(self) >= self.sweep_at:
             for k in [k for k, (_, exp) in self.items() if exp <= now]:
@@ -170,8 +174,9 @@ class MemoryStore(Store):
 
     def __init__(self) -> None:
         self._counters: dict[str, int] = {}
-        self._client_ids = _Expiring()  # (conversation, client id) -> (seq, expires_at)
-        self._kv = _Expiring()  # key -> (value, expires_at)
+        # (conversation, client id) -> (seq, expires_at); key -> (value, expires_at)
+        self._client_ids: _Expiring[tuple[str, str], int] = _Expiring()
+        self._kv: _Expiring[str, str] = _Expiring()
         self._presence: dict[str, dict[str, tuple[str, float]]] = defaultdict(dict)
         self._agents: dict[str, AgentLoad] = {}
         self._owners: dict[str, str] = {}
