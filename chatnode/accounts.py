@@ -6,6 +6,7 @@ See docs/security.md.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -36,6 +37,8 @@ TOTP_PENDING_SECS = 600
 # A code that signed in is refused after that for as long as it could still verify (its 30 s
 # step plus one step of drift either side).
 TOTP_USED_SECS = 120
+# A sign-in attempt holds its account this long at most (it releases it when it ends).
+LOGIN_BUSY_SECS = 10
 ROLE_NAMES = ", ".join(ROLES)
 # The store's value for an ended sign-in (kept as long as its refresh token could live).
 REVOKED = "revoked"
@@ -60,7 +63,7 @@ def session_end_applies(principal: Principal, notice: dict[str, Any]) -> tuple[s
     """(error code, message) to close a socket opened with ``principal`` after ``notice``,
     or None when the notice is about another sign-in (pure)."""
     if notice.get("reason") == "role_changed":
-        if principal.issued_at < int(notice.get("before", 0)):
+        if principal.role != notice.get("role"):
             return "token_stale", ("your role changed: refresh your token "
                                    "(POST /api/v1/auth/refresh) and connect again")
         return None
@@ -140,8 +143,8 @@ class Accounts:
         if await self.family_state(principal.family) is None:
             raise ServiceError(401, "token_revoked", "this sign-in has ended (signed out, or "
                                "revoked); sign in again")
-        changed = await self.store.kv_get(_role_key(principal.id), self.clock())
-        if changed is not None and principal.issued_at < int(float(changed)):
+        role = await self.store.kv_get(_role_key(principal.id), self.clock())
+        if role is not None and principal.role != role:
             raise ServiceError(401, "token_stale", "your role changed since this token was "
                                "issued: refresh it (POST /api/v1/auth/refresh)")
 
@@ -175,9 +178,21 @@ class Accounts:
             raise ServiceError(400, "invalid_field", "'email' has at most 254 characters and "
                                "'password' at most 1024")
         account = email.strip().lower()
+        # One attempt per account at a time: parallel guesses would all read the same failure
+        # count before any of them added to it, and so pass the delays and the lock.
+        busy_key, now = f"login-busy:{account}", self.clock()
+        if not await self.store.kv_swap(busy_key, None, "1", LOGIN_BUSY_SECS, now):
+            raise ServiceError(429, "rate_limited", "a sign-in to this account is under way; "
+                               "try again in a second", retry_after=1)
+        try:
+            return await self._login(account, email, password, totp, ip, now)
+        finally:
+            await self.store.kv_delete(busy_key)
+
+    async def _login(self, account: str, email: str, password: str, totp: Any, ip: str,
+                     now: float) -> dict[str, Any]:
         count_key, last_key = f"login-failures:{account}", f"login-last-failure:{account}"
         s = self.settings
-        now = self.clock()
         failures = int(await self.store.kv_get(count_key, now) or 0)
         last = float(await self.store.kv_get(last_key, now) or 0)
         wait = signin_wait(failures, last, now, lock_after=s.login_lock_after,
@@ -202,8 +217,9 @@ class Accounts:
             return ServiceError(401, code, message)
 
         agent = await self.storage.agent_by_email(email)
-        if agent is None or not agent.active or not verify_password(agent.password_hash,
-                                                                    password):
+        # argon2 takes tens of milliseconds of CPU: off the event loop, where every chat waits.
+        if agent is None or not agent.active or not await asyncio.to_thread(
+                verify_password, agent.password_hash, password):
             raise await refuse("invalid_credentials", "wrong email or password")
         if agent.totp_secret:
             if totp is None or totp == "":
@@ -237,9 +253,7 @@ class Accounts:
         if not isinstance(refresh_token, str):
             raise ServiceError(400, "invalid_body", "send {\"refresh_token\": str}")
         principal = self.principal(refresh_token, "refresh")
-        agent = await self.storage.agent(principal.id)
-        if agent is None or not agent.active:
-            raise ServiceError(401, "invalid_token", "this account no longer exists")
+        agent = await self.agent_for(principal)
         key, now = _family_key(principal.family), self.clock()
         jti = new_token_id()
         for _ in range(2):  # a lost race re-reads once: the winner made it a sibling's token
@@ -279,6 +293,10 @@ class Accounts:
     async def totp_enrol(self, principal: Principal) -> dict[str, Any]:
         """A new secret, its otpauth URI and QR code; active once confirmed with a code."""
         agent = await self.agent_for(principal)
+        if agent.totp_secret:
+            # Else a stolen access token could swap in the thief's own second factor.
+            raise ServiceError(409, "totp_on", "two-factor sign-in is already on: turn it off "
+                               "first with a current code (POST /api/v1/me/totp/disable)")
         secret = new_totp_secret()
         await self.store.kv_set(f"totp-pending:{agent.id}", secret, TOTP_PENDING_SECS,
                                 self.clock())
@@ -289,6 +307,9 @@ class Accounts:
 
     async def totp_confirm(self, principal: Principal, code: Any) -> dict[str, Any]:
         agent = await self.agent_for(principal)
+        if agent.totp_secret:
+            raise ServiceError(409, "totp_on", "two-factor sign-in is already on: turn it off "
+                               "first with a current code (POST /api/v1/me/totp/disable)")
         now = self.clock()
         secret = await self.store.kv_get(f"totp-pending:{agent.id}", now)
         if secret is None:
@@ -326,13 +347,13 @@ class Accounts:
             raise ServiceError(409, "last_admin_guard", "you cannot take the admin role from "
                                "yourself; ask another admin")
         await self.storage.update_agent(target.id, role=role)
-        # Access tokens issued before now name the old role: refused until refreshed. Kept
-        # as long as such a token can live; refresh reads the role from the database.
+        # Access tokens naming another role are refused until refreshed (refresh reads the
+        # role from the database). Kept as long as such a token can live.
         now = self.clock()
-        await self.store.kv_set(_role_key(str(target.id)), repr(now),
+        await self.store.kv_set(_role_key(str(target.id)), role,
                                 self.tokens.access_ttl_s + 60, now)
         await self.notify(f"agent:{target.id}", {"type": SESSION_ENDED, "reason": "role_changed",
-                                                  "before": now})
+                                                  "role": role})
         await self.storage.audit(f"agent:{principal.id}", "agent.role_changed", target.email,
                                  {"from": target.role, "to": role})
         return {"id": str(target.id), "role": role}

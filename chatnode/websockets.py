@@ -319,6 +319,13 @@ class AgentSocket(_Socket):
                       wire.CLOSE_TRY_AGAIN_LATER)
             return
         await self.register(f"agent:{self.principal.id}")
+        try:
+            # Once more now that the socket is registered: a sign-out or role change while we
+            # were connecting sent its notice before this socket could receive it.
+            await self.service.accounts.check_live(self.principal)
+        except ServiceError as exc:
+            self.fail(exc.code, exc.message, wire.CLOSE_NOT_AUTHENTICATED)
+            return
         self.send(await self.service.agent_hello(self.agent))
 
     async def handle(self, frame: wire.Frame) -> None:

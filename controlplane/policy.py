@@ -289,6 +289,10 @@ def _named(
     return name
 
 
+EARLIEST_TS = 0.0
+LATEST_TS = datetime(9999, 1, 1, tzinfo=UTC).timestamp()
+
+
 def parse_time(raw: object, where: str) -> float:
     """Unix seconds from an ISO 8601 date-time with a zone (``2026-11-28T20:00:00+08:00``)."""
     if isinstance(raw, datetime):
@@ -310,7 +314,11 @@ def parse_time(raw: object, where: str) -> float:
             when = when.replace(tzinfo=UTC)
         else:
             raise PolicyError(where, f"add a time zone (Z or +08:00) to {raw!r}")
-    return when.timestamp()
+    ts = when.timestamp()
+    if not EARLIEST_TS <= ts <= LATEST_TS:
+        # 9999-12-31T23:59-08:00 is year 10000 in UTC: nothing could print it again.
+        raise PolicyError(where, f"{raw!r} is out of range: give a date between 1970 and 9998")
+    return ts
 
 
 def _strategy(raw: object, where: str) -> Strategy:

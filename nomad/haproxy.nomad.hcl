@@ -99,6 +99,9 @@ job "tidedesk-haproxy" {
             tcp-request connection track-sc0 src
             tcp-request connection reject if { sc_conn_cur(0) gt 500 }
             http-request deny deny_status 429 content-type application/json string '{"error":{"code":"rate_limited","message":"too many requests from your address; wait a few seconds and retry"}}' if { sc_http_req_rate(0) gt 600 }
+            # The chat nodes take the client address from these (per-address rate limits, audit):
+            # set here, never passed on from the client (Tornado prefers X-Real-Ip).
+            http-request set-header X-Real-Ip %[src]
             http-request set-header X-Forwarded-Proto https if { ssl_fc }
             http-request set-header X-Forwarded-Proto http if !{ ssl_fc }
             default_backend chatnodes

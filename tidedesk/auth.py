@@ -62,7 +62,10 @@ def new_totp_secret() -> str:
 
 def verify_totp(secret: str, code: str, now: float | None = None) -> bool:
     # valid_window=1 accepts the previous and next 30 s step (clock drift of phones).
-    return pyotp.TOTP(secret).verify(code.strip(), for_time=now, valid_window=1)
+    try:
+        return pyotp.TOTP(secret).verify(code.strip(), for_time=now, valid_window=1)
+    except (ValueError, TypeError):  # a seed that is not base32 (say, one we cannot decrypt)
+        return False
 
 
 def signin_wait(failures: int, last_failure: float, now: float, *, lock_after: int,

@@ -292,6 +292,9 @@ def test_scheduled_events_raise_the_floor_and_are_audited(setup: Any) -> None:
          "body.min_replicas.nope: no policy named 'nope'"),
         ({"name": "s", "start": at(-120), "end": at(-60), "min_replicas": {"router": 2}},
          "end must be in the future"),
+        # year 10000 in UTC: once stored, status and the audit could never print it
+        ({"name": "s", "start": at(60), "end": "9999-12-31T23:59:59-08:00",
+          "min_replicas": {"router": 2}}, "body.end: '9999-12-31T23:59:59-08:00' is out of range"),
     ]  # fmt: skip
     for body, says in bad:
         r = d.request("POST", "/v1/events", json=body)

@@ -69,6 +69,8 @@ def test_main_config_has_what_the_design_asks() -> None:
         r"presetenv TIDEDESK_TLS_CERT\s+/run/secrets/",  # the certificate is a Docker secret
         r"use-service prometheus-exporter",
         r"stats uri /stats",
+        # The client address the chat nodes limit and audit by: HAProxy's, never the client's.
+        r"http-request set-header X-Real-Ip %\[src\]",
     ]
     missing = [p for p in expected if not re.search(p, text)]
     assert not missing, f"haproxy.cfg lacks {missing}"
