@@ -150,7 +150,8 @@ def echo_server(workdir: Path, ping_interval_s: float = 0) -> Iterator[tuple[int
 
 
 HAPROXY_CFG = """global
-    maxconn 20000
+    # about 2 fds per connection: within the 20 000 open files a process may have here
+    maxconn 9000
 defaults
     mode http
     timeout connect 5s
