@@ -27,12 +27,12 @@ async def main(port: int, redis_url: str, channel: str) -> None:
     sio = socketio.AsyncServer(async_mode="tornado", client_manager=manager,
                                cors_allowed_origins="*")
 
-    @sio.on("join")  # type: ignore[misc]
+    @sio.on("join")  # type: ignore[untyped-decorator]
     async def join(sid: str, room: str) -> str:
         await sio.enter_room(sid, room)
         return "ok"
 
-    @sio.on("message")  # type: ignore[misc]
+    @sio.on("message")  # type: ignore[untyped-decorator]
     async def message(sid: str, data: dict[str, Any]) -> str:
         await sio.emit("message", data, room=data["to"])
         return "ok"
