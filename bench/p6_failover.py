@@ -31,7 +31,11 @@ import uuid
 from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient
-from tornado.websocket import WebSocketClientConnection, websocket_connect
+from tornado.websocket import (
+    WebSocketClientConnection,
+    WebSocketClosedError,
+    websocket_connect,
+)
 
 from bench.common import (
     agents_for,
@@ -53,6 +57,7 @@ BACKOFF_BASE_S, BACKOFF_MAX_S = 0.5, 30.0
 CREATE_CONCURRENCY = 200
 RECONNECT_DEADLINE_S = 120.0
 DELIVERY_DEADLINE_S = 30.0
+ASSIGN_DEADLINE_S = 120.0
 
 
 def backoff_s(attempt: int, rnd: float) -> float:
@@ -128,6 +133,7 @@ class Agent:
         self.chats: list[str] = []
         self.acked: dict[str, int] = {}     # client id → seq
         self.sent: dict[str, str] = {}      # client id → conversation
+        self.closed: str | None = None      # why the server closed this console, if it did
 
     async def start(self, http_base: str, ws_base: str, email: str, password: str) -> None:
         http = AsyncHTTPClient()
@@ -142,6 +148,7 @@ class Agent:
         while True:
             raw = await self.ws.read_message()
             if raw is None:
+                self.closed = f"{self.ws.close_code} {self.ws.close_reason}"
                 return
             frame = json.loads(raw)
             if frame.get("type") == "assigned":
@@ -153,9 +160,13 @@ class Agent:
         assert self.ws is not None
         for conv in self.chats:
             client_id = uuid.uuid4().hex
+            try:
+                await self.ws.write_message(json.dumps({
+                    "type": "message", "conversation_id": conv, "id": client_id,
+                    "body": "still there?"}))
+            except WebSocketClosedError:
+                return  # counted: sent < chats
             self.sent[client_id] = conv
-            await self.ws.write_message(json.dumps({"type": "message", "conversation_id": conv,
-                                                    "id": client_id, "body": "still there?"}))
 
 
 async def create_tokens(base: str, n: int) -> list[str]:
@@ -206,9 +217,11 @@ async def one_run(n: int, rep: int) -> dict[str, Any]:
             cold_s = time.perf_counter() - t0
             readers = [asyncio.create_task(v.read(rng)) for v in visitors]
             assigned_ok = await wait_until(lambda: all(v.assigned.is_set() for v in visitors),
-                                           120)
-            print(f"  run {rep + 1}: cold connect of {n} in {cold_s:.1f} s; all assigned: "
-                  f"{assigned_ok}", flush=True)
+                                           ASSIGN_DEADLINE_S)
+            assigned = sum(v.assigned.is_set() for v in visitors)
+            print(f"  run {rep + 1}: cold connect of {n} in {cold_s:.1f} s; assigned {assigned}"
+                  f" ({'all' if assigned_ok else 'not all'} within {ASSIGN_DEADLINE_S:.0f} s)",
+                  flush=True)
 
             t_kill = time.perf_counter()
             node_a.kill(signal.SIGKILL)
@@ -233,8 +246,13 @@ async def one_run(n: int, rep: int) -> dict[str, Any]:
             await wait_until(lambda: received() >= len(by_conv), DELIVERY_DEADLINE_S)
             missed = [v for v in lost if by_conv.get(v.conv_id) not in v.seqs_first]
             replayed = [v for v in missed if by_conv.get(v.conv_id) in v.seqs_later]
+            dropped = [a.closed for a in agents if a.closed]
+            if dropped:
+                print(f"  run {rep + 1}: {len(dropped)} agent consoles were closed by the chat "
+                      f"node: {dropped[:3]}", flush=True)
             result = {
-                "visitors": n, "cold_s": cold_s, "back_s": back_s, "lost": len(lost),
+                "visitors": n, "assigned": assigned, "agents_dropped": len(dropped),
+                "cold_s": cold_s, "back_s": back_s, "lost": len(lost),
                 "back_all": back_ok, "agent_sent": sent, "agent_acked": len(by_conv),
                 "delivered": received(), "missed": len(missed), "replayed": len(replayed),
                 "reconnect_attempts_max": max((v.connections for v in visitors), default=0),
