@@ -69,7 +69,9 @@ def emit_json(name: str, data: dict[str, Any]) -> None:
 
 # -- processes --------------------------------------------------------------------------------
 def can_pin() -> bool:
-    return shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
+    """taskset is there, there are two CPUs, and BENCH_NO_PIN is not set (to compare)."""
+    return (shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
+            and not os.environ.get("BENCH_NO_PIN"))
 
 
 def pin(pid: int, cpu: int) -> None:

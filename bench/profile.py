@@ -44,9 +44,15 @@ def _frame_name(frame: str) -> str:
     return f"{name} ({short})"
 
 
+# Inclusive time is shown for this project's own functions: the event loop's frames hold
+# every sample and say nothing.
+PROJECT_PACKAGES = ("tidedesk/", "chatnode/", "routernode/", "controlplane/")
+
+
 def top_functions(path: Path, n: int = 15) -> tuple[int, list[tuple[str, int]],
                                                     list[tuple[str, int]]]:
-    """(total samples, top self-time frames, top inclusive frames) from collapsed stacks."""
+    """(total samples, top self-time frames, top inclusive frames of the project's own
+    functions) from collapsed stacks."""
     self_time: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
     total = 0
@@ -60,7 +66,8 @@ def top_functions(path: Path, n: int = 15) -> tuple[int, list[tuple[str, int]],
         if frames:
             self_time[frames[-1]] += count
         for name in set(frames):
-            inclusive[name] += count
+            if any(f"({pkg}" in name for pkg in PROJECT_PACKAGES) and "cli.py" not in name:
+                inclusive[name] += count
     return total, self_time.most_common(n), inclusive.most_common(n)
 
 
@@ -71,7 +78,7 @@ def report(path: Path, title: str, n: int = 15) -> str:
     lines = [f"  profile of {title}: {total} samples at {SAMPLE_RATE_HZ} Hz (idle included)",
              "    self time:"]
     lines += [f"      {c / total:6.1%}  {name}" for name, c in selfs]
-    lines.append("    inclusive:")
+    lines.append("    inclusive, Tidedesk's own functions:")
     lines += [f"      {c / total:6.1%}  {name}" for name, c in incl]
     return "\n".join(lines)
 
