@@ -178,7 +178,10 @@ backend chatnodes
     balance leastconn
     option httpchk
     http-check send meth GET uri /readyz ver HTTP/1.1 hdr Host haproxy
-    default-server check inter 500ms fastinter 250ms fall 2 rise 2
+    # Checks tolerant of a CPU-starved node (a slow /readyz is not a dead node); a killed node
+    # refuses connections, and redispatch sends the client to the other one at once.
+    timeout check 5s
+    default-server check inter 1s fastinter 500ms fall 3 rise 2
 {servers}
 """
 

@@ -58,6 +58,11 @@ CREATE_CONCURRENCY = 200
 RECONNECT_DEADLINE_S = 120.0
 DELIVERY_DEADLINE_S = 30.0
 ASSIGN_DEADLINE_S = 120.0
+# The widget sets no handshake timeout of its own (the browser's is minutes); a short one
+# here would abandon slow handshakes the node still works on and retry: a storm of our making.
+HANDSHAKE_TIMEOUT_S = 60.0
+# Failed connection attempts by kind (HTTP status of the handshake, or exception), per run.
+FAILURES: dict[str, int] = {}
 
 
 def backoff_s(attempt: int, rnd: float) -> float:
@@ -76,6 +81,7 @@ class Visitor:
         self.lost_at: float | None = None
         self.back_at: float | None = None
         self.connections = 0
+        self.attempts = 0
         self.connected_at: float | None = None
 
     async def connect(self, rng: random.Random, first_delay: bool) -> None:
@@ -86,10 +92,13 @@ class Visitor:
             if attempt or first_delay:
                 await asyncio.sleep(backoff_s(attempt, rng.random()))
             attempt += 1
+            self.attempts += 1
             try:
-                ws = await websocket_connect(self.url, connect_timeout=10)
-                raw = await asyncio.wait_for(ws.read_message(), 10)
-            except Exception:  # refused, reset, a 502/503 handshake: try again later
+                ws = await websocket_connect(self.url, connect_timeout=HANDSHAKE_TIMEOUT_S)
+                raw = await asyncio.wait_for(ws.read_message(), HANDSHAKE_TIMEOUT_S)
+            except Exception as exc:  # refused, reset, a 502/503 handshake: try again later
+                kind = getattr(exc, "code", None) or type(exc).__name__
+                FAILURES[str(kind)] = FAILURES.get(str(kind), 0) + 1
                 continue
             if raw is None:
                 continue
@@ -134,6 +143,7 @@ class Agent:
         self.acked: dict[str, int] = {}     # client id → seq
         self.sent: dict[str, str] = {}      # client id → conversation
         self.closed: str | None = None      # why the server closed this console, if it did
+        self.errors: dict[str, int] = {}    # error frames by code
 
     async def start(self, http_base: str, ws_base: str, email: str, password: str) -> None:
         http = AsyncHTTPClient()
@@ -155,6 +165,9 @@ class Agent:
                 self.chats.append(frame["conversation_id"])
             elif frame.get("type") == "ack":
                 self.acked[frame["id"]] = frame["seq"]
+            elif frame.get("type") == "error":
+                code = str(frame.get("code"))
+                self.errors[code] = self.errors.get(code, 0) + 1
 
     async def say_to_all(self) -> None:
         assert self.ws is not None
@@ -196,6 +209,7 @@ async def wait_until(pred: Any, timeout: float) -> bool:
 
 async def one_run(n: int, rep: int) -> dict[str, Any]:
     rng = random.Random(rep)
+    FAILURES.clear()
     with workdir("p6") as wd, tidedesk_cluster(wd, TIDEDESK_WS_PING_INTERVAL_S="20") as c:
         start_pinned(c, "router", "p6-router")
         node_a = start_pinned(c, "chatnode", "p6-chat-a")
@@ -223,6 +237,8 @@ async def one_run(n: int, rep: int) -> dict[str, Any]:
                   f" ({'all' if assigned_ok else 'not all'} within {ASSIGN_DEADLINE_S:.0f} s)",
                   flush=True)
 
+            cold_failures = dict(FAILURES)
+            FAILURES.clear()
             t_kill = time.perf_counter()
             node_a.kill(signal.SIGKILL)
             await asyncio.gather(*(a.say_to_all() for a in agents))
@@ -234,6 +250,8 @@ async def one_run(n: int, rep: int) -> dict[str, Any]:
                 if lost else 0.0
 
             sent = sum(len(a.sent) for a in agents)
+            await wait_until(lambda: sum(len(a.acked) for a in agents) >= sent,
+                             DELIVERY_DEADLINE_S)
             by_conv: dict[str, int] = {}
             for a in agents:
                 for client_id, seq in a.acked.items():
@@ -244,9 +262,15 @@ async def one_run(n: int, rep: int) -> dict[str, Any]:
                            (v.seqs_first | v.seqs_later))
 
             await wait_until(lambda: received() >= len(by_conv), DELIVERY_DEADLINE_S)
-            missed = [v for v in lost if by_conv.get(v.conv_id) not in v.seqs_first]
+            # A message the agent never had acked promises nothing; the rest must all arrive.
+            missed = [v for v in lost
+                      if v.conv_id in by_conv and by_conv[v.conv_id] not in v.seqs_first]
             replayed = [v for v in missed if by_conv.get(v.conv_id) in v.seqs_later]
             dropped = [a.closed for a in agents if a.closed]
+            agent_errors: dict[str, int] = {}
+            for a in agents:
+                for code, count in a.errors.items():
+                    agent_errors[code] = agent_errors.get(code, 0) + count
             if dropped:
                 print(f"  run {rep + 1}: {len(dropped)} agent consoles were closed by the chat "
                       f"node: {dropped[:3]}", flush=True)
@@ -255,7 +279,10 @@ async def one_run(n: int, rep: int) -> dict[str, Any]:
                 "cold_s": cold_s, "back_s": back_s, "lost": len(lost),
                 "back_all": back_ok, "agent_sent": sent, "agent_acked": len(by_conv),
                 "delivered": received(), "missed": len(missed), "replayed": len(replayed),
-                "reconnect_attempts_max": max((v.connections for v in visitors), default=0),
+                "connect_attempts_max": max((v.attempts for v in visitors), default=0),
+                "connect_attempts_total": sum(v.attempts for v in visitors),
+                "agent_errors": agent_errors, "cold_failures": cold_failures,
+                "reconnect_failures": dict(FAILURES),
             }
             for task in [*readers, *agent_readers]:
                 task.cancel()
@@ -268,8 +295,12 @@ async def one_run(n: int, rep: int) -> dict[str, Any]:
                     a.ws.close()
             print(f"  run {rep + 1}: {len(lost)} visitors lost their node; all back in "
                   f"{back_s:.1f} s ({back_ok}); {len(replayed)}/{len(missed)} missed messages "
-                  f"replayed; {received()}/{len(by_conv)} acked agent messages delivered",
-                  flush=True)
+                  f"replayed; {received()}/{len(by_conv)} acked agent messages delivered "
+                  f"({sent} sent; agent errors {agent_errors or 'none'}); connect attempts "
+                  f"{result['connect_attempts_total']} for {n} visitors + {len(lost)} "
+                  f"reconnects (at most {result['connect_attempts_max']} for one); failed "
+                  f"attempts: cold {cold_failures or 'none'}, after the kill "
+                  f"{result['reconnect_failures'] or 'none'}", flush=True)
             return result
 
 
