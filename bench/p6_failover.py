@@ -9,7 +9,8 @@ Per repetition, a fresh cluster: a router and chat nodes A and B (CPU 0) behind 
    moment: each starts after 0.25-0.5 s (the widget's first backoff step) and retries with the
    widget's backoff on failure. Cold connect time = start → the last hello. Every chat is
    then assigned to an agent.
-3. Chat node A is killed (SIGKILL). At once every agent sends one message to each of its chats.
+3. Chat node A is killed (SIGKILL). Every agent sends one message to each of its chats over the
+   next 5 s (again with the same id when answered ``try_again``, as the console does).
    Visitors whose socket died reconnect exactly as the widget does (equal-jitter backoff from
    0.5 s doubling, reconnect through HAProxy, ``resume`` with the last seq seen).
    Time until all are back = kill → the last of them has its hello and sent its resume.
@@ -61,6 +62,8 @@ ASSIGN_DEADLINE_S = 120.0
 # The widget sets no handshake timeout of its own (the browser's is minutes); a short one
 # here would abandon slow handshakes the node still works on and retry: a storm of our making.
 HANDSHAKE_TIMEOUT_S = 60.0
+# Each agent's one message per chat goes out over this long after the kill.
+AGENT_SPREAD_S = 5.0
 # Failed connection attempts by kind (HTTP status of the handshake, or exception), per run.
 FAILURES: dict[str, int] = {}
 
@@ -144,6 +147,7 @@ class Agent:
         self.sent: dict[str, str] = {}      # client id → conversation
         self.closed: str | None = None      # why the server closed this console, if it did
         self.errors: dict[str, int] = {}    # error frames by code
+        self.retry: set[str] = set()        # client ids answered try_again
 
     async def start(self, http_base: str, ws_base: str, email: str, password: str) -> None:
         http = AsyncHTTPClient()
@@ -168,18 +172,38 @@ class Agent:
             elif frame.get("type") == "error":
                 code = str(frame.get("code"))
                 self.errors[code] = self.errors.get(code, 0) + 1
+                if code == "try_again" and frame.get("id") in self.sent:
+                    self.retry.add(frame["id"])
 
-    async def say_to_all(self) -> None:
+    async def say_to_all(self, over_s: float) -> None:
+        """One message to each chat, spread over ``over_s`` (a person types; a console does
+        not fire a hundred messages in one go); a ``try_again`` is sent again with the same
+        id, as the console does, until the delivery deadline."""
         assert self.ws is not None
+        gap = over_s / max(1, len(self.chats))
         for conv in self.chats:
             client_id = uuid.uuid4().hex
-            try:
-                await self.ws.write_message(json.dumps({
-                    "type": "message", "conversation_id": conv, "id": client_id,
-                    "body": "still there?"}))
-            except WebSocketClosedError:
-                return  # counted: sent < chats
             self.sent[client_id] = conv
+            if not await self._send(client_id):
+                return
+            await asyncio.sleep(gap)
+        deadline = time.perf_counter() + DELIVERY_DEADLINE_S
+        while time.perf_counter() < deadline and len(self.acked) < len(self.sent):
+            await asyncio.sleep(1.0)
+            for client_id in list(self.retry):
+                self.retry.discard(client_id)
+                if not await self._send(client_id):
+                    return
+
+    async def _send(self, client_id: str) -> bool:
+        assert self.ws is not None
+        try:
+            await self.ws.write_message(json.dumps({
+                "type": "message", "conversation_id": self.sent[client_id], "id": client_id,
+                "body": "still there?"}))
+        except WebSocketClosedError:
+            return False
+        return True
 
 
 async def create_tokens(base: str, n: int) -> list[str]:
@@ -241,7 +265,7 @@ async def one_run(n: int, rep: int) -> dict[str, Any]:
             FAILURES.clear()
             t_kill = time.perf_counter()
             node_a.kill(signal.SIGKILL)
-            await asyncio.gather(*(a.say_to_all() for a in agents))
+            talk = asyncio.gather(*(a.say_to_all(AGENT_SPREAD_S) for a in agents))
             await asyncio.sleep(1.0)  # every socket on A has noticed by now
             lost = [v for v in visitors if v.lost_at is not None and v.lost_at >= t_kill]
             back_ok = await wait_until(lambda: all(v.back_at is not None for v in lost),
@@ -249,9 +273,8 @@ async def one_run(n: int, rep: int) -> dict[str, Any]:
             back_s = max((v.back_at or time.perf_counter()) for v in lost) - t_kill \
                 if lost else 0.0
 
+            await talk
             sent = sum(len(a.sent) for a in agents)
-            await wait_until(lambda: sum(len(a.acked) for a in agents) >= sent,
-                             DELIVERY_DEADLINE_S)
             by_conv: dict[str, int] = {}
             for a in agents:
                 for client_id, seq in a.acked.items():
