@@ -222,6 +222,12 @@ def start_pinned(c: Any, role: str, name: str, cpu: int = SERVER_CPU) -> Any:
 
 @contextlib.contextmanager
 def workdir(name: str) -> Iterator[Path]:
+    """A scratch folder for configs and server logs; kept (and named) with BENCH_KEEP=1."""
+    if os.environ.get("BENCH_KEEP"):
+        path = Path(tempfile.mkdtemp(prefix=f"tidedesk-bench-{name}-"))
+        print(f"  logs kept in {path}", flush=True)
+        yield path
+        return
     with tempfile.TemporaryDirectory(prefix=f"tidedesk-bench-{name}-") as d:
         yield Path(d)
 
