@@ -51,6 +51,8 @@ def test_cli_run_report_matches_what_the_server_stored(tmp_path: Path) -> None:
                 "--url", f"http://127.0.0.1:{rt.port}", "--visitors", "8", "--agents", "2",
                 "--agents-file", str(agents), "--ramp-up", "1", "--hold", "2",
                 "--ramp-down", "0.5", "--rate", "2", "--json", str(out),
+                # what loadgen does by itself when ports would run out
+                "--source-addresses", "127.0.0.2,127.0.0.3",
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
             stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
             assert proc.returncode == 0, stderr.decode()
@@ -73,6 +75,7 @@ def test_cli_run_report_matches_what_the_server_stored(tmp_path: Path) -> None:
         assert lat["count"] == m["delivered"]
         assert 0 < lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"] <= lat["max_ms"] < 5000
         assert report["client_cpu_s"] > 0
+        assert report["source_addresses"] == ["127.0.0.2", "127.0.0.3"]
 
     asyncio.run(scenario())
 
