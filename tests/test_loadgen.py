@@ -151,13 +151,14 @@ def test_report_counts_rates_and_text() -> None:
     tally.connected(11.0, 0.03)
     for t in (20.0, 21.0, 22.0):
         tally.sent_one(t)
-    tally.acked, tally.delivered = 3, 2
-    tally.delivery_latency_s += [0.010, 0.020]
+    tally.acked = 3
+    tally.delivered_one(30.0, 0.010)  # the server fell behind: deliveries after the sends
+    tally.delivered_one(34.0, 0.020)
     tally.error("rate_limited")
     report = loadplan.build_report(plan, tally, elapsed_s=4.0, cpu_s=1.0)
     assert report["connects"]["per_s"] == 2.0
     assert report["messages"]["sent_per_s"] == 1.5
-    assert report["messages"]["delivered_per_s"] == 1.0
+    assert report["messages"]["delivered_per_s"] == 0.5  # over the deliveries' 4 s span
     assert report["latency"]["p50_ms"] == 15.0 and report["latency"]["max_ms"] == 20.0
     assert report["client_cpu_share"] == 0.25
     text = loadplan.format_report(report)

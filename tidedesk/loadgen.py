@@ -122,8 +122,8 @@ class _LoadRun:
             self.tally.duplicates += 1
             return
         self.delivered_ids.add(client_id)
-        self.tally.delivered += 1
-        self.tally.delivery_latency_s.append(time.perf_counter() - sent)
+        now = time.perf_counter()
+        self.tally.delivered_one(now, now - sent)
 
     # -- visitors --------------------------------------------------------------------------
     async def visitor(self, index: int, t0: float, start: float, stop: float) -> None:

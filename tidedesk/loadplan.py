@@ -189,6 +189,8 @@ class Tally:
     duplicates: int = 0
     send_first: float | None = None
     send_last: float | None = None
+    deliver_first: float | None = None
+    deliver_last: float | None = None
     connect_latency_s: list[float] = dataclasses.field(default_factory=list)
     ack_latency_s: list[float] = dataclasses.field(default_factory=list)
     delivery_latency_s: list[float] = dataclasses.field(default_factory=list)
@@ -208,6 +210,12 @@ class Tally:
         self.send_first = now if self.send_first is None else self.send_first
         self.send_last = now
 
+    def delivered_one(self, now: float, latency_s: float) -> None:
+        self.delivered += 1
+        self.delivery_latency_s.append(latency_s)
+        self.deliver_first = now if self.deliver_first is None else self.deliver_first
+        self.deliver_last = now
+
 
 def _rate(count: int, first: float | None, last: float | None) -> float:
     if count == 0 or first is None or last is None:
@@ -221,6 +229,9 @@ def build_report(plan: LoadPlan, tally: Tally, *, elapsed_s: float, cpu_s: float
     window = None
     if tally.send_first is not None and tally.send_last is not None:
         window = max(tally.send_last - tally.send_first, 1e-3)
+    # Delivered/s over the deliveries' own span: when the server falls behind, deliveries go
+    # on after the last send, and dividing by the sending window would overstate the rate.
+    delivered_per_s = _rate(tally.delivered, tally.deliver_first, tally.deliver_last)
     return {
         "url": plan.url,
         "visitors": plan.visitors,
@@ -238,7 +249,7 @@ def build_report(plan: LoadPlan, tally: Tally, *, elapsed_s: float, cpu_s: float
         "messages": {"sent": tally.sent, "acked": tally.acked, "delivered": tally.delivered,
                      "duplicates": tally.duplicates,
                      "sent_per_s": round(tally.sent / window, 1) if window else 0.0,
-                     "delivered_per_s": round(tally.delivered / window, 1) if window else 0.0},
+                     "delivered_per_s": delivered_per_s},
         "ack_latency": latency_summary(tally.ack_latency_s),
         "latency": latency_summary(tally.delivery_latency_s),
         "errors": dict(sorted(tally.errors.items())),
