@@ -45,6 +45,19 @@ PROGRESS_EVERY_S = 0.5
 MAX_FRAME_BYTES = 1 << 22
 
 
+class _Window(asyncio.Semaphore):
+    """A visitor's messages in flight: the closed loop's limit, and what to wait for before
+    the visitor leaves. ``release`` is called once per ack or error of a message."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.in_flight = 0
+
+    def release(self) -> None:
+        self.in_flight = max(0, self.in_flight - 1)
+        super().release()
+
+
 class _LoadRun:
     def __init__(self, plan: LoadPlan) -> None:
         self.plan = plan
@@ -141,7 +154,7 @@ class _LoadRun:
             self.tally.error(f"visitor_connect_{type(exc).__name__}")
             return
         assigned = asyncio.Event()
-        window = asyncio.Semaphore(self.plan.window)
+        window = _Window(self.plan.window)
         reader = asyncio.create_task(self._visitor_reader(conn, assigned, window, began))
         try:
             try:
@@ -151,13 +164,17 @@ class _LoadRun:
                 return
             self.tally.assigned += 1
             await self._send_until(conn, index, t0 + stop, window)
+            # Closing now would lose the acks still on their way: wait for them (bounded).
+            deadline = time.perf_counter() + self.plan.drain_s
+            while window.in_flight and time.perf_counter() < deadline:
+                await asyncio.sleep(0.02)
         finally:
             conn.close()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(reader, 2.0)
 
     async def _visitor_reader(self, conn: WebSocketClientConnection, assigned: asyncio.Event,
-                              window: asyncio.Semaphore, began: float) -> None:
+                              window: _Window, began: float) -> None:
         while True:
             raw = await conn.read_message()
             if raw is None:
@@ -189,7 +206,7 @@ class _LoadRun:
                 self.tally.error(kind)
 
     async def _send_until(self, conn: WebSocketClientConnection, index: int, stop_at: float,
-                          window: asyncio.Semaphore) -> None:
+                          window: _Window) -> None:
         body = ("load " * (self.plan.body_chars // 5 + 1))[:self.plan.body_chars]
         interval = 1.0 / self.plan.rate if self.plan.rate else 0.0
         # Visitors start sending at different phases of the interval, so the offered load is
@@ -215,6 +232,7 @@ class _LoadRun:
             client_id = f"lg{self.run_id}-{index}-{k}"
             self.sent_at[client_id] = now
             self.tally.sent_one(now)
+            window.in_flight += 1
             try:
                 await conn.write_message(json.dumps(
                     {"type": "message", "id": client_id, "body": body}))
