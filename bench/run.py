@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", metavar="P", help="benchmarks to run (default all: "
                         + ", ".join(f"{k} {v}" for k, v in WHAT.items()) + ")")
     parser.add_argument("--quick", action="store_true",
-                        help="small sizes and one or two repetitions (a smoke run, ~3 min)")
+                        help="small sizes and one or two repetitions (a smoke run, ~1.5 min)")
     parser.add_argument("--json", metavar="OUT", help="write every benchmark's figures here")
     args = parser.parse_args(argv)
     names = [n.upper() for n in args.names] or list(SUITE)
