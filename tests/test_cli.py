@@ -23,7 +23,7 @@ def run(args: list[str], data_dir: Path, **env: str) -> subprocess.CompletedProc
 
 @pytest.mark.parametrize("args", [
     [], ["dev"], ["chatnode"], ["router"], ["migrate"], ["admin"], ["admin", "create-agent"],
-    ["admin", "list-agents"],
+    ["admin", "list-agents"], ["loadgen"],
 ], ids=lambda a: " ".join(a) or "top")
 def test_help_everywhere(tmp_path: Path, args: list[str]) -> None:
     out = run([*args, "--help"], tmp_path)

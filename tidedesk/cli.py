@@ -1,10 +1,11 @@
 """The ``tidedesk`` command: ``dev``, ``chatnode``, ``router``, ``migrate``, ``admin``,
-``controlplane`` and ``simulate``. Every subcommand has ``--help``."""
+``loadgen``, ``controlplane`` and ``simulate``. Every subcommand has ``--help``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import re
 import signal
@@ -73,10 +74,106 @@ def build_parser() -> argparse.ArgumentParser:
                     "to run again or to interrupt; afterwards the previous keys can be removed.")
     _add_config(rk)
 
+    _add_loadgen(sub)
     sub.add_parser("controlplane", help="run the autoscaling control plane", add_help=False)
     sub.add_parser("simulate", help="replay a load trace through a scaling policy",
                    add_help=False)
     return parser
+
+
+def _add_loadgen(sub: Any) -> None:
+    p = sub.add_parser(
+        "loadgen", help="load test: visitors and agents over WebSockets",
+        description="Visitors and agents over real WebSockets (directly to a chat node or "
+                    "through HAProxy): ramp-up, hold, ramp-down; reports connect rate, "
+                    "messages/s, latency percentiles and errors.")
+    p.add_argument("--url", default="http://127.0.0.1:8080",
+                   help="chat node or HAProxy base URL (default http://127.0.0.1:8080)")
+    p.add_argument("--visitors", type=int, default=10, help="visitors (default 10)")
+    p.add_argument("--agents", type=int, default=0,
+                   help="agents to sign in, the first N of --agents-file (default 0)")
+    p.add_argument("--agents-file", metavar="FILE",
+                   help="lines of email,password[,totp_secret] (tidedesk admin create-agent)")
+    p.add_argument("--ramp-up", type=float, default=5.0, help="seconds (default 5)")
+    p.add_argument("--hold", type=float, default=10.0, help="seconds (default 10)")
+    p.add_argument("--ramp-down", type=float, default=2.0, help="seconds (default 2)")
+    p.add_argument("--rate", type=float, default=0.5,
+                   help="messages/s per visitor; 0 = closed loop (default 0.5; the server "
+                        "allows TIDEDESK_RATE_LIMIT_PER_10S frames per 10 s)")
+    p.add_argument("--window", type=int, default=1,
+                   help="messages in flight per visitor with --rate 0 (default 1)")
+    p.add_argument("--body-chars", type=int, default=40, help="message length (default 40)")
+    p.add_argument("--assign-timeout", type=float, default=10.0,
+                   help="seconds a visitor waits for an agent before giving up (default 10)")
+    p.add_argument("--drain", type=float, default=5.0,
+                   help="seconds to wait for the last acks and deliveries (default 5)")
+    p.add_argument("--source-addresses", default="auto",
+                   help="comma-separated local addresses to connect from, or 'auto' "
+                        "(127.0.0.x when one address would run out of ephemeral ports)")
+    p.add_argument("--json", metavar="OUT", help="also write the report as JSON to OUT")
+
+
+def _loadgen(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+    from urllib.parse import urlsplit
+
+    from tidedesk import loadplan
+    from tidedesk.loadgen import run_load
+
+    agents: tuple[loadplan.AgentLogin, ...] = ()
+    if args.agents < 0:
+        raise SettingsError("--agents: must be 0 or more")
+    if args.agents:
+        if not args.agents_file:
+            raise SettingsError("--agents: give the agents' sign-ins with --agents-file FILE "
+                                "(lines of email,password[,totp_secret])")
+        try:
+            text = Path(args.agents_file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SettingsError(f"--agents-file: cannot read {args.agents_file}: "
+                                f"{exc.strerror or exc}") from None
+        agents = loadplan.parse_agents_file(text, args.agents)
+    sources: tuple[str, ...] = ()
+    if args.source_addresses != "auto":
+        sources = tuple(a.strip() for a in args.source_addresses.split(",") if a.strip())
+    plan = loadplan.check_plan(loadplan.LoadPlan(
+        url=args.url, visitors=args.visitors, agents=agents, ramp_up_s=args.ramp_up,
+        hold_s=args.hold, ramp_down_s=args.ramp_down, rate=args.rate, window=args.window,
+        body_chars=args.body_chars, assign_timeout_s=args.assign_timeout, drain_s=args.drain,
+        source_addresses=sources))
+    if args.source_addresses == "auto":
+        host = urlsplit(plan.url).hostname or ""
+        needed = loadplan.sources_needed(2 * (plan.visitors + len(agents)),
+                                         _port_range(), host)
+        if needed > 1:
+            if not loadplan.is_loopback(host):
+                raise SettingsError(f"--source-addresses: {plan.visitors} visitors need "
+                                    f"{needed} local addresses to reach {host}; list them")
+            plan = loadplan.check_plan(dataclasses.replace(
+                plan, source_addresses=loadplan.loopback_sources(needed)))
+    progress = None
+    if sys.stderr.isatty():
+        def progress(line: str) -> None:
+            sys.stderr.write("\r" + line + "\x1b[K")
+            sys.stderr.flush()
+    report = asyncio.run(run_load(plan, progress))
+    if progress is not None:
+        sys.stderr.write("\n")
+    print(loadplan.format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+def _port_range() -> tuple[int, int]:
+    """The kernel's ephemeral port range (Linux), or its usual default elsewhere."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as f:
+            lo, hi = f.read().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 async def _serve(settings: Settings, role: str) -> int:
@@ -217,6 +314,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 storage.close()
             print(f"schema at version {version} in {len(settings.database_url)} database(s)")
             return 0
+        if args.command == "loadgen":
+            return _loadgen(args)
         if args.command == "admin":
             if args.admin_command == "create-agent":
                 return _create_agent(args)

@@ -73,7 +73,7 @@ CONFIRM_SWEEP_SECS = 0.5
 
 # pika hands the socket one send() per frame, three per message. Joining what is queued into
 # chunks of up to this size cuts syscalls and TCP segments on both ends (see
-# benchmarks/broker_confirms.py --no-coalesce).
+# bench/p3_broker_confirms.py --no-coalesce).
 WRITE_COALESCE_BYTES = 128 * 1024
 
 _PERSISTENT = pika.BasicProperties(delivery_mode=2)

@@ -14,7 +14,7 @@ The queue is purged between runs and deleted at the end.
                every message, though it promised nothing about them).
 - wait-each:  ``RabbitBroker.publish`` from one sender, one message at a time.
 
-Usage: ``python benchmarks/broker_confirms.py [--url amqp://...] [--messages 10000]
+Usage: ``python bench/p3_broker_confirms.py [--url amqp://...] [--messages 10000]
 [--wait-each-messages 500] [--windows 256,1024] [--reps 15] [--body-bytes 256]
 [--queue-type classic|quorum] [--no-coalesce]``
 """

@@ -14,7 +14,7 @@ Every repetition runs both modes back to back, in alternating order, so the rati
 like with like even when the machine is shared; the ratios are taken within each repetition,
 then the median and the spread [min .. max] are printed.
 
-Usage: ``python benchmarks/history_batches.py [--rows 5000] [--single-rows 1000] [--reps 7]
+Usage: ``python bench/p4_history_batches.py [--rows 5000] [--single-rows 1000] [--reps 7]
 [--batch 100] [--host 127.0.0.1] [--port 3306] [--user root]``
 """
 

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Run the benchmark suite (bench/): all of P1..P7, or the ones named, e.g. scripts/bench.sh P1 P5.
+# --quick for a smoke run with small sizes; --json OUT to keep the figures. Not a test: it
+# prints figures and their spreads and never fails on timing. Needs the MariaDB, Redis and
+# RabbitMQ of this machine (started if stopped) and Debian's haproxy.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh bench
+scripts/system-deps.sh
+exec .venv/bin/python -m bench.run "$@"
