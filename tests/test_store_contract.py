@@ -559,6 +559,33 @@ def test_redis_unreachable_is_not_ready_and_opens_the_breaker() -> None:
     asyncio.run(main())
 
 
+@pytest.mark.redis
+def test_redis_pool_exhausted_is_busy_not_down() -> None:
+    """Every pooled connection busy past the timeout (a connect surge): the call fails with
+    StoreUnavailable, but the store stays ready and the breaker closed, so /readyz keeps this
+    node in HAProxy instead of sending its whole load to the others."""
+    from tidedesk.errors import StoreUnavailable
+
+    async def main() -> None:
+        prefix = f"tidedesk-test-{uuid.uuid4().hex[:8]}:"
+        store = RedisStore(REDIS_URL, prefix, max_connections=1, timeout_s=0.3)
+        try:
+            await store.start()
+            pool = store._r.connection_pool
+            taken = await pool.get_connection()  # type: ignore[no-untyped-call]  # busy elsewhere
+            for _ in range(6):  # more than the breaker's failure limit
+                with pytest.raises(StoreUnavailable, match="too busy"):
+                    await store.last_seq("c")
+            assert store.ready
+            assert store.breaker.current_state == "closed"
+            await pool.release(taken)
+            assert await store.last_seq("c") is None  # and it serves again at once
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
 def test_memory_store_does_not_keep_what_expired() -> None:
     """Redis expires keys by itself; the embedded store must not grow by every client id and
     rate-limit window it ever saw (one entry per message and per address-minute otherwise)."""

@@ -254,6 +254,12 @@ def _ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
 
 
+def _pool_exhausted(exc: BaseException) -> bool:
+    """Every pooled connection stayed busy for ``timeout_s`` (redis-py raises a ConnectionError
+    from a TimeoutError): this process is overloaded, Redis itself is fine."""
+    return isinstance(exc, RedisConnectionError) and isinstance(exc.__cause__, TimeoutError)
+
+
 def _tracked(
     fn: Callable[P, Coroutine[Any, Any, T]],
 ) -> Callable[P, Coroutine[Any, Any, T]]:
@@ -270,6 +276,12 @@ def _tracked(
             self._ready = False
             raise StoreUnavailable("Redis is unavailable (circuit open); retry shortly") from None
         except (RedisConnectionError, RedisTimeoutError) as exc:
+            if _pool_exhausted(exc):
+                # The call fails (the client retries, as for any Unavailable), but readiness
+                # and the breaker stay: else a connect surge would take this node out of
+                # HAProxy and send the whole surge to the others.
+                raise StoreUnavailable("too busy: no Redis connection free in time; retry "
+                                       "shortly") from exc
             self._ready = False
             # Idle pooled connections may be dead too (Redis restarted): drop them, so the
             # calls after Redis is back use fresh ones instead of failing one by one and
@@ -304,7 +316,8 @@ class RedisStore(Store):
         self._ready = True
         self.breaker = pybreaker.CircuitBreaker(
             fail_max=BREAKER_FAIL_MAX, reset_timeout=BREAKER_RESET_SECS, name="redis",
-            exclude=[lambda exc: not isinstance(exc, RedisConnectionError | RedisTimeoutError)])
+            exclude=[lambda exc: not isinstance(exc, RedisConnectionError | RedisTimeoutError)
+                     or _pool_exhausted(exc)])
         reg = self._r.register_script
         self._assign_seq = reg(_ASSIGN_SEQ)
         self._seed_seq = reg(_SEED_SEQ)
