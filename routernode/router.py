@@ -32,7 +32,7 @@ import peewee as pw
 from routernode.routing import RoutingConfig, anyone_online, choose_agent, fallback_due
 from tidedesk import logs, metrics
 from tidedesk.broker import INBOUND_QUEUE, Broker, Envelope
-from tidedesk.delivery import deliver
+from tidedesk.delivery import deliver, publish_to
 from tidedesk.envelopes import (
     AgentStatusEvent,
     CloseEvent,
@@ -230,12 +230,10 @@ class Router:
             frame["name"] = row["sender_name"]
         if row["private"]:
             frame["private"] = True
-        await self.store.history_append(conv_id, frame)
-        if not row["private"]:
-            await self.deliver(f"visitor:{event.visitor_id}", frame)
-        owner = await self.store.owner(conv_id)
-        if owner is not None:
-            await self.deliver(f"agent:{owner}", frame)
+        visitor = None if row["private"] else f"visitor:{event.visitor_id}"
+        recipients = await self.store.message_fanout(conv_id, frame, visitor, self.clock())
+        for who, nodes in recipients.items():
+            await publish_to(self.broker, nodes, who, frame, self.envelope_format)
 
     async def on_opened(self, event: OpenedEvent) -> None:
         conv_id, visitor_id = event.conversation_id, event.visitor_id

@@ -421,6 +421,31 @@ def test_history_is_seq_ordered_and_deduped(run: Runner) -> None:
     run(body)
 
 
+def test_message_fanout_appends_then_names_each_recipients_nodes(run: Runner) -> None:
+    """One call (one round trip on Redis) = history_append + owner + presence_nodes each."""
+    async def body(s: Store) -> None:
+        now = 100.0
+        # No owner yet, the visitor on two nodes (one entry expired), nobody for a note.
+        await s.presence_add("visitor:v1", "k1", "node-a", 30, now)
+        await s.presence_add("visitor:v1", "k2", "node-b", 30, now)
+        await s.presence_add("visitor:v1", "k3", "node-old", 1, now - 5)
+        assert await s.message_fanout("c", _msg(1), "visitor:v1", now) == {
+            "visitor:v1": {"node-a", "node-b"}}
+        assert await s.message_fanout("c", _msg(2), None, now) == {}
+        # Owned by an agent connected on one node; a visitor with no connection.
+        await s.agent_update("a1", status="online", pools=("general",), max_chats=3,
+                             name="Ann", now=now)
+        assert await s.claim("c", "a1", now=now)
+        await s.presence_add("agent:a1", "k9", "node-c", 30, now)
+        assert await s.message_fanout("c", _msg(3), "visitor:v2", now) == {
+            "visitor:v2": set(), "agent:a1": {"node-c"}}
+        await s.message_fanout("c", _msg(2, "a redelivery must not replace the first"), None,
+                               now)
+        assert await s.history("c") == [_msg(1), _msg(2), _msg(3)]
+
+    run(body)
+
+
 def test_history_is_capped_to_the_newest(run: Runner) -> None:
     async def body(s: Store) -> None:
         total = HISTORY_STREAM_LEN + 37

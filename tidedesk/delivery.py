@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from tidedesk import metrics
@@ -16,9 +17,18 @@ async def deliver(broker: Broker, store: Store, who: str, frame: dict[str, Any],
     returns how many nodes that was (0: nobody to tell, they will resume on reconnect).
     ``envelope_format``: ``binary`` (v1) or ``json`` (docs/envelopes.md)."""
     nodes = await store.presence_nodes(who, now)
-    if nodes:
-        body = delivery_encoder(envelope_format)(who, frame)
-        for node in nodes:
-            await broker.publish(node_queue(node), body)
-        metrics.DELIVERIES.inc(len(nodes))
+    await publish_to(broker, nodes, who, frame, envelope_format)
     return len(nodes)
+
+
+async def publish_to(broker: Broker, nodes: Iterable[str], who: str, frame: dict[str, Any],
+                     envelope_format: str = "binary") -> None:
+    """Publish ``frame`` for ``who`` to the delivery queue of each of ``nodes``."""
+    body = b""
+    count = 0
+    for node in nodes:
+        body = body or delivery_encoder(envelope_format)(who, frame)
+        await broker.publish(node_queue(node), body)
+        count += 1
+    if count:
+        metrics.DELIVERIES.inc(count)

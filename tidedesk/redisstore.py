@@ -47,7 +47,7 @@ import contextlib
 import functools
 import json
 import math
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, ParamSpec, TypeVar, cast
 
 import pybreaker
@@ -235,6 +235,24 @@ return out
 """
 
 # KEYS: history zset. ARGV: seq, message JSON, cap, ttl ms.
+# KEYS: history zset, owner, the visitor's presence hash. ARGV: seq, message JSON, cap, ttl ms,
+# '1' when the visitor is a recipient, the key prefix of agents' presence hashes. Returns
+# {owner or '', the visitor's presence entries, the owner's presence entries}. The owner's key
+# is made here from the owner read here: one Redis server (or Sentinel primary), not a cluster.
+_MESSAGE_FANOUT = """
+if #redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[1], 'LIMIT', 0, 1) == 0 then
+  redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[3]) + 1))
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+local owner = redis.call('GET', KEYS[2])
+local visitor = {}
+if ARGV[5] == '1' then visitor = redis.call('HVALS', KEYS[3]) end
+local agent = {}
+if owner then agent = redis.call('HVALS', ARGV[6] .. owner) end
+return {owner or '', visitor, agent}
+"""
+
 _HISTORY_APPEND = """
 if #redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[1], 'LIMIT', 0, 1) > 0 then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
@@ -252,6 +270,16 @@ BREAKER_RESET_SECS = 5.0
 def _ms(seconds: float) -> int:
     """A Redis TTL in milliseconds; at least 1 (0 or less would be an error or a delete)."""
     return max(1, math.ceil(seconds * 1000))
+
+
+def _live_nodes(entries: Iterable[str], now: float) -> set[str]:
+    """The nodes of presence entries (``expires|node``) that have not expired."""
+    nodes = set()
+    for entry in entries:
+        expires, _, node = entry.partition("|")
+        if float(expires) > now:
+            nodes.add(node)
+    return nodes
 
 
 def _pool_exhausted(exc: BaseException) -> bool:
@@ -334,6 +362,7 @@ class RedisStore(Store):
         self._dequeue = reg(_DEQUEUE)
         self._waiting = reg(_WAITING)
         self._history_append = reg(_HISTORY_APPEND)
+        self._message_fanout = reg(_MESSAGE_FANOUT)
 
     def _k(self, *parts: str) -> str:
         return self._prefix + ":".join(parts)
@@ -426,12 +455,7 @@ class RedisStore(Store):
     @_tracked
     async def presence_nodes(self, who: str, now: float) -> set[str]:
         conns = cast(dict[str, str], await self._r.hgetall(self._k("presence", who)))
-        nodes = set()
-        for entry in conns.values():
-            expires, _, node = entry.partition("|")
-            if float(expires) > now:
-                nodes.add(node)
-        return nodes
+        return _live_nodes(conns.values(), now)
 
     # -- agents and ownership ---------------------------------------------------------------
     @_tracked
@@ -544,6 +568,23 @@ class RedisStore(Store):
             args=[int(message["seq"]), json.dumps(message, separators=(",", ":"), sort_keys=True),
                   HISTORY_STREAM_LEN, _ms(HISTORY_IDLE_TTL_SECS)],
         )
+
+    @_tracked
+    async def message_fanout(self, conv_id: str, message: dict[str, Any], visitor: str | None,
+                             now: float) -> dict[str, set[str]]:
+        owner, visitor_entries, agent_entries = await self._message_fanout(
+            keys=[self._k("hist", conv_id), self._k("owner", conv_id),
+                  self._k("presence", visitor or "-")],
+            args=[int(message["seq"]), json.dumps(message, separators=(",", ":"), sort_keys=True),
+                  HISTORY_STREAM_LEN, _ms(HISTORY_IDLE_TTL_SECS), "1" if visitor else "0",
+                  self._k("presence", "agent:")],
+        )
+        nodes = {}
+        if visitor:
+            nodes[visitor] = _live_nodes(visitor_entries, now)
+        if owner:
+            nodes[f"agent:{owner}"] = _live_nodes(agent_entries, now)
+        return nodes
 
     @_tracked
     async def history(self, conv_id: str) -> list[dict[str, Any]]:

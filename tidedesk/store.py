@@ -146,6 +146,18 @@ class Store(abc.ABC):
     async def history(self, conv_id: str) -> list[dict[str, Any]]:
         """The capped recent messages of a conversation, in seq order."""
 
+    async def message_fanout(self, conv_id: str, message: dict[str, Any], visitor: str | None,
+                             now: float) -> dict[str, set[str]]:
+        """After a message is committed: append it to the recent history, then return the
+        nodes of each recipient: ``visitor`` (None for a private note) and the conversation's
+        owner (``agent:<id>``), if any. The append comes first, so a client that reconnects
+        later finds the message in the history, and one that reconnected earlier is in the
+        presence read here. A store may do it all in one round trip (RedisStore does)."""
+        await self.history_append(conv_id, message)
+        owner = await self.owner(conv_id)
+        recipients = ([visitor] if visitor else []) + ([f"agent:{owner}"] if owner else [])
+        return {who: await self.presence_nodes(who, now) for who in recipients}
+
 
 _SWEEP_MIN = 1024
 
