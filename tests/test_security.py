@@ -621,6 +621,34 @@ def test_rotate_key_reencrypts_with_the_new_key(tmp_path: Path) -> None:
         tmp_path / "data")
 
 
+def test_rotate_key_refuses_bodies_of_an_unknown_key_rather_than_sealing_them_twice(
+        tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    lost_key = base64.b64encode(b"l" * 32).decode()
+
+    async def write_with_a_key_that_is_then_lost() -> None:
+        async with embedded(tmp_path, GENERAL_ONLY, aes_key=lost_key,
+                            encrypt_message_bodies=True) as rt:
+            _, _, visitor = await new_visitor(rt)  # no name, e-mail or phone to encrypt
+            assert (await visitor.say("v2: my order 1234 never came"))["type"] == "ack"
+            await asyncio.sleep(0.2)  # stored by the router
+            await visitor.close()
+
+    asyncio.run(write_with_a_key_that_is_then_lost())
+    before = _database_bytes(tmp_path / "data")
+    env = {"PATH": "/usr/bin:/bin", "TIDEDESK_DATA_DIR": str(tmp_path / "data"),
+           "TIDEDESK_AES_KEY": base64.b64encode(b"n" * 32).decode(),
+           "TIDEDESK_ENCRYPT_MESSAGE_BODIES": "true"}
+    out = subprocess.run([sys.executable, "-m", "tidedesk.cli", "admin", "rotate-key"],
+                         env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "message body" in out.stderr and "TIDEDESK_AES_PREVIOUS_KEYS" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert _database_bytes(tmp_path / "data") == before, "a body was changed"
+
+
 @pytest.mark.mariadb
 @pytest.mark.redis
 @pytest.mark.rabbitmq

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 from collections.abc import Iterable
 
 from cryptography.exceptions import InvalidTag
@@ -21,6 +22,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 _V1 = "v1:"
 _V2 = "v2:"
 _NONCE_BYTES = 12
+# v2:<8 hex>:<base64 of nonce + at least the 16-byte tag>, or v1:<the same base64>.
+_SEALED = re.compile(r"(v2:[0-9a-f]{8}:|v1:)[A-Za-z0-9_-]{38,}={0,2}")
 
 
 def key_id(key_b64: str) -> str:
@@ -54,6 +57,12 @@ class FieldCipher:
                 if plain is not None:
                     return plain
         return None
+
+    @staticmethod
+    def looks_sealed(stored: str) -> bool:
+        """Whether ``stored`` has the shape of a value this module made (with any key): a
+        message a visitor typed may start with ``v2:`` but not look like this."""
+        return bool(_SEALED.fullmatch(stored))
 
     def needs_rotation(self, stored: str) -> bool:
         """True unless ``stored`` was made with the current key."""

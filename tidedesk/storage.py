@@ -551,10 +551,15 @@ class Storage:
                     last_id = rows[-1].id
                     with shard.db.atomic():
                         for row in rows:
-                            sealed = row.body.startswith(("v1:", "v2:")) and cipher.decrypt(
-                                row.body, BODY_CONTEXT) is not None
-                            if sealed:
-                                new = reseal(row.body, BODY_CONTEXT)
+                            plain = cipher.decrypt(row.body, BODY_CONTEXT)
+                            if plain is not None:
+                                new = (cipher.encrypt(plain, BODY_CONTEXT)
+                                       if cipher.needs_rotation(row.body) else None)
+                            elif cipher.looks_sealed(row.body):
+                                # Encrypting it again would lose it behind two keys.
+                                raise ValueError("a message body was made with a key that is "
+                                                 "neither TIDEDESK_AES_KEY nor in "
+                                                 "TIDEDESK_AES_PREVIOUS_KEYS")
                             elif self.encrypt_bodies:
                                 new = cipher.encrypt(row.body, BODY_CONTEXT)
                             else:
