@@ -13,7 +13,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from controlplane.decision import Sample, decide
@@ -37,6 +37,10 @@ class _ForecastMemory:
     model: SeasonalModel | None = None
     built_at: float = float("-inf")
     past: deque[tuple[float, int]] | None = None
+    # The last hour at RECENT_STEP_S (today's level, the error): it gains a point a minute, so
+    # it is read once a minute, not at every evaluation.
+    recent: list[Sample] = field(default_factory=list)
+    recent_at: float = float("-inf")
 
 
 class Controller:
@@ -162,8 +166,11 @@ class Controller:
                     history = self._metrics.series(query, start, now, step)
                     memory.model = SeasonalModel(history, step)
                     memory.built_at = now
-                start = (now - ERROR_WINDOW_S) // RECENT_STEP_S * RECENT_STEP_S
-                recent = self._metrics.series(query, start, now, RECENT_STEP_S)
+                if now - memory.recent_at >= RECENT_STEP_S:
+                    start = (now - ERROR_WINDOW_S) // RECENT_STEP_S * RECENT_STEP_S
+                    memory.recent = self._metrics.series(query, start, now, RECENT_STEP_S)
+                    memory.recent_at = now
+                recent = memory.recent
             except MetricsError as exc:
                 error = f"history for the forecast: {exc}"
                 log.warning("forecast failed", extra={"policy": policy.name, "error": error})

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from cp_nomad_double import NomadDouble
@@ -106,6 +107,40 @@ def test_the_forecast_raises_the_count_before_the_daily_rise(
     text = telemetry.render().decode()
     assert 'tidedesk_controlplane_forecast_error_ratio{policy="router"}' in text
     assert 'tidedesk_controlplane_floor_replicas{policy="router",source="forecast"}' in text
+
+
+class CountingSource(PrometheusSource):
+    """The real Prometheus source, counting its range queries."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.range_queries = 0
+
+    def series(self, *args: Any, **kwargs: Any) -> Any:
+        self.range_queries += 1
+        return super().series(*args, **kwargs)
+
+
+def test_the_forecast_reads_history_once_per_refresh_and_the_last_hour_once_a_minute(
+    history_prometheus: Prometheus, nomad_double: NomadDouble
+) -> None:
+    nomad_double.add_job("router", {"g": 2})
+    state = ControlPlaneState([policy()])
+    now = [NOW]
+    source = CountingSource(history_prometheus.url)
+    controller = Controller(
+        state, source, {"nomad": NomadTarget(nomad_double.address)}, Telemetry(),
+        clock=lambda: now[0],
+    )  # fmt: skip
+    counts = []
+    for t in (0, 15, 30, 45, 60, 75):  # evaluations every 15 s
+        now[0] = NOW + t
+        assert controller.evaluate("router") is not None
+        counts.append(source.range_queries)
+    # Each evaluation reads its check (1). The forecast adds the model and the last hour at
+    # first (2), then the last hour again only at +60 s (1).
+    assert counts == [3, 4, 5, 6, 8, 9]
+    assert state.status_of("router", NOW + 75)["floors"]["forecast"]["replicas"] >= 11
 
 
 def test_without_history_there_is_no_forecast_floor(
