@@ -56,6 +56,14 @@ def goal_line(name: str, ratios: Sequence[float], goal: str, ok: Callable[[float
     return f"  {name:<44} {spread(ratios, fmt):>26}   goal {goal:<8} {verdict}"
 
 
+def cpu_line(wall: float, client_cpu: float, servers: str = "") -> str:
+    """The report's CPU line: the load client's share of a core (so a reader sees it was not
+    the bottleneck), then what the servers used."""
+    line = (f"  CPU over the run ({wall:.0f} s): load client {client_cpu:.1f} s "
+            f"({client_cpu / wall:.0%} of a core)")
+    return f"{line}; {servers}" if servers else line
+
+
 def header(title: str) -> None:
     load = os.getloadavg()[0]
     print(f"\n=== {title}  ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "

@@ -31,6 +31,7 @@ from tornado.httpclient import AsyncHTTPClient
 from tornado.websocket import websocket_connect
 
 from bench.common import (
+    cpu_line,
     cpu_seconds,
     echo_closed_loop,
     echo_server,
@@ -182,8 +183,7 @@ async def run(args: argparse.Namespace) -> None:
                     lambda r: r >= 0.7))
     print(goal_line("P1 connect+hello: chat node / echo", conn_ratio, ">= 0.70",
                     lambda r: r >= 0.7))
-    print(f"  CPU over the run: load client {client_cpu:.1f} s of {wall:.0f} s "
-          f"({client_cpu / wall:.0%} of a core); chat node {node_cpu:.1f} s")
+    print(cpu_line(wall, client_cpu, f"chat node {node_cpu:.1f} s"))
     if args.profile:
         print(report(Path(args.profile) / "p1-connect.raw", "the chat node taking connects"))
     emit_json("P1", {"frames": frames, "connects": connects, "frame_ratio": frame_ratio,

@@ -29,6 +29,7 @@ from typing import Any
 
 from bench.common import (
     agents_for,
+    cpu_line,
     cpu_seconds,
     echo_closed_loop,
     echo_open_loop,
@@ -129,9 +130,8 @@ async def run(args: argparse.Namespace) -> None:
                     lambda r: r >= 0.25))
     print(goal_line("P2 p99 at half rate: Tidedesk / echo", ratio_p99, "<= 5",
                     lambda r: r <= 5, "{:.1f}"))
-    print(f"  CPU over the run ({wall:.0f} s): load client {client_cpu:.1f} s "
-          f"({client_cpu / wall:.0%} of a core), chat node {cpu['chatnode']:.1f} s, router "
-          f"{cpu['router']:.1f} s")
+    print(cpu_line(wall, client_cpu,
+                   f"chat node {cpu['chatnode']:.1f} s, router {cpu['router']:.1f} s"))
     if args.profile:
         print(report(Path(args.profile) / "p2-chatnode.raw", "the chat node at maximum rate"))
         print(report(Path(args.profile) / "p2-router.raw", "the router at maximum rate"))

@@ -28,6 +28,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import websocket_connect
 
 from bench.common import (
+    cpu_line,
     cpu_seconds,
     echo_server,
     emit_json,
@@ -154,8 +155,7 @@ async def run(args: argparse.Namespace) -> None:
           f"{spread(rates['echo'])}")
     print(goal_line("P5 memory/conn: chat node / echo", ratio, "<= 2",
                     lambda r: r <= 2))
-    print(f"  CPU over the run ({wall:.0f} s): load client {client_cpu:.1f} s "
-          f"({client_cpu / wall:.0%} of a core)")
+    print(cpu_line(wall, client_cpu))
     emit_json("P5", {"bytes_per_conn": per_conn, "ratio": ratio, "connect_rates": rates,
                      "client_cpu_s": client_cpu, "wall_s": wall})
 

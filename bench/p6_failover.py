@@ -40,6 +40,7 @@ from tornado.websocket import (
 
 from bench.common import (
     agents_for,
+    cpu_line,
     emit_json,
     goal_line,
     haproxy,
@@ -345,8 +346,7 @@ async def run(args: Any) -> None:
                     lambda r: r <= 2))
     print(goal_line("P6 missed messages replayed (share)", share, "= 1.00",
                     lambda r: r >= 1.0, "{:.4f}"))
-    print(f"  CPU over the run ({wall:.0f} s): load client {client_cpu:.1f} s "
-          f"({client_cpu / wall:.0%} of a core)")
+    print(cpu_line(wall, client_cpu))
     emit_json("P6", {"runs": results, "ratio": ratio, "replayed_share": share,
                      "client_cpu_s": client_cpu, "wall_s": wall})
 

@@ -30,6 +30,7 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from bench.common import (
     REPO,
+    cpu_line,
     cpu_seconds,
     emit_json,
     free_port,
@@ -190,9 +191,8 @@ async def run(args: argparse.Namespace) -> None:
     print(f"  p99 at max (ms)   Tidedesk {spread(td_p99)}   Socket.IO {spread(sio_p99)}")
     print(goal_line("P7 msg/s: Tidedesk / Socket.IO+Redis", ratio, ">= 1",
                     lambda r: r >= 1))
-    print(f"  CPU over the run ({wall:.0f} s): load client {client_cpu:.1f} s "
-          f"({client_cpu / wall:.0%} of a core); servers: Tidedesk chat node + router "
-          f"{cpu['tidedesk']:.1f} s, Socket.IO x2 {cpu['socketio']:.1f} s")
+    print(cpu_line(wall, client_cpu, f"servers: Tidedesk chat node + router "
+                   f"{cpu['tidedesk']:.1f} s, Socket.IO x2 {cpu['socketio']:.1f} s"))
     emit_json("P7", {"tidedesk": td, "socketio": sio, "ratio": ratio, "tidedesk_p99": td_p99,
                      "socketio_p99": sio_p99, "client_cpu_s": client_cpu, "wall_s": wall,
                      "server_cpu_s": cpu})
