@@ -15,10 +15,10 @@ import tornado.web
 from chatnode import http, websockets
 from chatnode.hub import Hub
 from chatnode.service import ChatService
-from routernode.routing import RoutingConfig
 from tidedesk import metrics
 from tidedesk.auth import TokenService
 from tidedesk.broker import Broker, node_queue
+from tidedesk.routing_rules import RoutingConfig
 from tidedesk.settings import Settings
 from tidedesk.storage import Storage
 from tidedesk.store import Store

@@ -16,7 +16,6 @@ from typing import Any, cast
 
 from chatnode.accounts import Accounts
 from chatnode.errors import ServiceError
-from routernode.routing import RoutingConfig
 from tidedesk.auth import Principal, TokenService
 from tidedesk.broker import INBOUND_QUEUE, Broker, BrokerUnavailable
 from tidedesk.delivery import deliver
@@ -30,6 +29,7 @@ from tidedesk.envelopes import (
 from tidedesk.errors import Unavailable
 from tidedesk.i18n import LOCALES
 from tidedesk.resume import plan_resume, reseed_floor
+from tidedesk.routing_rules import RoutingConfig
 from tidedesk.settings import Settings
 from tidedesk.storage import Storage, visitor_summary
 from tidedesk.store import Store

@@ -29,7 +29,7 @@ from typing import Any
 
 import peewee as pw
 
-from routernode.routing import RoutingConfig, anyone_online, choose_agent, fallback_due
+from routernode.routing import anyone_online, choose_agent, fallback_due
 from tidedesk import logs, metrics
 from tidedesk.broker import INBOUND_QUEUE, Broker, Envelope
 from tidedesk.delivery import deliver, publish_to
@@ -43,6 +43,7 @@ from tidedesk.envelopes import (
     decode_inbound,
 )
 from tidedesk.errors import Unavailable
+from tidedesk.routing_rules import RoutingConfig
 from tidedesk.storage import Storage, visitor_summary
 from tidedesk.store import Store
 

@@ -7,4 +7,5 @@ scripts/bootstrap.sh test
 scripts/system-deps.sh
 .venv/bin/ruff check .
 .venv/bin/mypy tidedesk chatnode routernode controlplane
+.venv/bin/lint-imports
 exec .venv/bin/python -m pytest "$@"

@@ -8,13 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from routernode.routing import (
-    DEFAULT_RULES,
-    RoutingConfigError,
-    choose_agent,
-    fallback_due,
-    parse_rules,
-)
+from routernode.routing import choose_agent, fallback_due
+from tidedesk.routing_rules import DEFAULT_RULES, RoutingConfigError, parse_rules
 
 SEED = parse_rules(DEFAULT_RULES)
 

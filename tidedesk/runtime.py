@@ -9,17 +9,16 @@ import socket
 from pathlib import Path
 from typing import Any
 
-import tornado.web
 import yaml
 from tornado.httpserver import HTTPServer
 
-from chatnode import http
 from chatnode.app import ChatNode
 from routernode.router import Router
-from routernode.routing import DEFAULT_RULES, RoutingConfig, RoutingConfigError, parse_rules
 from tidedesk.auth import hash_password
 from tidedesk.broker import Broker, MemoryBroker
 from tidedesk.crypto import FieldCipher
+from tidedesk.probes import probe_app
+from tidedesk.routing_rules import DEFAULT_RULES, RoutingConfig, RoutingConfigError, parse_rules
 from tidedesk.settings import Settings, SettingsError
 from tidedesk.storage import Storage
 from tidedesk.store import MemoryStore, Store
@@ -74,16 +73,6 @@ def seed_demo(storage: Storage, settings: Settings, pools: tuple[str, ...]) -> N
     storage.seed_canned_sync(DEMO_CANNED)
 
 
-def health_app(router: Router) -> tornado.web.Application:
-    """A router's own small HTTP server: /healthz, /readyz and /metrics for Prometheus."""
-    deps = {"service": None, "node": router}
-    return tornado.web.Application([
-        (r"/healthz", http.HealthHandler, deps),
-        (r"/readyz", http.ReadyHandler, deps),
-        (r"/metrics", http.MetricsHandler, deps),
-    ], default_handler_class=http.NotFoundHandler, default_handler_args=deps)
-
-
 class Runtime:
     """``role``: ``dev`` (chat node + router, seeds the demo), ``chatnode`` or ``router``."""
 
@@ -121,7 +110,7 @@ class Runtime:
             app = self.node.make_app()
         else:
             assert self.router is not None
-            app = health_app(self.router)
+            app = probe_app(self.router)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host or self.settings.host, self.settings.port if port is None else port))
