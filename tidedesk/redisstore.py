@@ -2,7 +2,8 @@
 
 Every multi-step change is one Lua script (registered once per store, run with EVALSHA), so it is
 atomic across any number of chat nodes and routers. Reads that need a consistent picture of
-several keys are scripts too; single-key reads are plain commands.
+several keys are scripts too; single-key reads are plain commands. The scripts are the files in
+``tidedesk/lua/``, one per operation, each naming its KEYS and ARGV in its first lines.
 
 Keys (all under ``prefix``, default ``tidedesk:``):
 
@@ -48,6 +49,7 @@ import functools
 import json
 import math
 from collections.abc import Callable, Coroutine, Iterable
+from importlib import resources
 from typing import Any, ParamSpec, TypeVar, cast
 
 import pybreaker
@@ -67,204 +69,16 @@ HISTORY_IDLE_TTL_SECS = 7 * 24 * 3600
 P = ParamSpec("P")
 T = TypeVar("T")
 
-# The Redis process's identity; it changes on every restart and on failover.
-_RUN_ID_LUA = "local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')\n"
-
-# KEYS: counter, client id. ARGV: now, expires_at (string), client id ttl ms, counter ttl ms.
-_ASSIGN_SEQ = _RUN_ID_LUA + """
-local known = redis.call('GET', KEYS[2])
-if known then
-  local sep = string.find(known, ':', 1, true)
-  if tonumber(string.sub(known, sep + 1)) > tonumber(ARGV[1]) then
-    return {tonumber(string.sub(known, 1, sep - 1)), 0}
-  end
-end
-if redis.call('HGET', KEYS[1], 'epoch') ~= run_id then
-  return false
-end
-local seq = redis.call('HINCRBY', KEYS[1], 'n', 1)
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('SET', KEYS[2], seq .. ':' .. ARGV[2], 'PX', ARGV[3])
-return {seq, 1}
-"""
-
-# KEYS: counter. ARGV: floor, counter ttl ms. Keeps the largest value ever seen, even a stale one.
-_SEED_SEQ = _RUN_ID_LUA + """
-local n = tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
-local floor = tonumber(ARGV[1])
-if floor > n then n = floor end
-redis.call('HSET', KEYS[1], 'n', string.format('%d', n), 'epoch', run_id)
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return n
-"""
-
-# KEYS: counter.
-_LAST_SEQ = _RUN_ID_LUA + """
-local c = redis.call('HMGET', KEYS[1], 'n', 'epoch')
-if c[2] ~= run_id then return false end
-return tonumber(c[1])
-"""
-
-# KEYS: kv. ARGV: value, expires_at, ttl ms.
-_KV_SET = """
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'v', ARGV[1], 'exp', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-"""
-
-# KEYS: kv. ARGV: now, touch ('' or new expires_at), touch ttl ms.
-_KV_GET = """
-local item = redis.call('HMGET', KEYS[1], 'v', 'exp')
-if not item[1] then return false end
-if tonumber(item[2]) <= tonumber(ARGV[1]) then
-  redis.call('DEL', KEYS[1])
-  return false
-end
-if ARGV[2] ~= '' then
-  redis.call('HSET', KEYS[1], 'exp', ARGV[2])
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-end
-return item[1]
-"""
-
-# KEYS: kv. ARGV: now, expires_at if new, ttl ms if new. A fixed window: expiry set once.
-_KV_INCR = """
-local item = redis.call('HMGET', KEYS[1], 'v', 'exp')
-if not item[1] or tonumber(item[2]) <= tonumber(ARGV[1]) then
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[1], 'v', '1', 'exp', ARGV[2])
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-  return 1
-end
-return redis.call('HINCRBY', KEYS[1], 'v', 1)
-"""
-
-# KEYS: kv. ARGV: now, expected ('' = missing), has_expected ('1'/'0'), value, expires_at, ttl ms.
-_KV_SWAP = """
-local item = redis.call('HMGET', KEYS[1], 'v', 'exp')
-local live = item[1] and tonumber(item[2]) > tonumber(ARGV[1])
-if ARGV[3] == '1' then
-  if not live or item[1] ~= ARGV[2] then return 0 end
-elseif live then
-  return 0
-end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'v', ARGV[4], 'exp', ARGV[5])
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
-return 1
-"""
-
-# KEYS: presence. ARGV: conn, "<exp>|<node>", now, ttl ms. Drops expired connections on the way.
-_PRESENCE_ADD = """
-local all = redis.call('HGETALL', KEYS[1])
-local now = tonumber(ARGV[3])
-for i = 1, #all, 2 do
-  local sep = string.find(all[i + 1], '|', 1, true)
-  if tonumber(string.sub(all[i + 1], 1, sep - 1)) <= now then
-    redis.call('HDEL', KEYS[1], all[i])
-  end
-end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[4]) then
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
-end
-"""
-
-# KEYS: presence. ARGV: conn.
-_PRESENCE_REMOVE = """
-redis.call('HDEL', KEYS[1], ARGV[1])
-return redis.call('HLEN', KEYS[1])
-"""
-
-# KEYS: owner, agent, agent's conversations. ARGV: agent id, now, conv id.
-_CLAIM = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local a = redis.call('HMGET', KEYS[2], 'status', 'open_chats', 'max_chats')
-if not a[1] or a[1] ~= 'online' then return 0 end
-if tonumber(a[2]) >= tonumber(a[3]) then return 0 end
-redis.call('SET', KEYS[1], ARGV[1])
-redis.call('HINCRBY', KEYS[2], 'open_chats', 1)
-redis.call('HSET', KEYS[2], 'last_assigned_at', ARGV[2])
-redis.call('SADD', KEYS[3], ARGV[3])
-return 1
-"""
-
-# KEYS: owner, agent, agent's conversations. ARGV: expected owner, conv id.
-# Compare-and-delete: the caller read the owner to know which agent keys to name.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('SREM', KEYS[3], ARGV[2])
-local n = tonumber(redis.call('HGET', KEYS[2], 'open_chats') or '0')
-if n > 0 then redis.call('HINCRBY', KEYS[2], 'open_chats', -1) end
-return 1
-"""
-
-# KEYS: vip zset, std zset, enqueued_at hash, counter. ARGV: conv, vip ('1'/'0'), now.
-_ENQUEUE = """
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZSCORE', KEYS[2], ARGV[1]) then
-  return 0
-end
-local n = redis.call('INCR', KEYS[4])
-if ARGV[2] == '1' then
-  redis.call('ZADD', KEYS[1], n, ARGV[1])
-else
-  redis.call('ZADD', KEYS[2], n, ARGV[1])
-end
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
-return 1
-"""
-
-# KEYS: vip zset, std zset, enqueued_at hash. ARGV: conv.
-_DEQUEUE = """
-local removed = redis.call('ZREM', KEYS[1], ARGV[1]) + redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
-return removed
-"""
-
-# KEYS: vip zset, std zset, enqueued_at hash. Returns conv, enqueued_at, conv, ...
-_WAITING = """
-local out = {}
-for k = 1, 2 do
-  for _, conv in ipairs(redis.call('ZRANGE', KEYS[k], 0, -1)) do
-    out[#out + 1] = conv
-    out[#out + 1] = redis.call('HGET', KEYS[3], conv) or '0'
-  end
-end
-return out
-"""
-
-# KEYS: history zset. ARGV: seq, message JSON, cap, ttl ms.
-# KEYS: history zset, owner, the visitor's presence hash. ARGV: seq, message JSON, cap, ttl ms,
-# '1' when the visitor is a recipient, the key prefix of agents' presence hashes. Returns
-# {owner or '', the visitor's presence entries, the owner's presence entries}. The owner's key
-# is made here from the owner read here: one Redis server (or Sentinel primary), not a cluster.
-_MESSAGE_FANOUT = """
-if #redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[1], 'LIMIT', 0, 1) == 0 then
-  redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
-  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[3]) + 1))
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-local owner = redis.call('GET', KEYS[2])
-local visitor = {}
-if ARGV[5] == '1' then visitor = redis.call('HVALS', KEYS[3]) end
-local agent = {}
-if owner then agent = redis.call('HVALS', ARGV[6] .. owner) end
-return {owner or '', visitor, agent}
-"""
-
-_HISTORY_APPEND = """
-if #redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[1], 'LIMIT', 0, 1) > 0 then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[3]) + 1))
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-return 1
-"""
-
-
 # Circuit breaker: this many connection failures in a row open it for this long.
 BREAKER_FAIL_MAX = 5
 BREAKER_RESET_SECS = 5.0
+
+
+@functools.cache
+def lua_script(name: str) -> str:
+    """The text of ``tidedesk/lua/<name>.lua`` (package data); each file is read once per process,
+    when the first store is built."""
+    return resources.files("tidedesk").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
 
 
 def _ms(seconds: float) -> int:
@@ -347,22 +161,24 @@ class RedisStore(Store):
             exclude=[lambda exc: not isinstance(exc, RedisConnectionError | RedisTimeoutError)
                      or _pool_exhausted(exc)])
         reg = self._r.register_script
-        self._assign_seq = reg(_ASSIGN_SEQ)
-        self._seed_seq = reg(_SEED_SEQ)
-        self._last_seq = reg(_LAST_SEQ)
-        self._kv_set = reg(_KV_SET)
-        self._kv_get = reg(_KV_GET)
-        self._kv_incr = reg(_KV_INCR)
-        self._kv_swap = reg(_KV_SWAP)
-        self._presence_add = reg(_PRESENCE_ADD)
-        self._presence_remove = reg(_PRESENCE_REMOVE)
-        self._claim = reg(_CLAIM)
-        self._release = reg(_RELEASE)
-        self._enqueue = reg(_ENQUEUE)
-        self._dequeue = reg(_DEQUEUE)
-        self._waiting = reg(_WAITING)
-        self._history_append = reg(_HISTORY_APPEND)
-        self._message_fanout = reg(_MESSAGE_FANOUT)
+        # The counter scripts compare epochs with the run_id that run_id.lua reads first.
+        run_id = lua_script("run_id")
+        self._assign_seq = reg(run_id + lua_script("assign_seq"))
+        self._seed_seq = reg(run_id + lua_script("seed_seq"))
+        self._last_seq = reg(run_id + lua_script("last_seq"))
+        self._kv_set = reg(lua_script("kv_set"))
+        self._kv_get = reg(lua_script("kv_get"))
+        self._kv_incr = reg(lua_script("kv_incr"))
+        self._kv_swap = reg(lua_script("kv_swap"))
+        self._presence_add = reg(lua_script("presence_add"))
+        self._presence_remove = reg(lua_script("presence_remove"))
+        self._claim = reg(lua_script("claim"))
+        self._release = reg(lua_script("release"))
+        self._enqueue = reg(lua_script("enqueue"))
+        self._dequeue = reg(lua_script("dequeue"))
+        self._waiting = reg(lua_script("waiting"))
+        self._history_append = reg(lua_script("history_append"))
+        self._message_fanout = reg(lua_script("message_fanout"))
 
     def _k(self, *parts: str) -> str:
         return self._prefix + ":".join(parts)
