@@ -34,7 +34,8 @@ from typing import Any
 import pika
 from pika.adapters.asyncio_connection import AsyncioConnection
 
-from tidedesk.rabbitmq import RabbitBroker, coalesce_writes
+from tidedesk.pika_writes import coalesce_writes
+from tidedesk.rabbitmq import RabbitBroker
 
 
 async def _raw_channel(url: str, coalesce: bool) -> tuple[AsyncioConnection, Any]:

@@ -40,7 +40,6 @@ import contextlib
 import logging
 import random
 import time
-from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +59,8 @@ from tidedesk.broker import (
     node_queue,
     observe_publish,
 )
+from tidedesk.confirms import PendingConfirms
+from tidedesk.pika_writes import coalesce_writes
 
 log = logging.getLogger(__name__)
 
@@ -71,45 +72,7 @@ REQUEUE_DELAY_SECS = 0.05
 # How often unconfirmed publishes are checked against confirm_timeout_s.
 CONFIRM_SWEEP_SECS = 0.5
 
-# pika hands the socket one send() per frame, three per message. Joining what is queued into
-# chunks of up to this size cuts syscalls and TCP segments on both ends (see
-# bench/p3_broker_confirms.py --no-coalesce).
-WRITE_COALESCE_BYTES = 128 * 1024
-
 _PERSISTENT = pika.BasicProperties(delivery_mode=2)
-
-
-def coalesce_writes(conn: Any) -> bool:
-    """Make one pika connection send its queued frames in large chunks.
-
-    It replaces the ``_produce`` method of this connection's transport (pika 1.x internals);
-    when those internals are not what this expects, nothing changes and it returns False.
-    """
-    transport = getattr(conn, "_transport", None)
-    bufs = getattr(transport, "_tx_buffers", None)
-    produce = getattr(transport, "_produce", None)
-    if not isinstance(bufs, deque) or not callable(produce):
-        log.info("pika transport internals changed; frames are sent one by one")
-        return False
-
-    def coalescing_produce() -> None:
-        if len(bufs) > 1:
-            merged: list[bytes] = []
-            group: list[bytes] = []
-            size = 0
-            for chunk in bufs:
-                if group and size + len(chunk) > WRITE_COALESCE_BYTES:
-                    merged.append(b"".join(group))
-                    group, size = [], 0
-                group.append(chunk)
-                size += len(chunk)
-            merged.append(b"".join(group))
-            bufs.clear()
-            bufs.extend(merged)
-        produce()
-
-    setattr(transport, "_produce", coalescing_produce)  # noqa: B010 - private on purpose
-    return True
 
 
 def _settle(fut: asyncio.Future[None], result: None) -> None:
@@ -168,17 +131,8 @@ class _Session:
     conn: AsyncioConnection
     lost: asyncio.Future[BaseException]
     pub: _Chan | None = None
-    next_tag: int = 1
-    # delivery tag -> (future, monotonic deadline); oldest first, as tags only grow.
-    pending: OrderedDict[int, tuple[asyncio.Future[None], float]] = field(
-        default_factory=OrderedDict)
+    pending: PendingConfirms = field(default_factory=PendingConfirms)
     blocked: bool = False
-
-    def fail_pending(self, why: str) -> None:
-        while self.pending:
-            _, (fut, _) = self.pending.popitem(last=False)
-            if not fut.done():
-                fut.set_exception(BrokerUnavailable(why))
 
 
 @dataclass(eq=False)
@@ -242,7 +196,7 @@ class RabbitBroker(Broker):
         self._ready = False
         session = self._session
         if session is not None:
-            session.fail_pending("broker closed")
+            session.pending.fail_all("broker closed")
             if session.conn.is_open:
                 session.conn.close()
             if not session.lost.done():
@@ -312,7 +266,7 @@ class RabbitBroker(Broker):
 
         def on_close(_conn: Any, exc: BaseException) -> None:
             if holder:
-                holder[0].fail_pending(f"RabbitMQ connection lost before the confirm: {exc!r}")
+                holder[0].pending.fail_all(f"RabbitMQ connection lost before the confirm: {exc!r}")
             if not lost.done():
                 lost.set_result(exc)
 
@@ -347,7 +301,7 @@ class RabbitBroker(Broker):
 
         def on_pub_closed(_ch: Channel, exc: BaseException) -> None:
             # Without its confirm channel the connection is useless: start over.
-            session.fail_pending(f"RabbitMQ channel closed before the confirm: {exc!r}")
+            session.pending.fail_all(f"RabbitMQ channel closed before the confirm: {exc!r}")
             if session.conn.is_open and not self._closing:
                 session.conn.close()
 
@@ -417,49 +371,19 @@ class RabbitBroker(Broker):
             session.pub.ch.basic_publish("", queue, body, _PERSISTENT)
         except pika.exceptions.AMQPError as exc:
             raise BrokerUnavailable(f"RabbitMQ publish failed: {exc!r}") from exc
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        session.pending[session.next_tag] = (fut, time.monotonic() + self._confirm_timeout_s)
-        session.next_tag += 1
-        await fut
+        await session.pending.expect(time.monotonic() + self._confirm_timeout_s)
 
     def _on_confirm(self, session: _Session, frame: Any) -> None:
         method = frame.method
-        tag: int = method.delivery_tag
-        settled: list[asyncio.Future[None]] = []
-        pending = session.pending
-        if method.multiple:
-            while pending:
-                first = next(iter(pending))
-                if first > tag:
-                    break
-                settled.append(pending.popitem(last=False)[1][0])
-        elif tag in pending:
-            settled.append(pending.pop(tag)[0])
-        nack = isinstance(method, spec.Basic.Nack)
-        for fut in settled:
-            if fut.done():
-                continue
-            if nack:
-                fut.set_exception(BrokerUnavailable("RabbitMQ refused the message (nack); retry"))
-            else:
-                fut.set_result(None)
+        session.pending.settle(method.delivery_tag, multiple=bool(method.multiple),
+                               nack=isinstance(method, spec.Basic.Nack))
 
     async def _sweep_confirms(self) -> None:
         while True:
             await asyncio.sleep(CONFIRM_SWEEP_SECS)
             session = self._session
-            if session is None:
-                continue
-            now = time.monotonic()
-            pending = session.pending
-            while pending:
-                tag = next(iter(pending))
-                fut, deadline = pending[tag]
-                if deadline > now:
-                    break
-                del pending[tag]
-                if not fut.done():
-                    fut.set_exception(BrokerUnavailable("RabbitMQ did not confirm in time; retry"))
+            if session is not None:
+                session.pending.expire(time.monotonic())
 
     # -- consuming ------------------------------------------------------------------------------
     async def consume(self, queue: str, handler: Handler, prefetch: int = 100) -> None:
