@@ -10,8 +10,8 @@
 # On a machine without a registry, swarm/build-images.sh makes the base from debootstrap and runs
 # this with --build-arg BASE_IMAGE=tidedesk-base:bookworm (Debian's Python 3.11).
 #
-# Secrets: TIDEDESK_<NAME>_FILE=/run/secrets/... sets TIDEDESK_<NAME> from the file (see
-# swarm/tidedesk-entrypoint and docs/deploy.md).
+# Secrets: TIDEDESK_<NAME>_FILE=/run/secrets/... sets TIDEDESK_<NAME> from the file, read by
+# Tidedesk's settings loader (tidedesk/settings.py, docs/deploy.md).
 ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS install

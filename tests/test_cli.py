@@ -70,6 +70,21 @@ def test_chatnode_without_cluster_urls_says_what_to_set(tmp_path: Path) -> None:
     assert out.returncode == 2 and "TIDEDESK_BROKER_URL" in out.stderr
 
 
+@pytest.mark.parametrize("role", ["chatnode", "router"])
+def test_cluster_role_without_keys_refuses_to_start(tmp_path: Path, role: str) -> None:
+    out = run([role], tmp_path, TIDEDESK_BROKER_URL="amqp://127.0.0.1:1/",
+              TIDEDESK_REDIS_URL="redis://127.0.0.1:1/0")
+    assert out.returncode == 2, out.stderr
+    assert (f"tidedesk {role} needs TIDEDESK_JWT_SECRET and TIDEDESK_AES_KEY" in out.stderr
+            and "Traceback" not in out.stderr)
+    assert not (tmp_path / "jwt.key").exists()
+
+
+def test_settings_prints_the_readme_table(tmp_path: Path) -> None:
+    out = run(["settings"], tmp_path)
+    assert out.returncode == 0 and "| `TIDEDESK_AES_KEY` |" in out.stdout
+
+
 def test_migrate_is_idempotent(tmp_path: Path) -> None:
     for _ in range(2):
         out = run(["migrate"], tmp_path)

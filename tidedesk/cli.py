@@ -1,5 +1,6 @@
 """The ``tidedesk`` command: ``dev``, ``chatnode``, ``router``, ``migrate``, ``admin``,
-``loadgen``, ``controlplane`` and ``simulate``. Every subcommand has ``--help``."""
+``loadgen``, ``settings``, ``controlplane`` and ``simulate``. Every subcommand has
+``--help``."""
 
 from __future__ import annotations
 
@@ -14,14 +15,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from tidedesk import logs
-from tidedesk.settings import Settings, SettingsError, load_settings
+from tidedesk.settings import Settings, SettingsError, load_settings, markdown_table
 
 log = logging.getLogger("tidedesk")
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
 
 
-def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
-    return load_settings(config_file=args.config, **overrides)
+def _settings(args: argparse.Namespace, role: str | None = None, **overrides: Any) -> Settings:
+    return load_settings(config_file=args.config, role=role, **overrides)
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -73,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "(with TIDEDESK_ENCRYPT_MESSAGE_BODIES) message bodies in the clear. Safe "
                     "to run again or to interrupt; afterwards the previous keys can be removed.")
     _add_config(rk)
+
+    sub.add_parser("settings", help="print every TIDEDESK_* setting with its default",
+                   description="Print the settings table (Markdown, as in the README): every "
+                               "TIDEDESK_<KEY>, its default and its meaning.")
 
     _add_loadgen(sub)
     sub.add_parser("controlplane", help="run the autoscaling control plane", add_help=False)
@@ -297,11 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("dev", "chatnode", "router"):
             overrides = {k: getattr(args, k) for k in ("port", "host")
                          if getattr(args, k, None) is not None}
-            settings = _settings(args, **overrides)
+            settings = _settings(args, role=args.command, **overrides)
             logs.configure(settings.log_level, settings.log_format, node_id=settings.node_id)
-            if args.command == "chatnode" and settings.embedded:
-                raise SettingsError("tidedesk chatnode needs TIDEDESK_BROKER_URL and "
-                                    "TIDEDESK_REDIS_URL (use 'tidedesk dev' for one process)")
             return asyncio.run(_serve(settings, args.command))
         if args.command == "migrate":
             from tidedesk.storage import Storage
@@ -316,6 +318,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "loadgen":
             return _loadgen(args)
+        if args.command == "settings":
+            print(markdown_table(), end="")
+            return 0
         if args.command == "admin":
             if args.admin_command == "create-agent":
                 return _create_agent(args)

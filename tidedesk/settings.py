@@ -1,12 +1,17 @@
 """Settings: read once at start-up from ``TIDEDESK_*`` variables and an optional YAML file.
 
-Precedence: environment variable > YAML file > default. Every key is documented in
-``FIELDS``; a bad value raises :class:`SettingsError` naming the key and what is allowed.
+Precedence: override > environment variable > YAML file > default. Each key is declared once,
+as an attribute of :class:`Settings` with its default, parser and doc; :data:`FIELDS` lists the
+declarations and :func:`markdown_table` renders them as the README's table. Any key may be given
+as ``TIDEDESK_<KEY>_FILE``, a file holding the value (Docker and Nomad secrets); setting both is
+an error. A bad value raises :class:`SettingsError` naming the key and what is allowed.
 Nothing here is read at import time; call :func:`load_settings`.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import os
 import secrets
@@ -14,10 +19,15 @@ import socket
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import yaml
 
 ENV_PREFIX = "TIDEDESK_"
+FILE_SUFFIX = "_FILE"
+# The commands that join a cluster: they must share its keys, never mint their own.
+CLUSTER_ROLES = ("chatnode", "router")
+_UNSET: Any = object()  # not given by this source; the next one is asked
 
 
 class SettingsError(ValueError):
@@ -102,113 +112,133 @@ def _parse_choice(*choices: str) -> Callable[[str, Any], str]:
 
 @dataclasses.dataclass(frozen=True)
 class Field:
-    key: str
+    """One key's declaration: its default, parser and doc (``shown``: README default, if computed).
+
+    ``key`` is the :class:`Settings` attribute; it is filled in from there by :data:`FIELDS`."""
+
     default: Any
     parse: Callable[[str, Any], Any]
     doc: str
+    shown: str | None = None
+    key: str = ""
+
+    @property
+    def env(self) -> str:
+        return _env_name(self.key)
+
+    def shown_default(self) -> str:
+        """The default as the README's table shows it."""
+        if self.shown is not None:
+            return self.shown
+        if self.default is None:
+            return "unset"
+        if self.default == ():
+            return "empty"
+        if isinstance(self.default, bool):
+            return f"`{str(self.default).lower()}`"
+        return f"`{self.default}`"
 
 
-# Every setting, its default and what it means. The README's configuration table mirrors this.
-FIELDS: tuple[Field, ...] = (
-    Field("host", "127.0.0.1", _parse_str, "address the HTTP server binds to"),
-    Field("port", 8080, _parse_int(0, 65535), "HTTP port (0 = any free port)"),
-    Field("data_dir", "var", _parse_str, "where embedded mode keeps SQLite and generated keys"),
-    Field("database_url", None, _parse_list,
-          "history database(s); comma-separated list = shards. Default: SQLite in data_dir"),
-    Field("db_pool_size", 4, _parse_int(1, 64), "connections per database (2-3x cores)"),
-    Field("broker_url", None, _parse_optional_str, "amqp:// URL; unset = in-process broker"),
-    Field("redis_url", None, _parse_optional_str, "redis:// URL; unset = in-process store"),
-    Field("redis_prefix", "tidedesk:", _parse_str, "prefix of every Redis key (shared servers)"),
-    Field("node_id", "", _parse_str, "this chat node's id (default: hostname-pid)"),
-    Field("jwt_secret", None, _parse_optional_str,
-          "HMAC key for agent and visitor tokens (default: generated into data_dir)"),
-    Field("aes_key", None, _parse_optional_str,
-          "base64 of 32 bytes, AES-256-GCM key for visitor fields and bodies (default: "
-          "generated into data_dir; in Docker TIDEDESK_AES_KEY_FILE=/run/secrets/... via the "
-          "image's entrypoint)"),
-    Field("aes_previous_keys", (), _parse_list,
-          "older AES keys (base64, comma-separated) still accepted for reading until "
-          "'tidedesk admin rotate-key' has re-encrypted everything"),
-    Field("encrypt_message_bodies", False, _parse_bool,
-          "also encrypt chat message bodies at rest (AES-256-GCM)"),
-    Field("login_lock_after", 10, _parse_int(1, 1000),
-          "failed sign-ins to one account before it is locked (growing delays before that)"),
-    Field("login_lock_s", 900, _parse_int(1, 86400), "how long a locked account stays locked"),
-    Field("rate_limit_ip_per_min", 1200, _parse_int(0, 10_000_000),
-          "REST requests + WebSocket connects per client address per minute (0 = no limit)"),
-    Field("rate_limit_token_per_min", 600, _parse_int(0, 10_000_000),
-          "REST requests + WebSocket connects per signed-in agent or visitor per minute "
-          "(0 = no limit)"),
-    Field("allowed_origins", (), _parse_list,
-          "sites allowed to open WebSockets (scheme://host[:port]); empty = same host only"),
-    Field("routing_file", None, _parse_optional_str, "routing rules YAML (default: built in)"),
-    Field("demo_agent_email", "demo@tidedesk.local", _parse_str, "embedded mode's demo agent"),
-    Field("demo_agent_password", "tidedesk-demo", _parse_str, "embedded mode's demo agent"),
-    Field("access_token_ttl_s", 900, _parse_int(60, 86400), "agent access token lifetime"),
-    Field("refresh_token_ttl_s", 7 * 86400, _parse_int(300, 90 * 86400), "refresh token life"),
-    Field("visitor_token_ttl_s", 30 * 86400, _parse_int(60, 365 * 86400),
-          "visitor token lifetime (then the widget starts a new visitor)"),
-    Field("presence_ttl_s", 90.0, _parse_float(3, 3600),
-          "a connection counts as present this long after its node's last heartbeat "
-          "(heartbeat every third of it)"),
-    Field("ws_ping_interval_s", 20.0, _parse_float(0, 3600), "WebSocket ping interval (0=off)"),
-    Field("ws_ping_timeout_s", 20.0, _parse_float(1, 3600),
-          "close after this long without pong (at most the ping interval)"),
-    Field("ws_max_message_size", 65536, _parse_int(1024, 16 * 1024 * 1024),
-          "largest WebSocket frame accepted, in bytes"),
-    Field("max_body_chars", 4000, _parse_int(1, 100000), "longest chat message body"),
-    Field("rate_limit_per_10s", 30, _parse_int(1, 10000),
-          "frames a visitor connection may send per 10 s (agents: 4x, they resume many chats)"),
-    Field("ack_timeout_s", 10.0, _parse_float(0.1, 300), "give up waiting for a broker confirm"),
-    Field("max_waiting_per_pool", 500, _parse_int(1, 1000000),
-          "visitors waiting in one pool before new ones get the busy answer"),
-    Field("envelope_format", "binary", _parse_choice("binary", "json"),
-          "what this node writes to the broker: binary v1, or json for a rolling upgrade from "
-          "a version before binary envelopes (docs/envelopes.md); both are always read"),
-    Field("log_level", "INFO", _parse_choice("DEBUG", "INFO", "WARNING", "ERROR"), "log level"),
-    Field("log_format", "json", _parse_choice("json", "text"), "JSON lines or plain text"),
-)
+def _key(default: Any, parse: Callable[[str, Any], Any], doc: str, shown: str | None = None
+         ) -> Any:
+    """Declare a setting: the dataclass field carries its :class:`Field` as metadata."""
+    return dataclasses.field(metadata={"setting": Field(default, parse, doc, shown)})
 
-_BY_KEY = {f.key: f for f in FIELDS}
+
+_KEYS_SHOWN = ("generated into `data_dir` by `tidedesk dev`; `chatnode` and `router` refuse "
+               "to start without it")
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    host: str
-    port: int
-    data_dir: str
-    database_url: tuple[str, ...]
-    db_pool_size: int
-    broker_url: str | None
-    redis_url: str | None
-    redis_prefix: str
-    node_id: str
-    jwt_secret: str
-    aes_key: str
-    aes_previous_keys: tuple[str, ...]
-    encrypt_message_bodies: bool
-    login_lock_after: int
-    login_lock_s: int
-    rate_limit_ip_per_min: int
-    rate_limit_token_per_min: int
-    allowed_origins: tuple[str, ...]
-    routing_file: str | None
-    demo_agent_email: str
-    demo_agent_password: str
-    access_token_ttl_s: int
-    refresh_token_ttl_s: int
-    visitor_token_ttl_s: int
-    presence_ttl_s: float
-    ws_ping_interval_s: float
-    ws_ping_timeout_s: float
-    ws_max_message_size: int
-    max_body_chars: int
-    rate_limit_per_10s: int
-    ack_timeout_s: float
-    max_waiting_per_pool: int
-    envelope_format: str
-    log_level: str
-    log_format: str
+    """The frozen settings of one process; each attribute is one ``TIDEDESK_<KEY>``, declared once.
+
+    The declarations are the README's settings table (``tidedesk settings``).
+    Passwords are already filled into the URLs; the two keys are never ``None``."""
+
+    host: str = _key("127.0.0.1", _parse_str, "address the HTTP server binds to")
+    port: int = _key(8080, _parse_int(0, 65535), "HTTP port (0 = any free port)")
+    data_dir: str = _key("var", _parse_str, "embedded mode's SQLite file and generated keys")
+    database_url: tuple[str, ...] = _key(
+        None, _parse_list, "history database(s), `mysql://user:pass@host/db`; a "
+        "comma-separated list = shards", shown="SQLite in `data_dir`")
+    database_password: str | None = _key(
+        None, _parse_optional_str, "put into every `TIDEDESK_DATABASE_URL` that names a user but "
+        "no password, so URLs carry no secret (normally as `TIDEDESK_DATABASE_PASSWORD_FILE`)")
+    db_pool_size: int = _key(4, _parse_int(1, 64), "connections per database (2-3x cores)")
+    broker_url: str | None = _key(None, _parse_optional_str,
+                                  "`amqp://…` RabbitMQ; unset = in-process broker")
+    broker_password: str | None = _key(
+        None, _parse_optional_str, "put into `TIDEDESK_BROKER_URL` when it names a user but no "
+        "password")
+    redis_url: str | None = _key(None, _parse_optional_str,
+                                 "`redis://…`; unset = in-process store")
+    redis_password: str | None = _key(
+        None, _parse_optional_str, "put into `TIDEDESK_REDIS_URL` when it names a user but no "
+        "password")
+    redis_prefix: str = _key("tidedesk:", _parse_str, "prefix of every Redis key (shared servers)")
+    node_id: str = _key("", _parse_str, "this node's id", shown="hostname-pid")
+    jwt_secret: str = _key(None, _parse_optional_str,
+                           "HMAC key for agent and visitor tokens (at least 32 characters)",
+                           shown=_KEYS_SHOWN)
+    aes_key: str = _key(None, _parse_optional_str,
+                        "base64 of 32 bytes, the AES-256-GCM key for visitor fields and bodies",
+                        shown=_KEYS_SHOWN)
+    aes_previous_keys: tuple[str, ...] = _key(
+        (), _parse_list, "older AES keys (base64, comma-separated) still read until "
+        "`tidedesk admin rotate-key` has re-encrypted everything")
+    encrypt_message_bodies: bool = _key(
+        False, _parse_bool, "encrypt message bodies at rest too (visitor name, e-mail, phone "
+        "always are)")
+    login_lock_after: int = _key(
+        10, _parse_int(1, 1000),
+        "failed sign-ins to one account before it is locked (growing delays before that)")
+    login_lock_s: int = _key(900, _parse_int(1, 86400), "how long a locked account stays locked")
+    rate_limit_ip_per_min: int = _key(
+        1200, _parse_int(0, 10_000_000), "REST requests + WebSocket connects per client address "
+        "per minute (429, close 4429; 0 = no limit)")
+    rate_limit_token_per_min: int = _key(
+        600, _parse_int(0, 10_000_000), "REST requests + WebSocket connects per signed-in agent "
+        "or visitor per minute (0 = no limit)")
+    allowed_origins: tuple[str, ...] = _key(
+        (), _parse_list, "sites allowed to open WebSockets (scheme://host[:port], "
+        "comma-separated); empty = same host only")
+    routing_file: str | None = _key(None, _parse_optional_str,
+                                    "routing rules YAML (unset = built-in rules)")
+    demo_agent_email: str = _key("demo@tidedesk.local", _parse_str, "embedded mode's demo agent")
+    demo_agent_password: str = _key("tidedesk-demo", _parse_str, "embedded mode's demo agent")
+    access_token_ttl_s: int = _key(900, _parse_int(60, 86400), "agent access token lifetime")
+    refresh_token_ttl_s: int = _key(7 * 86400, _parse_int(300, 90 * 86400),
+                                    "refresh token lifetime")
+    visitor_token_ttl_s: int = _key(30 * 86400, _parse_int(60, 365 * 86400),
+                                    "visitor token lifetime (then the widget starts a new visitor)")
+    presence_ttl_s: float = _key(
+        90.0, _parse_float(3, 3600), "a connection counts as present this long after its node's "
+        "last heartbeat (heartbeat every third of it)")
+    ws_ping_interval_s: float = _key(20.0, _parse_float(0, 3600),
+                                     "Tornado's WebSocket ping interval (0 = off)")
+    ws_ping_timeout_s: float = _key(20.0, _parse_float(1, 3600),
+                                    "close after this long without pong (at most the interval)")
+    ws_max_message_size: int = _key(65536, _parse_int(1024, 16 * 1024 * 1024),
+                                    "largest WebSocket frame accepted, in bytes")
+    max_body_chars: int = _key(4000, _parse_int(1, 100000), "longest chat message body")
+    rate_limit_per_10s: int = _key(
+        30, _parse_int(1, 10000), "frames a visitor connection may send per 10 s, agents 4x "
+        "(they resume many chats; then close 4429)")
+    ack_timeout_s: float = _key(10.0, _parse_float(0.1, 300),
+                                "give up waiting for a broker confirm")
+    max_waiting_per_pool: int = _key(
+        500, _parse_int(1, 1000000), "visitors waiting in one pool before new ones get the busy "
+        "answer")
+    envelope_format: str = _key(
+        "binary", _parse_choice("binary", "json"), "what this node writes to the broker: binary "
+        "v1, or `json` only while upgrading from a version before binary envelopes "
+        "([docs/envelopes.md](docs/envelopes.md)); both are always read")
+    log_level: str = _key("INFO", _parse_choice("DEBUG", "INFO", "WARNING", "ERROR"),
+                          "log level")
+    log_format: str = _key(
+        "json", _parse_choice("json", "text"), "JSON lines (with `node_id`, `request_id`, "
+        "`conversation_id`: [docs/observability.md](docs/observability.md)) or plain text")
 
     @property
     def embedded(self) -> bool:
@@ -216,6 +246,19 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+# Every setting, in declaration order, with its key filled in from the Settings attribute.
+FIELDS: tuple[Field, ...] = tuple(
+    dataclasses.replace(f.metadata["setting"], key=f.name) for f in dataclasses.fields(Settings))
+_BY_KEY = {f.key: f for f in FIELDS}
+
+
+def markdown_table() -> str:
+    """The README's settings table: one row per key, from the declarations above."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    rows += [f"| `{f.env}` | {f.shown_default()} | {f.doc} |" for f in FIELDS]
+    return "\n".join(rows) + "\n"
 
 
 def _read_yaml(path: str) -> dict[str, Any]:
@@ -238,6 +281,33 @@ def _read_yaml(path: str) -> dict[str, Any]:
     return {str(k): v for k, v in data.items()}
 
 
+def _from_env(field: Field, env: Mapping[str, str]) -> Any:
+    """``TIDEDESK_<KEY>``, or the content of the file ``TIDEDESK_<KEY>_FILE`` names (the
+    Docker and Nomad secrets convention; trailing newline stripped), else :data:`_UNSET`."""
+    file_var = field.env + FILE_SUFFIX
+    if file_var not in env:
+        return env.get(field.env, _UNSET)
+    if field.env in env:
+        raise SettingsError(f"{file_var}: {field.env} is set too; set one of them")
+    path = env[file_var]
+    try:
+        return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise SettingsError(f"{file_var}: cannot read {path} ({exc.strerror or exc}); is the "
+                            "secret mounted?") from None
+
+
+def _with_password(url: str, password: str | None) -> str:
+    """``url`` with ``password`` (URL-quoted) when it names a user but has no password."""
+    parts = urlsplit(url)
+    if password is None or "@" not in parts.netloc:
+        return url
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    if ":" in userinfo:  # the URL has its own password
+        return url
+    return urlunsplit(parts._replace(netloc=f"{userinfo}:{quote(password, safe='')}@{host}"))
+
+
 def _generated_secret(data_dir: str, name: str, make: Callable[[], str]) -> str:
     """A secret kept in data_dir so tokens survive a restart of the embedded server."""
     path = Path(data_dir) / name
@@ -254,44 +324,36 @@ def _generated_secret(data_dir: str, name: str, make: Callable[[], str]) -> str:
 def load_settings(
     env: Mapping[str, str] | None = None,
     config_file: str | None = None,
+    *,
+    role: str | None = None,
     **overrides: Any,
 ) -> Settings:
-    """Build the frozen settings. ``env`` defaults to ``os.environ``; ``overrides`` win over all."""
+    """Build the frozen settings. ``env`` defaults to ``os.environ``; ``overrides`` win over all.
+
+    ``role`` is the command being started: a cluster role (``chatnode``, ``router``) needs
+    the shared keys and refuses to start without them; any other command generates missing
+    keys into ``data_dir`` (embedded mode)."""
     env = os.environ if env is None else env
     file_values = _read_yaml(config_file) if config_file else {}
     values: dict[str, Any] = {}
     for field in FIELDS:
-        raw: Any
-        if field.key in overrides:
-            raw = overrides[field.key]
-        elif _env_name(field.key) in env:
-            raw = env[_env_name(field.key)]
-        elif field.key in file_values:
-            raw = file_values[field.key]
-        else:
+        raw = overrides[field.key] if field.key in overrides else _from_env(field, env)
+        if raw is _UNSET:
+            raw = file_values.get(field.key, _UNSET)
+        if raw is _UNSET:
             values[field.key] = field.default
             continue
         values[field.key] = None if raw is None else field.parse(field.key, raw)
-    unknown = sorted(k for k in env if k.startswith(ENV_PREFIX) and k[len(ENV_PREFIX):].lower()
-                     not in _BY_KEY)
+    known = {f.env for f in FIELDS} | {f.env + FILE_SUFFIX for f in FIELDS}
+    unknown = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in known)
     if unknown:
         raise SettingsError(
             f"unknown environment variable(s) {', '.join(unknown)}; "
-            f"allowed: {', '.join(_env_name(k) for k in sorted(_BY_KEY))}"
+            f"allowed: {', '.join(_env_name(k) for k in sorted(_BY_KEY))} "
+            f"(each also as {ENV_PREFIX}<KEY>{FILE_SUFFIX}: a file holding the value)"
         )
-    if not values["database_url"]:
-        values["database_url"] = (f"sqlite:///{Path(values['data_dir']) / 'tidedesk.sqlite3'}",)
-    for url in values["database_url"]:
-        if not url.startswith(("sqlite://", "mysql://", "mysql+pool://")):
-            raise SettingsError(
-                f"TIDEDESK_DATABASE_URL: {url!r} is not a sqlite:// or mysql:// URL"
-            )
-    if values["broker_url"] and not values["broker_url"].startswith(("amqp://", "amqps://")):
-        raise SettingsError(
-            f"TIDEDESK_BROKER_URL: expected amqp://..., got {values['broker_url']!r}")
-    if values["redis_url"] and not values["redis_url"].startswith(("redis://", "rediss://")):
-        raise SettingsError(
-            f"TIDEDESK_REDIS_URL: expected redis://..., got {values['redis_url']!r}")
+    _check_urls(values)
+    _check_role(values, role)
     if not values["node_id"]:
         values["node_id"] = f"{socket.gethostname()}-{os.getpid()}"
     if values["jwt_secret"] is None:
@@ -302,8 +364,6 @@ def load_settings(
         raise SettingsError("TIDEDESK_JWT_SECRET: use at least 32 characters (HS256 needs a "
                             "256-bit key), e.g. the output of: openssl rand -hex 32")
     if values["aes_key"] is None:
-        import base64
-
         values["aes_key"] = _generated_secret(
             values["data_dir"], "aes.key", lambda: base64.b64encode(os.urandom(32)).decode()
         )
@@ -318,10 +378,46 @@ def load_settings(
     return Settings(**values)
 
 
-def _check_aes_key(key: str, value: str) -> None:
-    import base64
-    import binascii
+def _check_urls(values: dict[str, Any]) -> None:
+    """Fill the passwords into the URLs, then check the schemes (``values`` is changed)."""
+    if not values["database_url"]:
+        values["database_url"] = (f"sqlite:///{Path(values['data_dir']) / 'tidedesk.sqlite3'}",)
+    values["database_url"] = tuple(_with_password(url, values["database_password"])
+                                   for url in values["database_url"])
+    for url in values["database_url"]:
+        if not url.startswith(("sqlite://", "mysql://", "mysql+pool://")):
+            raise SettingsError(
+                f"TIDEDESK_DATABASE_URL: {url!r} is not a sqlite:// or mysql:// URL"
+            )
+    for name, schemes in (("broker", ("amqp://", "amqps://")), ("redis", ("redis://", "rediss://"))):
+        url = values[f"{name}_url"]
+        if url is None:
+            continue
+        if not url.startswith(schemes):
+            raise SettingsError(f"TIDEDESK_{name.upper()}_URL: expected {schemes[0]}..., got "
+                                f"{url!r}")
+        values[f"{name}_url"] = _with_password(url, values[f"{name}_password"])
 
+
+def _check_role(values: dict[str, Any], role: str | None) -> None:
+    """A cluster role needs the cluster's URLs and keys: a key it minted itself would refuse
+    every other node's tokens and could not read what they encrypted."""
+    if role not in CLUSTER_ROLES:
+        return
+    if role == "chatnode" and values["broker_url"] is None and values["redis_url"] is None:
+        raise SettingsError("tidedesk chatnode needs TIDEDESK_BROKER_URL and "
+                            "TIDEDESK_REDIS_URL (use 'tidedesk dev' for one process)")
+    missing = [_BY_KEY[k].env for k in ("jwt_secret", "aes_key") if values[k] is None]
+    if missing:
+        files = " / ".join(name + FILE_SUFFIX for name in missing)
+        raise SettingsError(
+            f"tidedesk {role} needs {' and '.join(missing)} (or {files}), the same on every "
+            "chat node and router; only 'tidedesk dev' generates keys. Make them once, e.g. "
+            "openssl rand -hex 32 (TIDEDESK_JWT_SECRET) and head -c 32 /dev/urandom | base64 "
+            "(TIDEDESK_AES_KEY)")
+
+
+def _check_aes_key(key: str, value: str) -> None:
     try:
         raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
