@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict, defaultdict
 from typing import Any, Protocol
 
+from chatnode.connections import ConnectionRegistry
 from tidedesk import metrics
 from tidedesk.broker import Envelope
 from tidedesk.envelopes import EnvelopeError, decode_delivery
@@ -33,6 +34,8 @@ class Connection(Protocol):
 
 class Hub:
     def __init__(self) -> None:
+        # What each connection is (who, principal, conversation, rate bucket), by its id.
+        self.registry = ConnectionRegistry()
         self._by_who: dict[str, dict[str, Connection]] = defaultdict(dict)
         self._seen: dict[str, OrderedDict[tuple[str, int], None]] = {}
 
