@@ -3,7 +3,9 @@
 Handlers register a :class:`Connection` (anything with ``send(frame)`` and ``close(code,
 reason)``); deliveries arriving on this node's queue go to every connection of their ``to``.
 A message frame is sent at most once per connection (dedupe by conversation and seq), so a
-redelivery from the broker never shows a message twice.
+redelivery from the broker never shows a message twice. What each connection is (who,
+principal, conversation, rate bucket) is kept beside, in ``hub.registry``
+(:mod:`chatnode.connections`), by connection id.
 """
 
 from __future__ import annotations
