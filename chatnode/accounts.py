@@ -101,6 +101,13 @@ class Accounts:
             raise ServiceError(401, "invalid_token", "this account no longer exists")
         return agent
 
+    async def profile(self, principal: Principal) -> dict[str, Any]:
+        """What ``GET /api/v1/me`` shows the signed-in agent about their account."""
+        agent = await self.agent_for(principal)
+        return {"id": str(agent.id), "name": agent.name, "email": agent.email,
+                "role": agent.role, "pools": list(agent.pool_list),
+                "max_chats": agent.max_chats, "totp": bool(agent.totp_secret)}
+
     async def authenticate(self, token: str | None, who: frozenset[str]) -> Principal:
         """The principal of ``token`` if it may act as one of ``who`` (agent roles and/or
         ``visitor``): 401 for a missing, expired, forged or signed-out token, 403 for a valid

@@ -20,7 +20,6 @@ from tidedesk import logs, metrics
 from tidedesk.auth import Principal
 from tidedesk.errors import Unavailable
 from tidedesk.i18n import text
-from tidedesk.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +83,7 @@ class JsonHandler(RequestIds):
                              self.service.settings.rate_limit_token_per_min)
 
     async def limit(self, scope: str, key: str, per_min: int) -> None:
-        wait = await RateLimiter(self.service.store, self.service.clock).hit(scope, key, per_min)
-        if wait is not None:
-            raise ServiceError(429, "rate_limited", f"too many requests from this "
-                               f"{'address' if scope == 'ip' else 'token'}; wait {wait} s",
-                               retry_after=wait)
+        await self.service.limit(scope, key, per_min, what="requests")
 
     def cors_headers(self) -> None:
         origin = self.request.headers.get("Origin")
@@ -204,18 +199,6 @@ class JsonHandler(RequestIds):
             return header[7:].strip()
         return None
 
-    def int_arg(self, name: str, default: int | None, lo: int, hi: int) -> int | None:
-        raw = self.get_query_argument(name, None)
-        if raw is None:
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ServiceError(400, "invalid_query", f"'{name}' must be an integer") from None
-        if not lo <= value <= hi:
-            raise ServiceError(400, "invalid_query", f"'{name}' must be between {lo} and {hi}")
-        return value
-
 
 class NotFoundHandler(JsonHandler):
     def prepare(self) -> None:  # type: ignore[override]
@@ -291,10 +274,7 @@ class MeHandler(JsonHandler):
     route = "/api/v1/me"
 
     async def get(self) -> None:
-        agent = await self.service.agent_for(self.agent())
-        self.write_json({"id": str(agent.id), "name": agent.name, "email": agent.email,
-                         "role": agent.role, "pools": list(agent.pool_list),
-                         "max_chats": agent.max_chats, "totp": bool(agent.totp_secret)})
+        self.write_json(await self.service.accounts.profile(self.agent()))
 
 
 class TotpHandler(JsonHandler):
@@ -325,23 +305,11 @@ class MessagesHandler(JsonHandler):
 
     async def get(self, conv_id: str) -> None:
         logs.bind(conversation_id=conv_id)
-        principal = self.principal
-        assert principal is not None
-        if principal.kind == "visitor":
-            conv = await self.service.storage.conversation(conv_id)
-            if conv is None or conv.visitor_id != principal.id:
-                raise ServiceError(403, "forbidden", "this is not your conversation")
-        else:
-            await self.service.agent_can_see(principal, conv_id)
-        after = self.int_arg("after_seq", None, 0, 2**53)
-        before = self.int_arg("before_seq", None, 1, 2**53)
-        if after is not None and before is not None:
-            raise ServiceError(400, "invalid_query", "give after_seq or before_seq, not both")
-        limit = self.int_arg("limit", 100, 1, 500) or 100
-        messages = await self.service.storage.messages(
-            conv_id, after_seq=after, before_seq=before, limit=limit,
-            include_private=principal.kind == "agent")
-        self.write_json({"messages": messages})
+        assert self.principal is not None
+        self.write_json({"messages": await self.service.conversations.history(
+            self.principal, conv_id, after_seq=self.get_query_argument("after_seq", None),
+            before_seq=self.get_query_argument("before_seq", None),
+            limit=self.get_query_argument("limit", None))})
 
 
 class AgentsHandler(JsonHandler):
@@ -363,32 +331,21 @@ class CannedHandler(JsonHandler):
     route = "/api/v1/canned"
 
     async def get(self) -> None:
-        self.write_json({"canned": await self.service.storage.canned()})
+        self.write_json({"canned": await self.service.canned()})
 
 
 class SupervisorHandler(JsonHandler):
     route = "/api/v1/supervisor/overview"
 
     async def get(self) -> None:
-        agents = await self.service.agents_overview()
-        queues = await self.service.queues_overview(self.node.routing)
-        self.write_json({
-            "agents": agents, "queues": queues,
-            "counts": {"online_agents": sum(a["status"] == "online" for a in agents),
-                       "open_conversations": sum(a["open_chats"] for a in agents),
-                       "waiting": sum(len(q) for q in queues.values())},
-        })
+        self.write_json(await self.service.supervisor_overview(self.node.routing))
 
 
 class AuditHandler(JsonHandler):
     route = "/api/v1/audit"
 
     async def get(self) -> None:
-        limit = self.int_arg("limit", 100, 1, 500) or 100
-        before = self.int_arg("before_id", None, 1, 2**53)
-        action = self.get_query_argument("action", None)
-        if action is not None and not action.replace(".", "").replace("_", "").isalnum():
-            raise ServiceError(400, "invalid_query", "'action' is an action name or prefix "
-                               "like auth. or agent.role_changed")
-        self.write_json({"entries": await self.service.storage.audit_log(
-            limit=limit, before_id=before, action=action)})
+        self.write_json({"entries": await self.service.audit_log(
+            limit=self.get_query_argument("limit", None),
+            before_id=self.get_query_argument("before_id", None),
+            action=self.get_query_argument("action", None))})

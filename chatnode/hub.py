@@ -3,7 +3,9 @@
 Handlers register a :class:`Connection` (anything with ``send(frame)`` and ``close(code,
 reason)``); deliveries arriving on this node's queue go to every connection of their ``to``.
 A message frame is sent at most once per connection (dedupe by conversation and seq), so a
-redelivery from the broker never shows a message twice.
+redelivery from the broker never shows a message twice. What each connection is (who,
+principal, conversation, rate bucket) is kept beside, in ``hub.registry``
+(:mod:`chatnode.connections`), by connection id.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 from collections import OrderedDict, defaultdict
 from typing import Any, Protocol
 
+from chatnode.connections import ConnectionRegistry
 from tidedesk import metrics
 from tidedesk.broker import Envelope
 from tidedesk.envelopes import EnvelopeError, decode_delivery
@@ -33,6 +36,8 @@ class Connection(Protocol):
 
 class Hub:
     def __init__(self) -> None:
+        # What each connection is (who, principal, conversation, rate bucket), by its id.
+        self.registry = ConnectionRegistry()
         self._by_who: dict[str, dict[str, Connection]] = defaultdict(dict)
         self._seen: dict[str, OrderedDict[tuple[str, int], None]] = {}
 

@@ -1,8 +1,13 @@
-"""What chat-node handlers call: visitors, agents, messages, resume. Handlers stay thin.
+"""What chat-node handlers call: visitors, agents, messages, resume, and what a WebSocket
+frame does. Handlers stay thin: they parse, check the access table, call one method here and
+send what it returns (or what it sends through the :class:`~chatnode.connections.Peer`).
 
 Every method raises :class:`ServiceError` (an HTTP status, a machine code and a message that
 says what to change) for anything a client can get wrong. Sign-in, tokens, the second factor
-and roles are :class:`~chatnode.accounts.Accounts` (``service.accounts``).
+and roles are :class:`~chatnode.accounts.Accounts` (``service.accounts``); the conversation
+rules (ownership, hello, history) are :class:`~chatnode.conversations.Conversations`
+(``service.conversations``). Per-connection state is a
+:class:`~chatnode.connections.ConnectionState` the handler hands in.
 """
 
 from __future__ import annotations
@@ -15,7 +20,11 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from chatnode.accounts import Accounts
+from chatnode.connections import ConnectionState, Peer, VisitorSession
+from chatnode.conversations import MAX_SEQ, Conversations, relay_frame
 from chatnode.errors import ServiceError
+from chatnode.queries import audit_action, bounded_int
+from tidedesk import logs, metrics, wire
 from tidedesk.auth import Principal, TokenService
 from tidedesk.broker import INBOUND_QUEUE, Broker, BrokerUnavailable
 from tidedesk.delivery import deliver
@@ -28,10 +37,11 @@ from tidedesk.envelopes import (
 )
 from tidedesk.errors import Unavailable
 from tidedesk.i18n import LOCALES
+from tidedesk.ratelimit import RateLimiter
 from tidedesk.resume import plan_resume, reseed_floor
 from tidedesk.routing_rules import RoutingConfig
 from tidedesk.settings import Settings
-from tidedesk.storage import Storage, visitor_summary
+from tidedesk.storage import Storage
 from tidedesk.store import Store
 
 log = logging.getLogger(__name__)
@@ -39,17 +49,25 @@ log = logging.getLogger(__name__)
 TAG_RE = re.compile(r"^[a-z0-9_\-]{1,32}$")
 MAX_TAGS = 20
 PHONE_RE = re.compile(r"^\+?[0-9 ().\-]{3,32}$")
+# Audit entries per page: the default, and the most one request may ask for.
+AUDIT_PAGE = 100
+AUDIT_PAGE_MAX = 500
+PONG_FRAME: dict[str, Any] = {"type": "pong"}
 
 
-@dataclass
-class VisitorSession:
+@dataclass(frozen=True)
+class PendingMessage:
+    """A message whose seq is taken: :meth:`ChatService.publish_message` makes it durable."""
+
+    conv_id: str
+    seq: int
+    client_id: str
+    body: str
     visitor_id: str
-    conversation_id: str
-    state: str
-    pool: str
-    locale: str
+    sender_type: str
+    sender_id: str
     name: str
-    tags: tuple[str, ...]
+    private: bool = False
 
 
 class ChatService:
@@ -65,6 +83,7 @@ class ChatService:
         self._encode = inbound_encoder(settings.envelope_format)
         self.accounts = Accounts(settings=settings, store=store, storage=storage, tokens=tokens,
                                  clock=clock, notify=self.relay)
+        self.conversations = Conversations(store=store, storage=storage, publish=self.publish)
 
     # -- authentication (chatnode/accounts.py) ------------------------------------------------
     def principal(self, token: str | None, expected: str) -> Principal:
@@ -106,32 +125,6 @@ class ChatService:
                                                        locale=locale)
         return {"visitor_id": visitor_id, "token": self.tokens.visitor_token(visitor_id)}
 
-    async def open_visitor_session(self, visitor_id: str) -> tuple[VisitorSession, bool]:
-        """The visitor's open conversation, and whether it was created now (then the caller
-        announces it with :meth:`announce_opened`). The visitor's session is the signed token
-        plus this row: nothing else is kept for it."""
-        visitor = await self.storage.visitor(visitor_id)
-        if visitor is None:
-            raise ServiceError(401, "invalid_token", "unknown visitor; create a new one with "
-                               "POST /api/v1/visitors")
-        conv, created = await self.storage.current_conversation(visitor_id)
-        if created:
-            await self.store.seed_seq(conv.id, 0)
-        return VisitorSession(visitor_id, conv.id, conv.state, conv.pool, visitor.locale,
-                              visitor.name, visitor.tag_list), created
-
-    async def announce_opened(self, session: VisitorSession) -> None:
-        """Ask the routers for an agent. Call after the visitor's presence is registered and
-        hello is sent, so the routing answer can neither get lost nor overtake hello."""
-        await self.publish({"kind": "opened", "conversation_id": session.conversation_id,
-                            "visitor_id": session.visitor_id, "tags": list(session.tags)})
-
-    async def queue_position(self, pool: str, conv_id: str) -> int | None:
-        for position, (waiting_id, _) in enumerate(await self.store.waiting(pool), start=1):
-            if waiting_id == conv_id:
-                return position
-        return None
-
     # -- messages ----------------------------------------------------------------------------
     async def publish(self, event: InboundEvent | dict[str, Any]) -> None:
         """Hand an event to the routers (binary envelope, ``tidedesk.envelopes``); a mapping
@@ -139,12 +132,6 @@ class ChatService:
         if isinstance(event, dict):
             event = event_from_mapping(event)
         await self.broker.publish(INBOUND_QUEUE, self._encode(event))
-
-    async def last_seq(self, conv_id: str) -> int:
-        seq = await self.store.last_seq(conv_id)
-        if seq is None:
-            seq = await self.storage.max_seq(conv_id)
-        return seq
 
     async def assign_seq(self, conv_id: str, client_id: str) -> int:
         """The message's seq (the same one again for a repeated client id), re-seeding the
@@ -159,17 +146,28 @@ class ChatService:
                 raise BrokerUnavailable("the session store lost the sequence counter; retry")
         return assigned[0]
 
-    async def publish_message(self, *, conv_id: str, seq: int, visitor_id: str, client_id: str,
-                              body: str, sender_type: str, sender_id: str, name: str,
-                              private: bool = False) -> None:
-        """Hand the message to the routers; returns once it is durable. Raises
+    async def take_seq(self, conv_id: str, frame: wire.Frame, *, visitor_id: str,
+                       sender_type: str, sender_id: str, name: str,
+                       private: bool = False) -> PendingMessage:
+        """The message frame with its seq taken, in frame order (a socket hands us one frame
+        at a time); publishing it may then run concurrently, so a client can pipeline."""
+        client_id = frame.data["id"]
+        return PendingMessage(conv_id=conv_id, seq=await self.assign_seq(conv_id, client_id),
+                              client_id=client_id, body=frame.data["body"],
+                              visitor_id=visitor_id, sender_type=sender_type,
+                              sender_id=sender_id, name=name, private=private)
+
+    async def publish_message(self, msg: PendingMessage) -> dict[str, Any]:
+        """Hand the message to the routers; returns the ack frame once it is durable. Raises
         :class:`BrokerUnavailable` otherwise: the client must send it again with the same id
         (it will get the same seq, and the router stores it once)."""
-        log.debug("message ingested", extra={"seq": seq, "client_id": client_id})
+        log.debug("message ingested", extra={"seq": msg.seq, "client_id": msg.client_id})
         await self.publish(MessageEvent(
-            conversation_id=conv_id, visitor_id=visitor_id, seq=seq, id=client_id,
-            from_=cast(Sender, sender_type), sender_id=sender_id, name=name, body=body,
-            ts=self.clock(), private=private))
+            conversation_id=msg.conv_id, visitor_id=msg.visitor_id, seq=msg.seq,
+            id=msg.client_id, from_=cast(Sender, msg.sender_type), sender_id=msg.sender_id,
+            name=msg.name, body=msg.body, ts=self.clock(), private=msg.private))
+        metrics.MESSAGES_IN.labels(role=msg.sender_type).inc()
+        return {"type": "ack", "id": msg.client_id, "seq": msg.seq}
 
     async def resume(self, conv_id: str, after_seq: int, *,
                      include_private: bool) -> list[dict[str, Any]]:
@@ -189,49 +187,10 @@ class ChatService:
             log.info("ephemeral frame dropped: broker unavailable", extra={"to": who})
 
     # -- agents ------------------------------------------------------------------------------
-    async def agent_can_see(self, principal: Principal, conv_id: str) -> Any:
-        """The conversation, if this agent owns it (or is a supervisor); else ServiceError 403."""
-        conv = await self.storage.conversation(conv_id)
-        if conv is None:
-            raise ServiceError(404, "not_found", f"no conversation {conv_id!r}")
-        if principal.is_supervisor:
-            return conv
-        owner = await self.store.owner(conv_id)
-        if owner != principal.id and conv.agent_id != principal.id:
-            raise ServiceError(403, "forbidden", "this conversation is not assigned to you")
-        return conv
-
     async def agent_status(self, agent: Any, status: str) -> None:
         await self.publish({"kind": "agent_status", "agent_id": str(agent.id), "status": status,
                             "pools": list(agent.pool_list), "max_chats": agent.max_chats,
                             "name": agent.name})
-
-    async def transfer(self, principal: Principal, conv_id: str, to_agent: Any,
-                       to_pool: Any) -> None:
-        event: dict[str, Any] = {"kind": "transfer", "conversation_id": conv_id,
-                                 "by": principal.id}
-        if to_agent is not None:
-            event["to_agent"] = str(to_agent)
-        else:
-            event["to_pool"] = to_pool
-        # Audited first: if the database is down nothing happens and the agent retries, so
-        # no transfer goes unrecorded.
-        await self.storage.audit(f"agent:{principal.id}", "conversation.transfer", conv_id,
-                                 {k: event[k] for k in ("to_agent", "to_pool") if k in event})
-        await self.publish(event)
-
-    async def agent_hello(self, agent: Any) -> dict[str, Any]:
-        convs = await self.storage.open_conversations_for_agent(str(agent.id))
-        visitors = await self.storage.visitors([c.visitor_id for c in convs])
-        items = []
-        for conv in convs:
-            items.append({
-                "conversation_id": conv.id, "state": conv.state,
-                "visitor": visitor_summary(conv.visitor_id, visitors.get(conv.visitor_id)),
-                "last_seq": await self.last_seq(conv.id),
-            })
-        return {"type": "hello", "agent_id": str(agent.id), "name": agent.name,
-                "role": agent.role, "conversations": items}
 
     async def agents_overview(self) -> list[dict[str, Any]]:
         out = []
@@ -260,3 +219,175 @@ class ChatService:
                               "waiting_s": round(max(0.0, now - enqueued_at), 1)})
             out[pool] = items
         return out
+
+    async def supervisor_overview(self, routing: RoutingConfig) -> dict[str, Any]:
+        agents = await self.agents_overview()
+        queues = await self.queues_overview(routing)
+        return {
+            "agents": agents, "queues": queues,
+            "counts": {"online_agents": sum(a["status"] == "online" for a in agents),
+                       "open_conversations": sum(a["open_chats"] for a in agents),
+                       "waiting": sum(len(q) for q in queues.values())},
+        }
+
+    # -- reads for the console -----------------------------------------------------------------
+    async def canned(self) -> list[dict[str, Any]]:
+        return await self.storage.canned()
+
+    async def audit_log(self, *, limit: str | None, before_id: str | None,
+                        action: str | None) -> list[dict[str, Any]]:
+        """A page of the audit log, newest first; the query arguments come raw from the URL."""
+        return await self.storage.audit_log(
+            limit=bounded_int("limit", limit, AUDIT_PAGE, 1, AUDIT_PAGE_MAX) or AUDIT_PAGE,
+            before_id=bounded_int("before_id", before_id, None, 1, MAX_SEQ),
+            action=audit_action(action))
+
+    # -- rate limits ---------------------------------------------------------------------------
+    async def limit(self, scope: str, key: str, per_min: int, *, what: str) -> None:
+        """Count one ``what`` ("requests", "connections") against the per-minute limit of a
+        client address (scope ``ip``) or a principal (``token``); ServiceError 429 when over."""
+        wait = await RateLimiter(self.store, self.clock).hit(scope, key, per_min)
+        if wait is None:
+            return
+        if what == "connections":
+            message = f"too many connections; connect again in {wait} s"
+        else:
+            message = (f"too many requests from this {'address' if scope == 'ip' else 'token'}"
+                       f"; wait {wait} s")
+        raise ServiceError(429, "rate_limited", message, retry_after=wait)
+
+    async def _limit_connection(self, ip: str, who: str) -> None:
+        s = self.settings
+        await self.limit("ip", ip, s.rate_limit_ip_per_min, what="connections")
+        await self.limit("token", who, s.rate_limit_token_per_min, what="connections")
+
+    # -- WebSocket connections -----------------------------------------------------------------
+    async def connect_visitor(self, conn: ConnectionState, token: str | None, ip: str) -> bool:
+        """Authenticate a visitor's socket and fill ``conn`` (who, principal, session); True if
+        the conversation was created now. ServiceError 401 or 429, or Unavailable."""
+        principal = self.principal(token, "visitor")
+        who = f"visitor:{principal.id}"
+        await self._limit_connection(ip, who)
+        conn.session, created = await self.conversations.open_visitor_session(principal.id)
+        conn.principal, conn.who = principal, who
+        return created
+
+    async def visitor_joined(self, conn: ConnectionState, created: bool, peer: Peer) -> None:
+        """Call once the socket is in the Hub: presence, hello, then ask for an agent."""
+        session = conn.session
+        assert session is not None
+        await self._present(conn)
+        waiting = await self.conversations.visitor_hello(session, peer.send)
+        # A queued chat that is in no queue was never announced (say the broker was down when
+        # it was created): announcing is idempotent, so ask again.
+        if created or (session.state == "queued" and not waiting):
+            await self._announce(session, peer)
+
+    async def visitor_frame(self, conn: ConnectionState, frame: wire.Frame,
+                            peer: Peer) -> PendingMessage | None:
+        """What a visitor's frame does; a message comes back with its seq, to publish."""
+        session = conn.session
+        assert session is not None
+        logs.bind(conversation_id=session.conversation_id)  # this frame's task and its spawn
+        self.conversations.check_visitor_names_own(session, frame.conversation_id)
+        if frame.type == "message":
+            if session.state == "closed":
+                # The agent closed the chat: writing again starts a new conversation.
+                conn.session, created = await self.conversations.open_visitor_session(
+                    session.visitor_id)
+                session = conn.session
+                await self.conversations.visitor_hello(session, peer.send)
+                if created:
+                    await self._announce(session, peer)
+            return await self.take_seq(session.conversation_id, frame,
+                                       visitor_id=session.visitor_id, sender_type="visitor",
+                                       sender_id=session.visitor_id, name=session.name)
+        if frame.type == "resume":
+            await self._resume(session.conversation_id, frame.data["after_seq"], False, peer)
+        elif frame.type in ("typing", "read"):
+            owner = await self.conversations.agent_of(session.conversation_id)
+            if owner is not None:
+                await self.relay(f"agent:{owner}",
+                                 relay_frame(frame.data, session.conversation_id, "visitor"))
+        elif frame.type == "ping":
+            peer.send(PONG_FRAME.copy())
+        return None
+
+    async def connect_agent(self, conn: ConnectionState, token: str | None, ip: str) -> None:
+        """Authenticate an agent's socket, fill ``conn`` and announce the agent online.
+        ServiceError 401 or 429, or Unavailable."""
+        principal = self.principal(token, "access")
+        await self.accounts.check_live(principal)
+        who = f"agent:{principal.id}"
+        await self._limit_connection(ip, who)
+        conn.agent = await self.agent_for(principal)
+        await self.agent_status(conn.agent, "online")
+        conn.principal, conn.who = principal, who
+
+    async def agent_joined(self, conn: ConnectionState, peer: Peer) -> None:
+        """Call once the socket is in the Hub: presence, then hello. ServiceError if the
+        sign-in ended meanwhile."""
+        assert conn.principal is not None
+        await self._present(conn)
+        # Once more now that the socket is registered: a sign-out or role change while we were
+        # connecting sent its notice before this socket could receive it.
+        await self.accounts.check_live(conn.principal)
+        peer.send(await self.conversations.agent_hello(conn.agent))
+
+    async def agent_frame(self, conn: ConnectionState, frame: wire.Frame,
+                          peer: Peer) -> PendingMessage | None:
+        """What an agent's frame does; a message or note comes back with its seq."""
+        principal = conn.principal
+        assert principal is not None
+        if frame.type == "ping":
+            peer.send(PONG_FRAME.copy())
+            return None
+        if frame.type == "status":
+            await self.agent_status(conn.agent, frame.data["status"])
+            return None
+        conv_id = frame.conversation_id
+        assert conv_id is not None  # parse_frame requires it for every other type
+        logs.bind(conversation_id=conv_id)  # this frame's task and what it starts
+        visitor_id, state = await self.conversations.for_agent(principal, conn.chats, conv_id)
+        if frame.type in ("message", "note"):
+            self.conversations.check_agent_may_write(frame.type, state)
+            return await self.take_seq(conv_id, frame, visitor_id=visitor_id,
+                                       sender_type="agent", sender_id=principal.id,
+                                       name=conn.agent.name, private=frame.type == "note")
+        if frame.type == "resume":
+            await self._resume(conv_id, frame.data["after_seq"], True, peer)
+        elif frame.type in ("typing", "read"):
+            await self.relay(f"visitor:{visitor_id}", relay_frame(frame.data, conv_id, "agent"))
+        elif frame.type == "close":
+            await self.conversations.close(principal, conv_id)
+        elif frame.type == "transfer":
+            await self.conversations.transfer(principal, conv_id, frame.data.get("to_agent"),
+                                              frame.data.get("to_pool"))
+        return None
+
+    async def disconnected(self, conn: ConnectionState) -> None:
+        """After a registered socket closed: presence, and an agent's last socket going
+        offline."""
+        remaining = await self.store.presence_remove(conn.who, conn.conn_id)
+        if conn.role == "agent" and remaining == 0:
+            try:
+                await self.agent_status(conn.agent, "offline")
+            except Unavailable:
+                assert conn.principal is not None
+                log.warning("could not mark agent offline", extra={"agent": conn.principal.id})
+
+    async def _present(self, conn: ConnectionState) -> None:
+        await self.store.presence_add(conn.who, conn.conn_id, self.node_id,
+                                      self.settings.presence_ttl_s, self.clock())
+
+    async def _announce(self, session: VisitorSession, peer: Peer) -> None:
+        try:
+            await self.conversations.announce_opened(session)
+        except Unavailable:
+            peer.fail("unavailable", "the service is busy; connect again shortly",
+                      wire.CLOSE_TRY_AGAIN_LATER)
+
+    async def _resume(self, conv_id: str, after_seq: int, include_private: bool,
+                      peer: Peer) -> None:
+        for msg in await self.resume(conv_id, after_seq, include_private=include_private):
+            peer.send_unseen(msg)

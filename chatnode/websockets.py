@@ -1,5 +1,8 @@
-"""WebSocket handlers for visitors and agents (PROTOCOL.md). They parse, authorise, call the
-:class:`~chatnode.service.ChatService` and write frames; rules live in the service."""
+"""WebSocket handlers for visitors and agents (PROTOCOL.md). They parse, check the access table,
+call one :class:`~chatnode.service.ChatService` method and write what it sends or returns; the
+rules live in the service. A handler holds its connection id: what the connection is (who,
+principal, conversation, rate bucket) is in the Hub's :class:`~chatnode.connections.
+ConnectionRegistry`."""
 
 from __future__ import annotations
 
@@ -7,23 +10,22 @@ import asyncio
 import json
 import logging
 import time
-import uuid
 from typing import Any
 
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from chatnode import access
 from chatnode.accounts import SESSION_ENDED, session_end_applies
+from chatnode.connections import ConnectionState
 from chatnode.errors import ServiceError
 from chatnode.http import RequestIds
 from chatnode.hub import Hub
 from chatnode.origins import origin_allowed
-from chatnode.service import ChatService, VisitorSession
-from tidedesk import logs, metrics, wire
-from tidedesk.auth import Principal
+from chatnode.service import ChatService, PendingMessage
+from tidedesk import metrics, wire
 from tidedesk.errors import Unavailable
 from tidedesk.i18n import text
-from tidedesk.ratelimit import RateLimiter, TokenBucket
+from tidedesk.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -47,21 +49,36 @@ class _Socket(RequestIds, WebSocketHandler):
         self.service = service
         self.hub = hub
         self.node = node
-        self.conn_id = uuid.uuid4().hex
-        self.who = ""
-        self.registered = False
-        self.bucket = TokenBucket.per_window(
-            service.settings.rate_limit_per_10s * self.rate_factor, 10.0, time.monotonic())
+        # Given when the socket opens: a refused handshake never calls on_close, so a state
+        # added here could leak.
+        self.conn_id = ""
+
+    def start(self) -> None:
+        """Add this connection to the registry; first thing in open()."""
+        self.conn_id = self.hub.registry.open(self.role, TokenBucket.per_window(
+            self.service.settings.rate_limit_per_10s * self.rate_factor, 10.0,
+            time.monotonic())).conn_id
+
+    @property
+    def state(self) -> ConnectionState:
+        return self.hub.registry.get(self.conn_id)
 
     # Origin check: browsers only (non-browser clients send no Origin header).
     def check_origin(self, origin: str) -> bool:
         return origin_allowed(origin, self.service.settings.allowed_origins, self.request.host)
 
     def send(self, frame: dict[str, Any]) -> None:
+        state = self.hub.registry.find(self.conn_id)
+        if state is not None:
+            state.track(frame)
         try:
             self.write_message(wire.encode(frame))
         except WebSocketClosedError:
             pass
+
+    def send_unseen(self, frame: dict[str, Any]) -> None:
+        if self.hub.mark_sent(self.conn_id, frame):
+            self.send(frame)
 
     def fail(self, code: str, message: str, close_code: int | None = None,
              frame_id: str | None = None) -> None:
@@ -83,45 +100,35 @@ class _Socket(RequestIds, WebSocketHandler):
             return True
         return False
 
-    async def refuse_if_limited(self, who: str) -> bool:
-        """Connection attempts count against the client address's and the principal's
-        per-minute limits (the same counters as REST requests): 4429 when over."""
-        limiter = RateLimiter(self.service.store, self.service.clock)
-        s = self.service.settings
-        for scope, key, per_min in (("ip", self.request.remote_ip or "?",
-                                     s.rate_limit_ip_per_min),
-                                    ("token", who, s.rate_limit_token_per_min)):
-            wait = await limiter.hit(scope, key, per_min)
-            if wait is not None:
-                self.fail("rate_limited", f"too many connections; connect again in {wait} s",
-                          wire.CLOSE_RATE_LIMITED)
-                return True
-        return False
+    def refuse(self, exc: ServiceError) -> None:
+        """Close a socket whose connection was refused (sign-in or connection rate)."""
+        self.fail(exc.code, exc.message, wire.CLOSE_RATE_LIMITED if exc.status == 429
+                  else wire.CLOSE_NOT_AUTHENTICATED)
 
     def frame_allowed(self, frame: wire.Frame, who: str) -> None:
         if not access.allowed(access.WS.get((self.role, frame.type)), who):
             raise ServiceError(403, "forbidden", f"a {who} may not send '{frame.type}' here")
 
-    async def register(self, who: str) -> None:
-        self.who = who
-        self.hub.register(who, self)
-        self.registered = True
+    def register(self) -> None:
+        state = self.state
+        self.hub.register(state.who, self)
+        state.registered = True
         metrics.CONNECTIONS.labels(role=self.role).inc()
-        await self.service.store.presence_add(who, self.conn_id, self.service.node_id,
-                                              self.service.settings.presence_ttl_s,
-                                              self.service.clock())
 
     async def on_message(self, message: str | bytes) -> None:
-        if not self.registered:
+        state = self.state
+        if not state.registered:
             return
-        if not self.bucket.take(time.monotonic()):
+        if not state.bucket.take(time.monotonic()):
             self.fail("rate_limited", "too many frames; slow down and reconnect in a few "
                       "seconds", wire.CLOSE_RATE_LIMITED)
             return
         try:
             frame = wire.parse_frame(message, role=self.role,
                                      max_body_chars=self.service.settings.max_body_chars)
-            await self.handle(frame)
+            pending = await self.handle(frame)
+            if pending is not None:
+                self.publish_and_ack(pending)
         except wire.FrameError as exc:
             self.fail(exc.code, exc.message, exc.close_code, exc.frame_id)
         except ServiceError as exc:
@@ -131,238 +138,109 @@ class _Socket(RequestIds, WebSocketHandler):
             self.fail("try_again", "the service is busy; nothing was stored, send it again",
                       frame_id=message_id(message))
 
-    async def handle(self, frame: wire.Frame) -> None:
+    async def handle(self, frame: wire.Frame) -> PendingMessage | None:
         raise NotImplementedError
 
-    async def send_message(self, conv_id: str, frame: wire.Frame, **kw: Any) -> None:
-        """The seq is taken here, in frame order (Tornado hands us one frame at a time); the
-        broker confirm and the ack then run concurrently, so a client can pipeline."""
-        client_id = frame.data["id"]
-        seq = await self.service.assign_seq(conv_id, client_id)
-        task = asyncio.ensure_future(self._publish_and_ack(
-            conv_id=conv_id, seq=seq, client_id=client_id, body=frame.data["body"], **kw))
+    def publish_and_ack(self, pending: PendingMessage) -> None:
+        """The seq was taken in frame order (Tornado hands us one frame at a time); the broker
+        confirm and the ack run concurrently, so a client can pipeline."""
+        task = asyncio.ensure_future(self._publish_and_ack(pending))
         self.node.inflight.add(task)  # holds the reference; draining waits for these
         task.add_done_callback(self.node.inflight.discard)
 
-    async def _publish_and_ack(self, *, conv_id: str, seq: int, client_id: str,
-                               **kw: Any) -> None:
+    async def _publish_and_ack(self, pending: PendingMessage) -> None:
         try:
-            await self.service.publish_message(conv_id=conv_id, seq=seq, client_id=client_id,
-                                               **kw)
+            ack = await self.service.publish_message(pending)
         except Unavailable:
             self.fail("try_again", "not stored: the service is busy; send it again with the "
-                      "same id", frame_id=client_id)
+                      "same id", frame_id=pending.client_id)
             return
         except Exception:
-            log.exception("ingest failed", extra={"conversation_id": conv_id})
+            log.exception("ingest failed", extra={"conversation_id": pending.conv_id})
             self.fail("try_again", "not stored; send it again with the same id",
-                      frame_id=client_id)
+                      frame_id=pending.client_id)
             return
-        metrics.MESSAGES_IN.labels(role=self.role).inc()
-        self.send({"type": "ack", "id": client_id, "seq": seq})
-
-    async def send_resume(self, conv_id: str, after_seq: int, include_private: bool) -> None:
-        for msg in await self.service.resume(conv_id, after_seq, include_private=include_private):
-            if self.hub.mark_sent(self.conn_id, msg):
-                self.send(msg)
+        self.send(ack)
 
     def on_close(self) -> None:
-        if self.registered:
-            self.registered = False
+        state = self.hub.registry.close(self.conn_id)
+        if state is not None and state.registered:
+            state.registered = False
             metrics.CONNECTIONS.labels(role=self.role).dec()
-            self.hub.unregister(self.who, self)
-            task = asyncio.ensure_future(self.after_close())
+            self.hub.unregister(state.who, self)
+            task = asyncio.ensure_future(self.service.disconnected(state))
             self.node.inflight.add(task)
             task.add_done_callback(self.node.inflight.discard)
-
-    async def after_close(self) -> None:
-        await self.service.store.presence_remove(self.who, self.conn_id)
 
 
 class VisitorSocket(_Socket):
     role = "visitor"
-    session: VisitorSession
-
-    def send(self, frame: dict[str, Any]) -> None:
-        # Track the conversation's state from what the routers tell the visitor, so sending a
-        # message needs no database read (messages keep flowing while the database is down).
-        if frame.get("type") == "state" and isinstance(frame.get("state"), str):
-            self.session.state = frame["state"]
-        super().send(frame)
 
     async def open(self, *args: str, **kwargs: str) -> None:
+        self.start()
         if self.refuse_if_draining():
             return
         try:
-            principal = self.service.principal(self.token(), "visitor")
-            if await self.refuse_if_limited(f"visitor:{principal.id}"):
-                return
-            self.session, created = await self.service.open_visitor_session(principal.id)
+            created = await self.service.connect_visitor(self.state, self.token(),
+                                                         self.request.remote_ip or "?")
         except ServiceError as exc:
-            self.fail(exc.code, exc.message, wire.CLOSE_NOT_AUTHENTICATED)
+            self.refuse(exc)
             return
         except Unavailable:
             # The polite answer: the widget shows it and reconnects a little later.
             lang = self.get_query_argument("lang", "en")
             self.fail("busy", text("unavailable", lang), wire.CLOSE_TRY_AGAIN_LATER)
             return
-        await self.register(f"visitor:{principal.id}")
-        waiting = await self.send_hello()
-        # A queued chat that is in no queue was never announced (say the broker was down when
-        # it was created): announcing is idempotent, so ask again.
-        if created or (self.session.state == "queued" and not waiting):
-            await self.announce_opened()
+        self.register()
+        await self.service.visitor_joined(self.state, created, self)
 
-    async def announce_opened(self) -> None:
-        try:
-            await self.service.announce_opened(self.session)
-        except Unavailable:
-            self.fail("unavailable", "the service is busy; connect again shortly",
-                      wire.CLOSE_TRY_AGAIN_LATER)
-
-    async def send_hello(self) -> bool:
-        """Send hello (and the queue position or agent); True if the chat is in a queue."""
-        s = self.session
-        self.send({"type": "hello", "visitor_id": s.visitor_id, "conversation_id":
-                   s.conversation_id, "last_seq": await self.service.last_seq(s.conversation_id),
-                   "state": s.state})
-        if s.state == "queued":
-            position = await self.service.queue_position(s.pool, s.conversation_id)
-            if position is not None:
-                self.send({"type": "queue", "position": position})
-                return True
-        elif s.state == "assigned":
-            owner = await self.service.store.owner(s.conversation_id)
-            if owner is not None:
-                load = await self.service.store.agent_get(owner)
-                self.send({"type": "assigned", "agent": {"id": owner,
-                                                         "name": load.name if load else ""}})
-        return False
-
-    async def handle(self, frame: wire.Frame) -> None:
+    async def handle(self, frame: wire.Frame) -> PendingMessage | None:
         self.frame_allowed(frame, "visitor")
-        s = self.session
-        logs.bind(conversation_id=s.conversation_id)  # this frame's task and what it starts
-        named = frame.conversation_id
-        if named is not None and named != s.conversation_id:
-            raise ServiceError(403, "forbidden", "you can only write to your own conversation")
-        if frame.type == "message":
-            if s.state == "closed":
-                # The agent closed the chat: writing again starts a new conversation.
-                self.session, created = await self.service.open_visitor_session(s.visitor_id)
-                s = self.session
-                await self.send_hello()
-                if created:
-                    await self.announce_opened()
-            await self.send_message(s.conversation_id, frame, visitor_id=s.visitor_id,
-                              sender_type="visitor", sender_id=s.visitor_id, name=s.name)
-        elif frame.type == "resume":
-            await self.send_resume(s.conversation_id, frame.data["after_seq"], False)
-        elif frame.type in ("typing", "read"):
-            owner = await self.service.store.owner(s.conversation_id)
-            if owner is not None:
-                relay = {k: v for k, v in frame.data.items() if k in ("type", "on", "seq")}
-                relay.update(conversation_id=s.conversation_id, **{"from": "visitor"})
-                await self.service.relay(f"agent:{owner}", relay)
-        elif frame.type == "ping":
-            self.send({"type": "pong"})
+        return await self.service.visitor_frame(self.state, frame, self)
 
 
 class AgentSocket(_Socket):
     role = "agent"
     rate_factor = 4
-    principal: Principal
-    agent: Any
 
-    def initialize(self, service: ChatService, hub: Hub, node: Any) -> None:
-        super().initialize(service, hub, node)
-        # conversation id → visitor id of the chats this console was given (hello, assigned):
-        # with the store's owner check they let an agent write without a database read.
-        self.visitors: dict[str, str] = {}
+    @property
+    def agent(self) -> Any:
+        """The agent's row (the node's heartbeat re-announces agents the store forgot)."""
+        state = self.hub.registry.find(self.conn_id)
+        return state.agent if state is not None else None
 
     def send(self, frame: dict[str, Any]) -> None:
         if frame.get("type") == SESSION_ENDED:  # a notice for this node, not for the console
-            ended = session_end_applies(self.principal, frame)
+            state = self.hub.registry.find(self.conn_id)
+            principal = state.principal if state is not None else None
+            ended = session_end_applies(principal, frame) if principal is not None else None
             if ended is not None:
                 self.fail(*ended, close_code=wire.CLOSE_NOT_AUTHENTICATED)
             return
-        if frame.get("type") == "assigned" and isinstance(frame.get("visitor"), dict):
-            self.visitors[frame["conversation_id"]] = frame["visitor"].get("id", "")
-        elif frame.get("type") == "hello":
-            for item in frame.get("conversations", []):
-                self.visitors[item["conversation_id"]] = item["visitor"]["id"]
         super().send(frame)
 
-    async def conversation(self, conv_id: str) -> tuple[str, str]:
-        """(visitor id, state) of a conversation this agent may act on; ServiceError if not."""
-        visitor_id = self.visitors.get(conv_id)
-        if visitor_id and await self.service.store.owner(conv_id) == self.principal.id:
-            return visitor_id, "assigned"
-        conv = await self.service.agent_can_see(self.principal, conv_id)
-        return conv.visitor_id, conv.state
-
     async def open(self, *args: str, **kwargs: str) -> None:
+        self.start()
         if self.refuse_if_draining():
             return
         try:
-            self.principal = self.service.principal(self.token(), "access")
-            await self.service.accounts.check_live(self.principal)
-            if await self.refuse_if_limited(f"agent:{self.principal.id}"):
-                return
-            self.agent = await self.service.agent_for(self.principal)
-            await self.service.agent_status(self.agent, "online")
+            await self.service.connect_agent(self.state, self.token(),
+                                             self.request.remote_ip or "?")
         except ServiceError as exc:
-            self.fail(exc.code, exc.message, wire.CLOSE_NOT_AUTHENTICATED)
+            self.refuse(exc)
             return
         except Unavailable:
             self.fail("unavailable", "the service is busy; connect again shortly",
                       wire.CLOSE_TRY_AGAIN_LATER)
             return
-        await self.register(f"agent:{self.principal.id}")
+        self.register()
         try:
-            # Once more now that the socket is registered: a sign-out or role change while we
-            # were connecting sent its notice before this socket could receive it.
-            await self.service.accounts.check_live(self.principal)
+            await self.service.agent_joined(self.state, self)
         except ServiceError as exc:
             self.fail(exc.code, exc.message, wire.CLOSE_NOT_AUTHENTICATED)
-            return
-        self.send(await self.service.agent_hello(self.agent))
 
-    async def handle(self, frame: wire.Frame) -> None:
-        self.frame_allowed(frame, self.principal.role)
-        if frame.type == "ping":
-            self.send({"type": "pong"})
-            return
-        if frame.type == "status":
-            await self.service.agent_status(self.agent, frame.data["status"])
-            return
-        conv_id = frame.conversation_id
-        assert conv_id is not None  # parse_frame requires it for every other type
-        logs.bind(conversation_id=conv_id)  # this frame's task and what it starts
-        visitor_id, state = await self.conversation(conv_id)
-        if frame.type in ("message", "note"):
-            if state == "closed" and frame.type == "message":
-                raise ServiceError(409, "conversation_closed", "this conversation is closed")
-            await self.send_message(conv_id, frame, visitor_id=visitor_id, sender_type="agent",
-                              sender_id=self.principal.id, name=self.agent.name,
-                              private=frame.type == "note")
-        elif frame.type == "resume":
-            await self.send_resume(conv_id, frame.data["after_seq"], True)
-        elif frame.type in ("typing", "read"):
-            relay = {k: v for k, v in frame.data.items() if k in ("type", "on", "seq")}
-            relay.update(conversation_id=conv_id, **{"from": "agent"})
-            await self.service.relay(f"visitor:{visitor_id}", relay)
-        elif frame.type == "close":
-            await self.service.publish({"kind": "close", "conversation_id": conv_id,
-                                        "by": f"agent:{self.principal.id}"})
-        elif frame.type == "transfer":
-            await self.service.transfer(self.principal, conv_id, frame.data.get("to_agent"),
-                                        frame.data.get("to_pool"))
-
-    async def after_close(self) -> None:
-        remaining = await self.service.store.presence_remove(self.who, self.conn_id)
-        if remaining == 0:
-            try:
-                await self.service.agent_status(self.agent, "offline")
-            except Unavailable:
-                log.warning("could not mark agent offline", extra={"agent": self.principal.id})
+    async def handle(self, frame: wire.Frame) -> PendingMessage | None:
+        principal = self.state.principal
+        assert principal is not None  # frames are only read once the socket is registered
+        self.frame_allowed(frame, principal.role)
+        return await self.service.agent_frame(self.state, frame, self)

@@ -1,0 +1,185 @@
+"""The conversation rules of a chat node: who may see or write to a conversation, what hello
+says, reopening a closed chat, and history reads.
+
+:class:`Conversations` is held by :class:`~chatnode.service.ChatService` (``service.
+conversations``); handlers reach it through the service. Every method raises
+:class:`~chatnode.errors.ServiceError` for anything a client can get wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from chatnode.connections import VisitorSession
+from chatnode.errors import ServiceError
+from chatnode.queries import bounded_int
+from tidedesk.auth import Principal
+from tidedesk.storage import Storage, visitor_summary
+from tidedesk.store import Store
+
+# Largest seq a client may name: the largest integer a JavaScript number holds exactly.
+MAX_SEQ = 2**53
+# Messages per history page: the default, and the most one request may ask for.
+HISTORY_PAGE = 100
+HISTORY_PAGE_MAX = 500
+
+
+def relay_frame(data: dict[str, Any], conv_id: str, sender: str) -> dict[str, Any]:
+    """The typing or read frame the peer receives: only the fields the protocol relays."""
+    relay = {k: v for k, v in data.items() if k in ("type", "on", "seq")}
+    relay.update(conversation_id=conv_id, **{"from": sender})
+    return relay
+
+
+class Conversations:
+    def __init__(self, *, store: Store, storage: Storage,
+                 publish: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        self.store = store
+        self.storage = storage
+        self.publish = publish
+
+    # -- visitors ------------------------------------------------------------------------------
+    async def open_visitor_session(self, visitor_id: str) -> tuple[VisitorSession, bool]:
+        """The visitor's open conversation, and whether it was created now (then the caller
+        announces it with :meth:`announce_opened`). The visitor's session is the signed token
+        plus this row: nothing else is kept for it."""
+        visitor = await self.storage.visitor(visitor_id)
+        if visitor is None:
+            raise ServiceError(401, "invalid_token", "unknown visitor; create a new one with "
+                               "POST /api/v1/visitors")
+        conv, created = await self.storage.current_conversation(visitor_id)
+        if created:
+            await self.store.seed_seq(conv.id, 0)
+        return VisitorSession(visitor_id, conv.id, conv.state, conv.pool, visitor.locale,
+                              visitor.name, visitor.tag_list), created
+
+    async def announce_opened(self, session: VisitorSession) -> None:
+        """Ask the routers for an agent. Call after the visitor's presence is registered and
+        hello is sent, so the routing answer can neither get lost nor overtake hello."""
+        await self.publish({"kind": "opened", "conversation_id": session.conversation_id,
+                            "visitor_id": session.visitor_id, "tags": list(session.tags)})
+
+    async def queue_position(self, pool: str, conv_id: str) -> int | None:
+        for position, (waiting_id, _) in enumerate(await self.store.waiting(pool), start=1):
+            if waiting_id == conv_id:
+                return position
+        return None
+
+    async def last_seq(self, conv_id: str) -> int:
+        seq = await self.store.last_seq(conv_id)
+        if seq is None:
+            seq = await self.storage.max_seq(conv_id)
+        return seq
+
+    async def visitor_hello(self, session: VisitorSession,
+                            send: Callable[[dict[str, Any]], None]) -> bool:
+        """Send hello, then the queue position or the agent; True if the chat is in a queue.
+        Each frame is sent as soon as it is known, so hello goes out before any await that
+        would let a routing answer overtake it."""
+        send({"type": "hello", "visitor_id": session.visitor_id,
+              "conversation_id": session.conversation_id,
+              "last_seq": await self.last_seq(session.conversation_id), "state": session.state})
+        if session.state == "queued":
+            position = await self.queue_position(session.pool, session.conversation_id)
+            if position is not None:
+                send({"type": "queue", "position": position})
+                return True
+        elif session.state == "assigned":
+            owner = await self.store.owner(session.conversation_id)
+            if owner is not None:
+                load = await self.store.agent_get(owner)
+                send({"type": "assigned",
+                      "agent": {"id": owner, "name": load.name if load else ""}})
+        return False
+
+    @staticmethod
+    def check_visitor_names_own(session: VisitorSession, named: str | None) -> None:
+        """A visitor's frame may name only the visitor's own conversation."""
+        if named is not None and named != session.conversation_id:
+            raise ServiceError(403, "forbidden", "you can only write to your own conversation")
+
+    async def agent_of(self, conv_id: str) -> str | None:
+        """The agent holding the conversation now, if any (the peer of typing and read)."""
+        return await self.store.owner(conv_id)
+
+    # -- agents --------------------------------------------------------------------------------
+    async def agent_can_see(self, principal: Principal, conv_id: str) -> Any:
+        """The conversation, if this agent owns it (or is a supervisor); else ServiceError 403."""
+        conv = await self.storage.conversation(conv_id)
+        if conv is None:
+            raise ServiceError(404, "not_found", f"no conversation {conv_id!r}")
+        if principal.is_supervisor:
+            return conv
+        owner = await self.store.owner(conv_id)
+        if owner != principal.id and conv.agent_id != principal.id:
+            raise ServiceError(403, "forbidden", "this conversation is not assigned to you")
+        return conv
+
+    async def for_agent(self, principal: Principal, chats: dict[str, str],
+                        conv_id: str) -> tuple[str, str]:
+        """(visitor id, state) of a conversation this agent may act on; ServiceError if not.
+        ``chats`` are the conversations the agent's console was given: one the store says the
+        agent still owns needs no database read."""
+        visitor_id = chats.get(conv_id)
+        if visitor_id and await self.store.owner(conv_id) == principal.id:
+            return visitor_id, "assigned"
+        conv = await self.agent_can_see(principal, conv_id)
+        return conv.visitor_id, conv.state
+
+    @staticmethod
+    def check_agent_may_write(kind: str, state: str) -> None:
+        """Agents cannot write to closed chats (a private note is still allowed)."""
+        if state == "closed" and kind == "message":
+            raise ServiceError(409, "conversation_closed", "this conversation is closed")
+
+    async def agent_hello(self, agent: Any) -> dict[str, Any]:
+        convs = await self.storage.open_conversations_for_agent(str(agent.id))
+        visitors = await self.storage.visitors([c.visitor_id for c in convs])
+        items = []
+        for conv in convs:
+            items.append({
+                "conversation_id": conv.id, "state": conv.state,
+                "visitor": visitor_summary(conv.visitor_id, visitors.get(conv.visitor_id)),
+                "last_seq": await self.last_seq(conv.id),
+            })
+        return {"type": "hello", "agent_id": str(agent.id), "name": agent.name,
+                "role": agent.role, "conversations": items}
+
+    async def transfer(self, principal: Principal, conv_id: str, to_agent: Any,
+                       to_pool: Any) -> None:
+        event: dict[str, Any] = {"kind": "transfer", "conversation_id": conv_id,
+                                 "by": principal.id}
+        if to_agent is not None:
+            event["to_agent"] = str(to_agent)
+        else:
+            event["to_pool"] = to_pool
+        # Audited first: if the database is down nothing happens and the agent retries, so
+        # no transfer goes unrecorded.
+        await self.storage.audit(f"agent:{principal.id}", "conversation.transfer", conv_id,
+                                 {k: event[k] for k in ("to_agent", "to_pool") if k in event})
+        await self.publish(event)
+
+    async def close(self, principal: Principal, conv_id: str) -> None:
+        await self.publish({"kind": "close", "conversation_id": conv_id,
+                            "by": f"agent:{principal.id}"})
+
+    # -- history -------------------------------------------------------------------------------
+    async def history(self, principal: Principal, conv_id: str, *, after_seq: str | None,
+                      before_seq: str | None, limit: str | None) -> list[dict[str, Any]]:
+        """A page of a conversation's messages for a visitor (their own conversation, public
+        messages only) or an agent who may see it (notes too). The query arguments come raw
+        from the URL; ownership is checked before them."""
+        if principal.kind == "visitor":
+            conv = await self.storage.conversation(conv_id)
+            if conv is None or conv.visitor_id != principal.id:
+                raise ServiceError(403, "forbidden", "this is not your conversation")
+        else:
+            await self.agent_can_see(principal, conv_id)
+        after = bounded_int("after_seq", after_seq, None, 0, MAX_SEQ)
+        before = bounded_int("before_seq", before_seq, None, 1, MAX_SEQ)
+        if after is not None and before is not None:
+            raise ServiceError(400, "invalid_query", "give after_seq or before_seq, not both")
+        page = bounded_int("limit", limit, HISTORY_PAGE, 1, HISTORY_PAGE_MAX) or HISTORY_PAGE
+        return await self.storage.messages(conv_id, after_seq=after, before_seq=before,
+                                           limit=page, include_private=principal.kind == "agent")
