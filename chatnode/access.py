@@ -1,8 +1,11 @@
-"""Who may call what: one table for every REST endpoint and every WebSocket action (pure).
+"""Who may call what: the rule sets, the table of every WebSocket action, and the checks (pure).
 
-The handlers enforce it (``chatnode/http.py`` in ``prepare``, ``chatnode/websockets.py`` per
-frame); the OpenAPI document prints it; ``tests/test_security.py`` walks it row by row. A REST
-route with no row here is refused with 403 (fail closed), so a new endpoint cannot be forgotten.
+A REST endpoint's rule is one of these sets, given per method in its entry of the route table
+(``chatnode/routes.py``, whose ``REST`` is the derived table); a WebSocket frame's is its row in
+:data:`WS`. The handlers enforce them (``chatnode/http.py`` in ``prepare``,
+``chatnode/websockets.py`` per frame); the OpenAPI document prints them;
+``tests/test_security.py`` walks both tables row by row. A REST method or a frame with no rule
+is refused (fail closed), so a new endpoint cannot be forgotten.
 
 Who: ``public`` (no token needed), ``visitor`` (a visitor token), or an agent role from
 :data:`tidedesk.auth.ROLES`. Ownership (a visitor's own conversation, an agent's assigned chats)
@@ -18,29 +21,6 @@ VISITOR = frozenset({"visitor"})
 AGENTS = frozenset(ROLES)
 SUPERVISORS = frozenset({"supervisor", "admin"})
 ADMINS = frozenset({"admin"})
-
-# (method, OpenAPI path) -> who may call it.
-REST: dict[tuple[str, str], frozenset[str]] = {
-    ("GET", "/healthz"): PUBLIC,
-    ("GET", "/readyz"): PUBLIC,
-    ("GET", "/metrics"): PUBLIC,
-    ("GET", "/api/v1/openapi.json"): PUBLIC,
-    ("POST", "/api/v1/visitors"): PUBLIC,
-    ("POST", "/api/v1/auth/login"): PUBLIC,
-    # The body's refresh token is the credential of these two.
-    ("POST", "/api/v1/auth/refresh"): PUBLIC,
-    ("POST", "/api/v1/auth/logout"): PUBLIC,
-    ("GET", "/api/v1/me"): AGENTS,
-    ("POST", "/api/v1/me/totp"): AGENTS,
-    ("POST", "/api/v1/me/totp/confirm"): AGENTS,
-    ("POST", "/api/v1/me/totp/disable"): AGENTS,
-    ("GET", "/api/v1/conversations/{id}/messages"): AGENTS | VISITOR,
-    ("GET", "/api/v1/agents"): AGENTS,
-    ("POST", "/api/v1/agents/{id}/role"): ADMINS,
-    ("GET", "/api/v1/canned"): AGENTS,
-    ("GET", "/api/v1/supervisor/overview"): SUPERVISORS,
-    ("GET", "/api/v1/audit"): ADMINS,
-}
 
 # (socket, frame type) -> who may send it. A visitor token opens only /ws/visitor and an agent
 # access token only /ws/agent (close 4401 otherwise); this table then decides per frame.

@@ -12,8 +12,10 @@ from typing import Any
 
 import tornado.web
 
-from chatnode import http, websockets
+from chatnode import http
 from chatnode.hub import Hub
+from chatnode.openapi import openapi_document
+from chatnode.routes import url_specs
 from chatnode.service import ChatService
 from tidedesk import metrics
 from tidedesk.auth import TokenService
@@ -168,35 +170,17 @@ class ChatNode:
         s = self.settings
         deps = {"service": self.service, "node": self}
         ws_deps = {"service": self.service, "hub": self.hub, "node": self}
-        routes: list[Any] = [
-            (r"/", IndexHandler),
-            (r"/healthz", http.HealthHandler, deps),
-            (r"/readyz", http.ReadyHandler, deps),
-            (r"/metrics", http.MetricsHandler, deps),
-            (r"/api/v1/openapi.json", http.OpenApiHandler, deps),
-            (r"/api/v1/visitors", http.VisitorsHandler, deps),
-            (r"/api/v1/auth/login", http.LoginHandler, deps),
-            (r"/api/v1/auth/refresh", http.RefreshHandler, deps),
-            (r"/api/v1/auth/logout", http.LogoutHandler, deps),
-            (r"/api/v1/me", http.MeHandler, deps),
-            (r"/api/v1/me/totp", http.TotpHandler, deps),
-            (r"/api/v1/me/totp/confirm", http.TotpConfirmHandler, deps),
-            (r"/api/v1/me/totp/disable", http.TotpDisableHandler, deps),
-            (r"/api/v1/conversations/([0-9a-f]{1,32})/messages", http.MessagesHandler, deps),
-            (r"/api/v1/agents", http.AgentsHandler, deps),
-            (r"/api/v1/agents/([0-9]{1,18})/role", http.AgentRoleHandler, deps),
-            (r"/api/v1/canned", http.CannedHandler, deps),
-            (r"/api/v1/supervisor/overview", http.SupervisorHandler, deps),
-            (r"/api/v1/audit", http.AuditHandler, deps),
-            (r"/ws/visitor", websockets.VisitorSocket, ws_deps),
-            (r"/ws/agent", websockets.AgentSocket, ws_deps),
-            (r"/static/(.*)", tornado.web.StaticFileHandler, {"path": str(STATIC_DIR)}),
-        ]
+        # The API and the sockets come from the route table; the index, the static folder and
+        # the pages are files for browsers, with no access rule and no OpenAPI entry.
+        routes: list[Any] = [(r"/", IndexHandler), *url_specs(deps, ws_deps),
+                             (r"/static/(.*)", tornado.web.StaticFileHandler,
+                              {"path": str(STATIC_DIR)})]
         routes += [(path, PageHandler, {"filename": name}) for path, name in PAGES.items()]
         return tornado.web.Application(
             routes,
             default_handler_class=http.NotFoundHandler,
             default_handler_args=deps,
+            openapi_document=openapi_document(),
             websocket_ping_interval=s.ws_ping_interval_s or None,
             websocket_ping_timeout=s.ws_ping_timeout_s,
             websocket_max_message_size=s.ws_max_message_size,

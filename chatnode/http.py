@@ -6,14 +6,13 @@ import functools
 import json
 import logging
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tornado.web import HTTPError, RequestHandler
 
-from chatnode import access
 from chatnode.errors import ServiceError
-from chatnode.openapi import openapi_document
 from chatnode.origins import origin_allowed
 from chatnode.service import ChatService
 from tidedesk import logs, metrics
@@ -45,8 +44,10 @@ class RequestIds(RequestHandler):
 
 
 class JsonHandler(RequestIds):
-    # The OpenAPI path of this handler: with the method, its row in chatnode.access.REST.
-    route = ""
+    # Both set from this handler's entry in chatnode.routes.ROUTES when the routes are built:
+    # its OpenAPI path, and who may call each method (none until then: fail closed).
+    route: ClassVar[str] = ""
+    access_rules: ClassVar[Mapping[str, frozenset[str]]] = {}
     # Probes and scrapes (health, readiness, metrics) are not rate limited.
     rate_limited = True
     CORS_METHODS = "GET, POST, OPTIONS"
@@ -72,7 +73,7 @@ class JsonHandler(RequestIds):
             RequestHandler, self.request.method.lower(), None)
         if not implemented:
             return  # Tornado answers 405
-        rule = access.REST.get((self.request.method, self.route))
+        rule = self.access_rules.get(self.request.method)
         if rule is None:  # fail closed: a route nobody wrote an access rule for
             raise ServiceError(403, "forbidden", "this endpoint has no access rule")
         if "public" in rule:
@@ -206,14 +207,14 @@ class NotFoundHandler(JsonHandler):
 
 
 class HealthHandler(JsonHandler):
-    route, rate_limited = "/healthz", False
+    rate_limited = False
 
     def get(self) -> None:
         self.write_json({"status": "ok"})
 
 
 class ReadyHandler(JsonHandler):
-    route, rate_limited = "/readyz", False
+    rate_limited = False
 
     def get(self) -> None:
         ready, reason = self.node.readiness()
@@ -221,7 +222,7 @@ class ReadyHandler(JsonHandler):
 
 
 class MetricsHandler(JsonHandler):
-    route, rate_limited = "/metrics", False
+    rate_limited = False
 
     def get(self) -> None:
         # tidedesk_ready follows /readyz at every scrape (a router that lost RabbitMQ or
@@ -232,22 +233,16 @@ class MetricsHandler(JsonHandler):
 
 
 class OpenApiHandler(JsonHandler):
-    route = "/api/v1/openapi.json"
-
     def get(self) -> None:
-        self.write_json(openapi_document())
+        self.write_json(self.settings["openapi_document"])
 
 
 class VisitorsHandler(JsonHandler):
-    route = "/api/v1/visitors"
-
     async def post(self) -> None:
         self.write_json(await self.service.create_visitor(self.json_body()), 201)
 
 
 class LoginHandler(JsonHandler):
-    route = "/api/v1/auth/login"
-
     async def post(self) -> None:
         body = self.json_body()
         self.write_json(await self.service.accounts.login(body.get("email"), body.get("password"),
@@ -256,53 +251,39 @@ class LoginHandler(JsonHandler):
 
 
 class RefreshHandler(JsonHandler):
-    route = "/api/v1/auth/refresh"
-
     async def post(self) -> None:
         self.write_json(await self.service.accounts.refresh(self.json_body().get("refresh_token")))
 
 
 class LogoutHandler(JsonHandler):
-    route = "/api/v1/auth/logout"
-
     async def post(self) -> None:
         await self.service.accounts.logout(self.json_body().get("refresh_token"), self.bearer())
         self.write_json({"signed_out": True})
 
 
 class MeHandler(JsonHandler):
-    route = "/api/v1/me"
-
     async def get(self) -> None:
         self.write_json(await self.service.accounts.profile(self.agent()))
 
 
 class TotpHandler(JsonHandler):
-    route = "/api/v1/me/totp"
-
     async def post(self) -> None:
         self.write_json(await self.service.accounts.totp_enrol(self.agent()))
 
 
 class TotpConfirmHandler(JsonHandler):
-    route = "/api/v1/me/totp/confirm"
-
     async def post(self) -> None:
         self.write_json(await self.service.accounts.totp_confirm(self.agent(),
                                                         self.json_body().get("code")))
 
 
 class TotpDisableHandler(JsonHandler):
-    route = "/api/v1/me/totp/disable"
-
     async def post(self) -> None:
         self.write_json(await self.service.accounts.totp_disable(self.agent(),
                                                         self.json_body().get("code")))
 
 
 class MessagesHandler(JsonHandler):
-    route = "/api/v1/conversations/{id}/messages"
-
     async def get(self, conv_id: str) -> None:
         logs.bind(conversation_id=conv_id)
         assert self.principal is not None
@@ -313,37 +294,27 @@ class MessagesHandler(JsonHandler):
 
 
 class AgentsHandler(JsonHandler):
-    route = "/api/v1/agents"
-
     async def get(self) -> None:
         self.write_json({"agents": await self.service.agents_overview()})
 
 
 class AgentRoleHandler(JsonHandler):
-    route = "/api/v1/agents/{id}/role"
-
     async def post(self, agent_id: str) -> None:
         self.write_json(await self.service.accounts.set_role(self.agent(), agent_id,
                                                     self.json_body().get("role")))
 
 
 class CannedHandler(JsonHandler):
-    route = "/api/v1/canned"
-
     async def get(self) -> None:
         self.write_json({"canned": await self.service.canned()})
 
 
 class SupervisorHandler(JsonHandler):
-    route = "/api/v1/supervisor/overview"
-
     async def get(self) -> None:
         self.write_json(await self.service.supervisor_overview(self.node.routing))
 
 
 class AuditHandler(JsonHandler):
-    route = "/api/v1/audit"
-
     async def get(self) -> None:
         self.write_json({"entries": await self.service.audit_log(
             limit=self.get_query_argument("limit", None),

@@ -111,7 +111,7 @@ def test_openapi_describes_exactly_the_rest_routes(tmp_path: Path) -> None:
                 if pattern.startswith(("/api/", "/healthz", "/readyz", "/metrics")):
                     path = re.sub(r"\([^)]*\)", "{id}", pattern)
                     routed.add(path)
-                    assert rule.target.route == path  # its row in chatnode.access.REST
+                    assert rule.target.route == path  # its rules in chatnode.routes.REST
             documented = set(openapi_document()["paths"])
             assert routed == documented
             status, served = await Http(rt).request("GET", "/api/v1/openapi.json")

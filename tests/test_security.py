@@ -1,6 +1,6 @@
-"""Security: the authorisation matrix (every REST endpoint and WebSocket action of
-chatnode/access.py against every kind of bad credential), sign-in delays and lock, TOTP window
-and enrolment, refresh-token rotation, reuse detection and sign-out, rate limits, and
+"""Security: the authorisation matrix (every REST endpoint of chatnode/routes.py and WebSocket
+action of chatnode/access.py against every kind of bad credential), sign-in delays and lock,
+TOTP window and enrolment, refresh-token rotation, reuse detection and sign-out, rate limits, and
 encryption at rest (no plaintext in the database file)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import pyotp
 import pytest
 
-from chatnode import access
+from chatnode import access, routes
 from chatnode.accounts import session_end_applies
 from tests.clients import Http, WsClient, add_agent, agent_socket, embedded, login, new_visitor, ws
 from tests.test_chat import GENERAL_ONLY
@@ -119,7 +119,7 @@ def test_every_rest_endpoint_refuses_bad_credentials(tmp_path: Path) -> None:
             w, clients = await _world(rt)
             http = Http(rt)
             checked = 0
-            for (method, path), rule in access.REST.items():
+            for (method, path), rule in routes.REST.items():
                 if "public" in rule:
                     continue
                 url = _concrete(path, w)
@@ -150,7 +150,7 @@ def test_every_rest_endpoint_refuses_bad_credentials(tmp_path: Path) -> None:
             assert checked >= 40
             # The served OpenAPI document tells every operation's rule.
             _, doc = await http.request("GET", "/api/v1/openapi.json")
-            for (method, path), rule in access.REST.items():
+            for (method, path), rule in routes.REST.items():
                 op = doc["paths"][path][method.lower()]
                 assert op["x-tidedesk-access"] == access.describe(rule), (method, path)
             for c in clients:

@@ -1,0 +1,66 @@
+"""JSON Schemas of the REST bodies, and the response shapes the route table's operations use.
+
+Pure data: ``chatnode/routes.py`` builds its OpenAPI operations from these, and
+``chatnode/openapi.py`` publishes the named ones as ``components/schemas``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ERROR_REF = {"$ref": "#/components/schemas/Error"}
+BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
+
+
+def json_content(schema: Any) -> dict[str, Any]:
+    """A request body (or the content of a response) that is JSON of ``schema``."""
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def json_response(schema: Any, description: str) -> dict[str, Any]:
+    return {"description": description, **json_content(schema)}
+
+
+def error_responses(*codes: int) -> dict[str, Any]:
+    """The error answers of an operation, keyed by status code."""
+    return {str(c): json_response(ERROR_REF, "error; the message says what to change")
+            for c in codes}
+
+
+OBJECT = {"type": "object"}
+ERROR = {"type": "object", "required": ["error"], "properties": {
+    "error": {"type": "object", "required": ["code", "message"],
+              "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}}
+MESSAGE = {
+    "type": "object",
+    "required": ["type", "conversation_id", "seq", "id", "from", "body", "ts"],
+    "properties": {
+        "type": {"const": "message"}, "conversation_id": {"type": "string"},
+        "seq": {"type": "integer"}, "id": {"type": "string"},
+        "from": {"enum": ["visitor", "agent", "system"]}, "body": {"type": "string"},
+        "ts": {"type": "number"}, "name": {"type": "string"}, "private": {"type": "boolean"},
+    },
+}
+TOKENS = {
+    "type": "object", "required": ["access_token", "refresh_token", "expires_in"],
+    "properties": {"access_token": {"type": "string"}, "refresh_token": {"type": "string"},
+                   "expires_in": {"type": "integer"}},
+}
+AGENT = {
+    "type": "object",
+    "properties": {"id": {"type": "string"}, "name": {"type": "string"},
+                   "role": {"enum": ["agent", "supervisor", "admin"]},
+                   "status": {"enum": ["online", "away", "offline"]},
+                   "open_chats": {"type": "integer"}, "max_chats": {"type": "integer"},
+                   "pools": {"type": "array", "items": {"type": "string"}}},
+}
+CODE_BODY = json_content({"type": "object", "required": ["code"],
+                          "properties": {"code": {"type": "string"}}})
+AUDIT_ENTRY = {
+    "type": "object",
+    "properties": {"id": {"type": "integer"}, "ts": {"type": "number"},
+                   "actor": {"type": "string"}, "action": {"type": "string"},
+                   "target": {"type": "string"}, "detail": {"type": "object"}},
+}
+# What components/schemas names; operations refer to them as {"$ref": ...}.
+NAMED = {"Error": ERROR, "Message": MESSAGE, "Tokens": TOKENS, "Agent": AGENT}
