@@ -53,7 +53,7 @@ async def batched(storage: Storage, rows: list[dict[str, Any]], batch: int
     """(rows/s, client CPU µs per row)."""
     t0, c0 = time.perf_counter(), time.process_time()
     for i in range(0, len(rows), batch):
-        await storage.insert_messages(rows[i:i + batch])
+        await storage.messages.insert(rows[i:i + batch])
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     return len(rows) / wall, cpu / len(rows) * 1e6
 

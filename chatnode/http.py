@@ -19,8 +19,10 @@ from chatnode.service import ChatService
 from tidedesk import logs, metrics
 from tidedesk.auth import Principal
 from tidedesk.errors import Unavailable
+from tidedesk.frames import frame_dicts
 from tidedesk.i18n import text
 from tidedesk.ratelimit import RateLimiter
+from tidedesk.storage.records import as_dicts
 
 log = logging.getLogger(__name__)
 
@@ -328,7 +330,7 @@ class MessagesHandler(JsonHandler):
         principal = self.principal
         assert principal is not None
         if principal.kind == "visitor":
-            conv = await self.service.storage.conversation(conv_id)
+            conv = await self.service.storage.conversations.get(conv_id)
             if conv is None or conv.visitor_id != principal.id:
                 raise ServiceError(403, "forbidden", "this is not your conversation")
         else:
@@ -338,9 +340,9 @@ class MessagesHandler(JsonHandler):
         if after is not None and before is not None:
             raise ServiceError(400, "invalid_query", "give after_seq or before_seq, not both")
         limit = self.int_arg("limit", 100, 1, 500) or 100
-        messages = await self.service.storage.messages(
+        messages = frame_dicts(await self.service.storage.messages.page(
             conv_id, after_seq=after, before_seq=before, limit=limit,
-            include_private=principal.kind == "agent")
+            include_private=principal.kind == "agent"))
         self.write_json({"messages": messages})
 
 
@@ -363,7 +365,7 @@ class CannedHandler(JsonHandler):
     route = "/api/v1/canned"
 
     async def get(self) -> None:
-        self.write_json({"canned": await self.service.storage.canned()})
+        self.write_json({"canned": as_dicts(await self.service.storage.canned.all())})
 
 
 class SupervisorHandler(JsonHandler):
@@ -390,5 +392,5 @@ class AuditHandler(JsonHandler):
         if action is not None and not action.replace(".", "").replace("_", "").isalnum():
             raise ServiceError(400, "invalid_query", "'action' is an action name or prefix "
                                "like auth. or agent.role_changed")
-        self.write_json({"entries": await self.service.storage.audit_log(
-            limit=limit, before_id=before, action=action)})
+        self.write_json({"entries": as_dicts(await self.service.storage.audit.entries(
+            limit=limit, before_id=before, action=action))})

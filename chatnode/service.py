@@ -27,11 +27,12 @@ from tidedesk.envelopes import (
     inbound_encoder,
 )
 from tidedesk.errors import Unavailable
+from tidedesk.frames import frame_dict, frame_dicts, visitor_summary
 from tidedesk.i18n import LOCALES
 from tidedesk.resume import plan_resume, reseed_floor
 from tidedesk.routing_rules import RoutingConfig
 from tidedesk.settings import Settings
-from tidedesk.storage import Storage, visitor_summary
+from tidedesk.storage import Storage
 from tidedesk.store import Store
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ class ChatService:
         if locale not in LOCALES:
             raise ServiceError(400, "invalid_field", f"'locale' must be one of "
                                f"{', '.join(LOCALES)}")
-        visitor_id = await self.storage.create_visitor(name=name.strip(), email=email,
+        visitor_id = await self.storage.visitors.create(name=name.strip(), email=email,
                                                        phone=phone, tags=sorted(set(tags)),
                                                        locale=locale)
         return {"visitor_id": visitor_id, "token": self.tokens.visitor_token(visitor_id)}
@@ -110,11 +111,11 @@ class ChatService:
         """The visitor's open conversation, and whether it was created now (then the caller
         announces it with :meth:`announce_opened`). The visitor's session is the signed token
         plus this row: nothing else is kept for it."""
-        visitor = await self.storage.visitor(visitor_id)
+        visitor = await self.storage.visitors.get(visitor_id)
         if visitor is None:
             raise ServiceError(401, "invalid_token", "unknown visitor; create a new one with "
                                "POST /api/v1/visitors")
-        conv, created = await self.storage.current_conversation(visitor_id)
+        conv, created = await self.storage.conversations.current_for_visitor(visitor_id)
         if created:
             await self.store.seed_seq(conv.id, 0)
         return VisitorSession(visitor_id, conv.id, conv.state, conv.pool, visitor.locale,
@@ -143,7 +144,7 @@ class ChatService:
     async def last_seq(self, conv_id: str) -> int:
         seq = await self.store.last_seq(conv_id)
         if seq is None:
-            seq = await self.storage.max_seq(conv_id)
+            seq = await self.storage.messages.max_seq(conv_id)
         return seq
 
     async def assign_seq(self, conv_id: str, client_id: str) -> int:
@@ -152,7 +153,8 @@ class ChatService:
         now = self.clock()
         assigned = await self.store.assign_seq(conv_id, client_id, now)
         if assigned is None:
-            floor = reseed_floor(await self.storage.max_seq(conv_id), conversation_is_new=False)
+            floor = reseed_floor(await self.storage.messages.max_seq(conv_id),
+                                 conversation_is_new=False)
             await self.store.seed_seq(conv_id, floor)
             assigned = await self.store.assign_seq(conv_id, client_id, now)
             if assigned is None:
@@ -177,8 +179,8 @@ class ChatService:
                            include_private=include_private)
         if not plan.from_database:
             return list(plan.messages)
-        return await self.storage.messages(conv_id, after_seq=after_seq, limit=500,
-                                           include_private=include_private)
+        return frame_dicts(await self.storage.messages.page(
+            conv_id, after_seq=after_seq, limit=500, include_private=include_private))
 
     async def relay(self, who: str, frame: dict[str, Any]) -> None:
         """Best-effort ephemeral frames (typing, read): straight to the peer's nodes."""
@@ -191,7 +193,7 @@ class ChatService:
     # -- agents ------------------------------------------------------------------------------
     async def agent_can_see(self, principal: Principal, conv_id: str) -> Any:
         """The conversation, if this agent owns it (or is a supervisor); else ServiceError 403."""
-        conv = await self.storage.conversation(conv_id)
+        conv = await self.storage.conversations.get(conv_id)
         if conv is None:
             raise ServiceError(404, "not_found", f"no conversation {conv_id!r}")
         if principal.is_supervisor:
@@ -216,18 +218,19 @@ class ChatService:
             event["to_pool"] = to_pool
         # Audited first: if the database is down nothing happens and the agent retries, so
         # no transfer goes unrecorded.
-        await self.storage.audit(f"agent:{principal.id}", "conversation.transfer", conv_id,
+        await self.storage.audit.record(f"agent:{principal.id}", "conversation.transfer", conv_id,
                                  {k: event[k] for k in ("to_agent", "to_pool") if k in event})
         await self.publish(event)
 
     async def agent_hello(self, agent: Any) -> dict[str, Any]:
-        convs = await self.storage.open_conversations_for_agent(str(agent.id))
-        visitors = await self.storage.visitors([c.visitor_id for c in convs])
+        convs = await self.storage.conversations.open_for_agent(str(agent.id))
+        visitors = await self.storage.visitors.many([c.visitor_id for c in convs])
         items = []
         for conv in convs:
             items.append({
                 "conversation_id": conv.id, "state": conv.state,
-                "visitor": visitor_summary(conv.visitor_id, visitors.get(conv.visitor_id)),
+                "visitor": frame_dict(visitor_summary(conv.visitor_id,
+                                                      visitors.get(conv.visitor_id))),
                 "last_seq": await self.last_seq(conv.id),
             })
         return {"type": "hello", "agent_id": str(agent.id), "name": agent.name,
@@ -235,7 +238,7 @@ class ChatService:
 
     async def agents_overview(self) -> list[dict[str, Any]]:
         out = []
-        for agent in await self.storage.list_agents():
+        for agent in await self.storage.agents.all():
             load = await self.store.agent_get(str(agent.id))
             out.append({"id": str(agent.id), "name": agent.name, "role": agent.role,
                         "status": load.status if load else "offline",
@@ -248,8 +251,9 @@ class ChatService:
         out: dict[str, list[dict[str, Any]]] = {}
         for pool in routing.pools:
             waiting = await self.store.waiting(pool)
-            convs = {c.id: c for c in await self.storage.conversations([c for c, _ in waiting])}
-            visitors = await self.storage.visitors([c.visitor_id for c in convs.values()])
+            convs = {c.id: c for c in
+                     await self.storage.conversations.many([c for c, _ in waiting])}
+            visitors = await self.storage.visitors.many([c.visitor_id for c in convs.values()])
             items = []
             for conv_id, enqueued_at in waiting:
                 conv = convs.get(conv_id)
