@@ -4,7 +4,7 @@ Not a test: it prints figures and never fails on timing. Both modes write the sa
 rows (a message of 120 characters, spread over 50 conversations) into the ``message`` table of
 a throwaway database created here and dropped at the end, on the real MariaDB of this machine.
 
-- batched:  ``Storage.insert_messages`` with 100 rows at a time, one after the other, exactly
+- batched:  ``Storage.messages.insert`` with 100 rows at a time, one after the other, exactly
             what a router's Batcher does: ``insert_many ... ON CONFLICT IGNORE`` inside one
             transaction, through the thread pool and the circuit breaker.
 - single:   one ``INSERT`` per row in autocommit mode (one commit, so one log flush, per row),

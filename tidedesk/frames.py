@@ -76,7 +76,7 @@ class VisitorSummary(msgspec.Struct, frozen=True):
 
     id: str
     name: str
-    tags: tuple[str, ...]
+    tags: list[str]  # a list, as the JSON client sees it (to_builtins keeps tuples)
     locale: str
 
 
@@ -104,8 +104,59 @@ class ErrorFrame(_Frame, tag="error", frozen=True):
     id: str | None = None
 
 
+class AckFrame(_Frame, tag="ack", frozen=True):
+    """A client's message is durable: its id and the seq it got."""
+
+    id: str
+    seq: int
+
+
+class PongFrame(_Frame, tag="pong", frozen=True):
+    pass
+
+
+class VisitorHelloFrame(_Frame, tag="hello", frozen=True):
+    visitor_id: str
+    conversation_id: str
+    last_seq: int
+    state: str
+
+
+class HelloConversation(msgspec.Struct, frozen=True, kw_only=True):
+    """One conversation an agent holds, in their ``hello``."""
+
+    conversation_id: str
+    state: str
+    visitor: VisitorSummary
+    last_seq: int
+
+
+class AgentHelloFrame(_Frame, tag="hello", frozen=True):
+    agent_id: str
+    name: str
+    role: str
+    conversations: list[HelloConversation]
+
+
+class TypingFrame(_Frame, tag="typing", frozen=True):
+    """Relayed to the peer; ``from_`` is who is typing."""
+
+    on: bool
+    conversation_id: str
+    from_: Sender = msgspec.field(name="from")
+
+
+class ReadFrame(_Frame, tag="read", frozen=True):
+    """Relayed to the peer: they have read up to ``seq``."""
+
+    seq: int
+    conversation_id: str
+    from_: Sender = msgspec.field(name="from")
+
+
 Frame = (MessageFrame | StateFrame | QueueFrame | BusyFrame | VisitorAssignedFrame
-         | AgentAssignedFrame | ClosedFrame | UnassignedFrame | ErrorFrame)
+         | AgentAssignedFrame | ClosedFrame | UnassignedFrame | ErrorFrame | AckFrame
+         | PongFrame | VisitorHelloFrame | AgentHelloFrame | TypingFrame | ReadFrame)
 
 
 class _VisitorLike(Protocol):
@@ -120,8 +171,8 @@ class _VisitorLike(Protocol):
 def visitor_summary(visitor_id: str, visitor: _VisitorLike | None) -> VisitorSummary:
     """The summary of a visitor; an unknown one reads as nameless, untagged, English."""
     if visitor is None:
-        return VisitorSummary(id=visitor_id, name="", tags=(), locale="en")
-    return VisitorSummary(id=visitor_id, name=visitor.name, tags=tuple(visitor.tag_list),
+        return VisitorSummary(id=visitor_id, name="", tags=[], locale="en")
+    return VisitorSummary(id=visitor_id, name=visitor.name, tags=list(visitor.tag_list),
                           locale=visitor.locale)
 
 
