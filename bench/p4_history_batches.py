@@ -4,7 +4,7 @@ Not a test: it prints figures and never fails on timing. Both modes write the sa
 rows (a message of 120 characters, spread over 50 conversations) into the ``message`` table of
 a throwaway database created here and dropped at the end, on the real MariaDB of this machine.
 
-- batched:  ``Storage.insert_messages`` with 100 rows at a time, one after the other, exactly
+- batched:  ``Storage.messages.insert`` with 100 rows at a time, one after the other, exactly
             what a router's Batcher does: ``insert_many ... ON CONFLICT IGNORE`` inside one
             transaction, through the thread pool and the circuit breaker.
 - single:   one ``INSERT`` per row in autocommit mode (one commit, so one log flush, per row),
@@ -53,7 +53,7 @@ async def batched(storage: Storage, rows: list[dict[str, Any]], batch: int
     """(rows/s, client CPU µs per row)."""
     t0, c0 = time.perf_counter(), time.process_time()
     for i in range(0, len(rows), batch):
-        await storage.insert_messages(rows[i:i + batch])
+        await storage.messages.insert(rows[i:i + batch])
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     return len(rows) / wall, cpu / len(rows) * 1e6
 

@@ -96,7 +96,7 @@ class Accounts:
             raise ServiceError(401, exc.code, exc.message) from None
 
     async def agent_for(self, principal: Principal) -> Any:
-        agent = await self.storage.agent(principal.id)
+        agent = await self.storage.agents.get(principal.id)
         if agent is None or not agent.active:
             raise ServiceError(401, "invalid_token", "this account no longer exists")
         return agent
@@ -162,7 +162,7 @@ class Accounts:
         key, now = _family_key(family), self.clock()
         raw = await self.store.kv_get(key, now)
         if raw is None:
-            if await self.storage.sign_in_revoked(family):
+            if await self.storage.sign_ins.is_revoked(family):
                 await self.store.kv_set(key, REVOKED, self.tokens.refresh_ttl_s, now)
                 return None
             await self.store.kv_swap(key, None, RefreshFamily("").encode(),
@@ -171,7 +171,7 @@ class Accounts:
         return None if raw in (None, REVOKED) else raw
 
     async def end_sign_in(self, family: str, agent_id: str, reason: str) -> None:
-        await self.storage.revoke_sign_in(family, agent_id, reason)
+        await self.storage.sign_ins.revoke(family, agent_id, reason)
         await self.store.kv_set(_family_key(family), REVOKED, self.tokens.refresh_ttl_s,
                                 self.clock())
         await self.notify(f"agent:{agent_id}", {"type": SESSION_ENDED, "reason": reason,
@@ -214,16 +214,16 @@ class Accounts:
         async def refuse(code: str, message: str) -> ServiceError:
             count = await self.store.kv_incr(count_key, s.login_lock_s, now)
             await self.store.kv_set(last_key, repr(now), s.login_lock_s, now)
-            await self.storage.audit(f"ip:{ip}", "auth.login_failed", account,
+            await self.storage.audit.record(f"ip:{ip}", "auth.login_failed", account,
                                      {"reason": code, "failures": count})
             if count >= s.login_lock_after:
                 # The count's window began at the first failure: hold it for the whole lock.
                 await self.store.kv_set(count_key, str(count), s.login_lock_s, now)
-                await self.storage.audit("system", "auth.locked", account,
+                await self.storage.audit.record("system", "auth.locked", account,
                                          {"for_s": s.login_lock_s})
             return ServiceError(401, code, message)
 
-        agent = await self.storage.agent_by_email(email)
+        agent = await self.storage.agents.by_email(email)
         # argon2 takes tens of milliseconds of CPU: off the event loop, where every chat waits.
         if agent is None or not agent.active or not await asyncio.to_thread(
                 verify_password, agent.password_hash, password):
@@ -242,7 +242,7 @@ class Accounts:
         await self.store.kv_delete(count_key)
         await self.store.kv_delete(last_key)
         family = new_token_id()
-        await self.storage.audit(f"agent:{agent.id}", "auth.login", agent.email,
+        await self.storage.audit.record(f"agent:{agent.id}", "auth.login", agent.email,
                                  {"ip": ip, "family": family})
         return await self._issue(agent, family)
 
@@ -277,7 +277,7 @@ class Accounts:
                                "ago (another tab refreshed): use the tokens it received")
         if verdict == "reused":
             await self.end_sign_in(principal.family, principal.id, "refresh_reused")
-            await self.storage.audit(f"agent:{agent.id}", "auth.refresh_reused", agent.email,
+            await self.storage.audit.record(f"agent:{agent.id}", "auth.refresh_reused", agent.email,
                                      {"family": principal.family})
             raise ServiceError(401, "token_reused", "this refresh token was used before: the "
                                "sign-in is revoked everywhere; sign in again")
@@ -293,7 +293,7 @@ class Accounts:
             raise ServiceError(400, "invalid_body", "send {\"refresh_token\": str}, or the "
                                "access token as 'Authorization: Bearer <token>'")
         await self.end_sign_in(principal.family, principal.id, "logout")
-        await self.storage.audit(f"agent:{principal.id}", "auth.logout", "",
+        await self.storage.audit.record(f"agent:{principal.id}", "auth.logout", "",
                                  {"family": principal.family})
 
     # -- two-factor enrolment -----------------------------------------------------------------
@@ -308,7 +308,7 @@ class Accounts:
         await self.store.kv_set(f"totp-pending:{agent.id}", secret, TOTP_PENDING_SECS,
                                 self.clock())
         uri = totp_uri(secret, agent.email)
-        await self.storage.audit(f"agent:{agent.id}", "2fa.enrol_started", agent.email)
+        await self.storage.audit.record(f"agent:{agent.id}", "2fa.enrol_started", agent.email)
         return {"secret": secret, "otpauth_uri": uri, "qr_svg": qr_svg_data_uri(uri),
                 "expires_in": TOTP_PENDING_SECS}
 
@@ -325,9 +325,9 @@ class Accounts:
         if not isinstance(code, str) or not verify_totp(secret, code, now):
             raise ServiceError(400, "invalid_totp", "the code does not match: send the 6-digit "
                                "code your authenticator shows now as 'code'")
-        await self.storage.update_agent(agent.id, totp_secret=secret)
+        await self.storage.agents.update(agent.id, totp_secret=secret)
         await self.store.kv_delete(f"totp-pending:{agent.id}")
-        await self.storage.audit(f"agent:{agent.id}", "2fa.enabled", agent.email)
+        await self.storage.audit.record(f"agent:{agent.id}", "2fa.enabled", agent.email)
         return {"totp": True}
 
     async def totp_disable(self, principal: Principal, code: Any) -> dict[str, Any]:
@@ -337,15 +337,15 @@ class Accounts:
         if not isinstance(code, str) or not verify_totp(agent.totp_secret, code, self.clock()):
             raise ServiceError(400, "invalid_totp", "send the current 6-digit code as 'code' "
                                "to turn two-factor sign-in off")
-        await self.storage.update_agent(agent.id, totp_secret=None)
-        await self.storage.audit(f"agent:{agent.id}", "2fa.disabled", agent.email)
+        await self.storage.agents.update(agent.id, totp_secret=None)
+        await self.storage.audit.record(f"agent:{agent.id}", "2fa.disabled", agent.email)
         return {"totp": False}
 
     # -- administration -------------------------------------------------------------------------
     async def set_role(self, principal: Principal, agent_id: str, role: Any) -> dict[str, Any]:
         if role not in ROLES:
             raise ServiceError(400, "invalid_field", f"'role' must be one of {ROLE_NAMES}")
-        target = await self.storage.agent(agent_id)
+        target = await self.storage.agents.get(agent_id)
         if target is None:
             raise ServiceError(404, "not_found", f"no agent {agent_id!r}")
         if role == target.role:
@@ -353,7 +353,7 @@ class Accounts:
         if str(target.id) == principal.id and role != "admin":
             raise ServiceError(409, "last_admin_guard", "you cannot take the admin role from "
                                "yourself; ask another admin")
-        await self.storage.update_agent(target.id, role=role)
+        await self.storage.agents.update(target.id, role=role)
         # Access tokens naming another role are refused until refreshed (refresh reads the
         # role from the database). Kept as long as such a token can live.
         now = self.clock()
@@ -361,6 +361,6 @@ class Accounts:
                                 self.tokens.access_ttl_s + 60, now)
         await self.notify(f"agent:{target.id}", {"type": SESSION_ENDED, "reason": "role_changed",
                                                   "role": role})
-        await self.storage.audit(f"agent:{principal.id}", "agent.role_changed", target.email,
+        await self.storage.audit.record(f"agent:{principal.id}", "agent.role_changed", target.email,
                                  {"from": target.role, "to": role})
         return {"id": str(target.id), "role": role}

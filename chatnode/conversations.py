@@ -15,7 +15,8 @@ from chatnode.connections import VisitorSession
 from chatnode.errors import ServiceError
 from chatnode.queries import bounded_int
 from tidedesk.auth import Principal
-from tidedesk.storage import Storage, visitor_summary
+from tidedesk.frames import frame_dict, frame_dicts, visitor_summary
+from tidedesk.storage import Storage
 from tidedesk.store import Store
 
 # Largest seq a client may name: the largest integer a JavaScript number holds exactly.
@@ -44,11 +45,11 @@ class Conversations:
         """The visitor's open conversation, and whether it was created now (then the caller
         announces it with :meth:`announce_opened`). The visitor's session is the signed token
         plus this row: nothing else is kept for it."""
-        visitor = await self.storage.visitor(visitor_id)
+        visitor = await self.storage.visitors.get(visitor_id)
         if visitor is None:
             raise ServiceError(401, "invalid_token", "unknown visitor; create a new one with "
                                "POST /api/v1/visitors")
-        conv, created = await self.storage.current_conversation(visitor_id)
+        conv, created = await self.storage.conversations.current_for_visitor(visitor_id)
         if created:
             await self.store.seed_seq(conv.id, 0)
         return VisitorSession(visitor_id, conv.id, conv.state, conv.pool, visitor.locale,
@@ -69,7 +70,7 @@ class Conversations:
     async def last_seq(self, conv_id: str) -> int:
         seq = await self.store.last_seq(conv_id)
         if seq is None:
-            seq = await self.storage.max_seq(conv_id)
+            seq = await self.storage.messages.max_seq(conv_id)
         return seq
 
     async def visitor_hello(self, session: VisitorSession,
@@ -106,7 +107,7 @@ class Conversations:
     # -- agents --------------------------------------------------------------------------------
     async def agent_can_see(self, principal: Principal, conv_id: str) -> Any:
         """The conversation, if this agent owns it (or is a supervisor); else ServiceError 403."""
-        conv = await self.storage.conversation(conv_id)
+        conv = await self.storage.conversations.get(conv_id)
         if conv is None:
             raise ServiceError(404, "not_found", f"no conversation {conv_id!r}")
         if principal.is_supervisor:
@@ -134,13 +135,14 @@ class Conversations:
             raise ServiceError(409, "conversation_closed", "this conversation is closed")
 
     async def agent_hello(self, agent: Any) -> dict[str, Any]:
-        convs = await self.storage.open_conversations_for_agent(str(agent.id))
-        visitors = await self.storage.visitors([c.visitor_id for c in convs])
+        convs = await self.storage.conversations.open_for_agent(str(agent.id))
+        visitors = await self.storage.visitors.many([c.visitor_id for c in convs])
         items = []
         for conv in convs:
             items.append({
                 "conversation_id": conv.id, "state": conv.state,
-                "visitor": visitor_summary(conv.visitor_id, visitors.get(conv.visitor_id)),
+                "visitor": frame_dict(visitor_summary(conv.visitor_id,
+                                                      visitors.get(conv.visitor_id))),
                 "last_seq": await self.last_seq(conv.id),
             })
         return {"type": "hello", "agent_id": str(agent.id), "name": agent.name,
@@ -156,7 +158,7 @@ class Conversations:
             event["to_pool"] = to_pool
         # Audited first: if the database is down nothing happens and the agent retries, so
         # no transfer goes unrecorded.
-        await self.storage.audit(f"agent:{principal.id}", "conversation.transfer", conv_id,
+        await self.storage.audit.record(f"agent:{principal.id}", "conversation.transfer", conv_id,
                                  {k: event[k] for k in ("to_agent", "to_pool") if k in event})
         await self.publish(event)
 
@@ -171,7 +173,7 @@ class Conversations:
         messages only) or an agent who may see it (notes too). The query arguments come raw
         from the URL; ownership is checked before them."""
         if principal.kind == "visitor":
-            conv = await self.storage.conversation(conv_id)
+            conv = await self.storage.conversations.get(conv_id)
             if conv is None or conv.visitor_id != principal.id:
                 raise ServiceError(403, "forbidden", "this is not your conversation")
         else:
@@ -181,5 +183,6 @@ class Conversations:
         if after is not None and before is not None:
             raise ServiceError(400, "invalid_query", "give after_seq or before_seq, not both")
         page = bounded_int("limit", limit, HISTORY_PAGE, 1, HISTORY_PAGE_MAX) or HISTORY_PAGE
-        return await self.storage.messages(conv_id, after_seq=after, before_seq=before,
-                                           limit=page, include_private=principal.kind == "agent")
+        return frame_dicts(await self.storage.messages.page(
+            conv_id, after_seq=after, before_seq=before, limit=page,
+            include_private=principal.kind == "agent"))

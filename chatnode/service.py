@@ -36,12 +36,14 @@ from tidedesk.envelopes import (
     inbound_encoder,
 )
 from tidedesk.errors import Unavailable
+from tidedesk.frames import frame_dicts
 from tidedesk.i18n import LOCALES
 from tidedesk.ratelimit import RateLimiter
 from tidedesk.resume import plan_resume, reseed_floor
 from tidedesk.routing_rules import RoutingConfig
 from tidedesk.settings import Settings
 from tidedesk.storage import Storage
+from tidedesk.storage.records import as_dicts
 from tidedesk.store import Store
 
 log = logging.getLogger(__name__)
@@ -120,7 +122,7 @@ class ChatService:
         if locale not in LOCALES:
             raise ServiceError(400, "invalid_field", f"'locale' must be one of "
                                f"{', '.join(LOCALES)}")
-        visitor_id = await self.storage.create_visitor(name=name.strip(), email=email,
+        visitor_id = await self.storage.visitors.create(name=name.strip(), email=email,
                                                        phone=phone, tags=sorted(set(tags)),
                                                        locale=locale)
         return {"visitor_id": visitor_id, "token": self.tokens.visitor_token(visitor_id)}
@@ -139,7 +141,8 @@ class ChatService:
         now = self.clock()
         assigned = await self.store.assign_seq(conv_id, client_id, now)
         if assigned is None:
-            floor = reseed_floor(await self.storage.max_seq(conv_id), conversation_is_new=False)
+            floor = reseed_floor(await self.storage.messages.max_seq(conv_id),
+                                 conversation_is_new=False)
             await self.store.seed_seq(conv_id, floor)
             assigned = await self.store.assign_seq(conv_id, client_id, now)
             if assigned is None:
@@ -175,8 +178,8 @@ class ChatService:
                            include_private=include_private)
         if not plan.from_database:
             return list(plan.messages)
-        return await self.storage.messages(conv_id, after_seq=after_seq, limit=500,
-                                           include_private=include_private)
+        return frame_dicts(await self.storage.messages.page(
+            conv_id, after_seq=after_seq, limit=500, include_private=include_private))
 
     async def relay(self, who: str, frame: dict[str, Any]) -> None:
         """Best-effort ephemeral frames (typing, read): straight to the peer's nodes."""
@@ -194,7 +197,7 @@ class ChatService:
 
     async def agents_overview(self) -> list[dict[str, Any]]:
         out = []
-        for agent in await self.storage.list_agents():
+        for agent in await self.storage.agents.all():
             load = await self.store.agent_get(str(agent.id))
             out.append({"id": str(agent.id), "name": agent.name, "role": agent.role,
                         "status": load.status if load else "offline",
@@ -207,8 +210,9 @@ class ChatService:
         out: dict[str, list[dict[str, Any]]] = {}
         for pool in routing.pools:
             waiting = await self.store.waiting(pool)
-            convs = {c.id: c for c in await self.storage.conversations([c for c, _ in waiting])}
-            visitors = await self.storage.visitors([c.visitor_id for c in convs.values()])
+            convs = {c.id: c for c in
+                     await self.storage.conversations.many([c for c, _ in waiting])}
+            visitors = await self.storage.visitors.many([c.visitor_id for c in convs.values()])
             items = []
             for conv_id, enqueued_at in waiting:
                 conv = convs.get(conv_id)
@@ -232,15 +236,15 @@ class ChatService:
 
     # -- reads for the console -----------------------------------------------------------------
     async def canned(self) -> list[dict[str, Any]]:
-        return await self.storage.canned()
+        return as_dicts(await self.storage.canned.all())
 
     async def audit_log(self, *, limit: str | None, before_id: str | None,
                         action: str | None) -> list[dict[str, Any]]:
         """A page of the audit log, newest first; the query arguments come raw from the URL."""
-        return await self.storage.audit_log(
+        return as_dicts(await self.storage.audit.entries(
             limit=bounded_int("limit", limit, AUDIT_PAGE, 1, AUDIT_PAGE_MAX) or AUDIT_PAGE,
             before_id=bounded_int("before_id", before_id, None, 1, MAX_SEQ),
-            action=audit_action(action))
+            action=audit_action(action)))
 
     # -- rate limits ---------------------------------------------------------------------------
     async def limit(self, scope: str, key: str, per_min: int, *, what: str) -> None:

@@ -27,8 +27,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import peewee as pw
-
 from routernode.routing import anyone_online, choose_agent, fallback_due
 from tidedesk import logs, metrics
 from tidedesk.broker import INBOUND_QUEUE, Broker, Envelope
@@ -43,8 +41,22 @@ from tidedesk.envelopes import (
     decode_inbound,
 )
 from tidedesk.errors import Unavailable
+from tidedesk.frames import (
+    AgentAssignedFrame,
+    AgentRef,
+    BusyFrame,
+    ClosedFrame,
+    ErrorFrame,
+    Frame,
+    MessageFrame,
+    QueueFrame,
+    StateFrame,
+    UnassignedFrame,
+    VisitorAssignedFrame,
+    visitor_summary,
+)
 from tidedesk.routing_rules import RoutingConfig
-from tidedesk.storage import Storage, visitor_summary
+from tidedesk.storage import Storage
 from tidedesk.store import Store
 
 log = logging.getLogger(__name__)
@@ -105,7 +117,7 @@ class Batcher:
     async def _write(self, rows: list[dict[str, Any]], waiters: list[asyncio.Future[None]]) -> None:
         started = time.perf_counter()
         try:
-            await self._storage.insert_messages(rows)
+            await self._storage.messages.insert(rows)
         except Exception as exc:
             metrics.DB_WRITE_FAILURES.inc()
             log.warning("history batch failed; messages stay in the broker",
@@ -171,19 +183,10 @@ class Router:
     async def recover(self) -> None:
         """Put chats the database says are waiting back in the queues (after a store restart)."""
 
-        def work() -> list[tuple[Any, tuple[str, ...]]]:
-            """Waiting conversations with their visitor's tags, in one query."""
-            conv = self.storage.main["Conversation"]
-            visitor = self.storage.main["Visitor"]
-            with self.storage.main.db.connection_context():
-                rows = (conv.select(conv, visitor.tags)
-                        .join(visitor, pw.JOIN.LEFT_OUTER, on=(conv.visitor_id == visitor.id))
-                        .where(conv.state == "queued").order_by(conv.created_at).objects())
-                return [(r, tuple(t for t in (r.tags or "").split(",") if t)) for r in rows]
-
-        for row, tags in await self.storage.run(work):
-            self._visitor_of[row.id] = row.visitor_id
-            await self.store.enqueue(row.pool, row.id, self.routing.is_vip(tags), row.created_at)
+        for conv in await self.storage.conversations.queued_with_tags():
+            self._visitor_of[conv.id] = conv.visitor_id
+            await self.store.enqueue(conv.pool, conv.id, self.routing.is_vip(conv.tags),
+                                     conv.created_at)
 
     # -- consuming ---------------------------------------------------------------------------
     async def handle(self, envelope: Envelope) -> None:
@@ -211,7 +214,7 @@ class Router:
             finally:
                 metrics.ROUTER_INFLIGHT.dec()
 
-    async def deliver(self, who: str, frame: dict[str, Any]) -> None:
+    async def deliver(self, who: str, frame: Frame) -> None:
         await deliver(self.broker, self.store, who, frame, self.clock(), self.envelope_format)
 
     async def on_message(self, event: MessageEvent) -> None:
@@ -224,15 +227,12 @@ class Router:
         }
         await self.batcher.add(row)
         log.debug("message stored", extra={"seq": event.seq, "client_id": event.id})
-        frame = {"type": "message", "conversation_id": conv_id, "seq": row["seq"],
-                 "id": row["client_id"], "from": row["sender_type"], "body": row["body"],
-                 "ts": row["ts"]}
-        if row["sender_name"]:
-            frame["name"] = row["sender_name"]
-        if row["private"]:
-            frame["private"] = True
-        visitor = None if row["private"] else f"visitor:{event.visitor_id}"
-        recipients = await self.store.message_fanout(conv_id, frame, visitor, self.clock())
+        frame = MessageFrame(conversation_id=conv_id, seq=event.seq, id=event.id,
+                             from_=event.from_, body=event.body, ts=event.ts, name=event.name,
+                             private=event.private)
+        visitor = None if event.private else f"visitor:{event.visitor_id}"
+        recipients = await self.store.message_fanout(conv_id, frame.to_dict(), visitor,
+                                                     self.clock())
         for who, nodes in recipients.items():
             await publish_to(self.broker, nodes, who, frame, self.envelope_format)
 
@@ -255,7 +255,7 @@ class Router:
         if event.status != "online":
             return
         # Chats the database gives this agent but the store forgot (store restart) are theirs.
-        for conv in await self.storage.open_conversations_for_agent(agent_id):
+        for conv in await self.storage.conversations.open_for_agent(agent_id):
             if await self.store.owner(conv.id) is None:
                 await self.store.claim(conv.id, agent_id, self.clock())
         for pool in pools:
@@ -263,54 +263,55 @@ class Router:
 
     async def on_close(self, event: CloseEvent) -> None:
         conv_id = event.conversation_id
-        conv = await self.storage.conversation(conv_id)
+        conv = await self.storage.conversations.get(conv_id)
         if conv is None or conv.state == "closed":
             return
         owner = await self.store.release(conv_id)
         await self.store.dequeue(conv.pool, conv_id)
-        await self.storage.update_conversation(conv_id, state="closed")
+        await self.storage.conversations.update(conv_id, state="closed")
         self._forget(conv_id)
-        await self.storage.audit(event.by, "conversation.close", conv_id)
-        await self.deliver(f"visitor:{conv.visitor_id}", {"type": "state", "state": "closed"})
+        await self.storage.audit.record(event.by, "conversation.close", conv_id)
+        await self.deliver(f"visitor:{conv.visitor_id}", StateFrame(state="closed"))
         agent_id = owner or conv.agent_id
         if agent_id:
-            await self.deliver(f"agent:{agent_id}", {"type": "closed", "conversation_id": conv_id})
+            await self.deliver(f"agent:{agent_id}", ClosedFrame(conversation_id=conv_id))
         await self._drain_pools_of(agent_id)
         await self.broadcast_positions(conv.pool)
 
     async def on_transfer(self, event: TransferEvent) -> None:
         conv_id, by = event.conversation_id, event.by
-        conv = await self.storage.conversation(conv_id)
+        conv = await self.storage.conversations.get(conv_id)
         if conv is None or conv.state == "closed":
-            await self.deliver(f"agent:{by}", {"type": "error", "code": "transfer_failed",
-                                               "message": "the conversation is closed"})
+            await self.deliver(f"agent:{by}", ErrorFrame(code="transfer_failed",
+                                                          message="the conversation is closed"))
             return
         old = await self.store.owner(conv_id)
         to_agent, to_pool = event.to_agent, event.to_pool
         if to_agent is not None:
             target = await self.store.agent_get(to_agent)
             if target is None or not target.has_room or to_agent == old:
-                await self.deliver(f"agent:{by}", {
-                    "type": "error", "code": "transfer_failed",
-                    "message": "that agent is not online or has no free slot; pick another "
-                               "agent or transfer to a pool"})
+                await self.deliver(f"agent:{by}", ErrorFrame(
+                    code="transfer_failed",
+                    message="that agent is not online or has no free slot; pick another "
+                            "agent or transfer to a pool"))
                 return
             await self.store.release(conv_id)
             if not await self.store.claim(conv_id, to_agent, self.clock()):
                 if old is not None:
                     await self.store.claim(conv_id, old, self.clock())
-                await self.deliver(f"agent:{by}", {"type": "error", "code": "transfer_failed",
-                                                   "message": "the agent became busy; try again"})
+                await self.deliver(f"agent:{by}", ErrorFrame(code="transfer_failed",
+                                                              message="the agent became busy; "
+                                                                      "try again"))
                 return
             await self._announce_assignment(conv_id, conv.visitor_id, to_agent, conv.pool)
         else:
             await self.store.release(conv_id)
             await self.route(conv_id, conv.visitor_id, str(to_pool),
                              vip=await self._is_vip(conv.visitor_id), fallback=None)
-        await self.storage.audit(by, "conversation.transfer", conv_id,
+        await self.storage.audit.record(by, "conversation.transfer", conv_id,
                                  {"from": old, "to_agent": to_agent, "to_pool": to_pool})
         if old is not None and old != to_agent:
-            await self.deliver(f"agent:{old}", {"type": "unassigned", "conversation_id": conv_id})
+            await self.deliver(f"agent:{old}", UnassignedFrame(conversation_id=conv_id))
             await self._drain_pools_of(old)
 
     # -- routing -----------------------------------------------------------------------------
@@ -324,18 +325,18 @@ class Router:
         if fallback is not None:
             agents += await self.store.agents_in_pool(fallback)
         if not anyone_online(agents) or not self.routing.is_open(self.clock()):
-            await self.storage.update_conversation(conv_id, state="offline", pool=pool)
-            await self.storage.open_ticket(conv_id, visitor_id)
+            await self.storage.conversations.update(conv_id, state="offline", pool=pool)
+            await self.storage.tickets.open(conv_id, visitor_id)
             self._forget(conv_id)
-            await self.deliver(f"visitor:{visitor_id}", {"type": "state", "state": "offline"})
+            await self.deliver(f"visitor:{visitor_id}", StateFrame(state="offline"))
             return
         await self.store.enqueue(pool, conv_id, vip, self.clock())
-        await self.storage.update_conversation(conv_id, state="queued", pool=pool, agent_id=None)
-        await self.deliver(f"visitor:{visitor_id}", {"type": "state", "state": "queued"})
+        await self.storage.conversations.update(conv_id, state="queued", pool=pool, agent_id=None)
+        await self.deliver(f"visitor:{visitor_id}", StateFrame(state="queued"))
         waiting = await self.store.waiting(pool)
         if len(waiting) > self.max_waiting_per_pool:
             position = 1 + [c for c, _ in waiting].index(conv_id)
-            await self.deliver(f"visitor:{visitor_id}", {"type": "busy", "position": position})
+            await self.deliver(f"visitor:{visitor_id}", BusyFrame(position=position))
         await self.broadcast_positions(pool)
 
     async def _try_assign(self, conv_id: str, visitor_id: str, pool: str) -> bool:
@@ -352,20 +353,18 @@ class Router:
 
     async def _announce_assignment(self, conv_id: str, visitor_id: str, agent_id: str,
                                    pool: str) -> None:
-        await self.storage.update_conversation(conv_id, state="assigned", agent_id=agent_id,
+        await self.storage.conversations.update(conv_id, state="assigned", agent_id=agent_id,
                                                pool=pool)
         metrics.ASSIGNMENTS.labels(pool=pool).inc()
         self._sent_position.pop(conv_id, None)
         agent = await self.store.agent_get(agent_id)
-        visitor = await self.storage.visitor(visitor_id)
-        await self.deliver(f"visitor:{visitor_id}", {
-            "type": "assigned", "agent": {"id": agent_id, "name": agent.name if agent else ""}})
-        await self.deliver(f"visitor:{visitor_id}", {"type": "state", "state": "assigned"})
-        await self.deliver(f"agent:{agent_id}", {
-            "type": "assigned", "conversation_id": conv_id,
-            "visitor": visitor_summary(visitor_id, visitor),
-            "last_seq": await self.store.last_seq(conv_id) or 0,
-        })
+        visitor = await self.storage.visitors.get(visitor_id)
+        await self.deliver(f"visitor:{visitor_id}", VisitorAssignedFrame(
+            agent=AgentRef(id=agent_id, name=agent.name if agent else "")))
+        await self.deliver(f"visitor:{visitor_id}", StateFrame(state="assigned"))
+        await self.deliver(f"agent:{agent_id}", AgentAssignedFrame(
+            conversation_id=conv_id, visitor=visitor_summary(visitor_id, visitor),
+            last_seq=await self.store.last_seq(conv_id) or 0))
 
     async def drain(self, pool: str) -> None:
         """Serve the pool's queue head-first while an agent has a free slot."""
@@ -400,7 +399,7 @@ class Router:
 
     async def _is_vip(self, visitor_id: str) -> bool:
         """A VIP keeps their priority when moved to another pool (fallback, transfer)."""
-        visitor = await self.storage.visitor(visitor_id)
+        visitor = await self.storage.visitors.get(visitor_id)
         return self.routing.is_vip(visitor.tag_list if visitor else ())
 
     def _forget(self, conv_id: str) -> None:
@@ -411,7 +410,7 @@ class Router:
     async def _visitor_id(self, conv_id: str) -> str:
         visitor_id = self._visitor_of.get(conv_id)
         if visitor_id is None:
-            conv = await self.storage.conversation(conv_id)
+            conv = await self.storage.conversations.get(conv_id)
             visitor_id = conv.visitor_id if conv else ""
             self._visitor_of[conv_id] = visitor_id
         return visitor_id
@@ -424,7 +423,7 @@ class Router:
                 continue
             self._sent_position[conv_id] = position
             await self.deliver(f"visitor:{await self._visitor_id(conv_id)}",
-                               {"type": "queue", "position": position})
+                               QueueFrame(position=position))
 
     async def tick(self) -> None:
         """Move chats that waited too long to their fallback pool, then drain every pool."""

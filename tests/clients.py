@@ -153,7 +153,7 @@ async def new_visitor(runtime: Runtime, **body: Any) -> tuple[str, str, WsClient
 def add_agent(runtime: Runtime, email: str, *, pools: tuple[str, ...] = ("general",),
               max_chats: int = 3, password: str = "password1", role: str = "agent",
               totp_secret: str | None = None, name: str | None = None) -> str:
-    agent = runtime.storage.create_agent_sync(
+    agent = runtime.storage.agents.create_sync(
         email=email, name=name or email.split("@")[0], password_hash=hash_password(password),
         role=role, pools=pools, max_chats=max_chats, totp_secret=totp_secret)
     return str(agent.id)

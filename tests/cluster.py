@@ -93,7 +93,7 @@ class Cluster:
 
     def add_agent(self, email: str, *, max_chats: int = 3, pools: tuple[str, ...] = ("general",)
                   ) -> str:
-        agent = self.storage.create_agent_sync(
+        agent = self.storage.agents.create_sync(
             email=email, name=email.split("@")[0], password_hash=hash_password("password1"),
             role="agent", pools=pools, max_chats=max_chats, totp_secret=None)
         return str(agent.id)

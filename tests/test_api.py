@@ -172,7 +172,7 @@ def test_visitor_email_is_encrypted_at_rest(tmp_path: Path) -> None:
             status, data = await Http(rt).request("POST", "/api/v1/visitors",
                                                   {"email": "vera@example.com"})
             assert status == 201
-            row = await rt.storage.visitor(data["visitor_id"])
+            row = await rt.storage.visitors.get(data["visitor_id"])
             assert "vera" not in row.email_enc
             cipher = FieldCipher(rt.settings.aes_key)
             assert cipher.decrypt(row.email_enc, "visitor.email") == "vera@example.com"

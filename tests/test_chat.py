@@ -80,7 +80,7 @@ def test_repeated_client_id_is_stored_once_with_the_same_ack(tmp_path: Path) -> 
             later = await visitor.say("next")
             assert later["seq"] == first["seq"] + 1
             await agent.wait_type("message", seq=later["seq"])
-            assert await rt.storage.count_messages(conv_id) == 2
+            assert await rt.storage.messages.count(conv_id) == 2
             # The agent saw the duplicated message once.
             assert len([f for f in agent.of_type("message") if f["id"] == "dup-1"]) == 1
             await visitor.close()
@@ -206,7 +206,7 @@ def test_nobody_online_makes_an_offline_ticket(tmp_path: Path) -> None:
             await visitor.wait_type("state", state="offline")
             ack = await visitor.say("Please call me back tomorrow")
             assert ack["type"] == "ack"
-            tickets = await rt.storage.tickets()
+            tickets = await rt.storage.tickets.all()
             assert [t.conversation_id for t in tickets] == [conv_id]
             await visitor.close()
 
@@ -277,7 +277,7 @@ def test_outside_business_hours_a_waiting_chat_becomes_a_ticket(tmp_path: Path) 
             await second.wait_type("state", state="offline")
             assert not second.of_type("queue")
             conv = second.of_type("hello")[0]["conversation_id"]
-            assert [t.conversation_id for t in await rt.storage.tickets()] == [conv]
+            assert [t.conversation_id for t in await rt.storage.tickets.all()] == [conv]
             for c in (first, second, agent):
                 await c.close()
 

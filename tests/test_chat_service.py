@@ -77,7 +77,7 @@ def test_a_visitor_writing_into_a_closed_chat_reopens_it(tmp_path: Path) -> None
             conn, peer = await visitor(service)
             assert conn.session is not None
             old = conn.session.conversation_id
-            await rt.storage.update_conversation(old, state="closed")
+            await rt.storage.conversations.update(old, state="closed")
             conn.track({"type": "state", "state": "closed"})
             pending = await service.visitor_frame(
                 conn, frame('{"type": "message", "id": "m1", "body": "again"}'), peer)

@@ -80,7 +80,7 @@ def test_two_nodes_two_routers_200_conversations(tmp_path: Path) -> None:
                 conv = v.of_type("hello")[0]["conversation_id"]
                 seqs = sorted(f["seq"] for f in v.of_type("message"))
                 assert seqs == [1, 2, 3, 4], (conv, seqs)
-                assert await c.storage.count_messages(conv) == 4
+                assert await c.storage.messages.count(conv) == 4
                 await v.close()
             for console in consoles:
                 await console.close()

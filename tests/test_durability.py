@@ -84,7 +84,7 @@ def test_history_is_written_in_batches(tmp_path: Path) -> None:
             stored = 0
             for _, _, client in visitors:
                 conv = client.of_type("hello")[0]["conversation_id"]
-                stored += await rt.storage.count_messages(conv)
+                stored += await rt.storage.messages.count(conv)
                 assert sorted(a["seq"] for a in client.of_type("ack")) == list(range(1, 11))
             assert stored == 200
             assert batches < 200 / 4, f"{batches} batches for 200 messages: not batching"

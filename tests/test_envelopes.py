@@ -235,7 +235,7 @@ def test_cluster_reads_older_json_envelopes_drops_poison_and_reports_metrics(
             got = await agent.wait_type("message", seq=2, timeout=10)
             assert got["body"] == "queued by an older chat node" and got["id"] == "legacy-1"
             await visitor.wait_type("typing", on=True)
-            assert await c.storage.count_messages(conv_id) == 2
+            assert await c.storage.messages.count(conv_id) == 2
 
             await asyncio.sleep(0.5)  # a requeued poison message would be counted again
             node_after, router_after = await scrape(node.port), await scrape(router.port)

@@ -29,6 +29,7 @@ from tidedesk.auth import (
     verify_totp,
 )
 from tidedesk.runtime import Runtime
+from tidedesk.storage.records import as_dicts
 
 
 def run(coro: Any) -> None:
@@ -356,7 +357,7 @@ def test_totp_enrolment_with_qr_code_then_sign_in_needs_it(tmp_path: Path) -> No
             assert (await http.request("POST", "/api/v1/me/totp/disable",
                                        {"code": totp.now()}, token=token))[0] == 200
             assert (await http.request("POST", "/api/v1/auth/login", creds))[0] == 200
-            entries = await rt.storage.audit_log(action="2fa.")
+            entries = as_dicts(await rt.storage.audit.entries(action="2fa."))
             assert [e["action"] for e in entries] == ["2fa.disabled", "2fa.enabled",
                                                       "2fa.enrol_started"]
 
@@ -567,7 +568,7 @@ def test_visitor_fields_and_bodies_are_never_stored_in_the_clear(tmp_path: Path)
                 "GET", f"/api/v1/conversations/{conv}/messages", token=token)
             assert status == 200
             assert [m["body"] for m in data["messages"]] == ["my card ends in 4242 quokka"]
-            row = await rt.storage.visitor(visitor_id)
+            row = await rt.storage.visitors.get(visitor_id)
             assert (row.name, row.email, row.phone) == tuple(SECRETS.values())
             await visitor.close()
             await agent.close()
@@ -609,11 +610,11 @@ def test_rotate_key_reencrypts_with_the_new_key(tmp_path: Path) -> None:
 
     async def read_with_new_key_only() -> None:
         async with embedded(tmp_path, GENERAL_ONLY, aes_key=new_key) as rt:
-            row = await rt.storage.visitor(visitor_id)
+            row = await rt.storage.visitors.get(visitor_id)
             assert (row.name, row.email, row.phone) == tuple(SECRETS.values())
             assert row.name_enc.startswith(f"v2:{key_id(new_key)}:")
             assert FieldCipher(old_key).decrypt(row.email_enc, "visitor.email") is None
-            entries = await rt.storage.audit_log(action="admin.")
+            entries = as_dicts(await rt.storage.audit.entries(action="admin."))
             assert entries[0]["target"] == key_id(new_key)
 
     asyncio.run(read_with_new_key_only())

@@ -9,6 +9,7 @@ import pymysql
 import pytest
 
 from tests.mariadb import databases
+from tidedesk.frames import frame_dicts
 from tidedesk.models import shard_index
 from tidedesk.storage import Storage, new_id
 
@@ -30,14 +31,14 @@ def test_sharded_batches_are_idempotent_and_stay_in_their_shard() -> None:
             rows = [row(c, s, f"id{s}") for c in convs for s in range(1, 6)]
 
             async def scenario() -> None:
-                await storage.insert_messages(rows)
-                await storage.insert_messages(rows[:50])  # a redelivered batch
+                await storage.messages.insert(rows)
+                await storage.messages.insert(rows[:50])  # a redelivered batch
                 for conv in convs:
-                    got = await storage.messages(conv, after_seq=2)
+                    got = frame_dicts(await storage.messages.page(conv, after_seq=2))
                     assert [m["seq"] for m in got] == [3, 4, 5]
                     assert got[0]["body"] == "m3 你好"
-                    assert await storage.max_seq(conv) == 5
-                    back = await storage.messages(conv, before_seq=5, limit=2)
+                    assert await storage.messages.max_seq(conv) == 5
+                    back = frame_dicts(await storage.messages.page(conv, before_seq=5, limit=2))
                     assert [m["seq"] for m in back] == [3, 4]
 
             asyncio.run(scenario())
@@ -64,10 +65,10 @@ def test_breaker_opens_when_the_database_is_unreachable() -> None:
         async def scenario() -> None:
             for _ in range(5):
                 with pytest.raises(StorageUnavailable, match="database is unavailable"):
-                    await storage.max_seq("c")
+                    await storage.messages.max_seq("c")
             assert not storage.available
             with pytest.raises(StorageUnavailable, match="circuit open"):
-                await storage.max_seq("c")
+                await storage.messages.max_seq("c")
 
         asyncio.run(scenario())
     finally:
@@ -102,16 +103,17 @@ def test_schema_1_upgrades_and_sensitive_fields_are_only_ciphertext_in_the_table
                 assert storage.migrate_all() == 2
 
                 async def scenario() -> None:
-                    vid = await storage.create_visitor(name="Zelda Quimby",
+                    vid = await storage.visitors.create(name="Zelda Quimby",
                                                        email="zelda@example.org",
                                                        phone="+44 20 7946 0958", tags=[],
                                                        locale="en")
                     conv = new_id()
-                    await storage.insert_messages([{**row(conv, 1, "a"), "sender_name": "Zelda",
+                    await storage.messages.insert([{**row(conv, 1, "a"), "sender_name": "Zelda",
                                                     "body": "quokka card 4242"}])
-                    assert (await storage.messages(conv))[0]["body"] == "quokka card 4242"
-                    assert (await storage.visitor(vid)).phone == "+44 20 7946 0958"
-                    assert (await storage.visitor("old")).name == "Legacy Larry"
+                    stored = frame_dicts(await storage.messages.page(conv))
+                    assert stored[0]["body"] == "quokka card 4242"
+                    assert (await storage.visitors.get(vid)).phone == "+44 20 7946 0958"
+                    assert (await storage.visitors.get("old")).name == "Legacy Larry"
 
                 asyncio.run(scenario())
                 assert storage.rotate_key_sync() == {"visitor_fields": 1, "agent_secrets": 0,

@@ -234,13 +234,13 @@ def _create_agent(args: argparse.Namespace) -> int:
     storage = _storage(_settings(args))
     try:
         storage.migrate_all()
-        if storage.agent_by_email_sync(args.email) is not None:
+        if storage.agents.by_email_sync(args.email) is not None:
             raise SettingsError(f"--email: an agent with {args.email} exists already")
         secret = new_totp_secret() if args.totp else None
-        agent = storage.create_agent_sync(
+        agent = storage.agents.create_sync(
             email=args.email, name=args.name, password_hash=hash_password(args.password),
             role=args.role, pools=pools, max_chats=args.max_chats, totp_secret=secret)
-        storage.audit_sync("cli", "agent.create", args.email,
+        storage.audit.record_sync("cli", "agent.create", args.email,
                            {"role": args.role, "totp": bool(secret)})
     finally:
         storage.close()
@@ -258,7 +258,7 @@ def _list_agents(args: argparse.Namespace) -> int:
     storage = _storage(_settings(args))
     try:
         storage.migrate_all()
-        agents = storage.list_agents_sync()
+        agents = storage.agents.all_sync()
     finally:
         storage.close()
     print(f"{'id':>4}  {'email':<32} {'name':<20} {'role':<10} {'max':>3}  pools  2fa")
@@ -277,7 +277,7 @@ def _rotate_key(args: argparse.Namespace) -> int:
             counts = storage.rotate_key_sync()
         except ValueError as exc:
             raise SettingsError(f"TIDEDESK_AES_PREVIOUS_KEYS: {exc}") from None
-        storage.audit_sync("cli", "admin.rotate_key", cipher.key_id, counts)
+        storage.audit.record_sync("cli", "admin.rotate_key", cipher.key_id, counts)
     finally:
         storage.close()
     print(f"re-encrypted with key {cipher.key_id}: {counts['visitor_fields']} visitor field(s), "

@@ -8,10 +8,11 @@ from typing import Any
 from tidedesk import metrics
 from tidedesk.broker import Broker, node_queue
 from tidedesk.envelopes import delivery_encoder
+from tidedesk.frames import Frame
 from tidedesk.store import Store
 
 
-async def deliver(broker: Broker, store: Store, who: str, frame: dict[str, Any],
+async def deliver(broker: Broker, store: Store, who: str, frame: Frame | dict[str, Any],
                   now: float, envelope_format: str = "binary") -> int:
     """Publish ``frame`` to the delivery queue of every node where ``who`` is connected;
     returns how many nodes that was (0: nobody to tell, they will resume on reconnect).
@@ -21,7 +22,7 @@ async def deliver(broker: Broker, store: Store, who: str, frame: dict[str, Any],
     return len(nodes)
 
 
-async def publish_to(broker: Broker, nodes: Iterable[str], who: str, frame: dict[str, Any],
+async def publish_to(broker: Broker, nodes: Iterable[str], who: str, frame: Frame | dict[str, Any],
                      envelope_format: str = "binary") -> None:
     """Publish ``frame`` for ``who`` to the delivery queue of each of ``nodes``."""
     body = b""

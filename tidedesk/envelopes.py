@@ -33,12 +33,16 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
+from tidedesk.frames import Frame, NonNegative, frame_dict
+from tidedesk.frames import MessageFrame as MessageFrame  # part of the delivery schema
+from tidedesk.frames import Sender as Sender
+
 # First byte of every binary envelope. A JSON envelope (older nodes) starts with "{".
 BINARY_V1 = b"\x01"
 
-NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 Recipient = Annotated[str, msgspec.Meta(pattern=r"^(visitor|agent):.+")]
-Sender = Literal["visitor", "agent", "system"]
+# MessageFrame, the key-less message delivery, is defined once with the other client frames
+# (tidedesk.frames); this module uses it as part of the delivery schema.
 
 
 class EnvelopeError(ValueError):
@@ -103,19 +107,6 @@ InboundEvent = MessageEvent | OpenedEvent | CloseEvent | TransferEvent | AgentSt
 EVENT_TYPES: dict[str, type[_Event]] = {
     cls.KIND: cls for cls in (MessageEvent, OpenedEvent, CloseEvent, TransferEvent,
                               AgentStatusEvent)}
-
-
-class MessageFrame(msgspec.Struct, array_like=True, frozen=True):
-    """The ``message`` frame of PROTOCOL.md, the bulk of all deliveries, without key names."""
-
-    conversation_id: str
-    seq: NonNegative
-    id: str
-    from_: Sender = msgspec.field(name="from")
-    body: str
-    ts: float
-    name: str = ""
-    private: bool = False
 
 
 class _Delivery(msgspec.Struct, array_like=True, frozen=True):
@@ -253,9 +244,13 @@ def inbound_encoder(envelope_format: str) -> Callable[[InboundEvent], bytes]:
 
 
 # -- deliveries ------------------------------------------------------------------------------
-def encode_delivery(who: str, frame: dict[str, Any]) -> bytes:
+def encode_delivery(who: str, frame: Frame | dict[str, Any]) -> bytes:
     """``frame`` for ``who`` (``visitor:<id>`` / ``agent:<id>``). Message frames go as a
     key-less :class:`MessageFrame`; any other frame as a map (its keys are few and short)."""
+    if isinstance(frame, MessageFrame):
+        return BINARY_V1 + _encoder.encode(_Delivery(who, frame))
+    if not isinstance(frame, dict):
+        frame = frame_dict(frame)
     body: MessageFrame | dict[str, Any] = frame
     if (frame.get("type") == "message"
             and _MESSAGE_FRAME_REQUIRED <= frame.keys() <= _MESSAGE_FRAME_KEYS):
@@ -265,25 +260,16 @@ def encode_delivery(who: str, frame: dict[str, Any]) -> bytes:
     return BINARY_V1 + _encoder.encode(_Delivery(who, body))
 
 
-def encode_delivery_json(who: str, frame: dict[str, Any]) -> bytes:
+def encode_delivery_json(who: str, frame: Frame | dict[str, Any]) -> bytes:
     """A delivery as the previous version wrote it (JSON)."""
+    if not isinstance(frame, dict):
+        frame = frame_dict(frame)
     return json.dumps({"to": who, "frame": frame}, ensure_ascii=False).encode()
 
 
-def delivery_encoder(envelope_format: str) -> Callable[[str, dict[str, Any]], bytes]:
+def delivery_encoder(envelope_format: str) -> Callable[[str, Frame | dict[str, Any]], bytes]:
     """The delivery encoder for ``TIDEDESK_ENVELOPE_FORMAT`` (``binary`` or ``json``)."""
     return encode_delivery_json if envelope_format == "json" else encode_delivery
-
-
-def _message_frame_dict(m: MessageFrame) -> dict[str, Any]:
-    frame: dict[str, Any] = {"type": "message", "conversation_id": m.conversation_id,
-                             "seq": m.seq, "id": m.id, "from": m.from_, "body": m.body,
-                             "ts": m.ts}
-    if m.name:
-        frame["name"] = m.name
-    if m.private:
-        frame["private"] = True
-    return frame
 
 
 def decode_delivery(body: bytes) -> tuple[str, dict[str, Any]]:
@@ -304,7 +290,7 @@ def decode_delivery(body: bytes) -> tuple[str, dict[str, Any]]:
         raise _wrong_format(body)
     frame = delivery.frame
     if isinstance(frame, MessageFrame):
-        return delivery.to, _message_frame_dict(frame)
+        return delivery.to, frame.to_dict()
     if not isinstance(frame.get("type"), str):
         raise EnvelopeError("delivery frame without a string 'type'")
     return delivery.to, frame

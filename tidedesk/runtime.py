@@ -66,11 +66,11 @@ def make_store(settings: Settings) -> Store:
 
 def seed_demo(storage: Storage, settings: Settings, pools: tuple[str, ...]) -> None:
     """Embedded mode: a demo agent (admin, every pool) and a few canned responses."""
-    if storage.agent_by_email_sync(settings.demo_agent_email) is None:
-        storage.create_agent_sync(email=settings.demo_agent_email, name="Demo Agent",
+    if storage.agents.by_email_sync(settings.demo_agent_email) is None:
+        storage.agents.create_sync(email=settings.demo_agent_email, name="Demo Agent",
                                   password_hash=hash_password(settings.demo_agent_password),
                                   role="admin", pools=pools, max_chats=3, totp_secret=None)
-    storage.seed_canned_sync(DEMO_CANNED)
+    storage.canned.seed_sync(DEMO_CANNED)
 
 
 class Runtime:

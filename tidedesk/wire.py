@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from tidedesk.frames import ErrorFrame, frame_dict
+
 # Close codes of PROTOCOL.md.
 CLOSE_BAD_FRAME = 4400
 CLOSE_NOT_AUTHENTICATED = 4401
@@ -40,10 +42,7 @@ class FrameError(Exception):
         self.frame_id = frame_id
 
     def to_frame(self) -> dict[str, Any]:
-        frame: dict[str, Any] = {"type": "error", "code": self.code, "message": self.message}
-        if self.frame_id is not None:
-            frame["id"] = self.frame_id
-        return frame
+        return frame_dict(ErrorFrame(code=self.code, message=self.message, id=self.frame_id))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,189 @@
+"""The frames a client receives (WebSocket and REST), one typed Struct each (pure; no I/O).
+
+Each frame has one constructor, its Struct, and one way to the JSON the client sees:
+:func:`frame_dict` (the same keys, in the same order, with the same omissions as PROTOCOL.md).
+:class:`MessageFrame` is also the broker's key-less delivery of a message
+(``tidedesk.envelopes``): array-like, so its field order is part of the wire format and new
+fields go at the end with a default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Annotated, Any, Literal, Protocol
+
+import msgspec
+
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+Sender = Literal["visitor", "agent", "system"]
+
+
+class MessageFrame(msgspec.Struct, array_like=True, frozen=True):
+    """The ``message`` frame of PROTOCOL.md, the bulk of all deliveries, without key names."""
+
+    conversation_id: str
+    seq: NonNegative
+    id: str
+    from_: Sender = msgspec.field(name="from")
+    body: str
+    ts: float
+    name: str = ""
+    private: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The client's JSON: ``name`` only when set, ``private`` only when true."""
+        frame: dict[str, Any] = {"type": "message", "conversation_id": self.conversation_id,
+                                 "seq": self.seq, "id": self.id, "from": self.from_,
+                                 "body": self.body, "ts": self.ts}
+        if self.name:
+            frame["name"] = self.name
+        if self.private:
+            frame["private"] = True
+        return frame
+
+
+class _Frame(msgspec.Struct, frozen=True, kw_only=True, tag_field="type",
+             omit_defaults=True):
+    """A keyed frame: ``type`` first, then its fields; a field left at its default is
+    omitted (only optional fields have defaults)."""
+
+
+class StateFrame(_Frame, tag="state", frozen=True):
+    state: Literal["queued", "assigned", "closed", "offline"]
+
+
+class QueueFrame(_Frame, tag="queue", frozen=True):
+    position: int
+
+
+class BusyFrame(_Frame, tag="busy", frozen=True):
+    position: int
+
+
+class AgentRef(msgspec.Struct, frozen=True):
+    id: str
+    name: str
+
+
+class VisitorAssignedFrame(_Frame, tag="assigned", frozen=True):
+    """Told to the visitor: which agent now serves them."""
+
+    agent: AgentRef
+
+
+class VisitorSummary(msgspec.Struct, frozen=True):
+    """What agents are told about a visitor (``assigned`` frames, agent ``hello``)."""
+
+    id: str
+    name: str
+    tags: list[str]  # a list, as the JSON client sees it (to_builtins keeps tuples)
+    locale: str
+
+
+class AgentAssignedFrame(_Frame, tag="assigned", frozen=True):
+    """Told to the agent: a conversation is now theirs."""
+
+    conversation_id: str
+    visitor: VisitorSummary
+    last_seq: int
+
+
+class ClosedFrame(_Frame, tag="closed", frozen=True):
+    conversation_id: str
+
+
+class UnassignedFrame(_Frame, tag="unassigned", frozen=True):
+    conversation_id: str
+
+
+class ErrorFrame(_Frame, tag="error", frozen=True):
+    """``id``: the client's id of the frame that failed, when it had one."""
+
+    code: str
+    message: str
+    id: str | None = None
+
+
+class AckFrame(_Frame, tag="ack", frozen=True):
+    """A client's message is durable: its id and the seq it got."""
+
+    id: str
+    seq: int
+
+
+class PongFrame(_Frame, tag="pong", frozen=True):
+    pass
+
+
+class VisitorHelloFrame(_Frame, tag="hello", frozen=True):
+    visitor_id: str
+    conversation_id: str
+    last_seq: int
+    state: str
+
+
+class HelloConversation(msgspec.Struct, frozen=True, kw_only=True):
+    """One conversation an agent holds, in their ``hello``."""
+
+    conversation_id: str
+    state: str
+    visitor: VisitorSummary
+    last_seq: int
+
+
+class AgentHelloFrame(_Frame, tag="hello", frozen=True):
+    agent_id: str
+    name: str
+    role: str
+    conversations: list[HelloConversation]
+
+
+class TypingFrame(_Frame, tag="typing", frozen=True):
+    """Relayed to the peer; ``from_`` is who is typing."""
+
+    on: bool
+    conversation_id: str
+    from_: Sender = msgspec.field(name="from")
+
+
+class ReadFrame(_Frame, tag="read", frozen=True):
+    """Relayed to the peer: they have read up to ``seq``."""
+
+    seq: int
+    conversation_id: str
+    from_: Sender = msgspec.field(name="from")
+
+
+Frame = (MessageFrame | StateFrame | QueueFrame | BusyFrame | VisitorAssignedFrame
+         | AgentAssignedFrame | ClosedFrame | UnassignedFrame | ErrorFrame | AckFrame
+         | PongFrame | VisitorHelloFrame | AgentHelloFrame | TypingFrame | ReadFrame)
+
+
+class _VisitorLike(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def tag_list(self) -> tuple[str, ...]: ...
+    @property
+    def locale(self) -> str: ...
+
+
+def visitor_summary(visitor_id: str, visitor: _VisitorLike | None) -> VisitorSummary:
+    """The summary of a visitor; an unknown one reads as nameless, untagged, English."""
+    if visitor is None:
+        return VisitorSummary(id=visitor_id, name="", tags=[], locale="en")
+    return VisitorSummary(id=visitor_id, name=visitor.name, tags=list(visitor.tag_list),
+                          locale=visitor.locale)
+
+
+def frame_dict(frame: Frame | VisitorSummary) -> dict[str, Any]:
+    """The JSON-ready mapping the client receives."""
+    if isinstance(frame, MessageFrame):
+        return frame.to_dict()
+    out: dict[str, Any] = msgspec.to_builtins(frame)
+    return out
+
+
+def frame_dicts(frames: Iterable[MessageFrame]) -> list[dict[str, Any]]:
+    """Message frames as the client's JSON (history pages, resume)."""
+    return [f.to_dict() for f in frames]

@@ -1,0 +1,99 @@
+"""Conversations: who is talking to whom, their state and pool."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import peewee as pw
+
+from tidedesk.storage.database import Database, new_id
+from tidedesk.storage.records import Conversation, QueuedConversation
+
+
+def _record(row: Any) -> Conversation:
+    return Conversation(id=row.id, visitor_id=row.visitor_id, state=row.state, pool=row.pool,
+                        agent_id=row.agent_id, created_at=row.created_at,
+                        updated_at=row.updated_at)
+
+
+class ConversationRepository:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def current_for_visitor(self, visitor_id: str) -> tuple[Conversation, bool]:
+        """The visitor's open conversation, or a new one (``created`` True) if none is open."""
+
+        def work() -> tuple[Conversation, bool]:
+            main = self._db.main
+            conv = main["Conversation"]
+            with main.db.connection_context():
+                row = (conv.select()
+                       .where((conv.visitor_id == visitor_id) & (conv.state != "closed"))
+                       .order_by(conv.created_at.desc()).first())
+                if row is not None:
+                    return _record(row), False
+                created = conv.create(id=new_id(), visitor_id=visitor_id, state="queued")
+                return _record(created), True
+
+        return await self._db.run(work)
+
+    async def get(self, conv_id: str) -> Conversation | None:
+        def work() -> Conversation | None:
+            main = self._db.main
+            conv = main["Conversation"]
+            with main.db.connection_context():
+                row = conv.get_or_none(conv.id == conv_id)
+            return None if row is None else _record(row)
+
+        return await self._db.run(work)
+
+    async def update(self, conv_id: str, **fields: Any) -> None:
+        def work() -> None:
+            main = self._db.main
+            conv = main["Conversation"]
+            with main.db.connection_context():
+                conv.update(updated_at=time.time(), **fields).where(conv.id == conv_id).execute()
+
+        await self._db.run(work)
+
+    async def many(self, conv_ids: Sequence[str]) -> list[Conversation]:
+        def work() -> list[Conversation]:
+            main = self._db.main
+            conv = main["Conversation"]
+            if not conv_ids:
+                return []
+            with main.db.connection_context():
+                return [_record(r) for r in conv.select().where(conv.id.in_(list(conv_ids)))]
+
+        return await self._db.run(work)
+
+    async def open_for_agent(self, agent_id: str) -> list[Conversation]:
+        def work() -> list[Conversation]:
+            main = self._db.main
+            conv = main["Conversation"]
+            with main.db.connection_context():
+                return [_record(r) for r in
+                        conv.select().where((conv.agent_id == agent_id)
+                                            & (conv.state == "assigned"))
+                        .order_by(conv.created_at)]
+
+        return await self._db.run(work)
+
+    async def queued_with_tags(self) -> list[QueuedConversation]:
+        """Waiting conversations, oldest first, with their visitor's tags, in one query."""
+
+        def work() -> list[QueuedConversation]:
+            main = self._db.main
+            conv = main["Conversation"]
+            visitor = main["Visitor"]
+            with main.db.connection_context():
+                rows = (conv.select(conv, visitor.tags)
+                        .join(visitor, pw.JOIN.LEFT_OUTER, on=(conv.visitor_id == visitor.id))
+                        .where(conv.state == "queued").order_by(conv.created_at).objects())
+                return [QueuedConversation(
+                    id=r.id, visitor_id=r.visitor_id, pool=r.pool, created_at=r.created_at,
+                    tags=tuple(t for t in (r.tags or "").split(",") if t)) for r in rows]
+
+        return await self._db.run(work)

@@ -1,0 +1,121 @@
+"""Messages: the history of every conversation, sharded by conversation, written in batches
+and idempotent on the client's id; read back as :class:`~tidedesk.frames.MessageFrame`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import peewee as pw
+
+from tidedesk.frames import MessageFrame
+from tidedesk.models import shard_index
+from tidedesk.storage.database import Database, clamp_page
+
+BODY_CONTEXT = "message.body"
+MESSAGE_COLUMNS = ("conversation_id", "seq", "client_id", "sender_type", "sender_id",
+                   "sender_name", "body", "private", "ts")
+
+
+def _insert_ignore_sql(db: pw.Database) -> str:
+    """INSERT that skips rows whose (conversation, client id) exists: idempotent storing."""
+    verb = "INSERT OR IGNORE" if isinstance(db, pw.SqliteDatabase) else "INSERT IGNORE"
+    marks = ", ".join([db.param] * len(MESSAGE_COLUMNS))
+    return f"{verb} INTO message ({', '.join(MESSAGE_COLUMNS)}) VALUES ({marks})"
+
+
+class MessageRepository:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def insert_sync(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Store a batch atomically; rows whose (conversation, client id) exists are dropped."""
+        shards = self._db.shards
+        by_shard: dict[int, list[dict[str, Any]]] = {}
+        for row in rows:
+            by_shard.setdefault(shard_index(row["conversation_id"], len(shards)),
+                                []).append(row)
+        if self._db.cipher is not None:
+            by_shard = {i: [self._seal_row(r) for r in rs] for i, rs in by_shard.items()}
+        for index, shard_rows in by_shard.items():
+            shard = shards[index]
+            sql = _insert_ignore_sql(shard.db)
+            params = [tuple(row[c] for c in MESSAGE_COLUMNS) for row in shard_rows]
+            with shard.db.connection_context(), shard.db.atomic():
+                # One prepared statement for the whole batch (PyMySQL turns it into a single
+                # multi-row INSERT): building it through peewee's query objects cost more than
+                # the database's own work per row.
+                db: Any = shard.db  # peewee's cursor() is untyped
+                db.cursor().executemany(sql, params)
+
+    def _seal_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A visitor's name is kept only encrypted on the visitor, never beside a message;
+        bodies are encrypted when ``encrypt_bodies`` is on."""
+        cipher = self._db.cipher
+        assert cipher is not None
+        changes: dict[str, Any] = {}
+        if row["sender_type"] == "visitor":
+            changes["sender_name"] = ""
+        if self._db.encrypt_bodies:
+            changes["body"] = cipher.encrypt(row["body"], BODY_CONTEXT)
+        return {**row, **changes} if changes else row
+
+    async def insert(self, rows: Sequence[dict[str, Any]]) -> None:
+        await self._db.run(self.insert_sync, rows)
+
+    async def page(self, conv_id: str, *, after_seq: int | None = None,
+                   before_seq: int | None = None, limit: int = 100,
+                   include_private: bool = False) -> list[MessageFrame]:
+        """Messages in seq order: after ``after_seq`` (oldest first), or the newest ``limit``
+        before ``before_seq``."""
+        limit = clamp_page(limit)
+
+        def work() -> list[MessageFrame]:
+            shard = self._db.shard_for(conv_id)
+            msg = shard["Message"]
+            query = msg.select().where(msg.conversation_id == conv_id)
+            if not include_private:
+                query = query.where(msg.private == False)  # noqa: E712 - peewee expression
+            with shard.db.connection_context():
+                if before_seq is not None:
+                    rows = list(query.where(msg.seq < before_seq)
+                                .order_by(msg.seq.desc()).limit(limit))
+                    rows.reverse()
+                else:
+                    rows = list(query.where(msg.seq > (after_seq or 0))
+                                .order_by(msg.seq).limit(limit))
+            return [MessageFrame(conversation_id=r.conversation_id, seq=r.seq, id=r.client_id,
+                                 from_=r.sender_type, body=self._open_body(r.body),
+                                 ts=r.ts, name=r.sender_name, private=bool(r.private))
+                    for r in rows]
+
+        return await self._db.run(work)
+
+    def _open_body(self, stored: str) -> str:
+        """The plaintext of a body written encrypted (even if encryption was turned off since);
+        a body that merely looks like a sealed value is shown as it is."""
+        cipher = self._db.cipher
+        if cipher is None or not stored.startswith("v"):
+            return stored
+        plain = cipher.decrypt(stored, BODY_CONTEXT)
+        return stored if plain is None else plain
+
+    async def max_seq(self, conv_id: str) -> int:
+        def work() -> int:
+            shard = self._db.shard_for(conv_id)
+            msg = shard["Message"]
+            with shard.db.connection_context():
+                value = (msg.select(pw.fn.MAX(msg.seq))
+                         .where(msg.conversation_id == conv_id).scalar())
+            return int(value or 0)
+
+        return await self._db.run(work)
+
+    async def count(self, conv_id: str) -> int:
+        def work() -> int:
+            shard = self._db.shard_for(conv_id)
+            msg = shard["Message"]
+            with shard.db.connection_context():
+                return int(msg.select().where(msg.conversation_id == conv_id).count())
+
+        return await self._db.run(work)

@@ -1,0 +1,79 @@
+"""Visitors (contacts): name, e-mail and phone encrypted at rest, tags and locale."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from tidedesk.storage.database import Database, new_id
+from tidedesk.storage.records import Visitor
+
+# Associated data of each encrypted field (a value moved to another column does not decrypt).
+VISITOR_FIELDS = {"name": "visitor.name", "email": "visitor.email", "phone": "visitor.phone"}
+
+
+class VisitorRepository:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def _seal(self, value: str | None, field: str) -> str | None:
+        cipher = self._db.cipher
+        if not value or cipher is None:
+            return None
+        return cipher.encrypt(value, VISITOR_FIELDS[field])
+
+    def _record(self, row: Any) -> Visitor | None:
+        """The visitor with the plaintext of the encrypted fields."""
+        if row is None:
+            return None
+        cipher = self._db.cipher
+        plain: dict[str, str | None] = {}
+        for field, context in VISITOR_FIELDS.items():
+            stored = getattr(row, f"{field}_enc")
+            value = cipher.decrypt(stored, context) if stored and cipher else None
+            if value is None and field == "name":
+                value = row.name  # schema 1, or stored without a cipher
+            plain[field] = value or ("" if field == "name" else None)
+        return Visitor(id=row.id, name=plain["name"] or "", email=plain["email"],
+                       phone=plain["phone"], name_enc=row.name_enc, email_enc=row.email_enc,
+                       phone_enc=row.phone_enc, tags=row.tags, locale=row.locale,
+                       created_at=row.created_at)
+
+    async def create(self, *, name: str, email: str | None, tags: Sequence[str],
+                     locale: str, phone: str | None = None) -> str:
+        plain_name = "" if self._db.cipher is not None else name
+        fields = {"name_enc": self._seal(name, "name"), "email_enc": self._seal(email, "email"),
+                  "phone_enc": self._seal(phone, "phone")}
+
+        def work() -> str:
+            visitor_id = new_id()
+            main = self._db.main
+            with main.db.connection_context():
+                main["Visitor"].create(id=visitor_id, name=plain_name, tags=",".join(tags),
+                                       locale=locale, **fields)
+            return visitor_id
+
+        return await self._db.run(work)
+
+    async def get(self, visitor_id: str) -> Visitor | None:
+        def work() -> Visitor | None:
+            main = self._db.main
+            model = main["Visitor"]
+            with main.db.connection_context():
+                return self._record(model.get_or_none(model.id == visitor_id))
+
+        return await self._db.run(work)
+
+    async def many(self, visitor_ids: Sequence[str]) -> dict[str, Visitor]:
+        """Visitors by id, in one query."""
+
+        def work() -> dict[str, Visitor]:
+            main = self._db.main
+            model = main["Visitor"]
+            if not visitor_ids:
+                return {}
+            with main.db.connection_context():
+                rows = model.select().where(model.id.in_(list(visitor_ids)))
+                return {v.id: v for v in map(self._record, rows) if v is not None}
+
+        return await self._db.run(work)
