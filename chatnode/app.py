@@ -20,6 +20,7 @@ from chatnode.service import ChatService
 from tidedesk import metrics
 from tidedesk.auth import TokenService
 from tidedesk.broker import Broker, node_queue
+from tidedesk.frames import ReconnectFrame, frame_dict
 from tidedesk.routing_rules import RoutingConfig
 from tidedesk.settings import Settings
 from tidedesk.storage import Storage
@@ -156,7 +157,7 @@ class ChatNode:
         conns = self.hub.connections()
         for _, conn in conns:
             after_ms = int(random.uniform(0, spread_s) * 1000)
-            conn.send({"type": "reconnect", "after_ms": after_ms})
+            conn.send(frame_dict(ReconnectFrame(after_ms=after_ms)))
             loop.call_later(after_ms / 1000 + 0.5, conn.close, 1012, "node draining")
         deadline = loop.time() + spread_s + timeout_s
         while (self.inflight or self.hub.count()) and loop.time() < deadline:

@@ -15,7 +15,20 @@ from chatnode.connections import VisitorSession
 from chatnode.errors import ServiceError
 from chatnode.queries import bounded_int
 from tidedesk.auth import Principal
-from tidedesk.frames import frame_dict, frame_dicts, visitor_summary
+from tidedesk.frames import (
+    AgentHelloFrame,
+    AgentRef,
+    HelloConversation,
+    QueueFrame,
+    ReadFrame,
+    Sender,
+    TypingFrame,
+    VisitorAssignedFrame,
+    VisitorHelloFrame,
+    frame_dict,
+    frame_dicts,
+    visitor_summary,
+)
 from tidedesk.storage import Storage
 from tidedesk.store import Store
 
@@ -26,11 +39,12 @@ HISTORY_PAGE = 100
 HISTORY_PAGE_MAX = 500
 
 
-def relay_frame(data: dict[str, Any], conv_id: str, sender: str) -> dict[str, Any]:
-    """The typing or read frame the peer receives: only the fields the protocol relays."""
-    relay = {k: v for k, v in data.items() if k in ("type", "on", "seq")}
-    relay.update(conversation_id=conv_id, **{"from": sender})
-    return relay
+def relay_frame(data: dict[str, Any], conv_id: str, sender: Sender) -> dict[str, Any]:
+    """The typing or read frame the peer receives (a frame ``tidedesk.wire`` checked): only
+    the fields the protocol relays."""
+    if data["type"] == "typing":
+        return frame_dict(TypingFrame(on=data["on"], conversation_id=conv_id, from_=sender))
+    return frame_dict(ReadFrame(seq=data["seq"], conversation_id=conv_id, from_=sender))
 
 
 class Conversations:
@@ -78,20 +92,20 @@ class Conversations:
         """Send hello, then the queue position or the agent; True if the chat is in a queue.
         Each frame is sent as soon as it is known, so hello goes out before any await that
         would let a routing answer overtake it."""
-        send({"type": "hello", "visitor_id": session.visitor_id,
-              "conversation_id": session.conversation_id,
-              "last_seq": await self.last_seq(session.conversation_id), "state": session.state})
+        send(frame_dict(VisitorHelloFrame(
+            visitor_id=session.visitor_id, conversation_id=session.conversation_id,
+            last_seq=await self.last_seq(session.conversation_id), state=session.state)))
         if session.state == "queued":
             position = await self.queue_position(session.pool, session.conversation_id)
             if position is not None:
-                send({"type": "queue", "position": position})
+                send(frame_dict(QueueFrame(position=position)))
                 return True
         elif session.state == "assigned":
             owner = await self.store.owner(session.conversation_id)
             if owner is not None:
                 load = await self.store.agent_get(owner)
-                send({"type": "assigned",
-                      "agent": {"id": owner, "name": load.name if load else ""}})
+                send(frame_dict(VisitorAssignedFrame(
+                    agent=AgentRef(id=owner, name=load.name if load else ""))))
         return False
 
     @staticmethod
@@ -137,16 +151,12 @@ class Conversations:
     async def agent_hello(self, agent: Any) -> dict[str, Any]:
         convs = await self.storage.conversations.open_for_agent(str(agent.id))
         visitors = await self.storage.visitors.many([c.visitor_id for c in convs])
-        items = []
-        for conv in convs:
-            items.append({
-                "conversation_id": conv.id, "state": conv.state,
-                "visitor": frame_dict(visitor_summary(conv.visitor_id,
-                                                      visitors.get(conv.visitor_id))),
-                "last_seq": await self.last_seq(conv.id),
-            })
-        return {"type": "hello", "agent_id": str(agent.id), "name": agent.name,
-                "role": agent.role, "conversations": items}
+        items = [HelloConversation(
+            conversation_id=conv.id, state=conv.state,
+            visitor=visitor_summary(conv.visitor_id, visitors.get(conv.visitor_id)),
+            last_seq=await self.last_seq(conv.id)) for conv in convs]
+        return frame_dict(AgentHelloFrame(agent_id=str(agent.id), name=agent.name,
+                                          role=agent.role, conversations=items))
 
     async def transfer(self, principal: Principal, conv_id: str, to_agent: Any,
                        to_pool: Any) -> None:

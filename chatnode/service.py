@@ -36,7 +36,7 @@ from tidedesk.envelopes import (
     inbound_encoder,
 )
 from tidedesk.errors import Unavailable
-from tidedesk.frames import frame_dicts
+from tidedesk.frames import AckFrame, PongFrame, frame_dict, frame_dicts
 from tidedesk.i18n import LOCALES
 from tidedesk.ratelimit import RateLimiter
 from tidedesk.resume import plan_resume, reseed_floor
@@ -54,7 +54,7 @@ PHONE_RE = re.compile(r"^\+?[0-9 ().\-]{3,32}$")
 # Audit entries per page: the default, and the most one request may ask for.
 AUDIT_PAGE = 100
 AUDIT_PAGE_MAX = 500
-PONG_FRAME: dict[str, Any] = {"type": "pong"}
+PONG_FRAME: dict[str, Any] = frame_dict(PongFrame())
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,7 @@ class ChatService:
             id=msg.client_id, from_=cast(Sender, msg.sender_type), sender_id=msg.sender_id,
             name=msg.name, body=msg.body, ts=self.clock(), private=msg.private))
         metrics.MESSAGES_IN.labels(role=msg.sender_type).inc()
-        return {"type": "ack", "id": msg.client_id, "seq": msg.seq}
+        return frame_dict(AckFrame(id=msg.client_id, seq=msg.seq))
 
     async def resume(self, conv_id: str, after_seq: int, *,
                      include_private: bool) -> list[dict[str, Any]]:

@@ -24,6 +24,7 @@ from chatnode.origins import origin_allowed
 from chatnode.service import ChatService, PendingMessage
 from tidedesk import metrics, wire
 from tidedesk.errors import Unavailable
+from tidedesk.frames import ErrorFrame, frame_dict
 from tidedesk.i18n import text
 from tidedesk.ratelimit import TokenBucket
 
@@ -83,10 +84,7 @@ class _Socket(RequestIds, WebSocketHandler):
     def fail(self, code: str, message: str, close_code: int | None = None,
              frame_id: str | None = None) -> None:
         metrics.WS_ERRORS.labels(code=code).inc()
-        frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
-        if frame_id is not None:
-            frame["id"] = frame_id
-        self.send(frame)
+        self.send(frame_dict(ErrorFrame(code=code, message=message, id=frame_id)))
         if close_code is not None:
             self.close(close_code, code)
 

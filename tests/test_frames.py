@@ -35,6 +35,7 @@ CASES: list[tuple[str, Any, dict[str, Any]]] = [
      {"type": "error", "code": "x", "message": "y", "id": "m1"}),
     ("ack", f.AckFrame(id="m1", seq=3), {"type": "ack", "id": "m1", "seq": 3}),
     ("pong", f.PongFrame(), {"type": "pong"}),
+    ("reconnect", f.ReconnectFrame(after_ms=1500), {"type": "reconnect", "after_ms": 1500}),
     ("typing", f.TypingFrame(on=True, conversation_id="c", from_="agent"),
      {"type": "typing", "on": True, "conversation_id": "c", "from": "agent"}),
 ]

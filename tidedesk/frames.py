@@ -115,6 +115,12 @@ class PongFrame(_Frame, tag="pong", frozen=True):
     pass
 
 
+class ReconnectFrame(_Frame, tag="reconnect", frozen=True):
+    """A draining node asks the client to reconnect (to another node) after ``after_ms``."""
+
+    after_ms: int
+
+
 class VisitorHelloFrame(_Frame, tag="hello", frozen=True):
     visitor_id: str
     conversation_id: str
@@ -156,7 +162,8 @@ class ReadFrame(_Frame, tag="read", frozen=True):
 
 Frame = (MessageFrame | StateFrame | QueueFrame | BusyFrame | VisitorAssignedFrame
          | AgentAssignedFrame | ClosedFrame | UnassignedFrame | ErrorFrame | AckFrame
-         | PongFrame | VisitorHelloFrame | AgentHelloFrame | TypingFrame | ReadFrame)
+         | PongFrame | ReconnectFrame | VisitorHelloFrame | AgentHelloFrame | TypingFrame
+         | ReadFrame)
 
 
 class _VisitorLike(Protocol):
