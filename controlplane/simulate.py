@@ -32,7 +32,8 @@ from controlplane.controller import Controller
 from controlplane.decision import clamp
 from controlplane.memory_source import MemorySource
 from controlplane.memory_target import MemoryTarget
-from controlplane.policy import Policy, PolicyError, Predictive, parse_duration, parse_policies
+from controlplane.policy import Policy, PolicyError, Predictive
+from controlplane.policy_file import parse_duration, parse_policies
 from controlplane.state import ControlPlaneState
 from controlplane.telemetry import Telemetry
 
