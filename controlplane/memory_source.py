@@ -2,11 +2,12 @@
 tests hand the real :class:`controlplane.controller.Controller` instead of Prometheus.
 
 Each query names one series of recorded samples. A sample holds until the next one (there is no
-staleness), and a range query answers as Prometheus's ``query_range`` does: one point at
-``start + k * step`` for every ``k`` with that time ``<= end``, valued by the latest sample at or
-before it; points before the first sample are absent, and an unknown query matches nothing.
-Forecast history is served at :func:`history_step` under ``history_max_points`` (Prometheus's
-limit by default; the simulator lifts it, see :mod:`controlplane.simulate`).
+staleness), and a range query answers as :class:`PrometheusSource` does: ``start`` and ``end``
+rounded to a second, then one point at ``start + k * step`` for every ``k`` with that time
+``<= end``, valued by the latest sample at or before it; points before the first sample are
+absent, and an unknown query matches nothing. Forecast history is served at
+:func:`history_step` under ``history_max_points`` (Prometheus's limit by default; the simulator
+lifts it, see :mod:`controlplane.simulate`).
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class MemorySource:
             raise MetricsError(f"prometheus query failed: {self._broken[query]}")
         if step <= 0:
             raise MetricsError("prometheus query failed: step must be greater than 0")
+        # As PrometheusSource sends them: prometheus-api-client rounds both ends to a second.
+        start, end = round(start), round(end)
         times, values = self._times.get(query, []), self._values.get(query, [])
         out: list[Sample] = []
         k = 0
