@@ -1,11 +1,12 @@
-"""``tidedesk simulate``: replay a load trace through the real decision module.
+"""``tidedesk simulate``: replay a load trace through the daemon's own controller.
 
 The trace is a CSV with header ``t,load`` (``t`` in seconds from the start, ``load`` in the unit
 of the policy's first check; each row holds until the next). Only that first check is simulated.
 A ``target`` check sees the load as the service total; an ``upper``/``lower`` check sees the load
-per ready replica. Every ``interval`` the simulator calls :func:`controlplane.decision.decide`
-with the samples seen so far, applies the decision at once (new replicas take load after the
-start-up delay; a scale-down removes the newest replicas) and accounts, second by second:
+per ready replica. The load is recorded into a :class:`MemorySource`; every ``interval`` of a
+:class:`ManualClock` the real :class:`Controller` evaluates the policy against it and a
+:class:`MemoryTarget`, whose scale calls apply at once (new replicas take load after the start-up
+delay; a scale-down removes the newest replicas). The simulator accounts, second by second:
 
 * replica-hours (replicas that exist, ready or not),
 * the replica-hours of a static deployment sized for the peak (``ceil(peak / capacity)``),
