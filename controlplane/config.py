@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from controlplane.policy import Policy, PolicyError, parse_policies
+from controlplane.policy import Policy, PolicyError
+from controlplane.policy_file import parse_policies
 
 DEFAULT_LISTEN = "127.0.0.1:8090"
 DEFAULT_PROMETHEUS_URL = "http://127.0.0.1:9090"

@@ -19,7 +19,7 @@ from typing import Any
 from controlplane.decision import Sample, decide
 from controlplane.floors import Planned, planned_floors
 from controlplane.forecast import ERROR_WINDOW_S, SeasonalModel
-from controlplane.metrics_source import Fetch, MetricsError, MetricsSource, history_step
+from controlplane.metrics_source import Fetch, MetricsError, MetricsSource
 from controlplane.policy import Policy
 from controlplane.state import ControlPlaneState
 from controlplane.target import Target, TargetError
@@ -161,7 +161,7 @@ class Controller:
             query = next(c.query for c in policy.checks if c.name == pred.check)
             try:
                 if now - memory.built_at >= pred.refresh_s:
-                    step = history_step(pred.lookback_s)
+                    step = self._metrics.history_step(pred.lookback_s)
                     start = (now - pred.lookback_s) // step * step
                     history = self._metrics.series(query, start, now, step)
                     memory.model = SeasonalModel(history, step)
@@ -192,8 +192,6 @@ class Controller:
         elif pred is not None:
             have = 0.0 if memory.model is None else memory.model.span_s / 86400
             forecast = {"error": error or f"not enough history yet ({have:.1f} days)"}
-        active = frozenset(
-            e.name for e in self.state.events_for(policy.name) if e.active(now)
-        )
+        active = frozenset(e.name for e in self.state.events_for(policy.name) if e.active(now))
         self.state.record_floors(policy.name, floors, forecast, active, now)
         return planned, error

@@ -45,10 +45,20 @@ class MetricsError(Exception):
 
 
 class MetricsSource(Protocol):
-    def fetch(self, policy: Policy, now: float) -> Fetch: ...
+    """Where samples come from: :class:`PrometheusSource`, or
+    :class:`controlplane.memory_source.MemorySource` for the simulator and tests."""
+
+    def fetch(self, policy: Policy, now: float) -> Fetch:
+        """Each check's samples over ``policy.metrics_window_s`` up to ``now``, at
+        :func:`query_step`; a failed check is in ``errors``, never raised."""
+        ...
 
     def series(self, query: str, start: float, end: float, step: float) -> list[Sample]:
         """One series from a range query (empty when the query matches nothing)."""
+        ...
+
+    def history_step(self, lookback_s: float) -> float:
+        """The finest step at which this source serves ``lookback_s`` of forecast history."""
         ...
 
 
@@ -57,9 +67,9 @@ def query_step(policy: Policy) -> float:
     return max(MIN_STEP_S, min(policy.interval_s, window / MAX_POINTS if window else MIN_STEP_S))
 
 
-def history_step(lookback_s: float) -> float:
+def history_step(lookback_s: float, max_points: float = HISTORY_MAX_POINTS) -> float:
     for step in HISTORY_STEPS_S:
-        if lookback_s / step <= HISTORY_MAX_POINTS:
+        if lookback_s / step <= max_points:
             return step
     return HISTORY_STEPS_S[-1]
 
@@ -98,18 +108,30 @@ class PrometheusSource:
                 series.append(Sample(t, v))
         return series
 
+    def history_step(self, lookback_s: float) -> float:
+        return history_step(lookback_s)
+
     def fetch(self, policy: Policy, now: float) -> Fetch:
-        step = query_step(policy)
-        start = now - policy.metrics_window_s
-        samples: dict[str, list[Sample]] = {}
-        errors: dict[str, str] = {}
-        for check in policy.checks:
-            try:
-                samples[check.name] = self.series(check.query, start, now, step)
-            except MetricsError as exc:
-                errors[check.name] = str(exc)
-                log.warning(
-                    "prometheus query failed",
-                    extra={"policy": policy.name, "check": check.name, "error": str(exc)},
-                )
-        return Fetch(samples=samples, errors=errors)
+        return fetch_checks(self, policy, now)
+
+
+def fetch_checks(source: MetricsSource, policy: Policy, now: float) -> Fetch:
+    """Every check's window through ``source.series``: what any source's ``fetch`` returns.
+
+    A failed query becomes an error for its check (that check then has no data), so one broken
+    query never hides the others.
+    """
+    step = query_step(policy)
+    start = now - policy.metrics_window_s
+    samples: dict[str, list[Sample]] = {}
+    errors: dict[str, str] = {}
+    for check in policy.checks:
+        try:
+            samples[check.name] = source.series(check.query, start, now, step)
+        except MetricsError as exc:
+            errors[check.name] = str(exc)
+            log.warning(
+                "prometheus query failed",
+                extra={"policy": policy.name, "check": check.name, "error": str(exc)},
+            )
+    return Fetch(samples=samples, errors=errors)

@@ -23,7 +23,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from controlplane.alerts import parse_payload, policies_for
 from controlplane.controller import Controller
 from controlplane.metrics_source import MetricsSource
-from controlplane.policy import PolicyError, parse_event
+from controlplane.policy import PolicyError
+from controlplane.policy_file import parse_event
 from controlplane.state import ControlPlaneState, OverrideError
 from controlplane.target import Target
 from controlplane.telemetry import Telemetry

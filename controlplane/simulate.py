@@ -1,11 +1,12 @@
-"""``tidedesk simulate``: replay a load trace through the real decision module.
+"""``tidedesk simulate``: replay a load trace through the daemon's own controller.
 
 The trace is a CSV with header ``t,load`` (``t`` in seconds from the start, ``load`` in the unit
 of the policy's first check; each row holds until the next). Only that first check is simulated.
 A ``target`` check sees the load as the service total; an ``upper``/``lower`` check sees the load
-per ready replica. Every ``interval`` the simulator calls :func:`controlplane.decision.decide`
-with the samples seen so far, applies the decision at once (new replicas take load after the
-start-up delay; a scale-down removes the newest replicas) and accounts, second by second:
+per ready replica. The load is recorded into a :class:`MemorySource`; every ``interval`` of a
+:class:`ManualClock` the real :class:`Controller` evaluates the policy against it and a
+:class:`MemoryTarget`, whose scale calls apply at once (new replicas take load after the start-up
+delay; a scale-down removes the newest replicas). The simulator accounts, second by second:
 
 * replica-hours (replicas that exist, ready or not),
 * the replica-hours of a static deployment sized for the peak (``ceil(peak / capacity)``),
@@ -22,21 +23,23 @@ import dataclasses
 import json
 import math
 import sys
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from controlplane import forecast as forecast_module
-from controlplane.decision import Action, Floor, History, ReplicaState, Sample, clamp, decide
-from controlplane.floors import planned_floors
-from controlplane.forecast import SeasonalModel
-from controlplane.policy import Policy, PolicyError, Predictive, parse_duration, parse_policies
+from controlplane.clock import ManualClock
+from controlplane.controller import Controller
+from controlplane.decision import clamp
+from controlplane.memory_source import MemorySource
+from controlplane.memory_target import MemoryTarget
+from controlplane.policy import Policy, PolicyError, Predictive
+from controlplane.policy_file import parse_duration, parse_policies
+from controlplane.state import ControlPlaneState
+from controlplane.telemetry import Telemetry
 
 ACCOUNTING_STEP_S = 1.0  # seconds of simulated time per accounting step
 FLAP_WINDOW_S = 600.0  # a scale-down undone by a scale-up within 10 minutes counts as a flap
-FORECAST_GRID_S = 60.0  # seconds between the history points the forecast sees (a range step)
 # --compare: step = the seed's +N % then wait; proportional = HPA-like; scheduled and predictive
 # add the calendar's or the forecast's floor to proportional; combined adds both.
 COMPARE_STRATEGIES = ("step", "proportional", "scheduled", "predictive", "combined")
@@ -124,14 +127,16 @@ def simulate(
     startup_delay_s: float,
     label: str | None = None,
 ) -> SimulationResult:
-    """Replay ``trace`` through ``decide``; the first ``simulation.history`` seconds are history.
+    """Replay ``trace`` through the daemon's own :class:`Controller`, with an in-memory metrics
+    source and target and a manual clock; the first ``simulation.history`` seconds are history.
 
-    Decisions see absolute time ``simulation.trace_start + t`` (scheduled events and seasons are
-    placed by it) and the load ``simulation.metrics_lag`` seconds late (Prometheus scrapes). A
-    replica added at ``t`` serves from ``t + startup_delay_s``.
+    The controller sees absolute time ``simulation.trace_start + t`` (scheduled events and seasons
+    are placed by it) and the load ``simulation.metrics_lag`` seconds late (Prometheus scrapes).
+    A replica added at ``t`` serves from ``t + startup_delay_s``.
     """
     check = policy.checks[0]
-    sim_policy = dataclasses.replace(policy, checks=(check,))
+    # The simulator applies every decision: a dry-run policy is simulated as if it acted.
+    sim_policy = dataclasses.replace(policy, checks=(check,), dry_run=False)
     if policy.predictive is not None and policy.predictive.check != check.name:
         sim_policy = dataclasses.replace(
             sim_policy, predictive=dataclasses.replace(policy.predictive, check=check.name)
@@ -148,21 +153,21 @@ def simulate(
     peak = max(peak, _load_at(times, trace, t0))
     static = max(1, math.ceil(peak / capacity - 1e-9))
     initial = clamp(math.ceil(_load_at(times, trace, t0) / capacity - 1e-9), policy)
-    starts: list[float] = [t0 - startup_delay_s - policy.warmup_s] * initial
-    model: SeasonalModel | None = None
-    if sim_policy.predictive is not None and check.target is not None:
-        grid = [
-            Sample(origin + t, _load_at(times, trace, t))
-            for t in _grid(trace[0].t, t_end, FORECAST_GRID_S)
-        ]
-        model = SeasonalModel(grid, FORECAST_GRID_S)
-    recent: deque[Sample] = deque()
-    past_floors: deque[tuple[float, int]] = deque()
-    next_grid = t0 - forecast_module.ERROR_WINDOW_S
-    actions: list[Action] = []
-    autoscaled: int | None = None
-    window = policy.metrics_window_s + policy.interval_s
-    series: deque[Sample] = deque()
+    clock = ManualClock(origin + t0)
+    warm_since = origin + t0 - startup_delay_s - policy.warmup_s
+    target = MemoryTarget(clock, [warm_since] * initial, startup_delay_s)
+    # The forecast's history at 60 s whatever the lookback, as this simulator always had it. The
+    # daemon asks Prometheus for 14 days at 120 s (its 11,000-point limit); on the Black Friday
+    # trace that coarser season flaps twice more (docs/controlplane.md, "How honest").
+    metrics = MemorySource(history_max_points=math.inf)
+    if check.target is not None:
+        # The service total does not depend on the replicas: record the whole trace, each row
+        # visible metrics_lag late (the load before the trace is taken to be its first row).
+        metrics.record(check.query, origin + trace[0].t, trace[0].load)
+        for p in trace:
+            metrics.record(check.query, origin + p.t + sim.metrics_lag_s, p.load)
+    state = ControlPlaneState([sim_policy])
+    controller = Controller(state, metrics, {sim_policy.driver: target}, Telemetry(), clock=clock)
     replica_s = slo_s = 0.0
     n_actions = flaps = 0
     last_down: float | None = None
@@ -175,54 +180,25 @@ def simulate(
         while idx + 1 < len(trace) and trace[idx + 1].t <= now:
             idx += 1
         load = trace[idx].load
-        if now >= next_eval:
-            ready = sum(1 for s in starts if s + startup_delay_s <= now)
+        clock.now = origin + now
+        ready = target.ready(clock.now)
+        if check.target is None:  # a per-replica level: what the ready replicas each carry
             seen = _load_at(times, trace, now - sim.metrics_lag_s)
-            value = seen if check.target is not None else seen / max(ready, 1)
-            series.append(Sample(origin + now, value))
-            while series and series[0].t < origin + now - window:
-                series.popleft()
-            floors: tuple[Floor, ...] = ()
-            if model is not None or sim_policy.events:
-                while next_grid <= now - sim.metrics_lag_s:
-                    recent.append(Sample(origin + next_grid, _load_at(times, trace, next_grid)))
-                    next_grid += FORECAST_GRID_S
-                while recent and recent[0].t < origin + now - forecast_module.ERROR_WINDOW_S:
-                    recent.popleft()
-                planned = planned_floors(
-                    sim_policy, sim_policy.events, model, recent, origin + now, past_floors
-                )
-                floors = planned.floors
-                if planned.forecast_replicas is not None:
-                    past_floors.append((origin + now, planned.forecast_replicas))
-                    while past_floors[0][0] < origin + now - policy.scale_down_stabilization_s:
-                        past_floors.popleft()
-            history = History(actions=tuple(actions[-5:]), autoscaled=autoscaled)
-            current = ReplicaState(
-                desired=len(starts), started_at=tuple(origin + s for s in starts)
-            )
-            decision = decide(
-                current, {check.name: list(series)}, sim_policy, history, origin + now, floors
-            )
-            if decision.changes:
+            metrics.record(check.query, clock.now, seen / max(ready, 1))
+        if now >= next_eval:
+            entry = controller.evaluate(sim_policy.name)
+            if entry is not None and entry["outcome"] == "scaled":
                 n_actions += 1
-                if decision.direction == "down":
+                if entry["direction"] == "down":
                     last_down = now
                 elif last_down is not None and now - last_down <= FLAP_WINDOW_S:
                     flaps += 1
-                actions.append(Action(origin + now, len(starts), decision.desired))
-                if decision.desired > len(starts):
-                    starts.extend([now] * (decision.desired - len(starts)))
-                else:
-                    starts.sort()
-                    del starts[decision.desired :]
-                max_replicas = max(max_replicas, len(starts))
-            autoscaled = decision.desired
-            timeline.append((now - t0, load, len(starts), ready))
+                max_replicas = max(max_replicas, target.replicas)
+            timeline.append((now - t0, load, target.replicas, ready))
             next_eval += policy.interval_s
         step = min(ACCOUNTING_STEP_S, t_end - now)
-        ready = sum(1 for s in starts if s + startup_delay_s <= now)
-        replica_s += len(starts) * step
+        ready = target.ready(clock.now)
+        replica_s += target.replicas * step
         if load > ready * capacity + 1e-9:
             slo_s += step
         now += step
@@ -242,11 +218,6 @@ def simulate(
         flaps=flaps,
         timeline=timeline,
     )
-
-
-def _grid(start: float, end: float, step: float) -> list[float]:
-    first = math.ceil(start / step) * step
-    return [first + i * step for i in range(int((end - first) // step) + 1)]
 
 
 def variant(policy: Policy, name: str) -> Policy:
@@ -393,15 +364,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", required=True, metavar="FILE", help="policy YAML file")
     p.add_argument("--trace", required=True, metavar="FILE.csv", help="CSV with header t,load")
     p.add_argument("--name", help="which policy of the file (default: the first)")
-    p.add_argument("--capacity", type=float, metavar="LOAD",
-                   help="load one ready replica serves (default: the policy's "
-                   "simulation.capacity_per_replica)")
-    p.add_argument("--startup-delay", metavar="DURATION",
-                   help="time before a new replica takes load, e.g. 30s (default: the policy's "
-                   "simulation.startup_delay)")
-    p.add_argument("--compare", metavar="LIST",
-                   help="compare strategies on the trace, e.g. step,proportional,scheduled,"
-                   f"predictive (choose from {', '.join(COMPARE_STRATEGIES)})")
+    p.add_argument(
+        "--capacity",
+        type=float,
+        metavar="LOAD",
+        help="load one ready replica serves (default: the policy's "
+        "simulation.capacity_per_replica)",
+    )
+    p.add_argument(
+        "--startup-delay",
+        metavar="DURATION",
+        help="time before a new replica takes load, e.g. 30s (default: the policy's "
+        "simulation.startup_delay)",
+    )
+    p.add_argument(
+        "--compare",
+        metavar="LIST",
+        help="compare strategies on the trace, e.g. step,proportional,scheduled,"
+        f"predictive (choose from {', '.join(COMPARE_STRATEGIES)})",
+    )
     p.add_argument("--json", metavar="OUT", help="write the figures as JSON")
     p.add_argument("--plot", metavar="OUT.png", help="draw load, capacity and replicas")
     return p  # fmt: skip

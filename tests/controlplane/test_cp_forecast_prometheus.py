@@ -21,6 +21,7 @@ from cp_nomad_double import NomadDouble
 from cp_servers import Prometheus, free_port
 
 from controlplane.controller import Controller
+from controlplane.memory_source import MemorySource
 from controlplane.metrics_source import PrometheusSource, history_step
 from controlplane.nomad_target import NomadTarget
 from controlplane.policy import Check, Policy, Predictive
@@ -41,6 +42,12 @@ def load_at(t: float) -> float:
     return (1000.0 if since < 1800 else 200.0) * wobble
 
 
+def history_points() -> list[tuple[int, float]]:
+    """Eight days at one point a minute, ending 30 s before NOW (values as backfilled)."""
+    start = int(NOW - 8 * DAY) // 60 * 60
+    return [(t, round(load_at(t), 2)) for t in range(start, int(NOW) - 30, 60)]
+
+
 @pytest.fixture(scope="module")
 def history_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
     promtool = shutil.which("promtool")
@@ -48,9 +55,8 @@ def history_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pro
         pytest.fail("promtool is missing: install Debian's prometheus package")
     work = tmp_path_factory.mktemp("prom-history")
     lines = ["# TYPE tidedesk_cptest_history gauge"]
-    start = int(NOW - 8 * DAY) // 60 * 60
-    for t in range(start, int(NOW) - 30, 60):
-        lines.append(f'tidedesk_cptest_history{{case="forecast"}} {load_at(t):.2f} {t}')
+    for t, v in history_points():
+        lines.append(f'tidedesk_cptest_history{{case="forecast"}} {v:.2f} {t}')
     lines.append("# EOF")
     source = work / "history.om"
     source.write_text("\n".join(lines) + "\n")
@@ -80,6 +86,23 @@ def test_history_comes_back_through_query_range(history_prometheus: Prometheus) 
     assert step == 120 and len(series) > 0.95 * 7 * DAY / step
     assert series[-1].t > NOW - 600
     assert max(s.value for s in series) > 900 and min(s.value for s in series) < 250
+
+
+@pytest.mark.parametrize("step", [60.0, 120.0, 45.0])
+def test_the_memory_source_answers_as_prometheus_does(
+    history_prometheus: Prometheus, step: float
+) -> None:
+    """The in-memory source's contract is Prometheus's query_range on the same samples."""
+    memory = MemorySource()
+    for t, v in history_points():
+        memory.record(QUERY, t, v)
+    real = PrometheusSource(history_prometheus.url)
+    start, end = NOW - 2 * DAY + 7, NOW
+    want = [(s.t, round(s.value, 2)) for s in real.series(QUERY, start, end, step)]
+    got = [(s.t, round(s.value, 2)) for s in memory.series(QUERY, start, end, step)]
+    assert len(want) > DAY / step and got == want
+    assert real.series("sum(nothing_here)", start, end, step) == []
+    assert memory.series("sum(nothing_here)", start, end, step) == []
 
 
 def test_the_forecast_raises_the_count_before_the_daily_rise(

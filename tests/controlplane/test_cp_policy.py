@@ -18,9 +18,8 @@ from controlplane.policy import (
     DEFAULT_UP_MAX_PERCENT,
     DEFAULT_WARMUP_S,
     PolicyError,
-    parse_duration,
-    parse_policies,
 )
+from controlplane.policy_file import parse_duration, parse_policies
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "controlplane" / "examples" / "policies.yml"
 

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from controlplane.config import hash_token, token_digest
-from controlplane.policy import parse_policies
+from controlplane.policy_file import parse_policies
 from tests.deploy.conftest import REPO, require
 from tidedesk.settings import load_settings
 
