@@ -7,7 +7,8 @@
  *   Outbox  own messages not yet acknowledged, re-sent with their original ids after a reconnect
  *   Link    one WebSocket: backoff with equal jitter, the ack timer, the server's `reconnect` frame
  * plus i18n lookup (translator, pickLang). The chat node serves this file in front of widget.js at
- * /widget.js (the shop keeps one script tag) and as /static/tidedesk-core.js for the console.
+ * /widget.js (the shop keeps one script tag) and as /static/tidedesk-core.js for the console and
+ * the supervisor view.
  */
 (function (global) {
   "use strict";

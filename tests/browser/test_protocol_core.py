@@ -280,3 +280,17 @@ def test_translator_in_both_languages(page: Any) -> None:
         "zh": ["你好，安", "English only", "no_such_key"],  # a missing key falls back to English
         "missing": ["zh-CN.only_en"],
     }
+
+
+def i18n_table(view: str) -> str:
+    """The `var I18N = {...};` object literal of one of the views, as source text."""
+    source = (CORE.parent / view).read_text(encoding="utf-8")
+    start = source.index("var I18N = {") + len("var I18N = ")
+    return source[start:source.index("\n  };\n", start) + len("\n  }")]
+
+
+@pytest.mark.parametrize("view", ["widget.js", "console.js", "supervisor.js"])
+def test_every_string_of_a_view_is_in_english_and_chinese(page: Any, view: str) -> None:
+    missing = page.evaluate("src => TidedeskCore.missingKeys(Function('return ' + src)())",
+                            i18n_table(view))
+    assert missing == [], f"{view} lacks these strings (language.key): {missing}"
