@@ -38,6 +38,9 @@ STORE_CHECK_SECS = 1.0
 
 PAGES = {"/demo": "demo.html", "/console": "console.html", "/supervisor": "supervisor.html",
          "/widget.js": "widget.js"}
+# Files served in front of a page's own, joined into one answer: the shop embeds the widget with
+# one <script> tag and no build step, and the widget shares the protocol core with the console.
+PREPENDED = {"widget.js": ("tidedesk-core.js", "tidedesk-dom.js")}
 
 
 class PageHandler(tornado.web.RequestHandler):
@@ -47,11 +50,12 @@ class PageHandler(tornado.web.RequestHandler):
         self.filename = filename
 
     def get(self) -> None:
-        path = STATIC_DIR / self.filename
-        if not path.is_file():
+        paths = [STATIC_DIR / name for name in (*PREPENDED.get(self.filename, ()), self.filename)]
+        missing = [path.name for path in paths if not path.is_file()]
+        if missing:
             self.set_status(404)
             self.finish({"error": {"code": "not_found",
-                                   "message": f"{self.filename} is not installed"}})
+                                   "message": f"{', '.join(missing)} is not installed"}})
             return
         if self.filename.endswith(".js"):
             self.set_header("Content-Type", "application/javascript; charset=utf-8")
@@ -59,7 +63,7 @@ class PageHandler(tornado.web.RequestHandler):
         else:
             self.set_header("Content-Type", "text/html; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
-        self.finish(path.read_bytes())
+        self.finish(b"\n".join(path.read_bytes() for path in paths))
 
 
 class IndexHandler(tornado.web.RequestHandler):

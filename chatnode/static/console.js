@@ -1,15 +1,14 @@
 /* Tidedesk agent console. No framework: one state object, render functions, one WebSocket.
  *
- * Per conversation the console keeps messages by seq (a seq seen twice is dropped, a hole is
- * asked for with `resume`), the unacknowledged messages it sent (re-sent with the same id after a
- * reconnect), and the lowest seq loaded so older history can be fetched with `before_seq`.
+ * Per conversation the console keeps a sequence log and an outbox from tidedesk-core.js (loaded
+ * before this file): messages by seq (a seq seen twice is dropped, a hole is asked for with
+ * `resume`), the unacknowledged messages it sent (re-sent with the same id after a reconnect),
+ * and the lowest seq loaded so older history can be fetched with `before_seq`. The core's link
+ * carries every conversation over one socket.
  */
 (function () {
   "use strict";
-  var BACKOFF_BASE_MS = 500;
-  var BACKOFF_MAX_MS = 30000;
-  var ACK_TIMEOUT_MS = 12000; // no ack this long on an open socket: presume it dead, reconnect
-  var GAP_WAIT_MS = 2500; // a hole a resume did not fill is accepted after this long
+  var Core = window.TidedeskCore;
   var PAGE = 30; // messages per history page
   var TYPING_RESEND_MS = 3000;
   var TYPING_IDLE_MS = 2500;
@@ -80,60 +79,50 @@
     },
   };
 
-  function pickLang(v) { return String(v || "").toLowerCase().indexOf("zh") === 0 ? "zh-CN" : "en"; }
   function lsGet(k) { try { return localStorage.getItem(k); } catch (e) { return null; } }
   function lsSet(k, v) { try { if (v === null) localStorage.removeItem(k); else localStorage.setItem(k, v); } catch (e) { /* ignore */ } }
 
   var S = {
-    lang: pickLang(lsGet(LANG_KEY) || navigator.language),
+    lang: Core.pickLang(lsGet(LANG_KEY) || navigator.language),
     me: null,
     status: lsGet(STATUS_KEY) || "online",
-    conn: "idle",
-    attempt: 0,
-    reconnectAt: 0,
     chats: {}, // conversation_id -> chat
     current: null,
     canned: [],
     mode: "reply",
-    ackOwner: {}, // message id -> conversation_id
   };
-  var ws = null, reconnectTimer = null, tickTimer = null, ackTimer = null;
+  var link = new Core.Link({
+    url: function () {
+      return TDAuth.ensureFresh().then(function (sess) {
+        var proto = location.protocol === "https:" ? "wss:" : "ws:";
+        return proto + "//" + location.host + "/ws/agent?token=" + encodeURIComponent(sess.access_token);
+      });
+    },
+    onUrlFailed: function (err) {
+      if (err.status === 401) signedOut(t("sessionExpired")); else link.scheduleReconnect();
+    },
+    onFrame: onFrame,
+    onClose: function (ev) {
+      if (ev.code === 4401) {
+        TDAuth.refresh().then(function () { link.scheduleReconnect(0); }, function () { signedOut(t("sessionExpired")); });
+        return true;
+      }
+      if (ev.code === 4403) { toast(t("error", { m: ev.reason || "forbidden" })); }
+      return false;
+    },
+    onConn: function () { renderConn(); },
+    mayConnect: function () { return !!TDAuth.session; },
+    pending: function () { return chatList().some(function (c) { return c.outbox.items.length > 0; }); },
+    onAckTimeout: function () { chatList().forEach(function (c) { c.outbox.markFailed(); }); renderChat(); },
+  });
   var typingSentAt = 0, typingConv = null, typingOffTimer = null;
   var login = null;
 
-  function t(key, vars) {
-    var s = (I18N[S.lang] && I18N[S.lang][key]) || I18N.en[key] || key;
-    if (vars) Object.keys(vars).forEach(function (k) { s = s.split("{" + k + "}").join(vars[k]); });
-    return s;
-  }
+  var t = Core.translator(I18N, function () { return S.lang; });
   function $(sel, root) { return (root || document).querySelector(sel); }
   function $$(sel, root) { return Array.prototype.slice.call((root || document).querySelectorAll(sel)); }
-  function h(tag, attrs, kids) {
-    var el = document.createElement(tag);
-    if (attrs) Object.keys(attrs).forEach(function (k) {
-      var v = attrs[k];
-      if (v === null || v === undefined || v === false) return;
-      if (k === "text") el.textContent = v;
-      else if (k === "class") el.className = v;
-      else if (k.slice(0, 2) === "on") el.addEventListener(k.slice(2), v);
-      else el.setAttribute(k, v === true ? "" : v);
-    });
-    (kids || []).forEach(function (c) { if (c) el.appendChild(typeof c === "string" ? document.createTextNode(c) : c); });
-    return el;
-  }
-  function newId() {
-    if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
-    var b = new Uint8Array(16); crypto.getRandomValues(b);
-    return Array.prototype.map.call(b, function (x) { return (x + 256).toString(16).slice(1); }).join("");
-  }
-  function backoffMs(n, rnd) {
-    var cap = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * Math.pow(2, Math.min(n, 16)));
-    return Math.round(cap / 2 + rnd * (cap / 2));
-  }
-  function fmtTime(ts) {
-    var d = new Date(ts * 1000);
-    return ("0" + d.getHours()).slice(-2) + ":" + ("0" + d.getMinutes()).slice(-2);
-  }
+  var h = window.TidedeskDom.h;
+  var fmtTime = window.TidedeskDom.fmtTime;
   function toast(text) {
     var el = h("div", { class: "toast", role: "status", text: text, "data-testid": "toast" });
     document.body.appendChild(el);
@@ -149,7 +138,7 @@
     if (login) login.translate();
     if (S.me) { renderTop(); renderList(); renderChat(); }
   }
-  function setLang(l) { S.lang = pickLang(l); lsSet(LANG_KEY, S.lang); applyLang(); }
+  function setLang(l) { S.lang = Core.pickLang(l); lsSet(LANG_KEY, S.lang); applyLang(); }
 
   // ---------------------------------------------------------------- chats
   function visitorName(chat) {
@@ -158,13 +147,18 @@
   }
   function readSeq(cid) { return Number(lsGet(READ_KEY + cid) || 0); }
 
+  function chatList() { return Object.keys(S.chats).map(function (cid) { return S.chats[cid]; }); }
+
   function getChat(cid, visitor, state) {
     var c = S.chats[cid];
     if (!c) {
       c = S.chats[cid] = {
-        id: cid, visitor: visitor || {}, state: state || "assigned", msgs: {}, top: null, low: null,
-        maxSeq: 0, hasMore: false, loadingOlder: false, outbox: [], unread: 0, typing: false,
-        typingTimer: null, gapTimer: null, lastActivity: Date.now(), closeArmed: false, draft: "",
+        id: cid, visitor: visitor || {}, state: state || "assigned", hasMore: false, loadingOlder: false,
+        // The log starts where `follow` or the first message puts it (top null until then).
+        log: new Core.SeqLog(function (top) { send({ type: "resume", conversation_id: cid, after_seq: top }); },
+          { start: null, onStep: function () { renderChat(); } }),
+        outbox: new Core.Outbox(), unread: 0, typing: false,
+        typingTimer: null, lastActivity: Date.now(), closeArmed: false, draft: "",
       };
     } else {
       if (visitor) c.visitor = visitor;
@@ -175,22 +169,20 @@
 
   /** Start following a conversation whose newest seq is lastSeq: load its latest page. */
   function follow(c, lastSeq) {
-    if (c.top === null) {
+    if (c.log.top === null) {
       var from = Math.max(0, (lastSeq || 0) - PAGE);
-      c.top = from; c.low = from + 1; c.hasMore = from > 0; c.maxSeq = Math.max(c.maxSeq, from);
+      c.log.startAt(from); c.hasMore = from > 0;
     }
-    if ((lastSeq || 0) > c.top || c.maxSeq > c.top) send({ type: "resume", conversation_id: c.id, after_seq: c.top });
+    c.log.catchUp(Math.max(lastSeq || 0, c.log.maxSeq));
   }
 
   function addMessage(f) {
     var c = S.chats[f.conversation_id];
     if (!c || typeof f.seq !== "number") return;
-    if (f.id) dropOutbox(c, f.id);
-    if (c.msgs[f.seq]) return;
-    if (c.top === null) { c.top = f.seq - 1; c.low = f.seq; c.hasMore = f.seq > 1; }
-    c.msgs[f.seq] = f;
-    if (f.seq < c.low) c.low = f.seq;
-    if (f.seq > c.maxSeq) c.maxSeq = f.seq;
+    if (f.id) c.outbox.take(f.id);
+    var top = c.log.top;
+    if (!c.log.add(f)) return;
+    if (top === null) c.hasMore = f.seq > 1;
     if (f.from === "visitor") {
       if (f.seq > (c.maxVisitorSeq || 0)) c.maxVisitorSeq = f.seq;
       // Typing frames are relayed faster than stored messages: a very recent "on" still stands.
@@ -198,33 +190,12 @@
       var reading = S.current === c.id && !document.hidden;
       if (!reading && f.seq > readSeq(c.id)) c.unread += 1;
     }
-    if (f.seq > c.top) c.lastActivity = Date.now();
-    advance(c);
-  }
-
-  function advance(c) {
-    while (c.msgs[c.top + 1]) c.top += 1;
-    if (c.maxSeq > c.top && !c.gapTimer) {
-      send({ type: "resume", conversation_id: c.id, after_seq: c.top });
-      c.gapTimer = setTimeout(function () {
-        c.gapTimer = null;
-        if (c.maxSeq > c.top) {
-          while (c.top < c.maxSeq && !c.msgs[c.top + 1]) c.top += 1;
-          advance(c);
-          renderChat();
-        }
-      }, GAP_WAIT_MS);
-    }
-  }
-
-  function dropOutbox(c, id) {
-    for (var i = 0; i < c.outbox.length; i++) if (c.outbox[i].id === id) { c.outbox.splice(i, 1); delete S.ackOwner[id]; return true; }
-    return false;
+    if (f.seq > top) c.lastActivity = Date.now();
   }
 
   function markRead(c) {
     c.unread = 0;
-    if (c.top) lsSet(READ_KEY + c.id, String(Math.max(c.top, readSeq(c.id))));
+    if (c.log.top) lsSet(READ_KEY + c.id, String(Math.max(c.log.top, readSeq(c.id))));
     // Tell the visitor (their widget shows "Seen"); only when a newer visitor message was shown.
     if (S.current === c.id && !document.hidden && c.state !== "closed" && (c.maxVisitorSeq || 0) > (c.readSent || 0)) {
       if (send({ type: "read", conversation_id: c.id, seq: c.maxVisitorSeq })) c.readSent = c.maxVisitorSeq;
@@ -236,16 +207,15 @@
     c.loadingOlder = true;
     var log = $("[data-log]");
     var prevHeight = log.scrollHeight, prevTop = log.scrollTop;
-    TDAuth.api("/api/v1/conversations/" + encodeURIComponent(c.id) + "/messages?before_seq=" + c.low + "&limit=" + PAGE)
+    TDAuth.api("/api/v1/conversations/" + encodeURIComponent(c.id) + "/messages?before_seq=" + c.log.low + "&limit=" + PAGE)
       .then(function (j) {
         var got = (j && j.messages) || [];
         got.forEach(function (m) {
-          if (typeof m.seq !== "number" || c.msgs[m.seq]) return;
+          if (typeof m.seq !== "number" || c.log.msgs[m.seq]) return;
           m.conversation_id = m.conversation_id || c.id;
-          c.msgs[m.seq] = m;
-          if (m.seq < c.low) c.low = m.seq;
+          c.log.addOlder(m);
         });
-        if (got.length < PAGE || c.low <= 1) c.hasMore = false;
+        if (got.length < PAGE || c.log.low <= 1) c.hasMore = false;
         c.loadingOlder = false;
         if (S.current === c.id) {
           renderLog(c, true);
@@ -258,75 +228,13 @@
   }
 
   // ---------------------------------------------------------------- socket
-  function send(obj) {
-    if (ws && ws.readyState === 1) { ws.send(JSON.stringify(obj)); return true; }
-    return false;
-  }
-  function setConn(c) { S.conn = c; renderConn(); }
-
-  function connect() {
-    if (ws || !TDAuth.session) return;
-    if (reconnectTimer) { clearTimeout(reconnectTimer); reconnectTimer = null; }
-    if (!navigator.onLine) { setConn("offline"); return; }
-    setConn("connecting");
-    TDAuth.ensureFresh().then(function (sess) {
-      if (ws) return;
-      var proto = location.protocol === "https:" ? "wss:" : "ws:";
-      var sock = new WebSocket(proto + "//" + location.host + "/ws/agent?token=" + encodeURIComponent(sess.access_token));
-      ws = sock;
-      sock.onmessage = function (ev) {
-        if (sock !== ws) return;
-        var f; try { f = JSON.parse(ev.data); } catch (e) { return; }
-        onFrame(f);
-      };
-      sock.onclose = function (ev) {
-        if (sock !== ws) return;
-        ws = null; clearTimeout(ackTimer); ackTimer = null;
-        if (ev.code === 4401) {
-          TDAuth.refresh().then(function () { scheduleReconnect(0); }, function () { signedOut(t("sessionExpired")); });
-          return;
-        }
-        if (ev.code === 4403) { toast(t("error", { m: ev.reason || "forbidden" })); }
-        scheduleReconnect();
-      };
-    }, function (err) {
-      if (err.status === 401) signedOut(t("sessionExpired")); else scheduleReconnect();
-    });
-  }
-
-  function dropSocket() {
-    if (!ws) return;
-    var sock = ws; ws = null;
-    sock.onmessage = sock.onclose = sock.onerror = null;
-    try { sock.close(); } catch (e) { /* closed */ }
-    clearTimeout(ackTimer); ackTimer = null;
-  }
-
-  function scheduleReconnect(delay) {
-    if (reconnectTimer || ws || !TDAuth.session) return;
-    if (!navigator.onLine) { setConn("offline"); return; }
-    var d = delay !== undefined ? delay : backoffMs(S.attempt, Math.random());
-    S.attempt += 1;
-    S.reconnectAt = Date.now() + d;
-    setConn("reconnecting");
-    reconnectTimer = setTimeout(function () { reconnectTimer = null; connect(); }, d);
-    if (!tickTimer) tickTimer = setInterval(function () {
-      if (S.conn === "reconnecting") renderConn(); else { clearInterval(tickTimer); tickTimer = null; }
-    }, 1000);
-  }
-
-  function reconnectNow() {
-    if (reconnectTimer) { clearTimeout(reconnectTimer); reconnectTimer = null; }
-    S.attempt = 0;
-    connect();
-  }
+  function send(obj) { return link.send(obj); }
 
   function onFrame(f) {
     var c;
     switch (f.type) {
       case "hello": {
-        S.attempt = 0;
-        setConn("online");
+        link.established();
         send({ type: "status", status: S.status });
         var seen = {};
         (f.conversations || []).forEach(function (it) {
@@ -338,9 +246,7 @@
           // Closed or transferred while we were away.
           if (!seen[cid] && S.chats[cid].state !== "closed") S.chats[cid].state = "closed";
         });
-        Object.keys(S.chats).forEach(function (cid) {
-          S.chats[cid].outbox.forEach(function (m) { m.failed = false; transmit(S.chats[cid], m); });
-        });
+        chatList().forEach(function (chat) { chat.outbox.resend(function (m) { transmit(chat, m); }); });
         if (!S.current) {
           var first = sortedChats()[0];
           if (first) S.current = first.id;
@@ -400,10 +306,6 @@
         c = S.chats[f.conversation_id];
         if (c && f.state) { c.state = f.state; renderList(); renderChat(); }
         break;
-      case "reconnect":
-        dropSocket();
-        scheduleReconnect(Math.max(0, f.after_ms || 0));
-        break;
       case "error":
         toast(t("error", { m: f.message || f.code }));
         break;
@@ -413,47 +315,23 @@
   }
 
   function onAck(f) {
-    var cid = S.ackOwner[f.id];
-    var c = cid && S.chats[cid];
+    // Ids are unique, so the chat whose outbox holds the id is the one the ack is for.
+    var c = chatList().filter(function (chat) { return chat.outbox.find(f.id); })[0];
     if (!c) return;
-    for (var i = 0; i < c.outbox.length; i++) {
-      var m = c.outbox[i];
-      if (m.id !== f.id) continue;
-      c.outbox.splice(i, 1);
-      delete S.ackOwner[f.id];
-      if (typeof f.seq === "number" && !c.msgs[f.seq]) {
-        c.msgs[f.seq] = {
-          type: "message", conversation_id: c.id, seq: f.seq, id: m.id, from: "agent", body: m.body,
-          ts: m.ts, private: m.private, name: S.me && S.me.name,
-        };
-        if (f.seq > c.maxSeq) c.maxSeq = f.seq;
-        if (c.top === null) { c.top = f.seq - 1; c.low = f.seq; }
-        advance(c);
-      }
-      break;
+    var m = c.outbox.take(f.id);
+    if (typeof f.seq === "number") {
+      c.log.add({
+        type: "message", conversation_id: c.id, seq: f.seq, id: m.id, from: "agent", body: m.body,
+        ts: m.ts, private: m.private, name: S.me && S.me.name,
+      });
     }
-    armAckTimer();
+    link.armAckTimer();
     renderList();
     if (S.current === c.id) renderLog(c);
   }
 
-  function anyPending() {
-    return Object.keys(S.chats).some(function (cid) { return S.chats[cid].outbox.length > 0; });
-  }
-  function armAckTimer() {
-    clearTimeout(ackTimer); ackTimer = null;
-    if (!ws || !anyPending()) return;
-    ackTimer = setTimeout(function () {
-      Object.keys(S.chats).forEach(function (cid) { S.chats[cid].outbox.forEach(function (m) { m.failed = true; }); });
-      renderChat();
-      dropSocket();
-      scheduleReconnect(0);
-    }, ACK_TIMEOUT_MS);
-  }
-
   function transmit(c, m) {
-    var frame = { type: m.private ? "note" : "message", conversation_id: c.id, id: m.id, body: m.body };
-    if (send(frame) && !ackTimer) armAckTimer();
+    link.transmit({ type: m.private ? "note" : "message", conversation_id: c.id, id: m.id, body: m.body });
   }
 
   function sendCurrent() {
@@ -461,9 +339,8 @@
     var input = $("[data-input]");
     var body = input.value.trim();
     if (!c || !body || c.state === "closed") return;
-    var m = { id: newId(), body: body, ts: Date.now() / 1000, private: S.mode === "note" };
+    var m = { id: Core.newId(), body: body, ts: Date.now() / 1000, private: S.mode === "note" };
     c.outbox.push(m);
-    S.ackOwner[m.id] = c.id;
     input.value = ""; c.draft = "";
     stopTyping();
     hideCanned();
@@ -523,18 +400,19 @@
 
   function lastMessage(c) {
     var best = null;
-    Object.keys(c.msgs).forEach(function (k) { var m = c.msgs[k]; if (!best || m.seq > best.seq) best = m; });
-    if (c.outbox.length) return c.outbox[c.outbox.length - 1];
+    Object.keys(c.log.msgs).forEach(function (k) { var m = c.log.msgs[k]; if (!best || m.seq > best.seq) best = m; });
+    if (c.outbox.items.length) return c.outbox.items[c.outbox.items.length - 1];
     return best;
   }
 
   function renderConn() {
     var el = $("[data-testid=conn]");
     if (!el) return;
-    el.setAttribute("data-state", S.conn);
-    var text = S.conn === "online" ? t("connConnected")
-      : S.conn === "offline" ? t("connOffline")
-      : S.conn === "reconnecting" ? t("connReconnecting", { s: Math.max(1, Math.ceil((S.reconnectAt - Date.now()) / 1000)) })
+    var conn = link.conn;
+    el.setAttribute("data-state", conn);
+    var text = conn === "online" ? t("connConnected")
+      : conn === "offline" ? t("connOffline")
+      : conn === "reconnecting" ? t("connReconnecting", { s: link.secondsToRetry() })
       : t("connConnecting");
     $("[data-conn-text]").textContent = text;
   }
@@ -640,14 +518,14 @@
       class: "btn earlier", type: "button", "data-testid": "load-earlier", text: t("earlier"),
       onclick: function () { loadOlder(c); },
     }));
-    var seqs = Object.keys(c.msgs).map(Number).sort(function (a, b) { return a - b; });
+    var seqs = c.log.seqs();
     var seenSeq = 0;
     seqs.forEach(function (seq) {
-      var m = c.msgs[seq];
+      var m = c.log.msgs[seq];
       if (m.from === "agent" && !m.private && seq <= (c.visitorRead || 0)) seenSeq = seq;
     });
-    seqs.forEach(function (seq) { log.appendChild(msgEl(c, c.msgs[seq], false, seq === seenSeq)); });
-    c.outbox.forEach(function (m) { log.appendChild(msgEl(c, m, true)); });
+    seqs.forEach(function (seq) { log.appendChild(msgEl(c, c.log.msgs[seq], false, seq === seenSeq)); });
+    c.outbox.items.forEach(function (m) { log.appendChild(msgEl(c, m, true)); });
     if (!document.hidden) markRead(c);
     if (nearBottom || !keepScroll) log.scrollTop = log.scrollHeight;
     else log.scrollTop = scrollTop;
@@ -746,8 +624,8 @@
 
   // ---------------------------------------------------------------- start / sign-in
   function signedOut(message) {
-    dropSocket();
-    if (reconnectTimer) { clearTimeout(reconnectTimer); reconnectTimer = null; }
+    link.drop();
+    link.cancelRetry();
     TDAuth.logout();
     S.me = null; S.chats = {}; S.current = null;
     $("#app").hidden = true;
@@ -762,7 +640,7 @@
       $("#login").hidden = true;
       $("#app").hidden = false;
       applyLang();
-      connect();
+      link.connect();
       TDAuth.api("/api/v1/canned").then(function (j) { S.canned = (j && j.canned) || []; }, function () { S.canned = []; });
     }, function (err) {
       if (err.status === 401) signedOut(); else { toast(t("error", { m: err.message })); setTimeout(start, 3000); }
@@ -838,12 +716,8 @@
       var c = S.chats[S.current];
       if (c && e.target.scrollTop < 40) loadOlder(c);
     });
-    window.addEventListener("offline", function () {
-      dropSocket();
-      if (reconnectTimer) { clearTimeout(reconnectTimer); reconnectTimer = null; }
-      setConn("offline");
-    });
-    window.addEventListener("online", function () { if (TDAuth.session) reconnectNow(); });
+    window.addEventListener("offline", function () { link.goOffline(); });
+    window.addEventListener("online", function () { if (TDAuth.session) link.reconnectNow(); });
     document.addEventListener("visibilitychange", function () {
       var c = S.chats[S.current];
       if (!document.hidden && c) { markRead(c); renderList(); }
@@ -855,5 +729,5 @@
   applyLang();
   if (TDAuth.session) start(); else signedOut();
 
-  window.TidedeskConsole = { get state() { return S; }, setLang: setLang, reconnectNow: reconnectNow };
+  window.TidedeskConsole = { get state() { return S; }, setLang: setLang, reconnectNow: function () { link.reconnectNow(); } };
 })();

@@ -1,6 +1,8 @@
-/* Tidedesk supervisor view: polls GET /api/v1/supervisor/overview every few seconds. */
+/* Tidedesk supervisor view: polls GET /api/v1/supervisor/overview every few seconds.
+ * Language lookup and the element builder come from tidedesk-core.js and tidedesk-dom.js. */
 (function () {
   "use strict";
+  var pickLang = window.TidedeskCore.pickLang;
   var POLL_MS = 3000; // live enough for a wall screen, cheap for the server
   var LANG_KEY = "tidedesk.console.lang"; // shared with the console
 
@@ -34,26 +36,14 @@
       visitor: "访客",
     },
   };
-  function pickLang(v) { return String(v || "").toLowerCase().indexOf("zh") === 0 ? "zh-CN" : "en"; }
   var lang;
   try { lang = pickLang(localStorage.getItem(LANG_KEY) || navigator.language); } catch (e) { lang = pickLang(navigator.language); }
   var last = null, lastAt = 0, timer = null, login = null;
 
-  function t(key, vars) {
-    var s = (I18N[lang] && I18N[lang][key]) || I18N.en[key] || key;
-    if (vars) Object.keys(vars).forEach(function (k) { s = s.split("{" + k + "}").join(vars[k]); });
-    return s;
-  }
+  var t = window.TidedeskCore.translator(I18N, function () { return lang; });
   function $(s) { return document.querySelector(s); }
   function $$(s) { return Array.prototype.slice.call(document.querySelectorAll(s)); }
-  function h(tag, attrs, kids) {
-    var el = document.createElement(tag);
-    Object.keys(attrs || {}).forEach(function (k) {
-      if (k === "text") el.textContent = attrs[k]; else if (k === "class") el.className = attrs[k]; else el.setAttribute(k, attrs[k]);
-    });
-    (kids || []).forEach(function (c) { if (c) el.appendChild(typeof c === "string" ? document.createTextNode(c) : c); });
-    return el;
-  }
+  var h = window.TidedeskDom.h;
   function dur(s) {
     s = Math.round(s);
     if (s < 60) return s + "s";

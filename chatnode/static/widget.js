@@ -1,7 +1,9 @@
 /*! Tidedesk visitor widget — one <script src="https://HOST/widget.js" data-lang="en"> tag.
  *
  * Adds a launcher button and a chat panel inside a Shadow DOM, so the page's styles and the
- * widget's styles never meet. No framework, no build step.
+ * widget's styles never meet. No framework, no build step: at /widget.js the chat node serves
+ * tidedesk-core.js (the delivery protocol, shared with the console) and tidedesk-dom.js in front
+ * of this file, so the shop still loads one script.
  *
  * Script-tag options (all optional):
  *   data-lang   "en" | "zh-CN"  (default: the browser's language)
@@ -13,10 +15,13 @@
  * twice is dropped; a hole in the seqs is asked for with `resume`; after every (re)connect the
  * widget sends `resume` with the last contiguous seq it holds and re-sends every unacknowledged
  * message with its original client-made id, so the server's idempotency makes retries safe.
+ * The rules themselves live in TidedeskCore (SeqLog, Outbox, Link); this file is the view.
  */
 (function () {
   "use strict";
   if (window.Tidedesk && window.Tidedesk.version) return; // loaded twice: keep the first
+  // The sequence log, the link and i18n lookup: tidedesk-core.js, served in front of this file.
+  var Core = window.TidedeskCore;
 
   var script = document.currentScript;
   if (!script) {
@@ -28,15 +33,6 @@
   var WS_ORIGIN = ORIGIN.replace(/^http/, "ws");
   var KEY = "tidedesk:" + ORIGIN + ":";
 
-  // Reconnect backoff: full range doubles from 0.5 s up to 30 s; the delay is drawn from the
-  // upper half of the range (equal jitter) so a node drain does not bring every client back at once.
-  var BACKOFF_BASE_MS = 500;
-  var BACKOFF_MAX_MS = 30000;
-  // Without an ack this long the socket is presumed dead (half-open TCP) and is replaced.
-  var ACK_TIMEOUT_MS = 12000;
-  // A hole in the seqs that a resume did not fill within this long is accepted (e.g. seqs taken
-  // by agents' private notes, which visitors never receive).
-  var GAP_WAIT_MS = 2500;
   var ARCHIVE_MAX = 100; // earlier conversations' messages kept on screen after a new one starts
   var TYPING_RESEND_MS = 3000; // keep "typing on" alive without flooding the rate limit
   var TYPING_IDLE_MS = 2500; // no keystroke this long: send "typing off"
@@ -126,11 +122,6 @@
     },
   };
 
-  function pickLang(v) {
-    v = String(v || "").toLowerCase();
-    return v.indexOf("zh") === 0 ? "zh-CN" : "en";
-  }
-
   // ---- storage (may be unavailable: private mode, sandboxed iframes) ----
   function load(k) {
     try { return window.localStorage.getItem(KEY + k); } catch (e) { return null; }
@@ -142,22 +133,9 @@
     } catch (e) { /* storage full or blocked: the widget still works for this page view */ }
   }
 
-  function newId() {
-    if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
-    var b = new Uint8Array(16);
-    crypto.getRandomValues(b);
-    return Array.prototype.map.call(b, function (x) { return (x + 256).toString(16).slice(1); }).join("");
-  }
-
-  /** Reconnect delay for attempt n (0-based): equal jitter over an exponentially growing cap. */
-  function backoffMs(n, rnd) {
-    var cap = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * Math.pow(2, Math.min(n, 16)));
-    return Math.round(cap / 2 + rnd * (cap / 2));
-  }
-
   // ---- state ----
   var S = {
-    lang: pickLang(load("lang") || ds.lang || navigator.language),
+    lang: Core.pickLang(load("lang") || ds.lang || navigator.language),
     open: load("open") === "1" || ds.open === "true",
     token: load("token"),
     visitorId: load("visitor_id"),
@@ -165,14 +143,6 @@
     agentName: load("agent_name") || "",
     convState: null, // queued | assigned | closed | offline
     position: null,
-    conn: "idle", // idle | connecting | online | reconnecting | offline
-    reconnectAt: 0,
-    attempt: 0,
-    failedOpens: 0,
-    msgs: {}, // seq -> message frame
-    top: 0, // highest seq such that every seq up to it is held (or accepted as a hole)
-    maxSeq: 0,
-    outbox: [], // unacked own messages, in send order: {id, body, ts, sentAt}
     archive: [], // messages of earlier conversations shown in this page view
     agentTyping: false,
     typingAt: 0,
@@ -182,35 +152,41 @@
     offlineSent: false,
     notice: null,
   };
-  var ws = null;
-  var reconnectTimer = null;
-  var tickTimer = null;
-  var gapTimer = null;
-  var ackTimer = null;
+  // This conversation's messages by seq; a hole is asked for with `resume`.
+  var seqLog = new Core.SeqLog(function (top) { send({ type: "resume", after_seq: top }); });
+  // Unacked own messages, in send order: {id, body, ts, from, failed, sentAt}; kept across reloads.
+  var outbox = new Core.Outbox(saveOutbox);
+  var link = new Core.Link({
+    url: function () {
+      return ensureVisitor().then(function (token) { return WS_ORIGIN + "/ws/visitor?token=" + encodeURIComponent(token); });
+    },
+    onUrlFailed: function (err) {
+      // A network failure is already told by the reconnect banner; a refusal needs its reason.
+      if (err.status) {
+        S.notice = err.status === 429 || err.status === 503 ? t("busy") : t("error", { m: err.message });
+        renderLog();
+      }
+      link.scheduleReconnect();
+    },
+    onFrame: onFrame,
+    onClose: function (ev) {
+      if (ev.code === 4401) { forgetVisitor(); link.scheduleReconnect(0); return true; }
+      if (link.failedOpens >= 3) probeToken();
+      return false;
+    },
+    onConn: function () { renderStatus(); },
+    pending: function () { return outbox.items.length > 0; },
+    onAckTimeout: function () { outbox.markFailed(); renderLog(); },
+  });
   var typingOffTimer = null;
   var typingShowTimer = null;
   var typingSentAt = 0;
   var readTimer = null;
 
-  function t(key, vars) {
-    var s = (I18N[S.lang] && I18N[S.lang][key]) || I18N.en[key] || key;
-    if (vars) Object.keys(vars).forEach(function (k) { s = s.split("{" + k + "}").join(vars[k]); });
-    return s;
-  }
+  var t = Core.translator(I18N, function () { return S.lang; });
 
   // ---- DOM ----
-  function h(tag, attrs, kids) {
-    var el = document.createElement(tag);
-    if (attrs) Object.keys(attrs).forEach(function (k) {
-      var v = attrs[k];
-      if (v === null || v === undefined || v === false) return;
-      if (k === "text") el.textContent = v;
-      else if (k.slice(0, 2) === "on") el.addEventListener(k.slice(2), v);
-      else el.setAttribute(k, v === true ? "" : v);
-    });
-    (kids || []).forEach(function (c) { if (c) el.appendChild(typeof c === "string" ? document.createTextNode(c) : c); });
-    return el;
-  }
+  var h = window.TidedeskDom.h;
 
   var CSS = [
     // Everything that inherits is set on .tdw, not on the host: the page's own rules (even a bare
@@ -360,10 +336,7 @@
   }
 
   // ---- rendering ----
-  function fmtTime(ts) {
-    var d = new Date(ts * 1000);
-    return ("0" + d.getHours()).slice(-2) + ":" + ("0" + d.getMinutes()).slice(-2);
-  }
+  var fmtTime = window.TidedeskDom.fmtTime;
 
   function renderChrome() {
     host.setAttribute("lang", S.lang);
@@ -390,12 +363,13 @@
 
   function renderStatus() {
     // Green means "connected and someone can answer"; grey when connected but nobody is online.
-    ui.dot.setAttribute("data-state", S.conn === "online" && S.convState === "offline" ? "nobody" : S.conn);
-    host.setAttribute("data-conn", S.conn);
+    var conn = link.conn;
+    ui.dot.setAttribute("data-state", conn === "online" && S.convState === "offline" ? "nobody" : conn);
+    host.setAttribute("data-conn", conn);
     host.setAttribute("data-state", S.convState || "");
     var sub;
-    if (S.conn === "offline") sub = t("offlineNet");
-    else if (S.conn !== "online") sub = t("connecting");
+    if (conn === "offline") sub = t("offlineNet");
+    else if (conn !== "online") sub = t("connecting");
     else if (S.convState === "assigned" && S.agentName) sub = t("assignedShort", { name: S.agentName });
     else if (S.convState === "queued" && S.position) sub = t("positionShort", { n: S.position });
     else if (S.convState === "queued") sub = t("queued");
@@ -404,11 +378,11 @@
     ui.subText.textContent = sub;
 
     var banner = null, kind = "", btn = false;
-    if (S.conn === "offline") { banner = t("offlineNet"); kind = "offline"; }
-    else if (S.conn === "reconnecting") {
-      banner = t("reconnecting", { s: Math.max(1, Math.ceil((S.reconnectAt - Date.now()) / 1000)) });
+    if (conn === "offline") { banner = t("offlineNet"); kind = "offline"; }
+    else if (conn === "reconnecting") {
+      banner = t("reconnecting", { s: link.secondsToRetry() });
       btn = true;
-    } else if (S.conn === "connecting" && S.attempt > 0) banner = t("connecting");
+    } else if (conn === "connecting" && link.attempt > 0) banner = t("connecting");
     ui.banner.hidden = !banner;
     ui.banner.setAttribute("data-kind", kind);
     ui.bannerText.textContent = banner || "";
@@ -416,8 +390,8 @@
     ui.bannerBtn.textContent = t("reconnectNow");
 
     // The form until the visitor has left a message (also after a reload: their message is resumed).
-    var offlineForm = S.convState === "offline" && !S.offlineSent && !S.outbox.length &&
-      !sortedSeqs().some(function (seq) { return S.msgs[seq].from === "visitor"; });
+    var offlineForm = S.convState === "offline" && !S.offlineSent && !outbox.items.length &&
+      !seqLog.seqs().some(function (seq) { return seqLog.msgs[seq].from === "visitor"; });
     ui.offline.hidden = !offlineForm;
     ui.composer.hidden = offlineForm;
     ui.typing.hidden = !S.agentTyping;
@@ -439,14 +413,14 @@
       log.appendChild(h("div", { class: "note", "data-testid": "td-new-conversation", text: t("newConversation") }));
       lastWho = null;
     }
-    var seqs = sortedSeqs();
+    var seqs = seqLog.seqs();
     var seenSeq = 0;
-    seqs.forEach(function (seq) { if (S.msgs[seq].from === "visitor" && seq <= (S.agentRead || 0)) seenSeq = seq; });
+    seqs.forEach(function (seq) { if (seqLog.msgs[seq].from === "visitor" && seq <= (S.agentRead || 0)) seenSeq = seq; });
     seqs.forEach(function (seq) {
-      var m = S.msgs[seq];
+      var m = seqLog.msgs[seq];
       lastWho = appendMsg(m, false, lastWho, false, seq === seenSeq);
     });
-    S.outbox.forEach(function (m) { lastWho = appendMsg(m, true, lastWho); });
+    outbox.items.forEach(function (m) { lastWho = appendMsg(m, true, lastWho); });
     if (S.convState === "queued" && S.position) {
       log.appendChild(h("div", { class: "note queue", "data-testid": "td-queue", text: t("position", { n: S.position }) }));
     } else if (S.convState === "queued") {
@@ -485,18 +459,10 @@
   }
 
   // ---- message bookkeeping ----
-  function sortedSeqs() {
-    return Object.keys(S.msgs).map(Number).sort(function (a, b) { return a - b; });
-  }
-
   /** Keep the transcript of a finished conversation on screen above the new one (this page view only). */
   function archiveConversation() {
-    var old = sortedSeqs().map(function (seq) { return S.msgs[seq]; });
+    var old = seqLog.seqs().map(function (seq) { return seqLog.msgs[seq]; });
     S.archive = S.archive.concat(old).slice(-ARCHIVE_MAX);
-  }
-
-  function advanceTop() {
-    while (S.msgs[S.top + 1]) S.top += 1;
   }
 
   function addMessage(m) {
@@ -504,65 +470,35 @@
     if (m.conversation_id && S.conversationId && m.conversation_id !== S.conversationId) return;
     if (m.private) return; // never for visitors; belt and braces
     // A message we sent that comes back (echo or resume) confirms the pending copy.
-    if (m.from === "visitor") dropFromOutbox(m.id);
-    if (S.msgs[m.seq]) return; // seen already: a resume overlapping what we hold
-    S.msgs[m.seq] = m;
-    if (m.seq > S.maxSeq) S.maxSeq = m.seq;
+    if (m.from === "visitor") outbox.take(m.id);
+    var top = seqLog.top;
+    if (!seqLog.add(m)) return; // seen already: a resume overlapping what we hold
     if (m.from === "agent" && m.name) { S.agentName = m.name; save("agent_name", m.name); }
     if (m.from === "agent") {
       // A reply ends the typing indicator, unless "typing on" came after it was sent (the relay
       // of typing frames is faster than the delivery of stored messages).
       if (Date.now() - S.typingAt > TYPING_OVERTAKE_MS) S.agentTyping = false;
       // An agent's reply means someone has the chat, even if the "assigned" frame was missed.
-      if (S.convState === "queued" && m.seq > S.top) { S.convState = "assigned"; S.position = null; }
+      if (S.convState === "queued" && m.seq > top) { S.convState = "assigned"; S.position = null; }
       if ((!S.open || document.hidden) && m.seq > S.readSeq) S.unread += 1;
     }
-    advanceTop();
-    if (S.maxSeq > S.top) askForGap();
     scheduleRead();
   }
 
-  function askForGap() {
-    if (gapTimer) return;
-    send({ type: "resume", after_seq: S.top });
-    gapTimer = setTimeout(function () {
-      gapTimer = null;
-      if (S.maxSeq > S.top) {
-        // The resume did not fill it: the hole is not ours to see. Step over it.
-        while (S.top < S.maxSeq && !S.msgs[S.top + 1]) S.top += 1;
-        advanceTop();
-        if (S.maxSeq > S.top) askForGap();
-      }
-    }, GAP_WAIT_MS);
-  }
-
-  function dropFromOutbox(id) {
-    if (!id) return false;
-    for (var i = 0; i < S.outbox.length; i++) {
-      if (S.outbox[i].id === id) { S.outbox.splice(i, 1); saveOutbox(); return true; }
-    }
-    return false;
-  }
-
   function saveOutbox() {
-    save("outbox", S.outbox.length ? JSON.stringify(S.outbox.map(function (m) {
+    save("outbox", outbox.items.length ? JSON.stringify(outbox.items.map(function (m) {
       return { id: m.id, body: m.body, ts: m.ts, from: "visitor" };
     })) : null);
   }
 
   function resetConversation() {
-    S.msgs = {}; S.top = 0; S.maxSeq = 0;
+    seqLog.reset();
     S.agentTyping = false; S.position = null; S.offlineSent = false;
     S.readSeq = 0; S.unread = 0; S.lastReadSent = 0; S.agentRead = 0; save("read_seq", null);
   }
 
   // ---- connection ----
-  function send(obj) {
-    if (ws && ws.readyState === 1) { ws.send(JSON.stringify(obj)); return true; }
-    return false;
-  }
-
-  function setConn(c) { S.conn = c; renderStatus(); }
+  function send(obj) { return link.send(obj); }
 
   var creatingVisitor = null; // one POST /visitors at a time, however many connects race
 
@@ -590,54 +526,6 @@
     return creatingVisitor;
   }
 
-  function connect() {
-    if (ws) return;
-    if (reconnectTimer) { clearTimeout(reconnectTimer); reconnectTimer = null; }
-    if (!navigator.onLine) { setConn("offline"); return; }
-    setConn("connecting");
-    ensureVisitor().then(openSocket, function (err) {
-      // A network failure is already told by the reconnect banner; a refusal needs its reason.
-      if (err.status) {
-        S.notice = err.status === 429 || err.status === 503 ? t("busy") : t("error", { m: err.message });
-        renderLog();
-      }
-      scheduleReconnect();
-    });
-  }
-
-  function openSocket(token) {
-    if (ws) return;
-    var sock = new WebSocket(WS_ORIGIN + "/ws/visitor?token=" + encodeURIComponent(token));
-    ws = sock;
-    var opened = false;
-    sock.onopen = function () { opened = true; S.failedOpens = 0; };
-    sock.onmessage = function (ev) {
-      if (sock !== ws) return;
-      var f;
-      try { f = JSON.parse(ev.data); } catch (e) { return; }
-      onFrame(f);
-    };
-    sock.onclose = function (ev) {
-      if (sock !== ws) return;
-      ws = null;
-      clearTimeout(ackTimer); ackTimer = null;
-      if (!opened) S.failedOpens += 1;
-      if (ev.code === 4401) { forgetVisitor(); scheduleReconnect(0); return; }
-      if (S.failedOpens >= 3) probeToken();
-      scheduleReconnect();
-    };
-  }
-
-  /** Drop the socket without waiting for a closing handshake that may never come. */
-  function dropSocket() {
-    if (!ws) return;
-    var sock = ws;
-    ws = null;
-    sock.onopen = sock.onmessage = sock.onclose = sock.onerror = null;
-    try { sock.close(); } catch (e) { /* already closed */ }
-    clearTimeout(ackTimer); ackTimer = null;
-  }
-
   function forgetVisitor() {
     S.token = null; S.visitorId = null; S.conversationId = null;
     save("token", null); save("visitor_id", null); save("conversation_id", null);
@@ -650,33 +538,14 @@
     fetch(ORIGIN + "/api/v1/conversations/" + encodeURIComponent(S.conversationId) + "/messages?after_seq=0&limit=1", {
       headers: { Authorization: "Bearer " + S.token },
     }).then(function (r) {
-      if (r.status === 401 || r.status === 403) { forgetVisitor(); reconnectNow(); }
+      if (r.status === 401 || r.status === 403) { forgetVisitor(); link.reconnectNow(); }
     }, function () { /* still unreachable: keep backing off */ });
-  }
-
-  function scheduleReconnect(delay) {
-    if (reconnectTimer || ws) return;
-    if (!navigator.onLine) { setConn("offline"); return; }
-    var d = delay !== undefined ? delay : backoffMs(S.attempt, Math.random());
-    S.attempt += 1;
-    S.reconnectAt = Date.now() + d;
-    setConn("reconnecting");
-    reconnectTimer = setTimeout(function () { reconnectTimer = null; connect(); }, d);
-    if (!tickTimer) tickTimer = setInterval(function () {
-      if (S.conn === "reconnecting") renderStatus(); else { clearInterval(tickTimer); tickTimer = null; }
-    }, 1000);
-  }
-
-  function reconnectNow() {
-    if (reconnectTimer) { clearTimeout(reconnectTimer); reconnectTimer = null; }
-    S.attempt = 0;
-    if (!ws) connect();
   }
 
   function onFrame(f) {
     switch (f.type) {
       case "hello":
-        S.attempt = 0; S.notice = null;
+        link.established(); S.notice = null;
         if (f.conversation_id !== S.conversationId) {
           if (S.conversationId) archiveConversation();
           resetConversation();
@@ -685,9 +554,8 @@
         }
         if (f.visitor_id) { S.visitorId = f.visitor_id; save("visitor_id", f.visitor_id); }
         setConvState(f.state);
-        S.conn = "online";
-        if ((f.last_seq || 0) > S.top) send({ type: "resume", after_seq: S.top });
-        S.outbox.forEach(function (m) { m.failed = false; transmit(m); });
+        seqLog.catchUp(f.last_seq);
+        outbox.resend(transmit);
         renderStatus(); renderLog();
         break;
       case "message":
@@ -721,11 +589,6 @@
         if (S.agentTyping) typingShowTimer = setTimeout(function () { S.agentTyping = false; renderStatus(); }, TYPING_SHOW_MS);
         renderStatus();
         break;
-      case "reconnect":
-        // The node is draining: leave now, come back after the delay it chose for us.
-        dropSocket();
-        scheduleReconnect(Math.max(0, f.after_ms || 0));
-        break;
       case "busy":
         S.position = f.position || S.position;
         S.notice = t("busy");
@@ -740,16 +603,15 @@
   }
 
   function onError(f) {
-    var m = null;
-    for (var i = 0; i < S.outbox.length; i++) if (f.id && S.outbox[i].id === f.id) m = S.outbox[i];
+    var m = outbox.find(f.id);
     if (m && f.code === "try_again") {
       // Not stored: send it again with the same id (the server dedupes on it).
       m.failed = true;
-      setTimeout(function () { if (S.outbox.indexOf(m) >= 0) transmit(m); }, 1000 + Math.random() * 1000);
+      setTimeout(function () { if (outbox.items.indexOf(m) >= 0) transmit(m); }, 1000 + Math.random() * 1000);
       renderLog();
       return;
     }
-    if (m) { dropFromOutbox(m.id); ui.input.value = ui.input.value || m.body; }
+    if (m) { outbox.take(m.id); ui.input.value = ui.input.value || m.body; }
     S.notice = f.code === "busy" || f.code === "unavailable" ? t("busy") : t("error", { m: f.message || f.code });
     renderLog();
   }
@@ -765,51 +627,29 @@
   }
 
   function onAck(f) {
-    for (var i = 0; i < S.outbox.length; i++) {
-      var m = S.outbox[i];
-      if (m.id !== f.id) continue;
-      S.outbox.splice(i, 1);
-      saveOutbox();
-      if (typeof f.seq === "number" && !S.msgs[f.seq]) {
-        S.msgs[f.seq] = {
-          type: "message", conversation_id: S.conversationId, seq: f.seq, id: m.id,
-          from: "visitor", body: m.body, ts: m.ts,
-        };
-        if (f.seq > S.maxSeq) S.maxSeq = f.seq;
-        advanceTop();
-        if (S.maxSeq > S.top) askForGap();
-      }
-      break;
+    var m = outbox.take(f.id);
+    if (m && typeof f.seq === "number") {
+      seqLog.add({
+        type: "message", conversation_id: S.conversationId, seq: f.seq, id: m.id,
+        from: "visitor", body: m.body, ts: m.ts,
+      });
     }
-    armAckTimer();
+    link.armAckTimer();
     renderLog();
   }
 
-  function armAckTimer() {
-    clearTimeout(ackTimer); ackTimer = null;
-    if (!S.outbox.length || !ws) return;
-    ackTimer = setTimeout(function () {
-      // No ack for a long time on an "open" socket: assume it is dead and start over.
-      S.outbox.forEach(function (m) { m.failed = true; });
-      renderLog();
-      dropSocket();
-      scheduleReconnect(0);
-    }, ACK_TIMEOUT_MS);
-  }
-
   function transmit(m) {
-    if (send({ type: "message", id: m.id, body: m.body })) { m.sentAt = Date.now(); if (!ackTimer) armAckTimer(); }
+    if (link.transmit({ type: "message", id: m.id, body: m.body })) m.sentAt = Date.now();
   }
 
   function sendMessage(body) {
     body = String(body || "").trim();
     if (!body) return false;
-    var m = { id: newId(), body: body, ts: Date.now() / 1000, from: "visitor" };
-    S.outbox.push(m);
-    saveOutbox();
+    var m = { id: Core.newId(), body: body, ts: Date.now() / 1000, from: "visitor" };
+    outbox.push(m);
     stopTyping();
     transmit(m);
-    if (!ws && !reconnectTimer) connect();
+    if (link.isIdle()) link.connect();
     renderLog();
     ui.log.scrollTop = ui.log.scrollHeight;
     return m.id;
@@ -849,7 +689,7 @@
   function markRead() {
     if (!S.open || document.hidden) return;
     S.unread = 0;
-    if (S.maxSeq > S.readSeq) { S.readSeq = S.maxSeq; save("read_seq", S.readSeq); }
+    if (seqLog.maxSeq > S.readSeq) { S.readSeq = seqLog.maxSeq; save("read_seq", S.readSeq); }
   }
 
   function scheduleRead() {
@@ -858,7 +698,7 @@
     if (readTimer) return;
     readTimer = setTimeout(function () {
       readTimer = null;
-      if (S.open && !document.hidden && S.maxSeq > S.lastReadSent && send({ type: "read", seq: S.maxSeq })) S.lastReadSent = S.maxSeq;
+      if (S.open && !document.hidden && seqLog.maxSeq > S.lastReadSent && send({ type: "read", seq: seqLog.maxSeq })) S.lastReadSent = seqLog.maxSeq;
     }, 400);
   }
 
@@ -872,7 +712,7 @@
     ui.launcher.setAttribute("aria-label", S.open ? t("close") : t("launcher"));
     if (S.open) {
       markRead();
-      if (!ws && !reconnectTimer) connect();
+      if (link.isIdle()) link.connect();
       scheduleRead();
       renderLog();
       ui.log.scrollTop = ui.log.scrollHeight;
@@ -882,7 +722,7 @@
   }
 
   function setLanguage(lang) {
-    S.lang = pickLang(lang);
+    S.lang = Core.pickLang(lang);
     save("lang", S.lang);
     renderChrome();
   }
@@ -892,15 +732,15 @@
     build();
     try {
       var saved = JSON.parse(load("outbox") || "[]");
-      if (Array.isArray(saved)) S.outbox = saved.filter(function (m) { return m && m.id && m.body; });
-    } catch (e) { S.outbox = []; }
+      if (Array.isArray(saved)) outbox.items = saved.filter(function (m) { return m && m.id && m.body; });
+    } catch (e) { outbox.items = []; }
     renderChrome();
     setOpen(S.open);
     // A returning visitor reconnects at once so agent replies arrive even with the panel closed;
     // a new one gets a session only when they open the panel (no empty chats for every page view).
-    if (S.token && !ws) connect();
-    window.addEventListener("offline", function () { dropSocket(); if (reconnectTimer) { clearTimeout(reconnectTimer); reconnectTimer = null; } setConn("offline"); });
-    window.addEventListener("online", function () { if (S.token || S.open) reconnectNow(); else setConn("idle"); });
+    if (S.token) link.connect();
+    window.addEventListener("offline", function () { link.goOffline(); });
+    window.addEventListener("online", function () { if (S.token || S.open) link.reconnectNow(); else link.setConn("idle"); });
     document.addEventListener("visibilitychange", function () { if (!document.hidden) { scheduleRead(); renderStatus(); } });
   }
 
@@ -912,9 +752,9 @@
     setLanguage: setLanguage,
     send: sendMessage,
     get state() {
-      return { conn: S.conn, conversation: S.convState, position: S.position, agent: S.agentName, lastSeq: S.top, pending: S.outbox.length, lang: S.lang };
+      return { conn: link.conn, conversation: S.convState, position: S.position, agent: S.agentName, lastSeq: seqLog.top, pending: outbox.items.length, lang: S.lang };
     },
-    _backoffMs: backoffMs,
+    _backoffMs: Core.backoffMs,
   };
 
   if (document.body) start();
