@@ -9,7 +9,6 @@ import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tornado.web import HTTPError, RequestHandler
 
 from chatnode.errors import ServiceError
@@ -19,6 +18,7 @@ from tidedesk import logs, metrics
 from tidedesk.auth import Principal
 from tidedesk.errors import Unavailable
 from tidedesk.i18n import text
+from tidedesk.probes import metrics_page, readiness_answer
 
 log = logging.getLogger(__name__)
 
@@ -217,19 +217,16 @@ class ReadyHandler(JsonHandler):
     rate_limited = False
 
     def get(self) -> None:
-        ready, reason = self.node.readiness()
-        self.write_json({"ready": ready, "reason": reason}, 200 if ready else 503)
+        self.write_json(*readiness_answer(self.node))
 
 
 class MetricsHandler(JsonHandler):
     rate_limited = False
 
     def get(self) -> None:
-        # tidedesk_ready follows /readyz at every scrape (a router that lost RabbitMQ or
-        # MariaDB shows 0, not the 1 it set when it started).
-        metrics.READY.set(1 if self.node.readiness()[0] else 0)
-        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
-        self.finish(generate_latest())
+        page, content_type = metrics_page(self.node)
+        self.set_header("Content-Type", content_type)
+        self.finish(page)
 
 
 class OpenApiHandler(JsonHandler):

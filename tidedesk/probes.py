@@ -19,6 +19,20 @@ class Probed(Protocol):
     def readiness(self) -> tuple[bool, str]: ...
 
 
+def readiness_answer(node: Probed) -> tuple[dict[str, Any], int]:
+    """The body and status of ``/readyz``: 200 when ready, else 503 with the reason."""
+    ready, reason = node.readiness()
+    return {"ready": ready, "reason": reason}, 200 if ready else 503
+
+
+def metrics_page(node: Probed) -> tuple[bytes, str]:
+    """The ``/metrics`` exposition and its content type. ``tidedesk_ready`` follows
+    ``/readyz`` at every scrape (a router that lost RabbitMQ or MariaDB shows 0, not the 1 it
+    set when it started)."""
+    metrics.READY.set(1 if node.readiness()[0] else 0)
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
 class _ProbeHandler(tornado.web.RequestHandler):
     def initialize(self, node: Probed) -> None:
         self.node = node
@@ -47,17 +61,14 @@ class HealthHandler(_ProbeHandler):
 
 class ReadyHandler(_ProbeHandler):
     def get(self) -> None:
-        ready, reason = self.node.readiness()
-        self.write_json({"ready": ready, "reason": reason}, 200 if ready else 503)
+        self.write_json(*readiness_answer(self.node))
 
 
 class MetricsHandler(_ProbeHandler):
     def get(self) -> None:
-        # tidedesk_ready follows /readyz at every scrape (a router that lost RabbitMQ or
-        # MariaDB shows 0, not the 1 it set when it started).
-        metrics.READY.set(1 if self.node.readiness()[0] else 0)
-        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
-        self.finish(generate_latest())
+        page, content_type = metrics_page(self.node)
+        self.set_header("Content-Type", content_type)
+        self.finish(page)
 
 
 class NotFoundHandler(_ProbeHandler):
