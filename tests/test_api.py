@@ -11,8 +11,8 @@ from typing import Any
 import pyotp
 
 from chatnode.openapi import openapi_document
-from tests.clients import Http, add_agent, agent_socket, embedded, login, new_visitor
-from tests.test_chat import GENERAL_ONLY
+from tests.support.clients import Http, add_agent, agent_socket, embedded, login, new_visitor
+from tests.support.routing import GENERAL_ONLY
 from tidedesk.crypto import FieldCipher
 
 

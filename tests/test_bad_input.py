@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.clients import Http, add_agent, agent_socket, embedded, login, new_visitor, ws
-from tests.test_chat import GENERAL_ONLY
+from tests.support.clients import Http, add_agent, agent_socket, embedded, login, new_visitor, ws
+from tests.support.routing import GENERAL_ONLY
 
 CASES: list[tuple[str, Any, str, int | None]] = [
     # name, frame, expected error code, expected close code (None: stays open)

@@ -6,14 +6,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from tests.clients import Http, add_agent, agent_socket, embedded, new_visitor
-
-GENERAL_ONLY = """
-vip_tags: [vip]
-rules:
-  - name: everyone
-    pool: general
-"""
+from tests.support.clients import Http, add_agent, agent_socket, embedded, new_visitor
+from tests.support.routing import GENERAL_ONLY
 
 
 def run(coro: object) -> None:
@@ -60,7 +54,7 @@ def test_visitor_agent_round_trip(tmp_path: Path) -> None:
 
 
 async def _token(rt: object, email: str) -> str:
-    from tests.clients import login
+    from tests.support.clients import login
 
     return await login(rt, email)  # type: ignore[arg-type]
 
@@ -105,7 +99,7 @@ def test_reconnect_with_resume_gets_exactly_the_missed_messages(tmp_path: Path) 
             for body in bodies:
                 assert (await agent.say(body, conversation_id=conv_id))["type"] == "ack"
 
-            from tests.clients import ws
+            from tests.support.clients import ws
 
             back = await ws(rt, "/ws/visitor", token)
             hello = await back.wait_type("hello")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ready import wait_ready
+from tests.support.processes import wait_ready
 
 TIDEDESK = [sys.executable, "-m", "tidedesk.cli"]
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.clients import WsClient, login, new_visitor, ws
-from tests.cluster import cluster
+from tests.support.clients import WsClient, login, new_visitor, ws
+from tests.support.cluster import cluster
 
 pytestmark = [pytest.mark.mariadb, pytest.mark.redis, pytest.mark.rabbitmq, pytest.mark.slow]
 

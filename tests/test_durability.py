@@ -7,8 +7,8 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY
 
-from tests.clients import add_agent, agent_socket, embedded, new_visitor, ws
-from tests.test_chat import GENERAL_ONLY
+from tests.support.clients import add_agent, agent_socket, embedded, new_visitor, ws
+from tests.support.routing import GENERAL_ONLY
 
 
 def test_restart_keeps_history_seqs_and_the_queue(tmp_path: Path) -> None:

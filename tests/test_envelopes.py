@@ -17,9 +17,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.clients import add_agent, agent_socket, embedded, login, new_visitor, ws
-from tests.cluster import cluster
-from tests.prom import moved, scrape, value
+from tests.support.clients import add_agent, agent_socket, embedded, login, new_visitor, ws
+from tests.support.cluster import cluster
+from tests.support.metrics import moved, scrape, value
 from tidedesk.broker import INBOUND_QUEUE, node_queue
 from tidedesk.envelopes import (
     BINARY_V1,

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from tests.ready import wait_ready
+from tests.support.processes import wait_ready
 
 # Close codes a fuzzed connection may end with: PROTOCOL.md's, "message too big" (1009) and
 # Tornado's for a malformed WebSocket message (1007). Never 1011 (server error).

@@ -13,7 +13,7 @@ from pathlib import Path
 import pyotp
 import pytest
 
-from tests.clients import add_agent, embedded
+from tests.support.clients import add_agent, embedded
 from tidedesk import cli, loadplan
 from tidedesk.loadplan import AgentLogin, LoadPlan
 

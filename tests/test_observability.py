@@ -21,14 +21,13 @@ from prometheus_client import generate_latest
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from websockets.asyncio.client import connect
 
-from tests.clients import Http, WsClient, add_agent, agent_socket, embedded, new_visitor
-from tests.cluster import free_port
-from tests.prom import moved, parse_metrics, scrape, value
-from tests.ready import wait_ready
+from tests.support.clients import Http, WsClient, add_agent, agent_socket, embedded, new_visitor
+from tests.support.metrics import moved, parse_metrics, scrape, value
+from tests.support.processes import free_port, wait_ready
+from tests.support.routing import GENERAL_ONLY
 from tidedesk import logs
 from tidedesk.broker import INBOUND_QUEUE, BrokerUnavailable, MemoryBroker, node_queue
 
-GENERAL_ONLY = "vip_tags: [vip]\nrules:\n  - name: everyone\n    pool: general\n"
 
 def test_metrics_move_with_real_traffic(tmp_path: Path) -> None:
     async def scenario() -> None:

@@ -17,8 +17,17 @@ import pytest
 
 from chatnode import access
 from chatnode.accounts import session_end_applies
-from tests.clients import Http, WsClient, add_agent, agent_socket, embedded, login, new_visitor, ws
-from tests.test_chat import GENERAL_ONLY
+from tests.support.clients import (
+    Http,
+    WsClient,
+    add_agent,
+    agent_socket,
+    embedded,
+    login,
+    new_visitor,
+    ws,
+)
+from tests.support.routing import GENERAL_ONLY
 from tidedesk import auth
 from tidedesk.auth import (
     REFRESH_GRACE_SECS,
@@ -654,7 +663,7 @@ def test_rotate_key_refuses_bodies_of_an_unknown_key_rather_than_sealing_them_tw
 @pytest.mark.rabbitmq
 @pytest.mark.slow
 def test_cluster_nodes_share_sign_ins_and_rate_limits_through_redis(tmp_path: Path) -> None:
-    from tests.cluster import cluster
+    from tests.support.cluster import cluster
 
     with cluster(tmp_path, shards=1) as c:
         c.env["TIDEDESK_RATE_LIMIT_IP_PER_MIN"] = "6"

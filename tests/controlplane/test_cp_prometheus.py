@@ -6,10 +6,11 @@ import itertools
 import time
 
 import pytest
-from cp_servers import Exporter, Prometheus, free_port
+from cp_servers import Exporter, Prometheus
 
 from controlplane.metrics_source import PrometheusSource
 from controlplane.policy import Check, Policy
+from tests.support.processes import free_port
 
 pytestmark = pytest.mark.prometheus
 

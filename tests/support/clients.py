@@ -1,4 +1,4 @@
-"""Test support: an embedded Tidedesk on 127.0.0.1 and real HTTP/WebSocket clients for it."""
+"""An embedded Tidedesk on 127.0.0.1 and real HTTP/WebSocket clients for it."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from tests.support.routing import write_routing
 from tidedesk.auth import hash_password
 from tidedesk.runtime import Runtime
 from tidedesk.settings import load_settings
@@ -30,8 +31,7 @@ async def embedded(tmp_path: Path, routing: str | None = None,
                    **overrides: Any) -> AsyncIterator[Runtime]:
     """A real embedded server (chat node + router + SQLite) on a free loopback port."""
     if routing is not None:
-        (tmp_path / "routing.yml").write_text(routing, encoding="utf-8")
-        overrides["routing_file"] = str(tmp_path / "routing.yml")
+        overrides["routing_file"] = str(write_routing(tmp_path, routing))
     settings = load_settings(env={}, data_dir=str(tmp_path / "data"), port=0,
                              ws_ping_interval_s=0, **overrides)
     runtime = Runtime(settings, "dev")

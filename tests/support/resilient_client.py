@@ -1,4 +1,4 @@
-"""Chat clients for the Swarm end-to-end test that behave like the widget and the console.
+"""A chat client that behaves like the widget and the console, for tests that break things.
 
 A :class:`ResilientClient` keeps one WebSocket through HAProxy open; when the node drains (a
 ``reconnect`` frame, then close 1012) or the connection drops, it connects again (HAProxy picks
@@ -16,8 +16,6 @@ import json
 import logging
 import random
 import ssl
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,35 +28,6 @@ _ids = itertools.count(1)
 RECONNECT_BACKOFF_S = (0.2, 0.5, 1.0, 2.0)  # the widget's first steps; a drain needs only one
 RESEND_AFTER_S = 3.0  # an unacked message is sent again after this long on a live connection
 OPEN_TIMEOUT_S = 10.0
-
-
-def insecure_tls() -> ssl.SSLContext:
-    """TLS 1.3 only, self-signed certificate accepted (the stack's test secret)."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
-def http_json(method: str, url: str, body: Any = None, token: str | None = None,
-              timeout: float = 10.0, context: ssl.SSLContext | None = None) -> tuple[int, Any]:
-    """Blocking JSON request (run it in a thread from async code)."""
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    data = json.dumps(body).encode() if body is not None else (b"" if method == "POST" else None)
-    req = urllib.request.Request(url, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
-            raw = resp.read()
-            status = resp.status
-    except urllib.error.HTTPError as exc:
-        raw, status = exc.read(), exc.code
-    try:
-        return status, json.loads(raw) if raw else None
-    except ValueError:
-        return status, raw.decode(errors="replace")
 
 
 @dataclass
