@@ -6,7 +6,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from tests.support.clients import Http, add_agent, agent_socket, embedded, new_visitor
+from tests.support.clients import (
+    Http,
+    add_agent,
+    agent_socket,
+    embedded,
+    new_visitor,
+    wait_agent_online,
+)
 from tests.support.routing import GENERAL_ONLY
 
 
@@ -17,9 +24,9 @@ def run(coro: object) -> None:
 def test_visitor_agent_round_trip(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with embedded(tmp_path, GENERAL_ONLY) as rt:
-            add_agent(rt, "ann@shop.test")
+            ann = add_agent(rt, "ann@shop.test")
             agent = await agent_socket(rt, "ann@shop.test")
-            await asyncio.sleep(0.1)  # the router takes the agent's status first
+            await wait_agent_online(rt, ann)
             visitor_id, _, visitor = await new_visitor(rt, name="Vera")
             hello = visitor.of_type("hello")[0]
             conv_id = hello["conversation_id"]
@@ -62,9 +69,9 @@ async def _token(rt: object, email: str) -> str:
 def test_repeated_client_id_is_stored_once_with_the_same_ack(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with embedded(tmp_path, GENERAL_ONLY) as rt:
-            add_agent(rt, "bo@shop.test")
+            bo = add_agent(rt, "bo@shop.test")
             agent = await agent_socket(rt, "bo@shop.test")
-            await asyncio.sleep(0.1)
+            await wait_agent_online(rt, bo)
             _, _, visitor = await new_visitor(rt)
             conv_id = visitor.of_type("hello")[0]["conversation_id"]
             first = await visitor.say("only once", client_id="dup-1")
@@ -86,9 +93,9 @@ def test_repeated_client_id_is_stored_once_with_the_same_ack(tmp_path: Path) -> 
 def test_reconnect_with_resume_gets_exactly_the_missed_messages(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with embedded(tmp_path, GENERAL_ONLY) as rt:
-            add_agent(rt, "cy@shop.test")
+            cy = add_agent(rt, "cy@shop.test")
             agent = await agent_socket(rt, "cy@shop.test")
-            await asyncio.sleep(0.1)
+            await wait_agent_online(rt, cy)
             _, token, visitor = await new_visitor(rt)
             conv_id = visitor.of_type("hello")[0]["conversation_id"]
             await agent.wait_type("assigned")
@@ -125,9 +132,9 @@ def test_fifty_visitors_five_agents_limits_queue_and_vip_first(tmp_path: Path) -
         async with embedded(tmp_path, GENERAL_ONLY) as rt:
             agents = {}
             for i in range(5):
-                add_agent(rt, f"a{i}@shop.test", max_chats=3)
+                agent_id = add_agent(rt, f"a{i}@shop.test", max_chats=3)
                 agents[f"a{i}"] = await agent_socket(rt, f"a{i}@shop.test")
-            await asyncio.sleep(0.2)
+                await wait_agent_online(rt, agent_id)
             vip_at = {20, 33}  # the 21st and 34th visitors are VIPs
             visitors = []
             for i in range(50):
@@ -213,11 +220,11 @@ def test_transfer_to_another_agent_and_private_notes(tmp_path: Path) -> None:
             first_id = add_agent(rt, "first@shop.test", max_chats=1)
             second_id = add_agent(rt, "second@shop.test", max_chats=1)
             first = await agent_socket(rt, "first@shop.test")
-            await asyncio.sleep(0.1)
+            await wait_agent_online(rt, first_id)
             _, _, visitor = await new_visitor(rt)
             conv_id = (await first.wait_type("assigned"))["conversation_id"]
             second = await agent_socket(rt, "second@shop.test")
-            await asyncio.sleep(0.1)
+            await wait_agent_online(rt, second_id)
             note = "VIP customer, be nice"
             await first.send({"type": "note", "conversation_id": conv_id, "id": "n1",
                               "body": note})
@@ -262,9 +269,9 @@ def test_outside_business_hours_a_waiting_chat_becomes_a_ticket(tmp_path: Path) 
 
     async def scenario() -> None:
         async with embedded(tmp_path, routing) as rt:
-            add_agent(rt, "rae@shop.test", max_chats=1)
+            rae = add_agent(rt, "rae@shop.test", max_chats=1)
             agent = await agent_socket(rt, "rae@shop.test")
-            await asyncio.sleep(0.1)
+            await wait_agent_online(rt, rae)
             _, _, first = await new_visitor(rt)
             await first.wait_type("assigned")
             _, _, second = await new_visitor(rt)
@@ -293,9 +300,9 @@ rules:
 
     async def scenario() -> None:
         async with embedded(tmp_path, routing) as rt:
-            add_agent(rt, "sam@shop.test", max_chats=1)  # general only; nobody in experts
+            sam = add_agent(rt, "sam@shop.test", max_chats=1)  # general only; nobody in experts
             agent = await agent_socket(rt, "sam@shop.test")
-            await asyncio.sleep(0.1)
+            await wait_agent_online(rt, sam)
             _, _, first = await new_visitor(rt)
             await first.wait_type("assigned")
             _, _, regular = await new_visitor(rt)

@@ -17,7 +17,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.support.clients import add_agent, agent_socket, embedded, login, new_visitor, ws
+from tests.support.clients import (
+    add_agent,
+    agent_socket,
+    embedded,
+    login,
+    new_visitor,
+    wait_agent_online,
+    ws,
+)
 from tests.support.cluster import cluster
 from tests.support.metrics import moved, scrape, value
 from tidedesk.broker import INBOUND_QUEUE, node_queue
@@ -173,9 +181,9 @@ def test_embedded_server_chats_with_json_envelopes(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with embedded(tmp_path, envelope_format="json") as rt:
             assert rt.router is not None and rt.router.envelope_format == "json"
-            add_agent(rt, "ann@shop.test", pools=("general", "experts", "training"))
+            ann_id = add_agent(rt, "ann@shop.test", pools=("general", "experts", "training"))
             agent = await agent_socket(rt, "ann@shop.test")
-            await asyncio.sleep(0.1)
+            await wait_agent_online(rt, ann_id)
             _, _, visitor = await new_visitor(rt)
             conv_id = (await agent.wait_type("assigned"))["conversation_id"]
             assert (await visitor.say("hello in JSON"))["seq"] == 1

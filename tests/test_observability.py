@@ -21,7 +21,15 @@ from prometheus_client import generate_latest
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from websockets.asyncio.client import connect
 
-from tests.support.clients import Http, WsClient, add_agent, agent_socket, embedded, new_visitor
+from tests.support.clients import (
+    Http,
+    WsClient,
+    add_agent,
+    agent_socket,
+    embedded,
+    new_visitor,
+    wait_agent_online,
+)
 from tests.support.metrics import moved, parse_metrics, scrape, value
 from tests.support.processes import free_port, wait_ready
 from tests.support.routing import GENERAL_ONLY
@@ -33,10 +41,10 @@ def test_metrics_move_with_real_traffic(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with embedded(tmp_path, GENERAL_ONLY) as rt:
             assert rt.port is not None
-            add_agent(rt, "ann@shop.test", max_chats=1)
+            ann_id = add_agent(rt, "ann@shop.test", max_chats=1)
             before = await scrape(rt.port)
             agent = await agent_socket(rt, "ann@shop.test")
-            await asyncio.sleep(0.1)  # the router takes the agent's status first
+            await wait_agent_online(rt, ann_id)
             _, _, vera = await new_visitor(rt, name="Vera")
             assigned = await agent.wait_type("assigned")
             conv_id = assigned["conversation_id"]

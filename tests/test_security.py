@@ -25,6 +25,7 @@ from tests.support.clients import (
     embedded,
     login,
     new_visitor,
+    wait_agent_online,
     ws,
 )
 from tests.support.routing import GENERAL_ONLY
@@ -558,14 +559,14 @@ def _database_bytes(data_dir: Path) -> bytes:
 def test_visitor_fields_and_bodies_are_never_stored_in_the_clear(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with embedded(tmp_path, GENERAL_ONLY, encrypt_message_bodies=True) as rt:
-            add_agent(rt, "enc@shop.test")
+            enc_id = add_agent(rt, "enc@shop.test")
             add_agent(rt, "seed@shop.test", totp_secret=TOTP_SEED)
             status, _ = await Http(rt).request("POST", "/api/v1/auth/login", {
                 "email": "seed@shop.test", "password": "password1",
                 "totp": pyotp.TOTP(TOTP_SEED).now()})
             assert status == 200  # the seed is read back from its ciphertext
             agent = await agent_socket(rt, "enc@shop.test")
-            await asyncio.sleep(0.1)
+            await wait_agent_online(rt, enc_id)
             visitor_id, token, visitor = await new_visitor(rt, **SECRETS)
             assigned = await agent.wait_type("assigned")
             assert assigned["visitor"]["name"] == SECRETS["name"]  # agents see plaintext

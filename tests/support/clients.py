@@ -15,6 +15,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.support.routing import write_routing
+from tests.support.waiting import wait_until_async
 from tidedesk.auth import hash_password
 from tidedesk.runtime import Runtime
 from tidedesk.settings import load_settings
@@ -170,3 +171,19 @@ async def agent_socket(runtime: Runtime, email: str, password: str = "password1"
     client = await ws(runtime, "/ws/agent", await login(runtime, email, password))
     await client.wait_type("hello")
     return client
+
+
+# The router takes an agent's `online` status from the broker a few milliseconds after the
+# console's hello; on a loaded machine it can take longer.
+AGENT_ONLINE_TIMEOUT_S = 5.0
+
+
+async def wait_agent_online(runtime: Runtime, agent_id: str,
+                            timeout: float = AGENT_ONLINE_TIMEOUT_S) -> None:
+    """Until the router has taken the agent's ``online`` status, so a new chat can go to it."""
+
+    async def online() -> bool:
+        load = await runtime.store.agent_get(agent_id)
+        return load is not None and load.status == "online"
+
+    await wait_until_async(f"agent {agent_id} online at the router", online, timeout, every=0.02)

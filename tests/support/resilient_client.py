@@ -22,6 +22,8 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
+from tests.support.waiting import wait_until_async
+
 log = logging.getLogger(__name__)
 
 _ids = itertools.count(1)
@@ -101,12 +103,9 @@ class ResilientClient:
             await conn.send(json.dumps(frame))
 
     async def wait_acked(self, timeout: float) -> None:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while self.pending:
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"{self.name}: {len(self.pending)} messages never acked: "
-                                     f"{sorted(self.pending)[:5]}")
-            await asyncio.sleep(0.2)
+        """Until every message sent so far has its ack; AssertionError after ``timeout``."""
+        await wait_until_async(f"{self.name}'s messages to be acked (pending at the start: "
+                               f"{sorted(self.pending)[:5]})", lambda: not self.pending, timeout)
 
     # --- the connection loop ----------------------------------------------------------------
     async def _run(self) -> None:
@@ -120,7 +119,8 @@ class ResilientClient:
                     attempt = 0
                     await self._session(conn)
             except (OSError, TimeoutError, InvalidStatus, WebSocketException) as exc:
-                log.info("%s: connection failed or dropped: %r", self.name, exc)
+                log.info("connection failed or dropped",
+                         extra={"client": self.name, "error": repr(exc)})
             finally:
                 self._conn = None
                 self._connected.clear()

@@ -9,9 +9,10 @@ that is starting fails in many ways); the last error is named if time runs out.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
-from collections.abc import Callable
-from typing import Generic, TypeVar, cast
+from collections.abc import Awaitable, Callable
+from typing import TypeVar, cast
 
 T = TypeVar("T")
 
@@ -20,25 +21,19 @@ T = TypeVar("T")
 DEFAULT_EVERY_S = 0.2
 
 
-class _Poll(Generic[T]):
-    """One wait: each :meth:`done` calls the probe once, and raises once time is up."""
+class _Poll:
+    """The deadline of one wait, and the failure that names what was awaited."""
 
-    def __init__(self, what: str, probe: Callable[[], T | None], timeout: float,
-                 errors: tuple[type[BaseException], ...]) -> None:
-        self.what, self.probe, self.timeout, self.errors = what, probe, timeout, errors
+    def __init__(self, what: str, timeout: float) -> None:
+        self.what, self.timeout = what, timeout
         self.deadline = time.monotonic() + timeout
-        self.value: T | None = None
 
-    def done(self) -> bool:
-        error: BaseException | None = None
-        try:
-            self.value = self.probe()
-        except self.errors as exc:
-            self.value, error = None, exc
-        if self.value:
+    def done(self, value: object, error: BaseException | None) -> bool:
+        """Whether ``value`` (the probe's answer) ends the wait; raises once time is up."""
+        if value:
             return True
         if time.monotonic() > self.deadline:
-            detail = f"last error: {error!r}" if error else f"last: {self.value!r}"
+            detail = f"last error: {error!r}" if error else f"last: {value!r}"
             raise AssertionError(f"timed out after {self.timeout:.0f}s waiting for "
                                  f"{self.what} ({detail})")
         return False
@@ -50,19 +45,30 @@ def wait_until(what: str, probe: Callable[[], T | None], timeout: float, *,
     """Call ``probe`` every ``every`` seconds until it returns something truthy, and return
     that; raise AssertionError naming ``what`` after ``timeout`` seconds. Exceptions in
     ``errors`` raised by the probe count as a falsy answer."""
-    poll = _Poll(what, probe, timeout, errors)
-    while not poll.done():
+    poll = _Poll(what, timeout)
+    while True:
+        try:
+            value, error = probe(), None
+        except errors as exc:
+            value, error = None, exc
+        if poll.done(value, error):
+            return cast(T, value)
         time.sleep(every)
-    return cast(T, poll.value)
 
 
-async def wait_until_async(what: str, probe: Callable[[], T | None], timeout: float, *,
-                           every: float = DEFAULT_EVERY_S,
+async def wait_until_async(what: str, probe: Callable[[], T | Awaitable[T | None] | None],
+                           timeout: float, *, every: float = DEFAULT_EVERY_S,
                            errors: tuple[type[BaseException], ...] = (Exception,)) -> T:
     """:func:`wait_until` for coroutines: the same contract, but it yields to the event loop
     between calls, so the clients whose state ``probe`` reads keep running. ``probe`` must
-    not block."""
-    poll = _Poll(what, probe, timeout, errors)
-    while not poll.done():
+    not block; it may be a coroutine function (its result is awaited)."""
+    poll = _Poll(what, timeout)
+    while True:
+        try:
+            answer = probe()
+            value, error = (await answer if inspect.isawaitable(answer) else answer), None
+        except errors as exc:
+            value, error = None, exc
+        if poll.done(value, error):
+            return cast(T, value)
         await asyncio.sleep(every)
-    return cast(T, poll.value)
