@@ -328,16 +328,6 @@ class Load:
                 await conn.close()
 
 
-def agent_online(c: Cluster, agent_id: str) -> bool:
-    r = redis.Redis(host="127.0.0.1", port=6379, socket_timeout=2)
-    try:
-        return r.hget(f"{c.env['TIDEDESK_REDIS_PREFIX']}agent:{agent_id}", "status") == b"online"
-    except redis.RedisError:
-        return False
-    finally:
-        r.close()
-
-
 async def start_load(c: Cluster, visitor_nodes: Sequence[Proc], agent_node: Proc, *,
                      visitors: int = 24, agents: int = 2) -> Load:
     """``agents`` consoles on ``agent_node``, ``visitors`` visitors on ``visitor_nodes[0]``,
@@ -348,7 +338,7 @@ async def start_load(c: Cluster, visitor_nodes: Sequence[Proc], agent_node: Proc
     for a in consoles:
         await a.open()
     await wait_until_async("agents online",
-                           lambda: all(agent_online(c, aid) for aid in ids), WAIT_S)
+                           lambda: all(c.agent_online(aid) for aid in ids), WAIT_S)
     people = [Visitor(ledger, visitor_nodes, f"v{i}") for i in range(visitors)]
     await asyncio.gather(*(v.open() for v in people))
     for v in people:
@@ -694,7 +684,7 @@ def test_redis_restart_under_load(tmp_path: Path) -> None:
             # again, long before its next regular heartbeat; then they take new chats (until
             # then a new chat would find nobody online and become a ticket).
             await wait_until_async("agents announced again soon after Redis is back",
-                                   lambda: all(agent_online(c, a.agent_id) for a in load.agents),
+                                   lambda: all(c.agent_online(a.agent_id) for a in load.agents),
                                    ANNOUNCE_S)
             newcomers = [Visitor(load.ledger, [node1], f"new{i}") for i in range(4)]
             for v in newcomers:

@@ -87,6 +87,18 @@ class Cluster:
             role="agent", pools=pools, max_chats=max_chats, totp_secret=None)
         return str(agent.id)
 
+    def agent_online(self, agent_id: str) -> bool:
+        """Whether a router has recorded the agent as ``online`` in this cluster's Redis; False
+        while Redis does not answer."""
+        r = redis.Redis(host="127.0.0.1", port=6379, socket_timeout=2)
+        try:
+            status = r.hget(f"{self.env['TIDEDESK_REDIS_PREFIX']}agent:{agent_id}", "status")
+            return bool(status == b"online")
+        except redis.RedisError:
+            return False
+        finally:
+            r.close()
+
     def stop(self) -> None:
         for proc in self.procs:
             proc.kill(signal.SIGKILL)
