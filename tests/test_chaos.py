@@ -44,6 +44,7 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from tests.support.clients import Http, WsClient, login, new_visitor, ws
 from tests.support.cluster import Cluster, Proc, cluster, rabbitmqctl
+from tests.support.resilient_client import resume_after
 from tests.support.waiting import wait_until, wait_until_async
 
 pytestmark = [pytest.mark.mariadb, pytest.mark.redis, pytest.mark.rabbitmq, pytest.mark.slow]
@@ -173,10 +174,7 @@ class Participant:
 
     def last_seen(self, conv: str) -> int:
         """The last seq of an unbroken run from 1: what a client resumes after."""
-        seen, n = self.seen(conv), 0
-        while n + 1 in seen:
-            n += 1
-        return n
+        return resume_after(self.seen(conv))
 
     async def resume_gaps(self) -> None:
         """For every conversation with an acked seq not shown yet: send ``resume`` after the

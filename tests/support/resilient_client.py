@@ -16,6 +16,7 @@ import json
 import logging
 import random
 import ssl
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,15 @@ RESEND_AFTER_S = 3.0  # an unacked message is sent again after this long on a li
 OPEN_TIMEOUT_S = 10.0
 
 
+def resume_after(seen: Collection[int]) -> int:
+    """What a client sends as ``after_seq`` when it resumes: the end of the unbroken run of
+    seqs from 1 that it was shown (0 if it never saw seq 1). A gap is asked for again."""
+    n = 0
+    while n + 1 in seen:
+        n += 1
+    return n
+
+
 @dataclass
 class Conversation:
     """What one client knows about one conversation."""
@@ -40,10 +50,7 @@ class Conversation:
 
     def contiguous(self) -> int:
         """The highest n such that every seq 1..n was seen (0 if seq 1 is missing)."""
-        n = 0
-        while n + 1 in self.seen:
-            n += 1
-        return n
+        return resume_after(self.seen)
 
 
 class ResilientClient:
