@@ -57,7 +57,7 @@ def test_metrics_move_with_real_traffic(tmp_path: Path) -> None:
             await agent.wait_type("message", seq=1)
             assert (await agent.say("On its way.", conversation_id=conv_id))["type"] == "ack"
             await vera.wait_type("message", seq=2)
-            await asyncio.sleep(0.1)  # the agent's own copy of its reply
+            await agent.wait_type("message", seq=2)  # the agent's own copy of its reply
             during = await scrape(rt.port)
 
             assert moved(before, during, "tidedesk_connections", role="visitor") == 2

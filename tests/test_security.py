@@ -29,6 +29,7 @@ from tests.support.clients import (
     ws,
 )
 from tests.support.routing import GENERAL_ONLY
+from tests.support.waiting import wait_until_async
 from tidedesk import auth
 from tidedesk.auth import (
     REFRESH_GRACE_SECS,
@@ -643,7 +644,9 @@ def test_rotate_key_refuses_bodies_of_an_unknown_key_rather_than_sealing_them_tw
                             encrypt_message_bodies=True) as rt:
             _, _, visitor = await new_visitor(rt)  # no name, e-mail or phone to encrypt
             assert (await visitor.say("v2: my order 1234 never came"))["type"] == "ack"
-            await asyncio.sleep(0.2)  # stored by the router
+            conv = visitor.of_type("hello")[0]["conversation_id"]
+            await wait_until_async("the router to store the message",
+                                   lambda: rt.storage.count_messages(conv), 5)
             await visitor.close()
 
     asyncio.run(write_with_a_key_that_is_then_lost())
