@@ -15,6 +15,7 @@ from tests.support.clients import (
     wait_agent_online,
 )
 from tests.support.routing import GENERAL_ONLY
+from tests.support.waiting import wait_until_async
 
 
 def run(coro: object) -> None:
@@ -233,10 +234,10 @@ def test_transfer_to_another_agent_and_private_notes(tmp_path: Path) -> None:
                               "to_agent": second_id})
             await first.wait_type("unassigned", conversation_id=conv_id)
             await second.wait_type("assigned", conversation_id=conv_id)
-            agent_frame = await visitor.wait_type("assigned", timeout=5)
-            while agent_frame["agent"]["id"] != second_id:
-                await asyncio.sleep(0.05)
-                agent_frame = visitor.of_type("assigned")[-1]
+            await visitor.wait_type("assigned", timeout=5)
+            await wait_until_async("the visitor to be told of the new agent",
+                                   lambda: visitor.of_type("assigned")[-1]["agent"]["id"]
+                                   == second_id, 5, every=0.05)
             # The new owner can read the note; the visitor never sees it.
             await second.send({"type": "resume", "conversation_id": conv_id, "after_seq": 0})
             got = await second.wait_type("message", id="n1")

@@ -96,7 +96,7 @@ async def _world(rt: Runtime) -> tuple[World, list[WsClient]]:
                    for role in ("agent", "supervisor", "admin")}
     w.agent_ids["owner"] = add_agent(rt, "owner@shop.test")
     owner = await agent_socket(rt, "owner@shop.test")
-    await asyncio.sleep(0.1)
+    await wait_agent_online(rt, w.agent_ids["owner"])
     _, token_a, visitor_a = await new_visitor(rt, name="Alice")
     w.conv_a = (visitor_a.of_type("hello")[0])["conversation_id"]
     await owner.wait_type("assigned", conversation_id=w.conv_a)
