@@ -7,7 +7,6 @@ import asyncio
 import io
 import json
 import logging
-import os
 import subprocess
 import sys
 import urllib.error
@@ -31,7 +30,7 @@ from tests.support.clients import (
     wait_agent_online,
 )
 from tests.support.metrics import moved, parse_metrics, scrape, value
-from tests.support.processes import free_port, wait_ready
+from tests.support.processes import free_port, settings_env, wait_ready
 from tests.support.routing import GENERAL_ONLY
 from tidedesk import logs
 from tidedesk.broker import INBOUND_QUEUE, BrokerUnavailable, MemoryBroker, node_queue
@@ -224,9 +223,8 @@ def test_tidedesk_dev_writes_json_lines_at_the_level_of_its_settings(tmp_path: P
     """The real command: TIDEDESK_LOG_LEVEL=WARNING keeps info lines out, and the warning of a
     refused request carries the node and request ids."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDEDESK_")}
-    env.update(TIDEDESK_DATA_DIR=str(tmp_path), TIDEDESK_PORT=str(port),
-               TIDEDESK_LOG_LEVEL="WARNING", TIDEDESK_NODE_ID="dev-node-9")
+    env = settings_env(TIDEDESK_DATA_DIR=str(tmp_path), TIDEDESK_PORT=str(port),
+                       TIDEDESK_LOG_LEVEL="WARNING", TIDEDESK_NODE_ID="dev-node-9")
     proc = subprocess.Popen([sys.executable, "-m", "tidedesk.cli", "dev"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     try:

@@ -16,7 +16,7 @@ from pathlib import Path
 import redis
 
 from tests.support.mariadb import databases
-from tests.support.processes import free_port, stop_process, wait_ready
+from tests.support.processes import free_port, settings_env, stop_process, wait_ready
 from tests.support.routing import GENERAL_ONLY, write_routing
 from tidedesk.auth import hash_password
 from tidedesk.storage import Storage
@@ -110,8 +110,7 @@ def cluster(tmp_path: Path, shards: int = 2) -> Iterator[Cluster]:
     prefix = f"tidedesk-test-{uuid.uuid4().hex[:8]}:"
     routing_file = write_routing(tmp_path, GENERAL_ONLY)
     with vhost() as vh, databases(shards) as urls:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TIDEDESK_")}
-        env.update({
+        env = settings_env(**{
             "TIDEDESK_BROKER_URL": f"amqp://guest:guest@127.0.0.1:5672/{vh}",
             "TIDEDESK_REDIS_URL": "redis://127.0.0.1:6379/0",
             "TIDEDESK_REDIS_PREFIX": prefix,

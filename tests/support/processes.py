@@ -3,6 +3,7 @@ and stopping one whatever state it is in."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -60,3 +61,11 @@ def stop_process(proc: subprocess.Popen[Any], *, sig: int = signal.SIGTERM,
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(10)
+
+
+def settings_env(**settings: str) -> dict[str, str]:
+    """The environment for a ``tidedesk`` subprocess: this process's, without any TIDEDESK_
+    key (a developer's shell must not point a test at real servers), plus ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDEDESK_")}
+    env.update(settings)
+    return env
