@@ -1,5 +1,5 @@
 """What every benchmark shares: spreads and goal lines, CPU pinning, file-descriptor limits,
-process memory, a Tidedesk cluster on the local servers (tests/cluster.py), HAProxy with a
+process memory, a Tidedesk cluster on the local servers (tests/support/cluster.py), HAProxy with a
 generated config, the bare Tornado echo server, and WebSocket load loops for the baselines.
 
 Benchmarks print figures; they never fail on timing (a missed goal is printed, not raised).
@@ -134,7 +134,7 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
 
 
 def free_port() -> int:
-    from tests.cluster import free_port as _free_port
+    from tests.support.processes import free_port as _free_port
 
     return _free_port()
 
@@ -212,10 +212,10 @@ def haproxy(workdir: Path, backends: Sequence[int]) -> Iterator[int]:
 
 @contextlib.contextmanager
 def tidedesk_cluster(workdir: Path, **env: str) -> Iterator[Any]:
-    """tests/cluster.py's throwaway cluster (vhost, key prefix, MariaDB shards), with the
+    """tests/support/cluster.py's throwaway cluster (vhost, key prefix, MariaDB shards), with the
     per-connection rate limit raised so one socket can carry a benchmark's traffic, and the
     per-address and per-token limits off (every client of a benchmark comes from 127.0.0.x)."""
-    from tests.cluster import cluster
+    from tests.support.cluster import cluster
 
     with cluster(workdir, shards=1) as c:
         c.env.update({"TIDEDESK_RATE_LIMIT_PER_10S": "10000", "TIDEDESK_LOG_LEVEL": "WARNING",

@@ -11,8 +11,16 @@ from typing import Any
 import pyotp
 
 from chatnode.openapi import openapi_document
-from tests.clients import Http, add_agent, agent_socket, embedded, login, new_visitor
-from tests.test_chat import GENERAL_ONLY
+from tests.support.clients import (
+    Http,
+    add_agent,
+    agent_socket,
+    embedded,
+    login,
+    new_visitor,
+    wait_agent_online,
+)
+from tests.support.routing import GENERAL_ONLY
 from tidedesk.crypto import FieldCipher
 
 
@@ -76,10 +84,10 @@ def test_password_guessing_is_slowed_then_locked_per_account(tmp_path: Path) -> 
 def test_supervisor_overview_needs_the_role(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with embedded(tmp_path, GENERAL_ONLY) as rt:
-            add_agent(rt, "jo@shop.test", max_chats=1)
+            jo_id = add_agent(rt, "jo@shop.test", max_chats=1)
             add_agent(rt, "boss@shop.test", role="supervisor")
             jo = await agent_socket(rt, "jo@shop.test")
-            await asyncio.sleep(0.1)
+            await wait_agent_online(rt, jo_id)
             _, _, v1 = await new_visitor(rt, name="first")
             await v1.wait_type("assigned")
             _, _, v2 = await new_visitor(rt, name="second", tags=["vip"])
@@ -126,9 +134,9 @@ def test_readiness_and_drain_tell_clients_to_reconnect(tmp_path: Path) -> None:
             http = Http(rt)
             assert (await http.request("GET", "/healthz"))[0] == 200
             assert (await http.request("GET", "/readyz"))[0] == 200
-            add_agent(rt, "kim@shop.test")
+            kim_id = add_agent(rt, "kim@shop.test")
             agent = await agent_socket(rt, "kim@shop.test")
-            await asyncio.sleep(0.1)
+            await wait_agent_online(rt, kim_id)
             _, _, visitor = await new_visitor(rt)
             await visitor.wait_type("assigned")
             assert rt.node is not None
@@ -148,9 +156,9 @@ def test_readiness_and_drain_tell_clients_to_reconnect(tmp_path: Path) -> None:
 def test_metrics_are_prometheus_text_with_tidedesk_names(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with embedded(tmp_path, GENERAL_ONLY) as rt:
-            add_agent(rt, "lu@shop.test")
+            lu_id = add_agent(rt, "lu@shop.test")
             agent = await agent_socket(rt, "lu@shop.test")
-            await asyncio.sleep(0.1)
+            await wait_agent_online(rt, lu_id)
             _, _, visitor = await new_visitor(rt)
             await visitor.wait_type("assigned")
             await visitor.say("metrics please")

@@ -9,8 +9,17 @@ from typing import Any
 
 import pytest
 
-from tests.clients import Http, add_agent, agent_socket, embedded, login, new_visitor, ws
-from tests.test_chat import GENERAL_ONLY
+from tests.support.clients import (
+    Http,
+    add_agent,
+    agent_socket,
+    embedded,
+    login,
+    new_visitor,
+    wait_agent_online,
+    ws,
+)
+from tests.support.routing import GENERAL_ONLY
 
 CASES: list[tuple[str, Any, str, int | None]] = [
     # name, frame, expected error code, expected close code (None: stays open)
@@ -42,9 +51,9 @@ def test_bad_visitor_frames(tmp_path: Path, name: str, frame: Any, code: str,
                             close_code: int | None) -> None:
     async def scenario() -> None:
         async with embedded(tmp_path, GENERAL_ONLY) as rt:
-            add_agent(rt, "dee@shop.test")
+            dee_id = add_agent(rt, "dee@shop.test")
             agent = await agent_socket(rt, "dee@shop.test")
-            await asyncio.sleep(0.1)
+            await wait_agent_online(rt, dee_id)
             _, _, bystander = await new_visitor(rt)
             _, _, bad = await new_visitor(rt)
             await bad.send(frame)
@@ -169,10 +178,10 @@ def test_rest_errors_are_json_4xx(tmp_path: Path, name: str, method: str, path: 
 def test_history_access_rules(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with embedded(tmp_path, GENERAL_ONLY) as rt:
-            add_agent(rt, "gus@shop.test")
+            gus_id = add_agent(rt, "gus@shop.test")
             add_agent(rt, "hal@shop.test")
             gus = await agent_socket(rt, "gus@shop.test")
-            await asyncio.sleep(0.1)
+            await wait_agent_online(rt, gus_id)
             _, v_token, visitor = await new_visitor(rt)
             conv_id = visitor.of_type("hello")[0]["conversation_id"]
             await gus.wait_type("assigned")

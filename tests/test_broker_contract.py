@@ -21,6 +21,7 @@ import pika
 import pika.exceptions
 import pytest
 
+from tests.support.waiting import wait_until_async
 from tidedesk.broker import (
     Broker,
     BrokerUnavailable,
@@ -276,8 +277,8 @@ def test_stop_consuming_lets_running_handlers_finish(run: Runner) -> None:
         await b.publish(q, b"one")
         await b.publish(q, b"two")
         await b.consume(q, held, prefetch=2)
-        while len(started) < 2:
-            await asyncio.sleep(0.01)
+        await wait_until_async("both handlers to start", lambda: len(started) >= 2, 10,
+                               every=0.01)
         stopping = asyncio.create_task(b.stop_consuming())
         await asyncio.sleep(0.2)
         assert not stopping.done()  # waits for the running handlers

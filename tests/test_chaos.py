@@ -42,8 +42,10 @@ import pytest
 import redis
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
-from tests.clients import Http, WsClient, login, new_visitor, ws
-from tests.cluster import Cluster, Proc, cluster, rabbitmqctl
+from tests.support.clients import Http, WsClient, login, new_visitor, ws
+from tests.support.cluster import Cluster, Proc, cluster, rabbitmqctl
+from tests.support.resilient_client import resume_after
+from tests.support.waiting import wait_until, wait_until_async
 
 pytestmark = [pytest.mark.mariadb, pytest.mark.redis, pytest.mark.rabbitmq, pytest.mark.slow]
 
@@ -97,17 +99,8 @@ class Ledger:
         return {s.seq for s in self.sent if s.conv == conv and s.seq is not None}
 
     async def wait_acked(self, count: int, since: float = 0.0, timeout: float = WAIT_S) -> None:
-        await wait_until(lambda: len(self.acked(since)) >= count, timeout,
-                         f"{count} acks since t={since:.1f}")
-
-
-async def wait_until(pred: Callable[[], bool], timeout: float, what: str,
-                     interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(interval)
+        await wait_until_async(f"{count} acks since t={since:.1f}",
+                               lambda: len(self.acked(since)) >= count, timeout)
 
 
 async def wait_reply(client: WsClient, cid: str, start: int) -> dict[str, Any] | None:
@@ -181,10 +174,7 @@ class Participant:
 
     def last_seen(self, conv: str) -> int:
         """The last seq of an unbroken run from 1: what a client resumes after."""
-        seen, n = self.seen(conv), 0
-        while n + 1 in seen:
-            n += 1
-        return n
+        return resume_after(self.seen(conv))
 
     async def resume_gaps(self) -> None:
         """For every conversation with an acked seq not shown yet: send ``resume`` after the
@@ -336,16 +326,6 @@ class Load:
                 await conn.close()
 
 
-def agent_online(c: Cluster, agent_id: str) -> bool:
-    r = redis.Redis(host="127.0.0.1", port=6379, socket_timeout=2)
-    try:
-        return r.hget(f"{c.env['TIDEDESK_REDIS_PREFIX']}agent:{agent_id}", "status") == b"online"
-    except redis.RedisError:
-        return False
-    finally:
-        r.close()
-
-
 async def start_load(c: Cluster, visitor_nodes: Sequence[Proc], agent_node: Proc, *,
                      visitors: int = 24, agents: int = 2) -> Load:
     """``agents`` consoles on ``agent_node``, ``visitors`` visitors on ``visitor_nodes[0]``,
@@ -355,13 +335,14 @@ async def start_load(c: Cluster, visitor_nodes: Sequence[Proc], agent_node: Proc
     consoles = [Agent(ledger, agent_node, f"chaos{i}@shop.test", aid) for i, aid in enumerate(ids)]
     for a in consoles:
         await a.open()
-    await wait_until(lambda: all(agent_online(c, aid) for aid in ids), WAIT_S, "agents online")
+    await wait_until_async("agents online",
+                           lambda: all(c.agent_online(aid) for aid in ids), WAIT_S)
     people = [Visitor(ledger, visitor_nodes, f"v{i}") for i in range(visitors)]
     await asyncio.gather(*(v.open() for v in people))
     for v in people:
         await v.client.wait_type("assigned", timeout=WAIT_S)
-    await wait_until(lambda: sum(len(a.convs()) for a in consoles) == visitors, WAIT_S,
-                     "every chat assigned")
+    await wait_until_async("every chat assigned",
+                           lambda: sum(len(a.convs()) for a in consoles) == visitors, WAIT_S)
     load = Load(c, ledger, people, consoles)
     load.start()
     return load
@@ -471,7 +452,7 @@ async def check_delivered(people: Sequence[Participant], ledger: Ledger, what: s
             for p in people:
                 await p.resume_gaps()
         with contextlib.suppress(AssertionError):
-            await wait_until(lambda: not missing(), 2.0, what, interval=0.1)
+            await wait_until_async(what, lambda: not missing(), 2.0, every=0.1)
     gone = missing()
     assert not gone, f"{what}: {len(gone)} acked messages never shown, e.g. {gone[:5]}"
     for p in people:
@@ -514,7 +495,7 @@ def mariadb_start() -> None:
         subprocess.run(["start-stop-daemon", "--start", "--oknodo", "--background",
                         "--pidfile", MARIADB_PIDFILE, "--exec", MARIADBD],
                        check=True, capture_output=True, timeout=30)
-    wait_blocking(mariadb_answers, 90, "MariaDB to answer")
+    wait_until("MariaDB to answer", mariadb_answers, 90)
 
 
 def redis_answers() -> bool:
@@ -530,26 +511,18 @@ def redis_answers() -> bool:
 def redis_stop() -> None:
     subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", "6379", "shutdown", "nosave"],
                    capture_output=True, timeout=30)
-    wait_blocking(lambda: not redis_answers(), 30, "Redis to stop")
+    wait_until("Redis to stop", lambda: not redis_answers(), 30)
 
 
 def redis_start() -> None:
     if not redis_answers():
         subprocess.run(REDIS_START, check=True, capture_output=True, timeout=30)
-    wait_blocking(redis_answers, 30, "Redis to answer")
+    wait_until("Redis to answer", redis_answers, 30)
 
 
 def rabbitmq_start() -> None:
     rabbitmqctl("start_app")
     rabbitmqctl("await_startup")
-
-
-def wait_blocking(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.2)
 
 
 @contextlib.contextmanager
@@ -592,9 +565,10 @@ def test_kill_9_router_mid_batch(tmp_path: Path) -> None:
             load = await start_load(c, [node1], node2)
             await load.ledger.wait_acked(300)
             # Kill while router1 has messages in a batch: in flight, not yet acked to RabbitMQ.
-            await wait_until(lambda: metric(router1, "tidedesk_router_inflight") > 0
-                             and metric(router1, "tidedesk_messages_stored_total") > 0,
-                             WAIT_S, "router1 busy with a batch", interval=0.01)
+            await wait_until_async("router1 busy with a batch",
+                                   lambda: metric(router1, "tidedesk_router_inflight") > 0
+                                   and metric(router1, "tidedesk_messages_stored_total") > 0,
+                                   WAIT_S, every=0.01)
             router1.kill(signal.SIGKILL)
             killed_at = time.monotonic()
             await load.ledger.wait_acked(300, since=killed_at)
@@ -624,8 +598,8 @@ def test_kill_9_chat_node_clients_resume_elsewhere(tmp_path: Path) -> None:
             await load.ledger.wait_acked(150)
             node1.kill(signal.SIGKILL)
             killed_at = time.monotonic()
-            await wait_until(lambda: all(v.reconnects for v in load.visitors), WAIT_S,
-                             "every visitor reconnected")
+            await wait_until_async("every visitor reconnected",
+                                   lambda: all(v.reconnects for v in load.visitors), WAIT_S)
             assert {n for v in load.visitors for n in v.reconnected_to} == {"node2"}
             back = time.monotonic()
             await load.ledger.wait_acked(100, since=back)
@@ -660,8 +634,8 @@ def test_rabbitmq_restart_under_load(tmp_path: Path) -> None:
                 await asyncio.to_thread(rabbitmqctl, "stop_app")
                 down_at = time.monotonic()
                 await watch_readiness(procs, 503)
-                await wait_until(lambda: load.ledger.errors["try_again"] > 0, WAIT_S,
-                                 "try_again while RabbitMQ is down")
+                await wait_until_async("try_again while RabbitMQ is down",
+                                       lambda: load.ledger.errors["try_again"] > 0, WAIT_S)
                 await asyncio.to_thread(rabbitmq_start)
             await watch_readiness(procs, 200)
             up_at = time.monotonic()
@@ -697,8 +671,8 @@ def test_redis_restart_under_load(tmp_path: Path) -> None:
                 await asyncio.to_thread(redis_stop)
                 down_at = time.monotonic()
                 await watch_readiness([node1, node2], 503)
-                await wait_until(lambda: load.ledger.errors["try_again"] > 0, WAIT_S,
-                                 "try_again while Redis is down")
+                await wait_until_async("try_again while Redis is down",
+                                       lambda: load.ledger.errors["try_again"] > 0, WAIT_S)
                 restart_at = time.monotonic()
                 await asyncio.to_thread(redis_start)
             await watch_readiness(procs, 200)
@@ -707,8 +681,9 @@ def test_redis_restart_under_load(tmp_path: Path) -> None:
             # A node notices within a second that the store forgot it and announces its agents
             # again, long before its next regular heartbeat; then they take new chats (until
             # then a new chat would find nobody online and become a ticket).
-            await wait_until(lambda: all(agent_online(c, a.agent_id) for a in load.agents),
-                             ANNOUNCE_S, "agents announced again soon after Redis is back")
+            await wait_until_async("agents announced again soon after Redis is back",
+                                   lambda: all(c.agent_online(a.agent_id) for a in load.agents),
+                                   ANNOUNCE_S)
             newcomers = [Visitor(load.ledger, [node1], f"new{i}") for i in range(4)]
             for v in newcomers:
                 await v.open_politely()

@@ -6,14 +6,16 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from tests.clients import Http, add_agent, agent_socket, embedded, new_visitor
-
-GENERAL_ONLY = """
-vip_tags: [vip]
-rules:
-  - name: everyone
-    pool: general
-"""
+from tests.support.clients import (
+    Http,
+    add_agent,
+    agent_socket,
+    embedded,
+    new_visitor,
+    wait_agent_online,
+)
+from tests.support.routing import GENERAL_ONLY
+from tests.support.waiting import wait_until_async
 
 
 def run(coro: object) -> None:
@@ -23,9 +25,9 @@ def run(coro: object) -> None:
 def test_visitor_agent_round_trip(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with embedded(tmp_path, GENERAL_ONLY) as rt:
-            add_agent(rt, "ann@shop.test")
+            ann = add_agent(rt, "ann@shop.test")
             agent = await agent_socket(rt, "ann@shop.test")
-            await asyncio.sleep(0.1)  # the router takes the agent's status first
+            await wait_agent_online(rt, ann)
             visitor_id, _, visitor = await new_visitor(rt, name="Vera")
             hello = visitor.of_type("hello")[0]
             conv_id = hello["conversation_id"]
@@ -60,7 +62,7 @@ def test_visitor_agent_round_trip(tmp_path: Path) -> None:
 
 
 async def _token(rt: object, email: str) -> str:
-    from tests.clients import login
+    from tests.support.clients import login
 
     return await login(rt, email)  # type: ignore[arg-type]
 
@@ -68,9 +70,9 @@ async def _token(rt: object, email: str) -> str:
 def test_repeated_client_id_is_stored_once_with_the_same_ack(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with embedded(tmp_path, GENERAL_ONLY) as rt:
-            add_agent(rt, "bo@shop.test")
+            bo = add_agent(rt, "bo@shop.test")
             agent = await agent_socket(rt, "bo@shop.test")
-            await asyncio.sleep(0.1)
+            await wait_agent_online(rt, bo)
             _, _, visitor = await new_visitor(rt)
             conv_id = visitor.of_type("hello")[0]["conversation_id"]
             first = await visitor.say("only once", client_id="dup-1")
@@ -92,9 +94,9 @@ def test_repeated_client_id_is_stored_once_with_the_same_ack(tmp_path: Path) -> 
 def test_reconnect_with_resume_gets_exactly_the_missed_messages(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with embedded(tmp_path, GENERAL_ONLY) as rt:
-            add_agent(rt, "cy@shop.test")
+            cy = add_agent(rt, "cy@shop.test")
             agent = await agent_socket(rt, "cy@shop.test")
-            await asyncio.sleep(0.1)
+            await wait_agent_online(rt, cy)
             _, token, visitor = await new_visitor(rt)
             conv_id = visitor.of_type("hello")[0]["conversation_id"]
             await agent.wait_type("assigned")
@@ -105,7 +107,7 @@ def test_reconnect_with_resume_gets_exactly_the_missed_messages(tmp_path: Path) 
             for body in bodies:
                 assert (await agent.say(body, conversation_id=conv_id))["type"] == "ack"
 
-            from tests.clients import ws
+            from tests.support.clients import ws
 
             back = await ws(rt, "/ws/visitor", token)
             hello = await back.wait_type("hello")
@@ -131,9 +133,9 @@ def test_fifty_visitors_five_agents_limits_queue_and_vip_first(tmp_path: Path) -
         async with embedded(tmp_path, GENERAL_ONLY) as rt:
             agents = {}
             for i in range(5):
-                add_agent(rt, f"a{i}@shop.test", max_chats=3)
+                agent_id = add_agent(rt, f"a{i}@shop.test", max_chats=3)
                 agents[f"a{i}"] = await agent_socket(rt, f"a{i}@shop.test")
-            await asyncio.sleep(0.2)
+                await wait_agent_online(rt, agent_id)
             vip_at = {20, 33}  # the 21st and 34th visitors are VIPs
             visitors = []
             for i in range(50):
@@ -219,11 +221,11 @@ def test_transfer_to_another_agent_and_private_notes(tmp_path: Path) -> None:
             first_id = add_agent(rt, "first@shop.test", max_chats=1)
             second_id = add_agent(rt, "second@shop.test", max_chats=1)
             first = await agent_socket(rt, "first@shop.test")
-            await asyncio.sleep(0.1)
+            await wait_agent_online(rt, first_id)
             _, _, visitor = await new_visitor(rt)
             conv_id = (await first.wait_type("assigned"))["conversation_id"]
             second = await agent_socket(rt, "second@shop.test")
-            await asyncio.sleep(0.1)
+            await wait_agent_online(rt, second_id)
             note = "VIP customer, be nice"
             await first.send({"type": "note", "conversation_id": conv_id, "id": "n1",
                               "body": note})
@@ -232,10 +234,10 @@ def test_transfer_to_another_agent_and_private_notes(tmp_path: Path) -> None:
                               "to_agent": second_id})
             await first.wait_type("unassigned", conversation_id=conv_id)
             await second.wait_type("assigned", conversation_id=conv_id)
-            agent_frame = await visitor.wait_type("assigned", timeout=5)
-            while agent_frame["agent"]["id"] != second_id:
-                await asyncio.sleep(0.05)
-                agent_frame = visitor.of_type("assigned")[-1]
+            await visitor.wait_type("assigned", timeout=5)
+            await wait_until_async("the visitor to be told of the new agent",
+                                   lambda: visitor.of_type("assigned")[-1]["agent"]["id"]
+                                   == second_id, 5, every=0.05)
             # The new owner can read the note; the visitor never sees it.
             await second.send({"type": "resume", "conversation_id": conv_id, "after_seq": 0})
             got = await second.wait_type("message", id="n1")
@@ -268,9 +270,9 @@ def test_outside_business_hours_a_waiting_chat_becomes_a_ticket(tmp_path: Path) 
 
     async def scenario() -> None:
         async with embedded(tmp_path, routing) as rt:
-            add_agent(rt, "rae@shop.test", max_chats=1)
+            rae = add_agent(rt, "rae@shop.test", max_chats=1)
             agent = await agent_socket(rt, "rae@shop.test")
-            await asyncio.sleep(0.1)
+            await wait_agent_online(rt, rae)
             _, _, first = await new_visitor(rt)
             await first.wait_type("assigned")
             _, _, second = await new_visitor(rt)
@@ -299,9 +301,9 @@ rules:
 
     async def scenario() -> None:
         async with embedded(tmp_path, routing) as rt:
-            add_agent(rt, "sam@shop.test", max_chats=1)  # general only; nobody in experts
+            sam = add_agent(rt, "sam@shop.test", max_chats=1)  # general only; nobody in experts
             agent = await agent_socket(rt, "sam@shop.test")
-            await asyncio.sleep(0.1)
+            await wait_agent_online(rt, sam)
             _, _, first = await new_visitor(rt)
             await first.wait_type("assigned")
             _, _, regular = await new_visitor(rt)

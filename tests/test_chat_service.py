@@ -13,7 +13,7 @@ from chatnode.connections import ConnectionState
 from chatnode.conversations import Conversations, relay_frame
 from chatnode.errors import ServiceError
 from chatnode.service import ChatService
-from tests.clients import add_agent, embedded
+from tests.support.clients import add_agent, embedded
 from tidedesk import wire
 from tidedesk.auth import Principal
 from tidedesk.ratelimit import TokenBucket

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.ready import wait_ready
+from tests.support.processes import free_port, settings_env, wait_ready
 
 TIDEDESK = [sys.executable, "-m", "tidedesk.cli"]
 
 
 def run(args: list[str], data_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TIDEDESK_")}
-    full_env.update(TIDEDESK_DATA_DIR=str(data_dir), **env)
+    full_env = settings_env(TIDEDESK_DATA_DIR=str(data_dir), **env)
     return subprocess.run(TIDEDESK + args, capture_output=True, text=True, env=full_env,
                           timeout=60, check=False)
 
@@ -92,14 +90,9 @@ def test_migrate_is_idempotent(tmp_path: Path) -> None:
 
 
 def test_dev_prints_where_everything_is_and_serves(tmp_path: Path) -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDEDESK_")}
-    env.update(TIDEDESK_DATA_DIR=str(tmp_path), TIDEDESK_PORT=str(port),
-               TIDEDESK_DEMO_AGENT_EMAIL="owner@shop.test")
+    port = free_port()
+    env = settings_env(TIDEDESK_DATA_DIR=str(tmp_path), TIDEDESK_PORT=str(port),
+                       TIDEDESK_DEMO_AGENT_EMAIL="owner@shop.test")
     proc = subprocess.Popen([*TIDEDESK, "dev"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
     try:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.clients import WsClient, login, new_visitor, ws
-from tests.cluster import cluster
+from tests.support.clients import WsClient, login, new_visitor, ws
+from tests.support.cluster import cluster
+from tests.support.waiting import wait_until_async
 
 pytestmark = [pytest.mark.mariadb, pytest.mark.redis, pytest.mark.rabbitmq, pytest.mark.slow]
 
@@ -32,7 +33,8 @@ def test_two_nodes_two_routers_200_conversations(tmp_path: Path) -> None:
         async def scenario() -> None:
             # Agents on node 2, visitors on node 1.
             consoles = [await agent_on(node2, f"agent{i}@shop.test") for i in range(10)]
-            await asyncio.sleep(0.5)
+            await wait_until_async("the agents online at the routers",
+                                   lambda: all(c.agent_online(a) for a in agents), 30)
             visitors = await asyncio.gather(*(new_visitor(node1, name=f"v{i}")  # type: ignore[arg-type]
                                               for i in range(200)))
             for _, _, v in visitors:

@@ -7,16 +7,23 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY
 
-from tests.clients import add_agent, agent_socket, embedded, new_visitor, ws
-from tests.test_chat import GENERAL_ONLY
+from tests.support.clients import (
+    add_agent,
+    agent_socket,
+    embedded,
+    new_visitor,
+    wait_agent_online,
+    ws,
+)
+from tests.support.routing import GENERAL_ONLY
 
 
 def test_restart_keeps_history_seqs_and_the_queue(tmp_path: Path) -> None:
     async def first_life() -> tuple[str, str, int, str, str]:
         async with embedded(tmp_path, GENERAL_ONLY) as rt:
-            add_agent(rt, "nia@shop.test", max_chats=1)
+            nia_id = add_agent(rt, "nia@shop.test", max_chats=1)
             agent = await agent_socket(rt, "nia@shop.test")
-            await asyncio.sleep(0.1)
+            await wait_agent_online(rt, nia_id)
             _, token, visitor = await new_visitor(rt)
             conv_id = visitor.of_type("hello")[0]["conversation_id"]
             await visitor.wait_type("assigned")
@@ -65,9 +72,9 @@ def _batch_count() -> float:
 def test_history_is_written_in_batches(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with embedded(tmp_path, GENERAL_ONLY) as rt:
-            add_agent(rt, "oz@shop.test", max_chats=20)
+            oz_id = add_agent(rt, "oz@shop.test", max_chats=20)
             agent = await agent_socket(rt, "oz@shop.test")
-            await asyncio.sleep(0.1)
+            await wait_agent_online(rt, oz_id)
             visitors = [await new_visitor(rt) for _ in range(20)]
             batches_before = _batch_count()
 

@@ -17,9 +17,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.clients import add_agent, agent_socket, embedded, login, new_visitor, ws
-from tests.cluster import cluster
-from tests.prom import moved, scrape, value
+from tests.support.clients import (
+    add_agent,
+    agent_socket,
+    embedded,
+    login,
+    new_visitor,
+    wait_agent_online,
+    ws,
+)
+from tests.support.cluster import cluster
+from tests.support.metrics import moved, scrape, value
+from tests.support.waiting import wait_until_async
 from tidedesk.broker import INBOUND_QUEUE, node_queue
 from tidedesk.envelopes import (
     BINARY_V1,
@@ -173,9 +182,9 @@ def test_embedded_server_chats_with_json_envelopes(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with embedded(tmp_path, envelope_format="json") as rt:
             assert rt.router is not None and rt.router.envelope_format == "json"
-            add_agent(rt, "ann@shop.test", pools=("general", "experts", "training"))
+            ann_id = add_agent(rt, "ann@shop.test", pools=("general", "experts", "training"))
             agent = await agent_socket(rt, "ann@shop.test")
-            await asyncio.sleep(0.1)
+            await wait_agent_online(rt, ann_id)
             _, _, visitor = await new_visitor(rt)
             conv_id = (await agent.wait_type("assigned"))["conversation_id"]
             assert (await visitor.say("hello in JSON"))["seq"] == 1
@@ -206,7 +215,7 @@ def _publish(url: str, queue: str, *bodies: bytes) -> None:
 def test_cluster_reads_older_json_envelopes_drops_poison_and_reports_metrics(
         tmp_path: Path) -> None:
     with cluster(tmp_path, shards=1) as c:
-        c.add_agent("ann@shop.test")
+        ann_id = c.add_agent("ann@shop.test")
         node = c.start("chatnode", "node1")
         router = c.start("router", "router1")
         url = c.env["TIDEDESK_BROKER_URL"]
@@ -215,7 +224,7 @@ def test_cluster_reads_older_json_envelopes_drops_poison_and_reports_metrics(
             node_before, router_before = await scrape(node.port), await scrape(router.port)
             agent = await ws(node, "/ws/agent", await login(node, "ann@shop.test"))  # type: ignore[arg-type]
             await agent.wait_type("hello")
-            await asyncio.sleep(0.3)
+            await wait_until_async("ann online at the router", lambda: c.agent_online(ann_id), 10)
             visitor_id, _, visitor = await new_visitor(node)  # type: ignore[arg-type]
             conv_id = (await agent.wait_type("assigned", timeout=10))["conversation_id"]
             assert (await visitor.say("first, through the new chat node"))["type"] == "ack"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -26,7 +25,7 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from tests.ready import wait_ready
+from tests.support.processes import free_port, settings_env, wait_ready
 
 # Close codes a fuzzed connection may end with: PROTOCOL.md's, "message too big" (1009) and
 # Tornado's for a malformed WebSocket message (1007). Never 1011 (server error).
@@ -62,13 +61,10 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data = tmp_path_factory.mktemp("fuzz")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDEDESK_")}
-    env.update(TIDEDESK_DATA_DIR=str(data), TIDEDESK_PORT=str(port),
-               TIDEDESK_RATE_LIMIT_IP_PER_MIN="0", TIDEDESK_RATE_LIMIT_TOKEN_PER_MIN="0",
-               TIDEDESK_RATE_LIMIT_PER_10S="10000", TIDEDESK_LOG_FORMAT="text")
+    port = free_port()
+    env = settings_env(TIDEDESK_DATA_DIR=str(data), TIDEDESK_PORT=str(port),
+                       TIDEDESK_RATE_LIMIT_IP_PER_MIN="0", TIDEDESK_RATE_LIMIT_TOKEN_PER_MIN="0",
+                       TIDEDESK_RATE_LIMIT_PER_10S="10000", TIDEDESK_LOG_FORMAT="text")
     log = data / "server.log"
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "tidedesk.cli", "dev"], env=env,

@@ -6,14 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
 import pyotp
 import pytest
 
-from tests.clients import add_agent, embedded
+from tests.support.clients import add_agent, embedded
+from tests.support.processes import settings_env
 from tidedesk import cli, loadplan
 from tidedesk.loadplan import AgentLogin, LoadPlan
 
@@ -45,7 +45,7 @@ def test_cli_run_report_matches_what_the_server_stored(tmp_path: Path) -> None:
             agents.write_text("# email,password,totp\nload1@shop.test,password1\n"
                               f"load2@shop.test,password1,{secret}\n", encoding="utf-8")
             out = tmp_path / "report.json"
-            env = {k: v for k, v in os.environ.items() if not k.startswith("TIDEDESK_")}
+            env = settings_env()
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "tidedesk.cli", "loadgen",
                 "--url", f"http://127.0.0.1:{rt.port}", "--visitors", "8", "--agents", "2",

@@ -7,7 +7,6 @@ import asyncio
 import io
 import json
 import logging
-import os
 import subprocess
 import sys
 import urllib.error
@@ -21,23 +20,30 @@ from prometheus_client import generate_latest
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from websockets.asyncio.client import connect
 
-from tests.clients import Http, WsClient, add_agent, agent_socket, embedded, new_visitor
-from tests.cluster import free_port
-from tests.prom import moved, parse_metrics, scrape, value
-from tests.ready import wait_ready
+from tests.support.clients import (
+    Http,
+    WsClient,
+    add_agent,
+    agent_socket,
+    embedded,
+    new_visitor,
+    wait_agent_online,
+)
+from tests.support.metrics import moved, parse_metrics, scrape, value
+from tests.support.processes import free_port, settings_env, wait_ready
+from tests.support.routing import GENERAL_ONLY
 from tidedesk import logs
 from tidedesk.broker import INBOUND_QUEUE, BrokerUnavailable, MemoryBroker, node_queue
 
-GENERAL_ONLY = "vip_tags: [vip]\nrules:\n  - name: everyone\n    pool: general\n"
 
 def test_metrics_move_with_real_traffic(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with embedded(tmp_path, GENERAL_ONLY) as rt:
             assert rt.port is not None
-            add_agent(rt, "ann@shop.test", max_chats=1)
+            ann_id = add_agent(rt, "ann@shop.test", max_chats=1)
             before = await scrape(rt.port)
             agent = await agent_socket(rt, "ann@shop.test")
-            await asyncio.sleep(0.1)  # the router takes the agent's status first
+            await wait_agent_online(rt, ann_id)
             _, _, vera = await new_visitor(rt, name="Vera")
             assigned = await agent.wait_type("assigned")
             conv_id = assigned["conversation_id"]
@@ -50,7 +56,7 @@ def test_metrics_move_with_real_traffic(tmp_path: Path) -> None:
             await agent.wait_type("message", seq=1)
             assert (await agent.say("On its way.", conversation_id=conv_id))["type"] == "ack"
             await vera.wait_type("message", seq=2)
-            await asyncio.sleep(0.1)  # the agent's own copy of its reply
+            await agent.wait_type("message", seq=2)  # the agent's own copy of its reply
             during = await scrape(rt.port)
 
             assert moved(before, during, "tidedesk_connections", role="visitor") == 2
@@ -217,9 +223,8 @@ def test_tidedesk_dev_writes_json_lines_at_the_level_of_its_settings(tmp_path: P
     """The real command: TIDEDESK_LOG_LEVEL=WARNING keeps info lines out, and the warning of a
     refused request carries the node and request ids."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDEDESK_")}
-    env.update(TIDEDESK_DATA_DIR=str(tmp_path), TIDEDESK_PORT=str(port),
-               TIDEDESK_LOG_LEVEL="WARNING", TIDEDESK_NODE_ID="dev-node-9")
+    env = settings_env(TIDEDESK_DATA_DIR=str(tmp_path), TIDEDESK_PORT=str(port),
+                       TIDEDESK_LOG_LEVEL="WARNING", TIDEDESK_NODE_ID="dev-node-9")
     proc = subprocess.Popen([sys.executable, "-m", "tidedesk.cli", "dev"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     try:

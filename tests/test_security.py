@@ -17,8 +17,19 @@ import pytest
 
 from chatnode import access, routes
 from chatnode.accounts import session_end_applies
-from tests.clients import Http, WsClient, add_agent, agent_socket, embedded, login, new_visitor, ws
-from tests.test_chat import GENERAL_ONLY
+from tests.support.clients import (
+    Http,
+    WsClient,
+    add_agent,
+    agent_socket,
+    embedded,
+    login,
+    new_visitor,
+    wait_agent_online,
+    ws,
+)
+from tests.support.routing import GENERAL_ONLY
+from tests.support.waiting import wait_until_async
 from tidedesk import auth
 from tidedesk.auth import (
     REFRESH_GRACE_SECS,
@@ -86,7 +97,7 @@ async def _world(rt: Runtime) -> tuple[World, list[WsClient]]:
                    for role in ("agent", "supervisor", "admin")}
     w.agent_ids["owner"] = add_agent(rt, "owner@shop.test")
     owner = await agent_socket(rt, "owner@shop.test")
-    await asyncio.sleep(0.1)
+    await wait_agent_online(rt, w.agent_ids["owner"])
     _, token_a, visitor_a = await new_visitor(rt, name="Alice")
     w.conv_a = (visitor_a.of_type("hello")[0])["conversation_id"]
     await owner.wait_type("assigned", conversation_id=w.conv_a)
@@ -550,14 +561,14 @@ def _database_bytes(data_dir: Path) -> bytes:
 def test_visitor_fields_and_bodies_are_never_stored_in_the_clear(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with embedded(tmp_path, GENERAL_ONLY, encrypt_message_bodies=True) as rt:
-            add_agent(rt, "enc@shop.test")
+            enc_id = add_agent(rt, "enc@shop.test")
             add_agent(rt, "seed@shop.test", totp_secret=TOTP_SEED)
             status, _ = await Http(rt).request("POST", "/api/v1/auth/login", {
                 "email": "seed@shop.test", "password": "password1",
                 "totp": pyotp.TOTP(TOTP_SEED).now()})
             assert status == 200  # the seed is read back from its ciphertext
             agent = await agent_socket(rt, "enc@shop.test")
-            await asyncio.sleep(0.1)
+            await wait_agent_online(rt, enc_id)
             visitor_id, token, visitor = await new_visitor(rt, **SECRETS)
             assigned = await agent.wait_type("assigned")
             assert assigned["visitor"]["name"] == SECRETS["name"]  # agents see plaintext
@@ -634,7 +645,9 @@ def test_rotate_key_refuses_bodies_of_an_unknown_key_rather_than_sealing_them_tw
                             encrypt_message_bodies=True) as rt:
             _, _, visitor = await new_visitor(rt)  # no name, e-mail or phone to encrypt
             assert (await visitor.say("v2: my order 1234 never came"))["type"] == "ack"
-            await asyncio.sleep(0.2)  # stored by the router
+            conv = visitor.of_type("hello")[0]["conversation_id"]
+            await wait_until_async("the router to store the message",
+                                   lambda: rt.storage.messages.count(conv), 5)
             await visitor.close()
 
     asyncio.run(write_with_a_key_that_is_then_lost())
@@ -655,7 +668,7 @@ def test_rotate_key_refuses_bodies_of_an_unknown_key_rather_than_sealing_them_tw
 @pytest.mark.rabbitmq
 @pytest.mark.slow
 def test_cluster_nodes_share_sign_ins_and_rate_limits_through_redis(tmp_path: Path) -> None:
-    from tests.cluster import cluster
+    from tests.support.cluster import cluster
 
     with cluster(tmp_path, shards=1) as c:
         c.env["TIDEDESK_RATE_LIMIT_IP_PER_MIN"] = "6"

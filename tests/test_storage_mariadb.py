@@ -8,7 +8,7 @@ from collections import Counter
 import pymysql
 import pytest
 
-from tests.mariadb import databases
+from tests.support.mariadb import databases
 from tidedesk.frames import frame_dicts
 from tidedesk.models import shard_index
 from tidedesk.storage import Storage, new_id

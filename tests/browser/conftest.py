@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.ready import wait_ready
+from tests.support.processes import free_port, stop_process, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("TIDEDESK_CHROMIUM", "/usr/bin/chromium")
@@ -37,12 +36,6 @@ SERVER_START_TIMEOUT_SECS = 30.0
 # Default wait for something to appear in a page. Deliveries take milliseconds; the margin is for
 # a loaded CI machine, and costs nothing when things work.
 UI_TIMEOUT_MS = 10000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _tidedesk_cmd() -> list[str]:
@@ -72,12 +65,7 @@ class Server:
         """SIGTERM (the server drains: clients are told to reconnect), then wait for the exit."""
         if self.proc is None:
             return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        stop_process(self.proc, timeout=30)
         self.proc = None
 
     def create_agent(self, *, email: str, password: str, name: str, pools: str = "general",

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import DEMO_EMAIL, DEMO_PASSWORD, Server, free_port
+from tests.browser.conftest import DEMO_EMAIL, DEMO_PASSWORD, Server
 from tests.browser.ui_pages import Console, Widget
+from tests.support.processes import free_port
 
 pytestmark = pytest.mark.browser
 

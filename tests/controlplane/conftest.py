@@ -8,14 +8,10 @@ from pathlib import Path
 
 import pytest
 from cp_nomad_double import NomadDouble
-from cp_servers import (
-    TINY_IMAGE,
-    Exporter,
-    Prometheus,
-    docker,
-    ensure_swarm,
-    free_port,
-)
+from cp_servers import TINY_IMAGE, Exporter, Prometheus, ensure_swarm
+
+from tests.support.processes import free_port
+from tests.support.swarm import docker
 
 
 @pytest.fixture(scope="session")

@@ -9,13 +9,10 @@ import contextlib
 import io
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tarfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,40 +20,14 @@ import requests
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from controlplane.config import hash_token
+from tests.support.processes import free_port, stop_process
+from tests.support.swarm import docker
+from tests.support.swarm import ensure_swarm as ensure_node_is_manager
+from tests.support.waiting import wait_until
 
 TOKEN = "cp-test-token-0123456789"
 TINY_IMAGE = "tidedesk-test-tiny:latest"
 ALERT_SERVICE = "cpalert-job"  # the `service` label of the test alert rule
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(pred: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = pred()
-        except (requests.RequestException, OSError, KeyError, ValueError):
-            last = None
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 class Exporter:
@@ -119,9 +90,9 @@ class Prometheus:
             stderr=subprocess.STDOUT,
         )
         wait_until(
+            "prometheus to be ready",
             lambda: requests.get(f"{self.url}/-/ready", timeout=1).status_code == 200,
             60,
-            "prometheus to be ready",
         )
 
     def value(self, query: str) -> float | None:
@@ -130,7 +101,7 @@ class Prometheus:
         return float(result[0]["value"][1]) if result else None
 
     def wait_for(self, query: str, value: float, timeout: float = 20) -> None:
-        wait_until(lambda: self.value(query) == value, timeout, f"{query} == {value}")
+        wait_until(f"{query} == {value}", lambda: self.value(query) == value, timeout)
 
     def stop(self) -> None:
         stop_process(self.proc)
@@ -167,9 +138,9 @@ class Alertmanager:
             stderr=subprocess.STDOUT,
         )
         wait_until(
+            "alertmanager to be ready",
             lambda: requests.get(f"{self.url}/-/ready", timeout=1).status_code == 200,
             60,
-            "alertmanager to be ready",
         )
 
     def stop(self) -> None:
@@ -178,41 +149,9 @@ class Alertmanager:
 
 
 # --- Docker -------------------------------------------------------------------------------------
-def docker(*args: str, check: bool = True, timeout: float = 60) -> str:
-    done = subprocess.run(
-        ["docker", *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
-    if check and done.returncode != 0:
-        raise RuntimeError(f"docker {' '.join(args)} failed: {done.stderr.strip()}")
-    return done.stdout.strip()
-
-
-def _docker_ready() -> bool:
-    try:
-        return subprocess.run(
-            ["docker", "info"], capture_output=True, timeout=20, check=False
-        ).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
 def ensure_swarm(workdir: Path) -> None:
-    """dockerd running (started here if needed, left running), a swarm manager, the tiny image."""
-    if shutil.which("docker") is None or shutil.which("dockerd") is None:
-        raise RuntimeError("docker.io is not installed (scripts/system-deps.sh installs it)")
-    if not _docker_ready():
-        log = (workdir / "dockerd.log").open("wb")
-        subprocess.Popen(
-            ["dockerd"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            wait_until(_docker_ready, 90, "dockerd to answer", every=1)
-        except AssertionError:
-            tail = (workdir / "dockerd.log").read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"dockerd did not start:\n{tail}") from None
-    state = docker("info", "--format", "{{.Swarm.LocalNodeState}}")
-    if state != "active":
-        docker("swarm", "init", "--advertise-addr", "127.0.0.1")
+    """dockerd running and a swarm manager (tests.support.swarm), and the tiny image built."""
+    ensure_node_is_manager(workdir)
     if docker("image", "inspect", TINY_IMAGE, check=False, timeout=30) in ("", "[]"):
         build_tiny_image()
 
@@ -283,9 +222,9 @@ class Daemon:
         )  # fmt: skip
         try:
             wait_until(
+                "the control plane to answer /healthz",
                 lambda: requests.get(f"{self.url}/healthz", timeout=1).status_code == 200,
                 30,
-                "the control plane to answer /healthz",
             )
         except AssertionError:
             self.stop()

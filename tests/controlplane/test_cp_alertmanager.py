@@ -7,16 +7,10 @@ from pathlib import Path
 
 import pytest
 from cp_nomad_double import NomadDouble
-from cp_servers import (
-    ALERT_SERVICE,
-    TOKEN,
-    Alertmanager,
-    Daemon,
-    Exporter,
-    Prometheus,
-    free_port,
-    wait_until,
-)
+from cp_servers import ALERT_SERVICE, TOKEN, Alertmanager, Daemon, Exporter, Prometheus
+
+from tests.support.processes import free_port
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
 
@@ -64,12 +58,12 @@ def test_firing_alert_triggers_an_evaluation(
     alerting: tuple[Daemon, NomadDouble], exporter: Exporter
 ) -> None:
     d, double = alerting
-    wait_until(lambda: len(d.decisions("backlog")) == 1, 10, "the start-up evaluation")
+    wait_until("the start-up evaluation", lambda: len(d.decisions("backlog")) == 1, 10)
     assert double.count(f"tidedesk_{ALERT_SERVICE}", "g") == 1
     exporter.set("alert", 55)  # the rule fires above 50; the check wants ceil(55 / 10) = 6
     try:
         wait_until(
-            lambda: double.count(f"tidedesk_{ALERT_SERVICE}", "g") == 6, 45, "the alert's scale-up"
+            "the alert's scale-up", lambda: double.count(f"tidedesk_{ALERT_SERVICE}", "g") == 6, 45
         )
     except AssertionError as exc:
         seen = [(x["trigger"], x["reason"]) for x in d.decisions("backlog")]

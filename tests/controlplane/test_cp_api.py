@@ -8,9 +8,11 @@ from typing import Any
 
 import pytest
 from cp_nomad_double import NomadDouble
-from cp_servers import TOKEN, Daemon, Exporter, Prometheus, daemon, free_port, wait_until
+from cp_servers import TOKEN, Daemon, Exporter, Prometheus, daemon
 
 from controlplane.config import hash_token
+from tests.support.processes import free_port
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
 
@@ -103,7 +105,7 @@ def test_scales_and_records_who_when_why(setup: Any) -> None:
     start, load, double = setup
     load(35)
     d = start()
-    wait_until(lambda: count(double) == 4, 20, "scale-up to 4")
+    wait_until("scale-up to 4", lambda: count(double) == 4, 20)
     st = d.status("router")
     for key in ("service", "driver", "current", "desired", "min", "max", "paused", "pinned"):
         assert key in st
@@ -124,24 +126,24 @@ def test_pin_holds_then_expires(setup: Any) -> None:
     start, load, double = setup
     load(15)
     d = start()
-    wait_until(lambda: count(double) == 2, 20, "autoscaled to 2")
+    wait_until("autoscaled to 2", lambda: count(double) == 2, 20)
     body = {"replicas": 6, "ttl_s": 4, "by": "alice", "reason": "load test"}
     r = d.request("POST", "/v1/policies/router/pin", json=body)
     assert r.status_code == 200 and r.json()["policy"]["pin"]["by"] == "alice"
-    wait_until(lambda: count(double) == 6, 10, "pinned count")
+    wait_until("pinned count", lambda: count(double) == 6, 10)
     assert d.status("router")["pinned"] is True
     time.sleep(1.5)
     assert count(double) == 6  # the checks want 2, the pin wins
-    wait_until(lambda: count(double) == 2, 20, "back to the autoscaled count after expiry")
+    wait_until("back to the autoscaled count after expiry", lambda: count(double) == 2, 20)
     actions = [a["action"] for a in d.audit("router")]
     assert "pin" in actions and "pin_expired" in actions
     pin = next(a for a in d.audit("router") if a["action"] == "pin")
     assert (pin["who"], pin["why"]) == ("alice", "load test")
     # DELETE ends a pin early
     d.request("POST", "/v1/policies/router/pin", json={"replicas": 5, "ttl_s": 600})
-    wait_until(lambda: count(double) == 5, 10, "second pin")
+    wait_until("second pin", lambda: count(double) == 5, 10)
     assert d.request("DELETE", "/v1/policies/router/pin").status_code == 200
-    wait_until(lambda: count(double) == 2, 20, "unpinned")
+    wait_until("unpinned", lambda: count(double) == 2, 20)
     assert d.status("router")["pinned"] is False
 
 
@@ -149,7 +151,7 @@ def test_pause_holds_and_resume_acts(setup: Any) -> None:
     start, load, double = setup
     load(15)
     d = start()
-    wait_until(lambda: count(double) == 2, 20, "autoscaled to 2")
+    wait_until("autoscaled to 2", lambda: count(double) == 2, 20)
     r = d.request("POST", "/v1/policies/router/pause", json={"reason": "incident 42"},
                   headers={"X-Tidedesk-Actor": "bob"})  # fmt: skip
     assert r.json()["policy"]["paused"] is True
@@ -158,7 +160,7 @@ def test_pause_holds_and_resume_acts(setup: Any) -> None:
     assert count(double) == 2
     assert "paused by bob (incident 42)" in d.decisions("router", 1)[0]["reason"]
     d.request("POST", "/v1/policies/router/resume")
-    wait_until(lambda: count(double) == 6, 20, "scale-up after resume")
+    wait_until("scale-up after resume", lambda: count(double) == 6, 20)
     actions = [(a["action"], a["who"]) for a in d.audit("router")]
     assert ("pause", "bob") in actions and any(a == "resume" for a, _ in actions)
 
@@ -167,9 +169,9 @@ def test_outside_change_is_restored(setup: Any) -> None:
     start, load, double = setup
     load(25)
     d = start()
-    wait_until(lambda: count(double) == 3, 20, "autoscaled to 3")
+    wait_until("autoscaled to 3", lambda: count(double) == 3, 20)
     double.outside_scale("router", "g", 7)
-    wait_until(lambda: count(double) == 3, 20, "the autoscaled count restored")
+    wait_until("the autoscaled count restored", lambda: count(double) == 3, 20)
     drift = d.status("router")["last_drift"]
     assert drift["observed"] == 7 and drift["autoscaled"] == 3
     assert any(a["action"] == "drift" for a in d.audit("router"))
@@ -203,11 +205,11 @@ def test_alert_webhook(setup: Any) -> None:
     start, load, double = setup
     load(15)
     d = start(interval="1h")  # only the start-up evaluation and the alert's
-    wait_until(lambda: count(double) == 2, 20, "start-up evaluation")
+    wait_until("start-up evaluation", lambda: count(double) == 2, 20)
     load(45)
     r = d.request("POST", "/v1/alerts", json=ALERTMANAGER_PAYLOAD)
     assert r.status_code == 200 and r.json() == {"received": 1, "evaluations": ["router"]}
-    wait_until(lambda: count(double) == 4, 10, "the alert-triggered evaluation")
+    wait_until("the alert-triggered evaluation", lambda: count(double) == 4, 10)
     assert d.decisions("router", 1)[0]["trigger"] == "alert:RouterBacklog"
     assert d.status("router")["alerts"][0]["alertname"] == "RouterBacklog"
     bad = [
@@ -235,7 +237,7 @@ def test_errors_are_recorded_and_the_loop_goes_on(
     )
     dead_prometheus = f"http://127.0.0.1:{free_port()}"
     with daemon(tmp_path, yaml, dead_prometheus, nomad_double.address) as d:
-        wait_until(lambda: len(d.decisions("router")) >= 3, 20, "evaluations to go on")
+        wait_until("evaluations to go on", lambda: len(d.decisions("router")) >= 3, 20)
         st = d.status("router")
         assert st["last_error"]["stage"] == "metrics"
         assert "prometheus query failed" in st["last_error"]["message"]
@@ -261,7 +263,7 @@ def test_state_file_keeps_pins_across_restarts(
     with daemon(*args, extra_args=("--state-file", str(state))) as d:
         d.request("POST", "/v1/policies/router/pin", json={"replicas": 3, "ttl_s": 600})
         assert d.request("POST", "/v1/events", json=event).status_code == 201
-        wait_until(lambda: count(nomad_double) == 3, 10, "pinned")
+        wait_until("pinned", lambda: count(nomad_double) == 3, 10)
     assert state.exists()
     with daemon(*args, extra_args=("--state-file", str(state))) as d:
         st = d.status("router")
@@ -274,7 +276,7 @@ def test_scheduled_events_raise_the_floor_and_are_audited(setup: Any) -> None:
     start, load, double = setup
     load(15)
     d = start()
-    wait_until(lambda: count(double) == 2, 20, "autoscaled to 2")
+    wait_until("autoscaled to 2", lambda: count(double) == 2, 20)
     now = time.time()
 
     def at(offset: float) -> str:
@@ -304,7 +306,7 @@ def test_scheduled_events_raise_the_floor_and_are_audited(setup: Any) -> None:
             "min_replicas": {"router": 5}, "by": "carol", "reason": "newsletter"}  # fmt: skip
     r = d.request("POST", "/v1/events", json=sale)
     assert r.status_code == 201 and r.json()["event"]["active"] is True
-    wait_until(lambda: count(double) == 5, 10, "the event's floor")
+    wait_until("the event's floor", lambda: count(double) == 5, 10)
     st = d.status("router")
     assert st["events"][0]["name"] == "sale" and st["floors"]["schedule"]["replicas"] == 5
     assert "scheduled event sale" in st["last_decision"]["reason"]
@@ -312,7 +314,7 @@ def test_scheduled_events_raise_the_floor_and_are_audited(setup: Any) -> None:
     assert [e["name"] for e in d.request("GET", "/v1/events").json()["events"]] == ["sale"]
     r = d.request("DELETE", "/v1/events/sale", json={"reason": "cancelled"})
     assert r.status_code == 200
-    wait_until(lambda: count(double) == 2, 20, "released after the event is gone")
+    wait_until("released after the event is gone", lambda: count(double) == 2, 20)
     assert d.request("DELETE", "/v1/events/sale").status_code == 404
     audit = [(a["action"], a["who"]) for a in d.audit("router")]
     for entry in [("event_add", "carol"), ("event_update", "carol"), ("event_floor_raised",
@@ -352,7 +354,7 @@ def test_token_secret_formats(
     with daemon(*args, token_secret=TOKEN) as d:
         assert d.request("GET", "/v1/status").status_code == 200
         assert d.request("GET", "/v1/status", token=hash_token(TOKEN)).status_code == 401
-        wait_until(lambda: "stored in plain text" in d.log_path.read_text(), 10, "the warning")
+        wait_until("the warning", lambda: "stored in plain text" in d.log_path.read_text(), 10)
     with daemon(*args) as d:
         assert d.request("GET", "/v1/status").status_code == 200
         # the hash itself is not a token: stealing the secret does not open the API

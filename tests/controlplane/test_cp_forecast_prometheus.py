@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from cp_nomad_double import NomadDouble
-from cp_servers import Prometheus, free_port
+from cp_servers import Prometheus
 
 from controlplane.controller import Controller
 from controlplane.memory_source import MemorySource
@@ -27,6 +27,7 @@ from controlplane.nomad_target import NomadTarget
 from controlplane.policy import Check, Policy, Predictive
 from controlplane.state import ControlPlaneState
 from controlplane.telemetry import Telemetry
+from tests.support.processes import free_port
 
 pytestmark = pytest.mark.prometheus
 

@@ -6,10 +6,12 @@ import itertools
 import time
 
 import pytest
-from cp_servers import Exporter, Prometheus, free_port
+from cp_servers import Exporter, Prometheus
 
 from controlplane.metrics_source import PrometheusSource
 from controlplane.policy import Check, Policy
+from tests.support.processes import free_port
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.prometheus
 
@@ -26,9 +28,11 @@ def test_reads_the_exporter_through_prometheus(
 ) -> None:
     exporter.set("src", 42)
     prometheus.wait_for('sum(tidedesk_cptest_load{case="src"})', 42)
-    time.sleep(1.5)  # a couple of samples
     source = PrometheusSource(prometheus.url)
     p = policy(Check("load", 'sum(tidedesk_cptest_load{case="src"})', for_s=2, target=10))
+    # A couple of samples in the window, so the order below is checked on more than one.
+    wait_until("two samples of the load",
+               lambda: len(source.fetch(p, time.time()).samples.get("load") or ()) >= 2, 10)
     fetch = source.fetch(p, time.time())
     assert fetch.errors == {}
     series = fetch.samples["load"]

@@ -8,19 +8,13 @@ import time
 from pathlib import Path
 
 import pytest
-from cp_servers import (
-    Exporter,
-    Prometheus,
-    daemon,
-    docker,
-    swarm_replicas,
-    swarm_running,
-    wait_until,
-)
+from cp_servers import Exporter, Prometheus, daemon, swarm_replicas, swarm_running
 
 from controlplane.policy import Check, Policy
 from controlplane.swarm_target import SwarmTarget
 from controlplane.target import TargetError
+from tests.support.swarm import docker
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.prometheus, pytest.mark.slow]
 
@@ -58,7 +52,7 @@ def test_swarm_target_reads_tasks(swarm_service: str) -> None:
     target = SwarmTarget()
     p = Policy(name="p", service=swarm_service, driver="swarm", min=1, max=3,
                checks=(Check("x", "up", target=1),))  # fmt: skip
-    wait_until(lambda: len(target.read(p).started_at) == 1, 60, "the task to run")
+    wait_until("the task to run", lambda: len(target.read(p).started_at) == 1, 60)
     state = target.read(p)
     assert state.desired == 1 and abs(time.time() - state.started_at[0]) < 120
     import docker as docker_sdk
@@ -67,7 +61,7 @@ def test_swarm_target_reads_tasks(swarm_service: str) -> None:
     before = {t["ID"] for t in svc.tasks(filters={"desired-state": "running"})}
     template = svc.attrs["Spec"]["TaskTemplate"]
     assert target.scale(p, 2, "test").applied
-    wait_until(lambda: len(target.read(p).started_at) == 2, 60, "two tasks")
+    wait_until("two tasks", lambda: len(target.read(p).started_at) == 2, 60)
     # Scaling leaves the running task alone (no rolling restart of the service) and changes
     # nothing in the spec but the count.
     svc.reload()
@@ -85,24 +79,24 @@ def test_daemon_scales_a_swarm_service(
 ) -> None:
     set_load(prometheus, exporter, 5)
     with daemon(tmp_path, policy_yaml(swarm_service), prometheus.url) as d:
-        wait_until(lambda: d.decisions("chat"), 20, "a first decision")
+        wait_until("a first decision", lambda: d.decisions("chat"), 20)
         assert swarm_replicas(swarm_service) == 1
 
         set_load(prometheus, exporter, 35)  # wants ceil(35 / 10) = 4: 1 -> 2 -> 4
-        wait_until(lambda: swarm_replicas(swarm_service) == 4, 60, "scale-up to 4")
-        wait_until(lambda: swarm_running(swarm_service) == 4, 60, "4 running tasks")
+        wait_until("scale-up to 4", lambda: swarm_replicas(swarm_service) == 4, 60)
+        wait_until("4 running tasks", lambda: swarm_running(swarm_service) == 4, 60)
         ups = [a for a in d.audit("chat") if a["action"] == "scale_up"]
         assert [u["detail"]["desired"] for u in reversed(ups)] == [2, 4]
 
         # Someone scales by hand: the daemon notices and restores its own count.
         docker("service", "scale", "--detach", f"{swarm_service}=1")
-        wait_until(lambda: (d.status("chat")["last_drift"] or {}).get("observed") == 1, 30,
-                   "the drift to be noticed")  # fmt: skip
-        wait_until(lambda: swarm_replicas(swarm_service) == 4, 30, "the count restored")
+        wait_until("the drift to be noticed",
+                   lambda: (d.status("chat")["last_drift"] or {}).get("observed") == 1, 30)
+        wait_until("the count restored", lambda: swarm_replicas(swarm_service) == 4, 30)
         assert any(a["action"] == "drift" for a in d.audit("chat"))
 
         set_load(prometheus, exporter, 5)  # wants 1: one step at a time, a cool-down apart
-        wait_until(lambda: swarm_replicas(swarm_service) == 1, 90, "scale-down to 1")
+        wait_until("scale-down to 1", lambda: swarm_replicas(swarm_service) == 1, 90)
         downs = [a for a in reversed(d.audit("chat")) if a["action"] == "scale_down"]
         assert [x["detail"]["desired"] for x in downs][-3:] == [3, 2, 1]
         gaps = [b["at_unix"] - a["at_unix"] for a, b in itertools.pairwise(downs)]

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from tests.deploy.chat_clients import http_json
+from tests.support.http import http_json
+from tests.support.processes import free_port
+from tests.support.routing import write_routing
+from tests.support.swarm import docker
+from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 STACK = "tidedesk-e2e"
@@ -72,56 +73,6 @@ rules:
     pool: general
 """
 
-T = TypeVar("T")
-
-
-def docker(*args: str, timeout: float = 60, check: bool = True) -> str:
-    done = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout,
-                          check=False)
-    if check and done.returncode != 0:
-        raise RuntimeError(f"docker {' '.join(args)} failed: {done.stderr.strip()[-2000:]}")
-    return done.stdout
-
-
-def wait_until(what: str, probe: Callable[[], T | None], timeout: float, every: float = 1.0) -> T:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = probe()
-        except Exception as exc:  # a probe of a starting stack fails in many ways
-            last, value = exc, None
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}"
-                         + (f" (last error: {last})" if last else ""))
-
-
-def _docker_answers() -> bool:
-    try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=20,
-                              check=False).returncode == 0
-    except subprocess.TimeoutExpired:
-        return False
-
-
-def ensure_swarm(workdir: Path) -> None:
-    """dockerd running (started here if needed, and left running) and this node a manager."""
-    if shutil.which("docker") is None or shutil.which("dockerd") is None:
-        raise RuntimeError("docker.io is not installed (scripts/system-deps.sh installs it)")
-    if not _docker_answers():
-        log = (workdir / "dockerd.log").open("wb")
-        subprocess.Popen(["dockerd"], stdout=log, stderr=subprocess.STDOUT,
-                         start_new_session=True)
-        wait_until("dockerd to answer", _docker_answers, 90)
-    state = docker("info", "--format", "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}")
-    if state.split()[0] != "active":
-        docker("swarm", "init", "--advertise-addr", "127.0.0.1")
-    elif state.split()[1] != "true":
-        raise RuntimeError("this node is in a swarm but not a manager; cannot deploy stacks")
-
-
 def build_images() -> float:
     started = time.monotonic()
     done = subprocess.run([str(REPO / "swarm" / "build-images.sh")], cwd=REPO,
@@ -130,12 +81,6 @@ def build_images() -> float:
         raise RuntimeError(f"swarm/build-images.sh failed:\n{done.stdout[-3000:]}\n"
                            f"{done.stderr[-3000:]}")
     return time.monotonic() - started
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Stack:
@@ -153,14 +98,14 @@ class Stack:
         prom = prom.replace("evaluation_interval: 15s", "evaluation_interval: 5s")
         (workdir / "prometheus.yml").write_text(prom)
         (workdir / "policies.yml").write_text(POLICIES)
-        (workdir / "routing.yml").write_text(ROUTING)
+        routing_file = write_routing(workdir, ROUTING)
         self.env = {
             **os.environ,
             **TEST_IMAGES,
             "TIDEDESK_SECRETS_DIR": str(secrets),
             "PROMETHEUS_CONFIG": str(workdir / "prometheus.yml"),
             "TIDEDESK_POLICIES_CONFIG": str(workdir / "policies.yml"),
-            "TIDEDESK_ROUTING_CONFIG": str(workdir / "routing.yml"),
+            "TIDEDESK_ROUTING_CONFIG": str(routing_file),
             "HTTP_PORT": str(self.ports["http"]),
             "HTTPS_PORT": str(self.ports["https"]),
             "CONTROLPLANE_PORT": str(self.ports["controlplane"]),
@@ -204,14 +149,14 @@ class Stack:
         if STACK in docker("stack", "ls", "--format", "{{.Name}}", check=False).split():
             docker("stack", "rm", STACK, check=False)
         wait_until("the stack's containers to stop",
-                   lambda: not docker("ps", "-q", "--filter", label).split(), 90)
+                   lambda: not docker("ps", "-q", "--filter", label).split(), 90, every=1)
         leftovers = docker("ps", "-aq", "--filter", label).split()  # exited tasks of this stack
         if leftovers:
             docker("rm", "-f", *leftovers, check=False)
         wait_until(
             "the stack's network to go",
             lambda: STACK + "_tidedesk" not in docker("network", "ls", "--format", "{{.Name}}"),
-            60,
+            60, every=1,
         )
         volumes = docker("volume", "ls", "-q", "--filter", label).split()
         if volumes:

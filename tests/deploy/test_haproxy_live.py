@@ -17,17 +17,17 @@ import ssl
 import struct
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.clients import embedded
-from tests.deploy.chat_clients import http_json, insecure_tls
 from tests.deploy.conftest import REPO, require
-from tests.deploy.swarm_stack import free_port
+from tests.support.clients import embedded
+from tests.support.http import http_json, insecure_tls
+from tests.support.processes import free_port, stop_process
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.haproxy
 
@@ -109,24 +109,12 @@ def haproxy(tls_pem: Path, dns_port: int, backend_port: int,
     try:
         yield ports
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def wait_http(url: str, status: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            last = http_json("GET", url, timeout=2)
-            if last[0] == status:
-                return
-        time.sleep(0.2)
-    raise AssertionError(f"{url} did not answer {status} in {timeout}s (last: {last})")
+    wait_until(f"{url} to answer {status}",
+               lambda: http_json("GET", url, timeout=2)[0] == status, timeout, errors=(OSError,))
 
 
 def test_chat_through_haproxy_on_loopback(tmp_path: Path, tls_pem: Path, dns: TinyDns) -> None:

@@ -31,7 +31,6 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from tests.deploy.chat_clients import ResilientClient, http_json, insecure_tls
 from tests.deploy.swarm_stack import (
     AGENT_EMAIL,
     AGENT_PASSWORD,
@@ -39,9 +38,11 @@ from tests.deploy.swarm_stack import (
     REPO,
     Stack,
     build_images,
-    ensure_swarm,
-    wait_until,
 )
+from tests.support.http import http_json, insecure_tls
+from tests.support.resilient_client import ResilientClient
+from tests.support.swarm import ensure_swarm
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(720)]
 
@@ -144,7 +145,7 @@ async def clients_closed(clients: list[ResilientClient]) -> AsyncIterator[None]:
 
 
 async def wait_for(what: str, probe, timeout: float, every: float = 2.0):  # type: ignore[no-untyped-def]
-    return await asyncio.to_thread(wait_until, what, probe, timeout, every)
+    return await asyncio.to_thread(wait_until, what, probe, timeout, every=every)
 
 
 async def open_followed(s: Stack, chatter: Chatter, prefix: str) -> list[ResilientClient]:
@@ -164,19 +165,6 @@ def decisions(s: Stack) -> list[dict]:  # type: ignore[type-arg]
 
 
 NOTHING_MISSED_WITHIN_S = 30.0
-
-
-def eventually(within_s: float, check, *args) -> None:  # type: ignore[no-untyped-def]
-    """Run ``check`` until it passes; after ``within_s`` its last AssertionError stands."""
-    deadline = time.monotonic() + within_s
-    while True:
-        try:
-            check(*args)
-            return
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(1.0)
 
 
 def assert_nothing_missed(s: Stack, agent: ResilientClient, token: str,
@@ -300,8 +288,13 @@ async def run_scenario(s: Stack) -> None:
         assert not unexpected, f"error frames: {unexpected[:5]}"
         # An ack means "durable in RabbitMQ"; the router stores and delivers a moment later,
         # longer on a busy 2-core machine. Converged within the bound, or the last miss fails.
-        await asyncio.to_thread(eventually, NOTHING_MISSED_WITHIN_S, assert_nothing_missed,
-                                s, agent, token, followed)
+        def nothing_missed() -> bool:
+            assert_nothing_missed(s, agent, token, followed)
+            return True
+
+        # Until it converges the check's AssertionError means "not yet"; the last one is named.
+        await asyncio.to_thread(wait_until, "nothing missed", nothing_missed,
+                                NOTHING_MISSED_WITHIN_S, every=1.0, errors=(AssertionError,))
         log.warning("drained clients: %d reconnect frames; connects: %s", drained,
                     {c.name: c.connects for c in [*followed, agent] if c.connects > 1})
     # Checked last, so every guarantee above has been shown either way. Adding replicas must

@@ -1,4 +1,4 @@
-"""Chat clients for the Swarm end-to-end test that behave like the widget and the console.
+"""A chat client that behaves like the widget and the console, for tests that break things.
 
 A :class:`ResilientClient` keeps one WebSocket through HAProxy open; when the node drains (a
 ``reconnect`` frame, then close 1012) or the connection drops, it connects again (HAProxy picks
@@ -16,13 +16,14 @@ import json
 import logging
 import random
 import ssl
-import urllib.error
-import urllib.request
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+
+from tests.support.waiting import wait_until_async
 
 log = logging.getLogger(__name__)
 
@@ -32,33 +33,13 @@ RESEND_AFTER_S = 3.0  # an unacked message is sent again after this long on a li
 OPEN_TIMEOUT_S = 10.0
 
 
-def insecure_tls() -> ssl.SSLContext:
-    """TLS 1.3 only, self-signed certificate accepted (the stack's test secret)."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
-def http_json(method: str, url: str, body: Any = None, token: str | None = None,
-              timeout: float = 10.0, context: ssl.SSLContext | None = None) -> tuple[int, Any]:
-    """Blocking JSON request (run it in a thread from async code)."""
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    data = json.dumps(body).encode() if body is not None else (b"" if method == "POST" else None)
-    req = urllib.request.Request(url, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
-            raw = resp.read()
-            status = resp.status
-    except urllib.error.HTTPError as exc:
-        raw, status = exc.read(), exc.code
-    try:
-        return status, json.loads(raw) if raw else None
-    except ValueError:
-        return status, raw.decode(errors="replace")
+def resume_after(seen: Collection[int]) -> int:
+    """What a client sends as ``after_seq`` when it resumes: the end of the unbroken run of
+    seqs from 1 that it was shown (0 if it never saw seq 1). A gap is asked for again."""
+    n = 0
+    while n + 1 in seen:
+        n += 1
+    return n
 
 
 @dataclass
@@ -69,10 +50,7 @@ class Conversation:
 
     def contiguous(self) -> int:
         """The highest n such that every seq 1..n was seen (0 if seq 1 is missing)."""
-        n = 0
-        while n + 1 in self.seen:
-            n += 1
-        return n
+        return resume_after(self.seen)
 
 
 class ResilientClient:
@@ -132,12 +110,9 @@ class ResilientClient:
             await conn.send(json.dumps(frame))
 
     async def wait_acked(self, timeout: float) -> None:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while self.pending:
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"{self.name}: {len(self.pending)} messages never acked: "
-                                     f"{sorted(self.pending)[:5]}")
-            await asyncio.sleep(0.2)
+        """Until every message sent so far has its ack; AssertionError after ``timeout``."""
+        await wait_until_async(f"{self.name}'s messages to be acked (pending at the start: "
+                               f"{sorted(self.pending)[:5]})", lambda: not self.pending, timeout)
 
     # --- the connection loop ----------------------------------------------------------------
     async def _run(self) -> None:
@@ -151,7 +126,8 @@ class ResilientClient:
                     attempt = 0
                     await self._session(conn)
             except (OSError, TimeoutError, InvalidStatus, WebSocketException) as exc:
-                log.info("%s: connection failed or dropped: %r", self.name, exc)
+                log.info("connection failed or dropped",
+                         extra={"client": self.name, "error": repr(exc)})
             finally:
                 self._conn = None
                 self._connected.clear()

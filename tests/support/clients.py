@@ -1,4 +1,4 @@
-"""Test support: an embedded Tidedesk on 127.0.0.1 and real HTTP/WebSocket clients for it."""
+"""An embedded Tidedesk on 127.0.0.1 and real HTTP/WebSocket clients for it."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from tests.support.routing import write_routing
+from tests.support.waiting import wait_until_async
 from tidedesk.auth import hash_password
 from tidedesk.runtime import Runtime
 from tidedesk.settings import load_settings
@@ -30,8 +32,7 @@ async def embedded(tmp_path: Path, routing: str | None = None,
                    **overrides: Any) -> AsyncIterator[Runtime]:
     """A real embedded server (chat node + router + SQLite) on a free loopback port."""
     if routing is not None:
-        (tmp_path / "routing.yml").write_text(routing, encoding="utf-8")
-        overrides["routing_file"] = str(tmp_path / "routing.yml")
+        overrides["routing_file"] = str(write_routing(tmp_path, routing))
     settings = load_settings(env={}, data_dir=str(tmp_path / "data"), port=0,
                              ws_ping_interval_s=0, **overrides)
     runtime = Runtime(settings, "dev")
@@ -170,3 +171,19 @@ async def agent_socket(runtime: Runtime, email: str, password: str = "password1"
     client = await ws(runtime, "/ws/agent", await login(runtime, email, password))
     await client.wait_type("hello")
     return client
+
+
+# The router takes an agent's `online` status from the broker a few milliseconds after the
+# console's hello; on a loaded machine it can take longer.
+AGENT_ONLINE_TIMEOUT_S = 5.0
+
+
+async def wait_agent_online(runtime: Runtime, agent_id: str,
+                            timeout: float = AGENT_ONLINE_TIMEOUT_S) -> None:
+    """Until the router has taken the agent's ``online`` status, so a new chat can go to it."""
+
+    async def online() -> bool:
+        load = await runtime.store.agent_get(agent_id)
+        return load is not None and load.status == "online"
+
+    await wait_until_async(f"agent {agent_id} online at the router", online, timeout, every=0.02)

@@ -1,4 +1,4 @@
-"""Test support: scrape a running process's /metrics and compare samples before and after."""
+"""Scrape a running process's /metrics and compare samples before and after."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Test support: throwaway databases on the MariaDB server of this machine (root, no password)."""
+"""Throwaway databases on the MariaDB server of this machine (root, no password)."""
 
 from __future__ import annotations
 

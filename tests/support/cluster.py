@@ -1,4 +1,4 @@
-"""Test support: a real cluster on loopback — chat nodes and routers as separate processes on
+"""A real cluster on loopback — chat nodes and routers as separate processes on
 RabbitMQ (a throwaway vhost), Redis (a throwaway key prefix) and MariaDB (throwaway shards)."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ import base64
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -16,16 +15,11 @@ from pathlib import Path
 
 import redis
 
-from tests.mariadb import databases
-from tests.ready import wait_ready
+from tests.support.mariadb import databases
+from tests.support.processes import free_port, settings_env, stop_process, wait_ready
+from tests.support.routing import GENERAL_ONLY, write_routing
 from tidedesk.auth import hash_password
 from tidedesk.storage import Storage
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rabbitmqctl(*args: str) -> None:
@@ -66,13 +60,8 @@ class Proc:
                    log=self.log_path.read_text, timeout=timeout)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.popen is not None and self.popen.poll() is None:
-            self.popen.send_signal(sig)
-            try:
-                self.popen.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
+        if self.popen is not None:
+            stop_process(self.popen, sig=sig, timeout=40)
 
     @property
     def url(self) -> str:
@@ -98,22 +87,30 @@ class Cluster:
             role="agent", pools=pools, max_chats=max_chats, totp_secret=None)
         return str(agent.id)
 
+    def agent_online(self, agent_id: str) -> bool:
+        """Whether a router has recorded the agent as ``online`` in this cluster's Redis; False
+        while Redis does not answer."""
+        r = redis.Redis(host="127.0.0.1", port=6379, socket_timeout=2)
+        try:
+            status = r.hget(f"{self.env['TIDEDESK_REDIS_PREFIX']}agent:{agent_id}", "status")
+            return bool(status == b"online")
+        except redis.RedisError:
+            return False
+        finally:
+            r.close()
+
     def stop(self) -> None:
         for proc in self.procs:
             proc.kill(signal.SIGKILL)
         self.storage.close()
 
 
-ROUTING = "vip_tags: [vip]\nrules:\n  - name: everyone\n    pool: general\n"
-
-
 @contextlib.contextmanager
 def cluster(tmp_path: Path, shards: int = 2) -> Iterator[Cluster]:
     prefix = f"tidedesk-test-{uuid.uuid4().hex[:8]}:"
-    (tmp_path / "routing.yml").write_text(ROUTING)
+    routing_file = write_routing(tmp_path, GENERAL_ONLY)
     with vhost() as vh, databases(shards) as urls:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TIDEDESK_")}
-        env.update({
+        env = settings_env(**{
             "TIDEDESK_BROKER_URL": f"amqp://guest:guest@127.0.0.1:5672/{vh}",
             "TIDEDESK_REDIS_URL": "redis://127.0.0.1:6379/0",
             "TIDEDESK_REDIS_PREFIX": prefix,
@@ -121,7 +118,7 @@ def cluster(tmp_path: Path, shards: int = 2) -> Iterator[Cluster]:
             "TIDEDESK_JWT_SECRET": uuid.uuid4().hex,
             "TIDEDESK_AES_KEY": base64.b64encode(os.urandom(32)).decode(),
             "TIDEDESK_DATA_DIR": str(tmp_path / "data"),
-            "TIDEDESK_ROUTING_FILE": str(tmp_path / "routing.yml"),
+            "TIDEDESK_ROUTING_FILE": str(routing_file),
             "TIDEDESK_LOG_FORMAT": "text",
             "TIDEDESK_WS_PING_INTERVAL_S": "0",
         })

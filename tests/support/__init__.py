@@ -1,0 +1,13 @@
+"""Helpers shared by every test folder; each module holds one thing:
+
+- ``waiting``: ``wait_until(what, probe, timeout)`` and its async twin (readiness polling).
+- ``processes``: a free loopback port, waiting for /readyz, stopping a process.
+- ``routing``: the routing YAML most tests use, and writing one for a server.
+- ``clients``: an embedded Tidedesk on loopback and real HTTP / WebSocket clients for it.
+- ``cluster``: chat nodes and routers as processes on RabbitMQ, Redis and MariaDB.
+- ``mariadb``: throwaway MariaDB databases.
+- ``metrics``: scraping /metrics and comparing samples.
+- ``resilient_client``: a widget-like client that reconnects, resumes and resends.
+- ``http``: blocking JSON over HTTP(S), and TLS that accepts the test certificate.
+- ``swarm``: the docker CLI and this machine's single-node Swarm.
+"""
