@@ -27,7 +27,7 @@ def openapi_document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "Tidedesk chat node", "version": __version__,
                  "description": "REST part of the public contract; WebSocket frames are "
-                                "described in PROTOCOL.md and docs/protocol.md."},
+                                "described in docs/protocol.md."},
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                            "bearerFormat": "JWT"}},

@@ -1,8 +1,8 @@
-"""WebSocket handlers for visitors and agents (PROTOCOL.md). They parse, check the access table,
-call one :class:`~chatnode.service.ChatService` method and write what it sends or returns; the
-rules live in the service. A handler holds its connection id: what the connection is (who,
-principal, conversation, rate bucket) is in the Hub's :class:`~chatnode.connections.
-ConnectionRegistry`."""
+"""WebSocket handlers for visitors and agents (docs/protocol.md). They parse, check the access
+table, call one :class:`~chatnode.service.ChatService` method and write what it sends or
+returns; the rules live in the service. A handler holds its connection id: what the connection
+is (who, principal, conversation, rate bucket) is in the Hub's
+:class:`~chatnode.connections.ConnectionRegistry`."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""REST API (Tornado): PROTOCOL.md's control-plane paths, plus ``/healthz``, ``/metrics`` and the
-``GET /v1/audit`` and ``/v1/events`` (scheduled capacity) extensions. Handlers parse,
-authorise, call :class:`ControlPlane`, write.
+"""REST API (Tornado): the control-plane paths of docs/protocol.md, plus ``/healthz``,
+``/metrics`` and the ``GET /v1/audit`` and ``/v1/events`` (scheduled capacity) extensions.
+Handlers parse, authorise, call :class:`ControlPlane`, write.
 
 Who did it: the ``by`` field of the body, else the ``X-Tidedesk-Actor`` header, else
 ``token@<client address>``. Why: the ``reason`` field. Both land in the audit list.

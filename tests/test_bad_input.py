@@ -1,4 +1,4 @@
-"""Bad input over WebSocket and REST: the error frame / close code / JSON 4xx of PROTOCOL.md,
+"""Bad input over WebSocket and REST: the error frame / close code / JSON 4xx of docs/protocol.md,
 and the server keeps serving everyone else."""
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from tests.support.processes import free_port, settings_env, wait_ready
 
-# Close codes a fuzzed connection may end with: PROTOCOL.md's, "message too big" (1009) and
+# Close codes a fuzzed connection may end with: docs/protocol.md's, "message too big" (1009) and
 # Tornado's for a malformed WebSocket message (1007). Never 1011 (server error).
 EXPECTED_CLOSE_CODES = {1000, 1007, 1009, 4400, 4401, 4403, 4429}
 SCHEMATHESIS_BUDGET_SECS = 45

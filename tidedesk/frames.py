@@ -1,7 +1,7 @@
 """The frames a client receives (WebSocket and REST), one typed Struct each (pure; no I/O).
 
 Each frame has one constructor, its Struct, and one way to the JSON the client sees:
-:func:`frame_dict` (the same keys, in the same order, with the same omissions as PROTOCOL.md).
+:func:`frame_dict` (the same keys, in the same order, with the same omissions as docs/protocol.md).
 :class:`MessageFrame` is also the broker's key-less delivery of a message
 (``tidedesk.envelopes``): array-like, so its field order is part of the wire format and new
 fields go at the end with a default.
@@ -19,7 +19,7 @@ Sender = Literal["visitor", "agent", "system"]
 
 
 class MessageFrame(msgspec.Struct, array_like=True, frozen=True):
-    """The ``message`` frame of PROTOCOL.md, the bulk of all deliveries, without key names."""
+    """The ``message`` frame of docs/protocol.md, the bulk of all deliveries, without key names."""
 
     conversation_id: str
     seq: NonNegative

@@ -1,4 +1,4 @@
-"""``tidedesk loadgen``: visitors and agents over real WebSockets, following PROTOCOL.md.
+"""``tidedesk loadgen``: visitors and agents over real WebSockets, following docs/protocol.md.
 
 Agents sign in (password, TOTP when they have a secret) and connect first; then visitors
 arrive evenly over the ramp-up (``POST /api/v1/visitors``, then ``/ws/visitor``), wait to be

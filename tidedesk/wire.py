@@ -1,7 +1,7 @@
 """The wire format: parsing and validating client frames (pure; no I/O).
 
 :func:`parse_frame` turns raw WebSocket text into a :class:`Frame` or raises :class:`FrameError`
-carrying the PROTOCOL.md error code, a message saying what to change and, for errors that end
+carrying the docs/protocol.md error code, a message saying what to change and, for errors that end
 the connection, a close code.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 from tidedesk.frames import ErrorFrame, frame_dict
 
-# Close codes of PROTOCOL.md.
+# Close codes of docs/protocol.md.
 CLOSE_BAD_FRAME = 4400
 CLOSE_NOT_AUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403

@@ -80,11 +80,18 @@ class ResilientClient:
         await asyncio.wait_for(self._connected.wait(), timeout)
 
     async def stop(self) -> None:
+        """Close the connection and end the loop; bounded, so a test's teardown never hangs."""
         self._stop.set()
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 await self._conn.close()
         if self._task is not None:
+            # A connect still in its handshake when stop() ran sees the flag once it opens;
+            # anything stuck past the open and close timeouts is cancelled.
+            done, _ = await asyncio.wait({self._task}, timeout=OPEN_TIMEOUT_S + 5)
+            if not done:
+                log.warning("client loop did not end; cancelled", extra={"client": self.name})
+                self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
     @property
@@ -122,6 +129,8 @@ class ResilientClient:
                 async with connect(self.ws_url, ssl=self.tls, open_timeout=OPEN_TIMEOUT_S,
                                    max_size=2**22, ping_interval=10) as conn:
                     self._conn = conn
+                    if self._stop.is_set():  # stop() ran during the handshake
+                        return
                     self.connects += 1
                     attempt = 0
                     await self._session(conn)
