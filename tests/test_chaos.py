@@ -2,9 +2,9 @@
 MariaDB shards): kill -9 a router or a chat node, restart RabbitMQ or Redis, stop MariaDB, each
 while dozens of visitors and their agents keep writing. Then check what was acknowledged.
 
-Every sender behaves like the widget and the console: one message at a time, each with a fresh
-client id; an ``error`` (``try_again``), a lost connection or no answer makes it send the same
-id again until it gets its ``ack``. So at the end every message sent was acked, and each test
+Every sender is the shared widget-like client (``tests.support.resilient_client``): one
+message at a time, each with a fresh client id; an ``error`` (``try_again``), a lost connection
+or no answer makes it send the same id again until it gets its ``ack``. So at the end every message sent was acked, and each test
 checks (``check_ledger``):
 
 - every acked message is stored exactly once in MariaDB, under the seq of its ack, and nothing
@@ -34,17 +34,15 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlparse
 
 import pymysql
 import pytest
 import redis
-from websockets.exceptions import ConnectionClosed, WebSocketException
 
-from tests.support.clients import Http, WsClient, login, new_visitor, ws
+from tests.support.clients import Http, login, ws
 from tests.support.cluster import Cluster, Proc, cluster, rabbitmqctl
-from tests.support.resilient_client import resume_after
+from tests.support.resilient_client import Ledger, ResilientClient, Sent
 from tests.support.waiting import wait_until, wait_until_async
 
 pytestmark = [pytest.mark.mariadb, pytest.mark.redis, pytest.mark.rabbitmq, pytest.mark.slow]
@@ -54,10 +52,8 @@ pytestmark = [pytest.mark.mariadb, pytest.mark.redis, pytest.mark.rabbitmq, pyte
 VISITOR_PAUSE_S = 0.05
 AGENT_PAUSE_S = 0.2
 LOAD_ENV = {"TIDEDESK_RATE_LIMIT_PER_10S": "10000"}
-# No ack nor error this long after sending: the sender sends the same id again.
-REPLY_TIMEOUT_S = 20.0
-# A sender gives up (and the test fails) when one message is not acked within this.
-SEND_DEADLINE_S = 150.0
+# How a sender resends (REPLY_TIMEOUT_S), gives up (SEND_DEADLINE_S) and reconnects
+# (RECONNECT_WITHIN_S) is the shared client's: tests/support/resilient_client.py.
 # Waits for conditions (recovery, storage, delivery); generous, they normally take seconds.
 WAIT_S = 90.0
 # After a Redis restart, agents must be announced again within this (about 1 s in practice;
@@ -72,228 +68,66 @@ def new_cid(prefix: str) -> str:
     return f"{prefix}-{_run}-{next(_ids)}"
 
 
-# -- the ledger of what was sent and acked ----------------------------------------------------
+# -- the participants: visitors and consoles on the shared client -----------------------------
 
-@dataclass(eq=False)
-class Sent:
-    conv: str
-    cid: str
-    sender: str  # "visitor:<conv>" or "agent:<agent id>:<conv>": one sequential sender
-    first_sent: float
-    seq: int | None = None
-    acked_at: float | None = None
-    tries: int = 0
+def own_conv(v: ResilientClient) -> str:
+    assert v.conversation_id is not None, f"{v.name} has no conversation"
+    return v.conversation_id
 
 
-@dataclass
-class Ledger:
-    sent: list[Sent] = field(default_factory=list)
-    errors: Counter[str] = field(default_factory=Counter)
-    error_times: list[float] = field(default_factory=list)
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def acked(self, since: float = 0.0) -> list[Sent]:
-        return [s for s in self.sent if s.acked_at is not None and s.acked_at >= since]
-
-    def acked_seqs(self, conv: str) -> set[int]:
-        return {s.seq for s in self.sent if s.conv == conv and s.seq is not None}
-
-    async def wait_acked(self, count: int, since: float = 0.0, timeout: float = WAIT_S) -> None:
-        await wait_until_async(f"{count} acks since t={since:.1f}",
-                               lambda: len(self.acked(since)) >= count, timeout)
+async def open_visitor(ledger: Ledger, nodes: Sequence[Proc], name: str) -> ResilientClient:
+    """A new visitor on ``nodes[0]``; a reconnect tries ``nodes`` in order, like the widget
+    behind a list of servers."""
+    status, data = await Http(nodes[0]).request("POST", "/api/v1/visitors",  # type: ignore[arg-type]
+                                                {"name": name})
+    assert status == 201, data
+    v = ResilientClient(name, [f"ws://127.0.0.1:{n.port}/ws/visitor?token={data['token']}"
+                               for n in nodes], "visitor", reconnect="on_demand", ledger=ledger)
+    await v.open()
+    return v
 
 
-async def wait_reply(client: WsClient, cid: str, start: int) -> dict[str, Any] | None:
-    """The ack or error for ``cid`` after frame ``start``; None if the connection closed or
-    nothing came in time."""
-    try:
-        return await client.wait_for(
-            lambda f: f.get("id") == cid and f.get("type") in ("ack", "error"),
-            timeout=REPLY_TIMEOUT_S, start=start)
-    except AssertionError:
-        return None
+async def open_politely(ledger: Ledger, nodes: Sequence[Proc], name: str) -> ResilientClient:
+    """Open, and while the answer is ``busy`` (close 1013) try again shortly, like the
+    widget."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        try:
+            return await open_visitor(ledger, nodes, name)
+        except AssertionError as exc:
+            if "busy" not in str(exc) or time.monotonic() > deadline:
+                raise
+            ledger.errors["busy (new visitor)"] += 1
+            await asyncio.sleep(0.5)
 
 
-class Participant:
-    """A visitor or an agent console: its connections (a reconnect adds one) and its sends."""
-
-    def __init__(self, ledger: Ledger) -> None:
-        self.ledger = ledger
-        self.conns: list[WsClient] = []
-
-    @property
-    def client(self) -> WsClient:
-        return self.conns[-1]
-
-    def frame(self, sent: Sent) -> dict[str, Any]:
-        raise NotImplementedError
-
-    async def reconnect(self) -> None:
-        raise NotImplementedError
-
-    def convs(self) -> list[str]:
-        raise NotImplementedError
-
-    async def send_until_acked(self, sent: Sent) -> None:
-        deadline = time.monotonic() + SEND_DEADLINE_S
-        while time.monotonic() < deadline:
-            client = self.client
-            if client.closed.done():
-                await self.reconnect()
-                continue
-            start = len(client.frames)
-            sent.tries += 1
-            try:
-                await client.send(self.frame(sent))
-            except ConnectionClosed:
-                # Lost: let the reader see the close (it yields), then reconnect.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(client.closed), 5)
-                await asyncio.sleep(0.05)
-                continue
-            reply = await wait_reply(client, sent.cid, start)
-            if reply is None:
-                continue  # closed or silent: send the same id again
-            if reply["type"] == "ack":
-                if sent.seq is None:
-                    sent.seq, sent.acked_at = int(reply["seq"]), time.monotonic()
-                assert reply["seq"] == sent.seq, f"{sent.cid} acked twice with other seqs"
-                return
-            code = str(reply.get("code"))
-            self.ledger.errors[code] += 1
-            self.ledger.error_times.append(time.monotonic())
-            assert code == "try_again", f"unexpected error for {sent.cid}: {reply}"
-            await asyncio.sleep(0.2)
-        raise AssertionError(f"{sent.cid} not acked in {SEND_DEADLINE_S}s "
-                             f"({sent.tries} tries, last frames {self.client.frames[-4:]})")
-
-    def seen(self, conv: str) -> set[int]:
-        """Seqs of ``conv`` shown on any of this participant's connections."""
-        return {f["seq"] for c in self.conns for f in c.of_type("message")
-                if f.get("conversation_id") == conv}
-
-    def last_seen(self, conv: str) -> int:
-        """The last seq of an unbroken run from 1: what a client resumes after."""
-        return resume_after(self.seen(conv))
-
-    async def resume_gaps(self) -> None:
-        """For every conversation with an acked seq not shown yet: send ``resume`` after the
-        last unbroken seq (an error reply, e.g. ``try_again``, is answered by the next call)."""
-        for conv in self.convs():
-            if not self.ledger.acked_seqs(conv) - self.seen(conv):
-                continue
-            frame: dict[str, Any] = {"type": "resume", "after_seq": self.last_seen(conv)}
-            if isinstance(self, Agent):
-                frame["conversation_id"] = conv
-            with contextlib.suppress(ConnectionClosed):
-                await self.client.send(frame)
-
-    def duplicates(self) -> list[tuple[str, int]]:
-        """(conversation, seq) pairs one connection was shown more than once."""
-        dups = []
-        for c in self.conns:
-            count = Counter((str(f.get("conversation_id")), int(f["seq"]))
-                            for f in c.of_type("message"))
-            dups += [key for key, n in count.items() if n > 1]
-        return dups
+async def open_console(ledger: Ledger, node: Proc, email: str) -> ResilientClient:
+    """An agent's console; losing its connection fails the test."""
+    token = await login(node, email)  # type: ignore[arg-type]
+    a = ResilientClient(email, f"ws://127.0.0.1:{node.port}/ws/agent?token={token}", "agent",
+                        reconnect="never", ledger=ledger)
+    await a.open()
+    return a
 
 
-class Visitor(Participant):
-    def __init__(self, ledger: Ledger, nodes: Sequence[Proc], name: str) -> None:
-        super().__init__(ledger)
-        self.nodes = list(nodes)  # the first is where it starts; reconnects try them in order
-        self.name = name
-        self.token = self.conv = ""
-        self.reconnect_delay = 0.0
-        self.reconnects: list[tuple[float, float]] = []  # (lost at, resumed at)
-        self.reconnected_to: list[str] = []
-
-    async def open(self) -> None:
-        _, self.token, client = await new_visitor(self.nodes[0], name=self.name)  # type: ignore[arg-type]
-        self.conv = client.of_type("hello")[0]["conversation_id"]
-        self.conns.append(client)
-
-    async def open_politely(self) -> None:
-        """Open, and while the answer is ``busy`` (close 1013) try again shortly, like the
-        widget."""
-        deadline = time.monotonic() + WAIT_S
-        while True:
-            try:
-                await self.open()
-                return
-            except AssertionError as exc:
-                if "busy" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                self.ledger.errors["busy (new visitor)"] += 1
-                await asyncio.sleep(0.5)
-
-    def convs(self) -> list[str]:
-        return [self.conv]
-
-    def frame(self, sent: Sent) -> dict[str, Any]:
-        return {"type": "message", "id": sent.cid, "body": f"{sent.cid} from {self.name}"}
-
-    async def reconnect(self) -> None:
-        """Like the widget: wait a little, connect to whichever node answers, send resume with
-        the last seq seen."""
-        lost = time.monotonic()
-        await asyncio.sleep(self.reconnect_delay)
-        deadline = time.monotonic() + WAIT_S
-        while time.monotonic() < deadline:
-            for node in self.nodes:
-                try:
-                    client = await ws(node, "/ws/visitor", self.token)  # type: ignore[arg-type]
-                except (OSError, WebSocketException):
-                    continue
-                try:
-                    hello = await client.wait_type("hello", timeout=10)
-                except AssertionError:  # refused (busy, draining): try again shortly
-                    await client.close()
-                    continue
-                assert hello["conversation_id"] == self.conv, hello
-                self.conns.append(client)
-                await client.send({"type": "resume", "after_seq": self.last_seen(self.conv)})
-                self.reconnects.append((lost, time.monotonic()))
-                self.reconnected_to.append(node.name)
-                return
-            await asyncio.sleep(0.3)
-        raise AssertionError(f"visitor {self.name} could not reconnect in {WAIT_S}s")
+def node_names(v: ResilientClient, nodes: Sequence[Proc]) -> list[str]:
+    """The names of the nodes ``v`` reconnected to."""
+    by_url = {url: n.name for url, n in zip(v.urls, nodes, strict=True)}
+    return [by_url[url] for url in v.reconnected_to]
 
 
-class Agent(Participant):
-    def __init__(self, ledger: Ledger, node: Proc, email: str, agent_id: str) -> None:
-        super().__init__(ledger)
-        self.node, self.email, self.agent_id = node, email, agent_id
-
-    async def open(self) -> None:
-        client = await ws(self.node, "/ws/agent", await login(self.node, self.email))  # type: ignore[arg-type]
-        await client.wait_type("hello")
-        self.conns.append(client)
-
-    def convs(self) -> list[str]:
-        return list(dict.fromkeys(f["conversation_id"] for c in self.conns
-                                  for f in c.of_type("assigned")))
-
-    def frame(self, sent: Sent) -> dict[str, Any]:
-        return {"type": "message", "conversation_id": sent.conv, "id": sent.cid,
-                "body": f"{sent.cid} from {self.email}"}
-
-    async def reconnect(self) -> None:
-        raise AssertionError(f"the console of {self.email} lost its connection: "
-                             f"{self.client.closed.result()}")
-
-
-async def visitor_loop(v: Visitor) -> None:
+async def visitor_loop(v: ResilientClient) -> None:
+    conv = own_conv(v)
     while not v.ledger.stop.is_set():
-        sent = Sent(v.conv, new_cid("v"), f"visitor:{v.conv}", time.monotonic())
+        sent = Sent(conv, new_cid("v"), f"visitor:{conv}", time.monotonic())
         v.ledger.sent.append(sent)
         await v.send_until_acked(sent)
         await asyncio.sleep(VISITOR_PAUSE_S)
 
 
-async def agent_loop(a: Agent, conv: str) -> None:
+async def agent_loop(a: ResilientClient, agent_id: str, conv: str) -> None:
     while not a.ledger.stop.is_set():
-        sent = Sent(conv, new_cid("a"), f"agent:{a.agent_id}:{conv}", time.monotonic())
+        sent = Sent(conv, new_cid("a"), f"agent:{agent_id}:{conv}", time.monotonic())
         a.ledger.sent.append(sent)
         await a.send_until_acked(sent)
         await asyncio.sleep(AGENT_PAUSE_S)
@@ -305,14 +139,16 @@ async def agent_loop(a: Agent, conv: str) -> None:
 class Load:
     c: Cluster
     ledger: Ledger
-    visitors: list[Visitor]
-    agents: list[Agent]
+    visitors: list[ResilientClient]
+    agents: list[ResilientClient]
+    agent_ids: list[str]
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def start(self) -> None:
         self.tasks = [asyncio.create_task(visitor_loop(v)) for v in self.visitors]
-        self.tasks += [asyncio.create_task(agent_loop(a, conv))
-                       for a in self.agents for conv in a.convs()]
+        self.tasks += [asyncio.create_task(agent_loop(a, aid, conv))
+                       for a, aid in zip(self.agents, self.agent_ids, strict=True)
+                       for conv in a.convs()]
 
     async def finish(self) -> None:
         """Stop writing; every sender's last message still gets its ack."""
@@ -322,8 +158,7 @@ class Load:
 
     async def close(self) -> None:
         for p in [*self.visitors, *self.agents]:
-            for conn in p.conns:
-                await conn.close()
+            await p.stop()
 
 
 async def start_load(c: Cluster, visitor_nodes: Sequence[Proc], agent_node: Proc, *,
@@ -332,18 +167,17 @@ async def start_load(c: Cluster, visitor_nodes: Sequence[Proc], agent_node: Proc
     each chat assigned, then everybody writing."""
     ledger = Ledger()
     ids = [c.add_agent(f"chaos{i}@shop.test", max_chats=visitors) for i in range(agents)]
-    consoles = [Agent(ledger, agent_node, f"chaos{i}@shop.test", aid) for i, aid in enumerate(ids)]
-    for a in consoles:
-        await a.open()
+    consoles = [await open_console(ledger, agent_node, f"chaos{i}@shop.test")
+                for i in range(agents)]
     await wait_until_async("agents online",
                            lambda: all(c.agent_online(aid) for aid in ids), WAIT_S)
-    people = [Visitor(ledger, visitor_nodes, f"v{i}") for i in range(visitors)]
-    await asyncio.gather(*(v.open() for v in people))
+    people = list(await asyncio.gather(*(open_visitor(ledger, visitor_nodes, f"v{i}")
+                                         for i in range(visitors))))
     for v in people:
-        await v.client.wait_type("assigned", timeout=WAIT_S)
+        await v.link.wait_type("assigned", timeout=WAIT_S)
     await wait_until_async("every chat assigned",
                            lambda: sum(len(a.convs()) for a in consoles) == visitors, WAIT_S)
-    load = Load(c, ledger, people, consoles)
+    load = Load(c, ledger, people, consoles, ids)
     load.start()
     return load
 
@@ -433,7 +267,7 @@ async def check_ledger(load: Load) -> dict[str, list[tuple[int, str]]]:
     return rows
 
 
-async def check_delivered(people: Sequence[Participant], ledger: Ledger, what: str,
+async def check_delivered(people: Sequence[ResilientClient], ledger: Ledger, what: str,
                           resume: bool = False, timeout: float = WAIT_S) -> None:
     """Every acked message of each participant's conversations reached them (with ``resume``:
     asking for gaps every 2 s, as a client does), and no connection was shown a
@@ -443,7 +277,7 @@ async def check_delivered(people: Sequence[Participant], ledger: Ledger, what: s
         out = []
         for p in people:
             for conv in p.convs():
-                out += [(conv, seq) for seq in sorted(ledger.acked_seqs(conv) - p.seen(conv))]
+                out += [(conv, seq) for seq in sorted(ledger.acked_seqs(conv) - p.shown(conv))]
         return out
 
     deadline = time.monotonic() + timeout
@@ -563,7 +397,7 @@ def test_kill_9_router_mid_batch(tmp_path: Path) -> None:
 
         async def scenario() -> None:
             load = await start_load(c, [node1], node2)
-            await load.ledger.wait_acked(300)
+            await load.ledger.wait_acked(300, timeout=WAIT_S)
             # Kill while router1 has messages in a batch: in flight, not yet acked to RabbitMQ.
             await wait_until_async("router1 busy with a batch",
                                    lambda: metric(router1, "tidedesk_router_inflight") > 0
@@ -571,7 +405,7 @@ def test_kill_9_router_mid_batch(tmp_path: Path) -> None:
                                    WAIT_S, every=0.01)
             router1.kill(signal.SIGKILL)
             killed_at = time.monotonic()
-            await load.ledger.wait_acked(300, since=killed_at)
+            await load.ledger.wait_acked(300, since=killed_at, timeout=WAIT_S)
             await load.finish()
             await check_ledger(load)
             await check_delivered(load.agents, load.ledger, "agents, live")
@@ -595,19 +429,19 @@ def test_kill_9_chat_node_clients_resume_elsewhere(tmp_path: Path) -> None:
             load = await start_load(c, [node1, node2], node2, visitors=20)
             for i, v in enumerate(load.visitors):
                 v.reconnect_delay = 0.5 + (i % 11) / 10
-            await load.ledger.wait_acked(150)
+            await load.ledger.wait_acked(150, timeout=WAIT_S)
             node1.kill(signal.SIGKILL)
             killed_at = time.monotonic()
             await wait_until_async("every visitor reconnected",
                                    lambda: all(v.reconnects for v in load.visitors), WAIT_S)
-            assert {n for v in load.visitors for n in v.reconnected_to} == {"node2"}
+            assert {n for v in load.visitors for n in node_names(v, [node1, node2])} == {"node2"}
             back = time.monotonic()
-            await load.ledger.wait_acked(100, since=back)
+            await load.ledger.wait_acked(100, since=back, timeout=WAIT_S)
             await load.finish()
             await check_ledger(load)
             # What agents wrote while each visitor was away (those come from resume).
             meanwhile = sum(1 for v in load.visitors for s in load.ledger.acked(killed_at)
-                            if s.conv == v.conv and s.sender.startswith("agent:")
+                            if s.conv == own_conv(v) and s.sender.startswith("agent:")
                             and s.acked_at is not None and s.acked_at <= v.reconnects[0][1])
             assert meanwhile > 0, "the agents wrote nothing while the visitors were away"
             await check_delivered(load.visitors, load.ledger, "visitors after resume")
@@ -629,7 +463,7 @@ def test_rabbitmq_restart_under_load(tmp_path: Path) -> None:
 
         async def scenario() -> None:
             load = await start_load(c, [node1], node2, visitors=20)
-            await load.ledger.wait_acked(150)
+            await load.ledger.wait_acked(150, timeout=WAIT_S)
             with restarts(rabbitmq_start, rabbitmq_answers, "RabbitMQ"):
                 await asyncio.to_thread(rabbitmqctl, "stop_app")
                 down_at = time.monotonic()
@@ -639,7 +473,7 @@ def test_rabbitmq_restart_under_load(tmp_path: Path) -> None:
                 await asyncio.to_thread(rabbitmq_start)
             await watch_readiness(procs, 200)
             up_at = time.monotonic()
-            await load.ledger.wait_acked(150, since=up_at)
+            await load.ledger.wait_acked(150, since=up_at, timeout=WAIT_S)
             await load.finish()
             await check_ledger(load)
             await check_delivered(load.agents, load.ledger, "agents, live")
@@ -666,7 +500,7 @@ def test_redis_restart_under_load(tmp_path: Path) -> None:
 
         async def scenario() -> None:
             load = await start_load(c, [node1], node2, visitors=20)
-            await load.ledger.wait_acked(150)
+            await load.ledger.wait_acked(150, timeout=WAIT_S)
             with restarts(redis_start, redis_answers, "Redis"):
                 await asyncio.to_thread(redis_stop)
                 down_at = time.monotonic()
@@ -677,30 +511,32 @@ def test_redis_restart_under_load(tmp_path: Path) -> None:
                 await asyncio.to_thread(redis_start)
             await watch_readiness(procs, 200)
             up_at = time.monotonic()
-            await load.ledger.wait_acked(150, since=up_at)
+            await load.ledger.wait_acked(150, since=up_at, timeout=WAIT_S)
             # A node notices within a second that the store forgot it and announces its agents
             # again, long before its next regular heartbeat; then they take new chats (until
             # then a new chat would find nobody online and become a ticket).
             await wait_until_async("agents announced again soon after Redis is back",
-                                   lambda: all(c.agent_online(a.agent_id) for a in load.agents),
+                                   lambda: all(c.agent_online(aid) for aid in load.agent_ids),
                                    ANNOUNCE_S)
-            newcomers = [Visitor(load.ledger, [node1], f"new{i}") for i in range(4)]
-            for v in newcomers:
-                await v.open_politely()
-                first = await v.client.wait_for(lambda f: f.get("type") == "assigned" or (
+            newcomers = []
+            for i in range(4):
+                v = await open_politely(load.ledger, [node1], f"new{i}")
+                newcomers.append(v)
+                first = await v.link.wait_for(lambda f: f.get("type") == "assigned" or (
                     f.get("type") == "state" and f.get("state") == "offline"), timeout=WAIT_S)
                 assert first["type"] == "assigned", first
             await load.finish()
             await check_ledger(load)
             # Seqs never repeat: everything sent after the restart began has a seq above
             # every seq acked before it (the counters were re-seeded from the database).
-            before = {v.conv: max(s.seq for s in load.ledger.acked() if s.conv == v.conv
-                                  and s.seq is not None and s.acked_at is not None
-                                  and s.acked_at < restart_at) for v in load.visitors}
-            for v in load.visitors:
-                later = [s.seq for s in load.ledger.sent if s.conv == v.conv
+            convs = [own_conv(v) for v in load.visitors]
+            before = {conv: max(s.seq for s in load.ledger.acked() if s.conv == conv
+                                and s.seq is not None and s.acked_at is not None
+                                and s.acked_at < restart_at) for conv in convs}
+            for conv in convs:
+                later = [s.seq for s in load.ledger.sent if s.conv == conv
                          and s.first_sent >= restart_at and s.seq is not None]
-                assert later and min(later) > before[v.conv], (v.conv, before[v.conv], later)
+                assert later and min(later) > before[conv], (conv, before[conv], later)
             await check_delivered(load.agents, load.ledger, "agents, live + resume", resume=True)
             await check_delivered(load.visitors, load.ledger, "visitors, live + resume",
                                   resume=True)
@@ -713,7 +549,7 @@ def test_redis_restart_under_load(tmp_path: Path) -> None:
                   f"{load.ledger.errors['busy (new visitor)']} busy answers to newcomers, "
                   f"down→ready {up_at - down_at:.1f}s")
             for v in newcomers:
-                await v.client.close()
+                await v.stop()
             await load.close()
 
         asyncio.run(scenario())
@@ -733,7 +569,7 @@ def test_mariadb_stopped_under_load(tmp_path: Path) -> None:
             assert status == 201, data
             latecomer = data["token"]
             load = await start_load(c, [node1], node2, visitors=20)
-            await load.ledger.wait_acked(150)
+            await load.ledger.wait_acked(150, timeout=WAIT_S)
             with restarts(mariadb_start, mariadb_answers, "MariaDB"):
                 stopping_at = time.monotonic()
                 await asyncio.to_thread(mariadb_stop)
@@ -746,7 +582,7 @@ def test_mariadb_stopped_under_load(tmp_path: Path) -> None:
                 frame = await client.wait_type("error")
                 assert frame["code"] == "busy", frame
                 assert (await client.closed)[0] == 1013
-                await load.ledger.wait_acked(100, since=down_at)
+                await load.ledger.wait_acked(100, since=down_at, timeout=WAIT_S)
                 # Down for a few seconds: the routers keep failing and hold the backlog.
                 await asyncio.sleep(max(0.0, down_at + MARIADB_DOWN_S - time.monotonic()))
                 acked_while_down = len(load.ledger.acked(down_at))
@@ -754,7 +590,7 @@ def test_mariadb_stopped_under_load(tmp_path: Path) -> None:
                 await asyncio.to_thread(mariadb_start)
             up_at = time.monotonic()
             await watch_readiness([router1, router2], 200)
-            await load.ledger.wait_acked(100, since=up_at)
+            await load.ledger.wait_acked(100, since=up_at, timeout=WAIT_S)
             await load.finish()
             assert not load.ledger.errors, load.ledger.errors
             await check_ledger(load)

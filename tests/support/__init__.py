@@ -7,7 +7,8 @@
 - ``cluster``: chat nodes and routers as processes on RabbitMQ, Redis and MariaDB.
 - ``mariadb``: throwaway MariaDB databases.
 - ``metrics``: scraping /metrics and comparing samples.
-- ``resilient_client``: a widget-like client that reconnects, resumes and resends.
+- ``resilient_client``: the widget-like client of the chaos tests and the Swarm e2e: it
+  reconnects, resumes and resends, keeps every connection's frames and a ledger of sends.
 - ``http``: blocking JSON over HTTP(S), and TLS that accepts the test certificate.
 - ``swarm``: the docker CLI and this machine's single-node Swarm.
 """
