@@ -4,8 +4,8 @@ while dozens of visitors and their agents keep writing. Then check what was ackn
 
 Every sender is the shared widget-like client (``tests.support.resilient_client``): one
 message at a time, each with a fresh client id; an ``error`` (``try_again``), a lost connection
-or no answer makes it send the same id again until it gets its ``ack``. So at the end every message sent was acked, and each test
-checks (``check_ledger``):
+or no answer makes it send the same id again until it gets its ``ack``. So at the end every
+message sent was acked, and each test checks (``check_ledger``):
 
 - every acked message is stored exactly once in MariaDB, under the seq of its ack, and nothing
   else is stored (no false ack, no phantom row);

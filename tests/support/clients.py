@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,12 +65,18 @@ class Http:
             return resp.code, text
 
 
-class WsClient:
-    """Reads frames in the background; tests wait for the frames they expect."""
+FrameHandler = Callable[[dict[str, Any]], Awaitable[None]]
 
-    def __init__(self, conn: ClientConnection) -> None:
+
+class WsClient:
+    """Reads frames in the background; tests wait for the frames they expect. With
+    ``on_frame``, each frame is handed to it before it joins ``frames``, so whoever waits for a
+    frame sees what the handler did with it."""
+
+    def __init__(self, conn: ClientConnection, on_frame: FrameHandler | None = None) -> None:
         self.conn = conn
         self.frames: list[dict[str, Any]] = []
+        self._on_frame = on_frame
         self._new = asyncio.Event()
         self.closed: asyncio.Future[tuple[int | None, str]] = (
             asyncio.get_running_loop().create_future())
@@ -79,7 +85,10 @@ class WsClient:
     async def _read(self) -> None:
         try:
             async for raw in self.conn:
-                self.frames.append(json.loads(raw))
+                frame = json.loads(raw)
+                if self._on_frame is not None:
+                    await self._on_frame(frame)
+                self.frames.append(frame)
                 self._new.set()
         except ConnectionClosed:
             pass

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import random
 import ssl
@@ -38,6 +37,7 @@ from typing import Any, Literal
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
+from tests.support.clients import WsClient
 from tests.support.waiting import wait_until_async
 
 log = logging.getLogger(__name__)
@@ -114,75 +114,14 @@ class Ledger:
 
 # -- one connection ---------------------------------------------------------------------------
 
-FrameHandler = Callable[["Link", dict[str, Any]], Awaitable[None]]
+class Link(WsClient):
+    """One connection of a :class:`ResilientClient`: the url it reached, and every frame it
+    was shown, in order (each handled by the client before it is kept)."""
 
-
-class Link:
-    """One WebSocket connection: reads in the background, hands every frame to the client,
-    then keeps it in ``frames``; ``closed`` holds the close code and reason once it ends."""
-
-    def __init__(self, url: str, conn: ClientConnection, on_frame: FrameHandler) -> None:
-        self.url, self.conn = url, conn
-        self.frames: list[dict[str, Any]] = []
-        self._on_frame = on_frame
-        self._new = asyncio.Event()
-        self.closed: asyncio.Future[tuple[int | None, str]] = (
-            asyncio.get_running_loop().create_future())
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        try:
-            async for raw in self.conn:
-                frame = json.loads(raw)
-                # Handled first, so whoever waits for a frame sees the client's state after it
-                # (after a hello: the resume sent, the connection current).
-                await self._on_frame(self, frame)
-                self.frames.append(frame)
-                self._new.set()
-        except ConnectionClosed:
-            pass
-        finally:
-            rcvd = self.conn.protocol.close_rcvd
-            if not self.closed.done():
-                self.closed.set_result((rcvd.code if rcvd else None,
-                                        rcvd.reason if rcvd else ""))
-            self._new.set()
-
-    async def send(self, frame: dict[str, Any]) -> None:
-        await self.conn.send(json.dumps(frame))
-
-    async def wait_for(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 5.0,
-                       start: int = 0) -> dict[str, Any]:
-        """The first frame from index ``start`` on that matches; AssertionError (naming the
-        last frames) if the connection closes first or nothing matches in ``timeout``."""
-        async def look() -> dict[str, Any]:
-            seen = start
-            while True:
-                for frame in self.frames[seen:]:
-                    if pred(frame):
-                        return frame
-                seen = len(self.frames)
-                if self.closed.done():
-                    raise AssertionError(f"closed {self.closed.result()} while waiting; "
-                                         f"frames: {self.frames[-5:]}")
-                self._new.clear()
-                await self._new.wait()
-
-        try:
-            return await asyncio.wait_for(look(), timeout)
-        except TimeoutError:
-            raise AssertionError(f"no matching frame in {timeout}s; last frames: "
-                                 f"{self.frames[-8:]}") from None
-
-    async def wait_type(self, kind: str, timeout: float = 5.0) -> dict[str, Any]:
-        return await self.wait_for(lambda f: f.get("type") == kind, timeout)
-
-    def of_type(self, kind: str) -> list[dict[str, Any]]:
-        return [f for f in self.frames if f.get("type") == kind]
-
-    async def close(self) -> None:
-        await self.conn.close()
-        await asyncio.gather(self._reader, return_exceptions=True)
+    def __init__(self, url: str, conn: ClientConnection,
+                 on_frame: Callable[[Link, dict[str, Any]], Awaitable[None]]) -> None:
+        super().__init__(conn, lambda frame: on_frame(self, frame))
+        self.url = url
 
 
 # -- the client -------------------------------------------------------------------------------
