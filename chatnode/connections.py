@@ -10,11 +10,16 @@ Nothing here survives a restart: a client that reconnects builds its state again
 from __future__ import annotations
 
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tidedesk.auth import Principal
 from tidedesk.ratelimit import TokenBucket
+
+# Message (conversation, seq) pairs remembered per connection for dedupe; older ones are covered
+# by the client's own seq check.
+SEEN_PER_CONNECTION = 2000
 
 
 @dataclass
@@ -44,6 +49,21 @@ class ConnectionState:
     # assigned); with the store's owner check they let an agent write without a database read.
     chats: dict[str, str] = field(default_factory=dict)
     registered: bool = False  # in the Hub and in presence: frames are accepted
+    # The (conversation, seq) of the messages sent on this connection, oldest first.
+    shown: OrderedDict[tuple[str, int], None] = field(default_factory=OrderedDict)
+
+    def first_showing(self, frame: dict[str, Any]) -> bool:
+        """Record a frame about to be sent; False for a message this connection already got
+        (a broker redelivery or a resume overlapping live delivery)."""
+        if frame.get("type") != "message":
+            return True
+        key = (str(frame.get("conversation_id")), int(frame.get("seq", -1)))
+        if key in self.shown:
+            return False
+        self.shown[key] = None
+        if len(self.shown) > SEEN_PER_CONNECTION:
+            self.shown.popitem(last=False)
+        return True
 
     def track(self, frame: dict[str, Any]) -> None:
         """Update what this connection knows from a frame about to be sent to it."""

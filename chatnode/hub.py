@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from typing import Any, Protocol
 
 from chatnode.connections import ConnectionRegistry
@@ -21,9 +21,6 @@ from tidedesk.broker import Envelope
 from tidedesk.envelopes import EnvelopeError, decode_delivery
 
 log = logging.getLogger(__name__)
-
-# Seqs remembered per connection for dedupe; older ones are covered by the client's own seq check.
-SEEN_PER_CONNECTION = 2000
 
 
 class Connection(Protocol):
@@ -39,11 +36,9 @@ class Hub:
         # What each connection is (who, principal, conversation, rate bucket), by its id.
         self.registry = ConnectionRegistry()
         self._by_who: dict[str, dict[str, Connection]] = defaultdict(dict)
-        self._seen: dict[str, OrderedDict[tuple[str, int], None]] = {}
 
     def register(self, who: str, conn: Connection) -> None:
         self._by_who[who][conn.conn_id] = conn
-        self._seen[conn.conn_id] = OrderedDict()
 
     def unregister(self, who: str, conn: Connection) -> None:
         conns = self._by_who.get(who)
@@ -51,7 +46,6 @@ class Hub:
             conns.pop(conn.conn_id, None)
             if not conns:
                 del self._by_who[who]
-        self._seen.pop(conn.conn_id, None)
 
     def connections(self) -> list[tuple[str, Connection]]:
         return [(who, c) for who, conns in self._by_who.items() for c in conns.values()]
@@ -60,19 +54,10 @@ class Hub:
         return sum(len(c) for c in self._by_who.values())
 
     def mark_sent(self, conn_id: str, frame: dict[str, Any]) -> bool:
-        """Record a message frame as sent; False if this connection already had it."""
-        if frame.get("type") != "message":
-            return True
-        seen = self._seen.get(conn_id)
-        if seen is None:
-            return True
-        key = (str(frame.get("conversation_id")), int(frame.get("seq", -1)))
-        if key in seen:
-            return False
-        seen[key] = None
-        if len(seen) > SEEN_PER_CONNECTION:
-            seen.popitem(last=False)
-        return True
+        """Record a frame as sent on a connection; False if it is a message that connection
+        already had (see :meth:`ConnectionState.first_showing`)."""
+        state = self.registry.find(conn_id)
+        return state is None or state.first_showing(frame)
 
     def send(self, who: str, frame: dict[str, Any]) -> int:
         sent = 0
