@@ -31,12 +31,11 @@ from tidedesk.delivery import deliver
 from tidedesk.envelopes import (
     InboundEvent,
     MessageEvent,
-    Sender,
     event_from_mapping,
     inbound_encoder,
 )
 from tidedesk.errors import Unavailable
-from tidedesk.frames import AckFrame, PongFrame, frame_dict, frame_dicts
+from tidedesk.frames import AckFrame, PongFrame, Sender, frame_dict, frame_dicts
 from tidedesk.i18n import LOCALES
 from tidedesk.ratelimit import RateLimiter
 from tidedesk.resume import plan_resume, reseed_floor

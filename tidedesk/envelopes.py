@@ -33,9 +33,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
-from tidedesk.frames import Frame, NonNegative, frame_dict
-from tidedesk.frames import MessageFrame as MessageFrame  # part of the delivery schema
-from tidedesk.frames import Sender as Sender
+from tidedesk.frames import Frame, MessageFrame, NonNegative, Sender, frame_dict
 
 # First byte of every binary envelope. A JSON envelope (older nodes) starts with "{".
 BINARY_V1 = b"\x01"
