@@ -51,6 +51,32 @@ class ConnectionState:
     registered: bool = False  # in the Hub and in presence: frames are accepted
     # The (conversation, seq) of the messages sent on this connection, oldest first.
     shown: OrderedDict[tuple[str, int], None] = field(default_factory=OrderedDict)
+    # Recovery, then join (docs/protocol.md, "Resume order"): live message frames wait in
+    # ``held`` while the connection is joining (a visitor, from before its presence is added
+    # until its first frame) or while a resume of their conversation is being answered.
+    joining: bool = False
+    resuming: set[str] = field(default_factory=set)
+    held: list[dict[str, Any]] = field(default_factory=list)
+
+    def hold(self, frame: dict[str, Any]) -> bool:
+        """Keep a live message frame back while a replay is due; True if it was kept."""
+        if frame.get("type") != "message":
+            return False
+        if self.joining or frame.get("conversation_id") in self.resuming:
+            if len(self.held) < SEEN_PER_CONNECTION:  # bounded; a resume covers the rest
+                self.held.append(frame)
+            return True
+        return False
+
+    def release(self, conv_id: str | None = None) -> list[dict[str, Any]]:
+        """The held frames of ``conv_id`` (all of them when None), taken out of ``held``."""
+        if conv_id is None:
+            out, self.held = self.held, []
+            return out
+        out = [f for f in self.held if f.get("conversation_id") == conv_id]
+        if out:
+            self.held = [f for f in self.held if f.get("conversation_id") != conv_id]
+        return out
 
     def first_showing(self, frame: dict[str, Any]) -> bool:
         """Record a frame about to be sent; False for a message this connection already got

@@ -62,7 +62,10 @@ class Hub:
     def send(self, who: str, frame: dict[str, Any]) -> int:
         sent = 0
         for conn in list(self._by_who.get(who, {}).values()):
-            if self.mark_sent(conn.conn_id, frame):
+            state = self.registry.find(conn.conn_id)
+            if state is not None and state.hold(frame):
+                continue  # sent behind the replay it waits for (ChatService.resume_on)
+            if state is None or state.first_showing(frame):
                 conn.send(frame)
                 sent += 1
         if sent and frame.get("type") == "message":

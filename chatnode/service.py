@@ -12,6 +12,7 @@ rules (ownership, hello, history) are :class:`~chatnode.conversations.Conversati
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -54,6 +55,9 @@ PHONE_RE = re.compile(r"^\+?[0-9 ().\-]{3,32}$")
 AUDIT_PAGE = 100
 AUDIT_PAGE_MAX = 500
 PONG_FRAME: dict[str, Any] = frame_dict(PongFrame())
+# A visitor's connection holds live messages back this long at most while it waits for the
+# client's first frame (normally its resume): see ConnectionState.joining.
+JOIN_HOLD_SECS = 1.0
 
 
 @dataclass(frozen=True)
@@ -273,12 +277,16 @@ class ChatService:
         await self._limit_connection(ip, who)
         conn.session, created = await self.conversations.open_visitor_session(principal.id)
         conn.principal, conn.who = principal, who
+        # Live messages wait until the client resumed (or sent anything else, or
+        # JOIN_HOLD_SECS passed): a reconnecting widget resumes right after hello.
+        conn.joining = True
         return created
 
     async def visitor_joined(self, conn: ConnectionState, created: bool, peer: Peer) -> None:
         """Call once the socket is in the Hub: presence, hello, then ask for an agent."""
         session = conn.session
         assert session is not None
+        asyncio.get_running_loop().call_later(JOIN_HOLD_SECS, self.end_join, conn, peer)
         await self._present(conn)
         waiting = await self.conversations.visitor_hello(session, peer.send)
         # A queued chat that is in no queue was never announced (say the broker was down when
@@ -293,6 +301,8 @@ class ChatService:
         assert session is not None
         logs.bind(conversation_id=session.conversation_id)  # this frame's task and its spawn
         self.conversations.check_visitor_names_own(session, frame.conversation_id)
+        if frame.type != "resume":
+            self.end_join(conn, peer)
         if frame.type == "message":
             if session.state == "closed":
                 # The agent closed the chat: writing again starts a new conversation.
@@ -306,7 +316,8 @@ class ChatService:
                                        visitor_id=session.visitor_id, sender_type="visitor",
                                        sender_id=session.visitor_id, name=session.name)
         if frame.type == "resume":
-            await self._resume(session.conversation_id, frame.data["after_seq"], False, peer)
+            await self._resume(session.conversation_id, frame.data["after_seq"], False, peer,
+                               conn)
         elif frame.type in ("typing", "read"):
             owner = await self.conversations.agent_of(session.conversation_id)
             if owner is not None:
@@ -358,7 +369,7 @@ class ChatService:
                                        sender_type="agent", sender_id=principal.id,
                                        name=conn.agent.name, private=frame.type == "note")
         if frame.type == "resume":
-            await self._resume(conv_id, frame.data["after_seq"], True, peer)
+            await self._resume(conv_id, frame.data["after_seq"], True, peer, conn)
         elif frame.type in ("typing", "read"):
             await self.relay(f"visitor:{visitor_id}", relay_frame(frame.data, conv_id, "agent"))
         elif frame.type == "close":
@@ -391,6 +402,38 @@ class ChatService:
                       wire.CLOSE_TRY_AGAIN_LATER)
 
     async def _resume(self, conv_id: str, after_seq: int, include_private: bool,
-                      peer: Peer) -> None:
-        for msg in await self.resume(conv_id, after_seq, include_private=include_private):
-            peer.send_unseen(msg)
+                      peer: Peer, conn: ConnectionState | None = None) -> None:
+        """Answer a resume: the replay in seq order, with the live messages that arrived
+        meanwhile (held by the Hub) merged in, and none the client already has."""
+        if conn is None:
+            for msg in await self.resume(conv_id, after_seq, include_private=include_private):
+                peer.send_unseen(msg)
+            return
+        conn.resuming.add(conv_id)
+        replay: list[dict[str, Any]] = []
+        try:
+            replay = await self.resume(conv_id, after_seq, include_private=include_private)
+        finally:
+            conn.resuming.discard(conv_id)
+            held = conn.release(conv_id)
+            joined = conn.joining
+            conn.joining = False
+            by_seq = {int(f["seq"]): f for f in held if int(f["seq"]) > after_seq}
+            by_seq.update((int(f["seq"]), f) for f in replay)
+            for seq in sorted(by_seq):
+                peer.send_unseen(by_seq[seq])
+            if joined:
+                self._send_held(conn, peer)
+
+    def end_join(self, conn: ConnectionState, peer: Peer) -> None:
+        """A joining connection's first frame (other than resume) or its join timeout: the
+        live messages held since it connected go out, in seq order."""
+        if conn.joining:
+            conn.joining = False
+            self._send_held(conn, peer)
+
+    @staticmethod
+    def _send_held(conn: ConnectionState, peer: Peer) -> None:
+        for frame in sorted(conn.release(), key=lambda f: (str(f.get("conversation_id")),
+                                                           int(f.get("seq", 0)))):
+            peer.send_unseen(frame)

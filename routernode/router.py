@@ -22,15 +22,16 @@ an atomic store operation (claim, release, dequeue), and storing is idempotent o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from routernode.routing import anyone_online, choose_agent, fallback_due
 from tidedesk import logs, metrics
 from tidedesk.broker import INBOUND_QUEUE, Broker, Envelope
-from tidedesk.delivery import deliver, publish_to
+from tidedesk.delivery import deliver, start_publish
 from tidedesk.envelopes import (
     AgentStatusEvent,
     CloseEvent,
@@ -61,9 +62,8 @@ from tidedesk.store import Store
 
 log = logging.getLogger(__name__)
 
-# A history batch is written when it holds this many rows or its oldest row waited this long.
+# A history batch holds at most this many rows (group commit: see Batcher).
 BATCH_MAX_ROWS = 100
-BATCH_MAX_WAIT_SECS = 0.05
 # How often waiting queues are checked for fallbacks and drained (safety net across routers).
 QUEUE_TICK_SECS = 1.0
 # Every this many ticks, chats the database says are waiting are put back in the queues (they
@@ -77,42 +77,41 @@ UNAVAILABLE_BACKOFF_SECS = 1.0
 
 
 class Batcher:
-    """Collects rows and writes them with one ``insert_many`` per batch (≤100 rows / ≤50 ms).
+    """Group commit: writes rows with one ``insert_many`` per batch, one batch at a time.
+
+    A row that arrives while no write is in flight is written at once (a quiet desk pays one
+    commit, never a timer); rows that arrive while a write is in flight are gathered, up to
+    ``max_rows``, for the next write, which starts as soon as the current one ends (a busy desk
+    batches by back-pressure). Batches commit in the order their rows arrived, so the waiters
+    of one batch are woken before any row of a later batch is written.
 
     ``add`` returns once the row's batch is committed; it raises if the commit failed, so the
     caller does not acknowledge the broker and the message is redelivered.
     """
 
-    def __init__(self, storage: Storage, max_rows: int = BATCH_MAX_ROWS,
-                 max_wait_s: float = BATCH_MAX_WAIT_SECS) -> None:
+    def __init__(self, storage: Storage, max_rows: int = BATCH_MAX_ROWS) -> None:
         self._storage = storage
         self._max_rows = max_rows
-        self._max_wait_s = max_wait_s
         self._rows: list[dict[str, Any]] = []
         self._waiters: list[asyncio.Future[None]] = []
-        self._timer: asyncio.TimerHandle | None = None
-        self._writes: set[asyncio.Future[None]] = set()
+        self._writer: asyncio.Task[None] | None = None
 
     async def add(self, row: dict[str, Any]) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._rows.append(row)
         self._waiters.append(fut)
-        if len(self._rows) >= self._max_rows:
-            self._flush()
-        elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._max_wait_s, self._flush)
+        if self._writer is None:
+            self._writer = asyncio.ensure_future(self._write_all())
         await fut
 
-    def _flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        rows, waiters = self._rows, self._waiters
-        self._rows, self._waiters = [], []
-        if rows:
-            task = asyncio.ensure_future(self._write(rows, waiters))
-            self._writes.add(task)
-            task.add_done_callback(self._writes.discard)
+    async def _write_all(self) -> None:
+        try:
+            while self._rows:
+                rows, waiters = self._rows[:self._max_rows], self._waiters[:self._max_rows]
+                del self._rows[:self._max_rows], self._waiters[:self._max_rows]
+                await self._write(rows, waiters)
+        finally:
+            self._writer = None
 
     async def _write(self, rows: list[dict[str, Any]], waiters: list[asyncio.Future[None]]) -> None:
         started = time.perf_counter()
@@ -134,6 +133,29 @@ class Batcher:
                 fut.set_result(None)
 
 
+class InOrder:
+    """Per-key FIFO sections: tasks that enter a key's section in some order run it in that
+    order, one at a time; a key with nobody inside or waiting holds no memory."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._users: dict[str, int] = {}
+
+    @contextlib.asynccontextmanager
+    async def section(self, key: str) -> AsyncIterator[None]:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        self._users[key] = self._users.get(key, 0) + 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._users[key] -= 1
+            if not self._users[key]:
+                del self._users[key], self._locks[key]
+
+
 class Router:
     def __init__(self, *, broker: Broker, store: Store, storage: Storage,
                  routing: RoutingConfig, max_waiting_per_pool: int = 500,
@@ -148,6 +170,7 @@ class Router:
         self.clock = clock
         self.envelope_format = envelope_format  # what deliveries are written in
         self.batcher = Batcher(storage)
+        self._fanout_order = InOrder()
         self._tick_task: asyncio.Task[None] | None = None
         self.started = False
         self._visitor_of: dict[str, str] = {}
@@ -231,10 +254,18 @@ class Router:
                              from_=event.from_, body=event.body, ts=event.ts, name=event.name,
                              private=event.private)
         visitor = None if event.private else f"visitor:{event.visitor_id}"
-        recipients = await self.store.message_fanout(conv_id, frame.to_dict(), visitor,
-                                                     self.clock())
-        for who, nodes in recipients.items():
-            await publish_to(self.broker, nodes, who, frame, self.envelope_format)
+        # One conversation's messages go into the recent history and out to the nodes in the
+        # order they were committed (group commit keeps the inbound order), so a connection
+        # sees them by seq and a resume reading the history finds no hole a later append
+        # fills. The section ends once every publish is written to the broker (the confirms
+        # are awaited outside it); one channel keeps that order to each node queue.
+        async with self._fanout_order.section(conv_id):
+            recipients = await self.store.message_fanout(conv_id, frame.to_dict(), visitor,
+                                                         self.clock())
+            confirms = [start_publish(self.broker, nodes, who, frame, self.envelope_format)
+                        for who, nodes in recipients.items()]
+        for confirm in confirms:
+            await confirm
 
     async def on_opened(self, event: OpenedEvent) -> None:
         conv_id, visitor_id = event.conversation_id, event.visitor_id
