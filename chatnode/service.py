@@ -44,7 +44,7 @@ from tidedesk.routing_rules import RoutingConfig
 from tidedesk.settings import Settings
 from tidedesk.storage import Storage
 from tidedesk.storage.records import as_dicts
-from tidedesk.store import Store
+from tidedesk.store import CHECK_DATABASE, Store
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,15 @@ class ChatService:
             await self.store.seed_seq(conv_id, floor)
             assigned = await self.store.assign_seq(conv_id, client_id, now)
             if assigned is None:
+                raise BrokerUnavailable("the session store lost the sequence counter; retry")
+        if assigned == CHECK_DATABASE:
+            # The store's bounded memory may have forgotten this id: the unique key answers
+            # (a late resend gets its original seq; the router stores it once either way).
+            stored = await self.storage.messages.seq_of(conv_id, client_id)
+            if stored is not None:
+                return stored
+            assigned = await self.store.assign_seq(conv_id, client_id, now, checked=True)
+            if assigned is None or assigned == CHECK_DATABASE:
                 raise BrokerUnavailable("the session store lost the sequence counter; retry")
         return assigned[0]
 

@@ -301,6 +301,7 @@ class Router:
         await self.store.dequeue(conv.pool, conv_id)
         await self.storage.conversations.update(conv_id, state="closed")
         self._forget(conv_id)
+        await self.store.drop_client_ids(conv_id)  # bounded memory; the database remembers
         await self.storage.audit.record(event.by, "conversation.close", conv_id)
         await self.deliver(f"visitor:{conv.visitor_id}", StateFrame(state="closed"))
         agent_id = owner or conv.agent_id

@@ -18,7 +18,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tidedesk.redisstore import RedisStore
-from tidedesk.store import CLIENT_ID_TTL_SECS, HISTORY_STREAM_LEN, MemoryStore, Store
+from tidedesk.store import (
+    CHECK_DATABASE,
+    CLIENT_ID_TTL_SECS,
+    CLIENT_IDS_PER_CONVERSATION,
+    HISTORY_STREAM_LEN,
+    MemoryStore,
+    Store,
+)
 
 REDIS_URL = os.environ.get("TIDEDESK_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -77,18 +84,23 @@ def test_assign_seq_is_none_until_seeded(run: Runner) -> None:
 
 def test_assign_seq_is_idempotent_on_client_id(run: Runner) -> None:
     async def body(s: Store) -> None:
-        await s.seed_seq("c", 40)
-        assert await s.assign_seq("c", "a", now=1) == (41, True)
-        assert await s.assign_seq("c", "b", now=2) == (42, True)
+        await s.seed_seq("c", 40)  # above 0: the store lost it, so it knows no ids of "c"
+        assert await s.assign_seq("c", "a", now=1) == CHECK_DATABASE
+        assert await s.assign_seq("c", "a", now=1, checked=True) == (41, True)
+        assert await s.assign_seq("c", "b", now=2, checked=True) == (42, True)
         assert await s.assign_seq("c", "a", now=3) == (41, False)
         assert await s.assign_seq("c", "b", now=4) == (42, False)
         assert await s.last_seq("c") == 42
         # the same client id in another conversation is another message
         await s.seed_seq("d", 0)
         assert await s.assign_seq("d", "a", now=5) == (1, True)
-        # a client id is remembered for CLIENT_ID_TTL_SECS, then the database's key takes over
-        assert await s.assign_seq("c", "a", now=1 + CLIENT_ID_TTL_SECS - 1) == (41, False)
-        assert await s.assign_seq("c", "a", now=1 + CLIENT_ID_TTL_SECS + 1) == (43, True)
+        # ids are remembered while the conversation is written to within CLIENT_ID_TTL_SECS;
+        # after a quiet window the store says to ask the database's key
+        assert await s.assign_seq("c", "a", now=2 + CLIENT_ID_TTL_SECS - 1) == (41, False)
+        assert await s.assign_seq("c", "a", now=2 + CLIENT_ID_TTL_SECS + 1) == CHECK_DATABASE
+        assert await s.assign_seq("c", "a", now=2 + CLIENT_ID_TTL_SECS + 1,
+                                  checked=True) == (43, True)
+        assert await s.assign_seq("c", "a", now=2 + CLIENT_ID_TTL_SECS + 2) == (43, False)
 
     run(body)
 
@@ -98,11 +110,42 @@ def test_seed_seq_never_lowers(run: Runner) -> None:
         await s.seed_seq("c", 10)
         await s.seed_seq("c", 3)
         assert await s.last_seq("c") == 10
-        assert await s.assign_seq("c", "x", now=0) == (11, True)
+        assert await s.assign_seq("c", "x", now=0, checked=True) == (11, True)
         await s.seed_seq("c", 11)
-        assert await s.assign_seq("c", "y", now=0) == (12, True)
+        assert await s.assign_seq("c", "y", now=0, checked=True) == (12, True)
         await s.seed_seq("c", 100)
-        assert await s.assign_seq("c", "z", now=0) == (101, True)
+        assert await s.assign_seq("c", "z", now=0, checked=True) == (101, True)
+
+    run(body)
+
+
+def test_client_id_memory_is_bounded_per_conversation(run: Runner) -> None:
+    """Issue 17: the newest CLIENT_IDS_PER_CONVERSATION ids are remembered; an older one, or any
+    after a close, makes the store send the caller to the database instead of a new seq."""
+    async def body(s: Store) -> None:
+        await s.seed_seq("c", 0)
+        cap = CLIENT_IDS_PER_CONVERSATION
+        for i in range(cap):
+            assert await s.assign_seq("c", f"m{i}", now=0) == (i + 1, True)
+        assert await s.assign_seq("c", "m0", now=0) == (1, False)  # all still remembered
+        assert await s.assign_seq("c", "new", now=0) == (cap + 1, True)  # evicts m0
+        assert await s.assign_seq("c", "m0", now=0) == CHECK_DATABASE
+        assert await s.assign_seq("c", "m1", now=0) == (2, False)
+        assert await s.assign_seq("c", "other", now=0) == CHECK_DATABASE  # unsure from now on
+        assert await s.assign_seq("c", "other", now=0, checked=True) == (cap + 2, True)
+        await s.drop_client_ids("c")  # the conversation closed
+        assert await s.assign_seq("c", "m1", now=0) == CHECK_DATABASE
+        assert await s.assign_seq("c", "late", now=0, checked=True) == (cap + 3, True)
+        assert await s.assign_seq("c", "late", now=0) == (cap + 3, False)
+        # a counter re-seeded from the database (the store lost it) knows no ids
+        await s.seed_seq("d", 7)
+        assert await s.assign_seq("d", "x", now=0) == CHECK_DATABASE
+        # a new conversation (seeded at 0) needs no database read
+        await s.seed_seq("e", 0)
+        assert await s.assign_seq("e", "x", now=0) == (1, True)
+        if isinstance(s, RedisStore):  # one key a conversation, not one a message
+            assert await s._r.zcard(s._prefix + "cids:c") == 1
+            assert await s._r.exists(s._prefix + "cids:d") == 0
 
     run(body)
 
@@ -496,7 +539,7 @@ def test_redis_sets_real_ttls() -> None:
         await s.seed_seq("c", 0)
         await s.assign_seq("c", "m", now=0)
         await s.history_append("c", _msg(1))
-        for key in ("seq:c", "cid:1:c:m", "hist:c"):
+        for key in ("seq:c", "cids:c", "hist:c"):
             assert await r.pttl(p + key) > 3600_000, key
 
     _runner("redis")(body)
@@ -513,7 +556,7 @@ def test_redis_lost_counter_is_reseeded_and_never_repeats() -> None:
         assert await s.assign_seq("c", "m9", now=0) is None
         assert await s.last_seq("c") is None
         await s.seed_seq("c", 5)  # the caller's database max
-        assert await s.assign_seq("c", "m9", now=0) == (6, True)
+        assert await s.assign_seq("c", "m9", now=0, checked=True) == (6, True)
 
     _runner("redis")(body)
 
@@ -534,7 +577,7 @@ def test_redis_counter_from_another_run_counts_as_unknown() -> None:
         await s.seed_seq("c", 2)  # database behind the stale counter: the larger one wins
         assert await s.last_seq("c") == 3
         await s.seed_seq("c", 5)
-        assert await s.assign_seq("c", "m9", now=0) == (6, True)
+        assert await s.assign_seq("c", "m9", now=0, checked=True) == (6, True)
         assert await s.assign_seq("c", "m1", now=0) == (2, False)  # remembered ids still count
 
     _runner("redis")(body)
@@ -621,9 +664,12 @@ def test_memory_store_does_not_keep_what_expired() -> None:
             now = float(i)  # one write a second; each expires 2 s later
             await store.kv_set(f"rl:ip:10.0.0.{i}", "1", 2, now)
             await store.kv_incr(f"login-failures:{i}", 2, now)
-            assert await store.assign_seq("c1", f"m{i}", now * CLIENT_ID_TTL_SECS) is not None
-        assert len(store._kv) < 2100 and len(store._client_ids) < 1100
+            assert await store.assign_seq("c1", f"m{i}", now, checked=True) is not None
+        assert len(store._kv) < 2100
+        assert len(store._client_ids["c1"].seqs) == CLIENT_IDS_PER_CONVERSATION
         assert await store.kv_get("rl:ip:10.0.0.4999", 4999.5) == "1"  # the live ones stay
-        assert await store.assign_seq("c1", "m4999", 4999 * CLIENT_ID_TTL_SECS) == (5000, False)
+        assert await store.assign_seq("c1", "m4999", 4999) == (5000, False)
+        await store.drop_client_ids("c1")
+        assert "c1" not in store._client_ids
 
     asyncio.run(body())

@@ -10,8 +10,12 @@ Keys (all under ``prefix``, default ``tidedesk:``):
 ==============================  =========  ====================================================
 key                             type       real TTL
 ==============================  =========  ====================================================
-``seq:<conv>``                  hash       ``SEQ_IDLE_TTL_SECS`` sliding (fields ``n``, ``epoch``)
-``cid:<len>:<conv>:<client>``   string     ``CLIENT_ID_TTL_SECS`` (``"<seq>:<expires_at>"``)
+``seq:<conv>``                  hash       ``SEQ_IDLE_TTL_SECS`` sliding (``n``, ``epoch``, ``at``,
+                                           ``forgot``: the last write, and whether ``cids`` may
+                                           lack an id the conversation has)
+``cids:<conv>``                 zset       ``CLIENT_ID_TTL_SECS`` sliding (client id -> seq, the
+                                           newest ``CLIENT_IDS_PER_CONVERSATION``; dropped on
+                                           close)
 ``kv:<key>``                    hash       the caller's TTL, sliding on touch (``v``, ``exp``)
 ``presence:<who>``              hash       longest connection TTL (conn -> ``"<exp>|<node>"``)
 ``agent:<id>``                  hash       none (status, pools, max_chats, open_chats, ...)
@@ -59,7 +63,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
 
 from tidedesk.errors import StoreUnavailable
-from tidedesk.store import CLIENT_ID_TTL_SECS, HISTORY_STREAM_LEN, AgentLoad, Store
+from tidedesk.store import (
+    CHECK_DATABASE,
+    CLIENT_ID_TTL_SECS,
+    CLIENT_IDS_PER_CONVERSATION,
+    HISTORY_STREAM_LEN,
+    AgentLoad,
+    Store,
+)
 
 # A counter nobody used for a week expires; the next message re-seeds it from the database.
 SEQ_IDLE_TTL_SECS = 7 * 24 * 3600
@@ -201,17 +212,23 @@ class RedisStore(Store):
 
     # -- sequence numbers and idempotency --------------------------------------------------
     @_tracked
-    async def assign_seq(self, conv_id: str, client_id: str, now: float) -> tuple[int, bool] | None:
+    async def assign_seq(self, conv_id: str, client_id: str, now: float, *,
+                         checked: bool = False) -> tuple[int, bool] | None:
         res = await self._assign_seq(
-            keys=[self._k("seq", conv_id),
-                  # the length keeps ("a:b", "c") and ("a", "b:c") apart
-                  self._k("cid", str(len(conv_id)), conv_id, client_id)],
-            args=[repr(now), repr(now + CLIENT_ID_TTL_SECS), _ms(CLIENT_ID_TTL_SECS),
-                  _ms(SEQ_IDLE_TTL_SECS)],
+            keys=[self._k("seq", conv_id), self._k("cids", conv_id)],
+            args=[client_id, repr(now), repr(float(CLIENT_ID_TTL_SECS)),
+                  CLIENT_IDS_PER_CONVERSATION, _ms(CLIENT_ID_TTL_SECS), _ms(SEQ_IDLE_TTL_SECS),
+                  "1" if checked else "0"],
         )
         if res is None:
             return None
+        if int(res[1]) == 2:
+            return CHECK_DATABASE
         return int(res[0]), bool(res[1])
+
+    @_tracked
+    async def drop_client_ids(self, conv_id: str) -> None:
+        await self._r.delete(self._k("cids", conv_id))
 
     @_tracked
     async def seed_seq(self, conv_id: str, floor: int) -> None:

@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import abc
 import json
-from collections import defaultdict
-from dataclasses import dataclass, replace
+from collections import OrderedDict, defaultdict
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-# How long a client-made message id is remembered for idempotent acks (the database's unique
-# key catches anything older).
+# Idempotency memory (issue 17), bounded: the newest CLIENT_IDS_PER_CONVERSATION client ids of
+# each conversation, forgotten when nobody wrote to it for CLIENT_ID_TTL_SECS and when it
+# closes. The database's unique key (conversation_id, client_id) answers for anything older.
 CLIENT_ID_TTL_SECS = 24 * 3600
+CLIENT_IDS_PER_CONVERSATION = 500
+# What assign_seq answers when the id may be one it forgot: look it up in the database, then
+# call again with checked=True.
+CHECK_DATABASE: tuple[int, bool] = (0, False)
 # Messages kept per conversation in the recent-history stream used by ``resume``.
 HISTORY_STREAM_LEN = 200
 
@@ -50,10 +55,18 @@ class Store(abc.ABC):
 
     # -- sequence numbers and idempotency --------------------------------------------------
     @abc.abstractmethod
-    async def assign_seq(self, conv_id: str, client_id: str, now: float) -> tuple[int, bool] | None:
+    async def assign_seq(self, conv_id: str, client_id: str, now: float, *,
+                         checked: bool = False) -> tuple[int, bool] | None:
         """Atomically give ``client_id`` its seq: ``(seq, True)`` the first time, ``(same seq,
         False)`` after. ``None`` when the conversation's counter is unknown (never seeded, or
-        the store lost it): call :meth:`seed_seq` with the database's highest seq and retry."""
+        the store lost it): call :meth:`seed_seq` with the database's highest seq and retry.
+        :data:`CHECK_DATABASE` when the bounded memory may have forgotten this id (more than
+        :data:`CLIENT_IDS_PER_CONVERSATION` ids, a quiet window, a close, a re-seed): look it
+        up in the database, then call again with ``checked=True`` to take a new seq."""
+
+    @abc.abstractmethod
+    async def drop_client_ids(self, conv_id: str) -> None:
+        """Forget a (closed) conversation's client ids; the database still knows them."""
 
     @abc.abstractmethod
     async def seed_seq(self, conv_id: str, floor: int) -> None:
@@ -181,13 +194,23 @@ class _Expiring(dict[_K, tuple[_V, float]]):
             self.sweep_at = max(_SWEEP_MIN, 2 * len(self))
 
 
+@dataclass
+class _ClientIds:
+    """One conversation's remembered client ids (oldest first) and its last write."""
+
+    seqs: OrderedDict[str, int] = field(default_factory=OrderedDict)
+    at: float = 0.0
+
+
 class MemoryStore(Store):
     """Single-process store. Atomicity comes from never awaiting inside an operation."""
 
     def __init__(self) -> None:
         self._counters: dict[str, int] = {}
-        # (conversation, client id) -> (seq, expires_at); key -> (value, expires_at)
-        self._client_ids: _Expiring[tuple[str, str], int] = _Expiring()
+        # conversation -> its newest client ids (bounded); conversations whose memory may lack
+        # an id they have (then the database is asked); key -> (value, expires_at)
+        self._client_ids: dict[str, _ClientIds] = {}
+        self._forgot: set[str] = set()
         self._kv: _Expiring[str, str] = _Expiring()
         self._presence: dict[str, dict[str, tuple[str, float]]] = defaultdict(dict)
         self._agents: dict[str, AgentLoad] = {}
@@ -196,17 +219,36 @@ class MemoryStore(Store):
         self._queue_counter = 0
         self._history: dict[str, list[dict[str, Any]]] = defaultdict(list)
 
-    async def assign_seq(self, conv_id: str, client_id: str, now: float) -> tuple[int, bool] | None:
-        key = (conv_id, client_id)
-        known = self._client_ids.get(key)
-        if known is not None and known[1] > now:
-            return known[0], False
+    async def assign_seq(self, conv_id: str, client_id: str, now: float, *,
+                         checked: bool = False) -> tuple[int, bool] | None:
+        ids = self._client_ids.get(conv_id)
+        if ids is not None and now > ids.at + CLIENT_ID_TTL_SECS:
+            del self._client_ids[conv_id]  # a quiet window: forgotten
+            self._forgot.discard(conv_id)  # implied now: no ids, a counter above 0
+            ids = None
+        if ids is not None and client_id in ids.seqs:
+            return ids.seqs[client_id], False
         if conv_id not in self._counters:
             return None
+        forgot = conv_id in self._forgot or (ids is None and self._counters[conv_id] > 0)
+        if forgot and not checked:
+            return CHECK_DATABASE
         self._counters[conv_id] += 1
         seq = self._counters[conv_id]
-        self._client_ids.put(key, seq, now + CLIENT_ID_TTL_SECS, now)
+        if ids is None:
+            ids = self._client_ids[conv_id] = _ClientIds()
+        ids.seqs[client_id] = seq
+        ids.at = now
+        if len(ids.seqs) > CLIENT_IDS_PER_CONVERSATION:
+            ids.seqs.popitem(last=False)
+            forgot = True
+        if forgot:
+            self._forgot.add(conv_id)
         return seq, True
+
+    async def drop_client_ids(self, conv_id: str) -> None:
+        self._client_ids.pop(conv_id, None)
+        self._forgot.discard(conv_id)  # implied now: no ids, a counter above 0
 
     async def seed_seq(self, conv_id: str, floor: int) -> None:
         self._counters[conv_id] = max(self._counters.get(conv_id, 0), floor)

@@ -111,6 +111,19 @@ class MessageRepository:
 
         return await self._db.run(work)
 
+    async def seq_of(self, conv_id: str, client_id: str) -> int | None:
+        """The seq a client id was stored under (the unique key), or None: the backstop of the
+        store's bounded idempotency memory."""
+        def work() -> int | None:
+            shard = self._db.shard_for(conv_id)
+            msg = shard["Message"]
+            with shard.db.connection_context():
+                value = (msg.select(msg.seq).where((msg.conversation_id == conv_id)
+                                                   & (msg.client_id == client_id)).scalar())
+            return None if value is None else int(value)
+
+        return await self._db.run(work)
+
     async def count(self, conv_id: str) -> int:
         def work() -> int:
             shard = self._db.shard_for(conv_id)
