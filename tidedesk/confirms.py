@@ -19,6 +19,11 @@ from collections import OrderedDict
 from tidedesk.broker import BrokerUnavailable
 
 
+class ConfirmLost(BrokerUnavailable):
+    """The connection or its channel went before the confirm: the broker may or may not have
+    the message, so publishing it again (it is idempotent downstream) is safe."""
+
+
 class PendingConfirms(OrderedDict[int, tuple[asyncio.Future[None], float]]):
     """Delivery tag -> (future, monotonic deadline), oldest first (tags only grow)."""
 
@@ -68,4 +73,4 @@ class PendingConfirms(OrderedDict[int, tuple[asyncio.Future[None], float]]):
         while self:
             _, (fut, _) = self.popitem(last=False)
             if not fut.done():
-                fut.set_exception(BrokerUnavailable(why))
+                fut.set_exception(ConfirmLost(why))

@@ -18,9 +18,12 @@ Guarantees, as the seam's contract asks:
   node queue declared so far. Node queues are durable (deliveries survive a broker restart)
   and carry ``x-expires``, so a dead node's queue disappears ``node_queue_ttl_ms`` after its
   last consumer went away.
-- The connection is supervised: when it is lost, ``ready`` turns False, pending publishes fail,
-  and a background task reconnects with exponential backoff and jitter, re-declares the
-  topology and restarts every consumer. While it is down, ``publish`` raises at once.
+- The connection is supervised: when it is lost, ``ready`` turns False and a background task
+  reconnects (first retry after 25-50 ms, then doubling with jitter up to 1 s: a restarted
+  broker is found within about a second), re-declares the topology and restarts every
+  consumer. Publishes whose confirm the lost connection took are written again on the new one
+  (issue 17) until ``confirm_timeout_s`` after their first write; a new ``publish`` while it is
+  down raises at once.
 - ``consume`` opens one channel per consumer with ``basic_qos(prefetch)``; a handler that
   returns gets its message acked, one that raises gets it nacked with ``requeue=True``
   (RabbitMQ then redelivers it with ``redelivered`` set). Decoding is the handler's business.
@@ -59,7 +62,7 @@ from tidedesk.broker import (
     node_queue,
     observe_publish,
 )
-from tidedesk.confirms import PendingConfirms
+from tidedesk.confirms import ConfirmLost, PendingConfirms
 from tidedesk.pika_writes import coalesce_writes
 
 log = logging.getLogger(__name__)
@@ -155,8 +158,8 @@ class RabbitBroker(Broker):
 
     def __init__(self, url: str, *, node_queue_ttl_ms: int = 60000,
                  inbound_queue: str = INBOUND_QUEUE, inbound_queue_type: str = "classic",
-                 confirm_timeout_s: float = 10.0, reconnect_min_s: float = 0.2,
-                 reconnect_max_s: float = 5.0, coalesce: bool = True) -> None:
+                 confirm_timeout_s: float = 10.0, reconnect_min_s: float = 0.05,
+                 reconnect_max_s: float = 1.0, coalesce: bool = True) -> None:
         if inbound_queue_type not in ("classic", "quorum"):
             raise ValueError(f"inbound_queue_type must be classic or quorum, "
                              f"got {inbound_queue_type!r}")
@@ -177,6 +180,8 @@ class RabbitBroker(Broker):
         self._subs: list[_Subscription] = []
         self._running: set[asyncio.Task[None]] = set()
         self._setup_lock = asyncio.Lock()
+        # Set while connected and set up: publishes whose confirm was lost wait for it.
+        self._up = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -230,8 +235,10 @@ class RabbitBroker(Broker):
                     for sub in list(self._subs):
                         await self._start_subscription(session, sub)
                     self._ready = True
+                    self._up.set()
             except Exception as exc:  # whatever went wrong, the answer is: retry later
                 self._ready = False
+                self._up.clear()
                 log.warning("RabbitMQ connection failed: %s; retrying in %.1f s", exc, delay,
                             extra={"retry_in_s": delay})
                 if session is not None and session.conn.is_open:
@@ -247,6 +254,7 @@ class RabbitBroker(Broker):
                 first.set_result(None)
             why = await session.lost
             self._ready = False
+            self._up.clear()
             if not self._closing:
                 log.warning("RabbitMQ connection lost: %s; reconnecting", why)
 
@@ -362,16 +370,45 @@ class RabbitBroker(Broker):
         observe_publish(queue, started)
 
     async def _publish(self, queue: str, body: bytes) -> None:
+        """Write once; if the connection goes before the confirm, write it again on the next
+        connection (within ``confirm_timeout_s`` of the first write), so a broker restart
+        costs the sender a wait instead of a ``try_again``. A publish may thus reach the queue
+        twice: consumers are idempotent (client ids, seqs, state checks)."""
+        deadline = time.monotonic() + self._confirm_timeout_s
         session = self._session
         if not self._ready or session is None or session.pub is None:
             raise BrokerUnavailable("RabbitMQ is not connected; retry later")
-        if session.blocked:
-            raise BrokerUnavailable("RabbitMQ is blocking publishers (resource alarm); retry")
-        try:
-            session.pub.ch.basic_publish("", queue, body, _PERSISTENT)
-        except pika.exceptions.AMQPError as exc:
-            raise BrokerUnavailable(f"RabbitMQ publish failed: {exc!r}") from exc
-        await session.pending.expect(time.monotonic() + self._confirm_timeout_s)
+        while True:
+            if session.blocked:
+                raise BrokerUnavailable("RabbitMQ is blocking publishers (resource alarm); retry")
+            assert session.pub is not None
+            try:
+                session.pub.ch.basic_publish("", queue, body, _PERSISTENT)
+            except pika.exceptions.AMQPError as exc:
+                raise BrokerUnavailable(f"RabbitMQ publish failed: {exc!r}") from exc
+            try:
+                await session.pending.expect(deadline)
+                return
+            except ConfirmLost:
+                if self._closing:
+                    raise
+                session = await self._next_session(session, deadline)
+
+    async def _next_session(self, lost: _Session, deadline: float) -> _Session:
+        """The connection after ``lost``, once it is set up; BrokerUnavailable at ``deadline``."""
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BrokerUnavailable("RabbitMQ did not come back in time; retry")
+            try:
+                await asyncio.wait_for(self._up.wait(), remaining)
+            except TimeoutError:
+                raise BrokerUnavailable("RabbitMQ did not come back in time; retry") from None
+            session = self._session
+            if (self._ready and session is not None and session is not lost
+                    and session.pub is not None):
+                return session
+            await asyncio.sleep(0.01)  # the old session's end was not seen yet
 
     def _on_confirm(self, session: _Session, frame: Any) -> None:
         method = frame.method
