@@ -241,6 +241,14 @@ class Router:
         await deliver(self.broker, self.store, who, frame, self.clock(), self.envelope_format)
 
     async def on_message(self, event: MessageEvent) -> None:
+        """Deliver, then store; the inbound message is acknowledged after both.
+
+        The message is durable before it gets here (RabbitMQ confirmed it to the chat node, and
+        it stays in the inbound queue until this handler returns), so it is delivered at once
+        and committed beside (group commit). A router that dies between the two leaves it in
+        the queue: the next router delivers it again (each connection shows a seq once) and
+        stores it (once: the unique client-id key), under the same seq.
+        """
         conv_id = event.conversation_id
         row = {
             "conversation_id": conv_id, "seq": event.seq, "client_id": event.id,
@@ -248,22 +256,26 @@ class Router:
             "sender_name": event.name, "body": event.body,
             "private": event.private, "ts": event.ts,
         }
-        await self.batcher.add(row)
-        log.debug("message stored", extra={"seq": event.seq, "client_id": event.id})
         frame = MessageFrame(conversation_id=conv_id, seq=event.seq, id=event.id,
                              from_=event.from_, body=event.body, ts=event.ts, name=event.name,
                              private=event.private)
         visitor = None if event.private else f"visitor:{event.visitor_id}"
         # One conversation's messages go into the recent history and out to the nodes in the
-        # order they were committed (group commit keeps the inbound order), so a connection
-        # sees them by seq and a resume reading the history finds no hole a later append
-        # fills. The section ends once every publish is written to the broker (the confirms
-        # are awaited outside it); one channel keeps that order to each node queue.
+        # order this router took them from the queue (seq order while they arrive in it), so a
+        # connection sees them by seq and a resume reading the history finds no hole a later
+        # append fills. The section ends once every publish is written to the broker (the
+        # confirms are awaited outside it); one channel keeps that order to each node queue.
         async with self._fanout_order.section(conv_id):
             recipients = await self.store.message_fanout(conv_id, frame.to_dict(), visitor,
                                                          self.clock())
             confirms = [start_publish(self.broker, nodes, who, frame, self.envelope_format)
                         for who, nodes in recipients.items()]
+        try:
+            await self.batcher.add(row)
+        except BaseException:
+            await asyncio.gather(*confirms, return_exceptions=True)
+            raise
+        log.debug("message stored", extra={"seq": event.seq, "client_id": event.id})
         for confirm in confirms:
             await confirm
 

@@ -602,3 +602,64 @@ def test_mariadb_stopped_under_load(tmp_path: Path) -> None:
             await load.close()
 
         asyncio.run(scenario())
+
+
+def test_kill_9_routers_between_delivery_and_commit(tmp_path: Path) -> None:
+    """Issue 17: a router delivers a message as soon as it is durable (in RabbitMQ) and commits
+    it beside. The history table is locked (this test's own databases), so every router hangs
+    in its commit: acked messages are shown live while none of them is stored; then both
+    routers are killed with -9 mid-commit and a new one started. Asserts that what was shown
+    before the commit is stored afterwards under the seq its ack gave, once, and no connection
+    shows anything twice although the new router delivers it again."""
+    with cluster(tmp_path) as c:
+        node1, node2, router1, router2 = start_cluster(c)
+
+        async def scenario() -> None:
+            load = await start_load(c, [node1], node2, visitors=12)
+            await load.ledger.wait_acked(100, timeout=WAIT_S)
+            locks = []
+            try:
+                for url in c.env["TIDEDESK_DATABASE_URL"].split(","):
+                    conn = pymysql.connect(host="127.0.0.1", port=3306, user="root",
+                                           password="", autocommit=True,
+                                           database=urlparse(url).path.lstrip("/"))
+                    with conn.cursor() as cur:
+                        cur.execute("LOCK TABLES message WRITE")
+                    locks.append(conn)
+                locked_at = time.monotonic()
+
+                def shown_not_stored() -> list[Sent]:
+                    acked = [s for s in load.ledger.acked(locked_at) if s.seq is not None]
+                    return [s for s in acked
+                            if any(s.seq in p.shown(s.conv) for p in load.agents)]
+
+                await wait_until_async("messages shown live while no commit can happen",
+                                       lambda: len(shown_not_stored()) >= 20, WAIT_S)
+                early = shown_not_stored()
+                stored_cids: set[str] = set()
+                for conn in locks:  # the lock holder may read the table
+                    with conn.cursor() as cur:
+                        cur.execute("SELECT client_id FROM message")
+                        stored_cids |= {row[0] for row in cur.fetchall()}
+                assert not {s.cid for s in early} & stored_cids, "stored despite the lock"
+                router1.kill(signal.SIGKILL)
+                router2.kill(signal.SIGKILL)
+            finally:
+                for conn in locks:
+                    with contextlib.suppress(pymysql.err.MySQLError):
+                        conn.cursor().execute("UNLOCK TABLES")
+                    conn.close()
+            c.start("router", "router3")
+            unlocked_at = time.monotonic()
+            await load.ledger.wait_acked(100, since=unlocked_at, timeout=WAIT_S)
+            await load.finish()
+            rows = await check_ledger(load)
+            stored = {cid: seq for items in rows.values() for seq, cid in items}
+            assert all(stored.get(s.cid) == s.seq for s in early)
+            await check_delivered(load.agents, load.ledger, "agents, live")
+            await check_delivered(load.visitors, load.ledger, "visitors, live")
+            print(f"\nrouters killed between delivery and commit: {len(load.ledger.sent)} "
+                  f"messages, {len(early)} shown before any commit")
+            await load.close()
+
+        asyncio.run(scenario())
