@@ -162,6 +162,8 @@ async def run(args: argparse.Namespace) -> None:
             sio: list[float] = []
             td_p99: list[float] = []
             sio_p99: list[float] = []
+            td_p50: list[float] = []
+            sio_p50: list[float] = []
             client0, t0 = time.process_time(), time.perf_counter()
             cpu0 = {"tidedesk": cpu_seconds(node.popen.pid) + cpu_seconds(router.popen.pid),
                     "socketio": cpu_seconds(sio1.pid) + cpu_seconds(sio2.pid)}
@@ -172,10 +174,12 @@ async def run(args: argparse.Namespace) -> None:
                         r = await tidedesk_run(c, url, args, 0)
                         td.append(r["messages"]["delivered_per_s"])
                         td_p99.append(r["latency"]["p99_ms"])
+                        td_p50.append(r["latency"]["p50_ms"])
                     else:
                         s = await socketio_run(ports[0], ports[1], args)
                         sio.append(s["per_s"])
                         sio_p99.append(s["latency"]["p99_ms"])
+                        sio_p50.append(s["latency"]["p50_ms"])
                 print(f"  repetition {rep + 1}/{args.reps}: Tidedesk {td[-1]:.0f} msg/s, "
                       f"Socket.IO {sio[-1]:.0f} msg/s", flush=True)
             wall, client_cpu = time.perf_counter() - t0, time.process_time() - client0
@@ -189,12 +193,17 @@ async def run(args: argparse.Namespace) -> None:
           f"median [min .. max]")
     print(f"  msg/s delivered   Tidedesk {spread(td)}   Socket.IO {spread(sio)}")
     print(f"  p99 at max (ms)   Tidedesk {spread(td_p99)}   Socket.IO {spread(sio_p99)}")
+    print(f"  p50 at max (ms)   Tidedesk {spread(td_p50)}   Socket.IO {spread(sio_p50)}")
+    p50_ratio = [t / s for t, s in zip(td_p50, sio_p50, strict=True) if s > 0]
+    print(goal_line("P7 p50: Tidedesk / Socket.IO+Redis", p50_ratio, "<= 3",
+                    lambda r: r <= 3))
     print(goal_line("P7 msg/s: Tidedesk / Socket.IO+Redis", ratio, ">= 1",
                     lambda r: r >= 1))
     print(cpu_line(wall, client_cpu, f"servers: Tidedesk chat node + router "
                    f"{cpu['tidedesk']:.1f} s, Socket.IO x2 {cpu['socketio']:.1f} s"))
     emit_json("P7", {"tidedesk": td, "socketio": sio, "ratio": ratio, "tidedesk_p99": td_p99,
-                     "socketio_p99": sio_p99, "client_cpu_s": client_cpu, "wall_s": wall,
+                     "socketio_p99": sio_p99, "tidedesk_p50": td_p50,
+                     "socketio_p50": sio_p50, "client_cpu_s": client_cpu, "wall_s": wall,
                      "server_cpu_s": cpu})
 
 

@@ -19,7 +19,9 @@ from typing import Any, TypeVar
 # each conversation, forgotten when nobody wrote to it for CLIENT_ID_TTL_SECS and when it
 # closes. The database's unique key (conversation_id, client_id) answers for anything older.
 CLIENT_ID_TTL_SECS = 24 * 3600
-CLIENT_IDS_PER_CONVERSATION = 500
+# 128: Redis keeps a zset this small in its compact listpack encoding (zset-max-listpack-entries)
+# (~5 KB a conversation); a longer conversation pays one indexed database read per new message.
+CLIENT_IDS_PER_CONVERSATION = 128
 # What assign_seq answers when the id may be one it forgot: look it up in the database, then
 # call again with checked=True.
 CHECK_DATABASE: tuple[int, bool] = (0, False)
