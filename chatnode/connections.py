@@ -25,10 +25,11 @@ SEEN_PER_CONNECTION = 2000
 @dataclass
 class VisitorSession:
     """The visitor's open conversation as this connection knows it. ``state`` follows the
-    ``state`` frames the routers send, so a message needs no database read."""
+    ``state`` frames the routers send, so a message needs no database read. A visitor who has
+    not written yet has no conversation: ``conversation_id`` None, ``state`` ``"new"``."""
 
     visitor_id: str
-    conversation_id: str
+    conversation_id: str | None
     state: str
     pool: str
     locale: str

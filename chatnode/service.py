@@ -73,7 +73,8 @@ class PendingMessage:
 
 class ChatService:
     def __init__(self, *, settings: Settings, broker: Broker, store: Store, storage: Storage,
-                 tokens: TokenService, clock: Callable[[], float] = time.time) -> None:
+                 tokens: TokenService, clock: Callable[[], float] = time.time,
+                 routing: RoutingConfig | None = None) -> None:
         self.settings = settings
         self.broker = broker
         self.store = store
@@ -84,7 +85,8 @@ class ChatService:
         self._encode = inbound_encoder(settings.envelope_format)
         self.accounts = Accounts(settings=settings, store=store, storage=storage, tokens=tokens,
                                  clock=clock, notify=self.relay)
-        self.conversations = Conversations(store=store, storage=storage, publish=self.publish)
+        self.conversations = Conversations(store=store, storage=storage, publish=self.publish,
+                                           routing=routing, clock=clock)
 
     # -- authentication (chatnode/accounts.py) ------------------------------------------------
     def principal(self, token: str | None, expected: str) -> Principal:
@@ -282,8 +284,11 @@ class ChatService:
         await self._present(conn)
         waiting = await self.conversations.visitor_hello(session, peer.send)
         # A queued chat that is in no queue was never announced (say the broker was down when
-        # it was created): announcing is idempotent, so ask again.
-        if created or (session.state == "queued" and not waiting):
+        # it was created): announcing is idempotent, so ask again. An offline one (a ticket) is
+        # routed again now that its visitor is back, in case an agent came online meanwhile.
+        if session.conversation_id is not None and (
+                created or session.state == "offline"
+                or (session.state == "queued" and not waiting)):
             await self._announce(session, peer)
 
     async def visitor_frame(self, conn: ConnectionState, frame: wire.Frame,
@@ -294,17 +299,27 @@ class ChatService:
         logs.bind(conversation_id=session.conversation_id)  # this frame's task and its spawn
         self.conversations.check_visitor_names_own(session, frame.conversation_id)
         if frame.type == "message":
-            if session.state == "closed":
-                # The agent closed the chat: writing again starts a new conversation.
+            # (Another tab's first message may have opened one: its state frames reach this
+            # socket too, so the conversation id is what tells.)
+            if session.conversation_id is None or session.state in ("new", "closed"):
+                # The first message opens the conversation (issue 13); after the agent closed
+                # the chat, writing again starts a new one. hello goes out first, so the
+                # widget knows the conversation before the ack and the routing answer.
                 conn.session, created = await self.conversations.open_visitor_session(
-                    session.visitor_id)
+                    session.visitor_id, create=True)
                 session = conn.session
+                logs.bind(conversation_id=session.conversation_id)
                 await self.conversations.visitor_hello(session, peer.send)
                 if created:
                     await self._announce(session, peer)
+            assert session.conversation_id is not None
             return await self.take_seq(session.conversation_id, frame,
                                        visitor_id=session.visitor_id, sender_type="visitor",
                                        sender_id=session.visitor_id, name=session.name)
+        if session.conversation_id is None:  # nothing to resume, nobody to tell
+            if frame.type == "ping":
+                peer.send(PONG_FRAME.copy())
+            return None
         if frame.type == "resume":
             await self._resume(session.conversation_id, frame.data["after_seq"], False, peer)
         elif frame.type in ("typing", "read"):

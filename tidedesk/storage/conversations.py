@@ -39,6 +39,21 @@ class ConversationRepository:
 
         return await self._db.run(work)
 
+    async def open_for_visitor(self, visitor_id: str) -> Conversation | None:
+        """The visitor's open (not closed) conversation, newest first; None when they have
+        none (issue 13: opening the widget creates nothing)."""
+
+        def work() -> Conversation | None:
+            main = self._db.main
+            conv = main["Conversation"]
+            with main.db.connection_context():
+                row = (conv.select()
+                       .where((conv.visitor_id == visitor_id) & (conv.state != "closed"))
+                       .order_by(conv.created_at.desc()).first())
+            return None if row is None else _record(row)
+
+        return await self._db.run(work)
+
     async def get(self, conv_id: str) -> Conversation | None:
         def work() -> Conversation | None:
             main = self._db.main
