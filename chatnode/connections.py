@@ -50,6 +50,7 @@ class ConnectionState:
     # assigned); with the store's owner check they let an agent write without a database read.
     chats: dict[str, str] = field(default_factory=dict)
     registered: bool = False  # in the Hub and in presence: frames are accepted
+    signed_out: bool = False  # agents only: closed because the sign-in ended (issue 13)
     # The (conversation, seq) of the messages sent on this connection, oldest first.
     shown: OrderedDict[tuple[str, int], None] = field(default_factory=OrderedDict)
 

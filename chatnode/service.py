@@ -191,10 +191,12 @@ class ChatService:
             log.info("ephemeral frame dropped: broker unavailable", extra={"to": who})
 
     # -- agents ------------------------------------------------------------------------------
-    async def agent_status(self, agent: Any, status: str) -> None:
+    async def agent_status(self, agent: Any, status: str, *, give_back: bool = False) -> None:
+        """Tell the routers an agent's status. ``give_back``: the agent signed out or chose
+        ``offline``, so their open chats go to others at once (issue 13)."""
         await self.publish({"kind": "agent_status", "agent_id": str(agent.id), "status": status,
                             "pools": list(agent.pool_list), "max_chats": agent.max_chats,
-                            "name": agent.name})
+                            "name": agent.name, "give_back": give_back})
 
     async def agents_overview(self) -> list[dict[str, Any]]:
         out = []
@@ -361,7 +363,8 @@ class ChatService:
             peer.send(PONG_FRAME.copy())
             return None
         if frame.type == "status":
-            await self.agent_status(conn.agent, frame.data["status"])
+            status = frame.data["status"]
+            await self.agent_status(conn.agent, status, give_back=status == "offline")
             return None
         conv_id = frame.conversation_id
         assert conv_id is not None  # parse_frame requires it for every other type
@@ -387,9 +390,16 @@ class ChatService:
         """After a registered socket closed: presence, and an agent's last socket going
         offline."""
         remaining = await self.store.presence_remove(conn.who, conn.conn_id)
+        if conn.role == "visitor" and remaining == 0 and conn.principal is not None:
+            # When the visitor's last socket went (the idle close waits that long after it).
+            now = self.clock()
+            await self.store.kv_set(f"visitor-gone:{conn.principal.id}", repr(now),
+                                    2 * self.settings.idle_close_s, now)
         if conn.role == "agent" and remaining == 0:
             try:
-                await self.agent_status(conn.agent, "offline")
+                # A console that went away keeps its chats for the grace period; one whose
+                # sign-in ended gives them back now.
+                await self.agent_status(conn.agent, "offline", give_back=conn.signed_out)
             except Unavailable:
                 assert conn.principal is not None
                 log.warning("could not mark agent offline", extra={"agent": conn.principal.id})

@@ -7,13 +7,19 @@ import asyncio
 from pathlib import Path
 
 from tests.support.clients import (
+    Http,
+    WsClient,
     add_agent,
     agent_socket,
+    conversation_of,
     embedded,
+    login,
     new_visitor,
     wait_agent_online,
+    ws,
 )
 from tests.support.routing import GENERAL_ONLY
+from tests.support.waiting import wait_until_async
 
 
 def run(coro: object) -> None:
@@ -57,5 +63,194 @@ def test_opening_the_widget_takes_no_slot_the_first_message_does(tmp_path: Path)
             for _, _, client in [*curious, (None, None, writer)]:
                 await client.close()
             await agent.close()
+
+    run(scenario())
+
+
+async def _console(rt: object, email: str) -> tuple[str, WsClient]:
+    token = await login(rt, email)  # type: ignore[arg-type]
+    client = await ws(rt, "/ws/agent", token)  # type: ignore[arg-type]
+    await client.wait_type("hello")
+    return token, client
+
+
+async def _owner_is(rt: object, conv: str, agent: str | None) -> None:
+    async def check() -> bool:
+        return await rt.store.owner(conv) == agent  # type: ignore[attr-defined,no-any-return]
+
+    await wait_until_async(f"{conv} owned by {agent}", check, 10, every=0.05)
+
+
+def test_agent_who_signs_out_mid_chat_hands_it_to_another_agent(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with embedded(tmp_path, GENERAL_ONLY) as rt:
+            ann = add_agent(rt, "ann@shop.test", max_chats=1)
+            ann_token, ann_ws = await _console(rt, "ann@shop.test")
+            await wait_agent_online(rt, ann)
+            _, _, visitor = await new_visitor(rt, opening="My parcel is late")
+            conv = conversation_of(visitor)
+            await ann_ws.wait_type("assigned", conversation_id=conv)
+            assert (await ann_ws.say("Let me look", conversation_id=conv))["seq"] == 2
+            bob = add_agent(rt, "bob@shop.test", max_chats=1)
+            _, bob_ws = await _console(rt, "bob@shop.test")
+            await wait_agent_online(rt, bob)
+
+            status, _ = await Http(rt).request("POST", "/api/v1/auth/logout", token=ann_token)
+            assert status == 200
+            assigned = await bob_ws.wait_type("assigned", conversation_id=conv)
+            assert assigned["last_seq"] == 2
+            told = await visitor.wait_for(lambda f: f.get("type") == "assigned"
+                                          and f["agent"]["id"] == bob)
+            assert told["agent"]["name"] == "bob"
+            await _owner_is(rt, conv, bob)
+            load = await rt.store.agent_get(ann)
+            assert load is not None and (load.status, load.open_chats) == ("offline", 0)
+            # Nothing lost: Bob reads what was said, both ways go on.
+            await bob_ws.send({"type": "resume", "conversation_id": conv, "after_seq": 0})
+            for seq in (1, 2):
+                await bob_ws.wait_type("message", seq=seq)
+            assert (await visitor.say("still there?"))["seq"] == 3
+            await bob_ws.wait_type("message", seq=3)
+            assert (await bob_ws.say("Yes, Bob here", conversation_id=conv))["seq"] == 4
+            await visitor.wait_type("message", seq=4)
+            assert await rt.storage.messages.count(conv) == 4
+            row = await rt.storage.conversations.get(conv)
+            assert row is not None and (row.state, row.agent_id) == ("assigned", bob)
+            for client in (visitor, ann_ws, bob_ws):
+                await client.close()
+
+    run(scenario())
+
+
+def test_offline_status_with_nobody_free_puts_the_chat_at_the_front_of_the_queue(
+        tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with embedded(tmp_path, GENERAL_ONLY) as rt:
+            ann = add_agent(rt, "ann@shop.test", max_chats=1)
+            bob = add_agent(rt, "bob@shop.test", max_chats=1)
+            _, ann_ws = await _console(rt, "ann@shop.test")
+            await wait_agent_online(rt, ann)
+            _, _, first = await new_visitor(rt)
+            await ann_ws.wait_type("assigned")
+            _, bob_ws = await _console(rt, "bob@shop.test")
+            await wait_agent_online(rt, bob)
+            _, _, second = await new_visitor(rt)
+            await bob_ws.wait_type("assigned")
+            _, _, waiting = await new_visitor(rt, tags=["vip"])  # even ahead of a VIP
+            await waiting.wait_type("queue", position=1)
+
+            await ann_ws.send({"type": "status", "status": "offline"})
+            conv = conversation_of(first)
+            await ann_ws.wait_type("unassigned", conversation_id=conv)
+            await first.wait_type("state", state="queued")
+            await first.wait_type("queue", position=1)
+            await waiting.wait_type("queue", position=2)
+            await _owner_is(rt, conv, None)
+            assert (await rt.store.waiting("general"))[0][0] == conv
+            load = await rt.store.agent_get(ann)
+            assert load is not None and load.open_chats == 0
+            # Bob closes his chat: the given-back one is served first.
+            await bob_ws.send({"type": "close", "conversation_id": conversation_of(second)})
+            await bob_ws.wait_type("assigned", conversation_id=conv)
+            await first.wait_type("assigned")
+            for client in (first, second, waiting, ann_ws, bob_ws):
+                await client.close()
+
+    run(scenario())
+
+
+def test_a_console_gone_past_the_grace_period_gives_its_chats_back(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with embedded(tmp_path, GENERAL_ONLY, agent_grace_s=1.5) as rt:
+            ann = add_agent(rt, "ann@shop.test")
+            bob = add_agent(rt, "bob@shop.test")
+            _, ann_ws = await _console(rt, "ann@shop.test")
+            await wait_agent_online(rt, ann)
+            _, _, visitor = await new_visitor(rt)
+            conv = conversation_of(visitor)
+            await ann_ws.wait_type("assigned")
+            _, bob_ws = await _console(rt, "bob@shop.test")
+            await wait_agent_online(rt, bob)
+            await ann_ws.close()  # a network blip ...
+            await asyncio.sleep(0.5)
+            assert await rt.store.owner(conv) == ann  # ... keeps the chat for a while
+            _, ann_back = await _console(rt, "ann@shop.test")  # back in time
+            await wait_agent_online(rt, ann)
+            await asyncio.sleep(2.0)
+            assert await rt.store.owner(conv) == ann
+            assert bob_ws.of_type("assigned") == []
+            await ann_back.close()  # gone for good
+            await bob_ws.wait_type("assigned", conversation_id=conv, timeout=6)
+            await visitor.wait_for(lambda f: f.get("type") == "assigned"
+                                   and f["agent"]["id"] == bob)
+            await _owner_is(rt, conv, bob)
+            for client in (visitor, bob_ws):
+                await client.close()
+
+    run(scenario())
+
+
+def test_the_last_agent_leaving_makes_the_chat_a_ticket(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with embedded(tmp_path, GENERAL_ONLY) as rt:
+            ann = add_agent(rt, "ann@shop.test")
+            _, ann_ws = await _console(rt, "ann@shop.test")
+            await wait_agent_online(rt, ann)
+            _, _, visitor = await new_visitor(rt)
+            conv = conversation_of(visitor)
+            await ann_ws.wait_type("assigned")
+            await ann_ws.send({"type": "status", "status": "offline"})
+            await visitor.wait_type("state", state="offline")
+            row = await rt.storage.conversations.get(conv)
+            assert row is not None and (row.state, row.agent_id) == ("offline", None)
+            ticket = await rt.storage.tickets.get(conv)
+            assert ticket is not None and ticket.status == "open"
+            # Back online: the ticket whose visitor is still here is routed like any other.
+            await ann_ws.send({"type": "status", "status": "online"})
+            await ann_ws.wait_type("assigned", conversation_id=conv)
+            await visitor.wait_type("state", state="assigned")
+            for client in (visitor, ann_ws):
+                await client.close()
+
+    run(scenario())
+
+
+def test_pool_transfer_moves_for_real_or_refuses(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with embedded(tmp_path, GENERAL_ONLY) as rt:
+            ann = add_agent(rt, "ann@shop.test")
+            _, ann_ws = await _console(rt, "ann@shop.test")
+            await wait_agent_online(rt, ann)
+            _, _, visitor = await new_visitor(rt)
+            conv = conversation_of(visitor)
+            await ann_ws.wait_type("assigned")
+            # Ann is the only one in the pool: refused, with a reason; the chat stays hers.
+            await ann_ws.send({"type": "transfer", "conversation_id": conv,
+                               "to_pool": "general"})
+            error = await ann_ws.wait_type("error", code="transfer_failed")
+            assert "nobody else" in error["message"]
+            assert await rt.store.owner(conv) == ann
+            assert ann_ws.of_type("unassigned") == []
+            await ann_ws.send({"type": "transfer", "conversation_id": conv,
+                               "to_pool": "nowhere"})
+            error = await ann_ws.wait_for(lambda f: f.get("type") == "error"
+                                          and "no pool" in f["message"])
+            # With Bob free, the chat moves to Bob for real.
+            bob = add_agent(rt, "bob@shop.test")
+            _, bob_ws = await _console(rt, "bob@shop.test")
+            await wait_agent_online(rt, bob)
+            await ann_ws.send({"type": "transfer", "conversation_id": conv,
+                               "to_pool": "general"})
+            await bob_ws.wait_type("assigned", conversation_id=conv)
+            await ann_ws.wait_type("unassigned", conversation_id=conv)
+            await visitor.wait_for(lambda f: f.get("type") == "assigned"
+                                   and f["agent"]["id"] == bob)
+            await _owner_is(rt, conv, bob)
+            assert [f for f in ann_ws.of_type("assigned") if f["conversation_id"] == conv
+                    ] == [ann_ws.of_type("assigned")[0]]  # never handed back to Ann
+            assert (await visitor.say("hello Bob"))["type"] == "ack"
+            await bob_ws.wait_type("message", body="hello Bob")
+            for client in (visitor, ann_ws, bob_ws):
+                await client.close()
 
     run(scenario())
