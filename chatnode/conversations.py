@@ -167,6 +167,11 @@ class Conversations:
             return conv
         owner = await self.store.owner(conv_id)
         if owner != principal.id and conv.agent_id != principal.id:
+            # A ticket (nobody could take it) is open to every agent of its pool (issue 13).
+            if conv.state == "offline" and owner is None:
+                agent = await self.storage.agents.get(principal.id)
+                if agent is not None and conv.pool in agent.pool_list:
+                    return conv
             raise ServiceError(403, "forbidden", "this conversation is not assigned to you")
         return conv
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from chatnode.accounts import Accounts
+from chatnode.assignments import Assignments
 from chatnode.connections import ConnectionState, Peer, VisitorSession
 from chatnode.conversations import MAX_SEQ, Conversations, relay_frame
 from chatnode.errors import ServiceError
@@ -87,6 +88,9 @@ class ChatService:
                                  clock=clock, notify=self.relay)
         self.conversations = Conversations(store=store, storage=storage, publish=self.publish,
                                            routing=routing, clock=clock)
+        self.assignments = Assignments(store=store, storage=storage, broker=broker,
+                                       publish=self.publish, routing=routing,
+                                       envelope_format=settings.envelope_format, clock=clock)
 
     # -- authentication (chatnode/accounts.py) ------------------------------------------------
     def principal(self, token: str | None, expected: str) -> Principal:
@@ -127,6 +131,61 @@ class ChatService:
                                                        phone=phone, tags=sorted(set(tags)),
                                                        locale=locale)
         return {"visitor_id": visitor_id, "token": self.tokens.visitor_token(visitor_id)}
+
+    async def visitor_contact(self, principal: Principal,
+                              body: dict[str, Any]) -> dict[str, Any]:
+        """The contact details a visitor leaves (the offline form): stored in the visitor's
+        encrypted fields, never in a message (issue 13)."""
+        allowed = {"name", "email", "phone"}
+        unknown = set(body) - allowed
+        if unknown or not body:
+            raise ServiceError(400, "invalid_body", "send any of name, email, phone"
+                               + (f"; unknown: {', '.join(sorted(unknown))}" if unknown else ""))
+        name, email, phone = body.get("name"), body.get("email"), body.get("phone")
+        if name is not None and (not isinstance(name, str) or len(name) > 120):
+            raise ServiceError(400, "invalid_field", "'name' must be a string of at most 120 "
+                               "characters")
+        if email is not None and (not isinstance(email, str) or len(email) > 254
+                                  or "@" not in email):
+            raise ServiceError(400, "invalid_field", "'email' must be an e-mail address")
+        if phone is not None and (not isinstance(phone, str) or not PHONE_RE.match(phone)):
+            raise ServiceError(400, "invalid_field", "'phone' must be a phone number: 3-32 of "
+                               "digits, spaces and + ( ) . -")
+        saved = await self.storage.visitors.update_contact(
+            principal.id, name=name.strip() if isinstance(name, str) else None, email=email,
+            phone=phone)
+        if not saved:
+            raise ServiceError(401, "invalid_token", "unknown visitor; create a new one with "
+                               "POST /api/v1/visitors")
+        return {"saved": sorted(k for k in allowed if body.get(k) is not None)}
+
+    # -- tickets -------------------------------------------------------------------------------
+    async def tickets(self, principal: Principal, *, status: str | None, limit: str | None,
+                      before_id: str | None) -> dict[str, Any]:
+        """Tickets (conversations nobody could take) of the caller's pools, newest first;
+        supervisors and admins see every pool. ``status``: open, pending, solved or all
+        (default open and pending)."""
+        choices = {None: ("open", "pending"), "open": ("open",), "pending": ("pending",),
+                   "solved": ("solved",), "all": ("open", "pending", "solved")}
+        if status not in choices:
+            raise ServiceError(400, "invalid_query", "'status' must be open, pending, solved "
+                               "or all")
+        page = bounded_int("limit", limit, 50, 1, AUDIT_PAGE_MAX) or 50
+        agent = await self.agent_for(principal)
+        rows = await self.storage.tickets.listing(
+            statuses=choices[status], pools=None if principal.is_supervisor else agent.pool_list,
+            limit=page, before_id=bounded_int("before_id", before_id, None, 1, 2**53 - 1))
+        visitors = await self.storage.visitors.many([t.visitor_id for t in rows])
+        out = []
+        for t in rows:
+            v = visitors.get(t.visitor_id)
+            out.append({"id": t.id, "conversation_id": t.conversation_id, "status": t.status,
+                        "assignee_id": t.assignee_id, "state": t.state, "pool": t.pool,
+                        "visitor": {"id": t.visitor_id, "name": v.name if v else "",
+                                    "email": v.email if v else None},
+                        "created_at": t.created_at, "updated_at": t.updated_at})
+        return {"tickets": out,
+                "next_before_id": rows[-1].id if len(rows) == page else None}
 
     # -- messages ----------------------------------------------------------------------------
     async def publish(self, event: InboundEvent | dict[str, Any]) -> None:
@@ -315,6 +374,8 @@ class ChatService:
                 if created:
                     await self._announce(session, peer)
             assert session.conversation_id is not None
+            if session.state == "offline":  # the visitor wrote last: the ticket is open
+                await self.storage.tickets.set_status(session.conversation_id, "open")
             return await self.take_seq(session.conversation_id, frame,
                                        visitor_id=session.visitor_id, sender_type="visitor",
                                        sender_id=session.visitor_id, name=session.name)
@@ -372,6 +433,10 @@ class ChatService:
         visitor_id, state = await self.conversations.for_agent(principal, conn.chats, conv_id)
         if frame.type in ("message", "note"):
             self.conversations.check_agent_may_write(frame.type, state)
+            if state == "offline" and frame.type == "message":
+                # A reply to a ticket: it waits for the visitor now, and is this agent's.
+                await self.storage.tickets.set_status(conv_id, "pending",
+                                                      assignee_id=principal.id)
             return await self.take_seq(conv_id, frame, visitor_id=visitor_id,
                                        sender_type="agent", sender_id=principal.id,
                                        name=conn.agent.name, private=frame.type == "note")

@@ -254,3 +254,110 @@ def test_pool_transfer_moves_for_real_or_refuses(tmp_path: Path) -> None:
                 await client.close()
 
     run(scenario())
+
+
+def test_tickets_take_and_assign(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with embedded(tmp_path, GENERAL_ONLY) as rt:
+            http = Http(rt)
+            ann = add_agent(rt, "ann@shop.test", max_chats=1)
+            bob = add_agent(rt, "bob@shop.test", max_chats=2)
+            add_agent(rt, "sue@shop.test", role="supervisor", pools=())
+            # Nobody online: the first message makes a ticket; the visitor leaves contact
+            # details in their own (encrypted) fields, not in the message.
+            visitor_id, v_token, visitor = await new_visitor(rt, opening=None)
+            assert visitor.of_type("hello")[-1]["available"] is False
+            assert (await visitor.say("Is the blue one back in stock?"))["seq"] == 1
+            await visitor.wait_type("state", state="offline")
+            conv = conversation_of(visitor)
+            status, saved = await http.request("POST", "/api/v1/visitors/contact",
+                                               {"name": "Li Lei", "email": "li@example.com"},
+                                               token=v_token)
+            assert (status, saved) == (200, {"saved": ["email", "name"]})
+            status, _ = await http.request("POST", "/api/v1/visitors/contact",
+                                           {"email": "nope"}, token=v_token)
+            assert status == 400
+            stored = await rt.storage.visitors.get(visitor_id)
+            assert stored is not None and stored.email == "li@example.com"
+            assert stored.email_enc and "li@example.com" not in stored.email_enc
+            await visitor.close()
+
+            ann_token, ann_ws = await _console(rt, "ann@shop.test")
+            await wait_agent_online(rt, ann)
+            status, data = await http.request("GET", "/api/v1/tickets", token=ann_token)
+            assert status == 200, data
+            [ticket] = data["tickets"]
+            assert (ticket["conversation_id"], ticket["status"], ticket["state"]) == (
+                conv, "open", "offline")
+            assert ticket["visitor"] == {"id": visitor_id, "name": "Li Lei",
+                                         "email": "li@example.com"}
+            # A reply from the console, with the visitor gone: stored, the ticket pending.
+            reply = await ann_ws.say("Yes, since Monday", conversation_id=conv)
+            assert reply["type"] == "ack" and reply["seq"] == 2, reply
+            t = await rt.storage.tickets.get(conv)
+            assert t is not None and (t.status, t.assignee_id) == ("pending", ann)
+            status, data = await http.request("GET", "/api/v1/tickets?status=bogus",
+                                              token=ann_token)
+            assert status == 400
+
+            # Take: 200 for Ann, then 409 for Bob (someone else was faster).
+            status, data = await http.request("POST", f"/api/v1/conversations/{conv}/take",
+                                              token=ann_token)
+            assert (status, data) == (200, {"conversation_id": conv, "state": "assigned",
+                                            "agent_id": ann})
+            await ann_ws.wait_type("assigned", conversation_id=conv)
+            bob_token, bob_ws = await _console(rt, "bob@shop.test")
+            await wait_agent_online(rt, bob)
+            status, data = await http.request("POST", f"/api/v1/conversations/{conv}/take",
+                                              token=bob_token)
+            assert (status, data["error"]["code"]) == (409, "taken")
+            status, _ = await http.request("POST", "/api/v1/conversations/ffff/take",
+                                           token=bob_token)
+            assert status == 404
+
+            # Assign: supervisors only; to an agent at once, 409 when they are full.
+            status, _ = await http.request("POST", f"/api/v1/conversations/{conv}/assign",
+                                           {"agent_id": bob}, token=ann_token)
+            assert status == 403
+            sue_token, sue_ws = await _console(rt, "sue@shop.test")
+            status, data = await http.request("POST", f"/api/v1/conversations/{conv}/assign",
+                                              {"agent_id": bob}, token=sue_token)
+            assert (status, data["agent_id"]) == (200, bob), data
+            await bob_ws.wait_type("assigned", conversation_id=conv)
+            await ann_ws.wait_type("unassigned", conversation_id=conv)
+            assert await rt.store.owner(conv) == bob
+            status, data = await http.request("POST", f"/api/v1/conversations/{conv}/assign",
+                                              {"agent_id": "999"}, token=sue_token)
+            assert status == 404
+            status, data = await http.request("POST", f"/api/v1/conversations/{conv}/assign",
+                                              {"agent_id": bob, "pool": "general"},
+                                              token=sue_token)
+            assert status == 400
+            # A waiting chat: Ann is free again, takes one; Bob's second slot fills; the next
+            # visitor waits, and the supervisor (no pool of hers) can still take it.
+            _, _, second = await new_visitor(rt)
+            await ann_ws.wait_type("assigned", conversation_id=conversation_of(second))
+            _, _, third = await new_visitor(rt)
+            await bob_ws.wait_type("assigned", conversation_id=conversation_of(third))
+            _, _, fourth = await new_visitor(rt)
+            await fourth.wait_type("queue", position=1)
+            status, data = await http.request("POST", f"/api/v1/conversations/{conv}/assign",
+                                              {"agent_id": ann}, token=sue_token)
+            assert (status, data["error"]["code"]) == (409, "no_free_slot")
+            await sue_ws.send({"type": "status", "status": "online"})
+            await wait_agent_online(rt, sue_ws_id := str(
+                (await rt.storage.agents.by_email("sue@shop.test")).id))  # type: ignore[union-attr]
+            conv4 = conversation_of(fourth)
+            status, data = await http.request("POST", f"/api/v1/conversations/{conv4}/take",
+                                              token=sue_token)
+            assert (status, data["agent_id"]) == (200, sue_ws_id), data
+            await fourth.wait_type("assigned")
+            assert await rt.store.waiting("general") == []
+            # Assigning to a pool goes to the routers (202); Bob is the only other free one.
+            status, data = await http.request("POST", f"/api/v1/conversations/{conv4}/assign",
+                                              {"pool": "general"}, token=sue_token)
+            assert status == 202, data
+            for client in (second, third, fourth, ann_ws, bob_ws, sue_ws):
+                await client.close()
+
+    run(scenario())

@@ -58,6 +58,19 @@ class TicketRepository:
 
         return await self._db.run(work)
 
+    async def set_assignee(self, conv_id: str, agent_id: str) -> bool:
+        """Who answers the conversation's ticket now (it keeps its status); False when the
+        conversation has no ticket."""
+
+        def work() -> bool:
+            main = self._db.main
+            ticket = main["Ticket"]
+            with main.db.connection_context():
+                return bool(ticket.update(assignee_id=agent_id, updated_at=time.time())
+                            .where(ticket.conversation_id == conv_id).execute())
+
+        return await self._db.run(work)
+
     async def listing(self, *, statuses: Sequence[str] = ("open", "pending"),
                       pools: Sequence[str] | None = None, limit: int = 50,
                       before_id: int | None = None) -> list[TicketView]:
