@@ -361,3 +361,45 @@ def test_tickets_take_and_assign(tmp_path: Path) -> None:
                 await client.close()
 
     run(scenario())
+
+
+def test_a_chat_whose_visitor_left_closes_itself_after_a_quiet_while(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with embedded(tmp_path, GENERAL_ONLY, idle_close_s=60) as rt:
+            router = rt.router
+            assert router is not None
+            ann = add_agent(rt, "ann@shop.test", max_chats=3)
+            _, ann_ws = await _console(rt, "ann@shop.test")
+            await wait_agent_online(rt, ann)
+            _, _, leaver = await new_visitor(rt, locale="zh-CN")
+            _, _, stayer = await new_visitor(rt)
+            gone, here = conversation_of(leaver), conversation_of(stayer)
+            for conv in (gone, here):
+                await ann_ws.wait_type("assigned", conversation_id=conv)
+            await leaver.close()
+            await asyncio.sleep(0.2)
+            assert await router.lifecycle.sweep_idle() == 0  # not quiet long enough yet
+            real = router.clock
+            router.clock = lambda: real() + 70  # later (within the presence TTL of 90 s)
+            try:
+                assert await router.lifecycle.sweep_idle() == 1
+                assert await router.lifecycle.sweep_idle() == 0  # once, whichever router
+            finally:
+                router.clock = real
+            note = await ann_ws.wait_for(lambda f: f.get("type") == "message"
+                                         and f["conversation_id"] == gone
+                                         and f["from"] == "system")
+            assert note["body"] == "访客已离开，本次对话已自动关闭。如需帮助，请再次发送消息。"
+            assert note["seq"] == 2
+            await ann_ws.wait_type("closed", conversation_id=gone)
+            row = await rt.storage.conversations.get(gone)
+            assert row is not None and row.state == "closed"
+            assert await rt.store.owner(gone) is None and await rt.store.owner(here) == ann
+            load = await rt.store.agent_get(ann)
+            assert load is not None and load.open_chats == 1
+            history = await rt.storage.messages.page(gone, after_seq=0)
+            assert [(m.seq, m.from_) for m in history] == [(1, "visitor"), (2, "system")]
+            for client in (stayer, ann_ws):
+                await client.close()
+
+    run(scenario())
