@@ -92,7 +92,7 @@ class ChatNode:
             settings=settings, broker=broker, store=store, storage=storage,
             tokens=TokenService(settings.jwt_secret, settings.access_token_ttl_s,
                                 settings.refresh_token_ttl_s, settings.visitor_token_ttl_s),
-            clock=clock)
+            clock=clock, routing=routing)
         self.started = False
         self.draining = False
         self.inflight: set[asyncio.Future[Any]] = set()

@@ -25,10 +25,11 @@ SEEN_PER_CONNECTION = 2000
 @dataclass
 class VisitorSession:
     """The visitor's open conversation as this connection knows it. ``state`` follows the
-    ``state`` frames the routers send, so a message needs no database read."""
+    ``state`` frames the routers send, so a message needs no database read. A visitor who has
+    not written yet has no conversation: ``conversation_id`` None, ``state`` ``"new"``."""
 
     visitor_id: str
-    conversation_id: str
+    conversation_id: str | None
     state: str
     pool: str
     locale: str
@@ -49,6 +50,7 @@ class ConnectionState:
     # assigned); with the store's owner check they let an agent write without a database read.
     chats: dict[str, str] = field(default_factory=dict)
     registered: bool = False  # in the Hub and in presence: frames are accepted
+    signed_out: bool = False  # agents only: closed because the sign-in ended (issue 13)
     # The (conversation, seq) of the messages sent on this connection, oldest first.
     shown: OrderedDict[tuple[str, int], None] = field(default_factory=OrderedDict)
     # Recovery, then join (docs/protocol.md, "Resume order"): live message frames wait in

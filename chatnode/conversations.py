@@ -8,6 +8,7 @@ conversations``); handlers reach it through the service. Every method raises
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,6 +30,7 @@ from tidedesk.frames import (
     frame_dicts,
     visitor_summary,
 )
+from tidedesk.routing_rules import RoutingConfig
 from tidedesk.storage import Storage
 from tidedesk.store import Store
 
@@ -49,29 +51,61 @@ def relay_frame(data: dict[str, Any], conv_id: str, sender: Sender) -> dict[str,
 
 class Conversations:
     def __init__(self, *, store: Store, storage: Storage,
-                 publish: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+                 publish: Callable[[dict[str, Any]], Awaitable[None]],
+                 routing: RoutingConfig | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.storage = storage
         self.publish = publish
+        self.routing = routing
+        self.clock = clock
 
     # -- visitors ------------------------------------------------------------------------------
-    async def open_visitor_session(self, visitor_id: str) -> tuple[VisitorSession, bool]:
+    async def open_visitor_session(self, visitor_id: str, *,
+                                   create: bool = False) -> tuple[VisitorSession, bool]:
         """The visitor's open conversation, and whether it was created now (then the caller
-        announces it with :meth:`announce_opened`). The visitor's session is the signed token
-        plus this row: nothing else is kept for it."""
+        announces it with :meth:`announce_opened`). Without ``create`` (a socket connecting)
+        a visitor with no open conversation gets a session in state ``new`` and none is made:
+        the first message makes it (``create=True``), so opening the widget takes no agent
+        slot. The visitor's session is the signed token plus this row: nothing else is kept
+        for it."""
         visitor = await self.storage.visitors.get(visitor_id)
         if visitor is None:
             raise ServiceError(401, "invalid_token", "unknown visitor; create a new one with "
                                "POST /api/v1/visitors")
-        conv, created = await self.storage.conversations.current_for_visitor(visitor_id)
+        if not create:
+            found = await self.storage.conversations.open_for_visitor(visitor_id)
+            if found is None:
+                return VisitorSession(visitor_id, None, "new", "", visitor.locale,
+                                      visitor.name, visitor.tag_list), False
+            conv, created = found, False
+        else:
+            conv, created = await self.storage.conversations.current_for_visitor(visitor_id)
         if created:
             await self.store.seed_seq(conv.id, 0)
         return VisitorSession(visitor_id, conv.id, conv.state, conv.pool, visitor.locale,
                               visitor.name, visitor.tag_list), created
 
+    async def available(self, tags: tuple[str, ...]) -> bool | None:
+        """Whether someone could answer the visitor now: an agent of their rule's pool (or its
+        fallback) online or away, within business hours. None when this node has no routing
+        rules to tell (then the widget learns it from the first message's routing)."""
+        routing = self.routing
+        if routing is None:
+            return None
+        if not routing.is_open(self.clock()):
+            return False
+        rule = routing.rule_for(tags)
+        pools = [rule.pool] + ([rule.fallback] if rule.fallback else [])
+        for pool in pools:
+            if any(a.status in ("online", "away") for a in await self.store.agents_in_pool(pool)):
+                return True
+        return False
+
     async def announce_opened(self, session: VisitorSession) -> None:
         """Ask the routers for an agent. Call after the visitor's presence is registered and
         hello is sent, so the routing answer can neither get lost nor overtake hello."""
+        assert session.conversation_id is not None
         await self.publish({"kind": "opened", "conversation_id": session.conversation_id,
                             "visitor_id": session.visitor_id, "tags": list(session.tags)})
 
@@ -92,6 +126,11 @@ class Conversations:
         """Send hello, then the queue position or the agent; True if the chat is in a queue.
         Each frame is sent as soon as it is known, so hello goes out before any await that
         would let a routing answer overtake it."""
+        if session.conversation_id is None:
+            send(frame_dict(VisitorHelloFrame(
+                visitor_id=session.visitor_id, conversation_id=None, last_seq=0, state="new",
+                available=await self.available(session.tags))))
+            return False
         send(frame_dict(VisitorHelloFrame(
             visitor_id=session.visitor_id, conversation_id=session.conversation_id,
             last_seq=await self.last_seq(session.conversation_id), state=session.state)))
@@ -128,6 +167,11 @@ class Conversations:
             return conv
         owner = await self.store.owner(conv_id)
         if owner != principal.id and conv.agent_id != principal.id:
+            # A ticket (nobody could take it) is open to every agent of its pool (issue 13).
+            if conv.state == "offline" and owner is None:
+                agent = await self.storage.agents.get(principal.id)
+                if agent is not None and conv.pool in agent.pool_list:
+                    return conv
             raise ServiceError(403, "forbidden", "this conversation is not assigned to you")
         return conv
 

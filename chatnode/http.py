@@ -290,6 +290,34 @@ class MessagesHandler(JsonHandler):
             limit=self.get_query_argument("limit", None))})
 
 
+class TakeHandler(JsonHandler):
+    async def post(self, conv_id: str) -> None:
+        logs.bind(conversation_id=conv_id)
+        self.write_json(await self.service.assignments.take(self.agent(), conv_id))
+
+
+class AssignHandler(JsonHandler):
+    async def post(self, conv_id: str) -> None:
+        logs.bind(conversation_id=conv_id)
+        status, answer = await self.service.assignments.assign(self.agent(), conv_id,
+                                                               self.json_body())
+        self.write_json(answer, status)
+
+
+class TicketsHandler(JsonHandler):
+    async def get(self) -> None:
+        self.write_json(await self.service.tickets(
+            self.agent(), status=self.get_query_argument("status", None),
+            limit=self.get_query_argument("limit", None),
+            before_id=self.get_query_argument("before_id", None)))
+
+
+class VisitorContactHandler(JsonHandler):
+    async def post(self) -> None:
+        assert self.principal is not None
+        self.write_json(await self.service.visitor_contact(self.principal, self.json_body()))
+
+
 class AgentsHandler(JsonHandler):
     async def get(self) -> None:
         self.write_json({"agents": await self.service.agents_overview()})

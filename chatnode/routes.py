@@ -104,6 +104,10 @@ _VISITOR_CREATED = json_response({"type": "object", "required": ["visitor_id", "
                                   "properties": {"visitor_id": {"type": "string"},
                                                  "token": {"type": "string"}}}, "created")
 
+_ASSIGNED = {"type": "object", "required": ["conversation_id", "state", "agent_id"],
+             "properties": {"conversation_id": {"type": "string"},
+                            "state": {"enum": ["assigned"]}, "agent_id": {"type": "string"}}}
+
 ROUTES: tuple[Route, ...] = (
     # The chat node's own probes (not tidedesk.probes: these carry X-Request-ID and count in
     # the HTTP metrics); not rate limited, so scrapes are never refused.
@@ -170,6 +174,41 @@ ROUTES: tuple[Route, ...] = (
                   {"name": "before_seq", "in": "query", "schema": {"type": "integer"},
                    "description": "scroll back: the newest `limit` messages before this seq"},
                   _LIMIT))),
+    # issue 13: the conversation lifecycle
+    Route("/api/v1/conversations/{id}/take", http.TakeHandler, params={"id": CONVERSATION_ID},
+          post=Operation(
+              AGENTS, "take a waiting or offline chat of one of your pools",
+              {"200": json_response(_ASSIGNED, "the caller owns it now"),
+               **error_responses(401, 403, 404, 409)},
+              parameters=(_id_param(),))),
+    Route("/api/v1/conversations/{id}/assign", http.AssignHandler,
+          params={"id": CONVERSATION_ID}, post=Operation(
+              SUPERVISORS, "move a chat to an agent (at once) or a pool (by the routers)",
+              {"200": json_response(_ASSIGNED, "the agent owns it now"),
+               "202": json_response(OBJECT, "handed to the routers for that pool"),
+               **error_responses(400, 401, 403, 404, 409)},
+              json_content({"type": "object", "additionalProperties": False, "properties": {
+                  "agent_id": {"type": "string"}, "pool": {"type": "string"}}}),
+              parameters=(_id_param(),))),
+    Route("/api/v1/tickets", http.TicketsHandler, get=Operation(
+        AGENTS, "tickets (offline conversations) of your pools, newest first",
+        {"200": json_response({"type": "object", "properties": {
+            "tickets": {"type": "array", "items": OBJECT},
+            "next_before_id": {"type": ["integer", "null"]}}}, "tickets"),
+         **error_responses(400, 401)},
+        parameters=(
+            {"name": "status", "in": "query",
+             "schema": {"enum": ["open", "pending", "solved", "all"]},
+             "description": "default: open and pending"},
+            _LIMIT,
+            {"name": "before_id", "in": "query", "schema": {"type": "integer", "minimum": 1}}))),
+    Route("/api/v1/visitors/contact", http.VisitorContactHandler, post=Operation(
+        VISITOR, "the visitor leaves contact details (stored encrypted)",
+        {"200": json_response(OBJECT, "saved"), **error_responses(400, 401)},
+        json_content({"type": "object", "additionalProperties": False, "properties": {
+            "name": {"type": "string", "maxLength": 120},
+            "email": {"type": "string", "format": "email"},
+            "phone": {"type": "string", "pattern": "^\\+?[0-9 ().\\-]{3,32}$"}}}))),
     Route("/api/v1/agents", http.AgentsHandler, get=Operation(
         AGENTS, "agents with status and load",
         {"200": json_response(OBJECT, "agents"), **error_responses(401)})),

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from chatnode.accounts import Accounts
+from chatnode.assignments import Assignments
 from chatnode.connections import ConnectionState, Peer, VisitorSession
 from chatnode.conversations import MAX_SEQ, Conversations, relay_frame
 from chatnode.errors import ServiceError
@@ -77,7 +78,8 @@ class PendingMessage:
 
 class ChatService:
     def __init__(self, *, settings: Settings, broker: Broker, store: Store, storage: Storage,
-                 tokens: TokenService, clock: Callable[[], float] = time.time) -> None:
+                 tokens: TokenService, clock: Callable[[], float] = time.time,
+                 routing: RoutingConfig | None = None) -> None:
         self.settings = settings
         self.broker = broker
         self.store = store
@@ -88,7 +90,11 @@ class ChatService:
         self._encode = inbound_encoder(settings.envelope_format)
         self.accounts = Accounts(settings=settings, store=store, storage=storage, tokens=tokens,
                                  clock=clock, notify=self.relay)
-        self.conversations = Conversations(store=store, storage=storage, publish=self.publish)
+        self.conversations = Conversations(store=store, storage=storage, publish=self.publish,
+                                           routing=routing, clock=clock)
+        self.assignments = Assignments(store=store, storage=storage, broker=broker,
+                                       publish=self.publish, routing=routing,
+                                       envelope_format=settings.envelope_format, clock=clock)
 
     # -- authentication (chatnode/accounts.py) ------------------------------------------------
     def principal(self, token: str | None, expected: str) -> Principal:
@@ -129,6 +135,61 @@ class ChatService:
                                                        phone=phone, tags=sorted(set(tags)),
                                                        locale=locale)
         return {"visitor_id": visitor_id, "token": self.tokens.visitor_token(visitor_id)}
+
+    async def visitor_contact(self, principal: Principal,
+                              body: dict[str, Any]) -> dict[str, Any]:
+        """The contact details a visitor leaves (the offline form): stored in the visitor's
+        encrypted fields, never in a message (issue 13)."""
+        allowed = {"name", "email", "phone"}
+        unknown = set(body) - allowed
+        if unknown or not body:
+            raise ServiceError(400, "invalid_body", "send any of name, email, phone"
+                               + (f"; unknown: {', '.join(sorted(unknown))}" if unknown else ""))
+        name, email, phone = body.get("name"), body.get("email"), body.get("phone")
+        if name is not None and (not isinstance(name, str) or len(name) > 120):
+            raise ServiceError(400, "invalid_field", "'name' must be a string of at most 120 "
+                               "characters")
+        if email is not None and (not isinstance(email, str) or len(email) > 254
+                                  or "@" not in email):
+            raise ServiceError(400, "invalid_field", "'email' must be an e-mail address")
+        if phone is not None and (not isinstance(phone, str) or not PHONE_RE.match(phone)):
+            raise ServiceError(400, "invalid_field", "'phone' must be a phone number: 3-32 of "
+                               "digits, spaces and + ( ) . -")
+        saved = await self.storage.visitors.update_contact(
+            principal.id, name=name.strip() if isinstance(name, str) else None, email=email,
+            phone=phone)
+        if not saved:
+            raise ServiceError(401, "invalid_token", "unknown visitor; create a new one with "
+                               "POST /api/v1/visitors")
+        return {"saved": sorted(k for k in allowed if body.get(k) is not None)}
+
+    # -- tickets -------------------------------------------------------------------------------
+    async def tickets(self, principal: Principal, *, status: str | None, limit: str | None,
+                      before_id: str | None) -> dict[str, Any]:
+        """Tickets (conversations nobody could take) of the caller's pools, newest first;
+        supervisors and admins see every pool. ``status``: open, pending, solved or all
+        (default open and pending)."""
+        choices = {None: ("open", "pending"), "open": ("open",), "pending": ("pending",),
+                   "solved": ("solved",), "all": ("open", "pending", "solved")}
+        if status not in choices:
+            raise ServiceError(400, "invalid_query", "'status' must be open, pending, solved "
+                               "or all")
+        page = bounded_int("limit", limit, 50, 1, AUDIT_PAGE_MAX) or 50
+        agent = await self.agent_for(principal)
+        rows = await self.storage.tickets.listing(
+            statuses=choices[status], pools=None if principal.is_supervisor else agent.pool_list,
+            limit=page, before_id=bounded_int("before_id", before_id, None, 1, 2**53 - 1))
+        visitors = await self.storage.visitors.many([t.visitor_id for t in rows])
+        out = []
+        for t in rows:
+            v = visitors.get(t.visitor_id)
+            out.append({"id": t.id, "conversation_id": t.conversation_id, "status": t.status,
+                        "assignee_id": t.assignee_id, "state": t.state, "pool": t.pool,
+                        "visitor": {"id": t.visitor_id, "name": v.name if v else "",
+                                    "email": v.email if v else None},
+                        "created_at": t.created_at, "updated_at": t.updated_at})
+        return {"tickets": out,
+                "next_before_id": rows[-1].id if len(rows) == page else None}
 
     # -- messages ----------------------------------------------------------------------------
     async def publish(self, event: InboundEvent | dict[str, Any]) -> None:
@@ -202,10 +263,12 @@ class ChatService:
             log.info("ephemeral frame dropped: broker unavailable", extra={"to": who})
 
     # -- agents ------------------------------------------------------------------------------
-    async def agent_status(self, agent: Any, status: str) -> None:
+    async def agent_status(self, agent: Any, status: str, *, give_back: bool = False) -> None:
+        """Tell the routers an agent's status. ``give_back``: the agent signed out or chose
+        ``offline``, so their open chats go to others at once (issue 13)."""
         await self.publish({"kind": "agent_status", "agent_id": str(agent.id), "status": status,
                             "pools": list(agent.pool_list), "max_chats": agent.max_chats,
-                            "name": agent.name})
+                            "name": agent.name, "give_back": give_back})
 
     async def agents_overview(self) -> list[dict[str, Any]]:
         out = []
@@ -299,8 +362,11 @@ class ChatService:
         await self._present(conn)
         waiting = await self.conversations.visitor_hello(session, peer.send)
         # A queued chat that is in no queue was never announced (say the broker was down when
-        # it was created): announcing is idempotent, so ask again.
-        if created or (session.state == "queued" and not waiting):
+        # it was created): announcing is idempotent, so ask again. An offline one (a ticket) is
+        # routed again now that its visitor is back, in case an agent came online meanwhile.
+        if session.conversation_id is not None and (
+                created or session.state == "offline"
+                or (session.state == "queued" and not waiting)):
             await self._announce(session, peer)
 
     async def visitor_frame(self, conn: ConnectionState, frame: wire.Frame,
@@ -313,17 +379,29 @@ class ChatService:
         if frame.type != "resume":
             self.end_join(conn, peer)
         if frame.type == "message":
-            if session.state == "closed":
-                # The agent closed the chat: writing again starts a new conversation.
+            # (Another tab's first message may have opened one: its state frames reach this
+            # socket too, so the conversation id is what tells.)
+            if session.conversation_id is None or session.state in ("new", "closed"):
+                # The first message opens the conversation (issue 13); after the agent closed
+                # the chat, writing again starts a new one. hello goes out first, so the
+                # widget knows the conversation before the ack and the routing answer.
                 conn.session, created = await self.conversations.open_visitor_session(
-                    session.visitor_id)
+                    session.visitor_id, create=True)
                 session = conn.session
+                logs.bind(conversation_id=session.conversation_id)
                 await self.conversations.visitor_hello(session, peer.send)
                 if created:
                     await self._announce(session, peer)
+            assert session.conversation_id is not None
+            if session.state == "offline":  # the visitor wrote last: the ticket is open
+                await self.storage.tickets.set_status(session.conversation_id, "open")
             return await self.take_seq(session.conversation_id, frame,
                                        visitor_id=session.visitor_id, sender_type="visitor",
                                        sender_id=session.visitor_id, name=session.name)
+        if session.conversation_id is None:  # nothing to resume, nobody to tell
+            if frame.type == "ping":
+                peer.send(PONG_FRAME.copy())
+            return None
         if frame.type == "resume":
             await self._resume(session.conversation_id, frame.data["after_seq"], False, peer,
                                conn)
@@ -366,7 +444,8 @@ class ChatService:
             peer.send(PONG_FRAME.copy())
             return None
         if frame.type == "status":
-            await self.agent_status(conn.agent, frame.data["status"])
+            status = frame.data["status"]
+            await self.agent_status(conn.agent, status, give_back=status == "offline")
             return None
         conv_id = frame.conversation_id
         assert conv_id is not None  # parse_frame requires it for every other type
@@ -374,6 +453,10 @@ class ChatService:
         visitor_id, state = await self.conversations.for_agent(principal, conn.chats, conv_id)
         if frame.type in ("message", "note"):
             self.conversations.check_agent_may_write(frame.type, state)
+            if state == "offline" and frame.type == "message":
+                # A reply to a ticket: it waits for the visitor now, and is this agent's.
+                await self.storage.tickets.set_status(conv_id, "pending",
+                                                      assignee_id=principal.id)
             return await self.take_seq(conv_id, frame, visitor_id=visitor_id,
                                        sender_type="agent", sender_id=principal.id,
                                        name=conn.agent.name, private=frame.type == "note")
@@ -392,9 +475,16 @@ class ChatService:
         """After a registered socket closed: presence, and an agent's last socket going
         offline."""
         remaining = await self.store.presence_remove(conn.who, conn.conn_id)
+        if conn.role == "visitor" and remaining == 0 and conn.principal is not None:
+            # When the visitor's last socket went (the idle close waits that long after it).
+            now = self.clock()
+            await self.store.kv_set(f"visitor-gone:{conn.principal.id}", repr(now),
+                                    2 * self.settings.idle_close_s, now)
         if conn.role == "agent" and remaining == 0:
             try:
-                await self.agent_status(conn.agent, "offline")
+                # A console that went away keeps its chats for the grace period; one whose
+                # sign-in ended gives them back now.
+                await self.agent_status(conn.agent, "offline", give_back=conn.signed_out)
             except Unavailable:
                 assert conn.principal is not None
                 log.warning("could not mark agent offline", extra={"agent": conn.principal.id})

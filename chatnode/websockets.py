@@ -213,6 +213,8 @@ class AgentSocket(_Socket):
             principal = state.principal if state is not None else None
             ended = session_end_applies(principal, frame) if principal is not None else None
             if ended is not None:
+                if state is not None and ended[0] == "token_revoked":
+                    state.signed_out = True  # signed out: its chats are given back at once
                 self.fail(*ended, close_code=wire.CLOSE_NOT_AUTHENTICATED)
             return
         super().send(frame)

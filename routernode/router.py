@@ -28,6 +28,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from routernode.lifecycle import Lifecycle
 from routernode.routing import anyone_online, choose_agent, fallback_due
 from tidedesk import logs, metrics
 from tidedesk.broker import INBOUND_QUEUE, Broker, Envelope
@@ -160,7 +161,8 @@ class Router:
     def __init__(self, *, broker: Broker, store: Store, storage: Storage,
                  routing: RoutingConfig, max_waiting_per_pool: int = 500,
                  prefetch: int = 200, clock: Callable[[], float] = time.time,
-                 envelope_format: str = "binary") -> None:
+                 envelope_format: str = "binary", agent_grace_s: float = 30.0,
+                 idle_close_s: float = 1800.0) -> None:
         self.broker = broker
         self.store = store
         self.storage = storage
@@ -175,6 +177,8 @@ class Router:
         self.started = False
         self._visitor_of: dict[str, str] = {}
         self._sent_position: dict[str, int] = {}
+        # Give-back on leave, pool transfers, tickets, idle close (routernode/lifecycle.py).
+        self.lifecycle = Lifecycle(self, grace_s=agent_grace_s, idle_close_s=idle_close_s)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -295,6 +299,8 @@ class Router:
         await self.store.agent_update(agent_id, status=event.status, pools=pools,
                                       max_chats=event.max_chats, name=event.name,
                                       now=self.clock())
+        if event.status == "offline" and event.give_back:
+            await self.lifecycle.agent_left(agent_id)  # signed out or chose offline
         if event.status != "online":
             return
         # Chats the database gives this agent but the store forgot (store restart) are theirs.
@@ -303,6 +309,7 @@ class Router:
                 await self.store.claim(conv.id, agent_id, self.clock())
         for pool in pools:
             await self.drain(pool)
+        await self.lifecycle.route_tickets(pools)
 
     async def on_close(self, event: CloseEvent) -> None:
         conv_id = event.conversation_id
@@ -312,6 +319,7 @@ class Router:
         owner = await self.store.release(conv_id)
         await self.store.dequeue(conv.pool, conv_id)
         await self.storage.conversations.update(conv_id, state="closed")
+        await self.lifecycle.closed(conv_id)
         self._forget(conv_id)
         await self.store.drop_client_ids(conv_id)  # bounded memory; the database remembers
         await self.storage.audit.record(event.by, "conversation.close", conv_id)
@@ -339,19 +347,26 @@ class Router:
                     message="that agent is not online or has no free slot; pick another "
                             "agent or transfer to a pool"))
                 return
-            await self.store.release(conv_id)
-            if not await self.store.claim(conv_id, to_agent, self.clock()):
-                if old is not None:
-                    await self.store.claim(conv_id, old, self.clock())
+            # One atomic move (issue 13): the chat is never ownerless in between.
+            if old is not None:
+                moved = await self.store.handover(conv_id, old, to_agent,
+                                                  self.clock()) == "moved"
+            else:
+                moved = await self.store.claim(conv_id, to_agent, self.clock())
+                if moved:
+                    await self.store.dequeue(conv.pool, conv_id)
+            if not moved:
                 await self.deliver(f"agent:{by}", ErrorFrame(code="transfer_failed",
                                                               message="the agent became busy; "
                                                                       "try again"))
                 return
             await self._announce_assignment(conv_id, conv.visitor_id, to_agent, conv.pool)
         else:
-            await self.store.release(conv_id)
-            await self.route(conv_id, conv.visitor_id, str(to_pool),
-                             vip=await self._is_vip(conv.visitor_id), fallback=None)
+            # Moves the chat for real (never back to the same agent) or refuses with a reason.
+            await self.lifecycle.transfer_to_pool(conv, by, str(to_pool))
+            await self.storage.audit.record(by, "conversation.transfer", conv_id,
+                                            {"from": old, "to_pool": to_pool})
+            return
         await self.storage.audit.record(by, "conversation.transfer", conv_id,
                                  {"from": old, "to_agent": to_agent, "to_pool": to_pool})
         if old is not None and old != to_agent:
@@ -485,6 +500,7 @@ class Router:
                     await self.route(conv_id, visitor_id, target,
                                      vip=await self._is_vip(visitor_id), fallback=None)
             await self.drain(pool)
+        await self.lifecycle.tick()
 
     async def _tick_loop(self) -> None:
         ticks = 0

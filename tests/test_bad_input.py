@@ -183,7 +183,7 @@ def test_history_access_rules(tmp_path: Path) -> None:
             gus = await agent_socket(rt, "gus@shop.test")
             await wait_agent_online(rt, gus_id)
             _, v_token, visitor = await new_visitor(rt)
-            conv_id = visitor.of_type("hello")[0]["conversation_id"]
+            conv_id = visitor.of_type("hello")[-1]["conversation_id"]
             await gus.wait_type("assigned")
             await visitor.say("hi")
             _, other_token, other = await new_visitor(rt)

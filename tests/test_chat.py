@@ -28,17 +28,21 @@ def test_visitor_agent_round_trip(tmp_path: Path) -> None:
             ann = add_agent(rt, "ann@shop.test")
             agent = await agent_socket(rt, "ann@shop.test")
             await wait_agent_online(rt, ann)
-            visitor_id, _, visitor = await new_visitor(rt, name="Vera")
-            hello = visitor.of_type("hello")[0]
+            visitor_id, _, visitor = await new_visitor(rt, name="Vera", opening=None)
+            assert visitor.of_type("hello") == [{
+                "type": "hello", "visitor_id": visitor_id, "conversation_id": None,
+                "last_seq": 0, "state": "new", "available": True}]
+            # The first message opens the conversation: a new hello names it before the ack.
+            ack = await visitor.say("Hello, is my order shipped?")
+            assert ack == {"type": "ack", "id": ack["id"], "seq": 1}
+            hello = visitor.of_type("hello")[-1]
             conv_id = hello["conversation_id"]
-            assert hello["last_seq"] == 0
+            assert conv_id and hello["state"] == "queued" and hello["last_seq"] == 0
+            assert visitor.frames.index(hello) < visitor.frames.index(ack)
             assigned = await agent.wait_type("assigned")
             assert assigned["conversation_id"] == conv_id
             assert assigned["visitor"]["name"] == "Vera"
             await visitor.wait_type("assigned")
-
-            ack = await visitor.say("Hello, is my order shipped?")
-            assert ack == {"type": "ack", "id": ack["id"], "seq": 1}
             got = await agent.wait_type("message", seq=1)
             assert got["body"] == "Hello, is my order shipped?"
             assert got["from"] == "visitor" and got["conversation_id"] == conv_id
@@ -74,7 +78,7 @@ def test_repeated_client_id_is_stored_once_with_the_same_ack(tmp_path: Path) -> 
             agent = await agent_socket(rt, "bo@shop.test")
             await wait_agent_online(rt, bo)
             _, _, visitor = await new_visitor(rt)
-            conv_id = visitor.of_type("hello")[0]["conversation_id"]
+            conv_id = visitor.of_type("hello")[-1]["conversation_id"]
             first = await visitor.say("only once", client_id="dup-1")
             visitor.frames.clear()
             again = await visitor.say("only once", client_id="dup-1")
@@ -82,7 +86,7 @@ def test_repeated_client_id_is_stored_once_with_the_same_ack(tmp_path: Path) -> 
             later = await visitor.say("next")
             assert later["seq"] == first["seq"] + 1
             await agent.wait_type("message", seq=later["seq"])
-            assert await rt.storage.messages.count(conv_id) == 2
+            assert await rt.storage.messages.count(conv_id) == 3  # the opening message + 2
             # The agent saw the duplicated message once.
             assert len([f for f in agent.of_type("message") if f["id"] == "dup-1"]) == 1
             await visitor.close()
@@ -98,7 +102,7 @@ def test_reconnect_with_resume_gets_exactly_the_missed_messages(tmp_path: Path) 
             agent = await agent_socket(rt, "cy@shop.test")
             await wait_agent_online(rt, cy)
             _, token, visitor = await new_visitor(rt)
-            conv_id = visitor.of_type("hello")[0]["conversation_id"]
+            conv_id = visitor.of_type("hello")[-1]["conversation_id"]
             await agent.wait_type("assigned")
             seen = (await visitor.say("hi"))["seq"]
             await visitor.close()
@@ -141,7 +145,7 @@ def test_fifty_visitors_five_agents_limits_queue_and_vip_first(tmp_path: Path) -
             for i in range(50):
                 tags = ["vip"] if i in vip_at else []
                 _, _, client = await new_visitor(rt, name=f"v{i}", tags=tags)
-                conv_id = client.of_type("hello")[0]["conversation_id"]
+                conv_id = client.of_type("hello")[-1]["conversation_id"]
                 visitors.append((i, conv_id, client))
                 if i < 15:
                     await client.wait_type("assigned")
@@ -185,7 +189,7 @@ def test_fifty_visitors_five_agents_limits_queue_and_vip_first(tmp_path: Path) -
                 served.append(head[0])
                 for sock_name, mine in open_chats().items():
                     assert len(mine) <= 3, (sock_name, mine)
-                    load = await rt.store.agent_get(agents[sock_name].of_type("hello")[0]
+                    load = await rt.store.agent_get(agents[sock_name].of_type("hello")[-1]
                                                     ["agent_id"])
                     assert load is not None and load.open_chats <= 3
             assert served == [e[0] for e in expected_order[:10]]
@@ -204,7 +208,7 @@ def test_nobody_online_makes_an_offline_ticket(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with embedded(tmp_path, GENERAL_ONLY) as rt:
             _, _, visitor = await new_visitor(rt, name="Late")
-            conv_id = visitor.of_type("hello")[0]["conversation_id"]
+            conv_id = visitor.of_type("hello")[-1]["conversation_id"]
             await visitor.wait_type("state", state="offline")
             ack = await visitor.say("Please call me back tomorrow")
             assert ack["type"] == "ack"
@@ -278,7 +282,7 @@ def test_outside_business_hours_a_waiting_chat_becomes_a_ticket(tmp_path: Path) 
             _, _, second = await new_visitor(rt)
             await second.wait_type("state", state="offline")
             assert not second.of_type("queue")
-            conv = second.of_type("hello")[0]["conversation_id"]
+            conv = second.of_type("hello")[-1]["conversation_id"]
             assert [t.conversation_id for t in await rt.storage.tickets.all()] == [conv]
             for c in (first, second, agent):
                 await c.close()
@@ -313,8 +317,8 @@ rules:
             # After max_wait_s it moves to general, still ahead of the regular visitor.
             await regular.wait_type("queue", position=2, timeout=5)
             assert [c for c, _ in await rt.store.waiting("general")] == [
-                vip.of_type("hello")[0]["conversation_id"],
-                regular.of_type("hello")[0]["conversation_id"]]
+                vip.of_type("hello")[-1]["conversation_id"],
+                regular.of_type("hello")[-1]["conversation_id"]]
             assert await rt.store.waiting("experts") == []
             for c in (first, regular, vip, agent):
                 await c.close()

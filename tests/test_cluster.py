@@ -42,7 +42,7 @@ def test_two_nodes_two_routers_200_conversations(tmp_path: Path) -> None:
             started = time.monotonic()
 
             async def converse(v: WsClient) -> None:
-                conv = v.of_type("hello")[0]["conversation_id"]
+                conv = v.of_type("hello")[-1]["conversation_id"]
                 for i in range(3):
                     ack = await v.say(f"{conv} question {i}")
                     assert ack["type"] == "ack", ack
@@ -62,7 +62,7 @@ def test_two_nodes_two_routers_200_conversations(tmp_path: Path) -> None:
                 for frame in console.of_type("assigned"):
                     conv = frame["conversation_id"]
                     await console.wait_for(lambda f, conv=conv: f.get("type") == "message"
-                                           and f["conversation_id"] == conv and f["seq"] == 4,
+                                           and f["conversation_id"] == conv and f["seq"] == 5,
                                            timeout=30)
             elapsed = time.monotonic() - started
             print(f"\n200 conversations x 4 messages through 2 nodes + 2 routers: {elapsed:.1f}s")
@@ -76,13 +76,13 @@ def test_two_nodes_two_routers_200_conversations(tmp_path: Path) -> None:
                     owners[conv] = agent_id
                     got = [f for f in console.of_type("message") if f["conversation_id"] == conv]
                     seqs = sorted(f["seq"] for f in got)
-                    assert seqs == [1, 2, 3, 4], (conv, seqs)  # each delivered exactly once
+                    assert seqs == [1, 2, 3, 4, 5], (conv, seqs)  # each delivered exactly once
             assert len(owners) == 200
             for _, _, v in visitors:
-                conv = v.of_type("hello")[0]["conversation_id"]
+                conv = v.of_type("hello")[-1]["conversation_id"]
                 seqs = sorted(f["seq"] for f in v.of_type("message"))
-                assert seqs == [1, 2, 3, 4], (conv, seqs)
-                assert await c.storage.messages.count(conv) == 4
+                assert seqs == [1, 2, 3, 4, 5], (conv, seqs)
+                assert await c.storage.messages.count(conv) == 5
                 await v.close()
             for console in consoles:
                 await console.close()

@@ -25,13 +25,13 @@ def test_restart_keeps_history_seqs_and_the_queue(tmp_path: Path) -> None:
             agent = await agent_socket(rt, "nia@shop.test")
             await wait_agent_online(rt, nia_id)
             _, token, visitor = await new_visitor(rt)
-            conv_id = visitor.of_type("hello")[0]["conversation_id"]
+            conv_id = visitor.of_type("hello")[-1]["conversation_id"]
             await visitor.wait_type("assigned")
             last = 0
             for i in range(5):
                 last = (await visitor.say(f"before restart {i}"))["seq"]
             _, queued_token, queued = await new_visitor(rt, name="patient")
-            queued_conv = queued.of_type("hello")[0]["conversation_id"]
+            queued_conv = queued.of_type("hello")[-1]["conversation_id"]
             await queued.wait_type("queue")
             _, _, vip = await new_visitor(rt, name="vip", tags=["vip"])
             await vip.wait_type("queue", position=1)  # a VIP goes ahead of the earlier visitor
@@ -75,7 +75,7 @@ def test_history_is_written_in_batches(tmp_path: Path) -> None:
             oz_id = add_agent(rt, "oz@shop.test", max_chats=20)
             agent = await agent_socket(rt, "oz@shop.test")
             await wait_agent_online(rt, oz_id)
-            visitors = [await new_visitor(rt) for _ in range(20)]
+            visitors = [await new_visitor(rt, opening=None) for _ in range(20)]
             batches_before = _batch_count()
 
             async def chatter(client: object) -> None:
@@ -90,7 +90,7 @@ def test_history_is_written_in_batches(tmp_path: Path) -> None:
             batches = _batch_count() - batches_before
             stored = 0
             for _, _, client in visitors:
-                conv = client.of_type("hello")[0]["conversation_id"]
+                conv = client.of_type("hello")[-1]["conversation_id"]
                 stored += await rt.storage.messages.count(conv)
                 assert sorted(a["seq"] for a in client.of_type("ack")) == list(range(1, 11))
             assert stored == 200

@@ -185,9 +185,9 @@ def test_embedded_server_chats_with_json_envelopes(tmp_path: Path) -> None:
             ann_id = add_agent(rt, "ann@shop.test", pools=("general", "experts", "training"))
             agent = await agent_socket(rt, "ann@shop.test")
             await wait_agent_online(rt, ann_id)
-            _, _, visitor = await new_visitor(rt)
-            conv_id = (await agent.wait_type("assigned"))["conversation_id"]
+            _, _, visitor = await new_visitor(rt, opening=None)
             assert (await visitor.say("hello in JSON"))["seq"] == 1
+            conv_id = (await agent.wait_type("assigned"))["conversation_id"]
             assert (await agent.wait_type("message", seq=1))["body"] == "hello in JSON"
             assert (await agent.say("hi", conversation_id=conv_id))["seq"] == 2
             await visitor.wait_type("message", seq=2)
@@ -225,9 +225,9 @@ def test_cluster_reads_older_json_envelopes_drops_poison_and_reports_metrics(
             agent = await ws(node, "/ws/agent", await login(node, "ann@shop.test"))  # type: ignore[arg-type]
             await agent.wait_type("hello")
             await wait_until_async("ann online at the router", lambda: c.agent_online(ann_id), 10)
-            visitor_id, _, visitor = await new_visitor(node)  # type: ignore[arg-type]
-            conv_id = (await agent.wait_type("assigned", timeout=10))["conversation_id"]
+            visitor_id, _, visitor = await new_visitor(node, opening=None)  # type: ignore[arg-type]
             assert (await visitor.say("first, through the new chat node"))["type"] == "ack"
+            conv_id = (await agent.wait_type("assigned", timeout=10))["conversation_id"]
             await agent.wait_type("message", seq=1)
 
             # Poison: never redelivered (it would fail again), never blocking what follows.

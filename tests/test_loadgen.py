@@ -19,7 +19,8 @@ from tidedesk.loadplan import AgentLogin, LoadPlan
 
 
 async def stored_load_messages(runtime: object) -> list[tuple[str, int]]:
-    """(client id, seq) of every message the load run stored, on every shard."""
+    """(client id, seq) of every message the load run stored, on every shard (not the
+    opening messages that open each visitor's conversation: they are not measured)."""
     storage = runtime.storage  # type: ignore[attr-defined]
 
     def work() -> list[tuple[str, int]]:
@@ -28,7 +29,8 @@ async def stored_load_messages(runtime: object) -> list[tuple[str, int]]:
             msg = shard["Message"]
             with shard.db.connection_context():
                 rows += [(m.client_id, m.seq) for m in
-                         msg.select().where(msg.client_id.startswith("lg"))]
+                         msg.select().where(msg.client_id.startswith("lg"))
+                         if not m.client_id.endswith("-open")]
         return rows
 
     return await storage.run(work)  # type: ignore[no-any-return]

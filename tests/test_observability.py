@@ -44,16 +44,17 @@ def test_metrics_move_with_real_traffic(tmp_path: Path) -> None:
             before = await scrape(rt.port)
             agent = await agent_socket(rt, "ann@shop.test")
             await wait_agent_online(rt, ann_id)
-            _, _, vera = await new_visitor(rt, name="Vera")
+            _, _, vera = await new_visitor(rt, name="Vera", opening=None)
+            assert (await vera.say("Where is my parcel?"))["type"] == "ack"
             assigned = await agent.wait_type("assigned")
             conv_id = assigned["conversation_id"]
-            _, _, wim = await new_visitor(rt, name="Wim")  # the agent's only slot is taken
+            await agent.wait_type("message", seq=1)
+            # The agent's only slot is taken: Wim's first message queues him.
+            _, _, wim = await new_visitor(rt, name="Wim")
             await wim.wait_type("queue", position=1)
             status, _ = await Http(rt).request("POST", "/api/v1/visitors", {"nope": 1})
             assert status == 400
 
-            assert (await vera.say("Where is my parcel?"))["type"] == "ack"
-            await agent.wait_type("message", seq=1)
             assert (await agent.say("On its way.", conversation_id=conv_id))["type"] == "ack"
             await vera.wait_type("message", seq=2)
             await agent.wait_type("message", seq=2)  # the agent's own copy of its reply
@@ -61,11 +62,12 @@ def test_metrics_move_with_real_traffic(tmp_path: Path) -> None:
 
             assert moved(before, during, "tidedesk_connections", role="visitor") == 2
             assert moved(before, during, "tidedesk_connections", role="agent") == 1
-            assert moved(before, during, "tidedesk_messages_in_total", role="visitor") == 1
+            assert moved(before, during, "tidedesk_messages_in_total", role="visitor") == 2
             assert moved(before, during, "tidedesk_messages_in_total", role="agent") == 1
-            # Both messages reach both sides (an agent sees its own reply come back).
-            assert moved(before, during, "tidedesk_messages_out_total") == 4
-            assert moved(before, during, "tidedesk_delivery_latency_seconds_count") == 4
+            # Both messages reach both sides (an agent sees its own reply come back); Wim's
+            # comes back to Wim.
+            assert moved(before, during, "tidedesk_messages_out_total") == 5
+            assert moved(before, during, "tidedesk_delivery_latency_seconds_count") == 5
             assert moved(before, during, "tidedesk_http_request_duration_seconds_count",
                          handler="VisitorsHandler", method="POST") == 3
             assert moved(before, during, "tidedesk_http_errors_total", status="400") == 1
@@ -73,13 +75,13 @@ def test_metrics_move_with_real_traffic(tmp_path: Path) -> None:
                          queue="inbound") >= 2
             assert moved(before, during, "tidedesk_publish_confirm_seconds_count",
                          queue="delivery") >= 4
-            assert moved(before, during, "tidedesk_router_batch_size_sum") == 2
+            assert moved(before, during, "tidedesk_router_batch_size_sum") == 3
             assert moved(before, during, "tidedesk_router_batch_size_count") >= 1
             assert moved(before, during, "tidedesk_db_write_seconds_count") >= 1
-            assert moved(before, during, "tidedesk_messages_stored_total") == 2
+            assert moved(before, during, "tidedesk_messages_stored_total") == 3
             assert moved(before, during, "tidedesk_assignments_total", pool="general") == 1
             assert value(during, "tidedesk_waiting_visitors", pool="general") == 1
-            assert moved(before, during, "tidedesk_router_events_total", kind="message") == 2
+            assert moved(before, during, "tidedesk_router_events_total", kind="message") == 3
             assert moved(before, during, "tidedesk_deliveries_published_total") >= 4
 
             for client in (vera, wim, agent):
@@ -157,9 +159,10 @@ def test_log_lines_carry_node_request_and_conversation_ids(
             assert conn.response is not None
             assert conn.response.headers["X-Request-ID"] == "ws-conn-7"
             vera = WsClient(conn)
-            conv_id = (await vera.wait_type("hello"))["conversation_id"]
+            assert (await vera.wait_type("hello"))["conversation_id"] is None
             ack = await vera.say("hello there")
             assert ack["type"] == "ack"
+            conv_id = vera.of_type("hello")[-1]["conversation_id"]
             await vera.close()
             await asyncio.sleep(0.1)
 

@@ -382,6 +382,79 @@ def test_two_agents_racing_for_one_conversation(run: Runner) -> None:
     run(body)
 
 
+def test_status_since_changes_only_with_the_status(run: Runner) -> None:
+    async def body(s: Store) -> None:
+        await _agent(s, "a", now=5)
+        await _agent(s, "a", now=9)  # same status again: the heartbeat's re-announce
+        a = await s.agent_get("a")
+        assert a is not None and a.status_since == 5
+        await _agent(s, "a", status="offline", now=12)
+        a = await s.agent_get("a")
+        assert a is not None and (a.status, a.status_since) == ("offline", 12)
+
+    run(body)
+
+
+def test_handover_moves_the_owner_within_limits(run: Runner) -> None:
+    async def body(s: Store) -> None:
+        await _agent(s, "a", max_chats=2)
+        await _agent(s, "b", max_chats=1)
+        await _agent(s, "off", status="offline")
+        assert await s.claim("c1", "a", now=1) and await s.claim("c2", "a", now=1)
+        assert await s.handover("c1", "b", "a", now=2) == "not_owner"
+        assert await s.handover("c1", "a", "off", now=2) == "no_room"
+        assert await s.handover("c1", "a", "a", now=2) == "no_room"
+        assert await s.handover("c1", "a", "b", now=3) == "moved"
+        assert await s.handover("c2", "a", "b", now=4) == "no_room"  # b is full
+        assert (await s.owner("c1"), await s.owner("c2")) == ("b", "a")
+        assert await s.agent_conversations("a") == ["c2"]
+        assert await s.agent_conversations("b") == ["c1"]
+        a, b = await s.agent_get("a"), await s.agent_get("b")
+        assert a is not None and b is not None
+        assert (a.open_chats, b.open_chats, b.last_assigned_at) == (1, 1, 3)
+
+    run(body)
+
+
+def test_concurrent_handovers_never_exceed_the_limit(run: Runner) -> None:
+    async def body(s: Store) -> None:
+        await _agent(s, "a", max_chats=10)
+        await _agent(s, "b", max_chats=3)
+        for i in range(10):
+            assert await s.claim(f"c{i}", "a", now=0)
+        results = await asyncio.gather(*(s.handover(f"c{i}", "a", "b", now=1)
+                                         for i in range(10)))
+        assert results.count("moved") == 3
+        b = await s.agent_get("b")
+        assert b is not None and b.open_chats == 3 == len(await s.agent_conversations("b"))
+
+    run(body)
+
+
+def test_release_from_and_requeue_front(run: Runner) -> None:
+    async def body(s: Store) -> None:
+        await _agent(s, "a")
+        await s.enqueue("p", "vip1", True, now=1)
+        await s.enqueue("p", "std1", False, now=2)
+        assert await s.claim("c1", "a", now=3) and await s.claim("c2", "a", now=3)
+        assert await s.claim("c3", "a", now=3)
+        assert not await s.release_from("c3", "b")
+        assert await s.release_from("c3", "a")
+        assert await s.owner("c3") is None
+        assert not await s.requeue_front("c1", "b", "p", now=4)
+        assert await s.requeue_front("c1", "a", "p", now=5)
+        assert await s.requeue_front("c2", "a", "p", now=6)
+        assert not await s.requeue_front("c2", "a", "p", now=7)  # already given back
+        assert [c for c, _ in await s.waiting("p")] == ["c1", "c2", "vip1", "std1"]
+        assert dict(await s.waiting("p"))["c1"] == 5
+        a = await s.agent_get("a")
+        assert a is not None and a.open_chats == 0 and await s.agent_conversations("a") == []
+        assert await s.dequeue("p", "c1")
+        assert [c for c, _ in await s.waiting("p")] == ["c2", "vip1", "std1"]
+
+    run(body)
+
+
 # -- waiting queues -----------------------------------------------------------------------
 
 def test_queue_is_vip_first_then_fifo_and_idempotent(run: Runner) -> None:

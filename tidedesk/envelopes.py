@@ -99,6 +99,9 @@ class AgentStatusEvent(_Event, tag=5, frozen=True):
     pools: tuple[str, ...] = ()
     max_chats: NonNegative = 3
     name: str = ""
+    # issue 13: the agent signed out or chose `offline`: their chats are given back at once
+    # (a console that only went away keeps them for TIDEDESK_AGENT_GRACE_S).
+    give_back: bool = False
 
 
 InboundEvent = MessageEvent | OpenedEvent | CloseEvent | TransferEvent | AgentStatusEvent

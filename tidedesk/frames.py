@@ -122,10 +122,16 @@ class ReconnectFrame(_Frame, tag="reconnect", frozen=True):
 
 
 class VisitorHelloFrame(_Frame, tag="hello", frozen=True):
+    """``conversation_id`` is null and ``state`` ``"new"`` until the visitor's first message
+    (issue 13). ``available``: whether someone could answer now (an agent of the visitor's
+    pool online or away, within business hours), so the widget can offer the offline form up
+    front; sent with ``new`` only."""
+
     visitor_id: str
-    conversation_id: str
+    conversation_id: str | None
     last_seq: int
     state: str
+    available: bool | None = None
 
 
 class HelloConversation(msgspec.Struct, frozen=True, kw_only=True):

@@ -9,6 +9,11 @@ _TEXTS: dict[str, dict[str, str]] = {
         "en": "We are busy right now, please wait: you are number {position} in line.",
         "zh-CN": "客服正忙，请稍候：您前面还有 {ahead} 位，您排在第 {position} 位。",
     },
+    # issue 13: the system message of a chat that closed itself
+    "idle_closed": {
+        "en": "This chat was closed because the visitor left. Write again to start a new one.",
+        "zh-CN": "访客已离开，本次对话已自动关闭。如需帮助，请再次发送消息。",
+    },
     "unavailable": {
         "en": "We are busy right now, please wait a moment and try again.",
         "zh-CN": "系统繁忙，请稍候再试。",

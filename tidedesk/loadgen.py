@@ -153,11 +153,17 @@ class _LoadRun:
             self.tally.connects_failed += 1
             self.tally.error(f"visitor_connect_{type(exc).__name__}")
             return
-        assigned = asyncio.Event()
+        assigned, hello = asyncio.Event(), asyncio.Event()
         window = _Window(self.plan.window)
-        reader = asyncio.create_task(self._visitor_reader(conn, assigned, window, began))
+        reader = asyncio.create_task(self._visitor_reader(conn, assigned, window, began, hello))
         try:
             try:
+                # The socket opens no conversation: an opening message (not measured) does.
+                await asyncio.wait_for(hello.wait(), self.plan.assign_timeout_s)
+                if not assigned.is_set():
+                    await conn.write_message(json.dumps(
+                        {"type": "message", "id": f"lg{self.run_id}-{index}-open",
+                         "body": "hello"}))
                 await asyncio.wait_for(assigned.wait(), self.plan.assign_timeout_s)
             except TimeoutError:
                 self.tally.error("not_assigned")
@@ -174,7 +180,7 @@ class _LoadRun:
                 await asyncio.wait_for(reader, 2.0)
 
     async def _visitor_reader(self, conn: WebSocketClientConnection, assigned: asyncio.Event,
-                              window: _Window, began: float) -> None:
+                              window: _Window, began: float, hello: asyncio.Event) -> None:
         while True:
             raw = await conn.read_message()
             if raw is None:
@@ -183,11 +189,14 @@ class _LoadRun:
                 return
             frame = json.loads(raw)
             kind = frame.get("type")
-            if kind == "hello":
+            if kind == "hello" and hello.is_set():
+                pass  # the opening message's hello: the connection was counted already
+            elif kind == "hello":
                 now = time.perf_counter()
                 self.tally.connected(now, now - began)
                 if frame.get("state") == "assigned":
                     assigned.set()
+                hello.set()
             elif kind == "assigned":
                 assigned.set()
             elif kind == "ack":

@@ -28,6 +28,10 @@ DB_WRITE_FAILURES = Counter(
     "tidedesk_db_write_failures_total", "History batches whose insert failed (rows redelivered)")
 ROUTER_INFLIGHT = Gauge("tidedesk_router_inflight", "Inbound messages being processed")
 ASSIGNMENTS = Counter("tidedesk_assignments_total", "Chats assigned to agents", ["pool"])
+# issue 13: chats given back by agents who left, by where they went; chats closed as idle
+GIVEN_BACK = Counter("tidedesk_chats_given_back_total",
+                     "Chats an agent who left handed back", ["outcome"])
+IDLE_CLOSED = Counter("tidedesk_idle_closed_total", "Chats closed because the visitor left")
 WAITING = Gauge("tidedesk_waiting_visitors", "Visitors waiting for an agent", ["pool"])
 PUBLISH_CONFIRM_LATENCY = Histogram(
     "tidedesk_publish_confirm_seconds",

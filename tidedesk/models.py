@@ -96,8 +96,11 @@ class Message(_Base):
 class Ticket(_Base):
     conversation_id = pw.CharField(max_length=32, unique=True)
     visitor_id = pw.CharField(max_length=32)
-    status = pw.CharField(max_length=16, default="open")
+    status = pw.CharField(max_length=16, default="open")  # open | pending | solved
     created_at = pw.DoubleField(default=now_ts)
+    # issue 13: who answers it (the agent who replied or took it last) and when it changed
+    assignee_id = pw.CharField(max_length=32, null=True)
+    updated_at = pw.DoubleField(null=True)
 
 
 class CannedResponse(_Base):
@@ -216,6 +219,15 @@ def migrate(shard: Shard) -> int:
             _add_columns(db, "visitor", {"name_enc": pw.TextField(null=True),
                                          "phone_enc": pw.TextField(null=True)})
             _add_columns(db, "agent", {"totp_secret_enc": pw.TextField(null=True)})
+        if "Conversation" in shard.models:
+            # issue 13: the idle sweep and the tickets routed again look conversations up by
+            # state (and the quietest first)
+            db.execute_sql("CREATE INDEX IF NOT EXISTS conversation_state_updated "
+                           "ON conversation (state, updated_at)")
+        if "Ticket" in shard.models:
+            # issue 13: tickets have an assignee and a last change
+            _add_columns(db, "ticket", {"assignee_id": pw.CharField(max_length=32, null=True),
+                                        "updated_at": pw.DoubleField(null=True)})
         if current < SCHEMA_VERSION:
             version_model.create(version=SCHEMA_VERSION)
         return SCHEMA_VERSION

@@ -185,6 +185,8 @@ class RedisStore(Store):
         self._presence_remove = reg(lua_script("presence_remove"))
         self._claim = reg(lua_script("claim"))
         self._release = reg(lua_script("release"))
+        self._handover = reg(lua_script("handover"))
+        self._requeue_front = reg(lua_script("requeue_front"))
         self._enqueue = reg(lua_script("enqueue"))
         self._dequeue = reg(lua_script("dequeue"))
         self._waiting = reg(lua_script("waiting"))
@@ -301,8 +303,11 @@ class RedisStore(Store):
             while True:
                 try:
                     await pipe.watch(key)
-                    old_pools_json, last = await pipe.hmget(key, ["pools", "last_assigned_at"])
+                    old_pools_json, last, old_status, since = await pipe.hmget(
+                        key, ["pools", "last_assigned_at", "status", "status_since"])
                     old_pools = json.loads(old_pools_json) if old_pools_json else []
+                    if old_status != status or since is None:
+                        since = repr(now)
                     pipe.multi()  # type: ignore[no-untyped-call]
                     for pool in set(old_pools) - set(pools):
                         pipe.srem(self._k("pool", pool), agent_id)
@@ -312,6 +317,7 @@ class RedisStore(Store):
                         "status": status, "pools": json.dumps(list(pools)),
                         "max_chats": int(max_chats), "name": name,
                         "last_assigned_at": last if last is not None else repr(now),
+                        "status_since": since,
                     })
                     pipe.hsetnx(key, "open_chats", 0)
                     await pipe.execute()
@@ -327,6 +333,7 @@ class RedisStore(Store):
             agent_id=agent_id, status=h["status"], open_chats=int(h.get("open_chats", 0)),
             max_chats=int(h["max_chats"]), last_assigned_at=float(h["last_assigned_at"]),
             pools=tuple(json.loads(h["pools"])), name=h.get("name", ""),
+            status_since=float(h.get("status_since", 0.0)),
         )
 
     @_tracked
@@ -367,6 +374,29 @@ class RedisStore(Store):
             if done:
                 return str(agent_id)
             # Someone released (and maybe re-claimed) it between the read and the script.
+
+    def _owner_keys(self, conv_id: str, agent_id: str) -> list[str]:
+        return [self._k("owner", conv_id), self._k("agent", agent_id),
+                self._k("agentconvs", agent_id)]
+
+    @_tracked
+    async def handover(self, conv_id: str, from_agent: str, to_agent: str, now: float) -> str:
+        res = int(await self._handover(
+            keys=[*self._owner_keys(conv_id, from_agent), self._k("agent", to_agent),
+                  self._k("agentconvs", to_agent)],
+            args=[from_agent, to_agent, repr(now), conv_id]))
+        return {1: "moved", 0: "not_owner"}.get(res, "no_room")
+
+    @_tracked
+    async def release_from(self, conv_id: str, agent_id: str) -> bool:
+        return bool(await self._release(keys=self._owner_keys(conv_id, agent_id),
+                                        args=[agent_id, conv_id]))
+
+    @_tracked
+    async def requeue_front(self, conv_id: str, from_agent: str, pool: str, now: float) -> bool:
+        return bool(await self._requeue_front(
+            keys=[*self._owner_keys(conv_id, from_agent), *self._queue_keys(pool)],
+            args=[from_agent, conv_id, repr(now)]))
 
     @_tracked
     async def owner(self, conv_id: str) -> str | None:

@@ -101,7 +101,9 @@ class Runtime:
             self.router = Router(broker=self.broker, store=self.store, storage=self.storage,
                                  routing=self.routing,
                                  max_waiting_per_pool=self.settings.max_waiting_per_pool,
-                                 envelope_format=self.settings.envelope_format)
+                                 envelope_format=self.settings.envelope_format,
+                                 agent_grace_s=self.settings.agent_grace_s,
+                                 idle_close_s=self.settings.idle_close_s)
             await self.router.start()
         if self.role in ("dev", "chatnode"):
             self.node = ChatNode(settings=self.settings, broker=self.broker, store=self.store,

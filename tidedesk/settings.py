@@ -230,6 +230,14 @@ class Settings:
     max_waiting_per_pool: int = _key(
         500, _parse_int(1, 1000000), "visitors waiting in one pool before new ones get the busy "
         "answer")
+    # issue 13: the conversation lifecycle
+    agent_grace_s: float = _key(
+        30.0, _parse_float(0, 86400), "an agent whose consoles are all gone this long (a "
+        "network blip is shorter) gives their open chats back; signing out or setting "
+        "`offline` gives them back at once")
+    idle_close_s: float = _key(
+        1800.0, _parse_float(10, 30 * 86400), "a queued or assigned chat whose visitor has "
+        "no socket left and that saw nothing happen this long closes itself")
     envelope_format: str = _key(
         "binary", _parse_choice("binary", "json"), "what this node writes to the broker: binary "
         "v1, or `json` only while upgrading from a version before binary envelopes "

@@ -38,6 +38,9 @@ class AgentLoad:
     last_assigned_at: float  # for "ties go to the one idle longest"
     pools: tuple[str, ...]
     name: str = ""
+    # When ``status`` last changed (issue 13: an agent offline longer than the grace period
+    # gives their chats back).
+    status_since: float = 0.0
 
     @property
     def has_room(self) -> bool:
@@ -139,12 +142,30 @@ class Store(abc.ABC):
     async def owner(self, conv_id: str) -> str | None: ...
 
     @abc.abstractmethod
+    async def handover(self, conv_id: str, from_agent: str, to_agent: str, now: float) -> str:
+        """Atomically move a conversation from its owner ``from_agent`` to ``to_agent``:
+        ``"moved"``; ``"not_owner"`` (``from_agent`` does not own it: someone else moved it)
+        or ``"no_room"`` (``to_agent`` is not online or has no free slot) change nothing.
+        Never two owners, never over the limit."""
+
+    @abc.abstractmethod
+    async def release_from(self, conv_id: str, agent_id: str) -> bool:
+        """Remove the owner and free their slot only if it is ``agent_id``."""
+
+    @abc.abstractmethod
+    async def requeue_front(self, conv_id: str, from_agent: str, pool: str, now: float) -> bool:
+        """Atomically: if ``from_agent`` owns the conversation, free their slot and put it at
+        the front of the pool's queue (ahead of VIPs; given-back chats keep FIFO among
+        themselves). False (nothing changed) when someone else owns it now."""
+
+    @abc.abstractmethod
     async def agent_conversations(self, agent_id: str) -> list[str]: ...
 
     # -- waiting queues ---------------------------------------------------------------------
     @abc.abstractmethod
     async def enqueue(self, pool: str, conv_id: str, vip: bool, now: float) -> None:
-        """Idempotent; VIPs wait ahead of everyone else, FIFO within each class."""
+        """Idempotent; VIPs wait ahead of everyone else, FIFO within each class (chats given
+        back by :meth:`requeue_front` wait ahead of both)."""
 
     @abc.abstractmethod
     async def dequeue(self, pool: str, conv_id: str) -> bool: ...
@@ -314,6 +335,7 @@ class MemoryStore(Store):
             agent_id=agent_id, status=status, open_chats=old.open_chats if old else 0,
             max_chats=max_chats, last_assigned_at=old.last_assigned_at if old else now,
             pools=pools, name=name,
+            status_since=old.status_since if old and old.status == status else now,
         )
 
     async def agent_get(self, agent_id: str) -> AgentLoad | None:
@@ -340,6 +362,35 @@ class MemoryStore(Store):
 
     async def owner(self, conv_id: str) -> str | None:
         return self._owners.get(conv_id)
+
+    async def handover(self, conv_id: str, from_agent: str, to_agent: str, now: float) -> str:
+        if self._owners.get(conv_id) != from_agent:
+            return "not_owner"
+        target = self._agents.get(to_agent)
+        if target is None or not target.has_room or to_agent == from_agent:
+            return "no_room"
+        self._owners[conv_id] = to_agent
+        self._agents[to_agent] = replace(target, open_chats=target.open_chats + 1,
+                                         last_assigned_at=now)
+        old = self._agents.get(from_agent)
+        if old is not None:
+            self._agents[from_agent] = replace(old, open_chats=max(0, old.open_chats - 1))
+        return "moved"
+
+    async def release_from(self, conv_id: str, agent_id: str) -> bool:
+        if self._owners.get(conv_id) != agent_id:
+            return False
+        await self.release(conv_id)  # no await point inside: still atomic
+        return True
+
+    async def requeue_front(self, conv_id: str, from_agent: str, pool: str, now: float) -> bool:
+        if self._owners.get(conv_id) != from_agent:
+            return False
+        await self.release(conv_id)
+        q = self._queues[pool]
+        self._queue_counter += 1
+        q[conv_id] = (-1, now, self._queue_counter)
+        return True
 
     async def agent_conversations(self, agent_id: str) -> list[str]:
         return sorted(c for c, a in self._owners.items() if a == agent_id)

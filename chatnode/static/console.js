@@ -33,6 +33,7 @@
       noChatHint: "New chats appear on the left as soon as they are assigned to you.",
       noChats: "No open chats. Stay online and new visitors will be routed to you.",
       transfer: "Transfer", closeChat: "Close chat", confirmClose: "Click again to close",
+      ticket: "Ticket", take: "Take", takeFailed: "Could not take it: {m}",
       reply: "Reply", privateNote: "Private note", canned: "Canned responses", send: "Send",
       addNote: "Add note", chatClosed: "This conversation is closed.", dismiss: "Remove from list",
       transferTitle: "Transfer this chat", toAgent: "To an agent", toPool: "To a pool", cancel: "Cancel",
@@ -61,6 +62,7 @@
       myChats: "我的对话", noChatTitle: "未选择对话", noChatHint: "新对话分配给您后会立即出现在左侧。",
       noChats: "暂无进行中的对话。保持在线，新访客会被分配给您。",
       transfer: "转接", closeChat: "结束对话", confirmClose: "再次点击以结束",
+      ticket: "工单", take: "接入", takeFailed: "无法接入：{m}",
       reply: "回复", privateNote: "内部备注", canned: "快捷回复", send: "发送",
       addNote: "添加备注", chatClosed: "此对话已结束。", dismiss: "从列表移除",
       transferTitle: "转接此对话", toAgent: "转给客服", toPool: "转到分组", cancel: "取消",
@@ -227,6 +229,40 @@
       });
   }
 
+  // ---------------------------------------------------------------- tickets
+  // Conversations nobody could take (state offline) of the agent's pools: listed with the
+  // chats, readable and answerable whether or not the visitor is there; "Take" makes one yours.
+  var TICKETS_EVERY_MS = 30000;
+  var ticketsTimer = null;
+
+  function loadTickets() {
+    clearTimeout(ticketsTimer);
+    if (!TDAuth.session) return;
+    TDAuth.api("/api/v1/tickets").then(function (j) {
+      ((j && j.tickets) || []).forEach(function (tk) {
+        if (tk.state !== "offline") return;
+        var known = S.chats[tk.conversation_id];
+        if (known && known.state !== "offline") return;
+        var c = getChat(tk.conversation_id, tk.visitor, "offline");
+        c.ticket = tk.status;
+        if (c.log.top === null) {
+          c.log.startAt(0);
+          send({ type: "resume", conversation_id: c.id, after_seq: 0 });
+        }
+      });
+      renderList(); renderChat();
+    }, function () { /* the next round tries again */ });
+    ticketsTimer = setTimeout(loadTickets, TICKETS_EVERY_MS);
+  }
+
+  function takeCurrent() {
+    var c = S.chats[S.current];
+    if (!c) return;
+    TDAuth.api("/api/v1/conversations/" + encodeURIComponent(c.id) + "/take", { method: "POST" })
+      .then(function () { c.state = "assigned"; c.ticket = null; renderList(); renderChat(); },
+        function (err) { toast(t("takeFailed", { m: err.message })); loadTickets(); });
+  }
+
   // ---------------------------------------------------------------- socket
   function send(obj) { return link.send(obj); }
 
@@ -244,7 +280,9 @@
         });
         Object.keys(S.chats).forEach(function (cid) {
           // Closed or transferred while we were away.
-          if (!seen[cid] && S.chats[cid].state !== "closed") S.chats[cid].state = "closed";
+          // (Tickets are not in hello: loadTickets() below brings them up to date.)
+          var st = S.chats[cid].state;
+          if (!seen[cid] && st !== "closed" && st !== "offline") S.chats[cid].state = "closed";
         });
         chatList().forEach(function (chat) { chat.outbox.resend(function (m) { transmit(chat, m); }); });
         if (!S.current) {
@@ -252,6 +290,7 @@
           if (first) S.current = first.id;
         }
         renderList(); renderChat();
+        loadTickets();
         break;
       }
       case "assigned":
@@ -430,7 +469,7 @@
     var ul = $("[data-chat-list]");
     ul.textContent = "";
     var list = sortedChats();
-    var open = list.filter(function (c) { return c.state !== "closed"; }).length;
+    var open = list.filter(function (c) { return c.state !== "closed" && c.state !== "offline"; }).length;
     $("[data-chat-count]").textContent = S.me && S.me.max_chats ? "(" + t("chatsLoad", { n: open, max: S.me.max_chats }) + ")" : "(" + open + ")";
     if (!list.length) ul.appendChild(h("li", { class: "empty-list", text: t("noChats") }));
     var totalUnread = 0;
@@ -447,7 +486,8 @@
       }, [
         h("div", { class: "avatar", text: name.slice(0, 1).toUpperCase() }),
         h("div", { class: "ci-main" }, [
-          h("div", { class: "ci-name" }, [name].concat(tags, c.state === "closed" ? [h("span", { class: "tag closed", text: t("chatClosed").replace(/[.。]$/, "") })] : [])),
+          h("div", { class: "ci-name" }, [name].concat(tags, c.state === "closed" ? [h("span", { class: "tag closed", text: t("chatClosed").replace(/[.。]$/, "") })] : [],
+            c.state === "offline" ? [h("span", { class: "tag ticket", "data-testid": "ticket-tag", text: t("ticket") })] : [])),
           h("div", { class: "ci-preview" + (c.typing ? " typing" : ""), text: preview }),
         ]),
         c.unread ? h("span", { class: "unread", "data-testid": "unread", text: String(c.unread) }) : h("span"),
@@ -489,7 +529,8 @@
     $("[data-head-sub]").textContent = sub.join(" · ");
     var closeBtn = $("[data-close]");
     closeBtn.hidden = c.state === "closed";
-    $("[data-transfer]").hidden = c.state === "closed";
+    $("[data-transfer]").hidden = c.state === "closed" || c.state === "offline";
+    $("[data-take]").hidden = c.state !== "offline";
     closeBtn.textContent = c.closeArmed ? t("confirmClose") : t("closeChat");
     closeBtn.classList.toggle("confirming", !!c.closeArmed);
     var input = $("[data-input]");
@@ -627,6 +668,7 @@
     link.drop();
     link.cancelRetry();
     TDAuth.logout();
+    clearTimeout(ticketsTimer);
     S.me = null; S.chats = {}; S.current = null;
     $("#app").hidden = true;
     $("#login").hidden = false;
@@ -710,6 +752,7 @@
     });
     $("[data-dismiss]").addEventListener("click", function () { if (S.current) removeChat(S.current); });
     $("[data-transfer]").addEventListener("click", openTransfer);
+    $("[data-take]").addEventListener("click", takeCurrent);
     $("[data-cancel]").addEventListener("click", function () { $("[data-transfer-dialog]").close(); });
     $("[data-do-transfer]").addEventListener("click", doTransfer);
     $("[data-log]").addEventListener("scroll", function (e) {

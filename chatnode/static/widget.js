@@ -64,7 +64,9 @@
       closed: "This conversation has ended. Write again if you need anything else.",
       pending: "Sending…",
       failed: "Not sent yet — will retry",
-      welcome: "Hi! Ask us anything — we usually reply in a few minutes.",
+      welcome: "Hi! Ask us anything.",
+      replyTime: "We usually reply in a few minutes.",
+      offlineContactIntro: "Leave your email and we will answer you by email.",
       offlineTitle: "We are offline right now",
       offlineIntro: "Leave a message and we will answer by email.",
       name: "Name",
@@ -104,7 +106,9 @@
       closed: "本次对话已结束。如需帮助，请再次发送消息。",
       pending: "发送中…",
       failed: "尚未发送，将自动重试",
-      welcome: "您好！有任何问题都可以问我们，通常几分钟内回复。",
+      welcome: "您好！有任何问题都可以问我们。",
+      replyTime: "我们通常几分钟内回复。",
+      offlineContactIntro: "请留下邮箱，我们会通过邮件回复您。",
       offlineTitle: "客服暂时不在线",
       offlineIntro: "请留言，我们会通过邮件回复您。",
       name: "姓名",
@@ -141,7 +145,9 @@
     visitorId: load("visitor_id"),
     conversationId: load("conversation_id"),
     agentName: load("agent_name") || "",
-    convState: null, // queued | assigned | closed | offline
+    convState: null, // new (no conversation until the first message) | queued | assigned | closed | offline
+    available: null, // with "new": whether someone could answer now (false: the offline form first)
+    contactSent: load("contact_sent") === "1", // the offline form's details went to the visitor's record
     position: null,
     archive: [], // messages of earlier conversations shown in this page view
     agentTyping: false,
@@ -305,6 +311,7 @@
     ui.offTitle = h("h3");
     ui.offIntro = h("p");
     ui.offNameL = h("span"); ui.offEmailL = h("span"); ui.offMsgL = h("span");
+    ui.offMsgLabel = h("label", null, [ui.offMsgL, ui.offMsg]);
     ui.offSubmit = h("button", { class: "send", type: "submit", "data-testid": "td-off-submit" });
     ui.offline = h("form", {
       class: "offline", hidden: true, "data-testid": "td-offline-form", novalidate: true,
@@ -312,7 +319,7 @@
     }, [ui.offTitle, ui.offIntro,
       h("label", null, [ui.offNameL, ui.offName]),
       h("label", null, [ui.offEmailL, ui.offEmail]),
-      h("label", null, [ui.offMsgL, ui.offMsg]),
+      ui.offMsgLabel,
       ui.offErr, ui.offSubmit]);
     ui.panel = h("section", { class: "panel", hidden: true, "data-testid": "td-panel", role: "dialog" }, [
       h("header", null, [h("div", { class: "htext" }, [ui.title, h("div", { class: "sub" }, [ui.dot, ui.subText])]), ui.langBtn, ui.closeBtn]),
@@ -373,7 +380,7 @@
     else if (S.convState === "assigned" && S.agentName) sub = t("assignedShort", { name: S.agentName });
     else if (S.convState === "queued" && S.position) sub = t("positionShort", { n: S.position });
     else if (S.convState === "queued") sub = t("queued");
-    else if (S.convState === "offline") sub = t("offlineTitle");
+    else if (isOffline()) sub = t("offlineTitle");
     else sub = t("connected");
     ui.subText.textContent = sub;
 
@@ -390,10 +397,17 @@
     ui.bannerBtn.textContent = t("reconnectNow");
 
     // The form until the visitor has left a message (also after a reload: their message is resumed).
-    var offlineForm = S.convState === "offline" && !S.offlineSent && !outbox.items.length &&
-      !seqLog.seqs().some(function (seq) { return seqLog.msgs[seq].from === "visitor"; });
+    // Nobody can answer (a ticket, or nobody online before the first message): the form asks
+    // for an address; once the visitor has written, only for the address (the composer stays).
+    var wrote = outbox.items.length > 0 ||
+      seqLog.seqs().some(function (seq) { return seqLog.msgs[seq].from === "visitor"; });
+    var offlineForm = isOffline() && !S.offlineSent && !(wrote && S.contactSent);
+    var contactOnly = offlineForm && wrote;
     ui.offline.hidden = !offlineForm;
-    ui.composer.hidden = offlineForm;
+    ui.offline.setAttribute("data-mode", contactOnly ? "contact" : "message");
+    ui.offMsgLabel.hidden = contactOnly;
+    ui.offIntro.textContent = contactOnly ? t("offlineContactIntro") : t("offlineIntro");
+    ui.composer.hidden = offlineForm && !contactOnly;
     ui.typing.hidden = !S.agentTyping;
     ui.typing.style.display = offlineForm ? "none" : "";
     ui.typing.textContent = S.agentTyping ? t("typing", { name: S.agentName || t("agent") }) : "";
@@ -406,7 +420,9 @@
     var log = ui.log;
     var nearBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 60;
     log.textContent = "";
-    log.appendChild(h("div", { class: "note", text: t("welcome") }));
+    // "We usually reply in a few minutes" only when someone can (never above "we are offline").
+    log.appendChild(h("div", { class: "note", "data-testid": "td-welcome",
+      text: isOffline() ? t("welcome") : t("welcome") + " " + t("replyTime") }));
     var lastWho = null;
     if (S.archive.length) {
       S.archive.forEach(function (m) { lastWho = appendMsg(m, false, lastWho, true); });
@@ -434,6 +450,10 @@
     if (S.notice) log.appendChild(h("div", { class: "note", "data-testid": "td-notice", text: S.notice }));
     if (nearBottom || !S._rendered) log.scrollTop = log.scrollHeight;
     S._rendered = true;
+  }
+
+  function isOffline() {
+    return S.convState === "offline" || (S.convState === "new" && S.available === false);
   }
 
   function appendMsg(m, pending, lastWho, archived, seen) {
@@ -529,6 +549,7 @@
   function forgetVisitor() {
     S.token = null; S.visitorId = null; S.conversationId = null;
     save("token", null); save("visitor_id", null); save("conversation_id", null);
+    S.contactSent = false; save("contact_sent", null);
     resetConversation();
   }
 
@@ -545,17 +566,21 @@
   function onFrame(f) {
     switch (f.type) {
       case "hello":
+        // A second hello on an open link names the conversation our first message opened
+        // (the socket opens none): that message is on its way, so nothing is sent again.
+        var opening = link.conn === "online" && !S.conversationId && !!f.conversation_id;
         link.established(); S.notice = null;
         if (f.conversation_id !== S.conversationId) {
           if (S.conversationId) archiveConversation();
-          resetConversation();
-          S.conversationId = f.conversation_id;
-          save("conversation_id", f.conversation_id);
+          if (!opening) resetConversation();
+          S.conversationId = f.conversation_id || null;
+          save("conversation_id", f.conversation_id || null);
         }
         if (f.visitor_id) { S.visitorId = f.visitor_id; save("visitor_id", f.visitor_id); }
+        S.available = typeof f.available === "boolean" ? f.available : null;
         setConvState(f.state);
-        seqLog.catchUp(f.last_seq);
-        outbox.resend(transmit);
+        if (f.conversation_id) seqLog.catchUp(f.last_seq);
+        if (!opening) outbox.resend(transmit);
         renderStatus(); renderLog();
         break;
       case "message":
@@ -663,12 +688,21 @@
   function submitOffline() {
     var email = ui.offEmail.value.trim(), body = ui.offMsg.value.trim(), name = ui.offName.value.trim();
     if (!email || email.indexOf("@") < 1) { ui.offErr.textContent = t("emailRequired"); ui.offEmail.focus(); return; }
-    if (!body) { ui.offErr.textContent = t("messageRequired"); ui.offMsg.focus(); return; }
+    var contactOnly = ui.offline.getAttribute("data-mode") === "contact";
+    if (!body && !contactOnly) { ui.offErr.textContent = t("messageRequired"); ui.offMsg.focus(); return; }
     ui.offErr.textContent = "";
-    // The contract has no "update visitor" call, so the contact details travel with the message
-    // (the ticket an agent opens shows them in full).
-    var head = (name ? t("name") + ": " + name + "\n" : "") + t("email") + ": " + email + "\n\n";
-    sendMessage(head + body);
+    // The contact details go to the visitor's own (encrypted) record, never into the message.
+    var contact = { email: email };
+    if (name) contact.name = name;
+    ensureVisitor().then(function (token) {
+      return fetch(ORIGIN + "/api/v1/visitors/contact", {
+        method: "POST", body: JSON.stringify(contact),
+        headers: { "Content-Type": "application/json", Authorization: "Bearer " + token },
+      });
+    }).then(function (r) {
+      if (r.ok) { S.contactSent = true; save("contact_sent", "1"); renderStatus(); }
+    }, function () { /* the message still goes; the address can be given again */ });
+    if (body && !contactOnly) sendMessage(body);
     S.offlineSent = true;
     ui.offMsg.value = "";
     renderStatus(); renderLog();

@@ -18,9 +18,13 @@ pytestmark = pytest.mark.browser
 
 def test_offline_form_when_nobody_is_online(server: Server, new_context: Any) -> None:
     visitor = Widget(new_context().new_page(), server.base_url).open()
-    expect(visitor.host).to_have_attribute("data-state", "offline")
+    # No conversation until the first message, but hello says nobody could answer: the form
+    # comes first, and nothing promises a reply "in a few minutes".
+    expect(visitor.host).to_have_attribute("data-state", "new")
     form = visitor.page.get_by_test_id("td-offline-form")
     expect(form).to_be_visible()
+    expect(visitor.page.get_by_test_id("td-welcome")).not_to_contain_text("few minutes")
+    expect(visitor.page.get_by_test_id("td-status")).to_have_text("We are offline right now")
     visitor.page.get_by_test_id("td-off-message").fill("Do you ship to Norway?")
     visitor.page.get_by_test_id("td-off-submit").click()
     expect(form).to_contain_text("email")  # asks for the address it needs to answer
@@ -29,8 +33,11 @@ def test_offline_form_when_nobody_is_online(server: Server, new_context: Any) ->
     visitor.page.get_by_test_id("td-off-submit").click()
     expect(visitor.page.get_by_test_id("td-offline-thanks")).to_be_visible()
     expect(form).to_be_hidden()
+    expect(visitor.host).to_have_attribute("data-state", "offline")
     expect(visitor.page.locator("tidedesk-widget [data-pending=true]")).to_have_count(0)
     visitor.expect_message("Do you ship to Norway?")
+    # The address went to the visitor's record, not into the bubble.
+    expect(visitor.page.get_by_test_id("td-body")).to_have_text(["Do you ship to Norway?"])
     screenshot(visitor.page, "widget-offline-form")
 
 
@@ -47,10 +54,12 @@ def test_second_visitor_sees_queue_position_then_assignment(server: Server,
     expect(first.host).to_have_attribute("data-state", "assigned")
 
     second = Widget(new_context().new_page(), server.base_url).open()
+    expect(second.host).to_have_attribute("data-state", "new")  # opening takes no slot
+    expect(second.page.get_by_test_id("td-welcome")).to_contain_text("few minutes")
+    second.send("Anyone there?")
     expect(second.host).to_have_attribute("data-state", "queued")
     expect(second.page.get_by_test_id("td-queue")).to_have_text("You are number 1 in line.")
     expect(second.page.get_by_test_id("td-status")).to_have_text("#1 in line")
-    second.send("Anyone there?")
     screenshot(second.page, "widget-queued")
 
     # The supervisor sees the agent at their limit and the visitor waiting.

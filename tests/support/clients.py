@@ -152,12 +152,29 @@ async def ws(runtime: Runtime, path: str, token: str | None,
     return WsClient(await connect(url, additional_headers=headers, max_size=2**22))
 
 
-async def new_visitor(runtime: Runtime, **body: Any) -> tuple[str, str, WsClient]:
+OPENING = "Hello"
+
+
+async def new_visitor(runtime: Runtime, *, opening: str | None = OPENING,
+                      **body: Any) -> tuple[str, str, WsClient]:
+    """A visitor with an open socket. The socket opens no conversation (issue 13): unless
+    ``opening`` is None the visitor writes it (seq 1) and this returns once it is acked, so
+    the conversation exists and is being routed; ``of_type("hello")[-1]`` names it."""
     status, data = await Http(runtime).request("POST", "/api/v1/visitors", body)
     assert status == 201, data
     client = await ws(runtime, "/ws/visitor", data["token"])
     await client.wait_type("hello")
+    if opening is not None:
+        ack = await client.say(opening)
+        assert ack["type"] == "ack", ack
     return data["visitor_id"], data["token"], client
+
+
+def conversation_of(client: WsClient) -> str:
+    """The conversation the visitor's socket last said hello for."""
+    conv = client.of_type("hello")[-1]["conversation_id"]
+    assert conv is not None, client.frames[:4]
+    return str(conv)
 
 
 def add_agent(runtime: Runtime, email: str, *, pools: tuple[str, ...] = ("general",),

@@ -416,8 +416,12 @@ class ResilientClient:
 
     async def _on_hello(self, link: Link, frame: dict[str, Any]) -> None:
         """The connection becomes current; resume every known conversation after what was
-        shown on any connection, then send again what has no ack."""
-        self.links.append(link)
+        shown on any connection, then send again what has no ack. A visitor's first message
+        makes a second hello on the same connection (it names the new conversation): that
+        one only records the conversation."""
+        again = link in self.links
+        if not again:
+            self.links.append(link)
         if self.kind == "visitor":
             self.conversation_id = frame.get("conversation_id")
             if self.conversation_id:
@@ -432,5 +436,7 @@ class ResilientClient:
             for cid in self.conversations:
                 await link.send(self._resume_frame(cid))
         self._connected.set()
+        if again:
+            return
         for cid in list(self.pending):
             await self._send_pending(cid)

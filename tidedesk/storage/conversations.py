@@ -39,6 +39,21 @@ class ConversationRepository:
 
         return await self._db.run(work)
 
+    async def open_for_visitor(self, visitor_id: str) -> Conversation | None:
+        """The visitor's open (not closed) conversation, newest first; None when they have
+        none (issue 13: opening the widget creates nothing)."""
+
+        def work() -> Conversation | None:
+            main = self._db.main
+            conv = main["Conversation"]
+            with main.db.connection_context():
+                row = (conv.select()
+                       .where((conv.visitor_id == visitor_id) & (conv.state != "closed"))
+                       .order_by(conv.created_at.desc()).first())
+            return None if row is None else _record(row)
+
+        return await self._db.run(work)
+
     async def get(self, conv_id: str) -> Conversation | None:
         def work() -> Conversation | None:
             main = self._db.main
@@ -95,5 +110,37 @@ class ConversationRepository:
                 return [QueuedConversation(
                     id=r.id, visitor_id=r.visitor_id, pool=r.pool, created_at=r.created_at,
                     tags=tuple(t for t in (r.tags or "").split(",") if t)) for r in rows]
+
+        return await self._db.run(work)
+
+    async def offline_in_pools(self, pools: Sequence[str], *, limit: int) -> list[Conversation]:
+        """Offline conversations (tickets) of these pools, oldest first (issue 13: routed
+        again when an agent of the pool comes online)."""
+
+        def work() -> list[Conversation]:
+            main = self._db.main
+            conv = main["Conversation"]
+            if not pools:
+                return []
+            with main.db.connection_context():
+                return [_record(r) for r in
+                        conv.select().where((conv.state == "offline")
+                                            & conv.pool.in_(list(pools)))
+                        .order_by(conv.created_at).limit(limit)]
+
+        return await self._db.run(work)
+
+    async def quiet(self, *, before: float, limit: int) -> list[Conversation]:
+        """Queued or assigned conversations whose row has not changed since ``before``,
+        quietest first (issue 13: candidates for the idle close)."""
+
+        def work() -> list[Conversation]:
+            main = self._db.main
+            conv = main["Conversation"]
+            with main.db.connection_context():
+                return [_record(r) for r in
+                        conv.select().where(conv.state.in_(["queued", "assigned"])
+                                            & (conv.updated_at < before))
+                        .order_by(conv.updated_at).limit(limit)]
 
         return await self._db.run(work)

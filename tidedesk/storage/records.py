@@ -77,8 +77,24 @@ class Ticket(_Record, frozen=True):
     id: int
     conversation_id: str
     visitor_id: str
-    status: str
+    status: str  # open | pending | solved
     created_at: float
+    assignee_id: str | None = None
+    updated_at: float | None = None
+
+
+class TicketView(_Record, frozen=True):
+    """A ticket with its conversation and visitor, as the agents' tickets listing shows it."""
+
+    id: int
+    conversation_id: str
+    status: str
+    assignee_id: str | None
+    state: str
+    pool: str
+    visitor_id: str
+    created_at: float
+    updated_at: float
 
 
 class CannedResponse(_Record, frozen=True):

@@ -55,6 +55,30 @@ class VisitorRepository:
 
         return await self._db.run(work)
 
+    async def update_contact(self, visitor_id: str, *, name: str | None = None,
+                             email: str | None = None, phone: str | None = None) -> bool:
+        """Set the fields given (encrypted like at creation); False for an unknown visitor."""
+        fields: dict[str, Any] = {}
+        if name is not None:
+            fields["name_enc"] = self._seal(name, "name")
+            if self._db.cipher is None:
+                fields["name"] = name
+        if email is not None:
+            fields["email_enc"] = self._seal(email, "email")
+        if phone is not None:
+            fields["phone_enc"] = self._seal(phone, "phone")
+
+        def work() -> bool:
+            main = self._db.main
+            model = main["Visitor"]
+            with main.db.connection_context():
+                # (MySQL counts only changed rows: an unchanged update still found the visitor)
+                if fields and model.update(**fields).where(model.id == visitor_id).execute():
+                    return True
+                return model.get_or_none(model.id == visitor_id) is not None
+
+        return await self._db.run(work)
+
     async def get(self, visitor_id: str) -> Visitor | None:
         def work() -> Visitor | None:
             main = self._db.main
