@@ -35,7 +35,7 @@ from tidedesk.envelopes import (
     inbound_encoder,
 )
 from tidedesk.errors import Unavailable
-from tidedesk.frames import AckFrame, PongFrame, Sender, frame_dict, frame_dicts
+from tidedesk.frames import AckFrame, PongFrame, RatedFrame, Sender, frame_dict, frame_dicts
 from tidedesk.i18n import LOCALES
 from tidedesk.ratelimit import RateLimiter
 from tidedesk.resume import plan_resume, reseed_floor
@@ -53,6 +53,8 @@ PHONE_RE = re.compile(r"^\+?[0-9 ().\-]{3,32}$")
 # Audit entries per page: the default, and the most one request may ask for.
 AUDIT_PAGE = 100
 AUDIT_PAGE_MAX = 500
+# Ratings the supervisor view lists (newest first), beside the average of all.
+RECENT_RATINGS = 10
 PONG_FRAME: dict[str, Any] = frame_dict(PongFrame())
 
 
@@ -84,7 +86,8 @@ class ChatService:
         self._encode = inbound_encoder(settings.envelope_format)
         self.accounts = Accounts(settings=settings, store=store, storage=storage, tokens=tokens,
                                  clock=clock, notify=self.relay)
-        self.conversations = Conversations(store=store, storage=storage, publish=self.publish)
+        self.conversations = Conversations(store=store, storage=storage, publish=self.publish,
+                                           mail_enabled=settings.mail_enabled)
 
     # -- authentication (chatnode/accounts.py) ------------------------------------------------
     def principal(self, token: str | None, expected: str) -> Principal:
@@ -226,8 +229,10 @@ class ChatService:
     async def supervisor_overview(self, routing: RoutingConfig) -> dict[str, Any]:
         agents = await self.agents_overview()
         queues = await self.queues_overview(routing)
+        average, count, recent = await self.storage.ratings.recent(RECENT_RATINGS)
         return {
             "agents": agents, "queues": queues,
+            "ratings": {"average": average, "count": count, "recent": as_dicts(recent)},
             "counts": {"online_agents": sum(a["status"] == "online" for a in agents),
                        "open_conversations": sum(a["open_chats"] for a in agents),
                        "waiting": sum(len(q) for q in queues.values())},
@@ -314,7 +319,31 @@ class ChatService:
                                  relay_frame(frame.data, session.conversation_id, "visitor"))
         elif frame.type == "ping":
             peer.send(PONG_FRAME.copy())
+        elif frame.type == "rating":
+            await self.rate(session, frame.data, peer)
         return None
+
+    async def rate(self, session: VisitorSession, data: dict[str, Any], peer: Peer) -> None:
+        """issue 13: the visitor rates their closed conversation; the visitor gets ``rated``
+        back, and so does the agent who had the chat."""
+        rating = await self.conversations.rate(session.visitor_id, session.conversation_id,
+                                               data["score"], data.get("comment", ""),
+                                               self.clock())
+        frame = RatedFrame(conversation_id=rating.conversation_id, score=rating.score,
+                           comment=rating.comment)
+        peer.send(frame_dict(frame))
+        if rating.agent_id:
+            await self.relay(f"agent:{rating.agent_id}", frame_dict(frame))
+
+    async def post_mail_reply(self, conv_id: str, visitor_id: str, client_id: str,
+                              body: str) -> None:
+        """issue 13: a visitor's e-mail reply (``tidedesk.mail.poller``) as a visitor message,
+        through the same durable path as the widget's: a seq, then the broker's confirm.
+        Idempotent on ``client_id``."""
+        seq = await self.assign_seq(conv_id, client_id)
+        await self.publish_message(PendingMessage(
+            conv_id=conv_id, seq=seq, client_id=client_id, body=body, visitor_id=visitor_id,
+            sender_type="visitor", sender_id=visitor_id, name=""))
 
     async def connect_agent(self, conn: ConnectionState, token: str | None, ip: str) -> None:
         """Authenticate an agent's socket, fill ``conn`` and announce the agent online.

@@ -138,7 +138,8 @@ class Router:
     def __init__(self, *, broker: Broker, store: Store, storage: Storage,
                  routing: RoutingConfig, max_waiting_per_pool: int = 500,
                  prefetch: int = 200, clock: Callable[[], float] = time.time,
-                 envelope_format: str = "binary") -> None:
+                 envelope_format: str = "binary",
+                 reply_mail_delay_s: float | None = None) -> None:
         self.broker = broker
         self.store = store
         self.storage = storage
@@ -152,6 +153,10 @@ class Router:
         self.started = False
         self._visitor_of: dict[str, str] = {}
         self._sent_position: dict[str, int] = {}
+        # issue 13: None = no mail; else an agent reply to an absent visitor is noted in the
+        # mail outbox, due this many seconds later.
+        self.reply_mail_delay_s = reply_mail_delay_s
+        self._mail_notes: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -179,6 +184,7 @@ class Router:
         if self._tick_task is not None:
             self._tick_task.cancel()
             await asyncio.gather(self._tick_task, return_exceptions=True)
+        await asyncio.gather(*self._mail_notes, return_exceptions=True)
 
     async def recover(self) -> None:
         """Put chats the database says are waiting back in the queues (after a store restart)."""
@@ -235,6 +241,26 @@ class Router:
                                                      self.clock())
         for who, nodes in recipients.items():
             await publish_to(self.broker, nodes, who, frame, self.envelope_format)
+        if visitor is not None and event.from_ == "agent" and not recipients.get(visitor):
+            self.note_reply_mail(event)
+
+    def note_reply_mail(self, event: MessageEvent) -> None:
+        """issue 13: the visitor is not connected, so the reply may go out by e-mail. One row in
+        the mail outbox, written in a task of its own: the chat path never waits for it (the
+        sender, ``tidedesk.mail.outbox``, decides later whether a mail goes out)."""
+        if self.reply_mail_delay_s is None:
+            return
+        task = asyncio.create_task(self._note_reply_mail(event))
+        self._mail_notes.add(task)
+        task.add_done_callback(self._mail_notes.discard)
+
+    async def _note_reply_mail(self, event: MessageEvent) -> None:
+        assert self.reply_mail_delay_s is not None
+        try:
+            await self.storage.mail.note_reply(event.conversation_id, event.visitor_id,
+                                               event.seq, self.clock() + self.reply_mail_delay_s)
+        except Exception as exc:
+            log.warning("reply mail not noted", extra={"error": str(exc), "seq": event.seq})
 
     async def on_opened(self, event: OpenedEvent) -> None:
         conv_id, visitor_id = event.conversation_id, event.visitor_id

@@ -122,10 +122,23 @@ class ReconnectFrame(_Frame, tag="reconnect", frozen=True):
 
 
 class VisitorHelloFrame(_Frame, tag="hello", frozen=True):
+    """``mail``: true when the server sends e-mail (issue 13), so the widget may promise an
+    answer by e-mail; absent otherwise."""
+
     visitor_id: str
     conversation_id: str
     last_seq: int
     state: str
+    mail: bool = False
+
+
+class RatedFrame(_Frame, tag="rated", frozen=True):
+    """issue 13: a conversation's rating, to the visitor who gave it (the confirmation) and to
+    the agent who had the chat."""
+
+    conversation_id: str
+    score: int
+    comment: str = ""
 
 
 class HelloConversation(msgspec.Struct, frozen=True, kw_only=True):
@@ -163,7 +176,7 @@ class ReadFrame(_Frame, tag="read", frozen=True):
 Frame = (MessageFrame | StateFrame | QueueFrame | BusyFrame | VisitorAssignedFrame
          | AgentAssignedFrame | ClosedFrame | UnassignedFrame | ErrorFrame | AckFrame
          | PongFrame | ReconnectFrame | VisitorHelloFrame | AgentHelloFrame | TypingFrame
-         | ReadFrame)
+         | ReadFrame | RatedFrame)
 
 
 class _VisitorLike(Protocol):
