@@ -37,6 +37,8 @@ _QUOTE_STARTS = (
     re.compile(r"^_{10,}\s*$"),  # Outlook's rule above its header block
 )
 _SIGNATURE = re.compile(r"^-- ?$")
+# Control characters other than tab and newline never belong in a chat message.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 class Refused(Exception):
@@ -115,7 +117,7 @@ def read_reply(raw: bytes, max_chars: int) -> Reply:
     precedence = _header(msg, "Precedence").strip().lower()
     if (auto and auto != "no") or precedence in ("bulk", "junk", "auto_reply", "list"):
         raise Refused("auto_reply", "an automatic answer (Auto-Submitted / Precedence)")
-    body = strip_reply(_plain_part(msg))
+    body = strip_reply(_CONTROL.sub("", _plain_part(msg)))
     if not body:
         raise Refused("empty", "nothing new above the quoted history")
     if len(body) > max_chars:
