@@ -221,12 +221,12 @@ class Conversations:
                                now: float) -> dict[str, Any]:
         """Queue the whole conversation as a mail to ``body["email"]`` (the visitor's own
         conversation only)."""
-        if not self.mail_enabled:
-            raise ServiceError(409, "mail_disabled", "this server sends no e-mail (no "
-                               "TIDEDESK_SMTP_URL); the transcript cannot be mailed")
         conv = await self.storage.conversations.get(conv_id)
         if conv is None or conv.visitor_id != principal.id:
             raise ServiceError(403, "forbidden", "this is not your conversation")
+        if not self.mail_enabled:
+            raise ServiceError(409, "mail_disabled", "this server sends no e-mail (no "
+                               "TIDEDESK_SMTP_URL); the transcript cannot be mailed")
         unknown = set(body) - {"email"}
         if unknown:
             raise ServiceError(400, "invalid_body", f"unknown field(s) "
