@@ -66,6 +66,12 @@ class SmtpSink:
             out.append(msg)
         return out
 
+    def wait_for_sync(self, count: int, timeout: float = 10.0) -> list[EmailMessage]:
+        """:meth:`wait_for` for tests without an event loop of their own (Playwright's)."""
+        return wait_until(f"{count} mail(s) at the SMTP sink",
+                          lambda: (m if len(m := self.messages()) >= count else None), timeout,
+                          every=0.05)
+
     async def wait_for(self, count: int, timeout: float = 10.0) -> list[EmailMessage]:
         """Until at least ``count`` mails arrived; returns them all (awaited, so a server in
         the same loop keeps running)."""
