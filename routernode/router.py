@@ -74,6 +74,10 @@ CLAIM_RETRIES = 5
 # When a backend is down, a handler holds its message this long before giving it back to the
 # broker: the prefetch window fills up, so the broker stops sending and nothing spins.
 UNAVAILABLE_BACKOFF_SECS = 1.0
+# issue 13: noting a reply mail is tried this many times (a lock clash between routers writing
+# the same conversation's row is retried; a database that stays down loses the mail, never a
+# message).
+MAIL_NOTE_ATTEMPTS = 3
 
 
 class Batcher:
@@ -256,11 +260,16 @@ class Router:
 
     async def _note_reply_mail(self, event: MessageEvent) -> None:
         assert self.reply_mail_delay_s is not None
-        try:
-            await self.storage.mail.note_reply(event.conversation_id, event.visitor_id,
-                                               event.seq, self.clock() + self.reply_mail_delay_s)
-        except Exception as exc:
-            log.warning("reply mail not noted", extra={"error": str(exc), "seq": event.seq})
+        for attempt in range(1, MAIL_NOTE_ATTEMPTS + 1):
+            try:
+                await self.storage.mail.note_reply(event.conversation_id, event.visitor_id,
+                                                   event.seq,
+                                                   self.clock() + self.reply_mail_delay_s)
+                return
+            except Exception as exc:  # a deadlock between routers, or the database is down
+                log.warning("reply mail not noted", extra={"error": str(exc), "seq": event.seq,
+                                                           "attempt": attempt})
+                await asyncio.sleep(UNAVAILABLE_BACKOFF_SECS * attempt)
 
     async def on_opened(self, event: OpenedEvent) -> None:
         conv_id, visitor_id = event.conversation_id, event.visitor_id

@@ -84,7 +84,17 @@ def test_claims_are_atomic_and_replies_share_a_row(urls: list[str]) -> None:
             average, count, recent = await first.ratings.recent()
             assert (average, count, [r.comment for r in recent]) == (5.0, 1, ["great"])
 
+        async def racing_routers() -> None:
+            # Routers noting replies of one conversation at once: one pending row, newest seq.
+            conv = new_id()
+            await asyncio.gather(*(s.mail.note_reply(conv, "v", seq, due_at=1.0)
+                                   for seq in range(1, 21)
+                                   for s in ((first, second)[seq % 2],)))
+            rows = await first.mail.items(conv)
+            assert [(r.status, r.last_reply_seq) for r in rows] == [("pending", 20)]
+
         asyncio.run(scenario())
+        asyncio.run(racing_routers())
         raw = first.main["MailOutbox"].select().where(
             first.main["MailOutbox"].kind == "transcript").first()
         assert "ann@example.com" not in (raw.to_enc or "")  # encrypted at rest

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import msgspec
+import peewee as pw
 
 from tidedesk.storage.database import Database, new_id
 
@@ -38,6 +39,24 @@ def _pending_key(conv_id: str) -> str:
     return f"reply:{conv_id}:pending"
 
 
+# MariaDB may pick a writer of the pending row as a deadlock victim (two routers noting
+# replies of one conversation while a sender finishes it); the statement is simply run again.
+DEADLOCK_RETRIES = 5
+_DEADLOCK_CODES = (1213, 1205)  # deadlock, lock wait timeout
+
+
+def _retrying(fn: Any) -> Any:
+    for attempt in range(DEADLOCK_RETRIES):
+        try:
+            return fn()
+        except pw.OperationalError as exc:
+            code = exc.args[0] if exc.args else None
+            if code not in _DEADLOCK_CODES or attempt == DEADLOCK_RETRIES - 1:
+                raise
+            time.sleep(0.01 * (attempt + 1))
+    return None
+
+
 class MailRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -63,15 +82,20 @@ class MailRepository:
 
         def work() -> None:
             model, main = self._model(), self._db.main
-            key = _pending_key(conv_id)
-            # One transaction: a sender finishing the pending row either sees this seq or
-            # has renamed the row already, so the insert makes a fresh one.
-            with main.db.connection_context(), main.db.atomic():
-                model.insert(kind="reply", conversation_id=conv_id, visitor_id=visitor_id,
-                             dedupe=key, due_at=due_at, last_reply_seq=seq,
-                             created_at=time.time()).on_conflict_ignore().execute()
-                model.update(last_reply_seq=seq).where(
-                    (model.dedupe == key) & (model.last_reply_seq < seq)).execute()
+            # One statement (an upsert on the pending key): a sender finishing the pending row
+            # either sees this seq or has renamed the row already, so this makes a fresh one.
+            insert = model.insert(kind="reply", conversation_id=conv_id, visitor_id=visitor_id,
+                                  dedupe=_pending_key(conv_id), due_at=due_at,
+                                  last_reply_seq=seq, created_at=time.time())
+            if isinstance(main.db, pw.SqliteDatabase):
+                query = insert.on_conflict(conflict_target=[model.dedupe], update={
+                    model.last_reply_seq: pw.fn.MAX(model.last_reply_seq,
+                                                    pw.EXCLUDED.last_reply_seq)})
+            else:
+                query = insert.on_conflict(update={model.last_reply_seq: pw.fn.GREATEST(
+                    model.last_reply_seq, pw.SQL("VALUES(last_reply_seq)"))})
+            with main.db.connection_context():
+                _retrying(query.execute)
 
         await self._db.run(work)
 
@@ -156,9 +180,9 @@ class MailRepository:
         pending key, and when a reply came in after its mail was built, a new pending row
         carries it at once."""
 
-        def work() -> None:
+        def transaction() -> None:
             model, main = self._model(), self._db.main
-            with main.db.connection_context(), main.db.atomic():
+            with main.db.atomic():
                 row = model.get_by_id(item.id)
                 model.update(status=status, upto_seq=upto_seq, message_id=message_id,
                              last_error=error[:2000], sent_at=now, lease_until=0,
@@ -170,6 +194,10 @@ class MailRepository:
                                  dedupe=_pending_key(row.conversation_id), due_at=now,
                                  last_reply_seq=row.last_reply_seq,
                                  created_at=now).on_conflict_ignore().execute()
+
+        def work() -> None:
+            with self._db.main.db.connection_context():
+                _retrying(transaction)
 
         await self._db.run(work)
 
