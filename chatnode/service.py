@@ -339,11 +339,18 @@ class ChatService:
                               body: str) -> None:
         """issue 13: a visitor's e-mail reply (``tidedesk.mail.poller``) as a visitor message,
         through the same durable path as the widget's: a seq, then the broker's confirm.
-        Idempotent on ``client_id``."""
+        Idempotent on ``client_id``. An answer to a closed conversation reopens it: it is
+        routed again (to an agent, the queue, or the tickets), so a person sees it."""
+        conv = await self.storage.conversations.get(conv_id)
         seq = await self.assign_seq(conv_id, client_id)
         await self.publish_message(PendingMessage(
             conv_id=conv_id, seq=seq, client_id=client_id, body=body, visitor_id=visitor_id,
             sender_type="visitor", sender_id=visitor_id, name=""))
+        if conv is not None and conv.state == "closed":
+            visitor = await self.storage.visitors.get(visitor_id)
+            await self.publish({"kind": "opened", "conversation_id": conv_id,
+                                "visitor_id": visitor_id,
+                                "tags": list(visitor.tag_list) if visitor else []})
 
     async def connect_agent(self, conn: ConnectionState, token: str | None, ip: str) -> None:
         """Authenticate an agent's socket, fill ``conn`` and announce the agent online.

@@ -237,6 +237,18 @@ def test_an_email_reply_lands_in_the_conversation_once(tmp_path: Path, smtp: Smt
             await asyncio.to_thread(wait_seen, imap)
             await asyncio.sleep(0.3)
             assert len(await history(rt, conv_id)) == 3
+
+            # An answer after the chat was closed reopens it: routed to Ann again.
+            await agent.send({"type": "close", "conversation_id": conv_id})
+            await agent.wait_type("closed", conversation_id=conv_id)
+            start = len(agent.frames)
+            imap.append(reply_mail(mail["Message-ID"], "One more thing: gift wrap?"))
+            again = await agent.wait_for(lambda f: f.get("type") == "assigned", start=start)
+            assert again["conversation_id"] == conv_id
+            conv = await rt.storage.conversations.get(conv_id)
+            assert conv is not None and conv.state == "assigned"
+            bodies = [m.body for m in await history(rt, conv_id)]
+            assert bodies[-1] == "One more thing: gift wrap?"
             await agent.close()
 
     run(scenario())
