@@ -158,6 +158,21 @@ def test_no_mail_while_the_visitor_is_connected_or_has_no_address(
             assert smtp.messages() == []
             assert await rt.storage.mail.items(conv_id) == []  # nothing even noted
             await visitor.close()
+
+            # A visitor who gave no address and left: noted, then skipped, never mailed.
+            _, _, anonymous = await new_visitor(rt)
+            await anonymous.say("anyone?")
+            conv2 = (await agent.wait_for(lambda f: f.get("type") == "assigned"
+                                          and f["conversation_id"] != conv_id))["conversation_id"]
+            await anonymous.close()
+            await asyncio.sleep(0.2)
+            await agent.say("yes, me", conversation_id=conv2)
+
+            async def skipped() -> bool:
+                return [i.status for i in await rt.storage.mail.items(conv2)] == ["skipped"]
+
+            await wait_until_async("the reply mail skipped", skipped, 5, every=0.05)
+            assert smtp.messages() == []
             await agent.close()
 
     run(scenario())
