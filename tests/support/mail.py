@@ -25,6 +25,7 @@ from pathlib import Path
 from imapclient import IMAPClient
 
 from tests.support.processes import free_port, stop_process
+from tidedesk.mail.poller import READ_KEYWORD
 from tests.support.waiting import wait_until, wait_until_async
 
 DOVECOT = "/usr/sbin/dovecot"
@@ -187,9 +188,16 @@ service imap-login {{
             client.append(folder, raw)
 
     def unseen(self, folder: str = "INBOX") -> int:
+        """Mails a person has not read (the poller leaves ``\\Seen`` alone)."""
         with self.client() as client:
             client.select_folder(folder, readonly=True)
             return len(client.search(["UNSEEN"]))
+
+    def unhandled(self, folder: str = "INBOX") -> int:
+        """Mails the poller has not handled yet."""
+        with self.client() as client:
+            client.select_folder(folder, readonly=True)
+            return len(client.search(["UNKEYWORD", READ_KEYWORD]))
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -200,8 +208,8 @@ service imap-login {{
 
 
 def wait_seen(imap: Dovecot, timeout: float = 10.0) -> None:
-    """Until the poller marked every mail seen."""
+    """Until the poller handled every mail."""
     deadline = time.monotonic() + timeout
-    while imap.unseen():
-        assert time.monotonic() < deadline, "the poller left mail unseen"
+    while imap.unhandled():
+        assert time.monotonic() < deadline, "the poller left mail unhandled"
         time.sleep(0.05)

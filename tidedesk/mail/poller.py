@@ -11,9 +11,11 @@ thread), and for each one:
 3. hands the text to ``post`` (the chat node's normal, durable message path) with a client id
    made from the Message-ID, so reading the same mail again stores it once.
 
-Then it marks the mail ``\\Seen``. A refused or unmatched mail is logged and counted
+Then it marks the mail with the keyword ``$TidedeskRead`` (its own flag, so the ``\\Seen`` a
+person in the same mailbox relies on is left alone; on a server that takes no keywords it sets
+``\\Seen`` instead and reads only unseen mail). A refused or unmatched mail is logged and counted
 (``tidedesk_mail_incoming_total{outcome}``) and marked too, so it is not read again; a mail
-whose ``post`` failed (a backend down) stays unseen and is tried on the next round. No mail,
+whose ``post`` failed (a backend down) stays unmarked and is tried on the next round. No mail,
 however broken, stops the loop.
 """
 
@@ -44,6 +46,9 @@ IMAP_POLL_SECS = 15.0
 IMAP_TIMEOUT_SECS = 30.0
 # Mails read per round; the rest wait for the next one.
 IMAP_BATCH = 50
+# The keyword that marks a mail as handled by Tidedesk.
+READ_KEYWORD = b"$TidedeskRead"
+SEEN = b"\\Seen"
 
 # conversation id, visitor id, client id, body -> the message is durable
 Post = Callable[[str, str, str, str], Awaitable[None]]
@@ -95,19 +100,22 @@ class ImapPoller:
             self.rounds += 1
             await asyncio.sleep(self.poll_s)
 
-    def _connect(self) -> IMAPClient:
+    def _connect(self) -> tuple[IMAPClient, bytes]:
+        """A logged-in client with the mailbox selected, and the flag that marks a mail read."""
         target = self.imap
         client = IMAPClient(target.host, port=target.port, ssl=target.tls,
                             ssl_context=ssl.create_default_context() if target.tls else None,
                             timeout=IMAP_TIMEOUT_SECS)
         client.login(target.user, target.password)
-        client.select_folder(target.mailbox)
-        return client
+        selected = client.select_folder(target.mailbox)
+        keywords = b"\\*" in selected.get(b"PERMANENTFLAGS", ())
+        return client, READ_KEYWORD if keywords else SEEN
 
     def _fetch(self) -> list[Fetched]:
-        client = self._connect()
+        client, mark = self._connect()
         try:
-            uids = sorted(client.search(["UNSEEN"]))[:IMAP_BATCH]
+            unread = ["UNKEYWORD", READ_KEYWORD] if mark == READ_KEYWORD else ["UNSEEN"]
+            uids = sorted(client.search(unread))[:IMAP_BATCH]
             if not uids:
                 return []
             sizes = {uid: int(data.get(b"RFC822.SIZE", 0))
@@ -124,9 +132,9 @@ class ImapPoller:
                 log.debug("IMAP logout failed")
 
     def _mark_seen(self, uids: list[int]) -> None:
-        client = self._connect()
+        client, mark = self._connect()
         try:
-            client.add_flags(uids, [b"\\Seen"])
+            client.add_flags(uids, [mark])
         finally:
             client.logout()
 
