@@ -25,8 +25,8 @@ from pathlib import Path
 from imapclient import IMAPClient
 
 from tests.support.processes import free_port, stop_process
-from tidedesk.mail.poller import READ_KEYWORD
 from tests.support.waiting import wait_until, wait_until_async
+from tidedesk.mail.poller import READ_KEYWORD
 
 DOVECOT = "/usr/sbin/dovecot"
 # Servers start in well under a second; this bound only catches one that never will.
