@@ -197,9 +197,11 @@ class Conversations:
                    now: float) -> Rating:
         """Store the visitor's rating of their closed conversation (once); ServiceError 409
         when it is still open or was rated already."""
-        conv = await self.storage.conversations.get(conv_id)
+        conv = await self.storage.conversations.get(conv_id) if conv_id else None
         if conv is None or conv.visitor_id != visitor_id:
-            raise ServiceError(403, "forbidden", "you can only rate your own conversation")
+            # An error frame, not a 403 (which would close a visitor's socket): a widget that
+            # reconnected after the close may simply have no conversation any more.
+            raise ServiceError(409, "nothing_to_rate", "there is no closed conversation to rate")
         if conv.state != "closed":
             raise ServiceError(409, "conversation_open", "a conversation can be rated once it "
                                "is closed")
