@@ -25,7 +25,8 @@ ADMINS = frozenset({"admin"})
 # (socket, frame type) -> who may send it. A visitor token opens only /ws/visitor and an agent
 # access token only /ws/agent (close 4401 otherwise); this table then decides per frame.
 WS: dict[tuple[str, str], frozenset[str]] = {
-    **{("visitor", kind): VISITOR for kind in ("message", "resume", "typing", "read", "ping")},
+    **{("visitor", kind): VISITOR for kind in ("message", "resume", "typing", "read", "ping",
+                                               "rating")},
     **{("agent", kind): AGENTS for kind in ("message", "note", "resume", "typing", "read",
                                             "status", "close", "ping")},
     # Moving a chat to another agent or pool changes who sees a customer's words: audited, and

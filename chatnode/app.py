@@ -21,6 +21,7 @@ from tidedesk import metrics
 from tidedesk.auth import TokenService
 from tidedesk.broker import Broker, node_queue
 from tidedesk.frames import ReconnectFrame, frame_dict
+from tidedesk.mail.jobs import MailJobs
 from tidedesk.routing_rules import RoutingConfig
 from tidedesk.settings import Settings
 from tidedesk.storage import Storage
@@ -98,6 +99,9 @@ class ChatNode:
         self.inflight: set[asyncio.Future[Any]] = set()
         self._heartbeat: asyncio.Task[None] | None = None
         self._marker = f"heartbeat:{settings.node_id}"
+        self.mail = MailJobs(settings=settings, storage=storage, store=store,
+                             tokens=self.service.tokens, post=self.service.post_mail_reply,
+                             clock=clock)
 
     def readiness(self) -> tuple[bool, str]:
         if not self.started:
@@ -115,6 +119,7 @@ class ChatNode:
         await self.broker.consume(node_queue(self.settings.node_id), self.hub.on_delivery,
                                   prefetch=200)
         self._heartbeat = asyncio.create_task(self._heartbeat_loop())
+        self.mail.start()
         self.started = True
         metrics.READY.set(1)
 
@@ -168,6 +173,7 @@ class ChatNode:
             await asyncio.sleep(0.05)
         if self._heartbeat is not None:
             self._heartbeat.cancel()
+        await self.mail.stop()
         await self.broker.stop_consuming()
         log.info("drained", extra={"connections_left": self.hub.count()})
 

@@ -8,9 +8,12 @@ conversations``); handlers reach it through the service. Every method raises
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+import msgspec
 
 from chatnode.connections import VisitorSession
 from chatnode.errors import ServiceError
@@ -32,10 +35,20 @@ from tidedesk.frames import (
 )
 from tidedesk.routing_rules import RoutingConfig
 from tidedesk.storage import Storage
+from tidedesk.storage.records import Rating
 from tidedesk.store import Store
+
+
+def as_dict(record: msgspec.Struct) -> dict[str, Any]:
+    out: dict[str, Any] = msgspec.to_builtins(record)
+    return out
 
 # Largest seq a client may name: the largest integer a JavaScript number holds exactly.
 MAX_SEQ = 2**53
+# A conversation's transcript may be mailed this many times (it goes to any address the
+# visitor names: a bound keeps a stolen token from turning the shop into a mail cannon).
+TRANSCRIPTS_PER_CONVERSATION = 3
+EMAIL_RE = re.compile(r"^[^@\s<>,;]{1,64}@[^@\s<>,;]{1,189}\.[^@\s<>,;]{1,63}$")
 # Messages per history page: the default, and the most one request may ask for.
 HISTORY_PAGE = 100
 HISTORY_PAGE_MAX = 500
@@ -53,12 +66,13 @@ class Conversations:
     def __init__(self, *, store: Store, storage: Storage,
                  publish: Callable[[dict[str, Any]], Awaitable[None]],
                  routing: RoutingConfig | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, mail_enabled: bool = False) -> None:
         self.store = store
         self.storage = storage
         self.publish = publish
         self.routing = routing
         self.clock = clock
+        self.mail_enabled = mail_enabled
 
     # -- visitors ------------------------------------------------------------------------------
     async def open_visitor_session(self, visitor_id: str, *,
@@ -129,11 +143,12 @@ class Conversations:
         if session.conversation_id is None:
             send(frame_dict(VisitorHelloFrame(
                 visitor_id=session.visitor_id, conversation_id=None, last_seq=0, state="new",
-                available=await self.available(session.tags))))
+                available=await self.available(session.tags), mail=self.mail_enabled)))
             return False
         send(frame_dict(VisitorHelloFrame(
             visitor_id=session.visitor_id, conversation_id=session.conversation_id,
-            last_seq=await self.last_seq(session.conversation_id), state=session.state)))
+            last_seq=await self.last_seq(session.conversation_id), state=session.state,
+            mail=self.mail_enabled)))
         if session.state == "queued":
             position = await self.queue_position(session.pool, session.conversation_id)
             if position is not None:
@@ -219,6 +234,57 @@ class Conversations:
     async def close(self, principal: Principal, conv_id: str) -> None:
         await self.publish({"kind": "close", "conversation_id": conv_id,
                             "by": f"agent:{principal.id}"})
+
+    # -- rating and transcript (issue 13) ------------------------------------------------------
+    async def rate(self, visitor_id: str, conv_id: str | None, score: int, comment: str,
+                   now: float) -> Rating:
+        """Store the visitor's rating of their closed conversation (once); ServiceError 409
+        when it is still open or was rated already."""
+        conv = await self.storage.conversations.get(conv_id) if conv_id else None
+        if conv is None or conv.visitor_id != visitor_id:
+            # An error frame, not a 403 (which would close a visitor's socket): a widget that
+            # reconnected after the close may simply have no conversation any more.
+            raise ServiceError(409, "nothing_to_rate", "there is no closed conversation to rate")
+        if conv.state != "closed":
+            raise ServiceError(409, "conversation_open", "a conversation can be rated once it "
+                               "is closed")
+        rating = await self.storage.ratings.add(conv_id=conv.id, visitor_id=visitor_id,
+                                                agent_id=conv.agent_id, score=score,
+                                                comment=comment.strip(), now=now)
+        if rating is None:
+            raise ServiceError(409, "already_rated", "this conversation has been rated "
+                               "already; a conversation takes one rating")
+        return rating
+
+    async def rating(self, principal: Principal, conv_id: str) -> dict[str, Any]:
+        """``{"rating": {...} | null}`` of a conversation the caller may see."""
+        await self.agent_can_see(principal, conv_id)
+        rating = await self.storage.ratings.get(conv_id)
+        return {"rating": None if rating is None else as_dict(rating)}
+
+    async def queue_transcript(self, principal: Principal, conv_id: str, body: dict[str, Any],
+                               now: float) -> dict[str, Any]:
+        """Queue the whole conversation as a mail to ``body["email"]`` (the visitor's own
+        conversation only)."""
+        conv = await self.storage.conversations.get(conv_id)
+        if conv is None or conv.visitor_id != principal.id:
+            raise ServiceError(403, "forbidden", "this is not your conversation")
+        if not self.mail_enabled:
+            raise ServiceError(409, "mail_disabled", "this server sends no e-mail (no "
+                               "TIDEDESK_SMTP_URL); the transcript cannot be mailed")
+        unknown = set(body) - {"email"}
+        if unknown:
+            raise ServiceError(400, "invalid_body", f"unknown field(s) "
+                               f"{', '.join(sorted(unknown))}; allowed: email")
+        address = body.get("email")
+        if not isinstance(address, str) or not EMAIL_RE.match(address.strip()):
+            raise ServiceError(400, "invalid_field", "'email' must be an e-mail address like "
+                               "ann@example.com")
+        if await self.storage.mail.transcripts_for(conv_id) >= TRANSCRIPTS_PER_CONVERSATION:
+            raise ServiceError(429, "too_many_transcripts", f"at most "
+                               f"{TRANSCRIPTS_PER_CONVERSATION} transcripts per conversation")
+        await self.storage.mail.queue_transcript(conv_id, conv.visitor_id, address.strip(), now)
+        return {"queued": True}
 
     # -- history -------------------------------------------------------------------------------
     async def history(self, principal: Principal, conv_id: str, *, after_seq: str | None,

@@ -316,6 +316,23 @@ class VisitorContactHandler(JsonHandler):
     async def post(self) -> None:
         assert self.principal is not None
         self.write_json(await self.service.visitor_contact(self.principal, self.json_body()))
+class TranscriptHandler(JsonHandler):
+    """issue 13: mail the visitor their conversation (through the outbox)."""
+
+    async def post(self, conv_id: str) -> None:
+        logs.bind(conversation_id=conv_id)
+        assert self.principal is not None
+        self.write_json(await self.service.conversations.queue_transcript(
+            self.principal, conv_id, self.json_body(), self.service.clock()), 202)
+
+
+class RatingHandler(JsonHandler):
+    """issue 13: the visitor's rating of a conversation, for the agents who may see it."""
+
+    async def get(self, conv_id: str) -> None:
+        logs.bind(conversation_id=conv_id)
+        assert self.principal is not None
+        self.write_json(await self.service.conversations.rating(self.principal, conv_id))
 
 
 class AgentsHandler(JsonHandler):

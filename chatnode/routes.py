@@ -209,6 +209,26 @@ ROUTES: tuple[Route, ...] = (
             "name": {"type": "string", "maxLength": 120},
             "email": {"type": "string", "format": "email"},
             "phone": {"type": "string", "pattern": "^\\+?[0-9 ().\\-]{3,32}$"}}}))),
+    # issue 13: the transcript by e-mail (the visitor's own conversation), and the rating
+    Route("/api/v1/conversations/{id}/transcript", http.TranscriptHandler,
+          params={"id": CONVERSATION_ID}, post=Operation(
+              VISITOR, "mail the whole conversation to an address (queued in the outbox)",
+              {"202": json_response(OBJECT, "queued"),
+               **error_responses(400, 401, 403, 409, 429)},
+              json_content({"type": "object", "required": ["email"],
+                            "additionalProperties": False,
+                            "properties": {"email": {"type": "string", "format": "email"}}}),
+              parameters=(_id_param(),))),
+    Route("/api/v1/conversations/{id}/rating", http.RatingHandler,
+          params={"id": CONVERSATION_ID}, get=Operation(
+              AGENTS, "the visitor's rating of the conversation, or null",
+              {"200": json_response({"type": "object", "properties": {"rating": {
+                  "type": ["object", "null"], "properties": {
+                      "conversation_id": {"type": "string"}, "score": {"type": "integer"},
+                      "comment": {"type": "string"}, "agent_id": {"type": ["string", "null"]},
+                      "created_at": {"type": "number"}}}}}, "rating"),
+               **error_responses(401, 403, 404)},
+              parameters=(_id_param(),))),
     Route("/api/v1/agents", http.AgentsHandler, get=Operation(
         AGENTS, "agents with status and load",
         {"200": json_response(OBJECT, "agents"), **error_responses(401)})),

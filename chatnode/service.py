@@ -37,7 +37,7 @@ from tidedesk.envelopes import (
     inbound_encoder,
 )
 from tidedesk.errors import Unavailable
-from tidedesk.frames import AckFrame, PongFrame, Sender, frame_dict, frame_dicts
+from tidedesk.frames import AckFrame, PongFrame, RatedFrame, Sender, frame_dict, frame_dicts
 from tidedesk.i18n import LOCALES
 from tidedesk.ratelimit import RateLimiter
 from tidedesk.resume import plan_resume, reseed_floor
@@ -55,6 +55,8 @@ PHONE_RE = re.compile(r"^\+?[0-9 ().\-]{3,32}$")
 # Audit entries per page: the default, and the most one request may ask for.
 AUDIT_PAGE = 100
 AUDIT_PAGE_MAX = 500
+# Ratings the supervisor view lists (newest first), beside the average of all.
+RECENT_RATINGS = 10
 PONG_FRAME: dict[str, Any] = frame_dict(PongFrame())
 # A visitor's connection holds live messages back this long at most while it waits for the
 # client's first frame (normally its resume): see ConnectionState.joining.
@@ -91,7 +93,8 @@ class ChatService:
         self.accounts = Accounts(settings=settings, store=store, storage=storage, tokens=tokens,
                                  clock=clock, notify=self.relay)
         self.conversations = Conversations(store=store, storage=storage, publish=self.publish,
-                                           routing=routing, clock=clock)
+                                           routing=routing, clock=clock,
+                                           mail_enabled=settings.mail_enabled)
         self.assignments = Assignments(store=store, storage=storage, broker=broker,
                                        publish=self.publish, routing=routing,
                                        envelope_format=settings.envelope_format, clock=clock)
@@ -302,8 +305,10 @@ class ChatService:
     async def supervisor_overview(self, routing: RoutingConfig) -> dict[str, Any]:
         agents = await self.agents_overview()
         queues = await self.queues_overview(routing)
+        average, count, recent = await self.storage.ratings.recent(RECENT_RATINGS)
         return {
             "agents": agents, "queues": queues,
+            "ratings": {"average": average, "count": count, "recent": as_dicts(recent)},
             "counts": {"online_agents": sum(a["status"] == "online" for a in agents),
                        "open_conversations": sum(a["open_chats"] for a in agents),
                        "waiting": sum(len(q) for q in queues.values())},
@@ -412,7 +417,38 @@ class ChatService:
                                  relay_frame(frame.data, session.conversation_id, "visitor"))
         elif frame.type == "ping":
             peer.send(PONG_FRAME.copy())
+        elif frame.type == "rating":
+            await self.rate(session, frame.data, peer)
         return None
+
+    async def rate(self, session: VisitorSession, data: dict[str, Any], peer: Peer) -> None:
+        """issue 13: the visitor rates their closed conversation; the visitor gets ``rated``
+        back, and so does the agent who had the chat."""
+        rating = await self.conversations.rate(session.visitor_id, session.conversation_id,
+                                               data["score"], data.get("comment", ""),
+                                               self.clock())
+        frame = RatedFrame(conversation_id=rating.conversation_id, score=rating.score,
+                           comment=rating.comment)
+        peer.send(frame_dict(frame))
+        if rating.agent_id:
+            await self.relay(f"agent:{rating.agent_id}", frame_dict(frame))
+
+    async def post_mail_reply(self, conv_id: str, visitor_id: str, client_id: str,
+                              body: str) -> None:
+        """issue 13: a visitor's e-mail reply (``tidedesk.mail.poller``) as a visitor message,
+        through the same durable path as the widget's: a seq, then the broker's confirm.
+        Idempotent on ``client_id``. An answer to a closed conversation reopens it: it is
+        routed again (to an agent, the queue, or the tickets), so a person sees it."""
+        conv = await self.storage.conversations.get(conv_id)
+        seq = await self.assign_seq(conv_id, client_id)
+        await self.publish_message(PendingMessage(
+            conv_id=conv_id, seq=seq, client_id=client_id, body=body, visitor_id=visitor_id,
+            sender_type="visitor", sender_id=visitor_id, name=""))
+        if conv is not None and conv.state == "closed":
+            visitor = await self.storage.visitors.get(visitor_id)
+            await self.publish({"kind": "opened", "conversation_id": conv_id,
+                                "visitor_id": visitor_id,
+                                "tags": list(visitor.tag_list) if visitor else []})
 
     async def connect_agent(self, conn: ConnectionState, token: str | None, ip: str) -> None:
         """Authenticate an agent's socket, fill ``conn`` and announce the agent online.

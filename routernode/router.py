@@ -75,6 +75,10 @@ CLAIM_RETRIES = 5
 # When a backend is down, a handler holds its message this long before giving it back to the
 # broker: the prefetch window fills up, so the broker stops sending and nothing spins.
 UNAVAILABLE_BACKOFF_SECS = 1.0
+# issue 13: noting a reply mail is tried this many times (a lock clash between routers writing
+# the same conversation's row is retried; a database that stays down loses the mail, never a
+# message).
+MAIL_NOTE_ATTEMPTS = 3
 
 
 class Batcher:
@@ -162,7 +166,8 @@ class Router:
                  routing: RoutingConfig, max_waiting_per_pool: int = 500,
                  prefetch: int = 200, clock: Callable[[], float] = time.time,
                  envelope_format: str = "binary", agent_grace_s: float = 30.0,
-                 idle_close_s: float = 1800.0) -> None:
+                 idle_close_s: float = 1800.0,
+                 reply_mail_delay_s: float | None = None) -> None:
         self.broker = broker
         self.store = store
         self.storage = storage
@@ -179,6 +184,10 @@ class Router:
         self._sent_position: dict[str, int] = {}
         # Give-back on leave, pool transfers, tickets, idle close (routernode/lifecycle.py).
         self.lifecycle = Lifecycle(self, grace_s=agent_grace_s, idle_close_s=idle_close_s)
+        # issue 13: None = no mail; else an agent reply to an absent visitor is noted in the
+        # mail outbox, due this many seconds later.
+        self.reply_mail_delay_s = reply_mail_delay_s
+        self._mail_notes: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -206,6 +215,7 @@ class Router:
         if self._tick_task is not None:
             self._tick_task.cancel()
             await asyncio.gather(self._tick_task, return_exceptions=True)
+        await asyncio.gather(*self._mail_notes, return_exceptions=True)
 
     async def recover(self) -> None:
         """Put chats the database says are waiting back in the queues (after a store restart)."""
@@ -282,6 +292,31 @@ class Router:
         log.debug("message stored", extra={"seq": event.seq, "client_id": event.id})
         for confirm in confirms:
             await confirm
+        if visitor is not None and event.from_ == "agent" and not recipients.get(visitor):
+            self.note_reply_mail(event)
+
+    def note_reply_mail(self, event: MessageEvent) -> None:
+        """issue 13: the visitor is not connected, so the reply may go out by e-mail. One row in
+        the mail outbox, written in a task of its own: the chat path never waits for it (the
+        sender, ``tidedesk.mail.outbox``, decides later whether a mail goes out)."""
+        if self.reply_mail_delay_s is None:
+            return
+        task = asyncio.create_task(self._note_reply_mail(event))
+        self._mail_notes.add(task)
+        task.add_done_callback(self._mail_notes.discard)
+
+    async def _note_reply_mail(self, event: MessageEvent) -> None:
+        assert self.reply_mail_delay_s is not None
+        for attempt in range(1, MAIL_NOTE_ATTEMPTS + 1):
+            try:
+                await self.storage.mail.note_reply(event.conversation_id, event.visitor_id,
+                                                   event.seq,
+                                                   self.clock() + self.reply_mail_delay_s)
+                return
+            except Exception as exc:  # a deadlock between routers, or the database is down
+                log.warning("reply mail not noted", extra={"error": str(exc), "seq": event.seq,
+                                                           "attempt": attempt})
+                await asyncio.sleep(UNAVAILABLE_BACKOFF_SECS * attempt)
 
     async def on_opened(self, event: OpenedEvent) -> None:
         conv_id, visitor_id = event.conversation_id, event.visitor_id

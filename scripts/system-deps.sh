@@ -12,6 +12,8 @@ command -v openssl >/dev/null || need+=(openssl)  # swarm/make-secrets.sh (deplo
 # the control-plane Swarm tests import a tiny image holding only a static busybox
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v chromium >/dev/null || need+=(chromium)
+# the mail tests start their own IMAP server (tests/support/mail.py)
+[ -x /usr/sbin/dovecot ] || need+=(dovecot-imapd)
 [ -d /usr/share/fonts/opentype/noto ] || need+=(fonts-noto-cjk)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from tests.support.clients import embedded, new_visitor, ws
+from tests.support.clients import conversation_of, embedded, new_visitor, ws
 from tests.support.routing import GENERAL_ONLY
 from tidedesk.store import CLIENT_IDS_PER_CONVERSATION, MemoryStore
 
@@ -14,9 +14,9 @@ from tidedesk.store import CLIENT_IDS_PER_CONVERSATION, MemoryStore
 def test_late_resend_gets_its_original_seq_and_is_stored_once(tmp_path: Path) -> None:
     async def first_life() -> tuple[str, str, int]:
         async with embedded(tmp_path, GENERAL_ONLY) as rt:
-            _, token, visitor = await new_visitor(rt)
-            conv = visitor.of_type("hello")[0]["conversation_id"]
+            _, token, visitor = await new_visitor(rt, opening=None)
             original = (await visitor.say("the first", client_id="late-1"))["seq"]
+            conv = conversation_of(visitor)  # the first message opened it
             await visitor.say("the second", client_id="late-2")
             # The bounded memory forgets (as it does past CLIENT_IDS_PER_CONVERSATION newer ids,
             # after a quiet day, or on close): the resend still gets its seq.

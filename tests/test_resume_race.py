@@ -72,20 +72,21 @@ def test_resume_races_live_sends_on_two_nodes(tmp_path: Path) -> None:
                 await asyncio.gather(talking, return_exceptions=True)
             assert not bad, f"resume out of order or with holes (iteration, after, seqs): {bad}"
             assert len(acked) > ITERATIONS, "the agent hardly talked: no race was run"
-            # Every acked message is stored once, under the seq its ack gave.
+            # Every acked message is stored once, under the seq its ack gave (after the
+            # visitor's opening message, seq 1).
             async def all_stored() -> bool:
-                return await c.storage.messages.count(conv) >= len(acked)
+                return await c.storage.messages.count(conv) >= len(acked) + 1
 
             await wait_until_async("every acked message stored", all_stored, 20)
             stored: list[int] = []
-            while len(stored) < len(acked):
+            while len(stored) < len(acked) + 1:
                 page = await c.storage.messages.page(conv, after_seq=stored[-1] if stored else 0,
                                                      limit=500, include_private=True)
                 if not page:
                     break
                 stored += [m.seq for m in page]
-            assert stored == sorted(acked)
-            assert await c.storage.messages.count(conv) == len(acked)
+            assert stored == [1, *sorted(acked)]
+            assert await c.storage.messages.count(conv) == len(acked) + 1
             await console.close()
 
         asyncio.run(scenario())

@@ -157,7 +157,7 @@ def test_every_rest_endpoint_refuses_bad_credentials(tmp_path: Path) -> None:
                     checked += 1
                 # And the right credentials get past the gate (no 401/403).
                 good = next((w.tokens[r] for r in ("admin", "supervisor", "agent") if r in rule),
-                            w.tokens["visitor_a"])
+                            w.tokens["visitor_a"])  # a visitor-only route (the transcript)
                 got, data = await http.request(method, url, body, token=good)
                 assert got not in (401, 403), (method, path, data)
             assert checked >= 40
@@ -176,7 +176,7 @@ SAMPLE_FRAMES: dict[str, dict[str, Any]] = {
     "message": {"id": "m1", "body": "hi"}, "note": {"id": "n1", "body": "psst"},
     "resume": {"after_seq": 0}, "typing": {"on": True}, "read": {"seq": 1},
     "status": {"status": "away"}, "close": {}, "transfer": {"to_pool": "general"},
-    "ping": {},
+    "ping": {}, "rating": {"score": 5},
 }
 
 

@@ -125,13 +125,24 @@ class VisitorHelloFrame(_Frame, tag="hello", frozen=True):
     """``conversation_id`` is null and ``state`` ``"new"`` until the visitor's first message
     (issue 13). ``available``: whether someone could answer now (an agent of the visitor's
     pool online or away, within business hours), so the widget can offer the offline form up
-    front; sent with ``new`` only."""
+    front; sent with ``new`` only. ``mail``: true when the server sends e-mail, so the widget
+    may promise an answer by e-mail; absent otherwise."""
 
     visitor_id: str
     conversation_id: str | None
     last_seq: int
     state: str
     available: bool | None = None
+    mail: bool = False
+
+
+class RatedFrame(_Frame, tag="rated", frozen=True):
+    """issue 13: a conversation's rating, to the visitor who gave it (the confirmation) and to
+    the agent who had the chat."""
+
+    conversation_id: str
+    score: int
+    comment: str = ""
 
 
 class HelloConversation(msgspec.Struct, frozen=True, kw_only=True):
@@ -169,7 +180,7 @@ class ReadFrame(_Frame, tag="read", frozen=True):
 Frame = (MessageFrame | StateFrame | QueueFrame | BusyFrame | VisitorAssignedFrame
          | AgentAssignedFrame | ClosedFrame | UnassignedFrame | ErrorFrame | AckFrame
          | PongFrame | ReconnectFrame | VisitorHelloFrame | AgentHelloFrame | TypingFrame
-         | ReadFrame)
+         | ReadFrame | RatedFrame)
 
 
 class _VisitorLike(Protocol):

@@ -56,3 +56,11 @@ for _role in ("visitor", "agent"):
 # Born at 0 too, so increase() sees a process's first rejected envelope.
 for _queue in ("inbound", "delivery"):
     ENVELOPES_REJECTED.labels(queue=_queue)
+# issue 13: mail, both ways (tidedesk/mail/)
+MAIL_SENT = Counter("tidedesk_mail_sent_total", "Mails handed to the SMTP server", ["kind"])
+MAIL_FAILURES = Counter("tidedesk_mail_send_failures_total",
+                        "Mail send attempts that failed (retried later, or given up: dead)",
+                        ["kind", "outcome"])
+MAIL_INCOMING = Counter("tidedesk_mail_incoming_total",
+                        "Mails read from the IMAP mailbox, by what became of them "
+                        "(accepted, no_match, bad_token, too_large, no_text, ...)", ["outcome"])

@@ -126,13 +126,51 @@ class RevokedSignIn(_Base):
     revoked_at = pw.DoubleField(default=now_ts)
 
 
+class MailOutbox(_Base):
+    """issue 13: mail waiting to go out (tidedesk/mail/outbox.py). A ``reply`` row collects
+    the agent replies a visitor missed: its ``dedupe`` is ``reply:<conversation>:pending``
+    until it is sent, so every reply in between shares it. ``lease_until`` is the claim of the
+    sender that is working on it (any number of senders may run)."""
+
+    kind = pw.CharField(max_length=16)  # reply | transcript
+    conversation_id = pw.CharField(max_length=32, index=True)
+    visitor_id = pw.CharField(max_length=32)
+    to_enc = pw.TextField(null=True)  # a transcript's address, encrypted like visitor fields
+    dedupe = pw.CharField(max_length=96, unique=True)
+    status = pw.CharField(max_length=12, default="pending")  # pending|sent|skipped|dead
+    due_at = pw.DoubleField()
+    attempts = pw.IntegerField(default=0)
+    lease_until = pw.DoubleField(default=0)
+    lease_by = pw.CharField(max_length=64, default="")
+    last_reply_seq = pw.IntegerField(default=0)  # the newest agent reply it must carry
+    upto_seq = pw.IntegerField(default=0)  # what the sent mail carried
+    message_id = pw.CharField(max_length=255, default="")
+    last_error = pw.TextField(default="")
+    created_at = pw.DoubleField(default=now_ts)
+    sent_at = pw.DoubleField(null=True)
+
+    class Meta:
+        indexes = ((("status", "due_at"), False),)
+
+
+class Rating(_Base):
+    """issue 13: the visitor's 1-5 rating of a closed conversation (one per conversation)."""
+
+    conversation_id = pw.CharField(max_length=32, unique=True)
+    visitor_id = pw.CharField(max_length=32)
+    agent_id = pw.CharField(max_length=32, null=True, index=True)
+    score = pw.SmallIntegerField()
+    comment = pw.TextField(default="")
+    created_at = pw.DoubleField(default=now_ts)
+
+
 class SchemaVersion(_Base):
     version = pw.IntegerField()
 
 
 MAIN_MODELS: tuple[type[_Base], ...] = (
     Agent, Visitor, Conversation, Ticket, CannedResponse, AuditLog, RevokedSignIn, SchemaVersion,
-    Message,
+    Message, MailOutbox, Rating,
 )
 SHARD_MODELS: tuple[type[_Base], ...] = (Message, SchemaVersion)
 
@@ -222,8 +260,9 @@ def migrate(shard: Shard) -> int:
         if "Conversation" in shard.models:
             # issue 13: the idle sweep and the tickets routed again look conversations up by
             # state (and the quietest first)
-            db.execute_sql("CREATE INDEX IF NOT EXISTS conversation_state_updated "
-                           "ON conversation (state, updated_at)")
+            db.execute_sql(  # type: ignore[no-untyped-call]
+                "CREATE INDEX IF NOT EXISTS conversation_state_updated "
+                "ON conversation (state, updated_at)")
         if "Ticket" in shard.models:
             # issue 13: tickets have an assignee and a last change
             _add_columns(db, "ticket", {"assignee_id": pw.CharField(max_length=32, null=True),

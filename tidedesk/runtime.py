@@ -103,7 +103,9 @@ class Runtime:
                                  max_waiting_per_pool=self.settings.max_waiting_per_pool,
                                  envelope_format=self.settings.envelope_format,
                                  agent_grace_s=self.settings.agent_grace_s,
-                                 idle_close_s=self.settings.idle_close_s)
+                                 idle_close_s=self.settings.idle_close_s,
+                                 reply_mail_delay_s=(self.settings.mail_reply_delay_s
+                                                     if self.settings.mail_enabled else None))
             await self.router.start()
         if self.role in ("dev", "chatnode"):
             self.node = ChatNode(settings=self.settings, broker=self.broker, store=self.store,
@@ -127,6 +129,8 @@ class Runtime:
             await self.node.drain()
         if self.server is not None:
             self.server.stop()
+        if self.node is not None:
+            await self.node.mail.stop()
         if self.router is not None:
             await self.router.stop()
         await self.broker.stop_consuming()

@@ -242,6 +242,34 @@ class Settings:
         "binary", _parse_choice("binary", "json"), "what this node writes to the broker: binary "
         "v1, or `json` only while upgrading from a version before binary envelopes "
         "([docs/envelopes.md](docs/envelopes.md)); both are always read")
+    smtp_url: str | None = _key(
+        None, _parse_optional_str, "outgoing mail: `smtp://user:pass@host:port` (add "
+        "`?starttls=true` for STARTTLS) or `smtps://…`; unset = no mail, and the widget promises "
+        "none ([Configure mail](#configure-mail))")
+    smtp_password: str | None = _key(
+        None, _parse_optional_str, "put into `TIDEDESK_SMTP_URL` when it names a user but no "
+        "password")
+    mail_from: str | None = _key(
+        None, _parse_optional_str, "sender of every mail, `Shop <help@shop.example>`; replies to "
+        "it (plus-addressed) come back through `TIDEDESK_IMAP_URL`; needed with "
+        "`TIDEDESK_SMTP_URL`")
+    imap_url: str | None = _key(
+        None, _parse_optional_str, "the mailbox whose replies become visitor messages: "
+        "`imap://user:pass@host/MAILBOX` or `imaps://…` (unset = mail replies are not read)")
+    imap_password: str | None = _key(
+        None, _parse_optional_str, "put into `TIDEDESK_IMAP_URL` when it names a user but no "
+        "password")
+    mail_link_url: str | None = _key(
+        None, _parse_optional_str, "the page a mail's link opens (one with the widget); the "
+        "widget reopens the chat from the link's `#tidedesk=` part",
+        shown="`http://<host>:<port>/demo`")
+    mail_reply_delay_s: float = _key(
+        60.0, _parse_float(0, 110), "an agent reply to an absent visitor waits this long for "
+        "more replies to share its mail (the protocol promises the mail within two minutes)")
+    mail_poll_s: float = _key(5.0, _parse_float(0.05, 60),
+                              "how often the mail outbox is looked at")
+    imap_poll_s: float = _key(15.0, _parse_float(0.05, 3600),
+                              "how often the IMAP mailbox is read for replies")
     log_level: str = _key("INFO", _parse_choice("DEBUG", "INFO", "WARNING", "ERROR"),
                           "log level")
     log_format: str = _key(
@@ -251,6 +279,11 @@ class Settings:
     @property
     def embedded(self) -> bool:
         return self.broker_url is None and self.redis_url is None
+
+    @property
+    def mail_enabled(self) -> bool:
+        """Whether visitors can be promised an answer by e-mail (an SMTP server is set)."""
+        return self.smtp_url is not None
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -361,6 +394,7 @@ def load_settings(
             f"(each also as {ENV_PREFIX}<KEY>{FILE_SUFFIX}: a file holding the value)"
         )
     _check_urls(values)
+    _check_mail(values)
     _check_role(values, role)
     if not values["node_id"]:
         values["node_id"] = f"{socket.gethostname()}-{os.getpid()}"
@@ -405,6 +439,43 @@ def _check_urls(values: dict[str, Any]) -> None:
             raise SettingsError(f"TIDEDESK_{name.upper()}_URL: expected {schemes[0]}..., got "
                                 f"{url!r}")
         values[f"{name}_url"] = _with_password(url, values[f"{name}_password"])
+
+
+def _check_mail(values: dict[str, Any]) -> None:
+    """The mail settings: URLs that parse, a sender with an SMTP server, IMAP only with SMTP
+    (replies are threaded by the tokens of the mails sent). ``values`` is changed."""
+    from tidedesk.mail.addresses import (
+        MailUrlError,
+        parse_from_address,
+        parse_imap_url,
+        parse_smtp_url,
+    )
+
+    checks = (("smtp_url", parse_smtp_url), ("imap_url", parse_imap_url))
+    for key, parse in checks:
+        if values[key] is None:
+            continue
+        password_key = key.replace("_url", "_password")
+        values[key] = _with_password(values[key], values[password_key])
+        try:
+            parse(values[key])
+        except MailUrlError as exc:
+            raise SettingsError(f"{_env_name(key)}: {exc}") from None
+    if values["smtp_url"] is not None and values["mail_from"] is None:
+        raise SettingsError("TIDEDESK_MAIL_FROM: needed with TIDEDESK_SMTP_URL, e.g. "
+                            "'Shop support <help@shop.example>'")
+    if values["mail_from"] is not None:
+        try:
+            parse_from_address(values["mail_from"])
+        except MailUrlError as exc:
+            raise SettingsError(f"TIDEDESK_MAIL_FROM: {exc}") from None
+    if values["imap_url"] is not None and values["smtp_url"] is None:
+        raise SettingsError("TIDEDESK_IMAP_URL needs TIDEDESK_SMTP_URL too: replies are matched "
+                            "to chats by the tokens of the mails Tidedesk sends")
+    link = values["mail_link_url"]
+    if link is not None and not link.startswith(("http://", "https://")):
+        raise SettingsError(f"TIDEDESK_MAIL_LINK_URL: expected an http:// or https:// page, "
+                            f"got {link!r}")
 
 
 def _check_role(values: dict[str, Any], role: str | None) -> None:

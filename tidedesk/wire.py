@@ -27,7 +27,10 @@ MAX_SEQ = 2**53 - 1
 CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
 AGENT_STATUSES = ("online", "away", "offline")
 
-VISITOR_TYPES = frozenset({"message", "resume", "typing", "read", "ping"})
+VISITOR_TYPES = frozenset({"message", "resume", "typing", "read", "ping", "rating"})
+# issue 13: a visitor's rating of a closed conversation
+RATING_MIN, RATING_MAX = 1, 5
+RATING_COMMENT_MAX_CHARS = 1000
 AGENT_TYPES = frozenset({"message", "note", "resume", "typing", "read", "status", "close",
                          "transfer", "ping"})
 
@@ -113,6 +116,15 @@ def parse_frame(raw: str | bytes, *, role: str, max_body_chars: int) -> Frame:
         seq = _require(data, "seq", int, "the seq read (an integer >= 0)")
         if not 0 <= seq <= MAX_SEQ:
             raise FrameError("invalid_field", f"'seq' must be between 0 and {MAX_SEQ}")
+    elif kind == "rating":
+        score = _require(data, "score", int, f"a whole number from {RATING_MIN} to {RATING_MAX}")
+        if not RATING_MIN <= score <= RATING_MAX:
+            raise FrameError("invalid_field", f"'score' must be from {RATING_MIN} to "
+                             f"{RATING_MAX}, got {score}")
+        comment = data.get("comment", "")
+        if not isinstance(comment, str) or len(comment) > RATING_COMMENT_MAX_CHARS:
+            raise FrameError("invalid_field", "'comment' must be a string of at most "
+                             f"{RATING_COMMENT_MAX_CHARS} characters")
     elif kind == "status":
         status = _require(data, "status", str, "online, away or offline")
         if status not in AGENT_STATUSES:

@@ -36,6 +36,7 @@
       ticket: "Ticket", take: "Take", takeFailed: "Could not take it: {m}",
       reply: "Reply", privateNote: "Private note", canned: "Canned responses", send: "Send",
       addNote: "Add note", chatClosed: "This conversation is closed.", dismiss: "Remove from list",
+      rated: "Rated {score}/5 by the visitor", ratedComment: "Rated {score}/5 by the visitor: “{comment}”",
       transferTitle: "Transfer this chat", toAgent: "To an agent", toPool: "To a pool", cancel: "Cancel",
       noAgents: "No other agents.", pool: "Pool {p}",
       replyPlaceholder: "Write a reply — Enter sends, Shift+Enter adds a line, / for canned responses",
@@ -65,6 +66,7 @@
       ticket: "工单", take: "接入", takeFailed: "无法接入：{m}",
       reply: "回复", privateNote: "内部备注", canned: "快捷回复", send: "发送",
       addNote: "添加备注", chatClosed: "此对话已结束。", dismiss: "从列表移除",
+      rated: "访客评分：{score}/5", ratedComment: "访客评分：{score}/5，“{comment}”",
       transferTitle: "转接此对话", toAgent: "转给客服", toPool: "转到分组", cancel: "取消",
       noAgents: "没有其他客服。", pool: "分组 {p}",
       replyPlaceholder: "输入回复 — Enter 发送，Shift+Enter 换行，输入 / 使用快捷回复",
@@ -335,6 +337,13 @@
         c.state = "closed"; c.typing = false;
         renderList(); renderChat();
         break;
+      case "rated":
+        // issue 13: the visitor rated a chat this agent had.
+        c = S.chats[f.conversation_id];
+        if (!c) break;
+        c.rating = { score: f.score, comment: f.comment || "" };
+        renderChat();
+        break;
       case "unassigned":
         c = S.chats[f.conversation_id];
         if (!c) break;
@@ -517,6 +526,12 @@
     $("[data-log]").hidden = !c;
     $("[data-composer]").hidden = !c || c.state === "closed";
     $("[data-closed-bar]").hidden = !c || c.state !== "closed";
+    var ratingEl = $("[data-rating]");
+    ratingEl.hidden = !c || !c.rating;
+    if (c && c.rating) {
+      ratingEl.textContent = t(c.rating.comment ? "ratedComment" : "rated", c.rating);
+      ratingEl.setAttribute("data-score", String(c.rating.score));
+    }
     if (!c) { $("[data-typing]").hidden = true; return; }
     var name = visitorName(c);
     $("[data-head-avatar]").textContent = name.slice(0, 1).toUpperCase();

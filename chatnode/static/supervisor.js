@@ -20,12 +20,13 @@
       totpWrong: "That code is not right. Try the current one.", badCredentials: "Email or password is not right.",
       tooMany: "Too many attempts. Wait a minute and try again.", networkError: "Cannot reach the server.",
       visitor: "Visitor",
+      ratings: "Average rating ({n} ratings)",
     },
     "zh-CN": {
       title: "主管视图", console: "客服工作台", signOut: "退出登录",
       onlineAgents: "在线客服", openConversations: "进行中的对话", waiting: "排队访客",
       agents: "客服", agent: "客服", status: "状态", load: "负载", pools: "分组", queues: "排队队列",
-      online: "在线", away: "离开", offline: "离线", noAgents: "暂无客服。",
+      online: "在线", away: "离开", offline: "离线", noAgents: "暂无客服。", ratings: "平均评分（共 {n} 条）",
       emptyQueue: "无人排队。", waitingFor: "已等待 {t}", updated: "更新于 {t}",
       stale: "无法连接服务器 — 显示的是 {t} 的数据", forbidden: "主管视图需要主管或管理员角色。",
       signInTitle: "登录", signInIntro: "仅限主管和管理员。", email: "邮箱", password: "密码",
@@ -68,6 +69,10 @@
       var v = counts[el.getAttribute("data-count")];
       el.textContent = v === undefined ? "–" : String(v);
     });
+    // issue 13: the visitors' ratings of closed chats
+    var ratings = last.ratings || { average: null, count: 0 };
+    $("[data-rating-average]").textContent = ratings.average === null || ratings.average === undefined ? "–" : ratings.average.toFixed(1) + " / 5";
+    $("[data-rating-label]").textContent = t("ratings", { n: ratings.count || 0 });
     var tb = $("[data-agents]");
     tb.textContent = "";
     var agents = (last.agents || []).slice().sort(function (a, b) {

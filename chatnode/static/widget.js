@@ -81,6 +81,19 @@
       unread: "{n} unread",
       newConversation: "New conversation",
       seen: "Seen",
+      // issue 13: without server mail the widget promises none; rating and transcript
+      offlineIntroNoMail: "Leave a message and we will answer here, in this chat, when we are back.",
+      offlineThanksNoMail: "Thank you! We received your message; come back to this page for our answer.",
+      rateTitle: "How was this chat?",
+      rateStar: "{n} of 5",
+      rateComment: "Anything to add? (optional)",
+      rateSend: "Send rating",
+      rateThanks: "Thank you for your rating!",
+      rateNeedScore: "Please pick 1 to 5 stars.",
+      transcriptLabel: "Email me this conversation",
+      transcriptSend: "Send",
+      transcriptSent: "The conversation is on its way to {email}.",
+      transcriptFailed: "The conversation could not be mailed: {m}",
     },
     "zh-CN": {
       launcher: "在线客服",
@@ -123,6 +136,18 @@
       unread: "{n} 条未读",
       newConversation: "新的对话",
       seen: "已读",
+      offlineIntroNoMail: "请留言，客服上线后会在此对话中回复您。",
+      offlineThanksNoMail: "谢谢！我们已收到您的留言，请稍后回到本页面查看回复。",
+      rateTitle: "您对本次服务满意吗？",
+      rateStar: "{n} 星（满分 5 星）",
+      rateComment: "还有什么想说的吗？（选填）",
+      rateSend: "提交评价",
+      rateThanks: "感谢您的评价！",
+      rateNeedScore: "请选择 1 到 5 颗星。",
+      transcriptLabel: "将对话记录发送到我的邮箱",
+      transcriptSend: "发送",
+      transcriptSent: "对话记录正在发送至 {email}。",
+      transcriptFailed: "对话记录发送失败：{m}",
     },
   };
 
@@ -157,6 +182,10 @@
     lastReadSent: 0,
     offlineSent: false,
     notice: null,
+    mail: false, // the server sends e-mail (hello's "mail"): only then is an answer by mail promised
+    rated: load("rated") || "", // the conversation the visitor has rated
+    score: 0,
+    transcriptNote: "",
   };
   // This conversation's messages by seq; a hole is asked for with `resume`.
   var seqLog = new Core.SeqLog(function (top) { send({ type: "resume", after_seq: top }); });
@@ -250,6 +279,15 @@
     ".offline textarea{height:70px}",
     ".offline .err{color:#b91c1c;font-size:12.5px;min-height:1em}",
     ".offline .send{height:38px}",
+    ".after{padding:10px 16px;border-top:1px solid #e4e7eb;background:#fff;display:flex;flex-direction:column;gap:8px}",
+    ".after[hidden],.after [hidden]{display:none}",
+    ".rate{display:flex;flex-direction:column;gap:6px}.rtitle{font-weight:600}",
+    ".stars{display:flex;gap:4px}.star{border:0;background:none;font-size:24px;line-height:1;color:#cbd2d9;cursor:pointer;padding:2px}",
+    ".star.on{color:#f59e0b}.star:focus-visible{outline:2px solid #0f766e;border-radius:4px}",
+    ".rate textarea,.transcript input{border:1px solid #cbd2d9;border-radius:8px;padding:7px 9px;width:100%;outline:none}",
+    ".rate .send,.transcript .send{height:34px}.rate .err{color:#b91c1c;font-size:12.5px}",
+    ".transcript label{font-size:12.5px;color:#3e4c59;display:flex;flex-direction:column;gap:4px}",
+    ".trrow{display:flex;gap:6px}",
     ".sr{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0)}",
     "@media (max-width:480px){.launcher.open{display:none}.panel{position:fixed;inset:0;width:auto;height:auto;max-height:none;border-radius:0}}",
   ].join("");
@@ -321,12 +359,86 @@
       h("label", null, [ui.offEmailL, ui.offEmail]),
       ui.offMsgLabel,
       ui.offErr, ui.offSubmit]);
+    buildAfterChat();
     ui.panel = h("section", { class: "panel", hidden: true, "data-testid": "td-panel", role: "dialog" }, [
       h("header", null, [h("div", { class: "htext" }, [ui.title, h("div", { class: "sub" }, [ui.dot, ui.subText])]), ui.langBtn, ui.closeBtn]),
-      ui.banner, ui.log, ui.typing, ui.composer, ui.offline,
+      ui.banner, ui.log, ui.typing, ui.after, ui.composer, ui.offline,
     ]);
     root.appendChild(h("div", { class: "tdw" }, [ui.panel, ui.launcher]));
     (document.body || document.documentElement).appendChild(host);
+  }
+
+  /** issue 13: after a closed chat, the 1-5 rating (once per conversation) and the transcript by mail. */
+  function buildAfterChat() {
+    ui.rateTitle = h("div", { class: "rtitle" });
+    ui.stars = [1, 2, 3, 4, 5].map(function (n) {
+      return h("button", {
+        type: "button", class: "star", "data-testid": "td-star-" + n, "aria-pressed": "false",
+        text: "★", onclick: function () { S.score = n; renderAfterChat(); },
+      });
+    });
+    ui.rateComment = h("textarea", { rows: "2", maxlength: "1000", "data-testid": "td-rate-comment" });
+    ui.rateSend = h("button", { type: "button", class: "send", "data-testid": "td-rate-send", onclick: submitRating });
+    ui.rateErr = h("div", { class: "err", role: "alert" });
+    ui.rateForm = h("div", { class: "rate", "data-testid": "td-rating" },
+      [ui.rateTitle, h("div", { class: "stars" }, ui.stars), ui.rateComment, ui.rateErr, ui.rateSend]);
+    ui.rateThanks = h("div", { class: "note", "data-testid": "td-rate-thanks" });
+    ui.trEmail = h("input", { type: "email", autocomplete: "email", "data-testid": "td-transcript-email" });
+    ui.trLabel = h("span");
+    ui.trSend = h("button", { type: "button", class: "send", "data-testid": "td-transcript-send", onclick: submitTranscript });
+    ui.trNote = h("div", { class: "note", "data-testid": "td-transcript-note" });
+    ui.transcript = h("div", { class: "transcript", "data-testid": "td-transcript" },
+      [h("label", null, [ui.trLabel, h("div", { class: "trrow" }, [ui.trEmail, ui.trSend])]), ui.trNote]);
+    ui.after = h("div", { class: "after", hidden: true, "data-testid": "td-after" }, [ui.rateForm, ui.rateThanks, ui.transcript]);
+  }
+
+  function renderAfterChat() {
+    var closed = S.convState === "closed" && !!S.conversationId;
+    ui.after.hidden = !closed;
+    if (!closed) return;
+    var rated = S.rated === S.conversationId;
+    ui.rateForm.hidden = rated;
+    ui.rateThanks.hidden = !rated;
+    ui.rateThanks.textContent = t("rateThanks");
+    ui.rateTitle.textContent = t("rateTitle");
+    ui.stars.forEach(function (b, i) {
+      b.setAttribute("aria-pressed", String(i < S.score));
+      b.setAttribute("aria-label", t("rateStar", { n: i + 1 }));
+      b.classList.toggle("on", i < S.score);
+    });
+    ui.rateComment.placeholder = t("rateComment");
+    ui.rateComment.setAttribute("aria-label", t("rateComment"));
+    ui.rateSend.textContent = t("rateSend");
+    ui.transcript.hidden = !S.mail;
+    ui.trLabel.textContent = t("transcriptLabel");
+    ui.trSend.textContent = t("transcriptSend");
+    if (!ui.trEmail.value && ds.email) ui.trEmail.value = ds.email;
+    ui.trNote.textContent = S.transcriptNote;
+    ui.trNote.hidden = !S.transcriptNote;
+  }
+
+  function submitRating() {
+    if (!S.score) { ui.rateErr.textContent = t("rateNeedScore"); return; }
+    ui.rateErr.textContent = "";
+    var frame = { type: "rating", score: S.score };
+    var comment = ui.rateComment.value.trim();
+    if (comment) frame.comment = comment;
+    send(frame);
+  }
+
+  function submitTranscript() {
+    var email = ui.trEmail.value.trim();
+    if (!email || email.indexOf("@") < 1) { S.transcriptNote = t("emailRequired"); renderAfterChat(); return; }
+    fetch(ORIGIN + "/api/v1/conversations/" + encodeURIComponent(S.conversationId) + "/transcript", {
+      method: "POST", headers: { "Content-Type": "application/json", Authorization: "Bearer " + S.token },
+      body: JSON.stringify({ email: email }),
+    }).then(function (r) {
+      return r.json().catch(function () { return {}; }).then(function (j) {
+        S.transcriptNote = r.ok ? t("transcriptSent", { email: email })
+          : t("transcriptFailed", { m: (j.error && j.error.message) || ("HTTP " + r.status) });
+        renderAfterChat();
+      });
+    }, function (e) { S.transcriptNote = t("transcriptFailed", { m: String(e && e.message || e) }); renderAfterChat(); });
   }
 
   function svgIcon(cls, d) {
@@ -358,7 +470,7 @@
     ui.input.setAttribute("aria-label", t("placeholder"));
     ui.sendBtn.textContent = t("send");
     ui.offTitle.textContent = t("offlineTitle");
-    ui.offIntro.textContent = t("offlineIntro");
+    ui.offIntro.textContent = t(S.mail ? "offlineIntro" : "offlineIntroNoMail");
     ui.offNameL.textContent = t("name");
     ui.offEmailL.textContent = t("email");
     ui.offMsgL.textContent = t("message");
@@ -401,12 +513,14 @@
     // for an address; once the visitor has written, only for the address (the composer stays).
     var wrote = outbox.items.length > 0 ||
       seqLog.seqs().some(function (seq) { return seqLog.msgs[seq].from === "visitor"; });
-    var offlineForm = isOffline() && !S.offlineSent && !(wrote && S.contactSent);
+    // Without mail there is no address to ask for once the visitor has written.
+    var offlineForm = isOffline() && !S.offlineSent && !(wrote && (S.contactSent || !S.mail));
     var contactOnly = offlineForm && wrote;
     ui.offline.hidden = !offlineForm;
     ui.offline.setAttribute("data-mode", contactOnly ? "contact" : "message");
     ui.offMsgLabel.hidden = contactOnly;
-    ui.offIntro.textContent = contactOnly ? t("offlineContactIntro") : t("offlineIntro");
+    ui.offIntro.textContent = contactOnly ? t("offlineContactIntro")
+      : t(S.mail ? "offlineIntro" : "offlineIntroNoMail");
     ui.composer.hidden = offlineForm && !contactOnly;
     ui.typing.hidden = !S.agentTyping;
     ui.typing.style.display = offlineForm ? "none" : "";
@@ -414,6 +528,7 @@
     ui.badge.hidden = !S.unread || S.open;
     ui.badge.textContent = String(S.unread);
     ui.badge.setAttribute("aria-label", t("unread", { n: S.unread }));
+    renderAfterChat();
   }
 
   function renderLog() {
@@ -446,7 +561,7 @@
     } else if (S.convState === "closed") {
       log.appendChild(h("div", { class: "note", "data-testid": "td-closed", text: t("closed") }));
     }
-    if (S.offlineSent) log.appendChild(h("div", { class: "note", "data-testid": "td-offline-thanks", text: t("offlineThanks") }));
+    if (S.offlineSent) log.appendChild(h("div", { class: "note", "data-testid": "td-offline-thanks", text: t(S.mail ? "offlineThanks" : "offlineThanksNoMail") }));
     if (S.notice) log.appendChild(h("div", { class: "note", "data-testid": "td-notice", text: S.notice }));
     if (nearBottom || !S._rendered) log.scrollTop = log.scrollHeight;
     S._rendered = true;
@@ -578,6 +693,7 @@
         }
         if (f.visitor_id) { S.visitorId = f.visitor_id; save("visitor_id", f.visitor_id); }
         S.available = typeof f.available === "boolean" ? f.available : null;
+        if (S.mail !== (f.mail === true)) { S.mail = f.mail === true; renderChrome(); }
         setConvState(f.state);
         if (f.conversation_id) seqLog.catchUp(f.last_seq);
         if (!opening) outbox.resend(transmit);
@@ -619,7 +735,12 @@
         S.notice = t("busy");
         renderStatus(); renderLog();
         break;
+      case "rated":
+        if (f.conversation_id) { S.rated = f.conversation_id; save("rated", f.conversation_id); }
+        renderStatus();
+        break;
       case "error":
+        if (f.code === "already_rated") { S.rated = S.conversationId; save("rated", S.rated); renderStatus(); break; }
         onError(f);
         break;
       default:
@@ -687,21 +808,25 @@
 
   function submitOffline() {
     var email = ui.offEmail.value.trim(), body = ui.offMsg.value.trim(), name = ui.offName.value.trim();
-    if (!email || email.indexOf("@") < 1) { ui.offErr.textContent = t("emailRequired"); ui.offEmail.focus(); return; }
     var contactOnly = ui.offline.getAttribute("data-mode") === "contact";
+    // The address is needed only when the server can mail the answer (hello's "mail").
+    if ((S.mail && !email) || (email && email.indexOf("@") < 1)) { ui.offErr.textContent = t("emailRequired"); ui.offEmail.focus(); return; }
     if (!body && !contactOnly) { ui.offErr.textContent = t("messageRequired"); ui.offMsg.focus(); return; }
     ui.offErr.textContent = "";
     // The contact details go to the visitor's own (encrypted) record, never into the message.
-    var contact = { email: email };
+    var contact = {};
+    if (email) contact.email = email;
     if (name) contact.name = name;
-    ensureVisitor().then(function (token) {
-      return fetch(ORIGIN + "/api/v1/visitors/contact", {
-        method: "POST", body: JSON.stringify(contact),
-        headers: { "Content-Type": "application/json", Authorization: "Bearer " + token },
-      });
-    }).then(function (r) {
-      if (r.ok) { S.contactSent = true; save("contact_sent", "1"); renderStatus(); }
-    }, function () { /* the message still goes; the address can be given again */ });
+    if (email || name) {
+      ensureVisitor().then(function (token) {
+        return fetch(ORIGIN + "/api/v1/visitors/contact", {
+          method: "POST", body: JSON.stringify(contact),
+          headers: { "Content-Type": "application/json", Authorization: "Bearer " + token },
+        });
+      }).then(function (r) {
+        if (r.ok) { S.contactSent = true; save("contact_sent", "1"); renderStatus(); }
+      }, function () { /* the message still goes; the details can be given again */ });
+    }
     if (body && !contactOnly) sendMessage(body);
     S.offlineSent = true;
     ui.offMsg.value = "";
@@ -762,7 +887,21 @@
   }
 
   // ---- start ----
+  /** A mail's link opens this page with #tidedesk=<visitor token>: take it, drop it from the
+   *  address bar (and history), and open the chat it belongs to. */
+  function takeLinkToken() {
+    var m = /(?:^#|&)tidedesk=([A-Za-z0-9._-]+)/.exec(location.hash || "");
+    if (!m) return;
+    if (m[1] !== S.token) {
+      S.token = m[1]; S.visitorId = null; S.conversationId = null;
+      save("token", S.token); save("visitor_id", null); save("conversation_id", null); save("outbox", null);
+    }
+    S.open = true;
+    try { history.replaceState(null, "", location.pathname + location.search); } catch (e) { location.hash = ""; }
+  }
+
   function start() {
+    takeLinkToken();
     build();
     try {
       var saved = JSON.parse(load("outbox") || "[]");

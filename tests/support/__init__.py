@@ -11,4 +11,6 @@
   reconnects, resumes and resends, keeps every connection's frames and a ledger of sends.
 - ``http``: blocking JSON over HTTP(S), and TLS that accepts the test certificate.
 - ``swarm``: the docker CLI and this machine's single-node Swarm.
+- ``mail``: real mail servers: aiosmtpd in its own process (``smtp_sink``) and Dovecot with a
+  throwaway mailbox (IMAP ``APPEND`` puts replies in).
 """

@@ -3,7 +3,8 @@ façade the roles receive.
 
 - ``storage.agents`` (:mod:`.agents`), ``storage.visitors`` (:mod:`.visitors`),
   ``storage.conversations`` (:mod:`.conversations`), ``storage.messages`` (:mod:`.messages`),
-  ``storage.tickets``, ``storage.canned``, ``storage.audit``, ``storage.sign_ins``;
+  ``storage.tickets``, ``storage.canned``, ``storage.audit``, ``storage.sign_ins``,
+  ``storage.mail`` (the mail outbox), ``storage.ratings``;
 - every repository returns frozen records (:mod:`.records`) or, for history, message frames
   (:class:`tidedesk.frames.MessageFrame`), never peewee rows;
 - they share one :class:`~.database.Database`: the shards, the thread pool, the circuit breaker
@@ -22,7 +23,9 @@ from tidedesk.storage.audit import AuditRepository
 from tidedesk.storage.canned import CannedRepository
 from tidedesk.storage.conversations import ConversationRepository
 from tidedesk.storage.database import MAX_PAGE, Database, new_id
+from tidedesk.storage.mail import MailRepository
 from tidedesk.storage.messages import MessageRepository
+from tidedesk.storage.ratings import RatingRepository
 from tidedesk.storage.rotation import rotate_key
 from tidedesk.storage.sign_ins import SignInRepository
 from tidedesk.storage.tickets import TicketRepository
@@ -49,6 +52,8 @@ class Storage:
         self.canned = CannedRepository(self.database)
         self.audit = AuditRepository(self.database)
         self.sign_ins = SignInRepository(self.database)
+        self.mail = MailRepository(self.database)  # issue 13: the mail outbox
+        self.ratings = RatingRepository(self.database)  # issue 13
 
     @property
     def cipher(self) -> FieldCipher | None:

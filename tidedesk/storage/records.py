@@ -97,6 +97,17 @@ class TicketView(_Record, frozen=True):
     updated_at: float
 
 
+class Rating(_Record, frozen=True):
+    """issue 13: a visitor's rating of a closed conversation."""
+
+    conversation_id: str
+    visitor_id: str
+    agent_id: str | None
+    score: int
+    comment: str
+    created_at: float
+
+
 class CannedResponse(_Record, frozen=True):
     id: int
     shortcut: str
