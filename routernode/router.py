@@ -53,6 +53,7 @@ from tidedesk.frames import (
     StateFrame,
     UnassignedFrame,
     VisitorAssignedFrame,
+    attachments_json,
     visitor_summary,
 )
 from tidedesk.routing_rules import RoutingConfig
@@ -224,12 +225,13 @@ class Router:
             "sender_type": event.from_, "sender_id": event.sender_id,
             "sender_name": event.name, "body": event.body,
             "private": event.private, "ts": event.ts,
+            "attachments": attachments_json(event.attachments),
         }
         await self.batcher.add(row)
         log.debug("message stored", extra={"seq": event.seq, "client_id": event.id})
         frame = MessageFrame(conversation_id=conv_id, seq=event.seq, id=event.id,
                              from_=event.from_, body=event.body, ts=event.ts, name=event.name,
-                             private=event.private)
+                             private=event.private, attachments=event.attachments)
         visitor = None if event.private else f"visitor:{event.visitor_id}"
         recipients = await self.store.message_fanout(conv_id, frame.to_dict(), visitor,
                                                      self.clock())

@@ -29,6 +29,7 @@ from tests.support.clients import (
     ws,
 )
 from tests.support.routing import GENERAL_ONLY
+from tests.support.uploads import upload
 from tests.support.waiting import wait_until_async
 from tidedesk import auth
 from tidedesk.auth import (
@@ -88,6 +89,7 @@ class World:
     tokens: dict[str, str]
     conv_a: str
     agent_ids: dict[str, str]
+    attachment: str  # a file visitor A sent in conv_a
 
 
 async def _world(rt: Runtime) -> tuple[World, list[WsClient]]:
@@ -101,6 +103,12 @@ async def _world(rt: Runtime) -> tuple[World, list[WsClient]]:
     _, token_a, visitor_a = await new_visitor(rt, name="Alice")
     w.conv_a = (visitor_a.of_type("hello")[0])["conversation_id"]
     await owner.wait_type("assigned", conversation_id=w.conv_a)
+    status, att = await upload(rt.port, token_a, b"order 1234", "order.txt")
+    assert status == 201, att
+    w.attachment = att["id"]
+    await visitor_a.send({"type": "message", "id": "with-file", "body": "",
+                          "attachments": [w.attachment]})
+    await visitor_a.wait_type("ack", id="with-file")
     _, token_b, visitor_b = await new_visitor(rt, name="Bob")
     other = TokenService("not-our-secret-" * 4, 900, 3600)
     old = TokenService(rt.settings.jwt_secret, 900, 3600)
@@ -119,7 +127,13 @@ async def _world(rt: Runtime) -> tuple[World, list[WsClient]]:
     return w, [owner, visitor_a, visitor_b]
 
 
+# Endpoints any visitor may call that name no conversation (visitor B is not refused there).
+UNSCOPED = {("POST", "/api/v1/attachments")}
+
+
 def _concrete(path: str, w: World) -> str:
+    if "/attachments/" in path:
+        return path.replace("{id}", w.attachment)
     if "/conversations/" in path:
         return path.replace("{id}", w.conv_a)
     return path.replace("{id}", w.agent_ids["agent"])
@@ -143,9 +157,9 @@ def test_every_rest_endpoint_refuses_bad_credentials(tmp_path: Path) -> None:
                 ]
                 if "visitor" in rule:
                     cases += [(w.tokens["expired_visitor"], 401, "token_expired"),
-                              (w.tokens["forged_visitor"], 401, "invalid_token"),
-                              # another visitor's conversation
-                              (w.tokens["visitor_b"], 403, "forbidden")]
+                              (w.tokens["forged_visitor"], 401, "invalid_token")]
+                    if (method, path) not in UNSCOPED:  # another visitor's conversation
+                        cases.append((w.tokens["visitor_b"], 403, "forbidden"))
                 else:
                     cases.append((w.tokens["visitor_a"], 403, "forbidden"))
                 cases += [(w.tokens[role], 403, "forbidden")

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from tidedesk.crypto import FieldCipher
 from tidedesk.models import Shard
 from tidedesk.storage.agents import AgentRepository
+from tidedesk.storage.attachments import AttachmentRepository
 from tidedesk.storage.audit import AuditRepository
 from tidedesk.storage.canned import CannedRepository
 from tidedesk.storage.conversations import ConversationRepository
@@ -49,6 +50,7 @@ class Storage:
         self.canned = CannedRepository(self.database)
         self.audit = AuditRepository(self.database)
         self.sign_ins = SignInRepository(self.database)
+        self.attachments = AttachmentRepository(self.database)
 
     @property
     def cipher(self) -> FieldCipher | None:
