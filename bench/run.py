@@ -29,6 +29,7 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
     "P5": ("bench.p5_idle_memory", [], ["--reps", "1", "--connections", "2000"]),
     "P6": ("bench.p6_failover", [], ["--reps", "1", "--visitors", "500"]),
     "P7": ("bench.p7_socketio", [], ["--reps", "1", "--seconds", "3"]),
+    "P8": ("bench.p8_uploads", [], ["--reps", "1"]),
 }
 WHAT = {
     "P1": "chat-node round trip (ping/pong; connect + auth + session lookup + hello) vs echo",
@@ -38,6 +39,7 @@ WHAT = {
     "P5": "memory per idle connection at 10 000 connections vs bare Tornado",
     "P6": "two chat nodes, 5 000 visitors, one killed: back vs cold connect, replayed share",
     "P7": "python-socketio + Redis manager (two processes) vs Tidedesk end to end",
+    "P8": "20 clients upload 10 MB at once: server memory per upload in flight vs buffered",
 }
 
 
