@@ -216,7 +216,8 @@ def event_to_mapping(event: InboundEvent) -> dict[str, Any]:
     out: dict[str, Any] = {"kind": event.KIND}
     for key, attr, _, _ in _slots(type(event)):
         value = getattr(event, attr)
-        out[key] = list(value) if isinstance(value, tuple) else value  # as JSON has it
+        # As JSON has it: tuples as lists, attachment Structs as their arrays.
+        out[key] = msgspec.to_builtins(value) if isinstance(value, tuple) else value
     return out
 
 
