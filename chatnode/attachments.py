@@ -55,6 +55,9 @@ MULTIPART_OVERHEAD = 16 * 1024
 # Threads for blob reads/writes and image decoding: uploads and downloads never block the loop.
 BLOB_THREADS = 4
 THUMB_SUFFIX = ".thumb"
+# A file uploaded but never sent with a message is deleted after this long (the widget sends
+# right after the upload; a day covers a visitor who went offline in between).
+UNSENT_MAX_AGE_SECS = 24 * 3600
 
 
 class _SpoolTarget(BaseTarget):  # type: ignore[misc]
@@ -349,6 +352,17 @@ class AttachmentService:
         ids = await self.storage.attachments.take_for(visitor_id=visitor_id)
         for att_id in ids:
             await self._run(self._delete_blobs, att_id)
+        return len(ids)
+
+    async def sweep_unsent(self) -> int:
+        """Delete files never sent within :data:`UNSENT_MAX_AGE_SECS` (and partial files a
+        crashed process left); the chat node runs it periodically. Returns how many."""
+        ids = await self.storage.attachments.take_unsent(self.clock() - UNSENT_MAX_AGE_SECS)
+        for att_id in ids:
+            await self._run(self._delete_blobs, att_id)
+        sweep = getattr(self.blobs, "sweep_partials", None)
+        if sweep is not None:
+            await self._run(sweep)
         return len(ids)
 
     def close(self) -> None:

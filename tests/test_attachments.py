@@ -313,3 +313,25 @@ def test_encrypted_at_rest(tmp_path: Path, encrypt: bool) -> None:
             await visitor.close()
 
     run(scenario())
+
+
+def test_unsent_uploads_are_swept_after_a_day(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with embedded(tmp_path, GENERAL_ONLY) as rt:
+            _, tok, visitor = await new_visitor(rt)
+            _, sent = await upload(rt.port, tok, b"sent", "a.txt")
+            _, unsent = await upload(rt.port, tok, b"forgotten", "b.txt")
+            await visitor.send({"type": "message", "id": "s1", "body": "",
+                                "attachments": [sent["id"]]})
+            await visitor.wait_type("ack", id="s1")
+            service = rt.node.service.attachments  # type: ignore[union-attr]
+            assert await service.sweep_unsent() == 0  # too young
+            service.clock = lambda: time.time() + 2 * 86400
+            assert await service.sweep_unsent() == 1
+            service.clock = time.time
+            assert (await fetch(rt.port, unsent["url"], tok))[0] == 404
+            assert (await fetch(rt.port, sent["url"], tok))[0] == 200
+            assert len(stored_files(rt)) == 1
+            await visitor.close()
+
+    run(scenario())

@@ -113,17 +113,18 @@ class AttachmentRepository:
 
         return await self._db.run(work)
 
-    async def unsent_before(self, cutoff: float, limit: int = 500) -> list[str]:
-        """Ids of files uploaded before ``cutoff`` and never sent (for a cleanup sweep)."""
+    async def take_unsent(self, cutoff: float, limit: int = 500) -> list[str]:
+        """Delete the rows of files uploaded before ``cutoff`` and never sent, and return
+        their ids (whose bytes the caller deletes). A file being sent at that moment is kept:
+        only rows still unbound are deleted."""
 
         def work() -> list[str]:
             model = self._db.main["Attachment"]
-            with self._db.main.db.connection_context():
-                return [r.id for r in model.select(model.id).where(
-                    model.conversation_id.is_null() & (model.created_at < cutoff)
-                ).limit(limit)]
+            unsent = model.conversation_id.is_null() & (model.created_at < cutoff)
+            with self._db.main.db.connection_context(), self._db.main.db.atomic():
+                ids = [r.id for r in model.select(model.id).where(unsent).limit(limit)]
+                if ids:
+                    model.delete().where(model.id.in_(ids) & unsent).execute()
+            return ids
 
         return await self._db.run(work)
-
-
-
