@@ -617,7 +617,12 @@ def test_rotate_key_reencrypts_with_the_new_key(tmp_path: Path) -> None:
     async def write_with_old_key() -> str:
         async with embedded(tmp_path, GENERAL_ONLY, aes_key=old_key,
                             encrypt_message_bodies=True) as rt:
-            visitor_id, _, visitor = await new_visitor(rt, **SECRETS)
+            visitor_id, token, visitor = await new_visitor(rt, **SECRETS)
+            _, att = await upload(rt.port, token, b"receipt", "receipt.txt")
+            await visitor.send({"type": "message", "id": "f1", "body": "",
+                                "attachments": [att["id"]]})
+            await visitor.wait_type("ack", id="f1")
+            await asyncio.sleep(0.3)  # the router's batch reaches the database
             await visitor.close()
             return visitor_id
 
@@ -632,6 +637,7 @@ def test_rotate_key_reencrypts_with_the_new_key(tmp_path: Path) -> None:
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0, out.stderr
     assert f"key {key_id(new_key)}: 3 visitor field(s)" in out.stdout
+    assert "2 attachment name(s) and list(s)" in out.stdout
 
     async def read_with_new_key_only() -> None:
         async with embedded(tmp_path, GENERAL_ONLY, aes_key=new_key) as rt:
@@ -641,6 +647,13 @@ def test_rotate_key_reencrypts_with_the_new_key(tmp_path: Path) -> None:
             assert FieldCipher(old_key).decrypt(row.email_enc, "visitor.email") is None
             entries = as_dicts(await rt.storage.audit.entries(action="admin."))
             assert entries[0]["target"] == key_id(new_key)
+            # issue 15: the file's name and the message's list were resealed too.
+            shard = rt.storage.main
+            names = [r.name for r in shard["Attachment"].select()]
+            assert len(names) == 1 and names[0].startswith(f"v2:{key_id(new_key)}:")
+            lists = [r.attachments for s in rt.storage.shards for r in
+                     s["Message"].select().where(s["Message"].attachments.is_null(False))]
+            assert len(lists) == 1 and lists[0].startswith(f"v2:{key_id(new_key)}:")
 
     asyncio.run(read_with_new_key_only())
     assert json.dumps(SECRETS["email"]).strip('"').encode() not in _database_bytes(
