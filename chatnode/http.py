@@ -444,7 +444,9 @@ class AttachmentHandler(JsonHandler):
         self.set_header("Content-Type", download.content_type)
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Content-Security-Policy", ATTACHMENT_CSP)
-        self.set_header("Cross-Origin-Resource-Policy", "same-site")
+        # The widget shows these on shops' own sites (another site): same-site would block the
+        # <img>. Who may read is decided by the token or the signed link, not by the embedder.
+        self.set_header("Cross-Origin-Resource-Policy", "cross-origin")
         self.set_header("Cache-Control", "private, max-age=3600, immutable")
         self.set_header("ETag", download.etag)
         self.set_header("Accept-Ranges", "bytes")

@@ -133,6 +133,8 @@ def test_screenshot_round_trip_resume_history_and_access_matrix(tmp_path: Path) 
             assert img.size == (400, 300) and not dict(img.getexif())
             assert headers["X-Content-Type-Options"] == "nosniff"
             assert "sandbox" in headers["Content-Security-Policy"]
+            # Shops embed the widget on their own sites: the <img> must load there.
+            assert headers["Cross-Origin-Resource-Policy"] == "cross-origin"
             assert headers["Content-Disposition"].startswith("inline")
             # ETag and Range.
             status, _, _ = await fetch(port, url, w["owner_tok"],
