@@ -36,6 +36,7 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
               ["--window", "1", "--visitors", "10", "--reps", "1", "--seconds", "3"]),
     "P7Q50": ("bench.p7_socketio", ["--window", "1", "--visitors", "50"],
               ["--window", "1", "--visitors", "50", "--reps", "1", "--seconds", "3"]),
+    "P8": ("bench.p8_uploads", [], ["--reps", "1"]),
 }
 WHAT = {
     "P1": "chat-node round trip (ping/pong; connect + auth + session lookup + hello) vs echo",
@@ -48,6 +49,7 @@ WHAT = {
     "P2Q": "P2 at one message in flight per conversation (the quiet desk), 10 conversations",
     "P7Q10": "P7 at one message in flight, 10 conversations (goal >= 0.5x, p50 <= 3x)",
     "P7Q50": "P7 at one message in flight, 50 conversations (goal >= 1.0x)",
+    "P8": "20 clients upload 10 MB at once: server memory per upload in flight vs buffered",
 }
 
 

@@ -36,6 +36,8 @@ DRAIN_SPREAD_SECS = 3.0
 DRAIN_TIMEOUT_SECS = 20.0
 # How often a node checks that the session store still knows it (see _heartbeat_loop).
 STORE_CHECK_SECS = 1.0
+# How often a node deletes uploaded files that were never sent (chatnode/attachments.py).
+ATTACHMENT_SWEEP_SECS = 600.0
 
 PAGES = {"/demo": "demo.html", "/console": "console.html", "/supervisor": "supervisor.html",
          "/widget.js": "widget.js"}
@@ -98,6 +100,7 @@ class ChatNode:
         self.draining = False
         self.inflight: set[asyncio.Future[Any]] = set()
         self._heartbeat: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._marker = f"heartbeat:{settings.node_id}"
         self.mail = MailJobs(settings=settings, storage=storage, store=store,
                              tokens=self.service.tokens, post=self.service.post_mail_reply,
@@ -120,6 +123,7 @@ class ChatNode:
                                   prefetch=200)
         self._heartbeat = asyncio.create_task(self._heartbeat_loop())
         self.mail.start()
+        self._sweeper = asyncio.create_task(self._sweep_loop())
         self.started = True
         metrics.READY.set(1)
 
@@ -140,6 +144,17 @@ class ChatNode:
                     due = loop.time() + ttl / 3
             except Exception as exc:
                 log.warning("presence heartbeat failed; next one retries",
+                            extra={"error": str(exc)})
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(ATTACHMENT_SWEEP_SECS)
+            try:
+                removed = await self.service.attachments.sweep_unsent()
+                if removed:
+                    log.info("unsent attachments deleted", extra={"count": removed})
+            except Exception as exc:
+                log.warning("attachment sweep failed; the next one retries",
                             extra={"error": str(exc)})
 
     async def heartbeat(self, ttl: float) -> None:
@@ -174,6 +189,8 @@ class ChatNode:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         await self.mail.stop()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         await self.broker.stop_consuming()
         log.info("drained", extra={"connections_left": self.hub.count()})
 

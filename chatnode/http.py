@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
+import re
 import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
+from urllib.parse import quote
 
-from tornado.web import HTTPError, RequestHandler
+from tornado.iostream import StreamClosedError
+from tornado.web import HTTPError, RequestHandler, stream_request_body
 
+from chatnode.attachments import Upload
 from chatnode.errors import ServiceError
 from chatnode.origins import origin_allowed
 from chatnode.service import ChatService
 from tidedesk import logs, metrics
+from tidedesk.attachment_rules import inline
 from tidedesk.auth import Principal
 from tidedesk.errors import Unavailable
 from tidedesk.i18n import text
@@ -362,3 +368,190 @@ class AuditHandler(JsonHandler):
             limit=self.get_query_argument("limit", None),
             before_id=self.get_query_argument("before_id", None),
             action=self.get_query_argument("action", None))})
+
+
+# -- attachments (issue 15) ----------------------------------------------------------------------
+# What a downloaded file may do in a browser: nothing (no scripts, no plugins, no navigation),
+# so an uploaded HTML or SVG cannot run in our origin even when opened directly.
+ATTACHMENT_CSP = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; sandbox"
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+@stream_request_body
+class AttachmentUploadHandler(JsonHandler):
+    """``POST /api/v1/attachments``: the body is fed to an :class:`Upload` as it arrives;
+    over-size answers 413 from the Content-Length before a byte is read, and an upload that
+    has not finished within ``TIDEDESK_ATTACHMENT_UPLOAD_TIMEOUT_S`` answers 408."""
+
+    upload: Upload | None = None
+    _timer: asyncio.TimerHandle | None = None
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        if self.request.method != "POST" or self._finished:
+            return
+        assert self.principal is not None
+        self.upload = self.service.attachments.begin_upload(self.principal,
+                                                            self.request.headers)
+        limits = self.upload.limits
+        self.request.connection.set_max_body_size(  # type: ignore[union-attr]
+            limits.max_bytes + 2 * 1024 * 1024)
+        self._timer = asyncio.get_running_loop().call_later(
+            self.service.settings.attachment_upload_timeout_s, self._too_slow)
+
+    def _too_slow(self) -> None:
+        self._refuse(ServiceError(408, "upload_timeout", "the upload took too long: try again "
+                                  "on a better connection or with a smaller file"))
+
+    def _refuse(self, exc: ServiceError) -> None:
+        if self.upload is not None:
+            self.upload.discard()
+            self.upload = None
+        if not self._finished:
+            self.send_error(exc.status, exc_info=(type(exc), exc, None))
+
+    def data_received(self, chunk: bytes) -> None:
+        if self.upload is None or self._finished:
+            return  # refused already: the rest of the body is dropped
+        try:
+            self.upload.feed(chunk)
+        except ServiceError as exc:
+            self._refuse(exc)
+
+    async def post(self) -> None:
+        upload, self.upload = self.upload, None
+        if upload is None or self._finished:
+            return
+        try:
+            result = await upload.finish()
+        finally:
+            self._stop_timer()
+        if not self._finished:
+            self.write_json(result, 201)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def on_connection_close(self) -> None:
+        self._stop_timer()
+        if self.upload is not None:
+            self.upload.discard()
+            self.upload = None
+        super().on_connection_close()  # ends the wait for the rest of the body
+
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, StreamClosedError):  # the client went away mid-upload
+            self.set_status(499, "Client Closed Request")
+            self._finished = True
+            self.on_finish()
+            return
+        super().send_error(status_code, **kwargs)
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if not isinstance(value, StreamClosedError):
+            super().log_exception(typ, value, tb)
+
+    def on_finish(self) -> None:
+        self._stop_timer()
+        super().on_finish()
+
+    def locale_hint(self) -> str:  # the body is a file, not JSON
+        accept = self.request.headers.get("Accept-Language", "")
+        return "zh-CN" if accept.lower().startswith("zh") else "en"
+
+
+class AttachmentHandler(JsonHandler):
+    """``GET /api/v1/attachments/{id}`` (and ``/thumbnail``): the bytes, for a bearer token
+    of someone who may see them or a signed link; with ETag, Range and a locked-down CSP."""
+
+    thumbnail = False
+
+    async def prepare(self) -> None:
+        if self.get_query_argument("sig", None) is None or self.bearer() is not None:
+            await super().prepare()
+            return
+        # A signed link is the credential (an <img> has no bearer header); the service checks
+        # it. It is still limited per client address.
+        if self.cors:
+            self.cors_headers()
+        await self.limit("ip", self.request.remote_ip or "?",
+                         self.service.settings.rate_limit_ip_per_min)
+
+    async def get(self, att_id: str) -> None:
+        attachments = self.service.attachments
+        record = await attachments.authorise(
+            att_id, self.principal, expires=self.get_query_argument("expires", None),
+            signature=self.get_query_argument("sig", None))
+        download = await attachments.download(record, thumbnail=self.thumbnail)
+        self.set_header("Content-Type", download.content_type)
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Content-Security-Policy", ATTACHMENT_CSP)
+        # The widget shows these on shops' own sites (another site): same-site would block the
+        # <img>. Who may read is decided by the token or the signed link, not by the embedder.
+        self.set_header("Cross-Origin-Resource-Policy", "cross-origin")
+        self.set_header("Cache-Control", "private, max-age=3600, immutable")
+        self.set_header("ETag", download.etag)
+        self.set_header("Accept-Ranges", "bytes")
+        disposition = "inline" if self.thumbnail or inline(download.content_type) \
+            else "attachment"
+        self.set_header("Content-Disposition", f"{disposition}; filename*=UTF-8''"
+                        f"{quote_name(record.name)}")
+        if self.request.headers.get("If-None-Match") == download.etag:
+            self.set_status(304)
+            self.finish()
+            return
+        start, length = 0, download.size
+        wanted = self.request.headers.get("Range")
+        if wanted is not None:
+            span = byte_range(wanted, download.size)
+            if span is None:
+                self.set_status(416)
+                self.set_header("Content-Range", f"bytes */{download.size}")
+                self.finish()
+                return
+            start, length = span
+            self.set_status(206)
+            self.set_header("Content-Range",
+                            f"bytes {start}-{start + length - 1}/{download.size}")
+        self.set_header("Content-Length", str(length))
+        chunks = download.read(start, length)
+        while (chunk := await attachments.next_chunk(chunks)) is not None:
+            self.write(chunk)
+            await self.flush()
+        self.finish()
+
+
+class AttachmentThumbnailHandler(AttachmentHandler):
+    thumbnail = True
+
+
+class AttachmentLinkHandler(JsonHandler):
+    async def get(self, att_id: str) -> None:
+        record = await self.service.attachments.authorise(att_id, self.principal)
+        self.write_json(self.service.attachments.link(record))
+
+
+def quote_name(name: str) -> str:
+    return quote(name, safe="")
+
+
+def byte_range(header: str, size: int) -> tuple[int, int] | None:
+    """(start, length) of a single ``bytes=a-b`` range within ``size``; None if unsatisfiable
+    (several ranges are not supported: they get the first one's answer only if it is one)."""
+    match = _RANGE.match(header.strip())
+    if match is None or size == 0:
+        return None
+    first, last = match.groups()
+    if not first:
+        if not last:
+            return None
+        length = min(int(last), size)
+        return size - length, length
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size or end < start:
+        return None
+    return start, end - start + 1

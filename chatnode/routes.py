@@ -29,6 +29,7 @@ from chatnode import http, websockets
 from chatnode.access import ADMINS, AGENTS, PUBLIC, SUPERVISORS, VISITOR
 from chatnode.schemas import (
     AGENT,
+    ATTACHMENT,
     AUDIT_ENTRY,
     CODE_BODY,
     OBJECT,
@@ -41,6 +42,7 @@ from chatnode.schemas import (
 # Path parameters: the regex Tornado matches (and the pattern the document gives for agents).
 CONVERSATION_ID = "[0-9a-f]{1,32}"
 AGENT_ID = "[0-9]{1,18}"
+ATTACHMENT_ID = "[0-9a-f]{32}"
 _PARAM = re.compile(r"\{(\w+)\}")
 
 
@@ -256,6 +258,37 @@ ROUTES: tuple[Route, ...] = (
             {"name": "before_id", "in": "query", "schema": {"type": "integer", "minimum": 1}},
             {"name": "action", "in": "query", "schema": {"type": "string"},
              "description": "an action or prefix: auth., 2fa., agent., conversation."}))),
+    # Attachments (issue 15): upload (multipart, streamed), the file, its thumbnail, and
+    # signed links for <img> and download anchors (which cannot send a bearer token).
+    Route("/api/v1/attachments", http.AttachmentUploadHandler, post=Operation(
+        AGENTS | VISITOR, "upload a file (multipart/form-data, field 'file'); 413 over the "
+        "size limit (from Content-Length, before the body is read), 415 for a type not "
+        "allowed or an image that does not decode",
+        {"201": json_response(ATTACHMENT, "stored"),
+         **error_responses(400, 401, 403, 408, 413, 415)},
+        {"required": True, "content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": ["file"],
+            "properties": {"file": {"type": "string", "format": "binary"}}}}}})),
+    Route("/api/v1/attachments/{id}", http.AttachmentHandler, params={"id": ATTACHMENT_ID},
+          get=Operation(
+              AGENTS | VISITOR, "the file (the conversation's visitor, agents who may see it, "
+              "or a signed link: ?expires=&sig=); Range and ETag supported",
+              {"200": {"description": "the bytes"}, "206": {"description": "a range"},
+               **error_responses(401, 403, 404, 416)},
+              parameters=(_id_param(ATTACHMENT_ID),))),
+    Route("/api/v1/attachments/{id}/thumbnail", http.AttachmentThumbnailHandler,
+          params={"id": ATTACHMENT_ID}, get=Operation(
+              AGENTS | VISITOR, "an image's thumbnail (PNG, at most 320 px a side)",
+              {"200": {"description": "PNG"}, **error_responses(401, 403, 404)},
+              parameters=(_id_param(ATTACHMENT_ID),))),
+    Route("/api/v1/attachments/{id}/link", http.AttachmentLinkHandler,
+          params={"id": ATTACHMENT_ID}, get=Operation(
+              AGENTS | VISITOR, "signed links to the file (and thumbnail), valid for minutes",
+              {"200": json_response({"type": "object", "properties": {
+                  "url": {"type": "string"}, "thumbnail_url": {"type": "string"},
+                  "expires_in": {"type": "integer"}}}, "links"),
+               **error_responses(401, 403, 404)},
+              parameters=(_id_param(ATTACHMENT_ID),))),
     # Sockets: the token opens one of them, then chatnode.access.WS decides per frame.
     Route("/ws/visitor", websockets.VisitorSocket),
     Route("/ws/agent", websockets.AgentSocket),

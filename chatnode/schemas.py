@@ -39,7 +39,14 @@ MESSAGE = {
         "seq": {"type": "integer"}, "id": {"type": "string"},
         "from": {"enum": ["visitor", "agent", "system"]}, "body": {"type": "string"},
         "ts": {"type": "number"}, "name": {"type": "string"}, "private": {"type": "boolean"},
+        "attachments": {"type": "array", "items": {"$ref": "#/components/schemas/Attachment"}},
     },
+}
+ATTACHMENT = {
+    "type": "object", "required": ["id", "name", "content_type", "size", "url"],
+    "properties": {"id": {"type": "string"}, "name": {"type": "string"},
+                   "content_type": {"type": "string"}, "size": {"type": "integer"},
+                   "url": {"type": "string"}},
 }
 TOKENS = {
     "type": "object", "required": ["access_token", "refresh_token", "expires_in"],
@@ -63,4 +70,5 @@ AUDIT_ENTRY = {
                    "target": {"type": "string"}, "detail": {"type": "object"}},
 }
 # What components/schemas names; operations refer to them as {"$ref": ...}.
-NAMED = {"Error": ERROR, "Message": MESSAGE, "Tokens": TOKENS, "Agent": AGENT}
+NAMED = {"Error": ERROR, "Message": MESSAGE, "Tokens": TOKENS, "Agent": AGENT,
+         "Attachment": ATTACHMENT}

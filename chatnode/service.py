@@ -22,12 +22,14 @@ from typing import Any, cast
 
 from chatnode.accounts import Accounts
 from chatnode.assignments import Assignments
+from chatnode.attachments import AttachmentService
 from chatnode.connections import ConnectionState, Peer, VisitorSession
 from chatnode.conversations import MAX_SEQ, Conversations, relay_frame
 from chatnode.errors import ServiceError
 from chatnode.queries import audit_action, bounded_int
 from tidedesk import logs, metrics, wire
 from tidedesk.auth import Principal, TokenService
+from tidedesk.blobs import BlobStore, open_blobs
 from tidedesk.broker import INBOUND_QUEUE, Broker, BrokerUnavailable
 from tidedesk.delivery import deliver
 from tidedesk.envelopes import (
@@ -37,7 +39,15 @@ from tidedesk.envelopes import (
     inbound_encoder,
 )
 from tidedesk.errors import Unavailable
-from tidedesk.frames import AckFrame, PongFrame, RatedFrame, Sender, frame_dict, frame_dicts
+from tidedesk.frames import (
+    AckFrame,
+    AttachmentMeta,
+    PongFrame,
+    RatedFrame,
+    Sender,
+    frame_dict,
+    frame_dicts,
+)
 from tidedesk.i18n import LOCALES
 from tidedesk.ratelimit import RateLimiter
 from tidedesk.resume import plan_resume, reseed_floor
@@ -76,12 +86,14 @@ class PendingMessage:
     sender_id: str
     name: str
     private: bool = False
+    attachments: tuple[AttachmentMeta, ...] = ()
 
 
 class ChatService:
     def __init__(self, *, settings: Settings, broker: Broker, store: Store, storage: Storage,
                  tokens: TokenService, clock: Callable[[], float] = time.time,
-                 routing: RoutingConfig | None = None) -> None:
+                 routing: RoutingConfig | None = None,
+                 blobs: BlobStore | None = None) -> None:
         self.settings = settings
         self.broker = broker
         self.store = store
@@ -98,6 +110,14 @@ class ChatService:
         self.assignments = Assignments(store=store, storage=storage, broker=broker,
                                        publish=self.publish, routing=routing,
                                        envelope_format=settings.envelope_format, clock=clock)
+        if blobs is None:
+            blobs = open_blobs(settings.attachments_url, data_dir=settings.data_dir,
+                               database=storage.database,
+                               cipher=storage.cipher if settings.encrypt_message_bodies
+                               else None)
+        self.attachments = AttachmentService(settings=settings, storage=storage, blobs=blobs,
+                                             can_see=self.conversations.agent_can_see,
+                                             clock=clock)
 
     # -- authentication (chatnode/accounts.py) ------------------------------------------------
     def principal(self, token: str | None, expected: str) -> Principal:
@@ -231,10 +251,17 @@ class ChatService:
         """The message frame with its seq taken, in frame order (a socket hands us one frame
         at a time); publishing it may then run concurrently, so a client can pipeline."""
         client_id = frame.data["id"]
+        # Files are tied to the message before it takes a seq: a refused file costs no seq,
+        # and a resend with the same client id finds them tied to it already.
+        attachments = await self.attachments.attach(
+            frame.data.get("attachments") or [], uploader=f"{sender_type}:{sender_id}",
+            conversation_id=conv_id, message_id=client_id, visitor_id=visitor_id,
+            private=private)
         return PendingMessage(conv_id=conv_id, seq=await self.assign_seq(conv_id, client_id),
                               client_id=client_id, body=frame.data["body"],
                               visitor_id=visitor_id, sender_type=sender_type,
-                              sender_id=sender_id, name=name, private=private)
+                              sender_id=sender_id, name=name, private=private,
+                              attachments=attachments)
 
     async def publish_message(self, msg: PendingMessage) -> dict[str, Any]:
         """Hand the message to the routers; returns the ack frame once it is durable. Raises
@@ -244,7 +271,8 @@ class ChatService:
         await self.publish(MessageEvent(
             conversation_id=msg.conv_id, visitor_id=msg.visitor_id, seq=msg.seq,
             id=msg.client_id, from_=cast(Sender, msg.sender_type), sender_id=msg.sender_id,
-            name=msg.name, body=msg.body, ts=self.clock(), private=msg.private))
+            name=msg.name, body=msg.body, ts=self.clock(), private=msg.private,
+            attachments=msg.attachments))
         metrics.MESSAGES_IN.labels(role=msg.sender_type).inc()
         return frame_dict(AckFrame(id=msg.client_id, seq=msg.seq))
 

@@ -131,7 +131,7 @@ class _Socket(RequestIds, WebSocketHandler):
             self.fail(exc.code, exc.message, exc.close_code, exc.frame_id)
         except ServiceError as exc:
             close = wire.CLOSE_FORBIDDEN if exc.status == 403 and self.role == "visitor" else None
-            self.fail(exc.code, exc.message, close)
+            self.fail(exc.code, exc.message, close, message_id(message))
         except Unavailable:
             self.fail("try_again", "the service is busy; nothing was stored, send it again",
                       frame_id=message_id(message))

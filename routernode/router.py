@@ -55,6 +55,7 @@ from tidedesk.frames import (
     StateFrame,
     UnassignedFrame,
     VisitorAssignedFrame,
+    attachments_json,
     visitor_summary,
 )
 from tidedesk.routing_rules import RoutingConfig
@@ -269,10 +270,11 @@ class Router:
             "sender_type": event.from_, "sender_id": event.sender_id,
             "sender_name": event.name, "body": event.body,
             "private": event.private, "ts": event.ts,
+            "attachments": attachments_json(event.attachments),
         }
         frame = MessageFrame(conversation_id=conv_id, seq=event.seq, id=event.id,
                              from_=event.from_, body=event.body, ts=event.ts, name=event.name,
-                             private=event.private)
+                             private=event.private, attachments=event.attachments)
         visitor = None if event.private else f"visitor:{event.visitor_id}"
         # One conversation's messages go into the recent history and out to the nodes in the
         # order this router took them from the queue (seq order while they arrive in it), so a

@@ -49,10 +49,15 @@ from tidedesk.envelopes import (
     event_from_mapping,
     inbound_encoder,
 )
+from tidedesk.frames import AttachmentMeta
 
 EVENTS: dict[str, InboundEvent] = {
     "message": MessageEvent("c1", "v1", 7, "m-1", "visitor", "v1", "Vera", "Hi!", 1.7e9),
     "private note": MessageEvent("c1", "v1", 8, "m-2", "agent", "3", "Ann", "VIP", 1.7e9, True),
+    "message with attachments": MessageEvent(
+        "c1", "v1", 9, "m-3", "visitor", "v1", "", "", 1.7e9,
+        attachments=(AttachmentMeta("a" * 32, "box.png", "image/png", 2048),
+                     AttachmentMeta("b" * 32, "发票.pdf", "application/pdf", 99))),
     "opened": OpenedEvent("c1", "v1", ("vip", "new")),
     "close": CloseEvent("c1", "agent:3"),
     "transfer to pool": TransferEvent("c1", "3", to_pool="experts"),
@@ -72,6 +77,11 @@ FRAMES: dict[str, tuple[str, dict[str, Any]]] = {
     "message without ts (sent as a map)": ("visitor:v1", {
         "type": "message", "conversation_id": "c1", "seq": 2, "id": "m", "from": "agent",
         "body": "b"}),
+    "message with attachments": ("visitor:v1", {
+        "type": "message", "conversation_id": "c1", "seq": 4, "id": "m", "from": "agent",
+        "body": "", "ts": 1.0, "attachments": [
+            {"id": "c" * 32, "name": "label.pdf", "content_type": "application/pdf",
+             "size": 5, "url": f"/api/v1/attachments/{'c' * 32}"}]}),
     "state": ("visitor:v1", {"type": "state", "state": "queued"}),
     "assigned": ("agent:3", {"type": "assigned", "conversation_id": "c1", "last_seq": 0,
                              "visitor": {"id": "v1", "name": "Vera", "tags": ["vip"]}}),

@@ -29,6 +29,7 @@ from tests.support.clients import (
     ws,
 )
 from tests.support.routing import GENERAL_ONLY
+from tests.support.uploads import upload
 from tests.support.waiting import wait_until_async
 from tidedesk import auth
 from tidedesk.auth import (
@@ -88,6 +89,7 @@ class World:
     tokens: dict[str, str]
     conv_a: str
     agent_ids: dict[str, str]
+    attachment: str  # a file visitor A sent in conv_a
 
 
 async def _world(rt: Runtime) -> tuple[World, list[WsClient]]:
@@ -101,6 +103,12 @@ async def _world(rt: Runtime) -> tuple[World, list[WsClient]]:
     _, token_a, visitor_a = await new_visitor(rt, name="Alice")
     w.conv_a = (visitor_a.of_type("hello")[-1])["conversation_id"]
     await owner.wait_type("assigned", conversation_id=w.conv_a)
+    status, att = await upload(rt.port, token_a, b"order 1234", "order.txt")
+    assert status == 201, att
+    w.attachment = att["id"]
+    await visitor_a.send({"type": "message", "id": "with-file", "body": "",
+                          "attachments": [w.attachment]})
+    await visitor_a.wait_type("ack", id="with-file")
     _, token_b, visitor_b = await new_visitor(rt, name="Bob")
     other = TokenService("not-our-secret-" * 4, 900, 3600)
     old = TokenService(rt.settings.jwt_secret, 900, 3600)
@@ -119,7 +127,13 @@ async def _world(rt: Runtime) -> tuple[World, list[WsClient]]:
     return w, [owner, visitor_a, visitor_b]
 
 
+# Endpoints any visitor may call that name no conversation (visitor B is not refused there).
+UNSCOPED = {("POST", "/api/v1/attachments")}
+
+
 def _concrete(path: str, w: World) -> str:
+    if "/attachments/" in path:
+        return path.replace("{id}", w.attachment)
     if "/conversations/" in path:
         return path.replace("{id}", w.conv_a)
     return path.replace("{id}", w.agent_ids["agent"])
@@ -144,7 +158,7 @@ def test_every_rest_endpoint_refuses_bad_credentials(tmp_path: Path) -> None:
                 if "visitor" in rule:
                     cases += [(w.tokens["expired_visitor"], 401, "token_expired"),
                               (w.tokens["forged_visitor"], 401, "invalid_token")]
-                    if "{id}" in path:  # another visitor's conversation
+                    if "{id}" in path and (method, path) not in UNSCOPED:  # another's
                         cases.append((w.tokens["visitor_b"], 403, "forbidden"))
                 else:
                     cases.append((w.tokens["visitor_a"], 403, "forbidden"))
@@ -604,7 +618,12 @@ def test_rotate_key_reencrypts_with_the_new_key(tmp_path: Path) -> None:
     async def write_with_old_key() -> str:
         async with embedded(tmp_path, GENERAL_ONLY, aes_key=old_key,
                             encrypt_message_bodies=True) as rt:
-            visitor_id, _, visitor = await new_visitor(rt, **SECRETS)
+            visitor_id, token, visitor = await new_visitor(rt, **SECRETS)
+            _, att = await upload(rt.port, token, b"receipt", "receipt.txt")
+            await visitor.send({"type": "message", "id": "f1", "body": "",
+                                "attachments": [att["id"]]})
+            await visitor.wait_type("ack", id="f1")
+            await asyncio.sleep(0.3)  # the router's batch reaches the database
             await visitor.close()
             return visitor_id
 
@@ -619,6 +638,7 @@ def test_rotate_key_reencrypts_with_the_new_key(tmp_path: Path) -> None:
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0, out.stderr
     assert f"key {key_id(new_key)}: 3 visitor field(s)" in out.stdout
+    assert "2 attachment name(s) and list(s)" in out.stdout
 
     async def read_with_new_key_only() -> None:
         async with embedded(tmp_path, GENERAL_ONLY, aes_key=new_key) as rt:
@@ -628,6 +648,13 @@ def test_rotate_key_reencrypts_with_the_new_key(tmp_path: Path) -> None:
             assert FieldCipher(old_key).decrypt(row.email_enc, "visitor.email") is None
             entries = as_dicts(await rt.storage.audit.entries(action="admin."))
             assert entries[0]["target"] == key_id(new_key)
+            # issue 15: the file's name and the message's list were resealed too.
+            shard = rt.storage.main
+            names = [r.name for r in shard["Attachment"].select()]
+            assert len(names) == 1 and names[0].startswith(f"v2:{key_id(new_key)}:")
+            lists = [r.attachments for s in rt.storage.shards for r in
+                     s["Message"].select().where(s["Message"].attachments.is_null(False))]
+            assert len(lists) == 1 and lists[0].startswith(f"v2:{key_id(new_key)}:")
 
     asyncio.run(read_with_new_key_only())
     assert json.dumps(SECRETS["email"]).strip('"').encode() not in _database_bytes(

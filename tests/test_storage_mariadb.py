@@ -117,7 +117,8 @@ def test_schema_1_upgrades_and_sensitive_fields_are_only_ciphertext_in_the_table
 
                 asyncio.run(scenario())
                 assert storage.rotate_key_sync() == {"visitor_fields": 1, "agent_secrets": 0,
-                                                     "message_bodies": 0}
+                                                     "message_bodies": 0,
+                                                     "attachment_fields": 0}
             finally:
                 storage.close()
             with conn.cursor() as cur:

@@ -282,7 +282,7 @@ def _rotate_key(args: argparse.Namespace) -> int:
         storage.close()
     print(f"re-encrypted with key {cipher.key_id}: {counts['visitor_fields']} visitor field(s), "
           f"{counts['agent_secrets']} TOTP secret(s), {counts['message_bodies']} message "
-          "bod(ies)")
+          f"bod(ies), {counts['attachment_fields']} attachment name(s) and list(s)")
     return 0
 
 

@@ -58,6 +58,11 @@ class FieldCipher:
                     return plain
         return None
 
+    def aead(self, kid: str | None = None) -> AESGCM | None:
+        """The AES-GCM of key ``kid`` (the current key without one), for callers that seal
+        bytes in their own framing (attachments: ``tidedesk.blobs.sealed``); None if unknown."""
+        return self._keys.get(self.key_id if kid is None else kid)
+
     @staticmethod
     def looks_sealed(stored: str) -> bool:
         """Whether ``stored`` has the shape of a value this module made (with any key): a

@@ -33,7 +33,15 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
-from tidedesk.frames import Frame, MessageFrame, NonNegative, Sender, frame_dict
+from tidedesk.frames import (
+    AttachmentMeta,
+    Frame,
+    MessageFrame,
+    NonNegative,
+    Sender,
+    attachments_from_dicts,
+    frame_dict,
+)
 
 # First byte of every binary envelope. A JSON envelope (older nodes) starts with "{".
 BINARY_V1 = b"\x01"
@@ -65,6 +73,7 @@ class MessageEvent(_Event, tag=1, frozen=True):
     body: str
     ts: float
     private: bool = False
+    attachments: tuple[AttachmentMeta, ...] = ()  # issue 15
 
 
 class OpenedEvent(_Event, tag=2, frozen=True):
@@ -118,7 +127,7 @@ class _Delivery(msgspec.Struct, array_like=True, frozen=True):
 
 _MESSAGE_FRAME_REQUIRED = frozenset({"type", "conversation_id", "seq", "id", "from", "body",
                                      "ts"})
-_MESSAGE_FRAME_KEYS = _MESSAGE_FRAME_REQUIRED | {"name", "private"}
+_MESSAGE_FRAME_KEYS = _MESSAGE_FRAME_REQUIRED | {"name", "private", "attachments"}
 
 _encoder = msgspec.msgpack.Encoder()
 _inbound_decoder = msgspec.msgpack.Decoder(InboundEvent)
@@ -210,7 +219,8 @@ def event_to_mapping(event: InboundEvent) -> dict[str, Any]:
     out: dict[str, Any] = {"kind": event.KIND}
     for key, attr, _, _ in _slots(type(event)):
         value = getattr(event, attr)
-        out[key] = list(value) if isinstance(value, tuple) else value  # as JSON has it
+        # As JSON has it: tuples as lists, attachment Structs as their arrays.
+        out[key] = msgspec.to_builtins(value) if isinstance(value, tuple) else value
     return out
 
 
@@ -257,7 +267,8 @@ def encode_delivery(who: str, frame: Frame | dict[str, Any]) -> bytes:
             and _MESSAGE_FRAME_REQUIRED <= frame.keys() <= _MESSAGE_FRAME_KEYS):
         body = MessageFrame(frame["conversation_id"], frame["seq"], frame["id"], frame["from"],
                             frame["body"], frame["ts"], frame.get("name", ""),
-                            frame.get("private", False))
+                            frame.get("private", False),
+                            attachments_from_dicts(frame.get("attachments", ())))
     return BINARY_V1 + _encoder.encode(_Delivery(who, body))
 
 

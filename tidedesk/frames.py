@@ -18,6 +18,40 @@ NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 Sender = Literal["visitor", "agent", "system"]
 
 
+ATTACHMENT_URL = "/api/v1/attachments/{}"
+
+
+class AttachmentMeta(msgspec.Struct, array_like=True, frozen=True):
+    """A file sent with a message (issue 15); its ``url`` is derived from the id."""
+
+    id: str
+    name: str
+    content_type: str
+    size: NonNegative
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "content_type": self.content_type,
+                "size": self.size, "url": ATTACHMENT_URL.format(self.id)}
+
+
+_attachments_decoder = msgspec.json.Decoder(tuple[AttachmentMeta, ...])
+
+
+def attachments_json(attachments: tuple[AttachmentMeta, ...]) -> str | None:
+    """How a message row stores its attachments (None: text only)."""
+    return msgspec.json.encode(attachments).decode() if attachments else None
+
+
+def attachments_from_json(stored: str | None) -> tuple[AttachmentMeta, ...]:
+    return _attachments_decoder.decode(stored) if stored else ()
+
+
+def attachments_from_dicts(items: Iterable[dict[str, Any]]) -> tuple[AttachmentMeta, ...]:
+    """The metadata of a frame's ``attachments`` list (its ``url`` is derived, not kept)."""
+    return tuple(AttachmentMeta(a["id"], a["name"], a["content_type"], a["size"])
+                 for a in items)
+
+
 class MessageFrame(msgspec.Struct, array_like=True, frozen=True):
     """The ``message`` frame of docs/protocol.md, the bulk of all deliveries, without key names."""
 
@@ -29,9 +63,11 @@ class MessageFrame(msgspec.Struct, array_like=True, frozen=True):
     ts: float
     name: str = ""
     private: bool = False
+    attachments: tuple[AttachmentMeta, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """The client's JSON: ``name`` only when set, ``private`` only when true."""
+        """The client's JSON: ``name`` only when set, ``private`` only when true,
+        ``attachments`` only when there are some."""
         frame: dict[str, Any] = {"type": "message", "conversation_id": self.conversation_id,
                                  "seq": self.seq, "id": self.id, "from": self.from_,
                                  "body": self.body, "ts": self.ts}
@@ -39,6 +75,8 @@ class MessageFrame(msgspec.Struct, array_like=True, frozen=True):
             frame["name"] = self.name
         if self.private:
             frame["private"] = True
+        if self.attachments:
+            frame["attachments"] = [a.to_dict() for a in self.attachments]
         return frame
 
 

@@ -85,6 +85,9 @@ class Message(_Base):
     body = pw.TextField()
     private = pw.BooleanField(default=False)
     ts = pw.DoubleField()
+    # issue 15: the message's attachments, JSON [{"id", "name", "content_type", "size"}]
+    # (sealed like the body when bodies are encrypted); null for text only.
+    attachments = pw.TextField(null=True)
 
     class Meta:
         indexes = (
@@ -162,6 +165,37 @@ class Rating(_Base):
     score = pw.SmallIntegerField()
     comment = pw.TextField(default="")
     created_at = pw.DoubleField(default=now_ts)
+class Attachment(_Base):
+    """An uploaded file (issue 15): bound to a message (conversation + client id) at most once.
+
+    ``uploader`` is ``visitor:<id>`` or ``agent:<id>``; ``visitor_id`` is the uploading visitor,
+    or the visitor of the conversation once bound (erasure finds files by either). The bytes
+    live in the blob store (``tidedesk.blobs``) under ``id`` (and ``<id>.thumb``)."""
+
+    id = pw.CharField(max_length=32, primary_key=True)
+    uploader = pw.CharField(max_length=48, index=True)
+    visitor_id = pw.CharField(max_length=32, default="", index=True)
+    conversation_id = pw.CharField(max_length=32, null=True, index=True)
+    message_id = pw.CharField(max_length=64, null=True)
+    name = pw.TextField()  # sealed like visitor fields when the storage has a cipher
+    content_type = pw.CharField(max_length=100)
+    size = pw.BigIntegerField()
+    etag = pw.CharField(max_length=64)
+    thumbnail = pw.BooleanField(default=False)
+    created_at = pw.DoubleField(default=now_ts)
+
+
+class BlobPart(_Base):
+    """One part of a blob kept in the database (``tidedesk.blobs.database``), on the shard of
+    its key; ``pending`` is the writer's token until the blob is committed ('')."""
+
+    key = pw.CharField(max_length=140)
+    part = pw.IntegerField()
+    data = pw.BlobField()
+    pending = pw.CharField(max_length=16, default="")
+
+    class Meta:
+        primary_key = pw.CompositeKey("key", "part", "pending")
 
 
 class SchemaVersion(_Base):
@@ -170,9 +204,9 @@ class SchemaVersion(_Base):
 
 MAIN_MODELS: tuple[type[_Base], ...] = (
     Agent, Visitor, Conversation, Ticket, CannedResponse, AuditLog, RevokedSignIn, SchemaVersion,
-    Message, MailOutbox, Rating,
+    Message, MailOutbox, Rating, Attachment, BlobPart,
 )
-SHARD_MODELS: tuple[type[_Base], ...] = (Message, SchemaVersion)
+SHARD_MODELS: tuple[type[_Base], ...] = (Message, SchemaVersion, BlobPart)
 
 
 @dataclass
@@ -267,6 +301,8 @@ def migrate(shard: Shard) -> int:
             # issue 13: tickets have an assignee and a last change
             _add_columns(db, "ticket", {"assignee_id": pw.CharField(max_length=32, null=True),
                                         "updated_at": pw.DoubleField(null=True)})
+        # issue 15: attachments on messages (new tables come from create_tables above)
+        _add_columns(db, "message", {"attachments": pw.TextField(null=True)})
         if current < SCHEMA_VERSION:
             version_model.create(version=SCHEMA_VERSION)
         return SCHEMA_VERSION

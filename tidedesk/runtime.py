@@ -139,6 +139,8 @@ class Runtime:
         await self.broker.close()
         await self.store.close()
         await self.storage.run(lambda: None)
+        if self.node is not None:
+            self.node.service.attachments.close()
         self.storage.close()
 
     def describe(self) -> dict[str, Any]:

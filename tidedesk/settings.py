@@ -238,6 +238,29 @@ class Settings:
     idle_close_s: float = _key(
         1800.0, _parse_float(10, 30 * 86400), "a queued or assigned chat whose visitor has "
         "no socket left and that saw nothing happen this long closes itself")
+    attachments_url: str | None = _key(
+        None, _parse_optional_str, "where attachment bytes live: `file:///dir` (a directory or "
+        "volume), `s3://KEY@host:port/bucket/prefix?secure=false` (S3, MinIO, Ceph RGW) or "
+        "`database` (the history databases, sharded like history: the Swarm stack's default)",
+        shown="the directory `attachments` in `data_dir`")
+    attachments_s3_secret: str | None = _key(
+        None, _parse_optional_str, "put into an `s3://` `TIDEDESK_ATTACHMENTS_URL` that names an "
+        "access key but no secret")
+    attachment_max_bytes: int = _key(10 * 1024 * 1024, _parse_int(1, 2**40),
+                                     "largest upload, in bytes (413 above it)")
+    attachment_types: tuple[str, ...] = _key(
+        ("image/png", "image/jpeg", "image/gif", "image/webp", "application/pdf", "text/plain",
+         "application/zip"), _parse_list,
+        "the file types allowed (as told by their bytes, not their name; 415 otherwise)",
+        shown="PNG, JPEG, GIF, WebP images, PDF, plain text, ZIP")
+    attachment_upload_timeout_s: float = _key(
+        60.0, _parse_float(1, 3600), "an upload whose body has not all arrived by then is "
+        "refused (408) and nothing is kept")
+    attachment_link_ttl_s: int = _key(300, _parse_int(10, 3600),
+                                      "how long a signed attachment link (for `<img>`) works")
+    attachment_max_pixels: int = _key(
+        40_000_000, _parse_int(1000, 500_000_000), "images with more pixels are refused "
+        "(decompression bombs; Pillow's MAX_IMAGE_PIXELS)")
     envelope_format: str = _key(
         "binary", _parse_choice("binary", "json"), "what this node writes to the broker: binary "
         "v1, or `json` only while upgrading from a version before binary envelopes "
@@ -439,6 +462,12 @@ def _check_urls(values: dict[str, Any]) -> None:
             raise SettingsError(f"TIDEDESK_{name.upper()}_URL: expected {schemes[0]}..., got "
                                 f"{url!r}")
         values[f"{name}_url"] = _with_password(url, values[f"{name}_password"])
+    url = values["attachments_url"]
+    if url is not None:
+        if url != "database" and not url.startswith(("file:///", "s3://")):
+            raise SettingsError(f"TIDEDESK_ATTACHMENTS_URL: expected file:///dir, s3://... or "
+                                f"database, got {url!r}")
+        values["attachments_url"] = _with_password(url, values["attachments_s3_secret"])
 
 
 def _check_mail(values: dict[str, Any]) -> None:

@@ -26,6 +26,9 @@ CLOSE_TRY_AGAIN_LATER = 1013
 MAX_SEQ = 2**53 - 1
 CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
 AGENT_STATUSES = ("online", "away", "offline")
+# Files one message may carry (issue 15), and the shape of an attachment id.
+MAX_ATTACHMENTS = 10
+ATTACHMENT_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
 VISITOR_TYPES = frozenset({"message", "resume", "typing", "read", "ping", "rating"})
 # issue 13: a visitor's rating of a closed conversation
@@ -100,8 +103,11 @@ def parse_frame(raw: str | bytes, *, role: str, max_body_chars: int) -> Frame:
         if not CLIENT_ID_RE.match(client_id):
             raise FrameError("invalid_field", "'id' must be 1-64 characters of A-Z a-z 0-9 . _ : -",
                              frame_id=frame_id)
+        attachments = check_attachment_ids(data.get("attachments"), frame_id)
+        if attachments:
+            data.setdefault("body", "")
         body = _require(data, "body", str, "the message text (a string)", frame_id)
-        if not body.strip():
+        if not body.strip() and not attachments:
             raise FrameError("invalid_field", "'body' must not be empty", frame_id=frame_id)
         if len(body) > max_body_chars:
             raise FrameError("body_too_long", f"'body' has {len(body)} characters; the limit is "
@@ -139,6 +145,20 @@ def parse_frame(raw: str | bytes, *, role: str, max_body_chars: int) -> Frame:
         if to_pool is not None and (not isinstance(to_pool, str) or not to_pool):
             raise FrameError("invalid_field", "'to_pool' must be a pool name")
     return Frame(kind, data)
+
+
+def check_attachment_ids(value: Any, frame_id: str | None = None) -> list[str]:
+    """The ``attachments`` of a message (absent: none): at most :data:`MAX_ATTACHMENTS` ids
+    from ``POST /api/v1/attachments``, each once."""
+    if value is None:
+        return []
+    if (not isinstance(value, list) or len(value) > MAX_ATTACHMENTS
+            or not all(isinstance(v, str) and ATTACHMENT_ID_RE.match(v) for v in value)
+            or len(set(value)) != len(value)):
+        raise FrameError("invalid_field", f"'attachments' must be a list of at most "
+                         f"{MAX_ATTACHMENTS} different ids from POST /api/v1/attachments",
+                         frame_id=frame_id)
+    return list(value)
 
 
 def encode(frame: dict[str, Any]) -> str:

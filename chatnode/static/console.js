@@ -50,6 +50,16 @@
       noCanned: "No canned responses yet.", error: "Error: {m}", loadFailed: "Could not load history: {m}",
       chatsLoad: "{n} / {max}", sessionExpired: "Your session expired. Sign in again.", seen: "Seen",
       enableNotifications: "Enable notifications",
+      attach: "Attach a file", enlarge: "Enlarge", download: "Download", closeImage: "Close",
+      cancelUpload: "Cancel", unavailableFile: "file no longer available",
+      fileTooLarge: "The file is larger than {max}: choose a smaller one.",
+      fileType: "This type of file cannot be sent: send an image (PNG, JPEG, GIF, WebP), a PDF, a text or a ZIP file.",
+      fileDamaged: "The image is damaged or incomplete: save it again and retry.",
+      filePixels: "The image has too many pixels: make it smaller and retry.",
+      fileEmpty: "The file is empty: choose a file with something in it.",
+      uploadTimeout: "The upload took too long: check your connection and try again.",
+      uploadNetwork: "The file could not be sent: check your connection and try again.",
+      uploadCancelled: "Upload cancelled.", uploadFailed: "The file could not be sent: {m}",
     },
     "zh-CN": {
       consoleName: "客服工作台", signInTitle: "登录", signInIntro: "使用您的 Tidedesk 客服账号登录。",
@@ -80,6 +90,16 @@
       noCanned: "暂无快捷回复。", error: "错误：{m}", loadFailed: "无法加载历史消息：{m}",
       chatsLoad: "{n} / {max}", sessionExpired: "登录已过期，请重新登录。", seen: "已读",
       enableNotifications: "开启桌面通知",
+      attach: "添加附件", enlarge: "放大", download: "下载", closeImage: "关闭",
+      cancelUpload: "取消", unavailableFile: "文件已不可用",
+      fileTooLarge: "文件超过 {max}：请选择更小的文件。",
+      fileType: "无法发送此类文件：请发送图片（PNG、JPEG、GIF、WebP）、PDF、文本或 ZIP 文件。",
+      fileDamaged: "图片已损坏或不完整：请重新保存后再试。",
+      filePixels: "图片像素过多：请缩小后再试。",
+      fileEmpty: "文件是空的：请选择有内容的文件。",
+      uploadTimeout: "上传时间过长：请检查网络后重试。",
+      uploadNetwork: "文件未能发送：请检查网络后重试。",
+      uploadCancelled: "已取消上传。", uploadFailed: "文件未能发送：{m}",
     },
   };
 
@@ -370,7 +390,7 @@
     if (typeof f.seq === "number") {
       c.log.add({
         type: "message", conversation_id: c.id, seq: f.seq, id: m.id, from: "agent", body: m.body,
-        ts: m.ts, private: m.private, name: S.me && S.me.name,
+        ts: m.ts, private: m.private, name: S.me && S.me.name, attachments: m.attachments,
       });
     }
     link.armAckTimer();
@@ -379,7 +399,39 @@
   }
 
   function transmit(c, m) {
-    link.transmit({ type: m.private ? "note" : "message", conversation_id: c.id, id: m.id, body: m.body });
+    var frame = { type: m.private ? "note" : "message", conversation_id: c.id, id: m.id, body: m.body };
+    // Uploaded once; a resend after a reconnect names the same ids with the same client id.
+    if (m.attachments && m.attachments.length) frame.attachments = m.attachments.map(function (a) { return a.id; });
+    link.transmit(frame);
+  }
+
+  var links = new Core.AttachmentLinks("", function () { return TDAuth.session ? TDAuth.session.access_token : ""; });
+
+  function showUploadError(text) {
+    var el = $("[data-upload-error]");
+    el.textContent = text || ""; el.hidden = !text;
+  }
+
+  function uploadFiles(files) {
+    var c = S.chats[S.current];
+    if (!c || c.state === "closed") return;
+    showUploadError(null);
+    files.forEach(function (file) {
+      var job = null;
+      var chip = window.TidedeskDom.uploadChip(file, t, function () { if (job) job.cancel(); });
+      $("[data-uploads]").appendChild(chip);
+      TDAuth.ensureFresh().then(function (sess) {
+        job = Core.uploadFile({ base: "", token: sess.access_token, file: file, onProgress: chip.progress });
+        return job.promise;
+      }).then(function (res) {
+        chip.remove();
+        if (!res.ok) { showUploadError(t(res.key, res.vars)); return; }
+        var m = { id: Core.newId(), body: "", ts: Date.now() / 1000, private: S.mode === "note", attachments: [res.attachment] };
+        c.outbox.push(m);
+        transmit(c, m);
+        renderLog(c); renderList();
+      }, function () { chip.remove(); showUploadError(t("uploadNetwork")); });
+    });
   }
 
   function sendCurrent() {
@@ -597,7 +649,9 @@
     return h("div", {
       class: cls, "data-testid": "msg", "data-seq": pending ? null : m.seq, "data-id": m.id, "data-from": from,
       "data-private": m.private ? "true" : null, "data-pending": pending ? "true" : null,
-    }, [h("div", { class: "bubble", "data-testid": "msg-body", text: m.body }), h("div", { class: "meta", text: meta })]);
+    }, [(m.body || !(m.attachments && m.attachments.length)) && h("div", { class: "bubble", "data-testid": "msg-body", text: m.body }),
+      m.attachments && m.attachments.length && window.TidedeskDom.attachmentList(m.attachments, links, t, document.body),
+      h("div", { class: "meta", text: meta })]);
   }
 
   // ---------------------------------------------------------------- canned responses
@@ -740,6 +794,9 @@
     });
     input.addEventListener("blur", function () { setTimeout(hideCanned, 150); });
     $("[data-send]").addEventListener("click", sendCurrent);
+    window.TidedeskDom.fileInputs($("[data-attach]"), $("[data-log]"), input, uploadFiles);
+    $("[data-attach]").setAttribute("aria-label", t("attach"));
+    document.head.appendChild(h("style", { text: window.TidedeskDom.ATTACHMENT_CSS }));
     $("[data-canned-btn]").addEventListener("mousedown", function (e) { e.preventDefault(); });
     $("[data-canned-btn]").addEventListener("click", function () {
       if ($("[data-canned]").hidden) { input.focus(); showCanned(""); } else hideCanned();

@@ -304,7 +304,85 @@
     }, ACK_TIMEOUT_MS);
   };
 
+  // ---- attachments (docs/protocol.md "Attachments") ----
+  // Signed links are asked for again this long before they expire.
+  var LINK_REFRESH_MARGIN_S = 30;
+
+  /** 1536 → "1.5 KB" (binary multiples, as the server words its limits). */
+  function fmtSize(n) {
+    var units = [["GB", 1073741824], ["MB", 1048576], ["KB", 1024]];
+    for (var i = 0; i < units.length; i++) {
+      if (n >= units[i][1]) {
+        var v = n / units[i][1];
+        return (v === Math.round(v) ? String(v) : v.toFixed(1)) + " " + units[i][0];
+      }
+    }
+    return n + " B";
+  }
+
+  /**
+   * Upload one file to POST /api/v1/attachments with progress and cancel. Resolves with
+   * {ok: true, attachment} or {ok: false, key, vars} (an i18n key that says what to change).
+   */
+  function uploadFile(opts) {
+    var xhr = new global.XMLHttpRequest();
+    var promise = new Promise(function (resolve) {
+      xhr.open("POST", opts.base + "/api/v1/attachments");
+      xhr.setRequestHeader("Authorization", "Bearer " + opts.token);
+      xhr.upload.onprogress = function (e) { if (e.lengthComputable && opts.onProgress) opts.onProgress(e.loaded / e.total); };
+      xhr.onload = function () {
+        var data = null;
+        try { data = JSON.parse(xhr.responseText); } catch (e) { data = null; }
+        if (xhr.status === 201 && data) resolve({ ok: true, attachment: data });
+        else resolve(uploadError(xhr.status, data));
+      };
+      xhr.onerror = function () { resolve({ ok: false, key: "uploadNetwork", vars: {} }); };
+      xhr.onabort = function () { resolve({ ok: false, key: "uploadCancelled", vars: {}, cancelled: true }); };
+      var form = new global.FormData();
+      form.append("file", opts.file, opts.file.name || "screenshot.png");
+      xhr.send(form);
+    });
+    return { promise: promise, cancel: function () { xhr.abort(); } };
+  }
+
+  /** The i18n key (and its values) for a refused upload: what the sender should change. */
+  function uploadError(status, data) {
+    var err = (data && data.error) || {};
+    var m = /larger than ([0-9.]+ [KMG]?B)/.exec(err.message || "");
+    if (status === 413) return { ok: false, key: "fileTooLarge", vars: { max: m ? m[1] : "" } };
+    if (err.code === "unsupported_type") return { ok: false, key: "fileType", vars: {} };
+    if (err.code === "not_decodable") return { ok: false, key: "fileDamaged", vars: {} };
+    if (err.code === "too_many_pixels") return { ok: false, key: "filePixels", vars: {} };
+    if (err.code === "empty_file") return { ok: false, key: "fileEmpty", vars: {} };
+    if (status === 408) return { ok: false, key: "uploadTimeout", vars: {} };
+    return { ok: false, key: "uploadFailed", vars: { m: err.message || String(status || "") } };
+  }
+
+  /** Signed links of attachments (for <img> and download anchors), cached until near expiry. */
+  function AttachmentLinks(base, getToken) {
+    this.base = base; this.getToken = getToken; this.cache = {};
+  }
+  AttachmentLinks.prototype.get = function (id) {
+    var links = this, hit = links.cache[id], now = Date.now() / 1000;
+    if (hit && hit.until > now) return hit.promise;
+    var promise = global.fetch(links.base + "/api/v1/attachments/" + id + "/link", {
+      headers: { Authorization: "Bearer " + links.getToken() },
+    }).then(function (r) {
+      if (!r.ok) throw new Error("link " + r.status);
+      return r.json();
+    }).then(function (d) {
+      d.url = links.base + d.url;
+      if (d.thumbnail_url) d.thumbnail_url = links.base + d.thumbnail_url;
+      return d;
+    });
+    links.cache[id] = { promise: promise, until: now + 60 };
+    promise.then(function (d) { links.cache[id].until = now + d.expires_in - LINK_REFRESH_MARGIN_S; },
+      function () { delete links.cache[id]; });
+    return promise;
+  };
+
   global.TidedeskCore = {
+    fmtSize: fmtSize, uploadFile: uploadFile, uploadError: uploadError, AttachmentLinks: AttachmentLinks,
     BACKOFF_BASE_MS: BACKOFF_BASE_MS, BACKOFF_MAX_MS: BACKOFF_MAX_MS,
     ACK_TIMEOUT_MS: ACK_TIMEOUT_MS, GAP_WAIT_MS: GAP_WAIT_MS,
     backoffMs: backoffMs, newId: newId, pickLang: pickLang, translator: translator,

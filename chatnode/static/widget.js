@@ -94,6 +94,21 @@
       transcriptSend: "Send",
       transcriptSent: "The conversation is on its way to {email}.",
       transcriptFailed: "The conversation could not be mailed: {m}",
+      attach: "Attach a file",
+      enlarge: "Enlarge",
+      download: "Download",
+      closeImage: "Close",
+      cancelUpload: "Cancel",
+      unavailableFile: "file no longer available",
+      fileTooLarge: "The file is larger than {max}: choose a smaller one.",
+      fileType: "This type of file cannot be sent: send an image (PNG, JPEG, GIF, WebP), a PDF, a text or a ZIP file.",
+      fileDamaged: "The image is damaged or incomplete: save it again and retry.",
+      filePixels: "The image has too many pixels: make it smaller and retry.",
+      fileEmpty: "The file is empty: choose a file with something in it.",
+      uploadTimeout: "The upload took too long: check your connection and try again.",
+      uploadNetwork: "The file could not be sent: check your connection and try again.",
+      uploadCancelled: "Upload cancelled.",
+      uploadFailed: "The file could not be sent: {m}",
     },
     "zh-CN": {
       launcher: "在线客服",
@@ -148,6 +163,21 @@
       transcriptSend: "发送",
       transcriptSent: "对话记录正在发送至 {email}。",
       transcriptFailed: "对话记录发送失败：{m}",
+      attach: "添加附件",
+      enlarge: "放大",
+      download: "下载",
+      closeImage: "关闭",
+      cancelUpload: "取消",
+      unavailableFile: "文件已不可用",
+      fileTooLarge: "文件超过 {max}：请选择更小的文件。",
+      fileType: "无法发送此类文件：请发送图片（PNG、JPEG、GIF、WebP）、PDF、文本或 ZIP 文件。",
+      fileDamaged: "图片已损坏或不完整：请重新保存后再试。",
+      filePixels: "图片像素过多：请缩小后再试。",
+      fileEmpty: "文件是空的：请选择有内容的文件。",
+      uploadTimeout: "上传时间过长：请检查网络后重试。",
+      uploadNetwork: "文件未能发送：请检查网络后重试。",
+      uploadCancelled: "已取消上传。",
+      uploadFailed: "文件未能发送：{m}",
     },
   };
 
@@ -290,7 +320,7 @@
     ".trrow{display:flex;gap:6px}",
     ".sr{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0)}",
     "@media (max-width:480px){.launcher.open{display:none}.panel{position:fixed;inset:0;width:auto;height:auto;max-height:none;border-radius:0}}",
-  ].join("");
+  ].join("") + window.TidedeskDom.ATTACHMENT_CSS;
 
   var host = h("tidedesk-widget", { id: "tidedesk-widget", "data-tidedesk": "widget" });
   // Inline !important beats any page rule that could move or hide the host. Set through the
@@ -341,7 +371,10 @@
       oninput: onTyping,
     });
     ui.sendBtn = h("button", { class: "send", type: "button", "data-testid": "td-send", onclick: submitComposer });
-    ui.composer = h("div", { class: "composer" }, [ui.input, ui.sendBtn]);
+    ui.attachBtn = h("button", { class: "td-attach", type: "button", "data-testid": "td-attach" }, [svgIcon("i-attach", "M16.5 6v11.5c0 2.21-1.79 4-4 4s-4-1.79-4-4V5c0-1.38 1.12-2.5 2.5-2.5s2.5 1.12 2.5 2.5v10.5c0 .55-.45 1-1 1s-1-.45-1-1V6H10v9.5c0 1.38 1.12 2.5 2.5 2.5s2.5-1.12 2.5-2.5V5c0-2.21-1.79-4-4-4S7 2.79 7 5v12.5c0 3.04 2.46 5.5 5.5 5.5s5.5-2.46 5.5-5.5V6h-1.5z")]);
+    ui.composer = h("div", { class: "composer" }, [ui.attachBtn, ui.input, ui.sendBtn]);
+    ui.uploads = h("div", { class: "td-uploads", "data-testid": "td-uploads" });
+    ui.uploadError = h("div", { class: "td-upload-error", role: "alert", "data-testid": "td-upload-error", hidden: true });
     ui.offName = h("input", { type: "text", autocomplete: "name", "data-testid": "td-off-name" });
     ui.offEmail = h("input", { type: "email", autocomplete: "email", "data-testid": "td-off-email" });
     ui.offMsg = h("textarea", { "data-testid": "td-off-message" });
@@ -362,8 +395,10 @@
     buildAfterChat();
     ui.panel = h("section", { class: "panel", hidden: true, "data-testid": "td-panel", role: "dialog" }, [
       h("header", null, [h("div", { class: "htext" }, [ui.title, h("div", { class: "sub" }, [ui.dot, ui.subText])]), ui.langBtn, ui.closeBtn]),
-      ui.banner, ui.log, ui.typing, ui.after, ui.composer, ui.offline,
+      ui.banner, ui.log, ui.typing, ui.after, ui.uploads, ui.uploadError, ui.composer, ui.offline,
     ]);
+    ui.root = root;
+    window.TidedeskDom.fileInputs(ui.attachBtn, ui.panel, ui.input, uploadFiles);
     root.appendChild(h("div", { class: "tdw" }, [ui.panel, ui.launcher]));
     (document.body || document.documentElement).appendChild(host);
   }
@@ -469,6 +504,7 @@
     ui.input.placeholder = t("placeholder");
     ui.input.setAttribute("aria-label", t("placeholder"));
     ui.sendBtn.textContent = t("send");
+    ui.attachBtn.title = t("attach"); ui.attachBtn.setAttribute("aria-label", t("attach"));
     ui.offTitle.textContent = t("offlineTitle");
     ui.offIntro.textContent = t(S.mail ? "offlineIntro" : "offlineIntroNoMail");
     ui.offNameL.textContent = t("name");
@@ -586,7 +622,12 @@
       "data-pending": pending ? "true" : null,
     });
     if (!mine && who !== lastWho) row.appendChild(h("div", { class: "who", text: who }));
-    row.appendChild(h("div", { class: "bubble", "data-testid": "td-body", text: m.body }));
+    if (m.body || !(m.attachments && m.attachments.length)) {
+      row.appendChild(h("div", { class: "bubble", "data-testid": "td-body", text: m.body }));
+    }
+    if (m.attachments && m.attachments.length) {
+      row.appendChild(window.TidedeskDom.attachmentList(m.attachments, links, t, ui.root));
+    }
     var meta = pending ? (m.failed ? t("failed") : t("pending")) : fmtTime(m.ts || Date.now() / 1000) + (seen ? " · " + t("seen") : "");
     row.appendChild(h("div", { class: "meta", text: meta }));
     ui.log.appendChild(row);
@@ -622,7 +663,7 @@
 
   function saveOutbox() {
     save("outbox", outbox.items.length ? JSON.stringify(outbox.items.map(function (m) {
-      return { id: m.id, body: m.body, ts: m.ts, from: "visitor" };
+      return { id: m.id, body: m.body, ts: m.ts, from: "visitor", attachments: m.attachments };
     })) : null);
   }
 
@@ -758,6 +799,9 @@
       return;
     }
     if (m) { outbox.take(m.id); ui.input.value = ui.input.value || m.body; }
+    if (m && m.attachments && m.attachments.length && /attachment/.test(f.code || "")) {
+      showUploadError(t("uploadFailed", { m: f.message || f.code }));
+    }
     S.notice = f.code === "busy" || f.code === "unavailable" ? t("busy") : t("error", { m: f.message || f.code });
     renderLog();
   }
@@ -777,7 +821,7 @@
     if (m && typeof f.seq === "number") {
       seqLog.add({
         type: "message", conversation_id: S.conversationId, seq: f.seq, id: m.id,
-        from: "visitor", body: m.body, ts: m.ts,
+        from: "visitor", body: m.body, ts: m.ts, attachments: m.attachments,
       });
     }
     link.armAckTimer();
@@ -785,13 +829,42 @@
   }
 
   function transmit(m) {
-    if (link.transmit({ type: "message", id: m.id, body: m.body })) m.sentAt = Date.now();
+    var frame = { type: "message", id: m.id, body: m.body };
+    // A file is uploaded once; the message names it by id, so a resend after a reconnect
+    // (same client id) sends only the id again.
+    if (m.attachments && m.attachments.length) frame.attachments = m.attachments.map(function (a) { return a.id; });
+    if (link.transmit(frame)) m.sentAt = Date.now();
   }
 
-  function sendMessage(body) {
+  var links = new Core.AttachmentLinks(ORIGIN, function () { return S.token; });
+
+  function showUploadError(text) {
+    ui.uploadError.textContent = text || "";
+    ui.uploadError.hidden = !text;
+  }
+
+  function uploadFiles(files) {
+    showUploadError(null);
+    files.forEach(function (file) {
+      var job = null;
+      var chip = window.TidedeskDom.uploadChip(file, t, function () { if (job) job.cancel(); });
+      ui.uploads.appendChild(chip);
+      ensureVisitor().then(function (token) {
+        job = Core.uploadFile({ base: ORIGIN, token: token, file: file, onProgress: chip.progress });
+        return job.promise;
+      }).then(function (res) {
+        chip.remove();
+        if (res.ok) sendMessage("", [res.attachment]);
+        else showUploadError(t(res.key, res.vars));
+      }, function () { chip.remove(); showUploadError(t("uploadNetwork")); });
+    });
+  }
+
+  function sendMessage(body, attachments) {
     body = String(body || "").trim();
-    if (!body) return false;
+    if (!body && !(attachments && attachments.length)) return false;
     var m = { id: Core.newId(), body: body, ts: Date.now() / 1000, from: "visitor" };
+    if (attachments && attachments.length) m.attachments = attachments;
     outbox.push(m);
     stopTyping();
     transmit(m);
@@ -905,7 +978,7 @@
     build();
     try {
       var saved = JSON.parse(load("outbox") || "[]");
-      if (Array.isArray(saved)) outbox.items = saved.filter(function (m) { return m && m.id && m.body; });
+      if (Array.isArray(saved)) outbox.items = saved.filter(function (m) { return m && m.id && (m.body || (m.attachments && m.attachments.length)); });
     } catch (e) { outbox.items = []; }
     renderChrome();
     setOpen(S.open);

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import json
 import os
 import socket
 import ssl
@@ -21,12 +23,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from websockets.asyncio.client import connect
 
 from tests.deploy.conftest import REPO, require
 from tests.support.clients import embedded
 from tests.support.http import http_json, insecure_tls
 from tests.support.processes import free_port, stop_process
+from tests.support.uploads import fetch, upload
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.haproxy
@@ -139,6 +143,18 @@ def test_chat_through_haproxy_on_loopback(tmp_path: Path, tls_pem: Path, dns: Ti
                 status, _ = await asyncio.to_thread(
                     http_json, "GET", https + "/readyz", None, None, 5.0, insecure_tls())
                 assert status == 200
+
+                # An image through HAProxy (issue 15): a streamed multipart upload, then the
+                # bytes over a signed link, with the download's headers intact.
+                image = io.BytesIO()
+                Image.new("RGB", (120, 80), "orange").save(image, "PNG")
+                status, att = await upload(ports["http"], visitor["token"], image.getvalue(),
+                                           "photo.png")
+                assert status == 201, att
+                _, _, raw = await fetch(ports["http"], att["url"] + "/link", visitor["token"])
+                status, headers, body = await fetch(ports["http"], json.loads(raw)["url"])
+                assert status == 200 and body.startswith(b"\x89PNG")
+                assert headers["X-Content-Type-Options"] == "nosniff"
 
                 # TLS 1.2 is refused at the handshake.
                 old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

@@ -5,8 +5,9 @@ the control plane corrects.
 Phases (each bounded; the whole test, image builds included, stays under 12 minutes):
 
 1. Build the images offline (swarm/build-images.sh), deploy the stack as ``tidedesk-e2e``.
-2. An agent (over TLS 1.3, wss://) and four visitors (ws://) chat through HAProxy; an alert
-   fired into Alertmanager reaches the control plane's webhook and triggers an evaluation.
+2. An agent (over TLS 1.3, wss://) and four visitors (ws://) chat through HAProxy; a visitor
+   sends a photo that the agent downloads (attachments in MariaDB); an alert fired into
+   Alertmanager reaches the control plane's webhook and triggers an evaluation.
 3. Load: 60 more visitor WebSockets, 4x the policy's 15 per node. The control plane scales the
    chat nodes 2 -> 4; HAProxy finds the new replicas through DNS and sends them new connections
    (four more followed visitors, counted per node from each node's own /metrics).
@@ -25,11 +26,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import json
 import logging
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
+import websockets.asyncio.client
+from PIL import Image
 
 from tests.deploy.swarm_stack import (
     AGENT_EMAIL,
@@ -42,6 +50,7 @@ from tests.deploy.swarm_stack import (
 from tests.support.http import http_json, insecure_tls
 from tests.support.resilient_client import ResilientClient
 from tests.support.swarm import ensure_swarm
+from tests.support.uploads import multipart
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(720)]
@@ -199,6 +208,52 @@ def assert_nothing_missed(s: Stack, agent: ResilientClient, token: str,
                                 f"{which}")
 
 
+def _post_multipart(url: str, token: str, data: bytes, name: str) -> tuple[int, Any]:
+    body, ctype = multipart(data, name)
+    req = urllib.request.Request(url, data=body, method="POST", headers={
+        "Content-Type": ctype, "Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _download(url: str, token: str) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers (names in lower case: HAProxy sends them so) and body."""
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=30, context=insecure_tls()) as resp:
+        return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
+
+
+async def image_through_haproxy(s: Stack, agent: ResilientClient, token: str) -> None:
+    """Issue 15: a visitor's photo through HAProxy to the agent, stored in MariaDB (the
+    stack's default), downloaded over TLS from whichever chat node HAProxy picks."""
+    status, data = await asyncio.to_thread(http_json, "POST", s.http + "/api/v1/visitors",
+                                           {"name": "photo"})
+    assert status == 201, data
+    buf = io.BytesIO()
+    Image.new("RGB", (200, 120), "purple").save(buf, "PNG")
+    status, att = await asyncio.to_thread(_post_multipart, s.http + "/api/v1/attachments",
+                                          data["token"], buf.getvalue(), "parcel.png")
+    assert status == 201, att
+    async with websockets.asyncio.client.connect(
+            f"{s.ws}/ws/visitor?token={data['token']}") as ws:
+        await asyncio.wait_for(ws.recv(), 10)  # hello
+        await ws.send(json.dumps({"type": "message", "id": "e2e-photo", "body": "",
+                                  "attachments": [att["id"]]}))
+        while (frame := json.loads(await asyncio.wait_for(ws.recv(), 15)))["type"] != "ack":
+            assert frame["type"] != "error", frame
+    shown = await wait_for("the agent to be shown the photo", lambda: [
+        f for link in agent.links for f in link.of_type("message")
+        if f.get("id") == "e2e-photo"], 30, 0.5)
+    assert shown[0]["attachments"][0]["id"] == att["id"]
+    status, headers, body = await asyncio.to_thread(_download, s.https + att["url"], token)
+    assert status == 200 and headers["content-type"] == "image/png"
+    assert headers["x-content-type-options"] == "nosniff"
+    assert Image.open(io.BytesIO(body)).size == (200, 120)
+
+
 async def run_scenario(s: Stack) -> None:
     # --- 2. chat through HAProxy; an alert reaches the control plane --------------------------
     # Alertmanager -> POST /v1/alerts with the bearer token from the secret; checked below,
@@ -219,6 +274,7 @@ async def run_scenario(s: Stack) -> None:
                 - {seq for _, seq in v.acked.values()} for v in followed)
 
         await wait_for("visitors and the agent to chat both ways", chat_both_ways, 20, 0.5)
+        await image_through_haproxy(s, agent, token)
         await wait_for("Alertmanager to deliver the alert to the control plane",
                        lambda: any(a["alertname"] == "TidedeskE2E"
                                    for a in s.alerts_received("chatnode")), 60)

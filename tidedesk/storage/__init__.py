@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from tidedesk.crypto import FieldCipher
 from tidedesk.models import Shard
 from tidedesk.storage.agents import AgentRepository
+from tidedesk.storage.attachments import AttachmentRepository
 from tidedesk.storage.audit import AuditRepository
 from tidedesk.storage.canned import CannedRepository
 from tidedesk.storage.conversations import ConversationRepository
@@ -54,6 +55,7 @@ class Storage:
         self.sign_ins = SignInRepository(self.database)
         self.mail = MailRepository(self.database)  # issue 13: the mail outbox
         self.ratings = RatingRepository(self.database)  # issue 13
+        self.attachments = AttachmentRepository(self.database)
 
     @property
     def cipher(self) -> FieldCipher | None:

@@ -8,13 +8,14 @@ from typing import Any
 
 import peewee as pw
 
-from tidedesk.frames import MessageFrame
+from tidedesk.frames import MessageFrame, attachments_from_json
 from tidedesk.models import shard_index
 from tidedesk.storage.database import Database, clamp_page
 
 BODY_CONTEXT = "message.body"
+ATTACHMENTS_CONTEXT = "message.attachments"
 MESSAGE_COLUMNS = ("conversation_id", "seq", "client_id", "sender_type", "sender_id",
-                   "sender_name", "body", "private", "ts")
+                   "sender_name", "body", "private", "ts", "attachments")
 
 
 def _insert_ignore_sql(db: pw.Database) -> str:
@@ -40,7 +41,8 @@ class MessageRepository:
         for index, shard_rows in by_shard.items():
             shard = shards[index]
             sql = _insert_ignore_sql(shard.db)
-            params = [tuple(row[c] for c in MESSAGE_COLUMNS) for row in shard_rows]
+            # .get: "attachments" (issue 15) is optional in a row; text-only rows leave it out.
+            params = [tuple(row.get(c) for c in MESSAGE_COLUMNS) for row in shard_rows]
             with shard.db.connection_context(), shard.db.atomic():
                 # One prepared statement for the whole batch (PyMySQL turns it into a single
                 # multi-row INSERT): building it through peewee's query objects cost more than
@@ -58,6 +60,8 @@ class MessageRepository:
             changes["sender_name"] = ""
         if self._db.encrypt_bodies:
             changes["body"] = cipher.encrypt(row["body"], BODY_CONTEXT)
+            if row.get("attachments"):
+                changes["attachments"] = cipher.encrypt(row["attachments"], ATTACHMENTS_CONTEXT)
         return {**row, **changes} if changes else row
 
     async def insert(self, rows: Sequence[dict[str, Any]]) -> None:
@@ -86,7 +90,8 @@ class MessageRepository:
                                 .order_by(msg.seq).limit(limit))
             return [MessageFrame(conversation_id=r.conversation_id, seq=r.seq, id=r.client_id,
                                  from_=r.sender_type, body=self._open_body(r.body),
-                                 ts=r.ts, name=r.sender_name, private=bool(r.private))
+                                 ts=r.ts, name=r.sender_name, private=bool(r.private),
+                                 attachments=self._open_attachments(r.attachments))
                     for r in rows]
 
         return await self._db.run(work)
@@ -99,6 +104,14 @@ class MessageRepository:
             return stored
         plain = cipher.decrypt(stored, BODY_CONTEXT)
         return stored if plain is None else plain
+
+    def _open_attachments(self, stored: str | None) -> tuple[Any, ...]:
+        if not stored:
+            return ()
+        cipher = self._db.cipher
+        if cipher is not None and stored.startswith("v"):
+            stored = cipher.decrypt(stored, ATTACHMENTS_CONTEXT) or ""
+        return attachments_from_json(stored)
 
     async def max_seq(self, conv_id: str) -> int:
         def work() -> int:

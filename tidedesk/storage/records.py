@@ -127,3 +127,21 @@ def as_dicts(records: Sequence[msgspec.Struct]) -> list[dict[str, Any]]:
     """Records as the JSON-ready mappings the REST API answers with."""
     out: list[dict[str, Any]] = msgspec.to_builtins(records)
     return out
+
+
+class Attachment(_Record, frozen=True):
+    """An uploaded file (issue 15). ``conversation_id`` and ``message_id`` are set once it
+    is sent with a message; ``visitor_id`` is who may download it on the visitor's side ('' for
+    a file sent with a private note)."""
+
+    id: str
+    uploader: str
+    visitor_id: str
+    conversation_id: str | None
+    message_id: str | None
+    name: str
+    content_type: str
+    size: int
+    etag: str
+    thumbnail: bool
+    created_at: float

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from tidedesk.storage.agents import TOTP_CONTEXT
+from tidedesk.storage.attachments import NAME_CONTEXT
 from tidedesk.storage.database import Database
-from tidedesk.storage.messages import BODY_CONTEXT
+from tidedesk.storage.messages import ATTACHMENTS_CONTEXT, BODY_CONTEXT
 from tidedesk.storage.visitors import VISITOR_FIELDS
 
 
@@ -18,7 +19,8 @@ def rotate_key(db: Database, batch: int = 500) -> dict[str, int]:
     if db.cipher is None:
         raise ValueError("rotate-key needs a cipher")
     cipher = db.cipher
-    counts = {"visitor_fields": 0, "agent_secrets": 0, "message_bodies": 0}
+    counts = {"visitor_fields": 0, "agent_secrets": 0, "message_bodies": 0,
+              "attachment_fields": 0}
 
     def reseal(stored: str | None, context: str) -> str | None:
         if not stored or not cipher.needs_rotation(stored):
@@ -62,6 +64,24 @@ def rotate_key(db: Database, batch: int = 500) -> dict[str, int]:
                 counts["agent_secrets"] += 1
                 agent.update(totp_secret=None, totp_secret_enc=new).where(
                     agent.id == row.id).execute()
+    # issue 15: attachment names, and messages' attachment lists (the bytes themselves stay
+    # sealed with the key that wrote them: keep it in TIDEDESK_AES_PREVIOUS_KEYS).
+    attachment = db.main["Attachment"]
+    with db.main.db.connection_context(), db.main.db.atomic():
+        for row in attachment.select(attachment.id, attachment.name):
+            new = reseal(row.name, NAME_CONTEXT) if cipher.looks_sealed(row.name) else None
+            if new is not None:
+                counts["attachment_fields"] += 1
+                attachment.update(name=new).where(attachment.id == row.id).execute()
+    for shard in db.shards:
+        msg = shard["Message"]
+        with shard.db.connection_context(), shard.db.atomic():
+            for row in msg.select(msg.id, msg.attachments).where(msg.attachments.is_null(False)):
+                sealed = cipher.looks_sealed(row.attachments)
+                new = reseal(row.attachments, ATTACHMENTS_CONTEXT) if sealed else None
+                if new is not None:
+                    counts["attachment_fields"] += 1
+                    msg.update(attachments=new).where(msg.id == row.id).execute()
     for shard in db.shards:
         msg = shard["Message"]
         with shard.db.connection_context():
