@@ -224,8 +224,11 @@ def _create_agent(args: argparse.Namespace) -> int:
 
     if not EMAIL_RE.match(args.email):
         raise SettingsError("--email: expected an e-mail address like agent@example.com")
-    if len(args.password) < 8:
-        raise SettingsError("--password: use at least 8 characters")
+    from tidedesk.passwords import password_problem
+
+    problem = password_problem(args.password)
+    if problem is not None:
+        raise SettingsError(f"--password: {problem}")
     if not 1 <= args.max_chats <= 100:
         raise SettingsError("--max-chats: must be between 1 and 100")
     pools = [p.strip() for p in args.pools.split(",") if p.strip()]

@@ -4,6 +4,7 @@ node alone, or a router alone. Backends come from settings (in-process when no U
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 from pathlib import Path
@@ -14,12 +15,13 @@ from tornado.httpserver import HTTPServer
 
 from chatnode.app import ChatNode
 from routernode.router import Router
-from tidedesk.auth import hash_password
+from tidedesk.auth import hash_password, verify_password
 from tidedesk.broker import Broker, MemoryBroker
 from tidedesk.crypto import FieldCipher
+from tidedesk.passwords import password_problem
 from tidedesk.probes import probe_app
 from tidedesk.routing_rules import DEFAULT_RULES, RoutingConfig, RoutingConfigError, parse_rules
-from tidedesk.settings import Settings, SettingsError
+from tidedesk.settings import DEMO_PASSWORD, Settings, SettingsError
 from tidedesk.storage import Storage
 from tidedesk.store import MemoryStore, Store
 
@@ -64,8 +66,41 @@ def make_store(settings: Settings) -> Store:
     return MemoryStore()
 
 
-def seed_demo(storage: Storage, settings: Settings, pools: tuple[str, ...]) -> None:
+def is_loopback(host: str) -> bool:
+    """``host`` (what the server binds to) takes connections from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_demo_exposure(storage: Storage, settings: Settings, host: str) -> None:
+    """The demo admin's password is printed in the README: bound anywhere but loopback, the
+    embedded server refuses to start while that password would sign anyone in as admin."""
+    if is_loopback(host):
+        return
+    why = (f"tidedesk dev is bound to {host}, not loopback, and the demo admin "
+           f"{settings.demo_agent_email} would have the public demo password: anyone who can "
+           "reach this address could sign in as admin. Set TIDEDESK_DEMO_AGENT_PASSWORD to a "
+           "password of your own (or bind TIDEDESK_HOST=127.0.0.1)")
+    if settings.demo_agent_password == DEMO_PASSWORD:
+        raise SettingsError(why)
+    existing = storage.agents.by_email_sync(settings.demo_agent_email)
+    if existing is not None and verify_password(existing.password_hash, DEMO_PASSWORD):
+        raise SettingsError(why.replace("would have", "has (from an earlier run)") + "; then "
+                            "change the agent's password or remove it")
+    problem = password_problem(settings.demo_agent_password)
+    if problem is not None:
+        raise SettingsError(f"TIDEDESK_DEMO_AGENT_PASSWORD: {problem} (the server is bound to "
+                            f"{host}, reachable from other machines)")
+
+
+def seed_demo(storage: Storage, settings: Settings, pools: tuple[str, ...],
+              host: str = "127.0.0.1") -> None:
     """Embedded mode: a demo agent (admin, every pool) and a few canned responses."""
+    check_demo_exposure(storage, settings, host)
     if storage.agents.by_email_sync(settings.demo_agent_email) is None:
         storage.agents.create_sync(email=settings.demo_agent_email, name="Demo Agent",
                                   password_hash=hash_password(settings.demo_agent_password),
@@ -93,8 +128,10 @@ class Runtime:
 
     async def start(self, port: int | None = None, host: str | None = None) -> None:
         await self.storage.run(self.storage.migrate_all)
+        bind_host = host or self.settings.host
         if self.role == "dev":
-            await self.storage.run(seed_demo, self.storage, self.settings, self.routing.pools)
+            await self.storage.run(seed_demo, self.storage, self.settings, self.routing.pools,
+                                   bind_host)
         await self.broker.start()
         await self.store.start()
         if self.role in ("dev", "router"):
@@ -113,7 +150,7 @@ class Runtime:
             app = probe_app(self.router)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host or self.settings.host, self.settings.port if port is None else port))
+        sock.bind((bind_host, self.settings.port if port is None else port))
         sock.listen(1024)
         sock.setblocking(False)
         self.server = HTTPServer(app, xheaders=True)

@@ -145,6 +145,9 @@ def _key(default: Any, parse: Callable[[str, Any], Any], doc: str, shown: str | 
     return dataclasses.field(metadata={"setting": Field(default, parse, doc, shown)})
 
 
+# The demo admin's password: public (README), so only ever on loopback (tidedesk/runtime.py).
+DEMO_PASSWORD = "tidedesk-demo"
+
 _KEYS_SHOWN = ("generated into `data_dir` by `tidedesk dev`; `chatnode` and `router` refuse "
                "to start without it")
 
@@ -192,8 +195,15 @@ class Settings:
         "always are)")
     login_lock_after: int = _key(
         10, _parse_int(1, 1000),
-        "failed sign-ins to one account before it is locked (growing delays before that)")
-    login_lock_s: int = _key(900, _parse_int(1, 86400), "how long a locked account stays locked")
+        "failed sign-ins to one account from one address before that pair is locked (growing "
+        "delays before that; the owner's other addresses are not locked)")
+    login_lock_s: int = _key(900, _parse_int(1, 86400),
+                             "how long a locked account (for one source) or source stays locked")
+    login_source_lock_after: int = _key(
+        50, _parse_int(1, 100000), "failed sign-ins from one address (any accounts) before that "
+        "address is locked out of sign-in")
+    admin_require_2fa: bool = _key(
+        True, _parse_bool, "admins must have two-factor sign-in on to change roles or settings")
     rate_limit_ip_per_min: int = _key(
         1200, _parse_int(0, 10_000_000), "REST requests + WebSocket connects per client address "
         "per minute (429, close 4429; 0 = no limit)")
@@ -206,7 +216,9 @@ class Settings:
     routing_file: str | None = _key(None, _parse_optional_str,
                                     "routing rules YAML (unset = built-in rules)")
     demo_agent_email: str = _key("demo@tidedesk.local", _parse_str, "embedded mode's demo agent")
-    demo_agent_password: str = _key("tidedesk-demo", _parse_str, "embedded mode's demo agent")
+    demo_agent_password: str = _key(
+        DEMO_PASSWORD, _parse_str, "embedded mode's demo agent (bound to anything but loopback, "
+        "`tidedesk dev` refuses to start with this default)")
     access_token_ttl_s: int = _key(900, _parse_int(60, 86400), "agent access token lifetime")
     refresh_token_ttl_s: int = _key(7 * 86400, _parse_int(300, 90 * 86400),
                                     "refresh token lifetime")
