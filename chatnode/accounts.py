@@ -7,6 +7,7 @@ See docs/security.md.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -42,6 +43,8 @@ TOTP_USED_SECS = 120
 # A sign-in attempt holds its account this long at most (it releases it when it ends).
 LOGIN_BUSY_SECS = 10
 ROLE_NAMES = ", ".join(ROLES)
+# A WebSocket ticket (POST /api/v1/ws-ticket) is good for one connect within this many seconds.
+WS_TICKET_SECS = 30
 # The store's value for an ended sign-in (kept as long as its refresh token could live).
 REVOKED = "revoked"
 
@@ -343,6 +346,41 @@ class Accounts:
         await self.end_sign_in(principal.family, principal.id, "logout")
         await self.storage.audit.record(f"agent:{principal.id}", "auth.logout", "",
                                  {"family": principal.family})
+
+    # -- WebSocket tickets ----------------------------------------------------------------------
+    async def ws_ticket(self, token: str | None) -> dict[str, Any]:
+        """A one-time ticket standing for ``token`` (already checked by the route's rule), so
+        the WebSocket URL never carries the bearer token (URLs end up in access logs). Kept in
+        the store seam: any chat node can redeem it."""
+        assert token is not None
+        ticket = secrets.token_urlsafe(24)
+        await self.store.kv_set(f"ws-ticket:{ticket}", token, WS_TICKET_SECS, self.clock())
+        return {"ticket": ticket, "expires_in": WS_TICKET_SECS}
+
+    async def redeem_ws_ticket(self, ticket: str) -> str:
+        """The token a ticket stands for, once: the first redeemer wins (compare-and-set), a
+        second use or an expired ticket gets 401 ``invalid_ticket``."""
+        key, now = f"ws-ticket:{ticket}", self.clock()
+        token = await self.store.kv_get(key, now) if len(ticket) <= 64 else None
+        if not token or not await self.store.kv_swap(key, token, "", WS_TICKET_SECS, now):
+            raise ServiceError(401, "invalid_ticket", "this ticket is unknown, expired or used: "
+                               "get a new one (POST /api/v1/ws-ticket) and connect within "
+                               f"{WS_TICKET_SECS} s")
+        return token
+
+    async def report_theft(self, refresh_token: Any) -> dict[str, Any]:
+        """The console saw ``token_rotated`` while no tab of it held the newer token: someone
+        else spent its refresh token. End the sign-in everywhere and audit it."""
+        if not isinstance(refresh_token, str):
+            raise ServiceError(400, "invalid_body", "send {\"refresh_token\": str}")
+        try:
+            principal = self.tokens.decode(refresh_token, "refresh")
+        except AuthError as exc:
+            raise ServiceError(401, exc.code, exc.message) from None
+        agent = await self.agent_for(principal)
+        await self.end_sign_in(principal.family, principal.id, "theft_reported")
+        await self.owner_notice(agent.email, "auth.theft_reported", {"family": principal.family})
+        return {"revoked": True}
 
     # -- two-factor enrolment -----------------------------------------------------------------
     async def totp_enrol(self, principal: Principal) -> dict[str, Any]:

@@ -190,5 +190,6 @@ class ChatNode:
             websocket_ping_timeout=s.ws_ping_timeout_s,
             websocket_max_message_size=s.ws_max_message_size,
             xheaders=True,
+            log_function=http.log_request,
             **extra,
         )

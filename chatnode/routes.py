@@ -139,6 +139,20 @@ ROUTES: tuple[Route, ...] = (
         {"200": json_response(OBJECT, "signed out"), **error_responses(400, 401)},
         json_content({"type": "object",
                       "properties": {"refresh_token": {"type": "string"}}}))),
+    Route("/api/v1/auth/theft", http.TheftReportHandler, post=Operation(
+        PUBLIC, "report a refresh token spent by someone else (the console saw token_rotated "
+        "and no tab of it holds the newer token): the sign-in ends everywhere, audited",
+        {"200": json_response(OBJECT, "revoked"), **error_responses(400, 401)},
+        json_content({"type": "object", "required": ["refresh_token"],
+                      "properties": {"refresh_token": {"type": "string"}}}))),
+    # A WebSocket URL carries this ticket, never the bearer token (URLs are logged).
+    Route("/api/v1/ws-ticket", http.WsTicketHandler, post=Operation(
+        AGENTS | VISITOR, "a one-time ticket for one WebSocket connect (30 s): "
+        "/ws/agent?ticket= or /ws/visitor?ticket=",
+        {"201": json_response({"type": "object", "required": ["ticket", "expires_in"],
+                               "properties": {"ticket": {"type": "string"},
+                                              "expires_in": {"type": "integer"}}}, "ticket"),
+         **error_responses(401)})),
     Route("/api/v1/me", http.MeHandler, get=Operation(
         AGENTS, "the signed-in agent",
         {"200": json_response(AGENT, "agent"), **error_responses(401)})),

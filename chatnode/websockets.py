@@ -88,7 +88,12 @@ class _Socket(RequestIds, WebSocketHandler):
         if close_code is not None:
             self.close(close_code, code)
 
-    def token(self) -> str | None:
+    async def token(self) -> str | None:
+        """The credential of the connect: a one-time ``?ticket=`` (POST /api/v1/ws-ticket), or
+        the v1 ``?token=`` (still read; scrubbed from every log line, see tidedesk/logs.py)."""
+        ticket = self.get_query_argument("ticket", None)
+        if ticket is not None:
+            return await self.service.accounts.redeem_ws_ticket(ticket)
         return self.get_query_argument("token", None)
 
     def refuse_if_draining(self) -> bool:
@@ -179,7 +184,7 @@ class VisitorSocket(_Socket):
         if self.refuse_if_draining():
             return
         try:
-            created = await self.service.connect_visitor(self.state, self.token(),
+            created = await self.service.connect_visitor(self.state, await self.token(),
                                                          self.request.remote_ip or "?")
         except ServiceError as exc:
             self.refuse(exc)
@@ -222,7 +227,7 @@ class AgentSocket(_Socket):
         if self.refuse_if_draining():
             return
         try:
-            await self.service.connect_agent(self.state, self.token(),
+            await self.service.connect_agent(self.state, await self.token(),
                                              self.request.remote_ip or "?")
         except ServiceError as exc:
             self.refuse(exc)

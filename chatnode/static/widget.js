@@ -158,7 +158,10 @@
   var outbox = new Core.Outbox(saveOutbox);
   var link = new Core.Link({
     url: function () {
-      return ensureVisitor().then(function (token) { return WS_ORIGIN + "/ws/visitor?token=" + encodeURIComponent(token); });
+      // A one-time ticket, never the visitor token, goes in the URL (URLs reach access logs).
+      return ensureVisitor().then(wsTicket).then(function (ticket) {
+        return WS_ORIGIN + "/ws/visitor?ticket=" + encodeURIComponent(ticket);
+      });
     },
     onUrlFailed: function (err) {
       // A network failure is already told by the reconnect banner; a refusal needs its reason.
@@ -524,6 +527,27 @@
       });
     }).finally(function () { creatingVisitor = null; });
     return creatingVisitor;
+  }
+
+  /** A one-time WebSocket ticket for the visitor token; a token the server no longer takes
+   *  (expired, unknown) is forgotten and a new visitor made, as a 4401 close did before. */
+  function wsTicket(token, again) {
+    return fetch(ORIGIN + "/api/v1/ws-ticket", {
+      method: "POST", headers: { Authorization: "Bearer " + token },
+    }).then(function (r) {
+      return r.json().catch(function () { return {}; }).then(function (j) {
+        if (r.status === 401 && S.token === token && !again) {
+          forgetVisitor();
+          return ensureVisitor().then(function (fresh) { return wsTicket(fresh, true); });
+        }
+        if (!r.ok) {
+          var err = new Error((j.error && j.error.message) || ("HTTP " + r.status));
+          err.status = r.status;
+          throw err;
+        }
+        return j.ticket;
+      });
+    });
   }
 
   function forgetVisitor() {
