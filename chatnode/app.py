@@ -66,6 +66,15 @@ class PageHandler(tornado.web.RequestHandler):
         self.finish(b"\n".join(path.read_bytes() for path in paths))
 
 
+class StaticHandler(tornado.web.StaticFileHandler):
+    """The static folder; a path no file system can hold (a NUL) is a 404, not a 500."""
+
+    def parse_url_path(self, url_path: str) -> str:
+        if "\x00" in url_path:
+            raise tornado.web.HTTPError(404)
+        return super().parse_url_path(url_path)
+
+
 class IndexHandler(tornado.web.RequestHandler):
     def get(self) -> None:
         self.set_header("Content-Type", "text/html; charset=utf-8")
@@ -178,7 +187,7 @@ class ChatNode:
         # The API and the sockets come from the route table; the index, the static folder and
         # the pages are files for browsers, with no access rule and no OpenAPI entry.
         routes: list[Any] = [(r"/", IndexHandler), *url_specs(deps, ws_deps),
-                             (r"/static/(.*)", tornado.web.StaticFileHandler,
+                             (r"/static/(.*)", StaticHandler,
                               {"path": str(STATIC_DIR)})]
         routes += [(path, PageHandler, {"filename": name}) for path, name in PAGES.items()]
         return tornado.web.Application(

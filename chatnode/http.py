@@ -9,12 +9,12 @@ import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from tornado.web import HTTPError, RequestHandler
+from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from chatnode.errors import ServiceError
 from chatnode.origins import origin_allowed
 from chatnode.service import ChatService
-from tidedesk import logs, metrics
+from tidedesk import logs, metrics, safejson
 from tidedesk.auth import Principal
 from tidedesk.errors import Unavailable
 from tidedesk.i18n import text
@@ -56,7 +56,10 @@ class RequestIds(RequestHandler):
         logs.bind(request_id=self.request_id, conversation_id=None)
 
 
+@stream_request_body
 class JsonHandler(RequestIds):
+    # The largest body this handler reads (a streaming upload handler sets its own, issue 15).
+    max_body_bytes: ClassVar[int] = MAX_JSON_BYTES
     # Both set from this handler's entry in chatnode.routes.ROUTES when the routes are built:
     # its OpenAPI path, and who may call each method (none until then: fail closed).
     route: ClassVar[str] = ""
@@ -79,6 +82,7 @@ class JsonHandler(RequestIds):
             self.cors_headers()
         if self.request.method == "OPTIONS":
             return
+        self.check_body_size()
         if self.rate_limited:
             await self.limit("ip", self.request.remote_ip or "?",
                              self.service.settings.rate_limit_ip_per_min)
@@ -193,16 +197,32 @@ class JsonHandler(RequestIds):
         if status >= 400:
             metrics.HTTP_ERRORS.labels(status=str(status)).inc()
 
+    def check_body_size(self) -> None:
+        """Refuse a body over :attr:`max_body_bytes` from its headers, before it is read: 413
+        for a declared ``Content-Length``; a chunked body is cut off by Tornado at the same
+        limit (``set_max_body_size``). The server's own limit is this one (tidedesk/runtime.py),
+        so nothing that is not a streaming handler buffers more."""
+        limit = self.max_body_bytes
+        self.request.connection.set_max_body_size(limit)  # type: ignore[union-attr]
+        declared = self.request.headers.get("Content-Length", "0")
+        if not declared.isdigit() or int(declared) > limit:
+            raise ServiceError(413, "body_too_large", f"the body is larger than {limit} bytes")
+
+    def data_received(self, chunk: bytes) -> None:
+        # The body arrives here (the class streams, so prepare can refuse it first); at most
+        # max_body_bytes, so joining is cheap. request.body then reads as with any handler.
+        self.request.body += chunk
+
     def json_body(self) -> dict[str, Any]:
-        if len(self.request.body) > MAX_JSON_BYTES:
-            raise ServiceError(413, "body_too_large", f"the body is larger than {MAX_JSON_BYTES} "
-                               "bytes")
+        if len(self.request.body) > self.max_body_bytes:
+            raise ServiceError(413, "body_too_large", f"the body is larger than "
+                               f"{self.max_body_bytes} bytes")
         if not self.request.body:
             return {}
         try:
-            data = json.loads(self.request.body)
-        except (ValueError, UnicodeDecodeError):
-            raise ServiceError(400, "invalid_json", "the body must be a JSON object") from None
+            data = safejson.loads(self.request.body)
+        except safejson.JsonRefused as exc:
+            raise ServiceError(400, exc.code, exc.message) from None
         if not isinstance(data, dict):
             raise ServiceError(400, "invalid_json", "the body must be a JSON object")
         return data

@@ -24,6 +24,7 @@ from controlplane.state import (
     UnknownEvent,
     UnknownPolicy,
 )
+from tidedesk import safejson
 
 MAX_BODY_BYTES = 1024 * 1024  # Alertmanager groups can be large, but not this large
 DEFAULT_LIST_LIMIT = 50
@@ -79,9 +80,10 @@ class BaseHandler(tornado.web.RequestHandler):
                 raise ApiError(400, "bad_request", "send a JSON object body")
             return {}
         try:
-            doc = json.loads(self.request.body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(400, "bad_json", f"body is not valid JSON: {exc}") from None
+            doc = safejson.loads(self.request.body)
+        except safejson.JsonRefused as exc:
+            code = "bad_json" if exc.code == "invalid_json" else exc.code
+            raise ApiError(400, code, f"body refused: {exc.message}") from None
         if not isinstance(doc, dict):
             raise ApiError(400, "bad_request", "body must be a JSON object")
         return doc

@@ -34,6 +34,22 @@ DEMO_CANNED = {
 }
 
 
+# What one HTTP connection may cost (issue 18). Bodies: the largest legal JSON body; a route
+# that takes more (attachment uploads) streams and raises its own limit per request
+# (``request.connection.set_max_body_size``, see chatnode/http.py ``max_body_bytes``). The read
+# buffer holds one chunk of that at a time. Headers must arrive within the idle timeout (Tornado
+# uses it as the header timeout too), a body within the body timeout. An upgraded WebSocket is no
+# longer an HTTP connection: its own pings decide when it is dead.
+MAX_BODY_BYTES = 64 * 1024
+HTTP_LIMITS: dict[str, Any] = {
+    "max_body_size": MAX_BODY_BYTES,
+    "max_buffer_size": 1024 * 1024,
+    "max_header_size": 16 * 1024,
+    "idle_connection_timeout": 60.0,
+    "body_timeout": 30.0,
+}
+
+
 def load_routing(settings: Settings) -> RoutingConfig:
     if not settings.routing_file:
         return parse_rules(DEFAULT_RULES)
@@ -153,7 +169,7 @@ class Runtime:
         sock.bind((bind_host, self.settings.port if port is None else port))
         sock.listen(1024)
         sock.setblocking(False)
-        self.server = HTTPServer(app, xheaders=True)
+        self.server = HTTPServer(app, xheaders=True, **HTTP_LIMITS)
         self.server.add_sockets([sock])
         self.port = sock.getsockname()[1]
 
