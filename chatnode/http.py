@@ -12,7 +12,8 @@ from typing import Any, ClassVar
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from chatnode.errors import ServiceError
-from chatnode.origins import origin_allowed
+from chatnode.headers import security_headers
+from chatnode.origins import host_allowed, origin_allowed
 from chatnode.service import ChatService
 from tidedesk import logs, metrics, safejson
 from tidedesk.auth import Principal
@@ -38,7 +39,46 @@ def log_request(handler: RequestHandler) -> None:
           request.remote_ip, 1000.0 * request.request_time())
 
 
-class RequestIds(RequestHandler):
+class Hardened(RequestHandler):
+    """Mixin for every handler: no ``Server`` version, the browser protections of
+    ``chatnode/headers.py``, and the ``Host`` check (``TIDEDESK_PUBLIC_HOSTS``)."""
+
+    # Pages the allowed sites may frame (the widget demo); every other answer refuses framing.
+    framable = False
+    # Probes answer any Host (HAProxy's health check, Docker's, Prometheus by address).
+    host_checked = True
+
+    @property
+    def tidedesk_settings(self) -> Any:
+        return self.application.settings["tidedesk_settings"]
+
+    def clear(self) -> None:
+        super().clear()
+        self.clear_header("Server")
+        settings = self.application.settings.get("tidedesk_settings")
+        framable_by = (settings.allowed_origins if settings is not None else ()) \
+            if self.framable else None
+        for name, value in security_headers(framable_by=framable_by,
+                                            tls=self.request.protocol == "https").items():
+            self.set_header(name, value)
+
+    def host_refusal(self) -> str | None:
+        """Why this request's Host is refused, or None."""
+        settings = self.application.settings.get("tidedesk_settings")
+        if not self.host_checked or settings is None or host_allowed(
+                self.request.host_name, settings.public_hosts):
+            return None
+        return (f"this desk does not answer to the host {self.request.host_name!r}; use one of "
+                f"{', '.join(settings.public_hosts)}")
+
+    def prepare(self) -> Any:
+        refusal = self.host_refusal()
+        if refusal is not None:
+            raise HTTPError(400, refusal)
+        return None
+
+
+class RequestIds(Hardened):
     """Mixin for every handler: the answer carries ``X-Request-ID`` (the client's or proxy's
     when it is a sane id, else a new one), and so does every log line of the request or of the
     WebSocket connection, as ``request_id`` (``tidedesk.logs``)."""
@@ -78,6 +118,9 @@ class JsonHandler(RequestIds):
         """CORS headers, the per-address rate limit, then the access rule of this route and
         method (401/403), then the per-principal rate limit. Handlers then use
         ``self.principal``."""
+        refusal = self.host_refusal()
+        if refusal is not None:
+            raise ServiceError(400, "unknown_host", refusal)
         if self.cors:
             self.cors_headers()
         if self.request.method == "OPTIONS":
@@ -106,7 +149,7 @@ class JsonHandler(RequestIds):
     def cors_headers(self) -> None:
         origin = self.request.headers.get("Origin")
         if origin and origin_allowed(origin, self.service.settings.allowed_origins,
-                                     self.request.host):
+                                     self.request.host, self.request.protocol):
             self.set_header("Access-Control-Allow-Origin", origin)
             self.set_header("Vary", "Origin")
             self.set_header("Access-Control-Allow-Headers", "Content-Type, Authorization")
@@ -134,7 +177,6 @@ class JsonHandler(RequestIds):
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
-        self.set_header("X-Content-Type-Options", "nosniff")
 
     def write_json(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -241,6 +283,7 @@ class NotFoundHandler(JsonHandler):
 
 class HealthHandler(JsonHandler):
     rate_limited = False
+    host_checked = False
 
     def get(self) -> None:
         self.write_json({"status": "ok"})
@@ -248,6 +291,7 @@ class HealthHandler(JsonHandler):
 
 class ReadyHandler(JsonHandler):
     rate_limited = False
+    host_checked = False
 
     def get(self) -> None:
         self.write_json(*readiness_answer(self.node))
@@ -255,6 +299,7 @@ class ReadyHandler(JsonHandler):
 
 class MetricsHandler(JsonHandler):
     rate_limited = False
+    host_checked = False
 
     def get(self) -> None:
         page, content_type = metrics_page(self.node)

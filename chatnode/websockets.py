@@ -12,6 +12,7 @@ import logging
 import time
 from typing import Any
 
+from tornado.web import HTTPError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from chatnode import access
@@ -64,9 +65,20 @@ class _Socket(RequestIds, WebSocketHandler):
     def state(self) -> ConnectionState:
         return self.hub.registry.get(self.conn_id)
 
+    def prepare(self) -> Any:
+        """The Host check, then the Origin by scheme, host and port before Tornado's own check
+        (which takes an Origin whose host:port equals Host as same-origin whatever its scheme:
+        an http:// page could then open a socket to the https:// desk)."""
+        super().prepare()
+        origin = self.request.headers.get("Origin")
+        if origin is not None and not self.check_origin(origin):
+            raise HTTPError(403, "origin not allowed")
+        return None
+
     # Origin check: browsers only (non-browser clients send no Origin header).
     def check_origin(self, origin: str) -> bool:
-        return origin_allowed(origin, self.service.settings.allowed_origins, self.request.host)
+        return origin_allowed(origin, self.service.settings.allowed_origins, self.request.host,
+                              "https" if self.request.protocol == "https" else "http")
 
     def send(self, frame: dict[str, Any]) -> None:
         state = self.hub.registry.find(self.conn_id)

@@ -213,6 +213,9 @@ class Settings:
     allowed_origins: tuple[str, ...] = _key(
         (), _parse_list, "sites allowed to open WebSockets (scheme://host[:port], "
         "comma-separated); empty = same host only")
+    public_hosts: tuple[str, ...] = _key(
+        (), _parse_list, "host names this desk answers to (the `Host` header, comma-separated; "
+        "others get 400); empty = any (embedded, loopback). Loopback names always pass")
     routing_file: str | None = _key(None, _parse_optional_str,
                                     "routing rules YAML (unset = built-in rules)")
     demo_agent_email: str = _key("demo@tidedesk.local", _parse_str, "embedded mode's demo agent")
