@@ -234,7 +234,7 @@ def _create_agent(args: argparse.Namespace) -> int:
     pools = [p.strip() for p in args.pools.split(",") if p.strip()]
     if not pools:
         raise SettingsError("--pools: give at least one pool, e.g. --pools general")
-    storage = _storage(_settings(args))
+    storage = _storage(_settings(args, role="admin"))
     try:
         storage.migrate_all()
         if storage.agents.by_email_sync(args.email) is not None:
@@ -258,7 +258,7 @@ def _create_agent(args: argparse.Namespace) -> int:
 
 
 def _list_agents(args: argparse.Namespace) -> int:
-    storage = _storage(_settings(args))
+    storage = _storage(_settings(args, role="admin"))
     try:
         storage.migrate_all()
         agents = storage.agents.all_sync()
@@ -272,7 +272,7 @@ def _list_agents(args: argparse.Namespace) -> int:
 
 
 def _rotate_key(args: argparse.Namespace) -> int:
-    storage = _storage(_settings(args))
+    storage = _storage(_settings(args, role="admin"))
     cipher = storage.cipher
     try:
         storage.migrate_all()
@@ -311,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "migrate":
             from tidedesk.storage import Storage
 
-            settings = _settings(args)
+            settings = _settings(args, role="migrate")
             storage = Storage(settings.database_url)
             try:
                 version = storage.migrate_all()

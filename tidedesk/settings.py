@@ -329,11 +329,20 @@ def _generated_secret(data_dir: str, name: str, make: Callable[[], str]) -> str:
     try:
         return path.read_text(encoding="ascii").strip()
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # Created 0700 / 0600 from the start (no chmod afterwards: no moment where another
+        # user could open the key).
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         value = make()
-        path.write_text(value, encoding="ascii")
-        path.chmod(0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(value)
         return value
+
+
+def _cluster_like(values: dict[str, Any]) -> bool:
+    """Settings naming shared servers: keys minted here would not be the cluster's."""
+    return bool(values["broker_url"] or values["redis_url"]) or any(
+        not url.startswith("sqlite://") for url in values["database_url"])
 
 
 def load_settings(
@@ -369,8 +378,22 @@ def load_settings(
         )
     _check_urls(values)
     _check_role(values, role)
+    # `tidedesk admin` / `migrate` against a cluster's servers mint no keys into data_dir: admin
+    # needs the cluster's keys (it encrypts and decrypts what the nodes read), and migrate uses
+    # none, so it gets throw-away ones that never reach the disk.
+    in_memory_keys = False
+    if role in ("admin", "migrate") and _cluster_like(values):
+        missing = [_BY_KEY[k].env for k in ("jwt_secret", "aes_key") if values[k] is None]
+        if missing and role == "admin":
+            raise SettingsError(
+                f"tidedesk admin against a cluster's servers needs {' and '.join(missing)} (or "
+                f"{' / '.join(m + FILE_SUFFIX for m in missing)}), the cluster's own: a key made "
+                "here would encrypt what no chat node can read")
+        in_memory_keys = True
     if not values["node_id"]:
         values["node_id"] = f"{socket.gethostname()}-{os.getpid()}"
+    if values["jwt_secret"] is None and in_memory_keys:
+        values["jwt_secret"] = secrets.token_urlsafe(48)
     if values["jwt_secret"] is None:
         values["jwt_secret"] = _generated_secret(
             values["data_dir"], "jwt.key", lambda: secrets.token_urlsafe(48)
@@ -378,6 +401,8 @@ def load_settings(
     if len(values["jwt_secret"]) < 32:
         raise SettingsError("TIDEDESK_JWT_SECRET: use at least 32 characters (HS256 needs a "
                             "256-bit key), e.g. the output of: openssl rand -hex 32")
+    if values["aes_key"] is None and in_memory_keys:
+        values["aes_key"] = base64.b64encode(os.urandom(32)).decode()
     if values["aes_key"] is None:
         values["aes_key"] = _generated_secret(
             values["data_dir"], "aes.key", lambda: base64.b64encode(os.urandom(32)).decode()
