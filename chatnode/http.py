@@ -106,7 +106,7 @@ class JsonHandler(RequestIds):
     access_rules: ClassVar[Mapping[str, frozenset[str]]] = {}
     # Probes and scrapes (health, readiness, metrics) are not rate limited.
     rate_limited = True
-    CORS_METHODS = "GET, POST, OPTIONS"
+    CORS_METHODS = "GET, POST, DELETE, OPTIONS"
 
     def initialize(self, service: ChatService, node: Any) -> None:
         self.service = service
@@ -388,6 +388,19 @@ class AgentRoleHandler(JsonHandler):
     async def post(self, agent_id: str) -> None:
         self.write_json(await self.service.accounts.set_role(self.agent(), agent_id,
                                                     self.json_body().get("role")))
+
+
+class ContactHandler(JsonHandler):
+    async def delete(self, visitor_id: str) -> None:
+        await self.service.accounts.require_second_factor(self.agent())
+        self.write_json(await self.service.privacy.erase(self.agent(), visitor_id))
+
+
+class ContactExportHandler(JsonHandler):
+    async def get(self, visitor_id: str) -> None:
+        self.set_header("Content-Disposition",
+                        f'attachment; filename="contact-{visitor_id}.json"')
+        self.write_json(await self.service.privacy.export(self.agent(), visitor_id))
 
 
 class CannedHandler(JsonHandler):

@@ -66,11 +66,13 @@ class Route:
     get: Operation | None = None
     post: Operation | None = None
     params: Mapping[str, str] | None = None
+    delete: Operation | None = None
 
     @property
     def operations(self) -> dict[str, Operation]:
         """HTTP method -> operation, for the methods this route serves."""
-        return {m: op for m, op in (("GET", self.get), ("POST", self.post)) if op is not None}
+        return {m: op for m, op in (("GET", self.get), ("POST", self.post),
+                                    ("DELETE", self.delete)) if op is not None}
 
     @property
     def pattern(self) -> str:
@@ -211,6 +213,25 @@ ROUTES: tuple[Route, ...] = (
             {"name": "before_id", "in": "query", "schema": {"type": "integer", "minimum": 1}},
             {"name": "action", "in": "query", "schema": {"type": "string"},
              "description": "an action or prefix: auth., 2fa., agent., conversation."}))),
+    # A contact's data on request (issue 18; GET /api/v1/contacts/{id} itself is issue 14's).
+    Route("/api/v1/contacts/{id}", http.ContactHandler, params={"id": CONVERSATION_ID},
+          delete=Operation(
+              ADMINS, "erase a contact: personal fields, message bodies (every shard) and "
+              "recent history; the conversation skeleton stays for reports; audited (admin, "
+              "with a second factor)",
+              {"200": json_response({"type": "object", "properties": {
+                  "erased": {"type": "string"}, "conversations": {"type": "integer"},
+                  "steps": {"type": "object"}}}, "erased"),
+               **error_responses(401, 403, 404)},
+              parameters=(_id_param(CONVERSATION_ID),))),
+    Route("/api/v1/contacts/{id}/export", http.ContactExportHandler,
+          params={"id": CONVERSATION_ID}, get=Operation(
+              SUPERVISORS, "everything stored about a contact, as JSON (audited)",
+              {"200": json_response({"type": "object", "properties": {
+                  "contact": OBJECT, "conversations": {"type": "array", "items": OBJECT},
+                  "exported_at": {"type": "number"}}}, "the contact's data"),
+               **error_responses(401, 403, 404)},
+              parameters=(_id_param(CONVERSATION_ID),))),
     # Sockets: the token opens one of them, then chatnode.access.WS decides per frame.
     Route("/ws/visitor", websockets.VisitorSocket),
     Route("/ws/agent", websockets.AgentSocket),

@@ -23,6 +23,7 @@ from chatnode.accounts import Accounts
 from chatnode.connections import ConnectionState, Peer, VisitorSession
 from chatnode.conversations import MAX_SEQ, Conversations, relay_frame
 from chatnode.errors import ServiceError
+from chatnode.privacy import Privacy
 from chatnode.queries import audit_action, bounded_int
 from tidedesk import logs, metrics, wire
 from tidedesk.auth import Principal, TokenService
@@ -85,6 +86,7 @@ class ChatService:
         self.accounts = Accounts(settings=settings, store=store, storage=storage, tokens=tokens,
                                  clock=clock, notify=self.relay)
         self.conversations = Conversations(store=store, storage=storage, publish=self.publish)
+        self.privacy = Privacy(storage=storage, store=store, clock=clock)
 
     # -- authentication (chatnode/accounts.py) ------------------------------------------------
     def principal(self, token: str | None, expected: str) -> Principal:

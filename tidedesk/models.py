@@ -170,7 +170,10 @@ def open_database(url: str, pool_size: int = 4) -> pw.Database:
             create_private(Path(path))
         return pw.SqliteDatabase(
             path, check_same_thread=False,
-            pragmas={"journal_mode": "wal", "synchronous": "normal", "busy_timeout": 5000},
+            # secure_delete: an erased contact's words are overwritten in the file, not left in
+            # free pages (issue 18).
+            pragmas={"journal_mode": "wal", "synchronous": "normal", "busy_timeout": 5000,
+                     "secure_delete": "on"},
         )
     if parsed.scheme in ("mysql", "mysql+pool"):
         options = {k: v[-1] for k, v in parse_qs(parsed.query).items()}

@@ -97,3 +97,14 @@ class ConversationRepository:
                     tags=tuple(t for t in (r.tags or "").split(",") if t)) for r in rows]
 
         return await self._db.run(work)
+
+    async def for_visitor(self, visitor_id: str) -> list[Conversation]:
+        """Every conversation of a visitor, oldest first (export, erasure)."""
+        def work() -> list[Conversation]:
+            main = self._db.main
+            conv = main["Conversation"]
+            with main.db.connection_context():
+                return [_record(r) for r in conv.select().where(conv.visitor_id == visitor_id)
+                        .order_by(conv.created_at)]
+
+        return await self._db.run(work)
