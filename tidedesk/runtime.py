@@ -14,6 +14,7 @@ import yaml
 from tornado.httpserver import HTTPServer
 
 from chatnode.app import ChatNode
+from routernode.retention import RetentionJob
 from routernode.router import Router
 from tidedesk.auth import hash_password, verify_password
 from tidedesk.broker import Broker, MemoryBroker
@@ -139,6 +140,7 @@ class Runtime:
                                encrypt_bodies=settings.encrypt_message_bodies)
         self.node: ChatNode | None = None
         self.router: Router | None = None
+        self.retention: RetentionJob | None = None
         self.server: HTTPServer | None = None
         self.port: int | None = None
 
@@ -156,6 +158,10 @@ class Runtime:
                                  max_waiting_per_pool=self.settings.max_waiting_per_pool,
                                  envelope_format=self.settings.envelope_format)
             await self.router.start()
+            self.retention = RetentionJob(storage=self.storage, store=self.store,
+                                          days=self.settings.retention_days,
+                                          owner=self.settings.node_id)
+            self.retention.start()
         if self.role in ("dev", "chatnode"):
             self.node = ChatNode(settings=self.settings, broker=self.broker, store=self.store,
                                  storage=self.storage, routing=self.routing)
@@ -178,6 +184,8 @@ class Runtime:
             await self.node.drain()
         if self.server is not None:
             self.server.stop()
+        if self.retention is not None:
+            await self.retention.stop()
         if self.router is not None:
             await self.router.stop()
         await self.broker.stop_consuming()

@@ -216,6 +216,9 @@ class Settings:
     public_hosts: tuple[str, ...] = _key(
         (), _parse_list, "host names this desk answers to (the `Host` header, comma-separated; "
         "others get 400); empty = any (embedded, loopback). Loopback names always pass")
+    retention_days: int = _key(
+        0, _parse_int(0, 36500), "closed conversations older than this many days are deleted "
+        "(messages in every shard too) by an hourly job on the routers; 0 = kept for ever")
     routing_file: str | None = _key(None, _parse_optional_str,
                                     "routing rules YAML (unset = built-in rules)")
     demo_agent_email: str = _key("demo@tidedesk.local", _parse_str, "embedded mode's demo agent")

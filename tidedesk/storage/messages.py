@@ -142,3 +142,19 @@ class MessageRepository:
             return erased
 
         return await self._db.run(work)
+
+    async def delete(self, conv_ids: Sequence[str]) -> int:
+        """Delete every message of these conversations, in whichever shard holds each."""
+        def work() -> int:
+            deleted = 0
+            shards = self._db.shards
+            by_shard: dict[int, list[str]] = {}
+            for conv_id in conv_ids:
+                by_shard.setdefault(shard_index(conv_id, len(shards)), []).append(conv_id)
+            for index, ids in by_shard.items():
+                msg = shards[index]["Message"]
+                with shards[index].db.connection_context():
+                    deleted += int(msg.delete().where(msg.conversation_id.in_(ids)).execute())
+            return deleted
+
+        return await self._db.run(work)
