@@ -32,6 +32,8 @@
   var ORIGIN = new URL((script && script.src) || location.href, location.href).origin;
   var WS_ORIGIN = ORIGIN.replace(/^http/, "ws");
   var KEY = "tidedesk:" + ORIGIN + ":";
+  var CONSENT = ds.consent === "true";
+  var PRIVACY_URL = /^https?:\/\//i.test(ds.privacyUrl || "") ? ds.privacyUrl : "";
 
   var ARCHIVE_MAX = 100; // earlier conversations' messages kept on screen after a new one starts
   var TYPING_RESEND_MS = 3000; // keep "typing on" alive without flooding the rate limit
@@ -48,6 +50,9 @@
       otherLangLabel: "切换到中文",
       placeholder: "Write a message…",
       send: "Send",
+      consent: "Before you write: we keep this conversation and the details you give us so we can answer you.",
+      consentPolicy: "Privacy policy",
+      consentAgree: "I agree",
       connecting: "Connecting…",
       connected: "Connected",
       reconnecting: "Reconnecting in {s}s…",
@@ -88,6 +93,9 @@
       otherLangLabel: "Switch to English",
       placeholder: "输入消息…",
       send: "发送",
+      consent: "开始对话前：我们会保存本次对话和您提供的信息，以便答复您。",
+      consentPolicy: "隐私政策",
+      consentAgree: "我同意",
       connecting: "正在连接…",
       connected: "已连接",
       reconnecting: "{s} 秒后重新连接…",
@@ -137,6 +145,7 @@
   var S = {
     lang: Core.pickLang(load("lang") || ds.lang || navigator.language),
     open: load("open") === "1" || ds.open === "true",
+    consented: load("consent") === "1",
     token: load("token"),
     visitorId: load("visitor_id"),
     conversationId: load("conversation_id"),
@@ -235,7 +244,10 @@
     ".typing{font-size:12px;color:#52606d;padding:2px 16px 6px;background:#f8fafc;min-height:22px}",
     ".typing[hidden]{display:block;visibility:hidden}",
     ".composer{display:flex;gap:8px;padding:10px;border-top:1px solid #e4e7eb;background:#fff}",
-    ".composer[hidden],.offline[hidden]{display:none}",
+    ".composer[hidden],.offline[hidden],.consent[hidden]{display:none}",
+    ".consent{flex-shrink:0;padding:10px;border-top:1px solid #e4e7eb;background:#fff;font-size:13px}",
+    ".consent p{margin:0 0 8px}.consent a{color:#0f766e}",
+    ".agree{display:inline-block;border:0;border-radius:10px;background:#0f766e;color:#fff;padding:6px 14px;font-weight:600;cursor:pointer}",
     "textarea{flex:1;resize:none;border:1px solid #cbd2d9;border-radius:10px;padding:8px 10px;height:40px;max-height:120px;outline:none}",
     "textarea:focus,input:focus{border-color:#0f766e;box-shadow:0 0 0 3px rgba(15,118,110,.15)}",
     ".send{border:0;border-radius:10px;background:#0f766e;color:#fff;padding:0 14px;font-weight:600;cursor:pointer}",
@@ -301,6 +313,18 @@
     });
     ui.sendBtn = h("button", { class: "send", type: "button", "data-testid": "td-send", onclick: submitComposer });
     ui.composer = h("div", { class: "composer" }, [ui.input, ui.sendBtn]);
+    // The optional consent line (data-consent="true", data-privacy-url="https://..."): shown
+    // instead of the composer until the visitor agrees, before their first message.
+    ui.consentText = h("span");
+    ui.consentLink = h("a", { target: "_blank", rel: "noopener noreferrer" });
+    ui.consentLink.hidden = !PRIVACY_URL;
+    if (PRIVACY_URL) ui.consentLink.href = PRIVACY_URL;
+    ui.consentBtn = h("button", {
+      class: "agree", type: "button", "data-testid": "td-consent-agree",
+      onclick: function () { S.consented = true; save("consent", "1"); renderStatus(); ui.input.focus(); },
+    });
+    ui.consent = h("div", { class: "consent", hidden: true, "data-testid": "td-consent" },
+      [h("p", null, [ui.consentText, " ", ui.consentLink]), ui.consentBtn]);
     ui.offName = h("input", { type: "text", autocomplete: "name", "data-testid": "td-off-name" });
     ui.offEmail = h("input", { type: "email", autocomplete: "email", "data-testid": "td-off-email" });
     ui.offMsg = h("textarea", { "data-testid": "td-off-message" });
@@ -319,7 +343,7 @@
       ui.offErr, ui.offSubmit]);
     ui.panel = h("section", { class: "panel", hidden: true, "data-testid": "td-panel", role: "dialog" }, [
       h("header", null, [h("div", { class: "htext" }, [ui.title, h("div", { class: "sub" }, [ui.dot, ui.subText])]), ui.langBtn, ui.closeBtn]),
-      ui.banner, ui.log, ui.typing, ui.composer, ui.offline,
+      ui.banner, ui.log, ui.typing, ui.consent, ui.composer, ui.offline,
     ]);
     root.appendChild(h("div", { class: "tdw" }, [ui.panel, ui.launcher]));
     (document.body || document.documentElement).appendChild(host);
@@ -353,6 +377,9 @@
     ui.input.placeholder = t("placeholder");
     ui.input.setAttribute("aria-label", t("placeholder"));
     ui.sendBtn.textContent = t("send");
+    ui.consentText.textContent = t("consent");
+    ui.consentLink.textContent = t("consentPolicy");
+    ui.consentBtn.textContent = t("consentAgree");
     ui.offTitle.textContent = t("offlineTitle");
     ui.offIntro.textContent = t("offlineIntro");
     ui.offNameL.textContent = t("name");
@@ -395,8 +422,12 @@
     // The form until the visitor has left a message (also after a reload: their message is resumed).
     var offlineForm = S.convState === "offline" && !S.offlineSent && !outbox.items.length &&
       !seqLog.seqs().some(function (seq) { return seqLog.msgs[seq].from === "visitor"; });
-    ui.offline.hidden = !offlineForm;
-    ui.composer.hidden = offlineForm;
+    // The consent line stands in for the composer and the offline form alike until agreed.
+    var needConsent = CONSENT && !S.consented && !outbox.items.length &&
+      !seqLog.seqs().some(function (seq) { return seqLog.msgs[seq].from === "visitor"; });
+    ui.consent.hidden = !needConsent;
+    ui.offline.hidden = !offlineForm || needConsent;
+    ui.composer.hidden = offlineForm || needConsent;
     ui.typing.hidden = !S.agentTyping;
     ui.typing.style.display = offlineForm ? "none" : "";
     ui.typing.textContent = S.agentTyping ? t("typing", { name: S.agentName || t("agent") }) : "";
