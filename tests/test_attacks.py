@@ -8,21 +8,28 @@ tests/test_limits.py); this table names them too (``SEE_ALSO``) so docs/security
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from tests.support.clients import Http, WsClient, add_agent, embedded, login
-from tests.support.routing import GENERAL_ONLY
+from tests.support.routing import GENERAL_ONLY, write_routing
+from tidedesk.redisstore import RedisStore
 from tidedesk.runtime import Runtime
+from tidedesk.settings import load_settings
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
 
 DEEP = "[" * 5000 + "]" * 5000
 
@@ -164,12 +171,37 @@ SEE_ALSO = {
 }
 
 
+@contextlib.asynccontextmanager
+async def server(tmp_path: Path, store: str, **overrides: Any) -> AsyncIterator[Runtime]:
+    """The embedded server, with its store in-process or in Redis (what a cluster shares:
+    tickets, sign-in counters, rate limits)."""
+    if store == "memory":
+        async with embedded(tmp_path, GENERAL_ONLY, **overrides) as rt:
+            yield rt
+        return
+    prefix = f"tidedesk-t18a:{uuid.uuid4().hex[:8]}:"
+    settings = load_settings(env={}, data_dir=str(tmp_path / "data"), port=0,
+                             ws_ping_interval_s=0,
+                             routing_file=str(write_routing(tmp_path, GENERAL_ONLY)),
+                             **overrides)
+    rt = Runtime(settings, "dev", store=RedisStore(REDIS_URL, prefix))
+    await rt.start(port=0)
+    try:
+        yield rt
+    finally:
+        await rt.stop(drain=False)
+        r = redis.Redis.from_url(REDIS_URL)
+        for key in r.scan_iter(f"{prefix}*"):
+            r.delete(key)
+
+
+@pytest.mark.parametrize("store", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
 def test_every_attack_is_refused_and_the_server_keeps_serving(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, store: str) -> None:
     async def scenario() -> list[str]:
-        async with embedded(tmp_path, GENERAL_ONLY, rate_limit_ip_per_min=0,
-                            allowed_origins=("https://shop.example",),
-                            public_hosts=("desk.example",)) as rt:
+        async with server(tmp_path, store, rate_limit_ip_per_min=0,
+                          allowed_origins=("https://shop.example",),
+                          public_hosts=("desk.example",)) as rt:
             add_agent(rt, "ada@shop.test", role="admin")
             http = Http(rt)
             _, visitor = await http.request("POST", "/api/v1/visitors", {})
