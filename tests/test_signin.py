@@ -222,3 +222,29 @@ def test_throttling_sources() -> None:
     assert source_of("2001:db8::1") == source_of("2001:db8::ffff") == "2001:db8::/64"
     assert source_of("::ffff:10.0.0.1") == "10.0.0.1"
     assert source_of("") == "?"
+
+
+def test_the_owner_is_told_of_failures_from_many_sources(tmp_path: Path) -> None:
+    """Failures spread over addresses lock nobody out, but the owner hears of them: an audit
+    entry and the mail seam (issue 13's outbox plugs in there)."""
+    async def scenario() -> None:
+        async with embedded(tmp_path, GENERAL_ONLY, login_lock_after=3,
+                            rate_limit_ip_per_min=0) as rt:
+            add_agent(rt, "owner@shop.test")
+            mailed: list[tuple[str, str, dict[str, Any]]] = []
+
+            async def mail(account: str, event: str, details: dict[str, Any]) -> None:
+                mailed.append((account, event, details))
+
+            assert rt.node is not None
+            rt.node.service.accounts.mail = mail
+            for n in range(4):
+                status, _, _ = await login_from(rt, f"127.0.3.{n + 1}", "owner@shop.test", "no")
+                assert status == 401  # one failure per address: no delay, no lock
+            assert [(a, e) for a, e, _ in mailed] == [("owner@shop.test", "auth.failures")]
+            assert mailed[0][2]["failures"] == 3
+            [entry] = as_dicts(await rt.storage.audit.entries(action="auth.failures"))
+            assert entry["target"] == "owner@shop.test"
+            assert (await login_from(rt, "127.0.3.9", "owner@shop.test", "password1"))[0] == 200
+
+    run(scenario())
