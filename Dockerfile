@@ -1,6 +1,8 @@
 # Tidedesk: one image, the command picks the role.
 #
-#   docker run tidedesk/tidedesk dev            embedded mode (the default command), port 8080
+#   docker run -e TIDEDESK_DEMO_AGENT_PASSWORD=... tidedesk/tidedesk dev   embedded mode (the
+#                                               default command; bound to 0.0.0.0 it needs a
+#                                               demo password of your own), port 8080
 #   docker run tidedesk/tidedesk chatnode       cluster roles: chatnode, router, migrate,
 #   docker run tidedesk/tidedesk controlplane   admin ..., controlplane ..., simulate ...
 #

@@ -7,6 +7,7 @@ See docs/security.md.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,9 +22,11 @@ from tidedesk.auth import (
     TokenService,
     new_token_id,
     new_totp_secret,
+    normalise_totp,
     qr_svg_data_uri,
     refresh_verdict,
     signin_wait,
+    source_of,
     totp_uri,
     verify_password,
     verify_totp,
@@ -40,6 +43,8 @@ TOTP_USED_SECS = 120
 # A sign-in attempt holds its account this long at most (it releases it when it ends).
 LOGIN_BUSY_SECS = 10
 ROLE_NAMES = ", ".join(ROLES)
+# A WebSocket ticket (POST /api/v1/ws-ticket) is good for one connect within this many seconds.
+WS_TICKET_SECS = 30
 # The store's value for an ended sign-in (kept as long as its refresh token could live).
 REVOKED = "revoked"
 
@@ -57,6 +62,8 @@ def _role_key(agent_id: str) -> str:
 SESSION_ENDED = "session_ended"
 
 Notify = Callable[[str, dict[str, Any]], Awaitable[None]]
+# (account e-mail, event, details): a notice for the account's owner (e-mail, issue 13b).
+OwnerMail = Callable[[str, str, dict[str, Any]], Awaitable[None]]
 
 
 def session_end_applies(principal: Principal, notice: dict[str, Any]) -> tuple[str, str] | None:
@@ -87,6 +94,7 @@ class Accounts:
         self.clock = clock
         # Best effort, to the agent's open sockets; REST and new connections check the store.
         self.notify = notify
+        self.mail: OwnerMail | None = None
 
     def principal(self, token: str | None, expected: str) -> Principal:
         """The principal of a valid token of kind ``expected``; 401 otherwise."""
@@ -184,49 +192,84 @@ class Accounts:
         if len(email) > 254 or len(password) > 1024:
             raise ServiceError(400, "invalid_field", "'email' has at most 254 characters and "
                                "'password' at most 1024")
-        account = email.strip().lower()
-        # One attempt per account at a time: parallel guesses would all read the same failure
-        # count before any of them added to it, and so pass the delays and the lock.
-        busy_key, now = f"login-busy:{account}", self.clock()
+        account, source = email.strip().lower(), source_of(ip)
+        # One attempt per account and source at a time: parallel guesses would all read the
+        # same failure count before any of them added to it, and so pass the delays and the
+        # lock. Per source, so a stranger's flood never makes the owner wait.
+        busy_key, now = f"login-busy:{account}|{source}", self.clock()
         if not await self.store.kv_swap(busy_key, None, "1", LOGIN_BUSY_SECS, now):
             raise ServiceError(429, "rate_limited", "a sign-in to this account is under way; "
                                "try again in a second", retry_after=1)
         try:
-            return await self._login(account, email, password, totp, ip, now)
+            return await self._login(account, email, password, totp, ip, source, now)
         finally:
             await self.store.kv_delete(busy_key)
 
-    async def _login(self, account: str, email: str, password: str, totp: Any, ip: str,
-                     now: float) -> dict[str, Any]:
-        count_key, last_key = f"login-failures:{account}", f"login-last-failure:{account}"
+    async def _throttle(self, scope: str, lock_after: int, now: float, what: str,
+                        delays: bool = True) -> None:
+        """429 while the failures counted under ``scope`` make the next attempt wait (growing
+        delays then the lock; with ``delays`` off, only the lock)."""
         s = self.settings
-        failures = int(await self.store.kv_get(count_key, now) or 0)
-        last = float(await self.store.kv_get(last_key, now) or 0)
-        wait = signin_wait(failures, last, now, lock_after=s.login_lock_after,
-                           lock_s=s.login_lock_s)
+        failures = int(await self.store.kv_get(f"{scope}:n", now) or 0)
+        if not delays and failures < lock_after:
+            return
+        last = float(await self.store.kv_get(f"{scope}:last", now) or 0)
+        wait = signin_wait(failures, last, now, lock_after=lock_after, lock_s=s.login_lock_s)
         if wait > 0:
-            locked = failures >= s.login_lock_after
+            locked = failures >= lock_after
             raise ServiceError(429, "account_locked" if locked else "rate_limited",
-                               ("too many failed sign-ins: this account is locked; "
-                                if locked else "too many failed sign-ins; ")
+                               (f"too many failed {what}: locked for now; " if locked
+                                else f"too many failed {what}; ")
                                + f"try again in {int(wait) + 1} s", retry_after=int(wait) + 1)
 
+    async def _count_failure(self, scope: str, now: float) -> int:
+        s = self.settings
+        count = await self.store.kv_incr(f"{scope}:n", s.login_lock_s, now)
+        await self.store.kv_set(f"{scope}:last", repr(now), s.login_lock_s, now)
+        return count
+
+    async def _login(self, account: str, email: str, password: str, totp: Any, ip: str,
+                     source: str, now: float) -> dict[str, Any]:
+        s = self.settings
+        # Three counters. (account, source): growing delays, then a lock of that pair only,
+        # so a stranger's guesses never lock the owner out of their own addresses. (source):
+        # one address guessing many accounts is locked after login_source_lock_after. (account,
+        # all sources): only counted, to tell the owner (audit, and mail once it exists).
+        pair, from_source = f"login:{account}|{source}", f"login-src:{source}"
+        await self._throttle(pair, s.login_lock_after, now, "sign-ins to this account from "
+                             "your address")
+        # No delays per source: an office behind one address has many agents who mistype.
+        await self._throttle(from_source, s.login_source_lock_after, now,
+                             "sign-ins from your address", delays=False)
+
         async def refuse(code: str, message: str) -> ServiceError:
-            count = await self.store.kv_incr(count_key, s.login_lock_s, now)
-            await self.store.kv_set(last_key, repr(now), s.login_lock_s, now)
+            count = await self._count_failure(pair, now)
+            source_count = await self._count_failure(from_source, now)
+            total = await self.store.kv_incr(f"login-all:{account}", s.login_lock_s, now)
             await self.storage.audit.record(f"ip:{ip}", "auth.login_failed", account,
-                                     {"reason": code, "failures": count})
+                                            {"reason": code, "failures": count,
+                                             "source": source})
             if count >= s.login_lock_after:
                 # The count's window began at the first failure: hold it for the whole lock.
-                await self.store.kv_set(count_key, str(count), s.login_lock_s, now)
+                await self.store.kv_set(f"{pair}:n", str(count), s.login_lock_s, now)
+            if count == s.login_lock_after:
                 await self.storage.audit.record("system", "auth.locked", account,
-                                         {"for_s": s.login_lock_s})
+                                                {"for_s": s.login_lock_s, "source": source})
+            if source_count == s.login_source_lock_after:
+                await self.store.kv_set(f"{from_source}:n", str(source_count), s.login_lock_s,
+                                        now)
+                await self.storage.audit.record("system", "auth.source_locked", source,
+                                                {"for_s": s.login_lock_s})
+            if total == s.login_lock_after:
+                await self.owner_notice(account, "auth.failures", {
+                    "failures": total, "window_s": s.login_lock_s, "last_source": source})
             return ServiceError(401, code, message)
 
         agent = await self.storage.agents.by_email(email)
+        known_hash = agent.password_hash if agent is not None and agent.active else None
         # argon2 takes tens of milliseconds of CPU: off the event loop, where every chat waits.
-        if agent is None or not agent.active or not await asyncio.to_thread(
-                verify_password, agent.password_hash, password):
+        # An unknown account is checked against a dummy hash: the same time either way.
+        if not await asyncio.to_thread(verify_password, known_hash, password) or agent is None:
             raise await refuse("invalid_credentials", "wrong email or password")
         if agent.totp_secret:
             if totp is None or totp == "":
@@ -234,17 +277,25 @@ class Accounts:
                                    "send the 6-digit code from your authenticator as 'totp'")
             if not isinstance(totp, str) or not verify_totp(agent.totp_secret, totp, now):
                 raise await refuse("invalid_totp", "the two-factor code is wrong or expired")
-            # A code seen on its way (shoulder, proxy log) must not sign in a second time.
-            if not await self.store.kv_swap(f"totp-used:{agent.id}:{totp.strip()}", None, "1",
-                                            TOTP_USED_SECS, now):
+            # A code seen on its way (shoulder, proxy log) must not sign in a second time; the
+            # key is the normalised code, so the same digits in another script are the same.
+            if not await self.store.kv_swap(f"totp-used:{agent.id}:{normalise_totp(totp)}",
+                                            None, "1", TOTP_USED_SECS, now):
                 raise await refuse("invalid_totp", "this code was used already; wait for the "
                                    "next one in your authenticator")
-        await self.store.kv_delete(count_key)
-        await self.store.kv_delete(last_key)
+        await self.store.kv_delete(f"{pair}:n")
+        await self.store.kv_delete(f"{pair}:last")
         family = new_token_id()
         await self.storage.audit.record(f"agent:{agent.id}", "auth.login", agent.email,
                                  {"ip": ip, "family": family})
         return await self._issue(agent, family)
+
+    async def owner_notice(self, account: str, event: str, details: dict[str, Any]) -> None:
+        """Tell an account's owner something happened to it: an audit entry now, and the
+        ``mail`` seam (a coroutine set by whoever wires the outbox: issue 13b) when there."""
+        await self.storage.audit.record("system", event, account, details)
+        if self.mail is not None:
+            await self.mail(account, event, details)
 
     async def _issue(self, agent: Any, family: str) -> dict[str, Any]:
         jti = new_token_id()
@@ -296,6 +347,41 @@ class Accounts:
         await self.storage.audit.record(f"agent:{principal.id}", "auth.logout", "",
                                  {"family": principal.family})
 
+    # -- WebSocket tickets ----------------------------------------------------------------------
+    async def ws_ticket(self, token: str | None) -> dict[str, Any]:
+        """A one-time ticket standing for ``token`` (already checked by the route's rule), so
+        the WebSocket URL never carries the bearer token (URLs end up in access logs). Kept in
+        the store seam: any chat node can redeem it."""
+        assert token is not None
+        ticket = secrets.token_urlsafe(24)
+        await self.store.kv_set(f"ws-ticket:{ticket}", token, WS_TICKET_SECS, self.clock())
+        return {"ticket": ticket, "expires_in": WS_TICKET_SECS}
+
+    async def redeem_ws_ticket(self, ticket: str) -> str:
+        """The token a ticket stands for, once: the first redeemer wins (compare-and-set), a
+        second use or an expired ticket gets 401 ``invalid_ticket``."""
+        key, now = f"ws-ticket:{ticket}", self.clock()
+        token = await self.store.kv_get(key, now) if len(ticket) <= 64 else None
+        if not token or not await self.store.kv_swap(key, token, "", WS_TICKET_SECS, now):
+            raise ServiceError(401, "invalid_ticket", "this ticket is unknown, expired or used: "
+                               "get a new one (POST /api/v1/ws-ticket) and connect within "
+                               f"{WS_TICKET_SECS} s")
+        return token
+
+    async def report_theft(self, refresh_token: Any) -> dict[str, Any]:
+        """The console saw ``token_rotated`` while no tab of it held the newer token: someone
+        else spent its refresh token. End the sign-in everywhere and audit it."""
+        if not isinstance(refresh_token, str):
+            raise ServiceError(400, "invalid_body", "send {\"refresh_token\": str}")
+        try:
+            principal = self.tokens.decode(refresh_token, "refresh")
+        except AuthError as exc:
+            raise ServiceError(401, exc.code, exc.message) from None
+        agent = await self.agent_for(principal)
+        await self.end_sign_in(principal.family, principal.id, "theft_reported")
+        await self.owner_notice(agent.email, "auth.theft_reported", {"family": principal.family})
+        return {"revoked": True}
+
     # -- two-factor enrolment -----------------------------------------------------------------
     async def totp_enrol(self, principal: Principal) -> dict[str, Any]:
         """A new secret, its otpauth URI and QR code; active once confirmed with a code."""
@@ -322,9 +408,8 @@ class Accounts:
         if secret is None:
             raise ServiceError(409, "no_enrolment", "start with POST /api/v1/me/totp (an "
                                f"enrolment is kept for {TOTP_PENDING_SECS // 60} minutes)")
-        if not isinstance(code, str) or not verify_totp(secret, code, now):
-            raise ServiceError(400, "invalid_totp", "the code does not match: send the 6-digit "
-                               "code your authenticator shows now as 'code'")
+        await self._check_code(agent, secret, code, now, "the code does not match: send the "
+                               "6-digit code your authenticator shows now as 'code'")
         await self.storage.agents.update(agent.id, totp_secret=secret)
         await self.store.kv_delete(f"totp-pending:{agent.id}")
         await self.storage.audit.record(f"agent:{agent.id}", "2fa.enabled", agent.email)
@@ -334,15 +419,42 @@ class Accounts:
         agent = await self.agent_for(principal)
         if not agent.totp_secret:
             raise ServiceError(409, "totp_off", "two-factor sign-in is not on for this account")
-        if not isinstance(code, str) or not verify_totp(agent.totp_secret, code, self.clock()):
-            raise ServiceError(400, "invalid_totp", "send the current 6-digit code as 'code' "
-                               "to turn two-factor sign-in off")
+        await self._check_code(agent, agent.totp_secret, code, self.clock(), "send the current "
+                               "6-digit code as 'code' to turn two-factor sign-in off")
         await self.storage.agents.update(agent.id, totp_secret=None)
         await self.storage.audit.record(f"agent:{agent.id}", "2fa.disabled", agent.email)
         return {"totp": False}
 
+    async def _check_code(self, agent: Any, secret: str, code: Any, now: float,
+                          wrong: str) -> None:
+        """A TOTP code for enrolment or turning it off, throttled like a sign-in (growing
+        delays, then a lock): a stolen access token must not guess its way to turning 2FA off.
+        """
+        scope = f"totp-check:{agent.id}"
+        await self._throttle(scope, self.settings.login_lock_after, now, "two-factor codes")
+        if not isinstance(code, str) or not verify_totp(secret, code, now):
+            count = await self._count_failure(scope, now)
+            await self.storage.audit.record(f"agent:{agent.id}", "2fa.code_failed", agent.email,
+                                            {"failures": count})
+            raise ServiceError(400, "invalid_totp", wrong)
+        await self.store.kv_delete(f"{scope}:n")
+        await self.store.kv_delete(f"{scope}:last")
+
+    async def require_second_factor(self, principal: Principal) -> None:
+        """The guard every admin change calls first (roles, settings, sites, tokens...): with
+        ``TIDEDESK_ADMIN_REQUIRE_2FA`` on, an admin without a second factor gets 403 and is told
+        to turn it on. A stolen password alone must not be enough to take the desk over."""
+        if not self.settings.admin_require_2fa:
+            return
+        agent = await self.agent_for(principal)
+        if not agent.totp_secret:
+            raise ServiceError(403, "second_factor_required", "admin changes need two-factor "
+                               "sign-in: turn it on first (POST /api/v1/me/totp, then "
+                               "/api/v1/me/totp/confirm)")
+
     # -- administration -------------------------------------------------------------------------
     async def set_role(self, principal: Principal, agent_id: str, role: Any) -> dict[str, Any]:
+        await self.require_second_factor(principal)
         if role not in ROLES:
             raise ServiceError(400, "invalid_field", f"'role' must be one of {ROLE_NAMES}")
         target = await self.storage.agents.get(agent_id)

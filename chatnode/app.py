@@ -46,11 +46,14 @@ PAGES = {"/demo": "demo.html", "/console": "console.html", "/supervisor": "super
 PREPENDED = {"widget.js": ("tidedesk-core.js", "tidedesk-dom.js")}
 
 
-class PageHandler(tornado.web.RequestHandler):
+class PageHandler(http.Hardened):
     """Serves one file of the static folder at a fixed path (with a clear 404 if absent)."""
 
     def initialize(self, filename: str) -> None:
         self.filename = filename
+        if filename == "demo.html":  # a shop's page: the allowed sites may frame it
+            self.framable = True
+            self.clear()
 
     def get(self) -> None:
         paths = [STATIC_DIR / name for name in (*PREPENDED.get(self.filename, ()), self.filename)]
@@ -69,12 +72,21 @@ class PageHandler(tornado.web.RequestHandler):
         self.finish(b"\n".join(path.read_bytes() for path in paths))
 
 
-class IndexHandler(tornado.web.RequestHandler):
+class StaticHandler(http.Hardened, tornado.web.StaticFileHandler):
+    """The static folder; a path no file system can hold (a NUL) is a 404, not a 500."""
+
+    def parse_url_path(self, url_path: str) -> str:
+        if "\x00" in url_path:
+            raise tornado.web.HTTPError(404)
+        return super().parse_url_path(url_path)
+
+
+class IndexHandler(http.Hardened):
     def get(self) -> None:
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.finish(
             "<!doctype html><meta charset=utf-8><title>Tidedesk</title>"
-            "<style>body{font:16px system-ui,sans-serif;max-width:40rem;margin:3rem auto}</style>"
+            "<link rel=stylesheet href=/static/app.css>"
             "<h1>Tidedesk</h1><ul>"
             "<li><a href=/demo>Widget demo (a shop page with the chat widget)</a></li>"
             "<li><a href=/console>Agent console</a></li>"
@@ -201,7 +213,7 @@ class ChatNode:
         # The API and the sockets come from the route table; the index, the static folder and
         # the pages are files for browsers, with no access rule and no OpenAPI entry.
         routes: list[Any] = [(r"/", IndexHandler), *url_specs(deps, ws_deps),
-                             (r"/static/(.*)", tornado.web.StaticFileHandler,
+                             (r"/static/(.*)", StaticHandler,
                               {"path": str(STATIC_DIR)})]
         routes += [(path, PageHandler, {"filename": name}) for path, name in PAGES.items()]
         return tornado.web.Application(
@@ -213,5 +225,7 @@ class ChatNode:
             websocket_ping_timeout=s.ws_ping_timeout_s,
             websocket_max_message_size=s.ws_max_message_size,
             xheaders=True,
+            log_function=http.log_request,
+            tidedesk_settings=s,
             **extra,
         )

@@ -39,7 +39,7 @@ from tidedesk.attachment_rules import (
     sniff,
 )
 from tidedesk.auth import Principal
-from tidedesk.blobs import BlobNotFound, BlobStore
+from tidedesk.blobs import THUMB_SUFFIX, BlobNotFound, BlobStore
 from tidedesk.frames import ATTACHMENT_URL, AttachmentMeta
 from tidedesk.images import ImageRefused, reencode
 from tidedesk.settings import Settings
@@ -54,7 +54,6 @@ log = logging.getLogger(__name__)
 MULTIPART_OVERHEAD = 16 * 1024
 # Threads for blob reads/writes and image decoding: uploads and downloads never block the loop.
 BLOB_THREADS = 4
-THUMB_SUFFIX = ".thumb"
 # A file uploaded but never sent with a message is deleted after this long (the widget sends
 # right after the upload; a day covers a visitor who went offline in between).
 UNSENT_MAX_AGE_SECS = 24 * 3600

@@ -17,9 +17,10 @@ from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from chatnode.attachments import Upload
 from chatnode.errors import ServiceError
-from chatnode.origins import origin_allowed
+from chatnode.headers import security_headers
+from chatnode.origins import host_allowed, origin_allowed
 from chatnode.service import ChatService
-from tidedesk import logs, metrics
+from tidedesk import logs, metrics, safejson
 from tidedesk.attachment_rules import inline
 from tidedesk.auth import Principal
 from tidedesk.errors import Unavailable
@@ -27,11 +28,63 @@ from tidedesk.i18n import text
 from tidedesk.probes import metrics_page, readiness_answer
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("tornado.access")
 
 MAX_JSON_BYTES = 64 * 1024
 
 
-class RequestIds(RequestHandler):
+def log_request(handler: RequestHandler) -> None:
+    """Tornado's access log line, with the URL scrubbed of tokens (the application's
+    ``log_function``): a v1 ``/ws/agent?token=`` refused with a 4xx must not leave the token in
+    the log, whatever formatter or handler the record later meets."""
+    status = handler.get_status()
+    level = (access_log.info if status < 400 else access_log.warning if status < 500
+             else access_log.error)
+    request = handler.request
+    level("%d %s %s (%s) %.2fms", status, request.method, logs.scrub(request.uri or ""),
+          request.remote_ip, 1000.0 * request.request_time())
+
+
+class Hardened(RequestHandler):
+    """Mixin for every handler: no ``Server`` version, the browser protections of
+    ``chatnode/headers.py``, and the ``Host`` check (``TIDEDESK_PUBLIC_HOSTS``)."""
+
+    # Pages the allowed sites may frame (the widget demo); every other answer refuses framing.
+    framable = False
+    # Probes answer any Host (HAProxy's health check, Docker's, Prometheus by address).
+    host_checked = True
+
+    @property
+    def tidedesk_settings(self) -> Any:
+        return self.application.settings["tidedesk_settings"]
+
+    def clear(self) -> None:
+        super().clear()
+        self.clear_header("Server")
+        settings = self.application.settings.get("tidedesk_settings")
+        framable_by = (settings.allowed_origins if settings is not None else ()) \
+            if self.framable else None
+        for name, value in security_headers(framable_by=framable_by,
+                                            tls=self.request.protocol == "https").items():
+            self.set_header(name, value)
+
+    def host_refusal(self) -> str | None:
+        """Why this request's Host is refused, or None."""
+        settings = self.application.settings.get("tidedesk_settings")
+        if not self.host_checked or settings is None or host_allowed(
+                self.request.host_name, settings.public_hosts):
+            return None
+        return (f"this desk does not answer to the host {self.request.host_name!r}; use one of "
+                f"{', '.join(settings.public_hosts)}")
+
+    def prepare(self) -> Any:
+        refusal = self.host_refusal()
+        if refusal is not None:
+            raise HTTPError(400, refusal)
+        return None
+
+
+class RequestIds(Hardened):
     """Mixin for every handler: the answer carries ``X-Request-ID`` (the client's or proxy's
     when it is a sane id, else a new one), and so does every log line of the request or of the
     WebSocket connection, as ``request_id`` (``tidedesk.logs``)."""
@@ -49,14 +102,17 @@ class RequestIds(RequestHandler):
         logs.bind(request_id=self.request_id, conversation_id=None)
 
 
+@stream_request_body
 class JsonHandler(RequestIds):
+    # The largest body this handler reads (a streaming upload handler sets its own, issue 15).
+    max_body_bytes: ClassVar[int] = MAX_JSON_BYTES
     # Both set from this handler's entry in chatnode.routes.ROUTES when the routes are built:
     # its OpenAPI path, and who may call each method (none until then: fail closed).
     route: ClassVar[str] = ""
     access_rules: ClassVar[Mapping[str, frozenset[str]]] = {}
     # Probes and scrapes (health, readiness, metrics) are not rate limited.
     rate_limited = True
-    CORS_METHODS = "GET, POST, OPTIONS"
+    CORS_METHODS = "GET, POST, DELETE, OPTIONS"
 
     def initialize(self, service: ChatService, node: Any) -> None:
         self.service = service
@@ -68,10 +124,14 @@ class JsonHandler(RequestIds):
         """CORS headers, the per-address rate limit, then the access rule of this route and
         method (401/403), then the per-principal rate limit. Handlers then use
         ``self.principal``."""
+        refusal = self.host_refusal()
+        if refusal is not None:
+            raise ServiceError(400, "unknown_host", refusal)
         if self.cors:
             self.cors_headers()
         if self.request.method == "OPTIONS":
             return
+        self.check_body_size()
         if self.rate_limited:
             await self.limit("ip", self.request.remote_ip or "?",
                              self.service.settings.rate_limit_ip_per_min)
@@ -95,7 +155,7 @@ class JsonHandler(RequestIds):
     def cors_headers(self) -> None:
         origin = self.request.headers.get("Origin")
         if origin and origin_allowed(origin, self.service.settings.allowed_origins,
-                                     self.request.host):
+                                     self.request.host, self.request.protocol):
             self.set_header("Access-Control-Allow-Origin", origin)
             self.set_header("Vary", "Origin")
             self.set_header("Access-Control-Allow-Headers", "Content-Type, Authorization")
@@ -123,7 +183,6 @@ class JsonHandler(RequestIds):
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
-        self.set_header("X-Content-Type-Options", "nosniff")
 
     def write_json(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -186,16 +245,32 @@ class JsonHandler(RequestIds):
         if status >= 400:
             metrics.HTTP_ERRORS.labels(status=str(status)).inc()
 
+    def check_body_size(self) -> None:
+        """Refuse a body over :attr:`max_body_bytes` from its headers, before it is read: 413
+        for a declared ``Content-Length``; a chunked body is cut off by Tornado at the same
+        limit (``set_max_body_size``). The server's own limit is this one (tidedesk/runtime.py),
+        so nothing that is not a streaming handler buffers more."""
+        limit = self.max_body_bytes
+        self.request.connection.set_max_body_size(limit)  # type: ignore[union-attr]
+        declared = self.request.headers.get("Content-Length", "0")
+        if not declared.isdigit() or int(declared) > limit:
+            raise ServiceError(413, "body_too_large", f"the body is larger than {limit} bytes")
+
+    def data_received(self, chunk: bytes) -> None:
+        # The body arrives here (the class streams, so prepare can refuse it first); at most
+        # max_body_bytes, so joining is cheap. request.body then reads as with any handler.
+        self.request.body += chunk
+
     def json_body(self) -> dict[str, Any]:
-        if len(self.request.body) > MAX_JSON_BYTES:
-            raise ServiceError(413, "body_too_large", f"the body is larger than {MAX_JSON_BYTES} "
-                               "bytes")
+        if len(self.request.body) > self.max_body_bytes:
+            raise ServiceError(413, "body_too_large", f"the body is larger than "
+                               f"{self.max_body_bytes} bytes")
         if not self.request.body:
             return {}
         try:
-            data = json.loads(self.request.body)
-        except (ValueError, UnicodeDecodeError):
-            raise ServiceError(400, "invalid_json", "the body must be a JSON object") from None
+            data = safejson.loads(self.request.body)
+        except safejson.JsonRefused as exc:
+            raise ServiceError(400, exc.code, exc.message) from None
         if not isinstance(data, dict):
             raise ServiceError(400, "invalid_json", "the body must be a JSON object")
         return data
@@ -214,6 +289,7 @@ class NotFoundHandler(JsonHandler):
 
 class HealthHandler(JsonHandler):
     rate_limited = False
+    host_checked = False
 
     def get(self) -> None:
         self.write_json({"status": "ok"})
@@ -221,6 +297,7 @@ class HealthHandler(JsonHandler):
 
 class ReadyHandler(JsonHandler):
     rate_limited = False
+    host_checked = False
 
     def get(self) -> None:
         self.write_json(*readiness_answer(self.node))
@@ -228,6 +305,7 @@ class ReadyHandler(JsonHandler):
 
 class MetricsHandler(JsonHandler):
     rate_limited = False
+    host_checked = False
 
     def get(self) -> None:
         page, content_type = metrics_page(self.node)
@@ -262,6 +340,17 @@ class LogoutHandler(JsonHandler):
     async def post(self) -> None:
         await self.service.accounts.logout(self.json_body().get("refresh_token"), self.bearer())
         self.write_json({"signed_out": True})
+
+
+class WsTicketHandler(JsonHandler):
+    async def post(self) -> None:
+        self.write_json(await self.service.accounts.ws_ticket(self.bearer()), 201)
+
+
+class TheftReportHandler(JsonHandler):
+    async def post(self) -> None:
+        self.write_json(await self.service.accounts.report_theft(
+            self.json_body().get("refresh_token")))
 
 
 class MeHandler(JsonHandler):
@@ -352,6 +441,19 @@ class AgentRoleHandler(JsonHandler):
                                                     self.json_body().get("role")))
 
 
+class ContactHandler(JsonHandler):
+    async def delete(self, visitor_id: str) -> None:
+        await self.service.accounts.require_second_factor(self.agent())
+        self.write_json(await self.service.privacy.erase(self.agent(), visitor_id))
+
+
+class ContactExportHandler(JsonHandler):
+    async def get(self, visitor_id: str) -> None:
+        self.set_header("Content-Disposition",
+                        f'attachment; filename="contact-{visitor_id}.json"')
+        self.write_json(await self.service.privacy.export(self.agent(), visitor_id))
+
+
 class CannedHandler(JsonHandler):
     async def get(self) -> None:
         self.write_json({"canned": await self.service.canned()})
@@ -385,6 +487,10 @@ class AttachmentUploadHandler(JsonHandler):
 
     upload: Upload | None = None
     _timer: asyncio.TimerHandle | None = None
+
+    def check_body_size(self) -> None:
+        """Not the JSON limit: :meth:`prepare` checks the declared size against the site's
+        upload limit (``begin_upload``, 413) and sets the connection's limit to match."""
 
     async def prepare(self) -> None:
         await super().prepare()

@@ -68,11 +68,13 @@ class Route:
     get: Operation | None = None
     post: Operation | None = None
     params: Mapping[str, str] | None = None
+    delete: Operation | None = None
 
     @property
     def operations(self) -> dict[str, Operation]:
         """HTTP method -> operation, for the methods this route serves."""
-        return {m: op for m, op in (("GET", self.get), ("POST", self.post)) if op is not None}
+        return {m: op for m, op in (("GET", self.get), ("POST", self.post),
+                                    ("DELETE", self.delete)) if op is not None}
 
     @property
     def pattern(self) -> str:
@@ -145,6 +147,20 @@ ROUTES: tuple[Route, ...] = (
         {"200": json_response(OBJECT, "signed out"), **error_responses(400, 401)},
         json_content({"type": "object",
                       "properties": {"refresh_token": {"type": "string"}}}))),
+    Route("/api/v1/auth/theft", http.TheftReportHandler, post=Operation(
+        PUBLIC, "report a refresh token spent by someone else (the console saw token_rotated "
+        "and no tab of it holds the newer token): the sign-in ends everywhere, audited",
+        {"200": json_response(OBJECT, "revoked"), **error_responses(400, 401)},
+        json_content({"type": "object", "required": ["refresh_token"],
+                      "properties": {"refresh_token": {"type": "string"}}}))),
+    # A WebSocket URL carries this ticket, never the bearer token (URLs are logged).
+    Route("/api/v1/ws-ticket", http.WsTicketHandler, post=Operation(
+        AGENTS | VISITOR, "a one-time ticket for one WebSocket connect (30 s): "
+        "/ws/agent?ticket= or /ws/visitor?ticket=",
+        {"201": json_response({"type": "object", "required": ["ticket", "expires_in"],
+                               "properties": {"ticket": {"type": "string"},
+                                              "expires_in": {"type": "integer"}}}, "ticket"),
+         **error_responses(401)})),
     Route("/api/v1/me", http.MeHandler, get=Operation(
         AGENTS, "the signed-in agent",
         {"200": json_response(AGENT, "agent"), **error_responses(401)})),
@@ -289,6 +305,25 @@ ROUTES: tuple[Route, ...] = (
                   "expires_in": {"type": "integer"}}}, "links"),
                **error_responses(401, 403, 404)},
               parameters=(_id_param(ATTACHMENT_ID),))),
+    # A contact's data on request (issue 18; GET /api/v1/contacts/{id} itself is issue 14's).
+    Route("/api/v1/contacts/{id}", http.ContactHandler, params={"id": CONVERSATION_ID},
+          delete=Operation(
+              ADMINS, "erase a contact: personal fields, message bodies (every shard) and "
+              "recent history; the conversation skeleton stays for reports; audited (admin, "
+              "with a second factor)",
+              {"200": json_response({"type": "object", "properties": {
+                  "erased": {"type": "string"}, "conversations": {"type": "integer"},
+                  "steps": {"type": "object"}}}, "erased"),
+               **error_responses(401, 403, 404)},
+              parameters=(_id_param(CONVERSATION_ID),))),
+    Route("/api/v1/contacts/{id}/export", http.ContactExportHandler,
+          params={"id": CONVERSATION_ID}, get=Operation(
+              SUPERVISORS, "everything stored about a contact, as JSON (audited)",
+              {"200": json_response({"type": "object", "properties": {
+                  "contact": OBJECT, "conversations": {"type": "array", "items": OBJECT},
+                  "exported_at": {"type": "number"}}}, "the contact's data"),
+               **error_responses(401, 403, 404)},
+              parameters=(_id_param(CONVERSATION_ID),))),
     # Sockets: the token opens one of them, then chatnode.access.WS decides per frame.
     Route("/ws/visitor", websockets.VisitorSocket),
     Route("/ws/agent", websockets.AgentSocket),

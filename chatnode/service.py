@@ -26,6 +26,7 @@ from chatnode.attachments import AttachmentService
 from chatnode.connections import ConnectionState, Peer, VisitorSession
 from chatnode.conversations import MAX_SEQ, Conversations, relay_frame
 from chatnode.errors import ServiceError
+from chatnode.privacy import Privacy
 from chatnode.queries import audit_action, bounded_int
 from tidedesk import logs, metrics, wire
 from tidedesk.auth import Principal, TokenService
@@ -118,6 +119,11 @@ class ChatService:
         self.attachments = AttachmentService(settings=settings, storage=storage, blobs=blobs,
                                              can_see=self.conversations.agent_can_see,
                                              clock=clock)
+        self.privacy = Privacy(storage=storage, store=store, clock=clock)
+        # Erasure removes the contact's files too (issue 15's rows and bytes).
+        self.privacy.add_step("attachments",
+                              lambda subject: self.attachments.delete_for_visitor(
+                                  subject.visitor_id))
 
     # -- authentication (chatnode/accounts.py) ------------------------------------------------
     def principal(self, token: str | None, expected: str) -> Principal:

@@ -12,6 +12,7 @@ import logging
 import time
 from typing import Any
 
+from tornado.web import HTTPError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from chatnode import access
@@ -64,9 +65,20 @@ class _Socket(RequestIds, WebSocketHandler):
     def state(self) -> ConnectionState:
         return self.hub.registry.get(self.conn_id)
 
+    def prepare(self) -> Any:
+        """The Host check, then the Origin by scheme, host and port before Tornado's own check
+        (which takes an Origin whose host:port equals Host as same-origin whatever its scheme:
+        an http:// page could then open a socket to the https:// desk)."""
+        super().prepare()
+        origin = self.request.headers.get("Origin")
+        if origin is not None and not self.check_origin(origin):
+            raise HTTPError(403, "origin not allowed")
+        return None
+
     # Origin check: browsers only (non-browser clients send no Origin header).
     def check_origin(self, origin: str) -> bool:
-        return origin_allowed(origin, self.service.settings.allowed_origins, self.request.host)
+        return origin_allowed(origin, self.service.settings.allowed_origins, self.request.host,
+                              "https" if self.request.protocol == "https" else "http")
 
     def send(self, frame: dict[str, Any]) -> None:
         state = self.hub.registry.find(self.conn_id)
@@ -88,7 +100,12 @@ class _Socket(RequestIds, WebSocketHandler):
         if close_code is not None:
             self.close(close_code, code)
 
-    def token(self) -> str | None:
+    async def token(self) -> str | None:
+        """The credential of the connect: a one-time ``?ticket=`` (POST /api/v1/ws-ticket), or
+        the v1 ``?token=`` (still read; scrubbed from every log line, see tidedesk/logs.py)."""
+        ticket = self.get_query_argument("ticket", None)
+        if ticket is not None:
+            return await self.service.accounts.redeem_ws_ticket(ticket)
         return self.get_query_argument("token", None)
 
     def refuse_if_draining(self) -> bool:
@@ -179,7 +196,7 @@ class VisitorSocket(_Socket):
         if self.refuse_if_draining():
             return
         try:
-            created = await self.service.connect_visitor(self.state, self.token(),
+            created = await self.service.connect_visitor(self.state, await self.token(),
                                                          self.request.remote_ip or "?")
         except ServiceError as exc:
             self.refuse(exc)
@@ -224,7 +241,7 @@ class AgentSocket(_Socket):
         if self.refuse_if_draining():
             return
         try:
-            await self.service.connect_agent(self.state, self.token(),
+            await self.service.connect_agent(self.state, await self.token(),
                                              self.request.remote_ip or "?")
         except ServiceError as exc:
             self.refuse(exc)

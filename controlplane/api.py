@@ -2,8 +2,10 @@
 ``/metrics`` and the ``GET /v1/audit`` and ``/v1/events`` (scheduled capacity) extensions.
 Handlers parse, authorise, call :class:`ControlPlane`, write.
 
-Who did it: the ``by`` field of the body, else the ``X-Tidedesk-Actor`` header, else
-``token@<client address>``. Why: the ``reason`` field. Both land in the audit list.
+Who did it: the name of the bearer token (never a header: anyone can send one), with the
+body's ``by`` after it as ``<token> for <by>`` when given. Why: the ``reason`` field. Both land
+in the audit list. Each token has a role: ``alerts`` (the Alertmanager webhook only), ``read``
+(the GET paths) or ``operate`` (everything).
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import tornado.web
 
 from controlplane.alerts import PayloadError
+from controlplane.config import MAIN_TOKEN_NAME, ApiToken
 from controlplane.service import ControlPlane
 from controlplane.state import (
     MAX_PIN_TTL_S,
@@ -24,6 +28,7 @@ from controlplane.state import (
     UnknownEvent,
     UnknownPolicy,
 )
+from tidedesk import safejson
 
 MAX_BODY_BYTES = 1024 * 1024  # Alertmanager groups can be large, but not this large
 DEFAULT_LIST_LIMIT = 50
@@ -42,13 +47,17 @@ class ApiError(Exception):
 class BaseHandler(tornado.web.RequestHandler):
     needs_token = True
 
-    def initialize(self, cp: ControlPlane, token_sha256: bytes) -> None:
+    def initialize(self, cp: ControlPlane, tokens: Sequence[ApiToken]) -> None:
         self.cp = cp
-        self.token_sha256 = token_sha256
+        self.tokens = tokens
+        self.token: ApiToken | None = None
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
+
+    def needed_role(self) -> str:
+        return "read" if self.request.method in ("GET", "HEAD") else "operate"
 
     def prepare(self) -> None:
         if not self.needs_token:
@@ -61,11 +70,20 @@ class BaseHandler(tornado.web.RequestHandler):
                 {"WWW-Authenticate": 'Bearer realm="tidedesk-controlplane"'},
             )  # fmt: skip
         given_sha256 = hashlib.sha256(given.strip().encode()).digest()
-        if not hmac.compare_digest(given_sha256, self.token_sha256):
+        matched = None
+        for token in self.tokens:  # every one compared: the time does not tell which matched
+            if hmac.compare_digest(given_sha256, token.sha256):
+                matched = token
+        if matched is None:
             raise ApiError(
                 401, "unauthorized", "the bearer token is not valid",
                 {"WWW-Authenticate": 'Bearer error="invalid_token"'},
             )  # fmt: skip
+        needed = self.needed_role()
+        if not (matched.role == "operate" or matched.role == needed):
+            raise ApiError(403, "forbidden", f"the token {matched.name!r} has the role "
+                           f"{matched.role}; this needs {needed}")
+        self.token = matched
 
     def write_json(self, status: int, body: Any) -> None:
         self.set_status(status)
@@ -79,21 +97,24 @@ class BaseHandler(tornado.web.RequestHandler):
                 raise ApiError(400, "bad_request", "send a JSON object body")
             return {}
         try:
-            doc = json.loads(self.request.body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(400, "bad_json", f"body is not valid JSON: {exc}") from None
+            doc = safejson.loads(self.request.body)
+        except safejson.JsonRefused as exc:
+            code = "bad_json" if exc.code == "invalid_json" else exc.code
+            raise ApiError(400, code, f"body refused: {exc.message}") from None
         if not isinstance(doc, dict):
             raise ApiError(400, "bad_request", "body must be a JSON object")
         return doc
 
     def actor(self, body: dict[str, Any]) -> tuple[str, str]:
-        who = body.get("by") or self.request.headers.get("X-Tidedesk-Actor")
-        if who is not None and (not isinstance(who, str) or len(who) > 200):
+        by = body.get("by")
+        if by is not None and (not isinstance(by, str) or len(by) > 200):
             raise ApiError(400, "bad_request", "by must be a string of at most 200 characters")
+        assert self.token is not None
+        who = f"{self.token.name} for {by}" if by else self.token.name
         why = body.get("reason", "")
         if not isinstance(why, str) or len(why) > 1000:
             raise ApiError(400, "bad_request", "reason must be a string of at most 1000 characters")
-        return who or f"token@{self.request.remote_ip}", why
+        return who, why
 
     def limit_arg(self) -> int:
         raw = self.get_query_argument("limit", str(DEFAULT_LIST_LIMIT))
@@ -226,6 +247,9 @@ class AuditHandler(BaseHandler):
 
 
 class AlertsHandler(BaseHandler):
+    def needed_role(self) -> str:
+        return "alerts"
+
     def post(self) -> None:
         body = self.body_json()
         try:
@@ -242,9 +266,12 @@ class NotFoundHandler(BaseHandler):
         raise ApiError(404, "not_found", f"no such path {self.request.path}")
 
 
-def make_app(cp: ControlPlane, token_sha256: bytes) -> tornado.web.Application:
-    """The API; bearer tokens are checked against ``token_sha256`` (the token is never kept)."""
-    deps = {"cp": cp, "token_sha256": token_sha256}
+def make_app(cp: ControlPlane, tokens: bytes | Sequence[ApiToken]) -> tornado.web.Application:
+    """The API; bearer tokens are checked against the digests of ``tokens`` (the tokens are
+    never kept). A bare digest is the one ``operate`` token, named ``operator``."""
+    if isinstance(tokens, bytes):
+        tokens = (ApiToken(MAIN_TOKEN_NAME, "operate", tokens),)
+    deps = {"cp": cp, "tokens": tuple(tokens)}
     name = r"([A-Za-z0-9][A-Za-z0-9_.-]*)"
     return tornado.web.Application(
         [

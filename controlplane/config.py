@@ -21,6 +21,12 @@ DEFAULT_LISTEN = "127.0.0.1:8090"
 DEFAULT_PROMETHEUS_URL = "http://127.0.0.1:9090"
 DEFAULT_NOMAD_ADDR = "http://127.0.0.1:4646"
 TOKEN_ENV = "TIDEDESK_CONTROLPLANE_TOKEN"
+TOKENS_FILE_ENV = "TIDEDESK_CONTROLPLANE_TOKENS_FILE"
+# What a token may do: `alerts` only posts Alertmanager webhooks, `read` only reads, `operate`
+# does everything (the main token is `operate`, named MAIN_TOKEN_NAME).
+TOKEN_ROLES = ("alerts", "read", "operate")
+MAIN_TOKEN_NAME = "operator"
+_TOKEN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MIN_TOKEN_CHARS = 16  # a shorter bearer token is guessable
 # The secret may hold the token's SHA-256 instead of the token: "sha256:<64 hex digits>". A fast
 # hash is enough because the token is long and random (make-secrets.sh: 192 bits), so nobody can
@@ -34,6 +40,15 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class ApiToken:
+    """One bearer token of the API: its name (the audit's actor), role and SHA-256 digest."""
+
+    name: str
+    role: str
+    sha256: bytes
+
+
+@dataclass(frozen=True)
 class Settings:
     policies: tuple[Policy, ...]
     policies_file: Path
@@ -42,6 +57,7 @@ class Settings:
     prometheus_url: str
     token_sha256: bytes  # SHA-256 digest of the bearer token; the token itself is not kept
     token_is_plain: bool  # the secret held the token itself (accepted, with a warning)
+    tokens: tuple[ApiToken, ...]  # the main token (operate) first, then the tokens file's
     nomad_addr: str
     nomad_token: str | None
     state_file: Path | None
@@ -64,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token-file", metavar="FILE", default=None,
                    help=f"file holding the API bearer token's hash as sha256:<64 hex> (or the "
                    f"token itself), e.g. /run/secrets/... (else ${TOKEN_ENV})")
+    p.add_argument("--tokens-file", metavar="FILE", default=None,
+                   help="more API tokens, one a line: NAME ROLE SECRET (ROLE alerts, read or "
+                   f"operate; SECRET sha256:<64 hex> or the token) (else ${TOKENS_FILE_ENV})")
     p.add_argument("--nomad-addr", metavar="URL", default=None,
                    help=f"Nomad HTTP API (default $NOMAD_ADDR or {DEFAULT_NOMAD_ADDR}); "
                    "token from $NOMAD_TOKEN")
@@ -141,6 +160,11 @@ def load_settings(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     if not token:
         raise ConfigError(f"{TOKEN_ENV}: set it, or pass --token-file (e.g. a Docker secret)")
     digest, plain = token_digest(token, source)
+    tokens = (ApiToken(MAIN_TOKEN_NAME, "operate", digest),
+              *read_tokens_file(args.tokens_file or env.get(TOKENS_FILE_ENV)))
+    if len({t.name for t in tokens}) != len(tokens):
+        raise ConfigError(f"--tokens-file: token names must be unique (and not "
+                          f"{MAIN_TOKEN_NAME!r}, the main token's)")
 
     host, port = parse_listen(args.listen or DEFAULT_LISTEN)
     prometheus = _url(
@@ -160,8 +184,35 @@ def load_settings(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         prometheus_url=prometheus,
         token_sha256=digest,
         token_is_plain=plain,
+        tokens=tokens,
         nomad_addr=nomad_addr,
         nomad_token=env.get("NOMAD_TOKEN") or None,
         state_file=state_file,
         log_level=args.log_level,
     )
+
+
+def read_tokens_file(path: str | None) -> tuple[ApiToken, ...]:
+    """The API tokens of ``path``: ``NAME ROLE SECRET`` a line, ``#`` comments."""
+    if not path:
+        return ()
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--tokens-file: cannot read {path}: {exc}") from None
+    tokens = []
+    for n, line in enumerate(lines, 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        where = f"--tokens-file {path} line {n}"
+        if len(parts) != 3:
+            raise ConfigError(f"{where}: expected NAME ROLE SECRET")
+        name, role, secret = parts
+        if not _TOKEN_NAME.match(name):
+            raise ConfigError(f"{where}: a name is 1-64 of A-Z a-z 0-9 _ . -")
+        if role not in TOKEN_ROLES:
+            raise ConfigError(f"{where}: role must be one of {', '.join(TOKEN_ROLES)}")
+        tokens.append(ApiToken(name, role, token_digest(secret, where)[0]))
+    return tuple(tokens)

@@ -44,7 +44,7 @@ def build_control_plane(settings: Settings) -> ControlPlane:
 
 
 async def serve(cp: ControlPlane, settings: Settings) -> int:
-    app = make_app(cp, settings.token_sha256)
+    app = make_app(cp, settings.tokens)
     try:
         server = app.listen(settings.port, address=settings.host)
     except OSError as exc:

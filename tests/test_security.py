@@ -141,7 +141,8 @@ def _concrete(path: str, w: World) -> str:
 
 def test_every_rest_endpoint_refuses_bad_credentials(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with embedded(tmp_path, GENERAL_ONLY) as rt:
+        # The gate only: the admins' second-factor guard has its test in tests/test_signin.py.
+        async with embedded(tmp_path, GENERAL_ONLY, admin_require_2fa=False) as rt:
             w, clients = await _world(rt)
             http = Http(rt)
             checked = 0
@@ -385,7 +386,7 @@ def test_totp_enrolment_with_qr_code_then_sign_in_needs_it(tmp_path: Path) -> No
             assert (await http.request("POST", "/api/v1/auth/login", creds))[0] == 200
             entries = as_dicts(await rt.storage.audit.entries(action="2fa."))
             assert [e["action"] for e in entries] == ["2fa.disabled", "2fa.enabled",
-                                                      "2fa.enrol_started"]
+                                                      "2fa.code_failed", "2fa.enrol_started"]
 
     run(scenario())
 
@@ -419,7 +420,8 @@ def test_a_seed_that_is_not_base32_verifies_nothing() -> None:
 
 def test_admin_changes_a_role_and_it_is_audited(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with embedded(tmp_path, GENERAL_ONLY) as rt:
+        # The second-factor guard of admin changes: tests/test_signin.py.
+        async with embedded(tmp_path, GENERAL_ONLY, admin_require_2fa=False) as rt:
             admin_id = add_agent(rt, "ada@shop.test", role="admin")
             agent_id = add_agent(rt, "ben@shop.test")
             http = Http(rt)
@@ -466,7 +468,7 @@ def test_ending_a_sign_in_or_changing_the_role_closes_open_sockets(tmp_path: Pat
     """Signing out (or a reused refresh token) closes that sign-in's open consoles with 4401;
     another sign-in of the same agent stays; a role change closes every older socket."""
     async def scenario() -> None:
-        async with embedded(tmp_path, GENERAL_ONLY) as rt:
+        async with embedded(tmp_path, GENERAL_ONLY, admin_require_2fa=False) as rt:
             add_agent(rt, "ada@shop.test", role="admin")
             agent_id = add_agent(rt, "ben@shop.test")
             http = Http(rt)

@@ -537,6 +537,19 @@ def test_history_is_seq_ordered_and_deduped(run: Runner) -> None:
     run(body)
 
 
+def test_history_delete_drops_one_conversation(run: Runner) -> None:
+    """A contact's erasure and retention drop the recent history (issue 18)."""
+    async def body(s: Store) -> None:
+        await s.history_append("c", _msg(1))
+        await s.history_append("other", _msg(1))
+        await s.history_delete("c")
+        await s.history_delete("never-had-any")
+        assert await s.history("c") == []
+        assert await s.history("other") == [_msg(1)]
+
+    run(body)
+
+
 def test_message_fanout_appends_then_names_each_recipients_nodes(run: Runner) -> None:
     """One call (one round trip on Redis) = history_append + owner + presence_nodes each."""
     async def body(s: Store) -> None:

@@ -10,7 +10,10 @@ Everything here is pure (no store, no clock but the one passed in).
 from __future__ import annotations
 
 import base64
+import functools
+import ipaddress
 import time
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -49,21 +52,55 @@ def hash_password(password: str) -> str:
     return _hasher.hash(password)
 
 
-def verify_password(password_hash: str, password: str) -> bool:
+@functools.cache
+def _unknown_account_hash() -> str:
+    # The hash an unknown account's password is checked against: the same argon2 parameters
+    # as real hashes, so the answer takes as long whether or not the account exists.
+    return _hasher.hash(uuid.uuid4().hex)
+
+
+def verify_password(password_hash: str | None, password: str) -> bool:
+    """``password_hash`` None (no such account): the same work, then False."""
     try:
-        return _hasher.verify(password_hash, password)
+        return _hasher.verify(password_hash or _unknown_account_hash(), password) and (
+            password_hash is not None)
     except (VerificationError, InvalidHashError):
         return False
+
+
+def source_of(ip: str) -> str:
+    """The throttling source of a client address: the address itself for IPv4, its /64 for
+    IPv6 (one subscriber gets a whole /64, and could otherwise rotate through it)."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip or "?"
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{addr}/64", strict=False))
+    return str(addr)
 
 
 def new_totp_secret() -> str:
     return pyotp.random_base32()
 
 
+def normalise_totp(code: str) -> str:
+    """The code as ASCII digits: NFKC folds full-width and mathematical digits (``５``, ``𝟓``)
+    into ``5``, then everything but 0-9 (spaces, dashes) goes. The check and the replay key both
+    use this form: pyotp folds such digits itself, so a replay key made from the raw text could
+    be dodged by sending the same code in another script."""
+    return "".join(c for c in unicodedata.normalize("NFKC", code) if "0" <= c <= "9")
+
+
 def verify_totp(secret: str, code: str, now: float | None = None) -> bool:
     # valid_window=1 accepts the previous and next 30 s step (clock drift of phones).
+    code = normalise_totp(code)
+    if len(code) != 6:
+        return False
     try:
-        return pyotp.TOTP(secret).verify(code.strip(), for_time=now, valid_window=1)
+        return pyotp.TOTP(secret).verify(code, for_time=now, valid_window=1)
     except (ValueError, TypeError):  # a seed that is not base32 (say, one we cannot decrypt)
         return False
 

@@ -224,14 +224,17 @@ def _create_agent(args: argparse.Namespace) -> int:
 
     if not EMAIL_RE.match(args.email):
         raise SettingsError("--email: expected an e-mail address like agent@example.com")
-    if len(args.password) < 8:
-        raise SettingsError("--password: use at least 8 characters")
+    from tidedesk.passwords import password_problem
+
+    problem = password_problem(args.password)
+    if problem is not None:
+        raise SettingsError(f"--password: {problem}")
     if not 1 <= args.max_chats <= 100:
         raise SettingsError("--max-chats: must be between 1 and 100")
     pools = [p.strip() for p in args.pools.split(",") if p.strip()]
     if not pools:
         raise SettingsError("--pools: give at least one pool, e.g. --pools general")
-    storage = _storage(_settings(args))
+    storage = _storage(_settings(args, role="admin"))
     try:
         storage.migrate_all()
         if storage.agents.by_email_sync(args.email) is not None:
@@ -255,7 +258,7 @@ def _create_agent(args: argparse.Namespace) -> int:
 
 
 def _list_agents(args: argparse.Namespace) -> int:
-    storage = _storage(_settings(args))
+    storage = _storage(_settings(args, role="admin"))
     try:
         storage.migrate_all()
         agents = storage.agents.all_sync()
@@ -269,7 +272,7 @@ def _list_agents(args: argparse.Namespace) -> int:
 
 
 def _rotate_key(args: argparse.Namespace) -> int:
-    storage = _storage(_settings(args))
+    storage = _storage(_settings(args, role="admin"))
     cipher = storage.cipher
     try:
         storage.migrate_all()
@@ -308,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "migrate":
             from tidedesk.storage import Storage
 
-            settings = _settings(args)
+            settings = _settings(args, role="migrate")
             storage = Storage(settings.database_url)
             try:
                 version = storage.migrate_all()

@@ -34,6 +34,19 @@ _VARS = {"request_id": REQUEST_ID, "conversation_id": CONVERSATION_ID}
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
+# Credentials that must never reach a log line: the v1 WebSocket ``?token=`` (and tickets,
+# refresh tokens) in any URL or text, and anything shaped like a JWT (header.payload.signature).
+_SECRET_PARAM = re.compile(
+    r"((?:^|[?&;\s\"'])(?:token|ticket|access_token|refresh_token)=)[^&\s\"'#]*", re.I)
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]+")
+REDACTED = "[redacted]"
+
+
+def scrub(text: str) -> str:
+    """``text`` with every token value replaced by ``[redacted]``."""
+    return _JWT.sub(REDACTED, _SECRET_PARAM.sub(r"\1" + REDACTED, text))
+
+
 def request_id_from(header: str | None) -> str:
     """The request id to use: the incoming ``X-Request-ID`` if it is a sane id, else a new one."""
     if header and _REQUEST_ID_RE.match(header):
@@ -89,7 +102,12 @@ class JsonFormatter(logging.Formatter):
                 out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str, ensure_ascii=False)
+        return scrub(json.dumps(out, default=str, ensure_ascii=False))
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub(super().format(record))
 
 
 def configure(level: str = "INFO", fmt: str = "json", node_id: str | None = None,
@@ -100,7 +118,7 @@ def configure(level: str = "INFO", fmt: str = "json", node_id: str | None = None
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -8,6 +8,7 @@ be used from several threads at once without peewee's global binding.
 
 from __future__ import annotations
 
+import os
 import time
 import zlib
 from dataclasses import dataclass
@@ -220,6 +221,18 @@ class Shard:
         return self.models[name]
 
 
+def create_private(path: Path) -> None:
+    """Make ``path`` an empty file readable by its owner only (0600), in a folder of theirs
+    (0700), created with those modes (no chmod afterwards: no moment where others could open
+    it). An existing file keeps its mode. SQLite gives its -wal and -shm files the mode of the
+    database file."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+
+
 def open_database(url: str, pool_size: int = 4) -> pw.Database:
     """``sqlite:///path`` or ``mysql://user:pass@host:port/db``."""
     parsed = urlparse(url)
@@ -229,10 +242,13 @@ def open_database(url: str, pool_size: int = 4) -> pw.Database:
         if path in ("", ":memory:", "/:memory:"):
             path = ":memory:"
         else:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            create_private(Path(path))
         return pw.SqliteDatabase(
             path, check_same_thread=False,
-            pragmas={"journal_mode": "wal", "synchronous": "normal", "busy_timeout": 5000},
+            # secure_delete: an erased contact's words are overwritten in the file, not left in
+            # free pages (issue 18).
+            pragmas={"journal_mode": "wal", "synchronous": "normal", "busy_timeout": 5000,
+                     "secure_delete": "on"},
         )
     if parsed.scheme in ("mysql", "mysql+pool"):
         options = {k: v[-1] for k, v in parse_qs(parsed.query).items()}

@@ -450,6 +450,10 @@ class RedisStore(Store):
         return nodes
 
     @_tracked
+    async def history_delete(self, conv_id: str) -> None:
+        await self._r.delete(self._k("hist", conv_id))
+
+    @_tracked
     async def history(self, conv_id: str) -> list[dict[str, Any]]:
         rows = cast(list[str], await self._r.zrange(self._k("hist", conv_id), 0, -1))
         return [json.loads(row) for row in rows]

@@ -4,6 +4,7 @@ node alone, or a router alone. Backends come from settings (in-process when no U
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 from pathlib import Path
@@ -13,13 +14,16 @@ import yaml
 from tornado.httpserver import HTTPServer
 
 from chatnode.app import ChatNode
+from routernode.retention import RetentionJob
 from routernode.router import Router
-from tidedesk.auth import hash_password
+from tidedesk.auth import hash_password, verify_password
+from tidedesk.blobs import delete_conversation_files, open_blobs
 from tidedesk.broker import Broker, MemoryBroker
 from tidedesk.crypto import FieldCipher
+from tidedesk.passwords import password_problem
 from tidedesk.probes import probe_app
 from tidedesk.routing_rules import DEFAULT_RULES, RoutingConfig, RoutingConfigError, parse_rules
-from tidedesk.settings import Settings, SettingsError
+from tidedesk.settings import DEMO_PASSWORD, Settings, SettingsError
 from tidedesk.storage import Storage
 from tidedesk.store import MemoryStore, Store
 
@@ -29,6 +33,22 @@ DEMO_CANNED = {
     "hello": "Hello! How can I help you today?",
     "shipping": "Orders ship within 24 hours; you will get a tracking link by e-mail.",
     "thanks": "Thank you for chatting with us. Have a great day!",
+}
+
+
+# What one HTTP connection may cost (issue 18). Bodies: the largest legal JSON body; a route
+# that takes more (attachment uploads) streams and raises its own limit per request
+# (``request.connection.set_max_body_size``, see chatnode/http.py ``max_body_bytes``). The read
+# buffer holds one chunk of that at a time. Headers must arrive within the idle timeout (Tornado
+# uses it as the header timeout too), a body within the body timeout. An upgraded WebSocket is no
+# longer an HTTP connection: its own pings decide when it is dead.
+MAX_BODY_BYTES = 64 * 1024
+HTTP_LIMITS: dict[str, Any] = {
+    "max_body_size": MAX_BODY_BYTES,
+    "max_buffer_size": 1024 * 1024,
+    "max_header_size": 16 * 1024,
+    "idle_connection_timeout": 60.0,
+    "body_timeout": 30.0,
 }
 
 
@@ -64,8 +84,41 @@ def make_store(settings: Settings) -> Store:
     return MemoryStore()
 
 
-def seed_demo(storage: Storage, settings: Settings, pools: tuple[str, ...]) -> None:
+def is_loopback(host: str) -> bool:
+    """``host`` (what the server binds to) takes connections from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_demo_exposure(storage: Storage, settings: Settings, host: str) -> None:
+    """The demo admin's password is printed in the README: bound anywhere but loopback, the
+    embedded server refuses to start while that password would sign anyone in as admin."""
+    if is_loopback(host):
+        return
+    why = (f"tidedesk dev is bound to {host}, not loopback, and the demo admin "
+           f"{settings.demo_agent_email} would have the public demo password: anyone who can "
+           "reach this address could sign in as admin. Set TIDEDESK_DEMO_AGENT_PASSWORD to a "
+           "password of your own (or bind TIDEDESK_HOST=127.0.0.1)")
+    if settings.demo_agent_password == DEMO_PASSWORD:
+        raise SettingsError(why)
+    existing = storage.agents.by_email_sync(settings.demo_agent_email)
+    if existing is not None and verify_password(existing.password_hash, DEMO_PASSWORD):
+        raise SettingsError(why.replace("would have", "has (from an earlier run)") + "; then "
+                            "change the agent's password or remove it")
+    problem = password_problem(settings.demo_agent_password)
+    if problem is not None:
+        raise SettingsError(f"TIDEDESK_DEMO_AGENT_PASSWORD: {problem} (the server is bound to "
+                            f"{host}, reachable from other machines)")
+
+
+def seed_demo(storage: Storage, settings: Settings, pools: tuple[str, ...],
+              host: str = "127.0.0.1") -> None:
     """Embedded mode: a demo agent (admin, every pool) and a few canned responses."""
+    check_demo_exposure(storage, settings, host)
     if storage.agents.by_email_sync(settings.demo_agent_email) is None:
         storage.agents.create_sync(email=settings.demo_agent_email, name="Demo Agent",
                                   password_hash=hash_password(settings.demo_agent_password),
@@ -88,13 +141,16 @@ class Runtime:
                                encrypt_bodies=settings.encrypt_message_bodies)
         self.node: ChatNode | None = None
         self.router: Router | None = None
+        self.retention: RetentionJob | None = None
         self.server: HTTPServer | None = None
         self.port: int | None = None
 
     async def start(self, port: int | None = None, host: str | None = None) -> None:
         await self.storage.run(self.storage.migrate_all)
+        bind_host = host or self.settings.host
         if self.role == "dev":
-            await self.storage.run(seed_demo, self.storage, self.settings, self.routing.pools)
+            await self.storage.run(seed_demo, self.storage, self.settings, self.routing.pools,
+                                   bind_host)
         await self.broker.start()
         await self.store.start()
         if self.role in ("dev", "router"):
@@ -107,6 +163,16 @@ class Runtime:
                                  reply_mail_delay_s=(self.settings.mail_reply_delay_s
                                                      if self.settings.mail_enabled else None))
             await self.router.start()
+            blobs = open_blobs(self.settings.attachments_url, data_dir=self.settings.data_dir,
+                               database=self.storage.database,
+                               cipher=(self.storage.cipher
+                                       if self.settings.encrypt_message_bodies else None))
+            self.retention = RetentionJob(
+                storage=self.storage, store=self.store, days=self.settings.retention_days,
+                owner=self.settings.node_id,
+                delete_files=lambda conv_id: delete_conversation_files(self.storage, blobs,
+                                                                       conv_id))
+            self.retention.start()
         if self.role in ("dev", "chatnode"):
             self.node = ChatNode(settings=self.settings, broker=self.broker, store=self.store,
                                  storage=self.storage, routing=self.routing)
@@ -117,10 +183,10 @@ class Runtime:
             app = probe_app(self.router)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host or self.settings.host, self.settings.port if port is None else port))
+        sock.bind((bind_host, self.settings.port if port is None else port))
         sock.listen(1024)
         sock.setblocking(False)
-        self.server = HTTPServer(app, xheaders=True)
+        self.server = HTTPServer(app, xheaders=True, **HTTP_LIMITS)
         self.server.add_sockets([sock])
         self.port = sock.getsockname()[1]
 
@@ -131,6 +197,8 @@ class Runtime:
             self.server.stop()
         if self.node is not None:
             await self.node.mail.stop()
+        if self.retention is not None:
+            await self.retention.stop()
         if self.router is not None:
             await self.router.stop()
         await self.broker.stop_consuming()

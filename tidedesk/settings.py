@@ -145,6 +145,9 @@ def _key(default: Any, parse: Callable[[str, Any], Any], doc: str, shown: str | 
     return dataclasses.field(metadata={"setting": Field(default, parse, doc, shown)})
 
 
+# The demo admin's password: public (README), so only ever on loopback (tidedesk/runtime.py).
+DEMO_PASSWORD = "tidedesk-demo"
+
 _KEYS_SHOWN = ("generated into `data_dir` by `tidedesk dev`; `chatnode` and `router` refuse "
                "to start without it")
 
@@ -192,8 +195,15 @@ class Settings:
         "always are)")
     login_lock_after: int = _key(
         10, _parse_int(1, 1000),
-        "failed sign-ins to one account before it is locked (growing delays before that)")
-    login_lock_s: int = _key(900, _parse_int(1, 86400), "how long a locked account stays locked")
+        "failed sign-ins to one account from one address before that pair is locked (growing "
+        "delays before that; the owner's other addresses are not locked)")
+    login_lock_s: int = _key(900, _parse_int(1, 86400),
+                             "how long a locked account (for one source) or source stays locked")
+    login_source_lock_after: int = _key(
+        50, _parse_int(1, 100000), "failed sign-ins from one address (any accounts) before that "
+        "address is locked out of sign-in")
+    admin_require_2fa: bool = _key(
+        True, _parse_bool, "admins must have two-factor sign-in on to change roles or settings")
     rate_limit_ip_per_min: int = _key(
         1200, _parse_int(0, 10_000_000), "REST requests + WebSocket connects per client address "
         "per minute (429, close 4429; 0 = no limit)")
@@ -203,10 +213,18 @@ class Settings:
     allowed_origins: tuple[str, ...] = _key(
         (), _parse_list, "sites allowed to open WebSockets (scheme://host[:port], "
         "comma-separated); empty = same host only")
+    public_hosts: tuple[str, ...] = _key(
+        (), _parse_list, "host names this desk answers to (the `Host` header, comma-separated; "
+        "others get 400); empty = any (embedded, loopback). Loopback names always pass")
+    retention_days: int = _key(
+        0, _parse_int(0, 36500), "closed conversations older than this many days are deleted "
+        "(messages in every shard too) by an hourly job on the routers; 0 = kept for ever")
     routing_file: str | None = _key(None, _parse_optional_str,
                                     "routing rules YAML (unset = built-in rules)")
     demo_agent_email: str = _key("demo@tidedesk.local", _parse_str, "embedded mode's demo agent")
-    demo_agent_password: str = _key("tidedesk-demo", _parse_str, "embedded mode's demo agent")
+    demo_agent_password: str = _key(
+        DEMO_PASSWORD, _parse_str, "embedded mode's demo agent (bound to anything but loopback, "
+        "`tidedesk dev` refuses to start with this default)")
     access_token_ttl_s: int = _key(900, _parse_int(60, 86400), "agent access token lifetime")
     refresh_token_ttl_s: int = _key(7 * 86400, _parse_int(300, 90 * 86400),
                                     "refresh token lifetime")
@@ -378,11 +396,20 @@ def _generated_secret(data_dir: str, name: str, make: Callable[[], str]) -> str:
     try:
         return path.read_text(encoding="ascii").strip()
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # Created 0700 / 0600 from the start (no chmod afterwards: no moment where another
+        # user could open the key).
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         value = make()
-        path.write_text(value, encoding="ascii")
-        path.chmod(0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(value)
         return value
+
+
+def _cluster_like(values: dict[str, Any]) -> bool:
+    """Settings naming shared servers: keys minted here would not be the cluster's."""
+    return bool(values["broker_url"] or values["redis_url"]) or any(
+        not url.startswith("sqlite://") for url in values["database_url"])
 
 
 def load_settings(
@@ -419,8 +446,22 @@ def load_settings(
     _check_urls(values)
     _check_mail(values)
     _check_role(values, role)
+    # `tidedesk admin` / `migrate` against a cluster's servers mint no keys into data_dir: admin
+    # needs the cluster's keys (it encrypts and decrypts what the nodes read), and migrate uses
+    # none, so it gets throw-away ones that never reach the disk.
+    in_memory_keys = False
+    if role in ("admin", "migrate") and _cluster_like(values):
+        missing = [_BY_KEY[k].env for k in ("jwt_secret", "aes_key") if values[k] is None]
+        if missing and role == "admin":
+            raise SettingsError(
+                f"tidedesk admin against a cluster's servers needs {' and '.join(missing)} (or "
+                f"{' / '.join(m + FILE_SUFFIX for m in missing)}), the cluster's own: a key made "
+                "here would encrypt what no chat node can read")
+        in_memory_keys = True
     if not values["node_id"]:
         values["node_id"] = f"{socket.gethostname()}-{os.getpid()}"
+    if values["jwt_secret"] is None and in_memory_keys:
+        values["jwt_secret"] = secrets.token_urlsafe(48)
     if values["jwt_secret"] is None:
         values["jwt_secret"] = _generated_secret(
             values["data_dir"], "jwt.key", lambda: secrets.token_urlsafe(48)
@@ -428,6 +469,8 @@ def load_settings(
     if len(values["jwt_secret"]) < 32:
         raise SettingsError("TIDEDESK_JWT_SECRET: use at least 32 characters (HS256 needs a "
                             "256-bit key), e.g. the output of: openssl rand -hex 32")
+    if values["aes_key"] is None and in_memory_keys:
+        values["aes_key"] = base64.b64encode(os.urandom(32)).decode()
     if values["aes_key"] is None:
         values["aes_key"] = _generated_secret(
             values["data_dir"], "aes.key", lambda: base64.b64encode(os.urandom(32)).decode()

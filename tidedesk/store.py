@@ -179,6 +179,10 @@ class Store(abc.ABC):
     async def history_append(self, conv_id: str, message: dict[str, Any]) -> None: ...
 
     @abc.abstractmethod
+    async def history_delete(self, conv_id: str) -> None:
+        """Drop a conversation's recent history (a contact's erasure)."""
+
+    @abc.abstractmethod
     async def history(self, conv_id: str) -> list[dict[str, Any]]:
         """The capped recent messages of a conversation, in seq order."""
 
@@ -419,4 +423,7 @@ class MemoryStore(Store):
 
     async def history(self, conv_id: str) -> list[dict[str, Any]]:
         return list(self._history.get(conv_id, []))
+
+    async def history_delete(self, conv_id: str) -> None:
+        self._history.pop(conv_id, None)
 

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from tidedesk import safejson
 from tidedesk.frames import ErrorFrame, frame_dict
 
 # Close codes of docs/protocol.md.
@@ -76,10 +77,13 @@ def _require(data: dict[str, Any], key: str, kind: type | tuple[type, ...], what
 def parse_frame(raw: str | bytes, *, role: str, max_body_chars: int) -> Frame:
     """Validate one client frame for ``role`` ('visitor' or 'agent')."""
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        data = safejson.loads(raw)
+    except safejson.JsonRefused as exc:
+        if exc.code == "invalid_text":  # the client can fix its text: the socket stays open
+            raise FrameError("invalid_text", exc.message) from None
         raise FrameError("bad_frame", "frames must be JSON objects like "
-                         '{"type": "message", ...}', CLOSE_BAD_FRAME) from None
+                         '{"type": "message", ...}' + f" ({exc.message})",
+                         CLOSE_BAD_FRAME) from None
     if not isinstance(data, dict):
         raise FrameError("bad_frame", "frames must be JSON objects, not "
                          f"{type(data).__name__}", CLOSE_BAD_FRAME)

@@ -86,6 +86,11 @@
           schedule();
           return session;
         }
+        if (err.code === "token_rotated") {
+          // Our refresh token was spent by someone and no tab of ours holds the newer one:
+          // it was copied. Tell the server, which ends this sign-in everywhere (audited).
+          postJSON("/api/v1/auth/theft", { refresh_token: before.refresh_token }).catch(function () {});
+        }
         if (err.status === 401 || err.status === 403) { store(null); listeners.forEach(function (f) { f(null); }); }
         throw err;
       });

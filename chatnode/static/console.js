@@ -117,9 +117,12 @@
   };
   var link = new Core.Link({
     url: function () {
-      return TDAuth.ensureFresh().then(function (sess) {
+      // A one-time ticket, never the access token, goes in the URL (URLs reach access logs).
+      return TDAuth.ensureFresh().then(function () {
+        return TDAuth.api("/api/v1/ws-ticket", { method: "POST" });
+      }).then(function (j) {
         var proto = location.protocol === "https:" ? "wss:" : "ws:";
-        return proto + "//" + location.host + "/ws/agent?token=" + encodeURIComponent(sess.access_token);
+        return proto + "//" + location.host + "/ws/agent?ticket=" + encodeURIComponent(j.ticket);
       });
     },
     onUrlFailed: function (err) {

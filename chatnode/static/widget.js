@@ -32,6 +32,8 @@
   var ORIGIN = new URL((script && script.src) || location.href, location.href).origin;
   var WS_ORIGIN = ORIGIN.replace(/^http/, "ws");
   var KEY = "tidedesk:" + ORIGIN + ":";
+  var CONSENT = ds.consent === "true";
+  var PRIVACY_URL = /^https?:\/\//i.test(ds.privacyUrl || "") ? ds.privacyUrl : "";
 
   var ARCHIVE_MAX = 100; // earlier conversations' messages kept on screen after a new one starts
   var TYPING_RESEND_MS = 3000; // keep "typing on" alive without flooding the rate limit
@@ -48,6 +50,9 @@
       otherLangLabel: "切换到中文",
       placeholder: "Write a message…",
       send: "Send",
+      consent: "Before you write: we keep this conversation and the details you give us so we can answer you.",
+      consentPolicy: "Privacy policy",
+      consentAgree: "I agree",
       connecting: "Connecting…",
       connected: "Connected",
       reconnecting: "Reconnecting in {s}s…",
@@ -118,6 +123,9 @@
       otherLangLabel: "Switch to English",
       placeholder: "输入消息…",
       send: "发送",
+      consent: "开始对话前：我们会保存本次对话和您提供的信息，以便答复您。",
+      consentPolicy: "隐私政策",
+      consentAgree: "我同意",
       connecting: "正在连接…",
       connected: "已连接",
       reconnecting: "{s} 秒后重新连接…",
@@ -196,6 +204,7 @@
   var S = {
     lang: Core.pickLang(load("lang") || ds.lang || navigator.language),
     open: load("open") === "1" || ds.open === "true",
+    consented: load("consent") === "1",
     token: load("token"),
     visitorId: load("visitor_id"),
     conversationId: load("conversation_id"),
@@ -223,7 +232,10 @@
   var outbox = new Core.Outbox(saveOutbox);
   var link = new Core.Link({
     url: function () {
-      return ensureVisitor().then(function (token) { return WS_ORIGIN + "/ws/visitor?token=" + encodeURIComponent(token); });
+      // A one-time ticket, never the visitor token, goes in the URL (URLs reach access logs).
+      return ensureVisitor().then(wsTicket).then(function (ticket) {
+        return WS_ORIGIN + "/ws/visitor?ticket=" + encodeURIComponent(ticket);
+      });
     },
     onUrlFailed: function (err) {
       // A network failure is already told by the reconnect banner; a refusal needs its reason.
@@ -297,7 +309,10 @@
     ".typing{font-size:12px;color:#52606d;padding:2px 16px 6px;background:#f8fafc;min-height:22px}",
     ".typing[hidden]{display:block;visibility:hidden}",
     ".composer{display:flex;gap:8px;padding:10px;border-top:1px solid #e4e7eb;background:#fff}",
-    ".composer[hidden],.offline[hidden]{display:none}",
+    ".composer[hidden],.offline[hidden],.consent[hidden]{display:none}",
+    ".consent{flex-shrink:0;padding:10px;border-top:1px solid #e4e7eb;background:#fff;font-size:13px}",
+    ".consent p{margin:0 0 8px}.consent a{color:#0f766e}",
+    ".agree{display:inline-block;border:0;border-radius:10px;background:#0f766e;color:#fff;padding:6px 14px;font-weight:600;cursor:pointer}",
     "textarea{flex:1;resize:none;border:1px solid #cbd2d9;border-radius:10px;padding:8px 10px;height:40px;max-height:120px;outline:none}",
     "textarea:focus,input:focus{border-color:#0f766e;box-shadow:0 0 0 3px rgba(15,118,110,.15)}",
     ".send{border:0;border-radius:10px;background:#0f766e;color:#fff;padding:0 14px;font-weight:600;cursor:pointer}",
@@ -375,6 +390,18 @@
     ui.composer = h("div", { class: "composer" }, [ui.attachBtn, ui.input, ui.sendBtn]);
     ui.uploads = h("div", { class: "td-uploads", "data-testid": "td-uploads" });
     ui.uploadError = h("div", { class: "td-upload-error", role: "alert", "data-testid": "td-upload-error", hidden: true });
+    // The optional consent line (data-consent="true", data-privacy-url="https://..."): shown
+    // instead of the composer until the visitor agrees, before their first message.
+    ui.consentText = h("span");
+    ui.consentLink = h("a", { target: "_blank", rel: "noopener noreferrer" });
+    ui.consentLink.hidden = !PRIVACY_URL;
+    if (PRIVACY_URL) ui.consentLink.href = PRIVACY_URL;
+    ui.consentBtn = h("button", {
+      class: "agree", type: "button", "data-testid": "td-consent-agree",
+      onclick: function () { S.consented = true; save("consent", "1"); renderStatus(); ui.input.focus(); },
+    });
+    ui.consent = h("div", { class: "consent", hidden: true, "data-testid": "td-consent" },
+      [h("p", null, [ui.consentText, " ", ui.consentLink]), ui.consentBtn]);
     ui.offName = h("input", { type: "text", autocomplete: "name", "data-testid": "td-off-name" });
     ui.offEmail = h("input", { type: "email", autocomplete: "email", "data-testid": "td-off-email" });
     ui.offMsg = h("textarea", { "data-testid": "td-off-message" });
@@ -395,7 +422,7 @@
     buildAfterChat();
     ui.panel = h("section", { class: "panel", hidden: true, "data-testid": "td-panel", role: "dialog" }, [
       h("header", null, [h("div", { class: "htext" }, [ui.title, h("div", { class: "sub" }, [ui.dot, ui.subText])]), ui.langBtn, ui.closeBtn]),
-      ui.banner, ui.log, ui.typing, ui.after, ui.uploads, ui.uploadError, ui.composer, ui.offline,
+      ui.banner, ui.log, ui.typing, ui.after, ui.uploads, ui.uploadError, ui.consent, ui.composer, ui.offline,
     ]);
     ui.root = root;
     window.TidedeskDom.fileInputs(ui.attachBtn, ui.panel, ui.input, uploadFiles);
@@ -505,6 +532,9 @@
     ui.input.setAttribute("aria-label", t("placeholder"));
     ui.sendBtn.textContent = t("send");
     ui.attachBtn.title = t("attach"); ui.attachBtn.setAttribute("aria-label", t("attach"));
+    ui.consentText.textContent = t("consent");
+    ui.consentLink.textContent = t("consentPolicy");
+    ui.consentBtn.textContent = t("consentAgree");
     ui.offTitle.textContent = t("offlineTitle");
     ui.offIntro.textContent = t(S.mail ? "offlineIntro" : "offlineIntroNoMail");
     ui.offNameL.textContent = t("name");
@@ -552,12 +582,15 @@
     // Without mail there is no address to ask for once the visitor has written.
     var offlineForm = isOffline() && !S.offlineSent && !(wrote && (S.contactSent || !S.mail));
     var contactOnly = offlineForm && wrote;
-    ui.offline.hidden = !offlineForm;
+    // The consent line stands in for the composer and the offline form alike until agreed.
+    var needConsent = CONSENT && !S.consented && !wrote;
+    ui.consent.hidden = !needConsent;
+    ui.offline.hidden = !offlineForm || needConsent;
     ui.offline.setAttribute("data-mode", contactOnly ? "contact" : "message");
     ui.offMsgLabel.hidden = contactOnly;
     ui.offIntro.textContent = contactOnly ? t("offlineContactIntro")
       : t(S.mail ? "offlineIntro" : "offlineIntroNoMail");
-    ui.composer.hidden = offlineForm && !contactOnly;
+    ui.composer.hidden = (offlineForm && !contactOnly) || needConsent;
     ui.typing.hidden = !S.agentTyping;
     ui.typing.style.display = offlineForm ? "none" : "";
     ui.typing.textContent = S.agentTyping ? t("typing", { name: S.agentName || t("agent") }) : "";
@@ -700,6 +733,27 @@
       });
     }).finally(function () { creatingVisitor = null; });
     return creatingVisitor;
+  }
+
+  /** A one-time WebSocket ticket for the visitor token; a token the server no longer takes
+   *  (expired, unknown) is forgotten and a new visitor made, as a 4401 close did before. */
+  function wsTicket(token, again) {
+    return fetch(ORIGIN + "/api/v1/ws-ticket", {
+      method: "POST", headers: { Authorization: "Bearer " + token },
+    }).then(function (r) {
+      return r.json().catch(function () { return {}; }).then(function (j) {
+        if (r.status === 401 && S.token === token && !again) {
+          forgetVisitor();
+          return ensureVisitor().then(function (fresh) { return wsTicket(fresh, true); });
+        }
+        if (!r.ok) {
+          var err = new Error((j.error && j.error.message) || ("HTTP " + r.status));
+          err.status = r.status;
+          throw err;
+        }
+        return j.ticket;
+      });
+    });
   }
 
   function forgetVisitor() {

@@ -14,6 +14,7 @@ from playwright.sync_api import expect
 from tests.browser.conftest import DEMO_EMAIL, DEMO_PASSWORD, Server
 from tests.browser.ui_pages import Console, Widget
 from tests.support.processes import free_port
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -32,6 +33,9 @@ def shop(server: Server) -> Iterator[str]:
     page = (f"<!doctype html><meta charset=utf-8><title>Strict shop</title>"
             f"<h1>A shop with a strict CSP</h1>"
             f"<script src='{chat}/widget.js' data-lang='en'></script>").encode()
+    # The same shop asking for consent before the first message (issue 18).
+    consent = page.replace(b"data-lang='en'", b"data-lang='zh-CN' data-consent='true' "
+                           b"data-privacy-url='https://shop.example/privacy'")
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -39,7 +43,7 @@ def shop(server: Server) -> Iterator[str]:
             self.send_header("Content-Type", "text/html; charset=utf-8")
             self.send_header("Content-Security-Policy", csp)
             self.end_headers()
-            self.wfile.write(page)
+            self.wfile.write(consent if self.path.startswith("/consent") else page)
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
@@ -55,11 +59,11 @@ def shop(server: Server) -> Iterator[str]:
         thread.join(timeout=5)
 
 
-def _open_shop(new_context: Any, shop: str) -> tuple[Widget, list[str]]:
+def _open_shop(new_context: Any, shop: str, path: str = "/") -> tuple[Widget, list[str]]:
     page = new_context().new_page()
     problems: list[str] = []
     page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
-    page.goto(shop + "/")
+    page.goto(shop + path)
     page.get_by_test_id("td-launcher").click()
     return Widget(page, shop), problems
 
@@ -83,3 +87,23 @@ def test_widget_on_another_site_chats_with_an_agent(server: Server, shop: str,
     agent.send("Hello, shop visitor")
     visitor.expect_message("Hello, shop visitor")
     assert problems == []
+
+
+def test_the_consent_line_comes_before_the_first_message(shop: str, new_context: Any) -> None:
+    visitor, _ = _open_shop(new_context, shop, "/consent")
+    page = visitor.page
+    consent = page.get_by_test_id("td-consent")
+    expect(consent).to_be_visible()
+    expect(consent).to_contain_text("我们会保存本次对话")  # zh-CN, as the page asked
+    expect(consent.locator("a")).to_have_attribute("href", "https://shop.example/privacy")
+    # Nobody is online here: the offline form waits behind the consent line too.
+    expect(page.get_by_test_id("td-input")).to_be_hidden()
+    expect(page.get_by_test_id("td-offline-form")).to_be_hidden()
+    page.get_by_test_id("td-consent-agree").click()
+    expect(consent).to_be_hidden()
+    wait_until("the composer or the offline form", lambda: page.get_by_test_id(
+        "td-offline-form").is_visible() or page.get_by_test_id("td-input").is_visible(), 10)
+    page.reload()  # agreed once is remembered (and the panel stays open)
+    wait_until("the composer or the offline form", lambda: page.get_by_test_id(
+        "td-offline-form").is_visible() or page.get_by_test_id("td-input").is_visible(), 10)
+    expect(page.get_by_test_id("td-consent")).to_be_hidden()

@@ -129,7 +129,7 @@ def test_pin_holds_then_expires(setup: Any) -> None:
     wait_until("autoscaled to 2", lambda: count(double) == 2, 20)
     body = {"replicas": 6, "ttl_s": 4, "by": "alice", "reason": "load test"}
     r = d.request("POST", "/v1/policies/router/pin", json=body)
-    assert r.status_code == 200 and r.json()["policy"]["pin"]["by"] == "alice"
+    assert r.status_code == 200 and r.json()["policy"]["pin"]["by"] == "operator for alice"
     wait_until("pinned count", lambda: count(double) == 6, 10)
     assert d.status("router")["pinned"] is True
     time.sleep(1.5)
@@ -138,7 +138,7 @@ def test_pin_holds_then_expires(setup: Any) -> None:
     actions = [a["action"] for a in d.audit("router")]
     assert "pin" in actions and "pin_expired" in actions
     pin = next(a for a in d.audit("router") if a["action"] == "pin")
-    assert (pin["who"], pin["why"]) == ("alice", "load test")
+    assert (pin["who"], pin["why"]) == ("operator for alice", "load test")
     # DELETE ends a pin early
     d.request("POST", "/v1/policies/router/pin", json={"replicas": 5, "ttl_s": 600})
     wait_until("second pin", lambda: count(double) == 5, 10)
@@ -152,17 +152,18 @@ def test_pause_holds_and_resume_acts(setup: Any) -> None:
     load(15)
     d = start()
     wait_until("autoscaled to 2", lambda: count(double) == 2, 20)
+    # The actor is the token's name: a header naming someone else is not believed.
     r = d.request("POST", "/v1/policies/router/pause", json={"reason": "incident 42"},
                   headers={"X-Tidedesk-Actor": "bob"})  # fmt: skip
     assert r.json()["policy"]["paused"] is True
     load(60)
     time.sleep(3)
     assert count(double) == 2
-    assert "paused by bob (incident 42)" in d.decisions("router", 1)[0]["reason"]
+    assert "paused by operator (incident 42)" in d.decisions("router", 1)[0]["reason"]
     d.request("POST", "/v1/policies/router/resume")
     wait_until("scale-up after resume", lambda: count(double) == 6, 20)
     actions = [(a["action"], a["who"]) for a in d.audit("router")]
-    assert ("pause", "bob") in actions and any(a == "resume" for a, _ in actions)
+    assert ("pause", "operator") in actions and any(a == "resume" for a, _ in actions)
 
 
 def test_outside_change_is_restored(setup: Any) -> None:
@@ -317,7 +318,8 @@ def test_scheduled_events_raise_the_floor_and_are_audited(setup: Any) -> None:
     wait_until("released after the event is gone", lambda: count(double) == 2, 20)
     assert d.request("DELETE", "/v1/events/sale").status_code == 404
     audit = [(a["action"], a["who"]) for a in d.audit("router")]
-    for entry in [("event_add", "carol"), ("event_update", "carol"), ("event_floor_raised",
+    for entry in [("event_add", "operator for carol"), ("event_update", "operator for carol"),
+                  ("event_floor_raised",
                   "schedule"), ("event_floor_released", "schedule")]:  # fmt: skip
         assert entry in audit, audit
     assert any(a == "event_delete" for a, _ in audit)

@@ -71,6 +71,12 @@ def test_main_config_has_what_the_design_asks() -> None:
         r"stats uri /stats",
         # The client address the chat nodes limit and audit by: HAProxy's, never the client's.
         r"http-request set-header X-Real-Ip %\[src\]",
+        # Issue 18: no query string (the v1 ?token=) in the log, oversize bodies refused before
+        # they are read, request headers in bounded time, no /metrics on the public side.
+        r"log-format .*%HM %HPO %HV",
+        r"http-request deny deny_status 413 .* if !upload \{ req\.hdr_val\(content-length\) gt",
+        r"timeout http-request\s+10s",
+        r"http-request deny deny_status 404 .* if \{ path /metrics \}",
     ]
     missing = [p for p in expected if not re.search(p, text)]
     assert not missing, f"haproxy.cfg lacks {missing}"

@@ -116,6 +116,21 @@ def haproxy(tls_pem: Path, dns_port: int, backend_port: int,
         stop_process(proc)
 
 
+def declared_body_status(port: int, length: int) -> int:
+    """The status HAProxy answers to a POST that only declares a ``length``-byte body."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.putrequest("POST", "/api/v1/visitors")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(length))
+        conn.endheaders()
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
 def wait_http(url: str, status: int, timeout: float = 20.0) -> None:
     wait_until(f"{url} to answer {status}",
                lambda: http_json("GET", url, timeout=2)[0] == status, timeout, errors=(OSError,))
@@ -171,12 +186,23 @@ def test_chat_through_haproxy_on_loopback(tmp_path: Path, tls_pem: Path, dns: Ti
                 status, _ = await asyncio.to_thread(http_json, "GET", stats + "/stats")
                 assert status == 200
 
+                # Issue 18: no /metrics on the public side; a declared body over the JSON limit
+                # refused from its headers, before it is sent.
+                status, _ = await asyncio.to_thread(http_json, "GET", http + "/metrics")
+                assert status == 404
+                assert await asyncio.to_thread(declared_body_status, ports["http"],
+                                               10 * 1024 * 1024) == 413
+
                 # Past the per-address request rate: 429 with the API's error body.
                 answers = [await asyncio.to_thread(http_json, "GET", http + "/healthz")
                            for _ in range(RATE_LIMIT + 5)]
                 limited = [body for status, body in answers if status == 429]
                 assert limited, [s for s, _ in answers]
                 assert limited[0]["error"]["code"] == "rate_limited"
+
+            # The v1 ?token= socket is in HAProxy's log by its path only.
+            logged = (tmp_path / "haproxy.log").read_text(errors="replace")
+            assert "/ws/visitor" in logged and visitor["token"] not in logged, logged[-2000:]
 
             # A fresh HAProxy (fresh stick table): once the node drains, /readyz says 503 and
             # HAProxy takes it out of rotation: its own 503 carries the JSON error shape.

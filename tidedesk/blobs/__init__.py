@@ -25,6 +25,7 @@ from __future__ import annotations
 import abc
 import re
 from collections.abc import Iterator
+from typing import Any
 
 KEY_RE = re.compile(r"^[0-9a-z][0-9a-z._-]{0,127}$")
 
@@ -120,3 +121,19 @@ def open_blobs(url: str | None, *, data_dir: str, database: object, cipher: obje
         assert isinstance(cipher, FieldCipher)
         store = SealedBlobs(store, cipher)
     return store
+
+
+# An image's thumbnail is kept beside it under this suffix of its key.
+THUMB_SUFFIX = ".thumb"
+
+
+async def delete_conversation_files(storage: Any, blobs: BlobStore, conversation_id: str) -> int:
+    """Delete every file sent in a conversation, rows then bytes (the retention job; the chat
+    node's erasure goes through ``chatnode.attachments``); returns how many."""
+    import asyncio
+
+    ids = await storage.attachments.take_for(conversation_id=conversation_id)
+    for att_id in ids:
+        await asyncio.to_thread(blobs.delete, att_id)
+        await asyncio.to_thread(blobs.delete, att_id + THUMB_SUFFIX)
+    return len(ids)

@@ -24,8 +24,9 @@ class _LocalWriter(BlobWriter):
     def __init__(self, final: Path, partial: Path) -> None:
         self._final = final
         self._partial = partial
-        self._file = open(partial, "xb")
-        os.chmod(partial, 0o600)
+        # Private from creation (issue 18): the mode is given when the file is made.
+        self._file = os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600),
+                               "wb")
 
     def write(self, data: bytes) -> None:
         self._file.write(data)
@@ -34,7 +35,7 @@ class _LocalWriter(BlobWriter):
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        self._final.parent.mkdir(parents=True, exist_ok=True)
+        self._final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.replace(self._partial, self._final)
 
     def abort(self) -> None:
@@ -47,7 +48,8 @@ class LocalBlobs(BlobStore):
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self._partials = self.root / ".partial"
-        self._partials.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._partials.mkdir(exist_ok=True, mode=0o700)
 
     def _path(self, key: str) -> Path:
         check_key(key)

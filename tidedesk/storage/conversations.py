@@ -144,3 +144,37 @@ class ConversationRepository:
                         .order_by(conv.updated_at).limit(limit)]
 
         return await self._db.run(work)
+
+    async def for_visitor(self, visitor_id: str) -> list[Conversation]:
+        """Every conversation of a visitor, oldest first (export, erasure)."""
+        def work() -> list[Conversation]:
+            main = self._db.main
+            conv = main["Conversation"]
+            with main.db.connection_context():
+                return [_record(r) for r in conv.select().where(conv.visitor_id == visitor_id)
+                        .order_by(conv.created_at)]
+
+        return await self._db.run(work)
+
+    async def closed_before(self, cutoff: float, limit: int) -> list[str]:
+        """Ids of up to ``limit`` closed conversations last changed before ``cutoff``."""
+        def work() -> list[str]:
+            main = self._db.main
+            conv = main["Conversation"]
+            with main.db.connection_context():
+                return [r.id for r in conv.select(conv.id).where(
+                    (conv.state == "closed") & (conv.updated_at < cutoff))
+                    .order_by(conv.updated_at).limit(limit)]
+
+        return await self._db.run(work)
+
+    async def delete(self, conv_ids: Sequence[str]) -> int:
+        """Delete conversations and their tickets (their messages: MessageRepository.delete)."""
+        def work() -> int:
+            main = self._db.main
+            conv, ticket = main["Conversation"], main["Ticket"]
+            with main.db.connection_context(), main.db.atomic():
+                ticket.delete().where(ticket.conversation_id.in_(list(conv_ids))).execute()
+                return int(conv.delete().where(conv.id.in_(list(conv_ids))).execute())
+
+        return await self._db.run(work)

@@ -145,3 +145,42 @@ class MessageRepository:
                 return int(msg.select().where(msg.conversation_id == conv_id).count())
 
         return await self._db.run(work)
+
+    async def erase(self, conv_ids: Sequence[str]) -> int:
+        """Overwrite every body and sender name of these conversations, in whichever shard holds
+        each (the rows stay: seq, sender type and times are the skeleton reports count). SQLite
+        files are checkpointed so the old text leaves the write-ahead log too."""
+        def work() -> int:
+            erased = 0
+            shards = self._db.shards
+            by_shard: dict[int, list[str]] = {}
+            for conv_id in conv_ids:
+                by_shard.setdefault(shard_index(conv_id, len(shards)), []).append(conv_id)
+            for index, ids in by_shard.items():
+                shard = shards[index]
+                msg = shard["Message"]
+                with shard.db.connection_context():
+                    erased += int(msg.update(body="", sender_name="")
+                                  .where(msg.conversation_id.in_(ids)).execute())
+                    if isinstance(shard.db, pw.SqliteDatabase):
+                        sqlite: Any = shard.db  # peewee's execute_sql is untyped
+                        sqlite.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            return erased
+
+        return await self._db.run(work)
+
+    async def delete(self, conv_ids: Sequence[str]) -> int:
+        """Delete every message of these conversations, in whichever shard holds each."""
+        def work() -> int:
+            deleted = 0
+            shards = self._db.shards
+            by_shard: dict[int, list[str]] = {}
+            for conv_id in conv_ids:
+                by_shard.setdefault(shard_index(conv_id, len(shards)), []).append(conv_id)
+            for index, ids in by_shard.items():
+                msg = shards[index]["Message"]
+                with shards[index].db.connection_context():
+                    deleted += int(msg.delete().where(msg.conversation_id.in_(ids)).execute())
+            return deleted
+
+        return await self._db.run(work)

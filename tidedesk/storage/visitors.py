@@ -101,3 +101,15 @@ class VisitorRepository:
                 return {v.id: v for v in map(self._record, rows) if v is not None}
 
         return await self._db.run(work)
+
+    async def erase(self, visitor_id: str) -> int:
+        """Overwrite the visitor's personal data (name, e-mail, phone, tags); the row stays, so
+        conversations still point at someone (reports). 1 if the visitor existed."""
+        def work() -> int:
+            main = self._db.main
+            model = main["Visitor"]
+            with main.db.connection_context():
+                return int(model.update(name="", name_enc=None, email_enc=None, phone_enc=None,
+                                        tags="").where(model.id == visitor_id).execute())
+
+        return await self._db.run(work)
