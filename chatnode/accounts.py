@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from chatnode.access import describe
+from chatnode.access import describe, scopes_of
 from chatnode.errors import ServiceError
 from tidedesk.auth import (
     ROLES,
@@ -19,6 +19,8 @@ from tidedesk.auth import (
     Principal,
     RefreshFamily,
     TokenService,
+    api_token_hash,
+    is_api_token,
     new_token_id,
     new_totp_secret,
     qr_svg_data_uri,
@@ -112,6 +114,8 @@ class Accounts:
         """The principal of ``token`` if it may act as one of ``who`` (agent roles and/or
         ``visitor``): 401 for a missing, expired, forged or signed-out token, 403 for a valid
         token of the wrong kind or role."""
+        if is_api_token(token):
+            return await self.api_principal(str(token), who)
         kinds = (["access"] if who - {"visitor"} else []) + (["visitor"] if "visitor" in who
                                                              else [])
         principal: Principal | None = None
@@ -135,6 +139,21 @@ class Accounts:
                 raise ServiceError(403, "forbidden", f"this needs the role {describe(who)}; "
                                    f"you are {principal.role}")
         return principal
+
+    async def api_principal(self, token: str, who: frozenset[str]) -> Principal:
+        """An integration's token: 401 unless it is live (looked up by its hash on every
+        request, so a revoked token is refused at once on every node), 403 unless it carries
+        a scope ``who`` admits."""
+        record = await self.storage.api_tokens.live_by_hash(api_token_hash(token))
+        if record is None:
+            raise ServiceError(401, "invalid_token", "this API token is unknown or was "
+                               "revoked; create a new one (POST /api/v1/api-tokens)")
+        needed = scopes_of(who)
+        if not needed & set(record.scopes):
+            raise ServiceError(403, "forbidden", f"this needs {describe(who)}; this token's "
+                               f"scopes are {', '.join(record.scopes) or 'none'}")
+        return Principal(kind="api", id=record.id, role="", scopes=record.scopes,
+                         name=record.name)
 
     def _decodes(self, token: str | None, kind: str) -> bool:
         try:

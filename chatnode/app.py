@@ -25,6 +25,7 @@ from tidedesk.routing_rules import RoutingConfig
 from tidedesk.settings import Settings
 from tidedesk.storage import Storage
 from tidedesk.store import Store
+from tidedesk.webhooks import WebhookOutbox
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,8 @@ class IndexHandler(tornado.web.RequestHandler):
 
 class ChatNode:
     def __init__(self, *, settings: Settings, broker: Broker, store: Store, storage: Storage,
-                 routing: RoutingConfig, clock: Callable[[], float] = time.time) -> None:
+                 routing: RoutingConfig, clock: Callable[[], float] = time.time,
+                 outbox: WebhookOutbox | None = None) -> None:
         self.settings = settings
         self.broker = broker
         self.store = store
@@ -92,7 +94,9 @@ class ChatNode:
             settings=settings, broker=broker, store=store, storage=storage,
             tokens=TokenService(settings.jwt_secret, settings.access_token_ttl_s,
                                 settings.refresh_token_ttl_s, settings.visitor_token_ttl_s),
-            clock=clock)
+            clock=clock, outbox=outbox or WebhookOutbox(
+                storage, allowed_networks=settings.webhook_allowed_networks,
+                per_url=settings.webhook_per_url_concurrency))
         self.started = False
         self.draining = False
         self.inflight: set[asyncio.Future[Any]] = set()

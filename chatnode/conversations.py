@@ -124,8 +124,8 @@ class Conversations:
         conv = await self.storage.conversations.get(conv_id)
         if conv is None:
             raise ServiceError(404, "not_found", f"no conversation {conv_id!r}")
-        if principal.is_supervisor:
-            return conv
+        if principal.is_supervisor or principal.kind == "api":
+            return conv  # an API token reaches this only with scope conversations:read
         owner = await self.store.owner(conv_id)
         if owner != principal.id and conv.agent_id != principal.id:
             raise ServiceError(403, "forbidden", "this conversation is not assigned to you")
@@ -195,4 +195,4 @@ class Conversations:
         page = bounded_int("limit", limit, HISTORY_PAGE, 1, HISTORY_PAGE_MAX) or HISTORY_PAGE
         return frame_dicts(await self.storage.messages.page(
             conv_id, after_seq=after, before_seq=before, limit=page,
-            include_private=principal.kind == "agent"))
+            include_private=principal.kind in ("agent", "api")))

@@ -50,7 +50,7 @@ class JsonHandler(RequestIds):
     access_rules: ClassVar[Mapping[str, frozenset[str]]] = {}
     # Probes and scrapes (health, readiness, metrics) are not rate limited.
     rate_limited = True
-    CORS_METHODS = "GET, POST, OPTIONS"
+    CORS_METHODS = "GET, POST, PUT, DELETE, OPTIONS"
 
     def initialize(self, service: ChatService, node: Any) -> None:
         self.service = service
@@ -290,6 +290,13 @@ class MessagesHandler(JsonHandler):
             limit=self.get_query_argument("limit", None))})
 
 
+    async def post(self, conv_id: str) -> None:
+        logs.bind(conversation_id=conv_id)
+        assert self.principal is not None
+        self.write_json(await self.service.post_message(self.principal, conv_id,
+                                                        self.json_body()), 201)
+
+
 class AgentsHandler(JsonHandler):
     async def get(self) -> None:
         self.write_json({"agents": await self.service.agents_overview()})
@@ -317,3 +324,48 @@ class AuditHandler(JsonHandler):
             limit=self.get_query_argument("limit", None),
             before_id=self.get_query_argument("before_id", None),
             action=self.get_query_argument("action", None))})
+
+
+class ApiTokensHandler(JsonHandler):
+    async def get(self) -> None:
+        self.write_json({"tokens": await self.service.integrations.tokens()})
+
+    async def post(self) -> None:
+        assert self.principal is not None
+        self.write_json(await self.service.integrations.create_token(self.principal,
+                                                                     self.json_body()), 201)
+
+
+class ApiTokenHandler(JsonHandler):
+    async def delete(self, token_id: str) -> None:
+        assert self.principal is not None
+        self.write_json(await self.service.integrations.revoke_token(self.principal, token_id))
+
+
+class WebhooksHandler(JsonHandler):
+    async def get(self) -> None:
+        self.write_json({"webhooks": await self.service.integrations.webhooks()})
+
+    async def post(self) -> None:
+        assert self.principal is not None
+        self.write_json(await self.service.integrations.create_webhook(self.principal,
+                                                                       self.json_body()), 201)
+
+
+class WebhookHandler(JsonHandler):
+    async def delete(self, hook_id: str) -> None:
+        assert self.principal is not None
+        self.write_json(await self.service.integrations.delete_webhook(self.principal, hook_id))
+
+
+class WebhookDeliveriesHandler(JsonHandler):
+    async def get(self, hook_id: str) -> None:
+        self.write_json({"deliveries": await self.service.integrations.deliveries(
+            hook_id, self.get_query_argument("limit", None))})
+
+
+class WebhookResendHandler(JsonHandler):
+    async def post(self, hook_id: str) -> None:
+        assert self.principal is not None
+        self.write_json(await self.service.integrations.resend(self.principal, hook_id,
+                                                               self.json_body()))

@@ -26,13 +26,20 @@ import tornado.web
 from tornado.websocket import WebSocketHandler
 
 from chatnode import http, websockets
-from chatnode.access import ADMINS, AGENTS, PUBLIC, SUPERVISORS, VISITOR
+from chatnode.access import ADMIN_OR_TOKEN, ADMINS, AGENTS, PUBLIC, SUPERVISORS, VISITOR, scope
 from chatnode.schemas import (
     AGENT,
     AUDIT_ENTRY,
     CODE_BODY,
+    DELIVERY,
     OBJECT,
+    POST_MESSAGE,
+    POSTED,
+    TOKEN_BODY,
+    TOKEN_CREATED,
     TOKENS,
+    WEBHOOK_BODY,
+    WEBHOOK_CREATED,
     error_responses,
     json_content,
     json_response,
@@ -41,6 +48,8 @@ from chatnode.schemas import (
 # Path parameters: the regex Tornado matches (and the pattern the document gives for agents).
 CONVERSATION_ID = "[0-9a-f]{1,32}"
 AGENT_ID = "[0-9]{1,18}"
+# API tokens, webhooks: uuid4 hex (shorter accepted, so a wrong id is a clear 404).
+HEX_ID = "[0-9a-f]{1,32}"
 _PARAM = re.compile(r"\{(\w+)\}")
 
 
@@ -66,11 +75,14 @@ class Route:
     get: Operation | None = None
     post: Operation | None = None
     params: Mapping[str, str] | None = None
+    put: Operation | None = None
+    delete: Operation | None = None
 
     @property
     def operations(self) -> dict[str, Operation]:
         """HTTP method -> operation, for the methods this route serves."""
-        return {m: op for m, op in (("GET", self.get), ("POST", self.post)) if op is not None}
+        return {m: op for m, op in (("GET", self.get), ("POST", self.post), ("PUT", self.put),
+                                    ("DELETE", self.delete)) if op is not None}
 
     @property
     def pattern(self) -> str:
@@ -158,8 +170,16 @@ ROUTES: tuple[Route, ...] = (
         {"200": json_response(OBJECT, "off"), **error_responses(400, 401, 403, 409)},
         CODE_BODY)),
     Route("/api/v1/conversations/{id}/messages", http.MessagesHandler,
-          params={"id": CONVERSATION_ID}, get=Operation(
-              AGENTS | VISITOR, "history in seq order (agent token, or the visitor's own token)",
+          params={"id": CONVERSATION_ID}, post=Operation(
+              AGENTS | scope("messages:write"),
+              "send a message (or, private, a note) as the WebSocket `message` does: 201 once "
+              "durable, idempotent on `id` (agent who may write to it, or API token)",
+              {"201": json_response(POSTED, "durable"),
+               **error_responses(400, 401, 403, 404, 409, 503)},
+              json_content(POST_MESSAGE), parameters=(_id_param(),)),
+          get=Operation(
+              AGENTS | VISITOR | scope("conversations:read"),
+              "history in seq order (agent token, the visitor's own token, or API token)",
               {"200": json_response({"type": "object", "properties": {
                   "messages": {"type": "array",
                                "items": {"$ref": "#/components/schemas/Message"}}}},
@@ -197,6 +217,44 @@ ROUTES: tuple[Route, ...] = (
             {"name": "before_id", "in": "query", "schema": {"type": "integer", "minimum": 1}},
             {"name": "action", "in": "query", "schema": {"type": "string"},
              "description": "an action or prefix: auth., 2fa., agent., conversation."}))),
+    Route("/api/v1/api-tokens", http.ApiTokensHandler, get=Operation(
+        ADMIN_OR_TOKEN, "live API tokens (never the tokens themselves)",
+        {"200": json_response(OBJECT, "tokens"), **error_responses(401, 403)}),
+          post=Operation(
+        ADMIN_OR_TOKEN, "create an API token: the token is in this answer only",
+        {"201": json_response(TOKEN_CREATED, "created"), **error_responses(400, 401, 403)},
+        json_content(TOKEN_BODY))),
+    Route("/api/v1/api-tokens/{id}", http.ApiTokenHandler, params={"id": HEX_ID},
+          delete=Operation(
+              ADMIN_OR_TOKEN, "revoke an API token (refused at once on every node)",
+              {"200": json_response(OBJECT, "revoked"), **error_responses(401, 403, 404)},
+              parameters=(_id_param(HEX_ID),))),
+    Route("/api/v1/webhooks", http.WebhooksHandler, get=Operation(
+        ADMIN_OR_TOKEN, "webhooks (with `failing` when deliveries gave up)",
+        {"200": json_response(OBJECT, "webhooks"), **error_responses(401, 403)}),
+          post=Operation(
+        ADMIN_OR_TOKEN, "add a webhook: the signing secret is in this answer only",
+        {"201": json_response(WEBHOOK_CREATED, "created"), **error_responses(400, 401, 403)},
+        json_content(WEBHOOK_BODY))),
+    Route("/api/v1/webhooks/{id}", http.WebhookHandler, params={"id": HEX_ID},
+          delete=Operation(
+              ADMIN_OR_TOKEN, "delete a webhook (its pending deliveries are dropped)",
+              {"200": json_response(OBJECT, "deleted"), **error_responses(401, 403, 404)},
+              parameters=(_id_param(HEX_ID),))),
+    Route("/api/v1/webhooks/{id}/deliveries", http.WebhookDeliveriesHandler,
+          params={"id": HEX_ID}, get=Operation(
+              ADMIN_OR_TOKEN, "the delivery log, newest first: status, attempts, code, latency",
+              {"200": json_response({"type": "object", "properties": {
+                  "deliveries": {"type": "array", "items": DELIVERY}}}, "deliveries"),
+               **error_responses(400, 401, 403, 404)},
+              parameters=(_id_param(HEX_ID), _LIMIT))),
+    Route("/api/v1/webhooks/{id}/resend", http.WebhookResendHandler, params={"id": HEX_ID},
+          post=Operation(
+              ADMIN_OR_TOKEN, "send a delivery again now (\"send again\")",
+              {"200": json_response(OBJECT, "queued"), **error_responses(400, 401, 403, 404)},
+              json_content({"type": "object", "required": ["delivery_id"], "properties": {
+                  "delivery_id": {"type": "string"}}}),
+              parameters=(_id_param(HEX_ID),))),
     # Sockets: the token opens one of them, then chatnode.access.WS decides per frame.
     Route("/ws/visitor", websockets.VisitorSocket),
     Route("/ws/agent", websockets.AgentSocket),

@@ -62,5 +62,38 @@ AUDIT_ENTRY = {
                    "actor": {"type": "string"}, "action": {"type": "string"},
                    "target": {"type": "string"}, "detail": {"type": "object"}},
 }
+# Issue 16: REST messages, API tokens, webhooks.
+POST_MESSAGE = {"type": "object", "required": ["id", "body"], "additionalProperties": False,
+                "properties": {"id": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,64}$"},
+                               "body": {"type": "string", "minLength": 1},
+                               "private": {"type": "boolean"}}}
+POSTED = {"type": "object", "required": ["id", "seq"],
+          "properties": {"id": {"type": "string"}, "seq": {"type": "integer"}}}
+TOKEN_BODY = {"type": "object", "required": ["name", "scopes"], "additionalProperties": False,
+              "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 64},
+                             "scopes": {"type": "array", "minItems": 1, "items": {"enum": [
+                                 "conversations:read", "messages:write", "contacts:read",
+                                 "contacts:write", "admin"]}}}}
+TOKEN_CREATED = {"type": "object", "required": ["id", "token"],
+                 "properties": {"id": {"type": "string"}, "token": {"type": "string"},
+                                "name": {"type": "string"},
+                                "scopes": {"type": "array", "items": {"type": "string"}}}}
+WEBHOOK_BODY = {"type": "object", "required": ["url", "events"], "additionalProperties": False,
+                "properties": {"url": {"type": "string", "format": "uri"},
+                               "events": {"type": "array", "minItems": 1, "items": {"enum": [
+                                   "conversation.created", "message.created",
+                                   "conversation.assigned", "conversation.closed",
+                                   "rating.created", "ticket.created", "ticket.updated"]}}}}
+WEBHOOK_CREATED = {"type": "object", "required": ["id", "secret"],
+                   "properties": {"id": {"type": "string"}, "secret": {"type": "string"},
+                                  "url": {"type": "string"},
+                                  "events": {"type": "array", "items": {"type": "string"}}}}
+DELIVERY = {"type": "object", "properties": {
+    "id": {"type": "string"}, "event_id": {"type": "string"}, "event": {"type": "string"},
+    "ts": {"type": "number"}, "status": {"enum": ["pending", "delivered", "failed"]},
+    "attempts": {"type": "integer"}, "next_at": {"type": "number"},
+    "code": {"type": ["integer", "null"]}, "latency_ms": {"type": ["integer", "null"]},
+    "error": {"type": "string"}, "created_at": {"type": "number"},
+    "updated_at": {"type": "number"}}}
 # What components/schemas names; operations refer to them as {"$ref": ...}.
 NAMED = {"Error": ERROR, "Message": MESSAGE, "Tokens": TOKENS, "Agent": AGENT}

@@ -12,6 +12,7 @@ rules (ownership, hello, history) are :class:`~chatnode.conversations.Conversati
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -23,8 +24,9 @@ from chatnode.accounts import Accounts
 from chatnode.connections import ConnectionState, Peer, VisitorSession
 from chatnode.conversations import MAX_SEQ, Conversations, relay_frame
 from chatnode.errors import ServiceError
+from chatnode.integrations import Integrations
 from chatnode.queries import audit_action, bounded_int
-from tidedesk import logs, metrics, wire
+from tidedesk import events, logs, metrics, wire
 from tidedesk.auth import Principal, TokenService
 from tidedesk.broker import INBOUND_QUEUE, Broker, BrokerUnavailable
 from tidedesk.delivery import deliver
@@ -44,6 +46,7 @@ from tidedesk.settings import Settings
 from tidedesk.storage import Storage
 from tidedesk.storage.records import as_dicts
 from tidedesk.store import Store
+from tidedesk.webhooks import WebhookOutbox
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +76,8 @@ class PendingMessage:
 
 class ChatService:
     def __init__(self, *, settings: Settings, broker: Broker, store: Store, storage: Storage,
-                 tokens: TokenService, clock: Callable[[], float] = time.time) -> None:
+                 tokens: TokenService, clock: Callable[[], float] = time.time,
+                 outbox: WebhookOutbox | None = None) -> None:
         self.settings = settings
         self.broker = broker
         self.store = store
@@ -85,6 +89,9 @@ class ChatService:
         self.accounts = Accounts(settings=settings, store=store, storage=storage, tokens=tokens,
                                  clock=clock, notify=self.relay)
         self.conversations = Conversations(store=store, storage=storage, publish=self.publish)
+        self.outbox = outbox or WebhookOutbox(storage)
+        self.integrations = Integrations(settings=settings, storage=storage,
+                                         outbox=self.outbox, clock=clock)
 
     # -- authentication (chatnode/accounts.py) ------------------------------------------------
     def principal(self, token: str | None, expected: str) -> Principal:
@@ -170,6 +177,44 @@ class ChatService:
             name=msg.name, body=msg.body, ts=self.clock(), private=msg.private))
         metrics.MESSAGES_IN.labels(role=msg.sender_type).inc()
         return frame_dict(AckFrame(id=msg.client_id, seq=msg.seq))
+
+    async def post_message(self, principal: Principal, conv_id: str,
+                           body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /api/v1/conversations/{id}/messages``: the WebSocket ``message`` (or, with
+        ``private``, ``note``) over REST, on the same durable path (seq taken, published,
+        answered once durable) and idempotent on ``id`` the same way. An agent must own the
+        conversation (or be a supervisor); an API token needs scope ``messages:write`` (the
+        route's rule) and writes as its name."""
+        allowed = {"id", "body", "private"}
+        unknown = set(body) - allowed
+        if unknown:
+            raise ServiceError(400, "invalid_body", f"unknown field(s) {', '.join(sorted(unknown))}"
+                               f"; allowed: {', '.join(sorted(allowed))}")
+        private = body.get("private", False)
+        if not isinstance(private, bool):
+            raise ServiceError(400, "invalid_field", "'private' must be true or false")
+        kind = "note" if private else "message"
+        try:
+            frame = wire.parse_frame(json.dumps({
+                "type": kind, "conversation_id": conv_id, "id": body.get("id"),
+                "body": body.get("body")}), role="agent",
+                max_body_chars=self.settings.max_body_chars)
+        except wire.FrameError as exc:
+            raise ServiceError(400, exc.code, exc.message) from None
+        if principal.kind == "agent":
+            visitor_id, state = await self.conversations.for_agent(principal, {}, conv_id)
+            name, sender_id = (await self.agent_for(principal)).name, principal.id
+        else:
+            conv = await self.storage.conversations.get(conv_id)
+            if conv is None:
+                raise ServiceError(404, "not_found", f"no conversation {conv_id!r}")
+            visitor_id, state = conv.visitor_id, conv.state
+            name, sender_id = principal.name, f"api:{principal.id}"[:32]
+        self.conversations.check_agent_may_write(kind, state)
+        pending = await self.take_seq(conv_id, frame, visitor_id=visitor_id, sender_type="agent",
+                                      sender_id=sender_id, name=name, private=private)
+        ack = await self.publish_message(pending)
+        return {"id": ack["id"], "seq": ack["seq"]}
 
     async def resume(self, conv_id: str, after_seq: int, *,
                      include_private: bool) -> list[dict[str, Any]]:
@@ -281,6 +326,8 @@ class ChatService:
         assert session is not None
         await self._present(conn)
         waiting = await self.conversations.visitor_hello(session, peer.send)
+        if created:
+            await self._conversation_created(session)
         # A queued chat that is in no queue was never announced (say the broker was down when
         # it was created): announcing is idempotent, so ask again.
         if created or (session.state == "queued" and not waiting):
@@ -301,6 +348,7 @@ class ChatService:
                 session = conn.session
                 await self.conversations.visitor_hello(session, peer.send)
                 if created:
+                    await self._conversation_created(session)
                     await self._announce(session, peer)
             return await self.take_seq(session.conversation_id, frame,
                                        visitor_id=session.visitor_id, sender_type="visitor",
@@ -382,6 +430,17 @@ class ChatService:
     async def _present(self, conn: ConnectionState) -> None:
         await self.store.presence_add(conn.who, conn.conn_id, self.node_id,
                                       self.settings.presence_ttl_s, self.clock())
+
+    async def _conversation_created(self, session: VisitorSession) -> None:
+        try:
+            await self.outbox.emit(events.CONVERSATION_CREATED, events.conversation_data(
+                conversation_id=session.conversation_id, visitor_id=session.visitor_id,
+                state=session.state, pool=session.pool))
+        except Unavailable:
+            # The row was written a moment ago, so this is rare; the chat goes on, the hook
+            # misses this one event (logged).
+            log.warning("conversation.created not emitted: database unavailable",
+                        extra={"conversation_id": session.conversation_id})
 
     async def _announce(self, session: VisitorSession, peer: Peer) -> None:
         try:

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from routernode.routing import anyone_online, choose_agent, fallback_due
-from tidedesk import logs, metrics
+from tidedesk import events, logs, metrics
 from tidedesk.broker import INBOUND_QUEUE, Broker, Envelope
 from tidedesk.delivery import deliver, publish_to
 from tidedesk.envelopes import (
@@ -138,8 +138,10 @@ class Router:
     def __init__(self, *, broker: Broker, store: Store, storage: Storage,
                  routing: RoutingConfig, max_waiting_per_pool: int = 500,
                  prefetch: int = 200, clock: Callable[[], float] = time.time,
-                 envelope_format: str = "binary") -> None:
+                 envelope_format: str = "binary",
+                 emit: events.Emitter = events.no_events) -> None:
         self.broker = broker
+        self.emit = emit  # webhook events (tidedesk/events.py), durable once it returns
         self.store = store
         self.storage = storage
         self.routing = routing
@@ -227,6 +229,10 @@ class Router:
         }
         await self.batcher.add(row)
         log.debug("message stored", extra={"seq": event.seq, "client_id": event.id})
+        await self.emit(events.MESSAGE_CREATED, events.message_data(
+            conversation_id=conv_id, seq=event.seq, message_id=event.id, sender=event.from_,
+            sender_id=event.sender_id, name=event.name, body=event.body, ts=event.ts,
+            private=event.private), event_id=events.message_event_id(conv_id, event.id))
         frame = MessageFrame(conversation_id=conv_id, seq=event.seq, id=event.id,
                              from_=event.from_, body=event.body, ts=event.ts, name=event.name,
                              private=event.private)
@@ -271,6 +277,9 @@ class Router:
         await self.storage.conversations.update(conv_id, state="closed")
         self._forget(conv_id)
         await self.storage.audit.record(event.by, "conversation.close", conv_id)
+        await self.emit(events.CONVERSATION_CLOSED, events.conversation_data(
+            conversation_id=conv_id, visitor_id=conv.visitor_id, state="closed",
+            pool=conv.pool, agent_id=owner or conv.agent_id))
         await self.deliver(f"visitor:{conv.visitor_id}", StateFrame(state="closed"))
         agent_id = owner or conv.agent_id
         if agent_id:
@@ -328,6 +337,8 @@ class Router:
             await self.storage.conversations.update(conv_id, state="offline", pool=pool)
             await self.storage.tickets.open(conv_id, visitor_id)
             self._forget(conv_id)
+            await self.emit(events.TICKET_CREATED, events.ticket_data(
+                conversation_id=conv_id, visitor_id=visitor_id, status="open"))
             await self.deliver(f"visitor:{visitor_id}", StateFrame(state="offline"))
             return
         await self.store.enqueue(pool, conv_id, vip, self.clock())
@@ -357,6 +368,9 @@ class Router:
                                                pool=pool)
         metrics.ASSIGNMENTS.labels(pool=pool).inc()
         self._sent_position.pop(conv_id, None)
+        await self.emit(events.CONVERSATION_ASSIGNED, events.conversation_data(
+            conversation_id=conv_id, visitor_id=visitor_id, state="assigned", pool=pool,
+            agent_id=agent_id))
         agent = await self.store.agent_get(agent_id)
         visitor = await self.storage.visitors.get(visitor_id)
         await self.deliver(f"visitor:{visitor_id}", VisitorAssignedFrame(

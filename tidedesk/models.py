@@ -59,6 +59,7 @@ class Visitor(_Base):
     tags = pw.CharField(max_length=255, default="")
     locale = pw.CharField(max_length=8, default="en")
     created_at = pw.DoubleField(default=now_ts)
+    site = pw.CharField(max_length=64, default="default", index=True)  # issue 16
 
     @property
     def tag_list(self) -> tuple[str, ...]:
@@ -73,6 +74,7 @@ class Conversation(_Base):
     agent_id = pw.CharField(max_length=32, null=True, index=True)
     created_at = pw.DoubleField(default=now_ts)
     updated_at = pw.DoubleField(default=now_ts)
+    site = pw.CharField(max_length=64, default="default", index=True)  # issue 16
 
 
 class Message(_Base):
@@ -123,13 +125,61 @@ class RevokedSignIn(_Base):
     revoked_at = pw.DoubleField(default=now_ts)
 
 
+class ApiToken(_Base):
+    """An integration's token (issue 16): only the SHA-256 of the token is kept."""
+
+    id = pw.CharField(max_length=32, primary_key=True)
+    name = pw.CharField(max_length=64)
+    scopes = pw.CharField(max_length=255)  # comma-separated, of tidedesk.auth.SCOPES
+    token_hash = pw.CharField(max_length=64, unique=True)
+    created_by = pw.CharField(max_length=120, default="")
+    created_at = pw.DoubleField(default=now_ts)
+    revoked_at = pw.DoubleField(null=True)
+
+
+class Webhook(_Base):
+    """A receiver of signed event POSTs (issue 16, tidedesk/events.py)."""
+
+    id = pw.CharField(max_length=32, primary_key=True)
+    url = pw.CharField(max_length=2048)
+    events = pw.CharField(max_length=512)  # comma-separated, of tidedesk.events.EVENTS
+    secret = pw.CharField(max_length=128)
+    created_by = pw.CharField(max_length=120, default="")
+    created_at = pw.DoubleField(default=now_ts)
+    # Set when a delivery gave up after the retry horizon; cleared by the next success.
+    failing_since = pw.DoubleField(null=True)
+    deleted = pw.BooleanField(default=False)
+
+
+class WebhookDelivery(_Base):
+    """One event for one hook: the durable outbox row and the delivery log at once."""
+
+    id = pw.CharField(max_length=32, primary_key=True)
+    hook_id = pw.CharField(max_length=32, index=True)
+    event_id = pw.CharField(max_length=32)
+    event = pw.CharField(max_length=64)
+    ts = pw.DoubleField()  # the event's time (receivers may order by it)
+    body = pw.TextField()  # the exact bytes POSTed (signed as they are)
+    status = pw.CharField(max_length=16, default="pending")  # pending | delivered | failed
+    attempts = pw.IntegerField(default=0)
+    next_at = pw.DoubleField(index=True)
+    last_code = pw.IntegerField(null=True)
+    last_latency_ms = pw.IntegerField(null=True)
+    last_error = pw.CharField(max_length=255, default="")
+    created_at = pw.DoubleField(default=now_ts)
+    updated_at = pw.DoubleField(default=now_ts)
+
+    class Meta:
+        indexes = ((("hook_id", "event_id"), True),)  # one delivery per event and hook
+
+
 class SchemaVersion(_Base):
     version = pw.IntegerField()
 
 
 MAIN_MODELS: tuple[type[_Base], ...] = (
     Agent, Visitor, Conversation, Ticket, CannedResponse, AuditLog, RevokedSignIn, SchemaVersion,
-    Message,
+    Message, ApiToken, Webhook, WebhookDelivery,
 )
 SHARD_MODELS: tuple[type[_Base], ...] = (Message, SchemaVersion)
 
@@ -216,6 +266,15 @@ def migrate(shard: Shard) -> int:
             _add_columns(db, "visitor", {"name_enc": pw.TextField(null=True),
                                          "phone_enc": pw.TextField(null=True)})
             _add_columns(db, "agent", {"totp_secret_enc": pw.TextField(null=True)})
+        if "Visitor" in shard.models:
+            # issue 16: the shop (site) a visitor and a conversation belong to.
+            for table in ("visitor", "conversation"):
+                _add_columns(db, table, {"site": pw.CharField(max_length=64,
+                                                              default="default")})
+                # The name peewee gives the index on a new table; both servers know IF NOT
+                # EXISTS, so an upgraded table gets the same index once.
+                db.execute_sql(  # type: ignore[no-untyped-call]
+                    f"CREATE INDEX IF NOT EXISTS {table}_site ON {table} (site)")
         if current < SCHEMA_VERSION:
             version_model.create(version=SCHEMA_VERSION)
         return SCHEMA_VERSION

@@ -22,6 +22,7 @@ from tidedesk.routing_rules import DEFAULT_RULES, RoutingConfig, RoutingConfigEr
 from tidedesk.settings import Settings, SettingsError
 from tidedesk.storage import Storage
 from tidedesk.store import MemoryStore, Store
+from tidedesk.webhooks import WebhookOutbox
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,11 @@ class Runtime:
         self.storage = Storage(settings.database_url, settings.db_pool_size,
                                cipher=FieldCipher(settings.aes_key, settings.aes_previous_keys),
                                encrypt_bodies=settings.encrypt_message_bodies)
+        # Webhook events: every role emits into it; the embedded process and routers also
+        # run its dispatcher (tidedesk/webhooks.py).
+        self.outbox = WebhookOutbox(self.storage,
+                                    allowed_networks=settings.webhook_allowed_networks,
+                                    per_url=settings.webhook_per_url_concurrency)
         self.node: ChatNode | None = None
         self.router: Router | None = None
         self.server: HTTPServer | None = None
@@ -101,11 +107,14 @@ class Runtime:
             self.router = Router(broker=self.broker, store=self.store, storage=self.storage,
                                  routing=self.routing,
                                  max_waiting_per_pool=self.settings.max_waiting_per_pool,
-                                 envelope_format=self.settings.envelope_format)
+                                 envelope_format=self.settings.envelope_format,
+                                 emit=self.outbox.emit)
             await self.router.start()
+            await self.outbox.start()
         if self.role in ("dev", "chatnode"):
             self.node = ChatNode(settings=self.settings, broker=self.broker, store=self.store,
-                                 storage=self.storage, routing=self.routing)
+                                 storage=self.storage, routing=self.routing,
+                                 outbox=self.outbox)
             await self.node.start()
             app = self.node.make_app()
         else:
@@ -127,6 +136,7 @@ class Runtime:
             self.server.stop()
         if self.router is not None:
             await self.router.stop()
+            await self.outbox.stop()
         await self.broker.stop_consuming()
         # Let the last acks and batches finish before the backends go.
         await asyncio.sleep(0.1)

@@ -3,7 +3,8 @@ façade the roles receive.
 
 - ``storage.agents`` (:mod:`.agents`), ``storage.visitors`` (:mod:`.visitors`),
   ``storage.conversations`` (:mod:`.conversations`), ``storage.messages`` (:mod:`.messages`),
-  ``storage.tickets``, ``storage.canned``, ``storage.audit``, ``storage.sign_ins``;
+  ``storage.tickets``, ``storage.canned``, ``storage.audit``, ``storage.sign_ins``,
+  ``storage.api_tokens``, ``storage.webhooks`` (deliveries too);
 - every repository returns frozen records (:mod:`.records`) or, for history, message frames
   (:class:`tidedesk.frames.MessageFrame`), never peewee rows;
 - they share one :class:`~.database.Database`: the shards, the thread pool, the circuit breaker
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 from tidedesk.crypto import FieldCipher
 from tidedesk.models import Shard
 from tidedesk.storage.agents import AgentRepository
+from tidedesk.storage.api_tokens import ApiTokenRepository
 from tidedesk.storage.audit import AuditRepository
 from tidedesk.storage.canned import CannedRepository
 from tidedesk.storage.conversations import ConversationRepository
@@ -27,6 +29,7 @@ from tidedesk.storage.rotation import rotate_key
 from tidedesk.storage.sign_ins import SignInRepository
 from tidedesk.storage.tickets import TicketRepository
 from tidedesk.storage.visitors import VisitorRepository
+from tidedesk.storage.webhooks import WebhookRepository
 
 __all__ = ["MAX_PAGE", "Storage", "new_id"]
 
@@ -49,6 +52,8 @@ class Storage:
         self.canned = CannedRepository(self.database)
         self.audit = AuditRepository(self.database)
         self.sign_ins = SignInRepository(self.database)
+        self.api_tokens = ApiTokenRepository(self.database)
+        self.webhooks = WebhookRepository(self.database)
 
     @property
     def cipher(self) -> FieldCipher | None:

@@ -96,6 +96,44 @@ class AuditEntry(_Record, frozen=True):
     detail: dict[str, Any]
 
 
+class ApiToken(_Record, frozen=True):
+    """An integration's token as listed (never the token itself: only its hash is stored)."""
+
+    id: str
+    name: str
+    scopes: tuple[str, ...]
+    created_by: str
+    created_at: float
+    revoked_at: float | None
+
+
+class Webhook(_Record, frozen=True):
+    id: str
+    url: str
+    events: tuple[str, ...]
+    secret: str
+    created_by: str
+    created_at: float
+    failing_since: float | None
+
+
+class WebhookDelivery(_Record, frozen=True):
+    id: str
+    hook_id: str
+    event_id: str
+    event: str
+    ts: float
+    body: str
+    status: str  # pending | delivered | failed
+    attempts: int
+    next_at: float
+    last_code: int | None
+    last_latency_ms: int | None
+    last_error: str
+    created_at: float
+    updated_at: float
+
+
 def as_dicts(records: Sequence[msgspec.Struct]) -> list[dict[str, Any]]:
     """Records as the JSON-ready mappings the REST API answers with."""
     out: list[dict[str, Any]] = msgspec.to_builtins(records)
