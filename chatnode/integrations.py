@@ -169,5 +169,5 @@ class Integrations:
                                f"{hook_id!r}")
         await self.storage.audit.record(principal.actor, "admin.webhook.resend", hook_id,
                                         {"delivery_id": delivery_id})
-        self.outbox.wake()
+        await self.outbox.resend(delivery_id)
         return {"id": delivery_id, "status": "pending"}

@@ -157,11 +157,11 @@ def test_webhooks_retry_are_signed_ordered_capped_and_never_slow_chats(tmp_path:
             hook = await _hook(http, admin, slow.url, ["message.created"])
             slow.secret = hook["secret"]
             _, conv_id, agent, visitor = await _chat(rt)
-            started = time.perf_counter()
             for i in range(6):
                 assert (await visitor.say(f"m{i}"))["type"] == "ack"
-            # Six messages acked while the slow receiver holds each POST for a second.
-            assert time.perf_counter() - started < 2.0
+            # Six messages acked while the slow receiver (a second a POST, two at a time)
+            # still has most of their events to take: chats do not wait for receivers.
+            assert len(slow.events()) < 6
             # The flaky one failed twice (attempt 1 and the first retry): move the clock past
             # the retry delays; the rest arrive.
             await wait_until_async("first attempts", lambda: flaky.attempts >= 2, 10)

@@ -89,9 +89,15 @@ class Runtime:
                                encrypt_bodies=settings.encrypt_message_bodies)
         # Webhook events: every role emits into it; the embedded process and routers also
         # run its dispatcher (tidedesk/webhooks.py).
+        queues = None
+        if settings.broker_url:
+            from tidedesk.webhook_queues import RabbitWebhookQueues
+
+            queues = RabbitWebhookQueues(settings.broker_url)
         self.outbox = WebhookOutbox(self.storage,
                                     allowed_networks=settings.webhook_allowed_networks,
-                                    per_url=settings.webhook_per_url_concurrency)
+                                    per_url=settings.webhook_per_url_concurrency,
+                                    queues=queues)
         self.node: ChatNode | None = None
         self.router: Router | None = None
         self.server: HTTPServer | None = None
@@ -136,7 +142,7 @@ class Runtime:
             self.server.stop()
         if self.router is not None:
             await self.router.stop()
-            await self.outbox.stop()
+        await self.outbox.stop()
         await self.broker.stop_consuming()
         # Let the last acks and batches finish before the backends go.
         await asyncio.sleep(0.1)

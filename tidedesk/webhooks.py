@@ -6,11 +6,14 @@
   dead receiver never slows a chat. When no hook wants the event it costs a dictionary lookup
   (the hook list is cached for :data:`HOOK_CACHE_SECS`; changes on another node are seen
   within that time, changes on this node at once).
-- :meth:`WebhookOutbox.start` runs the dispatcher (embedded process and routers): due rows are
-  claimed with a lease (several routers can poll one table), POSTed signed, at most
-  ``per_url`` at once per receiver, and recorded (status, code, latency). A failure is tried
-  again after :func:`tidedesk.events.retry_delay`; past the horizon the delivery fails and the
-  hook is marked failing until a delivery succeeds.
+- :meth:`WebhookOutbox.start` runs the dispatcher (embedded process and routers). Embedded,
+  it polls the table for due rows; in a cluster the due delivery ids travel through RabbitMQ
+  (``tidedesk/webhook_queues.py``: a work queue, and retry queues that dead-letter back to it
+  when a message's TTL runs out), with a sweeper for rows that never reached it. Either way a
+  row is claimed with a lease before it is sent (so a duplicate sends nothing twice), POSTed
+  signed, at most ``per_url`` at once per receiver, and recorded (status, code, latency). A
+  failure is tried again after :func:`tidedesk.events.retry_delay`; past the horizon the
+  delivery fails and the hook is marked failing until a delivery succeeds.
 - Receivers' addresses are checked where the connection is made: the resolver of the HTTP
   client returns only addresses :func:`tidedesk.events.address_allowed` accepts, so a name
   that resolves to a public address at creation and to 127.0.0.1 later (DNS rebinding) is
@@ -33,9 +36,11 @@ from tornado.netutil import DefaultLoopResolver, Resolver
 from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
 from tidedesk import events
+from tidedesk.errors import Unavailable
 from tidedesk.storage import Storage
 from tidedesk.storage.database import new_id
 from tidedesk.storage.records import Webhook, WebhookDelivery
+from tidedesk.webhook_queues import RabbitWebhookQueues, Tag
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,12 @@ POLL_SECS = 0.5
 # A claimed delivery is left alone by other dispatchers this long (longer than one attempt).
 LEASE_SECS = 60.0
 DUE_BATCH = 100
+# Cluster: how often a dispatcher looks for due rows that never reached RabbitMQ (a publish
+# failed, or a node died between the insert and the publish), and how overdue they must be
+# (well past the lease, so a row that is being sent is left alone).
+SWEEP_SECS = 30.0
+SWEEP_GRACE_SECS = LEASE_SECS + 30.0
+CLOCK_SKEW_SECS = 5.0
 
 
 class AddressRefused(OSError):
@@ -82,8 +93,13 @@ def receiver_key(url: str) -> str:
 
 class WebhookOutbox:
     def __init__(self, storage: Storage, *, allowed_networks: tuple[str, ...] = (),
-                 per_url: int = 4, clock: Callable[[], float] = time.time) -> None:
+                 per_url: int = 4, clock: Callable[[], float] = time.time,
+                 queues: RabbitWebhookQueues | None = None) -> None:
         self.storage = storage
+        # Cluster: due deliveries travel through RabbitMQ (tidedesk/webhook_queues.py);
+        # embedded (None): the dispatcher polls the table.
+        self.queues = queues
+        self._publisher_started = False
         self.allowed = events.parse_networks(allowed_networks)
         self.per_url = per_url
         self.clock = clock
@@ -120,16 +136,82 @@ class WebhookOutbox:
         now = self.clock()
         event_id = event_id or new_id()
         body = events.event_body(event, data, event_id=event_id, ts=now).decode()
-        await self.storage.webhooks.add_deliveries(hooks, event_id=event_id, event=event,
-                                                   ts=now, body=body, now=now)
+        ids = await self.storage.webhooks.add_deliveries(hooks, event_id=event_id,
+                                                         event=event, ts=now, body=body, now=now)
+        await self._queue_now(ids)
+        self._wake.set()
+
+    async def _queue_now(self, ids: list[str]) -> None:
+        """Cluster: put new due deliveries on the work queue. The rows are durable already;
+        one that could not be queued is found by the sweeper (:data:`SWEEP_SECS`)."""
+        if self.queues is None or not ids:
+            return
+        if not self._publisher_started:
+            self._publisher_started = True
+            await self.queues.start()
+        try:
+            for delivery_id in ids:
+                await self.queues.publish(delivery_id)
+        except Unavailable as exc:
+            log.warning("webhook deliveries not queued; the sweeper will",
+                        extra={"error": str(exc)})
+
+    async def resend(self, delivery_id: str) -> None:
+        """After the row was set due again ("send again"): deliver it soon."""
+        await self._queue_now([delivery_id])
         self._wake.set()
 
     # -- dispatching (embedded process and routers) -------------------------------------------
     async def start(self) -> None:
+        """Run the dispatcher: poll the table (embedded), or consume RabbitMQ's work queue
+        and sweep for rows that never reached it (cluster)."""
         self._client = SimpleAsyncHTTPClient(
             force_instance=True, max_clients=1000,
             resolver=CheckingResolver(allowed=lambda: self.allowed))
-        self._task = asyncio.create_task(self._loop())
+        if self.queues is None:
+            self._task = asyncio.create_task(self._loop())
+        else:
+            self._publisher_started = True
+            await self.queues.start(on_delivery=self._on_queued)
+            self._task = asyncio.create_task(self._sweep_loop())
+
+    def _on_queued(self, delivery_id: str, tag: Tag) -> None:
+        task = asyncio.create_task(self._queued_attempt(delivery_id, tag))
+        self._inflight[f"{delivery_id}:{tag}"] = task
+        task.add_done_callback(self._done(f"{delivery_id}:{tag}"))
+
+    async def _queued_attempt(self, delivery_id: str, tag: Tag) -> None:
+        """One message of the work queue: claim the row (a duplicate or a row already sent
+        claims nothing), send, and queue the retry before acknowledging."""
+        assert self.queues is not None
+        try:
+            now = self.clock()
+            # The message expires at the row's next_at; clocks of nodes differ a little.
+            if await self.storage.webhooks.claim(delivery_id, now + CLOCK_SKEW_SECS,
+                                                 LEASE_SECS):
+                delivery = await self.storage.webhooks.delivery(delivery_id)
+                if delivery is not None:
+                    due = await self._attempt(delivery)
+                    if due is not None:
+                        await self.queues.publish(delivery_id,
+                                                  events.retry_delay(delivery.attempts + 1))
+        except Exception as exc:
+            # Not acknowledged: RabbitMQ gives it again when this connection ends; the row's
+            # lease lets the sweeper send it otherwise.
+            log.warning("webhook delivery left for a retry", extra={"delivery": delivery_id,
+                                                                    "error": str(exc)})
+            return
+        self.queues.ack(tag)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_SECS)
+            try:
+                now = self.clock()
+                stale = await self.storage.webhooks.due(now - SWEEP_GRACE_SECS, DUE_BATCH)
+                await self._queue_now([d.id for d in stale])
+            except Exception as exc:
+                log.warning("webhook sweep failed", extra={"error": str(exc)})
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -143,6 +225,8 @@ class WebhookOutbox:
         if self._client is not None:
             self._client.close()
             self._client = None
+        if self.queues is not None:
+            await self.queues.close()
 
     def wake(self) -> None:
         self._wake.set()
@@ -164,7 +248,7 @@ class WebhookOutbox:
                 continue
             if not await self.storage.webhooks.claim(delivery.id, now, LEASE_SECS):
                 continue  # another dispatcher has it
-            task = asyncio.create_task(self._attempt(delivery))
+            task = asyncio.create_task(self._polled_attempt(delivery))
             self._inflight[delivery.id] = task
             task.add_done_callback(self._done(delivery.id))
 
@@ -174,14 +258,24 @@ class WebhookOutbox:
 
         return done
 
-    async def _attempt(self, delivery: WebhookDelivery) -> None:
+    async def _polled_attempt(self, delivery: WebhookDelivery) -> None:
+        due = await self._attempt(delivery)
+        if due is not None:
+            # Wake the loop when this retry comes due (it polls anyway; this keeps the delay
+            # exact when the loop would otherwise sleep through it).
+            delay = max(0.0, due - self.clock()) + 0.01
+            asyncio.get_running_loop().call_later(delay, self.wake)
+
+    async def _attempt(self, delivery: WebhookDelivery) -> float | None:
+        """POST one delivery and record the outcome; returns when to try again, or None
+        (delivered, given up, or the hook is gone)."""
         hook = await self.storage.webhooks.get(delivery.hook_id)
         if hook is None:
             await self.storage.webhooks.record_attempt(
                 delivery.id, status="failed", attempts=delivery.attempts,
                 next_at=delivery.next_at, code=None, latency_ms=None,
                 error="the webhook was deleted", now=self.clock())
-            return
+            return None
         cap = self._caps.setdefault(receiver_key(hook.url), asyncio.Semaphore(self.per_url))
         async with cap:
             code, latency_ms, error = await self._post(hook, delivery.body.encode())
@@ -194,7 +288,7 @@ class WebhookOutbox:
             if hook.failing_since is not None:
                 await self.storage.webhooks.set_failing(hook.id, None)
                 self.invalidate()
-            return
+            return None
         due = events.next_attempt(attempts, delivery.created_at, now)
         await self.storage.webhooks.record_attempt(
             delivery.id, status="pending" if due is not None else "failed", attempts=attempts,
@@ -205,10 +299,7 @@ class WebhookOutbox:
                         extra={"hook": hook.id, "delivery": delivery.id})
             await self.storage.webhooks.set_failing(hook.id, now)
             self.invalidate()
-        else:
-            # Wake the loop when this retry comes due (it polls anyway; this keeps the delay
-            # exact when the loop would otherwise sleep through it).
-            asyncio.get_running_loop().call_later(max(0.0, due - now) + 0.01, self.wake)
+        return due
 
     async def _post(self, hook: Webhook, body: bytes) -> tuple[int | None, int | None, str]:
         """(status code or None, latency in ms or None, error text) of one POST."""

@@ -57,7 +57,8 @@ class Receiver:
         finally:
             self.in_flight -= 1
 
-    def start(self) -> None:
+    def start(self, port: int = 0) -> None:
+        """Listen on ``port`` (0: a free one; the same one again after :meth:`stop`)."""
         receiver = self
 
         class Handler(tornado.web.RequestHandler):
@@ -68,7 +69,7 @@ class Receiver:
 
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("127.0.0.1", port))
         sock.listen(128)
         sock.setblocking(False)
         self.port = sock.getsockname()[1]

@@ -79,8 +79,8 @@ class WebhookRepository:
                 inserted = delivery.insert(
                     id=row_id, hook_id=hook.id, event_id=event_id, event=event, ts=ts,
                     body=body, next_at=now, created_at=now,
-                    updated_at=now).on_conflict_ignore().execute()
-                if inserted:
+                    updated_at=now).on_conflict_ignore().as_rowcount().execute()
+                if inserted:  # rows, not lastrowid: that is 0 on MySQL for a text key
                     ids.append(row_id)
             return ids
 
