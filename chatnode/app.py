@@ -96,7 +96,7 @@ class ChatNode:
                                 settings.refresh_token_ttl_s, settings.visitor_token_ttl_s),
             clock=clock, outbox=outbox or WebhookOutbox(
                 storage, allowed_networks=settings.webhook_allowed_networks,
-                per_url=settings.webhook_per_url_concurrency))
+                per_url=settings.webhook_per_url_concurrency), routing=routing)
         self.started = False
         self.draining = False
         self.inflight: set[asyncio.Future[Any]] = set()

@@ -63,7 +63,8 @@ class Conversations:
         if visitor is None:
             raise ServiceError(401, "invalid_token", "unknown visitor; create a new one with "
                                "POST /api/v1/visitors")
-        conv, created = await self.storage.conversations.current_for_visitor(visitor_id)
+        conv, created = await self.storage.conversations.current_for_visitor(visitor_id,
+                                                                             visitor.site)
         if created:
             await self.store.seed_seq(conv.id, 0)
         return VisitorSession(visitor_id, conv.id, conv.state, conv.pool, visitor.locale,

@@ -369,3 +369,32 @@ class WebhookResendHandler(JsonHandler):
         assert self.principal is not None
         self.write_json(await self.service.integrations.resend(self.principal, hook_id,
                                                                self.json_body()))
+
+
+class SitesHandler(JsonHandler):
+    async def get(self) -> None:
+        self.write_json({"sites": await self.service.sites.list()})
+
+
+class SiteHandler(JsonHandler):
+    async def get(self, site: str) -> None:
+        self.write_json(await self.service.sites.get(site))
+
+    async def put(self, site: str) -> None:
+        assert self.principal is not None
+        self.write_json(await self.service.sites.put(self.principal, site, self.json_body()))
+
+    async def delete(self, site: str) -> None:
+        assert self.principal is not None
+        self.write_json(await self.service.sites.delete(self.principal, site))
+
+
+class WidgetConfigHandler(JsonHandler):
+    # Public and the same for every visitor of a site: caches may keep it briefly, so a
+    # busy shop page does not ask on every load; a change shows within this time.
+    CACHE_SECS = 30
+
+    async def get(self, site: str) -> None:
+        config = await self.service.sites.widget_config(site)
+        self.set_header("Cache-Control", f"public, max-age={self.CACHE_SECS}")
+        self.write_json(config)

@@ -35,11 +35,13 @@ from chatnode.schemas import (
     OBJECT,
     POST_MESSAGE,
     POSTED,
+    SITE_SETTINGS,
     TOKEN_BODY,
     TOKEN_CREATED,
     TOKENS,
     WEBHOOK_BODY,
     WEBHOOK_CREATED,
+    WIDGET_CONFIG,
     error_responses,
     json_content,
     json_response,
@@ -50,6 +52,7 @@ CONVERSATION_ID = "[0-9a-f]{1,32}"
 AGENT_ID = "[0-9]{1,18}"
 # API tokens, webhooks: uuid4 hex (shorter accepted, so a wrong id is a clear 404).
 HEX_ID = "[0-9a-f]{1,32}"
+SITE = "[a-z0-9][a-z0-9_-]{0,63}"
 _PARAM = re.compile(r"\{(\w+)\}")
 
 
@@ -111,7 +114,8 @@ _VISITOR_BODY = json_content({
         "phone": {"type": "string", "pattern": "^\\+?[0-9 ().\\-]{3,32}$"},
         "tags": {"type": "array", "maxItems": 20,
                  "items": {"type": "string", "pattern": "^[a-z0-9_-]{1,32}$"}},
-        "locale": {"enum": ["en", "zh-CN"]}}})
+        "locale": {"enum": ["en", "zh-CN"]},
+        "site": {"type": "string", "pattern": f"^{SITE}$", "default": "default"}}})
 _VISITOR_CREATED = json_response({"type": "object", "required": ["visitor_id", "token"],
                                   "properties": {"visitor_id": {"type": "string"},
                                                  "token": {"type": "string"}}}, "created")
@@ -255,6 +259,28 @@ ROUTES: tuple[Route, ...] = (
               json_content({"type": "object", "required": ["delivery_id"], "properties": {
                   "delivery_id": {"type": "string"}}}),
               parameters=(_id_param(HEX_ID),))),
+    Route("/api/v1/sites", http.SitesHandler, get=Operation(
+        ADMIN_OR_TOKEN, "the sites (shops) of this installation",
+        {"200": json_response(OBJECT, "sites"), **error_responses(401, 403)})),
+    Route("/api/v1/sites/{id}", http.SiteHandler, params={"id": SITE}, get=Operation(
+        ADMIN_OR_TOKEN, "a site's settings: widget, hours, routing",
+        {"200": json_response(SITE_SETTINGS, "site"), **error_responses(400, 401, 403, 404)},
+        parameters=(_id_param(SITE),)),
+          put=Operation(
+        ADMIN_OR_TOKEN, "create or change a site (any subset of the fields; the others keep "
+                        "their values). `routing` may be the routing file's YAML as a string",
+        {"200": json_response(SITE_SETTINGS, "saved"), **error_responses(400, 401, 403)},
+        json_content(SITE_SETTINGS), parameters=(_id_param(SITE),)),
+          delete=Operation(
+        ADMIN_OR_TOKEN, "delete a site: its widget then shows \"chat unavailable\"",
+        {"200": json_response(OBJECT, "deleted"), **error_responses(400, 401, 403, 404)},
+        parameters=(_id_param(SITE),))),
+    Route("/api/v1/sites/{id}/widget-config", http.WidgetConfigHandler, params={"id": SITE},
+          get=Operation(
+              PUBLIC, "what the site's widget shows (public, cacheable for 30 s); 404 "
+                      "`site_unavailable` for an unknown or deleted site",
+              {"200": json_response(WIDGET_CONFIG, "config"), **error_responses(400, 404)},
+              parameters=(_id_param(SITE),))),
     # Sockets: the token opens one of them, then chatnode.access.WS decides per frame.
     Route("/ws/visitor", websockets.VisitorSocket),
     Route("/ws/agent", websockets.AgentSocket),

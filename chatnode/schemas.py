@@ -95,5 +95,33 @@ DELIVERY = {"type": "object", "properties": {
     "code": {"type": ["integer", "null"]}, "latency_ms": {"type": ["integer", "null"]},
     "error": {"type": "string"}, "created_at": {"type": "number"},
     "updated_at": {"type": "number"}}}
+_HOURS = {"type": ["object", "null"], "properties": {
+    "timezone": {"type": "string", "description": "IANA name, e.g. Europe/Berlin"},
+    "days": {"type": "array", "items": {"enum": ["mon", "tue", "wed", "thu", "fri", "sat",
+                                                 "sun"]}},
+    "open": {"type": "string", "pattern": "^[0-9]{1,2}:[0-9]{2}$"},
+    "close": {"type": "string", "pattern": "^[0-9]{1,2}:[0-9]{2}$"},
+    "holidays": {"type": "array", "items": {"type": "string", "format": "date"}}}}
+_PRECHAT = {"type": "array", "maxItems": 10, "items": {"type": "object", "properties": {
+    "name": {"type": "string", "pattern": "^[a-z0-9_]{1,32}$"}, "label": {"type": "string"},
+    "type": {"enum": ["text", "email", "phone"]}, "required": {"type": "boolean"}}}}
+SITE_SETTINGS = {"type": "object", "additionalProperties": False, "properties": {
+    "site": {"type": "string", "readOnly": True},
+    "name": {"type": "string", "maxLength": 120},
+    "color": {"type": "string", "pattern": "^#([0-9a-fA-F]{3}|[0-9a-fA-F]{6})$"},
+    "position": {"enum": ["bottom-right", "bottom-left"]},
+    "greeting": {"type": "string", "maxLength": 500},
+    "offline_message": {"type": "string", "maxLength": 500},
+    "prechat_fields": _PRECHAT,
+    "languages": {"type": "array", "items": {"enum": ["en", "zh-CN"]}},
+    "business_hours": _HOURS,
+    "routing": {"type": ["object", "string", "null"],
+                "description": "the routing file's rules and vip_tags (mapping or YAML)"}}}
+WIDGET_CONFIG = {"type": "object", "properties": {
+    "site": {"type": "string"}, "name": {"type": "string"}, "color": {"type": "string"},
+    "position": {"type": "string"}, "greeting": {"type": "string"},
+    "offline_message": {"type": "string"}, "prechat_fields": _PRECHAT,
+    "languages": {"type": "array", "items": {"type": "string"}},
+    "open": {"type": "boolean", "description": "inside business hours now"}}}
 # What components/schemas names; operations refer to them as {"$ref": ...}.
 NAMED = {"Error": ERROR, "Message": MESSAGE, "Tokens": TOKENS, "Agent": AGENT}

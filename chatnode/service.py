@@ -26,6 +26,7 @@ from chatnode.conversations import MAX_SEQ, Conversations, relay_frame
 from chatnode.errors import ServiceError
 from chatnode.integrations import Integrations
 from chatnode.queries import audit_action, bounded_int
+from chatnode.site_admin import SiteAdmin
 from tidedesk import events, logs, metrics, wire
 from tidedesk.auth import Principal, TokenService
 from tidedesk.broker import INBOUND_QUEUE, Broker, BrokerUnavailable
@@ -41,8 +42,9 @@ from tidedesk.frames import AckFrame, PongFrame, Sender, frame_dict, frame_dicts
 from tidedesk.i18n import LOCALES
 from tidedesk.ratelimit import RateLimiter
 from tidedesk.resume import plan_resume, reseed_floor
-from tidedesk.routing_rules import RoutingConfig
+from tidedesk.routing_rules import DEFAULT_RULES, RoutingConfig, parse_rules
 from tidedesk.settings import Settings
+from tidedesk.site_directory import SiteDirectory
 from tidedesk.storage import Storage
 from tidedesk.storage.records import as_dicts
 from tidedesk.store import Store
@@ -77,7 +79,8 @@ class PendingMessage:
 class ChatService:
     def __init__(self, *, settings: Settings, broker: Broker, store: Store, storage: Storage,
                  tokens: TokenService, clock: Callable[[], float] = time.time,
-                 outbox: WebhookOutbox | None = None) -> None:
+                 outbox: WebhookOutbox | None = None,
+                 routing: RoutingConfig | None = None) -> None:
         self.settings = settings
         self.broker = broker
         self.store = store
@@ -92,6 +95,8 @@ class ChatService:
         self.outbox = outbox or WebhookOutbox(storage)
         self.integrations = Integrations(settings=settings, storage=storage,
                                          outbox=self.outbox, clock=clock)
+        self.sites = SiteAdmin(storage=storage, directory=SiteDirectory(
+            storage, routing or parse_rules(DEFAULT_RULES)), clock=clock)
 
     # -- authentication (chatnode/accounts.py) ------------------------------------------------
     def principal(self, token: str | None, expected: str) -> Principal:
@@ -102,7 +107,7 @@ class ChatService:
 
     # -- visitors --------------------------------------------------------------------------------
     async def create_visitor(self, body: dict[str, Any]) -> dict[str, str]:
-        allowed = {"name", "email", "phone", "tags", "locale"}
+        allowed = {"name", "email", "phone", "tags", "locale", "site"}
         unknown = set(body) - allowed
         if unknown:
             raise ServiceError(400, "invalid_body", f"unknown field(s) {', '.join(sorted(unknown))}"
@@ -128,9 +133,13 @@ class ChatService:
         if locale not in LOCALES:
             raise ServiceError(400, "invalid_field", f"'locale' must be one of "
                                f"{', '.join(LOCALES)}")
+        site = body.get("site", "default")
+        if not isinstance(site, str):
+            raise ServiceError(400, "invalid_field", "'site' must be a site name")
+        site = await self.sites.check_known(site)
         visitor_id = await self.storage.visitors.create(name=name.strip(), email=email,
                                                        phone=phone, tags=sorted(set(tags)),
-                                                       locale=locale)
+                                                       locale=locale, site=site)
         return {"visitor_id": visitor_id, "token": self.tokens.visitor_token(visitor_id)}
 
     # -- messages ----------------------------------------------------------------------------

@@ -56,6 +56,7 @@ from tidedesk.frames import (
     visitor_summary,
 )
 from tidedesk.routing_rules import RoutingConfig
+from tidedesk.site_directory import SiteDirectory
 from tidedesk.storage import Storage
 from tidedesk.store import Store
 
@@ -145,6 +146,7 @@ class Router:
         self.store = store
         self.storage = storage
         self.routing = routing
+        self.sites = SiteDirectory(storage, routing)  # each site's rules and hours
         self.max_waiting_per_pool = max_waiting_per_pool
         self.prefetch = prefetch
         self.clock = clock
@@ -248,9 +250,11 @@ class Router:
         self._visitor_of[conv_id] = visitor_id
         if await self.store.owner(conv_id) is not None:
             return  # redelivered: already routed
-        rule = self.routing.rule_for(tags)
-        await self.route(conv_id, visitor_id, rule.pool, vip=self.routing.is_vip(tags),
-                         fallback=rule.fallback)
+        conv = await self.storage.conversations.get(conv_id)
+        routing = await self.sites.routing(conv.site if conv is not None else "default")
+        rule = routing.rule_for(tags)
+        await self.route(conv_id, visitor_id, rule.pool, vip=routing.is_vip(tags),
+                         fallback=rule.fallback, routing=routing)
 
     async def on_agent_status(self, event: AgentStatusEvent) -> None:
         agent_id = event.agent_id
@@ -325,15 +329,17 @@ class Router:
 
     # -- routing -----------------------------------------------------------------------------
     async def route(self, conv_id: str, visitor_id: str, pool: str, *, vip: bool,
-                    fallback: str | None) -> None:
-        """Assign now, else queue (with the busy answer past the limit), else offline ticket."""
+                    fallback: str | None, routing: RoutingConfig | None = None) -> None:
+        """Assign now, else queue (with the busy answer past the limit), else offline ticket.
+        ``routing`` gives the business hours (the conversation's site's; else the
+        installation's)."""
         self._visitor_of[conv_id] = visitor_id
         if await self._try_assign(conv_id, visitor_id, pool):
             return
         agents = await self.store.agents_in_pool(pool)
         if fallback is not None:
             agents += await self.store.agents_in_pool(fallback)
-        if not anyone_online(agents) or not self.routing.is_open(self.clock()):
+        if not anyone_online(agents) or not (routing or self.routing).is_open(self.clock()):
             await self.storage.conversations.update(conv_id, state="offline", pool=pool)
             await self.storage.tickets.open(conv_id, visitor_id)
             self._forget(conv_id)
@@ -442,7 +448,7 @@ class Router:
     async def tick(self) -> None:
         """Move chats that waited too long to their fallback pool, then drain every pool."""
         now = self.clock()
-        for pool in self.routing.pools:
+        for pool in dict.fromkeys((*self.routing.pools, *self.sites.pools())):
             rule = self.routing.rule_for_pool(pool)
             waiting = await self.store.waiting(pool)
             # Every router reports the shared queue's length each tick (dashboards take max()),

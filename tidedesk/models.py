@@ -29,6 +29,13 @@ class _Base(pw.Model):
     pass
 
 
+def site_field(*, index: bool = True) -> pw.CharField:
+    """The shop a visitor or conversation belongs to (issue 16). The default is in the table
+    too, so a process of the previous version (a rolling upgrade) can still insert rows."""
+    return pw.CharField(max_length=64, default="default", index=index,
+                        constraints=[pw.SQL("DEFAULT 'default'")])
+
+
 class Agent(_Base):
     email = pw.CharField(max_length=254, unique=True)
     name = pw.CharField(max_length=120)
@@ -59,7 +66,7 @@ class Visitor(_Base):
     tags = pw.CharField(max_length=255, default="")
     locale = pw.CharField(max_length=8, default="en")
     created_at = pw.DoubleField(default=now_ts)
-    site = pw.CharField(max_length=64, default="default", index=True)  # issue 16
+    site = site_field()  # issue 16
 
     @property
     def tag_list(self) -> tuple[str, ...]:
@@ -74,7 +81,7 @@ class Conversation(_Base):
     agent_id = pw.CharField(max_length=32, null=True, index=True)
     created_at = pw.DoubleField(default=now_ts)
     updated_at = pw.DoubleField(default=now_ts)
-    site = pw.CharField(max_length=64, default="default", index=True)  # issue 16
+    site = site_field()  # issue 16
 
 
 class Message(_Base):
@@ -173,13 +180,23 @@ class WebhookDelivery(_Base):
         indexes = ((("hook_id", "event_id"), True),)  # one delivery per event and hook
 
 
+class Site(_Base):
+    """A shop on this installation (issue 16): widget settings, hours and routing, one JSON
+    object checked by tidedesk/sites.py."""
+
+    name = pw.CharField(max_length=64, primary_key=True)
+    settings = pw.TextField(default="{}")
+    deleted = pw.BooleanField(default=False)
+    updated_at = pw.DoubleField(default=now_ts)
+
+
 class SchemaVersion(_Base):
     version = pw.IntegerField()
 
 
 MAIN_MODELS: tuple[type[_Base], ...] = (
     Agent, Visitor, Conversation, Ticket, CannedResponse, AuditLog, RevokedSignIn, SchemaVersion,
-    Message, ApiToken, Webhook, WebhookDelivery,
+    Message, ApiToken, Webhook, WebhookDelivery, Site,
 )
 SHARD_MODELS: tuple[type[_Base], ...] = (Message, SchemaVersion)
 
@@ -253,10 +270,23 @@ def _add_columns(db: pw.Database, table: str, columns: dict[str, pw.Field]) -> N
                      for name, field in columns.items() if name not in present))
 
 
+def _add_site_columns(db: pw.Database) -> None:
+    """issue 16: the shop (site) a visitor and a conversation belong to. Added before
+    ``create_tables``, which creates the index on it (SQLite would index the string 'site'
+    if the column were missing). Plain SQL, not the migrator: its NOT NULL step rewrites
+    SQLite's schema table, which breaks a database in WAL mode; both servers take this."""
+    for table in ("visitor", "conversation"):
+        if db.table_exists(table) and "site" not in {c.name for c in db.get_columns(table)}:
+            db.execute_sql(  # type: ignore[no-untyped-call]
+                f"ALTER TABLE {table} ADD COLUMN site VARCHAR(64) NOT NULL DEFAULT 'default'")
+
+
 def migrate(shard: Shard) -> int:
     """Create or upgrade the schema of one shard; returns the schema version now in place."""
     db = shard.db
     with db.connection_context():
+        if "Visitor" in shard.models:
+            _add_site_columns(db)
         db.create_tables(list(shard.models.values()), safe=True)
         version_model: Any = shard.models["SchemaVersion"]
         row = version_model.select().order_by(version_model.version.desc()).first()
@@ -266,15 +296,6 @@ def migrate(shard: Shard) -> int:
             _add_columns(db, "visitor", {"name_enc": pw.TextField(null=True),
                                          "phone_enc": pw.TextField(null=True)})
             _add_columns(db, "agent", {"totp_secret_enc": pw.TextField(null=True)})
-        if "Visitor" in shard.models:
-            # issue 16: the shop (site) a visitor and a conversation belong to.
-            for table in ("visitor", "conversation"):
-                _add_columns(db, table, {"site": pw.CharField(max_length=64,
-                                                              default="default")})
-                # The name peewee gives the index on a new table; both servers know IF NOT
-                # EXISTS, so an upgraded table gets the same index once.
-                db.execute_sql(  # type: ignore[no-untyped-call]
-                    f"CREATE INDEX IF NOT EXISTS {table}_site ON {table} (site)")
         if current < SCHEMA_VERSION:
             version_model.create(version=SCHEMA_VERSION)
         return SCHEMA_VERSION

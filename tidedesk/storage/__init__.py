@@ -4,7 +4,7 @@ façade the roles receive.
 - ``storage.agents`` (:mod:`.agents`), ``storage.visitors`` (:mod:`.visitors`),
   ``storage.conversations`` (:mod:`.conversations`), ``storage.messages`` (:mod:`.messages`),
   ``storage.tickets``, ``storage.canned``, ``storage.audit``, ``storage.sign_ins``,
-  ``storage.api_tokens``, ``storage.webhooks`` (deliveries too);
+  ``storage.api_tokens``, ``storage.webhooks`` (deliveries too), ``storage.sites``;
 - every repository returns frozen records (:mod:`.records`) or, for history, message frames
   (:class:`tidedesk.frames.MessageFrame`), never peewee rows;
 - they share one :class:`~.database.Database`: the shards, the thread pool, the circuit breaker
@@ -27,6 +27,7 @@ from tidedesk.storage.database import MAX_PAGE, Database, new_id
 from tidedesk.storage.messages import MessageRepository
 from tidedesk.storage.rotation import rotate_key
 from tidedesk.storage.sign_ins import SignInRepository
+from tidedesk.storage.sites import SiteRepository
 from tidedesk.storage.tickets import TicketRepository
 from tidedesk.storage.visitors import VisitorRepository
 from tidedesk.storage.webhooks import WebhookRepository
@@ -54,6 +55,7 @@ class Storage:
         self.sign_ins = SignInRepository(self.database)
         self.api_tokens = ApiTokenRepository(self.database)
         self.webhooks = WebhookRepository(self.database)
+        self.sites = SiteRepository(self.database)
 
     @property
     def cipher(self) -> FieldCipher | None:

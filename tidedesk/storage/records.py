@@ -47,6 +47,7 @@ class Visitor(_Record, frozen=True):
     tags: str  # comma-separated, as stored
     locale: str
     created_at: float
+    site: str = "default"
 
     @property
     def tag_list(self) -> tuple[str, ...]:
@@ -61,6 +62,7 @@ class Conversation(_Record, frozen=True):
     agent_id: str | None
     created_at: float
     updated_at: float
+    site: str = "default"
 
 
 class QueuedConversation(_Record, frozen=True):
