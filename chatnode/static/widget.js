@@ -10,6 +10,9 @@
  *   data-name, data-email       visitor details a signed-in shop already knows
  *   data-tags   comma-separated routing tags, e.g. "vip"
  *   data-open   "true" opens the panel on load
+ *   data-site   the shop (site) this page belongs to (default: "default"); its colour,
+ *               position, greeting and offline text come from GET /api/v1/sites/{site}/
+ *               widget-config. An unknown or deleted site shows a quiet "chat unavailable".
  *
  * Delivery rules (see docs/ui.md): messages are kept by seq and rendered in seq order; a seq seen
  * twice is dropped; a hole in the seqs is asked for with `resume`; after every (re)connect the
@@ -31,7 +34,10 @@
   var ds = (script && script.dataset) || {};
   var ORIGIN = new URL((script && script.src) || location.href, location.href).origin;
   var WS_ORIGIN = ORIGIN.replace(/^http/, "ws");
-  var KEY = "tidedesk:" + ORIGIN + ":";
+  var SITE = ds.site || "default";
+  // Each site keeps its own visitor (the default site keeps the key it always had).
+  var KEY = "tidedesk:" + ORIGIN + ":" + (SITE === "default" ? "" : SITE + ":");
+  var SITE_CONFIG = { color: null, position: "bottom-right", greeting: "", offline_message: "" };
 
   var ARCHIVE_MAX = 100; // earlier conversations' messages kept on screen after a new one starts
   var TYPING_RESEND_MS = 3000; // keep "typing on" alive without flooding the rate limit
@@ -78,6 +84,7 @@
       error: "Something went wrong: {m}",
       unread: "{n} unread",
       newConversation: "New conversation",
+      unavailable: "Chat is not available right now.",
       seen: "Seen",
     },
     "zh-CN": {
@@ -118,6 +125,7 @@
       error: "出错了：{m}",
       unread: "{n} 条未读",
       newConversation: "新的对话",
+      unavailable: "在线客服暂不可用。",
       seen: "已读",
     },
   };
@@ -246,7 +254,7 @@
     ".offline .send{height:38px}",
     ".sr{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0)}",
     "@media (max-width:480px){.launcher.open{display:none}.panel{position:fixed;inset:0;width:auto;height:auto;max-height:none;border-radius:0}}",
-  ].join("");
+  ].join("").replace(/#0f766e/g, "var(--td-accent,#0f766e)");
 
   var host = h("tidedesk-widget", { id: "tidedesk-widget", "data-tidedesk": "widget" });
   // Inline !important beats any page rule that could move or hide the host. Set through the
@@ -351,7 +359,7 @@
     ui.input.setAttribute("aria-label", t("placeholder"));
     ui.sendBtn.textContent = t("send");
     ui.offTitle.textContent = t("offlineTitle");
-    ui.offIntro.textContent = t("offlineIntro");
+    ui.offIntro.textContent = SITE_CONFIG.offline_message || t("offlineIntro");
     ui.offNameL.textContent = t("name");
     ui.offEmailL.textContent = t("email");
     ui.offMsgL.textContent = t("message");
@@ -368,6 +376,13 @@
     host.setAttribute("data-conn", conn);
     host.setAttribute("data-state", S.convState || "");
     var sub;
+    if (S.unavailable) {
+      ui.subText.textContent = t("unavailable");
+      ui.banner.hidden = true;
+      ui.offline.hidden = true;
+      ui.composer.hidden = true;
+      return;
+    }
     if (conn === "offline") sub = t("offlineNet");
     else if (conn !== "online") sub = t("connecting");
     else if (S.convState === "assigned" && S.agentName) sub = t("assignedShort", { name: S.agentName });
@@ -406,7 +421,11 @@
     var log = ui.log;
     var nearBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 60;
     log.textContent = "";
-    log.appendChild(h("div", { class: "note", text: t("welcome") }));
+    if (S.unavailable) {
+      log.appendChild(h("div", { class: "note", "data-testid": "td-unavailable", text: t("unavailable") }));
+      return;
+    }
+    log.appendChild(h("div", { class: "note", text: SITE_CONFIG.greeting || t("welcome") }));
     var lastWho = null;
     if (S.archive.length) {
       S.archive.forEach(function (m) { lastWho = appendMsg(m, false, lastWho, true); });
@@ -505,7 +524,9 @@
   function ensureVisitor() {
     if (S.token) return Promise.resolve(S.token);
     if (creatingVisitor) return creatingVisitor;
+    if (S.unavailable) return Promise.reject(new Error(t("unavailable")));
     var body = { locale: S.lang };
+    if (SITE !== "default") body.site = SITE;
     if (ds.name) body.name = ds.name;
     if (ds.email) body.email = ds.email;
     if (ds.tags) body.tags = ds.tags.split(",").map(function (x) { return x.trim(); }).filter(Boolean);
@@ -712,7 +733,7 @@
     ui.launcher.setAttribute("aria-label", S.open ? t("close") : t("launcher"));
     if (S.open) {
       markRead();
-      if (link.isIdle()) link.connect();
+      if (link.isIdle() && !S.unavailable) link.connect();
       scheduleRead();
       renderLog();
       ui.log.scrollTop = ui.log.scrollHeight;
@@ -727,6 +748,34 @@
     renderChrome();
   }
 
+  // ---- the site's branding ----
+  function applySiteConfig(cfg) {
+    SITE_CONFIG = cfg;
+    if (cfg.color) host.style.setProperty("--td-accent", cfg.color);
+    var left = cfg.position === "bottom-left";
+    host.style.setProperty("right", left ? "auto" : "20px", "important");
+    host.style.setProperty("left", left ? "20px" : "auto", "important");
+    host.setAttribute("data-position", left ? "bottom-left" : "bottom-right");
+    renderChrome();
+  }
+
+  function loadSiteConfig() {
+    fetch(ORIGIN + "/api/v1/sites/" + encodeURIComponent(SITE) + "/widget-config").then(function (r) {
+      if (r.status === 404) {
+        // Deleted or unknown site: say so quietly; never open a socket for it.
+        S.unavailable = true;
+        host.setAttribute("data-unavailable", "true");
+        link.drop();
+        link.cancelRetry();
+        renderChrome();
+        return null;
+      }
+      return r.ok ? r.json() : null;
+    }).then(function (cfg) { if (cfg) applySiteConfig(cfg); }).catch(function () {
+      /* network trouble: the built-in look stays; the link reports the connection */
+    });
+  }
+
   // ---- start ----
   function start() {
     build();
@@ -736,9 +785,10 @@
     } catch (e) { outbox.items = []; }
     renderChrome();
     setOpen(S.open);
+    loadSiteConfig();
     // A returning visitor reconnects at once so agent replies arrive even with the panel closed;
     // a new one gets a session only when they open the panel (no empty chats for every page view).
-    if (S.token) link.connect();
+    if (S.token && !S.unavailable) link.connect();
     window.addEventListener("offline", function () { link.goOffline(); });
     window.addEventListener("online", function () { if (S.token || S.open) link.reconnectNow(); else link.setConn("idle"); });
     document.addEventListener("visibilitychange", function () { if (!document.hidden) { scheduleRead(); renderStatus(); } });
