@@ -310,7 +310,23 @@ class AgentRoleHandler(JsonHandler):
 
 class CannedHandler(JsonHandler):
     async def get(self) -> None:
-        self.write_json({"canned": await self.service.canned()})
+        assert self.principal is not None
+        self.write_json({"canned": await self.service.canned.visible(self.principal)})
+
+    async def post(self) -> None:
+        assert self.principal is not None
+        self.write_json(await self.service.canned.create(self.principal, self.json_body()), 201)
+
+
+class CannedItemHandler(JsonHandler):
+    async def put(self, canned_id: str) -> None:
+        assert self.principal is not None
+        self.write_json(await self.service.canned.update(self.principal, canned_id,
+                                                         self.json_body()))
+
+    async def delete(self, canned_id: str) -> None:
+        assert self.principal is not None
+        self.write_json(await self.service.canned.delete(self.principal, canned_id))
 
 
 class SupervisorHandler(JsonHandler):

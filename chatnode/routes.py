@@ -30,6 +30,8 @@ from chatnode.access import ADMIN_OR_TOKEN, ADMINS, AGENTS, PUBLIC, SUPERVISORS,
 from chatnode.schemas import (
     AGENT,
     AUDIT_ENTRY,
+    CANNED,
+    CANNED_BODY,
     CODE_BODY,
     DELIVERY,
     OBJECT,
@@ -206,8 +208,23 @@ ROUTES: tuple[Route, ...] = (
                   "role": {"enum": ["agent", "supervisor", "admin"]}}}),
               parameters=(_id_param(AGENT_ID),))),
     Route("/api/v1/canned", http.CannedHandler, get=Operation(
-        AGENTS, "canned responses",
-        {"200": json_response(OBJECT, "canned"), **error_responses(401)})),
+        AGENTS, "canned responses: the shared ones and the caller's own (`personal`)",
+        {"200": json_response(OBJECT, "canned"), **error_responses(401)}),
+          post=Operation(
+        AGENTS, "add a canned response: shared (admin) or `personal` (any agent, their own); "
+                "a taken shortcut or an unknown {{variable}} is a 400",
+        {"201": json_response(CANNED, "created"), **error_responses(400, 401, 403)},
+        json_content(CANNED_BODY))),
+    Route("/api/v1/canned/{id}", http.CannedItemHandler, params={"id": AGENT_ID},
+          put=Operation(
+              AGENTS, "change a canned response (shared: admin; personal: its owner)",
+              {"200": json_response(CANNED, "changed"),
+               **error_responses(400, 401, 403, 404)},
+              json_content(CANNED_BODY), parameters=(_id_param(AGENT_ID),)),
+          delete=Operation(
+              AGENTS, "delete a canned response (shared: admin; personal: its owner)",
+              {"200": json_response(OBJECT, "deleted"), **error_responses(401, 403, 404)},
+              parameters=(_id_param(AGENT_ID),))),
     Route("/api/v1/supervisor/overview", http.SupervisorHandler, get=Operation(
         SUPERVISORS, "agents, waiting queues per pool, live counts (supervisor/admin)",
         {"200": json_response(OBJECT, "overview"), **error_responses(401, 403)})),

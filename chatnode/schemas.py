@@ -123,5 +123,13 @@ WIDGET_CONFIG = {"type": "object", "properties": {
     "offline_message": {"type": "string"}, "prechat_fields": _PRECHAT,
     "languages": {"type": "array", "items": {"type": "string"}},
     "open": {"type": "boolean", "description": "inside business hours now"}}}
+CANNED_BODY = {"type": "object", "additionalProperties": False, "properties": {
+    "shortcut": {"type": "string", "pattern": "^/?[a-z0-9_-]{1,32}$"},
+    "body": {"type": "string", "maxLength": 2000,
+             "description": "may hold {{visitor.name}}, {{visitor.email}}, {{agent.name}}"},
+    "personal": {"type": "boolean", "description": "POST only: the caller's own"}}}
+CANNED = {"type": "object", "properties": {
+    "id": {"type": "integer"}, "shortcut": {"type": "string"}, "body": {"type": "string"},
+    "personal": {"type": "boolean"}}}
 # What components/schemas names; operations refer to them as {"$ref": ...}.
 NAMED = {"Error": ERROR, "Message": MESSAGE, "Tokens": TOKENS, "Agent": AGENT}

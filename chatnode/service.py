@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from chatnode.accounts import Accounts
+from chatnode.canned import CannedResponses
 from chatnode.connections import ConnectionState, Peer, VisitorSession
 from chatnode.conversations import MAX_SEQ, Conversations, relay_frame
 from chatnode.errors import ServiceError
@@ -95,6 +96,7 @@ class ChatService:
         self.outbox = outbox or WebhookOutbox(storage)
         self.integrations = Integrations(settings=settings, storage=storage,
                                          outbox=self.outbox, clock=clock)
+        self.canned = CannedResponses(storage)
         self.sites = SiteAdmin(storage=storage, directory=SiteDirectory(
             storage, routing or parse_rules(DEFAULT_RULES)), clock=clock)
 
@@ -288,9 +290,6 @@ class ChatService:
         }
 
     # -- reads for the console -----------------------------------------------------------------
-    async def canned(self) -> list[dict[str, Any]]:
-        return as_dicts(await self.storage.canned.all())
-
     async def audit_log(self, *, limit: str | None, before_id: str | None,
                         action: str | None) -> list[dict[str, Any]]:
         """A page of the audit log, newest first; the query arguments come raw from the URL."""

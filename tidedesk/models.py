@@ -112,6 +112,7 @@ class Ticket(_Base):
 class CannedResponse(_Base):
     shortcut = pw.CharField(max_length=64, unique=True)
     body = pw.TextField()
+    owner_id = pw.CharField(max_length=32, null=True)  # issue 16: None = shared
 
 
 class AuditLog(_Base):
@@ -296,6 +297,10 @@ def migrate(shard: Shard) -> int:
             _add_columns(db, "visitor", {"name_enc": pw.TextField(null=True),
                                          "phone_enc": pw.TextField(null=True)})
             _add_columns(db, "agent", {"totp_secret_enc": pw.TextField(null=True)})
+        if "CannedResponse" in shard.models:
+            # issue 16: personal canned responses (nullable, so the migrator adds it as is).
+            _add_columns(db, "cannedresponse", {"owner_id": pw.CharField(max_length=32,
+                                                                         null=True)})
         if current < SCHEMA_VERSION:
             version_model.create(version=SCHEMA_VERSION)
         return SCHEMA_VERSION

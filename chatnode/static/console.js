@@ -567,10 +567,24 @@
     box.hidden = false;
   }
   function hideCanned() { $("[data-canned]").hidden = true; cannedItems = []; cannedSel = 0; }
+  // The variables a canned response may hold (the server refuses others).
+  function expandCanned(body) {
+    var chat = S.current && S.chats[S.current];
+    var values = {
+      "visitor.name": chat ? visitorName(chat) : "",
+      "visitor.email": (chat && chat.visitor && chat.visitor.email) || "",
+      "agent.name": (S.me && S.me.name) || "",
+    };
+    return body.replace(/\{\{\s*([a-z.]+)\s*\}\}/g, function (all, name) {
+      return Object.prototype.hasOwnProperty.call(values, name) ? values[name] : all;
+    });
+  }
+
   function insertCanned(c) {
     var input = $("[data-input]");
+    var body = expandCanned(c.body);
     input.value = input.value.replace(/^\/\S*\s?/, "");
-    input.value = input.value ? c.body + " " + input.value : c.body;
+    input.value = input.value ? body + " " + input.value : body;
     hideCanned();
     input.focus();
     input.setSelectionRange(input.value.length, input.value.length);

@@ -87,6 +87,7 @@ class CannedResponse(_Record, frozen=True):
     id: int
     shortcut: str
     body: str
+    owner_id: str | None = None  # None: shared by everyone
 
 
 class AuditEntry(_Record, frozen=True):
