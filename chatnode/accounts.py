@@ -7,6 +7,7 @@ See docs/security.md.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -42,6 +43,9 @@ TOTP_USED_SECS = 120
 # A sign-in attempt holds its account this long at most (it releases it when it ends).
 LOGIN_BUSY_SECS = 10
 ROLE_NAMES = ", ".join(ROLES)
+# The role-change marker of a deactivated agent: no token names it, so all are stale.
+DEACTIVATED = "deactivated"
+_POOL_RE = re.compile(r"^[a-z0-9_-]{1,64}$")
 # The store's value for an ended sign-in (kept as long as its refresh token could live).
 REVOKED = "revoked"
 
@@ -383,3 +387,62 @@ class Accounts:
         await self.storage.audit.record(f"agent:{principal.id}", "agent.role_changed", target.email,
                                  {"from": target.role, "to": role})
         return {"id": str(target.id), "role": role}
+
+    async def update_agent(self, principal: Principal, agent_id: str,
+                           body: dict[str, Any]) -> dict[str, Any]:
+        """Admin: change an agent's ``name``, ``pools``, ``max_chats``, or deactivate them
+        (``active`` false): their tokens are refused at once (as after a role change, on
+        every node: the store is shared), their open sockets close, and they go offline, which
+        is the seam through which their chats are given back (issue 13's give-back)."""
+        allowed = {"name", "pools", "max_chats", "active"}
+        unknown = set(body) - allowed
+        if unknown:
+            raise ServiceError(400, "invalid_body", f"unknown field(s) "
+                               f"{', '.join(sorted(unknown))}; allowed: active, max_chats, name, "
+                               "pools (the role has its own call: POST .../role)")
+        fields: dict[str, Any] = {}
+        if "name" in body:
+            name = body["name"]
+            if not isinstance(name, str) or not 1 <= len(name.strip()) <= 120:
+                raise ServiceError(400, "invalid_field", "'name' must be 1-120 characters")
+            fields["name"] = name.strip()
+        if "pools" in body:
+            pools = body["pools"]
+            if (not isinstance(pools, list) or not pools or not all(
+                    isinstance(p, str) and _POOL_RE.match(p) for p in pools)):
+                raise ServiceError(400, "invalid_field", "'pools' must be a non-empty list of "
+                                   "pool names (1-64 of a-z 0-9 _ -)")
+            fields["pools"] = ",".join(dict.fromkeys(pools))
+        if "max_chats" in body:
+            limit = body["max_chats"]
+            if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= 50:
+                raise ServiceError(400, "invalid_field", "'max_chats' must be 0-50")
+            fields["max_chats"] = limit
+        if "active" in body:
+            if not isinstance(body["active"], bool):
+                raise ServiceError(400, "invalid_field", "'active' must be true or false")
+            fields["active"] = body["active"]
+        target = await self.storage.agents.get(agent_id)
+        if target is None:
+            raise ServiceError(404, "not_found", f"no agent {agent_id!r}")
+        if fields.get("active") is False and str(target.id) == principal.id:
+            raise ServiceError(409, "last_admin_guard", "you cannot deactivate yourself; ask "
+                               "another admin")
+        if fields:
+            await self.storage.agents.update(target.id, **fields)
+        if fields.get("active") is False and target.active:
+            now = self.clock()
+            # No token names this role, so every token of the agent is stale now, and a
+            # refresh finds the account inactive.
+            await self.store.kv_set(_role_key(str(target.id)), DEACTIVATED,
+                                    self.tokens.access_ttl_s + 60, now)
+            await self.notify(f"agent:{target.id}", {"type": SESSION_ENDED,
+                                                      "reason": "role_changed",
+                                                      "role": DEACTIVATED})
+        await self.storage.audit.record(principal.actor, "agent.updated", target.email,
+                                        {k: v for k, v in fields.items()})
+        updated = await self.storage.agents.get(agent_id)
+        assert updated is not None
+        return {"id": str(updated.id), "name": updated.name, "role": updated.role,
+                "pools": list(updated.pool_list), "max_chats": updated.max_chats,
+                "active": updated.active}

@@ -302,6 +302,13 @@ class AgentsHandler(JsonHandler):
         self.write_json({"agents": await self.service.agents_overview()})
 
 
+class AgentHandler(JsonHandler):
+    async def put(self, agent_id: str) -> None:
+        assert self.principal is not None
+        self.write_json(await self.service.update_agent(self.principal, agent_id,
+                                                        self.json_body()))
+
+
 class AgentRoleHandler(JsonHandler):
     async def post(self, agent_id: str) -> None:
         self.write_json(await self.service.accounts.set_role(self.agent(), agent_id,

@@ -199,6 +199,16 @@ ROUTES: tuple[Route, ...] = (
     Route("/api/v1/agents", http.AgentsHandler, get=Operation(
         AGENTS, "agents with status and load",
         {"200": json_response(OBJECT, "agents"), **error_responses(401)})),
+    Route("/api/v1/agents/{id}", http.AgentHandler, params={"id": AGENT_ID}, put=Operation(
+        ADMINS, "change an agent's name, pools, max_chats, or deactivate them (`active`: "
+                "false closes their sockets and refuses their tokens at once) (admin)",
+        {"200": json_response(OBJECT, "changed"), **error_responses(400, 401, 403, 404, 409)},
+        json_content({"type": "object", "additionalProperties": False, "properties": {
+            "name": {"type": "string", "maxLength": 120},
+            "pools": {"type": "array", "items": {"type": "string"}},
+            "max_chats": {"type": "integer", "minimum": 0, "maximum": 50},
+            "active": {"type": "boolean"}}}),
+        parameters=(_id_param(AGENT_ID),))),
     Route("/api/v1/agents/{id}/role", http.AgentRoleHandler, params={"id": AGENT_ID},
           post=Operation(
               ADMINS, "change an agent's role (admin)",

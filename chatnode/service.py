@@ -250,6 +250,18 @@ class ChatService:
                             "pools": list(agent.pool_list), "max_chats": agent.max_chats,
                             "name": agent.name})
 
+    async def update_agent(self, principal: Principal, agent_id: str,
+                           body: dict[str, Any]) -> dict[str, Any]:
+        """``PUT /api/v1/agents/{id}`` (:meth:`Accounts.update_agent`); a deactivated agent
+        also goes offline at the routers at once (the seam issue 13's give-back of their
+        chats hangs on)."""
+        agent = await self.accounts.update_agent(principal, agent_id, body)
+        if not agent["active"]:
+            await self.publish({"kind": "agent_status", "agent_id": agent["id"],
+                                "status": "offline", "pools": agent["pools"],
+                                "max_chats": agent["max_chats"], "name": agent["name"]})
+        return agent
+
     async def agents_overview(self) -> list[dict[str, Any]]:
         out = []
         for agent in await self.storage.agents.all():

@@ -59,3 +59,43 @@ def test_canned_responses_shared_personal_and_checked(tmp_path: Path) -> None:
                 "admin.canned.create"]
 
     asyncio.run(scenario())
+
+
+def test_admin_edits_and_deactivates_an_agent_at_once(tmp_path: Path) -> None:
+    from tests.support.clients import agent_socket, wait_agent_online
+
+    async def scenario() -> None:
+        async with embedded(tmp_path, GENERAL_ONLY) as rt:
+            ann_id = add_agent(rt, "ann@shop.test")
+            http = Http(rt)
+            admin = await login(rt, "demo@tidedesk.local", "tidedesk-demo")
+            ann = await login(rt, "ann@shop.test")
+            console = await agent_socket(rt, "ann@shop.test")
+            await wait_agent_online(rt, ann_id)
+            status, err = await http.request("PUT", f"/api/v1/agents/{ann_id}",
+                                             {"max_chats": 99}, token=admin)
+            assert status == 400 and "'max_chats'" in err["error"]["message"]
+            assert (await http.request("PUT", f"/api/v1/agents/{ann_id}", {"name": "x"},
+                                       token=ann))[0] == 403
+            status, changed = await http.request("PUT", f"/api/v1/agents/{ann_id}", {
+                "name": "Ann B", "pools": ["general", "vip"], "max_chats": 5}, token=admin)
+            assert status == 200 and changed["pools"] == ["general", "vip"]
+            status, _ = await http.request("PUT", f"/api/v1/agents/{ann_id}",
+                                           {"active": False}, token=admin)
+            assert status == 200
+            code, _ = await asyncio.wait_for(console.closed, 5)
+            assert code == 4401
+            status, err = await http.request("GET", "/api/v1/me", token=ann)
+            assert status == 401
+            status, _ = await http.request("POST", "/api/v1/auth/login",
+                                           {"email": "ann@shop.test", "password": "password1"})
+            assert status == 401
+
+            async def offline() -> bool:
+                load = await rt.store.agent_get(ann_id)
+                return load is not None and load.status == "offline"
+
+            from tests.support.waiting import wait_until_async
+            await wait_until_async("ann offline at the router", offline, 5)
+
+    asyncio.run(scenario())
