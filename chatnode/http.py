@@ -297,6 +297,13 @@ class MessagesHandler(JsonHandler):
                                                         self.json_body()), 201)
 
 
+class HandoffHandler(JsonHandler):
+    async def post(self, conv_id: str) -> None:
+        logs.bind(conversation_id=conv_id)
+        assert self.principal is not None
+        self.write_json(await self.service.handoff(self.principal, conv_id, self.json_body()))
+
+
 class AgentsHandler(JsonHandler):
     async def get(self) -> None:
         self.write_json({"agents": await self.service.agents_overview()})

@@ -196,6 +196,16 @@ ROUTES: tuple[Route, ...] = (
                   {"name": "before_seq", "in": "query", "schema": {"type": "integer"},
                    "description": "scroll back: the newest `limit` messages before this seq"},
                   _LIMIT))),
+    Route("/api/v1/conversations/{id}/handoff", http.HandoffHandler,
+          params={"id": CONVERSATION_ID}, post=Operation(
+              AGENTS | scope("messages:write"),
+              "a bot hands the conversation to people (its site's bot pool, or `pool`); the "
+              "visitor is told \"connecting you to a person\"; 409 when no bot holds it",
+              {"200": json_response(OBJECT, "handed off"),
+               **error_responses(400, 401, 403, 404, 409)},
+              json_content({"type": "object", "additionalProperties": False,
+                            "properties": {"pool": {"type": "string"}}}),
+              parameters=(_id_param(),))),
     Route("/api/v1/agents", http.AgentsHandler, get=Operation(
         AGENTS, "agents with status and load",
         {"200": json_response(OBJECT, "agents"), **error_responses(401)})),
@@ -218,7 +228,8 @@ ROUTES: tuple[Route, ...] = (
                   "role": {"enum": ["agent", "supervisor", "admin"]}}}),
               parameters=(_id_param(AGENT_ID),))),
     Route("/api/v1/canned", http.CannedHandler, get=Operation(
-        AGENTS, "canned responses: the shared ones and the caller's own (`personal`)",
+        AGENTS | scope("conversations:read"),
+        "canned responses: the shared ones and the caller's own (`personal`)",
         {"200": json_response(OBJECT, "canned"), **error_responses(401)}),
           post=Operation(
         AGENTS, "add a canned response: shared (admin) or `personal` (any agent, their own); "

@@ -227,6 +227,26 @@ class ChatService:
         ack = await self.publish_message(pending)
         return {"id": ack["id"], "seq": ack["seq"]}
 
+    async def handoff(self, principal: Principal, conv_id: str,
+                      body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /api/v1/conversations/{id}/handoff`` ``{"pool"?}``: a bot gives the chat to
+        people (its own pool unless it names one); 409 when no bot holds the chat."""
+        unknown = set(body) - {"pool"}
+        if unknown:
+            raise ServiceError(400, "invalid_body", f"unknown field(s) "
+                               f"{', '.join(sorted(unknown))}; allowed: pool")
+        pool = body.get("pool")
+        if pool is not None and (not isinstance(pool, str) or not TAG_RE.match(pool)):
+            raise ServiceError(400, "invalid_field", "'pool' must be a pool name")
+        if await self.storage.conversations.get(conv_id) is None:
+            raise ServiceError(404, "not_found", f"no conversation {conv_id!r}")
+        if await self.store.kv_get(f"bot:{conv_id}", self.clock()) is None:
+            raise ServiceError(409, "not_with_a_bot", "no bot holds this conversation (it "
+                               "was handed off already, or its site has no bot)")
+        await self.publish({"kind": "transfer", "conversation_id": conv_id,
+                            "by": principal.actor, "to_pool": pool or "*"})
+        return {"id": conv_id, "handed_off": True}
+
     async def resume(self, conv_id: str, after_seq: int, *,
                      include_private: bool) -> list[dict[str, Any]]:
         plan = plan_resume(after_seq, await self.store.history(conv_id),

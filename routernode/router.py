@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from routernode.bots import Bots, bot_key
 from routernode.routing import anyone_online, choose_agent, fallback_due
 from tidedesk import events, logs, metrics
 from tidedesk.broker import INBOUND_QUEUE, Broker, Envelope
@@ -147,6 +148,8 @@ class Router:
         self.storage = storage
         self.routing = routing
         self.sites = SiteDirectory(storage, routing)  # each site's rules and hours
+        self.bots = Bots(broker=broker, store=store, storage=storage, clock=clock,
+                         envelope_format=envelope_format, route=self._route_after_bot)
         self.max_waiting_per_pool = max_waiting_per_pool
         self.prefetch = prefetch
         self.clock = clock
@@ -180,6 +183,7 @@ class Router:
         return True, "ok"
 
     async def stop(self) -> None:
+        self.bots.stop()
         if self._tick_task is not None:
             self._tick_task.cancel()
             await asyncio.gather(self._tick_task, return_exceptions=True)
@@ -243,6 +247,8 @@ class Router:
                                                      self.clock())
         for who, nodes in recipients.items():
             await publish_to(self.broker, nodes, who, frame, self.envelope_format)
+        if not event.private and event.from_ != "system" and await self.sites.any_bot():
+            await self.bots.on_message(conv_id, event.from_, event.sender_id)
 
     async def on_opened(self, event: OpenedEvent) -> None:
         conv_id, visitor_id = event.conversation_id, event.visitor_id
@@ -251,10 +257,31 @@ class Router:
         if await self.store.owner(conv_id) is not None:
             return  # redelivered: already routed
         conv = await self.storage.conversations.get(conv_id)
-        routing = await self.sites.routing(conv.site if conv is not None else "default")
+        site = conv.site if conv is not None else "default"
+        routing = await self.sites.routing(site)
         rule = routing.rule_for(tags)
+        bot = (await self.sites.settings(site) or {}).get("bot")
+        if bot:
+            await self._to_bot(conv_id, visitor_id, bot, bot.get("pool") or rule.pool)
+            return
         await self.route(conv_id, visitor_id, rule.pool, vip=routing.is_vip(tags),
                          fallback=rule.fallback, routing=routing)
+
+    async def _to_bot(self, conv_id: str, visitor_id: str, bot: dict[str, Any],
+                      pool: str) -> None:
+        """The site answers with a bot first: the visitor sees its name; no agent slot."""
+        await self.bots.start(conv_id, visitor_id, bot, pool)
+        await self.storage.conversations.update(conv_id, state="assigned", pool=pool,
+                                               agent_id=None)
+        await self.deliver(f"visitor:{visitor_id}", VisitorAssignedFrame(
+            agent=AgentRef(id="bot", name=bot["name"])))
+        await self.deliver(f"visitor:{visitor_id}", StateFrame(state="assigned"))
+
+    async def _route_after_bot(self, conv_id: str, visitor_id: str, pool: str | None) -> None:
+        conv = await self.storage.conversations.get(conv_id)
+        routing = await self.sites.routing(conv.site if conv is not None else "default")
+        await self.route(conv_id, visitor_id, pool or routing.rule_for(()).pool,
+                         vip=await self._is_vip(visitor_id), fallback=None, routing=routing)
 
     async def on_agent_status(self, event: AgentStatusEvent) -> None:
         agent_id = event.agent_id
@@ -278,6 +305,7 @@ class Router:
             return
         owner = await self.store.release(conv_id)
         await self.store.dequeue(conv.pool, conv_id)
+        await self.store.kv_delete(bot_key(conv_id))
         await self.storage.conversations.update(conv_id, state="closed")
         self._forget(conv_id)
         await self.storage.audit.record(event.by, "conversation.close", conv_id)
@@ -293,6 +321,10 @@ class Router:
 
     async def on_transfer(self, event: TransferEvent) -> None:
         conv_id, by = event.conversation_id, event.by
+        # From a bot (its hand-off call; "*" = the bot's own pool) or away from one.
+        if await self.bots.handoff(conv_id, None if event.to_pool == "*" else event.to_pool,
+                                   by=by):
+            return
         conv = await self.storage.conversations.get(conv_id)
         if conv is None or conv.state == "closed":
             await self.deliver(f"agent:{by}", ErrorFrame(code="transfer_failed",

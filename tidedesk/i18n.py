@@ -9,6 +9,10 @@ _TEXTS: dict[str, dict[str, str]] = {
         "en": "We are busy right now, please wait: you are number {position} in line.",
         "zh-CN": "客服正忙，请稍候：您前面还有 {ahead} 位，您排在第 {position} 位。",
     },
+    "handoff": {
+        "en": "Connecting you to a person…",
+        "zh-CN": "正在为您转接人工客服…",
+    },
     "unavailable": {
         "en": "We are busy right now, please wait a moment and try again.",
         "zh-CN": "系统繁忙，请稍候再试。",

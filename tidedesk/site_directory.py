@@ -21,6 +21,7 @@ class SiteDirectory:
         self.storage = storage
         self.installation = installation
         self._cache: dict[str, tuple[float, dict[str, Any] | None, RoutingConfig]] = {}
+        self._any_bot: tuple[float, bool] | None = None
 
     def invalidate(self, site: str) -> None:
         self._cache.pop(site, None)
@@ -52,6 +53,18 @@ class SiteDirectory:
         """The rules and hours of a site's new conversations (the installation's for an
         unknown site)."""
         return (await self._entry(site))[1]
+
+    async def any_bot(self) -> bool:
+        """Whether any site answers with a bot (checked at most every SITE_CACHE_SECS), so
+        routers spend no store round trip per message when none does."""
+        now = time.monotonic()
+        if self._any_bot is None or now - self._any_bot[0] > SITE_CACHE_SECS:
+            found = False
+            for name in (sites.DEFAULT_SITE, *await self.storage.sites.names()):
+                settings = await self.settings(name)
+                found = found or bool(settings and settings.get("bot"))
+            self._any_bot = (now, found)
+        return self._any_bot[1]
 
     def pools(self) -> tuple[str, ...]:
         """Every pool a cached site routes to (the router drains them on its tick too)."""

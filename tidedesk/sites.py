@@ -10,7 +10,14 @@ A site's settings are one JSON object (stored by ``tidedesk/storage/sites.py``):
      "languages": ["en", "zh-CN"],
      "business_hours": {"timezone": "Europe/Berlin", "days": ["mon", "tue"], "open": "09:00",
                         "close": "17:00", "holidays": ["2026-12-25"]},
-     "routing": {"vip_tags": ["vip"], "rules": [{"name": "all", "pool": "tea"}]}}
+     "routing": {"vip_tags": ["vip"], "rules": [{"name": "all", "pool": "tea"}]},
+     "bot": {"name": "Tea Bot", "timeout_s": 20, "pool": "tea"}}
+
+``bot``: new conversations of the site go to a bot first. The bot is a webhook receiver
+that answers with its API token (``POST /api/v1/conversations/{id}/messages``) and hands the
+chat to people with ``POST /api/v1/conversations/{id}/handoff``; one that does not answer a
+visitor's message within ``timeout_s`` is handed off automatically (to ``pool``, else the
+pool the site's rules choose).
 
 ``business_hours`` and ``routing`` use the routing file's format and parser
 (:mod:`tidedesk.routing_rules`); a site without them uses the installation's. The site
@@ -34,7 +41,10 @@ FIELD_TYPES = ("text", "email", "phone")
 TEXT_MAX = 500
 MAX_PRECHAT_FIELDS = 10
 FIELDS = ("name", "color", "position", "greeting", "offline_message", "prechat_fields",
-          "languages", "business_hours", "routing")
+          "languages", "business_hours", "routing", "bot")
+# A bot must answer a visitor's message within this many seconds, else the chat is handed to
+# people: the bounds of a site's ``bot.timeout_s``.
+BOT_TIMEOUT_RANGE = (2, 300)
 
 
 class SiteError(ValueError):
@@ -51,7 +61,7 @@ def check_site_name(site: str) -> str:
 def defaults(site: str) -> dict[str, Any]:
     return {"name": site, "color": "#0f766e", "position": "bottom-right", "greeting": "",
             "offline_message": "", "prechat_fields": [], "languages": list(LOCALES),
-            "business_hours": None, "routing": None}
+            "business_hours": None, "routing": None, "bot": None}
 
 
 def _text(value: Any, field: str, lo: int = 0, hi: int = TEXT_MAX) -> str:
@@ -82,6 +92,22 @@ def _prechat(value: Any) -> list[dict[str, Any]]:
         out.append({"name": name, "label": _text(raw.get("label"), f"{where}[{i}].label", 1, 80),
                     "type": kind, "required": required})
     return out
+
+
+def _bot(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - {"name", "timeout_s", "pool"}:
+        raise SiteError("'bot' must be {name, timeout_s?, pool?} or null")
+    lo, hi = BOT_TIMEOUT_RANGE
+    timeout = value.get("timeout_s", 20)
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or not lo <= timeout <= hi:
+        raise SiteError(f"'bot.timeout_s' must be {lo}-{hi} seconds")
+    pool = value.get("pool")
+    if pool is not None and (not isinstance(pool, str) or not FIELD_NAME_RE.match(pool)):
+        raise SiteError("'bot.pool' must be a pool name (a-z 0-9 _)")
+    return {"name": _text(value.get("name"), "bot.name", 1, 64), "timeout_s": timeout,
+            "pool": pool}
 
 
 def check_routing_conflicts(routing: dict[str, Any]) -> None:
@@ -136,6 +162,8 @@ def merge(current: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
                 except RoutingConfigError as exc:
                     raise SiteError(f"'{exc}'") from None
             out[field] = value
+        elif field == "bot":
+            out[field] = _bot(value)
         elif field == "routing":
             if value is not None:
                 if not isinstance(value, dict) or "business_hours" in value:
