@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,6 +22,7 @@ from tidedesk.auth import (
     RefreshFamily,
     TokenService,
     api_token_hash,
+    hash_password,
     is_api_token,
     new_token_id,
     new_totp_secret,
@@ -43,6 +45,8 @@ TOTP_USED_SECS = 120
 # A sign-in attempt holds its account this long at most (it releases it when it ends).
 LOGIN_BUSY_SECS = 10
 ROLE_NAMES = ", ".join(ROLES)
+# A one-time invitation link is valid this long.
+INVITE_TTL_SECS = 7 * 86400
 # The role-change marker of a deactivated agent: no token names it, so all are stale.
 DEACTIVATED = "deactivated"
 _POOL_RE = re.compile(r"^[a-z0-9_-]{1,64}$")
@@ -446,3 +450,54 @@ class Accounts:
         return {"id": str(updated.id), "name": updated.name, "role": updated.role,
                 "pools": list(updated.pool_list), "max_chats": updated.max_chats,
                 "active": updated.active}
+
+    async def invite(self, principal: Principal, body: dict[str, Any],
+                     ttl_s: float = INVITE_TTL_SECS) -> dict[str, Any]:
+        """Admin: create an agent who sets their own password through a one-time link (the
+        link's token is shown once; only its SHA-256 is kept)."""
+        allowed = {"email", "name", "role", "pools", "max_chats"}
+        unknown = set(body) - allowed
+        if unknown:
+            raise ServiceError(400, "invalid_body", f"unknown field(s) "
+                               f"{', '.join(sorted(unknown))}; allowed: "
+                               f"{', '.join(sorted(allowed))}")
+        email = body.get("email")
+        if not isinstance(email, str) or "@" not in email or len(email) > 254:
+            raise ServiceError(400, "invalid_field", "'email' must be an e-mail address")
+        role = body.get("role", "agent")
+        if role not in ROLES:
+            raise ServiceError(400, "invalid_field", f"'role' must be one of {ROLE_NAMES}")
+        email = email.strip().lower()
+        if await self.storage.agents.by_email(email) is not None:
+            raise ServiceError(409, "email_taken", f"an agent with {email} exists already")
+        token = secrets.token_urlsafe(32)
+        agent = await asyncio.to_thread(self.storage.agents.create_sync, email=email,
+                                        name=str(body.get("name") or email.split("@")[0]),
+                                        password_hash=hash_password(secrets.token_hex(32)),
+                                        role=role, pools=("general",), max_chats=3,
+                                        totp_secret=None)
+        await self.storage.agents.update(agent.id, invite_hash=api_token_hash(token),
+                                         invite_expires=self.clock() + ttl_s)
+        rest: dict[str, Any] = {k: body[k] for k in ("pools", "max_chats") if k in body}
+        if rest:
+            await self.update_agent(principal, str(agent.id), rest)
+        await self.storage.audit.record(principal.actor, "agent.invited", email, {"role": role})
+        return {"id": str(agent.id), "email": email, "invite_url": f"/console#invite={token}",
+                "expires_in": int(ttl_s)}
+
+    async def accept_invite(self, token: Any, password: Any) -> dict[str, Any]:
+        """Public: the invited agent sets a password (at least 10 characters); the link is
+        spent. Then they sign in as usual."""
+        if not isinstance(token, str) or not isinstance(password, str):
+            raise ServiceError(400, "invalid_body", "send {\"token\": str, \"password\": str}")
+        if not 10 <= len(password) <= 1024:
+            raise ServiceError(400, "invalid_field", "'password' must be 10-1024 characters")
+        agent = await self.storage.agents.by_invite(api_token_hash(token))
+        if agent is None:
+            raise ServiceError(401, "invalid_token", "this invitation is unknown, used or "
+                               "expired; ask an admin for a new one")
+        await self.storage.agents.update(agent.id, password_hash=hash_password(password),
+                                         invite_hash=None, invite_expires=None)
+        await self.storage.audit.record(f"agent:{agent.id}", "agent.invite_accepted",
+                                        agent.email)
+        return {"email": agent.email, "signed_up": True}

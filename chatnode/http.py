@@ -309,6 +309,20 @@ class AgentsHandler(JsonHandler):
         self.write_json({"agents": await self.service.agents_overview()})
 
 
+class InviteHandler(JsonHandler):
+    async def post(self) -> None:
+        assert self.principal is not None
+        self.write_json(await self.service.accounts.invite(self.principal, self.json_body()),
+                        201)
+
+
+class AcceptInviteHandler(JsonHandler):
+    async def post(self) -> None:
+        body = self.json_body()
+        self.write_json(await self.service.accounts.accept_invite(body.get("token"),
+                                                                  body.get("password")))
+
+
 class AgentHandler(JsonHandler):
     async def put(self, agent_id: str) -> None:
         assert self.principal is not None

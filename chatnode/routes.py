@@ -209,6 +209,20 @@ ROUTES: tuple[Route, ...] = (
     Route("/api/v1/agents", http.AgentsHandler, get=Operation(
         AGENTS, "agents with status and load",
         {"200": json_response(OBJECT, "agents"), **error_responses(401)})),
+    Route("/api/v1/agents/invite", http.InviteHandler, post=Operation(
+        ADMINS, "invite an agent: a one-time link (`invite_url`, shown once) where they set "
+                "their password (admin)",
+        {"201": json_response(OBJECT, "invited"), **error_responses(400, 401, 403, 409)},
+        json_content({"type": "object", "required": ["email"], "properties": {
+            "email": {"type": "string"}, "name": {"type": "string"},
+            "role": {"enum": ["agent", "supervisor", "admin"]},
+            "pools": {"type": "array", "items": {"type": "string"}},
+            "max_chats": {"type": "integer"}}}))),
+    Route("/api/v1/auth/accept-invite", http.AcceptInviteHandler, post=Operation(
+        PUBLIC, "an invited agent sets their password with the invitation's token",
+        {"200": json_response(OBJECT, "signed up"), **error_responses(400, 401)},
+        json_content({"type": "object", "required": ["token", "password"], "properties": {
+            "token": {"type": "string"}, "password": {"type": "string", "minLength": 10}}}))),
     Route("/api/v1/agents/{id}", http.AgentHandler, params={"id": AGENT_ID}, put=Operation(
         ADMINS, "change an agent's name, pools, max_chats, or deactivate them (`active`: "
                 "false closes their sockets and refuses their tokens at once) (admin)",

@@ -99,3 +99,31 @@ def test_admin_edits_and_deactivates_an_agent_at_once(tmp_path: Path) -> None:
             await wait_until_async("ann offline at the router", offline, 5)
 
     asyncio.run(scenario())
+
+
+def test_an_invited_agent_sets_a_password_once_then_signs_in(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with embedded(tmp_path, GENERAL_ONLY) as rt:
+            http = Http(rt)
+            admin = await login(rt, "demo@tidedesk.local", "tidedesk-demo")
+            status, invite = await http.request("POST", "/api/v1/agents/invite", {
+                "email": "Nia@shop.test", "name": "Nia", "pools": ["general", "tea"]},
+                token=admin)
+            assert status == 201 and invite["invite_url"].startswith("/console#invite=")
+            assert (await http.request("POST", "/api/v1/agents/invite",
+                                       {"email": "nia@shop.test"}, token=admin))[0] == 409
+            token = invite["invite_url"].split("=", 1)[1]
+            status, err = await http.request("POST", "/api/v1/auth/accept-invite",
+                                             {"token": token, "password": "short"})
+            assert status == 400 and "10-1024" in err["error"]["message"]
+            status, _ = await http.request("POST", "/api/v1/auth/accept-invite",
+                                           {"token": token, "password": "a long password"})
+            assert status == 200
+            status, _ = await http.request("POST", "/api/v1/auth/accept-invite",
+                                           {"token": token, "password": "another password"})
+            assert status == 401  # spent
+            nia = await login(rt, "nia@shop.test", "a long password")
+            _, me = await http.request("GET", "/api/v1/me", token=nia)
+            assert me["pools"] == ["general", "tea"] and me["role"] == "agent"
+
+    asyncio.run(scenario())

@@ -49,6 +49,9 @@ class Agent(_Base):
     max_chats = pw.IntegerField(default=3)
     active = pw.BooleanField(default=True)
     created_at = pw.DoubleField(default=now_ts)
+    # issue 16: a one-time invitation (SHA-256 of its token) and when it expires.
+    invite_hash = pw.CharField(max_length=64, null=True)
+    invite_expires = pw.DoubleField(null=True)
 
     @property
     def pool_list(self) -> tuple[str, ...]:
@@ -297,6 +300,9 @@ def migrate(shard: Shard) -> int:
             _add_columns(db, "visitor", {"name_enc": pw.TextField(null=True),
                                          "phone_enc": pw.TextField(null=True)})
             _add_columns(db, "agent", {"totp_secret_enc": pw.TextField(null=True)})
+        if "Agent" in shard.models:
+            _add_columns(db, "agent", {"invite_hash": pw.CharField(max_length=64, null=True),
+                                       "invite_expires": pw.DoubleField(null=True)})
         if "CannedResponse" in shard.models:
             # issue 16: personal canned responses (nullable, so the migrator adds it as is).
             _add_columns(db, "cannedresponse", {"owner_id": pw.CharField(max_length=32,
