@@ -38,6 +38,7 @@ DRAIN_TIMEOUT_SECS = 20.0
 STORE_CHECK_SECS = 1.0
 
 PAGES = {"/demo": "demo.html", "/console": "console.html", "/supervisor": "supervisor.html",
+         "/admin": "admin.html",
          "/widget.js": "widget.js"}
 # Files served in front of a page's own, joined into one answer: the shop embeds the widget with
 # one <script> tag and no build step, and the widget shares the protocol core with the console.
@@ -77,6 +78,7 @@ class IndexHandler(tornado.web.RequestHandler):
             "<li><a href=/demo>Widget demo (a shop page with the chat widget)</a></li>"
             "<li><a href=/console>Agent console</a></li>"
             "<li><a href=/supervisor>Supervisor view</a></li>"
+            "<li><a href=/admin>Admin (agents, sites, canned responses, tokens, webhooks)</a></li>"
             "<li><a href=/api/v1/openapi.json>API (OpenAPI)</a></li></ul>")
 
 

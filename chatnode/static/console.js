@@ -580,6 +580,23 @@
     });
   }
 
+  // Typing "/" reads the list again when it is old, or when nothing in it matches what was
+  // typed, so responses an admin added meanwhile are there (at most once a second).
+  var CANNED_FRESH_MS = 30000, CANNED_MISS_MS = 1000, cannedAt = 0;
+  function cannedStale(prefix) {
+    var age = Date.now() - cannedAt;
+    var miss = !S.canned.some(function (c) { return c.shortcut.indexOf(prefix) === 0; });
+    return age > CANNED_FRESH_MS || (miss && age > CANNED_MISS_MS);
+  }
+  function refreshCanned() {
+    cannedAt = Date.now();
+    TDAuth.api("/api/v1/canned").then(function (j) {
+      S.canned = (j && j.canned) || [];
+      var v = $("[data-input]").value;
+      if (/^\/\S*$/.test(v)) showCanned(v.slice(1));
+    }, function () { /* keep the list we have */ });
+  }
+
   function insertCanned(c) {
     var input = $("[data-input]");
     var body = expandCanned(c.body);
@@ -655,6 +672,7 @@
       $("#app").hidden = false;
       applyLang();
       link.connect();
+      cannedAt = Date.now();
       TDAuth.api("/api/v1/canned").then(function (j) { S.canned = (j && j.canned) || []; }, function () { S.canned = []; });
     }, function (err) {
       if (err.status === 401) signedOut(); else { toast(t("error", { m: err.message })); setTimeout(start, 3000); }
@@ -692,6 +710,7 @@
     });
     input.addEventListener("input", function () {
       var v = input.value;
+      if (/^\/\S*$/.test(v) && cannedStale(v.slice(1))) refreshCanned();
       if (/^\/\S*$/.test(v)) showCanned(v.slice(1)); else if (!$("[data-canned]").hidden && v.charAt(0) === "/") hideCanned();
       onInputTyping();
     });
