@@ -138,7 +138,8 @@ class ChatService:
         site = body.get("site", "default")
         if not isinstance(site, str):
             raise ServiceError(400, "invalid_field", "'site' must be a site name")
-        site = await self.sites.check_known(site)
+        if site != "default":  # the default site needs no lookup on this hot path
+            site = await self.sites.check_known(site)
         visitor_id = await self.storage.visitors.create(name=name.strip(), email=email,
                                                        phone=phone, tags=sorted(set(tags)),
                                                        locale=locale, site=site)

@@ -6,6 +6,7 @@ database plus a short cache; no broker announcement is needed for settings this 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -22,6 +23,9 @@ class SiteDirectory:
         self.installation = installation
         self._cache: dict[str, tuple[float, dict[str, Any] | None, RoutingConfig]] = {}
         self._any_bot: tuple[float, bool] | None = None
+        self._any_bot_lock = asyncio.Lock()
+        self._loading: dict[str, asyncio.Future[tuple[dict[str, Any] | None,
+                                                      RoutingConfig]]] = {}
 
     def invalidate(self, site: str) -> None:
         self._cache.pop(site, None)
@@ -31,6 +35,15 @@ class SiteDirectory:
         hit = self._cache.get(site)
         if hit is not None and now - hit[0] <= SITE_CACHE_SECS:
             return hit[1], hit[2]
+        # Many new chats at once (a flash sale) share one read of the database.
+        pending = self._loading.get(site)
+        if pending is None:
+            pending = self._loading[site] = asyncio.ensure_future(self._load(site, now))
+            pending.add_done_callback(lambda _f: self._loading.pop(site, None))
+        return await asyncio.shield(pending)
+
+    async def _load(self, site: str,
+                    now: float) -> tuple[dict[str, Any] | None, RoutingConfig]:
         stored = await self.storage.sites.get(site)
         settings: dict[str, Any] | None
         if stored is None:
@@ -57,14 +70,17 @@ class SiteDirectory:
     async def any_bot(self) -> bool:
         """Whether any site answers with a bot (checked at most every SITE_CACHE_SECS), so
         routers spend no store round trip per message when none does."""
-        now = time.monotonic()
-        if self._any_bot is None or now - self._any_bot[0] > SITE_CACHE_SECS:
-            found = False
-            for name in (sites.DEFAULT_SITE, *await self.storage.sites.names()):
-                settings = await self.settings(name)
-                found = found or bool(settings and settings.get("bot"))
-            self._any_bot = (now, found)
-        return self._any_bot[1]
+        if self._any_bot is not None and time.monotonic() - self._any_bot[0] <= SITE_CACHE_SECS:
+            return self._any_bot[1]
+        async with self._any_bot_lock:  # one look for every message that arrives meanwhile
+            now = time.monotonic()
+            if self._any_bot is None or now - self._any_bot[0] > SITE_CACHE_SECS:
+                found = False
+                for name in (sites.DEFAULT_SITE, *await self.storage.sites.names()):
+                    settings = await self.settings(name)
+                    found = found or bool(settings and settings.get("bot"))
+                self._any_bot = (now, found)
+            return self._any_bot[1]
 
     def pools(self) -> tuple[str, ...]:
         """Every pool a cached site routes to (the router drains them on its tick too)."""
