@@ -62,3 +62,24 @@ def test_admin_page_agents_branding_and_canned(server: Server, new_context: Any)
     expect(agent.composer()).to_have_value(re.compile(r"^Hello .+, how can I help\?$"))
     agent.composer().press("Enter")
     visitor.expect_message("how can I help?")
+
+
+def test_an_invited_agent_sets_a_password_in_the_console(server: Server, new_context: Any) -> None:
+    from tests.support.http import http_json
+
+    _, tokens = http_json("POST", f"{server.base_url}/api/v1/auth/login",
+                          {"email": DEMO_EMAIL, "password": DEMO_PASSWORD})
+    status, invite = http_json("POST", f"{server.base_url}/api/v1/agents/invite",
+                               {"email": "omar@shop.test", "name": "Omar"},
+                               token=tokens["access_token"])
+    assert status == 201
+    page = new_context().new_page()
+    page.goto(server.base_url + invite["invite_url"])
+    page.get_by_test_id("invite-password").fill("short")
+    page.get_by_test_id("invite-submit").click()
+    expect(page.get_by_test_id("invite-error")).to_contain_text("10-1024", timeout=UI_TIMEOUT_MS)
+    page.get_by_test_id("invite-password").fill("a long enough password")
+    page.get_by_test_id("invite-submit").click()
+    expect(page.get_by_test_id("login-email")).to_have_value("omar@shop.test",
+                                                             timeout=UI_TIMEOUT_MS)
+    Console(page, server.base_url).sign_in("omar@shop.test", "a long enough password")
