@@ -104,6 +104,7 @@ class WebhookOutbox:
         self.per_url = per_url
         self.clock = clock
         self._hooks: list[Webhook] | None = None
+        self._hooks_lock = asyncio.Lock()
         self._hooks_at = 0.0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -117,11 +118,16 @@ class WebhookOutbox:
         self._hooks = None
 
     async def hooks(self) -> list[Webhook]:
-        now = time.monotonic()
-        if self._hooks is None or now - self._hooks_at > HOOK_CACHE_SECS:
-            self._hooks = await self.storage.webhooks.all()
-            self._hooks_at = now
-        return self._hooks
+        """The live hooks, read at most every HOOK_CACHE_SECS (one read for every event that
+        arrives meanwhile)."""
+        if self._hooks is not None and time.monotonic() - self._hooks_at <= HOOK_CACHE_SECS:
+            return self._hooks
+        async with self._hooks_lock:
+            now = time.monotonic()
+            if self._hooks is None or now - self._hooks_at > HOOK_CACHE_SECS:
+                self._hooks = await self.storage.webhooks.all()
+                self._hooks_at = now
+            return self._hooks
 
     async def emit(self, event: str, data: dict[str, Any], *,
                    event_id: str | None = None) -> None:
