@@ -7,20 +7,31 @@ A REST endpoint's rule is one of these sets, given per method in its entry of th
 ``tests/test_security.py`` walks both tables row by row. A REST method or a frame with no rule
 is refused (fail closed), so a new endpoint cannot be forgotten.
 
-Who: ``public`` (no token needed), ``visitor`` (a visitor token), or an agent role from
-:data:`tidedesk.auth.ROLES`. Ownership (a visitor's own conversation, an agent's assigned chats)
-is checked by the service on top of this.
+Who: ``public`` (no token needed), ``visitor`` (a visitor token), an agent role from
+:data:`tidedesk.auth.ROLES`, or ``scope:<name>`` (an integration's API token carrying that
+scope of :data:`tidedesk.auth.SCOPES`). Ownership (a visitor's own conversation, an agent's
+assigned chats) is checked by the service on top of this.
 """
 
 from __future__ import annotations
 
-from tidedesk.auth import ROLES
+from tidedesk.auth import ROLES, SCOPES
 
 PUBLIC = frozenset({"public"})
 VISITOR = frozenset({"visitor"})
 AGENTS = frozenset(ROLES)
 SUPERVISORS = frozenset({"supervisor", "admin"})
 ADMINS = frozenset({"admin"})
+
+
+def scope(name: str) -> frozenset[str]:
+    """The rule admitting an API token that carries scope ``name``."""
+    assert name in SCOPES, name
+    return frozenset({f"scope:{name}"})
+
+
+# Issue 16's administration routes: an admin, or an integration's token with scope admin.
+ADMIN_OR_TOKEN = ADMINS | scope("admin")
 
 # (socket, frame type) -> who may send it. A visitor token opens only /ws/visitor and an agent
 # access token only /ws/agent (close 4401 otherwise); this table then decides per frame.
@@ -42,7 +53,15 @@ def allowed(rule: frozenset[str] | None, who: str) -> bool:
     return "public" in rule or who in rule
 
 
+def scopes_of(rule: frozenset[str]) -> frozenset[str]:
+    """The API token scopes a rule admits (any one of them is enough)."""
+    return frozenset(w.split(":", 1)[1] for w in rule if w.startswith("scope:"))
+
+
 def describe(rule: frozenset[str]) -> str:
-    """For the OpenAPI document and error messages: 'supervisor or admin'."""
+    """For the OpenAPI document and error messages: 'supervisor or admin', 'agent or an API
+    token with scope messages:write'."""
     order = ("public", "visitor", *ROLES)
-    return " or ".join(w for w in order if w in rule)
+    parts = [w for w in order if w in rule]
+    parts += [f"an API token with scope {s}" for s in SCOPES if s in scopes_of(rule)]
+    return " or ".join(parts)

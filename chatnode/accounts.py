@@ -7,12 +7,13 @@ See docs/security.md.
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from chatnode.access import describe
+from chatnode.access import describe, scopes_of
 from chatnode.errors import ServiceError
 from tidedesk.auth import (
     ROLES,
@@ -20,6 +21,9 @@ from tidedesk.auth import (
     Principal,
     RefreshFamily,
     TokenService,
+    api_token_hash,
+    hash_password,
+    is_api_token,
     new_token_id,
     new_totp_secret,
     normalise_totp,
@@ -45,6 +49,11 @@ LOGIN_BUSY_SECS = 10
 ROLE_NAMES = ", ".join(ROLES)
 # A WebSocket ticket (POST /api/v1/ws-ticket) is good for one connect within this many seconds.
 WS_TICKET_SECS = 30
+# A one-time invitation link is valid this long.
+INVITE_TTL_SECS = 7 * 86400
+# The role-change marker of a deactivated agent: no token names it, so all are stale.
+DEACTIVATED = "deactivated"
+_POOL_RE = re.compile(r"^[a-z0-9_-]{1,64}$")
 # The store's value for an ended sign-in (kept as long as its refresh token could live).
 REVOKED = "revoked"
 
@@ -120,6 +129,8 @@ class Accounts:
         """The principal of ``token`` if it may act as one of ``who`` (agent roles and/or
         ``visitor``): 401 for a missing, expired, forged or signed-out token, 403 for a valid
         token of the wrong kind or role."""
+        if is_api_token(token):
+            return await self.api_principal(str(token), who)
         kinds = (["access"] if who - {"visitor"} else []) + (["visitor"] if "visitor" in who
                                                              else [])
         principal: Principal | None = None
@@ -143,6 +154,21 @@ class Accounts:
                 raise ServiceError(403, "forbidden", f"this needs the role {describe(who)}; "
                                    f"you are {principal.role}")
         return principal
+
+    async def api_principal(self, token: str, who: frozenset[str]) -> Principal:
+        """An integration's token: 401 unless it is live (looked up by its hash on every
+        request, so a revoked token is refused at once on every node), 403 unless it carries
+        a scope ``who`` admits."""
+        record = await self.storage.api_tokens.live_by_hash(api_token_hash(token))
+        if record is None:
+            raise ServiceError(401, "invalid_token", "this API token is unknown or was "
+                               "revoked; create a new one (POST /api/v1/api-tokens)")
+        needed = scopes_of(who)
+        if not needed & set(record.scopes):
+            raise ServiceError(403, "forbidden", f"this needs {describe(who)}; this token's "
+                               f"scopes are {', '.join(record.scopes) or 'none'}")
+        return Principal(kind="api", id=record.id, role="", scopes=record.scopes,
+                         name=record.name)
 
     def _decodes(self, token: str | None, kind: str) -> bool:
         try:
@@ -476,3 +502,113 @@ class Accounts:
         await self.storage.audit.record(f"agent:{principal.id}", "agent.role_changed", target.email,
                                  {"from": target.role, "to": role})
         return {"id": str(target.id), "role": role}
+
+    async def update_agent(self, principal: Principal, agent_id: str,
+                           body: dict[str, Any]) -> dict[str, Any]:
+        """Admin: change an agent's ``name``, ``pools``, ``max_chats``, or deactivate them
+        (``active`` false): their tokens are refused at once (as after a role change, on
+        every node: the store is shared), their open sockets close, and they go offline, which
+        is the seam through which their chats are given back (issue 13's give-back)."""
+        allowed = {"name", "pools", "max_chats", "active"}
+        unknown = set(body) - allowed
+        if unknown:
+            raise ServiceError(400, "invalid_body", f"unknown field(s) "
+                               f"{', '.join(sorted(unknown))}; allowed: active, max_chats, name, "
+                               "pools (the role has its own call: POST .../role)")
+        fields: dict[str, Any] = {}
+        if "name" in body:
+            name = body["name"]
+            if not isinstance(name, str) or not 1 <= len(name.strip()) <= 120:
+                raise ServiceError(400, "invalid_field", "'name' must be 1-120 characters")
+            fields["name"] = name.strip()
+        if "pools" in body:
+            pools = body["pools"]
+            if (not isinstance(pools, list) or not pools or not all(
+                    isinstance(p, str) and _POOL_RE.match(p) for p in pools)):
+                raise ServiceError(400, "invalid_field", "'pools' must be a non-empty list of "
+                                   "pool names (1-64 of a-z 0-9 _ -)")
+            fields["pools"] = ",".join(dict.fromkeys(pools))
+        if "max_chats" in body:
+            limit = body["max_chats"]
+            if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= 50:
+                raise ServiceError(400, "invalid_field", "'max_chats' must be 0-50")
+            fields["max_chats"] = limit
+        if "active" in body:
+            if not isinstance(body["active"], bool):
+                raise ServiceError(400, "invalid_field", "'active' must be true or false")
+            fields["active"] = body["active"]
+        target = await self.storage.agents.get(agent_id)
+        if target is None:
+            raise ServiceError(404, "not_found", f"no agent {agent_id!r}")
+        if fields.get("active") is False and str(target.id) == principal.id:
+            raise ServiceError(409, "last_admin_guard", "you cannot deactivate yourself; ask "
+                               "another admin")
+        if fields:
+            await self.storage.agents.update(target.id, **fields)
+        if fields.get("active") is False and target.active:
+            now = self.clock()
+            # No token names this role, so every token of the agent is stale now, and a
+            # refresh finds the account inactive.
+            await self.store.kv_set(_role_key(str(target.id)), DEACTIVATED,
+                                    self.tokens.access_ttl_s + 60, now)
+            await self.notify(f"agent:{target.id}", {"type": SESSION_ENDED,
+                                                      "reason": "role_changed",
+                                                      "role": DEACTIVATED})
+        await self.storage.audit.record(principal.actor, "agent.updated", target.email,
+                                        {k: v for k, v in fields.items()})
+        updated = await self.storage.agents.get(agent_id)
+        assert updated is not None
+        return {"id": str(updated.id), "name": updated.name, "role": updated.role,
+                "pools": list(updated.pool_list), "max_chats": updated.max_chats,
+                "active": updated.active}
+
+    async def invite(self, principal: Principal, body: dict[str, Any],
+                     ttl_s: float = INVITE_TTL_SECS) -> dict[str, Any]:
+        """Admin: create an agent who sets their own password through a one-time link (the
+        link's token is shown once; only its SHA-256 is kept)."""
+        allowed = {"email", "name", "role", "pools", "max_chats"}
+        unknown = set(body) - allowed
+        if unknown:
+            raise ServiceError(400, "invalid_body", f"unknown field(s) "
+                               f"{', '.join(sorted(unknown))}; allowed: "
+                               f"{', '.join(sorted(allowed))}")
+        email = body.get("email")
+        if not isinstance(email, str) or "@" not in email or len(email) > 254:
+            raise ServiceError(400, "invalid_field", "'email' must be an e-mail address")
+        role = body.get("role", "agent")
+        if role not in ROLES:
+            raise ServiceError(400, "invalid_field", f"'role' must be one of {ROLE_NAMES}")
+        email = email.strip().lower()
+        if await self.storage.agents.by_email(email) is not None:
+            raise ServiceError(409, "email_taken", f"an agent with {email} exists already")
+        token = secrets.token_urlsafe(32)
+        agent = await asyncio.to_thread(self.storage.agents.create_sync, email=email,
+                                        name=str(body.get("name") or email.split("@")[0]),
+                                        password_hash=hash_password(secrets.token_hex(32)),
+                                        role=role, pools=("general",), max_chats=3,
+                                        totp_secret=None)
+        await self.storage.agents.update(agent.id, invite_hash=api_token_hash(token),
+                                         invite_expires=self.clock() + ttl_s)
+        rest: dict[str, Any] = {k: body[k] for k in ("pools", "max_chats") if k in body}
+        if rest:
+            await self.update_agent(principal, str(agent.id), rest)
+        await self.storage.audit.record(principal.actor, "agent.invited", email, {"role": role})
+        return {"id": str(agent.id), "email": email, "invite_url": f"/console#invite={token}",
+                "expires_in": int(ttl_s)}
+
+    async def accept_invite(self, token: Any, password: Any) -> dict[str, Any]:
+        """Public: the invited agent sets a password (at least 10 characters); the link is
+        spent. Then they sign in as usual."""
+        if not isinstance(token, str) or not isinstance(password, str):
+            raise ServiceError(400, "invalid_body", "send {\"token\": str, \"password\": str}")
+        if not 10 <= len(password) <= 1024:
+            raise ServiceError(400, "invalid_field", "'password' must be 10-1024 characters")
+        agent = await self.storage.agents.by_invite(api_token_hash(token))
+        if agent is None:
+            raise ServiceError(401, "invalid_token", "this invitation is unknown, used or "
+                               "expired; ask an admin for a new one")
+        await self.storage.agents.update(agent.id, password_hash=hash_password(password),
+                                         invite_hash=None, invite_expires=None)
+        await self.storage.audit.record(f"agent:{agent.id}", "agent.invite_accepted",
+                                        agent.email)
+        return {"email": agent.email, "signed_up": True}

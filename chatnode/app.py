@@ -26,6 +26,7 @@ from tidedesk.routing_rules import RoutingConfig
 from tidedesk.settings import Settings
 from tidedesk.storage import Storage
 from tidedesk.store import Store
+from tidedesk.webhooks import WebhookOutbox
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ STORE_CHECK_SECS = 1.0
 ATTACHMENT_SWEEP_SECS = 600.0
 
 PAGES = {"/demo": "demo.html", "/console": "console.html", "/supervisor": "supervisor.html",
+         "/admin": "admin.html",
          "/widget.js": "widget.js"}
 # Files served in front of a page's own, joined into one answer: the shop embeds the widget with
 # one <script> tag and no build step, and the widget shares the protocol core with the console.
@@ -91,12 +93,14 @@ class IndexHandler(http.Hardened):
             "<li><a href=/demo>Widget demo (a shop page with the chat widget)</a></li>"
             "<li><a href=/console>Agent console</a></li>"
             "<li><a href=/supervisor>Supervisor view</a></li>"
+            "<li><a href=/admin>Admin (agents, sites, canned responses, tokens, webhooks)</a></li>"
             "<li><a href=/api/v1/openapi.json>API (OpenAPI)</a></li></ul>")
 
 
 class ChatNode:
     def __init__(self, *, settings: Settings, broker: Broker, store: Store, storage: Storage,
-                 routing: RoutingConfig, clock: Callable[[], float] = time.time) -> None:
+                 routing: RoutingConfig, clock: Callable[[], float] = time.time,
+                 outbox: WebhookOutbox | None = None) -> None:
         self.settings = settings
         self.broker = broker
         self.store = store
@@ -107,7 +111,9 @@ class ChatNode:
             settings=settings, broker=broker, store=store, storage=storage,
             tokens=TokenService(settings.jwt_secret, settings.access_token_ttl_s,
                                 settings.refresh_token_ttl_s, settings.visitor_token_ttl_s),
-            clock=clock, routing=routing)
+            clock=clock, outbox=outbox or WebhookOutbox(
+                storage, allowed_networks=settings.webhook_allowed_networks,
+                per_url=settings.webhook_per_url_concurrency), routing=routing)
         self.started = False
         self.draining = False
         self.inflight: set[asyncio.Future[Any]] = set()

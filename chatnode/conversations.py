@@ -94,7 +94,8 @@ class Conversations:
                                       visitor.name, visitor.tag_list), False
             conv, created = found, False
         else:
-            conv, created = await self.storage.conversations.current_for_visitor(visitor_id)
+            conv, created = await self.storage.conversations.current_for_visitor(
+                visitor_id, visitor.site)
         if created:
             await self.store.seed_seq(conv.id, 0)
         return VisitorSession(visitor_id, conv.id, conv.state, conv.pool, visitor.locale,
@@ -178,8 +179,8 @@ class Conversations:
         conv = await self.storage.conversations.get(conv_id)
         if conv is None:
             raise ServiceError(404, "not_found", f"no conversation {conv_id!r}")
-        if principal.is_supervisor:
-            return conv
+        if principal.is_supervisor or principal.kind == "api":
+            return conv  # an API token reaches this only with scope conversations:read
         owner = await self.store.owner(conv_id)
         if owner != principal.id and conv.agent_id != principal.id:
             # A ticket (nobody could take it) is open to every agent of its pool (issue 13).
@@ -305,4 +306,4 @@ class Conversations:
         page = bounded_int("limit", limit, HISTORY_PAGE, 1, HISTORY_PAGE_MAX) or HISTORY_PAGE
         return frame_dicts(await self.storage.messages.page(
             conv_id, after_seq=after, before_seq=before, limit=page,
-            include_private=principal.kind == "agent"))
+            include_private=principal.kind in ("agent", "api")))

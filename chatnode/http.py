@@ -112,7 +112,7 @@ class JsonHandler(RequestIds):
     access_rules: ClassVar[Mapping[str, frozenset[str]]] = {}
     # Probes and scrapes (health, readiness, metrics) are not rate limited.
     rate_limited = True
-    CORS_METHODS = "GET, POST, DELETE, OPTIONS"
+    CORS_METHODS = "GET, POST, PUT, DELETE, OPTIONS"
 
     def initialize(self, service: ChatService, node: Any) -> None:
         self.service = service
@@ -384,6 +384,12 @@ class MessagesHandler(JsonHandler):
             before_seq=self.get_query_argument("before_seq", None),
             limit=self.get_query_argument("limit", None))})
 
+    async def post(self, conv_id: str) -> None:
+        logs.bind(conversation_id=conv_id)
+        assert self.principal is not None
+        self.write_json(await self.service.post_message(self.principal, conv_id,
+                                                        self.json_body()), 201)
+
 
 class TakeHandler(JsonHandler):
     async def post(self, conv_id: str) -> None:
@@ -411,6 +417,8 @@ class VisitorContactHandler(JsonHandler):
     async def post(self) -> None:
         assert self.principal is not None
         self.write_json(await self.service.visitor_contact(self.principal, self.json_body()))
+
+
 class TranscriptHandler(JsonHandler):
     """issue 13: mail the visitor their conversation (through the outbox)."""
 
@@ -430,9 +438,37 @@ class RatingHandler(JsonHandler):
         self.write_json(await self.service.conversations.rating(self.principal, conv_id))
 
 
+class HandoffHandler(JsonHandler):
+    async def post(self, conv_id: str) -> None:
+        logs.bind(conversation_id=conv_id)
+        assert self.principal is not None
+        self.write_json(await self.service.handoff(self.principal, conv_id, self.json_body()))
+
+
 class AgentsHandler(JsonHandler):
     async def get(self) -> None:
         self.write_json({"agents": await self.service.agents_overview()})
+
+
+class InviteHandler(JsonHandler):
+    async def post(self) -> None:
+        assert self.principal is not None
+        self.write_json(await self.service.accounts.invite(self.principal, self.json_body()),
+                        201)
+
+
+class AcceptInviteHandler(JsonHandler):
+    async def post(self) -> None:
+        body = self.json_body()
+        self.write_json(await self.service.accounts.accept_invite(body.get("token"),
+                                                                  body.get("password")))
+
+
+class AgentHandler(JsonHandler):
+    async def put(self, agent_id: str) -> None:
+        assert self.principal is not None
+        self.write_json(await self.service.update_agent(self.principal, agent_id,
+                                                        self.json_body()))
 
 
 class AgentRoleHandler(JsonHandler):
@@ -456,7 +492,23 @@ class ContactExportHandler(JsonHandler):
 
 class CannedHandler(JsonHandler):
     async def get(self) -> None:
-        self.write_json({"canned": await self.service.canned()})
+        assert self.principal is not None
+        self.write_json({"canned": await self.service.canned.visible(self.principal)})
+
+    async def post(self) -> None:
+        assert self.principal is not None
+        self.write_json(await self.service.canned.create(self.principal, self.json_body()), 201)
+
+
+class CannedItemHandler(JsonHandler):
+    async def put(self, canned_id: str) -> None:
+        assert self.principal is not None
+        self.write_json(await self.service.canned.update(self.principal, canned_id,
+                                                         self.json_body()))
+
+    async def delete(self, canned_id: str) -> None:
+        assert self.principal is not None
+        self.write_json(await self.service.canned.delete(self.principal, canned_id))
 
 
 class SupervisorHandler(JsonHandler):
@@ -661,3 +713,77 @@ def byte_range(header: str, size: int) -> tuple[int, int] | None:
     if start >= size or end < start:
         return None
     return start, end - start + 1
+
+
+class ApiTokensHandler(JsonHandler):
+    async def get(self) -> None:
+        self.write_json({"tokens": await self.service.integrations.tokens()})
+
+    async def post(self) -> None:
+        assert self.principal is not None
+        self.write_json(await self.service.integrations.create_token(self.principal,
+                                                                     self.json_body()), 201)
+
+
+class ApiTokenHandler(JsonHandler):
+    async def delete(self, token_id: str) -> None:
+        assert self.principal is not None
+        self.write_json(await self.service.integrations.revoke_token(self.principal, token_id))
+
+
+class WebhooksHandler(JsonHandler):
+    async def get(self) -> None:
+        self.write_json({"webhooks": await self.service.integrations.webhooks()})
+
+    async def post(self) -> None:
+        assert self.principal is not None
+        self.write_json(await self.service.integrations.create_webhook(self.principal,
+                                                                       self.json_body()), 201)
+
+
+class WebhookHandler(JsonHandler):
+    async def delete(self, hook_id: str) -> None:
+        assert self.principal is not None
+        self.write_json(await self.service.integrations.delete_webhook(self.principal, hook_id))
+
+
+class WebhookDeliveriesHandler(JsonHandler):
+    async def get(self, hook_id: str) -> None:
+        self.write_json({"deliveries": await self.service.integrations.deliveries(
+            hook_id, self.get_query_argument("limit", None))})
+
+
+class WebhookResendHandler(JsonHandler):
+    async def post(self, hook_id: str) -> None:
+        assert self.principal is not None
+        self.write_json(await self.service.integrations.resend(self.principal, hook_id,
+                                                               self.json_body()))
+
+
+class SitesHandler(JsonHandler):
+    async def get(self) -> None:
+        self.write_json({"sites": await self.service.sites.list()})
+
+
+class SiteHandler(JsonHandler):
+    async def get(self, site: str) -> None:
+        self.write_json(await self.service.sites.get(site))
+
+    async def put(self, site: str) -> None:
+        assert self.principal is not None
+        self.write_json(await self.service.sites.put(self.principal, site, self.json_body()))
+
+    async def delete(self, site: str) -> None:
+        assert self.principal is not None
+        self.write_json(await self.service.sites.delete(self.principal, site))
+
+
+class WidgetConfigHandler(JsonHandler):
+    # Public and the same for every visitor of a site: caches may keep it briefly, so a
+    # busy shop page does not ask on every load; a change shows within this time.
+    CACHE_SECS = 30
+
+    async def get(self, site: str) -> None:
+        config = await self.service.sites.widget_config(site)
+        self.set_header("Cache-Control", f"public, max-age={self.CACHE_SECS}")
+        self.write_json(config)

@@ -26,14 +26,25 @@ import tornado.web
 from tornado.websocket import WebSocketHandler
 
 from chatnode import http, websockets
-from chatnode.access import ADMINS, AGENTS, PUBLIC, SUPERVISORS, VISITOR
+from chatnode.access import ADMIN_OR_TOKEN, ADMINS, AGENTS, PUBLIC, SUPERVISORS, VISITOR, scope
 from chatnode.schemas import (
     AGENT,
     ATTACHMENT,
     AUDIT_ENTRY,
+    CANNED,
+    CANNED_BODY,
     CODE_BODY,
+    DELIVERY,
     OBJECT,
+    POST_MESSAGE,
+    POSTED,
+    SITE_SETTINGS,
+    TOKEN_BODY,
+    TOKEN_CREATED,
     TOKENS,
+    WEBHOOK_BODY,
+    WEBHOOK_CREATED,
+    WIDGET_CONFIG,
     error_responses,
     json_content,
     json_response,
@@ -43,6 +54,9 @@ from chatnode.schemas import (
 CONVERSATION_ID = "[0-9a-f]{1,32}"
 AGENT_ID = "[0-9]{1,18}"
 ATTACHMENT_ID = "[0-9a-f]{32}"
+# API tokens, webhooks: uuid4 hex (shorter accepted, so a wrong id is a clear 404).
+HEX_ID = "[0-9a-f]{1,32}"
+SITE = "[a-z0-9][a-z0-9_-]{0,63}"
 _PARAM = re.compile(r"\{(\w+)\}")
 
 
@@ -68,12 +82,13 @@ class Route:
     get: Operation | None = None
     post: Operation | None = None
     params: Mapping[str, str] | None = None
+    put: Operation | None = None
     delete: Operation | None = None
 
     @property
     def operations(self) -> dict[str, Operation]:
         """HTTP method -> operation, for the methods this route serves."""
-        return {m: op for m, op in (("GET", self.get), ("POST", self.post),
+        return {m: op for m, op in (("GET", self.get), ("POST", self.post), ("PUT", self.put),
                                     ("DELETE", self.delete)) if op is not None}
 
     @property
@@ -103,7 +118,8 @@ _VISITOR_BODY = json_content({
         "phone": {"type": "string", "pattern": "^\\+?[0-9 ().\\-]{3,32}$"},
         "tags": {"type": "array", "maxItems": 20,
                  "items": {"type": "string", "pattern": "^[a-z0-9_-]{1,32}$"}},
-        "locale": {"enum": ["en", "zh-CN"]}}})
+        "locale": {"enum": ["en", "zh-CN"]},
+        "site": {"type": "string", "pattern": f"^{SITE}$", "default": "default"}}})
 _VISITOR_CREATED = json_response({"type": "object", "required": ["visitor_id", "token"],
                                   "properties": {"visitor_id": {"type": "string"},
                                                  "token": {"type": "string"}}}, "created")
@@ -180,8 +196,16 @@ ROUTES: tuple[Route, ...] = (
         {"200": json_response(OBJECT, "off"), **error_responses(400, 401, 403, 409)},
         CODE_BODY)),
     Route("/api/v1/conversations/{id}/messages", http.MessagesHandler,
-          params={"id": CONVERSATION_ID}, get=Operation(
-              AGENTS | VISITOR, "history in seq order (agent token, or the visitor's own token)",
+          params={"id": CONVERSATION_ID}, post=Operation(
+              AGENTS | scope("messages:write"),
+              "send a message (or, private, a note) as the WebSocket `message` does: 201 once "
+              "durable, idempotent on `id` (agent who may write to it, or API token)",
+              {"201": json_response(POSTED, "durable"),
+               **error_responses(400, 401, 403, 404, 409, 503)},
+              json_content(POST_MESSAGE), parameters=(_id_param(),)),
+          get=Operation(
+              AGENTS | VISITOR | scope("conversations:read"),
+              "history in seq order (agent token, the visitor's own token, or API token)",
               {"200": json_response({"type": "object", "properties": {
                   "messages": {"type": "array",
                                "items": {"$ref": "#/components/schemas/Message"}}}},
@@ -247,9 +271,43 @@ ROUTES: tuple[Route, ...] = (
                       "created_at": {"type": "number"}}}}}, "rating"),
                **error_responses(401, 403, 404)},
               parameters=(_id_param(),))),
+    Route("/api/v1/conversations/{id}/handoff", http.HandoffHandler,
+          params={"id": CONVERSATION_ID}, post=Operation(
+              AGENTS | scope("messages:write"),
+              "a bot hands the conversation to people (its site's bot pool, or `pool`); the "
+              "visitor is told \"connecting you to a person\"; 409 when no bot holds it",
+              {"200": json_response(OBJECT, "handed off"),
+               **error_responses(400, 401, 403, 404, 409)},
+              json_content({"type": "object", "additionalProperties": False,
+                            "properties": {"pool": {"type": "string"}}}),
+              parameters=(_id_param(),))),
     Route("/api/v1/agents", http.AgentsHandler, get=Operation(
         AGENTS, "agents with status and load",
         {"200": json_response(OBJECT, "agents"), **error_responses(401)})),
+    Route("/api/v1/agents/invite", http.InviteHandler, post=Operation(
+        ADMINS, "invite an agent: a one-time link (`invite_url`, shown once) where they set "
+                "their password (admin)",
+        {"201": json_response(OBJECT, "invited"), **error_responses(400, 401, 403, 409)},
+        json_content({"type": "object", "required": ["email"], "properties": {
+            "email": {"type": "string"}, "name": {"type": "string"},
+            "role": {"enum": ["agent", "supervisor", "admin"]},
+            "pools": {"type": "array", "items": {"type": "string"}},
+            "max_chats": {"type": "integer"}}}))),
+    Route("/api/v1/auth/accept-invite", http.AcceptInviteHandler, post=Operation(
+        PUBLIC, "an invited agent sets their password with the invitation's token",
+        {"200": json_response(OBJECT, "signed up"), **error_responses(400, 401)},
+        json_content({"type": "object", "required": ["token", "password"], "properties": {
+            "token": {"type": "string"}, "password": {"type": "string", "minLength": 10}}}))),
+    Route("/api/v1/agents/{id}", http.AgentHandler, params={"id": AGENT_ID}, put=Operation(
+        ADMINS, "change an agent's name, pools, max_chats, or deactivate them (`active`: "
+                "false closes their sockets and refuses their tokens at once) (admin)",
+        {"200": json_response(OBJECT, "changed"), **error_responses(400, 401, 403, 404, 409)},
+        json_content({"type": "object", "additionalProperties": False, "properties": {
+            "name": {"type": "string", "maxLength": 120},
+            "pools": {"type": "array", "items": {"type": "string"}},
+            "max_chats": {"type": "integer", "minimum": 0, "maximum": 50},
+            "active": {"type": "boolean"}}}),
+        parameters=(_id_param(AGENT_ID),))),
     Route("/api/v1/agents/{id}/role", http.AgentRoleHandler, params={"id": AGENT_ID},
           post=Operation(
               ADMINS, "change an agent's role (admin)",
@@ -259,8 +317,24 @@ ROUTES: tuple[Route, ...] = (
                   "role": {"enum": ["agent", "supervisor", "admin"]}}}),
               parameters=(_id_param(AGENT_ID),))),
     Route("/api/v1/canned", http.CannedHandler, get=Operation(
-        AGENTS, "canned responses",
-        {"200": json_response(OBJECT, "canned"), **error_responses(401)})),
+        AGENTS | scope("conversations:read"),
+        "canned responses: the shared ones and the caller's own (`personal`)",
+        {"200": json_response(OBJECT, "canned"), **error_responses(401)}),
+          post=Operation(
+        AGENTS, "add a canned response: shared (admin) or `personal` (any agent, their own); "
+                "a taken shortcut or an unknown {{variable}} is a 400",
+        {"201": json_response(CANNED, "created"), **error_responses(400, 401, 403)},
+        json_content(CANNED_BODY))),
+    Route("/api/v1/canned/{id}", http.CannedItemHandler, params={"id": AGENT_ID},
+          put=Operation(
+              AGENTS, "change a canned response (shared: admin; personal: its owner)",
+              {"200": json_response(CANNED, "changed"),
+               **error_responses(400, 401, 403, 404)},
+              json_content(CANNED_BODY), parameters=(_id_param(AGENT_ID),)),
+          delete=Operation(
+              AGENTS, "delete a canned response (shared: admin; personal: its owner)",
+              {"200": json_response(OBJECT, "deleted"), **error_responses(401, 403, 404)},
+              parameters=(_id_param(AGENT_ID),))),
     Route("/api/v1/supervisor/overview", http.SupervisorHandler, get=Operation(
         SUPERVISORS, "agents, waiting queues per pool, live counts (supervisor/admin)",
         {"200": json_response(OBJECT, "overview"), **error_responses(401, 403)})),
@@ -324,6 +398,66 @@ ROUTES: tuple[Route, ...] = (
                   "exported_at": {"type": "number"}}}, "the contact's data"),
                **error_responses(401, 403, 404)},
               parameters=(_id_param(CONVERSATION_ID),))),
+    Route("/api/v1/api-tokens", http.ApiTokensHandler, get=Operation(
+        ADMIN_OR_TOKEN, "live API tokens (never the tokens themselves)",
+        {"200": json_response(OBJECT, "tokens"), **error_responses(401, 403)}),
+          post=Operation(
+        ADMIN_OR_TOKEN, "create an API token: the token is in this answer only",
+        {"201": json_response(TOKEN_CREATED, "created"), **error_responses(400, 401, 403)},
+        json_content(TOKEN_BODY))),
+    Route("/api/v1/api-tokens/{id}", http.ApiTokenHandler, params={"id": HEX_ID},
+          delete=Operation(
+              ADMIN_OR_TOKEN, "revoke an API token (refused at once on every node)",
+              {"200": json_response(OBJECT, "revoked"), **error_responses(401, 403, 404)},
+              parameters=(_id_param(HEX_ID),))),
+    Route("/api/v1/webhooks", http.WebhooksHandler, get=Operation(
+        ADMIN_OR_TOKEN, "webhooks (with `failing` when deliveries gave up)",
+        {"200": json_response(OBJECT, "webhooks"), **error_responses(401, 403)}),
+          post=Operation(
+        ADMIN_OR_TOKEN, "add a webhook: the signing secret is in this answer only",
+        {"201": json_response(WEBHOOK_CREATED, "created"), **error_responses(400, 401, 403)},
+        json_content(WEBHOOK_BODY))),
+    Route("/api/v1/webhooks/{id}", http.WebhookHandler, params={"id": HEX_ID},
+          delete=Operation(
+              ADMIN_OR_TOKEN, "delete a webhook (its pending deliveries are dropped)",
+              {"200": json_response(OBJECT, "deleted"), **error_responses(401, 403, 404)},
+              parameters=(_id_param(HEX_ID),))),
+    Route("/api/v1/webhooks/{id}/deliveries", http.WebhookDeliveriesHandler,
+          params={"id": HEX_ID}, get=Operation(
+              ADMIN_OR_TOKEN, "the delivery log, newest first: status, attempts, code, latency",
+              {"200": json_response({"type": "object", "properties": {
+                  "deliveries": {"type": "array", "items": DELIVERY}}}, "deliveries"),
+               **error_responses(400, 401, 403, 404)},
+              parameters=(_id_param(HEX_ID), _LIMIT))),
+    Route("/api/v1/webhooks/{id}/resend", http.WebhookResendHandler, params={"id": HEX_ID},
+          post=Operation(
+              ADMIN_OR_TOKEN, "send a delivery again now (\"send again\")",
+              {"200": json_response(OBJECT, "queued"), **error_responses(400, 401, 403, 404)},
+              json_content({"type": "object", "required": ["delivery_id"], "properties": {
+                  "delivery_id": {"type": "string"}}}),
+              parameters=(_id_param(HEX_ID),))),
+    Route("/api/v1/sites", http.SitesHandler, get=Operation(
+        ADMIN_OR_TOKEN, "the sites (shops) of this installation",
+        {"200": json_response(OBJECT, "sites"), **error_responses(401, 403)})),
+    Route("/api/v1/sites/{id}", http.SiteHandler, params={"id": SITE}, get=Operation(
+        ADMIN_OR_TOKEN, "a site's settings: widget, hours, routing",
+        {"200": json_response(SITE_SETTINGS, "site"), **error_responses(400, 401, 403, 404)},
+        parameters=(_id_param(SITE),)),
+          put=Operation(
+        ADMIN_OR_TOKEN, "create or change a site (any subset of the fields; the others keep "
+                        "their values). `routing` may be the routing file's YAML as a string",
+        {"200": json_response(SITE_SETTINGS, "saved"), **error_responses(400, 401, 403)},
+        json_content(SITE_SETTINGS), parameters=(_id_param(SITE),)),
+          delete=Operation(
+        ADMIN_OR_TOKEN, "delete a site: its widget then shows \"chat unavailable\"",
+        {"200": json_response(OBJECT, "deleted"), **error_responses(400, 401, 403, 404)},
+        parameters=(_id_param(SITE),))),
+    Route("/api/v1/sites/{id}/widget-config", http.WidgetConfigHandler, params={"id": SITE},
+          get=Operation(
+              PUBLIC, "what the site's widget shows (public, cacheable for 30 s); 404 "
+                      "`site_unavailable` for an unknown or deleted site",
+              {"200": json_response(WIDGET_CONFIG, "config"), **error_responses(400, 404)},
+              parameters=(_id_param(SITE),))),
     # Sockets: the token opens one of them, then chatnode.access.WS decides per frame.
     Route("/ws/visitor", websockets.VisitorSocket),
     Route("/ws/agent", websockets.AgentSocket),

@@ -69,6 +69,75 @@ AUDIT_ENTRY = {
                    "actor": {"type": "string"}, "action": {"type": "string"},
                    "target": {"type": "string"}, "detail": {"type": "object"}},
 }
+# Issue 16: REST messages, API tokens, webhooks.
+POST_MESSAGE = {"type": "object", "required": ["id", "body"], "additionalProperties": False,
+                "properties": {"id": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,64}$"},
+                               "body": {"type": "string", "minLength": 1},
+                               "private": {"type": "boolean"}}}
+POSTED = {"type": "object", "required": ["id", "seq"],
+          "properties": {"id": {"type": "string"}, "seq": {"type": "integer"}}}
+TOKEN_BODY = {"type": "object", "required": ["name", "scopes"], "additionalProperties": False,
+              "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 64},
+                             "scopes": {"type": "array", "minItems": 1, "items": {"enum": [
+                                 "conversations:read", "messages:write", "contacts:read",
+                                 "contacts:write", "admin"]}}}}
+TOKEN_CREATED = {"type": "object", "required": ["id", "token"],
+                 "properties": {"id": {"type": "string"}, "token": {"type": "string"},
+                                "name": {"type": "string"},
+                                "scopes": {"type": "array", "items": {"type": "string"}}}}
+WEBHOOK_BODY = {"type": "object", "required": ["url", "events"], "additionalProperties": False,
+                "properties": {"url": {"type": "string", "format": "uri"},
+                               "events": {"type": "array", "minItems": 1, "items": {"enum": [
+                                   "conversation.created", "message.created",
+                                   "conversation.assigned", "conversation.closed",
+                                   "rating.created", "ticket.created", "ticket.updated"]}}}}
+WEBHOOK_CREATED = {"type": "object", "required": ["id", "secret"],
+                   "properties": {"id": {"type": "string"}, "secret": {"type": "string"},
+                                  "url": {"type": "string"},
+                                  "events": {"type": "array", "items": {"type": "string"}}}}
+DELIVERY = {"type": "object", "properties": {
+    "id": {"type": "string"}, "event_id": {"type": "string"}, "event": {"type": "string"},
+    "ts": {"type": "number"}, "status": {"enum": ["pending", "delivered", "failed"]},
+    "attempts": {"type": "integer"}, "next_at": {"type": "number"},
+    "code": {"type": ["integer", "null"]}, "latency_ms": {"type": ["integer", "null"]},
+    "error": {"type": "string"}, "created_at": {"type": "number"},
+    "updated_at": {"type": "number"}}}
+_HOURS = {"type": ["object", "null"], "properties": {
+    "timezone": {"type": "string", "description": "IANA name, e.g. Europe/Berlin"},
+    "days": {"type": "array", "items": {"enum": ["mon", "tue", "wed", "thu", "fri", "sat",
+                                                 "sun"]}},
+    "open": {"type": "string", "pattern": "^[0-9]{1,2}:[0-9]{2}$"},
+    "close": {"type": "string", "pattern": "^[0-9]{1,2}:[0-9]{2}$"},
+    "holidays": {"type": "array", "items": {"type": "string", "format": "date"}}}}
+_PRECHAT = {"type": "array", "maxItems": 10, "items": {"type": "object", "properties": {
+    "name": {"type": "string", "pattern": "^[a-z0-9_]{1,32}$"}, "label": {"type": "string"},
+    "type": {"enum": ["text", "email", "phone"]}, "required": {"type": "boolean"}}}}
+SITE_SETTINGS = {"type": "object", "additionalProperties": False, "properties": {
+    "site": {"type": "string", "readOnly": True},
+    "name": {"type": "string", "maxLength": 120},
+    "color": {"type": "string", "pattern": "^#([0-9a-fA-F]{3}|[0-9a-fA-F]{6})$"},
+    "position": {"enum": ["bottom-right", "bottom-left"]},
+    "greeting": {"type": "string", "maxLength": 500},
+    "offline_message": {"type": "string", "maxLength": 500},
+    "prechat_fields": _PRECHAT,
+    "languages": {"type": "array", "items": {"enum": ["en", "zh-CN"]}},
+    "business_hours": _HOURS,
+    "routing": {"type": ["object", "string", "null"],
+                "description": "the routing file's rules and vip_tags (mapping or YAML)"}}}
+WIDGET_CONFIG = {"type": "object", "properties": {
+    "site": {"type": "string"}, "name": {"type": "string"}, "color": {"type": "string"},
+    "position": {"type": "string"}, "greeting": {"type": "string"},
+    "offline_message": {"type": "string"}, "prechat_fields": _PRECHAT,
+    "languages": {"type": "array", "items": {"type": "string"}},
+    "open": {"type": "boolean", "description": "inside business hours now"}}}
+CANNED_BODY = {"type": "object", "additionalProperties": False, "properties": {
+    "shortcut": {"type": "string", "pattern": "^/?[a-z0-9_-]{1,32}$"},
+    "body": {"type": "string", "maxLength": 2000,
+             "description": "may hold {{visitor.name}}, {{visitor.email}}, {{agent.name}}"},
+    "personal": {"type": "boolean", "description": "POST only: the caller's own"}}}
+CANNED = {"type": "object", "properties": {
+    "id": {"type": "integer"}, "shortcut": {"type": "string"}, "body": {"type": "string"},
+    "personal": {"type": "boolean"}}}
 # What components/schemas names; operations refer to them as {"$ref": ...}.
 NAMED = {"Error": ERROR, "Message": MESSAGE, "Tokens": TOKENS, "Agent": AGENT,
          "Attachment": ATTACHMENT}

@@ -13,6 +13,7 @@ rules (ownership, hello, history) are :class:`~chatnode.conversations.Conversati
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
@@ -23,12 +24,15 @@ from typing import Any, cast
 from chatnode.accounts import Accounts
 from chatnode.assignments import Assignments
 from chatnode.attachments import AttachmentService
+from chatnode.canned import CannedResponses
 from chatnode.connections import ConnectionState, Peer, VisitorSession
 from chatnode.conversations import MAX_SEQ, Conversations, relay_frame
 from chatnode.errors import ServiceError
+from chatnode.integrations import Integrations
 from chatnode.privacy import Privacy
 from chatnode.queries import audit_action, bounded_int
-from tidedesk import logs, metrics, wire
+from chatnode.site_admin import SiteAdmin
+from tidedesk import events, logs, metrics, wire
 from tidedesk.auth import Principal, TokenService
 from tidedesk.blobs import BlobStore, open_blobs
 from tidedesk.broker import INBOUND_QUEUE, Broker, BrokerUnavailable
@@ -52,11 +56,13 @@ from tidedesk.frames import (
 from tidedesk.i18n import LOCALES
 from tidedesk.ratelimit import RateLimiter
 from tidedesk.resume import plan_resume, reseed_floor
-from tidedesk.routing_rules import RoutingConfig
+from tidedesk.routing_rules import DEFAULT_RULES, RoutingConfig, parse_rules
 from tidedesk.settings import Settings
+from tidedesk.site_directory import SiteDirectory
 from tidedesk.storage import Storage
 from tidedesk.storage.records import as_dicts
 from tidedesk.store import CHECK_DATABASE, Store
+from tidedesk.webhooks import WebhookOutbox
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +99,7 @@ class PendingMessage:
 class ChatService:
     def __init__(self, *, settings: Settings, broker: Broker, store: Store, storage: Storage,
                  tokens: TokenService, clock: Callable[[], float] = time.time,
+                 outbox: WebhookOutbox | None = None,
                  routing: RoutingConfig | None = None,
                  blobs: BlobStore | None = None) -> None:
         self.settings = settings
@@ -124,6 +131,12 @@ class ChatService:
         self.privacy.add_step("attachments",
                               lambda subject: self.attachments.delete_for_visitor(
                                   subject.visitor_id))
+        self.outbox = outbox or WebhookOutbox(storage)
+        self.integrations = Integrations(settings=settings, storage=storage,
+                                         outbox=self.outbox, clock=clock)
+        self.canned = CannedResponses(storage)
+        self.sites = SiteAdmin(storage=storage, directory=SiteDirectory(
+            storage, routing or parse_rules(DEFAULT_RULES)), clock=clock)
 
     # -- authentication (chatnode/accounts.py) ------------------------------------------------
     def principal(self, token: str | None, expected: str) -> Principal:
@@ -134,7 +147,7 @@ class ChatService:
 
     # -- visitors --------------------------------------------------------------------------------
     async def create_visitor(self, body: dict[str, Any]) -> dict[str, str]:
-        allowed = {"name", "email", "phone", "tags", "locale"}
+        allowed = {"name", "email", "phone", "tags", "locale", "site"}
         unknown = set(body) - allowed
         if unknown:
             raise ServiceError(400, "invalid_body", f"unknown field(s) {', '.join(sorted(unknown))}"
@@ -160,9 +173,14 @@ class ChatService:
         if locale not in LOCALES:
             raise ServiceError(400, "invalid_field", f"'locale' must be one of "
                                f"{', '.join(LOCALES)}")
+        site = body.get("site", "default")
+        if not isinstance(site, str):
+            raise ServiceError(400, "invalid_field", "'site' must be a site name")
+        if site != "default":  # the default site needs no lookup on this hot path
+            site = await self.sites.check_known(site)
         visitor_id = await self.storage.visitors.create(name=name.strip(), email=email,
                                                        phone=phone, tags=sorted(set(tags)),
-                                                       locale=locale)
+                                                       locale=locale, site=site)
         return {"visitor_id": visitor_id, "token": self.tokens.visitor_token(visitor_id)}
 
     async def visitor_contact(self, principal: Principal,
@@ -282,6 +300,64 @@ class ChatService:
         metrics.MESSAGES_IN.labels(role=msg.sender_type).inc()
         return frame_dict(AckFrame(id=msg.client_id, seq=msg.seq))
 
+    async def post_message(self, principal: Principal, conv_id: str,
+                           body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /api/v1/conversations/{id}/messages``: the WebSocket ``message`` (or, with
+        ``private``, ``note``) over REST, on the same durable path (seq taken, published,
+        answered once durable) and idempotent on ``id`` the same way. An agent must own the
+        conversation (or be a supervisor); an API token needs scope ``messages:write`` (the
+        route's rule) and writes as its name."""
+        allowed = {"id", "body", "private"}
+        unknown = set(body) - allowed
+        if unknown:
+            raise ServiceError(400, "invalid_body", f"unknown field(s) {', '.join(sorted(unknown))}"
+                               f"; allowed: {', '.join(sorted(allowed))}")
+        private = body.get("private", False)
+        if not isinstance(private, bool):
+            raise ServiceError(400, "invalid_field", "'private' must be true or false")
+        kind = "note" if private else "message"
+        try:
+            frame = wire.parse_frame(json.dumps({
+                "type": kind, "conversation_id": conv_id, "id": body.get("id"),
+                "body": body.get("body")}), role="agent",
+                max_body_chars=self.settings.max_body_chars)
+        except wire.FrameError as exc:
+            raise ServiceError(400, exc.code, exc.message) from None
+        if principal.kind == "agent":
+            visitor_id, state = await self.conversations.for_agent(principal, {}, conv_id)
+            name, sender_id = (await self.agent_for(principal)).name, principal.id
+        else:
+            conv = await self.storage.conversations.get(conv_id)
+            if conv is None:
+                raise ServiceError(404, "not_found", f"no conversation {conv_id!r}")
+            visitor_id, state = conv.visitor_id, conv.state
+            name, sender_id = principal.name, f"api:{principal.id}"[:32]
+        self.conversations.check_agent_may_write(kind, state)
+        pending = await self.take_seq(conv_id, frame, visitor_id=visitor_id, sender_type="agent",
+                                      sender_id=sender_id, name=name, private=private)
+        ack = await self.publish_message(pending)
+        return {"id": ack["id"], "seq": ack["seq"]}
+
+    async def handoff(self, principal: Principal, conv_id: str,
+                      body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /api/v1/conversations/{id}/handoff`` ``{"pool"?}``: a bot gives the chat to
+        people (its own pool unless it names one); 409 when no bot holds the chat."""
+        unknown = set(body) - {"pool"}
+        if unknown:
+            raise ServiceError(400, "invalid_body", f"unknown field(s) "
+                               f"{', '.join(sorted(unknown))}; allowed: pool")
+        pool = body.get("pool")
+        if pool is not None and (not isinstance(pool, str) or not TAG_RE.match(pool)):
+            raise ServiceError(400, "invalid_field", "'pool' must be a pool name")
+        if await self.storage.conversations.get(conv_id) is None:
+            raise ServiceError(404, "not_found", f"no conversation {conv_id!r}")
+        if await self.store.kv_get(f"bot:{conv_id}", self.clock()) is None:
+            raise ServiceError(409, "not_with_a_bot", "no bot holds this conversation (it "
+                               "was handed off already, or its site has no bot)")
+        await self.publish({"kind": "transfer", "conversation_id": conv_id,
+                            "by": principal.actor, "to_pool": pool or "*"})
+        return {"id": conv_id, "handed_off": True}
+
     async def resume(self, conv_id: str, after_seq: int, *,
                      include_private: bool) -> list[dict[str, Any]]:
         plan = plan_resume(after_seq, await self.store.history(conv_id),
@@ -306,6 +382,18 @@ class ChatService:
         await self.publish({"kind": "agent_status", "agent_id": str(agent.id), "status": status,
                             "pools": list(agent.pool_list), "max_chats": agent.max_chats,
                             "name": agent.name, "give_back": give_back})
+
+    async def update_agent(self, principal: Principal, agent_id: str,
+                           body: dict[str, Any]) -> dict[str, Any]:
+        """``PUT /api/v1/agents/{id}`` (:meth:`Accounts.update_agent`); a deactivated agent
+        also goes offline at the routers at once (the seam issue 13's give-back of their
+        chats hangs on)."""
+        agent = await self.accounts.update_agent(principal, agent_id, body)
+        if not agent["active"]:
+            await self.publish({"kind": "agent_status", "agent_id": agent["id"],
+                                "status": "offline", "pools": agent["pools"],
+                                "max_chats": agent["max_chats"], "name": agent["name"]})
+        return agent
 
     async def agents_overview(self) -> list[dict[str, Any]]:
         out = []
@@ -349,9 +437,6 @@ class ChatService:
         }
 
     # -- reads for the console -----------------------------------------------------------------
-    async def canned(self) -> list[dict[str, Any]]:
-        return as_dicts(await self.storage.canned.all())
-
     async def audit_log(self, *, limit: str | None, before_id: str | None,
                         action: str | None) -> list[dict[str, Any]]:
         """A page of the audit log, newest first; the query arguments come raw from the URL."""
@@ -400,6 +485,8 @@ class ChatService:
         asyncio.get_running_loop().call_later(JOIN_HOLD_SECS, self.end_join, conn, peer)
         await self._present(conn)
         waiting = await self.conversations.visitor_hello(session, peer.send)
+        if created:
+            await self._conversation_created(session)
         # A queued chat that is in no queue was never announced (say the broker was down when
         # it was created): announcing is idempotent, so ask again. An offline one (a ticket) is
         # routed again now that its visitor is back, in case an agent came online meanwhile.
@@ -430,6 +517,7 @@ class ChatService:
                 logs.bind(conversation_id=session.conversation_id)
                 await self.conversations.visitor_hello(session, peer.send)
                 if created:
+                    await self._conversation_created(session)
                     await self._announce(session, peer)
             assert session.conversation_id is not None
             if session.state == "offline":  # the visitor wrote last: the ticket is open
@@ -466,6 +554,13 @@ class ChatService:
         peer.send(frame_dict(frame))
         if rating.agent_id:
             await self.relay(f"agent:{rating.agent_id}", frame_dict(frame))
+        try:  # the webhook event (issue 16); the rating itself is stored already
+            await self.outbox.emit(events.RATING_CREATED, events.rating_data(
+                conversation_id=rating.conversation_id, score=rating.score,
+                comment=rating.comment))
+        except Unavailable:
+            log.warning("rating.created not emitted: database unavailable",
+                        extra={"conversation_id": rating.conversation_id})
 
     async def post_mail_reply(self, conv_id: str, visitor_id: str, client_id: str,
                               body: str) -> None:
@@ -562,6 +657,18 @@ class ChatService:
     async def _present(self, conn: ConnectionState) -> None:
         await self.store.presence_add(conn.who, conn.conn_id, self.node_id,
                                       self.settings.presence_ttl_s, self.clock())
+
+    async def _conversation_created(self, session: VisitorSession) -> None:
+        assert session.conversation_id is not None
+        try:
+            await self.outbox.emit(events.CONVERSATION_CREATED, events.conversation_data(
+                conversation_id=session.conversation_id, visitor_id=session.visitor_id,
+                state=session.state, pool=session.pool))
+        except Unavailable:
+            # The row was written a moment ago, so this is rare; the chat goes on, the hook
+            # misses this one event (logged).
+            log.warning("conversation.created not emitted: database unavailable",
+                        extra={"conversation_id": session.conversation_id})
 
     async def _announce(self, session: VisitorSession, peer: Peer) -> None:
         try:

@@ -28,9 +28,10 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from routernode.bots import Bots, bot_key
 from routernode.lifecycle import Lifecycle
 from routernode.routing import anyone_online, choose_agent, fallback_due
-from tidedesk import logs, metrics
+from tidedesk import events, logs, metrics
 from tidedesk.broker import INBOUND_QUEUE, Broker, Envelope
 from tidedesk.delivery import deliver, start_publish
 from tidedesk.envelopes import (
@@ -59,6 +60,7 @@ from tidedesk.frames import (
     visitor_summary,
 )
 from tidedesk.routing_rules import RoutingConfig
+from tidedesk.site_directory import SiteDirectory
 from tidedesk.storage import Storage
 from tidedesk.store import Store
 
@@ -168,11 +170,16 @@ class Router:
                  prefetch: int = 200, clock: Callable[[], float] = time.time,
                  envelope_format: str = "binary", agent_grace_s: float = 30.0,
                  idle_close_s: float = 1800.0,
-                 reply_mail_delay_s: float | None = None) -> None:
+                 reply_mail_delay_s: float | None = None,
+                 emit: events.Emitter = events.no_events) -> None:
         self.broker = broker
+        self.emit = emit  # webhook events (tidedesk/events.py), durable once it returns
         self.store = store
         self.storage = storage
         self.routing = routing
+        self.sites = SiteDirectory(storage, routing)  # each site's rules and hours
+        self.bots = Bots(broker=broker, store=store, storage=storage, clock=clock,
+                         envelope_format=envelope_format, route=self._route_after_bot)
         self.max_waiting_per_pool = max_waiting_per_pool
         self.prefetch = prefetch
         self.clock = clock
@@ -213,6 +220,7 @@ class Router:
         return True, "ok"
 
     async def stop(self) -> None:
+        self.bots.stop()
         if self._tick_task is not None:
             self._tick_task.cancel()
             await asyncio.gather(self._tick_task, return_exceptions=True)
@@ -292,10 +300,16 @@ class Router:
             await asyncio.gather(*confirms, return_exceptions=True)
             raise
         log.debug("message stored", extra={"seq": event.seq, "client_id": event.id})
+        await self.emit(events.MESSAGE_CREATED, events.message_data(
+            conversation_id=conv_id, seq=event.seq, message_id=event.id, sender=event.from_,
+            sender_id=event.sender_id, name=event.name, body=event.body, ts=event.ts,
+            private=event.private), event_id=events.message_event_id(conv_id, event.id))
         for confirm in confirms:
             await confirm
         if visitor is not None and event.from_ == "agent" and not recipients.get(visitor):
             self.note_reply_mail(event)
+        if not event.private and event.from_ != "system" and await self.sites.any_bot():
+            await self.bots.on_message(conv_id, event.from_, event.sender_id)
 
     def note_reply_mail(self, event: MessageEvent) -> None:
         """issue 13: the visitor is not connected, so the reply may go out by e-mail. One row in
@@ -326,9 +340,32 @@ class Router:
         self._visitor_of[conv_id] = visitor_id
         if await self.store.owner(conv_id) is not None:
             return  # redelivered: already routed
-        rule = self.routing.rule_for(tags)
-        await self.route(conv_id, visitor_id, rule.pool, vip=self.routing.is_vip(tags),
-                         fallback=rule.fallback)
+        conv = await self.storage.conversations.get(conv_id)
+        site = conv.site if conv is not None else "default"
+        routing = await self.sites.routing(site)
+        rule = routing.rule_for(tags)
+        bot = (await self.sites.settings(site) or {}).get("bot")
+        if bot:
+            await self._to_bot(conv_id, visitor_id, bot, bot.get("pool") or rule.pool)
+            return
+        await self.route(conv_id, visitor_id, rule.pool, vip=routing.is_vip(tags),
+                         fallback=rule.fallback, routing=routing)
+
+    async def _to_bot(self, conv_id: str, visitor_id: str, bot: dict[str, Any],
+                      pool: str) -> None:
+        """The site answers with a bot first: the visitor sees its name; no agent slot."""
+        await self.bots.start(conv_id, visitor_id, bot, pool)
+        await self.storage.conversations.update(conv_id, state="assigned", pool=pool,
+                                               agent_id=None)
+        await self.deliver(f"visitor:{visitor_id}", VisitorAssignedFrame(
+            agent=AgentRef(id="bot", name=bot["name"])))
+        await self.deliver(f"visitor:{visitor_id}", StateFrame(state="assigned"))
+
+    async def _route_after_bot(self, conv_id: str, visitor_id: str, pool: str | None) -> None:
+        conv = await self.storage.conversations.get(conv_id)
+        routing = await self.sites.routing(conv.site if conv is not None else "default")
+        await self.route(conv_id, visitor_id, pool or routing.rule_for(()).pool,
+                         vip=await self._is_vip(visitor_id), fallback=None, routing=routing)
 
     async def on_agent_status(self, event: AgentStatusEvent) -> None:
         agent_id = event.agent_id
@@ -355,11 +392,15 @@ class Router:
             return
         owner = await self.store.release(conv_id)
         await self.store.dequeue(conv.pool, conv_id)
+        await self.store.kv_delete(bot_key(conv_id))
         await self.storage.conversations.update(conv_id, state="closed")
         await self.lifecycle.closed(conv_id)
         self._forget(conv_id)
         await self.store.drop_client_ids(conv_id)  # bounded memory; the database remembers
         await self.storage.audit.record(event.by, "conversation.close", conv_id)
+        await self.emit(events.CONVERSATION_CLOSED, events.conversation_data(
+            conversation_id=conv_id, visitor_id=conv.visitor_id, state="closed",
+            pool=conv.pool, agent_id=owner or conv.agent_id))
         await self.deliver(f"visitor:{conv.visitor_id}", StateFrame(state="closed"))
         agent_id = owner or conv.agent_id
         if agent_id:
@@ -369,6 +410,10 @@ class Router:
 
     async def on_transfer(self, event: TransferEvent) -> None:
         conv_id, by = event.conversation_id, event.by
+        # From a bot (its hand-off call; "*" = the bot's own pool) or away from one.
+        if await self.bots.handoff(conv_id, None if event.to_pool == "*" else event.to_pool,
+                                   by=by):
+            return
         conv = await self.storage.conversations.get(conv_id)
         if conv is None or conv.state == "closed":
             await self.deliver(f"agent:{by}", ErrorFrame(code="transfer_failed",
@@ -412,18 +457,22 @@ class Router:
 
     # -- routing -----------------------------------------------------------------------------
     async def route(self, conv_id: str, visitor_id: str, pool: str, *, vip: bool,
-                    fallback: str | None) -> None:
-        """Assign now, else queue (with the busy answer past the limit), else offline ticket."""
+                    fallback: str | None, routing: RoutingConfig | None = None) -> None:
+        """Assign now, else queue (with the busy answer past the limit), else offline ticket.
+        ``routing`` gives the business hours (the conversation's site's; else the
+        installation's)."""
         self._visitor_of[conv_id] = visitor_id
         if await self._try_assign(conv_id, visitor_id, pool):
             return
         agents = await self.store.agents_in_pool(pool)
         if fallback is not None:
             agents += await self.store.agents_in_pool(fallback)
-        if not anyone_online(agents) or not self.routing.is_open(self.clock()):
+        if not anyone_online(agents) or not (routing or self.routing).is_open(self.clock()):
             await self.storage.conversations.update(conv_id, state="offline", pool=pool)
             await self.storage.tickets.open(conv_id, visitor_id)
             self._forget(conv_id)
+            await self.emit(events.TICKET_CREATED, events.ticket_data(
+                conversation_id=conv_id, visitor_id=visitor_id, status="open"))
             await self.deliver(f"visitor:{visitor_id}", StateFrame(state="offline"))
             return
         await self.store.enqueue(pool, conv_id, vip, self.clock())
@@ -453,6 +502,9 @@ class Router:
                                                pool=pool)
         metrics.ASSIGNMENTS.labels(pool=pool).inc()
         self._sent_position.pop(conv_id, None)
+        await self.emit(events.CONVERSATION_ASSIGNED, events.conversation_data(
+            conversation_id=conv_id, visitor_id=visitor_id, state="assigned", pool=pool,
+            agent_id=agent_id))
         agent = await self.store.agent_get(agent_id)
         visitor = await self.storage.visitors.get(visitor_id)
         await self.deliver(f"visitor:{visitor_id}", VisitorAssignedFrame(
@@ -524,7 +576,7 @@ class Router:
     async def tick(self) -> None:
         """Move chats that waited too long to their fallback pool, then drain every pool."""
         now = self.clock()
-        for pool in self.routing.pools:
+        for pool in dict.fromkeys((*self.routing.pools, *self.sites.pools())):
             rule = self.routing.rule_for_pool(pool)
             waiting = await self.store.waiting(pool)
             # Every router reports the shared queue's length each tick (dashboards take max()),

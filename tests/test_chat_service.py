@@ -154,7 +154,8 @@ def test_canned_and_audit_reads(tmp_path: Path) -> None:
         async with embedded(tmp_path) as rt:
             assert rt.node is not None
             service = rt.node.service
-            assert isinstance(await service.canned(), list)
+            admin = Principal(kind="agent", id="1", role="admin")
+            assert isinstance(await service.canned.visible(admin), list)
             assert isinstance(await service.audit_log(limit="10", before_id=None,
                                                       action="auth."), list)
             with pytest.raises(ServiceError) as err:

@@ -12,7 +12,7 @@ from tornado.web import RequestHandler
 from chatnode import http, routes
 from chatnode.openapi import openapi_document
 
-METHODS = ("GET", "POST", "DELETE")
+METHODS = ("GET", "POST", "PUT", "DELETE")
 
 
 def _served() -> set[tuple[str, str]]:

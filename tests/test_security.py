@@ -123,7 +123,14 @@ async def _world(rt: Runtime) -> tuple[World, list[WsClient]]:
         "forged": other.agent_tokens(w.agent_ids["admin"], "admin", family="f",
                                      jti="j")["access_token"],
         "forged_visitor": other.visitor_token("v"),
+        "unknown_api": auth.new_api_token(),
     }
+    # An integration's token for each scope (issue 16): admitted only where a rule names it.
+    for scope in auth.SCOPES:
+        token = auth.new_api_token()
+        await rt.storage.api_tokens.create(name=f"t-{scope}", scopes=(scope,),
+                                           token_hash=auth.api_token_hash(token), created_by="t")
+        w.tokens[f"scope:{scope}"] = token
     return w, [owner, visitor_a, visitor_b]
 
 
@@ -165,6 +172,9 @@ def test_every_rest_endpoint_refuses_bad_credentials(tmp_path: Path) -> None:
                     cases.append((w.tokens["visitor_a"], 403, "forbidden"))
                 cases += [(w.tokens[role], 403, "forbidden")
                           for role in ("agent", "supervisor", "admin") if role not in rule]
+                cases.append((w.tokens["unknown_api"], 401, "invalid_token"))
+                cases += [(w.tokens[f"scope:{s}"], 403, "forbidden")
+                          for s in auth.SCOPES if f"scope:{s}" not in rule]
                 for token, status, code in cases:
                     got, data = await http.request(method, url, body, token=token)
                     assert (got, data["error"]["code"]) == (status, code), \
@@ -175,6 +185,10 @@ def test_every_rest_endpoint_refuses_bad_credentials(tmp_path: Path) -> None:
                             w.tokens["visitor_a"])  # a visitor-only route (the transcript)
                 got, data = await http.request(method, url, body, token=good)
                 assert got not in (401, 403), (method, path, data)
+                for scope in access.scopes_of(rule):  # and so does a token with the scope
+                    got, data = await http.request(method, url, body,
+                                                   token=w.tokens[f"scope:{scope}"])
+                    assert got not in (401, 403), (method, path, scope, data)
             assert checked >= 40
             # The served OpenAPI document tells every operation's rule.
             _, doc = await http.request("GET", "/api/v1/openapi.json")

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import ipaddress
+import secrets
 import time
 import unicodedata
 import uuid
@@ -35,6 +37,11 @@ TOTP_ISSUER = "Tidedesk"
 REFRESH_GRACE_SECS = 20.0
 
 ROLES = ("agent", "supervisor", "admin")
+# What an integration's API token may be allowed to do (docs/protocol.md, "API tokens").
+SCOPES = ("conversations:read", "messages:write", "contacts:read", "contacts:write", "admin")
+# API tokens are opaque: this prefix, then 256 random bits (url-safe base64). Only the SHA-256
+# of the whole token is stored; a salt or a slow hash buys nothing against 256 random bits.
+API_TOKEN_PREFIX = "tdk_"
 _hasher = PasswordHasher()
 _ALGORITHM = "HS256"
 
@@ -171,16 +178,38 @@ def new_token_id() -> str:
 
 @dataclass(frozen=True)
 class Principal:
-    kind: str  # agent | visitor
+    kind: str  # agent | visitor | api
     id: str
     role: str = "visitor"
     family: str = ""  # agent tokens: the sign-in they belong to
     jti: str = ""  # refresh tokens: this token's id within the family
     issued_at: int = 0  # the token's iat (whole seconds)
+    scopes: tuple[str, ...] = ()  # API tokens: what they may do (SCOPES)
+    name: str = ""  # API tokens: the name they were given (the actor in the audit log)
 
     @property
     def is_supervisor(self) -> bool:
         return self.role in ("supervisor", "admin")
+
+    @property
+    def actor(self) -> str:
+        """Who the audit log names: ``agent:<id>``, ``visitor:<id>`` or ``token:<name>``."""
+        if self.kind == "api":
+            return f"token:{self.name}"
+        return f"{self.kind}:{self.id}"
+
+
+def new_api_token() -> str:
+    """A fresh API token (shown once to its creator; only :func:`api_token_hash` is kept)."""
+    return API_TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def api_token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def is_api_token(token: str | None) -> bool:
+    return bool(token) and str(token).startswith(API_TOKEN_PREFIX)
 
 
 class TokenService:

@@ -14,6 +14,10 @@ _TEXTS: dict[str, dict[str, str]] = {
         "en": "This chat was closed because the visitor left. Write again to start a new one.",
         "zh-CN": "访客已离开，本次对话已自动关闭。如需帮助，请再次发送消息。",
     },
+    "handoff": {
+        "en": "Connecting you to a person…",
+        "zh-CN": "正在为您转接人工客服…",
+    },
     "unavailable": {
         "en": "We are busy right now, please wait a moment and try again.",
         "zh-CN": "系统繁忙，请稍候再试。",

@@ -30,6 +30,13 @@ class _Base(pw.Model):
     pass
 
 
+def site_field(*, index: bool = True) -> pw.CharField:
+    """The shop a visitor or conversation belongs to (issue 16). The default is in the table
+    too, so a process of the previous version (a rolling upgrade) can still insert rows."""
+    return pw.CharField(max_length=64, default="default", index=index,
+                        constraints=[pw.SQL("DEFAULT 'default'")])
+
+
 class Agent(_Base):
     email = pw.CharField(max_length=254, unique=True)
     name = pw.CharField(max_length=120)
@@ -43,6 +50,9 @@ class Agent(_Base):
     max_chats = pw.IntegerField(default=3)
     active = pw.BooleanField(default=True)
     created_at = pw.DoubleField(default=now_ts)
+    # issue 16: a one-time invitation (SHA-256 of its token) and when it expires.
+    invite_hash = pw.CharField(max_length=64, null=True)
+    invite_expires = pw.DoubleField(null=True)
 
     @property
     def pool_list(self) -> tuple[str, ...]:
@@ -60,6 +70,7 @@ class Visitor(_Base):
     tags = pw.CharField(max_length=255, default="")
     locale = pw.CharField(max_length=8, default="en")
     created_at = pw.DoubleField(default=now_ts)
+    site = site_field()  # issue 16
 
     @property
     def tag_list(self) -> tuple[str, ...]:
@@ -74,6 +85,7 @@ class Conversation(_Base):
     agent_id = pw.CharField(max_length=32, null=True, index=True)
     created_at = pw.DoubleField(default=now_ts)
     updated_at = pw.DoubleField(default=now_ts)
+    site = site_field()  # issue 16
 
 
 class Message(_Base):
@@ -110,6 +122,7 @@ class Ticket(_Base):
 class CannedResponse(_Base):
     shortcut = pw.CharField(max_length=64, unique=True)
     body = pw.TextField()
+    owner_id = pw.CharField(max_length=32, null=True)  # issue 16: None = shared
 
 
 class AuditLog(_Base):
@@ -166,6 +179,8 @@ class Rating(_Base):
     score = pw.SmallIntegerField()
     comment = pw.TextField(default="")
     created_at = pw.DoubleField(default=now_ts)
+
+
 class Attachment(_Base):
     """An uploaded file (issue 15): bound to a message (conversation + client id) at most once.
 
@@ -197,6 +212,62 @@ class BlobPart(_Base):
 
     class Meta:
         primary_key = pw.CompositeKey("key", "part", "pending")
+class ApiToken(_Base):
+    """An integration's token (issue 16): only the SHA-256 of the token is kept."""
+
+    id = pw.CharField(max_length=32, primary_key=True)
+    name = pw.CharField(max_length=64)
+    scopes = pw.CharField(max_length=255)  # comma-separated, of tidedesk.auth.SCOPES
+    token_hash = pw.CharField(max_length=64, unique=True)
+    created_by = pw.CharField(max_length=120, default="")
+    created_at = pw.DoubleField(default=now_ts)
+    revoked_at = pw.DoubleField(null=True)
+
+
+class Webhook(_Base):
+    """A receiver of signed event POSTs (issue 16, tidedesk/events.py)."""
+
+    id = pw.CharField(max_length=32, primary_key=True)
+    url = pw.CharField(max_length=2048)
+    events = pw.CharField(max_length=512)  # comma-separated, of tidedesk.events.EVENTS
+    secret = pw.CharField(max_length=128)
+    created_by = pw.CharField(max_length=120, default="")
+    created_at = pw.DoubleField(default=now_ts)
+    # Set when a delivery gave up after the retry horizon; cleared by the next success.
+    failing_since = pw.DoubleField(null=True)
+    deleted = pw.BooleanField(default=False)
+
+
+class WebhookDelivery(_Base):
+    """One event for one hook: the durable outbox row and the delivery log at once."""
+
+    id = pw.CharField(max_length=32, primary_key=True)
+    hook_id = pw.CharField(max_length=32, index=True)
+    event_id = pw.CharField(max_length=32)
+    event = pw.CharField(max_length=64)
+    ts = pw.DoubleField()  # the event's time (receivers may order by it)
+    body = pw.TextField()  # the exact bytes POSTed (signed as they are)
+    status = pw.CharField(max_length=16, default="pending")  # pending | delivered | failed
+    attempts = pw.IntegerField(default=0)
+    next_at = pw.DoubleField(index=True)
+    last_code = pw.IntegerField(null=True)
+    last_latency_ms = pw.IntegerField(null=True)
+    last_error = pw.CharField(max_length=255, default="")
+    created_at = pw.DoubleField(default=now_ts)
+    updated_at = pw.DoubleField(default=now_ts)
+
+    class Meta:
+        indexes = ((("hook_id", "event_id"), True),)  # one delivery per event and hook
+
+
+class Site(_Base):
+    """A shop on this installation (issue 16): widget settings, hours and routing, one JSON
+    object checked by tidedesk/sites.py."""
+
+    name = pw.CharField(max_length=64, primary_key=True)
+    settings = pw.TextField(default="{}")
+    deleted = pw.BooleanField(default=False)
+    updated_at = pw.DoubleField(default=now_ts)
 
 
 class SchemaVersion(_Base):
@@ -205,7 +276,7 @@ class SchemaVersion(_Base):
 
 MAIN_MODELS: tuple[type[_Base], ...] = (
     Agent, Visitor, Conversation, Ticket, CannedResponse, AuditLog, RevokedSignIn, SchemaVersion,
-    Message, MailOutbox, Rating, Attachment, BlobPart,
+    Message, MailOutbox, Rating, Attachment, BlobPart, ApiToken, Webhook, WebhookDelivery, Site,
 )
 SHARD_MODELS: tuple[type[_Base], ...] = (Message, SchemaVersion, BlobPart)
 
@@ -294,10 +365,23 @@ def _add_columns(db: pw.Database, table: str, columns: dict[str, pw.Field]) -> N
                      for name, field in columns.items() if name not in present))
 
 
+def _add_site_columns(db: pw.Database) -> None:
+    """issue 16: the shop (site) a visitor and a conversation belong to. Added before
+    ``create_tables``, which creates the index on it (SQLite would index the string 'site'
+    if the column were missing). Plain SQL, not the migrator: its NOT NULL step rewrites
+    SQLite's schema table, which breaks a database in WAL mode; both servers take this."""
+    for table in ("visitor", "conversation"):
+        if db.table_exists(table) and "site" not in {c.name for c in db.get_columns(table)}:
+            db.execute_sql(  # type: ignore[no-untyped-call]
+                f"ALTER TABLE {table} ADD COLUMN site VARCHAR(64) NOT NULL DEFAULT 'default'")
+
+
 def migrate(shard: Shard) -> int:
     """Create or upgrade the schema of one shard; returns the schema version now in place."""
     db = shard.db
     with db.connection_context():
+        if "Visitor" in shard.models:
+            _add_site_columns(db)
         db.create_tables(list(shard.models.values()), safe=True)
         version_model: Any = shard.models["SchemaVersion"]
         row = version_model.select().order_by(version_model.version.desc()).first()
@@ -319,6 +403,13 @@ def migrate(shard: Shard) -> int:
                                         "updated_at": pw.DoubleField(null=True)})
         # issue 15: attachments on messages (new tables come from create_tables above)
         _add_columns(db, "message", {"attachments": pw.TextField(null=True)})
+        if "Agent" in shard.models:
+            _add_columns(db, "agent", {"invite_hash": pw.CharField(max_length=64, null=True),
+                                       "invite_expires": pw.DoubleField(null=True)})
+        if "CannedResponse" in shard.models:
+            # issue 16: personal canned responses (nullable, so the migrator adds it as is).
+            _add_columns(db, "cannedresponse", {"owner_id": pw.CharField(max_length=32,
+                                                                         null=True)})
         if current < SCHEMA_VERSION:
             version_model.create(version=SCHEMA_VERSION)
         return SCHEMA_VERSION

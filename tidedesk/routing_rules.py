@@ -20,6 +20,7 @@ Optional business hours (outside them every new chat becomes an offline ticket):
       days: [mon, tue, wed, thu, fri]
       open: "09:00"
       close: "18:00"               # may be before open: hours that span midnight
+      holidays: ["2026-12-25"]     # optional: closed all day (local dates)
 
 The choice of an agent within a pool is the router's (``routernode/routing.py``).
 """
@@ -60,9 +61,12 @@ class BusinessHours:
     days: frozenset[int]  # 0 = Monday
     open_minute: int
     close_minute: int
+    holidays: frozenset[str] = frozenset()  # local dates, YYYY-MM-DD
 
     def is_open(self, now: float) -> bool:
         local = dt.datetime.fromtimestamp(now, ZoneInfo(self.timezone))
+        if local.date().isoformat() in self.holidays:
+            return False
         minute = local.hour * 60 + local.minute
         if self.open_minute <= self.close_minute:
             return local.weekday() in self.days and self.open_minute <= minute < self.close_minute
@@ -194,10 +198,10 @@ def _parse_hours(raw: Any) -> BusinessHours:
     where = "business_hours"
     if not isinstance(raw, dict):
         raise RoutingConfigError(f"{where}: must be a mapping with timezone, days, open, close")
-    unknown = set(raw) - {"timezone", "days", "open", "close"}
+    unknown = set(raw) - {"timezone", "days", "open", "close", "holidays"}
     if unknown:
         raise RoutingConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
-                                 "allowed: timezone, days, open, close")
+                                 "allowed: timezone, days, open, close, holidays")
     tz = _name(raw.get("timezone", "UTC"), f"{where}.timezone")
     try:
         ZoneInfo(tz)
@@ -211,4 +215,21 @@ def _parse_hours(raw: Any) -> BusinessHours:
     close_minute = _minute(raw.get("close"), f"{where}.close")
     if open_minute == close_minute:
         raise RoutingConfigError(f"{where}: open and close must differ")
-    return BusinessHours(tz, frozenset(DAYS.index(d) for d in days), open_minute, close_minute)
+    holidays = raw.get("holidays", [])
+    if not isinstance(holidays, list) or not all(_is_date(h) for h in holidays):
+        raise RoutingConfigError(f"{where}.holidays: must be a list of dates like 2026-12-25")
+    return BusinessHours(tz, frozenset(DAYS.index(d) for d in days), open_minute, close_minute,
+                         frozenset(str(h) for h in holidays))
+
+
+def parse_hours(raw: Any) -> BusinessHours:
+    """The ``business_hours`` mapping (a site's too); RoutingConfigError naming the field."""
+    return _parse_hours(raw)
+
+
+def _is_date(value: Any) -> bool:
+    try:
+        dt.date.fromisoformat(str(value))
+    except ValueError:
+        return False
+    return True

@@ -26,6 +26,7 @@ from tidedesk.routing_rules import DEFAULT_RULES, RoutingConfig, RoutingConfigEr
 from tidedesk.settings import DEMO_PASSWORD, Settings, SettingsError
 from tidedesk.storage import Storage
 from tidedesk.store import MemoryStore, Store
+from tidedesk.webhooks import WebhookOutbox
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,17 @@ class Runtime:
         self.storage = Storage(settings.database_url, settings.db_pool_size,
                                cipher=FieldCipher(settings.aes_key, settings.aes_previous_keys),
                                encrypt_bodies=settings.encrypt_message_bodies)
+        # Webhook events: every role emits into it; the embedded process and routers also
+        # run its dispatcher (tidedesk/webhooks.py).
+        queues = None
+        if settings.broker_url:
+            from tidedesk.webhook_queues import RabbitWebhookQueues
+
+            queues = RabbitWebhookQueues(settings.broker_url)
+        self.outbox = WebhookOutbox(self.storage,
+                                    allowed_networks=settings.webhook_allowed_networks,
+                                    per_url=settings.webhook_per_url_concurrency,
+                                    queues=queues)
         self.node: ChatNode | None = None
         self.router: Router | None = None
         self.retention: RetentionJob | None = None
@@ -161,8 +173,10 @@ class Runtime:
                                  agent_grace_s=self.settings.agent_grace_s,
                                  idle_close_s=self.settings.idle_close_s,
                                  reply_mail_delay_s=(self.settings.mail_reply_delay_s
-                                                     if self.settings.mail_enabled else None))
+                                                     if self.settings.mail_enabled else None),
+                                 emit=self.outbox.emit)
             await self.router.start()
+            await self.outbox.start()
             blobs = open_blobs(self.settings.attachments_url, data_dir=self.settings.data_dir,
                                database=self.storage.database,
                                cipher=(self.storage.cipher
@@ -175,7 +189,8 @@ class Runtime:
             self.retention.start()
         if self.role in ("dev", "chatnode"):
             self.node = ChatNode(settings=self.settings, broker=self.broker, store=self.store,
-                                 storage=self.storage, routing=self.routing)
+                                 storage=self.storage, routing=self.routing,
+                                 outbox=self.outbox)
             await self.node.start()
             app = self.node.make_app()
         else:
@@ -201,6 +216,7 @@ class Runtime:
             await self.retention.stop()
         if self.router is not None:
             await self.router.stop()
+        await self.outbox.stop()
         await self.broker.stop_consuming()
         # Let the last acks and batches finish before the backends go.
         await asyncio.sleep(0.1)

@@ -87,6 +87,19 @@ def _parse_list(key: str, raw: Any) -> tuple[str, ...]:
     raise SettingsError(f"{_env_name(key)}: expected a comma-separated list, got {raw!r}")
 
 
+def _parse_networks(key: str, raw: Any) -> tuple[str, ...]:
+    import ipaddress
+
+    items = _parse_list(key, raw)
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise SettingsError(f"{_env_name(key)}: {item!r} is not a network in CIDR form "
+                                "(like 10.0.0.0/8)") from None
+    return items
+
+
 def _parse_bool(key: str, raw: Any) -> bool:
     if isinstance(raw, bool):
         return raw
@@ -219,6 +232,11 @@ class Settings:
     retention_days: int = _key(
         0, _parse_int(0, 36500), "closed conversations older than this many days are deleted "
         "(messages in every shard too) by an hourly job on the routers; 0 = kept for ever")
+    webhook_allowed_networks: tuple[str, ...] = _key(
+        (), _parse_networks, "CIDRs webhooks may reach although they are not public (loopback, "
+        "private, link-local); empty = public addresses only")
+    webhook_per_url_concurrency: int = _key(
+        4, _parse_int(1, 100), "webhook POSTs in flight at once to one receiver (host:port)")
     routing_file: str | None = _key(None, _parse_optional_str,
                                     "routing rules YAML (unset = built-in rules)")
     demo_agent_email: str = _key("demo@tidedesk.local", _parse_str, "embedded mode's demo agent")

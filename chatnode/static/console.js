@@ -28,6 +28,8 @@
       totpWrong: "That code is not right. Codes change every 30 seconds — try the current one.",
       badCredentials: "Email or password is not right.", tooMany: "Too many attempts. Wait a minute and try again.",
       networkError: "Cannot reach the server. Check your connection.",
+      inviteTitle: "Welcome! Choose a password (at least 10 characters)", inviteSubmit: "Set password",
+      inviteDone: "Your password is set. Sign in.",
       supervisor: "Supervisor view", online: "Online", away: "Away", offline: "Offline", signOut: "Sign out",
       myChats: "My chats", noChatTitle: "No chat selected",
       noChatHint: "New chats appear on the left as soon as they are assigned to you.",
@@ -69,6 +71,8 @@
       totpWrong: "验证码不正确。验证码每 30 秒更新一次，请输入当前的验证码。",
       badCredentials: "邮箱或密码不正确。", tooMany: "尝试次数过多，请稍后再试。",
       networkError: "无法连接服务器，请检查网络。",
+      inviteTitle: "欢迎！请设置密码（至少 10 个字符）", inviteSubmit: "设置密码",
+      inviteDone: "密码已设置，请登录。",
       supervisor: "主管视图", online: "在线", away: "离开", offline: "离线", signOut: "退出登录",
       myChats: "我的对话", noChatTitle: "未选择对话", noChatHint: "新对话分配给您后会立即出现在左侧。",
       noChats: "暂无进行中的对话。保持在线，新访客会被分配给您。",
@@ -680,10 +684,41 @@
     box.hidden = false;
   }
   function hideCanned() { $("[data-canned]").hidden = true; cannedItems = []; cannedSel = 0; }
+  // The variables a canned response may hold (the server refuses others).
+  function expandCanned(body) {
+    var chat = S.current && S.chats[S.current];
+    var values = {
+      "visitor.name": chat ? visitorName(chat) : "",
+      "visitor.email": (chat && chat.visitor && chat.visitor.email) || "",
+      "agent.name": (S.me && S.me.name) || "",
+    };
+    return body.replace(/\{\{\s*([a-z.]+)\s*\}\}/g, function (all, name) {
+      return Object.prototype.hasOwnProperty.call(values, name) ? values[name] : all;
+    });
+  }
+
+  // Typing "/" reads the list again when it is old, or when nothing in it matches what was
+  // typed, so responses an admin added meanwhile are there (at most once a second).
+  var CANNED_FRESH_MS = 30000, CANNED_MISS_MS = 1000, cannedAt = 0;
+  function cannedStale(prefix) {
+    var age = Date.now() - cannedAt;
+    var miss = !S.canned.some(function (c) { return c.shortcut.indexOf(prefix) === 0; });
+    return age > CANNED_FRESH_MS || (miss && age > CANNED_MISS_MS);
+  }
+  function refreshCanned() {
+    cannedAt = Date.now();
+    TDAuth.api("/api/v1/canned").then(function (j) {
+      S.canned = (j && j.canned) || [];
+      var v = $("[data-input]").value;
+      if (/^\/\S*$/.test(v)) showCanned(v.slice(1));
+    }, function () { /* keep the list we have */ });
+  }
+
   function insertCanned(c) {
     var input = $("[data-input]");
+    var body = expandCanned(c.body);
     input.value = input.value.replace(/^\/\S*\s?/, "");
-    input.value = input.value ? c.body + " " + input.value : c.body;
+    input.value = input.value ? body + " " + input.value : body;
     hideCanned();
     input.focus();
     input.setSelectionRange(input.value.length, input.value.length);
@@ -736,6 +771,35 @@
   }
 
   // ---------------------------------------------------------------- start / sign-in
+  // An invited agent's one-time link: choose a password, then sign in as usual.
+  function acceptInvite(token) {
+    TDAuth.logout();
+    $("#app").hidden = true;
+    $("#login").hidden = false;
+    var box = $("#login-form");
+    var pass = h("input", { type: "password", autocomplete: "new-password", "data-testid": "invite-password" });
+    var err = h("div", { class: "form-error", role: "alert", "data-testid": "invite-error" });
+    box.textContent = "";
+    box.appendChild(h("form", {
+      class: "login", onsubmit: function (e) {
+        e.preventDefault();
+        fetch("/api/v1/auth/accept-invite", {
+          method: "POST", headers: { "Content-Type": "application/json" },
+          body: JSON.stringify({ token: token, password: pass.value }),
+        }).then(function (r) {
+          return r.json().then(function (j) {
+            if (!r.ok) { err.textContent = (j.error && j.error.message) || ("HTTP " + r.status); return; }
+            history.replaceState(null, "", location.pathname);
+            signedOut(t("inviteDone"));
+            var email = $("[data-testid=login-email]");
+            if (email) email.value = j.email;
+          });
+        }, function () { err.textContent = t("networkError"); });
+      },
+    }, [h("h2", { text: t("inviteTitle") }), h("label", null, [h("span", { text: t("password") }), pass]), err,
+      h("button", { class: "btn primary wide", type: "submit", text: t("inviteSubmit"), "data-testid": "invite-submit" })]));
+  }
+
   function signedOut(message) {
     link.drop();
     link.cancelRetry();
@@ -755,6 +819,7 @@
       $("#app").hidden = false;
       applyLang();
       link.connect();
+      cannedAt = Date.now();
       TDAuth.api("/api/v1/canned").then(function (j) { S.canned = (j && j.canned) || []; }, function () { S.canned = []; });
     }, function (err) {
       if (err.status === 401) signedOut(); else { toast(t("error", { m: err.message })); setTimeout(start, 3000); }
@@ -792,6 +857,7 @@
     });
     input.addEventListener("input", function () {
       var v = input.value;
+      if (/^\/\S*$/.test(v) && cannedStale(v.slice(1))) refreshCanned();
       if (/^\/\S*$/.test(v)) showCanned(v.slice(1)); else if (!$("[data-canned]").hidden && v.charAt(0) === "/") hideCanned();
       onInputTyping();
     });
@@ -845,7 +911,9 @@
 
   wire();
   applyLang();
-  if (TDAuth.session) start(); else signedOut();
+  var invite = /^#invite=([A-Za-z0-9_-]+)$/.exec(location.hash);
+  if (invite) acceptInvite(invite[1]);
+  else if (TDAuth.session) start(); else signedOut();
 
   window.TidedeskConsole = { get state() { return S; }, setLang: setLang, reconnectNow: function () { link.reconnectNow(); } };
 })();

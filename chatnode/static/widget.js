@@ -10,6 +10,9 @@
  *   data-name, data-email       visitor details a signed-in shop already knows
  *   data-tags   comma-separated routing tags, e.g. "vip"
  *   data-open   "true" opens the panel on load
+ *   data-site   the shop (site) this page belongs to (default: "default"); its colour,
+ *               position, greeting and offline text come from GET /api/v1/sites/{site}/
+ *               widget-config. An unknown or deleted site shows a quiet "chat unavailable".
  *
  * Delivery rules (see docs/ui.md): messages are kept by seq and rendered in seq order; a seq seen
  * twice is dropped; a hole in the seqs is asked for with `resume`; after every (re)connect the
@@ -31,7 +34,10 @@
   var ds = (script && script.dataset) || {};
   var ORIGIN = new URL((script && script.src) || location.href, location.href).origin;
   var WS_ORIGIN = ORIGIN.replace(/^http/, "ws");
-  var KEY = "tidedesk:" + ORIGIN + ":";
+  var SITE = ds.site || "default";
+  // Each site keeps its own visitor (the default site keeps the key it always had).
+  var KEY = "tidedesk:" + ORIGIN + ":" + (SITE === "default" ? "" : SITE + ":");
+  var SITE_CONFIG = { color: null, position: "bottom-right", greeting: "", offline_message: "" };
   var CONSENT = ds.consent === "true";
   var PRIVACY_URL = /^https?:\/\//i.test(ds.privacyUrl || "") ? ds.privacyUrl : "";
 
@@ -85,6 +91,7 @@
       error: "Something went wrong: {m}",
       unread: "{n} unread",
       newConversation: "New conversation",
+      unavailable: "Chat is not available right now.",
       seen: "Seen",
       // issue 13: without server mail the widget promises none; rating and transcript
       offlineIntroNoMail: "Leave a message and we will answer here, in this chat, when we are back.",
@@ -158,6 +165,7 @@
       error: "出错了：{m}",
       unread: "{n} 条未读",
       newConversation: "新的对话",
+      unavailable: "在线客服暂不可用。",
       seen: "已读",
       offlineIntroNoMail: "请留言，客服上线后会在此对话中回复您。",
       offlineThanksNoMail: "谢谢！我们已收到您的留言，请稍后回到本页面查看回复。",
@@ -335,7 +343,7 @@
     ".trrow{display:flex;gap:6px}",
     ".sr{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0)}",
     "@media (max-width:480px){.launcher.open{display:none}.panel{position:fixed;inset:0;width:auto;height:auto;max-height:none;border-radius:0}}",
-  ].join("") + window.TidedeskDom.ATTACHMENT_CSS;
+  ].join("").replace(/#0f766e/g, "var(--td-accent,#0f766e)") + window.TidedeskDom.ATTACHMENT_CSS;
 
   var host = h("tidedesk-widget", { id: "tidedesk-widget", "data-tidedesk": "widget" });
   // Inline !important beats any page rule that could move or hide the host. Set through the
@@ -536,7 +544,7 @@
     ui.consentLink.textContent = t("consentPolicy");
     ui.consentBtn.textContent = t("consentAgree");
     ui.offTitle.textContent = t("offlineTitle");
-    ui.offIntro.textContent = t(S.mail ? "offlineIntro" : "offlineIntroNoMail");
+    ui.offIntro.textContent = SITE_CONFIG.offline_message || t(S.mail ? "offlineIntro" : "offlineIntroNoMail");
     ui.offNameL.textContent = t("name");
     ui.offEmailL.textContent = t("email");
     ui.offMsgL.textContent = t("message");
@@ -553,6 +561,13 @@
     host.setAttribute("data-conn", conn);
     host.setAttribute("data-state", S.convState || "");
     var sub;
+    if (S.unavailable) {
+      ui.subText.textContent = t("unavailable");
+      ui.banner.hidden = true;
+      ui.offline.hidden = true;
+      ui.composer.hidden = true;
+      return;
+    }
     if (conn === "offline") sub = t("offlineNet");
     else if (conn !== "online") sub = t("connecting");
     else if (S.convState === "assigned" && S.agentName) sub = t("assignedShort", { name: S.agentName });
@@ -589,7 +604,7 @@
     ui.offline.setAttribute("data-mode", contactOnly ? "contact" : "message");
     ui.offMsgLabel.hidden = contactOnly;
     ui.offIntro.textContent = contactOnly ? t("offlineContactIntro")
-      : t(S.mail ? "offlineIntro" : "offlineIntroNoMail");
+      : SITE_CONFIG.offline_message || t(S.mail ? "offlineIntro" : "offlineIntroNoMail");
     ui.composer.hidden = (offlineForm && !contactOnly) || needConsent;
     ui.typing.hidden = !S.agentTyping;
     ui.typing.style.display = offlineForm ? "none" : "";
@@ -604,9 +619,14 @@
     var log = ui.log;
     var nearBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 60;
     log.textContent = "";
-    // "We usually reply in a few minutes" only when someone can (never above "we are offline").
+    if (S.unavailable) {
+      log.appendChild(h("div", { class: "note", "data-testid": "td-unavailable", text: t("unavailable") }));
+      return;
+    }
+    // "We usually reply in a few minutes" only when someone can (never above "we are offline");
+    // a site's own greeting is shown as written.
     log.appendChild(h("div", { class: "note", "data-testid": "td-welcome",
-      text: isOffline() ? t("welcome") : t("welcome") + " " + t("replyTime") }));
+      text: SITE_CONFIG.greeting || (isOffline() ? t("welcome") : t("welcome") + " " + t("replyTime")) }));
     var lastWho = null;
     if (S.archive.length) {
       S.archive.forEach(function (m) { lastWho = appendMsg(m, false, lastWho, true); });
@@ -714,7 +734,9 @@
   function ensureVisitor() {
     if (S.token) return Promise.resolve(S.token);
     if (creatingVisitor) return creatingVisitor;
+    if (S.unavailable) return Promise.reject(new Error(t("unavailable")));
     var body = { locale: S.lang };
+    if (SITE !== "default") body.site = SITE;
     if (ds.name) body.name = ds.name;
     if (ds.email) body.email = ds.email;
     if (ds.tags) body.tags = ds.tags.split(",").map(function (x) { return x.trim(); }).filter(Boolean);
@@ -998,7 +1020,7 @@
     ui.launcher.setAttribute("aria-label", S.open ? t("close") : t("launcher"));
     if (S.open) {
       markRead();
-      if (link.isIdle()) link.connect();
+      if (link.isIdle() && !S.unavailable) link.connect();
       scheduleRead();
       renderLog();
       ui.log.scrollTop = ui.log.scrollHeight;
@@ -1011,6 +1033,34 @@
     S.lang = Core.pickLang(lang);
     save("lang", S.lang);
     renderChrome();
+  }
+
+  // ---- the site's branding ----
+  function applySiteConfig(cfg) {
+    SITE_CONFIG = cfg;
+    if (cfg.color) host.style.setProperty("--td-accent", cfg.color);
+    var left = cfg.position === "bottom-left";
+    host.style.setProperty("right", left ? "auto" : "20px", "important");
+    host.style.setProperty("left", left ? "20px" : "auto", "important");
+    host.setAttribute("data-position", left ? "bottom-left" : "bottom-right");
+    renderChrome();
+  }
+
+  function loadSiteConfig() {
+    fetch(ORIGIN + "/api/v1/sites/" + encodeURIComponent(SITE) + "/widget-config").then(function (r) {
+      if (r.status === 404) {
+        // Deleted or unknown site: say so quietly; never open a socket for it.
+        S.unavailable = true;
+        host.setAttribute("data-unavailable", "true");
+        link.drop();
+        link.cancelRetry();
+        renderChrome();
+        return null;
+      }
+      return r.ok ? r.json() : null;
+    }).then(function (cfg) { if (cfg) applySiteConfig(cfg); }).catch(function () {
+      /* network trouble: the built-in look stays; the link reports the connection */
+    });
   }
 
   // ---- start ----
@@ -1036,9 +1086,10 @@
     } catch (e) { outbox.items = []; }
     renderChrome();
     setOpen(S.open);
+    loadSiteConfig();
     // A returning visitor reconnects at once so agent replies arrive even with the panel closed;
     // a new one gets a session only when they open the panel (no empty chats for every page view).
-    if (S.token) link.connect();
+    if (S.token && !S.unavailable) link.connect();
     window.addEventListener("offline", function () { link.goOffline(); });
     window.addEventListener("online", function () { if (S.token || S.open) link.reconnectNow(); else link.setConn("idle"); });
     document.addEventListener("visibilitychange", function () { if (!document.hidden) { scheduleRead(); renderStatus(); } });

@@ -289,7 +289,7 @@ def i18n_table(view: str) -> str:
     return source[start:source.index("\n  };\n", start) + len("\n  }")]
 
 
-@pytest.mark.parametrize("view", ["widget.js", "console.js", "supervisor.js"])
+@pytest.mark.parametrize("view", ["widget.js", "console.js", "supervisor.js", "admin.js"])
 def test_every_string_of_a_view_is_in_english_and_chinese(page: Any, view: str) -> None:
     missing = page.evaluate("src => TidedeskCore.missingKeys(Function('return ' + src)())",
                             i18n_table(view))

@@ -25,7 +25,8 @@ def http_json(method: str, url: str, body: Any = None, token: str | None = None,
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    data = json.dumps(body).encode() if body is not None else (b"" if method == "POST" else None)
+    empty = b"" if method in ("POST", "PUT") else None
+    data = json.dumps(body).encode() if body is not None else empty
     req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:

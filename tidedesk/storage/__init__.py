@@ -4,7 +4,8 @@ façade the roles receive.
 - ``storage.agents`` (:mod:`.agents`), ``storage.visitors`` (:mod:`.visitors`),
   ``storage.conversations`` (:mod:`.conversations`), ``storage.messages`` (:mod:`.messages`),
   ``storage.tickets``, ``storage.canned``, ``storage.audit``, ``storage.sign_ins``,
-  ``storage.mail`` (the mail outbox), ``storage.ratings``;
+  ``storage.mail`` (the mail outbox), ``storage.ratings``, ``storage.attachments``,
+  ``storage.api_tokens``, ``storage.webhooks`` (deliveries too), ``storage.sites``;
 - every repository returns frozen records (:mod:`.records`) or, for history, message frames
   (:class:`tidedesk.frames.MessageFrame`), never peewee rows;
 - they share one :class:`~.database.Database`: the shards, the thread pool, the circuit breaker
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 from tidedesk.crypto import FieldCipher
 from tidedesk.models import Shard
 from tidedesk.storage.agents import AgentRepository
+from tidedesk.storage.api_tokens import ApiTokenRepository
 from tidedesk.storage.attachments import AttachmentRepository
 from tidedesk.storage.audit import AuditRepository
 from tidedesk.storage.canned import CannedRepository
@@ -29,8 +31,10 @@ from tidedesk.storage.messages import MessageRepository
 from tidedesk.storage.ratings import RatingRepository
 from tidedesk.storage.rotation import rotate_key
 from tidedesk.storage.sign_ins import SignInRepository
+from tidedesk.storage.sites import SiteRepository
 from tidedesk.storage.tickets import TicketRepository
 from tidedesk.storage.visitors import VisitorRepository
+from tidedesk.storage.webhooks import WebhookRepository
 
 __all__ = ["MAX_PAGE", "Storage", "new_id"]
 
@@ -56,6 +60,9 @@ class Storage:
         self.mail = MailRepository(self.database)  # issue 13: the mail outbox
         self.ratings = RatingRepository(self.database)  # issue 13
         self.attachments = AttachmentRepository(self.database)
+        self.api_tokens = ApiTokenRepository(self.database)
+        self.webhooks = WebhookRepository(self.database)
+        self.sites = SiteRepository(self.database)
 
     @property
     def cipher(self) -> FieldCipher | None:

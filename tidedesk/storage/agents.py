@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -86,6 +87,19 @@ class AgentRepository:
 
     async def all(self) -> list[Agent]:
         return await self._db.run(self.all_sync)
+
+    async def by_invite(self, invite_hash: str) -> Agent | None:
+        """The agent invited with this token hash, while the invitation has not expired."""
+
+        def work() -> Agent | None:
+            main = self._db.main
+            model = main["Agent"]
+            with main.db.connection_context():
+                row = model.get_or_none((model.invite_hash == invite_hash)
+                                        & (model.invite_expires > time.time()))
+                return self._record(row)
+
+        return await self._db.run(work)
 
     async def update(self, agent_id: int | str, **fields: Any) -> bool:
         """Change an agent's ``role``, ``totp_secret`` ...; False if there is no such agent."""

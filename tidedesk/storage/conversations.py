@@ -15,15 +15,17 @@ from tidedesk.storage.records import Conversation, QueuedConversation
 def _record(row: Any) -> Conversation:
     return Conversation(id=row.id, visitor_id=row.visitor_id, state=row.state, pool=row.pool,
                         agent_id=row.agent_id, created_at=row.created_at,
-                        updated_at=row.updated_at)
+                        updated_at=row.updated_at, site=row.site)
 
 
 class ConversationRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def current_for_visitor(self, visitor_id: str) -> tuple[Conversation, bool]:
-        """The visitor's open conversation, or a new one (``created`` True) if none is open."""
+    async def current_for_visitor(self, visitor_id: str,
+                                  site: str = "default") -> tuple[Conversation, bool]:
+        """The visitor's open conversation, or a new one (``created`` True, on the visitor's
+        ``site``) if none is open."""
 
         def work() -> tuple[Conversation, bool]:
             main = self._db.main
@@ -34,7 +36,8 @@ class ConversationRepository:
                        .order_by(conv.created_at.desc()).first())
                 if row is not None:
                     return _record(row), False
-                created = conv.create(id=new_id(), visitor_id=visitor_id, state="queued")
+                created = conv.create(id=new_id(), visitor_id=visitor_id, state="queued",
+                                      site=site)
                 return _record(created), True
 
         return await self._db.run(work)

@@ -47,6 +47,7 @@ class Visitor(_Record, frozen=True):
     tags: str  # comma-separated, as stored
     locale: str
     created_at: float
+    site: str = "default"
 
     @property
     def tag_list(self) -> tuple[str, ...]:
@@ -61,6 +62,7 @@ class Conversation(_Record, frozen=True):
     agent_id: str | None
     created_at: float
     updated_at: float
+    site: str = "default"
 
 
 class QueuedConversation(_Record, frozen=True):
@@ -112,6 +114,7 @@ class CannedResponse(_Record, frozen=True):
     id: int
     shortcut: str
     body: str
+    owner_id: str | None = None  # None: shared by everyone
 
 
 class AuditEntry(_Record, frozen=True):
@@ -121,6 +124,44 @@ class AuditEntry(_Record, frozen=True):
     action: str
     target: str
     detail: dict[str, Any]
+
+
+class ApiToken(_Record, frozen=True):
+    """An integration's token as listed (never the token itself: only its hash is stored)."""
+
+    id: str
+    name: str
+    scopes: tuple[str, ...]
+    created_by: str
+    created_at: float
+    revoked_at: float | None
+
+
+class Webhook(_Record, frozen=True):
+    id: str
+    url: str
+    events: tuple[str, ...]
+    secret: str
+    created_by: str
+    created_at: float
+    failing_since: float | None
+
+
+class WebhookDelivery(_Record, frozen=True):
+    id: str
+    hook_id: str
+    event_id: str
+    event: str
+    ts: float
+    body: str
+    status: str  # pending | delivered | failed
+    attempts: int
+    next_at: float
+    last_code: int | None
+    last_latency_ms: int | None
+    last_error: str
+    created_at: float
+    updated_at: float
 
 
 def as_dicts(records: Sequence[msgspec.Struct]) -> list[dict[str, Any]]:

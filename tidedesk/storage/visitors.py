@@ -37,10 +37,10 @@ class VisitorRepository:
         return Visitor(id=row.id, name=plain["name"] or "", email=plain["email"],
                        phone=plain["phone"], name_enc=row.name_enc, email_enc=row.email_enc,
                        phone_enc=row.phone_enc, tags=row.tags, locale=row.locale,
-                       created_at=row.created_at)
+                       created_at=row.created_at, site=row.site)
 
     async def create(self, *, name: str, email: str | None, tags: Sequence[str],
-                     locale: str, phone: str | None = None) -> str:
+                     locale: str, phone: str | None = None, site: str = "default") -> str:
         plain_name = "" if self._db.cipher is not None else name
         fields = {"name_enc": self._seal(name, "name"), "email_enc": self._seal(email, "email"),
                   "phone_enc": self._seal(phone, "phone")}
@@ -50,7 +50,7 @@ class VisitorRepository:
             main = self._db.main
             with main.db.connection_context():
                 main["Visitor"].create(id=visitor_id, name=plain_name, tags=",".join(tags),
-                                       locale=locale, **fields)
+                                       locale=locale, site=site, **fields)
             return visitor_id
 
         return await self._db.run(work)
