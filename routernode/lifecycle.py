@@ -54,6 +54,7 @@ class Lifecycle:
         self.grace_s = grace_s
         self.idle_close_s = idle_close_s
         self._ticks = 0
+        self._idle_cursor = 0.0  # updated_at of the last candidate of a full sweep
 
     @property
     def store(self) -> Store:
@@ -223,8 +224,12 @@ class Lifecycle:
         ``idle_close_s`` (at most :data:`IDLE_SWEEP_BATCH` a run). Returns how many closed."""
         now = self.router.clock()
         closed = 0
-        for conv in await self.storage.conversations.quiet(before=now - self.idle_close_s,
-                                                           limit=IDLE_SWEEP_BATCH):
+        # A cursor walks past candidates that stay open (their visitor is still there), so a
+        # full batch of those never hides an idle one behind it; it starts over at the end.
+        batch = await self.storage.conversations.quiet(
+            before=now - self.idle_close_s, after=self._idle_cursor, limit=IDLE_SWEEP_BATCH)
+        self._idle_cursor = batch[-1].updated_at if len(batch) == IDLE_SWEEP_BATCH else 0.0
+        for conv in batch:
             who = f"visitor:{conv.visitor_id}"
             present = bool(await self.store.presence_nodes(who, now))
             gone = await self.store.kv_get(f"visitor-gone:{conv.visitor_id}", now)

@@ -222,8 +222,9 @@ def migrate(shard: Shard) -> int:
         if "Conversation" in shard.models:
             # issue 13: the idle sweep and the tickets routed again look conversations up by
             # state (and the quietest first)
-            db.execute_sql("CREATE INDEX IF NOT EXISTS conversation_state_updated "
-                           "ON conversation (state, updated_at)")
+            db.execute_sql(  # type: ignore[no-untyped-call]
+                "CREATE INDEX IF NOT EXISTS conversation_state_updated "
+                "ON conversation (state, updated_at)")
         if "Ticket" in shard.models:
             # issue 13: tickets have an assignee and a last change
             _add_columns(db, "ticket", {"assignee_id": pw.CharField(max_length=32, null=True),
