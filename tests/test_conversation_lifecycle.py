@@ -407,3 +407,32 @@ def test_a_chat_whose_visitor_left_closes_itself_after_a_quiet_while(tmp_path: P
                 await client.close()
 
     run(scenario())
+
+
+def test_a_visitor_back_at_a_ticket_is_routed_when_someone_is_online(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with embedded(tmp_path, GENERAL_ONLY) as rt:
+            http = Http(rt)
+            _, token, visitor = await new_visitor(rt, opening="Anyone?")
+            await visitor.wait_type("state", state="offline")
+            conv = conversation_of(visitor)
+            await visitor.close()
+            ann = add_agent(rt, "ann@shop.test")
+            ann_token, ann_ws = await _console(rt, "ann@shop.test")
+            await wait_agent_online(rt, ann)
+            await asyncio.sleep(0.3)
+            assert ann_ws.of_type("assigned") == []  # its visitor is gone: it stays a ticket
+            back = await ws(rt, "/ws/visitor", token)
+            hello = await back.wait_type("hello")
+            assert (hello["conversation_id"], hello["state"]) == (conv, "offline")
+            await back.wait_type("assigned")  # routed, not left writing into a dead chat
+            await ann_ws.wait_type("assigned", conversation_id=conv)
+            await ann_ws.send({"type": "close", "conversation_id": conv})
+            await back.wait_type("state", state="closed")
+            status, data = await http.request("GET", "/api/v1/tickets?status=solved",
+                                              token=ann_token)
+            assert status == 200 and [t["conversation_id"] for t in data["tickets"]] == [conv]
+            for client in (back, ann_ws):
+                await client.close()
+
+    run(scenario())
