@@ -75,7 +75,27 @@ class Lifecycle:
             metrics.GIVEN_BACK.labels(outcome=out[conv_id]).inc()
         if out:
             log.info("agent left: chats given back", extra={"agent": agent_id, "moved": out})
+        agent = await self.store.agent_get(agent_id)
+        await self.tickets_if_nobody_left(agent.pools if agent else ())
         return out
+
+    async def tickets_if_nobody_left(self, pools: tuple[str, ...]) -> None:
+        """The last agent of a pool (and of its fallback) left: the chats waiting in its
+        queue would wait for nobody, so each becomes a ticket (state ``offline``; routed
+        again when an agent comes online while its visitor is there)."""
+        r = self.router
+        for pool in pools:
+            rule = r.routing.rule_for_pool(pool)
+            agents = await self.store.agents_in_pool(pool)
+            if rule is not None and rule.fallback:
+                agents += await self.store.agents_in_pool(rule.fallback)
+            if anyone_online(agents):
+                continue
+            for conv_id, _ in await self.store.waiting(pool):
+                if await self.store.dequeue(pool, conv_id):
+                    visitor_id = await r._visitor_id(conv_id)
+                    await r.route(conv_id, visitor_id, pool,
+                                  vip=await r._is_vip(visitor_id), fallback=None)
 
     async def give_back(self, conv_id: str, from_agent: str) -> str:
         """``assigned`` / ``queued`` / ``offline``; ``elsewhere`` when another router (or a

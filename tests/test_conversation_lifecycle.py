@@ -197,14 +197,19 @@ def test_a_console_gone_past_the_grace_period_gives_its_chats_back(tmp_path: Pat
 def test_the_last_agent_leaving_makes_the_chat_a_ticket(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with embedded(tmp_path, GENERAL_ONLY) as rt:
-            ann = add_agent(rt, "ann@shop.test")
+            ann = add_agent(rt, "ann@shop.test", max_chats=1)
             _, ann_ws = await _console(rt, "ann@shop.test")
             await wait_agent_online(rt, ann)
             _, _, visitor = await new_visitor(rt)
             conv = conversation_of(visitor)
             await ann_ws.wait_type("assigned")
+            _, _, waiting = await new_visitor(rt)
+            await waiting.wait_type("queue", position=1)
             await ann_ws.send({"type": "status", "status": "offline"})
             await visitor.wait_type("state", state="offline")
+            # The one waiting would wait for nobody: a ticket too.
+            await waiting.wait_type("state", state="offline")
+            assert await rt.store.waiting("general") == []
             row = await rt.storage.conversations.get(conv)
             assert row is not None and (row.state, row.agent_id) == ("offline", None)
             ticket = await rt.storage.tickets.get(conv)
@@ -213,7 +218,7 @@ def test_the_last_agent_leaving_makes_the_chat_a_ticket(tmp_path: Path) -> None:
             await ann_ws.send({"type": "status", "status": "online"})
             await ann_ws.wait_type("assigned", conversation_id=conv)
             await visitor.wait_type("state", state="assigned")
-            for client in (visitor, ann_ws):
+            for client in (visitor, waiting, ann_ws):
                 await client.close()
 
     run(scenario())
