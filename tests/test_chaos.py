@@ -86,8 +86,12 @@ async def open_visitor(ledger: Ledger, nodes: Sequence[Proc], name: str) -> Resi
                                for n in nodes], "visitor", reconnect="on_demand", ledger=ledger)
     await v.open()
     # The socket opens no conversation (issue 13): the visitor's first message does, and it
-    # is in the ledger like every other.
-    await v.send_message(f"{name} opens")
+    # is in the ledger like every other (its conversation known once the new hello named it).
+    sent = Sent("", new_cid("v"), "", time.monotonic())
+    await v.send_until_acked(sent)
+    sent.conv = own_conv(v)
+    sent.sender = f"visitor:{sent.conv}"
+    ledger.sent.append(sent)
     return v
 
 
