@@ -54,6 +54,7 @@ class Lifecycle:
         self.grace_s = grace_s
         self.idle_close_s = idle_close_s
         self._ticks = 0
+        self._idle_cursor = 0.0  # updated_at of the last candidate of a full sweep
 
     @property
     def store(self) -> Store:
@@ -74,7 +75,27 @@ class Lifecycle:
             metrics.GIVEN_BACK.labels(outcome=out[conv_id]).inc()
         if out:
             log.info("agent left: chats given back", extra={"agent": agent_id, "moved": out})
+        agent = await self.store.agent_get(agent_id)
+        await self.tickets_if_nobody_left(agent.pools if agent else ())
         return out
+
+    async def tickets_if_nobody_left(self, pools: tuple[str, ...]) -> None:
+        """The last agent of a pool (and of its fallback) left: the chats waiting in its
+        queue would wait for nobody, so each becomes a ticket (state ``offline``; routed
+        again when an agent comes online while its visitor is there)."""
+        r = self.router
+        for pool in pools:
+            rule = r.routing.rule_for_pool(pool)
+            agents = await self.store.agents_in_pool(pool)
+            if rule is not None and rule.fallback:
+                agents += await self.store.agents_in_pool(rule.fallback)
+            if anyone_online(agents):
+                continue
+            for conv_id, _ in await self.store.waiting(pool):
+                if await self.store.dequeue(pool, conv_id):
+                    visitor_id = await r._visitor_id(conv_id)
+                    await r.route(conv_id, visitor_id, pool,
+                                  vip=await r._is_vip(visitor_id), fallback=None)
 
     async def give_back(self, conv_id: str, from_agent: str) -> str:
         """``assigned`` / ``queued`` / ``offline``; ``elsewhere`` when another router (or a
@@ -223,8 +244,12 @@ class Lifecycle:
         ``idle_close_s`` (at most :data:`IDLE_SWEEP_BATCH` a run). Returns how many closed."""
         now = self.router.clock()
         closed = 0
-        for conv in await self.storage.conversations.quiet(before=now - self.idle_close_s,
-                                                           limit=IDLE_SWEEP_BATCH):
+        # A cursor walks past candidates that stay open (their visitor is still there), so a
+        # full batch of those never hides an idle one behind it; it starts over at the end.
+        batch = await self.storage.conversations.quiet(
+            before=now - self.idle_close_s, after=self._idle_cursor, limit=IDLE_SWEEP_BATCH)
+        self._idle_cursor = batch[-1].updated_at if len(batch) == IDLE_SWEEP_BATCH else 0.0
+        for conv in batch:
             who = f"visitor:{conv.visitor_id}"
             present = bool(await self.store.presence_nodes(who, now))
             gone = await self.store.kv_get(f"visitor-gone:{conv.visitor_id}", now)

@@ -76,14 +76,22 @@ def own_conv(v: ResilientClient) -> str:
 
 
 async def open_visitor(ledger: Ledger, nodes: Sequence[Proc], name: str) -> ResilientClient:
-    """A new visitor on ``nodes[0]``; a reconnect tries ``nodes`` in order, like the widget
-    behind a list of servers."""
+    """A new visitor on ``nodes[0]`` who has written once (so their conversation exists and is
+    being routed); a reconnect tries ``nodes`` in order, like the widget behind a list of
+    servers."""
     status, data = await Http(nodes[0]).request("POST", "/api/v1/visitors",  # type: ignore[arg-type]
                                                 {"name": name})
     assert status == 201, data
     v = ResilientClient(name, [f"ws://127.0.0.1:{n.port}/ws/visitor?token={data['token']}"
                                for n in nodes], "visitor", reconnect="on_demand", ledger=ledger)
     await v.open()
+    # The socket opens no conversation (issue 13): the visitor's first message does, and it
+    # is in the ledger like every other (its conversation known once the new hello named it).
+    sent = Sent("", new_cid("v"), "", time.monotonic())
+    await v.send_until_acked(sent)
+    sent.conv = own_conv(v)
+    sent.sender = f"visitor:{sent.conv}"
+    ledger.sent.append(sent)
     return v
 
 

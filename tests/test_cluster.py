@@ -35,10 +35,25 @@ def test_two_nodes_two_routers_200_conversations(tmp_path: Path) -> None:
             consoles = [await agent_on(node2, f"agent{i}@shop.test") for i in range(10)]
             await wait_until_async("the agents online at the routers",
                                    lambda: all(c.agent_online(a) for a in agents), 30)
-            visitors = await asyncio.gather(*(new_visitor(node1, name=f"v{i}")  # type: ignore[arg-type]
-                                              for i in range(200)))
+            # In waves of 50: each visitor now also waits for its opening message's ack, and
+            # 200 at once overflow the HTTP client's queue on a busy machine.
+            visitors = []
+            for wave in range(0, 200, 50):
+                visitors += await asyncio.gather(*(new_visitor(node1, name=f"v{i}")  # type: ignore[arg-type]
+                                                   for i in range(wave, wave + 50)))
             for _, _, v in visitors:
                 await v.wait_type("assigned", timeout=30)
+            # Like the console, each agent catches up on an assigned chat from its last_seq:
+            # the visitor's first message (it opened the chat) may have been delivered before
+            # the chat had an owner. The agents' `assigned` frames travel apart from the
+            # visitors' (another node), so wait for all of them first.
+            await wait_until_async(
+                "every console told of its chats",
+                lambda: sum(len(k.of_type("assigned")) for k in consoles) == 200, 30)
+            for console in consoles:
+                for frame in console.of_type("assigned"):
+                    await console.send({"type": "resume", "after_seq": 0,
+                                        "conversation_id": frame["conversation_id"]})
             started = time.monotonic()
 
             async def converse(v: WsClient) -> None:

@@ -49,6 +49,10 @@ def test_opening_the_widget_takes_no_slot_the_first_message_does(tmp_path: Path)
             await writer.wait_type("assigned")
             assigned = await agent.wait_type("assigned")
             assert assigned["conversation_id"] == writer.of_type("hello")[-1]["conversation_id"]
+            # (The console catches up from `assigned`'s last_seq: the opening message may
+            # have been delivered before the chat had an owner.)
+            await agent.send({"type": "resume", "conversation_id": assigned["conversation_id"],
+                              "after_seq": 0})
             got = await agent.wait_type("message", seq=1)
             assert got["body"] == "Do you ship to Norway?"
             load = await rt.store.agent_get(ann)
@@ -193,14 +197,19 @@ def test_a_console_gone_past_the_grace_period_gives_its_chats_back(tmp_path: Pat
 def test_the_last_agent_leaving_makes_the_chat_a_ticket(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with embedded(tmp_path, GENERAL_ONLY) as rt:
-            ann = add_agent(rt, "ann@shop.test")
+            ann = add_agent(rt, "ann@shop.test", max_chats=1)
             _, ann_ws = await _console(rt, "ann@shop.test")
             await wait_agent_online(rt, ann)
             _, _, visitor = await new_visitor(rt)
             conv = conversation_of(visitor)
             await ann_ws.wait_type("assigned")
+            _, _, waiting = await new_visitor(rt)
+            await waiting.wait_type("queue", position=1)
             await ann_ws.send({"type": "status", "status": "offline"})
             await visitor.wait_type("state", state="offline")
+            # The one waiting would wait for nobody: a ticket too.
+            await waiting.wait_type("state", state="offline")
+            assert await rt.store.waiting("general") == []
             row = await rt.storage.conversations.get(conv)
             assert row is not None and (row.state, row.agent_id) == ("offline", None)
             ticket = await rt.storage.tickets.get(conv)
@@ -209,7 +218,7 @@ def test_the_last_agent_leaving_makes_the_chat_a_ticket(tmp_path: Path) -> None:
             await ann_ws.send({"type": "status", "status": "online"})
             await ann_ws.wait_type("assigned", conversation_id=conv)
             await visitor.wait_type("state", state="assigned")
-            for client in (visitor, ann_ws):
+            for client in (visitor, waiting, ann_ws):
                 await client.close()
 
     run(scenario())
@@ -400,6 +409,35 @@ def test_a_chat_whose_visitor_left_closes_itself_after_a_quiet_while(tmp_path: P
             history = await rt.storage.messages.page(gone, after_seq=0)
             assert [(m.seq, m.from_) for m in history] == [(1, "visitor"), (2, "system")]
             for client in (stayer, ann_ws):
+                await client.close()
+
+    run(scenario())
+
+
+def test_a_visitor_back_at_a_ticket_is_routed_when_someone_is_online(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with embedded(tmp_path, GENERAL_ONLY) as rt:
+            http = Http(rt)
+            _, token, visitor = await new_visitor(rt, opening="Anyone?")
+            await visitor.wait_type("state", state="offline")
+            conv = conversation_of(visitor)
+            await visitor.close()
+            ann = add_agent(rt, "ann@shop.test")
+            ann_token, ann_ws = await _console(rt, "ann@shop.test")
+            await wait_agent_online(rt, ann)
+            await asyncio.sleep(0.3)
+            assert ann_ws.of_type("assigned") == []  # its visitor is gone: it stays a ticket
+            back = await ws(rt, "/ws/visitor", token)
+            hello = await back.wait_type("hello")
+            assert (hello["conversation_id"], hello["state"]) == (conv, "offline")
+            await back.wait_type("assigned")  # routed, not left writing into a dead chat
+            await ann_ws.wait_type("assigned", conversation_id=conv)
+            await ann_ws.send({"type": "close", "conversation_id": conv})
+            await back.wait_type("state", state="closed")
+            status, data = await http.request("GET", "/api/v1/tickets?status=solved",
+                                              token=ann_token)
+            assert status == 200 and [t["conversation_id"] for t in data["tickets"]] == [conv]
+            for client in (back, ann_ws):
                 await client.close()
 
     run(scenario())

@@ -131,12 +131,13 @@ class WsClient:
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         return [f for f in self.frames if f.get("type") == kind]
 
-    async def say(self, body: str, client_id: str | None = None, **extra: Any) -> dict[str, Any]:
+    async def say(self, body: str, client_id: str | None = None, timeout: float = 5.0,
+                  **extra: Any) -> dict[str, Any]:
         """Send a message and wait for its ack."""
         client_id = client_id or new_client_id()
         await self.send({"type": "message", "id": client_id, "body": body, **extra})
         return await self.wait_for(lambda f: f.get("id") == client_id
-                                   and f.get("type") in ("ack", "error"))
+                                   and f.get("type") in ("ack", "error"), timeout)
 
     async def close(self) -> None:
         await self.conn.close()
@@ -165,7 +166,8 @@ async def new_visitor(runtime: Runtime, *, opening: str | None = OPENING,
     client = await ws(runtime, "/ws/visitor", data["token"])
     await client.wait_type("hello")
     if opening is not None:
-        ack = await client.say(opening)
+        # (generous: tests open hundreds of visitors at once on a busy machine)
+        ack = await client.say(opening, timeout=30)
         assert ack["type"] == "ack", ack
     return data["visitor_id"], data["token"], client
 

@@ -390,7 +390,12 @@ class ResilientClient:
         if kind == "hello":
             await self._on_hello(link, frame)
         elif kind == "assigned" and self.kind == "agent" and frame.get("conversation_id"):
-            self.conversations.setdefault(frame["conversation_id"], Conversation())
+            cid = frame["conversation_id"]
+            self.conversations.setdefault(cid, Conversation())
+            # Like the console: catch up from the start (the visitor's first message, which
+            # opened the chat, may have been delivered before the chat had an owner).
+            with contextlib.suppress(ConnectionClosed):
+                await link.send(self._resume_frame(cid))
         elif kind == "message":
             conv = frame.get("conversation_id") or self.conversation_id
             if conv is not None and isinstance(frame.get("seq"), int):

@@ -133,9 +133,11 @@ class ConversationRepository:
 
         return await self._db.run(work)
 
-    async def quiet(self, *, before: float, limit: int) -> list[Conversation]:
-        """Queued or assigned conversations whose row has not changed since ``before``,
-        quietest first (issue 13: candidates for the idle close)."""
+    async def quiet(self, *, before: float, after: float = 0.0,
+                    limit: int) -> list[Conversation]:
+        """Queued or assigned conversations whose row has not changed since ``before`` (and
+        changed after ``after``: a sweep's cursor), quietest first (issue 13: candidates for
+        the idle close)."""
 
         def work() -> list[Conversation]:
             main = self._db.main
@@ -143,7 +145,8 @@ class ConversationRepository:
             with main.db.connection_context():
                 return [_record(r) for r in
                         conv.select().where(conv.state.in_(["queued", "assigned"])
-                                            & (conv.updated_at < before))
+                                            & (conv.updated_at < before)
+                                            & (conv.updated_at > after))
                         .order_by(conv.updated_at).limit(limit)]
 
         return await self._db.run(work)
