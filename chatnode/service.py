@@ -485,7 +485,7 @@ class ChatService:
         asyncio.get_running_loop().call_later(JOIN_HOLD_SECS, self.end_join, conn, peer)
         await self._present(conn)
         waiting = await self.conversations.visitor_hello(session, peer.send)
-        if created:
+        if created and session.conversation_id is not None:
             await self._conversation_created(session)
         # A queued chat that is in no queue was never announced (say the broker was down when
         # it was created): announcing is idempotent, so ask again. An offline one (a ticket) is

@@ -49,10 +49,13 @@ def frame(raw: str, role: str = "visitor") -> wire.Frame:
 
 
 async def visitor(service: ChatService) -> tuple[ConnectionState, RecordingPeer]:
+    """A connected visitor whose first message opened their conversation (issue 13)."""
     created = await service.create_visitor({"name": "Vera"})
     conn, peer = new_conn("visitor"), RecordingPeer()
     await service.connect_visitor(conn, created["token"], "127.0.0.1")
-    await service.visitor_joined(conn, True, peer)
+    await service.visitor_joined(conn, False, peer)
+    await service.visitor_frame(conn, frame('{"type": "message", "id": "m1", "body": "Hi"}'),
+                                peer)
     return conn, peer
 
 
@@ -62,9 +65,11 @@ def test_hello_comes_first_and_names_the_conversation(tmp_path: Path) -> None:
             assert rt.node is not None
             conn, peer = await visitor(rt.node.service)
             assert conn.session is not None and conn.who.startswith("visitor:")
-            hello = peer.frames[0]
+            hello = peer.frames[0]  # no conversation until the first message
             assert hello["type"] == "hello" and hello["last_seq"] == 0
-            assert hello["conversation_id"] == conn.session.conversation_id
+            assert (hello["conversation_id"], hello["state"]) == (None, "new")
+            named = [f for f in peer.frames if f["type"] == "hello"][-1]  # before its ack
+            assert named["conversation_id"] == conn.session.conversation_id is not None
 
     run(scenario())
 
@@ -84,7 +89,8 @@ def test_a_visitor_writing_into_a_closed_chat_reopens_it(tmp_path: Path) -> None
             assert conn.session.conversation_id != old
             assert pending is not None and pending.conv_id == conn.session.conversation_id
             assert pending.seq == 1 and pending.sender_type == "visitor"
-            assert [f["type"] for f in peer.frames].count("hello") == 2
+            # new (connect), the first message's conversation, then the new one after the close
+            assert [f["type"] for f in peer.frames].count("hello") == 3
 
     run(scenario())
 
@@ -123,7 +129,8 @@ def test_ownership_and_history_checks(tmp_path: Path) -> None:
             conn, _ = await visitor(rt.node.service)
             assert conn.session is not None and conn.principal is not None
             conv_id = conn.session.conversation_id
-            assert await convs.history(conn.principal, conv_id, after_seq="0", before_seq=None,
+            assert conv_id is not None
+            assert await convs.history(conn.principal, conv_id, after_seq="1", before_seq=None,
                                        limit=None) == []
             stranger = Principal(kind="visitor", id="not-the-owner")
             with pytest.raises(ServiceError) as err:
@@ -138,7 +145,9 @@ def test_ownership_and_history_checks(tmp_path: Path) -> None:
                 await convs.history(conn.principal, conv_id, after_seq=None, before_seq=None,
                                     limit="501")
             assert err.value.code == "invalid_query"
-            agent_id = add_agent(rt, "ann@shop.test")
+            # (Nobody was online, so the chat is a ticket that agents of its pool may read:
+            # an agent of another pool may not.)
+            agent_id = add_agent(rt, "ann@shop.test", pools=("other",))
             with pytest.raises(ServiceError) as err:
                 await convs.agent_can_see(Principal(kind="agent", id=agent_id, role="agent"),
                                           conv_id)
