@@ -50,7 +50,7 @@ class JsonHandler(RequestIds):
     access_rules: ClassVar[Mapping[str, frozenset[str]]] = {}
     # Probes and scrapes (health, readiness, metrics) are not rate limited.
     rate_limited = True
-    CORS_METHODS = "GET, POST, OPTIONS"
+    CORS_METHODS = "GET, POST, PUT, OPTIONS"
 
     def initialize(self, service: ChatService, node: Any) -> None:
         self.service = service
@@ -317,3 +317,38 @@ class AuditHandler(JsonHandler):
             limit=self.get_query_argument("limit", None),
             before_id=self.get_query_argument("before_id", None),
             action=self.get_query_argument("action", None))})
+
+
+# -- issue 14: the inbox -----------------------------------------------------------------------
+_VIEW_ARGS = ("view", "q", "label", "pool", "agent", "from", "to", "cursor", "limit")
+
+
+class ConversationsHandler(JsonHandler):
+    async def get(self) -> None:
+        args = {name: self.get_query_argument(name, None) for name in _VIEW_ARGS}
+        self.write_json(await self.service.inbox.conversations(self.agent(), args))
+
+
+class ConversationHandler(JsonHandler):
+    async def get(self, conv_id: str) -> None:
+        logs.bind(conversation_id=conv_id)
+        self.write_json(await self.service.inbox.conversation(self.agent(), conv_id))
+
+
+class LabelsHandler(JsonHandler):
+    async def put(self, conv_id: str) -> None:
+        logs.bind(conversation_id=conv_id)
+        self.write_json(await self.service.inbox.set_labels(self.agent(), conv_id,
+                                                            self.json_body()))
+
+
+class ContactHandler(JsonHandler):
+    async def get(self, visitor_id: str) -> None:
+        self.write_json(await self.service.inbox.contact(self.agent(), visitor_id))
+
+
+class SearchHandler(JsonHandler):
+    async def get(self) -> None:
+        self.write_json(await self.service.inbox.search(
+            self.agent(), self.get_query_argument("q", None),
+            self.get_query_argument("limit", None)))

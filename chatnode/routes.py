@@ -31,7 +31,11 @@ from chatnode.schemas import (
     AGENT,
     AUDIT_ENTRY,
     CODE_BODY,
+    CONTACT,
+    CONVERSATION,
+    CONVERSATION_PAGE,
     OBJECT,
+    SEARCH_RESULTS,
     TOKENS,
     error_responses,
     json_content,
@@ -66,11 +70,13 @@ class Route:
     get: Operation | None = None
     post: Operation | None = None
     params: Mapping[str, str] | None = None
+    put: Operation | None = None
 
     @property
     def operations(self) -> dict[str, Operation]:
         """HTTP method -> operation, for the methods this route serves."""
-        return {m: op for m, op in (("GET", self.get), ("POST", self.post)) if op is not None}
+        return {m: op for m, op in (("GET", self.get), ("POST", self.post), ("PUT", self.put))
+                if op is not None}
 
     @property
     def pattern(self) -> str:
@@ -99,7 +105,38 @@ _VISITOR_BODY = json_content({
         "phone": {"type": "string", "pattern": "^\\+?[0-9 ().\\-]{3,32}$"},
         "tags": {"type": "array", "maxItems": 20,
                  "items": {"type": "string", "pattern": "^[a-z0-9_-]{1,32}$"}},
-        "locale": {"enum": ["en", "zh-CN"]}}})
+        "locale": {"enum": ["en", "zh-CN"]},
+        # issue 14: the widget's context, the site's pre-chat form, identify
+        "context": {"type": "object", "additionalProperties": False, "properties": {
+            "page_url": {"type": "string", "maxLength": 2048},
+            "referrer": {"type": "string", "maxLength": 2048},
+            "user_agent": {"type": "string", "maxLength": 512},
+            "tz": {"type": "string", "maxLength": 64}}},
+        "fields": {"type": "object", "maxProperties": 20,
+                   "additionalProperties": {"type": "string", "maxLength": 1000}},
+        "customer_id": {"type": "string", "pattern": "^[\\w.:@+-]{1,128}$",
+                        "description": "the shop's customer id (identify), with customer_hash"},
+        "customer_hash": {"type": "string", "description": "hex HMAC-SHA256 of customer_id "
+                          "under TIDEDESK_IDENTITY_SECRET, made by the shop's server"}}})
+VISITOR_ID = "[0-9a-f]{1,32}"
+_VIEW_PARAMS: tuple[dict[str, Any], ...] = (
+    {"name": "view", "in": "query",
+     "schema": {"enum": ["mine", "unassigned", "tickets", "open", "closed"]}},
+    {"name": "q", "in": "query", "schema": {"type": "string"},
+     "description": "only conversations whose messages or contact match"},
+    {"name": "label", "in": "query", "schema": {"type": "string"}},
+    {"name": "pool", "in": "query", "schema": {"type": "string"}},
+    {"name": "agent", "in": "query", "schema": {"type": "string"},
+     "description": "the agent id holding it"},
+    {"name": "from", "in": "query", "schema": {"type": "string"},
+     "description": "created at or after: unix seconds or ISO 8601"},
+    {"name": "to", "in": "query", "schema": {"type": "string"},
+     "description": "created before: unix seconds or ISO 8601"},
+    {"name": "cursor", "in": "query", "schema": {"type": "string"},
+     "description": "next_cursor of the previous page"},
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                "maximum": 100}},
+)
 _VISITOR_CREATED = json_response({"type": "object", "required": ["visitor_id", "token"],
                                   "properties": {"visitor_id": {"type": "string"},
                                                  "token": {"type": "string"}}}, "created")
@@ -170,6 +207,38 @@ ROUTES: tuple[Route, ...] = (
                   {"name": "before_seq", "in": "query", "schema": {"type": "integer"},
                    "description": "scroll back: the newest `limit` messages before this seq"},
                   _LIMIT))),
+    # issue 14: the inbox, labels, contacts, search
+    Route("/api/v1/conversations", http.ConversationsHandler, get=Operation(
+        AGENTS, "a view of conversations, most recently updated first (cursor paging)",
+        {"200": json_response(CONVERSATION_PAGE, "a page"), **error_responses(400, 401)},
+        parameters=_VIEW_PARAMS)),
+    Route("/api/v1/conversations/{id}", http.ConversationHandler,
+          params={"id": CONVERSATION_ID}, get=Operation(
+              AGENTS, "one conversation with its visitor's context",
+              {"200": json_response(CONVERSATION, "the conversation"),
+               **error_responses(401, 403, 404)}, parameters=(_id_param(),))),
+    Route("/api/v1/conversations/{id}/labels", http.LabelsHandler,
+          params={"id": CONVERSATION_ID}, put=Operation(
+              AGENTS, "replace the conversation's labels",
+              {"200": json_response(OBJECT, "the labels now"),
+               **error_responses(400, 401, 403, 404)},
+              json_content({"type": "object", "required": ["labels"], "properties": {
+                  "labels": {"type": "array", "maxItems": 20, "items": {
+                      "type": "string", "maxLength": 32}}}}),
+              parameters=(_id_param(),))),
+    Route("/api/v1/contacts/{id}", http.ContactHandler, params={"id": VISITOR_ID},
+          get=Operation(
+              AGENTS, "a contact: who, context, fields, past conversations",
+              {"200": json_response(CONTACT, "the contact"),
+               **error_responses(401, 403, 404)}, parameters=(_id_param(),))),
+    Route("/api/v1/search", http.SearchHandler, get=Operation(
+        AGENTS, "full-text search over messages and contacts the caller may see",
+        {"200": json_response(SEARCH_RESULTS, "results, best first"),
+         **error_responses(400, 401)},
+        parameters=({"name": "q", "in": "query", "required": True,
+                     "schema": {"type": "string", "maxLength": 200}},
+                    {"name": "limit", "in": "query",
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 100}}))),
     Route("/api/v1/agents", http.AgentsHandler, get=Operation(
         AGENTS, "agents with status and load",
         {"200": json_response(OBJECT, "agents"), **error_responses(401)})),

@@ -19,10 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+from chatnode import contacts
 from chatnode.accounts import Accounts
 from chatnode.connections import ConnectionState, Peer, VisitorSession
 from chatnode.conversations import MAX_SEQ, Conversations, relay_frame
 from chatnode.errors import ServiceError
+from chatnode.inbox import Inbox
 from chatnode.queries import audit_action, bounded_int
 from tidedesk import logs, metrics, wire
 from tidedesk.auth import Principal, TokenService
@@ -85,6 +87,7 @@ class ChatService:
         self.accounts = Accounts(settings=settings, store=store, storage=storage, tokens=tokens,
                                  clock=clock, notify=self.relay)
         self.conversations = Conversations(store=store, storage=storage, publish=self.publish)
+        self.inbox = Inbox(storage=storage)  # issue 14: views, labels, contacts, search
 
     # -- authentication (chatnode/accounts.py) ------------------------------------------------
     def principal(self, token: str | None, expected: str) -> Principal:
@@ -95,7 +98,8 @@ class ChatService:
 
     # -- visitors --------------------------------------------------------------------------------
     async def create_visitor(self, body: dict[str, Any]) -> dict[str, str]:
-        allowed = {"name", "email", "phone", "tags", "locale"}
+        allowed = {"name", "email", "phone", "tags", "locale", "context", "fields",
+                   "customer_id", "customer_hash"}
         unknown = set(body) - allowed
         if unknown:
             raise ServiceError(400, "invalid_body", f"unknown field(s) {', '.join(sorted(unknown))}"
@@ -121,9 +125,21 @@ class ChatService:
         if locale not in LOCALES:
             raise ServiceError(400, "invalid_field", f"'locale' must be one of "
                                f"{', '.join(LOCALES)}")
+        context = contacts.visitor_context(body.get("context"))
+        fields = contacts.prechat_fields(body.get("fields"))
+        customer = contacts.verified_customer(self.settings.identity_secret,
+                                              body.get("customer_id"),
+                                              body.get("customer_hash"))
+        if customer is not None:
+            known = await self.storage.visitors.by_external_id(customer)
+            if known is not None:  # the same contact on this device too
+                if context:
+                    await self.storage.visitors.set_context(known.id, context)
+                return {"visitor_id": known.id, "token": self.tokens.visitor_token(known.id)}
         visitor_id = await self.storage.visitors.create(name=name.strip(), email=email,
                                                        phone=phone, tags=sorted(set(tags)),
-                                                       locale=locale)
+                                                       locale=locale, context=context,
+                                                       fields=fields, external_id=customer)
         return {"visitor_id": visitor_id, "token": self.tokens.visitor_token(visitor_id)}
 
     # -- messages ----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from tornado.web import RequestHandler
 from chatnode import http, routes
 from chatnode.openapi import openapi_document
 
-METHODS = ("GET", "POST")
+METHODS = ("GET", "POST", "PUT")
 
 
 def _served() -> set[tuple[str, str]]:

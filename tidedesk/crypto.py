@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import os
 import re
 from collections.abc import Iterable
@@ -35,6 +36,10 @@ class FieldCipher:
 
     def __init__(self, key_b64: str, previous: Iterable[str] = ()) -> None:
         self.key_id = key_id(key_b64)
+        # issue 14: the key of blinded search tokens (a contact's name and e-mail are found
+        # without storing them in the clear); derived, so it never equals the AEAD key.
+        self._blind_key = hmac.new(base64.b64decode(key_b64), b"tidedesk-blind-index",
+                                   hashlib.sha256).digest()
         self._keys: dict[str, AESGCM] = {self.key_id: AESGCM(base64.b64decode(key_b64))}
         for old in previous:
             self._keys.setdefault(key_id(old), AESGCM(base64.b64decode(old)))
@@ -57,6 +62,11 @@ class FieldCipher:
                 if plain is not None:
                     return plain
         return None
+
+    def blind(self, token: str) -> str:
+        """A short keyed digest of a search token: equal tokens give equal digests, and the
+        digest tells nothing about the token without the key. Changes with the key."""
+        return hmac.new(self._blind_key, token.encode(), hashlib.sha256).hexdigest()[:20]
 
     @staticmethod
     def looks_sealed(stored: str) -> bool:

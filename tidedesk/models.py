@@ -59,6 +59,14 @@ class Visitor(_Base):
     tags = pw.CharField(max_length=255, default="")
     locale = pw.CharField(max_length=8, default="en")
     created_at = pw.DoubleField(default=now_ts)
+    # issue 14: blinded search tokens of name and e-mail (space-separated HMAC digests), the
+    # context the widget sent (JSON: page_url, referrer, user_agent, tz, browser, os), the
+    # pre-chat fields (JSON, encrypted when the storage has a key), and the shop's customer id
+    # from a signed identify call (the same contact on every device).
+    search_tokens = pw.TextField(null=True)
+    context = pw.TextField(null=True)
+    fields_enc = pw.TextField(null=True)
+    external_id = pw.CharField(max_length=128, null=True, index=True)
 
     @property
     def tag_list(self) -> tuple[str, ...]:
@@ -85,6 +93,10 @@ class Message(_Base):
     body = pw.TextField()
     private = pw.BooleanField(default=False)
     ts = pw.DoubleField()
+    # issue 14: what full-text search indexes (tidedesk.search_text): the body on SQLite (FTS5
+    # trigram table message_fts follows it by triggers), words and CJK pairs on MariaDB (a
+    # FULLTEXT index); empty when bodies are stored encrypted.
+    search_text = pw.TextField(null=True)
 
     class Meta:
         indexes = (
@@ -123,13 +135,23 @@ class RevokedSignIn(_Base):
     revoked_at = pw.DoubleField(default=now_ts)
 
 
+class ConversationLabel(_Base):
+    """issue 14: the labels agents put on a conversation."""
+
+    conversation_id = pw.CharField(max_length=32)
+    label = pw.CharField(max_length=32, index=True)
+
+    class Meta:
+        indexes = ((("conversation_id", "label"), True),)
+
+
 class SchemaVersion(_Base):
     version = pw.IntegerField()
 
 
 MAIN_MODELS: tuple[type[_Base], ...] = (
     Agent, Visitor, Conversation, Ticket, CannedResponse, AuditLog, RevokedSignIn, SchemaVersion,
-    Message,
+    Message, ConversationLabel,
 )
 SHARD_MODELS: tuple[type[_Base], ...] = (Message, SchemaVersion)
 
@@ -203,6 +225,39 @@ def _add_columns(db: pw.Database, table: str, columns: dict[str, pw.Field]) -> N
                      for name, field in columns.items() if name not in present))
 
 
+_FTS_TRIGGERS = (
+    "CREATE TRIGGER IF NOT EXISTS message_fts_ai AFTER INSERT ON message BEGIN "
+    "INSERT INTO message_fts(rowid, search_text) VALUES (new.id, new.search_text); END",
+    "CREATE TRIGGER IF NOT EXISTS message_fts_ad AFTER DELETE ON message BEGIN "
+    "INSERT INTO message_fts(message_fts, rowid, search_text) "
+    "VALUES ('delete', old.id, old.search_text); END",
+    "CREATE TRIGGER IF NOT EXISTS message_fts_au AFTER UPDATE OF search_text ON message BEGIN "
+    "INSERT INTO message_fts(message_fts, rowid, search_text) "
+    "VALUES ('delete', old.id, old.search_text); "
+    "INSERT INTO message_fts(rowid, search_text) VALUES (new.id, new.search_text); END",
+)
+
+
+def _search_index(database: pw.Database) -> None:
+    """The full-text index of messages (idempotent): on SQLite an FTS5 trigram table kept in
+    step with ``message`` by triggers (every insert, edit and delete, whoever makes it); on
+    MariaDB a FULLTEXT index on ``message.search_text``."""
+    sql: Any = database.execute_sql  # untyped in peewee
+    if isinstance(database, pw.SqliteDatabase):
+        exists = sql("SELECT 1 FROM sqlite_master WHERE name = 'message_fts'")
+        if exists.fetchone() is None:
+            sql("CREATE VIRTUAL TABLE message_fts USING fts5(search_text, "
+                           "content='message', content_rowid='id', tokenize='trigram')")
+            sql("INSERT INTO message_fts(message_fts) VALUES ('rebuild')")
+        for trigger in _FTS_TRIGGERS:
+            sql(trigger)
+        return
+    present = sql("SHOW INDEX FROM message WHERE Key_name = 'message_search_text'")
+    if present.fetchone() is None:
+        sql("ALTER TABLE message ADD FULLTEXT INDEX message_search_text "
+                       "(search_text)")
+
+
 def migrate(shard: Shard) -> int:
     """Create or upgrade the schema of one shard; returns the schema version now in place."""
     db = shard.db
@@ -216,6 +271,15 @@ def migrate(shard: Shard) -> int:
             _add_columns(db, "visitor", {"name_enc": pw.TextField(null=True),
                                          "phone_enc": pw.TextField(null=True)})
             _add_columns(db, "agent", {"totp_secret_enc": pw.TextField(null=True)})
+        # issue 14: search, contacts' context and identify, labels.
+        _add_columns(db, "message", {"search_text": pw.TextField(null=True)})
+        if "Visitor" in shard.models:
+            _add_columns(db, "visitor", {"search_tokens": pw.TextField(null=True),
+                                         "context": pw.TextField(null=True),
+                                         "fields_enc": pw.TextField(null=True),
+                                         "external_id": pw.CharField(max_length=128,
+                                                                     null=True)})
+        _search_index(db)  # issue 14
         if current < SCHEMA_VERSION:
             version_model.create(version=SCHEMA_VERSION)
         return SCHEMA_VERSION

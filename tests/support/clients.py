@@ -54,7 +54,7 @@ class Http:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None
-                                            else (b"" if method == "POST" else None))
+                                            else (b"" if method in ("POST", "PUT") else None))
         resp = await self.client.fetch(HTTPRequest(self.base + path, method=method,
                                                    headers=headers, body=data),
                                        raise_error=False)

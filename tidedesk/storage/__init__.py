@@ -22,8 +22,10 @@ from tidedesk.storage.audit import AuditRepository
 from tidedesk.storage.canned import CannedRepository
 from tidedesk.storage.conversations import ConversationRepository
 from tidedesk.storage.database import MAX_PAGE, Database, new_id
+from tidedesk.storage.labels import LabelRepository
 from tidedesk.storage.messages import MessageRepository
 from tidedesk.storage.rotation import rotate_key
+from tidedesk.storage.search import SearchRepository
 from tidedesk.storage.sign_ins import SignInRepository
 from tidedesk.storage.tickets import TicketRepository
 from tidedesk.storage.visitors import VisitorRepository
@@ -49,6 +51,8 @@ class Storage:
         self.canned = CannedRepository(self.database)
         self.audit = AuditRepository(self.database)
         self.sign_ins = SignInRepository(self.database)
+        self.search = SearchRepository(self.database)  # issue 14
+        self.labels = LabelRepository(self.database)  # issue 14
 
     @property
     def cipher(self) -> FieldCipher | None:

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tidedesk.storage.database import Database, new_id
 from tidedesk.storage.records import Visitor
+from tidedesk.storage.search import SearchRepository
 
 # Associated data of each encrypted field (a value moved to another column does not decrypt).
 VISITOR_FIELDS = {"name": "visitor.name", "email": "visitor.email", "phone": "visitor.phone"}
+FIELDS_CONTEXT = "visitor.fields"
+
+
+def _json_object(stored: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(stored) if stored else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 class VisitorRepository:
@@ -34,26 +45,68 @@ class VisitorRepository:
             if value is None and field == "name":
                 value = row.name  # schema 1, or stored without a cipher
             plain[field] = value or ("" if field == "name" else None)
+        stored_fields = row.fields_enc
+        if stored_fields and cipher is not None and cipher.looks_sealed(stored_fields):
+            stored_fields = cipher.decrypt(stored_fields, FIELDS_CONTEXT)
         return Visitor(id=row.id, name=plain["name"] or "", email=plain["email"],
                        phone=plain["phone"], name_enc=row.name_enc, email_enc=row.email_enc,
                        phone_enc=row.phone_enc, tags=row.tags, locale=row.locale,
-                       created_at=row.created_at)
+                       created_at=row.created_at, context=_json_object(row.context),
+                       fields=_json_object(stored_fields), external_id=row.external_id)
+
+    def _search_tokens(self, name: str | None, email: str | None) -> str:
+        return SearchRepository(self._db).contact_search_tokens(name, email)
 
     async def create(self, *, name: str, email: str | None, tags: Sequence[str],
-                     locale: str, phone: str | None = None) -> str:
+                     locale: str, phone: str | None = None,
+                     context: Mapping[str, Any] | None = None,
+                     fields: Mapping[str, str] | None = None,
+                     external_id: str | None = None) -> str:
         plain_name = "" if self._db.cipher is not None else name
-        fields = {"name_enc": self._seal(name, "name"), "email_enc": self._seal(email, "email"),
-                  "phone_enc": self._seal(phone, "phone")}
+        cipher = self._db.cipher
+        fields_json = json.dumps(dict(fields or {}), ensure_ascii=False) if fields else None
+        columns = {"name_enc": self._seal(name, "name"), "email_enc": self._seal(email, "email"),
+                   "phone_enc": self._seal(phone, "phone"),
+                   "search_tokens": self._search_tokens(name, email),
+                   "context": json.dumps(dict(context), ensure_ascii=False) if context else None,
+                   "fields_enc": (cipher.encrypt(fields_json, FIELDS_CONTEXT)
+                                  if fields_json and cipher else fields_json),
+                   "external_id": external_id}
 
         def work() -> str:
             visitor_id = new_id()
             main = self._db.main
             with main.db.connection_context():
                 main["Visitor"].create(id=visitor_id, name=plain_name, tags=",".join(tags),
-                                       locale=locale, **fields)
+                                       locale=locale, **columns)
             return visitor_id
 
         return await self._db.run(work)
+
+    async def by_external_id(self, external_id: str) -> Visitor | None:
+        """The contact an identify call made for this shop customer (the oldest, if several)."""
+
+        def work() -> Visitor | None:
+            main = self._db.main
+            model = main["Visitor"]
+            with main.db.connection_context():
+                row = (model.select().where(model.external_id == external_id)
+                       .order_by(model.created_at).first())
+                return self._record(row)
+
+        return await self._db.run(work)
+
+    async def set_context(self, visitor_id: str, context: Mapping[str, Any]) -> None:
+        """The latest context the widget sent (a returning contact on a new page or device)."""
+
+        def work() -> None:
+            main = self._db.main
+            model = main["Visitor"]
+            with main.db.connection_context():
+                model.update(context=json.dumps(dict(context), ensure_ascii=False)).where(
+                    model.id == visitor_id).execute()
+
+        await self._db.run(work)
 
     async def get(self, visitor_id: str) -> Visitor | None:
         def work() -> Visitor | None:

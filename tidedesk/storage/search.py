@@ -1,0 +1,149 @@
+"""Full-text search over messages (every shard, then merged) and contacts (the main database).
+
+What is indexed and how a query matches is :mod:`tidedesk.search_text`; the index itself is
+made by :func:`tidedesk.models.migrate` and kept in step with every write there (SQLite
+triggers; MariaDB's FULLTEXT index follows its column). This module only reads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Collection, Sequence
+from typing import Any
+
+import msgspec
+import peewee as pw
+
+from tidedesk.search_text import (
+    boolean_query,
+    contact_query_tokens,
+    contact_tokens,
+    like_pattern,
+    matches,
+)
+from tidedesk.storage.database import Database
+
+# The trigram tokenizer indexes substrings of three characters: shorter terms use LIKE.
+TRIGRAM = 3
+_FALLBACK_BLIND_KEY = b"tidedesk-blind-index-without-a-storage-key"
+
+
+class MessageHit(msgspec.Struct, frozen=True, kw_only=True):
+    conversation_id: str
+    seq: int
+    from_: str = msgspec.field(name="from")
+    body: str
+    ts: float
+    private: bool
+    score: float
+
+
+class SearchRepository:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    # -- contacts --------------------------------------------------------------------------
+    def blind(self, token: str) -> str:
+        cipher = self._db.cipher
+        if cipher is not None:
+            return cipher.blind(token)
+        return hmac.new(_FALLBACK_BLIND_KEY, token.encode(), hashlib.sha256).hexdigest()[:20]
+
+    def contact_search_tokens(self, name: str | None, email: str | None) -> str:
+        """The visitor's ``search_tokens`` column: blinded tokens, space-delimited."""
+        tokens = contact_tokens(name, email)
+        return " " + " ".join(self.blind(t) for t in tokens) + " " if tokens else ""
+
+    def contacts_sync(self, terms: list[str], limit: int,
+                      visitor_ids: Collection[str] | None) -> list[str]:
+        """Ids of visitors whose name or e-mail has every term (newest first)."""
+        needs = contact_query_tokens(terms)
+        if not needs or (visitor_ids is not None and not visitor_ids):
+            return []
+        main = self._db.main
+        model = main["Visitor"]
+        query = model.select(model.id)
+        for need in needs:
+            for token in need:
+                query = query.where(model.search_tokens.contains(f" {self.blind(token)} "))
+        if visitor_ids is not None:
+            query = query.where(model.id.in_(list(visitor_ids)))
+        with main.db.connection_context():
+            return [r.id for r in query.order_by(model.created_at.desc()).limit(limit)]
+
+    # -- messages --------------------------------------------------------------------------
+    def messages_sync(self, terms: list[str], limit: int,
+                      conv_ids: Collection[str] | None) -> list[MessageHit]:
+        """The best ``limit`` messages with every term, over every shard: ranked by the store's
+        relevance, then newest first. ``conv_ids`` limits them to those conversations."""
+        if not terms or (conv_ids is not None and not conv_ids):
+            return []
+        hits: list[MessageHit] = []
+        for shard in self._db.shards:
+            with shard.db.connection_context():
+                if isinstance(shard.db, pw.SqliteDatabase):
+                    hits.extend(self._sqlite(shard.db, terms, limit, conv_ids))
+                else:
+                    hits.extend(self._mariadb(shard.db, terms, limit, conv_ids))
+        hits.sort(key=lambda h: (-h.score, -h.ts))
+        return hits[:limit]
+
+    def _sqlite(self, db: Any, terms: list[str], limit: int,
+                conv_ids: Collection[str] | None) -> list[MessageHit]:
+        long = [t for t in terms if len(t) >= TRIGRAM]
+        short = [t for t in terms if len(t) < TRIGRAM]
+        where: list[str] = []
+        params: list[Any] = []
+        if long:
+            where.append("message_fts MATCH ?")
+            params.append(" AND ".join('"' + t.replace('"', '""') + '"' for t in long))
+        for term in short:
+            where.append("f.search_text LIKE ? ESCAPE '\\'")
+            params.append(like_pattern(term))
+        if conv_ids is not None:
+            where.append(f"m.conversation_id IN ({', '.join('?' * len(conv_ids))})")
+            params.extend(conv_ids)
+        score = "-bm25(message_fts)" if long else "0.0"
+        sql = (f"SELECT m.conversation_id, m.seq, m.sender_type, m.body, m.ts, m.private, "
+               f"{score} AS score FROM message_fts f JOIN message m ON m.id = f.rowid "
+               f"WHERE {' AND '.join(where)} ORDER BY score DESC, m.ts DESC LIMIT ?")
+        rows = db.execute_sql(sql, [*params, limit]).fetchall()
+        return [self._hit(r) for r in rows]
+
+    def _mariadb(self, db: Any, terms: list[str], limit: int,
+                 conv_ids: Collection[str] | None) -> list[MessageHit]:
+        against = boolean_query(terms)
+        params: list[Any] = []
+        scope = ""
+        if conv_ids is not None:
+            scope = f" AND conversation_id IN ({', '.join(['%s'] * len(conv_ids))})"
+        # More candidates than asked: the index finds the words and pairs, the check below
+        # drops the few whose pairs are not neighbours in the order asked.
+        candidates = limit * 4 + 20
+        if against:
+            sql = ("SELECT conversation_id, seq, sender_type, body, ts, private, "
+                   "MATCH(search_text) AGAINST (%s IN BOOLEAN MODE) AS score FROM message "
+                   "WHERE MATCH(search_text) AGAINST (%s IN BOOLEAN MODE)" + scope +
+                   " ORDER BY score DESC, ts DESC LIMIT %s")
+            params = [against, against, *(conv_ids or ()), candidates]
+        else:  # only one-character or two-letter terms: nothing indexed can help
+            likes = " AND ".join(["search_text <> '' AND body LIKE %s"] * len(terms))
+            sql = ("SELECT conversation_id, seq, sender_type, body, ts, private, 0.0 FROM "
+                   f"message WHERE {likes}{scope} ORDER BY ts DESC LIMIT %s")
+            params = [*(like_pattern(t) for t in terms), *(conv_ids or ()), candidates]
+        rows = db.execute_sql(sql, params).fetchall()
+        return [self._hit(r) for r in rows if matches(r[3], terms)][:limit]
+
+    @staticmethod
+    def _hit(row: Sequence[Any]) -> MessageHit:
+        return MessageHit(conversation_id=row[0], seq=int(row[1]), from_=row[2], body=row[3],
+                          ts=float(row[4]), private=bool(row[5]), score=float(row[6] or 0.0))
+
+    async def messages(self, terms: list[str], limit: int,
+                       conv_ids: Collection[str] | None) -> list[MessageHit]:
+        return await self._db.run(self.messages_sync, terms, limit, conv_ids)
+
+    async def contacts(self, terms: list[str], limit: int,
+                       visitor_ids: Collection[str] | None) -> list[str]:
+        return await self._db.run(self.contacts_sync, terms, limit, visitor_ids)
