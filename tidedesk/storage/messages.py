@@ -169,8 +169,8 @@ class MessageRepository:
 
     async def latest(self, conv_ids: Sequence[str]) -> dict[str, tuple[MessageFrame, int]]:
         """Per conversation: its newest public message, and how many visitor messages came
-        after the last agent message (unread by the agents). Conversations with no message
-        are left out. One query per shard."""
+        after the last agent reply (notes do not count): unread by the agents. Conversations
+        with no message are left out. One query per shard."""
 
         def work() -> dict[str, tuple[MessageFrame, int]]:
             shards = self._db.shards
@@ -192,10 +192,11 @@ class MessageRepository:
                     "SELECT m.conversation_id, COUNT(*) FROM message m "
                     f"WHERE m.conversation_id IN ({marks}) AND m.sender_type = 'visitor' "
                     "AND m.seq > COALESCE((SELECT MAX(a.seq) FROM message a WHERE "
-                    "a.conversation_id = m.conversation_id AND a.sender_type = 'agent'), 0) "
+                    "a.conversation_id = m.conversation_id AND a.sender_type = 'agent' "
+                    f"AND a.private = {db.param}), 0) "
                     "GROUP BY m.conversation_id")
                 with shard.db.connection_context():
-                    unread = dict(db.execute_sql(unread_sql, ids).fetchall())
+                    unread = dict(db.execute_sql(unread_sql, [*ids, False]).fetchall())
                     for row in db.execute_sql(last_sql, [*ids, False]).fetchall():
                         frame = MessageFrame(conversation_id=row[0], seq=row[1], id=row[2],
                                              from_=row[3], body=self._open_body(row[4]),

@@ -1,0 +1,100 @@
+"""Full-text search at the storage layer, on SQLite (FTS5 trigram) and on two real MariaDB
+shards (FULLTEXT over words and CJK pairs): English and Chinese words are found, in every
+shard, within a scope; the index follows batches, redeliveries, edits and erasure."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.mariadb import databases
+from tidedesk import useragent
+from tidedesk.models import shard_index
+from tidedesk.search_text import index_terms, matches, query_terms, snippet
+from tidedesk.storage import Storage, new_id
+
+BODIES = ["我想退货，订单号 1234", "Where is my invoice?", "需要开发票 please",
+          "退请货 is not the word", "Refunds take three days"]
+
+
+@contextlib.contextmanager
+def _storage(kind: str, tmp_path: Path) -> Iterator[Storage]:
+    if kind == "sqlite":
+        storage = Storage([f"sqlite:///{tmp_path}/search.db"])
+        try:
+            storage.migrate_all()
+            yield storage
+        finally:
+            storage.close()
+        return
+    with databases(2) as urls:
+        storage = Storage(urls, pool_size=2)
+        try:
+            storage.migrate_all()
+            storage.migrate_all()  # idempotent: the index is made once
+            yield storage
+        finally:
+            storage.close()
+
+
+def _rows(convs: list[str]) -> list[dict[str, object]]:
+    return [{"conversation_id": conv, "seq": seq, "client_id": f"c{seq}",
+             "sender_type": "visitor", "sender_id": "v", "sender_name": "", "body": body,
+             "private": False, "ts": 100.0 + i * 10 + seq}
+            for i, conv in enumerate(convs) for seq, body in enumerate(BODIES, 1)]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)])
+def test_english_and_chinese_words_are_found_in_every_shard_and_follow_every_write(
+        kind: str, tmp_path: Path) -> None:
+    with _storage(kind, tmp_path) as storage:
+        convs = [new_id() for _ in range(12)]
+        assert {shard_index(c, 2) for c in convs} == {0, 1}
+        rows = _rows(convs)
+        storage.messages.insert_sync(rows)
+        storage.messages.insert_sync(rows[:20])  # a redelivered batch stores nothing twice
+
+        def found(q: str, scope: list[str] | None = None) -> list[tuple[str, int]]:
+            hits = storage.search.messages_sync(query_terms(q), 100, scope)
+            return sorted((h.conversation_id, h.seq) for h in hits)
+
+        every = sorted(convs)
+        assert found("退货") == [(c, 1) for c in every]
+        assert found("发票") == [(c, 3) for c in every]
+        assert found("开发票") == [(c, 3) for c in every]
+        assert found("invoice") == [(c, 2) for c in every]
+        assert found("REFUND three") == [(c, 5) for c in every]
+        assert found("退货请") == [] and found("nothing") == []
+        assert found("1234 退货") == [(c, 1) for c in every]
+        assert found("退货", convs[:2]) == sorted((c, 1) for c in convs[:2])
+        assert found("退货", []) == []
+        # Edits and erasure: the index follows.
+        assert storage.messages.edit_body_sync(convs[0], 2, "my 发票 is here")
+        assert (convs[0], 2) not in found("invoice") and len(found("invoice")) == 11
+        assert (convs[0], 2) in found("发票")
+        assert storage.messages.delete_conversations_sync(convs[:3]) == 15
+        assert found("退货") == sorted((c, 1) for c in convs[3:])
+
+
+def test_what_is_indexed_and_how_it_matches() -> None:
+    assert index_terms("退货 Refund!") == "refund z9000x8d27"
+    assert query_terms(" Refund  退货 refund ") == ["refund", "退货"]
+    assert matches("我想退货", ["退货"]) and not matches("退请货", ["退货"])
+    text, marks = snippet("x" * 300 + " 我想退货 " + "y" * 300, ["退货"])
+    assert text.startswith("…") and text.endswith("…")
+    assert [text[a:b] for a, b in marks] == ["退货"]
+
+
+def test_browser_and_system_from_the_user_agent() -> None:
+    assert useragent.parse("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 "
+                           "(KHTML, like Gecko) Chrome/120.0 Safari/537.36 Edg/120.0") == (
+        "Edge 120", "macOS 10.15")
+    assert useragent.parse("Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 "
+                           "Firefox/121.0") == ("Firefox 121", "Linux")
+    assert useragent.parse("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 "
+                           "Chrome/120.0 Mobile Safari/537.36 MicroMessenger/8.0.44") == (
+        "WeChat 8", "Android 14")
+    assert useragent.parse("curl/8.0") == ("", "")
