@@ -29,6 +29,7 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
     "P5": ("bench.p5_idle_memory", [], ["--reps", "1", "--connections", "2000"]),
     "P6": ("bench.p6_failover", [], ["--reps", "1", "--visitors", "500"]),
     "P7": ("bench.p7_socketio", [], ["--reps", "1", "--seconds", "3"]),
+    "S1": ("bench.search_bench", [], ["--messages", "50000", "--reps", "10"]),
 }
 WHAT = {
     "P1": "chat-node round trip (ping/pong; connect + auth + session lookup + hello) vs echo",
@@ -38,6 +39,7 @@ WHAT = {
     "P5": "memory per idle connection at 10 000 connections vs bare Tornado",
     "P6": "two chat nodes, 5 000 visitors, one killed: back vs cold connect, replayed share",
     "P7": "python-socketio + Redis manager (two processes) vs Tidedesk end to end",
+    "S1": "search p95 at 1M messages over 2 MariaDB shards: FULLTEXT vs LIKE scan (issue 14)",
 }
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run the benchmark suite (bench/): all of P1..P7, or the ones named, e.g. scripts/bench.sh P1 P5.
+# Run the benchmark suite (bench/): all of P1..P7 and S1 (search), or the ones named, e.g.
+# scripts/bench.sh P1 P5 S1.
 # --quick for a smoke run with small sizes; --json OUT to keep the figures. Not a test: it
 # prints figures and their spreads and never fails on timing. Needs the MariaDB, Redis and
 # RabbitMQ of this machine (started if stopped) and Debian's haproxy.
