@@ -48,6 +48,11 @@
       noCanned: "No canned responses yet.", error: "Error: {m}", loadFailed: "Could not load history: {m}",
       chatsLoad: "{n} / {max}", sessionExpired: "Your session expired. Sign in again.", seen: "Seen",
       enableNotifications: "Enable notifications",
+      tooLong: "This reply is {n} characters; the limit is {max}. Shorten it or send it in parts.",
+      counter: "{n} / {max}", inbox: "Inbox", composerLabel: "Reply to the visitor",
+      chatListLabel: "My chats", contactTitle: "Contact", name: "Name", phone: "Phone", page: "Page",
+      referrer: "Came from", browser: "Browser", localTime: "Time zone", pastChats: "Conversations",
+      state_queued: "waiting", state_assigned: "open", state_closed: "closed", state_offline: "ticket",
     },
     "zh-CN": {
       consoleName: "客服工作台", signInTitle: "登录", signInIntro: "使用您的 Tidedesk 客服账号登录。",
@@ -76,6 +81,11 @@
       noCanned: "暂无快捷回复。", error: "错误：{m}", loadFailed: "无法加载历史消息：{m}",
       chatsLoad: "{n} / {max}", sessionExpired: "登录已过期，请重新登录。", seen: "已读",
       enableNotifications: "开启桌面通知",
+      tooLong: "这条回复有 {n} 个字符，上限是 {max}。请缩短或分成几条发送。",
+      counter: "{n} / {max}", inbox: "收件箱", composerLabel: "回复访客",
+      chatListLabel: "我的对话", contactTitle: "联系人", name: "姓名", phone: "电话", page: "页面",
+      referrer: "来源", browser: "浏览器", localTime: "时区", pastChats: "对话记录",
+      state_queued: "等待中", state_assigned: "进行中", state_closed: "已结束", state_offline: "工单",
     },
   };
 
@@ -143,7 +153,46 @@
   // ---------------------------------------------------------------- chats
   function visitorName(chat) {
     var v = chat.visitor || {};
-    return v.name || (t("visitor") + " " + String(v.id || chat.id).slice(-4).toUpperCase());
+    var contact = chat.contact || {};
+    return v.name || contact.name || contact.email || (t("visitor") + " " + String(v.id || chat.id).slice(-4).toUpperCase());
+  }
+
+  // The contact side panel (issue 14): who the visitor is, where they came from, their past chats.
+  function loadContact(c) {
+    if (c.contact || c.contactLoading || !c.visitor || !c.visitor.id) { renderContact(c); return; }
+    c.contactLoading = true;
+    TDAuth.api("/api/v1/contacts/" + encodeURIComponent(c.visitor.id)).then(function (j) {
+      c.contact = j; c.contactLoading = false;
+      if (S.current === c.id) { renderChat(); renderList(); }
+    }, function () { c.contactLoading = false; });
+  }
+  function renderContact(c) {
+    var box = $("[data-contact]");
+    if (!box) return;
+    box.textContent = "";
+    box.hidden = !c || !c.contact;
+    box.parentNode.classList.toggle("with-contact", !box.hidden);
+    if (!c || !c.contact) return;
+    var k = c.contact, ctx = k.context || {};
+    function row(label, value, href) {
+      if (!value) return null;
+      var v = href ? h("a", { href: href, rel: "noopener noreferrer", target: "_blank", text: value }) : h("span", { text: value });
+      return h("div", { class: "kv" }, [h("dt", { text: label }), h("dd", {}, [v])]);
+    }
+    var safe = function (u) { return /^https?:\/\//i.test(u || "") ? u : null; };
+    box.appendChild(h("h2", { text: t("contactTitle") }));
+    box.appendChild(h("dl", {}, [
+      row(t("name"), k.name), row(t("email"), k.email, k.email ? "mailto:" + k.email : null), row(t("phone"), k.phone),
+      row(t("page"), ctx.page_url, safe(ctx.page_url)), row(t("referrer"), ctx.referrer, safe(ctx.referrer)),
+      row(t("browser"), [ctx.browser, ctx.os].filter(Boolean).join(" · ")), row(t("localTime"), ctx.tz),
+    ].concat(Object.keys(k.fields || {}).map(function (f) { return row(f, k.fields[f]); }))));
+    if ((k.tags || []).length) box.appendChild(h("div", {}, k.tags.map(function (tg) { return h("span", { class: "tag", text: tg }); })));
+    box.appendChild(h("h3", { text: t("pastChats") }));
+    box.appendChild(h("ul", { class: "past" }, (k.conversations || []).map(function (pc) {
+      var when = new Date(pc.created_at * 1000).toLocaleDateString(S.lang);
+      return h("li", {}, [h("a", { href: "/inbox#conv=" + pc.id, "data-testid": "past-chat",
+        text: when + " · " + t("state_" + pc.state) + (pc.last_message ? " · " + String(pc.last_message.body).slice(0, 60) : "") })]);
+    })));
   }
   function readSeq(cid) { return Number(lsGet(READ_KEY + cid) || 0); }
 
@@ -307,12 +356,43 @@
         if (c && f.state) { c.state = f.state; renderList(); renderChat(); }
         break;
       case "error":
-        toast(t("error", { m: f.message || f.code }));
+        onError(f);
         break;
       default:
         break;
     }
   }
+
+  /** An error frame: shown once. One for a message that can never succeed (too long,
+   *  forbidden, closed) takes it out of the outbox, so it is never re-sent, and gives its text
+   *  back to the composer; a retryable one leaves it for the next reconnect. */
+  function onError(f) {
+    var c = f.id ? chatList().filter(function (chat) { return chat.outbox.find(f.id); })[0] : null;
+    var m = c ? c.outbox.reject(f) : null;
+    if (m) {
+      if (S.current === c.id) {
+        var input = $("[data-input]");
+        if (!input.value) { input.value = m.body; updateCounter(); }
+      } else if (!c.draft) c.draft = m.body;
+      renderLog(c); renderList();
+    }
+    if (f.code === "body_too_long" && m) toast(t("tooLong", { n: m.body.length, max: Core.MAX_BODY_CHARS }));
+    else toast(t("error", { m: f.message || f.code }));
+  }
+
+  function updateCounter() {
+    var input = $("[data-input]"), el = $("[data-counter]");
+    if (!input || !el) return;
+    var n = input.value.trim().length, max = Core.MAX_BODY_CHARS;
+    el.textContent = t("counter", { n: n, max: max });
+    el.hidden = n < max * 0.8;
+    el.classList.toggle("over", n > max);
+    var msg = $("[data-too-long]");
+    msg.hidden = n <= max;
+    msg.textContent = n > max ? t("tooLong", { n: n, max: max }) : "";
+  }
+
+  var growComposer = function () { /* set by wire() */ };
 
   function onAck(f) {
     // Ids are unique, so the chat whose outbox holds the id is the one the ack is for.
@@ -339,9 +419,11 @@
     var input = $("[data-input]");
     var body = input.value.trim();
     if (!c || !body || c.state === "closed") return;
+    if (body.length > Core.MAX_BODY_CHARS) { updateCounter(); input.focus(); return; } // never sent: it cannot succeed
     var m = { id: Core.newId(), body: body, ts: Date.now() / 1000, private: S.mode === "note" };
     c.outbox.push(m);
     input.value = ""; c.draft = "";
+    updateCounter(); growComposer();
     stopTyping();
     hideCanned();
     transmit(c, m);
@@ -443,7 +525,9 @@
       var li = h("li", {
         class: "chat-item" + (c.id === S.current ? " active" : "") + (c.state === "closed" ? " closed" : ""),
         "data-testid": "chat-item", "data-conversation": c.id, "data-unread": String(c.unread),
+        tabindex: "0", role: "button", "aria-current": c.id === S.current ? "true" : null,
         onclick: function () { selectChat(c.id); },
+        onkeydown: function (e) { listKeys(e, function () { selectChat(c.id); }); },
       }, [
         h("div", { class: "avatar", text: name.slice(0, 1).toUpperCase() }),
         h("div", { class: "ci-main" }, [
@@ -457,6 +541,16 @@
     document.title = (totalUnread ? "(" + totalUnread + ") " : "") + "Tidedesk — " + t("consoleName");
   }
 
+  /** Keyboard on list items: Enter or Space opens, arrow keys move between items. */
+  function listKeys(e, open) {
+    var item = e.currentTarget;
+    if (e.key === "Enter" || e.key === " ") { e.preventDefault(); open(); return; }
+    if (e.key !== "ArrowDown" && e.key !== "ArrowUp") return;
+    e.preventDefault();
+    var next = e.key === "ArrowDown" ? item.nextElementSibling : item.previousElementSibling;
+    if (next && next.getAttribute("tabindex") !== null) next.focus();
+  }
+
   function selectChat(cid) {
     var prev = S.chats[S.current];
     if (prev) prev.draft = $("[data-input]").value;
@@ -467,6 +561,8 @@
     renderList(); renderChat();
     var input = $("[data-input]");
     input.value = (c && c.draft) || "";
+    updateCounter(); growComposer();
+    if (c) loadContact(c);
     if (c && c.state !== "closed") input.focus();
   }
 
@@ -477,15 +573,16 @@
     $("[data-log]").hidden = !c;
     $("[data-composer]").hidden = !c || c.state === "closed";
     $("[data-closed-bar]").hidden = !c || c.state !== "closed";
-    if (!c) { $("[data-typing]").hidden = true; return; }
+    if (!c) { $("[data-typing]").hidden = true; renderContact(null); return; }
     var name = visitorName(c);
     $("[data-head-avatar]").textContent = name.slice(0, 1).toUpperCase();
     var nameEl = $("[data-head-name]");
     nameEl.textContent = name;
     (c.visitor.tags || []).forEach(function (tg) { nameEl.appendChild(h("span", { class: "tag" + (tg === "vip" ? " vip" : ""), text: tg })); });
-    var sub = [t("conv", { id: c.id })];
+    var sub = [];
+    var email = c.visitor.email || (c.contact && c.contact.email);
+    if (email && email !== name) sub.push(email);
     if (c.visitor.locale) sub.push(t("lang", { l: c.visitor.locale }));
-    if (c.visitor.email) sub.push(c.visitor.email);
     $("[data-head-sub]").textContent = sub.join(" · ");
     var closeBtn = $("[data-close]");
     closeBtn.hidden = c.state === "closed";
@@ -499,6 +596,7 @@
     $("[data-send]").textContent = S.mode === "note" ? t("addNote") : t("send");
     renderLog(c, true);
     renderTyping();
+    renderContact(c);
   }
 
   function renderTyping() {
@@ -541,7 +639,7 @@
     return h("div", {
       class: cls, "data-testid": "msg", "data-seq": pending ? null : m.seq, "data-id": m.id, "data-from": from,
       "data-private": m.private ? "true" : null, "data-pending": pending ? "true" : null,
-    }, [h("div", { class: "bubble", "data-testid": "msg-body", text: m.body }), h("div", { class: "meta", text: meta })]);
+    }, [h("div", { class: "bubble", "data-testid": "msg-body" }, window.TidedeskDom.richText(m.body)), h("div", { class: "meta", text: meta })]);
   }
 
   // ---------------------------------------------------------------- canned responses
@@ -676,7 +774,9 @@
       }
       if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); sendCurrent(); }
     });
+    growComposer = window.TidedeskDom.autoGrow(input, 220);
     input.addEventListener("input", function () {
+      updateCounter();
       var v = input.value;
       if (/^\/\S*$/.test(v)) showCanned(v.slice(1)); else if (!$("[data-canned]").hidden && v.charAt(0) === "/") hideCanned();
       onInputTyping();

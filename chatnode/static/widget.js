@@ -64,6 +64,7 @@
       closed: "This conversation has ended. Write again if you need anything else.",
       pending: "Sending…",
       failed: "Not sent yet — will retry",
+      tooLong: "This message is {n} characters; the limit is {max}. Shorten it or send it in parts.",
       welcome: "Hi! Ask us anything — we usually reply in a few minutes.",
       offlineTitle: "We are offline right now",
       offlineIntro: "Leave a message and we will answer by email.",
@@ -104,6 +105,7 @@
       closed: "本次对话已结束。如需帮助，请再次发送消息。",
       pending: "发送中…",
       failed: "尚未发送，将自动重试",
+      tooLong: "这条消息有 {n} 个字符，上限是 {max}。请缩短或分成几条发送。",
       welcome: "您好！有任何问题都可以问我们，通常几分钟内回复。",
       offlineTitle: "客服暂时不在线",
       offlineIntro: "请留言，我们会通过邮件回复您。",
@@ -296,6 +298,7 @@
       },
       oninput: onTyping,
     });
+    window.TidedeskDom.autoGrow(ui.input, 120);
     ui.sendBtn = h("button", { class: "send", type: "button", "data-testid": "td-send", onclick: submitComposer });
     ui.composer = h("div", { class: "composer" }, [ui.input, ui.sendBtn]);
     ui.offName = h("input", { type: "text", autocomplete: "name", "data-testid": "td-off-name" });
@@ -314,7 +317,10 @@
       h("label", null, [ui.offEmailL, ui.offEmail]),
       h("label", null, [ui.offMsgL, ui.offMsg]),
       ui.offErr, ui.offSubmit]);
-    ui.panel = h("section", { class: "panel", hidden: true, "data-testid": "td-panel", role: "dialog" }, [
+    ui.panel = h("section", {
+      class: "panel", hidden: true, "data-testid": "td-panel", role: "dialog",
+      onkeydown: function (e) { if (e.key === "Escape") { e.preventDefault(); setOpen(false); } },
+    }, [
       h("header", null, [h("div", { class: "htext" }, [ui.title, h("div", { class: "sub" }, [ui.dot, ui.subText])]), ui.langBtn, ui.closeBtn]),
       ui.banner, ui.log, ui.typing, ui.composer, ui.offline,
     ]);
@@ -451,7 +457,7 @@
       "data-pending": pending ? "true" : null,
     });
     if (!mine && who !== lastWho) row.appendChild(h("div", { class: "who", text: who }));
-    row.appendChild(h("div", { class: "bubble", "data-testid": "td-body", text: m.body }));
+    row.appendChild(h("div", { class: "bubble", "data-testid": "td-body" }, window.TidedeskDom.richText(m.body)));
     var meta = pending ? (m.failed ? t("failed") : t("pending")) : fmtTime(m.ts || Date.now() / 1000) + (seen ? " · " + t("seen") : "");
     row.appendChild(h("div", { class: "meta", text: meta }));
     ui.log.appendChild(row);
@@ -509,6 +515,13 @@
     if (ds.name) body.name = ds.name;
     if (ds.email) body.email = ds.email;
     if (ds.tags) body.tags = ds.tags.split(",").map(function (x) { return x.trim(); }).filter(Boolean);
+    // issue 14: where the visitor is (the agent's contact panel shows it), and identify: the
+    // shop's server signs its customer's id (data-customer-id + data-customer-hash).
+    var tz = "";
+    try { tz = Intl.DateTimeFormat().resolvedOptions().timeZone || ""; } catch (e) { tz = ""; }
+    body.context = { page_url: String(location.href).slice(0, 2048), referrer: String(document.referrer || "").slice(0, 2048),
+      user_agent: String(navigator.userAgent || "").slice(0, 512), tz: tz.slice(0, 64) };
+    if (ds.customerId && ds.customerHash) { body.customer_id = ds.customerId; body.customer_hash = ds.customerHash; }
     creatingVisitor = fetch(ORIGIN + "/api/v1/visitors", {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
     }).then(function (r) {
@@ -604,14 +617,15 @@
 
   function onError(f) {
     var m = outbox.find(f.id);
-    if (m && f.code === "try_again") {
+    if (m && Core.RETRYABLE_ERRORS[f.code]) {
       // Not stored: send it again with the same id (the server dedupes on it).
       m.failed = true;
       setTimeout(function () { if (outbox.items.indexOf(m) >= 0) transmit(m); }, 1000 + Math.random() * 1000);
       renderLog();
       return;
     }
-    if (m) { outbox.take(m.id); ui.input.value = ui.input.value || m.body; }
+    // Anything else can never succeed: out of the outbox (never re-sent), text back to the composer.
+    if (m) { outbox.reject(f); ui.input.value = ui.input.value || m.body; }
     S.notice = f.code === "busy" || f.code === "unavailable" ? t("busy") : t("error", { m: f.message || f.code });
     renderLog();
   }
@@ -645,6 +659,12 @@
   function sendMessage(body) {
     body = String(body || "").trim();
     if (!body) return false;
+    if (body.length > Core.MAX_BODY_CHARS) {
+      // Never sent: the server would refuse it every time (issue 14). The text stays put.
+      S.notice = t("tooLong", { n: body.length, max: Core.MAX_BODY_CHARS });
+      renderLog();
+      return false;
+    }
     var m = { id: Core.newId(), body: body, ts: Date.now() / 1000, from: "visitor" };
     outbox.push(m);
     stopTyping();
