@@ -37,7 +37,7 @@ DRAIN_TIMEOUT_SECS = 20.0
 STORE_CHECK_SECS = 1.0
 
 PAGES = {"/demo": "demo.html", "/console": "console.html", "/supervisor": "supervisor.html",
-         "/inbox": "inbox.html", "/widget.js": "widget.js"}
+         "/inbox": "inbox.html", "/reports": "reports.html", "/widget.js": "widget.js"}
 # Files served in front of a page's own, joined into one answer: the shop embeds the widget with
 # one <script> tag and no build step, and the widget shares the protocol core with the console.
 PREPENDED = {"widget.js": ("tidedesk-core.js", "tidedesk-dom.js")}

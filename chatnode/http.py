@@ -352,3 +352,21 @@ class SearchHandler(JsonHandler):
         self.write_json(await self.service.inbox.search(
             self.agent(), self.get_query_argument("q", None),
             self.get_query_argument("limit", None)))
+
+
+_REPORT_ARGS = ("from", "to", "pool", "site", "agent")
+
+
+class ReportSummaryHandler(JsonHandler):
+    async def get(self) -> None:
+        args = {name: self.get_query_argument(name, None) for name in _REPORT_ARGS}
+        self.write_json(await self.service.inbox.report(args, time.time()))
+
+
+class ReportChartHandler(JsonHandler):
+    async def get(self) -> None:
+        args = {name: self.get_query_argument(name, None) for name in _REPORT_ARGS}
+        svg = await self.service.inbox.report_chart(
+            args, time.time(), text("report_by_hour", self.locale_hint()))
+        self.set_header("Content-Type", "image/svg+xml; charset=utf-8")
+        self.finish(svg)

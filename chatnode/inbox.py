@@ -15,6 +15,7 @@ from typing import Any
 from chatnode.access import VIEWS, may_read, view_scope
 from chatnode.errors import ServiceError
 from chatnode.queries import bounded_int
+from tidedesk import reports
 from tidedesk.auth import Principal
 from tidedesk.frames import frame_dict
 from tidedesk.search_text import query_terms, snippet
@@ -27,6 +28,7 @@ PAGE = 25
 PAGE_MAX = 100
 SEARCH_PAGE = 20
 SEARCH_PAGE_MAX = 100
+REPORT_DEFAULT_S = 7 * 86400
 
 
 def encode_cursor(conv: Conversation) -> str:
@@ -220,3 +222,27 @@ class Inbox:
         return {"messages": messages,
                 "contacts": [_visitor_ref(v, visitors.get(v)) for v in people
                              if v in visitors]}
+
+    # -- reports ---------------------------------------------------------------------------
+    async def report(self, args: Mapping[str, str | None], now: float) -> dict[str, Any]:
+        """The summary of conversations created in [from, to) (default: the last 7 days)."""
+        if args.get("site"):
+            raise ServiceError(400, "invalid_query", "'site' needs sites, which this server "
+                               "does not have yet; leave it out")
+        until = _time_arg("to", args.get("to")) or now
+        since = _time_arg("from", args.get("from"))
+        since = until - REPORT_DEFAULT_S if since is None else since
+        if since >= until:
+            raise ServiceError(400, "invalid_query", "'from' must be before 'to'")
+        rows = await self.storage.reports.times(since, until, args.get("pool") or None,
+                                                args.get("agent") or None)
+        out = reports.summary(rows, await self.storage.reports.rating())
+        out["from"], out["to"] = since, until
+        return out
+
+    async def report_chart(self, args: Mapping[str, str | None], now: float,
+                           title: str) -> str:
+        data = await self.report(args, now)
+        hours: list[dict[str, int]] = data["by_hour"]
+        return reports.bar_chart_svg([h["conversations"] for h in hours],
+                                     [f"{h['hour']:02d}" for h in hours], title)

@@ -35,6 +35,7 @@ from chatnode.schemas import (
     CONVERSATION,
     CONVERSATION_PAGE,
     OBJECT,
+    REPORT,
     SEARCH_RESULTS,
     TOKENS,
     error_responses,
@@ -141,6 +142,18 @@ _VISITOR_CREATED = json_response({"type": "object", "required": ["visitor_id", "
                                   "properties": {"visitor_id": {"type": "string"},
                                                  "token": {"type": "string"}}}, "created")
 
+_REPORT_PARAMS: tuple[dict[str, Any], ...] = (
+    {"name": "from", "in": "query", "schema": {"type": "string"},
+     "description": "conversations created at or after: unix seconds or ISO 8601 (default: "
+                    "7 days before `to`)"},
+    {"name": "to", "in": "query", "schema": {"type": "string"},
+     "description": "created before (default: now)"},
+    {"name": "pool", "in": "query", "schema": {"type": "string"}},
+    {"name": "agent", "in": "query", "schema": {"type": "string"}},
+    {"name": "site", "in": "query", "schema": {"type": "string"},
+     "description": "needs sites (issue 16): refused with 400 until then"},
+)
+
 ROUTES: tuple[Route, ...] = (
     # The chat node's own probes (not tidedesk.probes: these carry X-Request-ID and count in
     # the HTTP metrics); not rate limited, so scrapes are never refused.
@@ -239,6 +252,14 @@ ROUTES: tuple[Route, ...] = (
                      "schema": {"type": "string", "maxLength": 200}},
                     {"name": "limit", "in": "query",
                      "schema": {"type": "integer", "minimum": 1, "maximum": 100}}))),
+    Route("/api/v1/reports/summary", http.ReportSummaryHandler, get=Operation(
+        SUPERVISORS, "first response and resolution p50/p90, volume by hour, rating",
+        {"200": json_response(REPORT, "the summary"), **error_responses(400, 401, 403)},
+        parameters=_REPORT_PARAMS)),
+    Route("/api/v1/reports/by_hour.svg", http.ReportChartHandler, get=Operation(
+        SUPERVISORS, "the volume by hour as an SVG bar chart (the reports page shows it)",
+        {"200": {"description": "image/svg+xml"}, **error_responses(400, 401, 403)},
+        parameters=_REPORT_PARAMS)),
     Route("/api/v1/agents", http.AgentsHandler, get=Operation(
         AGENTS, "agents with status and load",
         {"200": json_response(OBJECT, "agents"), **error_responses(401)})),

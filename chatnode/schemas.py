@@ -95,3 +95,14 @@ SEARCH_RESULTS: dict[str, Any] = {"type": "object", "properties": {
         "highlights": {"type": "array", "description": "[start, end) of each match in "
                        "snippet"}}}},
     "contacts": {"type": "array", "items": {"type": "object"}}}}
+REPORT: dict[str, Any] = {"type": "object", "properties": {
+    "conversations": {"type": "integer"},
+    "first_response_s": {"type": "object", "properties": {
+        "p50": {"type": ["number", "null"]}, "p90": {"type": ["number", "null"]}}},
+    "resolution_s": {"type": "object", "properties": {
+        "p50": {"type": ["number", "null"]}, "p90": {"type": ["number", "null"]}}},
+    "rating": {"type": "object", "properties": {
+        "average": {"type": ["number", "null"]}, "count": {"type": "integer"}}},
+    "by_hour": {"type": "array", "items": {"type": "object", "properties": {
+        "hour": {"type": "integer"}, "conversations": {"type": "integer"}}}},
+    "from": {"type": "number"}, "to": {"type": "number"}}}

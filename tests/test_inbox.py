@@ -207,3 +207,43 @@ def test_visitor_context_is_checked_and_identify_needs_the_shops_signature(
             assert (status, data["error"]["code"]) == (400, "identify_not_configured")
 
     asyncio.run(scenario())
+
+
+def test_report_summary_and_chart_for_supervisors(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with embedded(tmp_path, GENERAL_ONLY) as rt:
+            ann_id = add_agent(rt, "ann@shop.test")
+            add_agent(rt, "sue@shop.test", role="supervisor")
+            http = Http(rt)
+            ann_ws = await agent_socket(rt, "ann@shop.test")
+            await wait_agent_online(rt, ann_id)
+            _, _, v_ws = await new_visitor(rt, name="Kim")
+            conv = (await ann_ws.wait_type("assigned"))["conversation_id"]
+            assert (await v_ws.say("hello, where is my parcel?"))["type"] == "ack"
+            await asyncio.sleep(0.3)
+            assert (await ann_ws.say("It ships today", conversation_id=conv))["type"] == "ack"
+            await ann_ws.send({"type": "close", "conversation_id": conv})
+            await v_ws.wait_type("state", state="closed")
+            await _stored(rt, conv, 2)
+            sue = await login(rt, "sue@shop.test")
+            status, data = await http.request("GET", "/api/v1/reports/summary", token=sue)
+            assert status == 200, data
+            assert data["conversations"] == 1 and sum(
+                h["conversations"] for h in data["by_hour"]) == 1 and len(data["by_hour"]) == 24
+            assert 0.3 <= data["first_response_s"]["p50"] < 10
+            assert data["resolution_s"]["p90"] is not None
+            assert data["rating"] == {"average": None, "count": 0}  # no rating table here
+            status, data = await http.request("GET", "/api/v1/reports/summary?site=shop",
+                                              token=sue)
+            assert (status, data["error"]["code"]) == (400, "invalid_query")
+            status, data = await http.request("GET", "/api/v1/reports/summary?from=2026-12-02"
+                                              "&to=2026-12-01", token=sue)
+            assert (status, data["error"]["code"]) == (400, "invalid_query")
+            status, svg = await http.request("GET", "/api/v1/reports/by_hour.svg", token=sue)
+            assert status == 200 and svg.startswith("<svg") and svg.count("<rect") == 25
+            ann = await login(rt, "ann@shop.test")
+            assert (await http.request("GET", "/api/v1/reports/summary", token=ann))[0] == 403
+            for client in (ann_ws, v_ws):
+                await client.close()
+
+    asyncio.run(scenario())

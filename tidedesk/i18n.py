@@ -13,6 +13,11 @@ _TEXTS: dict[str, dict[str, str]] = {
         "en": "We are busy right now, please wait a moment and try again.",
         "zh-CN": "系统繁忙，请稍候再试。",
     },
+    # issue 14: the title of the reports page's chart (an SVG the server draws)
+    "report_by_hour": {
+        "en": "Conversations by hour of the day (UTC)",
+        "zh-CN": "每小时对话量（UTC）",
+    },
 }
 
 

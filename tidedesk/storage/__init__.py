@@ -24,6 +24,7 @@ from tidedesk.storage.conversations import ConversationRepository
 from tidedesk.storage.database import MAX_PAGE, Database, new_id
 from tidedesk.storage.labels import LabelRepository
 from tidedesk.storage.messages import MessageRepository
+from tidedesk.storage.reports import ReportRepository
 from tidedesk.storage.rotation import rotate_key
 from tidedesk.storage.search import SearchRepository
 from tidedesk.storage.sign_ins import SignInRepository
@@ -53,6 +54,7 @@ class Storage:
         self.sign_ins = SignInRepository(self.database)
         self.search = SearchRepository(self.database)  # issue 14
         self.labels = LabelRepository(self.database)  # issue 14
+        self.reports = ReportRepository(self.database)  # issue 14
 
     @property
     def cipher(self) -> FieldCipher | None:
