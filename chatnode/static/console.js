@@ -376,7 +376,9 @@
       } else if (!c.draft) c.draft = m.body;
       renderLog(c); renderList();
     }
-    if (f.code === "body_too_long" && m) toast(t("tooLong", { n: m.body.length, max: Core.MAX_BODY_CHARS }));
+    // The server's limit (named in its message) may differ from the page's.
+    var limit = /limit is (\d+)/.exec(f.message || "");
+    if (f.code === "body_too_long" && m) toast(t("tooLong", { n: m.body.length, max: limit ? Number(limit[1]) : Core.MAX_BODY_CHARS }));
     else toast(t("error", { m: f.message || f.code }));
   }
 
@@ -514,7 +516,7 @@
     var list = sortedChats();
     var open = list.filter(function (c) { return c.state !== "closed"; }).length;
     $("[data-chat-count]").textContent = S.me && S.me.max_chats ? "(" + t("chatsLoad", { n: open, max: S.me.max_chats }) + ")" : "(" + open + ")";
-    if (!list.length) ul.appendChild(h("li", { class: "empty-list", text: t("noChats") }));
+    if (!list.length) ul.appendChild(h("li", { class: "empty-list", role: "option", "aria-disabled": "true", "aria-selected": "false", text: t("noChats") }));
     var totalUnread = 0;
     list.forEach(function (c) {
       totalUnread += c.unread;
@@ -525,7 +527,7 @@
       var li = h("li", {
         class: "chat-item" + (c.id === S.current ? " active" : "") + (c.state === "closed" ? " closed" : ""),
         "data-testid": "chat-item", "data-conversation": c.id, "data-unread": String(c.unread),
-        tabindex: "0", role: "button", "aria-current": c.id === S.current ? "true" : null,
+        tabindex: "0", role: "option", "aria-selected": c.id === S.current ? "true" : "false",
         onclick: function () { selectChat(c.id); },
         onkeydown: function (e) { listKeys(e, function () { selectChat(c.id); }); },
       }, [

@@ -125,8 +125,8 @@
       var last = c.last_message;
       var open = function () { openConversation(c.id, null); };
       ul.appendChild(h("li", {
-        class: "chat-item" + (c.id === S.current ? " active" : ""), tabindex: "0", role: "button",
-        "data-testid": "ib-item", "data-conversation": c.id, "aria-current": c.id === S.current ? "true" : null,
+        class: "chat-item" + (c.id === S.current ? " active" : ""), tabindex: "0", role: "option",
+        "data-testid": "ib-item", "data-conversation": c.id, "aria-selected": c.id === S.current ? "true" : "false",
         onclick: open, onkeydown: function (e) { listKeys(e, open); },
       }, [
         h("div", { class: "avatar", "aria-hidden": "true", text: visitorName(c.visitor, c.id).slice(0, 1).toUpperCase() }),
@@ -159,7 +159,7 @@
       ? t("results", { n: r.messages.length, c: r.contacts.length }) : t("noResults", { q: S.search.q });
     r.contacts.forEach(function (k) {
       var open = function () { openContact(k.id); };
-      ul.appendChild(h("li", { class: "chat-item", tabindex: "0", role: "button", "data-testid": "ib-contact-result",
+      ul.appendChild(h("li", { class: "chat-item", tabindex: "0", role: "option", "data-testid": "ib-contact-result",
         onclick: open, onkeydown: function (e) { listKeys(e, open); } }, [
         h("div", { class: "avatar", "aria-hidden": "true", text: visitorName(k).slice(0, 1).toUpperCase() }),
         h("div", { class: "ci-main" }, [h("div", { class: "ci-name", text: visitorName(k) }), h("div", { class: "ci-preview", text: k.email || "" })]),
@@ -168,7 +168,7 @@
     });
     r.messages.forEach(function (m) {
       var open = function () { openConversation(m.conversation_id, m.seq); };
-      ul.appendChild(h("li", { class: "chat-item", tabindex: "0", role: "button", "data-testid": "ib-result",
+      ul.appendChild(h("li", { class: "chat-item", tabindex: "0", role: "option", "data-testid": "ib-result",
         "data-conversation": m.conversation_id, "data-seq": String(m.seq),
         onclick: open, onkeydown: function (e) { listKeys(e, open); } }, [
         h("div", { class: "avatar", "aria-hidden": "true", text: m.from === "visitor" ? "V" : "A" }),
@@ -259,10 +259,10 @@
     ].concat(Object.keys(k.fields || {}).map(function (f) { return row(f, k.fields[f]); }))));
     if ((k.tags || []).length) box.appendChild(h("div", {}, k.tags.map(function (tg) { return h("span", { class: "tag", text: tg }); })));
     box.appendChild(h("h3", { text: t("pastChats") }));
-    var ul = h("ul", { class: "past", "data-testid": "past-chats" });
+    var ul = h("ul", { class: "past", role: "listbox", "aria-label": t("pastChats"), "data-testid": "past-chats" });
     (k.conversations || []).forEach(function (pc) {
       var open = function () { openConversation(pc.id, null); };
-      ul.appendChild(h("li", { tabindex: "0", role: "button", "data-testid": "past-chat", onclick: open, onkeydown: function (e) { listKeys(e, open); },
+      ul.appendChild(h("li", { tabindex: "0", role: "option", "data-testid": "past-chat", onclick: open, onkeydown: function (e) { listKeys(e, open); },
         text: new Date(pc.created_at * 1000).toLocaleDateString(lang) + " · " + t("state_" + pc.state) +
           (pc.last_message ? " · " + String(pc.last_message.body).slice(0, 60) : "") }));
     });
