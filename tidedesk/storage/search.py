@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import msgspec
 import peewee as pw
 
+from tidedesk.models import Shard
 from tidedesk.search_text import (
     boolean_query,
     contact_query_tokens,
@@ -79,13 +81,22 @@ class SearchRepository:
         relevance, then newest first. ``conv_ids`` limits them to those conversations."""
         if not terms or (conv_ids is not None and not conv_ids):
             return []
-        hits: list[MessageHit] = []
-        for shard in self._db.shards:
+        def one(shard: Shard) -> list[MessageHit]:
             with shard.db.connection_context():
                 if isinstance(shard.db, pw.SqliteDatabase):
-                    hits.extend(self._sqlite(shard.db, terms, limit, conv_ids))
-                else:
-                    hits.extend(self._mariadb(shard.db, terms, limit, conv_ids))
+                    return self._sqlite(shard.db, terms, limit, conv_ids)
+                return self._mariadb(shard.db, terms, limit, conv_ids)
+
+        shards = self._db.shards
+        hits: list[MessageHit] = []
+        if len(shards) == 1 or isinstance(shards[0].db, pw.SqliteDatabase):
+            for shard in shards:
+                hits.extend(one(shard))
+        else:  # every MariaDB shard at once: the answer takes the slowest, not the sum
+            with ThreadPoolExecutor(max_workers=len(shards),
+                                    thread_name_prefix="tidedesk-search") as pool:
+                for found in pool.map(one, shards):
+                    hits.extend(found)
         hits.sort(key=lambda h: (-h.score, -h.ts))
         return hits[:limit]
 
