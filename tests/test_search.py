@@ -77,6 +77,11 @@ def test_english_and_chinese_words_are_found_in_every_shard_and_follow_every_wri
         assert (convs[0], 2) in found("发票")
         assert storage.messages.delete_conversations_sync(convs[:3]) == 15
         assert found("退货") == sorted((c, 1) for c in convs[3:])
+        conv = storage.main["Conversation"]
+        with storage.main.db.connection_context():
+            conv.create(id=convs[3], visitor_id="v-erased")
+        assert storage.messages.delete_visitor_sync("v-erased") == 5
+        assert found("退货") == sorted((c, 1) for c in convs[4:])
 
 
 def test_what_is_indexed_and_how_it_matches() -> None:

@@ -79,6 +79,17 @@ class MessageRepository:
     async def delete_conversations(self, conv_ids: Sequence[str]) -> int:
         return await self._db.run(self.delete_conversations_sync, list(conv_ids))
 
+    def delete_visitor_sync(self, visitor_id: str) -> int:
+        """Erase every message of every conversation of this visitor (index included)."""
+        main = self._db.main
+        conv = main["Conversation"]
+        with main.db.connection_context():
+            ids = [r.id for r in conv.select(conv.id).where(conv.visitor_id == visitor_id)]
+        return self.delete_conversations_sync(ids) if ids else 0
+
+    async def delete_visitor(self, visitor_id: str) -> int:
+        return await self._db.run(self.delete_visitor_sync, visitor_id)
+
     def edit_body_sync(self, conv_id: str, seq: int, body: str) -> bool:
         """Change a stored message's body, and what search finds with it."""
         shard = self._db.shard_for(conv_id)
