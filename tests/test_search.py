@@ -103,3 +103,29 @@ def test_browser_and_system_from_the_user_agent() -> None:
                            "Chrome/120.0 Mobile Safari/537.36 MicroMessenger/8.0.44") == (
         "WeChat 8", "Android 14")
     assert useragent.parse("curl/8.0") == ("", "")
+
+
+def test_who_reads_which_conversation() -> None:
+    from chatnode.access import may_read, view_scope
+
+    pools = ("general",)
+    # (role, state, pool, holder) -> may the agent "7" read it
+    matrix = {
+        ("agent", "assigned", "general", "7"): True,
+        ("agent", "closed", "general", "7"): True,
+        ("agent", "assigned", "general", "8"): False,
+        ("agent", "closed", "general", "8"): False,
+        ("agent", "queued", "general", None): True,
+        ("agent", "offline", "general", None): True,
+        ("agent", "queued", "billing", None): False,
+        ("supervisor", "assigned", "billing", "8"): True,
+        ("admin", "closed", "billing", "8"): True,
+    }
+    for (role, state, pool, holder), expected in matrix.items():
+        assert may_read(role, "7", pools, state, pool, holder) is expected, (role, state, pool)
+    assert view_scope("mine", "agent", "7", pools).owner == "7"
+    assert view_scope("unassigned", "agent", "7", pools).pools == pools
+    assert view_scope("unassigned", "supervisor", "7", pools).pools is None
+    assert view_scope("closed", "agent", "7", pools).owner == "7"
+    assert view_scope("open", "agent", "7", pools).readable_by == ("7", pools)
+    assert view_scope("open", "admin", "7", pools).readable_by is None
