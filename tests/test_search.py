@@ -129,3 +129,39 @@ def test_who_reads_which_conversation() -> None:
     assert view_scope("closed", "agent", "7", pools).owner == "7"
     assert view_scope("open", "agent", "7", pools).readable_by == ("7", pools)
     assert view_scope("open", "admin", "7", pools).readable_by is None
+
+
+def test_contacts_are_found_by_blinded_tokens_and_again_after_a_key_rotation(
+        tmp_path: Path) -> None:
+    import asyncio
+    import base64
+    import os
+
+    from tidedesk.crypto import FieldCipher
+
+    old, new = (base64.b64encode(os.urandom(32)).decode() for _ in range(2))
+    url = f"sqlite:///{tmp_path}/contacts.db"
+    storage = Storage([url], cipher=FieldCipher(old), encrypt_bodies=True)
+    storage.migrate_all()
+    visitor_id = asyncio.run(storage.visitors.create(name="张三丰", email="zhang@example.com",
+                                                     tags=[], locale="zh-CN"))
+    row = storage.main["Visitor"].get_by_id(visitor_id)
+    assert "zhang" not in (row.search_tokens or "") and "张" not in (row.search_tokens or "")
+    # Bodies stored encrypted are not indexed.
+    storage.messages.insert_sync([{"conversation_id": "c1", "seq": 1, "client_id": "a",
+                                   "sender_type": "visitor", "sender_id": visitor_id,
+                                   "sender_name": "", "body": "我想退货", "private": False,
+                                   "ts": 1.0}])
+    assert storage.search.messages_sync(query_terms("退货"), 10, None) == []
+    assert storage.search.contacts_sync(query_terms("张三"), 10, None) == [visitor_id]
+    assert storage.search.contacts_sync(query_terms("ZHANG@example.com"), 10, None) == [
+        visitor_id]
+    assert storage.search.contacts_sync(query_terms("李四"), 10, None) == []
+    storage.close()
+    rotated = Storage([url], cipher=FieldCipher(new, previous=[old]), encrypt_bodies=True)
+    try:
+        assert rotated.search.contacts_sync(query_terms("张三"), 10, None) == []
+        rotated.rotate_key_sync()
+        assert rotated.search.contacts_sync(query_terms("张三"), 10, None) == [visitor_id]
+    finally:
+        rotated.close()
