@@ -107,6 +107,7 @@
       S.cursor = j.next_cursor;
       $("[data-status]").textContent = S.items.length ? "" : t("empty");
       renderViews(); renderList();
+      refreshCurrent();
       S.timer = setTimeout(function () { if (!document.hidden) load(true); else S.timer = setTimeout(load, POLL_MS, true); }, POLL_MS);
     }, fail);
   }
@@ -203,6 +204,19 @@
     TDAuth.api("/api/v1/conversations/" + cid + "/messages" + page).then(function (j) { msgs = j.messages; S.msgs = msgs; renderCurrent(msgs); }, fail);
     S.conv = null; S.msgs = null;
     renderCurrent(null);
+  }
+
+  /** The open conversation's newest messages again (live, without a reload), unless it was
+   *  opened at a search hit, which stays where it is. */
+  function refreshCurrent() {
+    if (!S.current || S.seq) return;
+    var cid = S.current;
+    TDAuth.api("/api/v1/conversations/" + cid + "/messages?before_seq=9007199254740991&limit=100").then(function (j) {
+      if (S.current !== cid) return;
+      var had = (S.msgs || []).length ? S.msgs[S.msgs.length - 1].seq : 0;
+      var now = j.messages.length ? j.messages[j.messages.length - 1].seq : 0;
+      if (now !== had) { S.msgs = j.messages; renderCurrent(); }
+    }, function () { /* the next poll tries again */ });
   }
 
   function renderCurrent() {
