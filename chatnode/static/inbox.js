@@ -75,6 +75,7 @@
     $$("[data-lang-select]").forEach(function (el) { el.value = lang; });
     if (S.login) S.login.translate();
     renderViews(); renderList(); renderCurrent();
+    if (S.contact) renderContact(S.contact);
   }
 
   function renderViews() {
@@ -254,6 +255,7 @@
   }
 
   function renderContact(k) {
+    S.contact = k;
     var box = $("[data-contact]");
     box.textContent = "";
     box.hidden = !k;
