@@ -165,3 +165,19 @@ def test_contacts_are_found_by_blinded_tokens_and_again_after_a_key_rotation(
         assert rotated.search.contacts_sync(query_terms("张三"), 10, None) == [visitor_id]
     finally:
         rotated.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)])
+def test_messages_stored_before_search_are_found_after_a_reindex(kind: str,
+                                                                 tmp_path: Path) -> None:
+    with _storage(kind, tmp_path) as storage:
+        convs = [new_id() for _ in range(4)]
+        storage.messages.insert_sync(_rows(convs))
+        for shard in storage.shards:  # as a database from before issue 14 holds them
+            msg = shard["Message"]
+            with shard.db.connection_context():
+                msg.update(search_text=None).execute()
+        assert storage.search.messages_sync(query_terms("发票"), 10, None) == []
+        assert storage.reindex_search_sync()["messages"] == 20
+        assert len(storage.search.messages_sync(query_terms("发票"), 10, None)) == 4
+        assert storage.reindex_search_sync()["messages"] == 0

@@ -92,3 +92,10 @@ class Storage:
         the clear. Returns how many values changed, by kind. Safe to run again or to
         interrupt."""
         return rotate_key(self.database, batch)
+
+    def reindex_search_sync(self) -> dict[str, int]:
+        """Index for search what was stored before it existed (``tidedesk admin
+        reindex-search``): messages without an index entry, and every contact's tokens."""
+        counts = self.search.reindex_messages_sync()
+        counts["contacts"] = self.visitors.reindex_search_sync()
+        return counts

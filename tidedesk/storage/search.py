@@ -16,11 +16,13 @@ from typing import Any
 import msgspec
 import peewee as pw
 
+from tidedesk.crypto import FieldCipher
 from tidedesk.models import Shard
 from tidedesk.search_text import (
     boolean_query,
     contact_query_tokens,
     contact_tokens,
+    index_terms,
     like_pattern,
     matches,
 )
@@ -28,6 +30,7 @@ from tidedesk.storage.database import Database
 
 # The trigram tokenizer indexes substrings of three characters: shorter terms use LIKE.
 TRIGRAM = 3
+BODY_CONTEXT = "message.body"  # as tidedesk.storage.messages seals bodies
 _FALLBACK_BLIND_KEY = b"tidedesk-blind-index-without-a-storage-key"
 
 
@@ -146,10 +149,41 @@ class SearchRepository:
         rows = db.execute_sql(sql, params).fetchall()
         return [self._hit(r) for r in rows if matches(r[3], terms)][:limit]
 
-    @staticmethod
-    def _hit(row: Sequence[Any]) -> MessageHit:
-        return MessageHit(conversation_id=row[0], seq=int(row[1]), from_=row[2], body=row[3],
+    def _hit(self, row: Sequence[Any]) -> MessageHit:
+        body = self._plain_body(row[3])  # a body sealed before search existed is opened
+        return MessageHit(conversation_id=row[0], seq=int(row[1]), from_=row[2],
+                          body=body if body is not None else "",
                           ts=float(row[4]), private=bool(row[5]), score=float(row[6] or 0.0))
+
+    def reindex_messages_sync(self, batch: int = 1000) -> dict[str, int]:
+        """Index what was stored before search existed: messages whose ``search_text`` is NULL
+        get it (empty for bodies stored encrypted). Safe to run again or to interrupt."""
+        counts = {"messages": 0}
+        encrypted = self._db.encrypt_bodies
+        for shard in self._db.shards:
+            msg = shard["Message"]
+            sqlite = isinstance(shard.db, pw.SqliteDatabase)
+            with shard.db.connection_context():
+                while True:
+                    rows = list(msg.select(msg.id, msg.body).where(msg.search_text.is_null())
+                                .order_by(msg.id).limit(batch))
+                    if not rows:
+                        break
+                    with shard.db.atomic():
+                        for row in rows:
+                            plain = self._plain_body(row.body)
+                            text = ("" if encrypted or plain is None
+                                    else plain if sqlite else index_terms(plain))
+                            msg.update(search_text=text).where(msg.id == row.id).execute()
+                    counts["messages"] += len(rows)
+        return counts
+
+    def _plain_body(self, stored: str) -> str | None:
+        """The body in the clear, or None when it is sealed (with any key)."""
+        cipher = self._db.cipher
+        if cipher is not None and cipher.looks_sealed(stored):
+            return cipher.decrypt(stored, BODY_CONTEXT)
+        return None if FieldCipher.looks_sealed(stored) else stored
 
     async def messages(self, terms: list[str], limit: int,
                        conv_ids: Collection[str] | None) -> list[MessageHit]:

@@ -33,6 +33,22 @@ class VisitorRepository:
             return None
         return cipher.encrypt(value, VISITOR_FIELDS[field])
 
+    def reindex_search_sync(self) -> int:
+        """Make every contact's blinded search tokens again (contacts from before search, or
+        from another key); returns how many changed."""
+        changed = 0
+        main = self._db.main
+        model = main["Visitor"]
+        with main.db.connection_context():
+            for row in model.select():
+                record = self._record(row)
+                tokens = self._search_tokens(record.name if record else "",
+                                             record.email if record else None)
+                if tokens != (row.search_tokens or ""):
+                    model.update(search_tokens=tokens).where(model.id == row.id).execute()
+                    changed += 1
+        return changed
+
     def _record(self, row: Any) -> Visitor | None:
         """The visitor with the plaintext of the encrypted fields."""
         if row is None:
