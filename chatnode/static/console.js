@@ -48,7 +48,7 @@
       noCanned: "No canned responses yet.", error: "Error: {m}", loadFailed: "Could not load history: {m}",
       chatsLoad: "{n} / {max}", sessionExpired: "Your session expired. Sign in again.", seen: "Seen",
       enableNotifications: "Enable notifications",
-      tooLong: "This reply is {n} characters; the limit is {max}. Shorten it or send it in parts.",
+      soundOn: "Sound", flashOn: "Flash tab", tooLong: "This reply is {n} characters; the limit is {max}. Shorten it or send it in parts.",
       counter: "{n} / {max}", inbox: "Inbox", composerLabel: "Reply to the visitor",
       chatListLabel: "My chats", contactTitle: "Contact", name: "Name", phone: "Phone", page: "Page",
       referrer: "Came from", browser: "Browser", localTime: "Time zone", pastChats: "Conversations",
@@ -81,7 +81,7 @@
       noCanned: "暂无快捷回复。", error: "错误：{m}", loadFailed: "无法加载历史消息：{m}",
       chatsLoad: "{n} / {max}", sessionExpired: "登录已过期，请重新登录。", seen: "已读",
       enableNotifications: "开启桌面通知",
-      tooLong: "这条回复有 {n} 个字符，上限是 {max}。请缩短或分成几条发送。",
+      soundOn: "提示音", flashOn: "标签闪烁", tooLong: "这条回复有 {n} 个字符，上限是 {max}。请缩短或分成几条发送。",
       counter: "{n} / {max}", inbox: "收件箱", composerLabel: "回复访客",
       chatListLabel: "我的对话", contactTitle: "联系人", name: "姓名", phone: "电话", page: "页面",
       referrer: "来源", browser: "浏览器", localTime: "时区", pastChats: "对话记录",
@@ -461,7 +461,33 @@
   // ---------------------------------------------------------------- notifications
   // A console in a background tab must still get noticed: a system notification when the tab is
   // hidden (after the agent allowed it with the top-bar button), the unread total in the title.
+  // A sound and a tab-title flash on a new chat or message (issue 14), each with a switch in
+  // the top bar, kept in localStorage.
+  var SOUND_KEY = "tidedesk.console.sound", FLASH_KEY = "tidedesk.console.flash";
+  var flashTimer = null, audioCtx = null;
+  function alertsOn(key) { return lsGet(key) !== "off"; }
+  function chime() {
+    if (!alertsOn(SOUND_KEY)) return;
+    try {
+      audioCtx = audioCtx || new (window.AudioContext || window.webkitAudioContext)();
+      var osc = audioCtx.createOscillator(), gain = audioCtx.createGain();
+      osc.frequency.value = 880; gain.gain.value = 0.06;
+      osc.connect(gain); gain.connect(audioCtx.destination);
+      osc.start(); osc.stop(audioCtx.currentTime + 0.15);
+    } catch (e) { /* no audio here */ }
+  }
+  function flashTitle(text) {
+    if (!alertsOn(FLASH_KEY) || !document.hidden || flashTimer) return;
+    var plain = document.title, on = false;
+    flashTimer = setInterval(function () {
+      if (!document.hidden) { clearInterval(flashTimer); flashTimer = null; renderList(); return; }
+      on = !on; document.title = on ? "● " + text : plain;
+    }, 1000);
+  }
+  function alertNew(text) { chime(); flashTitle(text); }
+
   function notify(text, cid) {
+    alertNew(text);
     if (!document.hidden || !("Notification" in window) || Notification.permission !== "granted") return;
     try {
       var n = new Notification("Tidedesk", { body: text.slice(0, 140), tag: "tidedesk-" + cid });
@@ -809,6 +835,11 @@
     });
     $("[data-notify]").addEventListener("click", function () {
       Notification.requestPermission().then(renderNotifyButton, renderNotifyButton);
+    });
+    [["[data-sound]", SOUND_KEY], ["[data-flash]", FLASH_KEY]].forEach(function (p) {
+      var box = $(p[0]);
+      box.checked = alertsOn(p[1]);
+      box.addEventListener("change", function () { lsSet(p[1], box.checked ? null : "off"); });
     });
     $("[data-dismiss]").addEventListener("click", function () { if (S.current) removeChat(S.current); });
     $("[data-transfer]").addEventListener("click", openTransfer);
