@@ -31,6 +31,8 @@ from tidedesk.storage.database import Database
 # The trigram tokenizer indexes substrings of three characters: shorter terms use LIKE.
 TRIGRAM = 3
 BODY_CONTEXT = "message.body"  # as tidedesk.storage.messages seals bodies
+# A scope of at most this many conversations is read directly, not through FULLTEXT.
+SCOPE_SCAN = 2000
 _FALLBACK_BLIND_KEY = b"tidedesk-blind-index-without-a-storage-key"
 
 
@@ -132,7 +134,11 @@ class SearchRepository:
         # drops those whose pairs are not neighbours in the order asked (or that lack a term).
         candidates = limit * 4 + 20
         columns = "conversation_id, seq, sender_type, body, ts, private"
-        if not against:  # only one-character or two-letter terms: nothing indexed can help
+        small_scope = conv_ids is not None and len(conv_ids) <= SCOPE_SCAN
+        if not against or small_scope:
+            # Only one-character or two-letter terms (nothing indexed can help), or an agent's
+            # few conversations: reading those through the conversation index costs their size,
+            # where FULLTEXT would rank every match of the word in the shard. Newest first.
             likes = " AND ".join(["search_text <> '' AND body LIKE %s"] * len(terms))
             sql = (f"SELECT {columns}, 0.0 FROM message WHERE {likes}"
                    f"{self._scope_sql(conv_ids)} ORDER BY ts DESC LIMIT %s")
