@@ -37,6 +37,7 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
     "P7Q50": ("bench.p7_socketio", ["--window", "1", "--visitors", "50"],
               ["--window", "1", "--visitors", "50", "--reps", "1", "--seconds", "3"]),
     "P8": ("bench.p8_uploads", [], ["--reps", "1"]),
+    "S1": ("bench.search_bench", [], ["--messages", "50000", "--reps", "10"]),
 }
 WHAT = {
     "P1": "chat-node round trip (ping/pong; connect + auth + session lookup + hello) vs echo",
@@ -50,6 +51,7 @@ WHAT = {
     "P7Q10": "P7 at one message in flight, 10 conversations (goal >= 0.5x, p50 <= 3x)",
     "P7Q50": "P7 at one message in flight, 50 conversations (goal >= 1.0x)",
     "P8": "20 clients upload 10 MB at once: server memory per upload in flight vs buffered",
+    "S1": "search p95 at 1M messages over 2 MariaDB shards: FULLTEXT vs LIKE scan (issue 14)",
 }
 
 

@@ -15,6 +15,8 @@ assigned chats) is checked by the service on top of this.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from tidedesk.auth import ROLES, SCOPES
 
 PUBLIC = frozenset({"public"})
@@ -65,3 +67,46 @@ def describe(rule: frozenset[str]) -> str:
     parts = [w for w in order if w in rule]
     parts += [f"an API token with scope {s}" for s in SCOPES if s in scopes_of(rule)]
     return " or ".join(parts)
+
+
+# -- issue 14: who may read a conversation, and what each inbox view holds -------------------
+OPEN_STATES = ("queued", "assigned", "offline")
+UNOWNED_STATES = ("queued", "offline")
+VIEWS = ("mine", "unassigned", "tickets", "open", "closed")
+
+
+def may_read(role: str, me: str, pools: tuple[str, ...], state: str, pool: str,
+             agent_id: str | None) -> bool:
+    """Supervisors and admins read every conversation; an agent their own (any state) and
+    their pools' waiting chats and tickets. Writing is stricter (chatnode/conversations.py)."""
+    if role in SUPERVISORS:
+        return True
+    if agent_id is not None and agent_id == me:
+        return True
+    return state in UNOWNED_STATES and pool in pools
+
+
+@dataclass(frozen=True)
+class ViewScope:
+    """The rows of a view: ``state`` in ``states``; ``owner`` when set must be the agent;
+    ``pools`` when set holds the pool; ``readable_by`` (agent id, pools) applies
+    :func:`may_read` for an agent."""
+
+    states: tuple[str, ...]
+    owner: str | None = None
+    pools: tuple[str, ...] | None = None
+    readable_by: tuple[str, tuple[str, ...]] | None = None
+
+
+def view_scope(view: str, role: str, me: str, pools: tuple[str, ...]) -> ViewScope:
+    """What ``view`` shows this agent (its name was checked against :data:`VIEWS`)."""
+    everyone = role in SUPERVISORS
+    if view == "mine":
+        return ViewScope(OPEN_STATES, owner=me)
+    if view == "unassigned":
+        return ViewScope(("queued",), pools=None if everyone else pools)
+    if view == "tickets":
+        return ViewScope(("offline",), pools=None if everyone else pools)
+    if view == "closed":
+        return ViewScope(("closed",), owner=None if everyone else me)
+    return ViewScope(OPEN_STATES, readable_by=None if everyone else (me, pools))

@@ -41,7 +41,7 @@ STORE_CHECK_SECS = 1.0
 ATTACHMENT_SWEEP_SECS = 600.0
 
 PAGES = {"/demo": "demo.html", "/console": "console.html", "/supervisor": "supervisor.html",
-         "/admin": "admin.html",
+         "/admin": "admin.html", "/inbox": "inbox.html", "/reports": "reports.html",
          "/widget.js": "widget.js"}
 # Files served in front of a page's own, joined into one answer: the shop embeds the widget with
 # one <script> tag and no build step, and the widget shares the protocol core with the console.

@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from chatnode.access import may_read
 from chatnode.connections import VisitorSession
 from chatnode.errors import ServiceError
 from chatnode.queries import bounded_int
@@ -191,6 +192,22 @@ class Conversations:
             raise ServiceError(403, "forbidden", "this conversation is not assigned to you")
         return conv
 
+    async def agent_may_read(self, principal: Principal, conv_id: str) -> Any:
+        """Reading is wider than writing (issue 14): an agent also reads their pools' waiting
+        chats and tickets (to pick one from the inbox) and their own closed ones."""
+        try:
+            return await self.agent_can_see(principal, conv_id)
+        except ServiceError as exc:
+            if exc.status != 403:
+                raise
+            conv = await self.storage.conversations.get(conv_id)
+            agent = await self.storage.agents.get(principal.id)
+            if conv is None or agent is None or not may_read(
+                    principal.role, str(agent.id), agent.pool_list, conv.state, conv.pool,
+                    conv.agent_id):
+                raise
+            return conv
+
     async def for_agent(self, principal: Principal, chats: dict[str, str],
                         conv_id: str) -> tuple[str, str]:
         """(visitor id, state) of a conversation this agent may act on; ServiceError if not.
@@ -298,7 +315,7 @@ class Conversations:
             if conv is None or conv.visitor_id != principal.id:
                 raise ServiceError(403, "forbidden", "this is not your conversation")
         else:
-            await self.agent_can_see(principal, conv_id)
+            await self.agent_may_read(principal, conv_id)
         after = bounded_int("after_seq", after_seq, None, 0, MAX_SEQ)
         before = bounded_int("before_seq", before_seq, None, 1, MAX_SEQ)
         if after is not None and before is not None:

@@ -478,6 +478,9 @@ class AgentRoleHandler(JsonHandler):
 
 
 class ContactHandler(JsonHandler):
+    async def get(self, visitor_id: str) -> None:
+        self.write_json(await self.service.inbox.contact(self.agent(), visitor_id))
+
     async def delete(self, visitor_id: str) -> None:
         await self.service.accounts.require_second_factor(self.agent())
         self.write_json(await self.service.privacy.erase(self.agent(), visitor_id))
@@ -787,3 +790,51 @@ class WidgetConfigHandler(JsonHandler):
         config = await self.service.sites.widget_config(site)
         self.set_header("Cache-Control", f"public, max-age={self.CACHE_SECS}")
         self.write_json(config)
+
+
+# -- issue 14: the inbox -----------------------------------------------------------------------
+_VIEW_ARGS = ("view", "q", "label", "pool", "agent", "from", "to", "cursor", "limit")
+
+
+class ConversationsHandler(JsonHandler):
+    async def get(self) -> None:
+        args = {name: self.get_query_argument(name, None) for name in _VIEW_ARGS}
+        self.write_json(await self.service.inbox.conversations(self.agent(), args))
+
+
+class ConversationHandler(JsonHandler):
+    async def get(self, conv_id: str) -> None:
+        logs.bind(conversation_id=conv_id)
+        self.write_json(await self.service.inbox.conversation(self.agent(), conv_id))
+
+
+class LabelsHandler(JsonHandler):
+    async def put(self, conv_id: str) -> None:
+        logs.bind(conversation_id=conv_id)
+        self.write_json(await self.service.inbox.set_labels(self.agent(), conv_id,
+                                                            self.json_body()))
+
+
+class SearchHandler(JsonHandler):
+    async def get(self) -> None:
+        self.write_json(await self.service.inbox.search(
+            self.agent(), self.get_query_argument("q", None),
+            self.get_query_argument("limit", None)))
+
+
+_REPORT_ARGS = ("from", "to", "pool", "site", "agent")
+
+
+class ReportSummaryHandler(JsonHandler):
+    async def get(self) -> None:
+        args = {name: self.get_query_argument(name, None) for name in _REPORT_ARGS}
+        self.write_json(await self.service.inbox.report(args, time.time()))
+
+
+class ReportChartHandler(JsonHandler):
+    async def get(self) -> None:
+        args = {name: self.get_query_argument(name, None) for name in _REPORT_ARGS}
+        svg = await self.service.inbox.report_chart(
+            args, time.time(), text("report_by_hour", self.locale_hint()))
+        self.set_header("Content-Type", "image/svg+xml; charset=utf-8")
+        self.finish(svg)

@@ -34,10 +34,15 @@ from chatnode.schemas import (
     CANNED,
     CANNED_BODY,
     CODE_BODY,
+    CONTACT,
+    CONVERSATION,
+    CONVERSATION_PAGE,
     DELIVERY,
     OBJECT,
     POST_MESSAGE,
     POSTED,
+    REPORT,
+    SEARCH_RESULTS,
     SITE_SETTINGS,
     TOKEN_BODY,
     TOKEN_CREATED,
@@ -119,7 +124,38 @@ _VISITOR_BODY = json_content({
         "tags": {"type": "array", "maxItems": 20,
                  "items": {"type": "string", "pattern": "^[a-z0-9_-]{1,32}$"}},
         "locale": {"enum": ["en", "zh-CN"]},
-        "site": {"type": "string", "pattern": f"^{SITE}$", "default": "default"}}})
+        "site": {"type": "string", "pattern": f"^{SITE}$", "default": "default"},
+        # issue 14: the widget's context, the site's pre-chat form, identify
+        "context": {"type": "object", "additionalProperties": False, "properties": {
+            "page_url": {"type": "string", "maxLength": 2048},
+            "referrer": {"type": "string", "maxLength": 2048},
+            "user_agent": {"type": "string", "maxLength": 512},
+            "tz": {"type": "string", "maxLength": 64}}},
+        "fields": {"type": "object", "maxProperties": 20,
+                   "additionalProperties": {"type": "string", "maxLength": 1000}},
+        "customer_id": {"type": "string", "pattern": "^[\\w.:@+-]{1,128}$",
+                        "description": "the shop's customer id (identify), with customer_hash"},
+        "customer_hash": {"type": "string", "description": "hex HMAC-SHA256 of customer_id "
+                          "under TIDEDESK_IDENTITY_SECRET, made by the shop's server"}}})
+VISITOR_ID = "[0-9a-f]{1,32}"
+_VIEW_PARAMS: tuple[dict[str, Any], ...] = (
+    {"name": "view", "in": "query",
+     "schema": {"enum": ["mine", "unassigned", "tickets", "open", "closed"]}},
+    {"name": "q", "in": "query", "schema": {"type": "string"},
+     "description": "only conversations whose messages or contact match"},
+    {"name": "label", "in": "query", "schema": {"type": "string"}},
+    {"name": "pool", "in": "query", "schema": {"type": "string"}},
+    {"name": "agent", "in": "query", "schema": {"type": "string"},
+     "description": "the agent id holding it"},
+    {"name": "from", "in": "query", "schema": {"type": "string"},
+     "description": "created at or after: unix seconds or ISO 8601"},
+    {"name": "to", "in": "query", "schema": {"type": "string"},
+     "description": "created before: unix seconds or ISO 8601"},
+    {"name": "cursor", "in": "query", "schema": {"type": "string"},
+     "description": "next_cursor of the previous page"},
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                "maximum": 100}},
+)
 _VISITOR_CREATED = json_response({"type": "object", "required": ["visitor_id", "token"],
                                   "properties": {"visitor_id": {"type": "string"},
                                                  "token": {"type": "string"}}}, "created")
@@ -127,6 +163,17 @@ _VISITOR_CREATED = json_response({"type": "object", "required": ["visitor_id", "
 _ASSIGNED = {"type": "object", "required": ["conversation_id", "state", "agent_id"],
              "properties": {"conversation_id": {"type": "string"},
                             "state": {"enum": ["assigned"]}, "agent_id": {"type": "string"}}}
+_REPORT_PARAMS: tuple[dict[str, Any], ...] = (
+    {"name": "from", "in": "query", "schema": {"type": "string"},
+     "description": "conversations created at or after: unix seconds or ISO 8601 (default: "
+                    "7 days before `to`)"},
+    {"name": "to", "in": "query", "schema": {"type": "string"},
+     "description": "created before (default: now)"},
+    {"name": "pool", "in": "query", "schema": {"type": "string"}},
+    {"name": "agent", "in": "query", "schema": {"type": "string"}},
+    {"name": "site", "in": "query", "schema": {"type": "string"},
+     "description": "needs sites (issue 16): refused with 400 until then"},
+)
 
 ROUTES: tuple[Route, ...] = (
     # The chat node's own probes (not tidedesk.probes: these carry X-Request-ID and count in
@@ -281,6 +328,41 @@ ROUTES: tuple[Route, ...] = (
               json_content({"type": "object", "additionalProperties": False,
                             "properties": {"pool": {"type": "string"}}}),
               parameters=(_id_param(),))),
+    # issue 14: the inbox, labels, contacts, search
+    Route("/api/v1/conversations", http.ConversationsHandler, get=Operation(
+        AGENTS, "a view of conversations, most recently updated first (cursor paging)",
+        {"200": json_response(CONVERSATION_PAGE, "a page"), **error_responses(400, 401)},
+        parameters=_VIEW_PARAMS)),
+    Route("/api/v1/conversations/{id}", http.ConversationHandler,
+          params={"id": CONVERSATION_ID}, get=Operation(
+              AGENTS, "one conversation with its visitor's context",
+              {"200": json_response(CONVERSATION, "the conversation"),
+               **error_responses(401, 403, 404)}, parameters=(_id_param(),))),
+    Route("/api/v1/conversations/{id}/labels", http.LabelsHandler,
+          params={"id": CONVERSATION_ID}, put=Operation(
+              AGENTS, "replace the conversation's labels",
+              {"200": json_response(OBJECT, "the labels now"),
+               **error_responses(400, 401, 403, 404)},
+              json_content({"type": "object", "required": ["labels"], "properties": {
+                  "labels": {"type": "array", "maxItems": 20, "items": {
+                      "type": "string", "maxLength": 32}}}}),
+              parameters=(_id_param(),))),
+    Route("/api/v1/search", http.SearchHandler, get=Operation(
+        AGENTS, "full-text search over messages and contacts the caller may see",
+        {"200": json_response(SEARCH_RESULTS, "results, best first"),
+         **error_responses(400, 401)},
+        parameters=({"name": "q", "in": "query", "required": True,
+                     "schema": {"type": "string", "maxLength": 200}},
+                    {"name": "limit", "in": "query",
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 100}}))),
+    Route("/api/v1/reports/summary", http.ReportSummaryHandler, get=Operation(
+        SUPERVISORS, "first response and resolution p50/p90, volume by hour, rating",
+        {"200": json_response(REPORT, "the summary"), **error_responses(400, 401, 403)},
+        parameters=_REPORT_PARAMS)),
+    Route("/api/v1/reports/by_hour.svg", http.ReportChartHandler, get=Operation(
+        SUPERVISORS, "the volume by hour as an SVG bar chart (the reports page shows it)",
+        {"200": {"description": "image/svg+xml"}, **error_responses(400, 401, 403)},
+        parameters=_REPORT_PARAMS)),
     Route("/api/v1/agents", http.AgentsHandler, get=Operation(
         AGENTS, "agents with status and load",
         {"200": json_response(OBJECT, "agents"), **error_responses(401)})),
@@ -380,7 +462,11 @@ ROUTES: tuple[Route, ...] = (
                **error_responses(401, 403, 404)},
               parameters=(_id_param(ATTACHMENT_ID),))),
     # A contact's data on request (issue 18; GET /api/v1/contacts/{id} itself is issue 14's).
-    Route("/api/v1/contacts/{id}", http.ContactHandler, params={"id": CONVERSATION_ID},
+    Route("/api/v1/contacts/{id}", http.ContactHandler, params={"id": VISITOR_ID},
+          get=Operation(
+              AGENTS, "a contact: who, context, fields, past conversations",
+              {"200": json_response(CONTACT, "the contact"),
+               **error_responses(401, 403, 404)}, parameters=(_id_param(VISITOR_ID),)),
           delete=Operation(
               ADMINS, "erase a contact: personal fields, message bodies (every shard) and "
               "recent history; the conversation skeleton stays for reports; audited (admin, "

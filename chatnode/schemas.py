@@ -141,3 +141,45 @@ CANNED = {"type": "object", "properties": {
 # What components/schemas names; operations refer to them as {"$ref": ...}.
 NAMED = {"Error": ERROR, "Message": MESSAGE, "Tokens": TOKENS, "Agent": AGENT,
          "Attachment": ATTACHMENT}
+
+
+# issue 14: the inbox
+CONVERSATION: dict[str, Any] = {"type": "object", "properties": {
+    "id": {"type": "string"}, "state": {"type": "string"}, "pool": {"type": "string"},
+    "agent_id": {"type": ["string", "null"]},
+    "visitor": {"type": "object", "properties": {
+        "id": {"type": "string"}, "name": {"type": "string"},
+        "email": {"type": ["string", "null"]}}},
+    "labels": {"type": "array", "items": {"type": "string"}},
+    "last_message": {"oneOf": [{"$ref": "#/components/schemas/Message"}, {"type": "null"}]},
+    "unread": {"type": "integer", "description": "visitor messages since the last agent reply"},
+    "created_at": {"type": "number"}, "updated_at": {"type": "number"},
+    "context": {"type": "object", "description": "GET of one conversation only"},
+    "rating": {"description": "GET of one conversation only; null without a rating"}}}
+CONVERSATION_PAGE: dict[str, Any] = {"type": "object", "properties": {
+    "conversations": {"type": "array", "items": CONVERSATION},
+    "next_cursor": {"type": ["string", "null"]}}}
+CONTACT: dict[str, Any] = {"type": "object", "properties": {
+    "id": {"type": "string"}, "name": {"type": "string"}, "email": {"type": ["string", "null"]},
+    "phone": {"type": ["string", "null"]}, "tags": {"type": "array"},
+    "fields": {"type": "object"}, "context": {"type": "object"},
+    "identified": {"type": "boolean"}, "conversations": {"type": "array"}}}
+SEARCH_RESULTS: dict[str, Any] = {"type": "object", "properties": {
+    "messages": {"type": "array", "items": {"type": "object", "properties": {
+        "conversation_id": {"type": "string"}, "seq": {"type": "integer"},
+        "from": {"type": "string"}, "body": {"type": "string"}, "ts": {"type": "number"},
+        "private": {"type": "boolean"}, "snippet": {"type": "string"},
+        "highlights": {"type": "array", "description": "[start, end) of each match in "
+                       "snippet"}}}},
+    "contacts": {"type": "array", "items": {"type": "object"}}}}
+REPORT: dict[str, Any] = {"type": "object", "properties": {
+    "conversations": {"type": "integer"},
+    "first_response_s": {"type": "object", "properties": {
+        "p50": {"type": ["number", "null"]}, "p90": {"type": ["number", "null"]}}},
+    "resolution_s": {"type": "object", "properties": {
+        "p50": {"type": ["number", "null"]}, "p90": {"type": ["number", "null"]}}},
+    "rating": {"type": "object", "properties": {
+        "average": {"type": ["number", "null"]}, "count": {"type": "integer"}}},
+    "by_hour": {"type": "array", "items": {"type": "object", "properties": {
+        "hour": {"type": "integer"}, "conversations": {"type": "integer"}}}},
+    "from": {"type": "number"}, "to": {"type": "number"}}}

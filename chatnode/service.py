@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+from chatnode import contacts
 from chatnode.accounts import Accounts
 from chatnode.assignments import Assignments
 from chatnode.attachments import AttachmentService
@@ -28,6 +29,7 @@ from chatnode.canned import CannedResponses
 from chatnode.connections import ConnectionState, Peer, VisitorSession
 from chatnode.conversations import MAX_SEQ, Conversations, relay_frame
 from chatnode.errors import ServiceError
+from chatnode.inbox import Inbox
 from chatnode.integrations import Integrations
 from chatnode.privacy import Privacy
 from chatnode.queries import audit_action, bounded_int
@@ -137,6 +139,7 @@ class ChatService:
         self.canned = CannedResponses(storage)
         self.sites = SiteAdmin(storage=storage, directory=SiteDirectory(
             storage, routing or parse_rules(DEFAULT_RULES)), clock=clock)
+        self.inbox = Inbox(storage=storage)  # issue 14: views, labels, contacts, search
 
     # -- authentication (chatnode/accounts.py) ------------------------------------------------
     def principal(self, token: str | None, expected: str) -> Principal:
@@ -147,7 +150,8 @@ class ChatService:
 
     # -- visitors --------------------------------------------------------------------------------
     async def create_visitor(self, body: dict[str, Any]) -> dict[str, str]:
-        allowed = {"name", "email", "phone", "tags", "locale", "site"}
+        allowed = {"name", "email", "phone", "tags", "locale", "site", "context", "fields",
+                   "customer_id", "customer_hash"}
         unknown = set(body) - allowed
         if unknown:
             raise ServiceError(400, "invalid_body", f"unknown field(s) {', '.join(sorted(unknown))}"
@@ -178,9 +182,21 @@ class ChatService:
             raise ServiceError(400, "invalid_field", "'site' must be a site name")
         if site != "default":  # the default site needs no lookup on this hot path
             site = await self.sites.check_known(site)
+        context = contacts.visitor_context(body.get("context"))
+        fields = contacts.prechat_fields(body.get("fields"))
+        customer = contacts.verified_customer(self.settings.identity_secret,
+                                              body.get("customer_id"),
+                                              body.get("customer_hash"))
+        if customer is not None:
+            known = await self.storage.visitors.by_external_id(customer)
+            if known is not None:  # the same contact on this device too
+                if context:
+                    await self.storage.visitors.set_context(known.id, context)
+                return {"visitor_id": known.id, "token": self.tokens.visitor_token(known.id)}
         visitor_id = await self.storage.visitors.create(name=name.strip(), email=email,
                                                        phone=phone, tags=sorted(set(tags)),
-                                                       locale=locale, site=site)
+                                                       locale=locale, site=site, context=context,
+                                                       fields=fields, external_id=customer)
         return {"visitor_id": visitor_id, "token": self.tokens.visitor_token(visitor_id)}
 
     async def visitor_contact(self, principal: Principal,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Run the benchmark suite (bench/): all of P1..P7 and the one-in-flight P2Q, P7Q10, P7Q50 (the
-# quiet desk beside P2/P7's 4 in flight), or the ones named, e.g. scripts/bench.sh P1 P7Q10.
+# Run the benchmark suite (bench/): all of P1..P8, the one-in-flight P2Q, P7Q10, P7Q50 (the
+# quiet desk beside P2/P7's 4 in flight) and S1 (search), or the ones named, e.g.
+# scripts/bench.sh P1 P7Q10 S1.
 # --quick for a smoke run with small sizes; --json OUT to keep the figures. Not a test: it
 # prints figures and their spreads and never fails on timing. Needs the MariaDB, Redis and
 # RabbitMQ of this machine (started if stopped) and Debian's haproxy.

@@ -157,7 +157,7 @@ def test_every_rest_endpoint_refuses_bad_credentials(tmp_path: Path) -> None:
                 if "public" in rule:
                     continue
                 url = _concrete(path, w)
-                body = {} if method == "POST" else None
+                body = {} if method in ("POST", "PUT") else None
                 cases: list[tuple[str | None, int, str]] = [
                     (None, 401, "not_authenticated"),
                     (w.tokens["expired"], 401, "token_expired"),

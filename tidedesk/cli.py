@@ -74,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "(with TIDEDESK_ENCRYPT_MESSAGE_BODIES) message bodies in the clear. Safe "
                     "to run again or to interrupt; afterwards the previous keys can be removed.")
     _add_config(rk)
+    ri = admin.add_parser(
+        "reindex-search", help="index for search the messages and contacts stored before it",
+        description="Give full-text search the messages stored before issue 14's index existed "
+                    "(their search column is empty) and make every contact's search tokens "
+                    "again. Safe to run again or to interrupt.")
+    _add_config(ri)
 
     sub.add_parser("settings", help="print every TIDEDESK_* setting with its default",
                    description="Print the settings table (Markdown, as in the README): every "
@@ -289,6 +295,17 @@ def _rotate_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reindex_search(args: argparse.Namespace) -> int:
+    storage = _storage(_settings(args))
+    try:
+        storage.migrate_all()
+        counts = storage.reindex_search_sync()
+    finally:
+        storage.close()
+    print(f"indexed {counts['messages']} message(s); {counts['contacts']} contact(s) re-indexed")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # The control plane and the simulator own their options.
@@ -329,6 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _create_agent(args)
             if args.admin_command == "rotate-key":
                 return _rotate_key(args)
+            if args.admin_command == "reindex-search":
+                return _reindex_search(args)
             return _list_agents(args)
     except SettingsError as exc:
         print(f"tidedesk: error: {exc}", file=sys.stderr)

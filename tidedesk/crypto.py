@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import os
 import re
 from collections.abc import Iterable
@@ -35,6 +36,10 @@ class FieldCipher:
 
     def __init__(self, key_b64: str, previous: Iterable[str] = ()) -> None:
         self.key_id = key_id(key_b64)
+        # issue 14: the key of blinded search tokens (a contact's name and e-mail are found
+        # without storing them in the clear); derived, so it never equals the AEAD key.
+        self._blind_key = hmac.new(base64.b64decode(key_b64), b"tidedesk-blind-index",
+                                   hashlib.sha256).digest()
         self._keys: dict[str, AESGCM] = {self.key_id: AESGCM(base64.b64decode(key_b64))}
         for old in previous:
             self._keys.setdefault(key_id(old), AESGCM(base64.b64decode(old)))
@@ -62,6 +67,11 @@ class FieldCipher:
         """The AES-GCM of key ``kid`` (the current key without one), for callers that seal
         bytes in their own framing (attachments: ``tidedesk.blobs.sealed``); None if unknown."""
         return self._keys.get(self.key_id if kid is None else kid)
+
+    def blind(self, token: str) -> str:
+        """A short keyed digest of a search token: equal tokens give equal digests, and the
+        digest tells nothing about the token without the key. Changes with the key."""
+        return hmac.new(self._blind_key, token.encode(), hashlib.sha256).hexdigest()[:20]
 
     @staticmethod
     def looks_sealed(stored: str) -> bool:

@@ -54,6 +54,11 @@ _TEXTS: dict[str, dict[str, str]] = {
     "sender_visitor": {"en": "You", "zh-CN": "您"},
     "sender_agent": {"en": "Agent", "zh-CN": "客服"},
     "sender_system": {"en": "Tidedesk", "zh-CN": "系统"},
+    # issue 14: the title of the reports page's chart (an SVG the server draws)
+    "report_by_hour": {
+        "en": "Conversations by hour of the day (UTC)",
+        "zh-CN": "每小时对话量（UTC）",
+    },
 }
 
 

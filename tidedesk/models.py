@@ -71,6 +71,14 @@ class Visitor(_Base):
     locale = pw.CharField(max_length=8, default="en")
     created_at = pw.DoubleField(default=now_ts)
     site = site_field()  # issue 16
+    # issue 14: blinded search tokens of name and e-mail (space-separated HMAC digests), the
+    # context the widget sent (JSON: page_url, referrer, user_agent, tz, browser, os), the
+    # pre-chat fields (JSON, encrypted when the storage has a key), and the shop's customer id
+    # from a signed identify call (the same contact on every device).
+    search_tokens = pw.TextField(null=True)
+    context = pw.TextField(null=True)
+    fields_enc = pw.TextField(null=True)
+    external_id = pw.CharField(max_length=128, null=True, index=True)
 
     @property
     def tag_list(self) -> tuple[str, ...]:
@@ -101,6 +109,10 @@ class Message(_Base):
     # issue 15: the message's attachments, JSON [{"id", "name", "content_type", "size"}]
     # (sealed like the body when bodies are encrypted); null for text only.
     attachments = pw.TextField(null=True)
+    # issue 14: what full-text search indexes (tidedesk.search_text): the body on SQLite (FTS5
+    # trigram table message_fts follows it by triggers), words and CJK pairs on MariaDB (a
+    # FULLTEXT index); empty when bodies are stored encrypted.
+    search_text = pw.TextField(null=True)
 
     class Meta:
         indexes = (
@@ -270,6 +282,16 @@ class Site(_Base):
     updated_at = pw.DoubleField(default=now_ts)
 
 
+class ConversationLabel(_Base):
+    """issue 14: the labels agents put on a conversation."""
+
+    conversation_id = pw.CharField(max_length=32)
+    label = pw.CharField(max_length=32, index=True)
+
+    class Meta:
+        indexes = ((("conversation_id", "label"), True),)
+
+
 class SchemaVersion(_Base):
     version = pw.IntegerField()
 
@@ -277,6 +299,7 @@ class SchemaVersion(_Base):
 MAIN_MODELS: tuple[type[_Base], ...] = (
     Agent, Visitor, Conversation, Ticket, CannedResponse, AuditLog, RevokedSignIn, SchemaVersion,
     Message, MailOutbox, Rating, Attachment, BlobPart, ApiToken, Webhook, WebhookDelivery, Site,
+    ConversationLabel,
 )
 SHARD_MODELS: tuple[type[_Base], ...] = (Message, SchemaVersion, BlobPart)
 
@@ -376,6 +399,39 @@ def _add_site_columns(db: pw.Database) -> None:
                 f"ALTER TABLE {table} ADD COLUMN site VARCHAR(64) NOT NULL DEFAULT 'default'")
 
 
+_FTS_TRIGGERS = (
+    "CREATE TRIGGER IF NOT EXISTS message_fts_ai AFTER INSERT ON message BEGIN "
+    "INSERT INTO message_fts(rowid, search_text) VALUES (new.id, new.search_text); END",
+    "CREATE TRIGGER IF NOT EXISTS message_fts_ad AFTER DELETE ON message BEGIN "
+    "INSERT INTO message_fts(message_fts, rowid, search_text) "
+    "VALUES ('delete', old.id, old.search_text); END",
+    "CREATE TRIGGER IF NOT EXISTS message_fts_au AFTER UPDATE OF search_text ON message BEGIN "
+    "INSERT INTO message_fts(message_fts, rowid, search_text) "
+    "VALUES ('delete', old.id, old.search_text); "
+    "INSERT INTO message_fts(rowid, search_text) VALUES (new.id, new.search_text); END",
+)
+
+
+def _search_index(database: pw.Database) -> None:
+    """The full-text index of messages (idempotent): on SQLite an FTS5 trigram table kept in
+    step with ``message`` by triggers (every insert, edit and delete, whoever makes it); on
+    MariaDB a FULLTEXT index on ``message.search_text``."""
+    sql: Any = database.execute_sql  # untyped in peewee
+    if isinstance(database, pw.SqliteDatabase):
+        exists = sql("SELECT 1 FROM sqlite_master WHERE name = 'message_fts'")
+        if exists.fetchone() is None:
+            sql("CREATE VIRTUAL TABLE message_fts USING fts5(search_text, "
+                           "content='message', content_rowid='id', tokenize='trigram')")
+            sql("INSERT INTO message_fts(message_fts) VALUES ('rebuild')")
+        for trigger in _FTS_TRIGGERS:
+            sql(trigger)
+        return
+    present = sql("SHOW INDEX FROM message WHERE Key_name = 'message_search_text'")
+    if present.fetchone() is None:
+        sql("ALTER TABLE message ADD FULLTEXT INDEX message_search_text "
+                       "(search_text)")
+
+
 def migrate(shard: Shard) -> int:
     """Create or upgrade the schema of one shard; returns the schema version now in place."""
     db = shard.db
@@ -410,6 +466,15 @@ def migrate(shard: Shard) -> int:
             # issue 16: personal canned responses (nullable, so the migrator adds it as is).
             _add_columns(db, "cannedresponse", {"owner_id": pw.CharField(max_length=32,
                                                                          null=True)})
+        # issue 14: search, contacts' context and identify, labels.
+        _add_columns(db, "message", {"search_text": pw.TextField(null=True)})
+        if "Visitor" in shard.models:
+            _add_columns(db, "visitor", {"search_tokens": pw.TextField(null=True),
+                                         "context": pw.TextField(null=True),
+                                         "fields_enc": pw.TextField(null=True),
+                                         "external_id": pw.CharField(max_length=128,
+                                                                     null=True)})
+        _search_index(db)  # issue 14
         if current < SCHEMA_VERSION:
             version_model.create(version=SCHEMA_VERSION)
         return SCHEMA_VERSION

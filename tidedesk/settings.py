@@ -206,6 +206,11 @@ class Settings:
     encrypt_message_bodies: bool = _key(
         False, _parse_bool, "encrypt message bodies at rest too (visitor name, e-mail, phone "
         "always are)")
+    identity_secret: str | None = _key(
+        None, _parse_optional_str,
+        "the shop's secret for identify (issue 14): a visitor created with `customer_id` and "
+        "`customer_hash` = hex HMAC-SHA256 of the id under this secret is that customer's "
+        "contact on every device; unset = identify refused", shown="unset")
     login_lock_after: int = _key(
         10, _parse_int(1, 1000),
         "failed sign-ins to one account from one address before that pair is locked (growing "

@@ -62,6 +62,11 @@
       uploadTimeout: "The upload took too long: check your connection and try again.",
       uploadNetwork: "The file could not be sent: check your connection and try again.",
       uploadCancelled: "Upload cancelled.", uploadFailed: "The file could not be sent: {m}",
+      soundOn: "Sound", flashOn: "Flash tab", tooLong: "This reply is {n} characters; the limit is {max}. Shorten it or send it in parts.",
+      counter: "{n} / {max}", inbox: "Inbox", composerLabel: "Reply to the visitor",
+      chatListLabel: "My chats", contactTitle: "Contact", name: "Name", phone: "Phone", page: "Page",
+      referrer: "Came from", browser: "Browser", localTime: "Time zone", pastChats: "Conversations",
+      state_queued: "waiting", state_assigned: "open", state_closed: "closed", state_offline: "ticket",
     },
     "zh-CN": {
       consoleName: "客服工作台", signInTitle: "登录", signInIntro: "使用您的 Tidedesk 客服账号登录。",
@@ -104,6 +109,11 @@
       uploadTimeout: "上传时间过长：请检查网络后重试。",
       uploadNetwork: "文件未能发送：请检查网络后重试。",
       uploadCancelled: "已取消上传。", uploadFailed: "文件未能发送：{m}",
+      soundOn: "提示音", flashOn: "标签闪烁", tooLong: "这条回复有 {n} 个字符，上限是 {max}。请缩短或分成几条发送。",
+      counter: "{n} / {max}", inbox: "收件箱", composerLabel: "回复访客",
+      chatListLabel: "我的对话", contactTitle: "联系人", name: "姓名", phone: "电话", page: "页面",
+      referrer: "来源", browser: "浏览器", localTime: "时区", pastChats: "对话记录",
+      state_queued: "等待中", state_assigned: "进行中", state_closed: "已结束", state_offline: "工单",
     },
   };
 
@@ -174,7 +184,46 @@
   // ---------------------------------------------------------------- chats
   function visitorName(chat) {
     var v = chat.visitor || {};
-    return v.name || (t("visitor") + " " + String(v.id || chat.id).slice(-4).toUpperCase());
+    var contact = chat.contact || {};
+    return v.name || contact.name || contact.email || (t("visitor") + " " + String(v.id || chat.id).slice(-4).toUpperCase());
+  }
+
+  // The contact side panel (issue 14): who the visitor is, where they came from, their past chats.
+  function loadContact(c) {
+    if (c.contact || c.contactLoading || !c.visitor || !c.visitor.id) { renderContact(c); return; }
+    c.contactLoading = true;
+    TDAuth.api("/api/v1/contacts/" + encodeURIComponent(c.visitor.id)).then(function (j) {
+      c.contact = j; c.contactLoading = false;
+      if (S.current === c.id) { renderChat(); renderList(); }
+    }, function () { c.contactLoading = false; });
+  }
+  function renderContact(c) {
+    var box = $("[data-contact]");
+    if (!box) return;
+    box.textContent = "";
+    box.hidden = !c || !c.contact;
+    box.parentNode.classList.toggle("with-contact", !box.hidden);
+    if (!c || !c.contact) return;
+    var k = c.contact, ctx = k.context || {};
+    function row(label, value, href) {
+      if (!value) return null;
+      var v = href ? h("a", { href: href, rel: "noopener noreferrer", target: "_blank", text: value }) : h("span", { text: value });
+      return h("div", { class: "kv" }, [h("dt", { text: label }), h("dd", {}, [v])]);
+    }
+    var safe = function (u) { return /^https?:\/\//i.test(u || "") ? u : null; };
+    box.appendChild(h("h2", { text: t("contactTitle") }));
+    box.appendChild(h("dl", {}, [
+      row(t("name"), k.name), row(t("email"), k.email, k.email ? "mailto:" + k.email : null), row(t("phone"), k.phone),
+      row(t("page"), ctx.page_url, safe(ctx.page_url)), row(t("referrer"), ctx.referrer, safe(ctx.referrer)),
+      row(t("browser"), [ctx.browser, ctx.os].filter(Boolean).join(" · ")), row(t("localTime"), ctx.tz),
+    ].concat(Object.keys(k.fields || {}).map(function (f) { return row(f, k.fields[f]); }))));
+    if ((k.tags || []).length) box.appendChild(h("div", {}, k.tags.map(function (tg) { return h("span", { class: "tag", text: tg }); })));
+    box.appendChild(h("h3", { text: t("pastChats") }));
+    box.appendChild(h("ul", { class: "past" }, (k.conversations || []).map(function (pc) {
+      var when = new Date(pc.created_at * 1000).toLocaleDateString(S.lang);
+      return h("li", {}, [h("a", { href: "/inbox#conv=" + pc.id, "data-testid": "past-chat",
+        text: when + " · " + t("state_" + pc.state) + (pc.last_message ? " · " + String(pc.last_message.body).slice(0, 60) : "") })]);
+    })));
   }
   function readSeq(cid) { return Number(lsGet(READ_KEY + cid) || 0); }
 
@@ -382,12 +431,45 @@
         if (c && f.state) { c.state = f.state; renderList(); renderChat(); }
         break;
       case "error":
-        toast(t("error", { m: f.message || f.code }));
+        onError(f);
         break;
       default:
         break;
     }
   }
+
+  /** An error frame: shown once. One for a message that can never succeed (too long,
+   *  forbidden, closed) takes it out of the outbox, so it is never re-sent, and gives its text
+   *  back to the composer; a retryable one leaves it for the next reconnect. */
+  function onError(f) {
+    var c = f.id ? chatList().filter(function (chat) { return chat.outbox.find(f.id); })[0] : null;
+    var m = c ? c.outbox.reject(f) : null;
+    if (m) {
+      if (S.current === c.id) {
+        var input = $("[data-input]");
+        if (!input.value) { input.value = m.body; updateCounter(); }
+      } else if (!c.draft) c.draft = m.body;
+      renderLog(c); renderList();
+    }
+    // The server's limit (named in its message) may differ from the page's.
+    var limit = /limit is (\d+)/.exec(f.message || "");
+    if (f.code === "body_too_long" && m) toast(t("tooLong", { n: m.body.length, max: limit ? Number(limit[1]) : Core.MAX_BODY_CHARS }));
+    else toast(t("error", { m: f.message || f.code }));
+  }
+
+  function updateCounter() {
+    var input = $("[data-input]"), el = $("[data-counter]");
+    if (!input || !el) return;
+    var n = input.value.trim().length, max = Core.MAX_BODY_CHARS;
+    el.textContent = t("counter", { n: n, max: max });
+    el.hidden = n < max * 0.8;
+    el.classList.toggle("over", n > max);
+    var msg = $("[data-too-long]");
+    msg.hidden = n <= max;
+    msg.textContent = n > max ? t("tooLong", { n: n, max: max }) : "";
+  }
+
+  var growComposer = function () { /* set by wire() */ };
 
   function onAck(f) {
     // Ids are unique, so the chat whose outbox holds the id is the one the ack is for.
@@ -446,9 +528,11 @@
     var input = $("[data-input]");
     var body = input.value.trim();
     if (!c || !body || c.state === "closed") return;
+    if (body.length > Core.MAX_BODY_CHARS) { updateCounter(); input.focus(); return; } // never sent: it cannot succeed
     var m = { id: Core.newId(), body: body, ts: Date.now() / 1000, private: S.mode === "note" };
     c.outbox.push(m);
     input.value = ""; c.draft = "";
+    updateCounter(); growComposer();
     stopTyping();
     hideCanned();
     transmit(c, m);
@@ -484,7 +568,33 @@
   // ---------------------------------------------------------------- notifications
   // A console in a background tab must still get noticed: a system notification when the tab is
   // hidden (after the agent allowed it with the top-bar button), the unread total in the title.
+  // A sound and a tab-title flash on a new chat or message (issue 14), each with a switch in
+  // the top bar, kept in localStorage.
+  var SOUND_KEY = "tidedesk.console.sound", FLASH_KEY = "tidedesk.console.flash";
+  var flashTimer = null, audioCtx = null;
+  function alertsOn(key) { return lsGet(key) !== "off"; }
+  function chime() {
+    if (!alertsOn(SOUND_KEY)) return;
+    try {
+      audioCtx = audioCtx || new (window.AudioContext || window.webkitAudioContext)();
+      var osc = audioCtx.createOscillator(), gain = audioCtx.createGain();
+      osc.frequency.value = 880; gain.gain.value = 0.06;
+      osc.connect(gain); gain.connect(audioCtx.destination);
+      osc.start(); osc.stop(audioCtx.currentTime + 0.15);
+    } catch (e) { /* no audio here */ }
+  }
+  function flashTitle(text) {
+    if (!alertsOn(FLASH_KEY) || !document.hidden || flashTimer) return;
+    var plain = document.title, on = false;
+    flashTimer = setInterval(function () {
+      if (!document.hidden) { clearInterval(flashTimer); flashTimer = null; renderList(); return; }
+      on = !on; document.title = on ? "● " + text : plain;
+    }, 1000);
+  }
+  function alertNew(text) { chime(); flashTitle(text); }
+
   function notify(text, cid) {
+    alertNew(text);
     if (!document.hidden || !("Notification" in window) || Notification.permission !== "granted") return;
     try {
       var n = new Notification("Tidedesk", { body: text.slice(0, 140), tag: "tidedesk-" + cid });
@@ -539,7 +649,7 @@
     var list = sortedChats();
     var open = list.filter(function (c) { return c.state !== "closed" && c.state !== "offline"; }).length;
     $("[data-chat-count]").textContent = S.me && S.me.max_chats ? "(" + t("chatsLoad", { n: open, max: S.me.max_chats }) + ")" : "(" + open + ")";
-    if (!list.length) ul.appendChild(h("li", { class: "empty-list", text: t("noChats") }));
+    if (!list.length) ul.appendChild(h("li", { class: "empty-list", role: "option", "aria-disabled": "true", "aria-selected": "false", text: t("noChats") }));
     var totalUnread = 0;
     list.forEach(function (c) {
       totalUnread += c.unread;
@@ -550,7 +660,9 @@
       var li = h("li", {
         class: "chat-item" + (c.id === S.current ? " active" : "") + (c.state === "closed" ? " closed" : ""),
         "data-testid": "chat-item", "data-conversation": c.id, "data-unread": String(c.unread),
+        tabindex: "0", role: "option", "aria-selected": c.id === S.current ? "true" : "false",
         onclick: function () { selectChat(c.id); },
+        onkeydown: function (e) { listKeys(e, function () { selectChat(c.id); }); },
       }, [
         h("div", { class: "avatar", text: name.slice(0, 1).toUpperCase() }),
         h("div", { class: "ci-main" }, [
@@ -565,6 +677,16 @@
     document.title = (totalUnread ? "(" + totalUnread + ") " : "") + "Tidedesk — " + t("consoleName");
   }
 
+  /** Keyboard on list items: Enter or Space opens, arrow keys move between items. */
+  function listKeys(e, open) {
+    var item = e.currentTarget;
+    if (e.key === "Enter" || e.key === " ") { e.preventDefault(); open(); return; }
+    if (e.key !== "ArrowDown" && e.key !== "ArrowUp") return;
+    e.preventDefault();
+    var next = e.key === "ArrowDown" ? item.nextElementSibling : item.previousElementSibling;
+    if (next && next.getAttribute("tabindex") !== null) next.focus();
+  }
+
   function selectChat(cid) {
     var prev = S.chats[S.current];
     if (prev) prev.draft = $("[data-input]").value;
@@ -575,6 +697,8 @@
     renderList(); renderChat();
     var input = $("[data-input]");
     input.value = (c && c.draft) || "";
+    updateCounter(); growComposer();
+    if (c) loadContact(c);
     if (c && c.state !== "closed") input.focus();
   }
 
@@ -591,15 +715,16 @@
       ratingEl.textContent = t(c.rating.comment ? "ratedComment" : "rated", c.rating);
       ratingEl.setAttribute("data-score", String(c.rating.score));
     }
-    if (!c) { $("[data-typing]").hidden = true; return; }
+    if (!c) { $("[data-typing]").hidden = true; renderContact(null); return; }
     var name = visitorName(c);
     $("[data-head-avatar]").textContent = name.slice(0, 1).toUpperCase();
     var nameEl = $("[data-head-name]");
     nameEl.textContent = name;
     (c.visitor.tags || []).forEach(function (tg) { nameEl.appendChild(h("span", { class: "tag" + (tg === "vip" ? " vip" : ""), text: tg })); });
-    var sub = [t("conv", { id: c.id })];
+    var sub = [];
+    var email = c.visitor.email || (c.contact && c.contact.email);
+    if (email && email !== name) sub.push(email);
     if (c.visitor.locale) sub.push(t("lang", { l: c.visitor.locale }));
-    if (c.visitor.email) sub.push(c.visitor.email);
     $("[data-head-sub]").textContent = sub.join(" · ");
     var closeBtn = $("[data-close]");
     closeBtn.hidden = c.state === "closed";
@@ -614,6 +739,7 @@
     $("[data-send]").textContent = S.mode === "note" ? t("addNote") : t("send");
     renderLog(c, true);
     renderTyping();
+    renderContact(c);
   }
 
   function renderTyping() {
@@ -656,7 +782,7 @@
     return h("div", {
       class: cls, "data-testid": "msg", "data-seq": pending ? null : m.seq, "data-id": m.id, "data-from": from,
       "data-private": m.private ? "true" : null, "data-pending": pending ? "true" : null,
-    }, [(m.body || !(m.attachments && m.attachments.length)) && h("div", { class: "bubble", "data-testid": "msg-body", text: m.body }),
+    }, [(m.body || !(m.attachments && m.attachments.length)) && h("div", { class: "bubble", "data-testid": "msg-body" }, window.TidedeskDom.richText(m.body)),
       m.attachments && m.attachments.length && window.TidedeskDom.attachmentList(m.attachments, links, t, document.body),
       h("div", { class: "meta", text: meta })]);
   }
@@ -855,7 +981,9 @@
       }
       if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); sendCurrent(); }
     });
+    growComposer = window.TidedeskDom.autoGrow(input, 220);
     input.addEventListener("input", function () {
+      updateCounter();
       var v = input.value;
       if (/^\/\S*$/.test(v) && cannedStale(v.slice(1))) refreshCanned();
       if (/^\/\S*$/.test(v)) showCanned(v.slice(1)); else if (!$("[data-canned]").hidden && v.charAt(0) === "/") hideCanned();
@@ -890,6 +1018,11 @@
     });
     $("[data-notify]").addEventListener("click", function () {
       Notification.requestPermission().then(renderNotifyButton, renderNotifyButton);
+    });
+    [["[data-sound]", SOUND_KEY], ["[data-flash]", FLASH_KEY]].forEach(function (p) {
+      var box = $(p[0]);
+      box.checked = alertsOn(p[1]);
+      box.addEventListener("change", function () { lsSet(p[1], box.checked ? null : "off"); });
     });
     $("[data-dismiss]").addEventListener("click", function () { if (S.current) removeChat(S.current); });
     $("[data-transfer]").addEventListener("click", openTransfer);

@@ -166,6 +166,44 @@
     this.items.forEach(function (m) { m.failed = false; transmit(m); });
   };
 
+  // Error codes a message may still succeed after (same id, later): everything else — too long,
+  // forbidden, conversation closed, invalid — never will, and must not be re-sent (issue 14).
+  var RETRYABLE_ERRORS = { try_again: true, busy: true, unavailable: true, rate_limited: true };
+  /**
+   * An error frame for one of our messages. A retryable one leaves it queued (marked failed) and
+   * returns null; any other takes it out of the outbox and returns it, so the view shows the
+   * error once and gives the text back to the composer.
+   */
+  Outbox.prototype.reject = function (f) {
+    var m = this.find(f && f.id);
+    if (!m) return null;
+    if (RETRYABLE_ERRORS[f.code]) { m.failed = true; return null; }
+    return this.take(m.id);
+  };
+
+  // Links in message text: only http(s) URLs, mailto: and bare e-mail addresses; trailing
+  // punctuation stays text ("see https://x.test/a." links https://x.test/a).
+  var LINK_RE = /(https?:\/\/[^\s<>"'\u3000-\u303f\uff01-\uff5e]+|mailto:[^\s<>"']+|[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)/gi;
+  var TRAILING_RE = /[.,;:!?)\]}'"]+$/;
+  /** Text as segments [{text}, {text, href}]: the views render hrefs as safe links. */
+  function linkify(text) {
+    var out = [], last = 0, m;
+    text = String(text || "");
+    LINK_RE.lastIndex = 0;
+    while ((m = LINK_RE.exec(text))) {
+      var raw = m[0], trail = raw.match(TRAILING_RE);
+      if (trail) raw = raw.slice(0, raw.length - trail[0].length);
+      if (!raw) continue;
+      if (m.index > last) out.push({ text: text.slice(last, m.index) });
+      var href = /^(https?:|mailto:)/i.test(raw) ? raw : "mailto:" + raw;
+      out.push({ text: raw, href: href });
+      last = m.index + raw.length;
+      LINK_RE.lastIndex = last;
+    }
+    if (last < text.length) out.push({ text: text.slice(last) });
+    return out;
+  }
+
   /**
    * One WebSocket that comes back by itself. `conn` is idle | connecting | online | reconnecting
    * | offline. The view hands in:
@@ -386,6 +424,7 @@
     BACKOFF_BASE_MS: BACKOFF_BASE_MS, BACKOFF_MAX_MS: BACKOFF_MAX_MS,
     ACK_TIMEOUT_MS: ACK_TIMEOUT_MS, GAP_WAIT_MS: GAP_WAIT_MS,
     backoffMs: backoffMs, newId: newId, pickLang: pickLang, translator: translator,
-    missingKeys: missingKeys, SeqLog: SeqLog, Outbox: Outbox, Link: Link,
+    missingKeys: missingKeys, SeqLog: SeqLog, Outbox: Outbox, Link: Link, linkify: linkify,
+    RETRYABLE_ERRORS: RETRYABLE_ERRORS, MAX_BODY_CHARS: 4000,
   };
 })(typeof window !== "undefined" ? window : this);

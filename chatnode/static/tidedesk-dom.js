@@ -129,6 +129,31 @@
     ".td-upload-error{color:#b91c1c;font-size:13px;padding:2px 8px}",
   ].join("");
 
-  global.TidedeskDom = { h: h, fmtTime: fmtTime, attachmentList: attachmentList, uploadChip: uploadChip,
-    fileInputs: fileInputs, ATTACHMENT_CSS: ATTACHMENT_CSS };
+  /**
+   * Message text with its links made clickable and safe: only the http(s) and mailto links of
+   * TidedeskCore.linkify, opened in a new tab without giving the page a handle on ours
+   * (rel="noopener noreferrer"). Everything else stays text (never HTML).
+   */
+  function richText(text) {
+    var core = global.TidedeskCore;
+    if (!core || !core.linkify) return [String(text || "")];
+    return core.linkify(text).map(function (seg) {
+      if (!seg.href) return seg.text;
+      return h("a", { href: seg.href, rel: "noopener noreferrer", target: "_blank", text: seg.text });
+    });
+  }
+
+  /** A textarea that grows with its text up to `max` pixels, then scrolls. */
+  function autoGrow(textarea, max) {
+    function fit() {
+      textarea.style.height = "auto";
+      textarea.style.height = Math.min(textarea.scrollHeight + 2, max || 200) + "px";
+    }
+    textarea.addEventListener("input", fit);
+    return fit;
+  }
+
+  global.TidedeskDom = { h: h, fmtTime: fmtTime, richText: richText, autoGrow: autoGrow,
+    attachmentList: attachmentList, uploadChip: uploadChip, fileInputs: fileInputs,
+    ATTACHMENT_CSS: ATTACHMENT_CSS };
 })(window);

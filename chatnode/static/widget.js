@@ -75,6 +75,7 @@
       closed: "This conversation has ended. Write again if you need anything else.",
       pending: "Sending…",
       failed: "Not sent yet — will retry",
+      tooLong: "This message is {n} characters; the limit is {max}. Shorten it or send it in parts.",
       welcome: "Hi! Ask us anything.",
       replyTime: "We usually reply in a few minutes.",
       offlineContactIntro: "Leave your email and we will answer you by email.",
@@ -149,6 +150,7 @@
       closed: "本次对话已结束。如需帮助，请再次发送消息。",
       pending: "发送中…",
       failed: "尚未发送，将自动重试",
+      tooLong: "这条消息有 {n} 个字符，上限是 {max}。请缩短或分成几条发送。",
       welcome: "您好！有任何问题都可以问我们。",
       replyTime: "我们通常几分钟内回复。",
       offlineContactIntro: "请留下邮箱，我们会通过邮件回复您。",
@@ -298,8 +300,8 @@
     ".sub{font-size:12.5px;opacity:.9;margin-top:2px;display:flex;align-items:center;gap:6px;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}",
     ".dot{width:8px;height:8px;border-radius:50%;background:#fbbf24;flex:none}",
     ".dot[data-state=online]{background:#4ade80}.dot[data-state=nobody]{background:#cbd2d9}.dot[data-state=offline]{background:#f87171}",
-    ".hbtn{background:rgba(255,255,255,.14);border:0;color:#fff;border-radius:8px;height:30px;min-width:30px;padding:0 9px;cursor:pointer;font-size:12.5px}",
-    ".hbtn:hover{background:rgba(255,255,255,.26)}",
+    ".hbtn{background:rgba(0,0,0,.2);border:0;color:#fff;border-radius:8px;height:30px;min-width:30px;padding:0 9px;cursor:pointer;font-size:12.5px}",
+    ".hbtn:hover{background:rgba(0,0,0,.32)}",
     ".banner{padding:8px 14px;font-size:12.5px;background:#fef3c7;color:#78350f;display:flex;gap:8px;align-items:center}",
     ".banner[hidden]{display:none}.banner[data-kind=offline]{background:#fee2e2;color:#7f1d1d}",
     ".banner button{margin-left:auto;border:0;background:none;text-decoration:underline;cursor:pointer;color:inherit;padding:0}",
@@ -308,11 +310,11 @@
     ".note.queue{background:#e0f2f1;color:#134e4a}",
     ".row{display:flex;flex-direction:column;max-width:80%}",
     ".row.mine{align-self:flex-end;align-items:flex-end}.row.theirs{align-self:flex-start}",
-    ".who{font-size:11.5px;color:#7b8794;margin:4px 4px 2px}",
+    ".who{font-size:11.5px;color:#52606d;margin:4px 4px 2px}",
     ".bubble{padding:8px 12px;border-radius:14px;white-space:pre-wrap;word-wrap:break-word;overflow-wrap:anywhere}",
     ".mine .bubble{background:#0f766e;color:#fff;border-bottom-right-radius:4px}",
     ".theirs .bubble{background:#fff;border:1px solid #e4e7eb;border-bottom-left-radius:4px}",
-    ".meta{font-size:11px;color:#9aa5b1;margin:2px 4px 0}",
+    ".meta{font-size:11px;color:#52606d;margin:2px 4px 0}",
     ".pending .bubble{opacity:.65}",
     ".typing{font-size:12px;color:#52606d;padding:2px 16px 6px;background:#f8fafc;min-height:22px}",
     ".typing[hidden]{display:block;visibility:hidden}",
@@ -393,6 +395,7 @@
       },
       oninput: onTyping,
     });
+    window.TidedeskDom.autoGrow(ui.input, 120);
     ui.sendBtn = h("button", { class: "send", type: "button", "data-testid": "td-send", onclick: submitComposer });
     ui.attachBtn = h("button", { class: "td-attach", type: "button", "data-testid": "td-attach" }, [svgIcon("i-attach", "M16.5 6v11.5c0 2.21-1.79 4-4 4s-4-1.79-4-4V5c0-1.38 1.12-2.5 2.5-2.5s2.5 1.12 2.5 2.5v10.5c0 .55-.45 1-1 1s-1-.45-1-1V6H10v9.5c0 1.38 1.12 2.5 2.5 2.5s2.5-1.12 2.5-2.5V5c0-2.21-1.79-4-4-4S7 2.79 7 5v12.5c0 3.04 2.46 5.5 5.5 5.5s5.5-2.46 5.5-5.5V6h-1.5z")]);
     ui.composer = h("div", { class: "composer" }, [ui.attachBtn, ui.input, ui.sendBtn]);
@@ -428,7 +431,10 @@
       ui.offMsgLabel,
       ui.offErr, ui.offSubmit]);
     buildAfterChat();
-    ui.panel = h("section", { class: "panel", hidden: true, "data-testid": "td-panel", role: "dialog" }, [
+    ui.panel = h("section", {
+      class: "panel", hidden: true, "data-testid": "td-panel", role: "dialog",
+      onkeydown: function (e) { if (e.key === "Escape") { e.preventDefault(); setOpen(false); } },
+    }, [
       h("header", null, [h("div", { class: "htext" }, [ui.title, h("div", { class: "sub" }, [ui.dot, ui.subText])]), ui.langBtn, ui.closeBtn]),
       ui.banner, ui.log, ui.typing, ui.after, ui.uploads, ui.uploadError, ui.consent, ui.composer, ui.offline,
     ]);
@@ -676,7 +682,7 @@
     });
     if (!mine && who !== lastWho) row.appendChild(h("div", { class: "who", text: who }));
     if (m.body || !(m.attachments && m.attachments.length)) {
-      row.appendChild(h("div", { class: "bubble", "data-testid": "td-body", text: m.body }));
+      row.appendChild(h("div", { class: "bubble", "data-testid": "td-body" }, window.TidedeskDom.richText(m.body)));
     }
     if (m.attachments && m.attachments.length) {
       row.appendChild(window.TidedeskDom.attachmentList(m.attachments, links, t, ui.root));
@@ -740,6 +746,13 @@
     if (ds.name) body.name = ds.name;
     if (ds.email) body.email = ds.email;
     if (ds.tags) body.tags = ds.tags.split(",").map(function (x) { return x.trim(); }).filter(Boolean);
+    // issue 14: where the visitor is (the agent's contact panel shows it), and identify: the
+    // shop's server signs its customer's id (data-customer-id + data-customer-hash).
+    var tz = "";
+    try { tz = Intl.DateTimeFormat().resolvedOptions().timeZone || ""; } catch (e) { tz = ""; }
+    body.context = { page_url: String(location.href).slice(0, 2048), referrer: String(document.referrer || "").slice(0, 2048),
+      user_agent: String(navigator.userAgent || "").slice(0, 512), tz: tz.slice(0, 64) };
+    if (ds.customerId && ds.customerHash) { body.customer_id = ds.customerId; body.customer_hash = ds.customerHash; }
     creatingVisitor = fetch(ORIGIN + "/api/v1/visitors", {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
     }).then(function (r) {
@@ -867,14 +880,15 @@
 
   function onError(f) {
     var m = outbox.find(f.id);
-    if (m && f.code === "try_again") {
+    if (m && Core.RETRYABLE_ERRORS[f.code]) {
       // Not stored: send it again with the same id (the server dedupes on it).
       m.failed = true;
       setTimeout(function () { if (outbox.items.indexOf(m) >= 0) transmit(m); }, 1000 + Math.random() * 1000);
       renderLog();
       return;
     }
-    if (m) { outbox.take(m.id); ui.input.value = ui.input.value || m.body; }
+    // Anything else can never succeed: out of the outbox (never re-sent), text back to the composer.
+    if (m) { outbox.reject(f); ui.input.value = ui.input.value || m.body; }
     if (m && m.attachments && m.attachments.length && /attachment/.test(f.code || "")) {
       showUploadError(t("uploadFailed", { m: f.message || f.code }));
     }
@@ -939,6 +953,12 @@
   function sendMessage(body, attachments) {
     body = String(body || "").trim();
     if (!body && !(attachments && attachments.length)) return false;
+    if (body.length > Core.MAX_BODY_CHARS) {
+      // Never sent: the server would refuse it every time (issue 14). The text stays put.
+      S.notice = t("tooLong", { n: body.length, max: Core.MAX_BODY_CHARS });
+      renderLog();
+      return false;
+    }
     var m = { id: Core.newId(), body: body, ts: Date.now() / 1000, from: "visitor" };
     if (attachments && attachments.length) m.attachments = attachments;
     outbox.push(m);

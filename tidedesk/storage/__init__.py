@@ -26,10 +26,13 @@ from tidedesk.storage.audit import AuditRepository
 from tidedesk.storage.canned import CannedRepository
 from tidedesk.storage.conversations import ConversationRepository
 from tidedesk.storage.database import MAX_PAGE, Database, new_id
+from tidedesk.storage.labels import LabelRepository
 from tidedesk.storage.mail import MailRepository
 from tidedesk.storage.messages import MessageRepository
 from tidedesk.storage.ratings import RatingRepository
+from tidedesk.storage.reports import ReportRepository
 from tidedesk.storage.rotation import rotate_key
+from tidedesk.storage.search import SearchRepository
 from tidedesk.storage.sign_ins import SignInRepository
 from tidedesk.storage.sites import SiteRepository
 from tidedesk.storage.tickets import TicketRepository
@@ -63,6 +66,9 @@ class Storage:
         self.api_tokens = ApiTokenRepository(self.database)
         self.webhooks = WebhookRepository(self.database)
         self.sites = SiteRepository(self.database)
+        self.search = SearchRepository(self.database)  # issue 14
+        self.labels = LabelRepository(self.database)  # issue 14
+        self.reports = ReportRepository(self.database)  # issue 14
 
     @property
     def cipher(self) -> FieldCipher | None:
@@ -100,3 +106,10 @@ class Storage:
         the clear. Returns how many values changed, by kind. Safe to run again or to
         interrupt."""
         return rotate_key(self.database, batch)
+
+    def reindex_search_sync(self) -> dict[str, int]:
+        """Index for search what was stored before it existed (``tidedesk admin
+        reindex-search``): messages without an index entry, and every contact's tokens."""
+        counts = self.search.reindex_messages_sync()
+        counts["contacts"] = self.visitors.reindex_search_sync()
+        return counts

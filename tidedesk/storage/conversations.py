@@ -184,3 +184,87 @@ class ConversationRepository:
                 return int(conv.delete().where(conv.id.in_(list(conv_ids))).execute())
 
         return await self._db.run(work)
+
+    # -- issue 14: the inbox ---------------------------------------------------------------
+    async def list_view(self, *, states: Sequence[str], owner: str | None,
+                        pools: Sequence[str] | None,
+                        readable_by: tuple[str, Sequence[str]] | None,
+                        pool: str | None = None, agent_id: str | None = None,
+                        label: str | None = None, since: float | None = None,
+                        until: float | None = None, ids: Sequence[str] | None = None,
+                        after: tuple[float, str] | None = None,
+                        limit: int = 50) -> list[Conversation]:
+        """A page of conversations, most recently updated first (then by id), after the
+        ``after`` cursor (updated_at, id). The scope (states, owner, pools, readable_by) is
+        :func:`chatnode.access.view_scope`'s; the rest are the caller's filters."""
+
+        def work() -> list[Conversation]:
+            main = self._db.main
+            conv = main["Conversation"]
+            query = conv.select().where(conv.state.in_(list(states)))
+            if owner is not None:
+                query = query.where(conv.agent_id == owner)
+            if pools is not None:
+                query = query.where(conv.pool.in_(list(pools) or [""]))
+            if readable_by is not None:
+                me, my_pools = readable_by
+                query = query.where((conv.agent_id == me)
+                                    | (conv.state.in_(["queued", "offline"])
+                                       & conv.pool.in_(list(my_pools) or [""])))
+            if pool is not None:
+                query = query.where(conv.pool == pool)
+            if agent_id is not None:
+                query = query.where(conv.agent_id == agent_id)
+            if since is not None:
+                query = query.where(conv.created_at >= since)
+            if until is not None:
+                query = query.where(conv.created_at < until)
+            if ids is not None:
+                query = query.where(conv.id.in_(list(ids) or [""]))
+            if label is not None:
+                labels = main["ConversationLabel"]
+                query = query.where(conv.id.in_(
+                    labels.select(labels.conversation_id).where(labels.label == label)))
+            if after is not None:
+                at, last_id = after
+                query = query.where((conv.updated_at < at)
+                                    | ((conv.updated_at == at) & (conv.id < last_id)))
+            query = query.order_by(conv.updated_at.desc(), conv.id.desc()).limit(limit)
+            with main.db.connection_context():
+                return [_record(r) for r in query]
+
+        return await self._db.run(work)
+
+    async def readable_ids(self, agent_id: str, pools: Sequence[str],
+                           cap: int = 5000) -> list[str]:
+        """Ids of the conversations an agent may read (their own, their pools' waiting chats
+        and tickets), newest first, at most ``cap``: what search is limited to."""
+
+        def work() -> list[str]:
+            main = self._db.main
+            conv = main["Conversation"]
+            query = (conv.select(conv.id)
+                     .where((conv.agent_id == agent_id)
+                            | (conv.state.in_(["queued", "offline"])
+                               & conv.pool.in_(list(pools) or [""])))
+                     .order_by(conv.updated_at.desc()).limit(cap))
+            with main.db.connection_context():
+                return [r.id for r in query]
+
+        return await self._db.run(work)
+
+    async def of_visitors(self, visitor_ids: Sequence[str],
+                          limit: int = 200) -> list[Conversation]:
+        """The conversations of these visitors, newest first."""
+
+        def work() -> list[Conversation]:
+            main = self._db.main
+            conv = main["Conversation"]
+            if not visitor_ids:
+                return []
+            with main.db.connection_context():
+                return [_record(r) for r in
+                        conv.select().where(conv.visitor_id.in_(list(visitor_ids)))
+                        .order_by(conv.created_at.desc()).limit(limit)]
+
+        return await self._db.run(work)

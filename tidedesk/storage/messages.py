@@ -10,12 +10,13 @@ import peewee as pw
 
 from tidedesk.frames import MessageFrame, attachments_from_json
 from tidedesk.models import shard_index
+from tidedesk.search_text import index_terms
 from tidedesk.storage.database import Database, clamp_page
 
 BODY_CONTEXT = "message.body"
 ATTACHMENTS_CONTEXT = "message.attachments"
 MESSAGE_COLUMNS = ("conversation_id", "seq", "client_id", "sender_type", "sender_id",
-                   "sender_name", "body", "private", "ts", "attachments")
+                   "sender_name", "body", "private", "ts", "attachments", "search_text")
 
 
 def _insert_ignore_sql(db: pw.Database) -> str:
@@ -42,13 +43,69 @@ class MessageRepository:
             shard = shards[index]
             sql = _insert_ignore_sql(shard.db)
             # .get: "attachments" (issue 15) is optional in a row; text-only rows leave it out.
-            params = [tuple(row.get(c) for c in MESSAGE_COLUMNS) for row in shard_rows]
+            search = self._search_text_of(shard.db)
+            params = [(*tuple(row.get(c) for c in MESSAGE_COLUMNS[:-1]), search(row))
+                      for row in shard_rows]
             with shard.db.connection_context(), shard.db.atomic():
                 # One prepared statement for the whole batch (PyMySQL turns it into a single
                 # multi-row INSERT): building it through peewee's query objects cost more than
                 # the database's own work per row.
                 db: Any = shard.db  # peewee's cursor() is untyped
                 db.cursor().executemany(sql, params)
+
+    def _search_text_of(self, db: pw.Database) -> Any:
+        """What search indexes of a row (issue 14, ``tidedesk.search_text``): the body for
+        SQLite's trigram table, words and CJK pairs for MariaDB's FULLTEXT index; nothing when
+        bodies are stored encrypted (the index would give the text away)."""
+        if self._db.encrypt_bodies:
+            return lambda row: ""
+        if isinstance(db, pw.SqliteDatabase):
+            return lambda row: row.get("plain_body", row["body"])
+        return lambda row: index_terms(row.get("plain_body", row["body"]))
+
+    def delete_conversations_sync(self, conv_ids: Sequence[str]) -> int:
+        """Erase the whole history of these conversations from their shards, index included
+        (the seam erasure calls). Returns how many messages went."""
+        shards = self._db.shards
+        by_shard: dict[int, list[str]] = {}
+        for conv_id in conv_ids:
+            by_shard.setdefault(shard_index(conv_id, len(shards)), []).append(conv_id)
+        removed = 0
+        for index, ids in by_shard.items():
+            shard = shards[index]
+            msg = shard["Message"]
+            with shard.db.connection_context():
+                removed += msg.delete().where(msg.conversation_id.in_(ids)).execute()
+        return removed
+
+    async def delete_conversations(self, conv_ids: Sequence[str]) -> int:
+        return await self._db.run(self.delete_conversations_sync, list(conv_ids))
+
+    def delete_visitor_sync(self, visitor_id: str) -> int:
+        """Erase every message of every conversation of this visitor (index included)."""
+        main = self._db.main
+        conv = main["Conversation"]
+        with main.db.connection_context():
+            ids = [r.id for r in conv.select(conv.id).where(conv.visitor_id == visitor_id)]
+        return self.delete_conversations_sync(ids) if ids else 0
+
+    async def delete_visitor(self, visitor_id: str) -> int:
+        return await self._db.run(self.delete_visitor_sync, visitor_id)
+
+    def edit_body_sync(self, conv_id: str, seq: int, body: str) -> bool:
+        """Change a stored message's body, and what search finds with it."""
+        shard = self._db.shard_for(conv_id)
+        msg = shard["Message"]
+        stored = (self._db.cipher.encrypt(body, BODY_CONTEXT)
+                  if self._db.encrypt_bodies and self._db.cipher is not None else body)
+        search = self._search_text_of(shard.db)({"body": body})
+        with shard.db.connection_context():
+            changed = (msg.update(body=stored, search_text=search)
+                       .where((msg.conversation_id == conv_id) & (msg.seq == seq)).execute())
+        return bool(changed)
+
+    async def edit_body(self, conv_id: str, seq: int, body: str) -> bool:
+        return await self._db.run(self.edit_body_sync, conv_id, seq, body)
 
     def _seal_row(self, row: dict[str, Any]) -> dict[str, Any]:
         """A visitor's name is kept only encrypted on the visitor, never beside a message;
@@ -62,6 +119,7 @@ class MessageRepository:
             changes["body"] = cipher.encrypt(row["body"], BODY_CONTEXT)
             if row.get("attachments"):
                 changes["attachments"] = cipher.encrypt(row["attachments"], ATTACHMENTS_CONTEXT)
+            changes["plain_body"] = row["body"]
         return {**row, **changes} if changes else row
 
     async def insert(self, rows: Sequence[dict[str, Any]]) -> None:
@@ -160,7 +218,10 @@ class MessageRepository:
                 shard = shards[index]
                 msg = shard["Message"]
                 with shard.db.connection_context():
-                    erased += int(msg.update(body="", sender_name="")
+                    # search_text too: the search index (issue 14) follows it, by trigger on
+                    # SQLite and by its FULLTEXT index on MariaDB; the files' names go too.
+                    erased += int(msg.update(body="", sender_name="", search_text="",
+                                             attachments=None)
                                   .where(msg.conversation_id.in_(ids)).execute())
                     if isinstance(shard.db, pw.SqliteDatabase):
                         sqlite: Any = shard.db  # peewee's execute_sql is untyped
@@ -183,4 +244,46 @@ class MessageRepository:
                     deleted += int(msg.delete().where(msg.conversation_id.in_(ids)).execute())
             return deleted
 
+
+        return await self._db.run(work)
+
+    async def latest(self, conv_ids: Sequence[str]) -> dict[str, tuple[MessageFrame, int]]:
+        """Per conversation: its newest public message, and how many visitor messages came
+        after the last agent reply (notes do not count): unread by the agents. Conversations
+        with no message are left out. One query per shard."""
+
+        def work() -> dict[str, tuple[MessageFrame, int]]:
+            shards = self._db.shards
+            by_shard: dict[int, list[str]] = {}
+            for conv_id in conv_ids:
+                by_shard.setdefault(shard_index(conv_id, len(shards)), []).append(conv_id)
+            out: dict[str, tuple[MessageFrame, int]] = {}
+            for index, ids in by_shard.items():
+                shard = shards[index]
+                db: Any = shard.db
+                marks = ", ".join([db.param] * len(ids))
+                last_sql = (
+                    "SELECT m.conversation_id, m.seq, m.client_id, m.sender_type, m.body, m.ts, "
+                    "m.sender_name FROM message m JOIN (SELECT conversation_id, MAX(seq) AS seq "
+                    f"FROM message WHERE conversation_id IN ({marks}) AND private = {db.param} "
+                    "GROUP BY conversation_id) last ON m.conversation_id = last.conversation_id "
+                    "AND m.seq = last.seq")
+                unread_sql = (
+                    "SELECT m.conversation_id, COUNT(*) FROM message m "
+                    f"WHERE m.conversation_id IN ({marks}) AND m.sender_type = 'visitor' "
+                    "AND m.seq > COALESCE((SELECT MAX(a.seq) FROM message a WHERE "
+                    "a.conversation_id = m.conversation_id AND a.sender_type = 'agent' "
+                    f"AND a.private = {db.param}), 0) "
+                    "GROUP BY m.conversation_id")
+                with shard.db.connection_context():
+                    unread = dict(db.execute_sql(unread_sql, [*ids, False]).fetchall())
+                    for row in db.execute_sql(last_sql, [*ids, False]).fetchall():
+                        frame = MessageFrame(conversation_id=row[0], seq=row[1], id=row[2],
+                                             from_=row[3], body=self._open_body(row[4]),
+                                             ts=row[5], name=row[6])
+                        out[row[0]] = (frame, int(unread.get(row[0], 0)))
+            return out
+
+        if not conv_ids:
+            return {}
         return await self._db.run(work)

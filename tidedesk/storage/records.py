@@ -48,6 +48,11 @@ class Visitor(_Record, frozen=True):
     locale: str
     created_at: float
     site: str = "default"
+    # issue 14: what the widget sent (page_url, referrer, user_agent, tz, browser, os), the
+    # pre-chat fields, and the shop's customer id of a signed identify call.
+    context: dict[str, Any] = {}
+    fields: dict[str, str] = {}
+    external_id: str | None = None
 
     @property
     def tag_list(self) -> tuple[str, ...]:

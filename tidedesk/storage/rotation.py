@@ -8,6 +8,7 @@ from tidedesk.storage.agents import TOTP_CONTEXT
 from tidedesk.storage.attachments import NAME_CONTEXT
 from tidedesk.storage.database import Database
 from tidedesk.storage.messages import ATTACHMENTS_CONTEXT, BODY_CONTEXT
+from tidedesk.storage.search import SearchRepository
 from tidedesk.storage.visitors import VISITOR_FIELDS
 
 
@@ -31,6 +32,10 @@ def rotate_key(db: Database, batch: int = 500) -> dict[str, int]:
                              "TIDEDESK_AES_KEY nor in TIDEDESK_AES_PREVIOUS_KEYS")
         return cipher.encrypt(plain, context)
 
+    def _plain(stored: str | None, field: str) -> str | None:
+        return cipher.decrypt(stored, VISITOR_FIELDS[field]) if stored else None
+
+    search = SearchRepository(db)
     visitor = db.main["Visitor"]
     with db.main.db.connection_context():
         last = ""
@@ -50,6 +55,11 @@ def rotate_key(db: Database, batch: int = 500) -> dict[str, int]:
                     if row.name and not row.name_enc:
                         changes.update(name="", name_enc=cipher.encrypt(row.name,
                                                                         VISITOR_FIELDS["name"]))
+                    # issue 14: the blinded search tokens follow the current key.
+                    tokens = search.contact_search_tokens(
+                        _plain(row.name_enc, "name") or row.name, _plain(row.email_enc, "email"))
+                    if tokens != (row.search_tokens or ""):
+                        visitor.update(search_tokens=tokens).where(visitor.id == row.id).execute()
                     if changes:
                         counts["visitor_fields"] += len(changes) - ("name" in changes)
                         visitor.update(**changes).where(visitor.id == row.id).execute()
@@ -109,5 +119,8 @@ def rotate_key(db: Database, batch: int = 500) -> dict[str, int]:
                             new = None
                         if new is not None:
                             counts["message_bodies"] += 1
-                            msg.update(body=new).where(msg.id == row.id).execute()
+                            # issue 14: an encrypted body is not indexed (the index would keep
+                            # the text in the clear)
+                            extra = {"search_text": ""} if db.encrypt_bodies else {}
+                            msg.update(body=new, **extra).where(msg.id == row.id).execute()
     return counts
