@@ -3,7 +3,8 @@ message in flight while ``rabbitmqctl stop_app`` holds the broker down for ``--d
 then ``start_app``; measured from ``start_app``'s return (the broker runs again) to the first
 confirm, with the broker's reconnect policy of today (first retry 25-50 ms, doubling to at most
 1 s, unconfirmed publishes written again) beside the old backoff (0.1-0.2 s doubling to 5 s),
-in the same run on a throwaway vhost. Restarts the shared RabbitMQ: run under ``flock /work/.heavy.lock``.
+in the same run on a throwaway vhost. Restarts the shared RabbitMQ: run under
+``flock /work/.heavy.lock``.
 
 Goal: the first ack within 5 s of the broker being back.
 Usage: ``python -m bench.p8_broker_restart [--down 3] [--reps 3]``
