@@ -29,6 +29,7 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
     "P5": ("bench.p5_idle_memory", [], ["--reps", "1", "--connections", "2000"]),
     "P6": ("bench.p6_failover", [], ["--reps", "1", "--visitors", "500"]),
     "P7": ("bench.p7_socketio", [], ["--reps", "1", "--seconds", "3"]),
+    "P8": ("bench.p8_broker_restart", [], ["--reps", "1"]),
     # The quiet desk (issue 17): one message in flight per conversation, 10 and 50 of them.
     "P2Q": ("bench.p2_end_to_end", ["--window", "1", "--visitors", "10"],
             ["--window", "1", "--visitors", "10", "--reps", "1", "--seconds", "3"]),
@@ -36,7 +37,7 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
               ["--window", "1", "--visitors", "10", "--reps", "1", "--seconds", "3"]),
     "P7Q50": ("bench.p7_socketio", ["--window", "1", "--visitors", "50"],
               ["--window", "1", "--visitors", "50", "--reps", "1", "--seconds", "3"]),
-    "P8": ("bench.p8_uploads", [], ["--reps", "1"]),
+    "P9": ("bench.p9_uploads", [], ["--reps", "1"]),
     "S1": ("bench.search_bench", [], ["--messages", "50000", "--reps", "10"]),
 }
 WHAT = {
@@ -47,10 +48,11 @@ WHAT = {
     "P5": "memory per idle connection at 10 000 connections vs bare Tornado",
     "P6": "two chat nodes, 5 000 visitors, one killed: back vs cold connect, replayed share",
     "P7": "python-socketio + Redis manager (two processes) vs Tidedesk end to end",
+    "P8": "first confirmed publish after a 3 s RabbitMQ stop/start: today's backoff vs the old",
     "P2Q": "P2 at one message in flight per conversation (the quiet desk), 10 conversations",
     "P7Q10": "P7 at one message in flight, 10 conversations (goal >= 0.5x, p50 <= 3x)",
     "P7Q50": "P7 at one message in flight, 50 conversations (goal >= 1.0x)",
-    "P8": "20 clients upload 10 MB at once: server memory per upload in flight vs buffered",
+    "P9": "20 clients upload 10 MB at once: server memory per upload in flight vs buffered",
     "S1": "search p95 at 1M messages over 2 MariaDB shards: FULLTEXT vs LIKE scan (issue 14)",
 }
 

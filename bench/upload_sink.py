@@ -1,4 +1,4 @@
-"""The baseline of P8: a bare Tornado server whose upload handler is Tornado's default (the
+"""The baseline of P9: a bare Tornado server whose upload handler is Tornado's default (the
 whole body buffered in memory before the handler runs), as Tidedesk's handlers were before
 issue 15. ``python -m bench.upload_sink PORT``."""
 

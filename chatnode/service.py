@@ -500,7 +500,16 @@ class ChatService:
         assert session is not None
         asyncio.get_running_loop().call_later(JOIN_HOLD_SECS, self.end_join, conn, peer)
         await self._present(conn)
-        waiting = await self.conversations.visitor_hello(session, peer.send)
+        said: list[Any] = []
+
+        def send(frame: dict[str, Any]) -> None:
+            if frame.get("type") == "hello":
+                said.append(frame.get("last_seq"))
+            peer.send(frame)
+
+        waiting = await self.conversations.visitor_hello(session, send)
+        if said and not said[0]:
+            self.end_join(conn, peer)  # nothing to recover: a client resumes only above 0
         if created and session.conversation_id is not None:
             await self._conversation_created(session)
         # A queued chat that is in no queue was never announced (say the broker was down when

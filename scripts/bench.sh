@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the benchmark suite (bench/): all of P1..P8, the one-in-flight P2Q, P7Q10, P7Q50 (the
+# Run the benchmark suite (bench/): all of P1..P9, the one-in-flight P2Q, P7Q10, P7Q50 (the
 # quiet desk beside P2/P7's 4 in flight) and S1 (search), or the ones named, e.g.
 # scripts/bench.sh P1 P7Q10 S1.
 # --quick for a smoke run with small sizes; --json OUT to keep the figures. Not a test: it

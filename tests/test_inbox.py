@@ -47,7 +47,8 @@ def test_search_views_labels_and_contacts_keep_to_the_searchers_rights(tmp_path:
 
             # Visitor 1 goes to Ann (her only slot); visitor 2 waits in the queue.
             v1, _, v1_ws = await new_visitor(
-                rt, opening="我想退货，订单号 1234", name="张三丰", email="zhang@example.com", fields={"order": "A-1234"},
+                rt, opening="我想退货，订单号 1234", name="张三丰", email="zhang@example.com",
+                fields={"order": "A-1234"},
                 context={"page_url": "https://shop.test/cart", "referrer": "https://search.test/",
                          "user_agent": UA, "tz": "Asia/Shanghai"})
             assigned = await ann_ws.wait_type("assigned")

@@ -1,4 +1,4 @@
-"""P8: upload throughput and server memory while 20 clients upload 10 MB at once.
+"""P9: upload throughput and server memory while 20 clients upload 10 MB at once.
 
 A fresh ``tidedesk dev`` (embedded: SQLite, the local-directory blob store) on CPU 0, and this
 client on CPU 1. Each repetition: 20 visitors each upload one 10 MB file (text, so no image
@@ -10,7 +10,7 @@ whole), bench/upload_sink.py, given the same burst.
 
 Goal: Tidedesk's server grows by at most 2 MB per upload in flight (uploads stream to disk and
 storage), where the buffered baseline grows by at least the file size.
-Usage: ``python -m bench.p8_uploads [--reps 3] [--clients 20] [--mb 10]``
+Usage: ``python -m bench.p9_uploads [--reps 3] [--clients 20] [--mb 10]``
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=10)
     args = parser.parse_args()
     pin_self()
-    header(f"P8 uploads: {args.clients} clients x {args.mb} MB at once")
+    header(f"P9 uploads: {args.clients} clients x {args.mb} MB at once")
     body, ctype = multipart(b"0123456789abcdef" * (args.mb * MB // 16))
     ours: list[float] = []
     base: list[float] = []
@@ -151,9 +151,9 @@ def main() -> None:
     print(f"  memory per upload, Tidedesk / baseline: {spread(ratios, '{:.2f}')}")
     print(f"  throughput, Tidedesk / baseline: "
           f"{spread([o / b for o, b in zip(speed, base_speed, strict=True)], '{:.2f}')}")
-    print(goal_line("P8 server memory per upload in flight (MB)", ours, "<= 2 MB",
+    print(goal_line("P9 server memory per upload in flight (MB)", ours, "<= 2 MB",
                     lambda v: v <= 2.0))
-    emit_json("P8", {"mb_per_upload": ours, "baseline_mb_per_upload": base,
+    emit_json("P9", {"mb_per_upload": ours, "baseline_mb_per_upload": base,
                      "mb_per_s": speed, "baseline_mb_per_s": base_speed})
 
 
