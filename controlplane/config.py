@@ -7,6 +7,7 @@ policy field; the daemon prints it on one line and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import re
 from collections.abc import Mapping
@@ -21,6 +22,9 @@ DEFAULT_LISTEN = "127.0.0.1:8090"
 DEFAULT_PROMETHEUS_URL = "http://127.0.0.1:9090"
 DEFAULT_NOMAD_ADDR = "http://127.0.0.1:4646"
 TOKEN_ENV = "TIDEDESK_CONTROLPLANE_TOKEN"
+STACK_ENV = "TIDEDESK_STACK"
+STACK_PLACEHOLDER = "${STACK}"  # in a policy's service: the stack's name (issue 19)
+_STACK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 MIN_TOKEN_CHARS = 16  # a shorter bearer token is guessable
 # The secret may hold the token's SHA-256 instead of the token: "sha256:<64 hex digits>". A fast
 # hash is enough because the token is long and random (make-secrets.sh: 192 bits), so nobody can
@@ -70,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-file", metavar="FILE", default=None,
                    help="JSON file keeping pins, pauses, actions and the audit list across "
                    "restarts (default: memory only)")
+    p.add_argument("--stack", metavar="NAME", default=None,
+                   help=f"fills in ${{STACK}} in the policies' service names (default "
+                   f"${STACK_ENV}; docker-stack.yml sets it from the stack's namespace label)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p  # fmt: skip
 
@@ -115,6 +122,25 @@ def token_digest(raw: str, source: str) -> tuple[bytes, bool]:
     return hashlib.sha256(raw.encode()).digest(), True
 
 
+def fill_in_stack(policies: tuple[Policy, ...], stack: str, path: Path) -> tuple[Policy, ...]:
+    """Replace ``${STACK}`` in every policy's service with the stack's name."""
+    stack = stack.strip()
+    uses = [p.name for p in policies if STACK_PLACEHOLDER in p.service]
+    if not uses:
+        return policies
+    if not stack:
+        raise ConfigError(
+            f"{path}: policies {uses} name their service with {STACK_PLACEHOLDER}: pass --stack "
+            f"or set {STACK_ENV} (docker-stack.yml sets it from com.docker.stack.namespace)"
+        )
+    if not _STACK_NAME.match(stack):
+        raise ConfigError(f"--stack / {STACK_ENV}: not a stack name: {stack!r}")
+    return tuple(
+        dataclasses.replace(p, service=p.service.replace(STACK_PLACEHOLDER, stack))
+        for p in policies
+    )
+
+
 def load_settings(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     policies_path = args.policies or env.get("TIDEDESK_CONTROLPLANE_POLICIES")
     if not policies_path:
@@ -128,6 +154,8 @@ def load_settings(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         policies = parse_policies(text)
     except PolicyError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+    policies = fill_in_stack(policies, args.stack or env.get(STACK_ENV, ""), path)
 
     if args.token_file:
         try:

@@ -38,6 +38,12 @@ class Telemetry:
             ["policy", "stage"],
             registry=self.registry,
         )
+        self.target_missing = Gauge(
+            "tidedesk_controlplane_target_missing",
+            "1 while the policy's service is missing from the orchestrator (its last read)",
+            ["policy"],
+            registry=self.registry,
+        )
         self.duration = Histogram(
             "tidedesk_controlplane_evaluation_duration_seconds",
             "Time one evaluation took, I/O included",

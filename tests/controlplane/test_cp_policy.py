@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from controlplane import daemon
-from controlplane.config import ConfigError, hash_token, token_digest
+from controlplane.config import ConfigError, fill_in_stack, hash_token, token_digest
 from controlplane.policy import (
     DEFAULT_INTERVAL_S,
     DEFAULT_SCALE_DOWN_COOLDOWN_S,
@@ -218,4 +218,11 @@ def test_the_swarm_stack_policies_parse_and_catch_up_proportionally() -> None:
     assert set(policies) == {"chatnode", "routernode"}
     assert policies["chatnode"].strategy == "proportional", \
         "chat nodes must catch up with a surprise flash sale within a minute or two"
-    assert all(p.service == f"tidedesk_{p.name}" for p in policies.values())
+    # Any stack name: the control plane fills in ${STACK} (issue 19).
+    assert all(p.service == f"${{STACK}}_{p.name}" for p in policies.values())
+    filled = fill_in_stack(tuple(policies.values()), "shop-7", shipped)
+    assert {p.service for p in filled} == {"shop-7_chatnode", "shop-7_routernode"}
+    with pytest.raises(ConfigError, match="TIDEDESK_STACK"):
+        fill_in_stack(tuple(policies.values()), "", shipped)
+    with pytest.raises(ConfigError, match="not a stack name"):
+        fill_in_stack(tuple(policies.values()), "a b", shipped)

@@ -1,6 +1,6 @@
 """The Tidedesk stack on the local single-node Swarm, for the end-to-end test.
 
-Everything here drives the real ``docker`` CLI. The stack has its own name (``tidedesk-e2e``),
+Everything here drives the real ``docker`` CLI. The stack has its own name (``shop-e2e``),
 published ports picked free at start, and is removed at the end; nothing else on the daemon
 (other people's services, the swarm itself) is touched.
 """
@@ -22,7 +22,7 @@ from tests.support.swarm import docker
 from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
-STACK = "tidedesk-e2e"
+STACK = "shop-e2e"  # not "tidedesk": every name must follow the stack (issue 19)
 BUILD_TIMEOUT_S = 540  # a fresh machine: debootstrap + apt + wheels + docker build
 TEST_IMAGES = {
     "TIDEDESK_IMAGE": "tidedesk/tidedesk:local",
@@ -38,13 +38,14 @@ SERVICES = ("haproxy", "chatnode", "routernode", "controlplane", "redis", "rabbi
 AGENT_EMAIL = "e2e-agent@tidedesk.test"
 AGENT_PASSWORD = "e2e-agent-password"
 
-# The test's policy: the shipped one's shape with short waits, so a scale-up, a drift restore
-# and a scale-down fit in a few minutes. Load = open WebSockets; 15 per chat node.
+# The test's policy: the shipped one's shape (the service named through ${STACK}, which the
+# control plane fills in from the stack's namespace label) with short waits, so a scale-up, a
+# drift restore and a scale-down fit in a few minutes. Load = open WebSockets; 15 per chat node.
 CONNECTIONS_PER_NODE = 15
 POLICIES = f"""
 policies:
   - name: chatnode
-    service: {STACK}_chatnode
+    service: ${{STACK}}_chatnode
     driver: swarm
     min: 2
     max: 4
@@ -98,6 +99,9 @@ class Stack:
         prom = prom.replace("evaluation_interval: 15s", "evaluation_interval: 5s")
         (workdir / "prometheus.yml").write_text(prom)
         (workdir / "policies.yml").write_text(POLICIES)
+        # Alertmanager as shipped; the redeploy phase edits it to show a changed config deploys.
+        self.alertmanager_yml = workdir / "alertmanager.yml"
+        self.alertmanager_yml.write_text((REPO / "prometheus" / "alertmanager.yml").read_text())
         routing_file = write_routing(workdir, ROUTING)
         self.env = {
             **os.environ,
@@ -106,6 +110,7 @@ class Stack:
             "PROMETHEUS_CONFIG": str(workdir / "prometheus.yml"),
             "TIDEDESK_POLICIES_CONFIG": str(workdir / "policies.yml"),
             "TIDEDESK_ROUTING_CONFIG": str(routing_file),
+            "ALERTMANAGER_CONFIG": str(self.alertmanager_yml),
             "HTTP_PORT": str(self.ports["http"]),
             "HTTPS_PORT": str(self.ports["https"]),
             "CONTROLPLANE_PORT": str(self.ports["controlplane"]),
@@ -134,12 +139,19 @@ class Stack:
 
     # --- lifecycle ----------------------------------------------------------------------------
     def deploy(self) -> None:
+        """swarm/deploy.sh, as the docs say: configs and secrets named by their content."""
         done = subprocess.run(
-            ["docker", "stack", "deploy", "--resolve-image", "never", "-c",
-             str(REPO / "docker-stack.yml"), STACK],
+            [str(REPO / "swarm" / "deploy.sh"), STACK, "--resolve-image", "never"],
             cwd=REPO, env=self.env, capture_output=True, text=True, timeout=120, check=False)
         if done.returncode != 0:
-            raise RuntimeError(f"docker stack deploy failed: {done.stderr[-3000:]}")
+            raise RuntimeError(f"swarm/deploy.sh failed: {done.stdout[-2000:]}"
+                               f"{done.stderr[-3000:]}")
+
+    @staticmethod
+    def config_names(service: str) -> list[str]:
+        out = docker("service", "inspect", f"{STACK}_{service}", "--format",
+                     "{{range .Spec.TaskTemplate.ContainerSpec.Configs}}{{.ConfigName}} {{end}}")
+        return out.split()
 
     @staticmethod
     def remove() -> None:

@@ -4,14 +4,16 @@ the control plane corrects.
 
 Phases (each bounded; the whole test, image builds included, stays under 12 minutes):
 
-1. Build the images offline (swarm/build-images.sh), deploy the stack as ``tidedesk-e2e``.
+1. Build the images offline (swarm/build-images.sh), deploy the stack as ``shop-e2e`` with
+   swarm/deploy.sh; the control plane fills in ``${STACK}`` of its policy and is ready.
 2. An agent (over TLS 1.3, wss://) and four visitors (ws://) chat through HAProxy; an alert
    fired into Alertmanager reaches the control plane's webhook and triggers an evaluation.
 3. Load: 60 more visitor WebSockets, 4x the policy's 15 per node. The control plane scales the
    chat nodes 2 -> 4; HAProxy finds the new replicas through DNS and sends them new connections
    (four more followed visitors, counted per node from each node's own /metrics).
-4. ``docker stack deploy`` again: Swarm resets chatnode to the file's 2 replicas, draining two
-   nodes; the control plane sees the drift and restores 4.
+4. ``swarm/deploy.sh`` again with a changed alertmanager.yml: it deploys as a new config (no
+   "only updates to Labels are allowed"); Swarm resets chatnode to the file's 2 replicas,
+   draining two nodes; the control plane sees the drift and restores 4.
 5. The load stops: after the (shortened) stabilisation and cool-down the control plane scales
    back to 2. The removed nodes drain; their clients reconnect, resume and miss nothing.
 
@@ -36,6 +38,7 @@ from tests.deploy.swarm_stack import (
     AGENT_PASSWORD,
     CONNECTIONS_PER_NODE,
     REPO,
+    STACK,
     Stack,
     build_images,
 )
@@ -203,6 +206,11 @@ async def run_scenario(s: Stack) -> None:
     # --- 2. chat through HAProxy; an alert reaches the control plane --------------------------
     # Alertmanager -> POST /v1/alerts with the bearer token from the secret; checked below,
     # while the chat runs (Alertmanager waits group_wait = 10 s before its first notification).
+    # The policy names ${STACK}_chatnode: the control plane found shop-e2e_chatnode.
+    status, ready = s.controlplane("GET", "/readyz")
+    assert status == 200, ready
+    _, data = s.controlplane("GET", "/v1/status")
+    assert [p["service"] for p in data["policies"]] == [f"{STACK}_chatnode"], data
     await asyncio.to_thread(s.post_alert, "TidedeskE2E", "chatnode")
     agent, token = await new_agent(s)
     chatter = Chatter(agent)
@@ -253,7 +261,13 @@ async def run_scenario(s: Stack) -> None:
                        lambda: len(gained_on_new_replicas()) >= 2, 30)
 
         # --- 4. redeploy resets replicas; the control plane restores its count -----------
+        am_before = Stack.config_names("alertmanager")
+        with s.alertmanager_yml.open("a") as f:
+            f.write("# edited between deploys: a new config version\n")
         await asyncio.to_thread(s.deploy)  # chatnode: the file's 2 replicas again
+        am_after = Stack.config_names("alertmanager")
+        assert am_after != am_before and am_after[0].startswith(f"{STACK}_am_yml-"), \
+            (am_before, am_after)
         await wait_for("the control plane to report the drift",
                        lambda: any(d.get("drift") for d in decisions(s)), 60)
         await wait_for("the control plane to restore 4 chat nodes",

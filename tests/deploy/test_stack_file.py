@@ -1,0 +1,99 @@
+"""docker-stack.yml as swarm/deploy.sh renders it (`docker stack config`, no deploy): configs and
+secrets named by content, names that follow the stack (issue 19)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.deploy.conftest import REPO
+
+pytestmark = pytest.mark.docker
+
+NAME_MAX = 64  # Swarm's limit for config and secret names
+
+
+@pytest.fixture(scope="module")
+def secrets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("stack-file") / "secrets"
+    subprocess.run([str(REPO / "swarm" / "make-secrets.sh"), str(d)], check=True,
+                   capture_output=True, timeout=60)
+    return d
+
+
+def render(stack: str, secrets: Path, **env: str) -> dict[str, Any]:
+    if shutil.which("docker") is None:
+        pytest.fail("docker is not installed (scripts/system-deps.sh installs docker.io)")
+    done = subprocess.run(
+        [str(REPO / "swarm" / "deploy.sh"), stack],
+        env={**os.environ, "DEPLOY_DRY_RUN": "1", "TIDEDESK_SECRETS_DIR": str(secrets), **env},
+        capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    return dict(yaml.safe_load(done.stdout))
+
+
+def short8(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+
+
+def test_configs_and_secrets_are_named_by_stack_and_content(secrets_dir: Path) -> None:
+    doc = render("shop-7", secrets_dir)
+    objects = {**doc["configs"], **doc["secrets"]}
+    assert len(objects) == 14
+    for key, obj in objects.items():
+        name, file = obj["name"], Path(obj["file"])
+        assert name.startswith("shop-7_") and len(name) <= NAME_MAX, (key, name)
+        assert name.endswith("-" + short8(file)), (key, name, file)
+    assert doc["configs"]["haproxy_cfg"]["name"].startswith("shop-7_haproxy_cfg-")
+    assert doc["secrets"]["tidedesk_aes_key"]["name"].startswith("shop-7_aes_key-")
+    # Inside the containers the files keep their paths (/run/secrets/<key>).
+    chat = doc["services"]["chatnode"]
+    assert {s["source"] for s in chat["secrets"]} >= {"tidedesk_aes_key", "tidedesk_db_password"}
+
+
+def test_a_changed_file_gets_a_new_name_and_the_others_keep_theirs(
+    secrets_dir: Path, tmp_path: Path
+) -> None:
+    before = render("shop-7", secrets_dir)
+    edited = tmp_path / "prometheus.yml"
+    edited.write_text((REPO / "prometheus" / "prometheus.yml").read_text() + "# edited\n")
+    after = render("shop-7", secrets_dir, PROMETHEUS_CONFIG=str(edited))
+    names = {k: v["name"] for k, v in {**before["configs"], **before["secrets"]}.items()}
+    new = {k: v["name"] for k, v in {**after["configs"], **after["secrets"]}.items()}
+    changed = {k for k in names if names[k] != new[k]}
+    assert changed == {"prometheus_yml"}, changed
+
+
+def test_the_plain_stack_deploy_names_the_script() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_HASH")}
+    env.pop("TIDEDESK_STACK", None)
+    done = subprocess.run(["docker", "stack", "config", "-c", str(REPO / "docker-stack.yml")],
+                          env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode != 0 and "swarm/deploy.sh" in done.stderr, done.stderr
+
+
+def test_bad_stack_names_are_refused(secrets_dir: Path) -> None:
+    for bad in ("", "a b", "x" * 40):
+        done = subprocess.run([str(REPO / "swarm" / "deploy.sh"), bad], capture_output=True,
+                              text=True, timeout=30, check=False,
+                              env={**os.environ, "DEPLOY_DRY_RUN": "1",
+                                   "TIDEDESK_SECRETS_DIR": str(secrets_dir)})
+        assert done.returncode == 2 and done.stderr, (bad, done.stderr)
+
+
+def test_the_control_plane_learns_the_stack_name_and_the_policies_use_it(
+    secrets_dir: Path,
+) -> None:
+    doc = render("shop-7", secrets_dir)
+    env = doc["services"]["controlplane"]["environment"]
+    # Swarm expands the template per task from the label `docker stack deploy` sets.
+    assert env["TIDEDESK_STACK"] == '{{index .Service.Labels "com.docker.stack.namespace"}}'
+    policies = yaml.safe_load((REPO / "swarm" / "policies.yml").read_text())["policies"]
+    assert {p["service"] for p in policies} == {"${STACK}_chatnode", "${STACK}_routernode"}
