@@ -183,9 +183,14 @@ def _port_range() -> tuple[int, int]:
 
 async def _serve(settings: Settings, role: str) -> int:
     from tidedesk.runtime import Runtime
+    from tidedesk.startup import StartupTimeout
 
     runtime = Runtime(settings, role)
-    await runtime.start()
+    try:
+        await runtime.start()
+    except StartupTimeout as exc:  # logged as JSON already; no traceback
+        print(f"tidedesk: error: {exc}", file=sys.stderr)
+        return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

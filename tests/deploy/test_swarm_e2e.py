@@ -206,6 +206,11 @@ async def run_scenario(s: Stack) -> None:
     # --- 2. chat through HAProxy; an alert reaches the control plane --------------------------
     # Alertmanager -> POST /v1/alerts with the bearer token from the secret; checked below,
     # while the chat runs (Alertmanager waits group_wait = 10 s before its first notification).
+    # A first deploy without a crash loop: the nodes waited for their backends (issue 19).
+    for service in ("chatnode", "routernode", "controlplane"):
+        restarted = [t for t in Stack.tasks(service)
+                     if t.get("DesiredState") != "Running" or t.get("Error")]
+        assert not restarted, f"{service}: tasks failed on the first deploy: {restarted}"
     # The policy names ${STACK}_chatnode: the control plane found shop-e2e_chatnode.
     status, ready = s.controlplane("GET", "/readyz")
     assert status == 200, ready

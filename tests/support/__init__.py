@@ -11,4 +11,5 @@
   reconnects, resumes and resends, keeps every connection's frames and a ledger of sends.
 - ``http``: blocking JSON over HTTP(S), and TLS that accepts the test certificate.
 - ``swarm``: the docker CLI and this machine's single-node Swarm.
+- ``forward``: a TCP forwarder opened late on a chosen port (a backend that appears).
 """
