@@ -50,6 +50,7 @@ class Settings:
     nomad_token: str | None
     state_file: Path | None
     log_level: str
+    tls_probes: tuple[str, ...] = ()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stack", metavar="NAME", default=None,
                    help=f"fills in ${{STACK}} in the policies' service names (default "
                    f"${STACK_ENV}; docker-stack.yml sets it from the stack's namespace label)")
+    p.add_argument("--tls-probe", metavar="HOST:PORT", action="append", default=[],
+                   help="check the expiry of the certificate served there every 5 minutes "
+                   "(tidedesk_tls_cert_expiry_timestamp_seconds); repeatable")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p  # fmt: skip
 
@@ -177,6 +181,11 @@ def load_settings(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     )
     nomad_addr = _url(args.nomad_addr or env.get("NOMAD_ADDR") or DEFAULT_NOMAD_ADDR,
                       "--nomad-addr")  # fmt: skip
+    for target in args.tls_probe:
+        host, sep, tport = target.rpartition(":")
+        if not sep or not host or not tport.isdigit() or not 0 < int(tport) < 65536:
+            raise ConfigError(f"--tls-probe: expected HOST:PORT such as haproxy:8443, got "
+                              f"{target!r}")
     state_file = Path(args.state_file) if args.state_file else None
     if state_file is not None and not state_file.parent.is_dir():
         raise ConfigError(f"--state-file: directory {state_file.parent} does not exist")
@@ -192,4 +201,5 @@ def load_settings(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         nomad_token=env.get("NOMAD_TOKEN") or None,
         state_file=state_file,
         log_level=args.log_level,
+        tls_probes=tuple(args.tls_probe),
     )

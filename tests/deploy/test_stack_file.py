@@ -15,7 +15,7 @@ import yaml
 
 from tests.deploy.conftest import REPO
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.haproxy]
 
 NAME_MAX = 64  # Swarm's limit for config and secret names
 
@@ -97,3 +97,47 @@ def test_the_control_plane_learns_the_stack_name_and_the_policies_use_it(
     assert env["TIDEDESK_STACK"] == '{{index .Service.Labels "com.docker.stack.namespace"}}'
     policies = yaml.safe_load((REPO / "swarm" / "policies.yml").read_text())["policies"]
     assert {p["service"] for p in policies} == {"${STACK}_chatnode", "${STACK}_routernode"}
+
+
+def test_every_service_has_a_healthcheck_and_only_haproxy_publishes(secrets_dir: Path) -> None:
+    services = render("shop-7", secrets_dir)["services"]
+    assert len(services) == 9
+    for name, svc in services.items():
+        test = svc.get("healthcheck", {}).get("test")
+        assert test and test[0] == "CMD", f"{name}: no healthcheck"
+    # Prometheus and Alertmanager (no auth) and the control plane's API are not published:
+    # swarm/local-ports.sh opens them on 127.0.0.1 only.
+    published = {name for name, svc in services.items() if svc.get("ports")}
+    assert published == {"haproxy"}, published
+    haproxy = services["haproxy"]
+    assert {p["target"] for p in haproxy["ports"]} == {8080, 8443}
+    assert haproxy["environment"]["HTTPS_PORT"] == "443"
+
+
+def test_the_haproxy_healthcheck_command_works(tmp_path: Path, tls_pem: Path) -> None:
+    """The stack's HAProxy healthcheck (bash /dev/tcp to the monitor URI) against a real
+    HAProxy running haproxy.cfg, and failing once it is gone."""
+    from tests.deploy.conftest import require
+    from tests.support.processes import free_port, stop_process
+    from tests.support.waiting import wait_until
+
+    doc = yaml.safe_load((REPO / "docker-stack.yml").read_text())
+    test = doc["services"]["haproxy"]["healthcheck"]["test"]
+    stats = free_port()
+    command = [c.replace("8404", str(stats)) for c in test[1:]]
+    env = {**os.environ, "TIDEDESK_TLS_CERT": str(tls_pem),
+           "HAPROXY_HTTP_BIND": f"127.0.0.1:{free_port()}",
+           "HAPROXY_HTTPS_BIND": f"127.0.0.1:{free_port()}",
+           "HAPROXY_STATS_BIND": f"127.0.0.1:{stats}",
+           "HAPROXY_RUNTIME_BIND": f"ipv4@127.0.0.1:{free_port()}",
+           "HAPROXY_DNS": "127.0.0.1:9"}
+    proc = subprocess.Popen([require("haproxy", "haproxy"), "-db", "-f",
+                             str(REPO / "haproxy" / "haproxy.cfg")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until("the healthcheck to pass", lambda: subprocess.run(
+            command, timeout=5, check=False).returncode == 0, 15, every=0.2)
+    finally:
+        stop_process(proc)
+    assert subprocess.run(command, timeout=5, check=False,
+                          stderr=subprocess.DEVNULL).returncode != 0

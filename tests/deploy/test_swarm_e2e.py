@@ -6,8 +6,10 @@ Phases (each bounded; the whole test, image builds included, stays under 12 minu
 
 1. Build the images offline (swarm/build-images.sh), deploy the stack as ``shop-e2e`` with
    swarm/deploy.sh; the control plane fills in ``${STACK}`` of its policy and is ready.
-2. An agent (over TLS 1.3, wss://) and four visitors (ws://) chat through HAProxy; an alert
-   fired into Alertmanager reaches the control plane's webhook and triggers an evaluation.
+2. An agent and four visitors chat through HAProxy over TLS 1.3 (wss://; plain HTTP answers 301
+   except /healthz); an alert fired into Alertmanager reaches the control plane's webhook and
+   triggers an evaluation. Every service is healthy; Prometheus, Alertmanager and the control
+   plane are published nowhere, and reached through swarm/local-ports.sh on 127.0.0.1 only.
 3. Load: 60 more visitor WebSockets, 4x the policy's 15 per node. The control plane scales the
    chat nodes 2 -> 4; HAProxy finds the new replicas through DNS and sends them new connections
    (four more followed visitors, counted per node from each node's own /metrics).
@@ -80,10 +82,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 async def new_visitor(s: Stack, name: str, tags: list[str]) -> ResilientClient:
-    status, data = await asyncio.to_thread(http_json, "POST", s.http + "/api/v1/visitors",
-                                           {"name": name, "tags": tags})
+    # Over TLS: plain HTTP answers 301 (issue 19).
+    tls = insecure_tls()
+    status, data = await asyncio.to_thread(http_json, "POST", s.https + "/api/v1/visitors",
+                                           {"name": name, "tags": tags}, None, 10.0, tls)
     assert status == 201, (status, data)
-    client = ResilientClient(name, f"{s.ws}/ws/visitor?token={data['token']}", "visitor")
+    client = ResilientClient(name, f"{s.wss}/ws/visitor?token={data['token']}", "visitor",
+                             tls=tls)
     await client.start()
     return client
 
@@ -177,8 +182,8 @@ def assert_nothing_missed(s: Stack, agent: ResilientClient, token: str,
         conv = v.conversation_id
         assert conv is not None
         status, data = http_json(
-            "GET", f"{s.http}/api/v1/conversations/{conv}/messages?after_seq=0&limit=500",
-            token=token)
+            "GET", f"{s.https}/api/v1/conversations/{conv}/messages?after_seq=0&limit=500",
+            token=token, context=insecure_tls())
         assert status == 200, data
         stored = data["messages"]
         assert len(stored) < 500, "more messages than one page; the test writes too much"
@@ -211,6 +216,18 @@ async def run_scenario(s: Stack) -> None:
         restarted = [t for t in Stack.tasks(service)
                      if t.get("DesiredState") != "Running" or t.get("Error")]
         assert not restarted, f"{service}: tasks failed on the first deploy: {restarted}"
+    # Every service has a healthcheck and is healthy; only HAProxy publishes ports.
+    await asyncio.to_thread(wait_until, "every container of the stack to be healthy",
+                            Stack.all_healthy, 120, every=3)
+    assert Stack.published_services() == {"haproxy"}
+    # HTTP -> HTTPS, except /healthz.
+    status, location = await asyncio.to_thread(s.plain_get, "/console")
+    assert status == 301 and location.endswith(f":{s.ports['https']}/console"), location
+    assert (await asyncio.to_thread(s.plain_get, "/healthz"))[0] == 200
+    # The admin ports answer on 127.0.0.1 and not on this host's other address.
+    assert s.controlplane("GET", "/healthz")[0] == 200
+    outside = await asyncio.to_thread(s.reachable_off_loopback)
+    assert not outside, f"reachable from a non-loopback address: {outside}"
     # The policy names ${STACK}_chatnode: the control plane found shop-e2e_chatnode.
     status, ready = s.controlplane("GET", "/readyz")
     assert status == 200, ready
