@@ -41,6 +41,12 @@ hash_of() { # VAR FILE: export VAR=<8 hex digits of FILE's SHA-256>
 }
 secrets="${TIDEDESK_SECRETS_DIR:-./secrets}"
 export TIDEDESK_STACK="$stack"
+# Alertmanager's config with the paging settings (ALERT_* variables) filled in.
+rendered_dir="$(mktemp -d)"
+[ "${DEPLOY_DRY_RUN:-}" = 1 ] || trap 'rm -rf "$rendered_dir"' EXIT
+"$repo/swarm/render-alertmanager.sh" \
+  "$(path "${ALERTMANAGER_CONFIG:-./prometheus/alertmanager.yml}")" "$rendered_dir/alertmanager.yml"
+export ALERTMANAGER_CONFIG="$rendered_dir/alertmanager.yml"
 hash_of HAPROXY_CFG_HASH ./haproxy/haproxy.cfg
 hash_of PROMETHEUS_YML_HASH "${PROMETHEUS_CONFIG:-./prometheus/prometheus.yml}"
 hash_of PROMETHEUS_RECORDING_HASH ./prometheus/rules/tidedesk-recording.yml
@@ -55,6 +61,7 @@ hash_of DB_PASSWORD_HASH "$secrets/db_password"
 hash_of BROKER_PASSWORD_HASH "$secrets/broker_password"
 hash_of CONTROLPLANE_TOKEN_HASH "$secrets/controlplane_token"
 hash_of CONTROLPLANE_TOKEN_SHA256_HASH "$secrets/controlplane_token_sha256"
+hash_of SMTP_PASSWORD_HASH "$secrets/smtp_password"
 
 if [ "${DEPLOY_DRY_RUN:-}" = 1 ]; then  # print the rendered stack instead (tests, reviews)
   exec docker stack config -c "$repo/docker-stack.yml" "$@"

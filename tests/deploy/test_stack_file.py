@@ -46,7 +46,7 @@ def short8(path: Path) -> str:
 def test_configs_and_secrets_are_named_by_stack_and_content(secrets_dir: Path) -> None:
     doc = render("shop-7", secrets_dir)
     objects = {**doc["configs"], **doc["secrets"]}
-    assert len(objects) == 14
+    assert len(objects) == 15
     for key, obj in objects.items():
         name, file = obj["name"], Path(obj["file"])
         assert name.startswith("shop-7_") and len(name) <= NAME_MAX, (key, name)
