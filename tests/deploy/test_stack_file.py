@@ -141,3 +141,23 @@ def test_the_haproxy_healthcheck_command_works(tmp_path: Path, tls_pem: Path) ->
         stop_process(proc)
     assert subprocess.run(command, timeout=5, check=False,
                           stderr=subprocess.DEVNULL).returncode != 0
+
+
+def test_the_exporters_override_renders_with_the_stack(secrets_dir: Path) -> None:
+    done = subprocess.run(
+        [str(REPO / "swarm" / "deploy.sh"), "shop-7", "-c",
+         str(REPO / "docker-stack.exporters.yml")],
+        env={**os.environ, "DEPLOY_DRY_RUN": "1", "TIDEDESK_SECRETS_DIR": str(secrets_dir)},
+        capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    services = yaml.safe_load(done.stdout)["services"]
+    assert {"mysqld-exporter", "redis-exporter"} <= set(services)
+    assert all("healthcheck" in services[s] for s in ("mysqld-exporter", "redis-exporter"))
+    # RabbitMQ's built-in exporter is always on; Prometheus scrapes all three.
+    assert "rabbitmq_prometheus" in " ".join(services["rabbitmq"]["entrypoint"])
+    prom = yaml.safe_load((REPO / "prometheus" / "prometheus.yml").read_text())
+    names = {j["job_name"]: j["dns_sd_configs"][0] for j in prom["scrape_configs"]
+             if "dns_sd_configs" in j}
+    assert names["rabbitmq"]["port"] == 15692
+    assert names["mariadb"]["names"] == ["tasks.mysqld-exporter"]
+    assert names["redis"]["names"] == ["tasks.redis-exporter"]
