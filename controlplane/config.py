@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 
 from controlplane.policy import Policy, PolicyError
 from controlplane.policy_file import parse_policies
+from controlplane.tls_probe import parse_target
 
 DEFAULT_LISTEN = "127.0.0.1:8090"
 DEFAULT_PROMETHEUS_URL = "http://127.0.0.1:9090"
@@ -182,10 +183,10 @@ def load_settings(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     nomad_addr = _url(args.nomad_addr or env.get("NOMAD_ADDR") or DEFAULT_NOMAD_ADDR,
                       "--nomad-addr")  # fmt: skip
     for target in args.tls_probe:
-        host, sep, tport = target.rpartition(":")
-        if not sep or not host or not tport.isdigit() or not 0 < int(tport) < 65536:
-            raise ConfigError(f"--tls-probe: expected HOST:PORT such as haproxy:8443, got "
-                              f"{target!r}")
+        try:
+            parse_target(target)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     state_file = Path(args.state_file) if args.state_file else None
     if state_file is not None and not state_file.parent.is_dir():
         raise ConfigError(f"--state-file: directory {state_file.parent} does not exist")

@@ -62,9 +62,31 @@ hash_of BROKER_PASSWORD_HASH "$secrets/broker_password"
 hash_of CONTROLPLANE_TOKEN_HASH "$secrets/controlplane_token"
 hash_of CONTROLPLANE_TOKEN_SHA256_HASH "$secrets/controlplane_token_sha256"
 hash_of SMTP_PASSWORD_HASH "$secrets/smtp_password"
+# docker-stack.grafana.yml (optional)
+hash_of GRAFANA_DATASOURCE_HASH ./prometheus/grafana/provisioning/datasource.yml
+hash_of GRAFANA_DASHBOARDS_HASH ./prometheus/grafana/provisioning/dashboards.yml
+hash_of GRAFANA_DASHBOARD_JSON_HASH ./prometheus/grafana/tidedesk.json
+hash_of GRAFANA_ADMIN_PASSWORD_HASH "$secrets/grafana_admin_password"
 
 if [ "${DEPLOY_DRY_RUN:-}" = 1 ]; then  # print the rendered stack instead (tests, reviews)
   exec docker stack config -c "$repo/docker-stack.yml" "$@"
+fi
+
+# Placement: stateful services run on the node labelled tidedesk.data=true, HAProxy on every
+# node labelled tidedesk.edge=true. A single-node swarm is labelled here; a larger one must be
+# labelled by you (docs/deploy.md, Scale out), or those services would wait forever.
+nodes="$(docker node ls -q)"
+if [ "$(printf '%s\n' "$nodes" | wc -l)" -eq 1 ]; then
+  docker node update --label-add tidedesk.data=true --label-add tidedesk.edge=true "$nodes" \
+    >/dev/null
+else
+  for label in tidedesk.data tidedesk.edge; do
+    if ! docker node inspect --format '{{index .Spec.Labels "'"$label"'"}}' $nodes | grep -qx true; then
+      echo "deploy.sh: no node has the label $label=true; add it first:" >&2
+      echo "  docker node update --label-add $label=true NODE" >&2
+      exit 1
+    fi
+  done
 fi
 docker stack deploy -c "$repo/docker-stack.yml" "$@" "$stack"
 

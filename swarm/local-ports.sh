@@ -3,7 +3,7 @@
 #
 #   swarm/local-ports.sh STACK up      # control plane 127.0.0.1:8090, Prometheus :9090,
 #                                      # Alertmanager :9093
-#   swarm/local-ports.sh STACK down
+#   swarm/local-ports.sh STACK down    # (and Grafana :3000 when docker-stack.grafana.yml runs)
 #
 # docker-stack.yml publishes only HAProxy: Prometheus and Alertmanager have no auth, and the
 # control plane's API scales the stack. Swarm cannot bind a published port to one address, so
@@ -43,9 +43,12 @@ async def main():
         await server.serve_forever()
 asyncio.run(main())
 '
-for entry in "controlplane:8090:${CONTROLPLANE_PORT:-8090}" \
-             "prometheus:9090:${PROMETHEUS_PORT:-9090}" \
-             "alertmanager:9093:${ALERTMANAGER_PORT:-9093}"; do
+entries=("controlplane:8090:${CONTROLPLANE_PORT:-8090}" "prometheus:9090:${PROMETHEUS_PORT:-9090}"
+         "alertmanager:9093:${ALERTMANAGER_PORT:-9093}")
+if docker service inspect "${stack}_grafana" >/dev/null 2>&1 || [ "$action" = down ]; then
+  entries+=("grafana:3000:${GRAFANA_PORT:-3000}")     # docker-stack.grafana.yml
+fi
+for entry in "${entries[@]}"; do
   IFS=: read -r service target published <<<"$entry"
   name="${stack}-local-${service}"
   docker rm -f "$name" >/dev/null 2>&1 || true

@@ -282,3 +282,23 @@ def test_tls_probe_reads_the_served_certificates_expiry(tmp_path: Path) -> None:
     assert float(line.split()[-1]) == expires.timestamp(), line
     assert f'tidedesk_tls_probe_success{{target="{dead}"}} 0.0' in text
     assert f'tidedesk_tls_probe_success{{target="127.0.0.1:{port}"}} 1.0' in text
+
+
+def test_tls_probe_and_stack_options_leave_the_listen_address_alone(tmp_path: Path) -> None:
+    """--tls-probe HOST:PORT once clobbered the --listen host (the daemon bound haproxy:8090)."""
+    from controlplane.config import build_parser, load_settings
+
+    good = tmp_path / "p.yml"
+    good.write_text(GOOD)
+    secret = tmp_path / "token"
+    secret.write_text(hash_token("s" * 24) + "\n")
+    args = build_parser().parse_args([
+        "--policies", str(good), "--token-file", str(secret), "--listen", "0.0.0.0:8090",
+        "--tls-probe=haproxy:8443", "--stack", "shop"])
+    settings = load_settings(args, {})
+    assert (settings.host, settings.port) == ("0.0.0.0", 8090)
+    assert settings.tls_probes == ("haproxy:8443",)
+    bad = build_parser().parse_args(["--policies", str(good), "--token-file", str(secret),
+                                     "--tls-probe", "haproxy"])
+    with pytest.raises(ConfigError, match="--tls-probe"):
+        load_settings(bad, {})

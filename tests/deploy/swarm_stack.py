@@ -252,8 +252,10 @@ class Stack:
     # --- what runs ----------------------------------------------------------------------------
     @staticmethod
     def replicas(service: str) -> int:
+        """The replicated count; 1 for a global service (one node here)."""
         out = docker("service", "inspect", f"{STACK}_{service}", "--format",
-                     "{{.Spec.Mode.Replicated.Replicas}}")
+                     "{{if .Spec.Mode.Replicated}}{{.Spec.Mode.Replicated.Replicas}}"
+                     "{{else}}1{{end}}")
         return int(out.strip() or 0)
 
     @staticmethod

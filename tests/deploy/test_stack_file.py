@@ -46,7 +46,7 @@ def short8(path: Path) -> str:
 def test_configs_and_secrets_are_named_by_stack_and_content(secrets_dir: Path) -> None:
     doc = render("shop-7", secrets_dir)
     objects = {**doc["configs"], **doc["secrets"]}
-    assert len(objects) == 15
+    assert len(objects) == 15  # the stack file's own
     for key, obj in objects.items():
         name, file = obj["name"], Path(obj["file"])
         assert name.startswith("shop-7_") and len(name) <= NAME_MAX, (key, name)
@@ -143,6 +143,24 @@ def test_the_haproxy_healthcheck_command_works(tmp_path: Path, tls_pem: Path) ->
                           stderr=subprocess.DEVNULL).returncode != 0
 
 
+def test_the_grafana_override_provisions_the_dashboard(secrets_dir: Path) -> None:
+    done = subprocess.run(
+        [str(REPO / "swarm" / "deploy.sh"), "shop-7", "-c", str(REPO / "docker-stack.grafana.yml")],
+        env={**os.environ, "DEPLOY_DRY_RUN": "1", "TIDEDESK_SECRETS_DIR": str(secrets_dir)},
+        capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    doc = yaml.safe_load(done.stdout)
+    grafana = doc["services"]["grafana"]
+    assert "ports" not in grafana and "healthcheck" in grafana
+    targets = {c["source"]: c["target"] for c in grafana["configs"]}
+    assert targets["grafana_dashboard_json"] == "/var/lib/grafana/dashboards/tidedesk.json"
+    provider = yaml.safe_load(Path(doc["configs"]["grafana_dashboards"]["file"]).read_text())
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+    source = yaml.safe_load(Path(doc["configs"]["grafana_datasource"]["file"]).read_text())
+    assert source["datasources"][0]["url"] == "http://prometheus:9090"
+    assert doc["configs"]["grafana_dashboard_json"]["name"].startswith("shop-7_grafana_json-")
+
+
 def test_the_exporters_override_renders_with_the_stack(secrets_dir: Path) -> None:
     done = subprocess.run(
         [str(REPO / "swarm" / "deploy.sh"), "shop-7", "-c",
@@ -161,3 +179,21 @@ def test_the_exporters_override_renders_with_the_stack(secrets_dir: Path) -> Non
     assert names["rabbitmq"]["port"] == 15692
     assert names["mariadb"]["names"] == ["tasks.mysqld-exporter"]
     assert names["redis"]["names"] == ["tasks.redis-exporter"]
+
+
+def test_placement_for_more_than_one_node(secrets_dir: Path) -> None:
+    """Issue 19, two nodes: not testable here (one dockerd, one Swarm node), so the rendered
+    placement is checked: stateful services pinned to the data node, HAProxy on every edge
+    node, the control plane on a manager."""
+    services = render("shop-7", secrets_dir)["services"]
+    for name in ("mariadb", "rabbitmq", "redis", "prometheus"):
+        deploy = services[name]["deploy"]
+        assert deploy["placement"]["constraints"] == ["node.labels.tidedesk.data == true"], name
+        assert deploy.get("replicas", 1) == 1
+    haproxy = services["haproxy"]["deploy"]
+    assert haproxy["mode"] == "global"
+    assert haproxy["placement"]["constraints"] == ["node.labels.tidedesk.edge == true"]
+    assert services["controlplane"]["deploy"]["placement"]["constraints"] == [
+        "node.role == manager"]
+    for name in ("chatnode", "routernode", "alertmanager"):  # anywhere
+        assert "placement" not in services[name]["deploy"], name
