@@ -45,6 +45,11 @@ def test_every_tidedesk_command_and_option_in_the_docs_exists() -> None:
         if m is None:
             continue
         sub = m.group(1).split()
+        if "tidedesk-entrypoint" in m.group(0):  # the image's entrypoint must pass it on
+            entrypoint = (REPO / "swarm" / "tidedesk-entrypoint").read_text()
+            commands_line = entrypoint[entrypoint.index("COMMANDS = {"):].split("}")[0]
+            assert f'"{sub[0]}"' in commands_line, \
+                f"swarm/tidedesk-entrypoint does not run `{sub[0]}` as a tidedesk command"
         options = set(re.findall(r"(?<!\S)(--[a-z][\w-]*)", m.group(2).split("|")[0]
                                  .split("<")[0].split(">")[0]))
         done = subprocess.run([sys.executable, "-m", "tidedesk.cli", *sub, "--help"],
