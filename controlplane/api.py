@@ -25,6 +25,7 @@ from controlplane.state import (
     MAX_PIN_TTL_S,
     Conflict,
     OverrideError,
+    TargetNotFound,
     UnknownEvent,
     UnknownPolicy,
 )
@@ -139,6 +140,8 @@ class BaseHandler(tornado.web.RequestHandler):
             return ApiError(404, "unknown_policy", f"no policy named {e.args[0]!r}; see /v1/status")
         if isinstance(e, UnknownEvent):
             return ApiError(404, "unknown_event", f"no event named {e.args[0]!r}; see /v1/events")
+        if isinstance(e, TargetNotFound):
+            return ApiError(409, "target_missing", str(e))
         if isinstance(e, Conflict):
             return ApiError(409, "conflict", str(e))
         if isinstance(e, OverrideError):
@@ -171,6 +174,19 @@ class HealthHandler(BaseHandler):
         self.write_json(200, {"status": "ok"})
 
 
+class ReadyHandler(BaseHandler):
+    """200 when every policy's target was read at its last evaluation; else 503 with why."""
+
+    needs_token = False
+
+    def get(self) -> None:
+        reasons = self.cp.state.not_ready()
+        if reasons:
+            self.write_json(503, {"status": "not_ready", "reasons": reasons})
+        else:
+            self.write_json(200, {"status": "ready"})
+
+
 class MetricsHandler(BaseHandler):
     needs_token = False
 
@@ -197,6 +213,8 @@ class PinHandler(BaseHandler):
         who, why = self.actor(body)
         try:
             status = self.cp.pin(name, replicas, float(ttl), who, why)
+        except Conflict:
+            raise
         except OverrideError as exc:
             raise ApiError(400, "bad_request", str(exc)) from None
         self.write_json(200, {"policy": status})
@@ -276,6 +294,7 @@ def make_app(cp: ControlPlane, tokens: bytes | Sequence[ApiToken]) -> tornado.we
     return tornado.web.Application(
         [
             (r"/healthz", HealthHandler, deps),
+            (r"/readyz", ReadyHandler, deps),
             (r"/metrics", MetricsHandler, deps),
             (r"/v1/status", StatusHandler, deps),
             (rf"/v1/policies/{name}/pin", PinHandler, deps),

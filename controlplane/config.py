@@ -7,6 +7,7 @@ policy field; the daemon prints it on one line and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import re
 from collections.abc import Mapping
@@ -16,6 +17,7 @@ from urllib.parse import urlparse
 
 from controlplane.policy import Policy, PolicyError
 from controlplane.policy_file import parse_policies
+from controlplane.tls_probe import parse_target
 
 DEFAULT_LISTEN = "127.0.0.1:8090"
 DEFAULT_PROMETHEUS_URL = "http://127.0.0.1:9090"
@@ -27,6 +29,9 @@ TOKENS_FILE_ENV = "TIDEDESK_CONTROLPLANE_TOKENS_FILE"
 TOKEN_ROLES = ("alerts", "read", "operate")
 MAIN_TOKEN_NAME = "operator"
 _TOKEN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+STACK_ENV = "TIDEDESK_STACK"
+STACK_PLACEHOLDER = "${STACK}"  # in a policy's service: the stack's name (issue 19)
+_STACK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 MIN_TOKEN_CHARS = 16  # a shorter bearer token is guessable
 # The secret may hold the token's SHA-256 instead of the token: "sha256:<64 hex digits>". A fast
 # hash is enough because the token is long and random (make-secrets.sh: 192 bits), so nobody can
@@ -62,6 +67,7 @@ class Settings:
     nomad_token: str | None
     state_file: Path | None
     log_level: str
+    tls_probes: tuple[str, ...] = ()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-file", metavar="FILE", default=None,
                    help="JSON file keeping pins, pauses, actions and the audit list across "
                    "restarts (default: memory only)")
+    p.add_argument("--stack", metavar="NAME", default=None,
+                   help=f"fills in ${{STACK}} in the policies' service names (default "
+                   f"${STACK_ENV}; docker-stack.yml sets it from the stack's namespace label)")
+    p.add_argument("--tls-probe", metavar="HOST:PORT", action="append", default=[],
+                   help="check the expiry of the certificate served there every 5 minutes "
+                   "(tidedesk_tls_cert_expiry_timestamp_seconds); repeatable")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p  # fmt: skip
 
@@ -134,6 +146,25 @@ def token_digest(raw: str, source: str) -> tuple[bytes, bool]:
     return hashlib.sha256(raw.encode()).digest(), True
 
 
+def fill_in_stack(policies: tuple[Policy, ...], stack: str, path: Path) -> tuple[Policy, ...]:
+    """Replace ``${STACK}`` in every policy's service with the stack's name."""
+    stack = stack.strip()
+    uses = [p.name for p in policies if STACK_PLACEHOLDER in p.service]
+    if not uses:
+        return policies
+    if not stack:
+        raise ConfigError(
+            f"{path}: policies {uses} name their service with {STACK_PLACEHOLDER}: pass --stack "
+            f"or set {STACK_ENV} (docker-stack.yml sets it from com.docker.stack.namespace)"
+        )
+    if not _STACK_NAME.match(stack):
+        raise ConfigError(f"--stack / {STACK_ENV}: not a stack name: {stack!r}")
+    return tuple(
+        dataclasses.replace(p, service=p.service.replace(STACK_PLACEHOLDER, stack))
+        for p in policies
+    )
+
+
 def load_settings(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     policies_path = args.policies or env.get("TIDEDESK_CONTROLPLANE_POLICIES")
     if not policies_path:
@@ -147,6 +178,8 @@ def load_settings(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         policies = parse_policies(text)
     except PolicyError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+    policies = fill_in_stack(policies, args.stack or env.get(STACK_ENV, ""), path)
 
     if args.token_file:
         try:
@@ -173,6 +206,11 @@ def load_settings(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     )
     nomad_addr = _url(args.nomad_addr or env.get("NOMAD_ADDR") or DEFAULT_NOMAD_ADDR,
                       "--nomad-addr")  # fmt: skip
+    for target in args.tls_probe:
+        try:
+            parse_target(target)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     state_file = Path(args.state_file) if args.state_file else None
     if state_file is not None and not state_file.parent.is_dir():
         raise ConfigError(f"--state-file: directory {state_file.parent} does not exist")
@@ -189,6 +227,7 @@ def load_settings(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         nomad_token=env.get("NOMAD_TOKEN") or None,
         state_file=state_file,
         log_level=args.log_level,
+        tls_probes=tuple(args.tls_probe),
     )
 
 

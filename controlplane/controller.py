@@ -22,7 +22,7 @@ from controlplane.forecast import ERROR_WINDOW_S, SeasonalModel
 from controlplane.metrics_source import Fetch, MetricsError, MetricsSource
 from controlplane.policy import Policy
 from controlplane.state import ControlPlaneState
-from controlplane.target import Target, TargetError
+from controlplane.target import Target, TargetError, TargetMissing
 from controlplane.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -85,10 +85,16 @@ class Controller:
         try:
             current = target.read(policy)
         except TargetError as exc:
-            log.warning("target read failed", extra={"policy": name, "error": str(exc)})
+            missing = isinstance(exc, TargetMissing)
+            log.warning("target read failed",
+                        extra={"policy": name, "error": str(exc), "missing": missing})
             self.state.record_error(name, "target_read", str(exc), now)
+            self.state.record_target(name, str(exc), missing, now)
             self._telemetry.errors.labels(name, "target_read").inc()
+            self._telemetry.target_missing.labels(name).set(1 if missing else 0)
             return None
+        self.state.record_target(name, None, False, now)
+        self._telemetry.target_missing.labels(name).set(0)
         try:
             fetch = self._metrics.fetch(policy, now)
         except Exception as exc:  # the source's own error handling failed: no data at all

@@ -40,6 +40,7 @@ def build_control_plane(settings: Settings) -> ControlPlane:
         PrometheusSource(settings.prometheus_url),
         targets,
         state_file=settings.state_file,
+        tls_probes=settings.tls_probes,
     )
 
 

@@ -21,7 +21,7 @@ import requests
 from controlplane.decision import ReplicaState
 from controlplane.policy import Policy
 from controlplane.swarm_target import parse_docker_time
-from controlplane.target import ScaleResult, TargetError
+from controlplane.target import ScaleResult, TargetError, TargetMissing
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +57,14 @@ class NomadTarget:
         for g in groups:
             if g.get("Name") == policy.group:
                 return dict(g)
-        raise TargetError(f"nomad job {policy.service!r} has no group {policy.group!r}")
+        raise TargetMissing(f"nomad job {policy.service!r} has no group {policy.group!r}")
 
     def read(self, policy: Policy) -> ReplicaState:
         try:
             job = self._client.job.get_job(policy.service, namespace=policy.namespace)
             allocs = self._client.job.get_allocations(policy.service, namespace=policy.namespace)
         except nomad_errors.URLNotFoundNomadException:
-            raise TargetError(f"nomad job {policy.service!r} not found") from None
+            raise TargetMissing(f"nomad job {policy.service!r} not found") from None
         except (nomad_errors.BaseNomadException, requests.RequestException, ValueError) as exc:
             raise TargetError(f"reading nomad job {policy.service!r}: {_error_text(exc)}") from None
         group = self._group(policy, job)

@@ -28,6 +28,7 @@ from controlplane.policy_file import parse_event
 from controlplane.state import ControlPlaneState, OverrideError
 from controlplane.target import Target
 from controlplane.telemetry import Telemetry
+from controlplane.tls_probe import PROBE_INTERVAL_S, probe_all
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class ControlPlane:
         telemetry: Telemetry | None = None,
         clock: Callable[[], float] = time.time,
         state_file: Path | None = None,
+        tls_probes: tuple[str, ...] = (),
     ) -> None:
         self.state = state
         self.telemetry = telemetry or Telemetry()
@@ -53,6 +55,7 @@ class ControlPlane:
             state, metrics, targets, self.telemetry, clock=clock, on_change=self.save
         )
         self._scheduler = BackgroundScheduler(timezone=UTC)
+        self._tls_probes = list(tls_probes)
 
     # --- lifecycle -----------------------------------------------------------------------------
     def load(self) -> None:
@@ -81,6 +84,12 @@ class ControlPlane:
                 coalesce=True,
                 misfire_grace_time=MISFIRE_GRACE_S,
             )
+        if self._tls_probes:
+            self._scheduler.add_job(
+                probe_all, "interval", seconds=PROBE_INTERVAL_S,
+                args=[self._tls_probes, self.telemetry], id="tls-probe", next_run_time=now,
+                max_instances=1, coalesce=True, misfire_grace_time=MISFIRE_GRACE_S,
+            )  # fmt: skip
         self._scheduler.start()
 
     def stop(self) -> None:

@@ -41,6 +41,10 @@ class Conflict(OverrideError):
     """The request clashes with the configuration (e.g. an event defined in the policies file)."""
 
 
+class TargetNotFound(Conflict):
+    """An override of a policy whose service the orchestrator does not have (issue 19)."""
+
+
 class UnknownEvent(KeyError):
     pass
 
@@ -61,6 +65,9 @@ class PolicyState:
     floors: dict[str, Any] = field(default_factory=dict)  # last evaluation's floors, by source
     forecast: dict[str, Any] | None = None  # last forecast, its error and the replicas it wants
     active_events: frozenset[str] = frozenset()  # events whose floor held at the last evaluation
+    # The last read of the target (issue 19): None before the first one, else found or not and
+    # why. A missing target makes the daemon not ready and its overrides conflicts.
+    target: dict[str, Any] | None = None
 
 
 class ControlPlaneState:
@@ -146,7 +153,35 @@ class ControlPlaneState:
             "events": [e.to_dict(now) for e in upcoming(list(self._events.values()), p.name, now)],
             "floors": dict(s.floors),
             "forecast": s.forecast,
+            "target": s.target,
         }
+
+    def not_ready(self) -> list[str]:
+        """Why the daemon is not ready: one line per policy whose target was not read yet, or
+        whose last read failed (missing, or the orchestrator unreachable). Empty when ready."""
+        with self._lock:
+            reasons = []
+            for name, s in self._policies.items():
+                if s.target is None:
+                    reasons.append(f"policy {name!r}: target {s.policy.service!r} not read yet")
+                elif not s.target["ok"]:
+                    reasons.append(f"policy {name!r}: {s.target['error']}")
+            return reasons
+
+    def record_target(self, name: str, error: str | None, missing: bool, now: float) -> None:
+        """The outcome of one read of the policy's target: ``error`` None when it was read."""
+        with self._lock:
+            self._get(name).target = {
+                "ok": error is None, "missing": missing, "error": error, "at": iso(now),
+            }  # fmt: skip
+
+    def _refuse_if_missing(self, s: PolicyState) -> None:
+        if s.target is not None and s.target["missing"]:
+            raise TargetNotFound(
+                f"policy {s.policy.name!r} cannot be overridden: {s.target['error']} (at "
+                f"{s.target['at']}); deploy the service or fix the policy's service "
+                "(${STACK}_<service> follows the stack name)"
+            )
 
     def decisions(self, policy: str | None, limit: int) -> list[dict[str, Any]]:
         with self._lock:
@@ -255,6 +290,7 @@ class ControlPlaneState:
     def pin(self, name: str, replicas: int, ttl_s: float, who: str, why: str, now: float) -> None:
         with self._lock:
             s = self._get(name)
+            self._refuse_if_missing(s)
             p = s.policy
             if not p.min <= replicas <= p.max:
                 raise OverrideError(
@@ -278,6 +314,7 @@ class ControlPlaneState:
     def pause(self, name: str, who: str, why: str, now: float) -> bool:
         with self._lock:
             s = self._get(name)
+            self._refuse_if_missing(s)
             if s.pause is not None:
                 return False
             s.pause = Pause(by=who, at=now, reason=why)

@@ -15,7 +15,7 @@ import docker.errors
 
 from controlplane.decision import ReplicaState
 from controlplane.policy import Policy
-from controlplane.target import ScaleResult, TargetError
+from controlplane.target import ScaleResult, TargetError, TargetMissing
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class SwarmTarget:
         try:
             return self._docker().services.get(name)
         except docker.errors.NotFound:
-            raise TargetError(f"swarm service {name!r} not found") from None
+            raise TargetMissing(f"swarm service {name!r} not found") from None
         except (docker.errors.DockerException, OSError) as exc:
             raise TargetError(f"reading swarm service {name!r}: {exc}") from None
 

@@ -13,6 +13,11 @@ class TargetError(Exception):
     """The orchestrator could not be read or refused a change; the message says which and why."""
 
 
+class TargetMissing(TargetError):
+    """The orchestrator answered and has no such service (job, group): the policy names
+    something that does not exist, e.g. the stack was deployed under another name."""
+
+
 @dataclass(frozen=True)
 class ScaleResult:
     applied: bool  # False: the orchestrator declined without error (e.g. an active deployment)

@@ -38,6 +38,24 @@ class Telemetry:
             ["policy", "stage"],
             registry=self.registry,
         )
+        self.target_missing = Gauge(
+            "tidedesk_controlplane_target_missing",
+            "1 while the policy's service is missing from the orchestrator (its last read)",
+            ["policy"],
+            registry=self.registry,
+        )
+        self.tls_expiry = Gauge(
+            "tidedesk_tls_cert_expiry_timestamp_seconds",
+            "Unix time the certificate served on the --tls-probe target expires (issue 19)",
+            ["target"],
+            registry=self.registry,
+        )
+        self.tls_probe_ok = Gauge(
+            "tidedesk_tls_probe_success",
+            "1 when the last TLS handshake with the --tls-probe target succeeded",
+            ["target"],
+            registry=self.registry,
+        )
         self.duration = Histogram(
             "tidedesk_controlplane_evaluation_duration_seconds",
             "Time one evaluation took, I/O included",

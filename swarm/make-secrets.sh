@@ -2,7 +2,9 @@
 # Create the files docker-stack.yml turns into Swarm secrets, in DIR (default ./secrets):
 #   jwt_secret, aes_key (base64 of 32 bytes), db_password, broker_password, controlplane_token
 #   (for you and Alertmanager), controlplane_token_sha256 (its hash: all the control plane keeps),
-#   tls.pem (certificate + key for HAProxy; self-signed for CN=$TLS_CN unless tls.pem exists).
+#   tls.pem (certificate + key for HAProxy; self-signed for CN=$TLS_CN unless tls.pem exists),
+#   smtp_password (a placeholder: Alertmanager's SMTP password for paging by e-mail),
+#   grafana_admin_password (the optional Grafana of docker-stack.grafana.yml).
 # Existing files are kept, so this is safe to run again. Replace tls.pem with your real
 # certificate chain + key (one PEM file) for production.
 set -euo pipefail
@@ -26,6 +28,9 @@ make controlplane_token openssl rand -hex 24
 # secrets directory that has only controlplane_token).
 token_hash() { printf 'sha256:%s\n' "$(tr -d '\n' <"$dir/controlplane_token" | openssl dgst -sha256 -r | cut -d' ' -f1)"; }
 make controlplane_token_sha256 token_hash
+# Alertmanager's SMTP password (used when ALERT_SMTP_USERNAME is set): replace the placeholder.
+make smtp_password      echo unset
+make grafana_admin_password openssl rand -hex 16   # docker-stack.grafana.yml
 if [ -s "$dir/tls.pem" ]; then
   echo "kept    $dir/tls.pem"
 else

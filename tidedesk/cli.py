@@ -8,10 +8,12 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import os
 import re
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from tidedesk import logs
@@ -53,13 +55,48 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Create or upgrade the schema in every database shard.")
     _add_config(p)
 
+    for name, text in (
+        ("backup", "write every shard, the keys (sealed with a passphrase) and given files to "
+                   "one backup file"),
+        ("restore", "restore a backup into empty databases; write its keys and files out"),
+    ):
+        b = sub.add_parser(name, help=text, description=text + " (docs/deploy.md, Backups).")
+        _add_config(b)
+        if name == "backup":
+            b.add_argument("--out", required=True, metavar="FILE",
+                           help="the backup file, or - for standard output")
+            b.add_argument("--include", action="append", default=[], metavar="FILE",
+                           help="also keep this file (the policies, routing.yml); repeatable")
+        else:
+            b.add_argument("file", metavar="FILE", help="the backup file, or - for standard input")
+            b.add_argument("--keys-out", metavar="DIR",
+                           help="write the backup's aes_key and jwt_secret here (mode 600), as "
+                           "swarm/make-secrets.sh names them")
+            b.add_argument("--files-out", metavar="DIR", help="write the included files here")
+            b.add_argument("--keys-only", action="store_true",
+                           help="only open the keys and files; touch no database")
+            b.add_argument("--replace", action="store_true",
+                           help="replace rows already in the tables (default: refuse)")
+        secret = b.add_mutually_exclusive_group(required=True)
+        secret.add_argument("--passphrase-file", metavar="FILE",
+                            help="the passphrase that seals the keys: first line of FILE")
+        secret.add_argument("--passphrase-stdin", action="store_true",
+                            help="the passphrase: first line of standard input")
+
     p = sub.add_parser("admin", help="manage agents", description="Manage agents.")
     admin = p.add_subparsers(dest="admin_command", metavar="ACTION", required=True)
     c = admin.add_parser("create-agent", help="create an agent",
                          description="Create an agent (prints the TOTP secret with --totp).")
     _add_config(c)
     c.add_argument("--email", required=True)
-    c.add_argument("--password", required=True, help="at least 8 characters")
+    pw_from = c.add_mutually_exclusive_group(required=True)
+    pw_from.add_argument("--password", help="at least 8 characters (visible in `ps`: prefer "
+                         "--password-file or --password-stdin)")
+    pw_from.add_argument("--password-file", metavar="FILE",
+                         help="read the password from the first line of FILE")
+    pw_from.add_argument("--password-stdin", action="store_true",
+                         help="read the password from the first line of standard input "
+                         "(docker exec -i ... < file; no TTY needed)")
     c.add_argument("--name", required=True)
     c.add_argument("--pools", default="general", help="comma-separated pools (default general)")
     c.add_argument("--max-chats", type=int, default=3, help="concurrent chat limit (default 3)")
@@ -189,9 +226,14 @@ def _port_range() -> tuple[int, int]:
 
 async def _serve(settings: Settings, role: str) -> int:
     from tidedesk.runtime import Runtime
+    from tidedesk.startup import StartupTimeout
 
     runtime = Runtime(settings, role)
-    await runtime.start()
+    try:
+        await runtime.start()
+    except StartupTimeout as exc:  # logged as JSON already; no traceback
+        print(f"tidedesk: error: {exc}", file=sys.stderr)
+        return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -225,8 +267,25 @@ def _storage(settings: Settings) -> Any:
                    encrypt_bodies=settings.encrypt_message_bodies)
 
 
+def _first_line(path: str | None, what: str) -> str:
+    """The first line of ``path`` (or of standard input when ``path`` is None)."""
+    if path is None:
+        line = sys.stdin.buffer.readline().decode("utf-8", "replace")
+    else:
+        try:
+            with open(path, encoding="utf-8") as f:
+                line = f.readline()
+        except OSError as exc:
+            raise SettingsError(f"{what}: cannot read {path}: {exc.strerror}") from None
+    return line.rstrip("\r\n")
+
+
 def _create_agent(args: argparse.Namespace) -> int:
     from tidedesk.auth import hash_password, new_totp_secret
+
+    if args.password is None:
+        args.password = _first_line(None if args.password_stdin else args.password_file,
+                                    "--password-file")
 
     if not EMAIL_RE.match(args.email):
         raise SettingsError("--email: expected an e-mail address like agent@example.com")
@@ -261,6 +320,75 @@ def _create_agent(args: argparse.Namespace) -> int:
         uri = totp_uri(secret, args.email)
         print(f"TOTP secret: {secret}\nTOTP URI: {uri}")
     return 0
+
+
+def _backup_or_restore(args: argparse.Namespace) -> int:
+    import shutil
+
+    from tidedesk import backup
+
+    passphrase = _first_line(None if args.passphrase_stdin else args.passphrase_file,
+                             "--passphrase-file")
+    try:
+        if args.command == "backup":
+            settings = _settings(args)
+            keys = {"aes_key": settings.aes_key, "jwt_secret": settings.jwt_secret,
+                    "aes_previous_keys": list(settings.aes_previous_keys)}
+            storage = _storage(settings)
+            try:
+                if args.out == "-":
+                    summary = backup.write_backup(storage, keys, passphrase, sys.stdout.buffer,
+                                                  args.include)
+                    sys.stdout.buffer.flush()
+                else:
+                    fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                    with os.fdopen(fd, "wb") as out:
+                        summary = backup.write_backup(storage, keys, passphrase, out,
+                                                      args.include)
+            finally:
+                storage.close()
+            print(f"backed up {summary.rows} rows of {len(summary.tables)} tables in "
+                  f"{summary.shards} shard(s), the keys and {len(summary.files)} file(s) to "
+                  f"{args.out}", file=sys.stderr)
+            return 0
+        if args.file == "-":
+            manifest, keys, files, dumps = backup.read_backup(sys.stdin.buffer, passphrase)
+        else:
+            try:
+                with open(args.file, "rb") as src:
+                    manifest, keys, files, dumps = backup.read_backup(src, passphrase)
+            except OSError as exc:
+                raise backup.BackupError(f"cannot read {args.file}: {exc.strerror}") from None
+        try:
+            if args.keys_out:
+                for path in backup.write_keys(keys, Path(args.keys_out)):
+                    print(f"wrote {path}", file=sys.stderr)
+            if args.files_out:
+                Path(args.files_out).mkdir(parents=True, exist_ok=True)
+                for name, data in files.items():
+                    (Path(args.files_out) / Path(name).name).write_bytes(data)
+                    print(f"wrote {Path(args.files_out) / Path(name).name}", file=sys.stderr)
+            if args.keys_only:
+                return 0
+            settings = _settings(args)
+            if settings.aes_key != keys["aes_key"] and keys["aes_key"] not in \
+                    settings.aes_previous_keys:
+                print("tidedesk restore: warning: TIDEDESK_AES_KEY is not the backup's key; "
+                      "visitors' encrypted fields stay unreadable until the stack runs with it "
+                      "(--keys-out)", file=sys.stderr)
+            storage = _storage(settings)
+            try:
+                summary = backup.restore_backup(storage, manifest, dumps, args.replace)
+            finally:
+                storage.close()
+        finally:
+            shutil.rmtree(dumps, ignore_errors=True)
+        print(f"restored {summary.rows} rows of {len(summary.tables)} tables in "
+              f"{summary.shards} shard(s) (backup of {manifest['created_at']})", file=sys.stderr)
+        return 0
+    except backup.BackupError as exc:
+        print(f"tidedesk {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def _list_agents(args: argparse.Namespace) -> int:
@@ -341,6 +469,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "settings":
             print(markdown_table(), end="")
             return 0
+        if args.command in ("backup", "restore"):
+            return _backup_or_restore(args)
         if args.command == "admin":
             if args.admin_command == "create-agent":
                 return _create_agent(args)

@@ -9,6 +9,7 @@ import logging
 import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from tornado.httpserver import HTTPServer
@@ -24,6 +25,7 @@ from tidedesk.passwords import password_problem
 from tidedesk.probes import probe_app
 from tidedesk.routing_rules import DEFAULT_RULES, RoutingConfig, RoutingConfigError, parse_rules
 from tidedesk.settings import DEMO_PASSWORD, Settings, SettingsError
+from tidedesk.startup import BackendNotUp, Waiter, resolve_and_connect
 from tidedesk.storage import Storage
 from tidedesk.store import MemoryStore, Store
 from tidedesk.webhooks import WebhookOutbox
@@ -127,6 +129,34 @@ def seed_demo(storage: Storage, settings: Settings, pools: tuple[str, ...],
     storage.canned.seed_sync(DEMO_CANNED)
 
 
+DEFAULT_PORTS = {"mysql": 3306, "mariadb": 3306, "amqp": 5672, "amqps": 5671, "redis": 6379,
+                 "rediss": 6379}
+
+
+def backend_addresses(settings: Settings) -> list[tuple[str, str, int]]:
+    """(name, host, port) of every networked backend the settings name (none when embedded)."""
+    urls = [("database", u) for u in settings.database_url]
+    urls += [("rabbitmq", settings.broker_url or ""), ("redis", settings.redis_url or "")]
+    out = []
+    for name, url in urls:
+        parts = urlsplit(url)
+        port = DEFAULT_PORTS.get(parts.scheme)
+        if port is None or not parts.hostname:
+            continue  # sqlite, or not set: in-process
+        out.append((name, parts.hostname, parts.port or port))
+    return out
+
+
+class _Starting:
+    """What /readyz answers while the process waits for its backends."""
+
+    def __init__(self, waiter: Waiter) -> None:
+        self.waiter = waiter
+
+    def readiness(self) -> tuple[bool, str]:
+        return False, self.waiter.waiting_for or "starting"
+
+
 class Runtime:
     """``role``: ``dev`` (chat node + router, seeds the demo), ``chatnode`` or ``router``."""
 
@@ -156,15 +186,32 @@ class Runtime:
         self.retention: RetentionJob | None = None
         self.server: HTTPServer | None = None
         self.port: int | None = None
+        self.waiter: Waiter | None = None
 
     async def start(self, port: int | None = None, host: str | None = None) -> None:
-        await self.storage.run(self.storage.migrate_all)
+        """Listen at once (``/healthz`` 200, ``/readyz`` 503 saying what it waits for), wait for
+        DNS and each backend with back-off (issue 19), then serve the role's app."""
         bind_host = host or self.settings.host
+        waiter = Waiter(self.settings.startup_wait_s)
+        self.waiter = waiter
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((bind_host, self.settings.port if port is None else port))
+        sock.listen(1024)
+        sock.setblocking(False)
+        self.server = HTTPServer(probe_app(_Starting(waiter)), xheaders=True, **HTTP_LIMITS)
+        self.server.add_sockets([sock])
+        self.port = sock.getsockname()[1]
+        for name, bhost, bport in backend_addresses(self.settings):
+            await waiter.step(f"{name} at {bhost}:{bport}",
+                              lambda h=bhost, p=bport: resolve_and_connect(h, p))  # type: ignore[misc]
+        await waiter.step("database", lambda: self.storage.run(self.storage.migrate_all))
         if self.role == "dev":
             await self.storage.run(seed_demo, self.storage, self.settings, self.routing.pools,
                                    bind_host)
         await self.broker.start()
-        await self.store.start()
+        await waiter.step("rabbitmq", self._broker_ready)
+        await waiter.step("redis", self.store.start)
         if self.role in ("dev", "router"):
             self.router = Router(broker=self.broker, store=self.store, storage=self.storage,
                                  routing=self.routing,
@@ -196,14 +243,13 @@ class Runtime:
         else:
             assert self.router is not None
             app = probe_app(self.router)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((bind_host, self.settings.port if port is None else port))
-        sock.listen(1024)
-        sock.setblocking(False)
-        self.server = HTTPServer(app, xheaders=True, **HTTP_LIMITS)
-        self.server.add_sockets([sock])
-        self.port = sock.getsockname()[1]
+        # Later requests (keep-alive ones too) go to the role's app.
+        self.server.request_callback = app
+        waiter.done()
+
+    async def _broker_ready(self) -> None:
+        if not self.broker.ready:
+            raise BackendNotUp("the RabbitMQ connection is not up yet")
 
     async def stop(self, drain: bool = True) -> None:
         if self.node is not None and drain:

@@ -268,6 +268,9 @@ class Settings:
         "(they resume many chats; then close 4429)")
     ack_timeout_s: float = _key(10.0, _parse_float(0.1, 300),
                                 "give up waiting for a broker confirm")
+    startup_wait_s: float = _key(
+        300.0, _parse_float(0, 86400), "how long a chat node or router waits at start-up for DNS "
+        "and its backends (jittered back-off, JSON logs) before it exits 1 (issue 19)")
     max_waiting_per_pool: int = _key(
         500, _parse_int(1, 1000000), "visitors waiting in one pool before new ones get the busy "
         "answer")

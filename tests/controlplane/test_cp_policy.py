@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from controlplane import daemon
-from controlplane.config import ConfigError, hash_token, token_digest
+from controlplane.config import ConfigError, fill_in_stack, hash_token, token_digest
 from controlplane.policy import (
     DEFAULT_INTERVAL_S,
     DEFAULT_SCALE_DOWN_COOLDOWN_S,
@@ -218,4 +218,87 @@ def test_the_swarm_stack_policies_parse_and_catch_up_proportionally() -> None:
     assert set(policies) == {"chatnode", "routernode"}
     assert policies["chatnode"].strategy == "proportional", \
         "chat nodes must catch up with a surprise flash sale within a minute or two"
-    assert all(p.service == f"tidedesk_{p.name}" for p in policies.values())
+    # Any stack name: the control plane fills in ${STACK} (issue 19).
+    assert all(p.service == f"${{STACK}}_{p.name}" for p in policies.values())
+    filled = fill_in_stack(tuple(policies.values()), "shop-7", shipped)
+    assert {p.service for p in filled} == {"shop-7_chatnode", "shop-7_routernode"}
+    with pytest.raises(ConfigError, match="TIDEDESK_STACK"):
+        fill_in_stack(tuple(policies.values()), "", shipped)
+    with pytest.raises(ConfigError, match="not a stack name"):
+        fill_in_stack(tuple(policies.values()), "a b", shipped)
+
+
+def test_tls_probe_reads_the_served_certificates_expiry(tmp_path: Path) -> None:
+    """--tls-probe (issue 19): a real TLS server on loopback, its certificate's notAfter."""
+    import datetime
+    import socket
+    import ssl
+    import threading
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from controlplane.telemetry import Telemetry
+    from controlplane.tls_probe import probe_all
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    expires = datetime.datetime(2027, 3, 1, 12, 0, tzinfo=datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(expires - datetime.timedelta(days=90)).not_valid_after(expires)
+            .sign(key, hashes.SHA256()))
+    pem = tmp_path / "tls.pem"
+    pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pem)
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        try:
+            with ctx.wrap_socket(conn, server_side=True) as tls:
+                tls.recv(1)
+        except (OSError, ssl.SSLError):
+            pass
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    telemetry = Telemetry()
+    closed = socket.create_server(("127.0.0.1", 0))
+    dead = f"127.0.0.1:{closed.getsockname()[1]}"
+    closed.close()
+    probe_all([f"127.0.0.1:{port}", dead], telemetry)
+    t.join(5)
+    server.close()
+    text = telemetry.render().decode()
+    series = f'tidedesk_tls_cert_expiry_timestamp_seconds{{target="127.0.0.1:{port}"}}'
+    line = next(x for x in text.splitlines() if x.startswith(series))
+    assert float(line.split()[-1]) == expires.timestamp(), line
+    assert f'tidedesk_tls_probe_success{{target="{dead}"}} 0.0' in text
+    assert f'tidedesk_tls_probe_success{{target="127.0.0.1:{port}"}} 1.0' in text
+
+
+def test_tls_probe_and_stack_options_leave_the_listen_address_alone(tmp_path: Path) -> None:
+    """--tls-probe HOST:PORT once clobbered the --listen host (the daemon bound haproxy:8090)."""
+    from controlplane.config import build_parser, load_settings
+
+    good = tmp_path / "p.yml"
+    good.write_text(GOOD)
+    secret = tmp_path / "token"
+    secret.write_text(hash_token("s" * 24) + "\n")
+    args = build_parser().parse_args([
+        "--policies", str(good), "--token-file", str(secret), "--listen", "0.0.0.0:8090",
+        "--tls-probe=haproxy:8443", "--stack", "shop"])
+    settings = load_settings(args, {})
+    assert (settings.host, settings.port) == ("0.0.0.0", 8090)
+    assert settings.tls_probes == ("haproxy:8443",)
+    bad = build_parser().parse_args(["--policies", str(good), "--token-file", str(secret),
+                                     "--tls-probe", "haproxy"])
+    with pytest.raises(ConfigError, match="--tls-probe"):
+        load_settings(bad, {})

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cp_servers import Exporter, Prometheus, daemon, swarm_replicas, swarm_running
+from cp_servers import TINY_IMAGE, Exporter, Prometheus, daemon, swarm_replicas, swarm_running
 
 from controlplane.policy import Check, Policy
 from controlplane.swarm_target import SwarmTarget
@@ -103,3 +103,54 @@ def test_daemon_scales_a_swarm_service(
         assert all(g >= COOLDOWN_S for g in gaps), gaps
         text = d.request("GET", "/metrics", token=None).text
         assert 'tidedesk_controlplane_scale_actions_total{direction="down",policy="chat"}' in text
+
+
+def test_stack_placeholder_readiness_and_overrides_of_a_missing_target(
+    tmp_path: Path, swarm_service: str, prometheus: Prometheus, exporter: Exporter
+) -> None:
+    """Issue 19: ``${STACK}`` follows the stack name; a policy whose service is missing makes
+    /readyz 503 and its pin/pause 409 with the reason; deploying the service makes it ready."""
+    stack, _, short = swarm_service.partition("-")  # cptest-<hex>: stack cptest, service <hex>
+    set_load(prometheus, exporter, 5)
+    missing = f"{short}x"
+    yaml = policy_yaml("${STACK}_" + short) + policy_yaml("${STACK}_" + missing).replace(
+        "policies:\n  - name: chat", "  - name: ghost")
+    # The Swarm service is named cptest-<hex>; the stack separator here is "-".
+    yaml = yaml.replace("${STACK}_", "${STACK}-")
+    with daemon(tmp_path, yaml, prometheus.url, extra_args=("--stack", stack)) as d:
+        assert d.status("chat")["service"] == swarm_service
+        assert d.status("ghost")["service"] == f"{stack}-{missing}"
+        wait_until("both targets read", lambda: all(
+            d.status(n)["target"] is not None for n in ("chat", "ghost")), 30)
+        assert d.status("chat")["target"]["ok"] is True
+        ready = d.request("GET", "/readyz", token=None)
+        assert ready.status_code == 503, ready.text
+        reasons = ready.json()["reasons"]
+        assert len(reasons) == 1 and "ghost" in reasons[0] and "not found" in reasons[0], reasons
+
+        pin = d.request("POST", "/v1/policies/ghost/pin", json={"replicas": 2, "ttl_s": 60})
+        assert pin.status_code == 409, pin.text
+        err = pin.json()["error"]
+        assert err["code"] == "target_missing" and f"{stack}-{missing}" in err["message"]
+        pause = d.request("POST", "/v1/policies/ghost/pause", json={})
+        assert pause.status_code == 409 and "not found" in pause.json()["error"]["message"]
+        assert d.status("ghost")["paused"] is False and d.status("ghost")["pinned"] is False
+        # The healthy policy is still overridable.
+        ok = d.request("POST", "/v1/policies/chat/pin", json={"replicas": 2, "ttl_s": 60})
+        assert ok.status_code == 200, ok.text
+        metrics = d.request("GET", "/metrics", token=None).text
+        assert 'tidedesk_controlplane_target_missing{policy="ghost"} 1.0' in metrics
+        assert ('tidedesk_controlplane_evaluation_errors_total{policy="ghost",'
+                'stage="target_read"}') in metrics
+
+        # The missing service appears: ready at the next evaluation, overrides accepted.
+        docker("service", "create", "--detach", "--name", f"{stack}-{missing}", "--replicas",
+               "1", "--stop-grace-period", "1s", "--no-resolve-image", TINY_IMAGE, "sleep",
+               "3600")
+        try:
+            wait_until("ready once the service exists", lambda: d.request(
+                "GET", "/readyz", token=None).status_code == 200, 30)
+            pause = d.request("POST", "/v1/policies/ghost/pause", json={})
+            assert pause.status_code == 200 and pause.json()["policy"]["paused"] is True
+        finally:
+            docker("service", "rm", f"{stack}-{missing}", check=False)

@@ -1,28 +1,30 @@
 """The Tidedesk stack on the local single-node Swarm, for the end-to-end test.
 
-Everything here drives the real ``docker`` CLI. The stack has its own name (``tidedesk-e2e``),
+Everything here drives the real ``docker`` CLI. The stack has its own name (``shop-e2e``),
 published ports picked free at start, and is removed at the end; nothing else on the daemon
 (other people's services, the swarm itself) is touched.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import socket
 import subprocess
 import time
 import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from tests.support.http import http_json
+from tests.support.http import http_json, insecure_tls
 from tests.support.processes import free_port
 from tests.support.routing import write_routing
 from tests.support.swarm import docker
 from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
-STACK = "tidedesk-e2e"
+STACK = "shop-e2e"  # not "tidedesk": every name must follow the stack (issue 19)
 BUILD_TIMEOUT_S = 540  # a fresh machine: debootstrap + apt + wheels + docker build
 TEST_IMAGES = {
     "TIDEDESK_IMAGE": "tidedesk/tidedesk:local",
@@ -38,13 +40,14 @@ SERVICES = ("haproxy", "chatnode", "routernode", "controlplane", "redis", "rabbi
 AGENT_EMAIL = "e2e-agent@tidedesk.test"
 AGENT_PASSWORD = "e2e-agent-password"
 
-# The test's policy: the shipped one's shape with short waits, so a scale-up, a drift restore
-# and a scale-down fit in a few minutes. Load = open WebSockets; 15 per chat node.
+# The test's policy: the shipped one's shape (the service named through ${STACK}, which the
+# control plane fills in from the stack's namespace label) with short waits, so a scale-up, a
+# drift restore and a scale-down fit in a few minutes. Load = open WebSockets; 15 per chat node.
 CONNECTIONS_PER_NODE = 15
 POLICIES = f"""
 policies:
   - name: chatnode
-    service: {STACK}_chatnode
+    service: ${{STACK}}_chatnode
     driver: swarm
     min: 2
     max: 4
@@ -87,7 +90,8 @@ class Stack:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.passed = False
-        self.ports = {name: free_port() for name in ("http", "https", "controlplane", "prom")}
+        self.ports = {name: free_port()
+                      for name in ("http", "https", "controlplane", "prom", "alertmanager")}
         secrets = workdir / "secrets"
         subprocess.run([str(REPO / "swarm" / "make-secrets.sh"), str(secrets)], check=True,
                        capture_output=True, timeout=60)
@@ -98,6 +102,9 @@ class Stack:
         prom = prom.replace("evaluation_interval: 15s", "evaluation_interval: 5s")
         (workdir / "prometheus.yml").write_text(prom)
         (workdir / "policies.yml").write_text(POLICIES)
+        # Alertmanager as shipped; the redeploy phase edits it to show a changed config deploys.
+        self.alertmanager_yml = workdir / "alertmanager.yml"
+        self.alertmanager_yml.write_text((REPO / "prometheus" / "alertmanager.yml").read_text())
         routing_file = write_routing(workdir, ROUTING)
         self.env = {
             **os.environ,
@@ -106,10 +113,13 @@ class Stack:
             "PROMETHEUS_CONFIG": str(workdir / "prometheus.yml"),
             "TIDEDESK_POLICIES_CONFIG": str(workdir / "policies.yml"),
             "TIDEDESK_ROUTING_CONFIG": str(routing_file),
+            "ALERTMANAGER_CONFIG": str(self.alertmanager_yml),
             "HTTP_PORT": str(self.ports["http"]),
             "HTTPS_PORT": str(self.ports["https"]),
+            # swarm/local-ports.sh opens these on 127.0.0.1 (nothing else publishes them).
             "CONTROLPLANE_PORT": str(self.ports["controlplane"]),
             "PROMETHEUS_PORT": str(self.ports["prom"]),
+            "ALERTMANAGER_PORT": str(self.ports["alertmanager"]),
             # HAProxy ramps a new replica's weight up over slowstart; 30 s in production, 5 s
             # here so the test can see new connections land on new replicas quickly.
             "CHATNODE_SLOWSTART": "5s",
@@ -134,18 +144,82 @@ class Stack:
 
     # --- lifecycle ----------------------------------------------------------------------------
     def deploy(self) -> None:
+        """swarm/deploy.sh, as the docs say: configs and secrets named by their content."""
         done = subprocess.run(
-            ["docker", "stack", "deploy", "--resolve-image", "never", "-c",
-             str(REPO / "docker-stack.yml"), STACK],
+            [str(REPO / "swarm" / "deploy.sh"), STACK, "--resolve-image", "never"],
             cwd=REPO, env=self.env, capture_output=True, text=True, timeout=120, check=False)
         if done.returncode != 0:
-            raise RuntimeError(f"docker stack deploy failed: {done.stderr[-3000:]}")
+            raise RuntimeError(f"swarm/deploy.sh failed: {done.stdout[-2000:]}"
+                               f"{done.stderr[-3000:]}")
+
+    def local_ports(self, action: str) -> None:
+        """swarm/local-ports.sh: the admin ports on 127.0.0.1 only."""
+        done = subprocess.run([str(REPO / "swarm" / "local-ports.sh"), STACK, action], cwd=REPO,
+                              env=self.env, capture_output=True, text=True, timeout=120,
+                              check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"swarm/local-ports.sh {action} failed: {done.stderr[-2000:]}")
+
+    def plain_get(self, path: str) -> tuple[int, str]:
+        """GET over plain HTTP without following redirects: (status, Location)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.ports["http"], timeout=5)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            resp.read()
+            return resp.status, resp.getheader("Location") or ""
+        finally:
+            conn.close()
+
+    def reachable_off_loopback(self) -> list[str]:
+        """The admin ports that answer on a non-loopback address of this host."""
+        addresses = [a for a in subprocess.run(["hostname", "-I"], capture_output=True,
+                                               text=True, timeout=10).stdout.split()
+                     if ":" not in a and not a.startswith("127.")]
+        assert addresses, "this host has no non-loopback IPv4 address to try"
+        reached = []
+        for address in addresses[:2]:
+            for name in ("controlplane", "prom", "alertmanager"):
+                try:
+                    with socket.create_connection((address, self.ports[name]), timeout=2):
+                        reached.append(f"{address}:{self.ports[name]} ({name})")
+                except OSError:
+                    pass
+        return reached
+
+    @staticmethod
+    def all_healthy() -> bool:
+        """Every running container of the stack has a healthcheck and reports healthy."""
+        ids = docker("ps", "-q", "--filter", f"label=com.docker.stack.namespace={STACK}").split()
+        if len(ids) < len(SERVICES):
+            return False
+        states = docker("inspect", "--format", "{{if .State.Health}}{{.State.Health.Status}}"
+                        "{{else}}none{{end}}", *ids).split()
+        return all(state == "healthy" for state in states)
+
+    @staticmethod
+    def published_services() -> set[str]:
+        out = set()
+        for service in SERVICES:
+            ports = docker("service", "inspect", f"{STACK}_{service}", "--format",
+                           "{{json .Endpoint.Ports}}")
+            if ports not in ("", "null", "[]"):
+                out.add(service)
+        return out
+
+    @staticmethod
+    def config_names(service: str) -> list[str]:
+        out = docker("service", "inspect", f"{STACK}_{service}", "--format",
+                     "{{range .Spec.TaskTemplate.ContainerSpec.Configs}}{{.ConfigName}} {{end}}")
+        return out.split()
 
     @staticmethod
     def remove() -> None:
         """Remove the stack and its volumes, so the next deploy starts from nothing (RabbitMQ
         and MariaDB keep the first password they were given in their data)."""
         label = f"label=com.docker.stack.namespace={STACK}"
+        for service in ("controlplane", "prometheus", "alertmanager"):  # swarm/local-ports.sh
+            docker("rm", "-f", f"{STACK}-local-{service}", check=False)
         if STACK in docker("stack", "ls", "--format", "{{.Name}}", check=False).split():
             docker("stack", "rm", STACK, check=False)
         wait_until("the stack's containers to stop",
@@ -168,16 +242,20 @@ class Stack:
 
         wait_until("every service of the stack to run", all_running, timeout, every=2)
         wait_until("HAProxy to reach a ready chat node",
-                   lambda: http_json("GET", self.http + "/readyz", timeout=3)[0] == 200,
+                   lambda: http_json("GET", self.https + "/readyz", None, None, 3.0,
+                                     insecure_tls())[0] == 200,
                    timeout, every=2)
+        self.local_ports("up")
         wait_until("the control plane to answer",
                    lambda: self.controlplane("GET", "/v1/status")[0] == 200, timeout, every=2)
 
     # --- what runs ----------------------------------------------------------------------------
     @staticmethod
     def replicas(service: str) -> int:
+        """The replicated count; 1 for a global service (one node here)."""
         out = docker("service", "inspect", f"{STACK}_{service}", "--format",
-                     "{{.Spec.Mode.Replicated.Replicas}}")
+                     "{{if .Spec.Mode.Replicated}}{{.Spec.Mode.Replicated.Replicas}}"
+                     "{{else}}1{{end}}")
         return int(out.strip() or 0)
 
     @staticmethod

@@ -92,8 +92,9 @@ def dns() -> Iterator[TinyDns]:
 
 @contextlib.contextmanager
 def haproxy(tls_pem: Path, dns_port: int, backend_port: int,
-            log: Path) -> Iterator[dict[str, int]]:
-    ports = {"http": free_port(), "https": free_port(), "stats": free_port()}
+            log: Path, **extra_env: str) -> Iterator[dict[str, int]]:
+    ports = {"http": free_port(), "https": free_port(), "stats": free_port(),
+             "runtime": free_port()}
     env = {
         **os.environ,
         "TIDEDESK_TLS_CERT": str(tls_pem),
@@ -105,6 +106,9 @@ def haproxy(tls_pem: Path, dns_port: int, backend_port: int,
         "CHATNODE_SLOTS": "2",
         "CHATNODE_SLOWSTART": "1s",
         "RATE_LIMIT_REQ_PER_10S": str(RATE_LIMIT),
+        "HAPROXY_RUNTIME_BIND": f"ipv4@127.0.0.1:{ports['runtime']}",
+        "HTTPS_PORT": str(ports["https"]),  # the port the HTTP -> HTTPS redirect names
+        **extra_env,
     }
     with log.open("wb") as out:
         proc = subprocess.Popen([require("haproxy", "haproxy"), "-db", "-f",
@@ -132,8 +136,10 @@ def declared_body_status(port: int, length: int) -> int:
 
 
 def wait_http(url: str, status: int, timeout: float = 20.0) -> None:
+    tls = insecure_tls() if url.startswith("https:") else None
     wait_until(f"{url} to answer {status}",
-               lambda: http_json("GET", url, timeout=2)[0] == status, timeout, errors=(OSError,))
+               lambda: http_json("GET", url, None, None, 2.0, tls)[0] == status, timeout,
+               errors=(OSError,))
 
 
 def test_chat_through_haproxy_on_loopback(tmp_path: Path, tls_pem: Path, dns: TinyDns) -> None:
@@ -144,15 +150,16 @@ def test_chat_through_haproxy_on_loopback(tmp_path: Path, tls_pem: Path, dns: Ti
                 http = f"http://127.0.0.1:{ports['http']}"
                 https = f"https://127.0.0.1:{ports['https']}"
                 # Discovery through the resolvers, then the /readyz check, make it routable.
-                await asyncio.to_thread(wait_http, http + "/readyz", 200)
+                await asyncio.to_thread(wait_http, https + "/readyz", 200)
                 assert "tasks.chatnode" in dns.questions
 
-                # A visitor over HTTP + WebSocket, and the same API over TLS 1.3.
+                # A visitor over HTTPS + WebSocket (TLS 1.3); plain HTTP redirects.
                 status, visitor = await asyncio.to_thread(
-                    http_json, "POST", http + "/api/v1/visitors", {"name": "Vera"})
+                    http_json, "POST", https + "/api/v1/visitors", {"name": "Vera"}, None, 5.0,
+                    insecure_tls())
                 assert status == 201, visitor
-                url = f"ws://127.0.0.1:{ports['http']}/ws/visitor?token={visitor['token']}"
-                async with connect(url) as ws:
+                url = f"wss://127.0.0.1:{ports['https']}/ws/visitor?token={visitor['token']}"
+                async with connect(url, ssl=insecure_tls()) as ws:
                     hello = await asyncio.wait_for(ws.recv(), 5)
                     assert '"hello"' in str(hello)
                 status, _ = await asyncio.to_thread(
@@ -208,10 +215,11 @@ def test_chat_through_haproxy_on_loopback(tmp_path: Path, tls_pem: Path, dns: Ti
             # HAProxy takes it out of rotation: its own 503 carries the JSON error shape.
             with haproxy(tls_pem, dns.port, rt.port, tmp_path / "haproxy2.log") as ports:
                 http = f"http://127.0.0.1:{ports['http']}"
-                await asyncio.to_thread(wait_http, http + "/readyz", 200)
+                https = f"https://127.0.0.1:{ports['https']}"
+                await asyncio.to_thread(wait_http, https + "/readyz", 200)
                 assert rt.node is not None
                 await rt.node.drain()
-                await asyncio.to_thread(wait_http, http + "/api/v1/openapi.json", 503, 15.0)
+                await asyncio.to_thread(wait_http, https + "/api/v1/openapi.json", 503, 15.0)
                 status, body = await asyncio.to_thread(http_json, "GET", http + "/healthz")
                 assert status == 503 and body["error"]["code"] == "unavailable", body
 

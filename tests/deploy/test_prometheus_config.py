@@ -129,15 +129,16 @@ def test_every_alert_says_what_is_wrong_and_what_to_do() -> None:
                 assert value.strip('"') in SEVERITIES, f"alertmanager.yml matches {matcher}"
 
 
-def test_every_alert_is_routed_to_the_control_plane() -> None:
-    """amtool routes the label set of every alert the unit tests fire."""
+def test_every_alert_is_routed_to_the_control_plane_and_to_people(tmp_path: Path) -> None:
+    """amtool routes the label set of every alert the unit tests fire to both receivers."""
+    config = rendered_alertmanager(tmp_path, **PAGING)
     label_sets = {tuple(sorted({"alertname": case["alertname"], **alert["exp_labels"]}.items()))
                   for _, case in alert_cases() for alert in case["exp_alerts"]}
     amtool = require("amtool", "prometheus-alertmanager")
     for labels in sorted(label_sets):
         done = run(amtool, "config", "routes", "test",
-                   f"--config.file={PROM / 'alertmanager.yml'}",
-                   "--verify.receivers=controlplane", *(f"{k}={v}" for k, v in labels))
+                   f"--config.file={config}",
+                   "--verify.receivers=controlplane,people", *(f"{k}={v}" for k, v in labels))
         assert done.returncode == 0, f"{dict(labels)}: {done.stdout}{done.stderr}"
 
 
@@ -151,11 +152,37 @@ def test_every_tidedesk_job_is_found_through_docker_dns() -> None:
         assert {"target_label": "service", "replacement": name} in relabel
 
 
-def test_amtool_checks_the_alertmanager_config() -> None:
-    done = run(require("amtool", "prometheus-alertmanager"), "check-config",
-               str(PROM / "alertmanager.yml"))
-    assert done.returncode == 0, done.stdout + done.stderr
-    config = yaml.safe_load((PROM / "alertmanager.yml").read_text())
+def rendered_alertmanager(tmp: Path, **paging: str) -> Path:
+    """prometheus/alertmanager.yml as swarm/deploy.sh renders it (swarm/render-alertmanager.sh)."""
+    import os
+
+    out = tmp / "alertmanager.yml"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALERT_")}
+    done = subprocess.run([str(REPO / "swarm" / "render-alertmanager.sh"),
+                           str(PROM / "alertmanager.yml"), str(out)], env={**env, **paging},
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+PAGING = {"ALERT_EMAIL_TO": "ops@shop.test", "ALERT_SMTP_SMARTHOST": "smtp.shop.test:587",
+          "ALERT_SMTP_USERNAME": "alerts", "ALERT_WEBHOOK_URL": "https://hooks.shop.test/page"}
+
+
+def test_amtool_checks_the_alertmanager_config(tmp_path: Path) -> None:
+    amtool = require("amtool", "prometheus-alertmanager")
+    for paging in ({}, PAGING, {"ALERT_WEBHOOK_URL": "http://hook.test/x"}):
+        (tmp_path / str(len(paging))).mkdir()
+        path = rendered_alertmanager(tmp_path / str(len(paging)), **paging)
+        done = run(amtool, "check-config", str(path))
+        assert done.returncode == 0, (paging, done.stdout + done.stderr)
+    people = {r["name"]: r for r in yaml.safe_load(path.read_text())["receivers"]}["people"]
+    assert "email_configs" not in people and people["webhook_configs"][0]["url"] == \
+        "http://hook.test/x"
+    config = yaml.safe_load(rendered_alertmanager(tmp_path, **PAGING).read_text())
+    people = {r["name"]: r for r in config["receivers"]}["people"]
+    assert people["email_configs"][0]["to"] == "ops@shop.test"
+    assert config["global"]["smtp_auth_password_file"].startswith("/run/secrets/")
     hook = config["receivers"][0]["webhook_configs"][0]
     assert hook["url"].endswith("/v1/alerts")
     auth = hook["http_config"]["authorization"]

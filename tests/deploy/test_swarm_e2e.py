@@ -4,15 +4,19 @@ the control plane corrects.
 
 Phases (each bounded; the whole test, image builds included, stays under 12 minutes):
 
-1. Build the images offline (swarm/build-images.sh), deploy the stack as ``tidedesk-e2e``.
-2. An agent (over TLS 1.3, wss://) and four visitors (ws://) chat through HAProxy; a visitor
-   sends a photo that the agent downloads (attachments in MariaDB); an alert fired into
-   Alertmanager reaches the control plane's webhook and triggers an evaluation.
+1. Build the images offline (swarm/build-images.sh), deploy the stack as ``shop-e2e`` with
+   swarm/deploy.sh; the control plane fills in ``${STACK}`` of its policy and is ready.
+2. An agent and four visitors chat through HAProxy over TLS 1.3 (wss://; plain HTTP answers 301
+   except /healthz); a visitor sends a photo that the agent downloads (attachments in MariaDB);
+   an alert fired into Alertmanager reaches the control plane's webhook and triggers an
+   evaluation. Every service is healthy; Prometheus, Alertmanager and the control plane are
+   published nowhere, and reached through swarm/local-ports.sh on 127.0.0.1 only.
 3. Load: 60 more visitor WebSockets, 4x the policy's 15 per node. The control plane scales the
    chat nodes 2 -> 4; HAProxy finds the new replicas through DNS and sends them new connections
    (four more followed visitors, counted per node from each node's own /metrics).
-4. ``docker stack deploy`` again: Swarm resets chatnode to the file's 2 replicas, draining two
-   nodes; the control plane sees the drift and restores 4.
+4. ``swarm/deploy.sh`` again with a changed alertmanager.yml: it deploys as a new config (no
+   "only updates to Labels are allowed"); Swarm resets chatnode to the file's 2 replicas,
+   draining two nodes; the control plane sees the drift and restores 4.
 5. The load stops: after the (shortened) stabilisation and cool-down the control plane scales
    back to 2. The removed nodes drain; their clients reconnect, resume and miss nothing.
 
@@ -44,6 +48,7 @@ from tests.deploy.swarm_stack import (
     AGENT_PASSWORD,
     CONNECTIONS_PER_NODE,
     REPO,
+    STACK,
     Stack,
     build_images,
 )
@@ -86,10 +91,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 async def new_visitor(s: Stack, name: str, tags: list[str]) -> ResilientClient:
-    status, data = await asyncio.to_thread(http_json, "POST", s.http + "/api/v1/visitors",
-                                           {"name": name, "tags": tags})
+    # Over TLS: plain HTTP answers 301 (issue 19).
+    tls = insecure_tls()
+    status, data = await asyncio.to_thread(http_json, "POST", s.https + "/api/v1/visitors",
+                                           {"name": name, "tags": tags}, None, 10.0, tls)
     assert status == 201, (status, data)
-    client = ResilientClient(name, f"{s.ws}/ws/visitor?token={data['token']}", "visitor")
+    client = ResilientClient(name, f"{s.wss}/ws/visitor?token={data['token']}", "visitor",
+                             tls=tls)
     await client.start()
     return client
 
@@ -183,8 +191,8 @@ def assert_nothing_missed(s: Stack, agent: ResilientClient, token: str,
         conv = v.conversation_id
         assert conv is not None
         status, data = http_json(
-            "GET", f"{s.http}/api/v1/conversations/{conv}/messages?after_seq=0&limit=500",
-            token=token)
+            "GET", f"{s.https}/api/v1/conversations/{conv}/messages?after_seq=0&limit=500",
+            token=token, context=insecure_tls())
         assert status == 200, data
         stored = data["messages"]
         assert len(stored) < 500, "more messages than one page; the test writes too much"
@@ -258,6 +266,28 @@ async def run_scenario(s: Stack) -> None:
     # --- 2. chat through HAProxy; an alert reaches the control plane --------------------------
     # Alertmanager -> POST /v1/alerts with the bearer token from the secret; checked below,
     # while the chat runs (Alertmanager waits group_wait = 10 s before its first notification).
+    # A first deploy without a crash loop: the nodes waited for their backends (issue 19).
+    for service in ("chatnode", "routernode", "controlplane"):
+        restarted = [t for t in Stack.tasks(service)
+                     if t.get("DesiredState") != "Running" or t.get("Error")]
+        assert not restarted, f"{service}: tasks failed on the first deploy: {restarted}"
+    # Every service has a healthcheck and is healthy; only HAProxy publishes ports.
+    await asyncio.to_thread(wait_until, "every container of the stack to be healthy",
+                            Stack.all_healthy, 120, every=3)
+    assert Stack.published_services() == {"haproxy"}
+    # HTTP -> HTTPS, except /healthz.
+    status, location = await asyncio.to_thread(s.plain_get, "/console")
+    assert status == 301 and location.endswith(f":{s.ports['https']}/console"), location
+    assert (await asyncio.to_thread(s.plain_get, "/healthz"))[0] == 200
+    # The admin ports answer on 127.0.0.1 and not on this host's other address.
+    assert s.controlplane("GET", "/healthz")[0] == 200
+    outside = await asyncio.to_thread(s.reachable_off_loopback)
+    assert not outside, f"reachable from a non-loopback address: {outside}"
+    # The policy names ${STACK}_chatnode: the control plane found shop-e2e_chatnode.
+    status, ready = s.controlplane("GET", "/readyz")
+    assert status == 200, ready
+    _, data = s.controlplane("GET", "/v1/status")
+    assert [p["service"] for p in data["policies"]] == [f"{STACK}_chatnode"], data
     await asyncio.to_thread(s.post_alert, "TidedeskE2E", "chatnode")
     agent, token = await new_agent(s)
     chatter = Chatter(agent)
@@ -309,7 +339,13 @@ async def run_scenario(s: Stack) -> None:
                        lambda: len(gained_on_new_replicas()) >= 2, 30)
 
         # --- 4. redeploy resets replicas; the control plane restores its count -----------
+        am_before = Stack.config_names("alertmanager")
+        with s.alertmanager_yml.open("a") as f:
+            f.write("# edited between deploys: a new config version\n")
         await asyncio.to_thread(s.deploy)  # chatnode: the file's 2 replicas again
+        am_after = Stack.config_names("alertmanager")
+        assert am_after != am_before and am_after[0].startswith(f"{STACK}_am_yml-"), \
+            (am_before, am_after)
         await wait_for("the control plane to report the drift",
                        lambda: any(d.get("drift") for d in decisions(s)), 60)
         await wait_for("the control plane to restore 4 chat nodes",

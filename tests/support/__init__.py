@@ -13,4 +13,5 @@
 - ``swarm``: the docker CLI and this machine's single-node Swarm.
 - ``mail``: real mail servers: aiosmtpd in its own process (``smtp_sink``) and Dovecot with a
   throwaway mailbox (IMAP ``APPEND`` puts replies in).
+- ``forward``: a TCP forwarder opened late on a chosen port (a backend that appears).
 """
