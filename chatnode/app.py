@@ -17,7 +17,7 @@ from chatnode.hub import Hub
 from chatnode.openapi import openapi_document
 from chatnode.routes import url_specs
 from chatnode.service import ChatService
-from tidedesk import metrics
+from tidedesk import logs, metrics
 from tidedesk.auth import TokenService
 from tidedesk.broker import Broker, node_queue
 from tidedesk.frames import ReconnectFrame, frame_dict
@@ -231,7 +231,7 @@ class ChatNode:
             websocket_ping_timeout=s.ws_ping_timeout_s,
             websocket_max_message_size=s.ws_max_message_size,
             xheaders=True,
-            log_function=http.log_request,
+            log_function=logs.log_access,
             tidedesk_settings=s,
             **extra,
         )

@@ -28,21 +28,10 @@ from tidedesk.i18n import text
 from tidedesk.probes import metrics_page, readiness_answer
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger("tornado.access")
 
 MAX_JSON_BYTES = 64 * 1024
 
 
-def log_request(handler: RequestHandler) -> None:
-    """Tornado's access log line, with the URL scrubbed of tokens (the application's
-    ``log_function``): a v1 ``/ws/agent?token=`` refused with a 4xx must not leave the token in
-    the log, whatever formatter or handler the record later meets."""
-    status = handler.get_status()
-    level = (access_log.info if status < 400 else access_log.warning if status < 500
-             else access_log.error)
-    request = handler.request
-    level("%d %s %s (%s) %.2fms", status, request.method, logs.scrub(request.uri or ""),
-          request.remote_ip, 1000.0 * request.request_time())
 
 
 class Hardened(RequestHandler):

@@ -42,6 +42,27 @@ _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]+")
 REDACTED = "[redacted]"
 
 
+def access_level(status: int, path: str) -> int:
+    """The level of an access-log line: errors for 5xx, warnings for 4xx, except a 503 from
+    ``/readyz``, which is a process saying it is not ready yet (starting, waiting for a
+    backend, draining): news for the log, not an error."""
+    if status >= 500 and not (status == 503 and path == "/readyz"):
+        return logging.ERROR
+    return logging.WARNING if status >= 400 else logging.INFO
+
+
+def log_access(handler: Any) -> None:
+    """Tornado's access log line (an application's ``log_function``), at
+    :func:`access_level`, with the URL scrubbed of tokens: a v1 ``/ws/agent?token=`` refused
+    with a 4xx must not leave the token in the log, whatever formatter the record later
+    meets."""
+    status = handler.get_status()
+    request = handler.request
+    logging.getLogger("tornado.access").log(
+        access_level(status, request.path), "%d %s %s (%s) %.2fms", status, request.method,
+        scrub(request.uri or ""), request.remote_ip, 1000.0 * request.request_time())
+
+
 def scrub(text: str) -> str:
     """``text`` with every token value replaced by ``[redacted]``."""
     return _JWT.sub(REDACTED, _SECRET_PARAM.sub(r"\1" + REDACTED, text))

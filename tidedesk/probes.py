@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import tornado.web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from tidedesk import metrics
+from tidedesk import logs, metrics
 
 
 class Probed(Protocol):
@@ -83,4 +83,5 @@ def probe_app(node: Probed) -> tornado.web.Application:
         (r"/healthz", HealthHandler, deps),
         (r"/readyz", ReadyHandler, deps),
         (r"/metrics", MetricsHandler, deps),
-    ], default_handler_class=NotFoundHandler, default_handler_args=deps)
+    ], default_handler_class=NotFoundHandler, default_handler_args=deps,
+        log_function=logs.log_access)

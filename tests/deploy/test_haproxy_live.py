@@ -170,11 +170,13 @@ def test_chat_through_haproxy_on_loopback(tmp_path: Path, tls_pem: Path, dns: Ti
                 # bytes over a signed link, with the download's headers intact.
                 image = io.BytesIO()
                 Image.new("RGB", (120, 80), "orange").save(image, "PNG")
-                status, att = await upload(ports["http"], visitor["token"], image.getvalue(),
-                                           "photo.png")
+                status, att = await upload(ports["https"], visitor["token"], image.getvalue(),
+                                           "photo.png", tls=True)
                 assert status == 201, att
-                _, _, raw = await fetch(ports["http"], att["url"] + "/link", visitor["token"])
-                status, headers, body = await fetch(ports["http"], json.loads(raw)["url"])
+                _, _, raw = await fetch(ports["https"], att["url"] + "/link", visitor["token"],
+                                        tls=True)
+                status, headers, body = await fetch(ports["https"], json.loads(raw)["url"],
+                                                    tls=True)
                 assert status == 200 and body.startswith(b"\x89PNG")
                 assert headers["X-Content-Type-Options"] == "nosniff"
 

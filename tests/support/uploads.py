@@ -23,14 +23,16 @@ def multipart(data: bytes, filename: str = "file.bin", field: str = "file",
 
 
 async def upload(port: int, token: str | None, data: bytes, filename: str = "file.bin",
-                 **extra: Any) -> tuple[int, Any]:
+                 *, tls: bool = False, **extra: Any) -> tuple[int, Any]:
+    """POST a file; ``tls``: over HTTPS to a test certificate (HAProxy redirects plain HTTP)."""
     body, ctype = multipart(data, filename, **extra)
     headers = {"Content-Type": ctype}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     resp = await AsyncHTTPClient().fetch(HTTPRequest(
-        f"http://127.0.0.1:{port}/api/v1/attachments", method="POST", headers=headers,
-        body=body, request_timeout=30), raise_error=False)
+        f"{'https' if tls else 'http'}://127.0.0.1:{port}/api/v1/attachments", method="POST",
+        headers=headers, body=body, request_timeout=30, validate_cert=False),
+        raise_error=False)
     try:
         return resp.code, json.loads(resp.body or b"null")
     except ValueError:
@@ -38,13 +40,14 @@ async def upload(port: int, token: str | None, data: bytes, filename: str = "fil
 
 
 async def fetch(port: int, path: str, token: str | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+                headers: dict[str, str] | None = None, *, tls: bool = False
+                ) -> tuple[int, dict[str, str], bytes]:
     all_headers = dict(headers or {})
     if token:
         all_headers["Authorization"] = f"Bearer {token}"
     resp = await AsyncHTTPClient().fetch(HTTPRequest(
-        f"http://127.0.0.1:{port}{path}", headers=all_headers, request_timeout=30),
-        raise_error=False)
+        f"{'https' if tls else 'http'}://127.0.0.1:{port}{path}", headers=all_headers,
+        request_timeout=30, validate_cert=False), raise_error=False)
     return resp.code, dict(resp.headers), resp.body or b""
 
 
