@@ -226,17 +226,17 @@ class Inbox:
     # -- reports ---------------------------------------------------------------------------
     async def report(self, args: Mapping[str, str | None], now: float) -> dict[str, Any]:
         """The summary of conversations created in [from, to) (default: the last 7 days)."""
-        if args.get("site"):
-            raise ServiceError(400, "invalid_query", "'site' needs sites, which this server "
-                               "does not have yet; leave it out")
         until = _time_arg("to", args.get("to")) or now
         since = _time_arg("from", args.get("from"))
         since = until - REPORT_DEFAULT_S if since is None else since
         if since >= until:
             raise ServiceError(400, "invalid_query", "'from' must be before 'to'")
         rows = await self.storage.reports.times(since, until, args.get("pool") or None,
-                                                args.get("agent") or None)
-        out = reports.summary(rows, await self.storage.reports.rating())
+                                                args.get("agent") or None,
+                                                args.get("site") or None)
+        # The rating of the same conversations (pool, agent, site, dates), issue 13's table.
+        out = reports.summary(rows, await self.storage.reports.rating(
+            [r.conversation_id for r in rows]))
         out["from"], out["to"] = since, until
         return out
 

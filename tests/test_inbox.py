@@ -231,10 +231,16 @@ def test_report_summary_and_chart_for_supervisors(tmp_path: Path) -> None:
                 h["conversations"] for h in data["by_hour"]) == 1 and len(data["by_hour"]) == 24
             assert 0.3 <= data["first_response_s"]["p50"] < 10
             assert data["resolution_s"]["p90"] is not None
-            assert data["rating"] == {"average": None, "count": 0}  # no rating table here
-            status, data = await http.request("GET", "/api/v1/reports/summary?site=shop",
-                                              token=sue)
-            assert (status, data["error"]["code"]) == (400, "invalid_query")
+            assert data["rating"] == {"average": None, "count": 0}  # nobody rated yet
+            # The visitor rates the closed chat; reports by site count it in its own site only.
+            await v_ws.send({"type": "rating", "score": 4})
+            await v_ws.wait_type("rated")
+            for site, count, rating in (("default", 1, {"average": 4.0, "count": 1}),
+                                        ("shop", 0, {"average": None, "count": 0})):
+                status, data = await http.request(
+                    "GET", f"/api/v1/reports/summary?site={site}", token=sue)
+                assert status == 200, data
+                assert (data["conversations"], data["rating"]) == (count, rating), site
             status, data = await http.request("GET", "/api/v1/reports/summary?from=2026-12-02"
                                               "&to=2026-12-01", token=sue)
             assert (status, data["error"]["code"]) == (400, "invalid_query")

@@ -21,6 +21,7 @@ class ConversationTimes:
     closed: bool
     first_visitor: float | None
     first_agent: float | None
+    conversation_id: str = ""  # (which one: the report's rating is of the same conversations)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

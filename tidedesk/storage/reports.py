@@ -7,8 +7,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import peewee as pw
-
 from tidedesk.models import shard_index
 from tidedesk.reports import ConversationTimes
 from tidedesk.storage.database import Database
@@ -23,7 +21,7 @@ class ReportRepository:
         self._db = db
 
     def times_sync(self, since: float, until: float, pool: str | None,
-                   agent_id: str | None) -> list[ConversationTimes]:
+                   agent_id: str | None, site: str | None = None) -> list[ConversationTimes]:
         main = self._db.main
         conv = main["Conversation"]
         query = conv.select(conv.id, conv.created_at, conv.updated_at, conv.state).where(
@@ -32,6 +30,8 @@ class ReportRepository:
             query = query.where(conv.pool == pool)
         if agent_id:
             query = query.where(conv.agent_id == agent_id)
+        if site:
+            query = query.where(conv.site == site)
         with main.db.connection_context():
             convs = list(query.order_by(conv.created_at.desc()).limit(MAX_CONVERSATIONS).tuples())
         firsts: dict[str, tuple[float | None, float | None]] = {}
@@ -55,25 +55,36 @@ class ReportRepository:
                         firsts[cid] = (visitor, agent)
         return [ConversationTimes(created_at=r[1], updated_at=r[2], closed=r[3] == "closed",
                                   first_visitor=firsts.get(r[0], (None, None))[0],
-                                  first_agent=firsts.get(r[0], (None, None))[1])
+                                  first_agent=firsts.get(r[0], (None, None))[1],
+                                  conversation_id=r[0])
                 for r in convs]
 
     def rating_sync(self, conv_ids: Sequence[str] | None = None) -> tuple[float | None, int]:
-        """(average score, count) from a ``rating`` table with a ``score`` column, if any."""
+        """(average score, count) of the ratings (issue 13's ``rating`` table), of these
+        conversations only when ``conv_ids`` is given (a report's filters)."""
         main = self._db.main
         db: Any = main.db
+        if conv_ids is not None and not conv_ids:
+            return None, 0
+        total, count = 0.0, 0
         with main.db.connection_context():
             if not db.table_exists("rating"):
                 return None, 0
-            try:
-                row = db.execute_sql("SELECT AVG(score), COUNT(*) FROM rating").fetchone()
-            except pw.DatabaseError:  # another issue's table, of a shape we did not expect
-                return None, 0
-        return (None if row[0] is None else float(row[0])), int(row[1] or 0)
+            chunks = ([None] if conv_ids is None else
+                      [list(conv_ids[i:i + CHUNK]) for i in range(0, len(conv_ids), CHUNK)])
+            for chunk in chunks:
+                sql, params = "SELECT SUM(score), COUNT(*) FROM rating", []
+                if chunk is not None:
+                    sql += f" WHERE conversation_id IN ({', '.join([db.param] * len(chunk))})"
+                    params = chunk
+                row = db.execute_sql(sql, params).fetchone()
+                total += float(row[0] or 0)
+                count += int(row[1] or 0)
+        return (total / count if count else None), count
 
     async def times(self, since: float, until: float, pool: str | None,
-                    agent_id: str | None) -> list[ConversationTimes]:
-        return await self._db.run(self.times_sync, since, until, pool, agent_id)
+                    agent_id: str | None, site: str | None = None) -> list[ConversationTimes]:
+        return await self._db.run(self.times_sync, since, until, pool, agent_id, site)
 
-    async def rating(self) -> tuple[float | None, int]:
-        return await self._db.run(self.rating_sync)
+    async def rating(self, conv_ids: Sequence[str] | None = None) -> tuple[float | None, int]:
+        return await self._db.run(self.rating_sync, conv_ids)
