@@ -122,7 +122,8 @@ class ChatService:
                                            directory=directory)
         self.assignments = Assignments(store=store, storage=storage, broker=broker,
                                        publish=self.publish, routing=routing,
-                                       envelope_format=settings.envelope_format, clock=clock)
+                                       envelope_format=settings.envelope_format, clock=clock,
+                                       directory=directory)
         if blobs is None:
             blobs = open_blobs(settings.attachments_url, data_dir=settings.data_dir,
                                database=storage.database,

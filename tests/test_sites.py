@@ -239,13 +239,16 @@ def test_agents_see_only_the_sites_of_their_pools(tmp_path: Path) -> None:
                 assert await listed(sue, view) >= {tea_conv, coffee_conv}, view
             assert await listed(sue, "view=tickets&site=coffee") == {coffee_conv}
             assert await listed(tess, "view=tickets&site=coffee") == set()
-            for path in (f"/api/v1/conversations/{coffee_conv}",
+            for path in (f"/api/v1/conversations/{coffee_conv}",  # one, history, contact
                          f"/api/v1/conversations/{coffee_conv}/messages",
                          f"/api/v1/contacts/{coffee_visitor}"):
                 assert (await http.request("GET", path, token=tess))[0] == 403, path
                 assert (await http.request("GET", path, token=sue))[0] == 200, path
             assert (await http.request("GET", f"/api/v1/conversations/{tea_conv}",
                                        token=tess))[0] == 200
+            status, err = await http.request("POST", f"/api/v1/conversations/{coffee_conv}/take",
+                                             {}, token=tess)
+            assert status == 403 and "'coffee'" in err["error"]["message"]
 
             async def found(token: str) -> set[str]:
                 _, hits = await http.request("GET", "/api/v1/search?q=oolong", token=token)
