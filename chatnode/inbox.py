@@ -107,7 +107,7 @@ class Inbox:
         for conv in convs:
             last = latest.get(conv.id)
             out.append({
-                "id": conv.id, "state": conv.state, "pool": conv.pool,
+                "id": conv.id, "state": conv.state, "pool": conv.pool, "site": conv.site,
                 "agent_id": conv.agent_id,
                 "visitor": _visitor_ref(conv.visitor_id, visitors.get(conv.visitor_id)),
                 "labels": labels.get(conv.id, []),

@@ -238,6 +238,9 @@ def test_agents_see_only_the_sites_of_their_pools(tmp_path: Path) -> None:
                 assert await listed(tess, view) == {tea_conv}, view
                 assert await listed(sue, view) >= {tea_conv, coffee_conv}, view
             assert await listed(sue, "view=tickets&site=coffee") == {coffee_conv}
+            _, page = await http.request("GET", "/api/v1/conversations?view=tickets&site=tea",
+                                         token=sue)
+            assert [c["site"] for c in page["conversations"]] == ["tea"]
             assert await listed(tess, "view=tickets&site=coffee") == set()
             for path in (f"/api/v1/conversations/{coffee_conv}",  # one, history, contact
                          f"/api/v1/conversations/{coffee_conv}/messages",
