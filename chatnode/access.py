@@ -15,6 +15,7 @@ assigned chats) is checked by the service on top of this.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from tidedesk.auth import ROLES, SCOPES
@@ -75,15 +76,33 @@ UNOWNED_STATES = ("queued", "offline")
 VIEWS = ("mine", "unassigned", "tickets", "open", "closed")
 
 
+def site_allows(role: str, pools: tuple[str, ...], site_pools: frozenset[str] | None) -> bool:
+    """Agents see the sites of their pools (issue 16): a named site's conversations are for
+    agents with one of the site's pools (its routing rules' pools and its bot's pool).
+    ``site_pools`` None is the default site or one that does not exist: no site limit."""
+    if role in SUPERVISORS or site_pools is None:
+        return True
+    return not site_pools.isdisjoint(pools)
+
+
+def hidden_sites(role: str, pools: tuple[str, ...],
+                 site_pools: Mapping[str, frozenset[str]]) -> tuple[str, ...]:
+    """The named sites none of this agent's pools belongs to (their waiting chats and tickets
+    are left out of the agent's views and search)."""
+    return tuple(sorted(name for name, of_site in site_pools.items()
+                        if not site_allows(role, pools, of_site)))
+
+
 def may_read(role: str, me: str, pools: tuple[str, ...], state: str, pool: str,
-             agent_id: str | None) -> bool:
+             agent_id: str | None, site_pools: frozenset[str] | None = None) -> bool:
     """Supervisors and admins read every conversation; an agent their own (any state) and
-    their pools' waiting chats and tickets. Writing is stricter (chatnode/conversations.py)."""
+    their pools' waiting chats and tickets, of a site one of their pools belongs to
+    (:func:`site_allows`). Writing is stricter (chatnode/conversations.py)."""
     if role in SUPERVISORS:
         return True
     if agent_id is not None and agent_id == me:
         return True
-    return state in UNOWNED_STATES and pool in pools
+    return state in UNOWNED_STATES and pool in pools and site_allows(role, pools, site_pools)
 
 
 @dataclass(frozen=True)
@@ -96,17 +115,23 @@ class ViewScope:
     owner: str | None = None
     pools: tuple[str, ...] | None = None
     readable_by: tuple[str, tuple[str, ...]] | None = None
+    # Sites whose rows not held by the agent are left out (:func:`hidden_sites`).
+    hidden_sites: tuple[str, ...] = ()
 
 
-def view_scope(view: str, role: str, me: str, pools: tuple[str, ...]) -> ViewScope:
-    """What ``view`` shows this agent (its name was checked against :data:`VIEWS`)."""
+def view_scope(view: str, role: str, me: str, pools: tuple[str, ...],
+               hidden: tuple[str, ...] = ()) -> ViewScope:
+    """What ``view`` shows this agent (its name was checked against :data:`VIEWS`);
+    ``hidden`` are the sites the agent does not see (:func:`hidden_sites`)."""
     everyone = role in SUPERVISORS
+    hidden = () if everyone else hidden
     if view == "mine":
         return ViewScope(OPEN_STATES, owner=me)
     if view == "unassigned":
-        return ViewScope(("queued",), pools=None if everyone else pools)
+        return ViewScope(("queued",), pools=None if everyone else pools, hidden_sites=hidden)
     if view == "tickets":
-        return ViewScope(("offline",), pools=None if everyone else pools)
+        return ViewScope(("offline",), pools=None if everyone else pools, hidden_sites=hidden)
     if view == "closed":
         return ViewScope(("closed",), owner=None if everyone else me)
-    return ViewScope(OPEN_STATES, readable_by=None if everyone else (me, pools))
+    return ViewScope(OPEN_STATES, readable_by=None if everyone else (me, pools),
+                     hidden_sites=hidden)

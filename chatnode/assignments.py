@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from chatnode.access import site_allows
 from chatnode.errors import ServiceError
 from tidedesk.auth import Principal
 from tidedesk.delivery import deliver
@@ -30,6 +31,7 @@ from tidedesk.frames import (
 )
 from tidedesk.lifecycle import can_take
 from tidedesk.routing_rules import RoutingConfig
+from tidedesk.site_directory import SiteDirectory
 from tidedesk.storage import Storage
 from tidedesk.storage.records import Conversation
 from tidedesk.store import Store
@@ -41,9 +43,11 @@ class Assignments:
     def __init__(self, *, store: Store, storage: Storage, broker: Any,
                  publish: Callable[[dict[str, Any]], Awaitable[None]],
                  routing: RoutingConfig | None, envelope_format: str = "binary",
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 directory: SiteDirectory | None = None) -> None:
         self.store = store
         self.storage = storage
+        self.directory = directory  # which pools each site has (agents see their sites)
         self.broker = broker
         self.publish = publish
         self.routing = routing
@@ -86,6 +90,10 @@ class Assignments:
         if not principal.is_supervisor and conv.pool not in agent.pool_list:
             raise ServiceError(403, "forbidden", f"this conversation waits in pool {conv.pool!r}"
                                ", which is not one of yours")
+        if self.directory is not None and not site_allows(
+                principal.role, agent.pool_list, await self.directory.site_pools(conv.site)):
+            raise ServiceError(403, "forbidden", f"this conversation is of site {conv.site!r}, "
+                               "which none of your pools belongs to")
         await self._check_room(principal.id, "you are")
         if not await self.store.claim(conv_id, principal.id, self.clock()):
             if await self.store.owner(conv_id) is not None:

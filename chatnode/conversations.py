@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from chatnode.access import may_read
+from chatnode.access import may_read, site_allows
 from chatnode.connections import VisitorSession
 from chatnode.errors import ServiceError
 from chatnode.queries import bounded_int
@@ -35,6 +35,7 @@ from tidedesk.frames import (
     visitor_summary,
 )
 from tidedesk.routing_rules import RoutingConfig
+from tidedesk.site_directory import SiteDirectory
 from tidedesk.storage import Storage
 from tidedesk.storage.records import Rating
 from tidedesk.store import Store
@@ -67,13 +68,19 @@ class Conversations:
     def __init__(self, *, store: Store, storage: Storage,
                  publish: Callable[[dict[str, Any]], Awaitable[None]],
                  routing: RoutingConfig | None = None,
-                 clock: Callable[[], float] = time.time, mail_enabled: bool = False) -> None:
+                 clock: Callable[[], float] = time.time, mail_enabled: bool = False,
+                 directory: SiteDirectory | None = None) -> None:
         self.store = store
+        self.directory = directory  # which pools each site has (agents see their sites)
         self.storage = storage
         self.publish = publish
         self.routing = routing
         self.clock = clock
         self.mail_enabled = mail_enabled
+
+    async def site_pools(self, site: str) -> frozenset[str] | None:
+        """A named site's pools (None: the default or an unknown site, limited by pools)."""
+        return await self.directory.site_pools(site) if self.directory is not None else None
 
     # -- visitors ------------------------------------------------------------------------------
     async def open_visitor_session(self, visitor_id: str, *,
@@ -184,10 +191,12 @@ class Conversations:
             return conv  # an API token reaches this only with scope conversations:read
         owner = await self.store.owner(conv_id)
         if owner != principal.id and conv.agent_id != principal.id:
-            # A ticket (nobody could take it) is open to every agent of its pool (issue 13).
+            # A ticket (nobody could take it) is open to every agent of its pool (issue 13)
+            # who sees its site (issue 16).
             if conv.state == "offline" and owner is None:
                 agent = await self.storage.agents.get(principal.id)
-                if agent is not None and conv.pool in agent.pool_list:
+                if agent is not None and conv.pool in agent.pool_list and site_allows(
+                        principal.role, agent.pool_list, await self.site_pools(conv.site)):
                     return conv
             raise ServiceError(403, "forbidden", "this conversation is not assigned to you")
         return conv
@@ -204,7 +213,7 @@ class Conversations:
             agent = await self.storage.agents.get(principal.id)
             if conv is None or agent is None or not may_read(
                     principal.role, str(agent.id), agent.pool_list, conv.state, conv.pool,
-                    conv.agent_id):
+                    conv.agent_id, await self.site_pools(conv.site)):
                 raise
             return conv
 

@@ -782,7 +782,7 @@ class WidgetConfigHandler(JsonHandler):
 
 
 # -- issue 14: the inbox -----------------------------------------------------------------------
-_VIEW_ARGS = ("view", "q", "label", "pool", "agent", "from", "to", "cursor", "limit")
+_VIEW_ARGS = ("view", "q", "label", "pool", "site", "agent", "from", "to", "cursor", "limit")
 
 
 class ConversationsHandler(JsonHandler):

@@ -12,13 +12,14 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from chatnode.access import VIEWS, may_read, view_scope
+from chatnode.access import VIEWS, hidden_sites, may_read, view_scope
 from chatnode.errors import ServiceError
 from chatnode.queries import bounded_int
 from tidedesk import reports
 from tidedesk.auth import Principal
 from tidedesk.frames import frame_dict
 from tidedesk.search_text import query_terms, snippet
+from tidedesk.site_directory import SiteDirectory
 from tidedesk.storage import Storage
 from tidedesk.storage.records import Conversation, Visitor
 
@@ -66,8 +67,18 @@ def _visitor_ref(visitor_id: str, visitor: Visitor | None) -> dict[str, Any]:
 
 
 class Inbox:
-    def __init__(self, *, storage: Storage) -> None:
+    def __init__(self, *, storage: Storage, directory: SiteDirectory | None = None) -> None:
         self.storage = storage
+        self.directory = directory  # which pools each site has (agents see their sites)
+
+    async def _site_pools(self, site: str) -> frozenset[str] | None:
+        return await self.directory.site_pools(site) if self.directory is not None else None
+
+    async def _hidden(self, principal: Principal, pools: tuple[str, ...]) -> tuple[str, ...]:
+        """The sites this agent does not see (none for supervisors and admins)."""
+        if principal.is_supervisor or self.directory is None:
+            return ()
+        return hidden_sites(principal.role, pools, await self.directory.all_site_pools())
 
     async def _agent(self, principal: Principal) -> tuple[str, tuple[str, ...]]:
         agent = await self.storage.agents.get(principal.id)
@@ -81,9 +92,10 @@ class Inbox:
         if conv is None:
             raise ServiceError(404, "not_found", f"no conversation {conv_id!r}")
         me, pools = await self._agent(principal)
-        if not may_read(principal.role, me, pools, conv.state, conv.pool, conv.agent_id):
+        if not may_read(principal.role, me, pools, conv.state, conv.pool, conv.agent_id,
+                        await self._site_pools(conv.site)):
             raise ServiceError(403, "forbidden", "this conversation is neither yours nor "
-                               "waiting in one of your pools")
+                               "waiting in one of your pools of its site")
         return conv
 
     async def _objects(self, convs: Sequence[Conversation]) -> list[dict[str, Any]]:
@@ -95,7 +107,7 @@ class Inbox:
         for conv in convs:
             last = latest.get(conv.id)
             out.append({
-                "id": conv.id, "state": conv.state, "pool": conv.pool,
+                "id": conv.id, "state": conv.state, "pool": conv.pool, "site": conv.site,
                 "agent_id": conv.agent_id,
                 "visitor": _visitor_ref(conv.visitor_id, visitors.get(conv.visitor_id)),
                 "labels": labels.get(conv.id, []),
@@ -112,7 +124,8 @@ class Inbox:
             raise ServiceError(400, "invalid_query", f"'view' must be one of {', '.join(VIEWS)}")
         limit = bounded_int("limit", args.get("limit"), PAGE, 1, PAGE_MAX) or PAGE
         me, pools = await self._agent(principal)
-        scope = view_scope(view, principal.role, me, pools)
+        hidden = await self._hidden(principal, pools)
+        scope = view_scope(view, principal.role, me, pools, hidden)
         label = args.get("label")
         if label is not None and not LABEL_RE.match(label):
             raise ServiceError(400, "invalid_query", "'label' is a label: 1-32 letters, "
@@ -120,11 +133,12 @@ class Inbox:
         ids: list[str] | None = None
         q = args.get("q")
         if q:
-            ids = await self._matching_conversations(principal, me, pools, q)
+            ids = await self._matching_conversations(principal, me, pools, q, hidden)
         cursor = args.get("cursor")
         convs = await self.storage.conversations.list_view(
             states=scope.states, owner=scope.owner, pools=scope.pools,
-            readable_by=scope.readable_by, pool=args.get("pool") or None,
+            readable_by=scope.readable_by, hidden_sites=scope.hidden_sites,
+            site=args.get("site") or None, pool=args.get("pool") or None,
             agent_id=args.get("agent") or None, label=label,
             since=_time_arg("from", args.get("from")), until=_time_arg("to", args.get("to")),
             ids=ids, after=decode_cursor(cursor) if cursor else None, limit=limit + 1)
@@ -134,12 +148,13 @@ class Inbox:
                 "next_cursor": encode_cursor(convs[-1]) if more else None}
 
     async def _matching_conversations(self, principal: Principal, me: str,
-                                      pools: tuple[str, ...], q: str) -> list[str]:
+                                      pools: tuple[str, ...], q: str,
+                                      hidden: tuple[str, ...] = ()) -> list[str]:
         terms = query_terms(q)
         if not terms:
             return []
         scope = None if principal.is_supervisor else await (
-            self.storage.conversations.readable_ids(me, pools))
+            self.storage.conversations.readable_ids(me, pools, hidden_sites=hidden))
         hits = await self.storage.search.messages(terms, 500, scope)
         ids = list(dict.fromkeys(h.conversation_id for h in hits))
         people = await self.storage.search.contacts(terms, 100, None)
@@ -176,7 +191,7 @@ class Inbox:
         me, pools = await self._agent(principal)
         convs = await self.storage.conversations.of_visitors([visitor_id])
         visible = [c for c in convs if may_read(principal.role, me, pools, c.state, c.pool,
-                                                c.agent_id)]
+                                                c.agent_id, await self._site_pools(c.site))]
         if not visible and not principal.is_supervisor:
             raise ServiceError(403, "forbidden", "none of this contact's conversations is "
                                "yours or waiting in one of your pools")
@@ -203,7 +218,8 @@ class Inbox:
             scope: list[str] | None = None
         else:
             me, pools = await self._agent(principal)
-            scope = await self.storage.conversations.readable_ids(me, pools)
+            scope = await self.storage.conversations.readable_ids(
+                me, pools, hidden_sites=await self._hidden(principal, pools))
         hits = await self.storage.search.messages(terms, limit, scope)
         visitor_scope = None
         if scope is not None:

@@ -145,6 +145,8 @@ _VIEW_PARAMS: tuple[dict[str, Any], ...] = (
      "description": "only conversations whose messages or contact match"},
     {"name": "label", "in": "query", "schema": {"type": "string"}},
     {"name": "pool", "in": "query", "schema": {"type": "string"}},
+    {"name": "site", "in": "query", "schema": {"type": "string"},
+     "description": "only this site's conversations"},
     {"name": "agent", "in": "query", "schema": {"type": "string"},
      "description": "the agent id holding it"},
     {"name": "from", "in": "query", "schema": {"type": "string"},

@@ -146,7 +146,7 @@ NAMED = {"Error": ERROR, "Message": MESSAGE, "Tokens": TOKENS, "Agent": AGENT,
 # issue 14: the inbox
 CONVERSATION: dict[str, Any] = {"type": "object", "properties": {
     "id": {"type": "string"}, "state": {"type": "string"}, "pool": {"type": "string"},
-    "agent_id": {"type": ["string", "null"]},
+    "site": {"type": "string"}, "agent_id": {"type": ["string", "null"]},
     "visitor": {"type": "object", "properties": {
         "id": {"type": "string"}, "name": {"type": "string"},
         "email": {"type": ["string", "null"]}}},

@@ -114,12 +114,16 @@ class ChatService:
         self._encode = inbound_encoder(settings.envelope_format)
         self.accounts = Accounts(settings=settings, store=store, storage=storage, tokens=tokens,
                                  clock=clock, notify=self.relay)
+        # One site directory (settings cached per node) for routing, access and the admin.
+        directory = SiteDirectory(storage, routing or parse_rules(DEFAULT_RULES))
         self.conversations = Conversations(store=store, storage=storage, publish=self.publish,
                                            routing=routing, clock=clock,
-                                           mail_enabled=settings.mail_enabled)
+                                           mail_enabled=settings.mail_enabled,
+                                           directory=directory)
         self.assignments = Assignments(store=store, storage=storage, broker=broker,
                                        publish=self.publish, routing=routing,
-                                       envelope_format=settings.envelope_format, clock=clock)
+                                       envelope_format=settings.envelope_format, clock=clock,
+                                       directory=directory)
         if blobs is None:
             blobs = open_blobs(settings.attachments_url, data_dir=settings.data_dir,
                                database=storage.database,
@@ -137,9 +141,9 @@ class ChatService:
         self.integrations = Integrations(settings=settings, storage=storage,
                                          outbox=self.outbox, clock=clock)
         self.canned = CannedResponses(storage)
-        self.sites = SiteAdmin(storage=storage, directory=SiteDirectory(
-            storage, routing or parse_rules(DEFAULT_RULES)), clock=clock)
-        self.inbox = Inbox(storage=storage)  # issue 14: views, labels, contacts, search
+        self.sites = SiteAdmin(storage=storage, directory=directory, clock=clock)
+        # issue 14: views, labels, contacts, search
+        self.inbox = Inbox(storage=storage, directory=directory)
 
     # -- authentication (chatnode/accounts.py) ------------------------------------------------
     def principal(self, token: str | None, expected: str) -> Principal:

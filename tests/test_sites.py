@@ -181,3 +181,87 @@ def test_an_older_mariadb_database_gets_the_site_columns() -> None:
 
     with databases(1) as urls:
         assert _downgrade_and_upgrade(urls[0]) == [("old", "default"), ("older", "default")]
+
+
+def test_site_pools_decide_who_sees_a_site() -> None:
+    from chatnode.access import hidden_sites, may_read, site_allows
+
+    tea, coffee = frozenset({"tea"}), frozenset({"coffee", "barista"})
+    assert site_allows("agent", ("tea",), tea) and not site_allows("agent", ("tea",), coffee)
+    assert site_allows("agent", ("barista",), coffee) and site_allows("supervisor", (), coffee)
+    assert site_allows("agent", ("tea",), None)  # the default site: pools alone decide
+    assert hidden_sites("agent", ("tea",), {"tea": tea, "coffee": coffee}) == ("coffee",)
+    assert hidden_sites("admin", ("tea",), {"tea": tea, "coffee": coffee}) == ()
+    # A waiting chat of the agent's pool but another site is not theirs; their own is.
+    assert not may_read("agent", "a1", ("tea",), "offline", "tea", None, coffee)
+    assert may_read("agent", "a1", ("tea",), "assigned", "tea", "a1", coffee)
+
+
+def test_agents_see_only_the_sites_of_their_pools(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with embedded(tmp_path, GENERAL_ONLY) as rt:
+            http = Http(rt)
+            admin = await login(rt, "demo@tidedesk.local", "tidedesk-demo")
+            today = dt.datetime.now(dt.UTC).date().isoformat()
+            for site in ("tea", "coffee"):  # closed today: every chat becomes a ticket
+                assert (await http.request("PUT", f"/api/v1/sites/{site}", {
+                    "routing": {"rules": [{"name": "all", "pool": site}]},
+                    "business_hours": {"timezone": "UTC", "open": "00:00", "close": "23:59",
+                                       "holidays": [today]}}, token=admin))[0] == 200
+            add_agent(rt, "tess@shop.test", pools=("tea",))
+            add_agent(rt, "sue@shop.test", pools=("general",), role="supervisor")
+            tess, sue = await login(rt, "tess@shop.test"), await login(rt, "sue@shop.test")
+
+            async def ticket(site: str, words: str) -> tuple[str, str]:
+                _, made = await http.request("POST", "/api/v1/visitors", {"site": site})
+                client = await ws(rt, "/ws/visitor", made["token"])
+                await client.wait_type("hello")
+                await client.say(words)
+                await client.wait_type("state", state="offline")
+                conv = client.of_type("hello")[-1]["conversation_id"]
+                await client.close()
+                return conv, made["visitor_id"]
+
+            tea_conv, _ = await ticket("tea", "oolong question")
+            coffee_conv, coffee_visitor = await ticket("coffee", "oolong espresso")
+            # The coffee ticket moved to the tea pool (as a transfer leaves it): its pool is
+            # Tess's but its site is not, so she does not see it.
+            rt.storage.main.db.execute_sql("UPDATE conversation SET pool = 'tea' WHERE id = ?",
+                                           (coffee_conv,))
+
+            async def listed(token: str, query: str) -> set[str]:
+                _, page = await http.request("GET", f"/api/v1/conversations?{query}",
+                                             token=token)
+                return {c["id"] for c in page["conversations"]}
+
+            for view in ("view=tickets", "view=open", "view=open&q=oolong"):
+                assert await listed(tess, view) == {tea_conv}, view
+                assert await listed(sue, view) >= {tea_conv, coffee_conv}, view
+            assert await listed(sue, "view=tickets&site=coffee") == {coffee_conv}
+            _, page = await http.request("GET", "/api/v1/conversations?view=tickets&site=tea",
+                                         token=sue)
+            assert [c["site"] for c in page["conversations"]] == ["tea"]
+            assert await listed(tess, "view=tickets&site=coffee") == set()
+            for path in (f"/api/v1/conversations/{coffee_conv}",  # one, history, contact
+                         f"/api/v1/conversations/{coffee_conv}/messages",
+                         f"/api/v1/contacts/{coffee_visitor}"):
+                assert (await http.request("GET", path, token=tess))[0] == 403, path
+                assert (await http.request("GET", path, token=sue))[0] == 200, path
+            assert (await http.request("GET", f"/api/v1/conversations/{tea_conv}",
+                                       token=tess))[0] == 200
+            status, err = await http.request("POST", f"/api/v1/conversations/{coffee_conv}/take",
+                                             {}, token=tess)
+            assert status == 403 and "'coffee'" in err["error"]["message"]
+
+            async def found(token: str) -> set[str]:
+                _, hits = await http.request("GET", "/api/v1/search?q=oolong", token=token)
+                return {m["conversation_id"] for m in hits["messages"]}
+
+            for _ in range(50):  # the search index follows the stored messages
+                if await found(sue) >= {tea_conv, coffee_conv}:
+                    break
+                await asyncio.sleep(0.1)
+            assert await found(sue) >= {tea_conv, coffee_conv}
+            assert await found(tess) == {tea_conv}
+
+    run(scenario())

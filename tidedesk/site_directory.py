@@ -23,12 +23,14 @@ class SiteDirectory:
         self.installation = installation
         self._cache: dict[str, tuple[float, dict[str, Any] | None, RoutingConfig]] = {}
         self._any_bot: tuple[float, bool] | None = None
+        self._names: tuple[float, list[str]] | None = None
         self._any_bot_lock = asyncio.Lock()
         self._loading: dict[str, asyncio.Future[tuple[dict[str, Any] | None,
                                                       RoutingConfig]]] = {}
 
     def invalidate(self, site: str) -> None:
         self._cache.pop(site, None)
+        self._names = None
 
     async def _entry(self, site: str) -> tuple[dict[str, Any] | None, RoutingConfig]:
         now = time.monotonic()
@@ -81,6 +83,31 @@ class SiteDirectory:
                     found = found or bool(settings and settings.get("bot"))
                 self._any_bot = (now, found)
             return self._any_bot[1]
+
+    async def site_pools(self, site: str) -> frozenset[str] | None:
+        """The pools of a named site: its routing rules' pools and its bot's pool (who sees
+        its conversations, :func:`chatnode.access.site_allows`). None for the default site and
+        for a site that does not exist: those are limited by pools alone."""
+        if site == sites.DEFAULT_SITE:
+            return None
+        settings, routing = await self._entry(site)
+        if settings is None:
+            return None
+        bot = settings.get("bot") or {}
+        return frozenset((*routing.pools, *([bot["pool"]] if bot.get("pool") else [])))
+
+    async def all_site_pools(self) -> dict[str, frozenset[str]]:
+        """:meth:`site_pools` of every named live site (the names read at most every
+        SITE_CACHE_SECS)."""
+        now = time.monotonic()
+        if self._names is None or now - self._names[0] > SITE_CACHE_SECS:
+            self._names = (now, await self.storage.sites.names())
+        out: dict[str, frozenset[str]] = {}
+        for name in self._names[1]:
+            of_site = await self.site_pools(name)
+            if of_site is not None:
+                out[name] = of_site
+        return out
 
     def pools(self) -> tuple[str, ...]:
         """Every pool a cached site routes to (the router drains them on its tick too)."""

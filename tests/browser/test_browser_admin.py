@@ -1,6 +1,6 @@
 """The admin page in Chromium: invite an agent, change the widget's colour and see it in a
 second browser context without a restart, add a canned response and use it with "/" in a
-chat, with the variable filled in."""
+chat, with the variable filled in; edit an agent's name, pools and chats at once."""
 
 from __future__ import annotations
 
@@ -83,3 +83,61 @@ def test_an_invited_agent_sets_a_password_in_the_console(server: Server, new_con
     expect(page.get_by_test_id("login-email")).to_have_value("omar@shop.test",
                                                              timeout=UI_TIMEOUT_MS)
     Console(page, server.base_url).sign_in("omar@shop.test", "a long enough password")
+
+
+def test_the_admin_page_edits_an_agent(server: Server, new_context: Any) -> None:
+    from tests.support.http import http_json
+
+    _, tokens = http_json("POST", f"{server.base_url}/api/v1/auth/login",
+                          {"email": DEMO_EMAIL, "password": DEMO_PASSWORD})
+    admin = tokens["access_token"]
+    status, _ = http_json("POST", f"{server.base_url}/api/v1/agents/invite",
+                          {"email": "pia@shop.test", "name": "Pia"}, token=admin)
+    assert status == 201
+    page = new_context().new_page()
+    page.goto(server.base_url + "/admin")
+    page.get_by_test_id("login-email").fill(DEMO_EMAIL)
+    page.get_by_test_id("login-password").fill(DEMO_PASSWORD)
+    page.get_by_test_id("login-submit").click()
+    row = page.get_by_test_id("adm-agents").locator("tr", has_text="Pia")
+    row.get_by_test_id("adm-agent-edit").click()
+    form = page.get_by_test_id("adm-agent-form")
+    expect(form).to_contain_text("Chats at once", timeout=UI_TIMEOUT_MS)
+    expect(page.get_by_test_id("adm-agent-pools")).to_have_value("general")
+    # A bad number is refused on the page, saying what to enter.
+    page.get_by_test_id("adm-agent-max").fill("lots")
+    page.get_by_test_id("adm-agent-save").click()
+    expect(page.get_by_test_id("adm-error")).to_contain_text("0 to 50")
+    # A bad pool name is refused by the server, and its message is shown.
+    page.get_by_test_id("adm-agent-max").fill("5")
+    page.get_by_test_id("adm-agent-pools").fill("general, Bad Pool!")
+    page.get_by_test_id("adm-agent-save").click()
+    expect(page.get_by_test_id("adm-error")).to_contain_text("pools", timeout=UI_TIMEOUT_MS)
+    page.get_by_test_id("adm-agent-pools").fill("general, billing")
+    page.get_by_test_id("adm-agent-name").fill("Pia Park")
+    page.get_by_test_id("adm-agent-role").select_option("supervisor")
+    page.get_by_test_id("adm-agent-save").click()
+    # The role's own call needs the admin's two-factor sign-in (the demo admin has none): the
+    # refusal is shown; name, pools and chats at once were saved before it.
+    expect(page.get_by_test_id("adm-error")).to_contain_text("two-factor",
+                                                             timeout=UI_TIMEOUT_MS)
+    expect(page.get_by_test_id("adm-agents").locator("tr", has_text="Pia Park")).to_contain_text(
+        "general, billing", timeout=UI_TIMEOUT_MS)
+    _, listed = http_json("GET", f"{server.base_url}/api/v1/agents", token=admin)
+    (pia,) = [a for a in listed["agents"] if a["name"].startswith("Pia")]
+    assert (pia["name"], pia["pools"], pia["max_chats"], pia["role"]) == \
+        ("Pia Park", ["general", "billing"], 5, "agent")
+    page.get_by_test_id("adm-agent-role").select_option("agent")
+    page.get_by_test_id("adm-agent-max").fill("2")
+    page.get_by_test_id("adm-agent-save").click()
+    expect(page.get_by_test_id("adm-agent-result")).to_have_text("Agent saved.",
+                                                                timeout=UI_TIMEOUT_MS)
+    expect(page.get_by_test_id("adm-agent-form")).to_be_hidden()
+    _, listed = http_json("GET", f"{server.base_url}/api/v1/agents", token=admin)
+    (pia,) = [a for a in listed["agents"] if a["name"].startswith("Pia")]
+    assert (pia["pools"], pia["max_chats"]) == (["general", "billing"], 2)
+    # In Chinese the form's labels are translated.
+    page.get_by_test_id("adm-agents").locator("tr", has_text="Pia Park") \
+        .get_by_test_id("adm-agent-edit").click()
+    page.locator("[data-lang-select]").select_option("zh-CN")
+    expect(form).to_contain_text("同时接待数", timeout=UI_TIMEOUT_MS)

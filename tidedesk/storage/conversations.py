@@ -193,10 +193,12 @@ class ConversationRepository:
                         label: str | None = None, since: float | None = None,
                         until: float | None = None, ids: Sequence[str] | None = None,
                         after: tuple[float, str] | None = None,
-                        limit: int = 50) -> list[Conversation]:
+                        limit: int = 50, site: str | None = None,
+                        hidden_sites: Sequence[str] = ()) -> list[Conversation]:
         """A page of conversations, most recently updated first (then by id), after the
         ``after`` cursor (updated_at, id). The scope (states, owner, pools, readable_by) is
-        :func:`chatnode.access.view_scope`'s; the rest are the caller's filters."""
+        :func:`chatnode.access.view_scope`'s (``hidden_sites``: rows of these sites are left
+        out unless the reader holds them); the rest are the caller's filters."""
 
         def work() -> list[Conversation]:
             main = self._db.main
@@ -206,11 +208,17 @@ class ConversationRepository:
                 query = query.where(conv.agent_id == owner)
             if pools is not None:
                 query = query.where(conv.pool.in_(list(pools) or [""]))
+                if hidden_sites:
+                    query = query.where(conv.site.not_in(list(hidden_sites)))
             if readable_by is not None:
                 me, my_pools = readable_by
-                query = query.where((conv.agent_id == me)
-                                    | (conv.state.in_(["queued", "offline"])
-                                       & conv.pool.in_(list(my_pools) or [""])))
+                waiting = (conv.state.in_(["queued", "offline"])
+                           & conv.pool.in_(list(my_pools) or [""]))
+                if hidden_sites:
+                    waiting = waiting & conv.site.not_in(list(hidden_sites))
+                query = query.where((conv.agent_id == me) | waiting)
+            if site is not None:
+                query = query.where(conv.site == site)
             if pool is not None:
                 query = query.where(conv.pool == pool)
             if agent_id is not None:
@@ -236,17 +244,20 @@ class ConversationRepository:
         return await self._db.run(work)
 
     async def readable_ids(self, agent_id: str, pools: Sequence[str],
-                           cap: int = 5000) -> list[str]:
+                           cap: int = 5000, hidden_sites: Sequence[str] = ()) -> list[str]:
         """Ids of the conversations an agent may read (their own, their pools' waiting chats
-        and tickets), newest first, at most ``cap``: what search is limited to."""
+        and tickets of the sites they see), newest first, at most ``cap``: what search is
+        limited to."""
 
         def work() -> list[str]:
             main = self._db.main
             conv = main["Conversation"]
+            waiting = (conv.state.in_(["queued", "offline"])
+                       & conv.pool.in_(list(pools) or [""]))
+            if hidden_sites:
+                waiting = waiting & conv.site.not_in(list(hidden_sites))
             query = (conv.select(conv.id)
-                     .where((conv.agent_id == agent_id)
-                            | (conv.state.in_(["queued", "offline"])
-                               & conv.pool.in_(list(pools) or [""])))
+                     .where((conv.agent_id == agent_id) | waiting)
                      .order_by(conv.updated_at.desc()).limit(cap))
             with main.db.connection_context():
                 return [r.id for r in query]
