@@ -39,6 +39,11 @@ SERVICES = ("haproxy", "chatnode", "routernode", "controlplane", "redis", "rabbi
             "prometheus", "alertmanager")
 AGENT_EMAIL = "e2e-agent@tidedesk.test"
 AGENT_PASSWORD = "e2e-agent-password"
+# Issue 13's sign-out scenario: two more agents, alone in a pool of their own (visitors tagged
+# `handover` go there), so a hand-over between them never touches the seeded agent's chats.
+HANDOVER_POOL = "handover"
+HANDOVER_AGENTS = {"ann": "e2e-ann@tidedesk.test", "bob": "e2e-bob@tidedesk.test"}
+HANDOVER_PASSWORD = "e2e-handover-password"
 
 # The test's policy: the shipped one's shape (the service named through ${STACK}, which the
 # control plane fills in from the stack's namespace label) with short waits, so a scale-up, a
@@ -67,11 +72,14 @@ policies:
 """
 # Load visitors are tagged `load` and go to a pool nobody serves: they hold a WebSocket (the
 # load) without queueing in front of the conversations the test follows.
-ROUTING = """
+ROUTING = f"""
 rules:
   - name: load
-    match: {tags: [load]}
+    match: {{tags: [load]}}
     pool: overflow
+  - name: handover
+    match: {{tags: [handover]}}
+    pool: {HANDOVER_POOL}
   - name: everyone
     pool: general
 """
@@ -288,13 +296,16 @@ class Stack:
                      f"{service}")
         return out.split()
 
-    def create_agent(self) -> None:
+    def create_agent(self, email: str = AGENT_EMAIL, password: str = AGENT_PASSWORD,
+                     name: str = "E2E Agent", pools: str = "general", max_chats: int = 50) -> None:
+        """As docs/deploy.md says: ``docker exec -i`` of a chat node, the password on stdin."""
         cid = self.containers("chatnode")[0]
-        out = docker("exec", cid, "tidedesk-entrypoint", "admin", "create-agent", "--email",
-                     AGENT_EMAIL, "--password", AGENT_PASSWORD, "--name", "E2E Agent", "--pools",
-                     "general", "--max-chats", "50", timeout=60, check=False)
+        out = docker("exec", "-i", cid, "tidedesk-entrypoint", "admin", "create-agent",
+                     "--email", email, "--password-stdin", "--name", name, "--pools", pools,
+                     "--max-chats", str(max_chats), timeout=60, check=False,
+                     stdin=password + "\n")
         if "created agent" not in out and "exists already" not in out:
-            raise RuntimeError(f"creating the agent failed: {out}")
+            raise RuntimeError(f"creating the agent {email} failed: {out}")
 
     def post_alert(self, alertname: str, service: str) -> None:
         """Fire an alert into the stack's Alertmanager, from inside the overlay network."""

@@ -10,7 +10,8 @@ Phases (each bounded; the whole test, image builds included, stays under 12 minu
    except /healthz); a visitor sends a photo that the agent downloads (attachments in MariaDB);
    an alert fired into Alertmanager reaches the control plane's webhook and triggers an
    evaluation. Every service is healthy; Prometheus, Alertmanager and the control plane are
-   published nowhere, and reached through swarm/local-ports.sh on 127.0.0.1 only.
+   published nowhere, and reached through swarm/local-ports.sh on 127.0.0.1 only. An agent signs
+   out mid-chat (issue 13): the chat moves to the other agent of the pool, nothing lost.
 3. Load: 60 more visitor WebSockets, 4x the policy's 15 per node. The control plane scales the
    chat nodes 2 -> 4; HAProxy finds the new replicas through DNS and sends them new connections
    (four more followed visitors, counted per node from each node's own /metrics).
@@ -47,6 +48,9 @@ from tests.deploy.swarm_stack import (
     AGENT_EMAIL,
     AGENT_PASSWORD,
     CONNECTIONS_PER_NODE,
+    HANDOVER_AGENTS,
+    HANDOVER_PASSWORD,
+    HANDOVER_POOL,
     REPO,
     STACK,
     Stack,
@@ -56,7 +60,7 @@ from tests.support.http import http_json, insecure_tls
 from tests.support.resilient_client import ResilientClient
 from tests.support.swarm import ensure_swarm
 from tests.support.uploads import multipart
-from tests.support.waiting import wait_until
+from tests.support.waiting import wait_until, wait_until_async
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(720)]
 
@@ -82,7 +86,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         s.deploy()
         s.wait_ready(timeout=180)
+        started = time.monotonic()
         s.create_agent()
+        for name, email in HANDOVER_AGENTS.items():
+            s.create_agent(email, HANDOVER_PASSWORD, name.title(), HANDOVER_POOL, 3)
+        log.warning("agents created in %.0fs", time.monotonic() - started)
         yield s
     finally:
         if not s.passed:
@@ -102,14 +110,19 @@ async def new_visitor(s: Stack, name: str, tags: list[str]) -> ResilientClient:
     return client
 
 
-async def new_agent(s: Stack) -> tuple[ResilientClient, str]:
-    tls = insecure_tls()
+async def sign_in(s: Stack, email: str, password: str) -> dict[str, Any]:
+    """``POST /api/v1/auth/login`` over TLS: access and refresh token."""
     status, data = await asyncio.to_thread(
         http_json, "POST", s.https + "/api/v1/auth/login",
-        {"email": AGENT_EMAIL, "password": AGENT_PASSWORD}, None, 10.0, tls)
+        {"email": email, "password": password}, None, 10.0, insecure_tls())
     assert status == 200, (status, data)
-    token = data["access_token"]
-    agent = ResilientClient("agent", f"{s.wss}/ws/agent?token={token}", "agent", tls=tls)
+    return dict(data)
+
+
+async def new_agent(s: Stack) -> tuple[ResilientClient, str]:
+    token = (await sign_in(s, AGENT_EMAIL, AGENT_PASSWORD))["access_token"]
+    agent = ResilientClient("agent", f"{s.wss}/ws/agent?token={token}", "agent",
+                            tls=insecure_tls())
     await agent.start()
     return agent, token
 
@@ -262,6 +275,135 @@ async def image_through_haproxy(s: Stack, agent: ResilientClient, token: str) ->
     assert Image.open(io.BytesIO(body)).size == (200, 120)
 
 
+def agent_loads(s: Stack, token: str) -> dict[str, tuple[str, int]]:
+    """Agent id -> (status, open chats) as the routers keep them (``GET /api/v1/agents``)."""
+    status, data = http_json("GET", s.https + "/api/v1/agents", token=token,
+                             context=insecure_tls())
+    assert status == 200, data
+    return {str(a["id"]): (a["status"], int(a["open_chats"])) for a in data["agents"]}
+
+
+async def say(client: ResilientClient, body: str, conv: str | None = None) -> str:
+    """Send one message and wait for its ack (one at a time, so send order is seq order)."""
+    cid = await client.send_message(body, conv)
+    await wait_until_async(f"{client.name}'s {cid} to be acked", lambda: cid in client.acked,
+                           15, every=0.05)
+    return cid
+
+
+HANDOVER_WITHIN_S = 15.0
+
+
+async def sign_out_mid_chat(s: Stack) -> None:
+    """Issue 13: agent Ann signs out (``POST /api/v1/auth/logout``) mid-chat; the chat goes
+    straight to Bob, the other free agent of the pool. The visitor is told (``assigned`` naming
+    Bob), Bob gets ``assigned`` and catches up, the chat goes on, and every acked message is in
+    the history once, in the order it was sent."""
+    started = time.monotonic()
+    tls = insecure_tls()
+    ann_login = await sign_in(s, HANDOVER_AGENTS["ann"], HANDOVER_PASSWORD)
+    ann_token = ann_login["access_token"]
+    # No reconnect: after the sign-out its token is refused, and a console that kept dialling
+    # would only come back offline again.
+    ann = ResilientClient("ann", f"{s.wss}/ws/agent?token={ann_token}", "agent", tls=tls,
+                          reconnect="never")
+    clients = [ann]
+    async with clients_closed(clients):
+        ann_id = str((await ann.open())["agent_id"])
+        await wait_for("Ann online at the routers",
+                       lambda: agent_loads(s, ann_token)[ann_id][0] == "online", 20, 0.3)
+        visitor = await new_visitor(s, "handover", ["handover"])  # routed to HANDOVER_POOL
+        clients.append(visitor)
+        sent = [await say(visitor, "Hello, my parcel has not arrived")]
+        conv = visitor.conversation_id
+        assert conv is not None
+        await wait_for("Ann to be assigned the chat", lambda: conv in ann.convs(), 15, 0.3)
+
+        def told_agent(agent_id: str) -> bool:
+            return any(f["agent"]["id"] == agent_id
+                       for link in visitor.links for f in link.of_type("assigned"))
+
+        await wait_for("the visitor to be told Ann has the chat", lambda: told_agent(ann_id),
+                       15, 0.3)
+        sent.append(await say(ann, "Let me look that up", conv))
+        sent.append(await say(visitor, "The order is 1234"))
+        sent.append(await say(ann, "Found it, one moment", conv))
+        # Bob comes online only now, so the chat was Ann's (the routers pick either otherwise).
+        bob_token = (await sign_in(s, HANDOVER_AGENTS["bob"], HANDOVER_PASSWORD))["access_token"]
+        bob = ResilientClient("bob", f"{s.wss}/ws/agent?token={bob_token}", "agent", tls=tls)
+        clients.append(bob)
+        await bob.start()
+        bob_id = str((await bob.link.wait_type("hello"))["agent_id"])
+        await wait_for("Bob online at the routers",
+                       lambda: agent_loads(s, bob_token)[bob_id] == ("online", 0), 20, 0.3)
+        await wait_for("Ann to be shown every message so far",
+                       lambda: set(ann.conversations[conv].seen) >= {
+                           seq for c in (visitor, ann) for cv, seq in c.acked.values()
+                           if cv == conv}, 15, 0.3)
+        before = max(seq for c in (visitor, ann) for cv, seq in c.acked.values() if cv == conv)
+
+        signed_out_at = time.monotonic()
+        status, data = await asyncio.to_thread(
+            http_json, "POST", s.https + "/api/v1/auth/logout",
+            {"refresh_token": ann_login["refresh_token"]}, None, 10.0, tls)
+        assert (status, data) == (200, {"signed_out": True}), (status, data)
+        closed = await asyncio.wait_for(asyncio.shield(ann.link.closed), HANDOVER_WITHIN_S)
+        assert closed[0] == 4401, f"Ann's console closed with {closed}, not 4401"
+        await wait_for("the visitor to be told Bob has the chat", lambda: told_agent(bob_id),
+                       HANDOVER_WITHIN_S, 0.2)
+        await wait_for("Bob to be assigned the chat", lambda: conv in bob.convs(),
+                       HANDOVER_WITHIN_S, 0.2)
+        handed_over_s = time.monotonic() - signed_out_at
+        handed = [f for link in bob.links for f in link.of_type("assigned")
+                  if f["conversation_id"] == conv]
+        assert handed[0]["last_seq"] == before, (handed[0], before)
+        # Straight to Bob: the visitor never waited in the queue nor saw the desk offline.
+        await wait_for("the visitor's state to be assigned again",
+                       lambda: visitor.states.count("assigned") >= 2, HANDOVER_WITHIN_S, 0.2)
+        first = visitor.states.index("assigned")
+        assert set(visitor.states[first:]) == {"assigned"}, visitor.states
+        await wait_for("the slots to move from Ann to Bob",
+                       lambda: (agent_loads(s, bob_token)[ann_id][1],
+                                agent_loads(s, bob_token)[bob_id]) == (0, ("online", 1)),
+                       15, 0.3)
+
+        sent.append(await say(visitor, "Are you still there?"))
+        sent.append(await say(bob, "Bob here, I have your order in front of me", conv))
+        sent.append(await say(visitor, "Great, thanks"))
+        sent.append(await say(bob, "It leaves today", conv))
+        acked = {cid: seq for c in (visitor, ann, bob) for cid, (cv, seq) in c.acked.items()
+                 if cv == conv}
+        assert set(sent) == set(acked), (sent, acked)
+
+        def history_complete() -> bool:
+            status, data = http_json(
+                "GET", f"{s.https}/api/v1/conversations/{conv}/messages?after_seq=0&limit=100",
+                token=bob_token, context=insecure_tls())
+            assert status == 200, data
+            stored = data["messages"]
+            seqs = [int(m["seq"]) for m in stored]
+            assert seqs == sorted(set(seqs)), f"history not in seq order once: {seqs}"
+            ids = [str(m["id"]) for m in stored]
+            twice = {cid for cid in acked if ids.count(cid) > 1}
+            assert not twice, f"acked messages stored twice: {twice}"
+            assert [cid for cid in ids if cid in acked] == sent, (
+                f"acked messages missing or out of order: stored {ids}, sent {sent}")
+            assert {str(m["id"]): int(m["seq"]) for m in stored if str(m["id"]) in acked} \
+                == acked, "stored under another seq than acked"
+            for client in (visitor, bob):  # Bob caught up on what came before him
+                missed = set(seqs) - set(client.conversations[conv].seen)
+                assert not missed, f"{client.name} was not shown seqs {sorted(missed)}"
+            return True
+
+        await asyncio.to_thread(wait_until, "the hand-over chat stored and shown in full",
+                                history_complete, 15, every=0.5, errors=(AssertionError,))
+        unexpected = [e for c in (visitor, bob) for e in c.errors
+                      if e.get("code") not in ("try_again", "draining")]
+        assert not unexpected, f"error frames: {unexpected[:5]}"
+    log.warning("sign-out mid-chat: handed over in %.1fs, scenario %.1fs", handed_over_s,
+                time.monotonic() - started)
+
+
 async def run_scenario(s: Stack) -> None:
     # --- 2. chat through HAProxy; an alert reaches the control plane --------------------------
     # Alertmanager -> POST /v1/alerts with the bearer token from the secret; checked below,
@@ -289,6 +431,8 @@ async def run_scenario(s: Stack) -> None:
     _, data = s.controlplane("GET", "/v1/status")
     assert [p["service"] for p in data["policies"]] == [f"{STACK}_chatnode"], data
     await asyncio.to_thread(s.post_alert, "TidedeskE2E", "chatnode")
+    # While Alertmanager waits group_wait before it notifies (checked below).
+    await sign_out_mid_chat(s)
     agent, token = await new_agent(s)
     chatter = Chatter(agent)
     followed: list[ResilientClient] = []

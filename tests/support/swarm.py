@@ -12,11 +12,13 @@ from tests.support.waiting import wait_until
 DOCKERD_START_S = 90
 
 
-def docker(*args: str, check: bool = True, timeout: float = 60) -> str:
-    """``docker *args``; its stdout without surrounding white space. A non-zero exit raises
-    RuntimeError with the tail of stderr, unless ``check`` is false."""
+def docker(*args: str, check: bool = True, timeout: float = 60,
+           stdin: str | None = None) -> str:
+    """``docker *args`` (with ``stdin`` as its standard input); its stdout without surrounding
+    white space. A non-zero exit raises RuntimeError with the tail of stderr, unless ``check``
+    is false."""
     done = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout,
-                          check=False)
+                          check=False, input=stdin)
     if check and done.returncode != 0:
         raise RuntimeError(f"docker {' '.join(args)} failed: {done.stderr.strip()[-2000:]}")
     return done.stdout.strip()
