@@ -406,13 +406,13 @@ class ChatService:
     async def update_agent(self, principal: Principal, agent_id: str,
                            body: dict[str, Any]) -> dict[str, Any]:
         """``PUT /api/v1/agents/{id}`` (:meth:`Accounts.update_agent`); a deactivated agent
-        also goes offline at the routers at once (the seam issue 13's give-back of their
-        chats hangs on)."""
+        goes offline at the routers at once and gives their open chats back, as signing out
+        does (issue 13)."""
         agent = await self.accounts.update_agent(principal, agent_id, body)
         if not agent["active"]:
-            await self.publish({"kind": "agent_status", "agent_id": agent["id"],
-                                "status": "offline", "pools": agent["pools"],
-                                "max_chats": agent["max_chats"], "name": agent["name"]})
+            record = await self.storage.agents.get(agent["id"])
+            if record is not None:
+                await self.agent_status(record, "offline", give_back=True)
         return agent
 
     async def agents_overview(self) -> list[dict[str, Any]]:
