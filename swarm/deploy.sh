@@ -88,7 +88,16 @@ else
     fi
   done
 fi
-docker stack deploy -c "$repo/docker-stack.yml" "$@" "$stack"
+# DEPLOY_RESOLVE_IMAGE=never (deploy.env of the registry-free install) is --resolve-image never:
+# local images, no registry asked. An explicit --resolve-image in the arguments wins.
+resolve=()
+if [ -n "${DEPLOY_RESOLVE_IMAGE:-}" ] && [[ " $* " != *" --resolve-image"* ]]; then
+  case "$DEPLOY_RESOLVE_IMAGE" in always|changed|never) ;; *)
+    echo "deploy.sh: DEPLOY_RESOLVE_IMAGE must be always, changed or never" >&2; exit 2 ;;
+  esac
+  resolve=(--resolve-image "$DEPLOY_RESOLVE_IMAGE")
+fi
+docker stack deploy -c "$repo/docker-stack.yml" "${resolve[@]}" "$@" "$stack"
 
 # Old versions: every config and secret of this stack that no service names any more, in its spec
 # or in the previous spec a rollback would return to. Removal errors are ignored.

@@ -20,7 +20,7 @@ from typing import Any
 from tests.support.http import http_json, insecure_tls
 from tests.support.processes import free_port
 from tests.support.routing import write_routing
-from tests.support.swarm import docker
+from tests.support.swarm import docker, remove_stack
 from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -223,26 +223,8 @@ class Stack:
 
     @staticmethod
     def remove() -> None:
-        """Remove the stack and its volumes, so the next deploy starts from nothing (RabbitMQ
-        and MariaDB keep the first password they were given in their data)."""
-        label = f"label=com.docker.stack.namespace={STACK}"
-        for service in ("controlplane", "prometheus", "alertmanager"):  # swarm/local-ports.sh
-            docker("rm", "-f", f"{STACK}-local-{service}", check=False)
-        if STACK in docker("stack", "ls", "--format", "{{.Name}}", check=False).split():
-            docker("stack", "rm", STACK, check=False)
-        wait_until("the stack's containers to stop",
-                   lambda: not docker("ps", "-q", "--filter", label).split(), 90, every=1)
-        leftovers = docker("ps", "-aq", "--filter", label).split()  # exited tasks of this stack
-        if leftovers:
-            docker("rm", "-f", *leftovers, check=False)
-        wait_until(
-            "the stack's network to go",
-            lambda: STACK + "_tidedesk" not in docker("network", "ls", "--format", "{{.Name}}"),
-            60, every=1,
-        )
-        volumes = docker("volume", "ls", "-q", "--filter", label).split()
-        if volumes:
-            docker("volume", "rm", *volumes, check=False)
+        """Remove the stack and its volumes, so the next deploy starts from nothing."""
+        remove_stack(STACK)
 
     def wait_ready(self, timeout: float) -> None:
         def all_running() -> bool:

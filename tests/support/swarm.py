@@ -53,3 +53,27 @@ def ensure_swarm(workdir: Path) -> None:
         docker("swarm", "init", "--advertise-addr", "127.0.0.1")
     elif state.split()[1] != "true":
         raise RuntimeError("this node is in a swarm but not a manager; cannot deploy stacks")
+
+
+def remove_stack(stack: str) -> None:
+    """Remove the stack, its swarm/local-ports.sh forwarders and its volumes, and wait until its
+    containers and network are gone, so the next deploy starts from nothing (RabbitMQ and
+    MariaDB keep the first password they were given in their data). Nothing else is touched."""
+    label = f"label=com.docker.stack.namespace={stack}"
+    for service in ("controlplane", "prometheus", "alertmanager", "grafana"):
+        docker("rm", "-f", f"{stack}-local-{service}", check=False)
+    if stack in docker("stack", "ls", "--format", "{{.Name}}", check=False).split():
+        docker("stack", "rm", stack, check=False)
+    wait_until("the stack's containers to stop",
+               lambda: not docker("ps", "-q", "--filter", label).split(), 90, every=1)
+    leftovers = docker("ps", "-aq", "--filter", label).split()  # exited tasks of this stack
+    if leftovers:
+        docker("rm", "-f", *leftovers, check=False)
+    wait_until(
+        "the stack's network to go",
+        lambda: stack + "_tidedesk" not in docker("network", "ls", "--format", "{{.Name}}"),
+        60, every=1,
+    )
+    volumes = docker("volume", "ls", "-q", "--filter", label).split()
+    if volumes:
+        docker("volume", "rm", *volumes, check=False)
