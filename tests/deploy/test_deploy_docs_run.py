@@ -19,7 +19,8 @@ the reader would look at:
 * after the logs block: chat-node log lines are JSON.
 
 Blocks marked ``skip`` (a registry, a second node, a real CA, Nomad) are reported with their
-reasons. The environment adds only the published ports (free ones: the machine is shared).
+reasons. The environment adds only the published ports (free ones: the machine is shared) and a
+shorter rollout monitor (CHATNODE_UPDATE_MONITOR=5s).
 The images are the ones the Swarm e2e builds (swarm/build-images.sh, same tags), built first
 so the doc's own build-images.sh finds them. On failure every block's script and output, and
 the services' state, are saved under artifacts/deploy-docs/.
@@ -449,6 +450,9 @@ def test_the_runbook_runs_as_written(tmp_path_factory: pytest.TempPathFactory) -
            if not k.startswith(("TIDEDESK_", "ALERT_", "DEPLOY_", "PYTHON"))
            and not k.endswith("_IMAGE") and k not in ("STACK", "TLS_CN", "BACKUP_DIR")}
     env.update({k: str(v) for k, v in ports.items()})
+    # The upgrade's rollout watches each new chat node for 5 s instead of 30 s before the next
+    # (the e2e shortens HAProxy's slowstart the same way): 50 s less, the same steps.
+    env["CHATNODE_UPDATE_MONITOR"] = "5s"
     reader = Reader(checkout, workdir, ports, reader_values(workdir))
 
     shell = Shell(checkout, env, scratch)
@@ -486,6 +490,12 @@ def test_the_runbook_runs_as_written(tmp_path_factory: pytest.TempPathFactory) -
             (dest / "services.txt").write_text(docker(
                 "stack", "ps", "--no-trunc", STACK, check=False, timeout=30))
             (dest / "sink.txt").write_text(docker("logs", SINK, check=False))
+            for cid in docker("ps", "-aq", "--filter",
+                              f"label=com.docker.stack.namespace={STACK}", check=False).split():
+                done = subprocess.run(["docker", "logs", "--timestamps", "--tail", "300", cid],
+                                      capture_output=True, text=True, timeout=20, check=False)
+                name = docker("inspect", "--format", "{{.Name}}", cid, check=False).strip("/")
+                (dest / f"logs-{name or cid}.txt").write_text(done.stdout + done.stderr)
         docker("rm", "-f", SINK, check=False)
         remove_stack(STACK)
         docker("rmi", NEW_IMAGE, check=False)  # the tag only; the image stays
