@@ -178,18 +178,36 @@ class SecondNode:
                                   "{{.Status.State}}") == "ready", JOIN_S, every=1)
 
     def stop(self) -> None:
-        """Leave the swarm, stop the dockerd, remove the namespace and the files."""
+        """Leave the swarm, stop the dockerd, remove the namespace and the files. Every step
+        runs even if one before it failed; the first failure is raised at the end."""
+        errors: list[Exception] = []
+        for step in (self._leave, self._forget_nodes, self._stop_dockerd, self._unmount,
+                     self._remove_network, self._remove_files):
+            try:
+                step()
+            except Exception as exc:  # clean up the rest, then report the first
+                log.warning("second node: %s failed: %s", step.__name__.strip("_"), exc)
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def _leave(self) -> None:
         if self.socket.exists() and self.answers():
             self.docker("swarm", "leave", "--force", check=False, timeout=30)
-        self._forget_nodes()
-        self._stop_dockerd()
+
+    def _unmount(self) -> None:
         for mount in self._mounts():  # a dockerd killed hard leaves its mounts in ours
             run("umount", "-l", mount, check=False)
+
+    def _remove_network(self) -> None:
         if self.name in run("ip", "netns", "list", check=False).split():
             run("ip", "netns", "del", self.name, check=False)
-        run("ip", "link", "del", self.host_if, check=False)  # gone with the namespace, normally
+        if Path(f"/sys/class/net/{self.host_if}").exists():  # goes with the namespace, normally
+            run("ip", "link", "del", self.host_if, check=False)
         wait_until(f"{self.host_if} to go",
                    lambda: not Path(f"/sys/class/net/{self.host_if}").exists(), 30, every=0.5)
+
+    def _remove_files(self) -> None:
         shutil.rmtree(self.exec_root, ignore_errors=True)
         shutil.rmtree(self.data_root, ignore_errors=True)
 
