@@ -95,6 +95,8 @@ def build_images() -> float:
 
 
 class Stack:
+    name = STACK  # a subclass deploys under another name (test_swarm_two_nodes.py)
+
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.passed = False
@@ -154,7 +156,7 @@ class Stack:
     def deploy(self) -> None:
         """swarm/deploy.sh, as the docs say: configs and secrets named by their content."""
         done = subprocess.run(
-            [str(REPO / "swarm" / "deploy.sh"), STACK, "--resolve-image", "never"],
+            [str(REPO / "swarm" / "deploy.sh"), self.name, "--resolve-image", "never"],
             cwd=REPO, env=self.env, capture_output=True, text=True, timeout=120, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"swarm/deploy.sh failed: {done.stdout[-2000:]}"
@@ -162,7 +164,7 @@ class Stack:
 
     def local_ports(self, action: str) -> None:
         """swarm/local-ports.sh: the admin ports on 127.0.0.1 only."""
-        done = subprocess.run([str(REPO / "swarm" / "local-ports.sh"), STACK, action], cwd=REPO,
+        done = subprocess.run([str(REPO / "swarm" / "local-ports.sh"), self.name, action], cwd=REPO,
                               env=self.env, capture_output=True, text=True, timeout=120,
                               check=False)
         if done.returncode != 0:
@@ -195,36 +197,36 @@ class Stack:
                     pass
         return reached
 
-    @staticmethod
-    def all_healthy() -> bool:
+    @classmethod
+    def all_healthy(cls) -> bool:
         """Every running container of the stack has a healthcheck and reports healthy."""
-        ids = docker("ps", "-q", "--filter", f"label=com.docker.stack.namespace={STACK}").split()
+        ids = docker("ps", "-q", "--filter", f"label=com.docker.stack.namespace={cls.name}").split()
         if len(ids) < len(SERVICES):
             return False
         states = docker("inspect", "--format", "{{if .State.Health}}{{.State.Health.Status}}"
                         "{{else}}none{{end}}", *ids).split()
         return all(state == "healthy" for state in states)
 
-    @staticmethod
-    def published_services() -> set[str]:
+    @classmethod
+    def published_services(cls) -> set[str]:
         out = set()
         for service in SERVICES:
-            ports = docker("service", "inspect", f"{STACK}_{service}", "--format",
+            ports = docker("service", "inspect", f"{cls.name}_{service}", "--format",
                            "{{json .Endpoint.Ports}}")
             if ports not in ("", "null", "[]"):
                 out.add(service)
         return out
 
-    @staticmethod
-    def config_names(service: str) -> list[str]:
-        out = docker("service", "inspect", f"{STACK}_{service}", "--format",
+    @classmethod
+    def config_names(cls, service: str) -> list[str]:
+        out = docker("service", "inspect", f"{cls.name}_{service}", "--format",
                      "{{range .Spec.TaskTemplate.ContainerSpec.Configs}}{{.ConfigName}} {{end}}")
         return out.split()
 
-    @staticmethod
-    def remove() -> None:
+    @classmethod
+    def remove(cls) -> None:
         """Remove the stack and its volumes, so the next deploy starts from nothing."""
-        remove_stack(STACK)
+        remove_stack(cls.name)
 
     def wait_ready(self, timeout: float) -> None:
         def all_running() -> bool:
@@ -240,17 +242,17 @@ class Stack:
                    lambda: self.controlplane("GET", "/v1/status")[0] == 200, timeout, every=2)
 
     # --- what runs ----------------------------------------------------------------------------
-    @staticmethod
-    def replicas(service: str) -> int:
+    @classmethod
+    def replicas(cls, service: str) -> int:
         """The replicated count; 1 for a global service (one node here)."""
-        out = docker("service", "inspect", f"{STACK}_{service}", "--format",
+        out = docker("service", "inspect", f"{cls.name}_{service}", "--format",
                      "{{if .Spec.Mode.Replicated}}{{.Spec.Mode.Replicated.Replicas}}"
                      "{{else}}1{{end}}")
         return int(out.strip() or 0)
 
-    @staticmethod
-    def tasks(service: str) -> list[dict[str, Any]]:
-        out = docker("service", "ps", f"{STACK}_{service}", "--no-trunc", "--format",
+    @classmethod
+    def tasks(cls, service: str) -> list[dict[str, Any]]:
+        out = docker("service", "ps", f"{cls.name}_{service}", "--no-trunc", "--format",
                      "{{json .}}")
         return [json.loads(line) for line in out.splitlines() if line.strip()]
 
@@ -266,15 +268,15 @@ class Stack:
                 if t.get("DesiredState") == "Running"
                 and str(t.get("CurrentState", "")).startswith("Running")}
 
-    @staticmethod
-    def updating(service: str) -> bool:
-        out = docker("service", "inspect", f"{STACK}_{service}", "--format",
+    @classmethod
+    def updating(cls, service: str) -> bool:
+        out = docker("service", "inspect", f"{cls.name}_{service}", "--format",
                      "{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}")
         return out.strip() in ("updating", "rollback_started")
 
-    @staticmethod
-    def containers(service: str) -> list[str]:
-        out = docker("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={STACK}_"
+    @classmethod
+    def containers(cls, service: str) -> list[str]:
+        out = docker("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={cls.name}_"
                      f"{service}")
         return out.split()
 
@@ -328,7 +330,7 @@ class Stack:
         """`docker service ps`, every task container's log, the control plane's decisions."""
         dest.mkdir(parents=True, exist_ok=True)
         for service in SERVICES:
-            name = f"{STACK}_{service}"
+            name = f"{self.name}_{service}"
             (dest / f"ps-{service}.txt").write_text(
                 docker("service", "ps", "--no-trunc", name, check=False, timeout=30))
             # Per container (exited ones too): `docker service logs` can hang on gone tasks.

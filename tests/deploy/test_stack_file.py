@@ -182,9 +182,9 @@ def test_the_exporters_override_renders_with_the_stack(secrets_dir: Path) -> Non
 
 
 def test_placement_for_more_than_one_node(secrets_dir: Path) -> None:
-    """Issue 19, two nodes: not testable here (one dockerd, one Swarm node), so the rendered
-    placement is checked: stateful services pinned to the data node, HAProxy on every edge
-    node, the control plane on a manager."""
+    """Issue 19, two nodes, in the rendered stack: stateful services pinned to the data node,
+    HAProxy on every edge node, the control plane on a manager. test_swarm_two_nodes.py deploys
+    it on two nodes and sees where the tasks go."""
     services = render("shop-7", secrets_dir)["services"]
     for name in ("mariadb", "rabbitmq", "redis", "prometheus"):
         deploy = services[name]["deploy"]
