@@ -46,7 +46,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(600)]
 log = logging.getLogger(__name__)
 
 ARTIFACTS = REPO / "artifacts" / "deploy-2node"
-PINNED_TO_DATA = ("mariadb", "rabbitmq", "redis", "prometheus")
+PINNED_TO_DATA = ("mariadb", "rabbitmq", "redis", "prometheus", "alertmanager")
 MAX_VISITORS = 6  # leastconn over two chat nodes: the second visitor lands on the other one
 # A chat node's open visitor WebSockets, from its own /metrics (run inside its container).
 CONNECTIONS = (
