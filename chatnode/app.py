@@ -122,8 +122,7 @@ class ChatNode:
         self._sweeper: asyncio.Task[None] | None = None
         self._marker = f"heartbeat:{settings.node_id}"
         self.mail = MailJobs(settings=settings, storage=storage, store=store,
-                             tokens=self.service.tokens, post=self.service.post_mail_reply,
-                             clock=clock)
+                             post=self.service.post_mail_reply, clock=clock)
 
     def readiness(self) -> tuple[bool, str]:
         if not self.started:

@@ -329,7 +329,8 @@ class Settings:
         "password")
     mail_link_url: str | None = _key(
         None, _parse_optional_str, "the page a mail's link opens (one with the widget); the "
-        "widget reopens the chat from the link's `#tidedesk=` part",
+        "widget reopens the chat from the link's one-time `#tidedesk-code=` (once, within 7 "
+        "days)",
         shown="`http://<host>:<port>/demo`")
     mail_reply_delay_s: float = _key(
         60.0, _parse_float(0, 110), "an agent reply to an absent visitor waits this long for "
