@@ -359,7 +359,15 @@ def test_forged_unmatched_and_malformed_mail_goes_nowhere(tmp_path: Path, smtp: 
             await agent.wait_type("message", body="still here", timeout=10)
             bodies = [m.body for m in await history(rt, conv_id)]
             assert bodies == ["Where is my parcel?", "still here"]
-            after = await scrape(rt.port or 0)
+
+            # The poller counts a reply once its post returned, which may be a moment after
+            # the agent already has the message.
+            async def counted() -> Any:
+                scraped = await scrape(rt.port or 0)
+                return scraped if moved(before, scraped, "tidedesk_mail_incoming_total",
+                                        outcome="accepted") else None
+
+            after = await wait_until_async("the good reply counted", counted, 5, every=0.05)
             assert {o: moved(before, after, "tidedesk_mail_incoming_total", outcome=o)
                     for o in outcomes} == {
                 "bad_token": 3, "no_match": 1, "no_text": 1, "too_large": 1,
