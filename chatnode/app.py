@@ -21,6 +21,7 @@ from tidedesk import logs, metrics
 from tidedesk.auth import TokenService
 from tidedesk.broker import Broker, node_queue
 from tidedesk.frames import ReconnectFrame, frame_dict
+from tidedesk.lifecycle import status_to_restore
 from tidedesk.mail.jobs import MailJobs
 from tidedesk.routing_rules import RoutingConfig
 from tidedesk.settings import Settings
@@ -121,8 +122,7 @@ class ChatNode:
         self._sweeper: asyncio.Task[None] | None = None
         self._marker = f"heartbeat:{settings.node_id}"
         self.mail = MailJobs(settings=settings, storage=storage, store=store,
-                             tokens=self.service.tokens, post=self.service.post_mail_reply,
-                             clock=clock)
+                             post=self.service.post_mail_reply, clock=clock)
 
     def readiness(self) -> tuple[bool, str]:
         if not self.started:
@@ -177,7 +177,9 @@ class ChatNode:
 
     async def heartbeat(self, ttl: float) -> None:
         """Refresh presence; re-announce agents the store forgot (it restarted empty), so they
-        get chats again and take back the ones the database says are theirs."""
+        get chats again and take back the ones the database says are theirs, and agents a
+        router counted gone for a lapsed presence while their socket here lived on (a store
+        outage longer than the heartbeat), with the status they had."""
         now = self.service.clock()
         announced: set[str] = set()
         for who, conn in self.hub.connections():
@@ -185,8 +187,11 @@ class ChatNode:
             agent = getattr(conn, "agent", None)
             if who.startswith("agent:") and agent is not None and who not in announced:
                 announced.add(who)
-                if await self.store.agent_get(who.split(":", 1)[1]) is None:
-                    await self.service.agent_status(agent, "online")
+                record = await self.store.agent_get(who.split(":", 1)[1])
+                status = status_to_restore(known=record is not None,
+                                           lapsed_from=record.lapsed_from if record else "")
+                if status is not None:
+                    await self.service.agent_status(agent, status)
         await self.store.kv_set(self._marker, "1", ttl, now)
 
     async def drain(self, spread_s: float = DRAIN_SPREAD_SECS,

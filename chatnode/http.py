@@ -312,6 +312,11 @@ class VisitorsHandler(JsonHandler):
         self.write_json(await self.service.create_visitor(self.json_body()), 201)
 
 
+class MailLinkHandler(JsonHandler):
+    async def post(self) -> None:
+        self.write_json(await self.service.redeem_mail_link(self.json_body()))
+
+
 class LoginHandler(JsonHandler):
     async def post(self) -> None:
         body = self.json_body()

@@ -41,6 +41,8 @@ class Privacy:
             ("message_bodies", self._erase_bodies),
             ("recent_history", self._erase_history),
             ("contact_fields", self._erase_contact),
+            # the one-time links of mails already sent stop opening the chat
+            ("mail_links", lambda subject: storage.mail_links.erase(subject.visitor_id)),
         ]
 
     def add_step(self, name: str, step: ErasureStep) -> None:

@@ -54,6 +54,7 @@ from chatnode.schemas import (
     json_content,
     json_response,
 )
+from tidedesk.mail.links import LINK_CODE_TTL_SECS
 
 # Path parameters: the regex Tornado matches (and the pattern the document gives for agents).
 CONVERSATION_ID = "[0-9a-f]{1,32}"
@@ -192,6 +193,19 @@ ROUTES: tuple[Route, ...] = (
     Route("/api/v1/visitors", http.VisitorsHandler, post=Operation(
         PUBLIC, "create an anonymous visitor session",
         {"201": _VISITOR_CREATED, **error_responses(400, 413)}, _VISITOR_BODY)),
+    # A reply mail's link carries a one-time code, never a token (tidedesk/mail/links.py).
+    Route("/api/v1/visitors/mail-link", http.MailLinkHandler, post=Operation(
+        PUBLIC, "trade a reply mail's one-time link code for the session of the visitor it "
+        f"was mailed to (once, within {LINK_CODE_TTL_SECS // 86400} days; then 410 link_used / "
+        "link_expired / link_unknown)",
+        {"200": json_response({"type": "object",
+                               "required": ["visitor_id", "conversation_id", "token"],
+                               "properties": {"visitor_id": {"type": "string"},
+                                              "conversation_id": {"type": "string"},
+                                              "token": {"type": "string"}}}, "the session"),
+         **error_responses(400, 410)},
+        json_content({"type": "object", "required": ["code"],
+                      "properties": {"code": {"type": "string"}}}))),
     Route("/api/v1/auth/login", http.LoginHandler, post=Operation(
         PUBLIC, "agent sign-in (password, then TOTP when enabled)",
         {"200": json_response(TOKENS, "signed in"), **error_responses(400, 401)},

@@ -56,6 +56,7 @@ from tidedesk.frames import (
     frame_dicts,
 )
 from tidedesk.i18n import LOCALES
+from tidedesk.mail.links import LINK_CODE_RE, LINK_REFUSALS
 from tidedesk.ratelimit import RateLimiter
 from tidedesk.resume import plan_resume, reseed_floor
 from tidedesk.routing_rules import DEFAULT_RULES, RoutingConfig, parse_rules
@@ -202,6 +203,26 @@ class ChatService:
                                                        locale=locale, site=site, context=context,
                                                        fields=fields, external_id=customer)
         return {"visitor_id": visitor_id, "token": self.tokens.visitor_token(visitor_id)}
+
+    async def redeem_mail_link(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /api/v1/visitors/mail-link``: a reply mail's one-time code (its link's
+        ``#tidedesk-code=``) for the session of the visitor it was mailed to, once, within
+        ``LINK_CODE_TTL_SECS``. A spent, expired or unknown code is 410 with why and what to
+        do instead (the widget starts a new chat and says so)."""
+        code = body.get("code")
+        if set(body) != {"code"} or not isinstance(code, str):
+            raise ServiceError(400, "invalid_body", 'send {"code": "<the code from the mail\'s '
+                               'link, after #tidedesk-code=>"}')
+        if not LINK_CODE_RE.fullmatch(code):
+            raise ServiceError(400, "invalid_field", "'code' must be 20-64 characters of "
+                               "A-Z a-z 0-9 _ - (copy the whole link from the mail)")
+        opened = await self.storage.mail_links.redeem(code, self.clock())
+        if isinstance(opened, str) or await self.storage.visitors.get(
+                opened.visitor_id) is None:
+            refused = opened if isinstance(opened, str) else "link_unknown"
+            raise ServiceError(410, refused, LINK_REFUSALS[refused])
+        return {"visitor_id": opened.visitor_id, "conversation_id": opened.conversation_id,
+                "token": self.tokens.visitor_token(opened.visitor_id)}
 
     async def visitor_contact(self, principal: Principal,
                               body: dict[str, Any]) -> dict[str, Any]:

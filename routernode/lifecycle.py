@@ -21,7 +21,7 @@ from tidedesk import metrics
 from tidedesk.delivery import publish_to
 from tidedesk.frames import ClosedFrame, ErrorFrame, MessageFrame, StateFrame, UnassignedFrame
 from tidedesk.i18n import text
-from tidedesk.lifecycle import grace_expired, idle_close_due
+from tidedesk.lifecycle import grace_expired, idle_close_due, presence_lapsed
 from tidedesk.resume import reseed_floor
 from tidedesk.storage import Storage
 from tidedesk.storage.records import Conversation
@@ -46,6 +46,10 @@ IDLE_SWEEP_EVERY_TICKS = 10
 IDLE_LOCK_SECS = 60.0
 # The client id of the system message an idle close adds (stored once per conversation).
 IDLE_CLOSE_CLIENT_ID = "sys:idle-close"
+# A console that connects says "online" (to the routers) a moment before its node writes its
+# presence; an agent a node told the routers about less than this long ago is not counted gone
+# for a lapsed presence. Milliseconds on a quiet node, seconds on a very busy one.
+LAPSE_SETTLE_SECS = 5.0
 
 
 class Lifecycle:
@@ -155,7 +159,11 @@ class Lifecycle:
 
     async def sweep_grace(self) -> None:
         """Agents whose consoles have been gone past the grace period give their chats back
-        (every router runs this; the store's atomic moves make it safe)."""
+        (every router runs this; the store's atomic moves make it safe). An agent still
+        ``online`` or ``away`` with no live connection anywhere (their chat node died without
+        closing its sockets, so no disconnect came) is made ``offline`` first, since the
+        moment their presence lapsed: from then on they count as disconnected, and
+        reconnecting within the grace keeps their chats, as after any disconnect."""
         now = self.router.clock()
         seen: set[str] = set()
         for pool in self.router.routing.pools:
@@ -163,9 +171,29 @@ class Lifecycle:
                 if agent.agent_id in seen:
                     continue
                 seen.add(agent.agent_id)
-                if agent.open_chats > 0 and grace_expired(agent.status, agent.status_since,
-                                                          now, self.grace_s):
+                status, since = agent.status, agent.status_since
+                lapsed = await self._lapsed_since(agent.agent_id, status, agent.updated_at, now)
+                if lapsed is not None:
+                    status, since = "offline", lapsed
+                if agent.open_chats > 0 and grace_expired(status, since, now, self.grace_s):
                     await self.agent_left(agent.agent_id)
+
+    async def _lapsed_since(self, agent_id: str, status: str, updated_at: float,
+                            now: float) -> float | None:
+        """When an agent not ``offline`` went with their node (now ``offline`` since then in
+        the store), or None (present, or another router or a node changed them first)."""
+        if status == "offline":
+            return None
+        expiry = await self.store.presence_expiry(f"agent:{agent_id}")
+        since = presence_lapsed(status, updated_at=updated_at, presence_expiry=expiry, now=now,
+                                settle_s=LAPSE_SETTLE_SECS)
+        if since is None or not await self.store.agent_mark_gone(
+                agent_id, updated_at=updated_at, since=since, now=now):
+            return None
+        metrics.AGENTS_LAPSED.inc()
+        log.warning("agent's chat node stopped heartbeating: counted offline",
+                    extra={"agent": agent_id, "was": status, "since": since})
+        return since
 
     # -- pool transfers ------------------------------------------------------------------------
     async def transfer_to_pool(self, conv: Conversation, by: str, pool: str) -> None:

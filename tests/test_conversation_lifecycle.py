@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 from tests.support.clients import (
     Http,
@@ -163,16 +164,21 @@ def test_offline_status_with_nobody_free_puts_the_chat_at_the_front_of_the_queue
     run(scenario())
 
 
+async def _ann_with_a_chat(rt: Any) -> tuple[str, WsClient, WsClient, str]:
+    """Agent Ann online with one chat: her id, her console, the visitor, the conversation."""
+    ann = add_agent(rt, "ann@shop.test")
+    _, ann_ws = await _console(rt, "ann@shop.test")
+    await wait_agent_online(rt, ann)
+    _, _, visitor = await new_visitor(rt)
+    await ann_ws.wait_type("assigned")
+    return ann, ann_ws, visitor, conversation_of(visitor)
+
+
 def test_a_console_gone_past_the_grace_period_gives_its_chats_back(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with embedded(tmp_path, GENERAL_ONLY, agent_grace_s=1.5) as rt:
-            ann = add_agent(rt, "ann@shop.test")
             bob = add_agent(rt, "bob@shop.test")
-            _, ann_ws = await _console(rt, "ann@shop.test")
-            await wait_agent_online(rt, ann)
-            _, _, visitor = await new_visitor(rt)
-            conv = conversation_of(visitor)
-            await ann_ws.wait_type("assigned")
+            ann, ann_ws, visitor, conv = await _ann_with_a_chat(rt)
             _, bob_ws = await _console(rt, "bob@shop.test")
             await wait_agent_online(rt, bob)
             await ann_ws.close()  # a network blip ...
@@ -189,6 +195,36 @@ def test_a_console_gone_past_the_grace_period_gives_its_chats_back(tmp_path: Pat
                                    and f["agent"]["id"] == bob)
             await _owner_is(rt, conv, bob)
             for client in (visitor, bob_ws):
+                await client.close()
+
+    run(scenario())
+
+
+def test_a_live_console_counted_gone_is_announced_again_by_its_heartbeat(tmp_path: Path
+                                                                        ) -> None:
+    # A router counts an agent gone when their presence lapses (a chat node that died; here a
+    # store outage longer than the heartbeat, played by calling the store's move directly).
+    # The node that still holds the socket says the status they had at its next heartbeat,
+    # within the grace, so the chat stays theirs.
+    async def scenario() -> None:
+        async with embedded(tmp_path, GENERAL_ONLY, agent_grace_s=1.5) as rt:
+            ann, ann_ws, visitor, conv = await _ann_with_a_chat(rt)
+            load = await rt.store.agent_get(ann)
+            assert load is not None
+            node = rt.node
+            assert node is not None
+            now = node.service.clock()
+            await rt.store.presence_remove(f"agent:{ann}", next(iter(
+                c.conn_id for who, c in node.hub.connections() if who == f"agent:{ann}")))
+            assert await rt.store.agent_mark_gone(ann, updated_at=load.updated_at, since=now,
+                                                  now=now)
+            await node.heartbeat(rt.settings.presence_ttl_s)
+            await wait_agent_online(rt, ann)
+            await asyncio.sleep(2.0)  # past the grace
+            assert await rt.store.owner(conv) == ann
+            assert (await rt.store.presence_nodes(f"agent:{ann}", node.service.clock())
+                    == {rt.settings.node_id})
+            for client in (visitor, ann_ws):
                 await client.close()
 
     run(scenario())

@@ -12,6 +12,8 @@ from tidedesk.lifecycle import (
     grace_expired,
     idle_close_due,
     next_state,
+    presence_lapsed,
+    status_to_restore,
     ticket_status_after,
     ways_out,
 )
@@ -86,6 +88,33 @@ def test_idle_close(state: str, present: bool, last: float, gone: float | None, 
                     due: bool) -> None:
     assert idle_close_due(state, visitor_present=present, last_activity=last, gone_since=gone,
                           now=now, idle_s=600) is due
+
+
+@pytest.mark.parametrize(("status", "updated", "expiry", "now", "gone"), [
+    pytest.param("online", 100, 190, 150, None, id="present: the node heartbeats"),
+    pytest.param("online", 100, 190, 190, 190, id="node died: gone when presence lapsed"),
+    pytest.param("online", 100, 190, 250, 190, id="noticed late: still from the lapse"),
+    pytest.param("away", 100, 190, 200, 190, id="away counts too"),
+    pytest.param("online", 100, None, 300, 300, id="presence dropped: from now"),
+    pytest.param("offline", 100, 150, 300, None, id="already offline: the grace runs"),
+    pytest.param("online", 298, None, 300, None, id="connecting: presence comes next"),
+    pytest.param("online", 295, None, 300, 300, id="settled and still no presence"),
+    pytest.param("online", 200, 150, 300, 200, id="an older lapse than the last update"),
+])
+def test_presence_lapsed(status: str, updated: float, expiry: float | None, now: float,
+                         gone: float | None) -> None:
+    assert presence_lapsed(status, updated_at=updated, presence_expiry=expiry, now=now,
+                           settle_s=5) == gone
+
+
+@pytest.mark.parametrize(("known", "lapsed_from", "status"), [
+    pytest.param(False, "", "online", id="the store forgot the agent"),
+    pytest.param(True, "", None, id="the store knows them: nothing to say"),
+    pytest.param(True, "away", "away", id="counted gone although here: as they were"),
+    pytest.param(True, "online", "online", id="counted gone while online"),
+])
+def test_status_to_restore(known: bool, lapsed_from: str, status: str | None) -> None:
+    assert status_to_restore(known=known, lapsed_from=lapsed_from) == status
 
 
 def test_ticket_status() -> None:

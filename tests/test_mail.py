@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
@@ -29,11 +30,13 @@ from tests.support.clients import (
     login,
     new_visitor,
     wait_agent_online,
+    ws,
 )
 from tests.support.mail import Dovecot, SmtpSink, wait_seen
 from tests.support.metrics import moved, scrape
 from tests.support.routing import GENERAL_ONLY
 from tests.support.waiting import wait_until_async
+from tidedesk.mail.links import LINK_CODE_TTL_SECS
 from tidedesk.mail.retry import RetryPolicy
 from tidedesk.mail.tokens import sign_reply_token
 from tidedesk.runtime import Runtime
@@ -103,10 +106,51 @@ def imap(tmp_path: Path) -> Any:
     server.stop()
 
 
+def test_a_mail_link_opens_the_chat_once(tmp_path: Path, smtp: SmtpSink) -> None:
+    async def scenario() -> None:
+        async with mail_desk(tmp_path, smtp) as rt:
+            conv_id, _, agent = await absent_visitor_chat(rt)
+            await agent.say("Your parcel left today.", conversation_id=conv_id)
+            [mail] = await smtp.wait_for(1)
+            found = re.search(r"#tidedesk-code=([A-Za-z0-9_-]+)", parts(mail)["text/plain"])
+            assert found is not None
+            http = Http(rt)
+            status, session = await http.request("POST", "/api/v1/visitors/mail-link",
+                                                 {"code": found[1]})
+            assert status == 200, session
+            assert session["conversation_id"] == conv_id
+            # The session is the visitor's own: their socket sees the chat and the reply.
+            client = await ws(rt, "/ws/visitor", session["token"])
+            hello = await client.wait_type("hello")
+            assert hello["conversation_id"] == conv_id
+            await client.send({"type": "resume", "after_seq": 0})
+            await client.wait_type("message", body="Your parcel left today.")
+            await client.close()
+
+            # Once: a forwarded mail's link, clicked later, opens nothing and says what to do.
+            status, again = await http.request("POST", "/api/v1/visitors/mail-link",
+                                               {"code": found[1]})
+            assert (status, again["error"]["code"]) == (410, "link_used")
+            assert "new chat" in again["error"]["message"]  # the way forward
+            old = await rt.storage.mail_links.issue(session["visitor_id"], conv_id,
+                                                    now=time.time() - LINK_CODE_TTL_SECS - 1)
+            status, late = await http.request("POST", "/api/v1/visitors/mail-link",
+                                              {"code": old})
+            assert (status, late["error"]["code"]) == (410, "link_expired")
+            for body, code in (({"code": "short"}, "invalid_field"), ({}, "invalid_body"),
+                               ({"code": found[1], "x": 1}, "invalid_body"),
+                               ({"code": 12}, "invalid_body")):
+                status, bad = await http.request("POST", "/api/v1/visitors/mail-link", body)
+                assert (status, bad["error"]["code"]) == (400, code), body
+            await agent.close()
+
+    run(scenario())
+
+
 def test_replies_to_an_absent_visitor_share_one_mail(tmp_path: Path, smtp: SmtpSink) -> None:
     async def scenario() -> None:
         async with mail_desk(tmp_path, smtp) as rt:
-            conv_id, _, agent = await absent_visitor_chat(rt, locale="zh-CN")
+            conv_id, token, agent = await absent_visitor_chat(rt, locale="zh-CN")
             await agent.say("已经发货了。", conversation_id=conv_id)
             await agent.say("Tracking: TD123", conversation_id=conv_id)
             [mail] = await smtp.wait_for(1)
@@ -120,7 +164,9 @@ def test_replies_to_an_absent_visitor_share_one_mail(tmp_path: Path, smtp: SmtpS
             for kind in body:
                 assert "已经发货了。" in body[kind] and "TD123" in body[kind]
                 assert "Where is my parcel?" not in body[kind]  # only the new replies
-            assert "https://shop.test/help#tidedesk=" in body["text/plain"]
+            # The link carries a one-time code, not the visitor's token (issue 13's loose end).
+            assert "https://shop.test/help#tidedesk-code=" in body["text/plain"]
+            assert token not in body["text/plain"] and token not in body["text/html"]
             message_id = mail["Message-ID"]
             assert message_id.startswith("<td.reply.") and conv_id in message_id
             assert f"help+{conv_id}." in mail["Reply-To"]
@@ -313,7 +359,15 @@ def test_forged_unmatched_and_malformed_mail_goes_nowhere(tmp_path: Path, smtp: 
             await agent.wait_type("message", body="still here", timeout=10)
             bodies = [m.body for m in await history(rt, conv_id)]
             assert bodies == ["Where is my parcel?", "still here"]
-            after = await scrape(rt.port or 0)
+
+            # The poller counts a reply once its post returned, which may be a moment after
+            # the agent already has the message.
+            async def counted() -> Any:
+                scraped = await scrape(rt.port or 0)
+                return scraped if moved(before, scraped, "tidedesk_mail_incoming_total",
+                                        outcome="accepted") else None
+
+            after = await wait_until_async("the good reply counted", counted, 5, every=0.05)
             assert {o: moved(before, after, "tidedesk_mail_incoming_total", outcome=o)
                     for o in outcomes} == {
                 "bad_token": 3, "no_match": 1, "no_text": 1, "too_large": 1,

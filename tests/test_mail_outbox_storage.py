@@ -14,6 +14,7 @@ import pytest
 
 from tests.support.mariadb import databases
 from tidedesk.crypto import FieldCipher
+from tidedesk.mail.links import LINK_CODE_KEEP_SECS, LINK_CODE_TTL_SECS
 from tidedesk.storage import Storage, new_id
 
 CIPHER = FieldCipher(base64.b64encode(os.urandom(32)).decode())
@@ -98,6 +99,47 @@ def test_claims_are_atomic_and_replies_share_a_row(urls: list[str]) -> None:
         raw = first.main["MailOutbox"].select().where(
             first.main["MailOutbox"].kind == "transcript").first()
         assert "ann@example.com" not in (raw.to_enc or "")  # encrypted at rest
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_mail_link_code_opens_once_and_expires(urls: list[str]) -> None:
+    # Two storages stand for two chat nodes: two clicks at once, one session.
+    first, second = Storage(urls, cipher=CIPHER), Storage(urls, cipher=CIPHER)
+    try:
+        first.migrate_all()
+
+        async def scenario() -> None:
+            conv, visitor = new_id(), new_id()
+            code = await first.mail_links.issue(visitor, conv, now=1000.0)
+            assert len(code) >= 40
+            raw = first.main["MailLinkCode"]
+            assert raw.get_or_none(raw.code_hash == code) is None  # only the hash is kept
+            won = await asyncio.gather(*(s.mail_links.redeem(code, now=2000.0)
+                                         for s in (first, second) for _ in range(3)))
+            opened = [w for w in won if not isinstance(w, str)]
+            assert len(opened) == 1
+            assert (opened[0].visitor_id, opened[0].conversation_id) == (visitor, conv)
+            assert sorted(set(w for w in won if isinstance(w, str))) == ["link_used"]
+            assert await second.mail_links.redeem("x" * 43, now=2000.0) == "link_unknown"
+
+            late = await first.mail_links.issue(visitor, conv, now=1000.0)
+            week_later = 1000.0 + LINK_CODE_TTL_SECS
+            assert await second.mail_links.redeem(late, now=week_later) == "link_expired"
+            assert await second.mail_links.redeem(late, now=week_later - 1) != "link_expired"
+            assert await second.mail_links.redeem(late, now=week_later) == "link_used"
+
+            # Long past their expiry, codes are deleted when new ones are made; erasure
+            # deletes a contact's at once.
+            kept = await first.mail_links.issue(visitor, conv, now=week_later)
+            await first.mail_links.issue("someone", conv, now=week_later
+                                         + LINK_CODE_KEEP_SECS + 1)
+            assert await first.mail_links.redeem(late, now=week_later) == "link_unknown"
+            assert await first.mail_links.erase(visitor) == 1
+            assert await first.mail_links.redeem(kept, now=week_later) == "link_unknown"
+
+        asyncio.run(scenario())
     finally:
         first.close()
         second.close()

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from tidedesk.mail.addresses import MailUrlError, parse_imap_url, parse_smtp_url
 from tidedesk.mail.compose import Envelope, Line, message_id, reply_mail, transcript_mail
 from tidedesk.mail.incoming import Refused, read_reply, strip_reply
+from tidedesk.mail.links import LINK_CODE_RE, mail_link, new_link_code, refusal
 from tidedesk.mail.retry import RetryPolicy
 from tidedesk.mail.tokens import find_tokens, sign_reply_token, verify_reply_token
 from tidedesk.settings import SettingsError, load_settings
@@ -211,3 +212,21 @@ def test_compose_reply_and_transcript() -> None:
     assert zh["Subject"] == "您与 Tide Shop 的对话记录"
     zh_plain = zh.get_body(("plain",))
     assert zh_plain is not None and "您 (1970-01-01 00:00 UTC):" in zh_plain.get_content()
+
+
+@pytest.mark.parametrize(("found", "used_at", "expires_at", "now", "why"), [
+    pytest.param(False, None, 0.0, 10.0, "link_unknown", id="never issued or deleted"),
+    pytest.param(True, 5.0, 100.0, 10.0, "link_used", id="clicked before"),
+    pytest.param(True, 5.0, 100.0, 200.0, "link_used", id="used beats expired"),
+    pytest.param(True, None, 100.0, 100.0, "link_expired", id="never used, too late"),
+    pytest.param(True, None, 100.0, 50.0, "link_used", id="lost a race to another click"),
+])
+def test_mail_link_refusals(found: bool, used_at: float | None, expires_at: float, now: float,
+                            why: str) -> None:
+    assert refusal(found=found, used_at=used_at, expires_at=expires_at, now=now) == why
+
+
+def test_mail_link_codes_go_in_the_fragment() -> None:
+    codes = {new_link_code() for _ in range(50)}
+    assert len(codes) == 50 and all(LINK_CODE_RE.fullmatch(c) for c in codes)
+    assert mail_link("https://s.example/help#old", "abc") == "https://s.example/help#tidedesk-code=abc"

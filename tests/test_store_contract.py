@@ -395,6 +395,46 @@ def test_status_since_changes_only_with_the_status(run: Runner) -> None:
     run(body)
 
 
+def test_presence_expiry_is_the_latest_live_or_not(run: Runner) -> None:
+    async def body(s: Store) -> None:
+        assert await s.presence_expiry("agent:1") is None
+        await s.presence_add("agent:1", "conn-a", "node-1", ttl_s=30, now=0)
+        await s.presence_add("agent:1", "conn-b", "node-2", ttl_s=60, now=5)
+        assert await s.presence_expiry("agent:1") == 65
+        assert await s.presence_nodes("agent:1", now=70) == set()
+        assert await s.presence_expiry("agent:1") == 65  # expired, still known
+        await s.presence_remove("agent:1", "conn-a")
+        await s.presence_remove("agent:1", "conn-b")
+        assert await s.presence_expiry("agent:1") is None
+
+    run(body)
+
+
+def test_agent_mark_gone_only_without_live_presence_or_newer_update(run: Runner) -> None:
+    async def body(s: Store) -> None:
+        assert not await s.agent_mark_gone("nobody", updated_at=0, since=0, now=0)
+        await _agent(s, "a", status="away", now=10.25)
+        await s.presence_add("agent:a", "conn", "node-1", ttl_s=30, now=10.25)
+        a = await s.agent_get("a")
+        assert a is not None and (a.updated_at, a.lapsed_from) == (10.25, "")
+        # a live connection, or an update after the one read: nothing changes
+        assert not await s.agent_mark_gone("a", updated_at=10.25, since=40.25, now=40)
+        assert not await s.agent_mark_gone("a", updated_at=9, since=40.25, now=50)
+        assert await s.agent_mark_gone("a", updated_at=10.25, since=40.25, now=50)
+        a = await s.agent_get("a")
+        assert a is not None
+        assert (a.status, a.status_since, a.lapsed_from) == ("offline", 40.25, "away")
+        assert not await s.agent_mark_gone("a", updated_at=10.25, since=60, now=60)  # once
+        # the node's next word (a re-announce, a reconnect) is the truth again
+        await _agent(s, "a", status="online", now=61)
+        a = await s.agent_get("a")
+        assert a is not None
+        assert (a.status, a.status_since, a.updated_at, a.lapsed_from) == (
+            "online", 61, 61, "")
+
+    run(body)
+
+
 def test_handover_moves_the_owner_within_limits(run: Runner) -> None:
     async def body(s: Store) -> None:
         await _agent(s, "a", max_chats=2)

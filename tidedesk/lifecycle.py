@@ -104,9 +104,39 @@ def can_take(state: str) -> bool:
 
 
 def grace_expired(status: str, status_since: float, now: float, grace_s: float) -> bool:
-    """An agent whose sockets are all gone (status ``offline`` since ``status_since``) gives
+    """An agent whose sockets are all gone (status ``offline`` since ``status_since``: their
+    last socket closed, or their node stopped heartbeating, see :func:`presence_lapsed`) gives
     their chats back once the grace period for a network blip is over."""
     return status == "offline" and now - status_since >= grace_s
+
+
+def presence_lapsed(status: str, *, updated_at: float, presence_expiry: float | None,
+                    now: float, settle_s: float) -> float | None:
+    """When an agent the store still counts as ``online`` or ``away`` is gone all the same: no
+    node holds a live socket of theirs (their chat node died without closing them, so no
+    disconnect ever came). Returns the moment they went (their grace period counts from it),
+    or None while they are present, already ``offline``, or a node told the routers about them
+    less than ``settle_s`` ago (a console that is connecting says ``online`` a moment before
+    its presence is written).
+
+    ``presence_expiry`` is the latest expiry of their connections, live or not (a connection
+    expires ``TIDEDESK_PRESENCE_TTL_S`` after its node's last heartbeat); None when the store
+    holds none of them any more, then the moment is ``now`` (the first sweep to notice)."""
+    if status == "offline" or now - updated_at < settle_s:
+        return None
+    if presence_expiry is not None and presence_expiry > now:
+        return None
+    return max(updated_at, presence_expiry if presence_expiry is not None else now)
+
+
+def status_to_restore(*, known: bool, lapsed_from: str) -> str | None:
+    """What a chat node that holds a live socket of an agent announces again at its heartbeat:
+    ``online`` when the store forgot the agent (it restarted empty); the status they had when
+    the store counted them gone for a lapsed presence (:func:`presence_lapsed`: a Redis outage
+    longer than the heartbeat, say) although their socket is alive here; else nothing."""
+    if not known:
+        return "online"
+    return lapsed_from or None
 
 
 def idle_close_due(state: str, *, visitor_present: bool, last_activity: float,

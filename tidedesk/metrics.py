@@ -31,6 +31,8 @@ ASSIGNMENTS = Counter("tidedesk_assignments_total", "Chats assigned to agents", 
 # issue 13: chats given back by agents who left, by where they went; chats closed as idle
 GIVEN_BACK = Counter("tidedesk_chats_given_back_total",
                      "Chats an agent who left handed back", ["outcome"])
+AGENTS_LAPSED = Counter("tidedesk_agents_lapsed_total",
+                        "Agents counted offline because their chat node stopped heartbeating")
 IDLE_CLOSED = Counter("tidedesk_idle_closed_total", "Chats closed because the visitor left")
 WAITING = Gauge("tidedesk_waiting_visitors", "Visitors waiting for an agent", ["pool"])
 PUBLISH_CONFIRM_LATENCY = Histogram(

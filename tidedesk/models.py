@@ -155,6 +155,16 @@ class RevokedSignIn(_Base):
     revoked_at = pw.DoubleField(default=now_ts)
 
 
+class MailLinkCode(_Base):
+    """A reply mail's one-time chat link (tidedesk/mail/links.py): only the code's SHA-256."""
+
+    code_hash = pw.CharField(max_length=64, primary_key=True)
+    visitor_id = pw.CharField(max_length=32, index=True)
+    conversation_id = pw.CharField(max_length=32)
+    expires_at = pw.DoubleField(index=True)
+    used_at = pw.DoubleField(null=True)
+
+
 class MailOutbox(_Base):
     """issue 13: mail waiting to go out (tidedesk/mail/outbox.py). A ``reply`` row collects
     the agent replies a visitor missed: its ``dedupe`` is ``reply:<conversation>:pending``
@@ -298,8 +308,8 @@ class SchemaVersion(_Base):
 
 MAIN_MODELS: tuple[type[_Base], ...] = (
     Agent, Visitor, Conversation, Ticket, CannedResponse, AuditLog, RevokedSignIn, SchemaVersion,
-    Message, MailOutbox, Rating, Attachment, BlobPart, ApiToken, Webhook, WebhookDelivery, Site,
-    ConversationLabel,
+    Message, MailOutbox, MailLinkCode, Rating, Attachment, BlobPart, ApiToken, Webhook,
+    WebhookDelivery, Site, ConversationLabel,
 )
 SHARD_MODELS: tuple[type[_Base], ...] = (Message, SchemaVersion, BlobPart)
 

@@ -18,7 +18,8 @@ key                             type       real TTL
                                            close)
 ``kv:<key>``                    hash       the caller's TTL, sliding on touch (``v``, ``exp``)
 ``presence:<who>``              hash       longest connection TTL (conn -> ``"<exp>|<node>"``)
-``agent:<id>``                  hash       none (status, pools, max_chats, open_chats, ...)
+``agent:<id>``                  hash       none (status, pools, max_chats, open_chats,
+                                           updated_at, lapsed_from, ...)
 ``pool:<pool>``                 set        none (agent ids)
 ``agentconvs:<id>``             set        none (conversations the agent owns)
 ``owner:<conv>``                string     none (agent id)
@@ -183,6 +184,7 @@ class RedisStore(Store):
         self._kv_swap = reg(lua_script("kv_swap"))
         self._presence_add = reg(lua_script("presence_add"))
         self._presence_remove = reg(lua_script("presence_remove"))
+        self._agent_gone = reg(lua_script("agent_gone"))
         self._claim = reg(lua_script("claim"))
         self._release = reg(lua_script("release"))
         self._handover = reg(lua_script("handover"))
@@ -292,6 +294,11 @@ class RedisStore(Store):
         conns = cast(dict[str, str], await self._r.hgetall(self._k("presence", who)))
         return _live_nodes(conns.values(), now)
 
+    @_tracked
+    async def presence_expiry(self, who: str) -> float | None:
+        entries = cast(list[str], await self._r.hvals(self._k("presence", who)))
+        return max((float(e.partition("|")[0]) for e in entries), default=None)
+
     # -- agents and ownership ---------------------------------------------------------------
     @_tracked
     async def agent_update(self, agent_id: str, *, status: str, pools: tuple[str, ...],
@@ -317,8 +324,9 @@ class RedisStore(Store):
                         "status": status, "pools": json.dumps(list(pools)),
                         "max_chats": int(max_chats), "name": name,
                         "last_assigned_at": last if last is not None else repr(now),
-                        "status_since": since,
+                        "status_since": since, "updated_at": repr(now),
                     })
+                    pipe.hdel(key, "lapsed_from")
                     pipe.hsetnx(key, "open_chats", 0)
                     await pipe.execute()
                     return
@@ -334,12 +342,21 @@ class RedisStore(Store):
             max_chats=int(h["max_chats"]), last_assigned_at=float(h["last_assigned_at"]),
             pools=tuple(json.loads(h["pools"])), name=h.get("name", ""),
             status_since=float(h.get("status_since", 0.0)),
+            updated_at=float(h.get("updated_at", 0.0)), lapsed_from=h.get("lapsed_from", ""),
         )
 
     @_tracked
     async def agent_get(self, agent_id: str) -> AgentLoad | None:
         h = cast(dict[str, str], await self._r.hgetall(self._k("agent", agent_id)))
         return self._agent(agent_id, h)
+
+    @_tracked
+    async def agent_mark_gone(self, agent_id: str, *, updated_at: float, since: float,
+                              now: float) -> bool:
+        res = await self._agent_gone(
+            keys=[self._k("agent", agent_id), self._k("presence", f"agent:{agent_id}")],
+            args=[repr(updated_at), repr(since), repr(now)])
+        return bool(int(res))
 
     @_tracked
     async def agents_in_pool(self, pool: str) -> list[AgentLoad]:

@@ -278,7 +278,8 @@ class Settings:
     agent_grace_s: float = _key(
         30.0, _parse_float(0, 86400), "an agent whose consoles are all gone this long (a "
         "network blip is shorter) gives their open chats back; signing out or setting "
-        "`offline` gives them back at once")
+        "`offline` gives them back at once; for a chat node that died, it counts from when "
+        "its heartbeat lapsed (`TIDEDESK_PRESENCE_TTL_S` after the last one)")
     idle_close_s: float = _key(
         1800.0, _parse_float(10, 30 * 86400), "a queued or assigned chat whose visitor has "
         "no socket left and that saw nothing happen this long closes itself")
@@ -328,7 +329,8 @@ class Settings:
         "password")
     mail_link_url: str | None = _key(
         None, _parse_optional_str, "the page a mail's link opens (one with the widget); the "
-        "widget reopens the chat from the link's `#tidedesk=` part",
+        "widget reopens the chat from the link's one-time `#tidedesk-code=` (once, within 7 "
+        "days)",
         shown="`http://<host>:<port>/demo`")
     mail_reply_delay_s: float = _key(
         60.0, _parse_float(0, 110), "an agent reply to an absent visitor waits this long for "

@@ -41,6 +41,11 @@ class AgentLoad:
     # When ``status`` last changed (issue 13: an agent offline longer than the grace period
     # gives their chats back).
     status_since: float = 0.0
+    # When a node last told the routers about this agent (any status, a re-announce too), and
+    # the status they had when a sweep counted them gone because no node holds a live socket of
+    # theirs (:meth:`Store.agent_mark_gone`; "" otherwise). Both reset by every update.
+    updated_at: float = 0.0
+    lapsed_from: str = ""
 
     @property
     def has_room(self) -> bool:
@@ -118,6 +123,11 @@ class Store(abc.ABC):
     async def presence_nodes(self, who: str, now: float) -> set[str]:
         """Node ids where ``who`` has live connections."""
 
+    @abc.abstractmethod
+    async def presence_expiry(self, who: str) -> float | None:
+        """The latest expiry of ``who``'s connections, live or expired; None when the store
+        holds none (never connected, all removed, or dropped some time after expiring)."""
+
     # -- agents and ownership ---------------------------------------------------------------
     @abc.abstractmethod
     async def agent_update(self, agent_id: str, *, status: str, pools: tuple[str, ...],
@@ -125,6 +135,14 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def agent_get(self, agent_id: str) -> AgentLoad | None: ...
+
+    @abc.abstractmethod
+    async def agent_mark_gone(self, agent_id: str, *, updated_at: float, since: float,
+                              now: float) -> bool:
+        """Atomically: if the agent is not ``offline``, no update came since the one at
+        ``updated_at``, and ``agent:<id>`` has no live connection at ``now``, make them
+        ``offline`` since ``since`` and remember the status they had in ``lapsed_from``. False
+        (nothing changed) otherwise. For agents whose chat node died (their grace starts)."""
 
     @abc.abstractmethod
     async def agents_in_pool(self, pool: str) -> list[AgentLoad]: ...
@@ -332,6 +350,10 @@ class MemoryStore(Store):
     async def presence_nodes(self, who: str, now: float) -> set[str]:
         return {node for node, expires in self._presence.get(who, {}).values() if expires > now}
 
+    async def presence_expiry(self, who: str) -> float | None:
+        conns = self._presence.get(who)
+        return max(expires for _, expires in conns.values()) if conns else None
+
     async def agent_update(self, agent_id: str, *, status: str, pools: tuple[str, ...],
                            max_chats: int, name: str, now: float) -> None:
         old = self._agents.get(agent_id)
@@ -340,10 +362,21 @@ class MemoryStore(Store):
             max_chats=max_chats, last_assigned_at=old.last_assigned_at if old else now,
             pools=pools, name=name,
             status_since=old.status_since if old and old.status == status else now,
+            updated_at=now,
         )
 
     async def agent_get(self, agent_id: str) -> AgentLoad | None:
         return self._agents.get(agent_id)
+
+    async def agent_mark_gone(self, agent_id: str, *, updated_at: float, since: float,
+                              now: float) -> bool:
+        agent = self._agents.get(agent_id)
+        if (agent is None or agent.status == "offline" or agent.updated_at != updated_at
+                or await self.presence_nodes(f"agent:{agent_id}", now)):  # no await inside
+            return False
+        self._agents[agent_id] = replace(agent, status="offline", status_since=since,
+                                         lapsed_from=agent.status)
+        return True
 
     async def agents_in_pool(self, pool: str) -> list[AgentLoad]:
         return [a for a in self._agents.values() if pool in a.pools]

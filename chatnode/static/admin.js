@@ -3,8 +3,6 @@
  * a REST call (see /api/v1/openapi.json); the server checks and audits it. */
 (function () {
   "use strict";
-  var pickLang = window.TidedeskCore.pickLang;
-  var LANG_KEY = "tidedesk.console.lang";
   var I18N = {
     en: {
       title: "Admin", console: "Agent console", signOut: "Sign out", agents: "Agents",
@@ -57,11 +55,10 @@
       cancel: "取消",
     },
   };
-  var lang;
-  try { lang = pickLang(localStorage.getItem(LANG_KEY) || navigator.language); } catch (e) { lang = pickLang(navigator.language); }
-  var t = window.TidedeskCore.translator(I18N, function () { return lang; });
+  // Sign-in check, language and sign-out: auth.js (the same on every console page).
+  var page = TDAuth.consolePage({ i18n: I18N, title: "title", onSignedIn: signedIn });
+  var t = page.t;
   var h = window.TidedeskDom.h;
-  var login = null;
   function $(s) { return document.querySelector(s); }
   function $$(s) { return Array.prototype.slice.call(document.querySelectorAll(s)); }
   function list(v) { return String(v || "").split(",").map(function (x) { return x.trim(); }).filter(Boolean); }
@@ -261,36 +258,9 @@
   });
 
   // ---- page ----
-  function applyLang() {
-    document.documentElement.lang = lang;
-    $$("[data-i18n]").forEach(function (el) { el.textContent = t(el.getAttribute("data-i18n")); });
-    $$("[data-lang-select]").forEach(function (el) { el.value = lang; });
-    document.title = "Tidedesk — " + t("title");
-    if (login) login.translate();
+  function signedIn(me) {
+    if (me.role !== "admin") { fail(t("forbidden")); return; }
+    loadAgents(); loadSite(); loadCanned(); loadTokens(); loadHooks();
   }
-  function showLogin() {
-    TDAuth.logout();
-    $("#app").hidden = true;
-    $("#login").hidden = false;
-    login = TDAuth.mountLogin($("#login-form"), t, start);
-  }
-  function start() {
-    TDAuth.api("/api/v1/me").then(function (me) {
-      $("#login").hidden = true;
-      $("#app").hidden = false;
-      applyLang();
-      if (me.role !== "admin") { fail(t("forbidden")); return; }
-      loadAgents(); loadSite(); loadCanned(); loadTokens(); loadHooks();
-    }, function (err) { if (err.status === 401) showLogin(); else setTimeout(start, 3000); });
-  }
-  $$("[data-lang-select]").forEach(function (el) {
-    el.addEventListener("change", function () {
-      lang = pickLang(el.value);
-      try { localStorage.setItem(LANG_KEY, lang); } catch (e) { /* ignore */ }
-      applyLang();
-    });
-  });
-  $("[data-logout]").addEventListener("click", function () { TDAuth.revoke(); showLogin(); });
-  applyLang();
-  if (TDAuth.session) start(); else showLogin();
+  page.run();
 })();

@@ -1,4 +1,5 @@
-/* Tidedesk agent sign-in, shared by the console and the supervisor view.
+/* Tidedesk agent sign-in, shared by the console and the supervisor view; and the start-up of
+ * the console pages (admin, supervisor, inbox, reports: consolePage).
  *
  * Tokens live in localStorage so the console and the supervisor view (often in two tabs) share one
  * sign-in. The access token is refreshed before it expires; if another tab refreshed first (refresh
@@ -225,6 +226,72 @@
     return { translate: translate };
   }
 
+  var LANG_KEY = "tidedesk.console.lang"; // one language for every console page
+  var START_RETRY_MS = 3000; // the server did not answer "who am I": ask again this often
+
+  /**
+   * The start-up every console page shares (admin, supervisor, inbox, reports): its language
+   * (the one the pages share, else the browser's), the sign-in check, the sign-in form, the
+   * language switches (`[data-lang-select]`), the sign-out button (`[data-logout]`), and the
+   * page's `[data-i18n]` texts. The page gives
+   *   i18n         its { en, "zh-CN" } tables (tidedesk-core.js translator);
+   *   title        the key of its document title (optional);
+   *   onLang()     re-render what the texts do not cover (after every language change);
+   *   onLangSwitch()  what a switch by the visitor changes besides (optional, after onLang);
+   *   onSignedIn(me)  start the page's work (GET /api/v1/me's answer; the texts follow it);
+   *   onSignedOut()   stop it (timers), before the sign-in form shows.
+   * Call `.run()` once the page has wired its own handlers. Returns { t, lang, showLogin, run }.
+   */
+  function consolePage(opts) {
+    var Core = window.TidedeskCore;
+    var lang;
+    try { lang = Core.pickLang(localStorage.getItem(LANG_KEY) || navigator.language); } catch (e) { lang = Core.pickLang(navigator.language); }
+    var t = Core.translator(opts.i18n, function () { return lang; });
+    var form = null;
+    function all(sel) { return Array.prototype.slice.call(document.querySelectorAll(sel)); }
+    function el(id) { return document.getElementById(id); }
+
+    function applyLang() {
+      document.documentElement.lang = lang;
+      all("[data-i18n]").forEach(function (e) { e.textContent = t(e.getAttribute("data-i18n")); });
+      all("[data-lang-select]").forEach(function (e) { e.value = lang; });
+      if (opts.title) document.title = "Tidedesk — " + t(opts.title);
+      if (form) form.translate();
+      if (opts.onLang) opts.onLang();
+    }
+    function showLogin() {
+      if (opts.onSignedOut) opts.onSignedOut();
+      logout();
+      el("app").hidden = true;
+      el("login").hidden = false;
+      form = mountLogin(el("login-form"), t, start);
+    }
+    function start() {
+      api("/api/v1/me").then(function (me) {
+        el("login").hidden = true;
+        el("app").hidden = false;
+        opts.onSignedIn(me);
+        applyLang();
+      }, function (err) { if (err.status === 401) showLogin(); else setTimeout(start, START_RETRY_MS); });
+    }
+    function run() {
+      all("[data-lang-select]").forEach(function (e) {
+        e.addEventListener("change", function () {
+          lang = Core.pickLang(e.value);
+          try { localStorage.setItem(LANG_KEY, lang); } catch (ex) { /* the choice lasts this page view */ }
+          applyLang();
+          if (opts.onLangSwitch) opts.onLangSwitch();
+        });
+      });
+      all("[data-logout]").forEach(function (e) {
+        e.addEventListener("click", function () { revoke(); showLogin(); });
+      });
+      applyLang();
+      if (session) start(); else showLogin();
+    }
+    return { t: t, get lang() { return lang; }, showLogin: showLogin, run: run };
+  }
+
   if (session) schedule();
 
   window.TDAuth = {
@@ -236,6 +303,7 @@
     logout: logout,
     revoke: revoke,
     mountLogin: mountLogin,
+    consolePage: consolePage,
     onChange: function (f) { listeners.push(f); },
   };
 })();

@@ -6,7 +6,6 @@
   "use strict";
   var Core = window.TidedeskCore, Dom = window.TidedeskDom, h = Dom.h;
   var POLL_MS = 5000;
-  var LANG_KEY = "tidedesk.console.lang"; // shared with the console
   var VIEWS = ["mine", "unassigned", "tickets", "open", "closed"];
 
   var I18N = {
@@ -47,13 +46,16 @@
       networkError: "无法连接服务器。",
     },
   };
-  var lang;
-  try { lang = Core.pickLang(localStorage.getItem(LANG_KEY) || navigator.language); } catch (e) { lang = Core.pickLang(navigator.language); }
-  var t = Core.translator(I18N, function () { return lang; });
+  // Sign-in check, language and sign-out: auth.js (the same on every console page).
+  var page = TDAuth.consolePage({
+    i18n: I18N, onLang: renderAll, onSignedIn: signedIn,
+    onSignedOut: function () { clearTimeout(S.timer); },
+  });
+  var t = page.t;
   function $(s) { return document.querySelector(s); }
   function $$(s) { return Array.prototype.slice.call(document.querySelectorAll(s)); }
 
-  var S = { view: "mine", items: [], cursor: null, current: null, seq: null, search: null, me: null, timer: null, login: null };
+  var S = { view: "mine", items: [], cursor: null, current: null, seq: null, search: null, me: null, timer: null };
 
   function visitorName(v, cid) {
     v = v || {};
@@ -69,11 +71,7 @@
     if (next && next.getAttribute("tabindex") !== null) next.focus();
   }
 
-  function applyLang() {
-    document.documentElement.lang = lang;
-    $$("[data-i18n]").forEach(function (el) { el.textContent = t(el.getAttribute("data-i18n")); });
-    $$("[data-lang-select]").forEach(function (el) { el.value = lang; });
-    if (S.login) S.login.translate();
+  function renderAll() {
     renderViews(); renderList(); renderCurrent();
     if (S.contact) renderContact(S.contact);
   }
@@ -114,7 +112,7 @@
   }
 
   function fail(err) {
-    if (err.status === 401) { showLogin(); return; }
+    if (err.status === 401) { page.showLogin(); return; }
     $("[data-status]").textContent = t("error", { m: err.message });
   }
 
@@ -279,7 +277,7 @@
     (k.conversations || []).forEach(function (pc) {
       var open = function () { openConversation(pc.id, null); };
       ul.appendChild(h("li", { tabindex: "0", role: "option", "data-testid": "past-chat", onclick: open, onkeydown: function (e) { listKeys(e, open); },
-        text: new Date(pc.created_at * 1000).toLocaleDateString(lang) + " · " + t("state_" + pc.state) +
+        text: new Date(pc.created_at * 1000).toLocaleDateString(page.lang) + " · " + t("state_" + pc.state) +
           (pc.last_message ? " · " + String(pc.last_message.body).slice(0, 60) : "") }));
     });
     box.appendChild(ul);
@@ -295,35 +293,15 @@
     }, fail);
   }
 
-  function showLogin() {
-    clearTimeout(S.timer);
-    TDAuth.logout();
-    $("#app").hidden = true;
-    $("#login").hidden = false;
-    S.login = TDAuth.mountLogin($("#login-form"), t, start);
+  function signedIn(me) {
+    S.me = me;
+    $("[data-me-name]").textContent = me.name;
+    $("[data-reports-link]").hidden = !(me.role === "supervisor" || me.role === "admin");
+    load(true);
+    var m = /conv=([0-9a-f]+)(?:&seq=(\d+))?/.exec(location.hash);
+    if (m) openConversation(m[1], m[2] ? Number(m[2]) : null);
   }
 
-  function start() {
-    TDAuth.api("/api/v1/me").then(function (me) {
-      S.me = me;
-      $("#login").hidden = true;
-      $("#app").hidden = false;
-      $("[data-me-name]").textContent = me.name;
-      $("[data-reports-link]").hidden = !(me.role === "supervisor" || me.role === "admin");
-      applyLang();
-      load(true);
-      var m = /conv=([0-9a-f]+)(?:&seq=(\d+))?/.exec(location.hash);
-      if (m) openConversation(m[1], m[2] ? Number(m[2]) : null);
-    }, function (err) { if (err.status === 401) showLogin(); else setTimeout(start, 3000); });
-  }
-
-  $$("[data-lang-select]").forEach(function (el) {
-    el.addEventListener("change", function () {
-      lang = Core.pickLang(el.value);
-      try { localStorage.setItem(LANG_KEY, lang); } catch (e) { /* ignore */ }
-      applyLang();
-    });
-  });
   $("[data-search-form]").addEventListener("submit", function (e) { e.preventDefault(); doSearch($("[data-q]").value); });
   $("[data-more]").addEventListener("click", function () { load(false); });
   $("[data-labels-save]").addEventListener("click", saveLabels);
@@ -331,7 +309,6 @@
     $(sel).addEventListener("change", function () { load(true); });
   });
   document.addEventListener("visibilitychange", function () { if (!document.hidden && S.me && !S.search) load(true); });
-  applyLang();
-  if (TDAuth.session) start(); else showLogin();
+  page.run();
   window.TidedeskInbox = { get state() { return S; }, search: doSearch, open: openConversation };
 })();

@@ -4,7 +4,6 @@
 (function () {
   "use strict";
   var Core = window.TidedeskCore, h = window.TidedeskDom.h;
-  var LANG_KEY = "tidedesk.console.lang";
   var I18N = {
     en: {
       title: "Reports", inbox: "Inbox", supervisor: "Supervisor view", from: "From", to: "To", pool: "Pool",
@@ -31,12 +30,15 @@
       tooMany: "尝试次数过多，请稍后再试。", networkError: "无法连接服务器。",
     },
   };
-  var lang;
-  try { lang = Core.pickLang(localStorage.getItem(LANG_KEY) || navigator.language); } catch (e) { lang = Core.pickLang(navigator.language); }
-  var t = Core.translator(I18N, function () { return lang; });
+  // Sign-in check, language and sign-out: auth.js (the same on every console page).
+  var page = TDAuth.consolePage({
+    i18n: I18N, onLang: render, onSignedIn: function () { load(); },
+    onLangSwitch: function () { if (last) load(); }, // the chart is drawn in the language
+  });
+  var t = page.t;
   function $(s) { return document.querySelector(s); }
   function $$(s) { return Array.prototype.slice.call(document.querySelectorAll(s)); }
-  var last = null, login = null, chartUrl = null;
+  var last = null, chartUrl = null;
 
   function dur(s) {
     if (s === null || s === undefined) return t("none");
@@ -78,12 +80,12 @@
     TDAuth.api("/api/v1/reports/summary" + (q ? "?" + q : "")).then(function (j) {
       last = j; $("[data-error]").textContent = ""; render();
     }, function (err) {
-      if (err.status === 401) { showLogin(); return; }
+      if (err.status === 401) { page.showLogin(); return; }
       $("[data-error]").textContent = err.status === 403 ? t("forbidden") : t("error", { m: err.message });
     });
     var sess = TDAuth.session;
     fetch("/api/v1/reports/by_hour.svg" + (q ? "?" + q : ""), {
-      headers: { Authorization: "Bearer " + (sess && sess.access_token), "Accept-Language": lang },
+      headers: { Authorization: "Bearer " + (sess && sess.access_token), "Accept-Language": page.lang },
     }).then(function (r) { return r.ok ? r.blob() : null; }).then(function (b) {
       if (!b) return;
       if (chartUrl) URL.revokeObjectURL(chartUrl);
@@ -92,38 +94,6 @@
     }, function () { /* the tiles and the table say it too */ });
   }
 
-  function applyLang() {
-    document.documentElement.lang = lang;
-    $$("[data-i18n]").forEach(function (el) { el.textContent = t(el.getAttribute("data-i18n")); });
-    $$("[data-lang-select]").forEach(function (el) { el.value = lang; });
-    if (login) login.translate();
-    render();
-  }
-
-  function showLogin() {
-    TDAuth.logout();
-    $("#app").hidden = true;
-    $("#login").hidden = false;
-    login = TDAuth.mountLogin($("#login-form"), t, start);
-  }
-
-  function start() {
-    TDAuth.api("/api/v1/me").then(function () {
-      $("#login").hidden = true;
-      $("#app").hidden = false;
-      applyLang();
-      load();
-    }, function (err) { if (err.status === 401) showLogin(); else setTimeout(start, 3000); });
-  }
-
-  $$("[data-lang-select]").forEach(function (el) {
-    el.addEventListener("change", function () {
-      lang = Core.pickLang(el.value);
-      try { localStorage.setItem(LANG_KEY, lang); } catch (e) { /* ignore */ }
-      applyLang(); if (last) load();
-    });
-  });
   $("[data-filters]").addEventListener("submit", function (e) { e.preventDefault(); load(); });
-  applyLang();
-  if (TDAuth.session) start(); else showLogin();
+  page.run();
 })();

@@ -2,9 +2,7 @@
  * Language lookup and the element builder come from tidedesk-core.js and tidedesk-dom.js. */
 (function () {
   "use strict";
-  var pickLang = window.TidedeskCore.pickLang;
   var POLL_MS = 3000; // live enough for a wall screen, cheap for the server
-  var LANG_KEY = "tidedesk.console.lang"; // shared with the console
 
   var I18N = {
     en: {
@@ -37,11 +35,14 @@
       visitor: "访客",
     },
   };
-  var lang;
-  try { lang = pickLang(localStorage.getItem(LANG_KEY) || navigator.language); } catch (e) { lang = pickLang(navigator.language); }
-  var last = null, lastAt = 0, timer = null, login = null;
+  var last = null, lastAt = 0, timer = null;
 
-  var t = window.TidedeskCore.translator(I18N, function () { return lang; });
+  // Sign-in check, language and sign-out: auth.js (the same on every console page).
+  var page = TDAuth.consolePage({
+    i18n: I18N, title: "title", onLang: render, onSignedIn: signedIn,
+    onSignedOut: function () { clearTimeout(timer); },
+  });
+  var t = page.t;
   function $(s) { return document.querySelector(s); }
   function $$(s) { return Array.prototype.slice.call(document.querySelectorAll(s)); }
   var h = window.TidedeskDom.h;
@@ -51,16 +52,8 @@
     var m = Math.floor(s / 60);
     return m < 60 ? m + "m " + (s % 60) + "s" : Math.floor(m / 60) + "h " + (m % 60) + "m";
   }
-  function clock(ms) { var d = new Date(ms); return d.toLocaleTimeString(lang); }
+  function clock(ms) { var d = new Date(ms); return d.toLocaleTimeString(page.lang); }
 
-  function applyLang() {
-    document.documentElement.lang = lang;
-    $$("[data-i18n]").forEach(function (el) { el.textContent = t(el.getAttribute("data-i18n")); });
-    $$("[data-lang-select]").forEach(function (el) { el.value = lang; });
-    document.title = "Tidedesk — " + t("title");
-    if (login) login.translate();
-    render();
-  }
 
   function render() {
     if (!last) return;
@@ -120,40 +113,18 @@
       render();
       timer = setTimeout(poll, POLL_MS);
     }, function (err) {
-      if (err.status === 401) { showLogin(); return; }
+      if (err.status === 401) { page.showLogin(); return; }
       $("[data-error]").textContent = err.status === 403 ? t("forbidden") : t("stale", { t: lastAt ? clock(lastAt) : "—" });
       timer = setTimeout(poll, err.status === 403 ? POLL_MS * 10 : POLL_MS);
     });
   }
 
-  function showLogin() {
-    clearTimeout(timer);
-    TDAuth.logout();
-    $("#app").hidden = true;
-    $("#login").hidden = false;
-    login = TDAuth.mountLogin($("#login-form"), t, start);
+  function signedIn(me) {
+    $("[data-me-name]").textContent = me.name;
+    poll();
   }
 
-  function start() {
-    TDAuth.api("/api/v1/me").then(function (me) {
-      $("#login").hidden = true;
-      $("#app").hidden = false;
-      $("[data-me-name]").textContent = me.name;
-      applyLang();
-      poll();
-    }, function (err) { if (err.status === 401) showLogin(); else setTimeout(start, 3000); });
-  }
-
-  $$("[data-lang-select]").forEach(function (el) {
-    el.addEventListener("change", function () {
-      lang = pickLang(el.value);
-      try { localStorage.setItem(LANG_KEY, lang); } catch (e) { /* ignore */ }
-      applyLang();
-    });
-  });
-  $("[data-logout]").addEventListener("click", function () { TDAuth.revoke(); showLogin(); });
   document.addEventListener("visibilitychange", function () { if (!document.hidden && TDAuth.session && !$("#app").hidden) poll(); });
   setInterval(function () { if (last && !document.hidden) render(); }, 1000);
-  applyLang();
-  if (TDAuth.session) start(); else showLogin();
+  page.run();
 })();

@@ -90,6 +90,10 @@
       messageRequired: "Please write a message.",
       busy: "We are very busy. Please wait — you keep your place in line.",
       error: "Something went wrong: {m}",
+      // A mail's one-time chat link that was refused: the widget carries on with a chat here.
+      linkUsed: "This link from your e-mail was already used (each link works once), so it cannot open your earlier chat. You can write to us here, or reply to the e-mail.",
+      linkExpired: "This link from your e-mail has expired (links work for 7 days), so it cannot open your earlier chat. You can write to us here, or reply to the e-mail.",
+      linkFailed: "The link from your e-mail could not open your earlier chat ({m}). You can write to us here, or reply to the e-mail.",
       unread: "{n} unread",
       newConversation: "New conversation",
       unavailable: "Chat is not available right now.",
@@ -165,6 +169,9 @@
       messageRequired: "请填写留言内容。",
       busy: "当前咨询人数较多，请稍候，您的排队位置会保留。",
       error: "出错了：{m}",
+      linkUsed: "此邮件中的链接已被使用过（每个链接只能使用一次），无法再打开之前的对话。您可以在这里给我们留言，或直接回复该邮件。",
+      linkExpired: "此邮件中的链接已过期（链接有效期为 7 天），无法再打开之前的对话。您可以在这里给我们留言，或直接回复该邮件。",
+      linkFailed: "无法通过邮件中的链接打开之前的对话（{m}）。您可以在这里给我们留言，或直接回复该邮件。",
       unread: "{n} 条未读",
       newConversation: "新的对话",
       unavailable: "在线客服暂不可用。",
@@ -231,6 +238,7 @@
     lastReadSent: 0,
     offlineSent: false,
     notice: null,
+    linkNote: null, // {key, m}: why a mail's link did not open the earlier chat (this page view)
     mail: false, // the server sends e-mail (hello's "mail"): only then is an answer by mail promised
     rated: load("rated") || "", // the conversation the visitor has rated
     score: 0,
@@ -658,6 +666,7 @@
     }
     if (S.offlineSent) log.appendChild(h("div", { class: "note", "data-testid": "td-offline-thanks", text: t(S.mail ? "offlineThanks" : "offlineThanksNoMail") }));
     if (S.notice) log.appendChild(h("div", { class: "note", "data-testid": "td-notice", text: S.notice }));
+    if (S.linkNote) log.appendChild(h("div", { class: "note", "data-testid": "td-link-note", text: t(S.linkNote.key, { m: S.linkNote.m }) }));
     if (nearBottom || !S._rendered) log.scrollTop = log.scrollHeight;
     S._rendered = true;
   }
@@ -961,6 +970,7 @@
     }
     var m = { id: Core.newId(), body: body, ts: Date.now() / 1000, from: "visitor" };
     if (attachments && attachments.length) m.attachments = attachments;
+    S.linkNote = null; // the visitor carries on here: the note about the mail's link is done
     outbox.push(m);
     stopTyping();
     transmit(m);
@@ -1084,35 +1094,69 @@
   }
 
   // ---- start ----
-  /** A mail's link opens this page with #tidedesk=<visitor token>: take it, drop it from the
-   *  address bar (and history), and open the chat it belongs to. */
-  function takeLinkToken() {
-    var m = /(?:^#|&)tidedesk=([A-Za-z0-9._-]+)/.exec(location.hash || "");
-    if (!m) return;
-    if (m[1] !== S.token) {
-      S.token = m[1]; S.visitorId = null; S.conversationId = null;
+  /** Take the visitor's session for this page: keep it (and the saved state) when it is the
+   *  one this browser has, else start over from it. */
+  function adoptToken(token) {
+    if (token !== S.token) {
+      S.token = token; S.visitorId = null; S.conversationId = null;
       save("token", S.token); save("visitor_id", null); save("conversation_id", null); save("outbox", null);
+      outbox.items = []; // another visitor's unsent messages are not this one's
     }
-    S.open = true;
+  }
+
+  /** Whatever follows `#` as `name=value`, dropped from the address bar (and history). */
+  function takeFragment(name) {
+    var m = new RegExp("(?:^#|&)" + name + "=([A-Za-z0-9._-]+)").exec(location.hash || "");
+    if (!m) return null;
     try { history.replaceState(null, "", location.pathname + location.search); } catch (e) { location.hash = ""; }
+    return m[1];
+  }
+
+  /** A mail's link opens this page with #tidedesk-code=<one-time code>: trade it for the
+   *  visitor's session (once: the server spends it). A code that was used, has expired or
+   *  cannot be traded now leaves this browser's own chat (a new one if it has none), with a
+   *  note that says why and that the e-mail can be answered. Mails sent before one-time codes
+   *  carry #tidedesk=<visitor token>, still taken as it is. */
+  function takeMailLink() {
+    var token = takeFragment("tidedesk");
+    if (token) { adoptToken(token); S.open = true; return Promise.resolve(); }
+    var code = takeFragment("tidedesk-code");
+    if (!code) return Promise.resolve();
+    S.open = true;
+    return fetch(ORIGIN + "/api/v1/visitors/mail-link", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ code: code }),
+    }).then(function (r) {
+      return r.json().catch(function () { return {}; }).then(function (j) {
+        var err = j.error || {};
+        if (r.ok && j.token) adoptToken(j.token);
+        else if (err.code === "link_expired") S.linkNote = { key: "linkExpired" };
+        else if (err.code === "link_used" || err.code === "link_unknown") S.linkNote = { key: "linkUsed" };
+        else S.linkNote = { key: "linkFailed", m: err.message || ("HTTP " + r.status) };
+      });
+    }, function (e) {
+      S.linkNote = { key: "linkFailed", m: String(e && e.message || e) };
+    });
   }
 
   function start() {
-    takeLinkToken();
     build();
     try {
       var saved = JSON.parse(load("outbox") || "[]");
       if (Array.isArray(saved)) outbox.items = saved.filter(function (m) { return m && m.id && (m.body || (m.attachments && m.attachments.length)); });
     } catch (e) { outbox.items = []; }
     renderChrome();
-    setOpen(S.open);
     loadSiteConfig();
-    // A returning visitor reconnects at once so agent replies arrive even with the panel closed;
-    // a new one gets a session only when they open the panel (no empty chats for every page view).
-    if (S.token && !S.unavailable) link.connect();
     window.addEventListener("offline", function () { link.goOffline(); });
     window.addEventListener("online", function () { if (S.token || S.open) link.reconnectNow(); else link.setConn("idle"); });
     document.addEventListener("visibilitychange", function () { if (!document.hidden) { scheduleRead(); renderStatus(); } });
+    // The session comes from the mail's link (if this page was opened from one) before the
+    // widget connects with it.
+    takeMailLink().then(function () {
+      setOpen(S.open);
+      // A returning visitor reconnects at once so agent replies arrive even with the panel closed;
+      // a new one gets a session only when they open the panel (no empty chats for every page view).
+      if (S.token && !S.unavailable) link.connect();
+    });
   }
 
   window.Tidedesk = {

@@ -106,7 +106,9 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def cluster(tmp_path: Path, shards: int = 2) -> Iterator[Cluster]:
+def cluster(tmp_path: Path, shards: int = 2, overrides: dict[str, str] | None = None
+            ) -> Iterator[Cluster]:
+    """``overrides``: settings every process of this cluster gets on top (short timers, say)."""
     prefix = f"tidedesk-test-{uuid.uuid4().hex[:8]}:"
     routing_file = write_routing(tmp_path, GENERAL_ONLY)
     with vhost() as vh, databases(shards) as urls:
@@ -121,6 +123,7 @@ def cluster(tmp_path: Path, shards: int = 2) -> Iterator[Cluster]:
             "TIDEDESK_ROUTING_FILE": str(routing_file),
             "TIDEDESK_LOG_FORMAT": "text",
             "TIDEDESK_WS_PING_INTERVAL_S": "0",
+            **(overrides or {}),
         })
         c = Cluster(tmp_path, env)
         c.storage.migrate_all()

@@ -7,8 +7,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from tidedesk.auth import TokenService
 from tidedesk.mail.addresses import parse_imap_url, parse_smtp_url
+from tidedesk.mail.links import mail_link
 from tidedesk.mail.outbox import OutboxSender
 from tidedesk.mail.poller import ImapPoller, Post
 from tidedesk.mail.retry import RetryPolicy
@@ -17,21 +17,17 @@ from tidedesk.storage import Storage
 from tidedesk.store import Store
 
 
-def chat_link(settings: Settings, tokens: TokenService) -> Callable[[str], str]:
-    """The link a mail carries: the widget's page, with a fresh visitor token after
-    ``#tidedesk=`` (never sent to a server: fragments stay in the browser), from which the
-    widget reopens the visitor's chat."""
+def chat_link(settings: Settings) -> Callable[[str], str]:
+    """The link a mail carries, from its one-time code: the widget's page with
+    ``#tidedesk-code=<code>`` (tidedesk/mail/links.py), which the widget trades for the
+    visitor's session once."""
     base = settings.mail_link_url or f"http://{settings.host}:{settings.port}/demo"
-
-    def link(visitor_id: str) -> str:
-        return f"{base.split('#', 1)[0]}#tidedesk={tokens.visitor_token(visitor_id)}"
-
-    return link
+    return lambda code: mail_link(base, code)
 
 
 class MailJobs:
     def __init__(self, *, settings: Settings, storage: Storage, store: Store,
-                 tokens: TokenService, post: Post, clock: Callable[[], float] = time.time,
+                 post: Post, clock: Callable[[], float] = time.time,
                  retry: RetryPolicy | None = None) -> None:
         self.sender: OutboxSender | None = None
         self.poller: ImapPoller | None = None
@@ -39,7 +35,7 @@ class MailJobs:
             self.sender = OutboxSender(
                 storage=storage, store=store, smtp=parse_smtp_url(settings.smtp_url),
                 mail_from=settings.mail_from, token_secret=settings.jwt_secret,
-                link_for=chat_link(settings, tokens), worker=settings.node_id, retry=retry,
+                link_for=chat_link(settings), worker=settings.node_id, retry=retry,
                 poll_s=settings.mail_poll_s, clock=clock)
         if settings.imap_url is not None:
             self.poller = ImapPoller(

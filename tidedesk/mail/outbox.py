@@ -152,7 +152,8 @@ class OutboxSender:
         token = sign_reply_token(self.token_secret, item.conversation_id, item.created_at)
         env = await self._envelope(item, visitor.email, token)
         msg = reply_mail(env, shop=self.shop, locale=visitor.locale, lines=_lines(new),
-                         link=self.link_for(item.visitor_id), now=now)
+                         link=self.link_for(await self.storage.mail_links.issue(
+                             item.visitor_id, item.conversation_id, now)), now=now)
         return msg, visitor.email, max(m.seq for m in new)
 
     async def _transcript(self, item: OutboxItem,

@@ -28,6 +28,7 @@ from tidedesk.storage.conversations import ConversationRepository
 from tidedesk.storage.database import MAX_PAGE, Database, new_id
 from tidedesk.storage.labels import LabelRepository
 from tidedesk.storage.mail import MailRepository
+from tidedesk.storage.mail_links import MailLinkRepository
 from tidedesk.storage.messages import MessageRepository
 from tidedesk.storage.ratings import RatingRepository
 from tidedesk.storage.reports import ReportRepository
@@ -61,6 +62,7 @@ class Storage:
         self.audit = AuditRepository(self.database)
         self.sign_ins = SignInRepository(self.database)
         self.mail = MailRepository(self.database)  # issue 13: the mail outbox
+        self.mail_links = MailLinkRepository(self.database)  # reply mails' one-time links
         self.ratings = RatingRepository(self.database)  # issue 13
         self.attachments = AttachmentRepository(self.database)
         self.api_tokens = ApiTokenRepository(self.database)
