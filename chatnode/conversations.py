@@ -20,6 +20,7 @@ from chatnode.connections import VisitorSession
 from chatnode.errors import ServiceError
 from chatnode.queries import bounded_int
 from tidedesk.auth import Principal
+from tidedesk.connect_cache import ConnectCache
 from tidedesk.frames import (
     AgentHelloFrame,
     AgentRef,
@@ -69,8 +70,10 @@ class Conversations:
                  publish: Callable[[dict[str, Any]], Awaitable[None]],
                  routing: RoutingConfig | None = None,
                  clock: Callable[[], float] = time.time, mail_enabled: bool = False,
-                 directory: SiteDirectory | None = None) -> None:
+                 directory: SiteDirectory | None = None,
+                 connect_cache: ConnectCache) -> None:
         self.store = store
+        self.connect_cache = connect_cache
         self.directory = directory  # which pools each site has (agents see their sites)
         self.storage = storage
         self.publish = publish
@@ -90,24 +93,24 @@ class Conversations:
         a visitor with no open conversation gets a session in state ``new`` and none is made:
         the first message makes it (``create=True``), so opening the widget takes no agent
         slot. The visitor's session is the signed token plus this row: nothing else is kept
-        for it."""
-        visitor = await self.storage.visitors.get(visitor_id)
-        if visitor is None:
+        for it. Both come from the connect cache: a reconnect reads no database (issue 17)."""
+        card = await self.connect_cache.card(visitor_id)
+        if card is None:
             raise ServiceError(401, "invalid_token", "unknown visitor; create a new one with "
                                "POST /api/v1/visitors")
-        if not create:
-            found = await self.storage.conversations.open_for_visitor(visitor_id)
+        if not create or card.conversation is not None:
+            found = card.conversation
             if found is None:
-                return VisitorSession(visitor_id, None, "new", "", visitor.locale,
-                                      visitor.name, visitor.tag_list), False
-            conv, created = found, False
-        else:
-            conv, created = await self.storage.conversations.current_for_visitor(
-                visitor_id, visitor.site)
+                return VisitorSession(visitor_id, None, "new", "", card.locale, card.name,
+                                      card.tags), False
+            return VisitorSession(visitor_id, found.id, found.state, found.pool, card.locale,
+                                  card.name, card.tags), False
+        conv, created = await self.storage.conversations.current_for_visitor(visitor_id,
+                                                                              card.site)
         if created:
             await self.store.seed_seq(conv.id, 0)
-        return VisitorSession(visitor_id, conv.id, conv.state, conv.pool, visitor.locale,
-                              visitor.name, visitor.tag_list), created
+        return VisitorSession(visitor_id, conv.id, conv.state, conv.pool, card.locale,
+                              card.name, card.tags), created
 
     async def available(self, tags: tuple[str, ...]) -> bool | None:
         """Whether someone could answer the visitor now: an agent of their rule's pool (or its

@@ -38,6 +38,7 @@ from tidedesk import events, logs, metrics, wire
 from tidedesk.auth import Principal, TokenService
 from tidedesk.blobs import BlobStore, open_blobs
 from tidedesk.broker import INBOUND_QUEUE, Broker, BrokerUnavailable
+from tidedesk.connect_cache import ConnectCache
 from tidedesk.delivery import deliver
 from tidedesk.envelopes import (
     InboundEvent,
@@ -119,7 +120,9 @@ class ChatService:
         self.conversations = Conversations(store=store, storage=storage, publish=self.publish,
                                            routing=routing, clock=clock,
                                            mail_enabled=settings.mail_enabled,
-                                           directory=directory)
+                                           directory=directory,
+                                           connect_cache=ConnectCache(store, storage,
+                                                                      clock=clock))
         self.assignments = Assignments(store=store, storage=storage, broker=broker,
                                        publish=self.publish, routing=routing,
                                        envelope_format=settings.envelope_format, clock=clock,

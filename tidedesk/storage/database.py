@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -22,6 +22,9 @@ from tidedesk.errors import StorageUnavailable
 from tidedesk.models import Shard, bind_models, migrate, open_database, shard_index
 
 T = TypeVar("T")
+# Told, after a write committed, which visitors' connect data it may have changed (their
+# conversation created, its state/pool/agent changed or deleted, their contact fields).
+VisitorsChanged = Callable[[Sequence[str]], Awaitable[None]]
 
 # Largest page a client may ask for in one history request.
 MAX_PAGE = 500
@@ -69,6 +72,14 @@ class Database:
         self.breaker = pybreaker.CircuitBreaker(
             fail_max=BREAKER_FAIL_MAX, reset_timeout=BREAKER_RESET_SECS,
             exclude=[_not_a_db_outage], name="database")
+        # issue 17: the connect cache (tidedesk/connect_cache.py) listens here.
+        self.visitor_listeners: list[VisitorsChanged] = []
+
+    async def visitors_changed(self, visitor_ids: Sequence[str]) -> None:
+        """Tell the listeners (after the write committed); each one must not raise."""
+        if visitor_ids:
+            for listener in self.visitor_listeners:
+                await listener(visitor_ids)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking database function in the pool, behind the circuit breaker.
