@@ -28,7 +28,9 @@ from tests.support.clients import (
     wait_agent_online,
     ws,
 )
+from tests.support.forward import forwarding
 from tests.support.mariadb import databases
+from tests.support.processes import free_port
 from tests.support.redis_keys import REDIS_URL, delete_prefix
 from tests.support.routing import GENERAL_ONLY
 from tests.support.waiting import wait_until_async
@@ -207,6 +209,47 @@ def test_a_read_racing_a_write_does_not_put_the_old_answer_back(
         assert _conv(await _hit(cache, vid)) is None
 
     _run(kind, database_url, body)
+
+
+def test_a_forget_the_store_missed_is_taken_once_it_is_back(database_url: str) -> None:
+    """Redis unreachable during a write (a forwarder in front of it, closed): the write is
+    kept, and the entry is forgotten as soon as Redis answers again, not left for the TTL (a
+    Redis restarted with its data would otherwise serve the old answer)."""
+    port = free_port()
+    prefix = f"tidedesk-test:{uuid.uuid4().hex}:"
+
+    async def main() -> None:
+        storage = Storage([database_url], pool_size=2, cipher=CIPHER)
+        store = RedisStore(f"redis://127.0.0.1:{port}/0", prefix)
+        cache = ConnectCache(store, storage)
+        try:
+            with forwarding(port, 6379):
+                await store.start()
+                vid = await _visitor(storage)
+                conv, _ = await storage.conversations.current_for_visitor(vid, "default")
+                assert _conv(await _miss(cache, vid)) is not None
+            await storage.conversations.update(conv.id, state="closed")  # Redis is away
+            with forwarding(port, 6379):
+                await wait_until_async("the store to answer again", _answers(store), 10,
+                                       every=0.2)
+                assert _conv(await _miss(cache, vid)) is None
+        finally:
+            await store.close()
+            storage.close()
+            await delete_prefix(prefix)
+
+    asyncio.run(main())
+
+
+def _answers(store: Store) -> Callable[[], Awaitable[bool]]:
+    async def probe() -> bool:
+        try:
+            await store.kv_get("probe", 0.0)
+        except Exception:
+            return False
+        return True
+
+    return probe
 
 
 def test_an_entry_this_version_cannot_read_is_a_miss(database_url: str) -> None:

@@ -18,9 +18,9 @@ Contract:
   database, then stores the answer only if the key still holds its lease. A write's
   :meth:`forget` deletes the key, lease included, so a read that began before the write
   commits fills nothing (the Memcache "lease" of Nishtala et al., NSDI 2013).
-- Entries expire after :data:`CONNECT_CACHE_TTL_SECS` anyway: the bound on staleness should
-  a forget be lost (the store was unreachable just then; the write is kept and a warning
-  logged).
+- A forget the store could not take (it was down; the write is kept) is tried again with
+  the process's next forget or read, and entries expire after :data:`CONNECT_CACHE_TTL_SECS`
+  anyway: the bound on staleness should the process end before the store is back.
 
 The visitor's name is kept sealed as the database keeps it (``name_enc``) when there is a
 cipher, so the store holds no plaintext name the database would not.
@@ -50,6 +50,8 @@ CONNECT_CACHE_TTL_SECS = 600.0
 # meanwhile, uncached).
 LEASE_TTL_SECS = 5.0
 _LEASE = "lease:"
+# Forgets kept for a store that was down, at most (beyond them the TTL is the bound).
+MAX_UNFORGOTTEN = 10_000
 
 
 def cache_key(visitor_id: str) -> str:
@@ -101,10 +103,14 @@ class ConnectCache:
         # Hits and misses since start (tests and benchmarks read them).
         self.hits = 0
         self.misses = 0
+        # Visitors whose forget the store did not take yet (insertion order, bounded).
+        self._unforgotten: dict[str, None] = {}
         storage.database.visitor_listeners.append(self.forget)
 
     async def card(self, visitor_id: str) -> VisitorCard | None:
         """The visitor and their open conversation; None for an unknown visitor."""
+        if self._unforgotten:
+            await self._flush()
         key, now = cache_key(visitor_id), self.clock()
         raw = await self.store.kv_get(key, now)
         if raw is not None and not raw.startswith(_LEASE):
@@ -150,11 +156,23 @@ class ConnectCache:
 
     async def forget(self, visitor_ids: Sequence[str]) -> None:
         """Drop these visitors' entries (and any lease on them): their next connect reads the
-        database. Never raises: the write that calls it has committed."""
-        for visitor_id in dict.fromkeys(visitor_ids):
+        database. Never raises: the write that calls it has committed. A forget the store
+        could not take (it was down) is kept and tried again with the next forget or card,
+        so a Redis that comes back with its data (persistence) does not serve the old entry;
+        the TTL bounds it should this process end first."""
+        self._unforgotten.update(dict.fromkeys(visitor_ids))
+        await self._flush()
+
+    async def _flush(self) -> None:
+        while self._unforgotten:
+            visitor_id = next(iter(self._unforgotten))
             try:
                 await self.store.kv_delete(cache_key(visitor_id))
-            except Exception as exc:  # the store is down: the entry expires within the TTL
-                log.warning("connect cache: could not forget a visitor's entry; it expires "
-                            "by itself", extra={"visitor_id": visitor_id, "error": str(exc),
-                                                "ttl_s": self.ttl_s})
+            except Exception as exc:  # the store is down: keep it for the next try
+                while len(self._unforgotten) > MAX_UNFORGOTTEN:
+                    del self._unforgotten[next(iter(self._unforgotten))]
+                log.warning("connect cache: could not forget visitors' entries; trying again "
+                            "with the next write", extra={"visitors": len(self._unforgotten),
+                                                          "error": str(exc)})
+                return
+            self._unforgotten.pop(visitor_id, None)
