@@ -82,7 +82,8 @@ def _serving(listen_port: int, target_port: int, host: str,
             cut = asyncio.Event()
             control.cuts.append(cut)
             control.accepted += 1
-        await asyncio.gather(_pipe(r, uw, cut), _pipe(ur, w, cut))
+        with contextlib.suppress(asyncio.CancelledError):  # the forwarder shutting down
+            await asyncio.gather(_pipe(r, uw, cut), _pipe(ur, w, cut))
 
     async def main() -> None:
         state["server"] = await asyncio.start_server(accept, host, listen_port)
