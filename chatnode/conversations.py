@@ -8,6 +8,7 @@ conversations``); handlers reach it through the service. Every method raises
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -55,6 +56,11 @@ EMAIL_RE = re.compile(r"^[^@\s<>,;]{1,64}@[^@\s<>,;]{1,189}\.[^@\s<>,;]{1,63}$")
 # Messages per history page: the default, and the most one request may ask for.
 HISTORY_PAGE = 100
 HISTORY_PAGE_MAX = 500
+
+
+async def _done(step: Awaitable[None] | None) -> None:
+    if step is not None:
+        await step
 
 
 def relay_frame(data: dict[str, Any], conv_id: str, sender: Sender) -> dict[str, Any]:
@@ -148,19 +154,23 @@ class Conversations:
         return seq
 
     async def visitor_hello(self, session: VisitorSession,
-                            send: Callable[[dict[str, Any]], None]) -> bool:
+                            send: Callable[[dict[str, Any]], None],
+                            ready: Awaitable[None] | None = None) -> bool:
         """Send hello, then the queue position or the agent; True if the chat is in a queue.
         Each frame is sent as soon as it is known, so hello goes out before any await that
-        would let a routing answer overtake it."""
+        would let a routing answer overtake it. ``ready`` (the visitor's presence being
+        registered) is awaited beside what hello reads, and hello goes out only after both:
+        one store round trip less before hello (issue 17, P1)."""
         if session.conversation_id is None:
+            available, _ = await asyncio.gather(self.available(session.tags), _done(ready))
             send(frame_dict(VisitorHelloFrame(
                 visitor_id=session.visitor_id, conversation_id=None, last_seq=0, state="new",
-                available=await self.available(session.tags), mail=self.mail_enabled)))
+                available=available, mail=self.mail_enabled)))
             return False
+        last_seq, _ = await asyncio.gather(self.last_seq(session.conversation_id), _done(ready))
         send(frame_dict(VisitorHelloFrame(
             visitor_id=session.visitor_id, conversation_id=session.conversation_id,
-            last_seq=await self.last_seq(session.conversation_id), state=session.state,
-            mail=self.mail_enabled)))
+            last_seq=last_seq, state=session.state, mail=self.mail_enabled)))
         if session.state == "queued":
             position = await self.queue_position(session.pool, session.conversation_id)
             if position is not None:

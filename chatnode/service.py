@@ -506,7 +506,6 @@ class ChatService:
         session = conn.session
         assert session is not None
         asyncio.get_running_loop().call_later(JOIN_HOLD_SECS, self.end_join, conn, peer)
-        await self._present(conn)
         said: list[Any] = []
 
         def send(frame: dict[str, Any]) -> None:
@@ -514,7 +513,9 @@ class ChatService:
                 said.append(frame.get("last_seq"))
             peer.send(frame)
 
-        waiting = await self.conversations.visitor_hello(session, send)
+        # presence is registered before hello goes out, beside what hello reads
+        waiting = await self.conversations.visitor_hello(session, send,
+                                                         ready=self._present(conn))
         if said and not said[0]:
             self.end_join(conn, peer)  # nothing to recover: a client resumes only above 0
         if created and session.conversation_id is not None:
