@@ -9,8 +9,9 @@ which goes first), the ratio taken within the repetition:
   ``pong`` (JSON parse, frame validation, rate limiter, dispatch, JSON answer) vs the same
   frame echoed back. Round trips per second.
 - connects: K concurrent loops of "open /ws/visitor with an existing visitor's token, wait for
-  hello, close" (token check, visitor and conversation read from MariaDB, presence in Redis,
-  hello with the last seq) vs "open, one echo, close". Connections per second.
+  hello, close" (token check, the visitor and their open conversation from the connect cache
+  in Redis (issue 17; MariaDB only on a miss), presence in Redis, hello with the last seq)
+  vs "open, one echo, close". Connections per second.
 
 Goal: the chat node reaches at least 70% of the echo server's rate (each figure).
 Usage: ``python -m bench.p1_roundtrip [--conns 20] [--connect-loops 10] [--seconds 3]

@@ -30,6 +30,8 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
     "P6": ("bench.p6_failover", [], ["--reps", "1", "--visitors", "500"]),
     "P7": ("bench.p7_socketio", [], ["--reps", "1", "--seconds", "3"]),
     "P8": ("bench.p8_broker_restart", [], ["--reps", "1"]),
+    "P8H": ("bench.p8_broker_restart", ["--case", "half-open"],
+            ["--case", "half-open", "--reps", "1"]),
     # The quiet desk (issue 17): one message in flight per conversation, 10 and 50 of them.
     "P2Q": ("bench.p2_end_to_end", ["--window", "1", "--visitors", "10"],
             ["--window", "1", "--visitors", "10", "--reps", "1", "--seconds", "3"]),
@@ -48,7 +50,9 @@ WHAT = {
     "P5": "memory per idle connection at 10 000 connections vs bare Tornado",
     "P6": "two chat nodes, 5 000 visitors, one killed: back vs cold connect, replayed share",
     "P7": "python-socketio + Redis manager (two processes) vs Tidedesk end to end",
-    "P8": "first confirmed publish after a 3 s RabbitMQ stop/start: today's backoff vs the old",
+    "P8": "first confirmed publish after a 3 s RabbitMQ stop/start (today's backoff vs the "
+          "old) and after a 3 s half-open link (probe vs heartbeat alone)",
+    "P8H": "P8's half-open case alone (the shared broker keeps running)",
     "P2Q": "P2 at one message in flight per conversation (the quiet desk), 10 conversations",
     "P7Q10": "P7 at one message in flight, 10 conversations (goal >= 0.5x, p50 <= 3x)",
     "P7Q50": "P7 at one message in flight, 50 conversations (goal >= 1.0x)",

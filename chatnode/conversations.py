@@ -8,6 +8,7 @@ conversations``); handlers reach it through the service. Every method raises
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,7 @@ from chatnode.connections import VisitorSession
 from chatnode.errors import ServiceError
 from chatnode.queries import bounded_int
 from tidedesk.auth import Principal
+from tidedesk.connect_cache import ConnectCache
 from tidedesk.frames import (
     AgentHelloFrame,
     AgentRef,
@@ -56,6 +58,11 @@ HISTORY_PAGE = 100
 HISTORY_PAGE_MAX = 500
 
 
+async def _done(step: Awaitable[None] | None) -> None:
+    if step is not None:
+        await step
+
+
 def relay_frame(data: dict[str, Any], conv_id: str, sender: Sender) -> dict[str, Any]:
     """The typing or read frame the peer receives (a frame ``tidedesk.wire`` checked): only
     the fields the protocol relays."""
@@ -69,8 +76,10 @@ class Conversations:
                  publish: Callable[[dict[str, Any]], Awaitable[None]],
                  routing: RoutingConfig | None = None,
                  clock: Callable[[], float] = time.time, mail_enabled: bool = False,
-                 directory: SiteDirectory | None = None) -> None:
+                 directory: SiteDirectory | None = None,
+                 connect_cache: ConnectCache) -> None:
         self.store = store
+        self.connect_cache = connect_cache
         self.directory = directory  # which pools each site has (agents see their sites)
         self.storage = storage
         self.publish = publish
@@ -90,24 +99,24 @@ class Conversations:
         a visitor with no open conversation gets a session in state ``new`` and none is made:
         the first message makes it (``create=True``), so opening the widget takes no agent
         slot. The visitor's session is the signed token plus this row: nothing else is kept
-        for it."""
-        visitor = await self.storage.visitors.get(visitor_id)
-        if visitor is None:
+        for it. Both come from the connect cache: a reconnect reads no database (issue 17)."""
+        card = await self.connect_cache.card(visitor_id)
+        if card is None:
             raise ServiceError(401, "invalid_token", "unknown visitor; create a new one with "
                                "POST /api/v1/visitors")
-        if not create:
-            found = await self.storage.conversations.open_for_visitor(visitor_id)
+        if not create or card.conversation is not None:
+            found = card.conversation
             if found is None:
-                return VisitorSession(visitor_id, None, "new", "", visitor.locale,
-                                      visitor.name, visitor.tag_list), False
-            conv, created = found, False
-        else:
-            conv, created = await self.storage.conversations.current_for_visitor(
-                visitor_id, visitor.site)
+                return VisitorSession(visitor_id, None, "new", "", card.locale, card.name,
+                                      card.tags), False
+            return VisitorSession(visitor_id, found.id, found.state, found.pool, card.locale,
+                                  card.name, card.tags), False
+        conv, created = await self.storage.conversations.current_for_visitor(visitor_id,
+                                                                              card.site)
         if created:
             await self.store.seed_seq(conv.id, 0)
-        return VisitorSession(visitor_id, conv.id, conv.state, conv.pool, visitor.locale,
-                              visitor.name, visitor.tag_list), created
+        return VisitorSession(visitor_id, conv.id, conv.state, conv.pool, card.locale,
+                              card.name, card.tags), created
 
     async def available(self, tags: tuple[str, ...]) -> bool | None:
         """Whether someone could answer the visitor now: an agent of their rule's pool (or its
@@ -145,19 +154,23 @@ class Conversations:
         return seq
 
     async def visitor_hello(self, session: VisitorSession,
-                            send: Callable[[dict[str, Any]], None]) -> bool:
+                            send: Callable[[dict[str, Any]], None],
+                            ready: Awaitable[None] | None = None) -> bool:
         """Send hello, then the queue position or the agent; True if the chat is in a queue.
         Each frame is sent as soon as it is known, so hello goes out before any await that
-        would let a routing answer overtake it."""
+        would let a routing answer overtake it. ``ready`` (the visitor's presence being
+        registered) is awaited beside what hello reads, and hello goes out only after both:
+        one store round trip less before hello (issue 17, P1)."""
         if session.conversation_id is None:
+            available, _ = await asyncio.gather(self.available(session.tags), _done(ready))
             send(frame_dict(VisitorHelloFrame(
                 visitor_id=session.visitor_id, conversation_id=None, last_seq=0, state="new",
-                available=await self.available(session.tags), mail=self.mail_enabled)))
+                available=available, mail=self.mail_enabled)))
             return False
+        last_seq, _ = await asyncio.gather(self.last_seq(session.conversation_id), _done(ready))
         send(frame_dict(VisitorHelloFrame(
             visitor_id=session.visitor_id, conversation_id=session.conversation_id,
-            last_seq=await self.last_seq(session.conversation_id), state=session.state,
-            mail=self.mail_enabled)))
+            last_seq=last_seq, state=session.state, mail=self.mail_enabled)))
         if session.state == "queued":
             position = await self.queue_position(session.pool, session.conversation_id)
             if position is not None:

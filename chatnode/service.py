@@ -38,6 +38,7 @@ from tidedesk import events, logs, metrics, wire
 from tidedesk.auth import Principal, TokenService
 from tidedesk.blobs import BlobStore, open_blobs
 from tidedesk.broker import INBOUND_QUEUE, Broker, BrokerUnavailable
+from tidedesk.connect_cache import ConnectCache
 from tidedesk.delivery import deliver
 from tidedesk.envelopes import (
     InboundEvent,
@@ -120,7 +121,9 @@ class ChatService:
         self.conversations = Conversations(store=store, storage=storage, publish=self.publish,
                                            routing=routing, clock=clock,
                                            mail_enabled=settings.mail_enabled,
-                                           directory=directory)
+                                           directory=directory,
+                                           connect_cache=ConnectCache(store, storage,
+                                                                      clock=clock))
         self.assignments = Assignments(store=store, storage=storage, broker=broker,
                                        publish=self.publish, routing=routing,
                                        envelope_format=settings.envelope_format, clock=clock,
@@ -524,7 +527,6 @@ class ChatService:
         session = conn.session
         assert session is not None
         asyncio.get_running_loop().call_later(JOIN_HOLD_SECS, self.end_join, conn, peer)
-        await self._present(conn)
         said: list[Any] = []
 
         def send(frame: dict[str, Any]) -> None:
@@ -532,7 +534,9 @@ class ChatService:
                 said.append(frame.get("last_seq"))
             peer.send(frame)
 
-        waiting = await self.conversations.visitor_hello(session, send)
+        # presence is registered before hello goes out, beside what hello reads
+        waiting = await self.conversations.visitor_hello(session, send,
+                                                         ready=self._present(conn))
         if said and not said[0]:
             self.end_join(conn, peer)  # nothing to recover: a client resumes only above 0
         if created and session.conversation_id is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 
 import pymysql
@@ -73,6 +74,28 @@ def test_breaker_opens_when_the_database_is_unreachable() -> None:
         asyncio.run(scenario())
     finally:
         storage.close()
+
+
+def test_the_pool_runs_queries_in_parallel_behind_the_breaker() -> None:
+    """issue 17: pybreaker held its lock for the whole call, one query at a time."""
+    with databases(1) as urls:
+        storage = Storage(urls, pool_size=4)
+
+        def slow() -> None:
+            with storage.main.db.connection_context():
+                storage.main.db.execute_sql("SELECT SLEEP(0.5)")
+
+        async def scenario() -> float:
+            await storage.run(slow)  # the pool's first connection made outside the timing
+            t0 = time.perf_counter()
+            await asyncio.gather(*(storage.run(slow) for _ in range(4)))
+            return time.perf_counter() - t0
+
+        try:
+            took = asyncio.run(scenario())
+        finally:
+            storage.close()
+        assert took < 1.5, f"4 queries of 0.5 s took {took:.2f} s: run one at a time"
 
 
 def test_schema_1_upgrades_and_sensitive_fields_are_only_ciphertext_in_the_tables() -> None:

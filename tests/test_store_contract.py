@@ -7,16 +7,15 @@ delete every key under that prefix afterwards (never FLUSHALL: the server is sha
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.redis_keys import REDIS_URL, delete_prefix
 from tidedesk.redisstore import RedisStore
 from tidedesk.store import (
     CHECK_DATABASE,
@@ -27,20 +26,8 @@ from tidedesk.store import (
     Store,
 )
 
-REDIS_URL = os.environ.get("TIDEDESK_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
 Body = Callable[[Store], Awaitable[None]]
 Runner = Callable[[Body], None]
-
-
-async def _delete_prefix(prefix: str) -> None:
-    r = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        keys = [k async for k in r.scan_iter(match=prefix + "*", count=500)]
-        if keys:
-            await r.delete(*keys)
-    finally:
-        await r.aclose()
 
 
 def _runner(kind: str) -> Runner:
@@ -54,7 +41,7 @@ def _runner(kind: str) -> Runner:
             finally:
                 await store.close()
                 if kind == "redis":
-                    await _delete_prefix(prefix)
+                    await delete_prefix(prefix)
 
         asyncio.run(main())
 

@@ -58,9 +58,11 @@ def log_access(handler: Any) -> None:
     meets."""
     status = handler.get_status()
     request = handler.request
-    logging.getLogger("tornado.access").log(
-        access_level(status, request.path), "%d %s %s (%s) %.2fms", status, request.method,
-        scrub(request.uri or ""), request.remote_ip, 1000.0 * request.request_time())
+    logger, level = logging.getLogger("tornado.access"), access_level(status, request.path)
+    if not logger.isEnabledFor(level):
+        return  # (issue 17: scrubbing was 9% of a connect's time in P1, for a line nobody keeps)
+    logger.log(level, "%d %s %s (%s) %.2fms", status, request.method,
+               scrub(request.uri or ""), request.remote_ip, 1000.0 * request.request_time())
 
 
 def scrub(text: str) -> str:

@@ -18,6 +18,9 @@ Guarantees, as the seam's contract asks:
   node queue declared so far. Node queues are durable (deliveries survive a broker restart)
   and carry ``x-expires``, so a dead node's queue disappears ``node_queue_ttl_ms`` after its
   last consumer went away.
+- A connection that has received nothing for ``probe_quiet_s`` (1.5 s) is probed (a
+  ``basic.qos`` on a channel of its own); no answer within ``probe_timeout_s`` (1.5 s) and the
+  connection is dropped as half-open (issue 17), instead of waiting 20-40 s for the heartbeat.
 - The connection is supervised: when it is lost, ``ready`` turns False and a background task
   reconnects (first retry after 25-50 ms, then doubling with jitter up to 1 s: a restarted
   broker is found within about a second), re-declares the topology and restarts every
@@ -72,8 +75,21 @@ log = logging.getLogger(__name__)
 DEFAULT_HEARTBEAT_SECS = 15
 # A failing handler's message goes back after this pause, so a broken router does not spin.
 REQUEUE_DELAY_SECS = 0.05
-# How often unconfirmed publishes are checked against confirm_timeout_s.
+# How often unconfirmed publishes are checked against confirm_timeout_s (and the connection's
+# silence against PROBE_QUIET_SECS).
 CONFIRM_SWEEP_SECS = 0.5
+# Half-open connections (issue 17): a broker that went away without closing the TCP connection
+# (restarted behind a NAT or a proxy, a host that froze, a cable pulled) leaves publishes waiting
+# for confirms that never come, until pika's heartbeat check gives up on it: 20-40 s with the
+# 15 s heartbeat (its check runs every heartbeat + 5 s). Instead, a connection that has
+# received nothing for PROBE_QUIET_SECS is asked a question (basic.qos on a channel of its
+# own, answered at once by a live broker, even one slow to confirm), and one that answers
+# nothing within PROBE_TIMEOUT_SECS is dropped: the supervisor reconnects and unconfirmed
+# publishes are written again. Detection within about 1.5 + 0.5 + 1.5 s (bench/p8, half-open
+# case); a busy connection receives confirms and deliveries and is never probed; an idle one
+# costs one small round trip every 1.5-2 s (between the broker's heartbeats).
+PROBE_QUIET_SECS = 1.5
+PROBE_TIMEOUT_SECS = 1.5
 
 _PERSISTENT = pika.BasicProperties(delivery_mode=2)
 
@@ -136,6 +152,12 @@ class _Session:
     pub: _Chan | None = None
     pending: PendingConfirms = field(default_factory=PendingConfirms)
     blocked: bool = False
+    # The liveness probe: its own channel, the bytes received when last looked at and since
+    # when that count has not moved (monotonic), the probe running now.
+    probe_chan: _Chan | None = None
+    seen_bytes: int = -1
+    quiet_since: float = 0.0
+    probe: asyncio.Task[None] | None = None
 
 
 @dataclass(eq=False)
@@ -159,7 +181,9 @@ class RabbitBroker(Broker):
     def __init__(self, url: str, *, node_queue_ttl_ms: int = 60000,
                  inbound_queue: str = INBOUND_QUEUE, inbound_queue_type: str = "classic",
                  confirm_timeout_s: float = 10.0, reconnect_min_s: float = 0.05,
-                 reconnect_max_s: float = 1.0, coalesce: bool = True) -> None:
+                 reconnect_max_s: float = 1.0, coalesce: bool = True,
+                 probe_quiet_s: float | None = PROBE_QUIET_SECS,
+                 probe_timeout_s: float = PROBE_TIMEOUT_SECS) -> None:
         if inbound_queue_type not in ("classic", "quorum"):
             raise ValueError(f"inbound_queue_type must be classic or quorum, "
                              f"got {inbound_queue_type!r}")
@@ -173,6 +197,11 @@ class RabbitBroker(Broker):
         self._reconnect_min_s = reconnect_min_s
         self._reconnect_max_s = reconnect_max_s
         self._coalesce = coalesce
+        # None: no probe, a dead connection is found by the heartbeat alone (the old way)
+        self._probe_quiet_s = probe_quiet_s
+        self._probe_timeout_s = probe_timeout_s
+        # Connections dropped because they answered no probe (tests, metrics).
+        self.probes_failed = 0
         self._session: _Session | None = None
         self._ready = False
         self._closing = False
@@ -315,6 +344,8 @@ class RabbitBroker(Broker):
 
         pub.ch.add_on_close_callback(on_pub_closed)
         session.pub = pub
+        if self._probe_quiet_s is not None:
+            session.probe_chan = await self._open_channel(session)
         return session
 
     async def _open_channel(self, session: _Session) -> _Chan:
@@ -420,7 +451,48 @@ class RabbitBroker(Broker):
             await asyncio.sleep(CONFIRM_SWEEP_SECS)
             session = self._session
             if session is not None:
-                session.pending.expire(time.monotonic())
+                now = time.monotonic()
+                session.pending.expire(now)
+                self._watch(session, now)
+
+    def _watch(self, session: _Session, now: float) -> None:
+        """Start a probe when the connection has been silent for ``probe_quiet_s``."""
+        received = session.conn.bytes_received
+        if received != session.seen_bytes:
+            session.seen_bytes, session.quiet_since = received, now
+            return
+        # (a blocked connection is silent on purpose: RabbitMQ stops reading it in an alarm)
+        if (self._probe_quiet_s is None or session.probe is not None or not self._ready
+                or session.blocked or session is not self._session or not session.conn.is_open
+                or now - session.quiet_since < self._probe_quiet_s):
+            return
+        session.probe = asyncio.create_task(self._probe(session), name="rabbitmq-probe")
+
+    async def _probe(self, session: _Session) -> None:
+        chan = session.probe_chan
+        before = session.conn.bytes_received
+        try:
+            if chan is None:
+                return
+            await asyncio.wait_for(chan.call(lambda cb: chan.ch.basic_qos(
+                prefetch_count=0, callback=cb)), self._probe_timeout_s)
+        except TimeoutError:
+            # Anything received meanwhile (a slow loop read the answer late) means alive.
+            if session.conn.bytes_received == before and session.conn.is_open:
+                self.probes_failed += 1
+                log.warning("RabbitMQ answered nothing for %.1f s (a half-open connection?); "
+                            "dropping it to reconnect",
+                            time.monotonic() - session.quiet_since,
+                            extra={"unconfirmed": len(session.pending)})
+                # What pika's own heartbeat check does, sooner: close the socket without the
+                # AMQP close handshake (nobody would answer it); on_close then fails the
+                # pending confirms (they are written again) and the supervisor reconnects.
+                session.conn._terminate_stream(  # (pika has no public abort)
+                    pika.exceptions.AMQPHeartbeatTimeout("no answer to a liveness probe"))
+        except BrokerUnavailable:
+            pass  # the channel or connection closed: its own callbacks take it from here
+        finally:
+            session.probe = None
 
     # -- consuming ------------------------------------------------------------------------------
     async def consume(self, queue: str, handler: Handler, prefetch: int = 100) -> None:

@@ -20,6 +20,7 @@ from routernode.router import Router
 from tidedesk.auth import hash_password, verify_password
 from tidedesk.blobs import delete_conversation_files, open_blobs
 from tidedesk.broker import Broker, MemoryBroker
+from tidedesk.connect_cache import ConnectCache
 from tidedesk.crypto import FieldCipher
 from tidedesk.passwords import password_problem
 from tidedesk.probes import probe_app
@@ -170,6 +171,10 @@ class Runtime:
         self.storage = Storage(settings.database_url, settings.db_pool_size,
                                cipher=FieldCipher(settings.aes_key, settings.aes_previous_keys),
                                encrypt_bodies=settings.encrypt_message_bodies)
+        # issue 17: a router's writes (routing, closing, retention) forget the visitors'
+        # connect-cache entries; a chat node's ChatService makes its own cache.
+        self.connect_cache = (ConnectCache(self.store, self.storage) if role == "router"
+                              else None)
         # Webhook events: every role emits into it; the embedded process and routers also
         # run its dispatcher (tidedesk/webhooks.py).
         queues = None

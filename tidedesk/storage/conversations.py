@@ -40,7 +40,10 @@ class ConversationRepository:
                                       site=site)
                 return _record(created), True
 
-        return await self._db.run(work)
+        found, created = await self._db.run(work)
+        if created:
+            await self._db.visitors_changed([visitor_id])
+        return found, created
 
     async def open_for_visitor(self, visitor_id: str) -> Conversation | None:
         """The visitor's open (not closed) conversation, newest first; None when they have
@@ -68,13 +71,17 @@ class ConversationRepository:
         return await self._db.run(work)
 
     async def update(self, conv_id: str, **fields: Any) -> None:
-        def work() -> None:
+        def work() -> list[str]:
             main = self._db.main
             conv = main["Conversation"]
             with main.db.connection_context():
                 conv.update(updated_at=time.time(), **fields).where(conv.id == conv_id).execute()
+                # whose connect data changed (the connect cache forgets it): a primary-key
+                # read in the same pool job, no extra thread hop
+                return [r.visitor_id for r in conv.select(conv.visitor_id)
+                        .where(conv.id == conv_id)]
 
-        await self._db.run(work)
+        await self._db.visitors_changed(await self._db.run(work))
 
     async def many(self, conv_ids: Sequence[str]) -> list[Conversation]:
         def work() -> list[Conversation]:
@@ -176,14 +183,18 @@ class ConversationRepository:
 
     async def delete(self, conv_ids: Sequence[str]) -> int:
         """Delete conversations and their tickets (their messages: MessageRepository.delete)."""
-        def work() -> int:
+        def work() -> tuple[int, list[str]]:
             main = self._db.main
             conv, ticket = main["Conversation"], main["Ticket"]
             with main.db.connection_context(), main.db.atomic():
+                visitors = [r.visitor_id for r in conv.select(conv.visitor_id)
+                            .where(conv.id.in_(list(conv_ids)))]
                 ticket.delete().where(ticket.conversation_id.in_(list(conv_ids))).execute()
-                return int(conv.delete().where(conv.id.in_(list(conv_ids))).execute())
+                return int(conv.delete().where(conv.id.in_(list(conv_ids))).execute()), visitors
 
-        return await self._db.run(work)
+        deleted, visitors = await self._db.run(work)
+        await self._db.visitors_changed(visitors)
+        return deleted
 
     # -- issue 14: the inbox ---------------------------------------------------------------
     async def list_view(self, *, states: Sequence[str], owner: str | None,

@@ -128,7 +128,9 @@ class VisitorRepository:
                     return True
                 return model.get_or_none(model.id == visitor_id) is not None
 
-        return await self._db.run(work)
+        found = await self._db.run(work)
+        await self._db.visitors_changed([visitor_id])
+        return found
 
     async def by_external_id(self, external_id: str) -> Visitor | None:
         """The contact an identify call made for this shop customer (the oldest, if several)."""
@@ -154,6 +156,7 @@ class VisitorRepository:
                     model.id == visitor_id).execute()
 
         await self._db.run(work)
+        await self._db.visitors_changed([visitor_id])
 
     async def get(self, visitor_id: str) -> Visitor | None:
         def work() -> Visitor | None:
@@ -192,4 +195,6 @@ class VisitorRepository:
                                         fields_enc=None, external_id=None)
                            .where(model.id == visitor_id).execute())
 
-        return await self._db.run(work)
+        erased = await self._db.run(work)
+        await self._db.visitors_changed([visitor_id])
+        return erased
