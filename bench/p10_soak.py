@@ -381,7 +381,8 @@ class Probe:
         if self.redis is not None:
             info = self.redis.info("memory")
             kinds, own = self.redis_keys()
-            s.update(redis_used_mb=info["used_memory"] / 2**20, redis_keys=dict(kinds),
+            s.update(redis_run_id=self.redis.info("server")["run_id"],
+                     redis_used_mb=info["used_memory"] / 2**20, redis_keys=dict(kinds),
                      redis_key_count=sum(kinds.values()), redis_own_mb=own / 2**20)
         with contextlib.suppress(Exception):  # a locked SQLite file: next time
             s["rows"] = self.rows()
@@ -441,14 +442,30 @@ def slope(points: list[tuple[float, float]]) -> float:
 
 def halves(samples: list[dict[str, Any]], value: Any) -> dict[str, float]:
     """KB/min and KB/message over the first and the second half of the load."""
-    end = samples[-1]["t"]
+    mid = (samples[0]["t"] + samples[-1]["t"]) / 2
     out: dict[str, float] = {}
-    for name, part in (("first", [s for s in samples if s["t"] <= end / 2]),
-                       ("second", [s for s in samples if s["t"] >= end / 2])):
+    for name, part in (("first", [s for s in samples if s["t"] <= mid]),
+                       ("second", [s for s in samples if s["t"] >= mid])):
         kb_min = slope([(s["t"] / 60, value(s) * 1024) for s in part])
         msgs = slope([(s["t"] / 60, float(s["messages"])) for s in part])
         out[f"{name}_kb_min"] = kb_min
         out[f"{name}_kb_msg"] = kb_min / msgs if msgs else 0.0
+    return out
+
+
+def redis_restarts(samples: list[dict[str, Any]]) -> list[int]:
+    """Indexes of the samples taken first after Redis restarted (another engineer's chaos
+    test, on this shared machine): its run id changed, or, in samples without one, the
+    agents' sign-in keys vanished."""
+    out = []
+    for i in range(1, len(samples)):
+        a, b = samples[i - 1], samples[i]
+        if "redis_run_id" in a and "redis_run_id" in b:
+            if a["redis_run_id"] != b["redis_run_id"]:
+                out.append(i)
+        elif a["redis_keys"].get("kv:refresh-family") and \
+                not b["redis_keys"].get("kv:refresh-family"):
+            out.append(i)
     return out
 
 
@@ -465,17 +482,28 @@ def report(case: str, samples: list[dict[str, Any]], after: dict[str, Any] | Non
     if "redis_used_mb" in first:
         series["Redis used_memory (MB, whole server)"] = lambda s: s["redis_used_mb"]
         series["Redis run's keys (MB, MEMORY USAGE)"] = lambda s: s["redis_own_mb"]
+    redis_part = samples
+    if "redis_used_mb" in first and (restarts := redis_restarts(samples)):
+        redis_part = samples[restarts[-1]:]
+        print(f"  Redis restarted {len(restarts)} time(s) during the run (at t = "
+              + ", ".join(f"{samples[i]['t'] / 60:.1f}" for i in restarts)
+              + " min; not by this benchmark): its series are taken from t = "
+              f"{redis_part[0]['t'] / 60:.1f} min on")
+        if len(redis_part) < 4:
+            redis_part = samples
+            print("  (too few samples after it: over the whole run, restarts included)")
     print(f"  {'series':<40} {'start':>8} {'end':>8} {'after':>8}  {'KB/min 1st':>10} "
           f"{'KB/min 2nd':>10} {'KB/msg 1st':>10} {'KB/msg 2nd':>10}  verdict")
     verdicts: dict[str, Any] = {}
     for name, value in series.items():
-        h = halves(samples, value)
+        part = redis_part if name.startswith("Redis") else samples
+        h = halves(part, value)
         flat = h["second_kb_msg"] <= FLAT_KB_PER_MESSAGE
         aft = f"{value(after):8.1f}" if after else f"{'-':>8}"
-        print(f"  {name:<40} {value(first):8.1f} {value(last):8.1f} {aft}  "
+        print(f"  {name:<40} {value(part[0]):8.1f} {value(last):8.1f} {aft}  "
               f"{h['first_kb_min']:10.1f} {h['second_kb_min']:10.1f} {h['first_kb_msg']:10.4f} "
               f"{h['second_kb_msg']:10.4f}  {'flat' if flat else 'NOT FLAT'}")
-        verdicts[name] = {"start": value(first), "end": value(last),
+        verdicts[name] = {"start": value(part[0]), "end": value(last),
                           "after": value(after) if after else None, **h, "flat": flat}
     if "redis_keys" in first:
         mid = min(samples, key=lambda s: abs(s["t"] - last["t"] / 2))
@@ -493,7 +521,8 @@ def report(case: str, samples: list[dict[str, Any]], after: dict[str, Any] | Non
     print(f"  verdict (flat = second half keeps <= {FLAT_KB_PER_MESSAGE} KB per message): "
           + ("flat" if all(v["flat"] for v in verdicts.values()) else "NOT flat: "
              + ", ".join(n for n, v in verdicts.items() if not v["flat"])))
-    print(cpu_line(wall, client_cpu))
+    if client_cpu == client_cpu:  # not NaN (a report printed again has no CPU figure)
+        print(cpu_line(wall, client_cpu))
     emit_json(f"P10-{case}", {"samples": samples, "after": after, "series": verdicts,
                               "counts": dict(load.n), "errors": dict(load.errors),
                               "leftovers": leftovers, "load_average": os.getloadavg()})
@@ -606,6 +635,19 @@ def run_embedded(args: argparse.Namespace) -> None:
         asyncio.run(drive("embedded", f"http://127.0.0.1:{port}", agents, probe, args))
 
 
+def reprint(log: Path) -> None:
+    """The report of each case in ``log``, from its BENCH-JSON line (samples and counts)."""
+    for line in log.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("BENCH-JSON "):
+            continue
+        data = json.loads(line[len("BENCH-JSON "):])
+        load = Load("http://-", [], argparse.Namespace())
+        load.n.update(data["counts"])
+        load.errors.update(data["errors"])
+        report(data["bench"].removeprefix("P10-"), data["samples"], data["after"], load,
+               data["leftovers"], data["samples"][-1]["t"], float("nan"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--case", choices=("cluster", "embedded", "both"), default="both")
@@ -625,7 +667,12 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=30.0, help="seconds between samples")
     parser.add_argument("--after", type=float, default=30.0,
                         help="seconds after the load stops for the last sample")
+    parser.add_argument("--report", metavar="LOG",
+                        help="print the report again from a run's output (its BENCH-JSON line)")
     args = parser.parse_args()
+    if args.report:
+        reprint(Path(args.report))
+        return
     if args.quick:
         args.minutes, args.life, args.every, args.after = min(args.minutes, 4.0), 1.0, 15.0, 15.0
     from bench.common import pin_self, raise_nofile
