@@ -41,7 +41,12 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
               ["--window", "1", "--visitors", "50", "--reps", "1", "--seconds", "3"]),
     "P9": ("bench.p9_uploads", [], ["--reps", "1"]),
     "S1": ("bench.search_bench", [], ["--messages", "50000", "--reps", "10"]),
+    # The memory soak (issue 17): 30 minutes each, so only when named.
+    "P10": ("bench.p10_soak", ["--case", "cluster"], ["--case", "cluster", "--quick"]),
+    "P10E": ("bench.p10_soak", ["--case", "embedded"], ["--case", "embedded", "--quick"]),
 }
+# Run only when named (too long for the whole suite).
+OPT_IN = {"P10", "P10E"}
 WHAT = {
     "P1": "chat-node round trip (ping/pong; connect + auth + session lookup + hello) vs echo",
     "P2": "visitor → agent through HAProxy, RabbitMQ, router, MariaDB vs echo: max, p99 at half",
@@ -58,18 +63,21 @@ WHAT = {
     "P7Q50": "P7 at one message in flight, 50 conversations (goal >= 1.0x)",
     "P9": "20 clients upload 10 MB at once: server memory per upload in flight vs buffered",
     "S1": "search p95 at 1M messages over 2 MariaDB shards: FULLTEXT vs LIKE scan (issue 14)",
+    "P10": "30-min soak, 300 visitors at 1 msg/s coming and going, cluster: RSS and Redis flat?",
+    "P10E": "P10 against the embedded server (tidedesk dev)",
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("names", nargs="*", metavar="P", help="benchmarks to run (default all: "
+    parser.add_argument("names", nargs="*", metavar="P", help="benchmarks to run (default all but "
+                        + " and ".join(sorted(OPT_IN)) + ", which run only when named: "
                         + ", ".join(f"{k} {v}" for k, v in WHAT.items()) + ")")
     parser.add_argument("--quick", action="store_true",
                         help="small sizes and one or two repetitions (a smoke run, ~1.5 min)")
     parser.add_argument("--json", metavar="OUT", help="write every benchmark's figures here")
     args = parser.parse_args(argv)
-    names = [n.upper() for n in args.names] or list(SUITE)
+    names = [n.upper() for n in args.names] or [n for n in SUITE if n not in OPT_IN]
     unknown = [n for n in names if n not in SUITE]
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(SUITE)}")

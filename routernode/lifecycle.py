@@ -325,6 +325,7 @@ class Lifecycle:
         await self.storage.audit.record("system", "conversation.idle_close", conv.id,
                                         {"idle_s": self.idle_close_s})
         r._forget(conv.id)
+        await self.store.forget_closed(conv.id)  # bounded memory, as on_close (issue 17)
         for who, nodes in recipients.items():
             await publish_to(r.broker, nodes, who, frame, r.envelope_format)
         agent_id = owner or fresh.agent_id

@@ -396,7 +396,7 @@ class Router:
         await self.storage.conversations.update(conv_id, state="closed")
         await self.lifecycle.closed(conv_id)
         self._forget(conv_id)
-        await self.store.drop_client_ids(conv_id)  # bounded memory; the database remembers
+        await self.store.forget_closed(conv_id)  # bounded memory; the database remembers
         await self.storage.audit.record(event.by, "conversation.close", conv_id)
         await self.emit(events.CONVERSATION_CLOSED, events.conversation_data(
             conversation_id=conv_id, visitor_id=conv.visitor_id, state="closed",

@@ -444,6 +444,10 @@ def test_a_chat_whose_visitor_left_closes_itself_after_a_quiet_while(tmp_path: P
             assert load is not None and load.open_chats == 1
             history = await rt.storage.messages.page(gone, after_seq=0)
             assert [(m.seq, m.from_) for m in history] == [(1, "visitor"), (2, "system")]
+            # The store forgot the closed chat (issue 17: memory follows the open chats), and
+            # kept the open one; a resume of the closed one reads the database.
+            assert await rt.store.last_seq(gone) is None and await rt.store.history(gone) == []
+            assert await rt.store.last_seq(here) == 1 and await rt.store.history(here) != []
             for client in (stayer, ann_ws):
                 await client.close()
 
@@ -470,6 +474,7 @@ def test_a_visitor_back_at_a_ticket_is_routed_when_someone_is_online(tmp_path: P
             await ann_ws.wait_type("assigned", conversation_id=conv)
             await ann_ws.send({"type": "close", "conversation_id": conv})
             await back.wait_type("state", state="closed")
+            assert await rt.store.last_seq(conv) is None and await rt.store.history(conv) == []
             status, data = await http.request("GET", "/api/v1/tickets?status=solved",
                                               token=ann_token)
             assert status == 200 and [t["conversation_id"] for t in data["tickets"]] == [conv]

@@ -25,6 +25,7 @@ async def conversation(rt: Runtime, conv_id: str, state: str, age_days: float) -
     await rt.storage.messages.insert([{
         "conversation_id": conv_id, "seq": 1, "client_id": "c1", "sender_type": "visitor",
         "sender_id": "v1", "sender_name": "", "body": "hello", "private": False, "ts": at}])
+    await rt.store.seed_seq(conv_id, 1)
     await rt.store.history_append(conv_id, {"seq": 1, "body": "hello"})
 
 

@@ -554,6 +554,8 @@ def _msg(seq: int, body: str = "") -> dict[str, Any]:
 def test_history_is_seq_ordered_and_deduped(run: Runner) -> None:
     async def body(s: Store) -> None:
         assert await s.history("c") == []
+        await s.seed_seq("c", 0)
+        await s.seed_seq("other", 0)
         for seq in (3, 1, 2, 5):
             await s.history_append("c", _msg(seq))
         await s.history_append("c", _msg(2, "a redelivery must not replace the first"))
@@ -567,6 +569,8 @@ def test_history_is_seq_ordered_and_deduped(run: Runner) -> None:
 def test_history_delete_drops_one_conversation(run: Runner) -> None:
     """A contact's erasure and retention drop the recent history (issue 18)."""
     async def body(s: Store) -> None:
+        await s.seed_seq("c", 0)
+        await s.seed_seq("other", 0)
         await s.history_append("c", _msg(1))
         await s.history_append("other", _msg(1))
         await s.history_delete("c")
@@ -581,6 +585,7 @@ def test_message_fanout_appends_then_names_each_recipients_nodes(run: Runner) ->
     """One call (one round trip on Redis) = history_append + owner + presence_nodes each."""
     async def body(s: Store) -> None:
         now = 100.0
+        await s.seed_seq("c", 0)
         # No owner yet, the visitor on two nodes (one entry expired), nobody for a note.
         await s.presence_add("visitor:v1", "k1", "node-a", 30, now)
         await s.presence_add("visitor:v1", "k2", "node-b", 30, now)
@@ -605,6 +610,7 @@ def test_message_fanout_appends_then_names_each_recipients_nodes(run: Runner) ->
 def test_history_is_capped_to_the_newest(run: Runner) -> None:
     async def body(s: Store) -> None:
         total = HISTORY_STREAM_LEN + 37
+        await s.seed_seq("c", 0)
         for seq in range(1, total + 1):
             await s.history_append("c", _msg(seq))
         await s.history_append("c", _msg(2))  # older than everything kept: stays out
@@ -625,6 +631,7 @@ def test_history_keeps_the_newest_distinct_seqs(run: Runner, seqs: list[int]) ->
 
     async def body(s: Store) -> None:
         first: dict[int, str] = {}
+        await s.seed_seq("c", 0)
         for i, seq in enumerate(seqs):
             await s.history_append("c", _msg(seq, f"v{i}"))
             first.setdefault(seq, f"v{i}")
@@ -765,6 +772,47 @@ def test_redis_pool_exhausted_is_busy_not_down() -> None:
             await store.close()
 
     asyncio.run(main())
+
+
+def test_a_closed_conversation_leaves_nothing_in_the_store(run: Runner) -> None:
+    """Issue 17: a desk's store follows its open chats. Closing forgets the client ids, the
+    counter and the recent history (in Redis: no key left); a late message then finds no
+    counter, as after a store loss, and the caller re-seeds it from the database."""
+    async def body(s: Store) -> None:
+        await s.seed_seq("c", 0)
+        await s.seed_seq("other", 0)
+        for i in range(3):
+            seq, _ = await s.assign_seq("c", f"m{i}", now=0) or (0, False)
+            await s.history_append("c", {"seq": seq, "body": f"m{i}"})
+        assert await s.assign_seq("other", "x", now=0) == (1, True)
+        await s.history_append("other", {"seq": 1, "body": "x"})
+        await s.forget_closed("c")
+        assert await s.last_seq("c") is None
+        assert await s.history("c") == []
+        # A message still in flight when it closed is not kept in a new history key.
+        await s.history_append("c", {"seq": 4, "body": "late"})
+        assert await s.message_fanout("c", {"seq": 5, "body": "later"}, None, now=0) == {}
+        assert await s.history("c") == []
+        assert await s.assign_seq("c", "m0", now=0) is None  # unknown: re-seed, then ask the db
+        await s.seed_seq("c", 103)
+        assert await s.assign_seq("c", "m0", now=0) == CHECK_DATABASE
+        # the other conversation keeps all of its memory
+        assert await s.last_seq("other") == 1
+        assert await s.assign_seq("other", "x", now=0) == (1, False)
+        assert [m["seq"] for m in await s.history("other")] == [1]
+        await s.forget_closed("other")
+        await s.forget_closed("c")
+        await s.forget_closed("c")  # closing twice, or an unknown chat: no error
+        await s.forget_closed("never-seen")
+        if isinstance(s, RedisStore):
+            left = [k async for k in s._r.scan_iter(match=s._prefix + "*")]
+            assert [k for k in left if str(k)[len(s._prefix):].split(":")[0]
+                    in ("seq", "cids", "hist")] == []
+        else:
+            assert isinstance(s, MemoryStore)
+            assert not (s._counters or s._history or s._client_ids or s._forgot)
+
+    run(body)
 
 
 def test_memory_store_does_not_keep_what_expired() -> None:

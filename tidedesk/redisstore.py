@@ -235,6 +235,11 @@ class RedisStore(Store):
         await self._r.delete(self._k("cids", conv_id))
 
     @_tracked
+    async def forget_closed(self, conv_id: str) -> None:
+        await self._r.delete(self._k("cids", conv_id), self._k("seq", conv_id),
+                             self._k("hist", conv_id))
+
+    @_tracked
     async def seed_seq(self, conv_id: str, floor: int) -> None:
         await self._seed_seq(keys=[self._k("seq", conv_id)],
                              args=[int(floor), _ms(SEQ_IDLE_TTL_SECS)])
@@ -444,7 +449,7 @@ class RedisStore(Store):
     @_tracked
     async def history_append(self, conv_id: str, message: dict[str, Any]) -> None:
         await self._history_append(
-            keys=[self._k("hist", conv_id)],
+            keys=[self._k("hist", conv_id), self._k("seq", conv_id)],
             args=[int(message["seq"]), json.dumps(message, separators=(",", ":"), sort_keys=True),
                   HISTORY_STREAM_LEN, _ms(HISTORY_IDLE_TTL_SECS)],
         )
@@ -454,7 +459,7 @@ class RedisStore(Store):
                              now: float) -> dict[str, set[str]]:
         owner, visitor_entries, agent_entries = await self._message_fanout(
             keys=[self._k("hist", conv_id), self._k("owner", conv_id),
-                  self._k("presence", visitor or "-")],
+                  self._k("presence", visitor or "-"), self._k("seq", conv_id)],
             args=[int(message["seq"]), json.dumps(message, separators=(",", ":"), sort_keys=True),
                   HISTORY_STREAM_LEN, _ms(HISTORY_IDLE_TTL_SECS), "1" if visitor else "0",
                   self._k("presence", "agent:")],

@@ -79,6 +79,14 @@ class Store(abc.ABC):
         """Forget a (closed) conversation's client ids; the database still knows them."""
 
     @abc.abstractmethod
+    async def forget_closed(self, conv_id: str) -> None:
+        """A conversation closed: forget all the store keeps for it (client ids, counter,
+        recent history), so that a desk's memory follows its open chats, not every chat it
+        ever had. The database has all of it: a resume reads the history from there, and a
+        late message (an e-mail reply to its ticket) finds no counter and re-seeds it above the
+        stored seqs, its id looked up by the unique key (issue 17)."""
+
+    @abc.abstractmethod
     async def seed_seq(self, conv_id: str, floor: int) -> None:
         """Make the counter at least ``floor`` (never lowers it)."""
 
@@ -194,7 +202,11 @@ class Store(abc.ABC):
 
     # -- recent history ---------------------------------------------------------------------
     @abc.abstractmethod
-    async def history_append(self, conv_id: str, message: dict[str, Any]) -> None: ...
+    async def history_append(self, conv_id: str, message: dict[str, Any]) -> None:
+        """Keep ``message`` in the conversation's recent history (the newest
+        :data:`HISTORY_STREAM_LEN`, by seq, first copy wins) while the store has its counter:
+        none is kept for a closed conversation (:meth:`forget_closed`; a message still in
+        flight when it closed goes to the database only) or after the store lost it."""
 
     @abc.abstractmethod
     async def history_delete(self, conv_id: str) -> None:
@@ -294,6 +306,11 @@ class MemoryStore(Store):
     async def drop_client_ids(self, conv_id: str) -> None:
         self._client_ids.pop(conv_id, None)
         self._forgot.discard(conv_id)  # implied now: no ids, a counter above 0
+
+    async def forget_closed(self, conv_id: str) -> None:
+        await self.drop_client_ids(conv_id)
+        self._counters.pop(conv_id, None)
+        self._history.pop(conv_id, None)
 
     async def seed_seq(self, conv_id: str, floor: int) -> None:
         self._counters[conv_id] = max(self._counters.get(conv_id, 0), floor)
@@ -447,6 +464,8 @@ class MemoryStore(Store):
         return [(conv_id, entry[1]) for conv_id, entry in order]
 
     async def history_append(self, conv_id: str, message: dict[str, Any]) -> None:
+        if conv_id not in self._counters:
+            return  # closed (forgotten) or never seeded: the database has it
         items = self._history[conv_id]
         if any(m["seq"] == message["seq"] for m in items[-HISTORY_STREAM_LEN:]):
             return
