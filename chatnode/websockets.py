@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from tornado.web import HTTPError
-from tornado.websocket import WebSocketClosedError, WebSocketHandler
+from tornado.websocket import WebSocketHandler
 
 from chatnode import access
 from chatnode.accounts import SESSION_ENDED, session_end_applies
@@ -23,6 +23,7 @@ from chatnode.http import RequestIds
 from chatnode.hub import Hub
 from chatnode.origins import origin_allowed
 from chatnode.service import ChatService, PendingMessage
+from chatnode.ws_writes import FrameWriter
 from tidedesk import metrics, wire
 from tidedesk.errors import Unavailable
 from tidedesk.frames import ErrorFrame, frame_dict
@@ -54,6 +55,7 @@ class _Socket(RequestIds, WebSocketHandler):
         # Given when the socket opens: a refused handshake never calls on_close, so a state
         # added here could leak.
         self.conn_id = ""
+        self.writer = FrameWriter(self)  # frames of one loop pass in one socket write
 
     def start(self) -> None:
         """Add this connection to the registry; first thing in open()."""
@@ -84,10 +86,11 @@ class _Socket(RequestIds, WebSocketHandler):
         state = self.hub.registry.find(self.conn_id)
         if state is not None:
             state.track(frame)
-        try:
-            self.write_message(wire.encode(frame))
-        except WebSocketClosedError:
-            pass
+        self.writer.write(wire.encode(frame))
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        self.writer.flush()  # what was sent before the close goes out before it
+        super().close(code, reason)
 
     def send_unseen(self, frame: dict[str, Any]) -> None:
         if self.hub.mark_sent(self.conn_id, frame):

@@ -19,6 +19,7 @@ from tests.support.redis_keys import REDIS_URL, delete_prefix
 from tidedesk.redisstore import RedisStore
 from tidedesk.store import (
     CHECK_DATABASE,
+    CLIENT_ID_FILTER_BITS,
     CLIENT_ID_TTL_SECS,
     CLIENT_IDS_PER_CONVERSATION,
     HISTORY_STREAM_LEN,
@@ -116,14 +117,15 @@ def test_client_id_memory_is_bounded_per_conversation(run: Runner) -> None:
             assert await s.assign_seq("c", f"m{i}", now=0) == (i + 1, True)
         assert await s.assign_seq("c", "m0", now=0) == (1, False)  # all still remembered
         assert await s.assign_seq("c", "new", now=0) == (cap + 1, True)  # evicts m0
-        assert await s.assign_seq("c", "m0", now=0) == CHECK_DATABASE
+        assert await s.assign_seq("c", "m0", now=0) == CHECK_DATABASE  # the filter has it
         assert await s.assign_seq("c", "m1", now=0) == (2, False)
-        assert await s.assign_seq("c", "other", now=0) == CHECK_DATABASE  # unsure from now on
-        assert await s.assign_seq("c", "other", now=0, checked=True) == (cap + 2, True)
+        # the filter of every id since seq 0 knows a new id is new: no database read
+        assert await s.assign_seq("c", "other", now=0) == (cap + 2, True)
         await s.drop_client_ids("c")  # the conversation closed
         assert await s.assign_seq("c", "m1", now=0) == CHECK_DATABASE
         assert await s.assign_seq("c", "late", now=0, checked=True) == (cap + 3, True)
         assert await s.assign_seq("c", "late", now=0) == (cap + 3, False)
+        assert await s.assign_seq("c", "later", now=0) == CHECK_DATABASE  # unsure from now on
         # a counter re-seeded from the database (the store lost it) knows no ids
         await s.seed_seq("d", 7)
         assert await s.assign_seq("d", "x", now=0) == CHECK_DATABASE
@@ -133,6 +135,32 @@ def test_client_id_memory_is_bounded_per_conversation(run: Runner) -> None:
         if isinstance(s, RedisStore):  # one key a conversation, not one a message
             assert await s._r.zcard(s._prefix + "cids:c") == 1
             assert await s._r.exists(s._prefix + "cids:d") == 0
+            assert await s._r.exists(s._prefix + "cidf:c") == 0  # no filter once incomplete
+            assert await s._r.strlen(s._prefix + "cidf:e") <= CLIENT_ID_FILTER_BITS // 8
+
+    run(body)
+
+
+def test_a_long_conversation_asks_the_database_only_for_ids_it_may_have_seen(
+        run: Runner) -> None:
+    """Issue 17: past CLIENT_IDS_PER_CONVERSATION ids, new ids still take a seq at once (the
+    filter), and every forgotten id is sent to the database (a late resend keeps its seq); a
+    quiet window drops the filter with the ids."""
+    async def body(s: Store) -> None:
+        await s.seed_seq("c", 0)
+        n = 1000
+        asked = [i for i in range(n)
+                 if await s.assign_seq("c", f"msg-{i}", now=0) == CHECK_DATABASE]
+        for i in asked:  # the database would say "not stored": take a seq
+            assert (await s.assign_seq("c", f"msg-{i}", now=0, checked=True))[1]
+        assert len(asked) <= 3, asked  # the filter's false alarms (~1 in 500 at 1 000)
+        assert await s.last_seq("c") == n
+        forgotten = [i for i in range(n - CLIENT_IDS_PER_CONVERSATION)
+                     if await s.assign_seq("c", f"msg-{i}", now=0) != CHECK_DATABASE]
+        assert forgotten == []  # never a new seq for an id it took
+        assert await s.assign_seq("c", f"msg-{n - 1}", now=0) == (n, False)
+        # a day without writes: ids and filter forgotten, every id goes to the database
+        assert await s.assign_seq("c", "fresh", now=CLIENT_ID_TTL_SECS + 1) == CHECK_DATABASE
 
     run(body)
 

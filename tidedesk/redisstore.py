@@ -16,6 +16,9 @@ key                             type       real TTL
 ``cids:<conv>``                 zset       ``CLIENT_ID_TTL_SECS`` sliding (client id -> seq, the
                                            newest ``CLIENT_IDS_PER_CONVERSATION``; dropped on
                                            close)
+``cidf:<conv>``                 string     as ``cids`` (a Bloom filter of every client id
+                                           since seq 0, ``CLIENT_ID_FILTER_BITS`` bits; only
+                                           while it is complete)
 ``kv:<key>``                    hash       the caller's TTL, sliding on touch (``v``, ``exp``)
 ``presence:<who>``              hash       longest connection TTL (conn -> ``"<exp>|<node>"``)
 ``agent:<id>``                  hash       none (status, pools, max_chats, open_chats,
@@ -66,6 +69,7 @@ from redis.exceptions import WatchError
 from tidedesk.errors import StoreUnavailable
 from tidedesk.store import (
     CHECK_DATABASE,
+    CLIENT_ID_FILTER_BITS,
     CLIENT_ID_TTL_SECS,
     CLIENT_IDS_PER_CONVERSATION,
     HISTORY_STREAM_LEN,
@@ -219,10 +223,11 @@ class RedisStore(Store):
     async def assign_seq(self, conv_id: str, client_id: str, now: float, *,
                          checked: bool = False) -> tuple[int, bool] | None:
         res = await self._assign_seq(
-            keys=[self._k("seq", conv_id), self._k("cids", conv_id)],
+            keys=[self._k("seq", conv_id), self._k("cids", conv_id),
+                  self._k("cidf", conv_id)],
             args=[client_id, repr(now), repr(float(CLIENT_ID_TTL_SECS)),
                   CLIENT_IDS_PER_CONVERSATION, _ms(CLIENT_ID_TTL_SECS), _ms(SEQ_IDLE_TTL_SECS),
-                  "1" if checked else "0"],
+                  "1" if checked else "0", CLIENT_ID_FILTER_BITS],
         )
         if res is None:
             return None
@@ -232,7 +237,7 @@ class RedisStore(Store):
 
     @_tracked
     async def drop_client_ids(self, conv_id: str) -> None:
-        await self._r.delete(self._k("cids", conv_id))
+        await self._r.delete(self._k("cids", conv_id), self._k("cidf", conv_id))
 
     @_tracked
     async def forget_closed(self, conv_id: str) -> None:
