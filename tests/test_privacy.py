@@ -82,15 +82,27 @@ def traces(rt: Runtime, where: Any) -> list[str]:
                     found += [f"{name}.{table}" for row in cur.fetchall() if MARKER in str(row)]
         finally:
             conn.close()
-    r = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    # Bytes, not text: some values are binary (the client-id filter ``cidf:<conv>``).
+    r = redis.Redis.from_url(REDIS_URL)
     for key in r.scan_iter(f"{prefix}*"):
-        kind = r.type(key)
+        kind = r.type(key).decode()
         value = {"string": r.get, "hash": r.hgetall, "list": lambda k: r.lrange(k, 0, -1),
                  "set": r.smembers, "zset": lambda k: r.zrange(k, 0, -1),
                  "stream": lambda k: r.xrange(k)}.get(kind, lambda k: "")(key)
-        if MARKER in str(value):
-            found.append(f"redis {key}")
+        if MARKER.encode() in _bytes_of(value):
+            found.append(f"redis {key.decode(errors='replace')}")
     return found
+
+
+def _bytes_of(value: object) -> bytes:
+    """Every byte string inside a Redis reply (nested lists, dicts, tuples), joined."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, dict):
+        return b"\0".join(_bytes_of(k) + b"\0" + _bytes_of(v) for k, v in value.items())
+    if isinstance(value, (list, tuple, set)):
+        return b"\0".join(_bytes_of(v) for v in value)
+    return str(value).encode()
 
 
 async def a_contact_with_history(rt: Runtime) -> tuple[str, list[str]]:
