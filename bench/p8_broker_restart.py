@@ -29,11 +29,10 @@ import subprocess
 import time
 import uuid
 
-import pika
-
 from bench.common import emit_json, goal_line, header, spread
 from tests.support.forward import half_open
 from tests.support.processes import free_port
+from tests.support.rabbit import drain
 from tidedesk.broker import BrokerUnavailable, node_queue
 from tidedesk.rabbitmq import PROBE_QUIET_SECS, RabbitBroker
 
@@ -80,21 +79,6 @@ async def first_ack_after_restart(vhost: str, down_s: float, **policy: float) ->
     return acked_after[0] if acked_after else float("nan")
 
 
-def drain(vhost: str, queue: str) -> list[bytes]:
-    conn = pika.BlockingConnection(pika.URLParameters(
-        f"amqp://guest:guest@127.0.0.1:5672/{vhost}"))
-    try:
-        ch = conn.channel()
-        out: list[bytes] = []
-        while True:
-            method, _, data = ch.basic_get(queue, auto_ack=True)
-            if method is None:
-                return out
-            out.append(data)
-    finally:
-        conn.close()
-
-
 async def first_ack_after_half_open(vhost: str, down_s: float,
                                     probe: bool) -> tuple[float, int, int]:
     """(s from the restore to the first confirm, confirmed messages missing from the queue,
@@ -139,7 +123,8 @@ async def first_ack_after_half_open(vhost: str, down_s: float,
             stop.set()
             await asyncio.gather(task, return_exceptions=True)
             await broker.close()
-    stored = await asyncio.to_thread(drain, vhost, target)
+    stored = await asyncio.to_thread(
+        drain, f"amqp://guest:guest@127.0.0.1:5672/{vhost}", target)
     lost = len(set(confirmed) - set(stored))
     doubled = len(stored) - len(set(stored))
     return (acked_after[0] if acked_after else float("nan")), lost, doubled

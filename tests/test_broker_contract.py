@@ -23,6 +23,7 @@ import pytest
 
 from tests.support.forward import half_open
 from tests.support.processes import free_port
+from tests.support.rabbit import drain
 from tests.support.waiting import wait_until_async
 from tidedesk.broker import (
     Broker,
@@ -48,21 +49,6 @@ def _delete_queues(names: list[str]) -> None:
         ch = conn.channel()
         for name in names:
             ch.queue_delete(name)
-    finally:
-        conn.close()
-
-
-def _drain(queue: str) -> list[bytes]:
-    """Every message in ``queue``, in order, taken out of it."""
-    conn = _blocking()
-    try:
-        ch = conn.channel()
-        out: list[bytes] = []
-        while True:
-            method, _, data = ch.basic_get(queue, auto_ack=True)
-            if method is None:
-                return out
-            out.append(data)
     finally:
         conn.close()
 
@@ -547,7 +533,7 @@ def test_rabbit_in_flight_publishes_fail_or_are_stored_never_lost() -> None:
             assert not [e for e in errors if "before the confirm" in str(e)], \
                 "a publish caught by the cut was failed instead of written again"
             await b.close()
-        assert set(confirmed) <= set(_drain(q))
+        assert set(confirmed) <= set(drain(AMQP_URL, q))
 
     rabbit(body)
 
@@ -598,7 +584,7 @@ def test_rabbit_half_open_connection_is_dropped_quickly_and_nothing_is_lost() ->
             assert b.probes_failed == 1, "the silent connection was not dropped by the probe"
             assert len(confirmed) - at_cut >= 20 and link.accepted == 2
             await b.close()
-        stored = _drain(q)
+        stored = drain(AMQP_URL, q)
         assert list(dict.fromkeys(stored)) == confirmed  # none lost, in order
         doubled = [m for m in set(stored) if stored.count(m) > 1]
         assert doubled in ([], [confirmed[at_cut]]), doubled
