@@ -59,6 +59,10 @@ class _Socket(RequestIds, WebSocketHandler):
 
     def start(self) -> None:
         """Add this connection to the registry; first thing in open()."""
+        # Nagle off (issue 17): a small frame written before the peer acknowledged the last
+        # one (the sender's ack right behind the echo of its message) otherwise waited for
+        # the peer's delayed ACK, up to 40 ms. Frames of one loop pass already share a write.
+        self.set_nodelay(True)
         self.conn_id = self.hub.registry.open(self.role, TokenBucket.per_window(
             self.service.settings.rate_limit_per_10s * self.rate_factor, 10.0,
             time.monotonic())).conn_id

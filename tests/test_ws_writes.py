@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import socket
+from pathlib import Path
 from typing import Any
 
 import tornado.web
@@ -17,6 +19,8 @@ from tornado.testing import bind_unused_port
 from tornado.websocket import WebSocketHandler, websocket_connect
 
 from chatnode.ws_writes import FrameWriter, text_frame
+from tests.support.clients import add_agent, agent_socket, embedded, new_visitor
+from tests.support.routing import GENERAL_ONLY
 from tidedesk import safejson
 
 
@@ -103,3 +107,25 @@ def test_fast_decoding_answers_as_the_standard_library_did() -> None:
     assert _fast('{"body": "a\\u0000"}', 32) == ("refused", "invalid_text")
     assert _fast('{"body": "\\ud800"}', 32) == ("refused", "invalid_text")
     assert _fast('{"body": "\\ud83d\\ude00"}', 32) == ("ok", {"body": "\U0001f600"})
+
+
+def test_chat_sockets_send_small_frames_at_once(tmp_path: Path) -> None:
+    """Every chat socket turns Nagle's algorithm off (issue 17). With it on, a frame written
+    while the peer had not yet acknowledged the previous one (a visitor's ack right behind
+    the echo of their own message) waited for the peer's delayed ACK, up to 40 ms on Linux:
+    P2 at one message in flight measured ack p90 45 ms against 4.5 ms for delivery."""
+    async def scenario() -> None:
+        async with embedded(tmp_path, GENERAL_ONLY) as rt:
+            add_agent(rt, "ann@shop.test")
+            agent = await agent_socket(rt, "ann@shop.test")
+            _, _, visitor = await new_visitor(rt, name="Vera", opening=None)
+            assert rt.node is not None
+            conns = [conn for _, conn in rt.node.hub.connections()]
+            assert len(conns) == 2
+            for conn in conns:
+                sock = conn.ws_connection.stream.socket  # type: ignore[attr-defined]
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+            await agent.close()
+            await visitor.close()
+
+    asyncio.run(scenario())
