@@ -792,6 +792,11 @@ def test_redis_pool_exhausted_is_busy_not_down() -> None:
             for _ in range(6):  # more than the breaker's failure limit
                 with pytest.raises(StoreUnavailable, match="too busy"):
                     await store.last_seq("c")
+            # The same for calls sharing a round trip (issue 17): each is told "too busy".
+            shared = await asyncio.gather(*(store.assign_seq(f"c{i}", "m", now=0)
+                                            for i in range(6)), return_exceptions=True)
+            assert all(isinstance(e, StoreUnavailable) and "too busy" in str(e)
+                       for e in shared), shared
             assert store.ready
             assert store.breaker.current_state == "closed"
             await pool.release(taken)
@@ -800,6 +805,147 @@ def test_redis_pool_exhausted_is_busy_not_down() -> None:
             await store.close()
 
     asyncio.run(main())
+
+
+# -- Redis only: the once-per-message calls share round trips (issue 17) ------------------
+
+async def _connections_named(name: str) -> int:
+    """How many connections the Redis server has open under client name ``name``."""
+    import redis.asyncio as aioredis
+
+    r = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        return sum(1 for c in await r.client_list() if c.get("name") == name)
+    finally:
+        await r.aclose()
+
+
+@pytest.mark.redis
+def test_redis_calls_of_one_loop_pass_share_one_round_trip() -> None:
+    """60 concurrent calls (assign_seq, message_fanout, presence_nodes) go to Redis as one
+    write on one connection (the server sees one connection of ours, where one call per
+    command would have opened 60), in the order they were made."""
+
+    async def main() -> None:
+        prefix = f"tidedesk-test:{uuid.uuid4().hex}:"
+        name = f"t17-{uuid.uuid4().hex[:12]}"
+        s = RedisStore(f"{REDIS_URL}?client_name={name}", prefix)
+        try:
+            await s.start()
+            for i in range(20):
+                await s.seed_seq(f"c{i}", 0)
+            await s.presence_add("visitor:v", "conn", "node-1", ttl_s=60, now=0)
+            before = s._trips.round_trips
+            results = await asyncio.gather(
+                *(s.assign_seq(f"c{i % 10}", f"m{i}", now=0) for i in range(20)),
+                *(s.message_fanout(f"c{i}", _msg(1), "visitor:v", now=0)
+                  for i in range(10, 20)),
+                *(s.presence_nodes("visitor:v", now=0) for _ in range(30)))
+            assert s._trips.round_trips == before + 1
+            assert await _connections_named(name) == 1
+            # One conversation's calls ran in the order they were made: m0 then m10.
+            assert results[:20] == [(1, True)] * 10 + [(2, True)] * 10
+            assert results[20:30] == [{"visitor:v": {"node-1"}}] * 10
+            assert results[30:] == [{"node-1"}] * 30
+            # Calls made while a round trip is out go in the next one, all together.
+            first = asyncio.ensure_future(s.assign_seq("c0", "late-0", now=0))
+            await asyncio.sleep(0)  # its round trip is out
+            rest = [asyncio.ensure_future(s.assign_seq("c0", f"late-{i}", now=0))
+                    for i in range(1, 6)]
+            assert [await f for f in (first, *rest)] == [(n, True) for n in range(3, 9)]
+            assert s._trips.round_trips == before + 3
+        finally:
+            await s.close()
+            await delete_prefix(prefix)
+
+    asyncio.run(main())
+
+
+@pytest.mark.redis
+def test_redis_a_failing_call_fails_alone_in_its_round_trip() -> None:
+    """A command Redis refuses (here a counter key of the wrong type) fails its own caller;
+    the calls beside it in the same round trip succeed, and the store stays ready."""
+    from redis.exceptions import ResponseError
+
+    async def body(s: Store) -> None:
+        assert isinstance(s, RedisStore)
+        for conv in ("a", "c"):
+            await s.seed_seq(conv, 0)
+        await s._r.set(s._prefix + "seq:b", "not a hash")
+        before = s._trips.round_trips
+        a, b, c = await asyncio.gather(s.assign_seq("a", "m", now=0),
+                                       s.assign_seq("b", "m", now=0),
+                                       s.assign_seq("c", "m", now=0), return_exceptions=True)
+        assert s._trips.round_trips == before + 1
+        assert a == (1, True) and c == (1, True)
+        assert isinstance(b, ResponseError) and "WRONGTYPE" in str(b)
+        assert s.ready and s.breaker.current_state == "closed"
+
+    _runner("redis")(body)
+
+
+@pytest.mark.redis
+def test_redis_unknown_script_is_loaded_and_run_again() -> None:
+    """NOSCRIPT (Redis restarted, or its script cache was flushed): the round trip loads the
+    script and runs its commands again; the calls that did not need it keep their reply."""
+
+    async def body(s: Store) -> None:
+        assert isinstance(s, RedisStore)
+        fresh = s._r.register_script(f"return ARGV[1] .. '-{uuid.uuid4().hex}'")  # not loaded
+        await s.seed_seq("a", 0)
+
+        async def run_fresh(arg: str) -> str:
+            return str(await s._trips.evalsha(fresh, [], [arg]))
+
+        before = s._trips.round_trips
+        one, seq, two = await asyncio.gather(run_fresh("1"), s.assign_seq("a", "m", now=0),
+                                             run_fresh("2"))
+        assert one.startswith("1-") and two.startswith("2-")
+        assert seq == (1, True)
+        assert s._trips.round_trips == before + 2  # the trip, then load + run again
+
+    _runner("redis")(body)
+
+
+@pytest.mark.redis
+def test_redis_unreachable_fails_every_call_of_a_round_trip_as_unavailable() -> None:
+    from tidedesk.errors import StoreUnavailable
+
+    async def main() -> None:
+        store = RedisStore("redis://127.0.0.1:9/0", "tidedesk-test:unreachable:", timeout_s=1)
+        try:
+            results = await asyncio.gather(
+                *(store.assign_seq(f"c{i}", "m", now=0) for i in range(3)),
+                store.message_fanout("c", _msg(1), "visitor:v", now=0),
+                store.presence_nodes("visitor:v", now=0), return_exceptions=True)
+            assert store._trips.round_trips == 1
+            for res in results:
+                assert isinstance(res, StoreUnavailable), res
+                assert "Redis is unavailable" in str(res)
+            assert not store.ready
+            assert store.breaker.fail_counter == 5  # one failure per call, as before
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.redis
+def test_redis_a_cancelled_caller_leaves_the_others_their_replies() -> None:
+    async def body(s: Store) -> None:
+        assert isinstance(s, RedisStore)
+        for conv in ("a", "b"):
+            await s.seed_seq(conv, 0)
+        a = asyncio.ensure_future(s.assign_seq("a", "m", now=0))
+        b = asyncio.ensure_future(s.assign_seq("b", "m", now=0))
+        await asyncio.sleep(0)
+        a.cancel()
+        assert await b == (1, True)
+        with pytest.raises(asyncio.CancelledError):
+            await a
+        assert await s.assign_seq("a", "m", now=0) == (1, False)  # it ran: same seq again
+
+    _runner("redis")(body)
 
 
 def test_a_closed_conversation_leaves_nothing_in_the_store(run: Runner) -> None:

@@ -5,6 +5,12 @@ atomic across any number of chat nodes and routers. Reads that need a consistent
 several keys are scripts too; single-key reads are plain commands. The scripts are the files in
 ``tidedesk/lua/``, one per operation, each naming its KEYS and ARGV in its first lines.
 
+The calls made once per message (``assign_seq`` on the chat node, ``message_fanout`` on the
+router, ``presence_nodes`` when delivering) share round trips: :class:`RoundTrips` sends the
+ones issued in one event-loop pass (or while the previous round trip is out) as one write of
+raw ``EVALSHA`` commands and reads their replies in order; each caller still gets its own
+reply, error, breaker accounting and readiness update (issue 17, ``docs/bench.md``).
+
 Keys (all under ``prefix``, default ``tidedesk:``):
 
 ==============================  =========  ====================================================
@@ -52,19 +58,21 @@ False after such an error until a call succeeds again.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
 import math
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from importlib import resources
 from typing import Any, ParamSpec, TypeVar, cast
 
 import pybreaker
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.exceptions import WatchError
 
 from tidedesk.errors import StoreUnavailable
 from tidedesk.store import (
@@ -153,6 +161,153 @@ def _tracked(
     return wrapper
 
 
+Command = Sequence[str | int | float | bytes | memoryview]
+
+
+def _pack(commands: Iterable[Command]) -> bytes:
+    """Commands in RESP, as redis-py's encoder writes them (str as UTF-8, int and float by
+    ``repr``), in a fraction of its time: its ``pack_command`` was a fifth of a round trip's
+    CPU at 50 commands per trip."""
+    out = []
+    for command in commands:
+        out.append(b"*%d\r\n" % len(command))
+        for arg in command:
+            if isinstance(arg, str):
+                data = arg.encode()
+            elif isinstance(arg, bytes | memoryview):
+                data = bytes(arg)
+            elif isinstance(arg, int | float) and not isinstance(arg, bool):
+                data = repr(arg).encode()
+            else:
+                raise TypeError(f"cannot send {type(arg).__name__} to Redis: {arg!r}")
+            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+def _for_each_caller(exc: BaseException) -> BaseException:
+    """A copy of a round trip's error for one of its callers (same type, message and cause,
+    which :func:`_pool_exhausted` reads), so that callers raising it do not share one
+    traceback; the error itself when its type cannot be rebuilt from its arguments."""
+    try:
+        twin = type(exc)(*exc.args)
+    except Exception:  # any constructor that does not take its own arguments
+        return exc
+    twin.__cause__ = exc.__cause__
+    return twin
+
+
+class _Call:
+    __slots__ = ("command", "future", "script")
+
+    def __init__(self, command: Command, script: AsyncScript | None,
+                 future: asyncio.Future[Any]) -> None:
+        self.command = command
+        self.script = script  # loaded and the command run again on NOSCRIPT
+        self.future = future
+
+
+class RoundTrips:
+    """Coalesces the commands that many callers issue at about the same time into one round
+    trip to Redis: one write of all of them on one pooled connection, then their replies in
+    order (issue 17: redis-py's per-command overhead, a pool checkout, a timeout, a socket
+    write and a read each, was 13-20% of the chat node's and router's samples at one
+    ``assign_seq`` / ``message_fanout`` per message).
+
+    The first command queued starts a round trip on the next event-loop pass, so every command
+    issued in this pass goes with it; commands queued while a round trip is out go in the next
+    one, sent the moment it ends (one round trip out at a time: a busy process batches by
+    itself, and no command ever waits on a timer). Commands run in the order they were queued
+    (Redis runs a connection's commands in order). Each caller gets its own reply or error: a
+    command Redis refuses (a script error) fails that caller alone; a lost connection, a
+    timeout or a full pool fails every command of that round trip with the error a single
+    command would have raised. A script Redis does not know (NOSCRIPT: it restarted, or its
+    script cache was flushed) is loaded and its commands run again in the same way.
+    """
+
+    def __init__(self, pool: aioredis.ConnectionPool) -> None:
+        self._pool = pool
+        self._queue: list[_Call] = []
+        self._task: asyncio.Task[None] | None = None
+        self.round_trips = 0  # how many this process made (tests read it)
+
+    def call(self, command: Command, script: AsyncScript | None = None) -> asyncio.Future[Any]:
+        """Queue ``command`` (``EVALSHA`` of ``script``'s sha, or a plain command); the future
+        has Redis's (decoded) reply, or raises its error."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.append(_Call(command, script, future))
+        if self._task is None:
+            # A task's first step runs on the next pass: the rest of this pass queues first.
+            self._task = loop.create_task(self._drain())
+        return future
+
+    def evalsha(self, script: AsyncScript, keys: Sequence[str],
+                args: Sequence[str | int | float] = ()) -> asyncio.Future[Any]:
+        return self.call(("EVALSHA", script.sha, len(keys), *keys, *args), script)
+
+    async def wait_idle(self) -> None:
+        """Until the round trips out and queued are done (before closing the pool)."""
+        while self._task is not None:
+            await asyncio.wait([self._task])
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                calls, self._queue = self._queue, []
+                await self._send(calls)
+        finally:
+            self._task = None
+            for call in self._queue:  # only left when this task was cancelled
+                call.future.cancel()
+            self._queue = []
+
+    async def _send(self, calls: list[_Call]) -> None:
+        try:
+            replies = await self._round_trip([c.command for c in calls])
+            again = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+            if again:
+                scripts = {id(s): s for i in again if (s := calls[i].script) is not None}
+                loads: list[Command] = [("SCRIPT", "LOAD", s.script) for s in scripts.values()]
+                retried = await self._round_trip(loads + [calls[i].command for i in again])
+                for i, reply in zip(again, retried[len(loads):], strict=True):
+                    replies[i] = reply
+        except asyncio.CancelledError:
+            for call in calls:
+                call.future.cancel()
+            raise
+        except Exception as exc:  # every caller gets the round trip's error
+            for call in calls:
+                if not call.future.done():
+                    call.future.set_exception(_for_each_caller(exc))
+            return
+        for call, reply in zip(calls, replies, strict=True):
+            if call.future.done():
+                continue  # its caller was cancelled
+            if isinstance(reply, Exception):
+                call.future.set_exception(reply)
+            else:
+                call.future.set_result(reply)
+
+    async def _round_trip(self, commands: list[Command]) -> list[Any]:
+        self.round_trips += 1
+        conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await conn.send_packed_command(_pack(commands))
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+            return replies
+        except BaseException:
+            # Replies may still be on the way: this connection can never be reused.
+            await conn.disconnect(nowait=True)
+            raise
+        finally:
+            await self._pool.release(conn)
+
+
 class RedisStore(Store):
     """:class:`~tidedesk.store.Store` on one Redis server (or a Sentinel-managed primary).
 
@@ -171,6 +326,9 @@ class RedisStore(Store):
             socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
         )
         self._r: aioredis.Redis = aioredis.Redis(connection_pool=pool)
+        # The once-per-message calls (assign_seq, message_fanout, presence_nodes) share round
+        # trips; the rest go one command per call through redis-py.
+        self._trips = RoundTrips(pool)
         self._ready = True
         self.breaker = pybreaker.CircuitBreaker(
             fail_max=BREAKER_FAIL_MAX, reset_timeout=BREAKER_RESET_SECS, name="redis",
@@ -211,6 +369,7 @@ class RedisStore(Store):
         await self._r.ping()
 
     async def close(self) -> None:
+        await self._trips.wait_idle()
         await self._r.aclose()
         await self._r.connection_pool.disconnect()
 
@@ -222,7 +381,8 @@ class RedisStore(Store):
     @_tracked
     async def assign_seq(self, conv_id: str, client_id: str, now: float, *,
                          checked: bool = False) -> tuple[int, bool] | None:
-        res = await self._assign_seq(
+        res = await self._trips.evalsha(
+            self._assign_seq,
             keys=[self._k("seq", conv_id), self._k("cids", conv_id),
                   self._k("cidf", conv_id)],
             args=[client_id, repr(now), repr(float(CLIENT_ID_TTL_SECS)),
@@ -301,8 +461,8 @@ class RedisStore(Store):
 
     @_tracked
     async def presence_nodes(self, who: str, now: float) -> set[str]:
-        conns = cast(dict[str, str], await self._r.hgetall(self._k("presence", who)))
-        return _live_nodes(conns.values(), now)
+        entries = cast(list[str], await self._trips.call(("HVALS", self._k("presence", who))))
+        return _live_nodes(entries, now)
 
     @_tracked
     async def presence_expiry(self, who: str) -> float | None:
@@ -462,7 +622,8 @@ class RedisStore(Store):
     @_tracked
     async def message_fanout(self, conv_id: str, message: dict[str, Any], visitor: str | None,
                              now: float) -> dict[str, set[str]]:
-        owner, visitor_entries, agent_entries = await self._message_fanout(
+        owner, visitor_entries, agent_entries = await self._trips.evalsha(
+            self._message_fanout,
             keys=[self._k("hist", conv_id), self._k("owner", conv_id),
                   self._k("presence", visitor or "-"), self._k("seq", conv_id)],
             args=[int(message["seq"]), json.dumps(message, separators=(",", ":"), sort_keys=True),
