@@ -873,13 +873,18 @@ def test_redis_a_failing_call_fails_alone_in_its_round_trip() -> None:
             await s.seed_seq(conv, 0)
         await s._r.set(s._prefix + "seq:b", "not a hash")
         before = s._trips.round_trips
-        a, b, c = await asyncio.gather(s.assign_seq("a", "m", now=0),
-                                       s.assign_seq("b", "m", now=0),
-                                       s.assign_seq("c", "m", now=0), return_exceptions=True)
+        results: list[Any] = await asyncio.gather(
+            s.assign_seq("a", "m", now=0), s.assign_seq("b", "m", now=0),
+            s.assign_seq("c", "m", now=0), return_exceptions=True)
+        a, b, c = results
         assert s._trips.round_trips == before + 1
         assert a == (1, True) and c == (1, True)
         assert isinstance(b, ResponseError) and "WRONGTYPE" in str(b)
         assert s.ready and s.breaker.current_state == "closed"
+        # An argument Redis cannot take fails its caller at once, before any round trip.
+        with pytest.raises(TypeError, match="cannot send NoneType"):
+            s._trips.call(("GET", None))  # type: ignore[arg-type]
+        assert await s.assign_seq("a", "m2", now=0) == (2, True)
 
     _runner("redis")(body)
 
@@ -932,6 +937,9 @@ def test_redis_unreachable_fails_every_call_of_a_round_trip_as_unavailable() -> 
 
 @pytest.mark.redis
 def test_redis_a_cancelled_caller_leaves_the_others_their_replies() -> None:
+    """A caller cancelled before its round trip left is not sent; one cancelled after is
+    run (Redis has it) and its reply dropped; the others get theirs either way."""
+
     async def body(s: Store) -> None:
         assert isinstance(s, RedisStore)
         for conv in ("a", "b"):
@@ -939,11 +947,20 @@ def test_redis_a_cancelled_caller_leaves_the_others_their_replies() -> None:
         a = asyncio.ensure_future(s.assign_seq("a", "m", now=0))
         b = asyncio.ensure_future(s.assign_seq("b", "m", now=0))
         await asyncio.sleep(0)
-        a.cancel()
+        a.cancel()  # before its round trip left: it is never sent
         assert await b == (1, True)
         with pytest.raises(asyncio.CancelledError):
             await a
-        assert await s.assign_seq("a", "m", now=0) == (1, False)  # it ran: same seq again
+        assert await s.assign_seq("a", "m", now=0) == (1, True)  # no seq was taken for it
+        # Cancelled while its round trip is out: it runs, its caller just does not hear.
+        c = asyncio.ensure_future(s.assign_seq("b", "m2", now=0))
+        d = asyncio.ensure_future(s.assign_seq("b", "m3", now=0))
+        while s._trips._task is None:
+            await asyncio.sleep(0)
+        await asyncio.sleep(0)  # the round trip's write is out
+        c.cancel()
+        assert await d == (3, True)
+        assert await s.assign_seq("b", "m2", now=0) == (2, False)
 
     _runner("redis")(body)
 

@@ -62,6 +62,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import logging
 import math
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from importlib import resources
@@ -89,6 +90,8 @@ from tidedesk.store import (
 SEQ_IDLE_TTL_SECS = 7 * 24 * 3600
 # Recent history of a quiet conversation expires; resume then falls back to the database.
 HISTORY_IDLE_TTL_SECS = 7 * 24 * 3600
+
+log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -164,23 +167,21 @@ def _tracked(
 Command = Sequence[str | int | float | bytes | memoryview]
 
 
-def _pack(commands: Iterable[Command]) -> bytes:
-    """Commands in RESP, as redis-py's encoder writes them (str as UTF-8, int and float by
+def _pack(command: Command) -> bytes:
+    """A command in RESP, as redis-py's encoder writes it (str as UTF-8, int and float by
     ``repr``), in a fraction of its time: its ``pack_command`` was a fifth of a round trip's
     CPU at 50 commands per trip."""
-    out = []
-    for command in commands:
-        out.append(b"*%d\r\n" % len(command))
-        for arg in command:
-            if isinstance(arg, str):
-                data = arg.encode()
-            elif isinstance(arg, bytes | memoryview):
-                data = bytes(arg)
-            elif isinstance(arg, int | float) and not isinstance(arg, bool):
-                data = repr(arg).encode()
-            else:
-                raise TypeError(f"cannot send {type(arg).__name__} to Redis: {arg!r}")
-            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    out = [b"*%d\r\n" % len(command)]
+    for arg in command:
+        if isinstance(arg, str):
+            data = arg.encode()
+        elif isinstance(arg, bytes | memoryview):
+            data = bytes(arg)
+        elif isinstance(arg, int | float) and not isinstance(arg, bool):
+            data = repr(arg).encode()
+        else:
+            raise TypeError(f"cannot send {type(arg).__name__} to Redis: {arg!r}")
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(out)
 
 
@@ -199,9 +200,9 @@ def _for_each_caller(exc: BaseException) -> BaseException:
 class _Call:
     __slots__ = ("command", "future", "script")
 
-    def __init__(self, command: Command, script: AsyncScript | None,
+    def __init__(self, command: bytes, script: AsyncScript | None,
                  future: asyncio.Future[Any]) -> None:
-        self.command = command
+        self.command = command  # packed
         self.script = script  # loaded and the command run again on NOSCRIPT
         self.future = future
 
@@ -232,10 +233,12 @@ class RoundTrips:
 
     def call(self, command: Command, script: AsyncScript | None = None) -> asyncio.Future[Any]:
         """Queue ``command`` (``EVALSHA`` of ``script``'s sha, or a plain command); the future
-        has Redis's (decoded) reply, or raises its error."""
+        has Redis's (decoded) reply, or raises its error. An argument Redis cannot take
+        raises TypeError here, to this caller alone."""
+        packed = _pack(command)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.append(_Call(command, script, future))
+        self._queue.append(_Call(packed, script, future))
         if self._task is None:
             # A task's first step runs on the next pass: the rest of this pass queues first.
             self._task = loop.create_task(self._drain())
@@ -254,45 +257,69 @@ class RoundTrips:
         try:
             while self._queue:
                 calls, self._queue = self._queue, []
-                await self._send(calls)
-        finally:
-            self._task = None
-            for call in self._queue:  # only left when this task was cancelled
+                try:
+                    await self._send(calls)
+                except Exception as exc:
+                    # A bug here must neither leave a caller waiting for ever nor take the
+                    # calls queued behind this round trip down with it.
+                    log.exception("Redis round trip failed", extra={"calls": len(calls)})
+                    for call in calls:
+                        if not call.future.done():
+                            call.future.set_exception(_for_each_caller(exc))
+        except asyncio.CancelledError:
+            for call in self._queue:  # the store is closing, or the loop is ending
                 call.future.cancel()
             self._queue = []
+            raise
+        finally:
+            self._task = None
 
     async def _send(self, calls: list[_Call]) -> None:
+        # A caller cancelled before its round trip left never reaches Redis (no seq taken).
+        calls = [c for c in calls if not c.future.done()]
+        if not calls:
+            return
+        replies = await self._answer(calls, [c.command for c in calls], final=False)
+        if replies is None:
+            return  # every caller has the round trip's error
+        again = [c for c, reply in zip(calls, replies, strict=True)
+                 if isinstance(reply, NoScriptError)]
+        if again:
+            scripts = {id(s): s for c in again if (s := c.script) is not None}
+            loads = [_pack(("SCRIPT", "LOAD", s.script)) for s in scripts.values()]
+            await self._answer(again, [*loads, *(c.command for c in again)], skip=len(loads),
+                               final=True)
+
+    async def _answer(self, calls: list[_Call], commands: list[bytes], *, skip: int = 0,
+                      final: bool) -> list[Any] | None:
+        """One round trip of ``commands``; the replies after the first ``skip`` answer
+        ``calls`` in order (NOSCRIPT only when ``final``: else the caller runs it again).
+        Returns those replies; None when the round trip failed (its error is every caller's)."""
         try:
-            replies = await self._round_trip([c.command for c in calls])
-            again = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-            if again:
-                scripts = {id(s): s for i in again if (s := calls[i].script) is not None}
-                loads: list[Command] = [("SCRIPT", "LOAD", s.script) for s in scripts.values()]
-                retried = await self._round_trip(loads + [calls[i].command for i in again])
-                for i, reply in zip(again, retried[len(loads):], strict=True):
-                    replies[i] = reply
+            replies = (await self._round_trip(commands))[skip:]
         except asyncio.CancelledError:
             for call in calls:
                 call.future.cancel()
             raise
-        except Exception as exc:  # every caller gets the round trip's error
+        except Exception as exc:  # every caller of this round trip gets its error
             for call in calls:
                 if not call.future.done():
                     call.future.set_exception(_for_each_caller(exc))
-            return
+            return None
         for call, reply in zip(calls, replies, strict=True):
-            if call.future.done():
-                continue  # its caller was cancelled
+            if call.future.done() or (isinstance(reply, NoScriptError) and not final):
+                continue  # its caller was cancelled, or it runs again after the load
             if isinstance(reply, Exception):
                 call.future.set_exception(reply)
             else:
                 call.future.set_result(reply)
+        return replies
 
-    async def _round_trip(self, commands: list[Command]) -> list[Any]:
+    async def _round_trip(self, commands: list[bytes]) -> list[Any]:
         self.round_trips += 1
         conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            await conn.send_packed_command(_pack(commands))
+            await conn.send_packed_command(b"".join(commands))
             replies: list[Any] = []
             for _ in commands:
                 try:
