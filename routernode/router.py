@@ -33,7 +33,7 @@ from routernode.lifecycle import Lifecycle
 from routernode.routing import anyone_online, choose_agent, fallback_due
 from tidedesk import events, logs, metrics
 from tidedesk.broker import INBOUND_QUEUE, Broker, Envelope
-from tidedesk.delivery import deliver, start_publish
+from tidedesk.delivery import deliver, start_fanout
 from tidedesk.envelopes import (
     AgentStatusEvent,
     CloseEvent,
@@ -303,20 +303,19 @@ class Router:
         async with self._fanout_order.section(conv_id):
             recipients = await self.store.message_fanout(conv_id, frame.to_dict(), visitor,
                                                          self.clock())
-            confirms = [start_publish(self.broker, nodes, who, frame, self.envelope_format)
-                        for who, nodes in recipients.items()]
+            # One envelope per node, whoever of the recipients are there.
+            confirm = start_fanout(self.broker, recipients, frame, self.envelope_format)
         try:
             await self.batcher.add(row)
         except BaseException:
-            await asyncio.gather(*confirms, return_exceptions=True)
+            await asyncio.gather(confirm, return_exceptions=True)
             raise
         log.debug("message stored", extra={"seq": event.seq, "client_id": event.id})
         await self.emit(events.MESSAGE_CREATED, events.message_data(
             conversation_id=conv_id, seq=event.seq, message_id=event.id, sender=event.from_,
             sender_id=event.sender_id, name=event.name, body=event.body, ts=event.ts,
             private=event.private), event_id=events.message_event_id(conv_id, event.id))
-        for confirm in confirms:
-            await confirm
+        await confirm
         if visitor is not None and event.from_ == "agent" and not recipients.get(visitor):
             self.note_reply_mail(event)
         if not event.private and event.from_ != "system" and await self.sites.any_bot():
