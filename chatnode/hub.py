@@ -1,7 +1,8 @@
 """The connections of this chat node, by who they belong to, and the delivery consumer.
 
 Handlers register a :class:`Connection` (anything with ``send(frame)`` and ``close(code,
-reason)``); deliveries arriving on this node's queue go to every connection of their ``to``.
+reason)``); deliveries arriving on this node's queue go to every connection of each of their
+recipients (one envelope may name several: the agent and the visitor's other tabs).
 A message frame is sent at most once per connection (dedupe by conversation and seq), so a
 redelivery from the broker never shows a message twice. What each connection is (who,
 principal, conversation, rate bucket) is kept beside, in ``hub.registry``
@@ -18,7 +19,7 @@ from typing import Any, Protocol
 from chatnode.connections import ConnectionRegistry
 from tidedesk import metrics
 from tidedesk.broker import Envelope
-from tidedesk.envelopes import EnvelopeError, decode_delivery
+from tidedesk.envelopes import EnvelopeError, decode_deliveries
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +78,12 @@ class Hub:
 
     async def on_delivery(self, envelope: Envelope) -> None:
         try:
-            who, frame = decode_delivery(envelope.body)
+            whos, frame = decode_deliveries(envelope.body)
         except EnvelopeError as exc:
             # Acknowledged and dropped: redelivering it would fail the same way forever.
             metrics.ENVELOPES_REJECTED.labels(queue="delivery").inc()
             log.error("dropping undecodable delivery",
                       extra={"error": str(exc), "body": envelope.body[:200]})
             return
-        self.send(who, frame)
+        for who in whos:
+            self.send(who, frame)

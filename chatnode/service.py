@@ -69,6 +69,9 @@ from tidedesk.store import CHECK_DATABASE, Store
 from tidedesk.webhooks import WebhookOutbox
 
 log = logging.getLogger(__name__)
+# Bound once: .labels() is a lock and a dict lookup per message (issue 17).
+_MESSAGES_IN = {role: metrics.MESSAGES_IN.labels(role=role)
+                for role in ("visitor", "agent", "system")}
 
 TAG_RE = re.compile(r"^[a-z0-9_\-]{1,32}$")
 MAX_TAGS = 20
@@ -341,7 +344,8 @@ class ChatService:
             id=msg.client_id, from_=cast(Sender, msg.sender_type), sender_id=msg.sender_id,
             name=msg.name, body=msg.body, ts=self.clock(), private=msg.private,
             attachments=msg.attachments))
-        metrics.MESSAGES_IN.labels(role=msg.sender_type).inc()
+        role = msg.sender_type
+        (_MESSAGES_IN.get(role) or metrics.MESSAGES_IN.labels(role=role)).inc()
         return frame_dict(AckFrame(id=msg.client_id, seq=msg.seq))
 
     async def post_message(self, principal: Principal, conv_id: str,

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from routernode.routing import anyone_online, choose_agent
 from tidedesk import metrics
-from tidedesk.delivery import publish_to
+from tidedesk.delivery import start_fanout
 from tidedesk.frames import ClosedFrame, ErrorFrame, MessageFrame, StateFrame, UnassignedFrame
 from tidedesk.i18n import text
 from tidedesk.lifecycle import grace_expired, idle_close_due, presence_lapsed
@@ -326,8 +326,7 @@ class Lifecycle:
                                         {"idle_s": self.idle_close_s})
         r._forget(conv.id)
         await self.store.forget_closed(conv.id)  # bounded memory, as on_close (issue 17)
-        for who, nodes in recipients.items():
-            await publish_to(r.broker, nodes, who, frame, r.envelope_format)
+        await start_fanout(r.broker, recipients, frame, r.envelope_format)
         agent_id = owner or fresh.agent_id
         if agent_id:
             await r.deliver(f"agent:{agent_id}", ClosedFrame(conversation_id=conv.id))

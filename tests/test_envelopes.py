@@ -1,6 +1,8 @@
-"""Broker envelopes (tidedesk/envelopes.py): round trips, schema errors, JSON from older nodes;
-then a real chat node and router on RabbitMQ reading JSON envelopes queued by an older version,
-dropping poison messages without getting stuck, and showing it all on their /metrics."""
+"""Broker envelopes (tidedesk/envelopes.py): round trips, schema errors, JSON from older nodes,
+grouped deliveries (binary v2) and what a node before them does with one; then a real chat node
+and router on RabbitMQ reading JSON envelopes queued by an older version, dropping poison
+messages without getting stuck, showing it all on their /metrics, and sending a message to
+the agent and the visitor's other tab on one node in one envelope."""
 
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from tests.support.waiting import wait_until_async
 from tidedesk.broker import INBOUND_QUEUE, node_queue
 from tidedesk.envelopes import (
     BINARY_V1,
+    BINARY_V2,
     AgentStatusEvent,
     CloseEvent,
     EnvelopeError,
@@ -39,9 +42,11 @@ from tidedesk.envelopes import (
     MessageEvent,
     OpenedEvent,
     TransferEvent,
+    decode_deliveries,
     decode_delivery,
     decode_inbound,
     delivery_encoder,
+    encode_deliveries,
     encode_delivery,
     encode_delivery_json,
     encode_inbound,
@@ -126,6 +131,64 @@ def test_any_message_survives_both_encodings(body: str, name: str, seq: int, ts:
     assert who == "visitor:v" and got == expected
 
 
+GROUP = ("visitor:v1", "agent:3")  # the visitor's other tab and the agent, on one node
+
+
+@pytest.mark.parametrize("name", FRAMES)
+def test_a_grouped_delivery_names_every_recipient_and_carries_the_frame_once(name: str
+                                                                           ) -> None:
+    _, frame = FRAMES[name]
+    body = encode_deliveries(GROUP, frame)
+    assert body[:1] == BINARY_V2
+    assert decode_deliveries(body) == (GROUP, frame)
+    # One recipient: binary v1, what every node since binary envelopes reads.
+    single = encode_deliveries(GROUP[:1], frame)
+    assert single == encode_delivery(GROUP[0], frame)
+    assert decode_deliveries(single) == (GROUP[:1], frame)
+    assert decode_deliveries(encode_delivery_json(GROUP[0], frame)) == (GROUP[:1], frame)
+    assert len(body) < 2 * len(single)
+    with pytest.raises(EnvelopeError, match="2 recipients"):
+        decode_delivery(body)  # the one-recipient reader never drops the second one
+
+
+class _DeliveryBeforeV2(msgspec.Struct, array_like=True):
+    to: str
+    frame: dict[str, Any] | list[Any]
+
+
+def _decode_delivery_before_v2(body: bytes) -> tuple[str, Any]:
+    """What a chat node of the version before grouped deliveries runs (tidedesk/envelopes.py
+    at be31425): binary v1 (an array-like [to, frame] Struct) or JSON by the first byte,
+    anything else an unknown format."""
+    if body[:1] == BINARY_V1:
+        old = msgspec.msgpack.decode(body[1:], type=_DeliveryBeforeV2)
+        return old.to, old.frame
+    if body.lstrip()[:1] == b"{":
+        data = json.loads(body)
+        return data["to"], data["frame"]
+    raise EnvelopeError(f"unknown envelope format (first byte {body[:1]!r}); expected "
+                        f"{BINARY_V1!r} (binary v1) or a JSON object")
+
+
+def test_a_node_before_grouped_deliveries_refuses_one_loudly_and_shows_it_to_nobody() -> None:
+    """Rolling upgrade, the risky direction: a new router sends a grouped delivery to an old
+    chat node. The old node must not show the frame to the first recipient and silently drop
+    the rest: it refuses the whole envelope as an unknown format (its hub logs that at ERROR
+    and counts it in tidedesk_envelopes_rejected_total{queue="delivery"}). Hence
+    TIDEDESK_ENVELOPE_FORMAT=binary-v1 while old nodes run (docs/envelopes.md)."""
+    _, frame = FRAMES["message"]
+    with pytest.raises(EnvelopeError, match="unknown envelope format"):
+        _decode_delivery_before_v2(encode_deliveries(GROUP, frame))
+    # Why a new version byte and not a trailing field of v1: msgspec decodes an array-like
+    # Struct from a longer array and ignores the extra slots, so the old node would have shown
+    # the frame to the first recipient and said nothing of the second.
+    trailing = BINARY_V1 + msgspec.msgpack.encode([GROUP[0], frame, list(GROUP[1:])])
+    assert _decode_delivery_before_v2(trailing) == (GROUP[0], frame)
+    # binary-v1 writes one v1 envelope per recipient: the old node reads each.
+    for who in GROUP:
+        assert _decode_delivery_before_v2(delivery_encoder("binary-v1")(who, frame))[0] == who
+
+
 def _binary(*values: Any) -> bytes:
     return BINARY_V1 + msgspec.msgpack.encode(list(values))
 
@@ -160,6 +223,18 @@ BAD: dict[str, tuple[Callable[[bytes], object], bytes, str]] = {
     "JSON delivery without frame": (_OUT, b'{"to": "visitor:v"}', "JSON delivery"),
     "binary delivery frame a list": (_OUT, _binary("visitor:v", [1, 2]), "binary delivery"),
     "delivery not an envelope": (_OUT, b"\x00\x01", "unknown envelope format"),
+    "v2 delivery to nobody": (decode_deliveries,
+                              BINARY_V2 + msgspec.msgpack.encode([[], {"type": "state"}]),
+                              "binary v2 delivery: Expected `array` of length >= 1"),
+    "v2 delivery to no role": (decode_deliveries,
+                               BINARY_V2 + msgspec.msgpack.encode([["visitor:v", "bob"],
+                                                                   {"type": "state"}]),
+                               "binary v2 delivery"),
+    "v2 delivery not msgpack": (decode_deliveries, BINARY_V2 + b"\xc1", "binary v2 delivery"),
+    "v2 delivery frame without type": (decode_deliveries,
+                                       BINARY_V2 + msgspec.msgpack.encode([list(GROUP),
+                                                                           {"on": True}]),
+                                       "'type'"),
 }
 
 
@@ -203,6 +278,39 @@ def test_embedded_server_chats_with_json_envelopes(tmp_path: Path) -> None:
             await visitor.wait_type("message", seq=2)
             await visitor.close()
             await agent.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("envelope_format, per_message", [("binary", 1), ("binary-v1", 2),
+                                                         ("json", 2)])
+def test_a_message_reaches_the_agent_and_the_visitors_other_tab_in_one_envelope(
+        tmp_path: Path, envelope_format: str, per_message: int) -> None:
+    """Both recipients are on the one embedded node: ``binary`` sends them one envelope,
+    ``binary-v1`` and ``json`` (the upgrade settings) one each; all three show it to both."""
+    async def scenario() -> None:
+        async with embedded(tmp_path, envelope_format=envelope_format) as rt:
+            ann_id = add_agent(rt, "ann@shop.test")
+            agent = await agent_socket(rt, "ann@shop.test")
+            await wait_agent_online(rt, ann_id)
+            _, token, tab_a = await new_visitor(rt)
+            tab_b = await ws(rt, "/ws/visitor", token)
+            await tab_b.wait_type("hello")
+            conv_id = (await agent.wait_type("assigned"))["conversation_id"]
+            await agent.send({"type": "resume", "conversation_id": conv_id, "after_seq": 0})
+            await agent.wait_type("message", seq=1)  # (tab B's hello said last_seq 1)
+            for seq in (2, 3):
+                before = await scrape(rt.port)
+                assert (await tab_a.say(f"question {seq}"))["seq"] == seq
+                assert (await agent.wait_type("message", seq=seq))["body"] == f"question {seq}"
+                assert (await tab_b.wait_type("message", seq=seq))["body"] == f"question {seq}"
+                after = await scrape(rt.port)
+                assert moved(before, after, "tidedesk_deliveries_published_total") \
+                    == per_message
+            for client, seqs in ((agent, [1, 2, 3]), (tab_b, [2, 3])):
+                assert [f["seq"] for f in client.of_type("message")] == seqs  # once, in order
+            for client in (tab_a, tab_b, agent):
+                await client.close()
 
     asyncio.run(scenario())
 
@@ -257,6 +365,12 @@ def test_cluster_reads_older_json_envelopes_drops_poison_and_reports_metrics(
             got = await agent.wait_type("message", seq=2, timeout=10)
             assert got["body"] == "queued by an older chat node" and got["id"] == "legacy-1"
             await visitor.wait_type("typing", on=True)
+            # A grouped delivery (binary v2), as a new router writes it, reaches both.
+            _publish(url, node_queue("node1"), encode_deliveries(
+                (f"visitor:{visitor_id}", f"agent:{ann_id}"),
+                {"type": "typing", "on": False, "conversation_id": conv_id, "from": "system"}))
+            await visitor.wait_type("typing", on=False)
+            await agent.wait_type("typing", on=False)
             assert await c.storage.messages.count(conv_id) == 2
 
             await asyncio.sleep(0.5)  # a requeued poison message would be counted again

@@ -62,6 +62,37 @@ def test_in_order_runs_each_key_in_arrival_order_and_forgets_idle_keys() -> None
 
         await asyncio.gather(*(step(i) for i in range(5)))
         assert ran == [0, 1, 2, 3, 4]
-        assert not order._locks and not order._users
+        assert not order._waiting
 
     asyncio.run(body())
+
+
+def test_in_order_skips_a_cancelled_waiter_and_passes_on_a_section_handed_to_one() -> None:
+    async def body(cancel_when_handed: bool) -> None:
+        order = InOrder()
+        ran: list[str] = []
+        release = asyncio.Event()
+
+        async def step(name: str) -> None:
+            async with order.section("k"):
+                ran.append(name)
+                if name == "first":
+                    await release.wait()
+
+        first = asyncio.create_task(step("first"))
+        await asyncio.sleep(0)
+        middle = asyncio.create_task(step("middle"))
+        last = asyncio.create_task(step("last"))
+        await asyncio.sleep(0)
+        if not cancel_when_handed:
+            middle.cancel()  # while it waits behind first
+            await asyncio.sleep(0)
+        release.set()
+        if cancel_when_handed:
+            await asyncio.sleep(0)  # first leaves and hands the section to middle ...
+            middle.cancel()  # ... which is cancelled before it resumes: last still gets it
+        await asyncio.gather(first, middle, last, return_exceptions=True)
+        assert middle.cancelled() and ran == ["first", "last"] and not order._waiting
+
+    for cancel_when_handed in (False, True):
+        asyncio.run(asyncio.wait_for(body(cancel_when_handed), 5))

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Mapping
 from typing import Any
 
 from tidedesk import metrics
 from tidedesk.broker import Broker, node_queue
-from tidedesk.envelopes import delivery_encoder
+from tidedesk.envelopes import delivery_encoder, encode_deliveries, groups_deliveries
 from tidedesk.frames import Frame
 from tidedesk.store import Store
 
@@ -17,7 +17,7 @@ async def deliver(broker: Broker, store: Store, who: str, frame: Frame | dict[st
                   now: float, envelope_format: str = "binary") -> int:
     """Publish ``frame`` to the delivery queue of every node where ``who`` is connected;
     returns how many nodes that was (0: nobody to tell, they will resume on reconnect).
-    ``envelope_format``: ``binary`` (v1) or ``json`` (docs/envelopes.md)."""
+    ``envelope_format``: ``TIDEDESK_ENVELOPE_FORMAT`` (docs/envelopes.md)."""
     nodes = await store.presence_nodes(who, now)
     await publish_to(broker, nodes, who, frame, envelope_format)
     return len(nodes)
@@ -36,18 +36,46 @@ async def publish_to(broker: Broker, nodes: Iterable[str], who: str, frame: Fram
         metrics.DELIVERIES.inc(count)
 
 
-def start_publish(broker: Broker, nodes: Iterable[str], who: str, frame: Frame | dict[str, Any],
-                  envelope_format: str = "binary") -> Awaitable[Any]:
-    """Like :func:`publish_to`, but every node's publish is started now, in this call's order
-    relative to other calls (each broker writes a publish before its first await, and tasks
-    first run in the order they were made); await the result for the confirms."""
-    nodes = list(nodes)
-    if not nodes:
+def start_fanout(broker: Broker, recipients: Mapping[str, Iterable[str]],
+                 frame: Frame | dict[str, Any], envelope_format: str = "binary"
+                 ) -> Awaitable[Any]:
+    """Publish ``frame`` to every recipient's nodes (``recipients``: who → their nodes, as
+    :meth:`Store.message_fanout` returns them), every node's publish started
+    now, in this call's order relative to other calls (each broker writes a publish before its
+    first await, and tasks first run in the order they were made); await the result for the
+    confirms.
+
+    Recipients on the same node share one envelope (issue 17: a visitor's message used to go
+    twice to a node that had both the agent and the visitor's other tab; twice published,
+    consumed and acknowledged). ``binary-v1`` and ``json`` write one envelope per recipient,
+    what nodes before grouped deliveries read (docs/envelopes.md)."""
+    by_node: dict[str, list[str]] = {}
+    for who, nodes in recipients.items():
+        for node in nodes:
+            by_node.setdefault(node, []).append(who)
+    if not by_node:
         return _done()
-    body = delivery_encoder(envelope_format)(who, frame)
-    metrics.DELIVERIES.inc(len(nodes))
+    bodies: list[tuple[str, bytes]] = []
+    if groups_deliveries(envelope_format):
+        encoded: dict[tuple[str, ...], bytes] = {}
+        for node, whos in by_node.items():
+            key = tuple(whos)
+            body = encoded.get(key)
+            if body is None:
+                body = encoded[key] = encode_deliveries(whos, frame)
+            bodies.append((node, body))
+    else:
+        encode = delivery_encoder(envelope_format)
+        single: dict[str, bytes] = {}
+        for node, whos in by_node.items():
+            for who in whos:
+                body = single.get(who)
+                if body is None:
+                    body = single[who] = encode(who, frame)
+                bodies.append((node, body))
+    metrics.DELIVERIES.inc(len(bodies))
     return asyncio.gather(*(asyncio.ensure_future(broker.publish(node_queue(node), body))
-                            for node in nodes))
+                            for node, body in bodies))
 
 
 async def _done() -> None:

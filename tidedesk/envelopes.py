@@ -5,10 +5,17 @@ Two kinds of envelope cross RabbitMQ (or the in-process broker):
 - inbound events, chat node → router (``INBOUND_QUEUE``): :data:`InboundEvent`, one
   :class:`msgspec.Struct` per kind (message, opened, close, transfer, agent_status);
 - deliveries, router or chat node → the chat node of a recipient (``node_queue(node)``): who it
-  is for and the WebSocket frame to send them (:func:`encode_delivery`).
+  is for and the WebSocket frame to send them (:func:`encode_delivery`), or, when several
+  recipients of one frame are on the same node, all of them in one envelope
+  (:func:`encode_deliveries`, issue 17).
 
 Encoding: one version byte, :data:`BINARY_V1`, then MessagePack of array-like Structs (field
 values in declaration order, no key names; the kind is a small integer tag in the first slot).
+A delivery for several recipients starts with :data:`BINARY_V2` instead: a node of a version
+before it refuses it loudly (logged, counted) rather than showing the frame to the first
+recipient only, which is what an extra trailing field of a v1 delivery would have done
+(msgspec ignores trailing array slots it does not know). Writing it is switched off by
+``TIDEDESK_ENVELOPE_FORMAT=binary-v1`` while such nodes run (docs/envelopes.md).
 Decoding checks the schema (types, required fields, allowed values) and raises
 :class:`EnvelopeError` naming what is wrong; a consumer logs, counts and drops such a message
 rather than redelivering it forever.
@@ -28,7 +35,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
@@ -45,6 +52,9 @@ from tidedesk.frames import (
 
 # First byte of every binary envelope. A JSON envelope (older nodes) starts with "{".
 BINARY_V1 = b"\x01"
+# First byte of a delivery for several recipients on one node (issue 17); nodes before it read
+# only BINARY_V1 and JSON, and reject this one as an unknown format.
+BINARY_V2 = b"\x02"
 
 Recipient = Annotated[str, msgspec.Meta(pattern=r"^(visitor|agent):.+")]
 # MessageFrame, the key-less message delivery, is defined once with the other client frames
@@ -125,6 +135,13 @@ class _Delivery(msgspec.Struct, array_like=True, frozen=True):
     frame: MessageFrame | dict[str, Any]
 
 
+class _GroupDelivery(msgspec.Struct, array_like=True, frozen=True):
+    """Binary v2: one frame for several recipients connected to the same node."""
+
+    to: Annotated[tuple[Recipient, ...], msgspec.Meta(min_length=1)]
+    frame: MessageFrame | dict[str, Any]
+
+
 _MESSAGE_FRAME_REQUIRED = frozenset({"type", "conversation_id", "seq", "id", "from", "body",
                                      "ts"})
 _MESSAGE_FRAME_KEYS = _MESSAGE_FRAME_REQUIRED | {"name", "private", "attachments"}
@@ -132,6 +149,7 @@ _MESSAGE_FRAME_KEYS = _MESSAGE_FRAME_REQUIRED | {"name", "private", "attachments
 _encoder = msgspec.msgpack.Encoder()
 _inbound_decoder = msgspec.msgpack.Decoder(InboundEvent)
 _delivery_decoder = msgspec.msgpack.Decoder(_Delivery)
+_group_decoder = msgspec.msgpack.Decoder(_GroupDelivery)
 
 
 def _is_json(body: bytes) -> bool:
@@ -173,9 +191,10 @@ def _binary_event_type(payload: bytes) -> type[_Event] | None:
     return None
 
 
-def _wrong_format(body: bytes) -> EnvelopeError:
+def _wrong_format(body: bytes, delivery: bool = False) -> EnvelopeError:
+    v2 = f", {BINARY_V2!r} (binary v2)" if delivery else ""
     return EnvelopeError(f"unknown envelope format (first byte {body[:1]!r}); expected "
-                         f"{BINARY_V1!r} (binary v1) or a JSON object")
+                         f"{BINARY_V1!r} (binary v1){v2} or a JSON object")
 
 
 @functools.cache
@@ -250,26 +269,39 @@ def decode_inbound(body: bytes) -> InboundEvent:
 
 
 def inbound_encoder(envelope_format: str) -> Callable[[InboundEvent], bytes]:
-    """The inbound encoder for ``TIDEDESK_ENVELOPE_FORMAT`` (``binary`` or ``json``)."""
+    """The inbound encoder for ``TIDEDESK_ENVELOPE_FORMAT`` (``binary`` and
+    ``binary-v1`` both write inbound events as binary v1, ``json`` as JSON)."""
     return encode_inbound_json if envelope_format == "json" else encode_inbound
 
 
 # -- deliveries ------------------------------------------------------------------------------
-def encode_delivery(who: str, frame: Frame | dict[str, Any]) -> bytes:
-    """``frame`` for ``who`` (``visitor:<id>`` / ``agent:<id>``). Message frames go as a
-    key-less :class:`MessageFrame`; any other frame as a map (its keys are few and short)."""
+def _frame_body(frame: Frame | dict[str, Any]) -> MessageFrame | dict[str, Any]:
+    """Message frames go as a key-less :class:`MessageFrame`; any other frame as a map (its
+    keys are few and short)."""
     if isinstance(frame, MessageFrame):
-        return BINARY_V1 + _encoder.encode(_Delivery(who, frame))
+        return frame
     if not isinstance(frame, dict):
         frame = frame_dict(frame)
-    body: MessageFrame | dict[str, Any] = frame
     if (frame.get("type") == "message"
             and _MESSAGE_FRAME_REQUIRED <= frame.keys() <= _MESSAGE_FRAME_KEYS):
-        body = MessageFrame(frame["conversation_id"], frame["seq"], frame["id"], frame["from"],
+        return MessageFrame(frame["conversation_id"], frame["seq"], frame["id"], frame["from"],
                             frame["body"], frame["ts"], frame.get("name", ""),
                             frame.get("private", False),
                             attachments_from_dicts(frame.get("attachments", ())))
-    return BINARY_V1 + _encoder.encode(_Delivery(who, body))
+    return frame
+
+
+def encode_delivery(who: str, frame: Frame | dict[str, Any]) -> bytes:
+    """``frame`` for ``who`` (``visitor:<id>`` / ``agent:<id>``), binary v1."""
+    return BINARY_V1 + _encoder.encode(_Delivery(who, _frame_body(frame)))
+
+
+def encode_deliveries(whos: Sequence[str], frame: Frame | dict[str, Any]) -> bytes:
+    """``frame`` for every one of ``whos`` (recipients on one node): binary v2, or v1 when
+    there is only one (what every node since binary envelopes reads)."""
+    if len(whos) == 1:
+        return encode_delivery(whos[0], frame)
+    return BINARY_V2 + _encoder.encode(_GroupDelivery(tuple(whos), _frame_body(frame)))
 
 
 def encode_delivery_json(who: str, frame: Frame | dict[str, Any]) -> bytes:
@@ -280,18 +312,33 @@ def encode_delivery_json(who: str, frame: Frame | dict[str, Any]) -> bytes:
 
 
 def delivery_encoder(envelope_format: str) -> Callable[[str, Frame | dict[str, Any]], bytes]:
-    """The delivery encoder for ``TIDEDESK_ENVELOPE_FORMAT`` (``binary`` or ``json``)."""
+    """The one-recipient delivery encoder for ``TIDEDESK_ENVELOPE_FORMAT``."""
     return encode_delivery_json if envelope_format == "json" else encode_delivery
 
 
-def decode_delivery(body: bytes) -> tuple[str, dict[str, Any]]:
-    """(who, frame) of a delivery, binary v1 or legacy JSON; :class:`EnvelopeError` when the
-    recipient or the frame does not follow the schema."""
-    if body[:1] == BINARY_V1:
+def groups_deliveries(envelope_format: str) -> bool:
+    """Whether a node writing ``envelope_format`` puts the recipients of one frame on one node
+    into one envelope (binary v2); ``binary-v1`` and ``json`` write one per recipient, for
+    nodes of a version before it (docs/envelopes.md)."""
+    return envelope_format == "binary"
+
+
+def decode_deliveries(body: bytes) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """(recipients, frame) of a delivery: binary v2 (several recipients), binary v1 or legacy
+    JSON (one); :class:`EnvelopeError` when a recipient or the frame does not follow the
+    schema."""
+    head = body[:1]
+    delivery: _Delivery | _GroupDelivery
+    if head == BINARY_V1:
         try:
             delivery = _delivery_decoder.decode(body[1:])
         except msgspec.DecodeError as exc:
             raise EnvelopeError(f"binary delivery: {exc}") from None
+    elif head == BINARY_V2:
+        try:
+            delivery = _group_decoder.decode(body[1:])
+        except msgspec.DecodeError as exc:
+            raise EnvelopeError(f"binary v2 delivery: {exc}") from None
     elif _is_json(body):
         data = _load_json(body)
         try:
@@ -299,10 +346,20 @@ def decode_delivery(body: bytes) -> tuple[str, dict[str, Any]]:
         except msgspec.ValidationError as exc:
             raise EnvelopeError(f"JSON delivery: {exc}") from None
     else:
-        raise _wrong_format(body)
+        raise _wrong_format(body, delivery=True)
+    whos = delivery.to if isinstance(delivery, _GroupDelivery) else (delivery.to,)
     frame = delivery.frame
     if isinstance(frame, MessageFrame):
-        return delivery.to, frame.to_dict()
+        return whos, frame.to_dict()
     if not isinstance(frame.get("type"), str):
         raise EnvelopeError("delivery frame without a string 'type'")
-    return delivery.to, frame
+    return whos, frame
+
+
+def decode_delivery(body: bytes) -> tuple[str, dict[str, Any]]:
+    """(who, frame) of a one-recipient delivery (binary v1 or legacy JSON); see
+    :func:`decode_deliveries`."""
+    whos, frame = decode_deliveries(body)
+    if len(whos) != 1:
+        raise EnvelopeError(f"a delivery for {len(whos)} recipients; use decode_deliveries")
+    return whos[0], frame

@@ -307,9 +307,12 @@ class Settings:
         40_000_000, _parse_int(1000, 500_000_000), "images with more pixels are refused "
         "(decompression bombs; Pillow's MAX_IMAGE_PIXELS)")
     envelope_format: str = _key(
-        "binary", _parse_choice("binary", "json"), "what this node writes to the broker: binary "
-        "v1, or `json` only while upgrading from a version before binary envelopes "
-        "([docs/envelopes.md](docs/envelopes.md)); both are always read")
+        "binary", _parse_choice("binary", "binary-v1", "json"),
+        "what this node writes to the broker: `binary` (one delivery per chat node for the "
+        "recipients of a message there), "
+        "`binary-v1` (one per recipient) only while upgrading from a version before grouped "
+        "deliveries, `json` only while upgrading from one before binary envelopes "
+        "([docs/envelopes.md](docs/envelopes.md)); all are always read")
     smtp_url: str | None = _key(
         None, _parse_optional_str, "outgoing mail: `smtp://user:pass@host:port` (add "
         "`?starttls=true` for STARTTLS) or `smtps://…`; unset = no mail, and the widget promises "
