@@ -198,6 +198,10 @@ class RedisStore(Store):
         self._waiting = reg(lua_script("waiting"))
         self._history_append = reg(lua_script("history_append"))
         self._message_fanout = reg(lua_script("message_fanout"))
+        # The cache read returns early without an answer; with one, presence_add.lua runs.
+        self._connect_card = reg(lua_script("connect_card") + lua_script("presence_add")
+                                 + "\nreturn {value, 1}\n")
+        self._presence_leave = reg(lua_script("presence_leave"))
 
     def _k(self, *parts: str) -> str:
         return self._prefix + ":".join(parts)
@@ -298,6 +302,22 @@ class RedisStore(Store):
     @_tracked
     async def presence_remove(self, who: str, conn: str) -> int:
         return int(await self._presence_remove(keys=[self._k("presence", who)], args=[conn]))
+
+    @_tracked
+    async def kv_get_and_present(self, key: str, now: float, *, who: str, conn: str,
+                                 node_id: str, ttl_s: float,
+                                 unless_prefix: str) -> tuple[str | None, bool]:
+        res = await self._connect_card(
+            keys=[self._k("presence", who), self._k("kv", key)],
+            args=[conn, f"{now + ttl_s!r}|{node_id}", repr(now), _ms(ttl_s), unless_prefix])
+        return (None if res[0] is None else str(res[0])), bool(int(res[1]))
+
+    @_tracked
+    async def presence_leave(self, who: str, conn: str, *, gone_key: str, gone_value: str,
+                             gone_ttl_s: float, now: float) -> int:
+        return int(await self._presence_leave(
+            keys=[self._k("presence", who), self._k("kv", gone_key)],
+            args=[conn, gone_value, repr(now + gone_ttl_s), _ms(gone_ttl_s)]))
 
     @_tracked
     async def presence_nodes(self, who: str, now: float) -> set[str]:
