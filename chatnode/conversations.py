@@ -131,10 +131,7 @@ class Conversations:
             return False
         rule = routing.rule_for(tags)
         pools = [rule.pool] + ([rule.fallback] if rule.fallback else [])
-        for pool in pools:
-            if any(a.status in ("online", "away") for a in await self.store.agents_in_pool(pool)):
-                return True
-        return False
+        return await self.store.any_agent_in(pools, ("online", "away"))
 
     async def announce_opened(self, session: VisitorSession) -> None:
         """Ask the routers for an agent. Call after the visitor's presence is registered and

@@ -336,6 +336,23 @@ async def _agent(s: Store, agent_id: str, *, max_chats: int = 3, status: str = "
                          name=f"Agent {agent_id}", now=now)
 
 
+def test_any_agent_in_pools_with_a_status(run: Runner) -> None:
+    async def body(s: Store) -> None:
+        assert not await s.any_agent_in(["general"], ["online", "away"])
+        assert not await s.any_agent_in([], ["online"])
+        await _agent(s, "a1", pools=("general",), status="offline")
+        await _agent(s, "a2", pools=("experts",), status="away")
+        assert not await s.any_agent_in(["general"], ["online", "away"])
+        assert await s.any_agent_in(["general", "experts"], ["online", "away"])
+        assert not await s.any_agent_in(["general", "experts"], ["online"])
+        await _agent(s, "a1", pools=("general",), status="online")
+        assert await s.any_agent_in(["general"], ["online"])
+        await _agent(s, "a1", pools=("billing",), status="online")  # moved pools
+        assert not await s.any_agent_in(["general"], ["online"])
+
+    run(body)
+
+
 def test_agent_update_and_pools(run: Runner) -> None:
     async def body(s: Store) -> None:
         assert await s.agent_get("a1") is None

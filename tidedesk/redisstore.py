@@ -56,7 +56,7 @@ import contextlib
 import functools
 import json
 import math
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from importlib import resources
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -202,6 +202,7 @@ class RedisStore(Store):
         self._connect_card = reg(lua_script("connect_card") + lua_script("presence_add")
                                  + "\nreturn {value, 1}\n")
         self._presence_leave = reg(lua_script("presence_leave"))
+        self._any_agent = reg(lua_script("any_agent"))
 
     def _k(self, *parts: str) -> str:
         return self._prefix + ":".join(parts)
@@ -397,6 +398,13 @@ class RedisStore(Store):
             rows = await pipe.execute()
         agents = (self._agent(agent_id, h) for agent_id, h in zip(ids, rows, strict=True))
         return [a for a in agents if a is not None]
+
+    @_tracked
+    async def any_agent_in(self, pools: Sequence[str], statuses: Sequence[str]) -> bool:
+        if not pools:
+            return False
+        return bool(int(await self._any_agent(keys=[self._k("pool", p) for p in pools],
+                                              args=[self._k("agent", ""), *statuses])))
 
     @_tracked
     async def claim(self, conv_id: str, agent_id: str, now: float) -> bool:

@@ -13,6 +13,7 @@ import abc
 import hashlib
 import json
 from collections import OrderedDict, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -182,6 +183,14 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def agents_in_pool(self, pool: str) -> list[AgentLoad]: ...
+
+    async def any_agent_in(self, pools: Sequence[str], statuses: Sequence[str]) -> bool:
+        """Whether an agent of any of ``pools`` has one of ``statuses`` (one round trip on
+        Redis, issue 17): what a visitor's hello says as ``available``."""
+        for pool in pools:
+            if any(a.status in statuses for a in await self.agents_in_pool(pool)):
+                return True
+        return False
 
     @abc.abstractmethod
     async def claim(self, conv_id: str, agent_id: str, now: float) -> bool:
