@@ -13,6 +13,7 @@ name: most are used outside fixtures (in threads, subprocess set-ups, bench/), a
 says where a helper comes from where a fixture would not.
 """
 
+import importlib.util
 import os
 
 import pytest
@@ -24,7 +25,9 @@ def _event_loop_from_env() -> object:
     on that loop too; the servers they start as subprocesses get it from
     tests/support/processes.py ``settings_env``. Unset: asyncio's default, as always."""
     choice = os.environ.get("TIDEDESK_EVENT_LOOP")
-    if choice not in ("uvloop", "auto"):
+    if choice == "auto":
+        choice = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    if choice != "uvloop":
         yield
         return
     import asyncio
