@@ -35,6 +35,9 @@ class VisitorSession:
     locale: str
     name: str
     tags: tuple[str, ...]
+    # The connection's presence was registered with the read that made this session (a
+    # connect served from the connect cache, issue 17): visitor_joined need not add it.
+    present: bool = False
 
 
 @dataclass

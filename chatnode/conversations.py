@@ -21,7 +21,7 @@ from chatnode.connections import VisitorSession
 from chatnode.errors import ServiceError
 from chatnode.queries import bounded_int
 from tidedesk.auth import Principal
-from tidedesk.connect_cache import ConnectCache
+from tidedesk.connect_cache import ConnectCache, Presence
 from tidedesk.frames import (
     AgentHelloFrame,
     AgentRef,
@@ -92,15 +92,17 @@ class Conversations:
         return await self.directory.site_pools(site) if self.directory is not None else None
 
     # -- visitors ------------------------------------------------------------------------------
-    async def open_visitor_session(self, visitor_id: str, *,
-                                   create: bool = False) -> tuple[VisitorSession, bool]:
+    async def open_visitor_session(self, visitor_id: str, *, create: bool = False,
+                                   presence: Presence | None = None
+                                   ) -> tuple[VisitorSession, bool]:
         """The visitor's open conversation, and whether it was created now (then the caller
         announces it with :meth:`announce_opened`). Without ``create`` (a socket connecting)
         a visitor with no open conversation gets a session in state ``new`` and none is made:
         the first message makes it (``create=True``), so opening the widget takes no agent
         slot. The visitor's session is the signed token plus this row: nothing else is kept
-        for it. Both come from the connect cache: a reconnect reads no database (issue 17)."""
-        card = await self.connect_cache.card(visitor_id)
+        for it. Both come from the connect cache: a reconnect reads no database (issue 17).
+        ``presence`` is registered with the cache read when it hits (``session.present``)."""
+        card = await self.connect_cache.card(visitor_id, presence)
         if card is None:
             raise ServiceError(401, "invalid_token", "unknown visitor; create a new one with "
                                "POST /api/v1/visitors")
@@ -108,15 +110,15 @@ class Conversations:
             found = card.conversation
             if found is None:
                 return VisitorSession(visitor_id, None, "new", "", card.locale, card.name,
-                                      card.tags), False
+                                      card.tags, card.present), False
             return VisitorSession(visitor_id, found.id, found.state, found.pool, card.locale,
-                                  card.name, card.tags), False
+                                  card.name, card.tags, card.present), False
         conv, created = await self.storage.conversations.current_for_visitor(visitor_id,
                                                                               card.site)
         if created:
             await self.store.seed_seq(conv.id, 0)
         return VisitorSession(visitor_id, conv.id, conv.state, conv.pool, card.locale,
-                              card.name, card.tags), created
+                              card.name, card.tags, card.present), created
 
     async def available(self, tags: tuple[str, ...]) -> bool | None:
         """Whether someone could answer the visitor now: an agent of their rule's pool (or its
@@ -129,10 +131,7 @@ class Conversations:
             return False
         rule = routing.rule_for(tags)
         pools = [rule.pool] + ([rule.fallback] if rule.fallback else [])
-        for pool in pools:
-            if any(a.status in ("online", "away") for a in await self.store.agents_in_pool(pool)):
-                return True
-        return False
+        return await self.store.any_agent_in(pools, ("online", "away"))
 
     async def announce_opened(self, session: VisitorSession) -> None:
         """Ask the routers for an agent. Call after the visitor's presence is registered and

@@ -38,7 +38,7 @@ from tidedesk import events, logs, metrics, wire
 from tidedesk.auth import Principal, TokenService
 from tidedesk.blobs import BlobStore, open_blobs
 from tidedesk.broker import INBOUND_QUEUE, Broker, BrokerUnavailable
-from tidedesk.connect_cache import ConnectCache
+from tidedesk.connect_cache import ConnectCache, Presence
 from tidedesk.delivery import deliver
 from tidedesk.envelopes import (
     InboundEvent,
@@ -519,7 +519,9 @@ class ChatService:
         principal = self.principal(token, "visitor")
         who = f"visitor:{principal.id}"
         await self._limit_connection(ip, who)
-        conn.session, created = await self.conversations.open_visitor_session(principal.id)
+        conn.session, created = await self.conversations.open_visitor_session(
+            principal.id, presence=Presence(who, conn.conn_id, self.node_id,
+                                            self.settings.presence_ttl_s))
         conn.principal, conn.who = principal, who
         # Live messages wait until the client resumed (or sent anything else, or
         # JOIN_HOLD_SECS passed): a reconnecting widget resumes right after hello.
@@ -539,8 +541,8 @@ class ChatService:
             peer.send(frame)
 
         # presence is registered before hello goes out, beside what hello reads
-        waiting = await self.conversations.visitor_hello(session, send,
-                                                         ready=self._present(conn))
+        waiting = await self.conversations.visitor_hello(
+            session, send, ready=None if session.present else self._present(conn))
         if said and not said[0]:
             self.end_join(conn, peer)  # nothing to recover: a client resumes only above 0
         if created and session.conversation_id is not None:
@@ -697,12 +699,15 @@ class ChatService:
     async def disconnected(self, conn: ConnectionState) -> None:
         """After a registered socket closed: presence, and an agent's last socket going
         offline."""
-        remaining = await self.store.presence_remove(conn.who, conn.conn_id)
-        if conn.role == "visitor" and remaining == 0 and conn.principal is not None:
-            # When the visitor's last socket went (the idle close waits that long after it).
+        if conn.role == "visitor" and conn.principal is not None:
+            # When the visitor's last socket went (the idle close waits that long after it),
+            # in the round trip that removes the connection (issue 17, P1).
             now = self.clock()
-            await self.store.kv_set(f"visitor-gone:{conn.principal.id}", repr(now),
-                                    2 * self.settings.idle_close_s, now)
+            remaining = await self.store.presence_leave(
+                conn.who, conn.conn_id, gone_key=f"visitor-gone:{conn.principal.id}",
+                gone_value=repr(now), gone_ttl_s=2 * self.settings.idle_close_s, now=now)
+        else:
+            remaining = await self.store.presence_remove(conn.who, conn.conn_id)
         if conn.role == "agent" and remaining == 0:
             try:
                 # A console that went away keeps its chats for the grace period; one whose

@@ -190,9 +190,13 @@ class _Socket(RequestIds, WebSocketHandler):
             state.registered = False
             metrics.CONNECTIONS.labels(role=self.role).dec()
             self.hub.unregister(state.who, self)
-            task = asyncio.ensure_future(self.service.disconnected(state))
-            self.node.inflight.add(task)
-            task.add_done_callback(self.node.inflight.discard)
+            self.spawn(self.service.disconnected(state))
+
+    def spawn(self, work: Any) -> None:
+        """Run ``work`` beside this handler; draining waits for it."""
+        task = asyncio.ensure_future(work)
+        self.node.inflight.add(task)  # holds the reference
+        task.add_done_callback(self.node.inflight.discard)
 
 
 class VisitorSocket(_Socket):
@@ -202,8 +206,9 @@ class VisitorSocket(_Socket):
         self.start()
         if self.refuse_if_draining():
             return
+        state = self.state
         try:
-            created = await self.service.connect_visitor(self.state, await self.token(),
+            created = await self.service.connect_visitor(state, await self.token(),
                                                          self.request.remote_ip or "?")
         except ServiceError as exc:
             self.refuse(exc)
@@ -212,6 +217,11 @@ class VisitorSocket(_Socket):
             # The polite answer: the widget shows it and reconnects a little later.
             lang = self.get_query_argument("lang", "en")
             self.fail("busy", text("unavailable", lang), wire.CLOSE_TRY_AGAIN_LATER)
+            return
+        if self.hub.registry.find(self.conn_id) is None:
+            # Closed while connecting: a presence the cache read registered goes again.
+            if state.session is not None and state.session.present:
+                self.spawn(self.service.disconnected(state))
             return
         self.register()
         await self.service.visitor_joined(self.state, created, self)

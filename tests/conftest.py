@@ -12,3 +12,30 @@ The helpers themselves are plain modules in tests/support/ (see its ``__init__``
 name: most are used outside fixtures (in threads, subprocess set-ups, bench/), and an import
 says where a helper comes from where a fixture would not.
 """
+
+import importlib.util
+import os
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _event_loop_from_env() -> object:
+    """``TIDEDESK_EVENT_LOOP=uvloop`` (or ``asyncio``) runs the in-process tests' ``asyncio.run``
+    on that loop too; the servers they start as subprocesses get it from
+    tests/support/processes.py ``settings_env``. Unset: asyncio's default, as always."""
+    choice = os.environ.get("TIDEDESK_EVENT_LOOP")
+    if choice == "auto":
+        choice = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    if choice != "uvloop":
+        yield
+        return
+    import asyncio
+
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop_policy(None)

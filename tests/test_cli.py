@@ -94,6 +94,12 @@ def test_bad_setting_fails_start_naming_the_key(tmp_path: Path) -> None:
     assert "TIDEDESK_PORT" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_unknown_event_loop_fails_start_naming_the_key(tmp_path: Path) -> None:
+    out = run(["dev"], tmp_path, TIDEDESK_EVENT_LOOP="trio")
+    assert out.returncode == 2
+    assert "TIDEDESK_EVENT_LOOP" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_chatnode_without_cluster_urls_says_what_to_set(tmp_path: Path) -> None:
     out = run(["chatnode"], tmp_path)
     assert out.returncode == 2 and "TIDEDESK_BROKER_URL" in out.stderr
@@ -120,10 +126,11 @@ def test_migrate_is_idempotent(tmp_path: Path) -> None:
         assert out.returncode == 0 and "schema at version" in out.stdout
 
 
-def test_dev_prints_where_everything_is_and_serves(tmp_path: Path) -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_dev_prints_where_everything_is_and_serves(tmp_path: Path, loop: str) -> None:
     port = free_port()
     env = settings_env(TIDEDESK_DATA_DIR=str(tmp_path), TIDEDESK_PORT=str(port),
-                       TIDEDESK_DEMO_AGENT_EMAIL="owner@shop.test")
+                       TIDEDESK_DEMO_AGENT_EMAIL="owner@shop.test", TIDEDESK_EVENT_LOOP=loop)
     proc = subprocess.Popen([*TIDEDESK, "dev"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
     try:
@@ -133,5 +140,6 @@ def test_dev_prints_where_everything_is_and_serves(tmp_path: Path) -> None:
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     for text in (f"http://127.0.0.1:{port}/demo", f"http://127.0.0.1:{port}/console",
-                 "/api/v1/openapi.json", "owner@shop.test"):
+                 "/api/v1/openapi.json", "owner@shop.test",
+                 f"Event loop       : {loop} (TIDEDESK_EVENT_LOOP={loop})"):
         assert text in out

@@ -35,7 +35,13 @@ from tests.support.redis_keys import REDIS_URL, delete_prefix
 from tests.support.routing import GENERAL_ONLY
 from tests.support.waiting import wait_until_async
 from tidedesk.auth import Principal
-from tidedesk.connect_cache import ConnectCache, OpenConversation, VisitorCard, cache_key
+from tidedesk.connect_cache import (
+    ConnectCache,
+    OpenConversation,
+    Presence,
+    VisitorCard,
+    cache_key,
+)
 from tidedesk.crypto import FieldCipher
 from tidedesk.redisstore import RedisStore
 from tidedesk.storage import Storage
@@ -99,6 +105,36 @@ async def _miss(cache: ConnectCache, visitor_id: str) -> VisitorCard | None:
 def _conv(card: VisitorCard | None) -> OpenConversation | None:
     assert card is not None
     return card.conversation
+
+
+@STORES
+def test_a_hit_registers_presence_in_its_read_and_a_miss_does_not(
+        kind: str, database_url: str) -> None:
+    """One round trip for a reconnect's card and presence (issue 17, P1): only a hit adds the
+    presence; on a miss (and for an unknown visitor) the caller adds it, or nobody does."""
+    async def body(cache: ConnectCache, storage: Storage, store: Store, prefix: str) -> None:
+        vid = await _visitor(storage)
+        who = f"visitor:{vid}"
+        here = Presence(who, "conn-1", "node-1", 30.0)
+        missed = await cache.card(vid, here)
+        assert missed is not None and not missed.present and cache.misses == 1
+        assert await store.presence_nodes(who, cache.clock()) == set()
+        hit = await cache.card(vid, here)
+        assert hit is not None and hit.present and cache.hits == 1
+        assert hit.name == "Vera" and hit.conversation is None
+        assert await store.presence_nodes(who, cache.clock()) == {"node-1"}
+        nobody = uuid.uuid4().hex
+        assert await cache.card(nobody, Presence(f"visitor:{nobody}", "c", "node-1", 30.0)) \
+            is None
+        assert await store.presence_nodes(f"visitor:{nobody}", cache.clock()) == set()
+        # An entry it cannot read (another version's) is a miss; the presence the read added
+        # is removed again when the database does not know the visitor either.
+        await store.kv_set(cache_key(nobody), "[not a card", 60, cache.clock())
+        assert await cache.card(nobody, Presence(f"visitor:{nobody}", "c", "node-1", 30.0)) \
+            is None
+        assert await store.presence_nodes(f"visitor:{nobody}", cache.clock()) == set()
+
+    _run(kind, database_url, body)
 
 
 @STORES

@@ -427,6 +427,30 @@ def test_parallel_guesses_do_not_get_past_the_delays(tmp_path: Path) -> None:
     run(scenario())
 
 
+def test_a_token_verified_once_is_still_checked_for_expiry_and_kind() -> None:
+    """The verified-token memory (issue 17) answers as PyJWT would: a kept token expires on
+    time, a forged one is never kept, the kind is checked on every use, and it is bounded."""
+    tokens = TokenService("s" * 40, 900, 3600, visitor_ttl_s=60)
+    now = time.time()
+    soon = tokens.visitor_token("v1", now=now - 58.5)  # expires in 1.5 s
+    assert tokens.decode(soon, "visitor") == auth.Principal("visitor", "v1")
+    assert tokens.decode(soon, "visitor").id == "v1"  # from the memory
+    with pytest.raises(auth.AuthError, match="needs a access token"):
+        tokens.decode(soon, "access")
+    forged = TokenService("t" * 40, 900, 3600).visitor_token("v1")
+    for _ in range(2):
+        with pytest.raises(auth.AuthError) as refused:
+            tokens.decode(forged, "visitor")
+        assert refused.value.code == "invalid_token"
+    time.sleep(max(0.0, now + 1.6 - time.time()))
+    with pytest.raises(auth.AuthError) as expired:
+        tokens.decode(soon, "visitor")
+    assert expired.value.code == "token_expired"
+    for i in range(auth.VERIFIED_TOKENS_KEPT + 10):
+        tokens.decode(tokens.visitor_token(f"v{i}", now=now - i / 1000), "visitor")
+    assert len(tokens._verified) == auth.VERIFIED_TOKENS_KEPT
+
+
 def test_a_seed_that_is_not_base32_verifies_nothing() -> None:
     """Say a seed that could not be decrypted: refused like a wrong code, not a crash (500)."""
     assert verify_totp("!undecryptable", "123456") is False

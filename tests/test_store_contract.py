@@ -286,12 +286,71 @@ def test_presence(run: Runner) -> None:
     run(body)
 
 
+def test_kv_get_and_present_adds_presence_only_with_an_answer(run: Runner) -> None:
+    """A connect's cache read with its presence (issue 17): a missing, expired or leased key
+    reads as kv_get does and adds no presence; a held value adds it, as presence_add would."""
+    async def body(s: Store) -> None:
+        kw = {"who": "visitor:7", "conn": "c1", "node_id": "node-1", "ttl_s": 30.0,
+              "unless_prefix": "lease:"}
+        assert await s.kv_get_and_present("card:7", 0, **kw) == (None, False)
+        await s.kv_set("card:7", "lease:abc", 5, now=0)
+        assert await s.kv_get_and_present("card:7", 1, **kw) == ("lease:abc", False)
+        assert await s.presence_nodes("visitor:7", now=1) == set()
+        await s.kv_set("card:7", '{"v": "ünï"}', 10, now=0)
+        assert await s.kv_get_and_present("card:7", 2, **kw) == ('{"v": "ünï"}', True)
+        assert await s.presence_nodes("visitor:7", now=31.9) == {"node-1"}
+        assert await s.presence_nodes("visitor:7", now=32) == set()
+        assert await s.kv_get_and_present("card:7", 10, **{**kw, "conn": "c2"}) == (None, False)
+        assert await s.kv_get("card:7", now=3) is None  # expired means gone
+        await s.kv_set("card:7", "x", 100, now=0)
+        assert await s.kv_get_and_present("card:7", 5, **{**kw, "conn": "c3"}) == ("x", True)
+        assert await s.presence_remove("visitor:7", "c1") == 1
+        assert await s.presence_remove("visitor:7", "c3") == 0
+
+    run(body)
+
+
+def test_presence_leave_marks_the_last_connection_gone(run: Runner) -> None:
+    async def body(s: Store) -> None:
+        kw = {"gone_key": "gone:7", "gone_value": "12.5", "gone_ttl_s": 20.0, "now": 12.5}
+        await s.presence_add("visitor:7", "a", "node-1", ttl_s=30, now=0)
+        await s.presence_add("visitor:7", "b", "node-2", ttl_s=30, now=0)
+        assert await s.presence_leave("visitor:7", "a", **kw) == 1
+        assert await s.kv_get("gone:7", now=13) is None  # one connection is left
+        assert await s.presence_nodes("visitor:7", now=13) == {"node-2"}
+        await s.kv_set("gone:7", "older", 100, now=0)
+        assert await s.presence_leave("visitor:7", "b", **kw) == 0
+        assert await s.kv_get("gone:7", now=13) == "12.5"  # replaced, with its own TTL
+        assert await s.kv_get("gone:7", now=32.5) is None
+        assert await s.presence_nodes("visitor:7", now=13) == set()
+        assert await s.presence_leave("nobody", "c", **kw) == 0
+
+    run(body)
+
+
 # -- agents and ownership -----------------------------------------------------------------
 
 async def _agent(s: Store, agent_id: str, *, max_chats: int = 3, status: str = "online",
                  pools: tuple[str, ...] = ("general",), now: float = 0) -> None:
     await s.agent_update(agent_id, status=status, pools=pools, max_chats=max_chats,
                          name=f"Agent {agent_id}", now=now)
+
+
+def test_any_agent_in_pools_with_a_status(run: Runner) -> None:
+    async def body(s: Store) -> None:
+        assert not await s.any_agent_in(["general"], ["online", "away"])
+        assert not await s.any_agent_in([], ["online"])
+        await _agent(s, "a1", pools=("general",), status="offline")
+        await _agent(s, "a2", pools=("experts",), status="away")
+        assert not await s.any_agent_in(["general"], ["online", "away"])
+        assert await s.any_agent_in(["general", "experts"], ["online", "away"])
+        assert not await s.any_agent_in(["general", "experts"], ["online"])
+        await _agent(s, "a1", pools=("general",), status="online")
+        assert await s.any_agent_in(["general"], ["online"])
+        await _agent(s, "a1", pools=("billing",), status="online")  # moved pools
+        assert not await s.any_agent_in(["general"], ["online"])
+
+    run(body)
 
 
 def test_agent_update_and_pools(run: Runner) -> None:

@@ -17,6 +17,7 @@ import secrets
 import time
 import unicodedata
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,11 @@ SCOPES = ("conversations:read", "messages:write", "contacts:read", "contacts:wri
 API_TOKEN_PREFIX = "tdk_"
 _hasher = PasswordHasher()
 _ALGORITHM = "HS256"
+# Tokens whose signature was checked, kept with their claims (issue 17, P1: PyJWT's decode was
+# 9% of a connect's CPU, a reconnect presents the same token again). A signature that verified
+# once always does and ``iat``/``nbf`` only get further behind, so a kept token is checked for
+# expiry alone. Bounded, oldest out first (~1-2 MB at this size).
+VERIFIED_TOKENS_KEPT = 4096
 
 
 class AuthError(Exception):
@@ -216,6 +222,7 @@ class TokenService:
     def __init__(self, secret: str, access_ttl_s: int, refresh_ttl_s: int,
                  visitor_ttl_s: int = 30 * 86400) -> None:
         self._secret = secret
+        self._verified: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.access_ttl_s = access_ttl_s
         self.refresh_ttl_s = refresh_ttl_s
         self.visitor_ttl_s = visitor_ttl_s
@@ -241,11 +248,14 @@ class TokenService:
         return self._encode({"sub": visitor_id, "typ": "visitor", "iat": int(now),
                              "exp": int(now + self.visitor_ttl_s)})
 
-    def decode(self, token: str | None, expected: str) -> Principal:
-        """The principal of a valid token of kind ``expected``; :class:`AuthError` otherwise."""
-        if not token:
-            raise AuthError("not_authenticated", "a token is required: pass ?token=... or an "
-                            "'Authorization: Bearer <token>' header")
+    def _claims(self, token: str) -> dict[str, Any]:
+        """The claims of a token with a valid signature that has not expired (PyJWT's checks,
+        once per token while it is among the :data:`VERIFIED_TOKENS_KEPT` last verified)."""
+        claims = self._verified.get(token)
+        if claims is not None:
+            if int(claims["exp"]) > time.time():  # PyJWT: expired when exp <= now
+                return claims
+            del self._verified[token]
         try:
             claims = jwt.decode(token, self._secret, algorithms=[_ALGORITHM],
                                 options={"require": ["sub", "typ", "exp"]})
@@ -254,6 +264,17 @@ class TokenService:
                             "again") from None
         except jwt.PyJWTError:
             raise AuthError("invalid_token", "the token is not valid; sign in again") from None
+        self._verified[token] = claims
+        if len(self._verified) > VERIFIED_TOKENS_KEPT:
+            self._verified.popitem(last=False)
+        return claims
+
+    def decode(self, token: str | None, expected: str) -> Principal:
+        """The principal of a valid token of kind ``expected``; :class:`AuthError` otherwise."""
+        if not token:
+            raise AuthError("not_authenticated", "a token is required: pass ?token=... or an "
+                            "'Authorization: Bearer <token>' header")
+        claims = self._claims(token)
         if claims.get("typ") != expected:
             raise AuthError("invalid_token", f"this endpoint needs a {expected} token, "
                             f"got a {claims.get('typ')} token")

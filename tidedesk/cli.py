@@ -225,6 +225,7 @@ def _port_range() -> tuple[int, int]:
 
 
 async def _serve(settings: Settings, role: str) -> int:
+    from tidedesk.eventloop import loop_name
     from tidedesk.runtime import Runtime
     from tidedesk.startup import StartupTimeout
 
@@ -246,6 +247,7 @@ Tidedesk is running in embedded mode (SQLite at {settings.database_url[0]}).
   Agent console    : {base}/console
   Supervisor view  : {base}/supervisor
   API              : {base}/api/v1/openapi.json
+  Event loop       : {loop_name()} (TIDEDESK_EVENT_LOOP={settings.event_loop})
   Demo agent       : {settings.demo_agent_email} / {settings.demo_agent_password}
                      (set TIDEDESK_DEMO_AGENT_EMAIL / TIDEDESK_DEMO_AGENT_PASSWORD to change)
 Press Ctrl-C to stop.""", flush=True)
@@ -452,7 +454,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                          if getattr(args, k, None) is not None}
             settings = _settings(args, role=args.command, **overrides)
             logs.configure(settings.log_level, settings.log_format, node_id=settings.node_id)
-            return asyncio.run(_serve(settings, args.command))
+            from tidedesk.eventloop import EventLoopUnavailable, run
+
+            try:
+                return run(_serve(settings, args.command), settings.event_loop)
+            except EventLoopUnavailable as exc:
+                print(f"tidedesk: error: {exc}", file=sys.stderr)
+                return 2
         if args.command == "migrate":
             from tidedesk.storage import Storage
 

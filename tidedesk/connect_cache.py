@@ -64,8 +64,18 @@ class OpenConversation(msgspec.Struct, frozen=True):
     pool: str
 
 
+class Presence(msgspec.Struct, frozen=True):
+    """The connection a :meth:`ConnectCache.card` registers in presence with its read."""
+
+    who: str
+    conn: str
+    node_id: str
+    ttl_s: float
+
+
 class VisitorCard(msgspec.Struct, frozen=True):
-    """What a connect needs: the visitor and their open conversation (None: none yet)."""
+    """What a connect needs: the visitor and their open conversation (None: none yet).
+    ``present``: the card's read registered the connection's presence too."""
 
     visitor_id: str
     locale: str
@@ -73,6 +83,7 @@ class VisitorCard(msgspec.Struct, frozen=True):
     tags: tuple[str, ...]
     site: str
     conversation: OpenConversation | None
+    present: bool = False
 
 
 class _Stored(msgspec.Struct, frozen=True, array_like=True):
@@ -107,15 +118,24 @@ class ConnectCache:
         self._unforgotten: dict[str, None] = {}
         storage.database.visitor_listeners.append(self.forget)
 
-    async def card(self, visitor_id: str) -> VisitorCard | None:
-        """The visitor and their open conversation; None for an unknown visitor."""
+    async def card(self, visitor_id: str,
+                   presence: Presence | None = None) -> VisitorCard | None:
+        """The visitor and their open conversation; None for an unknown visitor. With
+        ``presence``, a hit registers it in the same store round trip (issue 17, P1: a
+        reconnect's read and presence were two); ``card.present`` says whether it did."""
         if self._unforgotten:
             await self._flush()
         key, now = cache_key(visitor_id), self.clock()
-        raw = await self.store.kv_get(key, now)
+        present = False
+        if presence is None:
+            raw = await self.store.kv_get(key, now)
+        else:
+            raw, present = await self.store.kv_get_and_present(
+                key, now, who=presence.who, conn=presence.conn, node_id=presence.node_id,
+                ttl_s=presence.ttl_s, unless_prefix=_LEASE)
         if raw is not None and not raw.startswith(_LEASE):
             try:
-                card = self._unpack(visitor_id, _decode(raw))
+                card = self._unpack(visitor_id, _decode(raw), present)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 card = None  # another version's entry, or a key it cannot open: a miss
             if card is not None:
@@ -130,6 +150,8 @@ class ConnectCache:
                 lease = token
         visitor = await self.storage.visitors.get(visitor_id)
         if visitor is None:
+            if present and presence is not None:  # an entry it could not read, then no row
+                await self.store.presence_remove(presence.who, presence.conn)
             return None  # not cached: the lease expires by itself
         conv = await self.storage.conversations.open_for_visitor(visitor_id)
         cipher = self.storage.cipher
@@ -141,9 +163,9 @@ class ConnectCache:
             await self.store.kv_swap(key, lease, _encode(stored).decode(), self.ttl_s,
                                      self.clock())
         return VisitorCard(visitor_id, visitor.locale, visitor.name, visitor.tag_list,
-                           visitor.site, opened)
+                           visitor.site, opened, present)
 
-    def _unpack(self, visitor_id: str, stored: _Stored) -> VisitorCard | None:
+    def _unpack(self, visitor_id: str, stored: _Stored, present: bool) -> VisitorCard | None:
         name: str | None = stored.name
         if stored.sealed:
             cipher = self.storage.cipher
@@ -152,7 +174,7 @@ class ConnectCache:
                 return None
         assert name is not None
         return VisitorCard(visitor_id, stored.locale, name, stored.tags, stored.site,
-                           stored.conversation)
+                           stored.conversation, present)
 
     async def forget(self, visitor_ids: Sequence[str]) -> None:
         """Drop these visitors' entries (and any lease on them): their next connect reads the

@@ -383,6 +383,11 @@ class RedisStore(Store):
         self._waiting = reg(lua_script("waiting"))
         self._history_append = reg(lua_script("history_append"))
         self._message_fanout = reg(lua_script("message_fanout"))
+        # The cache read returns early without an answer; with one, presence_add.lua runs.
+        self._connect_card = reg(lua_script("connect_card") + lua_script("presence_add")
+                                 + "\nreturn {value, 1}\n")
+        self._presence_leave = reg(lua_script("presence_leave"))
+        self._any_agent = reg(lua_script("any_agent"))
 
     def _k(self, *parts: str) -> str:
         return self._prefix + ":".join(parts)
@@ -487,6 +492,22 @@ class RedisStore(Store):
         return int(await self._presence_remove(keys=[self._k("presence", who)], args=[conn]))
 
     @_tracked
+    async def kv_get_and_present(self, key: str, now: float, *, who: str, conn: str,
+                                 node_id: str, ttl_s: float,
+                                 unless_prefix: str) -> tuple[str | None, bool]:
+        res = await self._connect_card(
+            keys=[self._k("presence", who), self._k("kv", key)],
+            args=[conn, f"{now + ttl_s!r}|{node_id}", repr(now), _ms(ttl_s), unless_prefix])
+        return (None if res[0] is None else str(res[0])), bool(int(res[1]))
+
+    @_tracked
+    async def presence_leave(self, who: str, conn: str, *, gone_key: str, gone_value: str,
+                             gone_ttl_s: float, now: float) -> int:
+        return int(await self._presence_leave(
+            keys=[self._k("presence", who), self._k("kv", gone_key)],
+            args=[conn, gone_value, repr(now + gone_ttl_s), _ms(gone_ttl_s)]))
+
+    @_tracked
     async def presence_nodes(self, who: str, now: float) -> set[str]:
         entries = cast(list[str], await self._trips.call(("HVALS", self._k("presence", who))))
         return _live_nodes(entries, now)
@@ -564,6 +585,13 @@ class RedisStore(Store):
             rows = await pipe.execute()
         agents = (self._agent(agent_id, h) for agent_id, h in zip(ids, rows, strict=True))
         return [a for a in agents if a is not None]
+
+    @_tracked
+    async def any_agent_in(self, pools: Sequence[str], statuses: Sequence[str]) -> bool:
+        if not pools:
+            return False
+        return bool(int(await self._any_agent(keys=[self._k("pool", p) for p in pools],
+                                              args=[self._k("agent", ""), *statuses])))
 
     @_tracked
     async def claim(self, conv_id: str, agent_id: str, now: float) -> bool:

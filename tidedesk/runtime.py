@@ -22,6 +22,7 @@ from tidedesk.blobs import delete_conversation_files, open_blobs
 from tidedesk.broker import Broker, MemoryBroker
 from tidedesk.connect_cache import ConnectCache
 from tidedesk.crypto import FieldCipher
+from tidedesk.eventloop import loop_name
 from tidedesk.passwords import password_problem
 from tidedesk.probes import probe_app
 from tidedesk.routing_rules import DEFAULT_RULES, RoutingConfig, RoutingConfigError, parse_rules
@@ -280,4 +281,4 @@ class Runtime:
 
     def describe(self) -> dict[str, Any]:
         return {"role": self.role, "port": self.port, "node_id": self.settings.node_id,
-                "embedded": self.settings.embedded}
+                "embedded": self.settings.embedded, "event_loop": loop_name()}

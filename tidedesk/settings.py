@@ -342,6 +342,10 @@ class Settings:
                               "how often the mail outbox is looked at")
     imap_poll_s: float = _key(15.0, _parse_float(0.05, 3600),
                               "how often the IMAP mailbox is read for replies")
+    event_loop: str = _key(
+        "auto", _parse_choice("auto", "asyncio", "uvloop"), "the asyncio event loop of chat "
+        "nodes, routers and the embedded server: `auto` = uvloop when it is installed, else "
+        "asyncio's own ([docs/bench.md](docs/bench.md), issue 17)")
     log_level: str = _key("INFO", _parse_choice("DEBUG", "INFO", "WARNING", "ERROR"),
                           "log level")
     log_format: str = _key(

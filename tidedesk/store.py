@@ -13,6 +13,7 @@ import abc
 import hashlib
 import json
 from collections import OrderedDict, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -141,6 +142,29 @@ class Store(abc.ABC):
         """The latest expiry of ``who``'s connections, live or expired; None when the store
         holds none (never connected, all removed, or dropped some time after expiring)."""
 
+    async def kv_get_and_present(self, key: str, now: float, *, who: str, conn: str,
+                                 node_id: str, ttl_s: float,
+                                 unless_prefix: str) -> tuple[str | None, bool]:
+        """:meth:`kv_get` (no touch), and when the key holds a value that does not start with
+        ``unless_prefix``, :meth:`presence_add` for ``who`` in the same step (one round trip
+        on Redis, issue 17): ``(value, whether presence was added)``. A connect's cache read
+        and its presence, when the cached answer is there to be used."""
+        value = await self.kv_get(key, now)
+        if value is None or value.startswith(unless_prefix):
+            return value, False
+        await self.presence_add(who, conn, node_id, ttl_s, now)
+        return value, True
+
+    async def presence_leave(self, who: str, conn: str, *, gone_key: str, gone_value: str,
+                             gone_ttl_s: float, now: float) -> int:
+        """:meth:`presence_remove`, and when ``who`` has no connection left, :meth:`kv_set` of
+        ``gone_key`` in the same step (one round trip on Redis, issue 17); returns how many
+        connections are left."""
+        left = await self.presence_remove(who, conn)
+        if left == 0:
+            await self.kv_set(gone_key, gone_value, gone_ttl_s, now)
+        return left
+
     # -- agents and ownership ---------------------------------------------------------------
     @abc.abstractmethod
     async def agent_update(self, agent_id: str, *, status: str, pools: tuple[str, ...],
@@ -159,6 +183,14 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def agents_in_pool(self, pool: str) -> list[AgentLoad]: ...
+
+    async def any_agent_in(self, pools: Sequence[str], statuses: Sequence[str]) -> bool:
+        """Whether an agent of any of ``pools`` has one of ``statuses`` (one round trip on
+        Redis, issue 17): what a visitor's hello says as ``available``."""
+        for pool in pools:
+            if any(a.status in statuses for a in await self.agents_in_pool(pool)):
+                return True
+        return False
 
     @abc.abstractmethod
     async def claim(self, conv_id: str, agent_id: str, now: float) -> bool:

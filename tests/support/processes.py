@@ -63,9 +63,15 @@ def stop_process(proc: subprocess.Popen[Any], *, sig: int = signal.SIGTERM,
         proc.wait(10)
 
 
+# Kept from this process's environment: they point at no server. TIDEDESK_EVENT_LOOP runs the
+# same tests on uvloop and on asyncio's loop (tests/conftest.py applies it in-process too).
+PASSED_THROUGH = frozenset({"TIDEDESK_EVENT_LOOP"})
+
+
 def settings_env(**settings: str) -> dict[str, str]:
     """The environment for a ``tidedesk`` subprocess: this process's, without any TIDEDESK_
     key (a developer's shell must not point a test at real servers), plus ``settings``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDEDESK_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("TIDEDESK_") or k in PASSED_THROUGH}
     env.update(settings)
     return env
