@@ -236,6 +236,35 @@ def test_raising_handler_gets_the_message_redelivered(run: Runner) -> None:
     run(body)
 
 
+def test_handler_whose_call_was_cancelled_gets_the_message_redelivered(run: Runner) -> None:
+    """A handler that raises CancelledError because something it awaited was cancelled (not
+    the consumer: a shared round trip cut short, say) fails like any other handler: the
+    message comes again, and the consumer goes on taking messages."""
+    async def body(ctx: Ctx) -> None:
+        b = await ctx.broker()
+        await b.declare_node_queue(ctx.node("a"))
+        q = node_queue(ctx.node("a"))
+        seen: list[tuple[bytes, bool]] = []
+        done = asyncio.Event()
+
+        async def cut_short(env: Envelope) -> None:
+            seen.append((env.body, env.redelivered))
+            if not env.redelivered:
+                other: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                asyncio.get_running_loop().call_soon(other.cancel)
+                await other  # raises CancelledError in this handler
+            if len(seen) == 4:
+                done.set()
+
+        await b.consume(q, cut_short, prefetch=1)
+        for m in (b"x", b"y"):
+            await b.publish(q, m)
+        await asyncio.wait_for(done.wait(), 10)
+        assert sorted(seen) == [(b"x", False), (b"x", True), (b"y", False), (b"y", True)]
+
+    run(body)
+
+
 def test_prefetch_bounds_concurrency(run: Runner) -> None:
     async def body(ctx: Ctx) -> None:
         b = await ctx.broker()

@@ -188,7 +188,12 @@ class MemoryBroker(Broker):
             except asyncio.CancelledError:
                 item.redelivered = True
                 q.items.put_nowait(item)
-                raise
+                if me.cancelling():
+                    raise  # this consumer is being stopped
+                # Something the handler awaited was cancelled, not this consumer: a failure.
+                log.warning("handler's call was cancelled; message requeued")
+                await asyncio.sleep(0.05)
+                continue
             except Exception:
                 log.exception("handler failed; message requeued")
                 item.redelivered = True

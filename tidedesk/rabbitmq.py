@@ -530,6 +530,16 @@ class RabbitBroker(Broker):
     async def _handle(self, sub: _Subscription, chan: _Chan, tag: int, env: Envelope) -> None:
         try:
             await sub.handler(env)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # shutting down: the message stays unacked and RabbitMQ redelivers it
+            # Something the handler awaited was cancelled, not this task: a failure like any
+            # other (left unsettled, the message would hold a prefetch slot until reconnect).
+            log.warning("handler's call was cancelled; message requeued",
+                        extra={"queue": sub.queue})
+            await asyncio.sleep(REQUEUE_DELAY_SECS)
+            ok = False
         except Exception:
             log.exception("handler failed; message requeued", extra={"queue": sub.queue})
             await asyncio.sleep(REQUEUE_DELAY_SECS)
