@@ -1057,7 +1057,7 @@ def test_a_closed_conversation_leaves_nothing_in_the_store(run: Runner) -> None:
         if isinstance(s, RedisStore):
             left = [k async for k in s._r.scan_iter(match=s._prefix + "*")]
             assert [k for k in left if str(k)[len(s._prefix):].split(":")[0]
-                    in ("seq", "cids", "hist")] == []
+                    in ("seq", "cids", "cidf", "hist")] == []
         else:
             assert isinstance(s, MemoryStore)
             assert not (s._counters or s._history or s._client_ids or s._forgot)
