@@ -69,7 +69,11 @@ def test_first_message_opens_and_sign_out_hands_over_across_routers(tmp_path: Pa
             await bob_ws.wait_type("message", seq=3, timeout=15)
             assert (await bob_ws.say("Bob here", conversation_id=conv))["seq"] == 4
             await writer.wait_type("message", seq=4, timeout=15)
-            assert await c.storage.messages.count(conv) == 4
+            # Delivered as soon as it is durable in the broker; the commit follows (group commit).
+            async def all_stored() -> bool:
+                return await c.storage.messages.count(conv) == 4
+
+            await wait_until_async("all four stored", all_stored, 15)
             row = await c.storage.conversations.get(conv)
             assert row is not None and (row.state, row.agent_id) == ("assigned", bob)
             for _, _, v in curious:

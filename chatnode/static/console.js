@@ -824,12 +824,20 @@
   }
 
   // Typing "/" reads the list again when it is old, or when nothing in it matches what was
-  // typed, so responses an admin added meanwhile are there (at most once a second).
-  var CANNED_FRESH_MS = 30000, CANNED_MISS_MS = 1000, cannedAt = 0;
-  function cannedStale(prefix) {
+  // typed, so responses an admin added meanwhile are there (at most once a second: a miss
+  // within a second of the last read is read again when that second is over).
+  var CANNED_FRESH_MS = 30000, CANNED_MISS_MS = 1000, cannedAt = 0, cannedTimer = null;
+  function cannedRefreshIn(prefix) { // ms until the list is read again; -1: no need
     var age = Date.now() - cannedAt;
-    var miss = !S.canned.some(function (c) { return c.shortcut.indexOf(prefix) === 0; });
-    return age > CANNED_FRESH_MS || (miss && age > CANNED_MISS_MS);
+    if (age > CANNED_FRESH_MS) return 0;
+    if (S.canned.some(function (c) { return c.shortcut.indexOf(prefix) === 0; })) return -1;
+    return Math.max(0, CANNED_MISS_MS - age);
+  }
+  function refreshCannedIn(wait) {
+    if (wait === 0) refreshCanned();
+    else if (wait > 0 && cannedTimer === null) {
+      cannedTimer = setTimeout(function () { cannedTimer = null; refreshCanned(); }, wait);
+    }
   }
   function refreshCanned() {
     cannedAt = Date.now();
@@ -985,7 +993,7 @@
     input.addEventListener("input", function () {
       updateCounter();
       var v = input.value;
-      if (/^\/\S*$/.test(v) && cannedStale(v.slice(1))) refreshCanned();
+      if (/^\/\S*$/.test(v)) refreshCannedIn(cannedRefreshIn(v.slice(1)));
       if (/^\/\S*$/.test(v)) showCanned(v.slice(1)); else if (!$("[data-canned]").hidden && v.charAt(0) === "/") hideCanned();
       onInputTyping();
     });
