@@ -24,6 +24,7 @@ import json
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from tornado.websocket import WebSocketClientConnection, websocket_connect
@@ -46,9 +47,13 @@ from bench.common import (
     workdir,
 )
 from bench.p2_end_to_end import BODY_CHARS, tidedesk_run
+from bench.profile import report, sampled
 from tidedesk.loadplan import latency_summary
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+PROFILE_SETUP_S = 4.0  # logins, opens and the ramp-up before the steady state
 
 
 class SioSocket:
@@ -170,8 +175,20 @@ async def run(args: argparse.Namespace) -> None:
             for rep in range(args.reps):
                 order = ("tidedesk", "socketio") if rep % 2 == 0 else ("socketio", "tidedesk")
                 for who in order:
-                    if who == "tidedesk":
+                    if who == "tidedesk" and rep == 0 and args.profile:
+                        out = Path(args.profile)
+                        out.mkdir(parents=True, exist_ok=True)
+                        # Sample the steady state only: logins and opens come first.
+                        run_task = asyncio.ensure_future(tidedesk_run(c, url, args, 0))
+                        await asyncio.sleep(PROFILE_SETUP_S)
+                        span = max(1.0, args.seconds - PROFILE_SETUP_S)
+                        with sampled(node.popen.pid, out / "p7-chatnode.raw", span), \
+                                sampled(router.popen.pid, out / "p7-router.raw", span):
+                            await asyncio.sleep(span + 1.5)  # py-spy stops by itself
+                        r = await run_task
+                    elif who == "tidedesk":
                         r = await tidedesk_run(c, url, args, 0)
+                    if who == "tidedesk":
                         td.append(r["messages"]["delivered_per_s"])
                         td_p99.append(r["latency"]["p99_ms"])
                         td_p50.append(r["latency"]["p50_ms"])
@@ -201,6 +218,9 @@ async def run(args: argparse.Namespace) -> None:
                     lambda r: r >= 1))
     print(cpu_line(wall, client_cpu, f"servers: Tidedesk chat node + router "
                    f"{cpu['tidedesk']:.1f} s, Socket.IO x2 {cpu['socketio']:.1f} s"))
+    if args.profile:
+        print(report(Path(args.profile) / "p7-chatnode.raw", "the chat node"))
+        print(report(Path(args.profile) / "p7-router.raw", "the router"))
     emit_json("P7", {"tidedesk": td, "socketio": sio, "ratio": ratio, "tidedesk_p99": td_p99,
                      "socketio_p99": sio_p99, "tidedesk_p50": td_p50,
                      "socketio_p50": sio_p50, "client_cpu_s": client_cpu, "wall_s": wall,
@@ -214,6 +234,8 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--profile", metavar="DIR",
+                        help="py-spy the chat node and the router in the first Tidedesk run")
     asyncio.run(run(parser.parse_args()))
 
 
