@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections import Counter
 
+import peewee as pw
 import pymysql
 import pytest
 
@@ -155,3 +156,67 @@ def test_schema_1_upgrades_and_sensitive_fields_are_only_ciphertext_in_the_table
                 assert secret not in text, secret
         finally:
             conn.close()
+
+
+def _session_status(db: object, name: str) -> int:
+    cur = db.cursor()  # type: ignore[attr-defined]
+    cur.execute("SHOW SESSION STATUS LIKE %s", (name,))
+    return int(cur.fetchone()[1])
+
+
+def test_the_pool_neither_pings_nor_rolls_back_a_connection_in_steady_use() -> None:
+    # issue 17: peewee's pool pinged on every check-out and rolled back on every check-in
+    # (three round trips for a one-row read). A connection back within a second is handed out
+    # as it is; one left inside a transaction is still rolled back; one the server closed is
+    # replaced after its idle second, and one that failed a query is dropped at once.
+    from tidedesk import models
+    from tidedesk.models import open_database
+
+    with databases(1) as urls:
+        db = open_database(urls[0], pool_size=1)
+        try:
+            with db.connection_context():
+                first = db.connection()
+                thread_id = first.thread_id()
+            for _ in range(5):
+                with db.connection_context():
+                    assert db.connection() is first
+                    db.execute_sql("SELECT 1")
+            with db.connection_context():
+                # Com_rollback counts this session's ROLLBACKs; Questions counts statements and
+                # pings alike (six check-outs, each with one statement, the status reads apart).
+                assert _session_status(db, "Com_rollback") == 0
+                questions = _session_status(db, "Questions")
+            with db.connection_context():
+                assert _session_status(db, "Questions") == questions + 1  # no ping between
+                db.execute_sql("BEGIN")
+                db.execute_sql("SELECT 1")
+            with db.connection_context():
+                assert not (db.connection().server_status
+                            & models.SERVER_STATUS.SERVER_STATUS_IN_TRANS), \
+                    "a connection handed back inside a transaction must be rolled back"
+                assert _session_status(db, "Com_rollback") == 1
+
+            # The server closes the connection while it sits in the pool for over a second:
+            # the ping on check-out finds it gone and a new one is opened, no query fails.
+            killer = pymysql.connect(host="127.0.0.1", user="root", password="")
+            with killer.cursor() as cur:
+                cur.execute(f"KILL {thread_id}")
+            time.sleep(models.POOL_PING_IDLE_SECS + 0.2)
+            with db.connection_context():
+                assert db.execute_sql("SELECT 1").fetchone() == (1,)
+                second = db.connection()
+                assert second is not first
+                second_id = second.thread_id()
+            # Closed within the idle second: the next query fails once (as during any outage),
+            # and the broken connection is not handed out again.
+            with killer.cursor() as cur:
+                cur.execute(f"KILL {second_id}")
+            killer.close()
+            with pytest.raises(pw.OperationalError), db.connection_context():
+                db.execute_sql("SELECT 1")
+            with db.connection_context():
+                assert db.execute_sql("SELECT 1").fetchone() == (1,)
+                assert db.connection() is not second
+        finally:
+            db.close_all()

@@ -31,7 +31,8 @@ class MessageRepository:
         self._db = db
 
     def insert_sync(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Store a batch atomically; rows whose (conversation, client id) exists are dropped."""
+        """Store a batch; rows whose (conversation, client id) exists are dropped, so a batch
+        that failed part-way can be written again whole."""
         shards = self._db.shards
         by_shard: dict[int, list[dict[str, Any]]] = {}
         for row in rows:
@@ -46,12 +47,20 @@ class MessageRepository:
             search = self._search_text_of(shard.db)
             params = [(*tuple(row.get(c) for c in MESSAGE_COLUMNS[:-1]), search(row))
                       for row in shard_rows]
-            with shard.db.connection_context(), shard.db.atomic():
+            with shard.db.connection_context():
                 # One prepared statement for the whole batch (PyMySQL turns it into a single
                 # multi-row INSERT): building it through peewee's query objects cost more than
                 # the database's own work per row.
                 db: Any = shard.db  # peewee's cursor() is untyped
-                db.cursor().executemany(sql, params)
+                if isinstance(shard.db, pw.SqliteDatabase):
+                    with db.atomic():  # SQLite inserts row by row: one commit for them all
+                        db.cursor().executemany(sql, params)
+                else:
+                    # No BEGIN/COMMIT around it (two round trips, issue 17): one statement
+                    # commits by itself. Should PyMySQL split a batch of long rows over
+                    # ~1 MB into several statements, and a later one fail, the batch is
+                    # retried whole and the rows already in are skipped (INSERT IGNORE).
+                    db.cursor().executemany(sql, params)
 
     def _search_text_of(self, db: pw.Database) -> Any:
         """What search indexes of a row (issue 14, ``tidedesk.search_text``): the body for
