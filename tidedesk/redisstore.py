@@ -68,6 +68,7 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from importlib import resources
 from typing import Any, ParamSpec, TypeVar, cast
 
+import msgspec
 import pybreaker
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
@@ -167,6 +168,14 @@ def _tracked(
 Command = Sequence[str | int | float | bytes | memoryview]
 
 
+def _history_entry(message: dict[str, Any]) -> bytes:
+    """A message as the recent history keeps it: compact JSON, keys sorted (what
+    ``json.dumps(..., separators=(",", ":"), sort_keys=True)`` wrote, but UTF-8 rather than
+    ``\\u`` escapes, in a ninth of its time: it was 1.6% of the router's in P7). Entries are
+    told apart by their seq, never by their bytes."""
+    return msgspec.json.encode(message, order="sorted")
+
+
 def _pack(command: Command) -> bytes:
     """A command in RESP, as redis-py's encoder writes it (str as UTF-8, int and float by
     ``repr``), in a fraction of its time: its ``pack_command`` was a fifth of a round trip's
@@ -245,7 +254,7 @@ class RoundTrips:
         return future
 
     def evalsha(self, script: AsyncScript, keys: Sequence[str],
-                args: Sequence[str | int | float] = ()) -> asyncio.Future[Any]:
+                args: Sequence[str | int | float | bytes] = ()) -> asyncio.Future[Any]:
         return self.call(("EVALSHA", script.sha, len(keys), *keys, *args), script)
 
     async def wait_idle(self) -> None:
@@ -673,7 +682,7 @@ class RedisStore(Store):
     async def history_append(self, conv_id: str, message: dict[str, Any]) -> None:
         await self._history_append(
             keys=[self._k("hist", conv_id), self._k("seq", conv_id)],
-            args=[int(message["seq"]), json.dumps(message, separators=(",", ":"), sort_keys=True),
+            args=[int(message["seq"]), _history_entry(message),
                   HISTORY_STREAM_LEN, _ms(HISTORY_IDLE_TTL_SECS)],
         )
 
@@ -684,7 +693,7 @@ class RedisStore(Store):
             self._message_fanout,
             keys=[self._k("hist", conv_id), self._k("owner", conv_id),
                   self._k("presence", visitor or "-"), self._k("seq", conv_id)],
-            args=[int(message["seq"]), json.dumps(message, separators=(",", ":"), sort_keys=True),
+            args=[int(message["seq"]), _history_entry(message),
                   HISTORY_STREAM_LEN, _ms(HISTORY_IDLE_TTL_SECS), "1" if visitor else "0",
                   self._k("presence", "agent:")],
         )
