@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from tornado.web import HTTPError
-from tornado.websocket import WebSocketHandler
+from tornado.websocket import WebSocketHandler, WebSocketProtocol, WebSocketProtocol13
 
 from chatnode import access
 from chatnode.accounts import SESSION_ENDED, session_end_applies
@@ -23,7 +23,7 @@ from chatnode.http import RequestIds
 from chatnode.hub import Hub
 from chatnode.origins import origin_allowed
 from chatnode.service import ChatService, PendingMessage
-from chatnode.ws_writes import FrameWriter
+from chatnode.ws_writes import BUFFERED_READS, BufferedProtocol13, FrameWriter
 from tidedesk import metrics, wire
 from tidedesk.errors import Unavailable
 from tidedesk.frames import ErrorFrame, frame_dict
@@ -70,6 +70,13 @@ class _Socket(RequestIds, WebSocketHandler):
     @property
     def state(self) -> ConnectionState:
         return self.hub.registry.get(self.conn_id)
+
+    def get_websocket_protocol(self) -> WebSocketProtocol | None:
+        """Tornado's protocol, reading what has arrived at once (chatnode/ws_writes.py)."""
+        protocol = super().get_websocket_protocol()
+        if BUFFERED_READS and type(protocol) is WebSocketProtocol13:
+            protocol.__class__ = BufferedProtocol13  # the same state; only reading differs
+        return protocol
 
     def prepare(self) -> Any:
         """The Host check, then the Origin by scheme, host and port before Tornado's own check

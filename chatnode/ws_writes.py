@@ -10,6 +10,13 @@ protocol is unchanged). A single frame waits for nothing but the callbacks alrea
 The frames are built here (RFC 6455 §5.2: a server's final text frame, unmasked) only when the
 connection uses no compression extension (this node never offers one); otherwise each goes
 through Tornado's ``write_message``.
+
+Reads, likewise: Tornado reads a frame in three to four ``read_bytes`` calls (header, length,
+mask, payload). The first leaves the rest of the frame in the stream's buffer, so the stream
+stops listening for the socket (``remove_reader``) and starts again for the next frame
+(``add_reader``): two ``epoll_ctl`` calls and ~5% of the chat node's interpreter time in P7
+(issue 17). :class:`BufferedProtocol13` takes whatever the socket has in one call and cuts
+the frames out of its own buffer; Tornado's frame parsing, limits and checks are unchanged.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import asyncio
 import struct
 
 from tornado.iostream import StreamClosedError
-from tornado.websocket import WebSocketClosedError, WebSocketHandler
+from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketProtocol13
 
 _FIN_TEXT = 0x81
 
@@ -65,3 +72,30 @@ class FrameWriter:
             stream.write(b"".join([text_frame(p) for p in queued]))
         except StreamClosedError:
             pass
+
+
+# What one read takes from the socket's buffered bytes at most.
+READ_CHUNK_BYTES = 64 * 1024
+
+
+class BufferedProtocol13(WebSocketProtocol13):
+    """Tornado's RFC 6455 protocol, its bytes read in chunks of whatever has arrived."""
+
+    _rx = b""
+    _rx_pos = 0
+
+    async def _read_bytes(self, n: int) -> bytes:
+        buf, pos = self._rx, self._rx_pos
+        while len(buf) - pos < n:
+            assert self.stream is not None
+            chunk = await self.stream.read_bytes(READ_CHUNK_BYTES, partial=True)
+            buf, pos = buf[pos:] + chunk, 0
+        self._rx, self._rx_pos = buf, pos + n
+        self._wire_bytes_in += n
+        return buf[pos:pos + n]
+
+
+# Tornado's internals that BufferedProtocol13 relies on (6.4 and later); when they change, the
+# stock protocol is used.
+BUFFERED_READS = all(callable(getattr(WebSocketProtocol13, name, None))
+                     for name in ("_read_bytes", "_receive_frame"))

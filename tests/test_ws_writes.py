@@ -18,8 +18,8 @@ from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 from tornado.websocket import WebSocketHandler, websocket_connect
 
-from chatnode.ws_writes import FrameWriter, text_frame
-from tests.support.clients import add_agent, agent_socket, embedded, new_visitor
+from chatnode.ws_writes import BufferedProtocol13, FrameWriter, text_frame
+from tests.support.clients import Http, add_agent, agent_socket, embedded, new_visitor
 from tests.support.routing import GENERAL_ONLY
 from tidedesk import safejson
 
@@ -127,5 +127,91 @@ def test_chat_sockets_send_small_frames_at_once(tmp_path: Path) -> None:
                 assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
             await agent.close()
             await visitor.close()
+
+    asyncio.run(scenario())
+
+
+def _client_frame(payload: bytes, opcode: int = 0x1, fin: bool = True) -> bytes:
+    """A client's frame: masked, as RFC 6455 requires."""
+    mask = bytes(random.randrange(256) for _ in range(4))
+    n = len(payload)
+    head = bytes(((0x80 if fin else 0) | opcode,))
+    if n < 126:
+        head += bytes((0x80 | n,))
+    elif n <= 0xFFFF:
+        head += bytes((0x80 | 126,)) + n.to_bytes(2, "big")
+    else:
+        head += bytes((0x80 | 127,)) + n.to_bytes(8, "big")
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def _server_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    b0, b1 = await reader.readexactly(2)
+    n = b1 & 0x7F
+    if n == 126:
+        n = int.from_bytes(await reader.readexactly(2), "big")
+    elif n == 127:
+        n = int.from_bytes(await reader.readexactly(8), "big")
+    return b0 & 0x0F, await reader.readexactly(n)
+
+
+def test_frames_are_read_whatever_way_the_bytes_arrive(tmp_path: Path) -> None:
+    """The chat node reads what the socket has at once and cuts frames out of it
+    (BufferedProtocol13, issue 17): two frames in one segment, a frame a byte at a time, a
+    message in two fragments with a control ping between them, a 16-bit length, and a frame
+    whose end comes with the next one's start are all read as Tornado read them."""
+    async def scenario() -> None:
+        async with embedded(tmp_path, GENERAL_ONLY) as rt:
+            status, data = await Http(rt).request("POST", "/api/v1/visitors", {})
+            assert status == 201, data
+            reader, writer = await asyncio.open_connection("127.0.0.1", rt.port)
+            writer.write((f"GET /ws/visitor?token={data['token']} HTTP/1.1\r\n"
+                          f"Host: 127.0.0.1:{rt.port}\r\nUpgrade: websocket\r\n"
+                          "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                          "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 101"), head
+
+            async def next_json() -> dict[str, Any]:
+                while True:
+                    opcode, payload = await asyncio.wait_for(_server_frame(reader), 10)
+                    if opcode == 0x1:
+                        return dict(json.loads(payload))
+
+            assert (await next_json())["type"] == "hello"
+            assert rt.node is not None
+            assert [type(c.ws_connection) for _, c in rt.node.hub.connections()] \
+                == [BufferedProtocol13]  # type: ignore[attr-defined]
+            ping = _client_frame(b'{"type":"ping"}')
+            writer.write(ping + ping)  # two frames, one segment
+            assert [(await next_json())["type"] for _ in range(2)] == ["pong", "pong"]
+            for byte in ping:  # one frame, a byte per segment
+                writer.write(bytes((byte,)))
+                await writer.drain()
+                await asyncio.sleep(0.002)
+            assert (await next_json())["type"] == "pong"
+            # Fragments with a control frame between them (RFC 6455 §5.4).
+            writer.write(_client_frame(b'{"type":', fin=False) + _client_frame(b"hi", 0x9)
+                         + _client_frame(b'"ping"}', 0x0))
+            opcode, payload = await asyncio.wait_for(_server_frame(reader), 10)
+            assert (opcode, payload) == (0xA, b"hi")  # the control ping's pong comes first
+            assert (await next_json())["type"] == "pong"
+            # A 16-bit length, its frame split mid-payload and sent with the next frame's start.
+            body = "é" * 300
+            message = _client_frame(json.dumps({"type": "message", "id": "m-1",
+                                                "body": body}).encode())
+            cut = len(message) // 2
+            writer.write(message[:cut])
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(message[cut:] + ping[:3])
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(ping[3:])
+            kinds: list[str] = []
+            while not {"ack", "pong"} <= set(kinds):  # (a first message opens the chat too)
+                kinds.append((await next_json())["type"])
+            assert kinds.count("pong") == 1 and kinds.count("ack") == 1, kinds
+            writer.close()
 
     asyncio.run(scenario())
