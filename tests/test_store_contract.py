@@ -995,6 +995,49 @@ def test_redis_unreachable_fails_every_call_of_a_round_trip_as_unavailable() -> 
 
 
 @pytest.mark.redis
+def test_redis_that_never_answers_fails_the_round_trip_within_its_timeout() -> None:
+    """A Redis that takes the connection and never answers (a hung server, a half-open link):
+    every call of the round trip fails as unavailable once ``timeout_s`` has passed (one
+    deadline for all the replies of a round trip, issue 17)."""
+    import socket
+    import time
+
+    from tidedesk.errors import StoreUnavailable
+
+    async def main() -> None:
+        silent = socket.create_server(("127.0.0.1", 0))
+        accepted: list[socket.socket] = []
+        loop = asyncio.get_running_loop()
+
+        async def take() -> None:
+            while True:
+                conn, _ = await loop.sock_accept(silent)
+                accepted.append(conn)  # held open, never read from or answered
+
+        silent.setblocking(False)
+        taker = asyncio.ensure_future(take())
+        port = silent.getsockname()[1]
+        store = RedisStore(f"redis://127.0.0.1:{port}/0", "tidedesk-test:silent:", timeout_s=0.4)
+        try:
+            started = time.monotonic()
+            results = await asyncio.gather(
+                *(store.assign_seq(f"c{i}", "m", now=0) for i in range(5)),
+                return_exceptions=True)
+            took = time.monotonic() - started
+            assert store._trips.round_trips == 1
+            assert all(isinstance(r, StoreUnavailable) for r in results), results
+            assert 0.3 < took < 1.5, f"the round trip failed after {took:.2f} s, not ~0.4"
+        finally:
+            taker.cancel()
+            await store.close()
+            for conn in accepted:
+                conn.close()
+            silent.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.redis
 def test_redis_a_cancelled_caller_leaves_the_others_their_replies() -> None:
     """A caller cancelled before its round trip left is not sent; one cancelled after is
     run (Redis has it) and its reply dropped; the others get theirs either way."""

@@ -234,8 +234,9 @@ class RoundTrips:
     script cache was flushed) is loaded and its commands run again in the same way.
     """
 
-    def __init__(self, pool: aioredis.ConnectionPool) -> None:
+    def __init__(self, pool: aioredis.ConnectionPool, timeout_s: float) -> None:
         self._pool = pool
+        self._timeout_s = timeout_s  # for all the replies of a round trip
         self._queue: list[_Call] = []
         self._task: asyncio.Task[None] | None = None
         self.round_trips = 0  # how many this process made (tests read it)
@@ -330,11 +331,18 @@ class RoundTrips:
         try:
             await conn.send_packed_command(b"".join(commands))
             replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(await conn.read_response())
-                except ResponseError as exc:
-                    replies.append(exc)
+            # One deadline for all the replies, not redis-py's timeout (a timer set and
+            # cancelled) around each: 4% of the router's interpreter time in P7.
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    for _ in commands:
+                        try:
+                            replies.append(await conn.read_response(timeout=math.inf))
+                        except ResponseError as exc:
+                            replies.append(exc)
+            except TimeoutError:
+                raise RedisTimeoutError(f"Timeout reading {len(commands)} replies from Redis "
+                                        f"({self._timeout_s:g} s)") from None
             return replies
         except BaseException:
             # Replies may still be on the way: this connection can never be reused.
@@ -364,7 +372,7 @@ class RedisStore(Store):
         self._r: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         # The once-per-message calls (assign_seq, message_fanout, presence_nodes) share round
         # trips; the rest go one command per call through redis-py.
-        self._trips = RoundTrips(pool)
+        self._trips = RoundTrips(pool, timeout_s)
         self._ready = True
         self.breaker = pybreaker.CircuitBreaker(
             fail_max=BREAKER_FAIL_MAX, reset_timeout=BREAKER_RESET_SECS, name="redis",
