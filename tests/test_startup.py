@@ -122,3 +122,20 @@ def test_a_name_that_never_resolves_ends_in_one_line_not_a_traceback(tmp_path: P
         assert waited and "does not resolve yet" in waited[0]["error"], waited
         assert any(r.get("msg") == "backend did not come up; giving up"
                    for r in json_lines(log))
+
+
+def test_a_started_server_collects_its_young_garbage_rarely_and_skips_its_startup_heap(
+        ) -> None:
+    """tidedesk/heap.py, issue 17: after start-up the heap is frozen and the youngest
+    generation collected every YOUNG_THRESHOLD allocations, not CPython's 700. (Own process:
+    the test runner's collector is left alone.)"""
+    import subprocess
+    import sys
+
+    code = ("import gc; from tidedesk.heap import YOUNG_THRESHOLD, settle_after_startup; "
+            "before = gc.get_threshold(); settle_after_startup(); "
+            "print(before[0], gc.get_threshold()[0] == YOUNG_THRESHOLD, "
+            "gc.get_threshold()[1:] == before[1:], gc.get_freeze_count() > 1000)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["700", "True", "True", "True"], out

@@ -226,6 +226,7 @@ def _port_range() -> tuple[int, int]:
 
 async def _serve(settings: Settings, role: str) -> int:
     from tidedesk.eventloop import loop_name
+    from tidedesk.heap import settle_after_startup
     from tidedesk.runtime import Runtime
     from tidedesk.startup import StartupTimeout
 
@@ -235,6 +236,7 @@ async def _serve(settings: Settings, role: str) -> int:
     except StartupTimeout as exc:  # logged as JSON already; no traceback
         print(f"tidedesk: error: {exc}", file=sys.stderr)
         return 1
+    settle_after_startup()  # tidedesk/heap.py: the collector's cost per message
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
