@@ -1067,6 +1067,76 @@ def test_redis_a_cancelled_caller_leaves_the_others_their_replies() -> None:
     _runner("redis")(body)
 
 
+def _in_use(s: RedisStore) -> int:
+    """Pool connections taken and not given back (redis-py's pool keeps them in a set)."""
+    return len(s._r.connection_pool._in_use_connections)  # type: ignore[attr-defined]
+
+
+@pytest.mark.redis
+def test_redis_round_trips_back_to_back_hold_one_connection_and_give_it_back() -> None:
+    """Round trips that follow each other in one draining task (calls queued while one was
+    out) keep the pool connection they took; it goes back to the pool when nothing is
+    queued, when a round trip fails, and when the task is cancelled."""
+
+    async def body(s: Store) -> None:
+        assert isinstance(s, RedisStore)
+        await s.seed_seq("a", 0)
+        trips, checkouts = s._trips.round_trips, s._trips.checkouts
+        first = asyncio.ensure_future(s.assign_seq("a", "m0", now=0))
+        await asyncio.sleep(0)  # its round trip is out
+        queued = [asyncio.ensure_future(s.assign_seq("a", f"m{i}", now=0)) for i in (1, 2)]
+        await asyncio.sleep(0)
+        queued.append(asyncio.ensure_future(s.last_seq("a")))
+        assert await asyncio.gather(first, *queued) == [(1, True), (2, True), (3, True), 3]
+        assert s._trips.round_trips > trips + 1  # back to back ...
+        assert s._trips.checkouts == checkouts + 1  # ... on one connection
+        assert s._trips._task is None and _in_use(s) == 0  # given back once idle
+        # A round trip that fails gives it back too (disconnected: replies may be late).
+        await s._r.set(s._prefix + "seq:b", "not a hash")
+        from redis.exceptions import ResponseError
+        with pytest.raises(ResponseError):
+            await s.assign_seq("b", "m", now=0)  # a refused command: the connection is fine
+        assert _in_use(s) == 0
+        slow = asyncio.ensure_future(s._trips.call(("BLPOP", s._prefix + "never", 5)))
+        await asyncio.sleep(0.05)
+        assert _in_use(s) == 1
+        task = s._trips._task
+        assert task is not None
+        task.cancel()  # the store closing while a round trip is out
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        while s._trips._task is not None or _in_use(s):
+            await asyncio.sleep(0.01)
+        assert await s.assign_seq("a", "m3", now=0) == (4, True)  # the pool serves again
+        assert _in_use(s) == 0
+
+    _runner("redis")(body)
+
+
+@pytest.mark.redis
+def test_redis_round_trip_that_times_out_gives_its_connection_back() -> None:
+    """A round trip past its deadline fails its callers and disconnects and returns the
+    connection it held, so the next round trip takes a fresh one."""
+
+    async def main() -> None:
+        prefix = f"tidedesk-test:{uuid.uuid4().hex}:"
+        s = RedisStore(REDIS_URL, prefix, timeout_s=0.3)
+        try:
+            await s.start()
+            from redis.exceptions import TimeoutError as RedisTimeoutError
+            with pytest.raises(RedisTimeoutError, match=r"0\.3 s"):
+                await s._trips.call(("BLPOP", prefix + "never", 2))
+            assert s._trips._task is None and _in_use(s) == 0
+            await s.seed_seq("a", 0)
+            assert await s.assign_seq("a", "m", now=0) == (1, True)
+            assert _in_use(s) == 0
+        finally:
+            await s.close()
+            await delete_prefix(prefix)
+
+    asyncio.run(main())
+
+
 def test_a_closed_conversation_leaves_nothing_in_the_store(run: Runner) -> None:
     """Issue 17: a desk's store follows its open chats. Closing forgets the client ids, the
     counter and the recent history (in Redis: no key left); a late message then finds no

@@ -6,10 +6,13 @@ several keys are scripts too; single-key reads are plain commands. The scripts a
 ``tidedesk/lua/``, one per operation, each naming its KEYS and ARGV in its first lines.
 
 The calls made once per message (``assign_seq`` on the chat node, ``message_fanout`` on the
-router, ``presence_nodes`` when delivering) share round trips: :class:`RoundTrips` sends the
-ones issued in one event-loop pass (or while the previous round trip is out) as one write of
-raw ``EVALSHA`` commands and reads their replies in order; each caller still gets its own
-reply, error, breaker accounting and readiness update (issue 17, ``docs/bench.md``).
+router, ``presence_nodes`` when delivering) and once per connect (the connect cache's read
+with presence, ``any_agent_in``, ``last_seq``, the queue, owner and agent reads, the
+``kv_*`` calls of rate limits and tickets, ``presence_leave`` at the close) share round trips:
+:class:`RoundTrips` sends the ones issued in one event-loop pass (or while the previous round
+trip is out) as one write of raw ``EVALSHA`` commands and reads their replies in order; each
+caller still gets its own reply, error, breaker accounting and readiness update (issue 17,
+``docs/bench.md``).
 
 Keys (all under ``prefix``, default ``tidedesk:``):
 
@@ -124,6 +127,14 @@ def _live_nodes(entries: Iterable[str], now: float) -> set[str]:
     return nodes
 
 
+def _hash(reply: Any) -> dict[str, str]:
+    """An HGETALL reply read off the connection (RoundTrips has no redis-py callbacks): a flat
+    field, value list in RESP2, a map in RESP3."""
+    if isinstance(reply, dict):
+        return reply
+    return dict(zip(reply[::2], reply[1::2], strict=True))
+
+
 def _pool_exhausted(exc: BaseException) -> bool:
     """Every pooled connection stayed busy for ``timeout_s`` (redis-py raises a ConnectionError
     from a TimeoutError): this process is overloaded, Redis itself is fine."""
@@ -179,10 +190,17 @@ def _history_entry(message: dict[str, Any]) -> bytes:
 def _pack(command: Command) -> bytes:
     """A command in RESP, as redis-py's encoder writes it (str as UTF-8, int and float by
     ``repr``), in a fraction of its time: its ``pack_command`` was a fifth of a round trip's
-    CPU at 50 commands per trip."""
+    CPU at 50 commands per trip. Exact bytes, str and int (nearly every argument) are told by
+    ``type(arg) is``, ahead of the ``isinstance`` checks subclasses and floats need."""
     out = [b"*%d\r\n" % len(command)]
     for arg in command:
-        if isinstance(arg, str):
+        if type(arg) is str:
+            data = arg.encode()
+        elif type(arg) is bytes:
+            data = arg
+        elif type(arg) is int:
+            data = b"%d" % arg
+        elif isinstance(arg, str):
             data = arg.encode()
         elif isinstance(arg, bytes | memoryview):
             data = bytes(arg)
@@ -239,7 +257,10 @@ class RoundTrips:
         self._timeout_s = timeout_s  # for all the replies of a round trip
         self._queue: list[_Call] = []
         self._task: asyncio.Task[None] | None = None
+        # The pooled connection the draining task holds between back-to-back round trips.
+        self._held: Any = None
         self.round_trips = 0  # how many this process made (tests read it)
+        self.checkouts = 0  # pool connections taken for them (tests read it)
 
     def call(self, command: Command, script: AsyncScript | None = None) -> asyncio.Future[Any]:
         """Queue ``command`` (``EVALSHA`` of ``script``'s sha, or a plain command); the future
@@ -265,17 +286,23 @@ class RoundTrips:
 
     async def _drain(self) -> None:
         try:
-            while self._queue:
-                calls, self._queue = self._queue, []
-                try:
-                    await self._send(calls)
-                except Exception as exc:
-                    # A bug here must neither leave a caller waiting for ever nor take the
-                    # calls queued behind this round trip down with it.
-                    log.exception("Redis round trip failed", extra={"calls": len(calls)})
-                    for call in calls:
-                        if not call.future.done():
-                            call.future.set_exception(_for_each_caller(exc))
+            while True:
+                while self._queue:
+                    calls, self._queue = self._queue, []
+                    try:
+                        await self._send(calls)
+                    except Exception as exc:
+                        # A bug here must neither leave a caller waiting for ever nor take
+                        # the calls queued behind this round trip down with it.
+                        log.exception("Redis round trip failed", extra={"calls": len(calls)})
+                        for call in calls:
+                            if not call.future.done():
+                                call.future.set_exception(_for_each_caller(exc))
+                # Nothing queued: the connection goes back to the pool. Calls queued while
+                # it is being given back are still this task's (it is not done yet).
+                await self._give_back()
+                if not self._queue:
+                    break
         except asyncio.CancelledError:
             for call in self._queue:  # the store is closing, or the loop is ending
                 call.future.cancel()
@@ -283,6 +310,12 @@ class RoundTrips:
             raise
         finally:
             self._task = None
+            await self._give_back()  # cancelled while giving it back, or a bug
+
+    async def _give_back(self) -> None:
+        conn, self._held = self._held, None
+        if conn is not None:
+            await self._pool.release(conn)
 
     async def _send(self, calls: list[_Call]) -> None:
         # A caller cancelled before its round trip left never reaches Redis (no seq taken).
@@ -327,7 +360,14 @@ class RoundTrips:
 
     async def _round_trip(self, commands: list[bytes]) -> list[Any]:
         self.round_trips += 1
-        conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        # Round trips back to back (calls queued while one was out) keep the connection: a
+        # pool checkout and release (a lock, a condition, a deadline and a liveness peek on
+        # redis-py 8) cost more than the rest of a small round trip.
+        conn = self._held
+        if conn is None:
+            conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+            self.checkouts += 1
+            self._held = conn
         try:
             await conn.send_packed_command(b"".join(commands))
             replies: list[Any] = []
@@ -346,10 +386,12 @@ class RoundTrips:
             return replies
         except BaseException:
             # Replies may still be on the way: this connection can never be reused.
-            await conn.disconnect(nowait=True)
+            self._held = None
+            try:
+                await conn.disconnect(nowait=True)
+            finally:
+                await self._pool.release(conn)
             raise
-        finally:
-            await self._pool.release(conn)
 
 
 class RedisStore(Store):
@@ -370,8 +412,10 @@ class RedisStore(Store):
             socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
         )
         self._r: aioredis.Redis = aioredis.Redis(connection_pool=pool)
-        # The once-per-message calls (assign_seq, message_fanout, presence_nodes) share round
-        # trips; the rest go one command per call through redis-py.
+        # The once-per-message calls (assign_seq, message_fanout, presence_nodes) and a
+        # connect's (the cache read and presence, available, last seq, queue, owner, rate
+        # limits, tickets, the close) share round trips; the rest go one command per call
+        # through redis-py.
         self._trips = RoundTrips(pool, timeout_s)
         self._ready = True
         self.breaker = pybreaker.CircuitBreaker(
@@ -463,7 +507,7 @@ class RedisStore(Store):
 
     @_tracked
     async def last_seq(self, conv_id: str) -> int | None:
-        res = await self._last_seq(keys=[self._k("seq", conv_id)])
+        res = await self._trips.evalsha(self._last_seq, [self._k("seq", conv_id)])
         return None if res is None else int(res)
 
     # -- expiring keys (sessions) -----------------------------------------------------------
@@ -474,10 +518,8 @@ class RedisStore(Store):
     @_tracked
     async def kv_get(self, key: str, now: float, touch_ttl_s: float | None = None) -> str | None:
         touch = "" if touch_ttl_s is None else repr(now + touch_ttl_s)
-        res = await self._kv_get(
-            keys=[self._k("kv", key)],
-            args=[repr(now), touch, _ms(touch_ttl_s or 0)],
-        )
+        res = await self._trips.evalsha(self._kv_get, [self._k("kv", key)],
+                                        [repr(now), touch, _ms(touch_ttl_s or 0)])
         return None if res is None else str(res)
 
     @_tracked
@@ -486,46 +528,45 @@ class RedisStore(Store):
 
     @_tracked
     async def kv_incr(self, key: str, ttl_s: float, now: float) -> int:
-        return int(await self._kv_incr(keys=[self._k("kv", key)],
-                                       args=[repr(now), repr(now + ttl_s), _ms(ttl_s)]))
+        return int(await self._trips.evalsha(self._kv_incr, [self._k("kv", key)],
+                                             [repr(now), repr(now + ttl_s), _ms(ttl_s)]))
 
     @_tracked
     async def kv_swap(self, key: str, expected: str | None, value: str, ttl_s: float,
                       now: float) -> bool:
-        res = await self._kv_swap(
-            keys=[self._k("kv", key)],
-            args=[repr(now), expected or "", "0" if expected is None else "1", value,
-                  repr(now + ttl_s), _ms(ttl_s)])
+        res = await self._trips.evalsha(
+            self._kv_swap, [self._k("kv", key)],
+            [repr(now), expected or "", "0" if expected is None else "1", value,
+             repr(now + ttl_s), _ms(ttl_s)])
         return bool(int(res))
 
     # -- presence ---------------------------------------------------------------------------
     @_tracked
     async def presence_add(self, who: str, conn: str, node_id: str, ttl_s: float,
                            now: float) -> None:
-        await self._presence_add(
-            keys=[self._k("presence", who)],
-            args=[conn, f"{now + ttl_s!r}|{node_id}", repr(now), _ms(ttl_s)],
-        )
+        await self._trips.evalsha(self._presence_add, [self._k("presence", who)],
+                                  [conn, f"{now + ttl_s!r}|{node_id}", repr(now), _ms(ttl_s)])
 
     @_tracked
     async def presence_remove(self, who: str, conn: str) -> int:
-        return int(await self._presence_remove(keys=[self._k("presence", who)], args=[conn]))
+        return int(await self._trips.evalsha(self._presence_remove,
+                                             [self._k("presence", who)], [conn]))
 
     @_tracked
     async def kv_get_and_present(self, key: str, now: float, *, who: str, conn: str,
                                  node_id: str, ttl_s: float,
                                  unless_prefix: str) -> tuple[str | None, bool]:
-        res = await self._connect_card(
-            keys=[self._k("presence", who), self._k("kv", key)],
-            args=[conn, f"{now + ttl_s!r}|{node_id}", repr(now), _ms(ttl_s), unless_prefix])
+        res = await self._trips.evalsha(
+            self._connect_card, [self._k("presence", who), self._k("kv", key)],
+            [conn, f"{now + ttl_s!r}|{node_id}", repr(now), _ms(ttl_s), unless_prefix])
         return (None if res[0] is None else str(res[0])), bool(int(res[1]))
 
     @_tracked
     async def presence_leave(self, who: str, conn: str, *, gone_key: str, gone_value: str,
                              gone_ttl_s: float, now: float) -> int:
-        return int(await self._presence_leave(
-            keys=[self._k("presence", who), self._k("kv", gone_key)],
-            args=[conn, gone_value, repr(now + gone_ttl_s), _ms(gone_ttl_s)]))
+        return int(await self._trips.evalsha(
+            self._presence_leave, [self._k("presence", who), self._k("kv", gone_key)],
+            [conn, gone_value, repr(now + gone_ttl_s), _ms(gone_ttl_s)]))
 
     @_tracked
     async def presence_nodes(self, who: str, now: float) -> set[str]:
@@ -585,8 +626,8 @@ class RedisStore(Store):
 
     @_tracked
     async def agent_get(self, agent_id: str) -> AgentLoad | None:
-        h = cast(dict[str, str], await self._r.hgetall(self._k("agent", agent_id)))
-        return self._agent(agent_id, h)
+        return self._agent(agent_id, _hash(await self._trips.call(
+            ("HGETALL", self._k("agent", agent_id)))))
 
     @_tracked
     async def agent_mark_gone(self, agent_id: str, *, updated_at: float, since: float,
@@ -610,8 +651,9 @@ class RedisStore(Store):
     async def any_agent_in(self, pools: Sequence[str], statuses: Sequence[str]) -> bool:
         if not pools:
             return False
-        return bool(int(await self._any_agent(keys=[self._k("pool", p) for p in pools],
-                                              args=[self._k("agent", ""), *statuses])))
+        return bool(int(await self._trips.evalsha(
+            self._any_agent, [self._k("pool", p) for p in pools],
+            [self._k("agent", ""), *statuses])))
 
     @_tracked
     async def claim(self, conv_id: str, agent_id: str, now: float) -> bool:
@@ -662,7 +704,7 @@ class RedisStore(Store):
 
     @_tracked
     async def owner(self, conv_id: str) -> str | None:
-        res = await self._r.get(self._k("owner", conv_id))
+        res = await self._trips.call(("GET", self._k("owner", conv_id)))
         return None if res is None else str(res)
 
     @_tracked
@@ -682,7 +724,7 @@ class RedisStore(Store):
 
     @_tracked
     async def waiting(self, pool: str) -> list[tuple[str, float]]:
-        flat = await self._waiting(keys=self._queue_keys(pool)[:3])
+        flat = await self._trips.evalsha(self._waiting, self._queue_keys(pool)[:3])
         return [(str(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     # -- recent history ---------------------------------------------------------------------
