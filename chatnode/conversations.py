@@ -12,7 +12,7 @@ import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -58,9 +58,17 @@ HISTORY_PAGE = 100
 HISTORY_PAGE_MAX = 500
 
 
-async def _done(step: Awaitable[None] | None) -> None:
-    if step is not None:
-        await step
+T = TypeVar("T")
+
+
+async def _beside(read: Awaitable[T], step: Awaitable[None] | None) -> T:
+    """``read``'s result once ``step`` is done too, the two run concurrently (their store calls
+    share a round trip); with no step, ``read`` alone, without gather's two tasks (a
+    reconnect served from the connect cache has its presence already, issue 17 P1)."""
+    if step is None:
+        return await read
+    result, _ = await asyncio.gather(read, step)
+    return result
 
 
 def relay_frame(data: dict[str, Any], conv_id: str, sender: Sender) -> dict[str, Any]:
@@ -161,12 +169,12 @@ class Conversations:
         registered) is awaited beside what hello reads, and hello goes out only after both:
         one store round trip less before hello (issue 17, P1)."""
         if session.conversation_id is None:
-            available, _ = await asyncio.gather(self.available(session.tags), _done(ready))
+            available = await _beside(self.available(session.tags), ready)
             send(frame_dict(VisitorHelloFrame(
                 visitor_id=session.visitor_id, conversation_id=None, last_seq=0, state="new",
                 available=available, mail=self.mail_enabled)))
             return False
-        last_seq, _ = await asyncio.gather(self.last_seq(session.conversation_id), _done(ready))
+        last_seq = await _beside(self.last_seq(session.conversation_id), ready)
         send(frame_dict(VisitorHelloFrame(
             visitor_id=session.visitor_id, conversation_id=session.conversation_id,
             last_seq=last_seq, state=session.state, mail=self.mail_enabled)))

@@ -5,6 +5,7 @@ docs/security.md has the table."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 # Inline styles stay allowed: the widget puts its CSS in a <style> inside its shadow root (the
@@ -19,6 +20,14 @@ def security_headers(*, framable_by: Iterable[str] | None, tls: bool) -> dict[st
     """Headers for one answer. ``framable_by``: None for pages nobody may frame (console,
     supervisor, admin, the API); else the sites that may (the widget demo page: this server and
     TIDEDESK_ALLOWED_ORIGINS)."""
+    return dict(header_items(None if framable_by is None else tuple(framable_by), tls))
+
+
+@functools.lru_cache(maxsize=64)
+def header_items(framable_by: tuple[str, ...] | None, tls: bool) -> tuple[tuple[str, str], ...]:
+    """:func:`security_headers` as (name, value) pairs, worked out once per (sites, TLS): every
+    answer and every WebSocket handshake sets them (issue 17, P1). The sites come from the
+    settings, so a process has a handful of keys."""
     sites = list(framable_by) if framable_by is not None else []
     if framable_by is None:
         ancestors = "'none'"
@@ -36,4 +45,4 @@ def security_headers(*, framable_by: Iterable[str] | None, tls: bool) -> dict[st
         headers["X-Frame-Options"] = "DENY"  # browsers that predate frame-ancestors
     if tls:
         headers["Strict-Transport-Security"] = HSTS
-    return headers
+    return tuple(headers.items())

@@ -17,7 +17,7 @@ from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from chatnode.attachments import Upload
 from chatnode.errors import ServiceError
-from chatnode.headers import security_headers
+from chatnode.headers import header_items
 from chatnode.origins import host_allowed, origin_allowed
 from chatnode.service import ChatService
 from tidedesk import logs, metrics, safejson
@@ -51,10 +51,9 @@ class Hardened(RequestHandler):
         super().clear()
         self.clear_header("Server")
         settings = self.application.settings.get("tidedesk_settings")
-        framable_by = (settings.allowed_origins if settings is not None else ()) \
+        framable_by = tuple(settings.allowed_origins if settings is not None else ()) \
             if self.framable else None
-        for name, value in security_headers(framable_by=framable_by,
-                                            tls=self.request.protocol == "https").items():
+        for name, value in header_items(framable_by, self.request.protocol == "https"):
             self.set_header(name, value)
 
     def host_refusal(self) -> str | None:

@@ -532,7 +532,6 @@ class ChatService:
         """Call once the socket is in the Hub: presence, hello, then ask for an agent."""
         session = conn.session
         assert session is not None
-        asyncio.get_running_loop().call_later(JOIN_HOLD_SECS, self.end_join, conn, peer)
         said: list[Any] = []
 
         def send(frame: dict[str, Any]) -> None:
@@ -540,11 +539,20 @@ class ChatService:
                 said.append(frame.get("last_seq"))
             peer.send(frame)
 
-        # presence is registered before hello goes out, beside what hello reads
-        waiting = await self.conversations.visitor_hello(
-            session, send, ready=None if session.present else self._present(conn))
-        if said and not said[0]:
-            self.end_join(conn, peer)  # nothing to recover: a client resumes only above 0
+        try:
+            # presence is registered before hello goes out, beside what hello reads
+            waiting = await self.conversations.visitor_hello(
+                session, send, ready=None if session.present else self._present(conn))
+        finally:
+            # Tornado reads no frame before open() returns, so nothing else ends the join
+            # meanwhile. Nothing to recover (a client resumes only above 0): it ends now;
+            # else at the first frame or after JOIN_HOLD_SECS, the timer armed only then (a
+            # new visitor's connect needs none; issue 17, P1).
+            if said and not said[0]:
+                self.end_join(conn, peer)
+            elif conn.joining:
+                asyncio.get_running_loop().call_later(JOIN_HOLD_SECS, self.end_join, conn,
+                                                      peer)
         if created and session.conversation_id is not None:
             await self._conversation_created(session)
         # A queued chat that is in no queue was never announced (say the broker was down when

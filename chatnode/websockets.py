@@ -142,7 +142,7 @@ class _Socket(RequestIds, WebSocketHandler):
         state = self.state
         self.hub.register(state.who, self)
         state.registered = True
-        metrics.CONNECTIONS.labels(role=self.role).inc()
+        metrics.CONNECTIONS_BY_ROLE[self.role].inc()
 
     async def on_message(self, message: str | bytes) -> None:
         state = self.state
@@ -195,7 +195,7 @@ class _Socket(RequestIds, WebSocketHandler):
         state = self.hub.registry.close(self.conn_id)
         if state is not None and state.registered:
             state.registered = False
-            metrics.CONNECTIONS.labels(role=self.role).dec()
+            metrics.CONNECTIONS_BY_ROLE[self.role].dec()
             self.hub.unregister(state.who, self)
             self.spawn(self.service.disconnected(state))
 

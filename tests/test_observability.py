@@ -248,3 +248,25 @@ def test_tidedesk_dev_writes_json_lines_at_the_level_of_its_settings(tmp_path: P
     refused_line = [r for r in lines if r.get("request_id") == "cli-req-5"]
     assert len(refused_line) == 1 and refused_line[0]["node_id"] == "dev-node-9"
     assert "400 POST /api/v1/visitors" in refused_line[0]["msg"]
+
+
+def test_a_fresh_chat_node_exports_zero_connections_for_both_roles(tmp_path: Path) -> None:
+    """Before its first client a chat node already has both ``tidedesk_connections`` series
+    at 0 (a dashboard's sum and per-node panels see the node from its start)."""
+    port = free_port()
+    env = settings_env(TIDEDESK_DATA_DIR=str(tmp_path), TIDEDESK_PORT=str(port),
+                       TIDEDESK_LOG_LEVEL="WARNING")
+    proc = subprocess.Popen([sys.executable, "-m", "tidedesk.cli", "dev"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(base, proc, "tidedesk dev")
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as resp:
+            samples = parse_metrics(resp.read().decode())
+        for role in ("visitor", "agent"):
+            key = ("tidedesk_connections", (("role", role),))
+            assert samples.get(key) == 0.0, (role, sorted(k for k in samples
+                                                          if k[0] == "tidedesk_connections"))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

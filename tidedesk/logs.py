@@ -13,9 +13,9 @@ import contextvars
 import json
 import logging
 import re
+import secrets
 import sys
 import time
-import uuid
 from typing import Any, TextIO
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
@@ -72,7 +72,7 @@ def request_id_from(header: str | None) -> str:
     """The request id to use: the incoming ``X-Request-ID`` if it is a sane id, else a new one."""
     if header and _REQUEST_ID_RE.match(header):
         return header
-    return uuid.uuid4().hex
+    return secrets.token_hex(16)  # as uuid4().hex, a third of its time: one per connect
 
 
 def bind(**ids: str | None) -> None:

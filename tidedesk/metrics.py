@@ -52,9 +52,9 @@ DELIVERIES = Counter(
 READY = Gauge("tidedesk_ready", "1 when this process takes traffic, 0 while starting/draining")
 
 # A labelled series exists only once used; a fresh chat node must still report 0 connections,
-# or sum(tidedesk_connections) and per-node views miss it until its first client.
-for _role in ("visitor", "agent"):
-    CONNECTIONS.labels(role=_role)
+# or sum(tidedesk_connections) and per-node views miss it until its first client. Bound once:
+# ``labels()`` takes a lock and builds a key per call (twice a connect, issue 17 P1).
+CONNECTIONS_BY_ROLE = {role: CONNECTIONS.labels(role=role) for role in ("visitor", "agent")}
 # Born at 0 too, so increase() sees a process's first rejected envelope.
 for _queue in ("inbound", "delivery"):
     ENVELOPES_REJECTED.labels(queue=_queue)
