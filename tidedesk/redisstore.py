@@ -244,12 +244,14 @@ class RoundTrips:
     The first command queued starts a round trip on the next event-loop pass, so every command
     issued in this pass goes with it; commands queued while a round trip is out go in the next
     one, sent the moment it ends (one round trip out at a time: a busy process batches by
-    itself, and no command ever waits on a timer). Commands run in the order they were queued
-    (Redis runs a connection's commands in order). Each caller gets its own reply or error: a
-    command Redis refuses (a script error) fails that caller alone; a lost connection, a
-    timeout or a full pool fails every command of that round trip with the error a single
-    command would have raised. A script Redis does not know (NOSCRIPT: it restarted, or its
-    script cache was flushed) is loaded and its commands run again in the same way.
+    itself, and no command ever waits on a timer), on the same pooled connection: it goes
+    back to the pool once nothing is queued, when a round trip fails, or when the task ends.
+    Commands run in the order they were queued (Redis runs a connection's commands in order).
+    Each caller gets its own reply or error: a command Redis refuses (a script error) fails
+    that caller alone; a lost connection, a timeout or a full pool fails every command of
+    that round trip with the error a single command would have raised. A script Redis does
+    not know (NOSCRIPT: it restarted, or its script cache was flushed) is loaded and its
+    commands run again in the same way.
     """
 
     def __init__(self, pool: aioredis.ConnectionPool, timeout_s: float) -> None:
