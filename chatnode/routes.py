@@ -578,8 +578,9 @@ def url_specs(deps: dict[str, Any], ws_deps: dict[str, Any]) -> list[tuple[str, 
     are written once (a handler never bound keeps no rules and refuses every call).
 
     The sockets come first: Tornado tries the patterns in order, and a connect walked the
-    whole API's before reaching ``/ws/visitor`` (5.5% of the chat node's samples in P1,
-    issue 17). No two patterns match the same path, so the order changes nothing else."""
+    whole API's before reaching ``/ws/visitor`` (10.4 µs a lookup, 1.5 with the sockets first;
+    ~1% of the chat node's samples in P1, issue 17). No two patterns match the same path, so
+    the order changes nothing else."""
     sockets: list[tuple[str, Any, Any]] = []
     specs: list[tuple[str, Any, Any]] = []
     for route in ROUTES:
