@@ -9,11 +9,15 @@ gives one code path to reason about instead of two.
 Guarantees, as the seam's contract asks:
 
 - ``publish`` uses publisher confirms and persistent messages (``delivery_mode=2``). Publishes
-  are pipelined: each one is written at once and awaits its own future, resolved by the
-  broker's ``basic.ack`` for its delivery tag (``multiple=True`` settles every tag up to it).
-  A ``basic.nack``, a lost connection before the confirm, a connection blocked by a resource
-  alarm or no confirm within ``confirm_timeout_s`` raise :class:`BrokerUnavailable`; publish
-  never returns for a message RabbitMQ has not taken responsibility for.
+  are pipelined and batched (issue 17, ``tidedesk.broker_batches``): what one pass of the
+  event loop publishes to one queue is written, when the pass ends, as one AMQP message (a
+  lone envelope as itself, several as a broker batch of at most 64 / 128 KB), and each caller
+  awaits its own future, resolved by the broker's ``basic.ack`` for that message's delivery
+  tag (``multiple=True`` settles every tag up to it). A ``basic.nack``, a connection blocked
+  by a resource alarm or no confirm within ``confirm_timeout_s`` raise
+  :class:`BrokerUnavailable` in every caller of the batch; publish never returns for a message
+  RabbitMQ has not taken responsibility for. ``batch=False`` (``TIDEDESK_ENVELOPE_FORMAT``
+  ``binary-v2`` and older) writes every publish alone, at once, for consumers before batches.
 - Topology is declared idempotently on every (re)connect: the durable inbound queue and every
   node queue declared so far. Node queues are durable (deliveries survive a broker restart)
   and carry ``x-expires``, so a dead node's queue disappears ``node_queue_ttl_ms`` after its
@@ -25,11 +29,14 @@ Guarantees, as the seam's contract asks:
   reconnects (first retry after 25-50 ms, then doubling with jitter up to 1 s: a restarted
   broker is found within about a second), re-declares the topology and restarts every
   consumer. Publishes whose confirm the lost connection took are written again on the new one
-  (issue 17) until ``confirm_timeout_s`` after their first write; a new ``publish`` while it is
-  down raises at once.
+  (issue 17; a batch whole) until ``confirm_timeout_s`` after their first write; a new
+  ``publish`` while it is down raises at once.
 - ``consume`` opens one channel per consumer with ``basic_qos(prefetch)``; a handler that
   returns gets its message acked, one that raises gets it nacked with ``requeue=True``
-  (RabbitMQ then redelivers it with ``redelivered`` set). Decoding is the handler's business.
+  (RabbitMQ then redelivers it with ``redelivered`` set). A broker batch is split and a
+  handler started for each envelope, in order; it is acked once all returned and requeued
+  whole if any raised (prefetch counts AMQP messages, so up to 64 x prefetch envelopes).
+  Decoding the envelopes is the handler's business.
   Messages whose handler was running when the connection dropped are redelivered as well.
 
 Inbound queue type: ``classic`` (durable) by default. ``quorum`` is accepted too, but RabbitMQ
