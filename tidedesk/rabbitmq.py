@@ -35,7 +35,8 @@ Guarantees, as the seam's contract asks:
   returns gets its message acked, one that raises gets it nacked with ``requeue=True``
   (RabbitMQ then redelivers it with ``redelivered`` set). A broker batch is split and a
   handler started for each envelope, in order; it is acked once all returned and requeued
-  whole if any raised (prefetch counts AMQP messages, so up to 64 x prefetch envelopes).
+  whole if any raised (back at this consumer, only the envelopes that failed run again;
+  prefetch counts AMQP messages, so up to 64 x prefetch envelopes).
   Decoding the envelopes is the handler's business.
   Messages whose handler was running when the connection dropped are redelivered as well.
 
@@ -50,9 +51,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import os
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,9 +110,13 @@ CONFIRM_SWEEP_SECS = 0.5
 # costs one small round trip every 1.5-2 s (between the broker's heartbeats).
 PROBE_QUIET_SECS = 1.5
 PROBE_TIMEOUT_SECS = 1.5
+# A broker batch requeued because one of its envelopes failed: which of the others succeeded is
+# remembered (by the batch's message id) for this many batches, so when it comes back to this
+# consumer they are not handled again (a transfer done twice would answer its agent with an
+# error the second time). Another consumer handles them again; handlers are idempotent.
+REMEMBERED_PARTIAL_BATCHES = 1000
 
 _PERSISTENT = pika.BasicProperties(delivery_mode=2)
-_PERSISTENT_BATCH = pika.BasicProperties(delivery_mode=2, content_type=BATCH_CONTENT_TYPE)
 _BATCH_BODIES = {q: metrics.BROKER_BATCH_BODIES.labels(queue=q) for q in ("inbound", "delivery")}
 
 
@@ -169,7 +177,7 @@ class _Batch:
     a nack or a passed deadline fails them all, and a lost connection (:class:`ConfirmLost`)
     hands it to ``on_lost``, which writes it again on the next connection (or fails it)."""
 
-    __slots__ = ("bodies", "deadline", "on_lost", "queue", "session", "size", "waiters")
+    __slots__ = ("bodies", "deadline", "id", "on_lost", "queue", "session", "size", "waiters")
 
     def __init__(self, queue: str, deadline: float,
                  on_lost: Callable[[_Batch, BaseException], None]) -> None:
@@ -179,6 +187,7 @@ class _Batch:
         self.waiters: list[asyncio.Future[None]] = []
         self.deadline = deadline
         self.session: _Session | None = None  # where it was last written
+        self.id = ""  # its message id, given on the first write (a rewrite keeps it)
         self.on_lost = on_lost
 
     def add(self, body: bytes, waiter: asyncio.Future[None]) -> None:
@@ -186,10 +195,11 @@ class _Batch:
         self.size += len(body)
         self.waiters.append(waiter)
 
-    def message(self) -> tuple[bytes, pika.BasicProperties]:
+    def message(self, message_id: str) -> tuple[bytes, pika.BasicProperties]:
         if len(self.bodies) == 1:  # byte for byte what nodes before batches wrote
             return self.bodies[0], _PERSISTENT
-        return encode_batch(self.bodies), _PERSISTENT_BATCH
+        return encode_batch(self.bodies), pika.BasicProperties(
+            delivery_mode=2, content_type=BATCH_CONTENT_TYPE, message_id=message_id)
 
     # -- Waiter ------------------------------------------------------------------------------
     def done(self) -> bool:
@@ -216,26 +226,32 @@ class _Batch:
 
 class _BatchJoin:
     """Settles a broker batch once the handlers of all its envelopes are done: acked if every
-    one returned, requeued whole if any failed (the others run again on redelivery; handlers
-    are idempotent), left unsettled if a handler was stopped (RabbitMQ redelivers it)."""
+    one returned, requeued whole if any failed (the broker remembers which succeeded, see
+    REMEMBERED_PARTIAL_BATCHES), left unsettled if a handler was stopped (RabbitMQ redelivers
+    it)."""
 
-    __slots__ = ("broker", "chan", "left", "ok", "stopped", "sub", "tag")
+    __slots__ = ("broker", "chan", "done", "left", "message_id", "ok", "stopped", "sub", "tag")
 
     def __init__(self, broker: RabbitBroker, sub: _Subscription, chan: _Chan, tag: int,
-                 count: int) -> None:
+                 message_id: str | None, done: frozenset[int], count: int) -> None:
         self.broker, self.sub, self.chan, self.tag = broker, sub, chan, tag
+        self.message_id, self.done = message_id, set(done)
         self.left, self.ok, self.stopped = count, True, False
 
-    def one_done(self, task: asyncio.Task[bool]) -> None:
+    def one_done(self, index: int, task: asyncio.Task[bool]) -> None:
         if task.cancelled():
             self.stopped = True
         elif task.exception() is not None or not task.result():
             self.ok = False
+        else:
+            self.done.add(index)
         self.left -= 1
         if self.left == 0 and not self.stopped:
             self.settle()
 
     def settle(self) -> None:
+        if not self.ok and self.message_id:
+            self.broker._remember_partly_done(self.message_id, frozenset(self.done))
         self.broker._settle(self.sub, self.chan, self.tag, self.ok)
 
 
@@ -303,6 +319,12 @@ class RabbitBroker(Broker):
         self._open: dict[str, _Batch] = {}
         self._flush_due = False
         self._rewrites: set[asyncio.Task[None]] = set()
+        # Batch message ids: unique to this broker object, then a count.
+        self._id_prefix = f"{os.urandom(6).hex()}-"
+        self._batch_ids = 0
+        # message id -> the envelopes of a requeued batch that succeeded here (see
+        # REMEMBERED_PARTIAL_BATCHES), oldest first.
+        self._partly_done: OrderedDict[str, frozenset[int]] = OrderedDict()
         # Connections dropped because they answered no probe (tests, metrics).
         self.probes_failed = 0
         self._session: _Session | None = None
@@ -561,7 +583,10 @@ class RabbitBroker(Broker):
         if session.blocked:
             raise BrokerUnavailable("RabbitMQ is blocking publishers (resource alarm); retry")
         assert session.pub is not None
-        body, props = batch.message()
+        if not batch.id:
+            self._batch_ids += 1
+            batch.id = f"{self._id_prefix}{self._batch_ids}"
+        body, props = batch.message(batch.id)
         try:
             session.pub.ch.basic_publish("", batch.queue, body, props)
         except pika.exceptions.AMQPError as exc:
@@ -693,12 +718,15 @@ class RabbitBroker(Broker):
             # One task per envelope, made here in the batch's order, as for envelopes that came
             # alone: handlers are started in queue order (the router's per-conversation
             # sections rely on it); the message is settled when the last one is done.
-            join = _BatchJoin(self, sub, chan, tag, len(bodies))
-            if not bodies:
+            mid = props.message_id
+            done = self._partly_done.pop(mid, frozenset()) if redelivered and mid else frozenset()
+            todo = [(i, one) for i, one in enumerate(bodies) if i not in done]
+            join = _BatchJoin(self, sub, chan, tag, mid, done, len(todo))
+            if not todo:
                 join.settle()
-            for one in bodies:
+            for i, one in todo:
                 self._spawn(self._run(sub, Envelope(one, redelivered))).add_done_callback(
-                    join.one_done)
+                    functools.partial(join.one_done, i))
 
         def on_cancelled(_frame: Any) -> None:
             if sub in self._subs:
@@ -739,6 +767,12 @@ class RabbitBroker(Broker):
             await asyncio.sleep(REQUEUE_DELAY_SECS)
             return False
         return True
+
+    def _remember_partly_done(self, message_id: str, done: frozenset[int]) -> None:
+        if done:
+            self._partly_done[message_id] = done
+            while len(self._partly_done) > REMEMBERED_PARTIAL_BATCHES:
+                self._partly_done.popitem(last=False)
 
     def _settle(self, sub: _Subscription, chan: _Chan, tag: int, ok: bool) -> None:
         """Ack (``ok``) or requeue one AMQP message."""
