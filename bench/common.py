@@ -334,3 +334,21 @@ def message_frame(body_chars: int) -> str:
     """What a visitor's message looks like on the wire, for the echo baselines."""
     body = ("load " * (body_chars // 5 + 1))[:body_chars]
     return json.dumps({"type": "message", "id": "lg0123abcd-12-345", "body": body})
+
+
+def batch_bodies(port: int) -> dict[str, float]:
+    """Envelopes per AMQP message a process published so far, by queue label, from its
+    ``tidedesk_broker_batch_bodies`` histogram (issue 17's broker batches); {} without it."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        for suffix, into in (("_sum", sums), ("_count", counts)):
+            prefix = f"tidedesk_broker_batch_bodies{suffix}{{queue=\""
+            if line.startswith(prefix):
+                label = line[len(prefix):].split('"', 1)[0]
+                into[label] = float(line.rsplit(" ", 1)[1])
+    return {q: sums[q] / counts[q] for q in counts if counts[q] and q in sums}

@@ -31,6 +31,7 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from bench.common import (
     REPO,
+    batch_bodies,
     cpu_line,
     cpu_seconds,
     emit_json,
@@ -200,6 +201,7 @@ async def run(args: argparse.Namespace) -> None:
                 print(f"  repetition {rep + 1}/{args.reps}: Tidedesk {td[-1]:.0f} msg/s, "
                       f"Socket.IO {sio[-1]:.0f} msg/s", flush=True)
             wall, client_cpu = time.perf_counter() - t0, time.process_time() - client0
+            batches = {"chat node": batch_bodies(node.port), "router": batch_bodies(router.port)}
             cpu = {"tidedesk": cpu_seconds(node.popen.pid) + cpu_seconds(router.popen.pid)
                    - cpu0["tidedesk"],
                    "socketio": cpu_seconds(sio1.pid) + cpu_seconds(sio2.pid)
@@ -222,6 +224,10 @@ async def run(args: argparse.Namespace) -> None:
                     lambda r: r >= args.rate_goal))
     print(cpu_line(wall, client_cpu, f"servers: Tidedesk chat node + router "
                    f"{cpu['tidedesk']:.1f} s, Socket.IO x2 {cpu['socketio']:.1f} s"))
+    for who, per_queue in batches.items():
+        if per_queue:
+            print(f"  envelopes per AMQP message published by the {who}: " + ", ".join(
+                f"{q} {v:.1f}" for q, v in sorted(per_queue.items())))
     if args.profile:
         print(report(Path(args.profile) / "p7-chatnode.raw", "the chat node"))
         print(report(Path(args.profile) / "p7-router.raw", "the router"))

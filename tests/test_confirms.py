@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tidedesk.broker import BrokerUnavailable
-from tidedesk.confirms import PendingConfirms
+from tidedesk.confirms import ConfirmLost, PendingConfirms
 
 
 def run(body: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -55,5 +55,38 @@ def test_a_future_given_up_on_is_left_alone() -> None:
         fut.cancel()
         pending.settle(1, multiple=False, nack=True)
         assert fut.cancelled() and not pending
+
+    run(body)
+
+
+class _Recorder:
+    """A waiter of the caller's own (the RabbitMQ broker hands in its publish batches)."""
+
+    def __init__(self) -> None:
+        self.outcome: object = None
+
+    def done(self) -> bool:
+        return self.outcome is not None
+
+    def set_result(self, result: None, /) -> None:
+        self.outcome = "ok"
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        self.outcome = exception
+
+
+def test_any_waiter_is_settled_like_a_future() -> None:
+    async def body() -> None:
+        pending = PendingConfirms()
+        acked, nacked, lost = _Recorder(), _Recorder(), _Recorder()
+        for w in (acked, nacked, lost):
+            pending.expect_for(w, deadline=10.0)
+        assert list(pending) == [1, 2, 3]
+        pending.settle(1, multiple=False, nack=False)
+        pending.settle(2, multiple=False, nack=True)
+        pending.fail_all("connection lost")
+        assert acked.outcome == "ok"
+        assert isinstance(nacked.outcome, BrokerUnavailable)
+        assert isinstance(lost.outcome, ConfirmLost)
 
     run(body)

@@ -282,8 +282,8 @@ def test_embedded_server_chats_with_json_envelopes(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
-@pytest.mark.parametrize("envelope_format, per_message", [("binary", 1), ("binary-v1", 2),
-                                                         ("json", 2)])
+@pytest.mark.parametrize("envelope_format, per_message", [("binary", 1), ("binary-v2", 1),
+                                                         ("binary-v1", 2), ("json", 2)])
 def test_a_message_reaches_the_agent_and_the_visitors_other_tab_in_one_envelope(
         tmp_path: Path, envelope_format: str, per_message: int) -> None:
     """Both recipients are on the one embedded node: ``binary`` sends them one envelope,

@@ -39,7 +39,7 @@ def test_database_url_list_means_shards(tmp_path: Path) -> None:
     ({"TIDEDESK_PORT": "70000"}, "TIDEDESK_PORT: must be between"),
     ({"TIDEDESK_LOG_LEVEL": "LOUD"}, "TIDEDESK_LOG_LEVEL: must be one of"),
     ({"TIDEDESK_ENVELOPE_FORMAT": "protobuf"},
-     "TIDEDESK_ENVELOPE_FORMAT: must be one of binary, binary-v1, json"),
+     "TIDEDESK_ENVELOPE_FORMAT: must be one of binary, binary-v2, binary-v1, json"),
     ({"TIDEDESK_BROKER_URL": "http://x"}, "TIDEDESK_BROKER_URL: expected amqp"),
     ({"TIDEDESK_REDIS_URL": "x"}, "TIDEDESK_REDIS_URL: expected redis"),
     ({"TIDEDESK_DATABASE_URL": "postgres://x"}, "TIDEDESK_DATABASE_URL"),

@@ -8,6 +8,10 @@ publish waits on its own future here, with a monotonic deadline. Settling:
   them with :class:`~tidedesk.broker.BrokerUnavailable`, so the sender retries;
 - a future that is already done (its publisher gave up) is left as it is.
 
+What waits need not be a future: anything with a future's ``done``, ``set_result`` and
+``set_exception`` (:class:`Waiter`) will do; the RabbitMQ broker hands in its publish batches,
+so one confirm settles every caller of a batch without a hop through the event loop.
+
 No pika here: the broker adapter hands in the confirm's tag, ``multiple`` flag and kind.
 """
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from typing import Protocol
 
 from tidedesk.broker import BrokerUnavailable
 
@@ -24,8 +29,18 @@ class ConfirmLost(BrokerUnavailable):
     the message, so publishing it again (it is idempotent downstream) is safe."""
 
 
-class PendingConfirms(OrderedDict[int, tuple[asyncio.Future[None], float]]):
-    """Delivery tag -> (future, monotonic deadline), oldest first (tags only grow)."""
+class Waiter(Protocol):
+    """What a confirm settles (an ``asyncio.Future[None]`` is one)."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: None, /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
+class PendingConfirms(OrderedDict[int, tuple[Waiter, float]]):
+    """Delivery tag -> (waiter, monotonic deadline), oldest first (tags only grow)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -34,13 +49,17 @@ class PendingConfirms(OrderedDict[int, tuple[asyncio.Future[None], float]]):
     def expect(self, deadline: float) -> asyncio.Future[None]:
         """The future of the publish just written, which takes the next delivery tag."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self[self.next_tag] = (fut, deadline)
-        self.next_tag += 1
+        self.expect_for(fut, deadline)
         return fut
+
+    def expect_for(self, waiter: Waiter, deadline: float) -> None:
+        """Like :meth:`expect`, for a waiter of the caller's own."""
+        self[self.next_tag] = (waiter, deadline)
+        self.next_tag += 1
 
     def settle(self, tag: int, *, multiple: bool, nack: bool) -> None:
         """Apply one ``basic.ack`` (or ``basic.nack`` when ``nack``) for ``tag``."""
-        settled: list[asyncio.Future[None]] = []
+        settled: list[Waiter] = []
         if multiple:
             while self:
                 first = next(iter(self))

@@ -15,7 +15,9 @@ A delivery for several recipients starts with :data:`BINARY_V2` instead: a node 
 before it refuses it loudly (logged, counted) rather than showing the frame to the first
 recipient only, which is what an extra trailing field of a v1 delivery would have done
 (msgspec ignores trailing array slots it does not know). Writing it is switched off by
-``TIDEDESK_ENVELOPE_FORMAT=binary-v1`` while such nodes run (docs/envelopes.md).
+``TIDEDESK_ENVELOPE_FORMAT=binary-v1`` while such nodes run (docs/envelopes.md). Broker batches
+(several envelopes in one AMQP message, ``tidedesk.broker_batches``) are switched off the same
+way, by ``binary-v2``.
 Decoding checks the schema (types, required fields, allowed values) and raises
 :class:`EnvelopeError` naming what is wrong; a consumer logs, counts and drops such a message
 rather than redelivering it forever.
@@ -320,6 +322,13 @@ def groups_deliveries(envelope_format: str) -> bool:
     """Whether a node writing ``envelope_format`` puts the recipients of one frame on one node
     into one envelope (binary v2); ``binary-v1`` and ``json`` write one per recipient, for
     nodes of a version before it (docs/envelopes.md)."""
+    return envelope_format in ("binary", "binary-v2")
+
+
+def batches_publishes(envelope_format: str) -> bool:
+    """Whether a node writing ``envelope_format`` sends the envelopes it publishes to one queue
+    in one pass of its event loop as one broker batch (``tidedesk.broker_batches``, issue 17);
+    ``binary-v2`` and older formats send each alone, for nodes of a version before batches."""
     return envelope_format == "binary"
 
 

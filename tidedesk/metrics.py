@@ -40,6 +40,11 @@ PUBLISH_CONFIRM_LATENCY = Histogram(
     "Publish until the broker confirmed (RabbitMQ confirm; in-process: the router's ack)",
     ["queue"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
 )
+BROKER_BATCH_BODIES = Histogram(
+    "tidedesk_broker_batch_bodies",
+    "Envelopes per AMQP message published (1: sent alone; more: a broker batch, issue 17)",
+    ["queue"], buckets=(1, 2, 4, 8, 16, 32, 64),
+)
 PUBLISH_FAILURES = Counter(
     "tidedesk_publish_failures_total", "Publishes the broker did not confirm", ["queue"])
 ENVELOPES_REJECTED = Counter(

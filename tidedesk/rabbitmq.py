@@ -9,11 +9,15 @@ gives one code path to reason about instead of two.
 Guarantees, as the seam's contract asks:
 
 - ``publish`` uses publisher confirms and persistent messages (``delivery_mode=2``). Publishes
-  are pipelined: each one is written at once and awaits its own future, resolved by the
-  broker's ``basic.ack`` for its delivery tag (``multiple=True`` settles every tag up to it).
-  A ``basic.nack``, a lost connection before the confirm, a connection blocked by a resource
-  alarm or no confirm within ``confirm_timeout_s`` raise :class:`BrokerUnavailable`; publish
-  never returns for a message RabbitMQ has not taken responsibility for.
+  are pipelined and batched (issue 17, ``tidedesk.broker_batches``): what one pass of the
+  event loop publishes to one queue is written, when the pass ends, as one AMQP message (a
+  lone envelope as itself, several as a broker batch of at most 64 / 128 KB), and each caller
+  awaits its own future, resolved by the broker's ``basic.ack`` for that message's delivery
+  tag (``multiple=True`` settles every tag up to it). A ``basic.nack``, a connection blocked
+  by a resource alarm or no confirm within ``confirm_timeout_s`` raise
+  :class:`BrokerUnavailable` in every caller of the batch; publish never returns for a message
+  RabbitMQ has not taken responsibility for. ``batch=False`` (``TIDEDESK_ENVELOPE_FORMAT``
+  ``binary-v2`` and older) writes every publish alone, at once, for consumers before batches.
 - Topology is declared idempotently on every (re)connect: the durable inbound queue and every
   node queue declared so far. Node queues are durable (deliveries survive a broker restart)
   and carry ``x-expires``, so a dead node's queue disappears ``node_queue_ttl_ms`` after its
@@ -25,11 +29,15 @@ Guarantees, as the seam's contract asks:
   reconnects (first retry after 25-50 ms, then doubling with jitter up to 1 s: a restarted
   broker is found within about a second), re-declares the topology and restarts every
   consumer. Publishes whose confirm the lost connection took are written again on the new one
-  (issue 17) until ``confirm_timeout_s`` after their first write; a new ``publish`` while it is
-  down raises at once.
+  (issue 17; a batch whole) until ``confirm_timeout_s`` after their first write; a new
+  ``publish`` while it is down raises at once.
 - ``consume`` opens one channel per consumer with ``basic_qos(prefetch)``; a handler that
   returns gets its message acked, one that raises gets it nacked with ``requeue=True``
-  (RabbitMQ then redelivers it with ``redelivered`` set). Decoding is the handler's business.
+  (RabbitMQ then redelivers it with ``redelivered`` set). A broker batch is split and a
+  handler started for each envelope, in order; it is acked once all returned and requeued
+  whole if any raised (back at this consumer, only the envelopes that failed run again;
+  prefetch counts AMQP messages, so up to 64 x prefetch envelopes).
+  Decoding the envelopes is the handler's business.
   Messages whose handler was running when the connection dropped are redelivered as well.
 
 Inbound queue type: ``classic`` (durable) by default. ``quorum`` is accepted too, but RabbitMQ
@@ -43,10 +51,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import os
 import random
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +67,7 @@ from pika import spec
 from pika.adapters.asyncio_connection import AsyncioConnection
 from pika.channel import Channel
 
+from tidedesk import metrics
 from tidedesk.broker import (
     INBOUND_QUEUE,
     Broker,
@@ -64,6 +76,14 @@ from tidedesk.broker import (
     Handler,
     node_queue,
     observe_publish,
+    queue_label,
+)
+from tidedesk.broker_batches import (
+    BATCH_CONTENT_TYPE,
+    BatchError,
+    batch_takes,
+    encode_batch,
+    split_batch,
 )
 from tidedesk.confirms import ConfirmLost, PendingConfirms
 from tidedesk.pika_writes import coalesce_writes
@@ -90,8 +110,14 @@ CONFIRM_SWEEP_SECS = 0.5
 # costs one small round trip every 1.5-2 s (between the broker's heartbeats).
 PROBE_QUIET_SECS = 1.5
 PROBE_TIMEOUT_SECS = 1.5
+# A broker batch requeued because one of its envelopes failed: which of the others succeeded is
+# remembered (by the batch's message id) for this many batches, so when it comes back to this
+# consumer they are not handled again (a transfer done twice would answer its agent with an
+# error the second time). Another consumer handles them again; handlers are idempotent.
+REMEMBERED_PARTIAL_BATCHES = 1000
 
 _PERSISTENT = pika.BasicProperties(delivery_mode=2)
+_BATCH_BODIES = {q: metrics.BROKER_BATCH_BODIES.labels(queue=q) for q in ("inbound", "delivery")}
 
 
 def _settle(fut: asyncio.Future[None], result: None) -> None:
@@ -143,6 +169,92 @@ class _Chan:
             self.ch.close()
 
 
+class _Batch:
+    """The envelopes published to one queue in one pass of the event loop, sent as one AMQP
+    message (one envelope: as itself) under one confirm; each caller awaits its own future.
+
+    It is the :class:`~tidedesk.confirms.Waiter` of its confirm: an ack resolves every caller,
+    a nack or a passed deadline fails them all, and a lost connection (:class:`ConfirmLost`)
+    hands it to ``on_lost``, which writes it again on the next connection (or fails it)."""
+
+    __slots__ = ("bodies", "deadline", "id", "on_lost", "queue", "session", "size", "waiters")
+
+    def __init__(self, queue: str, deadline: float,
+                 on_lost: Callable[[_Batch, BaseException], None]) -> None:
+        self.queue = queue
+        self.bodies: list[bytes] = []
+        self.size = 0
+        self.waiters: list[asyncio.Future[None]] = []
+        self.deadline = deadline
+        self.session: _Session | None = None  # where it was last written
+        self.id = ""  # its message id, given on the first write (a rewrite keeps it)
+        self.on_lost = on_lost
+
+    def add(self, body: bytes, waiter: asyncio.Future[None]) -> None:
+        self.bodies.append(body)
+        self.size += len(body)
+        self.waiters.append(waiter)
+
+    def message(self, message_id: str) -> tuple[bytes, pika.BasicProperties]:
+        if len(self.bodies) == 1:  # byte for byte what nodes before batches wrote
+            return self.bodies[0], _PERSISTENT
+        return encode_batch(self.bodies), pika.BasicProperties(
+            delivery_mode=2, content_type=BATCH_CONTENT_TYPE, message_id=message_id)
+
+    # -- Waiter ------------------------------------------------------------------------------
+    def done(self) -> bool:
+        """True when no caller waits any more (all settled, or all gave up)."""
+        return all(w.done() for w in self.waiters)
+
+    def set_result(self, _result: None, /) -> None:
+        for w in self.waiters:
+            if not w.done():
+                w.set_result(None)
+
+    def set_exception(self, exc: BaseException, /) -> None:
+        if isinstance(exc, ConfirmLost):
+            self.on_lost(self, exc)
+        else:
+            self.fail(exc)
+
+    def fail(self, exc: BaseException) -> None:
+        one = len(self.waiters) == 1
+        for w in self.waiters:
+            if not w.done():  # (one exception object raised in many tasks grows tracebacks)
+                w.set_exception(exc if one else BrokerUnavailable(str(exc)))
+
+
+class _BatchJoin:
+    """Settles a broker batch once the handlers of all its envelopes are done: acked if every
+    one returned, requeued whole if any failed (the broker remembers which succeeded, see
+    REMEMBERED_PARTIAL_BATCHES), left unsettled if a handler was stopped (RabbitMQ redelivers
+    it)."""
+
+    __slots__ = ("broker", "chan", "done", "left", "message_id", "ok", "stopped", "sub", "tag")
+
+    def __init__(self, broker: RabbitBroker, sub: _Subscription, chan: _Chan, tag: int,
+                 message_id: str | None, done: frozenset[int], count: int) -> None:
+        self.broker, self.sub, self.chan, self.tag = broker, sub, chan, tag
+        self.message_id, self.done = message_id, set(done)
+        self.left, self.ok, self.stopped = count, True, False
+
+    def one_done(self, index: int, task: asyncio.Task[bool]) -> None:
+        if task.cancelled():
+            self.stopped = True
+        elif task.exception() is not None or not task.result():
+            self.ok = False
+        else:
+            self.done.add(index)
+        self.left -= 1
+        if self.left == 0 and not self.stopped:
+            self.settle()
+
+    def settle(self) -> None:
+        if not self.ok and self.message_id:
+            self.broker._remember_partly_done(self.message_id, frozenset(self.done))
+        self.broker._settle(self.sub, self.chan, self.tag, self.ok)
+
+
 @dataclass
 class _Session:
     """One connection's worth of state; replaced wholesale on reconnect."""
@@ -183,7 +295,7 @@ class RabbitBroker(Broker):
                  confirm_timeout_s: float = 10.0, reconnect_min_s: float = 0.05,
                  reconnect_max_s: float = 1.0, coalesce: bool = True,
                  probe_quiet_s: float | None = PROBE_QUIET_SECS,
-                 probe_timeout_s: float = PROBE_TIMEOUT_SECS) -> None:
+                 probe_timeout_s: float = PROBE_TIMEOUT_SECS, batch: bool = True) -> None:
         if inbound_queue_type not in ("classic", "quorum"):
             raise ValueError(f"inbound_queue_type must be classic or quorum, "
                              f"got {inbound_queue_type!r}")
@@ -200,6 +312,19 @@ class RabbitBroker(Broker):
         # None: no probe, a dead connection is found by the heartbeat alone (the old way)
         self._probe_quiet_s = probe_quiet_s
         self._probe_timeout_s = probe_timeout_s
+        # False: every publish is its own AMQP message, for consumers of a version before
+        # broker batches (TIDEDESK_ENVELOPE_FORMAT other than binary; docs/envelopes.md).
+        self._batch = batch
+        # queue -> the batch gathering this pass's publishes to it; sent by _flush.
+        self._open: dict[str, _Batch] = {}
+        self._flush_due = False
+        self._rewrites: set[asyncio.Task[None]] = set()
+        # Batch message ids: unique to this broker object, then a count.
+        self._id_prefix = f"{os.urandom(6).hex()}-"
+        self._batch_ids = 0
+        # message id -> the envelopes of a requeued batch that succeeded here (see
+        # REMEMBERED_PARTIAL_BATCHES), oldest first.
+        self._partly_done: OrderedDict[str, frozenset[int]] = OrderedDict()
         # Connections dropped because they answered no probe (tests, metrics).
         self.probes_failed = 0
         self._session: _Session | None = None
@@ -238,7 +363,7 @@ class RabbitBroker(Broker):
                     await asyncio.wait_for(asyncio.shield(session.lost), 5)
                 except TimeoutError:
                     log.warning("RabbitMQ connection did not close in time")
-        for task in (self._supervisor, self._sweeper):
+        for task in (self._supervisor, self._sweeper, *self._rewrites):
             if task is not None:
                 task.cancel()
                 try:
@@ -401,29 +526,95 @@ class RabbitBroker(Broker):
         observe_publish(queue, started)
 
     async def _publish(self, queue: str, body: bytes) -> None:
-        """Write once; if the connection goes before the confirm, write it again on the next
-        connection (within ``confirm_timeout_s`` of the first write), so a broker restart
-        costs the sender a wait instead of a ``try_again``. A publish may thus reach the queue
-        twice: consumers are idempotent (client ids, seqs, state checks)."""
-        deadline = time.monotonic() + self._confirm_timeout_s
+        """Add ``body`` to this pass's batch for ``queue`` and wait for the batch's confirm.
+
+        The batch is written at the end of the event loop's pass (:meth:`_flush`), or at once
+        when it is full. If the connection goes before the confirm, it is written again on the
+        next connection (within ``confirm_timeout_s`` of the first publish in it), so a broker
+        restart costs the sender a wait instead of a ``try_again``. A publish may thus reach
+        the queue twice: consumers are idempotent (client ids, seqs, state checks)."""
         session = self._session
         if not self._ready or session is None or session.pub is None:
             raise BrokerUnavailable("RabbitMQ is not connected; retry later")
-        while True:
-            if session.blocked:
-                raise BrokerUnavailable("RabbitMQ is blocking publishers (resource alarm); retry")
-            assert session.pub is not None
-            try:
-                session.pub.ch.basic_publish("", queue, body, _PERSISTENT)
-            except pika.exceptions.AMQPError as exc:
-                raise BrokerUnavailable(f"RabbitMQ publish failed: {exc!r}") from exc
-            try:
-                await session.pending.expect(deadline)
-                return
-            except ConfirmLost:
-                if self._closing:
-                    raise
-                session = await self._next_session(session, deadline)
+        if session.blocked:
+            raise BrokerUnavailable("RabbitMQ is blocking publishers (resource alarm); retry")
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        if not self._batch:
+            batch = _Batch(queue, time.monotonic() + self._confirm_timeout_s, self._on_lost)
+            batch.add(body, waiter)
+            self._send(batch)
+        else:
+            batch_or_none = self._open.get(queue)
+            if batch_or_none is None or not batch_takes(len(batch_or_none.bodies),
+                                                        batch_or_none.size, len(body)):
+                if batch_or_none is not None:
+                    self._send(batch_or_none)  # full: out now, in order before this one
+                batch = self._open[queue] = _Batch(
+                    queue, time.monotonic() + self._confirm_timeout_s, self._on_lost)
+                if not self._flush_due:
+                    self._flush_due = True
+                    loop.call_soon(self._flush)
+            else:
+                batch = batch_or_none
+            batch.add(body, waiter)
+        await waiter
+
+    def _flush(self) -> None:
+        """Send every batch gathered in this pass of the event loop."""
+        self._flush_due = False
+        batches, self._open = self._open, {}
+        for batch in batches.values():
+            self._send(batch)
+
+    def _send(self, batch: _Batch) -> None:
+        """Write ``batch`` on the current connection, or fail its callers."""
+        if self._open.get(batch.queue) is batch:
+            del self._open[batch.queue]
+        session = self._session
+        try:
+            if not self._ready or session is None or session.pub is None:
+                raise BrokerUnavailable("RabbitMQ is not connected; retry later")
+            self._write(session, batch)
+        except BrokerUnavailable as exc:
+            batch.fail(exc)
+
+    def _write(self, session: _Session, batch: _Batch) -> None:
+        if session.blocked:
+            raise BrokerUnavailable("RabbitMQ is blocking publishers (resource alarm); retry")
+        assert session.pub is not None
+        if not batch.id:
+            self._batch_ids += 1
+            batch.id = f"{self._id_prefix}{self._batch_ids}"
+        body, props = batch.message(batch.id)
+        try:
+            session.pub.ch.basic_publish("", batch.queue, body, props)
+        except pika.exceptions.AMQPError as exc:
+            raise BrokerUnavailable(f"RabbitMQ publish failed: {exc!r}") from exc
+        batch.session = session
+        session.pending.expect_for(batch, batch.deadline)
+        _BATCH_BODIES[queue_label(batch.queue)].observe(len(batch.bodies))
+
+    def _on_lost(self, batch: _Batch, exc: BaseException) -> None:
+        """The connection went before ``batch``'s confirm: write it again on the next one."""
+        if self._closing or batch.session is None:
+            batch.fail(exc)
+            return
+        task = asyncio.get_running_loop().create_task(self._rewrite(batch, batch.session))
+        self._rewrites.add(task)
+        task.add_done_callback(self._rewrites.discard)
+
+    async def _rewrite(self, batch: _Batch, lost: _Session) -> None:
+        try:
+            session = await self._next_session(lost, batch.deadline)
+            if batch.done():
+                return  # every caller gave up meanwhile
+            self._write(session, batch)
+        except BrokerUnavailable as exc:
+            batch.fail(exc)
+        except asyncio.CancelledError:
+            batch.fail(BrokerUnavailable("broker closed"))
+            raise
 
     async def _next_session(self, lost: _Session, deadline: float) -> _Session:
         """The connection after ``lost``, once it is set up; BrokerUnavailable at ``deadline``."""
@@ -511,11 +702,31 @@ class RabbitBroker(Broker):
         chan = await self._open_channel(session)
         await chan.call(lambda cb: chan.ch.basic_qos(prefetch_count=sub.prefetch, callback=cb))
 
-        def on_message(_ch: Channel, method: Any, _props: Any, body: bytes) -> None:
-            task = asyncio.create_task(self._handle(sub, chan, method.delivery_tag,
-                                                    Envelope(body, bool(method.redelivered))))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+        def on_message(_ch: Channel, method: Any, props: Any, body: bytes) -> None:
+            tag, redelivered = method.delivery_tag, bool(method.redelivered)
+            if props.content_type != BATCH_CONTENT_TYPE:
+                self._spawn(self._handle(sub, chan, tag, Envelope(body, redelivered)))
+                return
+            try:
+                bodies = split_batch(body)
+            except BatchError as exc:  # it would fail the same way forever: drop it
+                metrics.ENVELOPES_REJECTED.labels(queue=queue_label(sub.queue)).inc()
+                log.error("dropping an undecodable broker batch",
+                          extra={"queue": sub.queue, "error": str(exc), "body": body[:200]})
+                self._settle(sub, chan, tag, True)
+                return
+            # One task per envelope, made here in the batch's order, as for envelopes that came
+            # alone: handlers are started in queue order (the router's per-conversation
+            # sections rely on it); the message is settled when the last one is done.
+            mid = props.message_id
+            done = self._partly_done.pop(mid, frozenset()) if redelivered and mid else frozenset()
+            todo = [(i, one) for i, one in enumerate(bodies) if i not in done]
+            join = _BatchJoin(self, sub, chan, tag, mid, done, len(todo))
+            if not todo:
+                join.settle()
+            for i, one in todo:
+                self._spawn(self._run(sub, Envelope(one, redelivered))).add_done_callback(
+                    functools.partial(join.one_done, i))
 
         def on_cancelled(_frame: Any) -> None:
             if sub in self._subs:
@@ -527,7 +738,18 @@ class RabbitBroker(Broker):
             sub.queue, on_message, auto_ack=False, callback=cb)))
         sub.session, sub.chan, sub.tag = session, chan, tag_holder[0]
 
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        return task
+
     async def _handle(self, sub: _Subscription, chan: _Chan, tag: int, env: Envelope) -> None:
+        self._settle(sub, chan, tag, await self._run(sub, env))
+
+    async def _run(self, sub: _Subscription, env: Envelope) -> bool:
+        """Run the handler on one envelope: True if it returned, False if it failed (after
+        the requeue pause); CancelledError when its consumer is being stopped."""
         try:
             await sub.handler(env)
         except asyncio.CancelledError:
@@ -539,13 +761,21 @@ class RabbitBroker(Broker):
             log.warning("handler's call was cancelled; message requeued",
                         extra={"queue": sub.queue})
             await asyncio.sleep(REQUEUE_DELAY_SECS)
-            ok = False
+            return False
         except Exception:
             log.exception("handler failed; message requeued", extra={"queue": sub.queue})
             await asyncio.sleep(REQUEUE_DELAY_SECS)
-            ok = False
-        else:
-            ok = True
+            return False
+        return True
+
+    def _remember_partly_done(self, message_id: str, done: frozenset[int]) -> None:
+        if done:
+            self._partly_done[message_id] = done
+            while len(self._partly_done) > REMEMBERED_PARTIAL_BATCHES:
+                self._partly_done.popitem(last=False)
+
+    def _settle(self, sub: _Subscription, chan: _Chan, tag: int, ok: bool) -> None:
+        """Ack (``ok``) or requeue one AMQP message."""
         if chan.closed is not None or not chan.ch.is_open:
             return  # the connection went; RabbitMQ redelivers the message
         try:

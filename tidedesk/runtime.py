@@ -22,6 +22,7 @@ from tidedesk.blobs import delete_conversation_files, open_blobs
 from tidedesk.broker import Broker, MemoryBroker
 from tidedesk.connect_cache import ConnectCache
 from tidedesk.crypto import FieldCipher
+from tidedesk.envelopes import batches_publishes
 from tidedesk.eventloop import loop_name
 from tidedesk.passwords import password_problem
 from tidedesk.probes import probe_app
@@ -77,7 +78,8 @@ def make_broker(settings: Settings) -> Broker:
     if settings.broker_url:
         from tidedesk.rabbitmq import RabbitBroker
 
-        return RabbitBroker(settings.broker_url, confirm_timeout_s=settings.ack_timeout_s)
+        return RabbitBroker(settings.broker_url, confirm_timeout_s=settings.ack_timeout_s,
+                            batch=batches_publishes(settings.envelope_format))
     return MemoryBroker(confirm_timeout_s=settings.ack_timeout_s)
 
 

@@ -307,11 +307,13 @@ class Settings:
         40_000_000, _parse_int(1000, 500_000_000), "images with more pixels are refused "
         "(decompression bombs; Pillow's MAX_IMAGE_PIXELS)")
     envelope_format: str = _key(
-        "binary", _parse_choice("binary", "binary-v1", "json"),
+        "binary", _parse_choice("binary", "binary-v2", "binary-v1", "json"),
         "what this node writes to the broker: `binary` (one delivery per chat node for the "
-        "recipients of a message there), "
-        "`binary-v1` (one per recipient) only while upgrading from a version before grouped "
-        "deliveries, `json` only while upgrading from one before binary envelopes "
+        "recipients of a message there; what one pass of the event loop publishes to a queue "
+        "goes as one AMQP message, a broker batch), "
+        "`binary-v2` (no broker batches) only while upgrading from a version before them, "
+        "`binary-v1` (one delivery per recipient) only while upgrading from a version before "
+        "grouped deliveries, `json` only while upgrading from one before binary envelopes "
         "([docs/envelopes.md](docs/envelopes.md)); all are always read")
     smtp_url: str | None = _key(
         None, _parse_optional_str, "outgoing mail: `smtp://user:pass@host:port` (add "
