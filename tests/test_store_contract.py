@@ -7,6 +7,7 @@ delete every key under that prefix afterwards (never FLUSHALL: the server is sha
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -1074,12 +1075,18 @@ def _in_use(s: RedisStore) -> int:
 
 @pytest.mark.redis
 def test_redis_round_trips_back_to_back_hold_one_connection_and_give_it_back() -> None:
-    """Round trips that follow each other in one draining task (calls queued while one was
-    out) keep the pool connection they took; it goes back to the pool when nothing is
-    queued, when a round trip fails, and when the task is cancelled."""
+    """Round trips keep the pool connection they took, back to back (calls queued while one
+    was out) and from one draining task to the next; it goes back to the pool once none was
+    made for ``hold_idle_s``, when a round trip fails, and when the task is cancelled."""
+
+    async def idle(s: RedisStore) -> None:
+        deadline = time.monotonic() + 2
+        while _in_use(s) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
 
     async def body(s: Store) -> None:
         assert isinstance(s, RedisStore)
+        s._trips._hold_idle_s = 0.1
         await s.seed_seq("a", 0)
         trips, checkouts = s._trips.round_trips, s._trips.checkouts
         first = asyncio.ensure_future(s.assign_seq("a", "m0", now=0))
@@ -1090,13 +1097,21 @@ def test_redis_round_trips_back_to_back_hold_one_connection_and_give_it_back() -
         assert await asyncio.gather(first, *queued) == [(1, True), (2, True), (3, True), 3]
         assert s._trips.round_trips > trips + 1  # back to back ...
         assert s._trips.checkouts == checkouts + 1  # ... on one connection
-        assert s._trips._task is None and _in_use(s) == 0  # given back once idle
-        # A round trip that fails gives it back too (disconnected: replies may be late).
+        assert s._trips._task is None and _in_use(s) == 1  # kept while recently used
+        assert await s.last_seq("a") == 3  # a later task's round trip takes it again
+        assert s._trips.checkouts == checkouts + 1
+        started = time.monotonic()
+        await idle(s)
+        assert _in_use(s) == 0, "given back once idle"
+        assert time.monotonic() - started >= 0.05
         await s._r.set(s._prefix + "seq:b", "not a hash")
         from redis.exceptions import ResponseError
         with pytest.raises(ResponseError):
             await s.assign_seq("b", "m", now=0)  # a refused command: the connection is fine
+        assert _in_use(s) == 1
+        await idle(s)
         assert _in_use(s) == 0
+        # A round trip that fails gives it back at once (disconnected: replies may be late).
         slow = asyncio.ensure_future(s._trips.call(("BLPOP", s._prefix + "never", 5)))
         await asyncio.sleep(0.05)
         assert _in_use(s) == 1
@@ -1108,6 +1123,7 @@ def test_redis_round_trips_back_to_back_hold_one_connection_and_give_it_back() -
         while s._trips._task is not None or _in_use(s):
             await asyncio.sleep(0.01)
         assert await s.assign_seq("a", "m3", now=0) == (4, True)  # the pool serves again
+        await idle(s)
         assert _in_use(s) == 0
 
     _runner("redis")(body)
@@ -1128,8 +1144,9 @@ def test_redis_round_trip_that_times_out_gives_its_connection_back() -> None:
                 await s._trips.call(("BLPOP", prefix + "never", 2))
             assert s._trips._task is None and _in_use(s) == 0
             await s.seed_seq("a", 0)
+            checkouts = s._trips.checkouts
             assert await s.assign_seq("a", "m", now=0) == (1, True)
-            assert _in_use(s) == 0
+            assert s._trips.checkouts == checkouts + 1  # a fresh connection
         finally:
             await s.close()
             await delete_prefix(prefix)

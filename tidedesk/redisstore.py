@@ -234,6 +234,26 @@ class _Call:
         self.future = future
 
 
+async def _write(conn: Any, data: bytes) -> None:
+    """``data`` onto a pooled connection, as redis-py's ``send_packed_command`` writes it but
+    without its own timeout (the caller's deadline covers the write): straight to the stream
+    of a connection that is up, else through redis-py, which connects first."""
+    writer = getattr(conn, "_writer", None)
+    if writer is None or not conn.is_connected:
+        await conn.send_packed_command(data, check_health=False)
+        return
+    try:
+        writer.write(data)
+        await writer.drain()  # waits only while the socket's send buffer is full
+    except OSError as exc:
+        # (not chained: a cause that is a TimeoutError reads as an exhausted pool)
+        raise RedisConnectionError(f"Error writing to Redis: {exc!r}") from None
+
+
+# How long RoundTrips keeps its pool connection after its last round trip.
+HOLD_IDLE_SECS = 1.0
+
+
 class RoundTrips:
     """Coalesces the commands that many callers issue at about the same time into one round
     trip to Redis: one write of all of them on one pooled connection, then their replies in
@@ -245,7 +265,8 @@ class RoundTrips:
     issued in this pass goes with it; commands queued while a round trip is out go in the next
     one, sent the moment it ends (one round trip out at a time: a busy process batches by
     itself, and no command ever waits on a timer), on the same pooled connection: it goes
-    back to the pool once nothing is queued, when a round trip fails, or when the task ends.
+    back to the pool once no round trip was made for ``hold_idle_s``, when a round trip
+    fails, or when the task is cancelled.
     Commands run in the order they were queued (Redis runs a connection's commands in order).
     Each caller gets its own reply or error: a command Redis refuses (a script error) fails
     that caller alone; a lost connection, a timeout or a full pool fails every command of
@@ -254,13 +275,20 @@ class RoundTrips:
     commands run again in the same way.
     """
 
-    def __init__(self, pool: aioredis.ConnectionPool, timeout_s: float) -> None:
+    def __init__(self, pool: aioredis.ConnectionPool, timeout_s: float,
+                 hold_idle_s: float = HOLD_IDLE_SECS) -> None:
         self._pool = pool
         self._timeout_s = timeout_s  # for all the replies of a round trip
         self._queue: list[_Call] = []
         self._task: asyncio.Task[None] | None = None
-        # The pooled connection the draining task holds between back-to-back round trips.
+        # The pooled connection the round trips use, kept until none was made for
+        # hold_idle_s: redis-py 8's check-out and release (a lock, a condition, a liveness
+        # peek, its observability hooks) cost ~35 us of CPU, a third of a lone round trip's.
         self._held: Any = None
+        self._hold_idle_s = hold_idle_s
+        self._last_trip = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._releases: set[asyncio.Task[None]] = set()
         self.round_trips = 0  # how many this process made (tests read it)
         self.checkouts = 0  # pool connections taken for them (tests read it)
 
@@ -282,37 +310,59 @@ class RoundTrips:
         return self.call(("EVALSHA", script.sha, len(keys), *keys, *args), script)
 
     async def wait_idle(self) -> None:
-        """Until the round trips out and queued are done (before closing the pool)."""
+        """Until the round trips out and queued are done, and the connection is given back
+        (before closing the pool)."""
         while self._task is not None:
             await asyncio.wait([self._task])
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        await self._give_back()
+        while self._releases:
+            await asyncio.wait(self._releases)
 
     async def _drain(self) -> None:
         try:
-            while True:
-                while self._queue:
-                    calls, self._queue = self._queue, []
-                    try:
-                        await self._send(calls)
-                    except Exception as exc:
-                        # A bug here must neither leave a caller waiting for ever nor take
-                        # the calls queued behind this round trip down with it.
-                        log.exception("Redis round trip failed", extra={"calls": len(calls)})
-                        for call in calls:
-                            if not call.future.done():
-                                call.future.set_exception(_for_each_caller(exc))
-                # Nothing queued: the connection goes back to the pool. Calls queued while
-                # it is being given back are still this task's (it is not done yet).
-                await self._give_back()
-                if not self._queue:
-                    break
+            while self._queue:
+                calls, self._queue = self._queue, []
+                try:
+                    await self._send(calls)
+                except Exception as exc:
+                    # A bug here must neither leave a caller waiting for ever nor take the
+                    # calls queued behind this round trip down with it.
+                    log.exception("Redis round trip failed", extra={"calls": len(calls)})
+                    for call in calls:
+                        if not call.future.done():
+                            call.future.set_exception(_for_each_caller(exc))
         except asyncio.CancelledError:
             for call in self._queue:  # the store is closing, or the loop is ending
                 call.future.cancel()
             self._queue = []
-            raise
-        finally:
             self._task = None
-            await self._give_back()  # cancelled while giving it back, or a bug
+            await self._give_back()
+            raise
+        self._task = None
+        if self._held is not None and self._idle_timer is None:
+            self._idle_timer = asyncio.get_running_loop().call_later(
+                self._hold_idle_s, self._give_back_if_idle)
+
+    def _give_back_if_idle(self) -> None:
+        """The idle timer: the connection goes back once no round trip was made for
+        ``hold_idle_s`` (one timer per idle spell, not one per round trip)."""
+        self._idle_timer = None
+        if self._held is None:
+            return
+        loop = asyncio.get_running_loop()
+        left = self._last_trip + self._hold_idle_s - loop.time()
+        if self._task is not None or left > 0:
+            self._idle_timer = loop.call_later(max(left, 0.0) or self._hold_idle_s,
+                                               self._give_back_if_idle)
+            return
+        # Not held from here on, so no round trip can take it while it is being given back.
+        conn, self._held = self._held, None
+        task = loop.create_task(self._pool.release(conn))
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
 
     async def _give_back(self) -> None:
         conn, self._held = self._held, None
@@ -362,29 +412,29 @@ class RoundTrips:
 
     async def _round_trip(self, commands: list[bytes]) -> list[Any]:
         self.round_trips += 1
-        # Round trips back to back (calls queued while one was out) keep the connection: a
-        # pool checkout and release (a lock, a condition, a deadline and a liveness peek on
-        # redis-py 8) cost more than the rest of a small round trip.
+        self._last_trip = asyncio.get_running_loop().time()
         conn = self._held
         if conn is None:
             conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
             self.checkouts += 1
             self._held = conn
         try:
-            await conn.send_packed_command(b"".join(commands))
             replies: list[Any] = []
-            # One deadline for all the replies, not redis-py's timeout (a timer set and
-            # cancelled) around each: 4% of the router's interpreter time in P7.
+            # One deadline for the write and all the replies, not redis-py's timeouts around
+            # each: a timer set and cancelled per reply (4% of the router's interpreter time
+            # in P7), and a wait_for around the write, which on Python 3.11 runs the write in
+            # a task of its own, a loop pass later (issue 17).
             try:
                 async with asyncio.timeout(self._timeout_s):
+                    await _write(conn, b"".join(commands))
                     for _ in commands:
                         try:
                             replies.append(await conn.read_response(timeout=math.inf))
                         except ResponseError as exc:
                             replies.append(exc)
             except TimeoutError:
-                raise RedisTimeoutError(f"Timeout reading {len(commands)} replies from Redis "
-                                        f"({self._timeout_s:g} s)") from None
+                raise RedisTimeoutError(f"No answer from Redis to {len(commands)} commands "
+                                        f"within {self._timeout_s:g} s") from None
             return replies
         except BaseException:
             # Replies may still be on the way: this connection can never be reused.
