@@ -541,7 +541,7 @@ class RabbitBroker(Broker):
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         if not self._batch:
-            batch = _Batch(queue, time.monotonic() + self._confirm_timeout_s, self._on_lost)
+            batch = self._new_batch(queue)
             batch.add(body, waiter)
             self._send(batch)
         else:
@@ -550,8 +550,7 @@ class RabbitBroker(Broker):
                                                         batch_or_none.size, len(body)):
                 if batch_or_none is not None:
                     self._send(batch_or_none)  # full: out now, in order before this one
-                batch = self._open[queue] = _Batch(
-                    queue, time.monotonic() + self._confirm_timeout_s, self._on_lost)
+                batch = self._open[queue] = self._new_batch(queue)
                 if not self._flush_due:
                     self._flush_due = True
                     loop.call_soon(self._flush)
@@ -559,6 +558,9 @@ class RabbitBroker(Broker):
                 batch = batch_or_none
             batch.add(body, waiter)
         await waiter
+
+    def _new_batch(self, queue: str) -> _Batch:
+        return _Batch(queue, time.monotonic() + self._confirm_timeout_s, self._on_lost)
 
     def _flush(self) -> None:
         """Send every batch gathered in this pass of the event loop."""

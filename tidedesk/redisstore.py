@@ -317,7 +317,7 @@ class RoundTrips:
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
-        await self._give_back()
+        self._give_back()
         while self._releases:
             await asyncio.wait(self._releases)
 
@@ -338,10 +338,10 @@ class RoundTrips:
             for call in self._queue:  # the store is closing, or the loop is ending
                 call.future.cancel()
             self._queue = []
-            self._task = None
-            await self._give_back()
+            self._give_back()
             raise
-        self._task = None
+        finally:
+            self._task = None
         if self._held is not None and self._idle_timer is None:
             self._idle_timer = asyncio.get_running_loop().call_later(
                 self._hold_idle_s, self._give_back_if_idle)
@@ -358,16 +358,16 @@ class RoundTrips:
             self._idle_timer = loop.call_later(max(left, 0.0) or self._hold_idle_s,
                                                self._give_back_if_idle)
             return
-        # Not held from here on, so no round trip can take it while it is being given back.
-        conn, self._held = self._held, None
-        task = loop.create_task(self._pool.release(conn))
-        self._releases.add(task)
-        task.add_done_callback(self._releases.discard)
+        self._give_back()
 
-    async def _give_back(self) -> None:
+    def _give_back(self) -> None:
+        """Return the held connection to the pool. It is not held from here on, so no round
+        trip can take it while the release (a coroutine of redis-py's) runs."""
         conn, self._held = self._held, None
         if conn is not None:
-            await self._pool.release(conn)
+            task = asyncio.get_running_loop().create_task(self._pool.release(conn))
+            self._releases.add(task)
+            task.add_done_callback(self._releases.discard)
 
     async def _send(self, calls: list[_Call]) -> None:
         # A caller cancelled before its round trip left never reaches Redis (no seq taken).
