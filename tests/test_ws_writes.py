@@ -15,9 +15,11 @@ from typing import Any
 
 import tornado.web
 from tornado.httpserver import HTTPServer
+from tornado.iostream import IOStream, StreamClosedError
 from tornado.testing import bind_unused_port
 from tornado.websocket import WebSocketHandler, websocket_connect
 
+from chatnode import ws_writes
 from chatnode.ws_writes import BufferedProtocol13, FrameWriter, text_frame
 from tests.support.clients import Http, add_agent, agent_socket, embedded, new_visitor
 from tests.support.routing import GENERAL_ONLY
@@ -29,14 +31,6 @@ class _Burst(WebSocketHandler):
 
     def open(self) -> None:
         writer = FrameWriter(self)
-        stream: Any = self.ws_connection.stream  # type: ignore[union-attr]
-        real_write = stream.write
-
-        def counting(data: Any) -> Any:
-            _Burst.writes.append(len(data))
-            return real_write(data)
-
-        stream.write = counting
         sizes = [3, 200, 70_000]  # the three header lengths of RFC 6455
         for i in range(30):
             writer.write(json.dumps({"n": i, "pad": "é" * sizes[i % 3]}).encode())
@@ -64,12 +58,55 @@ async def _read(url: str) -> tuple[list[dict[str, Any]], int | None]:
     return got, code
 
 
-def test_a_burst_is_one_write_of_separate_messages_in_order() -> None:
+def test_a_burst_is_one_write_of_separate_messages_in_order(monkeypatch: Any) -> None:
     _Burst.writes = []
+    real_send = ws_writes.send
+
+    def counting(stream: Any, data: bytes) -> None:
+        _Burst.writes.append(len(data))
+        real_send(stream, data)
+
+    monkeypatch.setattr(ws_writes, "send", counting)
     got, _ = asyncio.run(_with_server(lambda port: _read(f"ws://127.0.0.1:{port}/ws")))
     assert [f["n"] for f in got] == list(range(30))
     assert all(f["pad"] == "é" * [3, 200, 70_000][f["n"] % 3] for f in got)
     assert len(_Burst.writes) == 1
+
+
+def test_a_direct_send_keeps_bytes_in_order_and_hands_tornado_what_the_socket_refuses(
+) -> None:
+    """``send`` writes to the socket itself while Tornado has nothing queued; what a full
+    send buffer does not take, and every write behind it, go through ``IOStream.write``, so
+    the peer reads every byte once, in order. A peer that is gone closes the stream."""
+    async def scenario() -> None:
+        a, b = socket.socketpair()
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        stream = IOStream(a)
+        chunks = [bytes([i % 251]) * size for i, size in
+                  enumerate([10, 300_000, 7, 50_000, 1, 2_000])]
+        ws_writes.send(stream, chunks[0])
+        assert not stream.writing()  # the socket took it all
+        for chunk in chunks[1:]:
+            ws_writes.send(stream, chunk)
+        assert stream.writing()  # the rest waits in Tornado's buffer, in order
+        b.setblocking(False)
+        want, got = b"".join(chunks), bytearray()
+        while len(got) < len(want):
+            try:
+                got += b.recv(1 << 20)
+            except BlockingIOError:
+                await asyncio.sleep(0.001)
+        assert bytes(got) == want
+        b.close()
+        for _ in range(3):  # the first send may still be taken; a reset follows
+            try:
+                ws_writes.send(stream, b"x" * 100_000)
+            except StreamClosedError:
+                break
+            await asyncio.sleep(0.01)
+        assert stream.closed()
+
+    asyncio.run(scenario())
 
 
 def test_text_frame_headers() -> None:
