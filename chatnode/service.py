@@ -324,10 +324,10 @@ class ChatService:
         client_id = frame.data["id"]
         # Files are tied to the message before it takes a seq: a refused file costs no seq,
         # and a resend with the same client id finds them tied to it already.
+        files = frame.data.get("attachments")
         attachments = await self.attachments.attach(
-            frame.data.get("attachments") or [], uploader=f"{sender_type}:{sender_id}",
-            conversation_id=conv_id, message_id=client_id, visitor_id=visitor_id,
-            private=private)
+            files, uploader=f"{sender_type}:{sender_id}", conversation_id=conv_id,
+            message_id=client_id, visitor_id=visitor_id, private=private) if files else ()
         return PendingMessage(conv_id=conv_id, seq=await self.assign_seq(conv_id, client_id),
                               client_id=client_id, body=frame.data["body"],
                               visitor_id=visitor_id, sender_type=sender_type,

@@ -219,9 +219,12 @@ class Router:
                  envelope_format: str = "binary", agent_grace_s: float = 30.0,
                  idle_close_s: float = 1800.0,
                  reply_mail_delay_s: float | None = None,
-                 emit: events.Emitter = events.no_events) -> None:
+                 emit: events.Emitter = events.no_events,
+                 listening: Callable[[str], bool] = lambda event: True) -> None:
         self.broker = broker
         self.emit = emit  # webhook events (tidedesk/events.py), durable once it returns
+        # False when no hook takes the event (WebhookOutbox.listening): emit would do nothing.
+        self.listening = listening
         self.store = store
         self.storage = storage
         self.routing = routing
@@ -348,10 +351,12 @@ class Router:
             await asyncio.gather(confirm, return_exceptions=True)
             raise
         log.debug("message stored", extra={"seq": event.seq, "client_id": event.id})
-        await self.emit(events.MESSAGE_CREATED, events.message_data(
-            conversation_id=conv_id, seq=event.seq, message_id=event.id, sender=event.from_,
-            sender_id=event.sender_id, name=event.name, body=event.body, ts=event.ts,
-            private=event.private), event_id=events.message_event_id(conv_id, event.id))
+        if self.listening(events.MESSAGE_CREATED):
+            await self.emit(events.MESSAGE_CREATED, events.message_data(
+                conversation_id=conv_id, seq=event.seq, message_id=event.id,
+                sender=event.from_, sender_id=event.sender_id, name=event.name,
+                body=event.body, ts=event.ts, private=event.private),
+                event_id=events.message_event_id(conv_id, event.id))
         await confirm
         if visitor is not None and event.from_ == "agent" and not recipients.get(visitor):
             self.note_reply_mail(event)

@@ -279,8 +279,10 @@ def test_webhook_urls_to_private_addresses_are_refused_where_they_connect(
 
             await wait_until_async("refused at connect", refused, 10)
             assert receiver.attempts == 0
+            assert receiver.bad_signatures == 0
             await visitor.close()
             await agent.close()
+        other.stop()
         receiver.stop()
 
     run(scenario())
@@ -325,3 +327,35 @@ def test_signature_matches_what_receivers_compute() -> None:
     assert events.signature_valid("s3cret", body, sig)
     assert not events.signature_valid("other", body, sig)
     assert not events.signature_valid("s3cret", body + b" ", sig)
+
+
+def test_the_router_skips_building_events_no_hook_takes(tmp_path: Path) -> None:
+    """``WebhookOutbox.listening`` (issue 17: the router builds no ``message.created`` event
+    for every message when no hook takes it) is False only while the cached hook list is
+    fresh and names no hook for the event; a hook added on this node is seen at once."""
+    async def scenario() -> None:
+        other, receiver = Receiver(), Receiver()
+        other.start()
+        receiver.start()
+        async with embedded(tmp_path, GENERAL_ONLY, webhook_allowed_networks=LOOPBACK) as rt:
+            http, admin = Http(rt), await login(rt, "demo@tidedesk.local", "tidedesk-demo")
+            await rt.outbox.hooks()
+            assert not rt.outbox.listening("message.created")
+            other.secret = (await _hook(http, admin, other.url,
+                                        ["conversation.created"]))["secret"]
+            assert rt.outbox.listening("message.created")  # unsure: read again on emit
+            await rt.outbox.hooks()
+            assert not rt.outbox.listening("message.created")
+            assert rt.outbox.listening("conversation.created")
+            receiver.secret = (await _hook(http, admin, receiver.url,
+                                           ["message.created"]))["secret"]
+            _, _, agent, visitor = await _chat(rt, opening="m0")
+            await wait_until_async("message.created delivered",
+                                   lambda: len(receiver.events("message.created")) == 1, 15)
+            assert receiver.bad_signatures == 0
+            await visitor.close()
+            await agent.close()
+        other.stop()
+        receiver.stop()
+
+    run(scenario())

@@ -229,7 +229,7 @@ class Runtime:
                                  idle_close_s=self.settings.idle_close_s,
                                  reply_mail_delay_s=(self.settings.mail_reply_delay_s
                                                      if self.settings.mail_enabled else None),
-                                 emit=self.outbox.emit)
+                                 emit=self.outbox.emit, listening=self.outbox.listening)
             await self.router.start()
             await self.outbox.start()
             blobs = open_blobs(self.settings.attachments_url, data_dir=self.settings.data_dir,

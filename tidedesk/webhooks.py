@@ -117,6 +117,15 @@ class WebhookOutbox:
         """Forget the cached hook list (a hook was added or removed on this node)."""
         self._hooks = None
 
+    def listening(self, event: str) -> bool:
+        """False only when the cached hook list is fresh and no hook takes ``event``: then
+        :meth:`emit` would do nothing, and the caller may skip building the event (the router
+        does for every message, issue 17). True when unsure (the list is read again on emit)."""
+        hooks = self._hooks
+        if hooks is None or time.monotonic() - self._hooks_at > HOOK_CACHE_SECS:
+            return True
+        return any(event in h.events for h in hooks)
+
     async def hooks(self) -> list[Webhook]:
         """The live hooks, read at most every HOOK_CACHE_SECS (one read for every event that
         arrives meanwhile)."""
