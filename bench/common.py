@@ -142,8 +142,12 @@ def free_port() -> int:
 @contextlib.contextmanager
 def subprocess_on_cpu(args: list[str], log: Path, cpu: int = SERVER_CPU,
                       env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    # Started on its CPU (taskset execs the program, same pid), not moved there afterwards: a
+    # server sizes itself by the CPUs it starts with (HAProxy 2.6 ran two threads on the one
+    # core it was then pinned to).
+    argv = ["taskset", "-c", str(cpu), *args] if can_pin() else args
     with log.open("ab") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
     pin(proc.pid, cpu)
     try:
         yield proc
