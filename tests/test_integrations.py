@@ -279,10 +279,8 @@ def test_webhook_urls_to_private_addresses_are_refused_where_they_connect(
 
             await wait_until_async("refused at connect", refused, 10)
             assert receiver.attempts == 0
-            assert receiver.bad_signatures == 0
             await visitor.close()
             await agent.close()
-        other.stop()
         receiver.stop()
 
     run(scenario())
