@@ -19,7 +19,7 @@ from chatnode.routes import url_specs
 from chatnode.service import ChatService
 from tidedesk import logs, metrics
 from tidedesk.auth import TokenService
-from tidedesk.broker import Broker, node_queue
+from tidedesk.broker import AtOnce, Broker, node_queue
 from tidedesk.frames import ReconnectFrame, frame_dict
 from tidedesk.lifecycle import status_to_restore
 from tidedesk.mail.jobs import MailJobs
@@ -137,7 +137,7 @@ class ChatNode:
 
     async def start(self) -> None:
         await self.broker.declare_node_queue(self.settings.node_id)
-        await self.broker.consume(node_queue(self.settings.node_id), self.hub.on_delivery,
+        await self.broker.consume(node_queue(self.settings.node_id), AtOnce(self.hub.on_delivery),
                                   prefetch=200)
         self._heartbeat = asyncio.create_task(self._heartbeat_loop())
         self.mail.start()

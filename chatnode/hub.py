@@ -76,7 +76,9 @@ class Hub:
                 metrics.DELIVERY_LATENCY.observe(max(0.0, time.time() - ts))
         return sent
 
-    async def on_delivery(self, envelope: Envelope) -> None:
+    def on_delivery(self, envelope: Envelope) -> None:
+        """A delivery envelope off this node's queue, handed to its sockets (it never waits:
+        the broker runs it as :class:`~tidedesk.broker.AtOnce`)."""
         try:
             whos, frame = decode_deliveries(envelope.body)
         except EnvelopeError as exc:

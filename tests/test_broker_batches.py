@@ -18,7 +18,7 @@ import pytest
 from tests.support.rabbit import drain, drain_messages
 from tests.support.waiting import wait_until_async
 from tests.test_broker_contract import AMQP_URL, Ctx, rabbit
-from tidedesk.broker import Envelope, node_queue
+from tidedesk.broker import AtOnce, Envelope, node_queue
 from tidedesk.broker_batches import (
     BATCH_CONTENT_TYPE,
     BATCH_MAX_BODIES,
@@ -156,13 +156,15 @@ def test_binary_v2_sends_no_batches_so_older_consumers_read_every_envelope() -> 
 
 @pytest.mark.rabbitmq
 @pytest.mark.parametrize("same_consumer", [True, False])
+@pytest.mark.parametrize("at_once", [False, True], ids=["tasks", "at-once"])
 def test_one_failing_envelope_requeues_its_batch_and_each_takes_effect_once(
-        same_consumer: bool) -> None:
+        same_consumer: bool, at_once: bool) -> None:
     """One envelope of a batch of 20 fails the first time: the batch is nacked whole and comes
     back redelivered. To the same consumer, only the failed envelope is handled again (it
     remembers which succeeded); to another one (the first is gone), all 20 are, in order, and a
     handler idempotent on the envelope (as the router is on client ids and states) ends with
-    every effect exactly once. Nothing is left in the queue."""
+    every effect exactly once. Nothing is left in the queue. The same for a handler that never
+    waits (``AtOnce``, a chat node's deliveries), run in the delivery callback."""
 
     async def body(ctx: Ctx) -> None:
         b = await ctx.broker()
@@ -171,17 +173,24 @@ def test_one_failing_envelope_requeues_its_batch_and_each_takes_effect_once(
         applied: dict[bytes, int] = {}  # envelope -> times its effect was applied
         failed_once: set[bytes] = set()
 
-        async def handler(env: Envelope) -> None:
-            seen.append((env.body, env.redelivered))
-            await asyncio.sleep(0)
+        def effect(env: Envelope) -> None:
             if env.body == bodies[7] and env.body not in failed_once:
                 failed_once.add(env.body)
                 raise RuntimeError("the database is down")
             if env.body not in applied:  # idempotent: one already applied changes nothing
                 applied[env.body] = applied.get(env.body, 0) + 1
 
+        async def handler(env: Envelope) -> None:
+            seen.append((env.body, env.redelivered))
+            await asyncio.sleep(0)
+            effect(env)
+
+        def sync_handler(env: Envelope) -> None:
+            seen.append((env.body, env.redelivered))
+            effect(env)
+
         consumer = b if same_consumer else await ctx.broker()
-        await consumer.consume(ctx.inbound, handler)
+        await consumer.consume(ctx.inbound, AtOnce(sync_handler) if at_once else handler)
         if not same_consumer:
             assert isinstance(consumer, RabbitBroker)
             consumer._partly_done.clear()  # what a consumer that did not see it first knows

@@ -70,6 +70,7 @@ from pika.channel import Channel
 from tidedesk import metrics
 from tidedesk.broker import (
     INBOUND_QUEUE,
+    AtOnce,
     Broker,
     BrokerUnavailable,
     Envelope,
@@ -704,9 +705,15 @@ class RabbitBroker(Broker):
         chan = await self._open_channel(session)
         await chan.call(lambda cb: chan.ch.basic_qos(prefetch_count=sub.prefetch, callback=cb))
 
+        at_once = sub.handler.fn if isinstance(sub.handler, AtOnce) else None
+
         def on_message(_ch: Channel, method: Any, props: Any, body: bytes) -> None:
             tag, redelivered = method.delivery_tag, bool(method.redelivered)
             if props.content_type != BATCH_CONTENT_TYPE:
+                if at_once is not None:
+                    self._run_at_once(sub, chan, tag, None, redelivered, [body], frozenset(),
+                                      at_once)
+                    return
                 self._spawn(self._handle(sub, chan, tag, Envelope(body, redelivered)))
                 return
             try:
@@ -722,6 +729,9 @@ class RabbitBroker(Broker):
             # sections rely on it); the message is settled when the last one is done.
             mid = props.message_id
             done = self._partly_done.pop(mid, frozenset()) if redelivered and mid else frozenset()
+            if at_once is not None:
+                self._run_at_once(sub, chan, tag, mid, redelivered, bodies, done, at_once)
+                return
             todo = [(i, one) for i, one in enumerate(bodies) if i not in done]
             join = _BatchJoin(self, sub, chan, tag, mid, done, len(todo))
             if not todo:
@@ -739,6 +749,32 @@ class RabbitBroker(Broker):
         await chan.call(lambda cb: tag_holder.append(chan.ch.basic_consume(
             sub.queue, on_message, auto_ack=False, callback=cb)))
         sub.session, sub.chan, sub.tag = session, chan, tag_holder[0]
+
+    def _run_at_once(self, sub: _Subscription, chan: _Chan, tag: int, mid: str | None,
+                     redelivered: bool, bodies: list[bytes], done: frozenset[int],
+                     fn: Callable[[Envelope], None]) -> None:
+        """An :class:`~tidedesk.broker.AtOnce` handler on each envelope not ``done`` yet, in
+        order, then the message settled as :class:`_BatchJoin` would: acked if every one
+        returned, else requeued whole after the requeue pause (the ones that returned are
+        remembered, and skipped when it comes back)."""
+        ok, finished = True, set(done)
+        for i, one in enumerate(bodies):
+            if i in done:
+                continue
+            try:
+                fn(Envelope(one, redelivered))
+            except Exception:
+                log.exception("handler failed; message requeued", extra={"queue": sub.queue})
+                ok = False
+            else:
+                finished.add(i)
+        if ok:
+            self._settle(sub, chan, tag, True)
+            return
+        if mid:
+            self._remember_partly_done(mid, frozenset(finished))
+        asyncio.get_running_loop().call_later(REQUEUE_DELAY_SECS, self._settle, sub, chan, tag,
+                                              False)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
