@@ -74,6 +74,8 @@ def start_fanout(broker: Broker, recipients: Mapping[str, Iterable[str]],
                     body = single[who] = encode(who, frame)
                 bodies.append((node, body))
     metrics.DELIVERIES.inc(len(bodies))
+    if len(bodies) == 1:  # nearly always (one node has everybody): no gathering future
+        return asyncio.ensure_future(broker.publish(node_queue(bodies[0][0]), bodies[0][1]))
     return asyncio.gather(*(asyncio.ensure_future(broker.publish(node_queue(node), body))
                             for node, body in bodies))
 
