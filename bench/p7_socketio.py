@@ -12,7 +12,7 @@ framing is a few lines below) so the client costs the same on both sides.
 
 Goal: Tidedesk delivers at least as many messages per second (≥ 1×).
 Usage: ``python -m bench.p7_socketio [--visitors 20] [--agents 2] [--window 4] [--seconds 5]
-[--reps 3]``
+[--reps 3] [--profile DIR | --cpu-profile DIR]``
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from bench.common import (
     workdir,
 )
 from bench.p2_end_to_end import BODY_CHARS, tidedesk_run
-from bench.profile import report, sampled
+from bench.profile import cpu_sampled, cpu_sampler_env, report, sampled
 from tidedesk.loadplan import latency_summary
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -150,7 +150,11 @@ async def socketio_run(port1: int, port2: int, args: argparse.Namespace) -> dict
 async def run(args: argparse.Namespace) -> None:
     header("P7 python-socketio + AsyncRedisManager (two processes) vs Tidedesk end to end")
     channel = f"tidedesk-bench-{uuid.uuid4().hex[:8]}"
-    with workdir("p7") as wd, tidedesk_cluster(wd) as c:
+    cpu_out = Path(args.cpu_profile) if args.cpu_profile else None
+    if cpu_out is not None:
+        cpu_out.mkdir(parents=True, exist_ok=True)
+    with workdir("p7") as wd, \
+            tidedesk_cluster(wd, **(cpu_sampler_env(cpu_out) if cpu_out else {})) as c:
         router = start_pinned(c, "router", "p7-router")
         node = start_pinned(c, "chatnode", "p7-chat")
         ports = [free_port(), free_port()]
@@ -186,6 +190,13 @@ async def run(args: argparse.Namespace) -> None:
                         with sampled(node.popen.pid, out / "p7-chatnode.raw", span), \
                                 sampled(router.popen.pid, out / "p7-router.raw", span):
                             await asyncio.sleep(span + 1.5)  # py-spy stops by itself
+                        r = await run_task
+                    elif who == "tidedesk" and rep == 0 and cpu_out is not None:
+                        run_task = asyncio.ensure_future(tidedesk_run(c, url, args, 0))
+                        await asyncio.sleep(PROFILE_SETUP_S)
+                        with cpu_sampled({"p7-chatnode": node.popen.pid,
+                                          "p7-router": router.popen.pid}, cpu_out):
+                            await asyncio.sleep(max(1.0, args.seconds - PROFILE_SETUP_S))
                         r = await run_task
                     elif who == "tidedesk":
                         r = await tidedesk_run(c, url, args, 0)
@@ -231,6 +242,9 @@ async def run(args: argparse.Namespace) -> None:
     if args.profile:
         print(report(Path(args.profile) / "p7-chatnode.raw", "the chat node"))
         print(report(Path(args.profile) / "p7-router.raw", "the router"))
+    if cpu_out is not None:
+        print(report(cpu_out / "p7-chatnode.raw", "the chat node", cpu=True))
+        print(report(cpu_out / "p7-router.raw", "the router", cpu=True))
     emit_json("P7", {"tidedesk": td, "socketio": sio, "ratio": ratio, "tidedesk_p99": td_p99,
                      "socketio_p99": sio_p99, "tidedesk_p50": td_p50,
                      "socketio_p50": sio_p50, "client_cpu_s": client_cpu, "wall_s": wall,
@@ -250,6 +264,8 @@ def main() -> None:
                         help="the p50 ratio goal, if any (issue 17: 3 at 10 conversations)")
     parser.add_argument("--profile", metavar="DIR",
                         help="py-spy the chat node and the router in the first Tidedesk run")
+    parser.add_argument("--cpu-profile", metavar="DIR",
+                        help="sample their CPU time instead (bench/cpu_sampler), same run")
     asyncio.run(run(parser.parse_args()))
 
 

@@ -4,16 +4,23 @@ collapsed stacks are summed into the functions that hold the most samples.
 ``with sampled(pid, out_path, seconds):`` around a load phase writes py-spy's collapsed stacks
 (``--format raw``) to ``out_path``; :func:`top_functions` reads them back. Used by P1 and P2's
 ``--profile DIR``. py-spy needs ptrace rights (root, or kernel.yama.ptrace_scope=0).
+
+py-spy counts wall-clock time, preempted time included. ``with cpu_sampled({name: pid}, dir):``
+reads CPU time instead, from servers started with :func:`cpu_sampler_env` in their environment
+(``bench/cpu_sampler/sitecustomize.py``); P7's ``--cpu-profile DIR``.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import shutil
+import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 SAMPLE_RATE_HZ = 200
@@ -34,6 +41,34 @@ def sampled(pid: int, out: Path, seconds: float) -> Iterator[None]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+CPU_SAMPLER = Path(__file__).parent / "cpu_sampler"
+
+
+def cpu_sampler_env(out: Path) -> dict[str, str]:
+    """What a server's environment needs to carry the CPU-time sampler (writing to ``out``)."""
+    path = os.environ.get("PYTHONPATH", str(Path(__file__).parent.parent))
+    return {"BENCH_CPU_PROFILE_DIR": str(out), "PYTHONPATH": f"{CPU_SAMPLER}{os.pathsep}{path}"}
+
+
+@contextlib.contextmanager
+def cpu_sampled(pids: Mapping[str, int], out: Path) -> Iterator[None]:
+    """CPU-time samples of each process over the block, in ``out/<name>.raw``."""
+    for pid in pids.values():
+        os.kill(pid, signal.SIGUSR2)
+    try:
+        yield
+    finally:
+        for pid in pids.values():
+            os.kill(pid, signal.SIGUSR2)
+        for name, pid in pids.items():
+            written = out / f"{pid}.txt"
+            deadline = time.monotonic() + 10
+            while not written.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if written.exists():
+                written.replace(out / f"{name}.raw")
 
 
 def _frame_name(frame: str) -> str:
@@ -71,12 +106,13 @@ def top_functions(path: Path, n: int = 15) -> tuple[int, list[tuple[str, int]],
     return total, self_time.most_common(n), inclusive.most_common(n)
 
 
-def report(path: Path, title: str, n: int = 15) -> str:
+def report(path: Path, title: str, n: int = 15, cpu: bool = False) -> str:
     if not path.exists() or path.stat().st_size == 0:
         return f"  (no profile for {title}: is py-spy installed and allowed to ptrace?)"
     total, selfs, incl = top_functions(path, n)
-    lines = [f"  profile of {title}: {total} samples at {SAMPLE_RATE_HZ} Hz (idle included)",
-             "    self time:"]
+    rate = ("of CPU time, one per kernel tick (idle excluded)" if cpu
+            else f"at {SAMPLE_RATE_HZ} Hz (idle included)")
+    lines = [f"  profile of {title}: {total} samples {rate}", "    self time:"]
     lines += [f"      {c / total:6.1%}  {name}" for name, c in selfs]
     lines.append("    inclusive, Tidedesk's own functions:")
     lines += [f"      {c / total:6.1%}  {name}" for name, c in incl]
