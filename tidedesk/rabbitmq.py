@@ -251,9 +251,8 @@ class _BatchJoin:
             self.settle()
 
     def settle(self) -> None:
-        if not self.ok and self.message_id:
-            self.broker._remember_partly_done(self.message_id, frozenset(self.done))
-        self.broker._settle(self.sub, self.chan, self.tag, self.ok)
+        self.broker._settle_batch(self.sub, self.chan, self.tag, self.message_id, self.ok,
+                                  frozenset(self.done))
 
 
 @dataclass
@@ -770,11 +769,9 @@ class RabbitBroker(Broker):
                 finished.add(i)
         if ok:
             self._settle(sub, chan, tag, True)
-            return
-        if mid:
-            self._remember_partly_done(mid, frozenset(finished))
-        asyncio.get_running_loop().call_later(REQUEUE_DELAY_SECS, self._settle, sub, chan, tag,
-                                              False)
+        else:
+            asyncio.get_running_loop().call_later(REQUEUE_DELAY_SECS, self._settle_batch, sub,
+                                                  chan, tag, mid, False, frozenset(finished))
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
@@ -811,6 +808,13 @@ class RabbitBroker(Broker):
             self._partly_done[message_id] = done
             while len(self._partly_done) > REMEMBERED_PARTIAL_BATCHES:
                 self._partly_done.popitem(last=False)
+
+    def _settle_batch(self, sub: _Subscription, chan: _Chan, tag: int, message_id: str | None,
+                      ok: bool, done: frozenset[int]) -> None:
+        """Ack a batch, or requeue it remembering which of its envelopes are ``done``."""
+        if not ok and message_id:
+            self._remember_partly_done(message_id, done)
+        self._settle(sub, chan, tag, ok)
 
     def _settle(self, sub: _Subscription, chan: _Chan, tag: int, ok: bool) -> None:
         """Ack (``ok``) or requeue one AMQP message."""
