@@ -75,7 +75,7 @@ class _Socket(RequestIds, WebSocketHandler):
         """Tornado's protocol, reading what has arrived at once (chatnode/ws_writes.py)."""
         protocol = super().get_websocket_protocol()
         if BUFFERED_READS and type(protocol) is WebSocketProtocol13:
-            protocol.__class__ = BufferedProtocol13  # the same state; only reading differs
+            protocol.__class__ = BufferedProtocol13  # the same state; reads and callbacks differ
         return protocol
 
     def prepare(self) -> Any:

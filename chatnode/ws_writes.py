@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketProtocol13
@@ -99,7 +102,8 @@ READ_CHUNK_BYTES = 64 * 1024
 
 
 class BufferedProtocol13(WebSocketProtocol13):
-    """Tornado's RFC 6455 protocol, its bytes read in chunks of whatever has arrived."""
+    """Tornado's RFC 6455 protocol, its bytes read in chunks of whatever has arrived, and a
+    coroutine ``on_message`` run as one task."""
 
     _rx = b""
     _rx_pos = 0
@@ -114,8 +118,32 @@ class BufferedProtocol13(WebSocketProtocol13):
         self._wire_bytes_in += n
         return buf[pos:pos + n]
 
+    def _run_callback(self, callback: Callable[..., Any], *args: Any,
+                      **kwargs: Any) -> asyncio.Future[None] | None:
+        """Tornado's contract (an error is logged and aborts the connection; the future it
+        returns, which the frame loop awaits before reading on, never raises), for a
+        coroutine with one task that catches its own error. Tornado wraps it in a task, a
+        second future, a done callback and a ``singledispatch`` conversion: 8.4 → 4.4 µs a
+        visitor frame (issue 17)."""
+        try:
+            result = callback(*args, **kwargs)
+        except (Exception, asyncio.CancelledError):
+            self.handler.log_exception(*sys.exc_info())
+            self._abort()
+            return None
+        if result is None:
+            return None
+        return asyncio.ensure_future(self._guarded(result))
+
+    async def _guarded(self, awaitable: Awaitable[Any]) -> None:
+        try:
+            await awaitable
+        except (Exception, asyncio.CancelledError):
+            self.handler.log_exception(*sys.exc_info())
+            self._abort()
+
 
 # Tornado's internals that BufferedProtocol13 relies on (6.4 and later); when they change, the
 # stock protocol is used.
 BUFFERED_READS = all(callable(getattr(WebSocketProtocol13, name, None))
-                     for name in ("_read_bytes", "_receive_frame"))
+                     for name in ("_read_bytes", "_receive_frame", "_run_callback", "_abort"))

@@ -252,3 +252,42 @@ def test_frames_are_read_whatever_way_the_bytes_arrive(tmp_path: Path) -> None:
             writer.close()
 
     asyncio.run(scenario())
+
+
+class _Echoing(WebSocketHandler):
+    """on_message as a coroutine, on BufferedProtocol13 as the chat sockets are."""
+
+    def get_websocket_protocol(self) -> Any:
+        protocol = super().get_websocket_protocol()
+        protocol.__class__ = BufferedProtocol13
+        return protocol
+
+    async def on_message(self, message: str | bytes) -> None:
+        await asyncio.sleep(0.001 if message == "slow" else 0)
+        if message == "boom":
+            raise RuntimeError("the handler failed")
+        self.write_message(message)
+
+
+def test_a_coroutine_on_message_runs_in_frame_order_and_its_error_aborts(caplog: Any) -> None:
+    """BufferedProtocol13 runs a coroutine ``on_message`` as one task (issue 17): the next
+    frame is read only once it is done (a slow frame's answer still comes first), and an
+    error in it is logged and closes the connection, as Tornado's own wrapping did."""
+    async def scenario() -> None:
+        sock, port = bind_unused_port()
+        srv = HTTPServer(tornado.web.Application([("/ws", _Echoing)]))
+        srv.add_sockets([sock])
+        try:
+            conn = await websocket_connect(f"ws://127.0.0.1:{port}/ws")
+            for text in ("slow", "a", "b"):
+                await conn.write_message(text)
+            got = [await asyncio.wait_for(conn.read_message(), 10) for _ in range(3)]
+            assert got == ["slow", "a", "b"]
+            await conn.write_message("boom")
+            assert await asyncio.wait_for(conn.read_message(), 10) is None  # closed
+        finally:
+            srv.stop()
+
+    asyncio.run(scenario())
+    assert any("the handler failed" in r.getMessage() or (r.exc_info and "the handler failed"
+               in str(r.exc_info[1])) for r in caplog.records)
