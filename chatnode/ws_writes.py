@@ -128,8 +128,7 @@ class BufferedProtocol13(WebSocketProtocol13):
         try:
             result = callback(*args, **kwargs)
         except (Exception, asyncio.CancelledError):
-            self.handler.log_exception(*sys.exc_info())
-            self._abort()
+            self._failed()
             return None
         if result is None:
             return None
@@ -139,8 +138,12 @@ class BufferedProtocol13(WebSocketProtocol13):
         try:
             await awaitable
         except (Exception, asyncio.CancelledError):
-            self.handler.log_exception(*sys.exc_info())
-            self._abort()
+            self._failed()
+
+    def _failed(self) -> None:
+        """The callback raised (the exception being handled): log it, drop the connection."""
+        self.handler.log_exception(*sys.exc_info())
+        self._abort()
 
 
 # Tornado's internals that BufferedProtocol13 relies on (6.4 and later); when they change, the
